@@ -1,0 +1,8 @@
+"""Attack registry: name → ART poisoning attack class with the audit's contract."""
+
+from audit.attacks.base import AttackContext, AttackParams, AuditAttack
+from audit.attacks.label_flip import LabelFlip
+
+ATTACKS: dict[str, type[AuditAttack]] = {cls.name: cls for cls in (LabelFlip,)}
+
+__all__ = ["ATTACKS", "AttackContext", "AttackParams", "AuditAttack", "LabelFlip"]

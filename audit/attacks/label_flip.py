@@ -1,0 +1,117 @@
+"""Label flip attacks (TGDA paper, appendix A.4, eq. 36–37; Biggio et al. 2011).
+
+Poisons are copies of ``round(ε·n)`` training points with new labels; features are not
+touched, so they are always inside the feature box.
+
+* ``random``: the points are drawn uniformly; the new label is uniform over the other
+  classes (binary: the flip), or ``c − 1 − y`` with ``mapping: reverse`` (the TGDA paper's
+  MNIST rule y ← 10 − y, 0-indexed).
+* ``adversarial``: the new label is the class with the largest loss under the clean model
+  (binary: the flip), queried black-box through an ART estimator's predictions. The points
+  are those whose flipped loss is largest (``selection: max_loss``, default) or random ones.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar, Literal
+
+import numpy as np
+from art.attacks.attack import PoisoningAttackBlackBox
+
+from audit.attacks.base import AttackContext, AttackParams, AuditAttack
+from audit.errors import AuditError
+
+
+class LabelFlipParams(AttackParams):
+    variant: Literal["random", "adversarial"] = "random"
+    mapping: Literal["uniform", "reverse"] = "uniform"
+    selection: Literal["max_loss", "random"] = "max_loss"
+
+
+def losses_from_predictions(pred: np.ndarray) -> np.ndarray:
+    """−log p per class from an ART estimator's ``predict`` output (probabilities or logits)."""
+    pred = np.asarray(pred, dtype=np.float64)
+    is_proba = np.all(pred >= 0) and np.allclose(pred.sum(axis=1), 1.0, atol=1e-4)
+    if is_proba:
+        return -np.log(np.clip(pred, 1e-12, None))
+    shifted = pred - pred.max(axis=1, keepdims=True)
+    return -(shifted - np.log(np.exp(shifted).sum(axis=1, keepdims=True)))
+
+
+class LabelFlip(AuditAttack, PoisoningAttackBlackBox):
+    """Random or adversarial label flip as an ART black-box poisoning attack.
+
+    Parameters
+    ----------
+    budget : float
+        ε in (0, 1]: ``round(ε·n)`` poisons are returned for ``n`` training points.
+    n_classes : int
+        Number of classes c.
+    estimator : ART classifier, optional
+        Queried (``predict`` only) by the adversarial variant for per-class losses.
+    seed : int
+        Seeds the choice of points and labels.
+    variant, mapping, selection : str
+        See the module docstring.
+    """
+
+    name: ClassVar[str] = "label_flip"
+    description: ClassVar[str] = "copies of training points with flipped labels (random or max-loss), black-box"
+    Params = LabelFlipParams
+    attack_params = PoisoningAttackBlackBox.attack_params + ["budget", "variant", "mapping", "selection", "seed"]
+    _estimator_requirements = ()
+
+    def __init__(
+        self,
+        budget: float,
+        n_classes: int,
+        estimator: Any = None,
+        seed: int = 0,
+        **params: Any,
+    ) -> None:
+        PoisoningAttackBlackBox.__init__(self)
+        self._init_contract(budget, seed, None, None, n_classes, params)
+        if not isinstance(n_classes, int) or n_classes < 2:
+            raise AuditError(f"The 'n_classes' parameter of LabelFlip must be an int ≥ 2. Got {n_classes!r} instead.")
+        if self.params.variant == "adversarial" and estimator is None:
+            raise AuditError("LabelFlip(variant='adversarial') needs an estimator to query for class losses")
+        self.query_estimator = estimator
+
+    @classmethod
+    def for_cell(cls, params: dict[str, Any], ctx: AttackContext) -> LabelFlip:
+        estimator = ctx.fitted.to_art() if params.get("variant") == "adversarial" else None
+        return cls(ctx.budget, ctx.dataset.n_classes, estimator=estimator, seed=ctx.seed, **params)
+
+    def _run(self, x: np.ndarray, y: np.ndarray, n_poison: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+        c = self.n_classes
+        assert c is not None
+        y = y.astype(np.int64)
+        replace = n_poison > len(x)  # ε = 1 with rounding, or tiny data: sample with replacement
+        if self.params.variant == "random":
+            idx = rng.choice(len(x), size=n_poison, replace=replace)
+            if self.params.mapping == "reverse":
+                new = c - 1 - y[idx]
+            else:  # uniform over the c − 1 other classes (eq. 37 with p_j = 1/(c − 1))
+                new = (y[idx] + rng.integers(1, c, size=n_poison)) % c
+            self.diagnostics.update(variant="random", unchanged_labels=int(np.sum(new == y[idx])))
+            return x[idx], new
+
+        losses = losses_from_predictions(self.query_estimator.predict(x))
+        own = np.arange(len(x))
+        losses_other = losses.copy()
+        losses_other[own, y] = -np.inf
+        best = losses_other.argmax(axis=1)  # appendix A: the class with the largest loss
+        flipped_loss = losses_other[own, best]
+        if self.params.selection == "max_loss" and not replace:
+            # ties broken by a seeded permutation so the choice is reproducible
+            perm = rng.permutation(len(x))
+            idx = perm[np.argsort(-flipped_loss[perm], kind="stable")[:n_poison]]
+        else:
+            idx = rng.choice(len(x), size=n_poison, replace=replace)
+        self.diagnostics.update(
+            variant="adversarial",
+            selection=self.params.selection,
+            mean_flipped_loss=float(flipped_loss[idx].mean()),
+            mean_flipped_loss_all=float(flipped_loss.mean()),
+        )
+        return x[idx], best[idx]

