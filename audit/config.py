@@ -169,8 +169,8 @@ class AuditConfig(_Strict):
     """A whole audit. Defaults give the embedded default audit (``poison-audit run``)."""
 
     name: str = Field("default", pattern=r"^[A-Za-z0-9_.\-]+$")
-    dataset: DatasetSpec = DatasetSpec(name="mnist5k")
-    model: ModelSpec = ModelSpec(name="logreg")
+    dataset: DatasetSpec = Field(default_factory=lambda: DatasetSpec(name="mnist5k"))
+    model: ModelSpec = Field(default_factory=lambda: ModelSpec(name="logreg"))
     training: TrainingSpec = TrainingSpec()
     candidates: dict[str, list[Any]] = Field(default_factory=lambda: {"l2": [0.0, 1e-4, 1e-3, 1e-2, 1e-1]})
     attacks: list[AttackSpec] = Field(

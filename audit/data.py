@@ -10,12 +10,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 import numpy as np
 
-from audit.config import DatasetSpec
 from audit.errors import AuditError
+
+if TYPE_CHECKING:
+    from audit.config import DatasetSpec
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,113 @@
+"""Command line: ``poison-audit run | report | gate | list``.
+
+A user mistake is one line on stderr and exit code 2 (never a traceback); ``gate`` exits 1
+when the model is too poisonable; Ctrl-C exits 130 and the same command resumes.
+"""
+
+from __future__ import annotations
+
+import functools
+import sys
+from pathlib import Path
+from typing import Any, Callable
+
+import click
+
+from audit.errors import AuditError
+
+
+def _user_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except AuditError as err:
+            click.echo(f"error: {err}", err=True)
+            sys.exit(2)
+
+    return wrapper
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="poison-audit")
+def cli() -> None:
+    """Audit how far a model can be damaged by indiscriminate data poisoning."""
+
+
+@cli.command()
+@click.argument("config", required=False, type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--out", "output_dir", type=click.Path(path_type=Path), help="Output directory (overrides the config's output_dir).")
+@click.option("--restart", is_flag=True, help="Discard a previous run of a different config in the same run directory.")
+@click.option("--quiet", is_flag=True, help="No progress bar.")
+@_user_errors
+def run(config: Path | None, output_dir: Path | None, restart: bool, quiet: bool) -> None:
+    """Run (or resume) the audit CONFIG describes; without CONFIG, the embedded default audit."""
+    from audit.config import AuditConfig, load_config
+    from audit.report import write_report
+    from audit.runner import run_audit
+
+    cfg = load_config(config) if config is not None else AuditConfig()
+    try:
+        run_dir = run_audit(cfg, output_dir=output_dir, restart=restart, progress=not quiet)
+    except KeyboardInterrupt:
+        click.echo("\ninterrupted: finished cells are stored; run the same command again to resume", err=True)
+        sys.exit(130)
+    html = write_report(run_dir)
+    click.echo(f"report: {html}")
+    click.echo(f"summary: {run_dir / 'summary.json'}")
+
+
+@cli.command()
+@click.argument("run_dir", type=click.Path(path_type=Path))
+@_user_errors
+def report(run_dir: Path) -> None:
+    """Re-render RUN_DIR's report.html and summary.json from its store (no recomputation)."""
+    from audit.report import write_report
+
+    click.echo(f"report: {write_report(run_dir)}")
+
+
+@cli.command()
+@click.argument("run_dir", type=click.Path(path_type=Path))
+@click.option("--budget", type=float, required=True, help="Poison budget ε to judge (one the run used).")
+@click.option("--max-drop", type=float, required=True, help="Largest acceptable worst-case accuracy drop, in points (MSE increase for regression).")
+@_user_errors
+def gate(run_dir: Path, budget: float, max_drop: float) -> None:
+    """Exit 0 when the recommended setting's worst-case drop at BUDGET is at most MAX-DROP, else 1; writes gate.xml."""
+    from audit.report import gate as run_gate
+
+    if max_drop < 0:
+        raise AuditError(f"--max-drop must be ≥ 0 (got {max_drop:g})")
+    result = run_gate(run_dir, budget, max_drop)
+    click.echo(("PASS: " if result.passed else "FAIL: ") + result.message)
+    click.echo(f"junit: {Path(run_dir) / 'gate.xml'}")
+    sys.exit(0 if result.passed else 1)
+
+
+@cli.command(name="list")
+def list_() -> None:
+    """The datasets, models, attacks and defenses this version knows."""
+    from audit.attacks import ATTACKS
+    from audit.data import BUILTIN, USER_FORMATS
+    from audit.defenses import DEFENSES
+    from audit.models import MODELS
+
+    sections = [
+        ("datasets", {**{k: v[1] for k, v in BUILTIN.items()}, **{k: f"user data: {v}" for k, v in USER_FORMATS.items()}}),
+        ("models", MODELS),
+        ("attacks", {k: v.description for k, v in ATTACKS.items()}),
+        ("defenses", {k: v.description for k, v in DEFENSES.items()}),
+    ]
+    for title, entries in sections:
+        click.echo(f"{title}:")
+        width = max(len(k) for k in entries)
+        for key, text in entries.items():
+            click.echo(f"  {key:<{width}}  {text}")
+
+
+def main() -> None:
+    cli(prog_name="poison-audit")
+
+
+if __name__ == "__main__":
+    main()

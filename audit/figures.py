@@ -1,0 +1,81 @@
+"""Report figures as inline SVG strings (matplotlib, headless, reproducible ids)."""
+
+from __future__ import annotations
+
+import io
+import math
+import re
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+from audit.recommend import CandidateSummary  # noqa: E402
+
+plt.rcParams.update({"svg.hashsalt": "poison-audit", "svg.fonttype": "none", "font.size": 9,
+                     "axes.spines.top": False, "axes.spines.right": False})  # fmt: skip
+
+
+def _to_svg(fig: plt.Figure) -> str:
+    buf = io.StringIO()
+    fig.savefig(buf, format="svg", bbox_inches="tight", metadata={"Date": None})
+    plt.close(fig)
+    svg = buf.getvalue()
+    svg = svg[svg.index("<svg") :]  # drop the XML prolog and doctype: it is inlined in HTML
+    return re.sub(r'<svg ([^>]*?)width="[^"]*" height="[^"]*"', r'<svg \1', svg, count=1)
+
+
+def budget_curves(
+    summaries: list[CandidateSummary], attacks: list[str], budgets: list[float], defense: str, metric: str,
+    recommended: str | None,
+) -> str:
+    """Test metric against budget (ε = 0 is the clean model), one panel per attack, one line per candidate."""
+    n = len(attacks)
+    cols = min(n, 3)
+    rows = math.ceil(n / cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 3.2 * rows), squeeze=False, sharey=True)
+    colors = plt.cm.viridis(np.linspace(0, 0.9, max(len(summaries), 1)))
+    xs = [0.0, *budgets]
+    for i, attack in enumerate(attacks):
+        ax = axes[i // cols][i % cols]
+        for color, s in zip(colors, summaries):
+            ys, es = [s.clean_test], [s.clean_test_std]
+            for eps in budgets:
+                st = s.stats.get((attack, eps, defense))
+                ys.append(st.poisoned_test if st else math.nan)
+                es.append(st.poisoned_test_std if st else 0.0)
+            style = {"lw": 2.4} if s.key == recommended else {"lw": 1.2}
+            ax.errorbar([100 * x for x in xs], ys, yerr=es, marker="o", ms=3, capsize=2, color=color, label=s.label, **style)
+        ax.set_title(attack, fontsize=9)
+        ax.set_xlabel("poison budget ε (%)")
+        if i % cols == 0:
+            ax.set_ylabel(f"test {metric}")
+        ax.grid(alpha=0.3)
+    for j in range(n, rows * cols):
+        axes[j // cols][j % cols].axis("off")
+    axes[0][0].legend(fontsize=7, loc="best", frameon=False)
+    fig.tight_layout()
+    return _to_svg(fig)
+
+
+def worst_case_heatmap(summaries: list[CandidateSummary], budgets: list[float], unit: str) -> str:
+    """Worst-case (over attacks) test damage per candidate × budget, annotated."""
+    data = np.array([[s.worst_damage_test.get(eps, math.nan) for eps in budgets] for s in summaries])
+    fig, ax = plt.subplots(figsize=(1.2 * len(budgets) + 2.6, 0.42 * len(summaries) + 1.2))
+    finite = data[np.isfinite(data)]
+    vmax = float(finite.max()) if finite.size else 1.0
+    im = ax.imshow(np.nan_to_num(data, nan=0.0), cmap="Reds", vmin=min(0.0, float(finite.min()) if finite.size else 0.0),
+                   vmax=max(vmax, 1e-9), aspect="auto")  # fmt: skip
+    for i in range(data.shape[0]):
+        for j in range(data.shape[1]):
+            text = "n/a" if not math.isfinite(data[i, j]) else f"{data[i, j]:.1f}"
+            dark = math.isfinite(data[i, j]) and data[i, j] > 0.6 * vmax
+            ax.text(j, i, text, ha="center", va="center", fontsize=8, color="white" if dark else "black")
+    ax.set_xticks(range(len(budgets)), [f"{100 * b:g}%" for b in budgets])
+    ax.set_yticks(range(len(summaries)), [s.label for s in summaries])
+    ax.set_xlabel("poison budget ε")
+    fig.colorbar(im, ax=ax, label=f"worst-case {unit}")
+    fig.tight_layout()
+    return _to_svg(fig)

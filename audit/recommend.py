@@ -1,0 +1,183 @@
+"""Aggregate the grid and pick the hyperparameters to deploy.
+
+Selection uses the trusted validation split only (DESIGN.md): for each candidate, the
+clean validation metric and the worst case over attacks of the poisoned validation
+metric, per budget (means over seeds). Among candidates whose clean validation accuracy
+is within ``clean_tolerance`` points of the best, the one with the best worst-case
+validation accuracy at the target budget is recommended. Test metrics are reported
+beside it, never used to choose.
+
+"Damage" is the accuracy drop in points (classification) or the MSE increase
+(regression); larger is worse.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from audit.store import Cell
+
+SYMBOLS = {"l2": "ρ", "width": "width", "depth": "depth", "epochs": "epochs", "lr": "lr", "batch_size": "batch",
+           "momentum": "momentum"}  # fmt: skip
+
+
+def candidate_label(hparams: dict[str, Any]) -> str:
+    """Short human label, e.g. ``ρ=1e-3, width=64``."""
+    if not hparams:
+        return "default"
+    return ", ".join(f"{SYMBOLS.get(k, k)}={v:g}" if isinstance(v, float) else f"{SYMBOLS.get(k, k)}={v}"
+                     for k, v in hparams.items())  # fmt: skip
+
+
+def _mean(values: list[float]) -> float:
+    return float(np.mean(values)) if values else math.nan
+
+
+def _std(values: list[float]) -> float:
+    return float(np.std(values, ddof=1)) if len(values) > 1 else 0.0
+
+
+@dataclass
+class AttackStats:
+    """One (candidate, attack, budget, defense) over seeds."""
+
+    poisoned_val: float
+    poisoned_test: float
+    poisoned_test_std: float
+    damage_test: float
+    damage_val: float
+    n_seeds: int
+    seconds: float
+    poisons_removed: float
+    clean_removed: float
+
+
+@dataclass
+class CandidateSummary:
+    key: str
+    hparams: dict[str, Any]
+    label: str
+    clean_val: float
+    clean_test: float
+    clean_test_std: float
+    stats: dict[tuple[str, float, str], AttackStats] = field(default_factory=dict)
+    worst_val: dict[float, float] = field(default_factory=dict)
+    worst_test: dict[float, float] = field(default_factory=dict)
+    worst_damage_test: dict[float, float] = field(default_factory=dict)
+    worst_damage_val: dict[float, float] = field(default_factory=dict)
+    worst_attack: dict[float, str] = field(default_factory=dict)
+    missing: int = 0
+
+
+@dataclass
+class Recommendation:
+    key: str | None
+    label: str
+    reason: str
+    eligible: list[str]
+    target_budget: float
+    tolerance: float
+
+
+def aggregate(
+    cells: list[Cell],
+    clean_rows: list[tuple[str, int, float, float, float, dict]],
+    candidates: list[dict[str, Any]],
+    attacks: list[str],
+    budgets: list[float],
+    seeds: list[int],
+    defense: str,
+    higher_is_better: bool = True,
+) -> list[CandidateSummary]:
+    """Means over seeds of every (candidate, attack, budget) for ``defense``, and the worst case over attacks."""
+    sign = 1.0 if higher_is_better else -1.0
+    ok = [c for c in cells if c.status == "ok"]
+    clean_by = {}
+    for cand, seed, val, test, _, _ in clean_rows:
+        clean_by[(cand, seed)] = (val, test)
+    out = []
+    for hp in candidates:
+        key = json.dumps(hp, sort_keys=True)
+        cv = [clean_by[(key, s)][0] for s in seeds if (key, s) in clean_by]
+        ct = [clean_by[(key, s)][1] for s in seeds if (key, s) in clean_by]
+        summary = CandidateSummary(key, hp, candidate_label(hp), _mean(cv), _mean(ct), _std(ct))
+        for attack in attacks:
+            for eps in budgets:
+                rows = [c for c in ok if c.candidate == key and c.attack == attack and c.budget == eps and c.defense == defense]
+                summary.missing += len(seeds) - len(rows)
+                if not rows:
+                    continue
+                pv = [c.poisoned_val for c in rows]
+                pt = [c.poisoned_test for c in rows]
+                summary.stats[(attack, eps, defense)] = AttackStats(
+                    poisoned_val=_mean(pv),
+                    poisoned_test=_mean(pt),
+                    poisoned_test_std=_std(pt),
+                    damage_test=sign * _mean([c.clean_test - c.poisoned_test for c in rows]),
+                    damage_val=sign * _mean([c.clean_val - c.poisoned_val for c in rows]),
+                    n_seeds=len(rows),
+                    seconds=_mean([c.seconds for c in rows]),
+                    poisons_removed=_mean([c.poisons_removed / max(c.n_poison, 1) for c in rows]),
+                    clean_removed=_mean([float(c.clean_removed) for c in rows]),
+                )
+        for eps in budgets:
+            per_attack = {a: summary.stats[(a, eps, defense)] for a in attacks if (a, eps, defense) in summary.stats}
+            if not per_attack:
+                continue
+            worst = max(per_attack, key=lambda a: per_attack[a].damage_val)
+            summary.worst_attack[eps] = worst
+            summary.worst_val[eps] = per_attack[worst].poisoned_val
+            summary.worst_damage_val[eps] = per_attack[worst].damage_val
+            worst_t = max(per_attack, key=lambda a: per_attack[a].damage_test)
+            summary.worst_test[eps] = per_attack[worst_t].poisoned_test
+            summary.worst_damage_test[eps] = per_attack[worst_t].damage_test
+        out.append(summary)
+    return out
+
+
+def recommend(
+    summaries: list[CandidateSummary],
+    target_budget: float,
+    tolerance: float,
+    higher_is_better: bool = True,
+    metric_name: str = "accuracy",
+) -> Recommendation:
+    """Best worst-case validation metric at ``target_budget`` among candidates within ``tolerance`` of the best clean one."""
+    sign = 1.0 if higher_is_better else -1.0
+    scored = [s for s in summaries if target_budget in s.worst_val and math.isfinite(s.clean_val)]
+    if not scored:
+        return Recommendation(None, "none", f"No candidate has finished cells at ε = {target_budget:g}; nothing to recommend.",
+                              [], target_budget, tolerance)  # fmt: skip
+    best_clean = max(sign * s.clean_val for s in scored)
+    eligible = [s for s in scored if sign * s.clean_val >= best_clean - tolerance]
+    # best worst case; ties → better clean validation metric → earlier in the grid
+    pick = max(eligible, key=lambda s: (sign * s.worst_val[target_budget], sign * s.clean_val, -summaries.index(s)))
+    unit = (" point" if tolerance == 1 else " points") if higher_is_better else ""
+    best_clean_s = max(scored, key=lambda s: sign * s.clean_val)
+    most_robust = max(scored, key=lambda s: sign * s.worst_val[target_budget])
+    parts = [
+        f"Recommended: {pick.label}. Among the {len(eligible)} of {len(scored)} candidates whose clean validation "
+        f"{metric_name} is within {tolerance:g}{unit} of the best ({best_clean_s.label}: {best_clean_s.clean_val:.2f}), "
+        f"it keeps the best worst-case validation {metric_name} at ε = {target_budget:g}: "
+        f"{pick.worst_val[target_budget]:.2f} (clean {pick.clean_val:.2f}, worst attack "
+        f"{pick.worst_attack[target_budget]}).",
+    ]
+    if most_robust is not pick:
+        parts.append(
+            f"{most_robust.label} holds up better under attack ({most_robust.worst_val[target_budget]:.2f}) but its clean "
+            f"validation {metric_name} ({most_robust.clean_val:.2f}) is outside the tolerance."
+        )
+    parts.append(
+        f"On the held-out test split it scores {pick.clean_test:.2f} clean and {pick.worst_test[target_budget]:.2f} "
+        f"in the worst case (a {'drop' if higher_is_better else 'rise'} of {pick.worst_damage_test[target_budget]:.2f}"
+        f"{' points' if higher_is_better else ''}); "
+        "the test split was not used to choose."
+    )
+    if pick.missing:
+        parts.append(f"{pick.missing} of its cells are missing or failed, so its worst case is over fewer runs.")
+    return Recommendation(pick.key, pick.label, " ".join(parts), [s.key for s in eligible], target_budget, tolerance)

@@ -1,0 +1,312 @@
+"""Results → a plain context dict → templates/ → report.html, summary.json and gate.xml.
+
+Python builds data only; the HTML lives in ``templates/report.html.j2`` (autoescape on;
+``|safe`` only for the SVG figures this module generated). Every file is written to a
+temporary name and renamed, so a crash never leaves a half-written report behind.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from xml.sax.saxutils import escape, quoteattr
+
+import yaml
+from jinja2 import Environment, FileSystemLoader, select_autoescape
+
+from audit import figures
+from audit.config import AuditConfig
+from audit.errors import AuditError
+from audit.recommend import CandidateSummary, Recommendation, aggregate, candidate_label, recommend
+from audit.store import Store
+
+SUMMARY_SCHEMA_VERSION = 1
+
+# Attacks the product implements or plans; the report names those this run did not cover.
+KNOWN_ATTACKS = {
+    "label_flip": "label flip (random / adversarial)",
+    "back_gradient": "back-gradient (reverse-mode differentiation)",
+    "tgda": "TGDA (total gradient descent ascent)",
+    "gradient_canceling": "Gradient Canceling",
+    "statp": "StatP (statistical attack, regression)",
+    "optp": "optimization attack on (x, y) (regression)",
+}
+
+
+def templates_dir() -> Path:
+    """Templates shipped in the wheel (``audit/templates``) or, from a checkout, the repository's ``templates/``."""
+    packaged = Path(__file__).parent / "templates"
+    if (packaged / "report.html.j2").is_file():
+        return packaged
+    return Path(__file__).resolve().parent.parent / "templates"
+
+
+def _atomic_write(path: Path, text: str) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            fh.write(text)
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+@dataclass
+class Analysis:
+    """Everything the report, summary and gate read from a run."""
+
+    config: AuditConfig
+    meta: dict[str, Any]
+    cells: list
+    summaries: list[CandidateSummary]
+    recommendation: Recommendation
+    defense: str
+    metric: str
+    higher_is_better: bool
+
+    @property
+    def unit(self) -> str:
+        return "accuracy drop (points)" if self.higher_is_better else "MSE increase"
+
+    def recommended(self) -> CandidateSummary | None:
+        return next((s for s in self.summaries if s.key == self.recommendation.key), None)
+
+
+def analyse(run_dir: str | Path) -> Analysis:
+    """Read a run directory's store and aggregate it (no recomputation)."""
+    store = Store.open_existing(run_dir)
+    try:
+        meta = store.all_meta()
+        cells = store.cells()
+        clean_rows = list(store.clean_rows())
+    finally:
+        store.close()
+    config = AuditConfig.model_validate(meta["config"])
+    task = meta["dataset"]["task"]
+    higher = task == "classification"
+    metric = "accuracy (%)" if higher else "MSE"
+    defense = "none" if "none" in config.defenses else config.defenses[0]
+    summaries = aggregate(
+        cells, clean_rows, config.candidate_grid(), [a.key for a in config.attacks], config.budgets, config.seeds,
+        defense, higher_is_better=higher,
+    )  # fmt: skip
+    rec = recommend(summaries, config.target_budget, config.recommendation.clean_tolerance, higher,
+                    metric_name="accuracy" if higher else "MSE")  # fmt: skip
+    return Analysis(config, meta, cells, summaries, rec, defense, metric, higher)
+
+
+def _fmt(value: float | None, digits: int = 2) -> str:
+    return "n/a" if value is None or not math.isfinite(value) else f"{value:.{digits}f}"
+
+
+def build_context(a: Analysis) -> dict[str, Any]:
+    """The plain dict the template renders."""
+    cfg = a.config
+    budgets = cfg.budgets
+    attacks = [s.key for s in cfg.attacks]
+    rec = a.recommended()
+    target = a.recommendation.target_budget
+    failed = [c for c in a.cells if c.status == "failed"]
+    total = a.meta.get("total_cells", len(a.cells))
+    done = sum(c.status == "ok" for c in a.cells)
+    retrains = [json.loads(c.diagnostics or "{}").get("retrain", {}) for c in a.cells if c.status == "ok"]
+    not_converged = sum(1 for r in retrains if r and not r.get("converged", True))
+    rows = []
+    for s in a.summaries:
+        rows.append({
+            "label": s.label,
+            "recommended": s.key == a.recommendation.key,
+            "eligible": s.key in a.recommendation.eligible,
+            "clean_val": _fmt(s.clean_val),
+            "clean_test": _fmt(s.clean_test),
+            "budgets": [{"worst_val": _fmt(s.worst_val.get(e)), "damage": _fmt(s.worst_damage_test.get(e)),
+                         "attack": s.worst_attack.get(e, "n/a")} for e in budgets],
+        })  # fmt: skip
+    detail = []
+    for s in a.summaries:
+        for attack in attacks:
+            for eps in budgets:
+                st = s.stats.get((attack, eps, a.defense))
+                detail.append({
+                    "candidate": s.label, "attack": attack, "budget": f"{100 * eps:g}%",
+                    "poisoned": _fmt(st.poisoned_test) if st else "n/a",
+                    "std": _fmt(st.poisoned_test_std) if st else "n/a",
+                    "damage": _fmt(st.damage_test) if st else "n/a",
+                    "seeds": st.n_seeds if st else 0, "seconds": _fmt(st.seconds, 1) if st else "n/a",
+                })  # fmt: skip
+    verdict_damage = rec.worst_damage_test.get(target) if rec else None
+    not_run = [desc for name, desc in KNOWN_ATTACKS.items() if name not in {s.name for s in cfg.attacks}]
+    return {
+        "title": f"Poisoning audit — {cfg.name}",
+        "name": cfg.name,
+        "generated": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
+        "dataset": a.meta["dataset"],
+        "victim": a.meta.get("victim", ""),
+        "device": a.meta.get("device", ""),
+        "device_name": a.meta.get("device_name", ""),
+        "metric": a.metric,
+        "unit": a.unit,
+        "target_budget": f"{100 * target:g}%",
+        "recommendation": {
+            "label": a.recommendation.label,
+            "reason": a.recommendation.reason,
+            "clean_test": _fmt(rec.clean_test) if rec else "n/a",
+            "worst_test": _fmt(rec.worst_test.get(target)) if rec else "n/a",
+            "damage": _fmt(verdict_damage),
+        },
+        "severity": _severity(verdict_damage, a.higher_is_better),
+        "budgets": [f"{100 * b:g}%" for b in budgets],
+        "attacks": [{"key": s.key, "name": s.name, "params": json.dumps(s.params, sort_keys=True)} for s in cfg.attacks],
+        "defenses": cfg.defenses,
+        "defense_shown": a.defense,
+        "tradeoff": rows,
+        "detail": detail,
+        "curves_svg": figures.budget_curves(a.summaries, attacks, budgets, a.defense, a.metric, a.recommendation.key),
+        "heatmap_svg": figures.worst_case_heatmap(a.summaries, budgets, a.unit),
+        "failed": [{"candidate": candidate_label(c.hparams), "attack": c.attack, "budget": f"{100 * c.budget:g}%",
+                    "defense": c.defense, "seed": c.seed, "error": c.error} for c in failed],  # fmt: skip
+        "progress": {"done": done, "total": total, "missing": max(total - done - len(failed), 0)},
+        "not_converged": not_converged,
+        "n_retrains": len(retrains),
+        "not_run": not_run,
+        "max_budget": f"{100 * max(budgets):g}%",
+        "seeds": cfg.seeds,
+        "fingerprint": a.meta.get("fingerprint", ""),
+        "versions": a.meta.get("versions", {}),
+        "config_yaml": yaml.safe_dump(a.meta["config"], sort_keys=False),
+    }
+
+
+def _severity(damage: float | None, higher_is_better: bool) -> str:
+    if damage is None or not math.isfinite(damage):
+        return "unknown"
+    if not higher_is_better:
+        return "info"
+    return "ok" if damage <= 2 else ("warn" if damage <= 5 else "bad")
+
+
+def render_html(context: dict[str, Any]) -> str:
+    env = Environment(loader=FileSystemLoader(templates_dir()), autoescape=select_autoescape(["html", "j2"]))
+    env.globals["css"] = (templates_dir() / "report.css").read_text(encoding="utf-8")
+    return env.get_template("report.html.j2").render(**context)
+
+
+def build_summary(a: Analysis) -> dict[str, Any]:
+    """``summary.json``: versioned, for machines."""
+    rec = a.recommended()
+    sign = 1.0 if a.higher_is_better else -1.0
+    return {
+        "schema_version": SUMMARY_SCHEMA_VERSION,
+        "name": a.config.name,
+        "fingerprint": a.meta.get("fingerprint"),
+        "dataset": a.meta["dataset"],
+        "victim": a.meta.get("victim"),
+        "device": a.meta.get("device"),
+        "metric": {"name": a.metric, "higher_is_better": a.higher_is_better, "damage": a.unit},
+        "target_budget": a.recommendation.target_budget,
+        "recommendation": {
+            "hyperparameters": rec.hparams if rec else None,
+            "label": a.recommendation.label,
+            "clean_accuracy": rec.clean_val if rec else None,
+            "clean_test_accuracy": rec.clean_test if rec else None,
+            "worst_case_drop": {str(e): v for e, v in rec.worst_damage_test.items()} if rec else {},
+            "worst_case_drop_val": {str(e): v for e, v in rec.worst_damage_val.items()} if rec else {},
+            "reason": a.recommendation.reason,
+        },
+        "candidates": [
+            {"hyperparameters": s.hparams, "clean_val": s.clean_val, "clean_test": s.clean_test,
+             "worst_case_val": {str(e): v for e, v in s.worst_val.items()},
+             "worst_case_drop": {str(e): v for e, v in s.worst_damage_test.items()},
+             "eligible": s.key in a.recommendation.eligible}
+            for s in a.summaries
+        ],  # fmt: skip
+        "cells": [
+            {
+                "hyperparameters": c.hparams,
+                "attack": c.attack,
+                "budget": c.budget,
+                "defense": c.defense,
+                "seed": c.seed,
+                "clean_metric": c.clean_test,
+                "poisoned_metric": c.poisoned_test,
+                "clean_val_metric": c.clean_val,
+                "poisoned_val_metric": c.poisoned_val,
+                "drop": None if c.status != "ok" else sign * (c.clean_test - c.poisoned_test),
+                "n_poison": c.n_poison,
+                "poisons_removed": c.poisons_removed,
+                "clean_removed": c.clean_removed,
+                "seconds": c.seconds,
+                "device": c.device,
+                "status": c.status,
+                "error": c.error,
+            }
+            for c in a.cells
+        ],
+        "versions": a.meta.get("versions", {}),
+    }
+
+
+def write_report(run_dir: str | Path) -> Path:
+    """Render ``report.html`` and ``summary.json`` from the store; returns the HTML path."""
+    run_dir = Path(run_dir)
+    analysis = analyse(run_dir)
+    html = render_html(build_context(analysis))
+    _atomic_write(run_dir / "summary.json", json.dumps(build_summary(analysis), indent=2, allow_nan=False,
+                                                       default=_json_default))  # fmt: skip
+    _atomic_write(run_dir / "report.html", html)
+    return run_dir / "report.html"
+
+
+def _json_default(value: Any) -> Any:
+    return str(value)
+
+
+@dataclass
+class GateResult:
+    passed: bool
+    message: str
+    damage: float | None
+
+
+def gate(run_dir: str | Path, budget: float, max_drop: float) -> GateResult:
+    """Pass when the recommended setting's worst-case test damage at ``budget`` is at most ``max_drop``; writes gate.xml."""
+    run_dir = Path(run_dir)
+    a = analyse(run_dir)
+    if budget not in a.config.budgets:
+        raise AuditError(f"--budget {budget:g} was not run; budgets of this run: {', '.join(f'{b:g}' for b in a.config.budgets)}")
+    rec = a.recommended()
+    damage = rec.worst_damage_test.get(budget) if rec else None
+    what = "accuracy drop" if a.higher_is_better else "MSE increase"
+    unit = " points" if a.higher_is_better else ""
+    if damage is None or not math.isfinite(damage):
+        result = GateResult(False, f"no finished cells for the recommended setting at ε = {budget:g}", None)
+    else:
+        passed = damage <= max_drop
+        result = GateResult(
+            passed,
+            f"{a.recommendation.label}: worst-case {what} at ε = {budget:g} is {damage:.2f}{unit} "
+            f"({'≤' if passed else '>'} {max_drop:g}{unit} allowed; worst attack {rec.worst_attack.get(budget)})",
+            damage,
+        )
+    _atomic_write(run_dir / "gate.xml", junit_xml(a.config.name, budget, result))
+    return result
+
+
+def junit_xml(name: str, budget: float, result: GateResult) -> str:
+    case = quoteattr(f"worst-case damage at eps={budget:g}")
+    body = "" if result.passed else f'<failure message={quoteattr(result.message)}>{escape(result.message)}</failure>'
+    return (
+        '<?xml version="1.0" encoding="utf-8"?>\n'
+        f'<testsuites><testsuite name={quoteattr("poison-audit " + name)} tests="1" '
+        f'failures="{0 if result.passed else 1}" errors="0">'
+        f'<testcase classname="poison-audit.gate" name={case}>{body}'
+        f"<system-out>{escape(result.message)}</system-out></testcase></testsuite></testsuites>\n"
+    )

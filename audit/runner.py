@@ -1,0 +1,299 @@
+"""The audit grid (DESIGN.md protocol) with a resumable store.
+
+Order is deterministic: candidate → seed → attack → budget → defense. For each
+``(h, s)`` the victim is trained once on ``D_tr`` (clean metric); for each
+``(h, a, ε, s)`` the attack crafts poisons once (cached on disk and reused by every
+defense); for each defense the mixed set is filtered or robustly trained and the victim
+retrained from scratch with the same procedure, seed and ``h``.
+
+Seeds: the clean model and every retraining use ``derive_seed(s, "train")`` (same
+initialisation, so a drop measures the poison, not the draw of the weights); the attack
+uses ``derive_seed(s, h, a, ε)`` and the defense ``derive_seed(s, h, a, ε, d)``. Any cell
+re-run alone gives the same numbers on the same device.
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+import shutil
+import time
+import traceback
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from audit.attacks import ATTACKS, AttackContext
+from audit.config import SCHEMA_VERSION, AuditConfig
+from audit.data import Dataset, load_dataset
+from audit.defenses import DEFENSES
+from audit.errors import AuditError
+from audit.models import Victim, build_victim, resolve_device
+from audit.store import STORE_FILE, Cell, Store, candidate_key, cell_key, derive_seed
+
+
+@dataclass
+class RunPlan:
+    """A validated audit ready to run: config, data, victim, device and its run directory."""
+
+    config: AuditConfig
+    dataset: Dataset
+    victim: Victim
+    device: torch.device
+    run_dir: Path
+
+    def cells(self) -> list[tuple[int, str, str, float, str, int]]:
+        """All grid cells in run order: (position, candidate, attack, budget, defense, seed)."""
+        out = []
+        for hp in self.config.candidate_grid():
+            cand = candidate_key(hp)
+            for seed in self.config.seeds:
+                for attack in self.config.attacks:
+                    for eps in self.config.budgets:
+                        for defense in self.config.defenses:
+                            out.append((len(out), cand, attack.key, eps, defense, seed))
+        return out
+
+
+def package_versions() -> dict[str, str]:
+    from importlib.metadata import PackageNotFoundError, version
+
+    names = ["poison-audit", "torch", "adversarial-robustness-toolbox", "scikit-learn", "numpy", "scipy"]
+    out = {"python": platform.python_version()}
+    for name in names:
+        try:
+            out[name] = version(name)
+        except PackageNotFoundError:
+            out[name] = "not installed"
+    return out
+
+
+def plan_audit(
+    config: AuditConfig,
+    *,
+    model: Any = None,
+    dataset: Dataset | None = None,
+    output_dir: str | Path | None = None,
+) -> RunPlan:
+    """Validate everything a run needs *before* anything is written to disk.
+
+    ``model`` (an nn.Module, ART estimator or scikit-learn estimator) and ``dataset``
+    override the config's model and dataset (library API).
+    """
+    device = resolve_device(config.device)
+    data = dataset if dataset is not None else load_dataset(config.dataset)
+    victim = build_victim(config.model, config.training, data, device, model_obj=model)
+    for attack in config.attacks:
+        cls = ATTACKS[attack.name]
+        if data.task not in cls.tasks:
+            raise AuditError(f"attacks: {attack.name!r} does not apply to {data.task} (it supports {', '.join(cls.tasks)})")
+    out = Path(output_dir if output_dir is not None else config.output_dir)
+    if out.exists() and not out.is_dir():
+        raise AuditError(f"output directory {out} exists and is a file")
+    run_dir = out / config.name
+    if run_dir.exists() and not run_dir.is_dir():
+        raise AuditError(f"run directory {run_dir} exists and is a file")
+    return RunPlan(config, data, victim, device, run_dir)
+
+
+def _prepare_store(plan: RunPlan, restart: bool) -> Store:
+    store = Store(plan.run_dir)
+    fingerprint = plan.config.fingerprint()
+    if store.path.is_file():
+        previous = store.meta("fingerprint")
+        if previous is not None and previous != fingerprint and not restart:
+            store.close()
+            raise AuditError(
+                f"{plan.run_dir} holds a run of a different config (fingerprint {previous}, now {fingerprint}); "
+                "pass --restart to replace it or choose another name/output directory"
+            )
+        if restart:
+            store.close()
+            shutil.rmtree(plan.run_dir)
+            store = Store(plan.run_dir)
+    plan.run_dir.mkdir(parents=True, exist_ok=True)
+    if store.meta("fingerprint") is None:
+        store.initialise(
+            {
+                "fingerprint": fingerprint,
+                "config": plan.config.model_dump(mode="json"),
+                "config_schema_version": SCHEMA_VERSION,
+                "dataset": plan.dataset.describe(),
+                "victim": plan.victim.description,
+                "device": str(plan.device),
+                "device_name": torch.cuda.get_device_name(plan.device) if plan.device.type == "cuda" else platform.processor() or platform.machine(),
+                "versions": package_versions(),
+                "created": time.time(),
+                "total_cells": len(plan.cells()),
+            }
+        )
+    return store
+
+
+def run_audit(
+    config: AuditConfig,
+    *,
+    model: Any = None,
+    dataset: Dataset | None = None,
+    output_dir: str | Path | None = None,
+    restart: bool = False,
+    progress: bool = True,
+) -> Path:
+    """Run (or resume) the audit a config describes and return its run directory.
+
+    Finished cells in the run directory's store are read, not recomputed; failed cells
+    are retried. The HTML report is written separately (:func:`audit.report.write_report`).
+    """
+    plan = plan_audit(config, model=model, dataset=dataset, output_dir=output_dir)
+    store = _prepare_store(plan, restart)
+    try:
+        _run_grid(plan, store, progress)
+    finally:
+        store.close()
+    return plan.run_dir
+
+
+def _run_grid(plan: RunPlan, store: Store, progress: bool) -> None:
+    from tqdm import tqdm
+
+    cfg, data, victim = plan.config, plan.dataset, plan.victim
+    cells = plan.cells()
+    done = store.finished_keys()
+    bar = tqdm(total=len(cells), initial=sum(cell_key(*c[1:]) in done for c in cells), disable=not progress,
+               unit="cell", desc=f"audit {cfg.name}", dynamic_ncols=True)  # fmt: skip
+    by_group: dict[tuple[str, int], list] = {}
+    for c in cells:
+        by_group.setdefault((c[1], c[5]), []).append(c)
+
+    for (cand, seed), group in by_group.items():
+        pending = [c for c in group if cell_key(*c[1:]) not in done]
+        if not pending:
+            continue
+        hp = json.loads(cand)
+        train_seed = derive_seed(seed, "train")
+        t0 = time.perf_counter()
+        try:
+            clean = victim.fit(data.x_train, data.y_train, hp, train_seed)
+            clean_val, clean_test = clean.metric(data.x_val, data.y_val), clean.metric(data.x_test, data.y_test)
+        except Exception as err:  # the whole (h, s) group fails; the audit goes on
+            for c in pending:
+                _record_failure(store, c, err, plan.device)
+                bar.update(1)
+            continue
+        store.put_clean(cand, seed, clean_val, clean_test, time.perf_counter() - t0, clean.train_result)
+
+        by_poison: dict[tuple[str, float], list] = {}
+        for c in pending:
+            by_poison.setdefault((c[2], c[3]), []).append(c)
+        for (attack_key, eps), defense_cells in by_poison.items():
+            spec = next(a for a in cfg.attacks if a.key == attack_key)
+            poison_key = json.dumps([cand, attack_key, spec.params, eps, seed, cfg.fingerprint()], sort_keys=True)
+            t_attack = time.perf_counter()
+            try:
+                cached = store.load_poisons(poison_key)
+                if cached is None:
+                    ctx = AttackContext(data, victim, clean, hp, eps, derive_seed(seed, cand, attack_key, eps))
+                    attack = ATTACKS[spec.name].for_cell(dict(spec.params), ctx)
+                    x_p, y_p = attack.poison(data.x_train, data.y_train)
+                    diagnostics = _jsonable(attack.diagnostics)
+                    store.save_poisons(poison_key, x_p, y_p, diagnostics)
+                else:
+                    x_p, y_p, diagnostics = cached
+            except Exception as err:
+                for c in defense_cells:
+                    _record_failure(store, c, err, plan.device)
+                    bar.update(1)
+                continue
+            attack_seconds = time.perf_counter() - t_attack
+            for c in defense_cells:
+                _run_defense_cell(plan, store, c, hp, train_seed, clean_val, clean_test, x_p, y_p,
+                                  diagnostics, attack_seconds)  # fmt: skip
+                bar.update(1)
+    bar.close()
+
+
+def _run_defense_cell(
+    plan: RunPlan,
+    store: Store,
+    c: tuple,
+    hp: dict[str, Any],
+    train_seed: int,
+    clean_val: float,
+    clean_test: float,
+    x_p: np.ndarray,
+    y_p: np.ndarray,
+    attack_diag: dict,
+    attack_seconds: float,
+) -> None:
+    position, cand, attack_key, eps, defense_name, seed = c
+    data, victim = plan.dataset, plan.victim
+    t0 = time.perf_counter()
+    try:
+        x_mix = np.concatenate([data.x_train, x_p])
+        y_mix = np.concatenate([data.y_train, y_p])
+        is_poison = np.r_[np.zeros(len(data.y_train), bool), np.ones(len(y_p), bool)]
+        defense = DEFENSES[defense_name](rate=eps, seed=derive_seed(seed, cand, attack_key, eps, defense_name))
+        result = defense.apply(x_mix, y_mix, victim, hp)
+        if result.fitted is not None:
+            poisoned, keep = result.fitted, np.ones(len(y_mix), bool)
+        else:
+            keep = np.asarray(result.keep, bool)
+            assert keep.shape == y_mix.shape, "defense keep-mask has the wrong shape"
+            poisoned = victim.fit(x_mix[keep], y_mix[keep], hp, train_seed)
+        cell = Cell(
+            cell_key=cell_key(cand, attack_key, eps, defense_name, seed),
+            position=position,
+            candidate=cand,
+            attack=attack_key,
+            budget=eps,
+            defense=defense_name,
+            seed=seed,
+            status="ok",
+            clean_val=clean_val,
+            clean_test=clean_test,
+            poisoned_val=poisoned.metric(data.x_val, data.y_val),
+            poisoned_test=poisoned.metric(data.x_test, data.y_test),
+            n_poison=int(len(y_p)),
+            poisons_removed=int((~keep & is_poison).sum()),
+            clean_removed=int((~keep & ~is_poison).sum()),
+            seconds=attack_seconds + time.perf_counter() - t0,
+            device=str(plan.device),
+            diagnostics=json.dumps(
+                {"attack": attack_diag, "defense": _jsonable(result.diagnostics), "retrain": poisoned.train_result}
+            ),
+        )
+        store.put_cell(cell)
+    except Exception as err:
+        _record_failure(store, c, err, plan.device)
+
+
+def _record_failure(store: Store, c: tuple, err: BaseException, device: torch.device) -> None:
+    position, cand, attack_key, eps, defense_name, seed = c
+    last = f"{type(err).__name__}: {err}".strip().splitlines()[0] if str(err) else type(err).__name__
+    store.put_cell(
+        Cell(
+            cell_key=cell_key(cand, attack_key, eps, defense_name, seed),
+            position=position,
+            candidate=cand,
+            attack=attack_key,
+            budget=eps,
+            defense=defense_name,
+            seed=seed,
+            status="failed",
+            device=str(device),
+            error=last,
+            diagnostics=json.dumps({"traceback": traceback.format_exception(err)[-6:]}),
+        )
+    )
+
+
+def _jsonable(value: Any) -> Any:
+    """Diagnostics → plain JSON types (numpy scalars/arrays to Python)."""
+    return json.loads(json.dumps(value, default=lambda o: o.tolist() if hasattr(o, "tolist") else str(o)))
+
+
+def is_run_dir(path: Path) -> bool:
+    return (path / STORE_FILE).is_file()

@@ -1,0 +1,208 @@
+"""The result store of a run directory: SQLite (schema-versioned) plus a poison cache.
+
+Each finished cell is committed in its own transaction, so a run killed at any moment
+(Ctrl-C, ``kill -9``) keeps every cell it finished and nothing half-written: SQLite's
+journal rolls back an interrupted write, and cached poisons are written to a temporary
+file and renamed into place.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import sqlite3
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+
+from audit.errors import AuditError
+
+STORE_SCHEMA_VERSION = 1
+STORE_FILE = "results.sqlite"
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS clean (
+    candidate TEXT NOT NULL, seed INTEGER NOT NULL,
+    val_metric REAL, test_metric REAL, seconds REAL, train TEXT,
+    PRIMARY KEY (candidate, seed)
+);
+CREATE TABLE IF NOT EXISTS cells (
+    cell_key TEXT PRIMARY KEY, position INTEGER NOT NULL,
+    candidate TEXT NOT NULL, attack TEXT NOT NULL, budget REAL NOT NULL,
+    defense TEXT NOT NULL, seed INTEGER NOT NULL, status TEXT NOT NULL,
+    clean_val REAL, clean_test REAL, poisoned_val REAL, poisoned_test REAL,
+    n_poison INTEGER, poisons_removed INTEGER, clean_removed INTEGER,
+    seconds REAL, device TEXT, error TEXT, diagnostics TEXT, finished_at REAL
+);
+"""
+
+CELL_COLUMNS = (
+    "cell_key", "position", "candidate", "attack", "budget", "defense", "seed", "status",
+    "clean_val", "clean_test", "poisoned_val", "poisoned_test", "n_poison", "poisons_removed",
+    "clean_removed", "seconds", "device", "error", "diagnostics", "finished_at",
+)  # fmt: skip
+
+
+def candidate_key(hparams: dict[str, Any]) -> str:
+    """Canonical JSON of a candidate, the key it is stored under."""
+    return json.dumps(hparams, sort_keys=True)
+
+
+def cell_key(candidate: str, attack: str, budget: float, defense: str, seed: int) -> str:
+    return json.dumps([json.loads(candidate), attack, budget, defense, seed], sort_keys=True)
+
+
+def derive_seed(*parts: Any) -> int:
+    """A stable 31-bit seed from any JSON-able parts (same parts, same seed, on every machine)."""
+    digest = hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).digest()
+    return int.from_bytes(digest[:4], "little") & 0x7FFFFFFF
+
+
+@dataclass
+class Cell:
+    """One row of the grid's results."""
+
+    cell_key: str
+    position: int
+    candidate: str
+    attack: str
+    budget: float
+    defense: str
+    seed: int
+    status: str
+    clean_val: float | None = None
+    clean_test: float | None = None
+    poisoned_val: float | None = None
+    poisoned_test: float | None = None
+    n_poison: int | None = None
+    poisons_removed: int | None = None
+    clean_removed: int | None = None
+    seconds: float | None = None
+    device: str | None = None
+    error: str | None = None
+    diagnostics: str | None = None
+    finished_at: float | None = None
+
+    @property
+    def hparams(self) -> dict[str, Any]:
+        return json.loads(self.candidate)
+
+
+class Store:
+    """SQLite store of one run directory."""
+
+    def __init__(self, run_dir: str | Path) -> None:
+        self.run_dir = Path(run_dir)
+        self.path = self.run_dir / STORE_FILE
+        self.poison_dir = self.run_dir / "poisons"
+        self._db: sqlite3.Connection | None = None
+
+    # ------------------------------------------------------------------ lifecycle
+    @classmethod
+    def open_existing(cls, run_dir: str | Path) -> Store:
+        """Open a finished or interrupted run for reading; a clear error when it is not one."""
+        store = cls(run_dir)
+        if not store.run_dir.is_dir():
+            raise AuditError(f"run directory not found: {store.run_dir}")
+        if not store.path.is_file():
+            raise AuditError(f"{store.run_dir} holds no {STORE_FILE}: not a poison-audit run directory")
+        version = store.meta("schema_version")
+        if version is None:
+            raise AuditError(f"{store.path}: no run metadata (the run never got past its start)")
+        if int(version) != STORE_SCHEMA_VERSION:
+            raise AuditError(f"{store.path}: store schema {version}, this version reads {STORE_SCHEMA_VERSION}")
+        return store
+
+    @property
+    def db(self) -> sqlite3.Connection:
+        if self._db is None:
+            self._db = sqlite3.connect(self.path, timeout=30)
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA synchronous=NORMAL")
+            self._db.executescript(_SCHEMA)
+        return self._db
+
+    def close(self) -> None:
+        if self._db is not None:
+            self._db.close()
+            self._db = None
+
+    def initialise(self, meta: dict[str, Any]) -> None:
+        """Write the run's metadata once, in one transaction (values JSON-encoded)."""
+        with self.db:
+            self.db.executemany(
+                "INSERT OR REPLACE INTO meta VALUES (?, ?)",
+                [("schema_version", str(STORE_SCHEMA_VERSION))] + [(k, json.dumps(v)) for k, v in meta.items()],
+            )
+
+    def meta(self, key: str) -> Any:
+        if not self.path.is_file():
+            return None
+        row = self.db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+        if row is None:
+            return None
+        return row[0] if key == "schema_version" else json.loads(row[0])
+
+    def all_meta(self) -> dict[str, Any]:
+        rows = self.db.execute("SELECT key, value FROM meta").fetchall()
+        return {k: (v if k == "schema_version" else json.loads(v)) for k, v in rows}
+
+    # ------------------------------------------------------------------ cells
+    def finished_keys(self) -> set[str]:
+        return {r[0] for r in self.db.execute("SELECT cell_key FROM cells WHERE status = 'ok'")}
+
+    def put_cell(self, cell: Cell) -> None:
+        cell.finished_at = time.time()
+        values = tuple(getattr(cell, c) for c in CELL_COLUMNS)
+        with self.db:
+            self.db.execute(
+                f"INSERT OR REPLACE INTO cells ({', '.join(CELL_COLUMNS)}) VALUES ({', '.join('?' * len(CELL_COLUMNS))})",
+                values,
+            )
+
+    def cells(self) -> list[Cell]:
+        rows = self.db.execute(f"SELECT {', '.join(CELL_COLUMNS)} FROM cells ORDER BY position").fetchall()
+        return [Cell(*row) for row in rows]
+
+    # ------------------------------------------------------------------ clean models
+    def put_clean(self, candidate: str, seed: int, val: float, test: float, seconds: float, train: dict) -> None:
+        with self.db:
+            self.db.execute(
+                "INSERT OR REPLACE INTO clean VALUES (?, ?, ?, ?, ?, ?)",
+                (candidate, seed, val, test, seconds, json.dumps(train)),
+            )
+
+    def clean_rows(self) -> Iterator[tuple[str, int, float, float, float, dict]]:
+        for cand, seed, val, test, sec, train in self.db.execute("SELECT * FROM clean ORDER BY rowid"):
+            yield cand, seed, val, test, sec, json.loads(train)
+
+    # ------------------------------------------------------------------ poison cache
+    def _poison_path(self, key: str) -> Path:
+        return self.poison_dir / (hashlib.sha256(key.encode()).hexdigest()[:24] + ".npz")
+
+    def load_poisons(self, key: str) -> tuple[np.ndarray, np.ndarray, dict] | None:
+        path = self._poison_path(key)
+        if not path.is_file():
+            return None
+        with np.load(path, allow_pickle=False) as npz:
+            if str(npz["key"]) != key:
+                return None
+            return npz["x"], npz["y"], json.loads(str(npz["diagnostics"]))
+
+    def save_poisons(self, key: str, x: np.ndarray, y: np.ndarray, diagnostics: dict) -> None:
+        """Atomic write: a temporary file in the same folder, renamed into place."""
+        self.poison_dir.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=self.poison_dir, suffix=".tmp")
+        try:
+            with os.fdopen(fd, "wb") as fh:
+                np.savez_compressed(fh, x=x, y=y, key=np.array(key), diagnostics=np.array(json.dumps(diagnostics)))
+            os.replace(tmp, self._poison_path(key))
+        finally:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
