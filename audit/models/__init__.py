@@ -30,6 +30,9 @@ MODELS: dict[str, str] = {
     "or a scikit-learn LogisticRegression/Ridge",
 }
 
+# scikit-learn estimators whose regularization maps onto ρ (C = 1/(ρn) or alpha = ρn).
+SKLEARN_SUPPORTED = {"classification": ("LogisticRegression",), "regression": ("Ridge",)}
+
 __all__ = ["MODELS", "Fitted", "Victim", "build_victim", "resolve_device"]
 
 
@@ -95,13 +98,12 @@ def victim_from_object(
         return TorchVictim(build, task, n_classes, input_shape, training, device, f"torch module {type(obj).__name__}")
     if isinstance(obj, BaseEstimator):
         kind = type(obj).__name__
-        expected = {"classification": "LogisticRegression", "regression": "Ridge"}
-        if task == "classification" and not hasattr(obj, "predict_proba") and not hasattr(obj, "C"):
-            raise AuditError(f"model: scikit-learn {kind} is not supported for classification; use LogisticRegression")
-        if task == "regression" and "alpha" not in obj.get_params():
-            raise AuditError(f"model: scikit-learn {kind} has no 'alpha' to map ρ to; use {expected[task]}")
-        if task == "classification" and "C" not in obj.get_params():
-            raise AuditError(f"model: scikit-learn {kind} has no 'C' to map ρ to; use {expected[task]}")
+        supported = SKLEARN_SUPPORTED[task]
+        if kind not in supported:
+            raise AuditError(
+                f"model: scikit-learn {kind} is not supported for {task}; use {' or '.join(supported)} "
+                "(the L2 strength ρ must map onto its regularization parameter)"
+            )
         return SklearnVictim(obj, task, n_classes, f"scikit-learn {kind}")
     raise AuditError(
         f"model: expected an nn.Module, an ART estimator or a scikit-learn estimator (got {type(obj).__name__})"

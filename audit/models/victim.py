@@ -6,8 +6,8 @@ Three kinds share one interface (:class:`Victim.fit` → :class:`Fitted`):
   an ART ``PyTorchClassifier`` (re-initialised and retrained with the audit's procedure);
   trained with :func:`audit.models.training.train`.
 * :class:`SklearnVictim` — scikit-learn ``LogisticRegression`` / ``Ridge`` retrained with
-  their own solver; the L2 strength maps as ``C = 1/(ρ·n)`` (``penalty=None`` at ρ = 0)
-  and ``alpha = ρ·n`` (ridge loss ½(y − f)²), so both minimise the objective of DESIGN.md.
+  their own solver; the L2 strength maps as ``C = 1/(ρ·n)`` 
+  (``C = inf`` at ρ = 0) and ``alpha = ρ·n`` (ridge loss ½(y − f)²), so both minimise the objective of DESIGN.md.
 
 Every fitted victim exports an ART estimator (:meth:`Fitted.to_art`).
 """
@@ -223,7 +223,7 @@ class SklearnVictim(Victim):
         params = est.get_params()
         if self.task == "classification":
             # C·Σℓ + ½‖w‖²  ⇔  mean ℓ + 1/(2Cn)‖w‖²  ⇒  C = 1/(ρ n)
-            est.set_params(**({"penalty": None} if rho == 0 else {"C": 1.0 / (rho * n)}))
+            est.set_params(C=np.inf if rho == 0 else 1.0 / (rho * n))
         else:
             # ‖y − Xw‖² + α‖w‖²  ⇔  mean ½(y − f)² + (α/2n)‖w‖²  ⇒  α = ρ n
             est.set_params(alpha=rho * n)

@@ -1,0 +1,68 @@
+"""Every registered attack keeps the one contract: ART base class, poison(x, y) → points to add."""
+
+import numpy as np
+import pytest
+import torch
+from art.attacks.attack import PoisoningAttack
+
+from audit.attacks import ATTACKS, AttackContext
+from audit.config import DatasetSpec, ModelSpec, TrainingSpec
+from audit.data import load_dataset
+from audit.errors import AuditError
+from audit.models import build_victim
+
+# One default parameter set per attack for the contract test (extend when an attack lands).
+CONTRACT_PARAMS = {"label_flip": [{"variant": "random"}, {"variant": "adversarial"}]}
+
+
+@pytest.fixture(scope="module")
+def setting():
+    d = load_dataset(DatasetSpec(name="wine"))
+    victim = build_victim(ModelSpec(name="logreg"), TrainingSpec(epochs=100), d, torch.device("cpu"))
+    return d, victim, victim.fit(d.x_train, d.y_train, {"l2": 0.01}, 0)
+
+
+def _cases():
+    for name, cls in sorted(ATTACKS.items()):
+        for params in CONTRACT_PARAMS.get(name, [{}]):
+            yield pytest.param(name, params, id=f"{name}-{params}")
+
+
+def test_every_attack_has_contract_params():
+    assert set(CONTRACT_PARAMS) == set(ATTACKS), "add the new attack to CONTRACT_PARAMS"
+
+
+@pytest.mark.parametrize("name, params", list(_cases()))
+@pytest.mark.parametrize("budget", [0.05, 0.3])
+def test_contract(setting, name, params, budget):
+    d, victim, fitted = setting
+    attack = ATTACKS[name].for_cell(params, AttackContext(d, victim, fitted, {"l2": 0.01}, budget, seed=3))
+    assert isinstance(attack, PoisoningAttack)
+    x_in, y_in = d.x_train.copy(), d.y_train.copy()
+    x_p, y_p = attack.poison(d.x_train, d.y_train)
+    n_p = round(budget * len(d.y_train))
+    assert x_p.shape == (n_p, d.n_features) and y_p.shape == (n_p,)
+    assert np.all(x_p >= d.lo) and np.all(x_p <= d.hi)
+    assert y_p.min() >= 0 and y_p.max() < d.n_classes
+    np.testing.assert_array_equal(d.x_train, x_in)  # the input is not modified
+    np.testing.assert_array_equal(d.y_train, y_in)
+    assert attack.diagnostics["n_poison"] == n_p
+    again = ATTACKS[name].for_cell(params, AttackContext(d, victim, fitted, {"l2": 0.01}, budget, seed=3))
+    x_q, y_q = again.poison(d.x_train, d.y_train)
+    np.testing.assert_array_equal(x_p, x_q)  # same seed, same poisons
+    np.testing.assert_array_equal(y_p, y_q)
+
+
+@pytest.mark.parametrize("name", sorted(ATTACKS))
+def test_contract_rejects_bad_input(setting, name):
+    d, victim, fitted = setting
+    params = CONTRACT_PARAMS.get(name, [{}])[0]
+    attack = ATTACKS[name].for_cell(params, AttackContext(d, victim, fitted, {}, 0.1, seed=0))
+    with pytest.raises(AuditError, match=r"expected x \(n, d\) and y \(n,\)"):
+        attack.poison(d.x_train, d.y_train[:-1])
+    bad = d.x_train.copy()
+    bad[0, 0] = np.nan
+    with pytest.raises(AuditError, match="x contains NaN or inf"):
+        attack.poison(bad, d.y_train)
+    with pytest.raises(AuditError, match=r"budget' parameter of .* must be a float in \(0, 1\]. Got 1.7 instead"):
+        ATTACKS[name].for_cell(params, AttackContext(d, victim, fitted, {}, 1.7, seed=0))

@@ -1,0 +1,54 @@
+"""Shared fixtures: tiny seeded configs and data that train in well under a second."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+
+torch.set_num_threads(2)
+
+
+def tiny_config(**overrides: Any) -> dict[str, Any]:
+    """breast_cancer logreg, 2 candidates × 2 attacks × 2 budgets × 1 seed = 8 cells (~2 s)."""
+    cfg: dict[str, Any] = {
+        "name": "tiny",
+        "dataset": {"name": "breast_cancer"},
+        "model": {"name": "logreg"},
+        "training": {"epochs": 100},
+        "candidates": {"l2": [0.0, 0.01]},
+        "attacks": [
+            {"name": "label_flip", "id": "lf_random", "params": {"variant": "random"}},
+            {"name": "label_flip", "id": "lf_adv", "params": {"variant": "adversarial"}},
+        ],
+        "budgets": [0.1, 0.3],
+        "seeds": [0],
+        "device": "cpu",
+    }
+    cfg.update(overrides)
+    return cfg
+
+
+@pytest.fixture
+def tiny() -> dict[str, Any]:
+    return tiny_config()
+
+
+@pytest.fixture
+def rng() -> np.random.Generator:
+    return np.random.default_rng(0)
+
+
+def chromium_path() -> str | None:
+    return shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
+
+
+def write_yaml(path: Path, data: dict[str, Any]) -> Path:
+    import yaml
+
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    return path
