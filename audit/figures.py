@@ -24,6 +24,7 @@ def _to_svg(fig: plt.Figure) -> str:
     plt.close(fig)
     svg = buf.getvalue()
     svg = svg[svg.index("<svg") :]  # drop the XML prolog and doctype: it is inlined in HTML
+    svg = re.sub(r"<metadata>.*?</metadata>", "", svg, flags=re.S)
     return re.sub(r'<svg ([^>]*?)width="[^"]*" height="[^"]*"', r'<svg \1', svg, count=1)
 
 

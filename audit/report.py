@@ -195,7 +195,6 @@ def _severity(damage: float | None, higher_is_better: bool) -> str:
 
 def render_html(context: dict[str, Any]) -> str:
     env = Environment(loader=FileSystemLoader(templates_dir()), autoescape=select_autoescape(["html", "j2"]))
-    env.globals["css"] = (templates_dir() / "report.css").read_text(encoding="utf-8")
     return env.get_template("report.html.j2").render(**context)
 
 

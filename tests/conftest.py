@@ -52,3 +52,13 @@ def write_yaml(path: Path, data: dict[str, Any]) -> Path:
 
     path.write_text(yaml.safe_dump(data, sort_keys=False))
     return path
+
+
+def pytest_collection_modifyitems(config, items):
+    """Tests marked `gpu` skip, with a reason, where torch sees no CUDA device."""
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA device (torch.cuda.is_available() is False)")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)

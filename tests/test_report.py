@@ -1,0 +1,99 @@
+import json
+import subprocess
+import xml.etree.ElementTree as ET
+
+import numpy as np
+import pytest
+
+from audit.config import parse_config
+from audit.report import gate, templates_dir, write_report
+from audit.runner import run_audit
+from tests.conftest import chromium_path, tiny_config
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory):
+    out = tmp_path_factory.mktemp("runs")
+    cfg = tiny_config(attacks=[{"name": "label_flip", "id": "<script>alert(1)</script>", "params": {"variant": "adversarial"}},
+                               {"name": "label_flip", "id": "lf_random"}])  # fmt: skip
+    run = run_audit(parse_config(cfg), output_dir=out, progress=False)
+    write_report(run)
+    return run
+
+
+def test_summary_json_schema(run_dir):
+    s = json.loads((run_dir / "summary.json").read_text())
+    assert s["schema_version"] == 1
+    rec = s["recommendation"]
+    assert set(rec) >= {"hyperparameters", "clean_accuracy", "worst_case_drop"}
+    assert set(rec["worst_case_drop"]) == {"0.1", "0.3"}
+    assert len(s["cells"]) == 8
+    keys = {"hyperparameters", "attack", "budget", "defense", "seed", "clean_metric", "poisoned_metric", "drop", "seconds", "status"}
+    for c in s["cells"]:
+        assert keys <= set(c)
+        assert c["drop"] == pytest.approx(c["clean_metric"] - c["poisoned_metric"])
+
+
+def test_html_is_self_contained_and_escaped(run_dir):
+    html = (run_dir / "report.html").read_text()
+    assert "<script>alert(1)</script>" not in html  # autoescape on for user-controlled names
+    assert "&lt;script&gt;alert(1)&lt;/script&gt;" in html
+    assert "<script" not in html.replace("&lt;script", "")
+    for external in ('src="http', "src='http", 'href="http', "url(http", "@import"):
+        assert external not in html  # nothing is loaded from the network
+    for section in ("Recommendation:", "Trade-off table", "Worst case over attacks", "Failed cells",
+                    "What this audit did not cover", "Reproducibility"):
+        assert section in html
+    assert html.count("<svg") >= 2
+
+
+def test_templates_are_found():
+    assert (templates_dir() / "report.html.j2").is_file() and (templates_dir() / "report.css").is_file()
+
+
+def test_gate_passes_and_fails_with_junit(run_dir):
+    s = json.loads((run_dir / "summary.json").read_text())
+    drop = s["recommendation"]["worst_case_drop"]["0.3"]
+    assert drop > 1.0
+    ok = gate(run_dir, 0.3, max_drop=drop + 0.5)
+    assert ok.passed
+    suite = ET.parse(run_dir / "gate.xml").getroot().find("testsuite")
+    assert suite.get("failures") == "0"
+    bad = gate(run_dir, 0.3, max_drop=drop - 1.0)
+    assert not bad.passed and "worst-case accuracy drop at ε = 0.3" in bad.message
+    suite = ET.parse(run_dir / "gate.xml").getroot().find("testsuite")
+    assert suite.get("failures") == "1" and suite.find("testcase/failure") is not None
+
+
+def test_report_rerenders_from_store_alone(run_dir):
+    (run_dir / "report.html").unlink()
+    write_report(run_dir)
+    assert (run_dir / "report.html").stat().st_size > 10_000
+
+
+def test_report_in_headless_chromium(run_dir, tmp_path):
+    chromium = chromium_path()
+    if chromium is None:
+        pytest.skip("Chromium is not installed (apt-get install -y chromium)")
+    shot = tmp_path / "shot.png"
+    proc = subprocess.run(
+        [chromium, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+         "--disable-background-networking", "--disable-component-update", "--disable-sync",
+         f"--user-data-dir={tmp_path / 'profile'}", "--enable-logging=stderr", "--v=0",
+         "--window-size=1200,2000", f"--screenshot={shot}", (run_dir / "report.html").as_uri()],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert shot.is_file(), proc.stderr[-2000:]
+    console = [line for line in proc.stderr.splitlines() if "CONSOLE" in line or "Uncaught" in line]
+    assert not console, console
+    from PIL import Image
+
+    pixels = np.asarray(Image.open(shot).convert("L"), dtype=float)
+    assert pixels.std() > 10, "the screenshot is blank"
+    assert (pixels < 128).mean() > 0.01  # text and figures drawn
+
+
+def test_css_is_inlined_unescaped(run_dir):
+    html = (run_dir / "report.html").read_text()
+    style = html[html.index("<style>") : html.index("</style>")]
+    assert '"DejaVu Sans"' in style and "&#34;" not in style

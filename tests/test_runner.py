@@ -1,0 +1,163 @@
+import json
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from audit import attacks as attacks_module
+from audit import defenses as defenses_module
+from audit.attacks import LabelFlip
+from audit.config import parse_config
+from audit.defenses import Defense, DefenseResult
+from audit.errors import AuditError
+from audit.runner import run_audit
+from audit.store import Store
+from tests.conftest import tiny_config, write_yaml
+
+
+def _cells(run_dir: Path):
+    store = Store.open_existing(run_dir)
+    try:
+        return store.cells()
+    finally:
+        store.close()
+
+
+def test_tiny_grid_fills_every_cell_once(tmp_path, tiny):
+    run_dir = run_audit(parse_config(tiny), output_dir=tmp_path, progress=False)
+    cells = _cells(run_dir)
+    assert len(cells) == 8 and {c.status for c in cells} == {"ok"}
+    assert len({c.cell_key for c in cells}) == 8
+    assert [c.position for c in cells] == list(range(8))
+    for c in cells:
+        assert c.n_poison == round(c.budget * 341) and c.poisons_removed == 0 and c.clean_removed == 0
+        assert c.device == "cpu" and c.seconds > 0
+
+
+def test_same_config_same_numbers(tmp_path, tiny):
+    a = _cells(run_audit(parse_config(tiny), output_dir=tmp_path / "a", progress=False))
+    b = _cells(run_audit(parse_config(tiny), output_dir=tmp_path / "b", progress=False))
+    assert [(c.poisoned_test, c.poisoned_val, c.clean_test) for c in a] == [(c.poisoned_test, c.poisoned_val, c.clean_test) for c in b]
+
+
+def test_rerun_reads_finished_cells_instead_of_recomputing(tmp_path, tiny, monkeypatch):
+    run_dir = run_audit(parse_config(tiny), output_dir=tmp_path, progress=False)
+    before = {c.cell_key: c.finished_at for c in _cells(run_dir)}
+
+    def boom(*args, **kwargs):
+        raise AssertionError("a finished cell was recomputed")
+
+    monkeypatch.setattr(LabelFlip, "_run", boom)
+    monkeypatch.setattr("audit.models.victim.TorchVictim.fit", boom)
+    run_audit(parse_config(tiny), output_dir=tmp_path, progress=False)
+    assert {c.cell_key: c.finished_at for c in _cells(run_dir)} == before
+
+
+class _Exploding(LabelFlip):
+    name = "exploding"
+
+    def _run(self, x, y, n_poison, rng):
+        if self.budget > 0.2:
+            raise RuntimeError("solver diverged at large budget")
+        return super()._run(x, y, n_poison, rng)
+
+
+def test_failing_cell_is_recorded_and_the_audit_goes_on(tmp_path, monkeypatch):
+    monkeypatch.setitem(attacks_module.ATTACKS, "exploding", _Exploding)
+    cfg = parse_config(tiny_config(attacks=[{"name": "exploding"}]))
+    cells = _cells(run_audit(cfg, output_dir=tmp_path, progress=False))
+    failed = [c for c in cells if c.status == "failed"]
+    assert len(cells) == 4 and len(failed) == 2
+    assert all(c.budget == 0.3 and c.error == "RuntimeError: solver diverged at large budget" for c in failed)
+    assert {c.status for c in cells if c.budget == 0.1} == {"ok"}
+
+
+class _DropFlagged(Defense):
+    """Removes the last ε·n points of the mixed set, i.e. exactly the poisons (a perfect filter)."""
+
+    name = "oracle_filter"
+    description = "test-only"
+
+    def apply(self, x, y, victim, hparams):
+        keep = np.ones(len(y), bool)
+        keep[len(y) - round(self.rate * 341) :] = False
+        return DefenseResult(keep=keep, diagnostics={"removed": int((~keep).sum())})
+
+
+def test_poisons_are_crafted_once_and_reused_by_every_defense(tmp_path, monkeypatch):
+    monkeypatch.setitem(defenses_module.DEFENSES, "oracle_filter", _DropFlagged)
+    calls = []
+    original = LabelFlip._run
+    monkeypatch.setattr(LabelFlip, "_run", lambda self, *a: calls.append(1) or original(self, *a))
+    cfg = parse_config(tiny_config(defenses=["none", "oracle_filter"], attacks=[{"name": "label_flip"}]))
+    cells = _cells(run_audit(cfg, output_dir=tmp_path, progress=False))
+    assert len(cells) == 8 and len(calls) == 4  # 2 candidates × 2 budgets, not × 2 defenses
+    for c in cells:
+        if c.defense == "oracle_filter":
+            assert c.poisons_removed == c.n_poison and c.clean_removed == 0
+            assert c.poisoned_test == pytest.approx(c.clean_test)  # all poison removed → the clean model again
+
+
+def test_different_config_in_same_run_dir_needs_restart(tmp_path, tiny):
+    run_audit(parse_config(tiny), output_dir=tmp_path, progress=False)
+    changed = parse_config(tiny_config(budgets=[0.2]))
+    with pytest.raises(AuditError, match="holds a run of a different config .* pass --restart"):
+        run_audit(changed, output_dir=tmp_path, progress=False)
+    cells = _cells(run_audit(changed, output_dir=tmp_path, restart=True, progress=False))
+    assert {c.budget for c in cells} == {0.2}
+
+
+def test_bad_input_writes_nothing(tmp_path):
+    cfg = parse_config(tiny_config(dataset={"name": "npz", "path": str(tmp_path / "missing.npz")}))
+    with pytest.raises(AuditError, match="file not found"):
+        run_audit(cfg, output_dir=tmp_path / "out", progress=False)
+    assert not (tmp_path / "out").exists()
+    blocker = tmp_path / "afile"
+    blocker.write_text("x")
+    with pytest.raises(AuditError, match="exists and is a file"):
+        run_audit(parse_config(tiny_config()), output_dir=blocker, progress=False)
+
+
+def _count_ok(db: Path) -> int:
+    if not db.exists():
+        return 0
+    try:
+        with sqlite3.connect(db, timeout=1) as con:
+            return con.execute("SELECT COUNT(*) FROM cells WHERE status='ok'").fetchone()[0]
+    except sqlite3.OperationalError:
+        return 0
+
+
+def test_kill_9_mid_grid_then_resume(tmp_path):
+    """A subprocess killed with SIGKILL mid-grid; the re-run completes it with every cell exactly once."""
+    cfg = tiny_config(candidates={"l2": [0.0, 1e-3, 1e-2, 1e-1]}, seeds=[0, 1], training={"epochs": 400})
+    path = write_yaml(tmp_path / "audit.yaml", cfg)
+    run_dir = tmp_path / "out" / "tiny"
+    db = run_dir / "results.sqlite"
+    cmd = [sys.executable, "-m", "audit", "run", str(path), "--out", str(tmp_path / "out"), "--quiet"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.time() + 120
+    while _count_ok(db) < 5 and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.05)
+    assert proc.poll() is None, "the run finished before it could be killed; make the grid larger"
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    done_before = {c.cell_key: c.finished_at for c in _cells(run_dir) if c.status == "ok"}
+    assert 5 <= len(done_before) < 32
+    assert not (run_dir / "report.html").exists()
+
+    rerun = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert rerun.returncode == 0, rerun.stderr
+    cells = _cells(run_dir)
+    assert len(cells) == 32 and len({c.cell_key for c in cells}) == 32
+    assert {c.status for c in cells} == {"ok"}
+    after = {c.cell_key: c.finished_at for c in cells}
+    assert all(after[k] == t for k, t in done_before.items()), "a cell finished before the kill was recomputed"
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert len(summary["cells"]) == 32
