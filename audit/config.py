@@ -118,10 +118,11 @@ class TrainingSpec(_Strict):
     """The one training procedure used to pretrain, inside attacks and to retrain.
 
     Fields left out take the model's defaults (see :data:`audit.models.zoo.TRAINING_DEFAULTS`).
-    ``batch_size`` None means full-batch gradient descent.
+    ``batch_size`` None means full batch; ``lbfgs`` is full-batch only and ``epochs`` caps
+    its iterations.
     """
 
-    optimizer: Literal["sgd", "adam"] | None = None
+    optimizer: Literal["lbfgs", "sgd", "adam"] | None = None
     lr: float | None = Field(None, gt=0)
     momentum: float | None = Field(None, ge=0, lt=1)
     epochs: int | None = Field(None, ge=1)
@@ -232,6 +233,8 @@ class AuditConfig(_Strict):
 
     @model_validator(mode="after")
     def _consistent(self) -> AuditConfig:
+        if self.training.optimizer == "lbfgs" and (self.training.batch_size or "batch_size" in self.candidates):
+            raise ValueError("training.batch_size: L-BFGS trains full batch; drop batch_size or use optimizer sgd/adam")
         keys = [a.key for a in self.attacks]
         if len(set(keys)) != len(keys):
             raise ValueError(f"attacks: two attacks share an id ({keys!r}); give each an 'id'")

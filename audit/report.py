@@ -117,8 +117,16 @@ def build_context(a: Analysis) -> dict[str, Any]:
     failed = [c for c in a.cells if c.status == "failed"]
     total = a.meta.get("total_cells", len(a.cells))
     done = sum(c.status == "ok" for c in a.cells)
-    retrains = [json.loads(c.diagnostics or "{}").get("retrain", {}) for c in a.cells if c.status == "ok"]
-    not_converged = sum(1 for r in retrains if r and not r.get("converged", True))
+    retrains = [(c, json.loads(c.diagnostics or "{}").get("retrain", {})) for c in a.cells if c.status == "ok"]
+    not_converged = sum(1 for _, r in retrains if r and not r.get("converged", True))
+    by_candidate = []
+    for s in a.summaries:
+        mine = [r for c, r in retrains if c.candidate == s.key and r]
+        bad = [r for r in mine if not r.get("converged", True)]
+        if bad:
+            by_candidate.append({"label": s.label, "bad": len(bad), "total": len(mine),
+                                 "max_grad": f"{max(r['grad_norm'] for r in bad):.1e}"})  # fmt: skip
+    unregularized = any(s.hparams.get("l2", None) == 0 for s in a.summaries) and a.higher_is_better
     rows = []
     for s in a.summaries:
         rows.append({
@@ -150,6 +158,7 @@ def build_context(a: Analysis) -> dict[str, Any]:
         "generated": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
         "dataset": a.meta["dataset"],
         "victim": a.meta.get("victim", ""),
+        "training": _describe_training(a.meta.get("training")),
         "device": a.meta.get("device", ""),
         "device_name": a.meta.get("device_name", ""),
         "metric": a.metric,
@@ -175,6 +184,8 @@ def build_context(a: Analysis) -> dict[str, Any]:
                     "defense": c.defense, "seed": c.seed, "error": c.error} for c in failed],  # fmt: skip
         "progress": {"done": done, "total": total, "missing": max(total - done - len(failed), 0)},
         "not_converged": not_converged,
+        "not_converged_by_candidate": by_candidate,
+        "unregularized": unregularized,
         "n_retrains": len(retrains),
         "not_run": not_run,
         "max_budget": f"{100 * max(budgets):g}%",
@@ -183,6 +194,18 @@ def build_context(a: Analysis) -> dict[str, Any]:
         "versions": a.meta.get("versions", {}),
         "config_yaml": yaml.safe_dump(a.meta["config"], sort_keys=False),
     }
+
+
+def _describe_training(training: dict[str, Any] | None) -> str:
+    if not training:
+        return "the model's own solver (scikit-learn)"
+    batch = "full batch" if training.get("batch_size") is None else f"batch {training['batch_size']}"
+    if training.get("optimizer") == "lbfgs":
+        how = f"L-BFGS (strong Wolfe), at most {training.get('epochs')} iterations, {batch}"
+    else:
+        how = (f"{training.get('optimizer')} lr {training.get('lr')}, momentum {training.get('momentum')}, "
+               f"{training.get('epochs')} epochs, {batch}")  # fmt: skip
+    return how + "; objective: mean loss + ρ/2·‖w‖² over weights (biases unregularized); candidate axes override"
 
 
 def _severity(damage: float | None, higher_is_better: bool) -> str:

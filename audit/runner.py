@@ -45,6 +45,17 @@ class RunPlan:
     device: torch.device
     run_dir: Path
 
+    def fingerprint(self) -> str:
+        """The config's fingerprint plus what the code resolved it to (training procedure, version):
+        a run directory is only resumed by the same config *and* the same procedure."""
+        import hashlib
+
+        from audit import __version__
+
+        training = getattr(self.victim, "training", {})
+        payload = json.dumps([self.config.fingerprint(), training, self.victim.description, __version__], sort_keys=True)
+        return hashlib.sha256(payload.encode()).hexdigest()[:16]
+
     def cells(self) -> list[tuple[int, str, str, float, str, int]]:
         """All grid cells in run order: (position, candidate, attack, budget, defense, seed)."""
         out = []
@@ -101,13 +112,14 @@ def plan_audit(
 
 def _prepare_store(plan: RunPlan, restart: bool) -> Store:
     store = Store(plan.run_dir)
-    fingerprint = plan.config.fingerprint()
+    fingerprint = plan.fingerprint()
     if store.path.is_file():
         previous = store.meta("fingerprint")
         if previous is not None and previous != fingerprint and not restart:
             store.close()
             raise AuditError(
-                f"{plan.run_dir} holds a run of a different config (fingerprint {previous}, now {fingerprint}); "
+                f"{plan.run_dir} holds a run of a different config or training procedure "
+                f"(fingerprint {previous}, now {fingerprint}); "
                 "pass --restart to replace it or choose another name/output directory"
             )
         if restart:
@@ -119,6 +131,7 @@ def _prepare_store(plan: RunPlan, restart: bool) -> Store:
         store.initialise(
             {
                 "fingerprint": fingerprint,
+                "training": getattr(plan.victim, "training", None),
                 "config": plan.config.model_dump(mode="json"),
                 "config_schema_version": SCHEMA_VERSION,
                 "dataset": plan.dataset.describe(),
@@ -160,6 +173,7 @@ def _run_grid(plan: RunPlan, store: Store, progress: bool) -> None:
     from tqdm import tqdm
 
     cfg, data, victim = plan.config, plan.dataset, plan.victim
+    fingerprint = plan.fingerprint()
     cells = plan.cells()
     done = store.finished_keys()
     bar = tqdm(total=len(cells), initial=sum(cell_key(*c[1:]) in done for c in cells), disable=not progress,
@@ -190,7 +204,7 @@ def _run_grid(plan: RunPlan, store: Store, progress: bool) -> None:
             by_poison.setdefault((c[2], c[3]), []).append(c)
         for (attack_key, eps), defense_cells in by_poison.items():
             spec = next(a for a in cfg.attacks if a.key == attack_key)
-            poison_key = json.dumps([cand, attack_key, spec.params, eps, seed, cfg.fingerprint()], sort_keys=True)
+            poison_key = json.dumps([cand, attack_key, spec.params, eps, seed, fingerprint], sort_keys=True)
             t_attack = time.perf_counter()
             try:
                 cached = store.load_poisons(poison_key)

@@ -107,7 +107,7 @@ def test_poisons_are_crafted_once_and_reused_by_every_defense(tmp_path, monkeypa
 def test_different_config_in_same_run_dir_needs_restart(tmp_path, tiny):
     run_audit(parse_config(tiny), output_dir=tmp_path, progress=False)
     changed = parse_config(tiny_config(budgets=[0.2]))
-    with pytest.raises(AuditError, match="holds a run of a different config .* pass --restart"):
+    with pytest.raises(AuditError, match="holds a run of a different config or training procedure .* pass --restart"):
         run_audit(changed, output_dir=tmp_path, progress=False)
     cells = _cells(run_audit(changed, output_dir=tmp_path, restart=True, progress=False))
     assert {c.budget for c in cells} == {0.2}

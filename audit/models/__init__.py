@@ -73,7 +73,10 @@ def _call_factory(fn: Callable[..., Any], context: dict[str, Any]) -> Any:
         return fn()
     takes_all = any(p.kind is p.VAR_KEYWORD for p in sig.parameters.values())
     kwargs = {k: v for k, v in context.items() if takes_all or k in sig.parameters}
-    return fn(**kwargs)
+    try:
+        return fn(**kwargs)
+    except Exception as err:  # the user's code: one line, not a traceback
+        raise AuditError(f"model.factory: {fn.__name__}({', '.join(kwargs)}) raised {type(err).__name__}: {err}") from None
 
 
 def victim_from_object(

@@ -83,11 +83,12 @@ class CNN(nn.Module):
 
 
 # Training defaults per model; a config's `training:` block and candidate axes override them.
-# logreg/ridge: full-batch gradient descent with momentum reaches ‖∇‖ < 1e-3 on mnist5k in
-# 300 steps for ρ ≥ 1e-3 (lr 1.0 diverges at ρ = 0.1).
+# logreg/ridge: full-batch L-BFGS (strong Wolfe), ≤ 300 iterations. Measured on mnist5k with a
+# 30 % adversarial label flip at ρ = 1e-4: GD (lr 0.5, momentum 0.9, 300 steps) ends at
+# ‖∇‖ ≈ 2 with 48 % test accuracy; L-BFGS reaches ‖∇‖ ≈ 3e-3 and 68 %, as 3000 GD steps do.
 TRAINING_DEFAULTS: dict[str, dict[str, object]] = {
-    "logreg": {"optimizer": "sgd", "lr": 0.5, "momentum": 0.9, "epochs": 300, "batch_size": None},
-    "ridge": {"optimizer": "sgd", "lr": 0.5, "momentum": 0.9, "epochs": 500, "batch_size": None},
+    "logreg": {"optimizer": "lbfgs", "lr": 1.0, "momentum": 0.0, "epochs": 300, "batch_size": None},
+    "ridge": {"optimizer": "lbfgs", "lr": 1.0, "momentum": 0.0, "epochs": 300, "batch_size": None},
     "mlp": {"optimizer": "sgd", "lr": 0.05, "momentum": 0.9, "epochs": 20, "batch_size": 128},
     "cnn": {"optimizer": "sgd", "lr": 0.05, "momentum": 0.9, "epochs": 10, "batch_size": 128},
     "user": {"optimizer": "sgd", "lr": 0.05, "momentum": 0.9, "epochs": 20, "batch_size": 128},

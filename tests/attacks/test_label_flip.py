@@ -90,16 +90,16 @@ def _drop(d, victim, rho, params, seed):
 
 
 def test_adversarial_flip_lowers_accuracy_on_breast_cancer():
-    # measured over seeds 0–3: 14.9–15.8 points at ε = 0.3, ρ = 0
+    # measured over seeds 0–3 (L-BFGS training): 21.9 points at ε = 0.3, ρ = 0
     d = load_dataset(DatasetSpec(name="breast_cancer"))
     victim = build_victim(ModelSpec(name="logreg"), TrainingSpec(), d, CPU)
     drops = [_drop(d, victim, 0.0, {"variant": "adversarial"}, s) for s in (0, 1)]
-    assert np.mean(drops) >= 8.0, drops
+    assert np.mean(drops) >= 10.0, drops
 
 
 def test_random_flip_lowers_mnist5k_accuracy():
-    # measured over seeds 0–3: 9.1–10.9 points at ε = 0.3, ρ = 0
+    # measured over seeds 0–3 (L-BFGS training): 27.3–34.7 points at ε = 0.3, ρ = 0
     d = load_dataset(DatasetSpec(name="mnist5k"))
     victim = build_victim(ModelSpec(name="logreg"), TrainingSpec(), d, CPU)
     drop = _drop(d, victim, 0.0, {"variant": "random"}, 0)
-    assert drop >= 5.0, drop
+    assert drop >= 10.0, drop

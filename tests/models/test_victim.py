@@ -79,6 +79,11 @@ def test_user_factory_gets_the_width_axis(tmp_path, monkeypatch, cancer):
 def test_bad_user_models(cancer, tmp_path, monkeypatch):
     from sklearn.svm import SVC
 
+    (tmp_path / "broken.py").write_text("def make(n_classes):\n    raise RuntimeError('no weights file')\n")
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(AuditError, match=r"model.factory: make\(n_classes\) raised RuntimeError: no weights file"):
+        build_victim(ModelSpec(name="user", factory="broken:make"), TrainingSpec(), cancer, CPU)
+
     with pytest.raises(AuditError, match="cannot import module 'no_such_module'"):
         build_victim(ModelSpec(name="user", factory="no_such_module:f"), TrainingSpec(), cancer, CPU)
     with pytest.raises(AuditError, match="scikit-learn SVC is not supported for classification; use LogisticRegression"):
