@@ -161,3 +161,22 @@ def test_kill_9_mid_grid_then_resume(tmp_path):
     assert all(after[k] == t for k, t in done_before.items()), "a cell finished before the kill was recomputed"
     summary = json.loads((run_dir / "summary.json").read_text())
     assert len(summary["cells"]) == 32
+
+
+def test_ctrl_c_exits_130_and_the_run_resumes(tmp_path):
+    cfg = tiny_config(candidates={"l2": [0.0, 1e-3, 1e-2, 1e-1]}, seeds=[0, 1], training={"epochs": 400})
+    path = write_yaml(tmp_path / "audit.yaml", cfg)
+    db = tmp_path / "out" / "tiny" / "results.sqlite"
+    cmd = [sys.executable, "-m", "audit", "run", str(path), "--out", str(tmp_path / "out"), "--quiet"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    while _count_ok(db) < 3 and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.05)
+    assert proc.poll() is None, "the run finished before it could be interrupted"
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130
+    assert "interrupted: finished cells are stored; run the same command again to resume" in err
+    assert "Traceback" not in err
+    assert subprocess.run(cmd, capture_output=True, timeout=300).returncode == 0
+    assert len(_cells(tmp_path / "out" / "tiny")) == 32
