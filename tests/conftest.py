@@ -47,6 +47,17 @@ def chromium_path() -> str | None:
     return shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
 
 
+def stored_cells(run_dir: Path) -> list:
+    """The cells of a run directory's store, in grid order."""
+    from audit.store import Store
+
+    store = Store.open_existing(run_dir)
+    try:
+        return store.cells()
+    finally:
+        store.close()
+
+
 def write_yaml(path: Path, data: dict[str, Any]) -> Path:
     import yaml
 

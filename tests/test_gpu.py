@@ -4,18 +4,11 @@ import pytest
 
 from audit.config import parse_config
 from audit.runner import run_audit
-from audit.store import Store
-from tests.conftest import tiny_config
+from tests.conftest import stored_cells as _cells, tiny_config
 
 pytestmark = pytest.mark.gpu
 
 
-def _cells(run_dir):
-    store = Store.open_existing(run_dir)
-    try:
-        return store.cells()
-    finally:
-        store.close()
 
 
 def test_audit_runs_on_cuda_and_repeats_exactly(tmp_path):

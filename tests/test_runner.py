@@ -17,16 +17,9 @@ from audit.config import parse_config
 from audit.defenses import Defense, DefenseResult
 from audit.errors import AuditError
 from audit.runner import run_audit
-from audit.store import Store
-from tests.conftest import tiny_config, write_yaml
+from tests.conftest import stored_cells as _cells, tiny_config, write_yaml
 
 
-def _cells(run_dir: Path):
-    store = Store.open_existing(run_dir)
-    try:
-        return store.cells()
-    finally:
-        store.close()
 
 
 def test_tiny_grid_fills_every_cell_once(tmp_path, tiny):
