@@ -1,8 +1,9 @@
 """Attack registry: name → ART poisoning attack class with the audit's contract."""
 
 from audit.attacks.base import AttackContext, AttackParams, AuditAttack
+from audit.attacks.gradient_canceling import GradientCanceling
 from audit.attacks.label_flip import LabelFlip
 
-ATTACKS: dict[str, type[AuditAttack]] = {cls.name: cls for cls in (LabelFlip,)}
+ATTACKS: dict[str, type[AuditAttack]] = {cls.name: cls for cls in (LabelFlip, GradientCanceling)}
 
-__all__ = ["ATTACKS", "AttackContext", "AttackParams", "AuditAttack", "LabelFlip"]
+__all__ = ["ATTACKS", "AttackContext", "AttackParams", "AuditAttack", "GradientCanceling", "LabelFlip"]

@@ -12,7 +12,10 @@ from audit.errors import AuditError
 from audit.models import build_victim
 
 # One default parameter set per attack for the contract test (extend when an attack lands).
-CONTRACT_PARAMS = {"label_flip": [{"variant": "random"}, {"variant": "adversarial"}]}
+CONTRACT_PARAMS = {
+    "label_flip": [{"variant": "random"}, {"variant": "adversarial"}],
+    "gradient_canceling": [{"epochs": 20, "eps_w_grid": [0.1, 0.5]}, {"epochs": 5, "target": "gradpc", "eps_w": 0.5, "batch_size": 7}],
+}
 
 
 @pytest.fixture(scope="module")

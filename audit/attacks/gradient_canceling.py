@@ -1,0 +1,277 @@
+"""Gradient Canceling (lu-kamath-yu-2023, Algorithm 1, eq. 31–34).
+
+Given a target model ``W``, find ``n_p = ε·n`` poisons so that retraining on the mixed set
+lands on ``W``: minimise ``L = ½‖g(μ) + ε·g(ν̂) + (1 + ε)·ρ·W_reg‖²`` (eq. 33; the last term
+is DESIGN.md's L2 extension, zero at ρ = 0) over the poison features, labels fixed.
+
+The gradient for poison ``z_j`` is eq. (34): ``∂L/∂z_j = (1/n)·∇_z∇_W ℓ(z_j; W)·r`` with
+``r = g(μ) + ε·g(ν̂) + (1 + ε)ρW``. All poisons are updated together: one double-backward
+pass per (mini-)batch computes every ``∂L/∂z_j`` at once; mini-batches only bound memory
+(one optimizer step per epoch, as full batch). The step uses ``n·∂L/∂z_j`` — the per-point
+gradient without the ``1/n`` of eq. (34) — so the paper's learning rate (0.5) means the
+same at every training-set size. SGD with momentum and a cosine schedule, projection onto
+the feature box after every step (Algorithm 1, line 6).
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import time
+from pathlib import Path
+from typing import Any, ClassVar, Literal
+
+import numpy as np
+import torch
+from art.attacks.attack import PoisoningAttackWhiteBox
+from pydantic import Field
+from torch import nn
+
+from audit.attacks.base import AttackContext, AttackParams, AuditAttack
+from audit.errors import AuditError
+from audit.models.training import data_loss
+from audit.poisonability import gradpc, scale_to_budget, scale_output_layer, thresholds
+
+
+class GCParams(AttackParams):
+    target: Literal["auto", "gradpc", "file"] = "auto"
+    eps_w: float = Field(1.0, gt=0)
+    eps_w_grid: list[float] = Field(default_factory=lambda: [0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0])
+    target_file: str | None = None
+    lr: float = Field(0.5, gt=0)
+    epochs: int = Field(1000, ge=1)
+    momentum: float = Field(0.9, ge=0, lt=1)
+    batch_size: int | None = Field(None, ge=1)
+    box: Literal["data", "none"] = "data"
+    gradpc_steps: int = Field(100, ge=1)
+    log_every: int = Field(10, ge=1)
+
+
+def flat_norm(tensors: list[torch.Tensor]) -> float:
+    return float(torch.sqrt(sum(t.double().pow(2).sum() for t in tensors)))
+
+
+def mean_gradient(module: nn.Module, x: torch.Tensor, y: torch.Tensor, task: str, chunk: int = 4096) -> list[torch.Tensor]:
+    """``g(μ)``: the mean gradient of the loss over ``(x, y)`` at ``module``'s parameters."""
+    params = list(module.parameters())
+    total = [torch.zeros_like(p) for p in params]
+    for start in range(0, len(y), chunk):
+        loss = data_loss(module(x[start : start + chunk]), y[start : start + chunk], task, reduction="sum")
+        for t, g in zip(total, torch.autograd.grad(loss, params)):
+            t += g
+    return [t / len(y) for t in total]
+
+
+def cancel_residual(
+    module: nn.Module, z: torch.Tensor, labels: torch.Tensor, task: str, g_mu: list[torch.Tensor],
+    reg: list[torch.Tensor], n: int, batch_size: int | None,
+) -> list[torch.Tensor]:  # fmt: skip
+    """``r = g(μ) + ε·g(ν̂) + (1 + ε)ρW``, with ``ε·g(ν̂) = (1/n) Σ_j ∇_W ℓ(z_j; W)``."""
+    params = list(module.parameters())
+    r = [gm + rg for gm, rg in zip(g_mu, reg)]
+    step = batch_size or len(labels)
+    for start in range(0, len(labels), step):
+        loss = data_loss(module(z[start : start + step]), labels[start : start + step], task, reduction="sum")
+        for acc, g in zip(r, torch.autograd.grad(loss, params)):
+            acc += g / n
+    return r
+
+
+def cancel_gradient(
+    module: nn.Module, z: torch.Tensor, labels: torch.Tensor, task: str, r: list[torch.Tensor], n: int,
+    batch_size: int | None,
+) -> torch.Tensor:  # fmt: skip
+    """eq. (34) for every poison at once: ``∂L/∂z_j = (1/n)∇_z∇_W ℓ(z_j; W)·r`` (r held fixed)."""
+    params = list(module.parameters())
+    out = torch.zeros_like(z)
+    step = batch_size or len(labels)
+    for start in range(0, len(labels), step):
+        zb = z[start : start + step].detach().requires_grad_(True)
+        loss = data_loss(module(zb), labels[start : start + step], task, reduction="sum")
+        grads = torch.autograd.grad(loss, params, create_graph=True)
+        inner = sum((g * ri.detach()).sum() for g, ri in zip(grads, r)) / n
+        out[start : start + step] = torch.autograd.grad(inner, zb)[0]
+    return out
+
+
+class GradientCanceling(AuditAttack, PoisoningAttackWhiteBox):
+    """Gradient Canceling as an ART white-box poisoning attack.
+
+    Parameters
+    ----------
+    estimator : ART PyTorchClassifier / PyTorchRegressor, or nn.Module
+        The victim; its module gives the architecture (the attack works on the module).
+    target : nn.Module or state dict
+        The target model W (same architecture).
+    budget : float
+        ε in (0, 1].
+    task : str
+        ``classification`` or ``regression``.
+    l2 : float
+        The victim's L2 strength ρ (cancels the regularized gradient).
+    lo, hi : ndarray or None
+        Feature box; None for an unbounded domain.
+    seed : int
+        Seeds the choice of the initial clean subsample.
+    **params
+        :class:`GCParams`: lr (0.5), epochs (1000), momentum (0.9), batch_size, log_every.
+    """
+
+    name: ClassVar[str] = "gradient_canceling"
+    description: ClassVar[str] = "Gradient Canceling towards a GradPC (or given) target model, white-box"
+    Params = GCParams
+    tasks: ClassVar[tuple[str, ...]] = ("classification", "regression")
+    attack_params = PoisoningAttackWhiteBox.attack_params + ["budget", "l2", "seed"]
+    _estimator_requirements = ()
+
+    def __init__(
+        self,
+        estimator: Any,
+        target: Any,
+        budget: float,
+        task: str = "classification",
+        l2: float = 0.0,
+        lo: np.ndarray | None = None,
+        hi: np.ndarray | None = None,
+        seed: int = 0,
+        n_classes: int | None = None,
+        **params: Any,
+    ) -> None:
+        PoisoningAttackWhiteBox.__init__(self, estimator)
+        self._init_contract(budget, seed, lo, hi, n_classes, params)
+        module = estimator if isinstance(estimator, nn.Module) else getattr(estimator, "model", None)
+        if not isinstance(module, nn.Module):
+            raise AuditError("GradientCanceling needs a torch model (an ART PyTorch estimator or an nn.Module)")
+        if isinstance(target, dict):
+            state = target
+            target = copy.deepcopy(module)
+            try:
+                target.load_state_dict(state)
+            except RuntimeError as err:
+                raise AuditError(f"GradientCanceling: the target state dict does not fit the model ({str(err).splitlines()[0]})") from None
+        if not isinstance(target, nn.Module):
+            raise AuditError(f"GradientCanceling: target must be an nn.Module or a state dict (got {type(target).__name__})")
+        if l2 < 0:
+            raise AuditError(f"The 'l2' parameter of GradientCanceling must be ≥ 0. Got {l2!r} instead.")
+        self.target = target.eval()
+        self.task = task
+        self.l2 = float(l2)
+
+    @classmethod
+    def for_cell(cls, params: dict[str, Any], ctx: AttackContext) -> GradientCanceling:
+        fitted = ctx.fitted
+        module = getattr(fitted, "module", None)
+        if module is None:
+            raise AuditError("gradient_canceling needs a torch victim (not a scikit-learn estimator)")
+        p = GCParams.model_validate(params)
+        data = ctx.dataset
+        l2 = float(ctx.victim.train_config(ctx.hparams).l2) if hasattr(ctx.victim, "train_config") else 0.0
+        if p.target == "file":
+            if not p.target_file or not Path(p.target_file).is_file():
+                raise AuditError(f"gradient_canceling.target_file not found: {p.target_file}")
+            target: Any = torch.load(p.target_file, map_location=next(module.parameters()).device, weights_only=True)
+            origin: dict[str, Any] = {"target": "file", "path": p.target_file}
+        elif p.target == "gradpc":
+            target, result = target_by_gradpc(fitted, data, p.eps_w, p.gradpc_steps)
+            origin = {"target": "gradpc", "eps_w": p.eps_w, "gradpc_val_loss": [result.val_loss_clean, result.val_loss_target]}
+        else:
+            target, origin = auto_target(fitted, data, ctx.budget, l2, p.eps_w_grid, p.gradpc_steps)
+        lo, hi = (data.lo, data.hi) if p.box == "data" else (None, None)
+        attack = cls(module, target, ctx.budget, data.task, l2, lo, hi, ctx.seed, data.n_classes, **params)
+        attack.diagnostics.update(origin)
+        attack.diagnostics["target_val_metric"] = _metric(attack.target, data.x_val, data.y_val, data.task)
+        attack.diagnostics["target_test_metric"] = _metric(attack.target, data.x_test, data.y_test, data.task)
+        attack.diagnostics["threshold"] = thresholds(attack.target, data.x_train, data.y_train, data.task, l2,
+                                                     data.n_classes).as_dict()  # fmt: skip
+        return attack
+
+    def _run(self, x: np.ndarray, y: np.ndarray, n_poison: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+        p = self.params
+        device = next(self.target.parameters()).device
+        n = len(x)
+        eps = n_poison / n
+        idx = rng.choice(n, size=n_poison, replace=n_poison > n)  # Algorithm 1, line 1
+        label_dtype = torch.long if self.task == "classification" else torch.float32
+        xt = torch.as_tensor(x, dtype=torch.float32, device=device)
+        yt = torch.as_tensor(y, dtype=label_dtype, device=device)
+        labels = yt[torch.as_tensor(idx, device=device)]
+        z = xt[torch.as_tensor(idx, device=device)].clone()
+        lo = None if self.lo is None else torch.as_tensor(self.lo, dtype=torch.float32, device=device)
+        hi = None if self.hi is None else torch.as_tensor(self.hi, dtype=torch.float32, device=device)
+        for q in self.target.parameters():
+            q.requires_grad_(True)
+        g_mu = mean_gradient(self.target, xt, yt, self.task)
+        reg = [(1 + eps) * self.l2 * q.detach() if q.ndim > 1 else torch.zeros_like(q) for q in self.target.parameters()]
+
+        z.requires_grad_(True)
+        opt = torch.optim.SGD([z], lr=p.lr, momentum=p.momentum)
+        schedule = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=p.epochs)
+        curve: list[tuple[int, float]] = []
+        start = time.perf_counter()
+        g_norm = math.nan
+        for epoch in range(p.epochs + 1):
+            r = cancel_residual(self.target, z.detach(), labels, self.task, g_mu, reg, n, p.batch_size)
+            g_norm = flat_norm(r) / (1 + eps)  # ‖g(χ)‖, χ the mixed distribution
+            if epoch % p.log_every == 0 or epoch == p.epochs:
+                curve.append((epoch, g_norm))
+            if epoch == p.epochs or not math.isfinite(g_norm):
+                break
+            grad = cancel_gradient(self.target, z.detach(), labels, self.task, r, n, p.batch_size)
+            opt.zero_grad(set_to_none=True)
+            z.grad = grad * n  # per-point gradient: eq. (34) without its 1/n (see the module docstring)
+            opt.step()
+            schedule.step()
+            if lo is not None and hi is not None:
+                with torch.no_grad():
+                    z.copy_(torch.maximum(torch.minimum(z, hi), lo))  # Algorithm 1, line 6
+        g0 = flat_norm([gm + rg for gm, rg in zip(g_mu, reg)])
+        self.diagnostics.update(
+            epochs=p.epochs,
+            g_chi_curve=curve,
+            g_chi_final=g_norm,
+            g_mu_norm=g0,
+            relative_residual=g_norm * (1 + eps) / max(g0, 1e-30),
+            converged=bool(math.isfinite(g_norm) and g_norm * (1 + eps) <= 1e-3 * max(g0, 1e-30)),
+            loop_seconds=time.perf_counter() - start,
+        )
+        return z.detach().cpu().numpy(), labels.cpu().numpy()
+
+
+def _metric(module: nn.Module, x: np.ndarray, y: np.ndarray, task: str) -> float:
+    device = next(module.parameters()).device
+    with torch.no_grad():
+        out = module(torch.as_tensor(x, dtype=torch.float32, device=device)).cpu().numpy()
+    if task == "classification":
+        return float(100.0 * np.mean(out.argmax(1) == y))
+    return float(np.mean((out.reshape(-1) - y) ** 2))
+
+
+def target_by_gradpc(fitted: Any, data: Any, eps_w: float, steps: int) -> tuple[nn.Module, Any]:
+    """GradPC target for a fitted victim, cached on it (one per ε_w: budgets and attacks share it)."""
+    cache = fitted.__dict__.setdefault("_gradpc_targets", {})
+    if (eps_w, steps) not in cache:
+        cache[(eps_w, steps)] = gradpc(fitted.module, data.x_val, data.y_val, data.task, eps_w, steps=steps)
+    return cache[(eps_w, steps)]
+
+
+def auto_target(fitted: Any, data: Any, eps: float, l2: float, eps_w_grid: list[float], steps: int) -> tuple[nn.Module, dict]:
+    """The most damaging target the necessary condition does not rule out at budget ``eps``.
+
+    For every ε_w of the grid a GradPC target is built (cached per fitted victim), its output
+    layer scaled to the largest ``s ≤ 1`` with ``τ_ρ(2) ≤ ε`` (same predictions, smaller τ),
+    and the one with the lowest validation accuracy wins (ties: the larger scale). The
+    attacker knows D_tr, so it can compute τ (threat model of DESIGN.md).
+    """
+    if data.task != "classification":
+        target, result = target_by_gradpc(fitted, data, max(eps_w_grid), steps)
+        return target, {"target": "gradpc", "eps_w": max(eps_w_grid), "note": "squared loss: τ = 0, no scaling needed"}
+    best: tuple[float, float, nn.Module, dict] | None = None
+    for eps_w in eps_w_grid:
+        base, _ = target_by_gradpc(fitted, data, eps_w, steps)
+        s, th = scale_to_budget(base, data.x_train, data.y_train, l2, data.n_classes, eps)
+        acc = _metric(base, data.x_val, data.y_val, "classification")
+        key = (acc, -s)
+        if best is None or key < (best[0], best[1]):
+            best = (acc, -s, base, {"target": "auto", "eps_w": eps_w, "scale": s, "target_tau_rho_2": th.tau_rho_2})
+    assert best is not None
+    return scale_output_layer(best[2], -best[1]), best[3]

@@ -1,0 +1,276 @@
+"""Poisonability thresholds τ and GradPC target models (lu-kamath-yu-2023).
+
+Notation of the paper: ``g(μ)`` is the mean gradient of the loss over the clean training
+set at a target model ``W``; ``a = ⟨W, g(μ)⟩``; ``κ_c = W₀((c−1)/e)`` (Lambert W,
+principal branch).
+
+* binary / margin losses: ``τ = a/κ₂`` — eq. (20), necessary and sufficient;
+* multiclass cross-entropy: ``τ(c) = a/κ_c`` — eq. (29), necessary; the paper reports the
+  more indicative ``τ(2) = a/κ₂`` (Table 2) — both are given, labelled;
+* networks: the same on the last layer with penultimate features ``φ(x)`` in place of
+  ``x`` — Theorem 4, eq. (A.16)/(A.17) with A = I — a necessary condition;
+* squared loss: ``τ = 0`` (Example 1, poisonable at any ε);
+* L2 strength ρ (DESIGN.md): ``τ_ρ = (a + ρ‖W‖²)/(κ − ρ‖W‖²)`` for ``ρ‖W‖² < κ``; when
+  ``ρ‖W‖² ≥ κ`` no budget reaches a target with ``a + ρ‖W‖² > 0`` (DESIGN.md says "any
+  target"; those with ``a + ρ‖W‖² ≤ 0``, such as the clean model itself, stay reachable at
+  small ε); ``‖W‖²`` over the regularized weights of the layer the condition uses.
+
+With the bias absorbed into ``x`` (homogeneous coordinates), ``⟨W, g(μ)⟩`` equals
+``E_μ ⟨h, p − y⟩`` where ``h`` are the logits and ``p = softmax(h)``: one pass over the data.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from scipy.special import lambertw
+from torch import nn
+from torch.nn import functional as F
+
+from audit.models.training import data_loss
+
+
+def kappa(c: int) -> float:
+    """κ_c = W₀((c − 1)/e); κ₂ = W(1/e) ≈ 0.2785 (eq. 18 and A.8–A.12)."""
+    return float(lambertw((c - 1) / math.e, 0).real)
+
+
+def last_linear(module: nn.Module) -> nn.Linear:
+    """The output layer: ``linear`` (LogReg, Ridge), ``head`` (MLP, CNN) or the last ``nn.Linear``."""
+    for name in ("linear", "head"):
+        layer = getattr(module, name, None)
+        if isinstance(layer, nn.Linear):
+            return layer
+    layers = [m for m in module.modules() if isinstance(m, nn.Linear)]
+    if not layers:
+        raise ValueError(f"{type(module).__name__} has no nn.Linear output layer for the last-layer condition")
+    return layers[-1]
+
+
+def is_linear_model(module: nn.Module) -> bool:
+    """True when the module's only parameters are its output layer (τ is then exact, not only necessary)."""
+    layer = last_linear(module)
+    return sum(p.numel() for p in module.parameters()) == sum(p.numel() for p in layer.parameters())
+
+
+@torch.no_grad()
+def margin_term(module: nn.Module, x: torch.Tensor, y: torch.Tensor, chunk: int = 8192) -> float:
+    """``a = E_μ ⟨h, p − y⟩`` = ⟨W, g(μ)⟩ of the output layer (bias included), eq. (27)–(28)."""
+    total = 0.0
+    for start in range(0, len(y), chunk):
+        h = module(x[start : start + chunk]).double()
+        p = torch.softmax(h, dim=1)
+        onehot = F.one_hot(y[start : start + chunk], h.shape[1]).double()
+        total += float(((p - onehot) * h).sum())
+    return total / len(y)
+
+
+@dataclass
+class Threshold:
+    """The poisonability thresholds of one target model (see the module docstring).
+
+    ``tau_2`` is ``a/κ₂``; ``tau_c`` is ``a/κ_c`` (necessary, multiclass); the ``_rho``
+    variants include the L2 term and are None when the target is unreachable at any budget.
+    A τ ≤ 0 means "reachable at any ε > 0".
+    """
+
+    loss: str
+    condition: str
+    n_classes: int | None
+    a: float
+    l2: float
+    w_norm_sq: float
+    kappa_2: float
+    kappa_c: float
+    tau_2: float
+    tau_c: float
+    tau_rho_2: float | None
+    tau_rho_c: float | None
+    unreachable: bool
+    eps_upper_2: float | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @property
+    def tau(self) -> float | None:
+        """The figure the audit plots: τ_ρ(2) (the paper's indicative τ, with L2); None when unreachable."""
+        return self.tau_rho_2
+
+
+def tau_rho(a: float, r: float, k: float) -> float | None:
+    """Smallest budget that can reach the target under L2: ``(a + r)/(κ − r)`` with ``r = ρ‖W‖²``.
+
+    From ``(1 − λ)a + λ⟨W, g(ν)⟩ + r = 0`` and ``⟨W, g(ν)⟩ ≥ −κ`` the condition is
+    ``a + r ≤ ε(κ − r)``. For ``r < κ`` that is ``ε ≥ τ_ρ``. For ``r ≥ κ`` it holds only
+    when ``a + r ≤ 0`` (and then for small ε only, see :func:`eps_upper`): None when no
+    budget reaches the target, 0.0 when small budgets do.
+    """
+    if r < k:
+        return (a + r) / (k - r)
+    return 0.0 if a + r <= 0 else None
+
+
+def eps_upper(a: float, r: float, k: float) -> float | None:
+    """For ``r > κ`` and ``a + r ≤ 0`` the target is reachable only for ``ε ≤ (a + r)/(κ − r)``; else None."""
+    if r > k and a + r <= 0:
+        return (a + r) / (k - r)
+    return None
+
+
+def thresholds(module: nn.Module, x: np.ndarray, y: np.ndarray, task: str, l2: float = 0.0,
+               n_classes: int | None = None) -> Threshold:  # fmt: skip
+    """τ of target ``module`` against the clean training set ``(x, y)`` (one pass, no training).
+
+    Parameters
+    ----------
+    module : nn.Module
+        The target model W (logits for classification).
+    x, y : ndarray, shapes (n, d) and (n,)
+        The clean training set μ.
+    l2 : float
+        ρ of the victim's objective; 0 gives the paper's τ.
+    """
+    if task == "regression":  # Example 1: l'(t, y) = t − y spans ℝ, so a = −∞, b = ∞
+        return Threshold("squared", "exact (Example 1): squared loss is poisonable at any ε", None, 0.0, l2, 0.0,
+                         math.nan, math.nan, 0.0, 0.0, 0.0, 0.0, False)  # fmt: skip
+    device = next(module.parameters()).device
+    module.eval()
+    xt = torch.as_tensor(x, dtype=torch.float32, device=device)
+    yt = torch.as_tensor(y, dtype=torch.long, device=device)
+    c = int(n_classes or module(xt[:1]).shape[1])
+    a = margin_term(module, xt, yt)
+    w_sq = float(last_linear(module).weight.detach().double().pow(2).sum())
+    k2, kc = kappa(2), kappa(c)
+    r = l2 * w_sq
+    linear = is_linear_model(module)
+    if linear and c == 2:
+        condition = "exact (eq. 20): binary logistic regression"
+    elif linear:
+        condition = "τ(c) necessary (eq. 29), τ(2) the paper's indicative figure (Table 2)"
+    else:
+        condition = "necessary only: last layer on penultimate features (Theorem 4, eq. A.16)"
+    return Threshold(
+        loss="cross_entropy", condition=condition, n_classes=c, a=a, l2=l2, w_norm_sq=w_sq,
+        kappa_2=k2, kappa_c=kc, tau_2=a / k2, tau_c=a / kc,
+        tau_rho_2=tau_rho(a, r, k2), tau_rho_c=tau_rho(a, r, kc), unreachable=tau_rho(a, r, kc) is None,
+        eps_upper_2=eps_upper(a, r, k2),
+    )  # fmt: skip
+
+
+# --------------------------------------------------------------------------- GradPC
+@dataclass
+class GradPCResult:
+    """How the GradPC ascent ended."""
+
+    eps_w: float
+    steps: int
+    val_loss_clean: float
+    val_loss_target: float
+    relative_change: float
+    best_step: int
+
+
+def gradpc(
+    module: nn.Module,
+    x_val: np.ndarray,
+    y_val: np.ndarray,
+    task: str,
+    eps_w: float,
+    steps: int = 100,
+    step_scale: float = 2.5,
+) -> tuple[nn.Module, GradPCResult]:
+    """Gradient parameter corruption (Sun et al. 2020): a target model by projected gradient ascent.
+
+    Maximises the validation loss over ``θ' = θ + Δ`` with ``‖Δ‖₂ ≤ ε_w·‖θ‖₂`` (all
+    parameters, one global norm). Normalised-gradient steps of size
+    ``step_scale·ε_w·‖θ‖/steps`` with projection onto the ball; the iterate with the
+    highest validation loss is returned. Deterministic (full batch on ``D_val``).
+
+    Returns
+    -------
+    target : nn.Module
+        A corrupted copy of ``module`` (``module`` is not modified).
+    result : GradPCResult
+    """
+    if not eps_w > 0:
+        raise ValueError(f"eps_w must be > 0 (got {eps_w})")
+    target = copy.deepcopy(module).eval()
+    params = [p for p in target.parameters()]
+    theta0 = [p.detach().clone() for p in params]
+    radius = eps_w * float(torch.sqrt(sum(p.pow(2).sum() for p in theta0)))
+    step = step_scale * radius / steps
+    device = params[0].device
+    xv = torch.as_tensor(x_val, dtype=torch.float32, device=device)
+    yv = torch.as_tensor(y_val, dtype=torch.long if task == "classification" else torch.float32, device=device)
+
+    def val_loss() -> torch.Tensor:
+        return data_loss(target(xv), yv, task)
+
+    with torch.no_grad():
+        clean_loss = float(val_loss())
+    best, best_loss, best_step = [p.clone() for p in theta0], clean_loss, 0
+    for t in range(1, steps + 1):
+        grads = torch.autograd.grad(val_loss(), params)
+        gnorm = float(torch.sqrt(sum(g.pow(2).sum() for g in grads)))
+        if gnorm == 0:
+            break
+        with torch.no_grad():
+            for p, g in zip(params, grads):
+                p.add_(g, alpha=step / gnorm)
+            delta_norm = float(torch.sqrt(sum((p - p0).pow(2).sum() for p, p0 in zip(params, theta0))))
+            if delta_norm > radius:  # project Δ onto the ball ‖Δ‖ ≤ ε_w‖θ‖
+                for p, p0 in zip(params, theta0):
+                    p.copy_(p0 + (p - p0) * (radius / delta_norm))
+            loss = float(val_loss())
+            if loss > best_loss:
+                best, best_loss, best_step = [p.clone() for p in params], loss, t
+    with torch.no_grad():
+        for p, b in zip(params, best):
+            p.copy_(b)
+        change = float(torch.sqrt(sum((p - p0).pow(2).sum() for p, p0 in zip(params, theta0)))) / max(radius / eps_w, 1e-30)
+    return target, GradPCResult(eps_w, steps, clean_loss, best_loss, change, best_step)
+
+
+# --------------------------------------------------------------------------- target selection
+def scale_output_layer(module: nn.Module, s: float) -> nn.Module:
+    """A copy with the output layer (weights and bias) multiplied by ``s > 0``.
+
+    Predictions (argmax) are unchanged, while ``a = E⟨h, p − y⟩`` shrinks with ``s``: a
+    target with the same accuracy and a smaller τ.
+    """
+    out = copy.deepcopy(module)
+    with torch.no_grad():
+        for p in last_linear(out).parameters():
+            p.mul_(s)
+    return out
+
+
+def scale_to_budget(module: nn.Module, x: np.ndarray, y: np.ndarray, l2: float, n_classes: int | None, eps: float,
+                    iters: int = 30) -> tuple[float, Threshold]:  # fmt: skip
+    """Largest output-layer scale ``s ∈ (0, 1]`` with ``τ_ρ(2)(s) ≤ eps`` (bisection on log s)."""
+
+    def th(s: float) -> Threshold:
+        return thresholds(scale_output_layer(module, s), x, y, "classification", l2, n_classes)
+
+    def ok(t: Threshold) -> bool:
+        return t.tau_rho_2 is not None and t.tau_rho_2 <= eps
+
+    full = th(1.0)
+    if ok(full):
+        return 1.0, full
+    lo, hi = -12.0, 0.0  # log10 s
+    best = (10**lo, th(10**lo))
+    for _ in range(iters):
+        mid = 0.5 * (lo + hi)
+        t = th(10**mid)
+        if ok(t):
+            lo, best = mid, (10**mid, t)
+        else:
+            hi = mid
+    return best
