@@ -101,7 +101,7 @@ class GradientCanceling(AuditAttack, PoisoningAttackWhiteBox):
     ----------
     estimator : ART PyTorchClassifier / PyTorchRegressor, or nn.Module
         The victim; its module gives the architecture (the attack works on the module).
-    target : nn.Module or state dict
+    target_model : nn.Module or state dict
         The target model W (same architecture).
     budget : float
         ε in (0, 1].
@@ -127,7 +127,7 @@ class GradientCanceling(AuditAttack, PoisoningAttackWhiteBox):
     def __init__(
         self,
         estimator: Any,
-        target: Any,
+        target_model: Any,
         budget: float,
         task: str = "classification",
         l2: float = 0.0,
@@ -142,6 +142,7 @@ class GradientCanceling(AuditAttack, PoisoningAttackWhiteBox):
         module = estimator if isinstance(estimator, nn.Module) else getattr(estimator, "model", None)
         if not isinstance(module, nn.Module):
             raise AuditError("GradientCanceling needs a torch model (an ART PyTorch estimator or an nn.Module)")
+        target = target_model
         if isinstance(target, dict):
             state = target
             target = copy.deepcopy(module)
@@ -214,7 +215,12 @@ class GradientCanceling(AuditAttack, PoisoningAttackWhiteBox):
             g_norm = flat_norm(r) / (1 + eps)  # ‖g(χ)‖, χ the mixed distribution
             if epoch % p.log_every == 0 or epoch == p.epochs:
                 curve.append((epoch, g_norm))
-            if epoch == p.epochs or not math.isfinite(g_norm):
+            if not math.isfinite(g_norm):
+                raise RuntimeError(
+                    f"Gradient Canceling diverged at epoch {epoch} (‖g(χ)‖ = {g_norm}); lower lr (now {p.lr}) "
+                    "or keep the feature box (box: data)"
+                )
+            if epoch == p.epochs:
                 break
             grad = cancel_gradient(self.target, z.detach(), labels, self.task, r, n, p.batch_size)
             opt.zero_grad(set_to_none=True)

@@ -1,0 +1,119 @@
+import numpy as np
+import pytest
+import torch
+from art.attacks.attack import PoisoningAttackWhiteBox
+from torch import nn
+
+from audit.attacks import GradientCanceling
+from audit.attacks.gradient_canceling import cancel_gradient, cancel_residual, mean_gradient
+from audit.config import DatasetSpec
+from audit.data import load_dataset
+from audit.errors import AuditError
+from audit.models.training import data_loss
+from audit.models.victim import TorchVictim
+from audit.models.zoo import MLP
+from audit.poisonability import kappa, scale_output_layer, scale_to_budget, thresholds
+
+CPU = torch.device("cpu")
+
+
+@pytest.mark.parametrize("batch_size", [None, 3])
+def test_eq34_gradient_equals_autograd_of_the_objective(batch_size):
+    """eq. (34) (r held fixed, double backward, mini-batched) against autograd of L = ½‖r(z)‖² in float64."""
+    torch.manual_seed(0)
+    model = MLP(4, 3, width=5, depth=1).double()
+    x, y = torch.randn(20, 4, dtype=torch.float64), torch.randint(0, 3, (20,))
+    z, labels = torch.randn(7, 4, dtype=torch.float64), torch.randint(0, 3, (7,))
+    rho, n = 0.1, 20
+    g_mu = mean_gradient(model, x, y, "classification")
+    reg = [(1 + 7 / n) * rho * p.detach() if p.ndim > 1 else torch.zeros_like(p) for p in model.parameters()]
+    r = cancel_residual(model, z, labels, "classification", g_mu, reg, n, batch_size)
+    ours = cancel_gradient(model, z, labels, "classification", r, n, batch_size)
+
+    zz = z.clone().requires_grad_(True)
+    grads = torch.autograd.grad(data_loss(model(zz), labels, "classification", "sum"), list(model.parameters()), create_graph=True)
+    objective = 0.5 * sum(((gm + rg + g / n) ** 2).sum() for gm, rg, g in zip(g_mu, reg, grads))
+    (expected,) = torch.autograd.grad(objective, zz)
+    torch.testing.assert_close(ours, expected, rtol=1e-10, atol=1e-12)
+    # and a central finite difference on one coordinate
+    h = 1e-6
+    zp, zm = z.clone(), z.clone()
+    zp[2, 1] += h
+    zm[2, 1] -= h
+
+    def value(zv):
+        rv = cancel_residual(model, zv, labels, "classification", g_mu, reg, n, None)
+        return 0.5 * sum(float((t**2).sum()) for t in rv)
+
+    assert float(ours[2, 1]) == pytest.approx((value(zp) - value(zm)) / (2 * h), rel=1e-6)
+
+
+def _or_setting():
+    """OR data with a bias-free linear model: Theorem 2's setting (the attacker controls every coordinate)."""
+    d = load_dataset(DatasetSpec(name="or2d"))
+    training = {"optimizer": "lbfgs", "lr": 1.0, "momentum": 0.0, "epochs": 300, "batch_size": None}
+    victim = TorchVictim(lambda hp: nn.Linear(2, 2, bias=False), "classification", 2, (2,), training, CPU, "bias-free")
+    clean = victim.fit(d.x_train, d.y_train, {}, 0)
+    s, _ = scale_to_budget(scale_output_layer(clean.module, -1.0), d.x_train, d.y_train, 0.0, 2, 0.5)
+    target = scale_output_layer(clean.module, -s)  # the flipped clean model with τ(2) = 0.5
+    return d, victim, clean, target
+
+
+def _attack(d, victim, clean, target, eps, rho):
+    attack = GradientCanceling(clean.module, target, eps, "classification", rho, None, None, seed=0, n_classes=2)
+    x_p, y_p = attack.poison(d.x_train, d.y_train)
+    poisoned = victim.fit(np.concatenate([d.x_train, x_p]), np.concatenate([d.y_train, y_p]), {"l2": rho}, 0)
+    # two-class softmax without L2 is identified only up to a shared row shift: compare w₁ − w₀
+    diff = lambda w: w[1] - w[0]  # noqa: E731
+    distance = float((diff(poisoned.module.weight) - diff(target.weight)).norm() / diff(target.weight).norm())
+    return poisoned.metric(d.x_test, d.y_test), attack.diagnostics["relative_residual"], distance
+
+
+def test_or_phase_transition_at_tau():
+    """Fig. 1 of the paper: GC reaches the target iff ε ≥ τ (measured: residual 0.90 at ε = 0.05, 0.0000 at ε ≥ 0.6)."""
+    d, victim, clean, target = _or_setting()
+    th = thresholds(target, d.x_train, d.y_train, "classification")
+    assert th.tau_2 == pytest.approx(0.5, abs=1e-6)
+    target_acc = 100 * float((target(torch.tensor(d.x_test)).argmax(1).numpy() == d.y_test).mean())
+    clean_acc = clean.metric(d.x_test, d.y_test)
+    assert clean_acc - target_acc > 50
+
+    acc, residual, distance = _attack(d, victim, clean, target, eps=1.0, rho=0.0)  # ε = 2τ
+    assert residual < 0.01 and distance < 0.05 and acc == pytest.approx(target_acc, abs=5)
+    acc, residual, distance = _attack(d, victim, clean, target, eps=0.05, rho=0.0)  # ε = τ/10
+    assert residual > 0.5 and distance > 0.3 and acc > target_acc + 40
+
+
+def test_l2_moves_the_threshold():
+    """With ρ chosen so that τ_ρ = 2 for the same target, ε = 1 (which reached it at ρ = 0) no longer does."""
+    d, victim, clean, target = _or_setting()
+    w2 = float(target.weight.pow(2).sum())
+    rho = 0.5 * kappa(2) / w2
+    th = thresholds(target, d.x_train, d.y_train, "classification", l2=rho)
+    assert th.tau_rho_2 == pytest.approx(2.0, rel=1e-5) and th.tau_2 == pytest.approx(0.5, abs=1e-6)
+    _, residual, distance = _attack(d, victim, clean, target, eps=1.0, rho=rho)
+    assert residual > 0.2 and distance > 0.2
+
+
+def test_is_a_white_box_attack_and_validates_targets():
+    model = nn.Linear(3, 2)
+    attack = GradientCanceling(model, nn.Linear(3, 2), 0.1, n_classes=2, epochs=3)
+    assert isinstance(attack, PoisoningAttackWhiteBox)
+    with pytest.raises(AuditError, match="target state dict does not fit the model"):
+        GradientCanceling(model, nn.Linear(4, 2).state_dict(), 0.1)
+    with pytest.raises(AuditError, match="'l2' parameter of GradientCanceling must be ≥ 0"):
+        GradientCanceling(model, nn.Linear(3, 2), 0.1, l2=-1.0)
+    with pytest.raises(AuditError, match="parameter 'epochs'"):
+        GradientCanceling(model, nn.Linear(3, 2), 0.1, epochs=0)
+
+
+def test_divergence_is_an_error_not_silent_poisons():
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(50, 2)).astype(np.float32)
+    y = x[:, 0].astype(np.float32)
+    target = nn.Linear(2, 1, bias=False)
+    with torch.no_grad():
+        target.weight.fill_(-5.0)
+    attack = GradientCanceling(nn.Linear(2, 1, bias=False), target, 0.2, "regression", 0.0, None, None, lr=50.0, epochs=200)
+    with pytest.raises(RuntimeError, match=r"Gradient Canceling diverged at epoch \d+"):
+        attack.poison(x, y)

@@ -1,0 +1,130 @@
+import math
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from audit.config import DatasetSpec, ModelSpec, TrainingSpec
+from audit.data import load_dataset
+from audit.models import build_victim
+from audit.models.zoo import MLP, LogReg
+from audit.poisonability import (
+    eps_upper, gradpc, kappa, margin_term, scale_output_layer, scale_to_budget, tau_rho, thresholds,
+)  # fmt: skip
+
+CPU = torch.device("cpu")
+
+
+def test_kappa_values():
+    assert kappa(2) == pytest.approx(0.2784645427610738, rel=1e-12)  # W(1/e)
+    for c in (2, 3, 10, 100):
+        k = kappa(c)
+        assert k * math.exp(k) == pytest.approx((c - 1) / math.e, rel=1e-12)
+
+
+@pytest.mark.parametrize("c", [2, 3, 10])
+def test_lambert_bound_is_approached_but_not_beaten(c):
+    """eq. (18)/(A.8): ⟨h, p − y⟩ ≥ −W((c−1)/e) for every logit vector h and label y."""
+    rng = np.random.default_rng(c)
+    h = rng.normal(scale=rng.uniform(0.1, 10, size=(200_000, 1)), size=(200_000, c))
+    y = rng.integers(0, c, size=200_000)
+    p = np.exp(h - h.max(1, keepdims=True))
+    p /= p.sum(1, keepdims=True)
+    values = (h * p).sum(1) - h[np.arange(len(y)), y]
+    assert values.min() >= -kappa(c) - 1e-12
+    # the infimum: all other logits at the same offset t* below/above h_y (A.11)
+    ts = np.linspace(-5, 5, 200_001)
+    inner = ts * np.exp(ts) / (1 / (c - 1) + np.exp(ts))
+    t_star = ts[inner.argmin()]
+    h_star = np.full(c, t_star)
+    h_star[0] = 0.0
+    p_star = np.exp(h_star) / np.exp(h_star).sum()
+    value = float(h_star @ p_star - h_star[0])
+    assert value == pytest.approx(-kappa(c), abs=1e-8)
+
+
+def test_margin_term_equals_inner_product_with_the_gradient():
+    """a = E⟨h, p − y⟩ is ⟨θ, ∇θ mean loss⟩ for a linear model with bias (homogeneous coordinates)."""
+    torch.manual_seed(0)
+    model = LogReg(5, 4).double()
+    x, y = torch.randn(50, 5, dtype=torch.float64), torch.randint(0, 4, (50,))
+    loss = nn.functional.cross_entropy(model(x), y)
+    grads = torch.autograd.grad(loss, list(model.parameters()))
+    inner = sum(float((p * g).sum()) for p, g in zip(model.parameters(), grads))
+    assert margin_term(model, x, y) == pytest.approx(inner, rel=1e-10)
+
+
+def test_hand_computable_tau():
+    """One point x = (1, 0), label 0, target W = [[0, 0], [t, 0]] (no bias): h = (0, t)."""
+    model = nn.Linear(2, 2, bias=False)
+    t = 2.0
+    with torch.no_grad():
+        model.weight.copy_(torch.tensor([[0.0, 0.0], [t, 0.0]]))
+    x, y = np.array([[1.0, 0.0]], np.float32), np.array([0])
+    p1 = math.exp(t) / (1 + math.exp(t))
+    a = t * p1  # ⟨h, p − y⟩ = 0·(p0 − 1) + t·p1
+    th = thresholds(model, x, y, "classification")
+    assert th.a == pytest.approx(a, rel=1e-6)
+    assert th.tau_2 == pytest.approx(a / 0.2784645427610738, rel=1e-6)
+    assert th.tau_c == th.tau_2 and th.n_classes == 2 and th.condition.startswith("exact")
+
+
+def test_tau_rho_equals_tau_at_rho_zero_and_reachability_cases():
+    d = load_dataset(DatasetSpec(name="wine"))
+    model = build_victim(ModelSpec(name="logreg"), TrainingSpec(epochs=50), d, CPU).fit(d.x_train, d.y_train, {}, 0).module
+    target = scale_output_layer(model, -0.5)
+    th = thresholds(target, d.x_train, d.y_train, "classification", l2=0.0)
+    assert th.tau_rho_2 == pytest.approx(th.tau_2) and th.tau_rho_c == pytest.approx(th.tau_c)
+    assert th.tau_c < th.tau_2  # κ_3 > κ_2: the multiclass condition is the weaker one
+    assert "necessary" in th.condition
+    k = kappa(2)
+    assert tau_rho(0.1, 0.05, k) == pytest.approx(0.15 / (k - 0.05))
+    assert tau_rho(0.1, k, k) is None and tau_rho(0.1, 2 * k, k) is None  # a + r > 0, r ≥ κ: unreachable
+    assert tau_rho(-0.5, 0.4, k) == 0.0 and eps_upper(-0.5, 0.4, k) == pytest.approx(0.1 / (0.4 - k))
+
+
+def test_clean_minimiser_has_tau_rho_zero():
+    """At the clean minimiser g(μ) + ρW = 0, so a + ρ‖W‖² = 0 and τ_ρ = 0 (reachable with no poison)."""
+    d = load_dataset(DatasetSpec(name="breast_cancer"))
+    rho = 0.01
+    fitted = build_victim(ModelSpec(name="logreg"), TrainingSpec(epochs=500), d, CPU).fit(d.x_train, d.y_train, {"l2": rho}, 0)
+    th = thresholds(fitted.module, d.x_train, d.y_train, "classification", l2=rho)
+    assert th.a + rho * th.w_norm_sq == pytest.approx(0.0, abs=1e-4)
+    assert abs(th.tau_rho_2) < 1e-3
+
+
+def test_network_condition_uses_the_last_layer():
+    torch.manual_seed(0)
+    net = MLP(6, 3, width=8, depth=1)
+    x, y = np.random.default_rng(0).normal(size=(30, 6)).astype(np.float32), np.arange(30) % 3
+    th = thresholds(net, x, y, "classification")
+    assert "Theorem 4" in th.condition
+    assert th.w_norm_sq == pytest.approx(float(net.head.weight.pow(2).sum()), rel=1e-6)
+
+
+def test_squared_loss_is_poisonable_at_any_budget():
+    th = thresholds(nn.Linear(3, 1), np.zeros((5, 3), np.float32), np.zeros(5, np.float32), "regression")
+    assert th.tau_2 == 0.0 and th.loss == "squared" and not th.unreachable
+
+
+def test_gradpc_respects_the_relative_budget_and_raises_the_loss():
+    d = load_dataset(DatasetSpec(name="digits"))
+    fitted = build_victim(ModelSpec(name="logreg"), TrainingSpec(epochs=100), d, CPU).fit(d.x_train, d.y_train, {"l2": 1e-3}, 0)
+    theta = torch.cat([p.detach().flatten() for p in fitted.module.parameters()])
+    target, result = gradpc(fitted.module, d.x_val, d.y_val, "classification", eps_w=0.5, steps=50)
+    delta = torch.cat([p.detach().flatten() for p in target.parameters()]) - theta
+    assert float(delta.norm()) <= 0.5 * float(theta.norm()) * (1 + 1e-5)
+    assert result.val_loss_target > 3 * result.val_loss_clean
+    assert torch.equal(torch.cat([p.detach().flatten() for p in fitted.module.parameters()]), theta)  # not modified
+
+
+def test_scaling_keeps_predictions_and_meets_the_budget():
+    d = load_dataset(DatasetSpec(name="digits"))
+    fitted = build_victim(ModelSpec(name="logreg"), TrainingSpec(epochs=100), d, CPU).fit(d.x_train, d.y_train, {"l2": 1e-3}, 0)
+    target, _ = gradpc(fitted.module, d.x_val, d.y_val, "classification", eps_w=0.5, steps=50)
+    s, th = scale_to_budget(target, d.x_train, d.y_train, 1e-3, 10, eps=0.1)
+    assert 0 < s < 1 and th.tau_rho_2 <= 0.1 + 1e-9
+    scaled = scale_output_layer(target, s)
+    x = torch.tensor(d.x_test)
+    assert torch.equal(scaled(x).argmax(1), target(x).argmax(1))
