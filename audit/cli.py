@@ -84,6 +84,59 @@ def gate(run_dir: Path, budget: float, max_drop: float) -> None:
     sys.exit(0 if result.passed else 1)
 
 
+@cli.command()
+@click.option("--dataset", "dataset_name", default="mnist5k", show_default=True, help="Built-in dataset (see `poison-audit list`).")
+@click.option("--model", "model_name", default="logreg", show_default=True, help="logreg, mlp or cnn.")
+@click.option("--l2", type=float, default=0.0, show_default=True, help="L2 strength ρ of the victim's objective.")
+@click.option("--width", type=int, default=None, help="Width of an mlp/cnn victim.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Training seed of the clean model.")
+@click.option("--target", "target_file", type=click.Path(dir_okay=False, path_type=Path), help="Target: a state dict (torch.save) of the same model.")
+@click.option("--eps-w", type=float, default=None, help="Target: GradPC with this relative parameter budget.")
+@click.option("--save-target", type=click.Path(dir_okay=False, path_type=Path), help="Write the GradPC target's state dict here.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of text.")
+@_user_errors
+def threshold(dataset_name: str, model_name: str, l2: float, width: int | None, seed: int, target_file: Path | None,
+              eps_w: float | None, save_target: Path | None, as_json: bool) -> None:  # fmt: skip
+    """How much poison any attack needs to reach a target model (τ), without running an attack."""
+    import json
+
+    from audit.poisonability import compute_threshold_report
+
+    if (target_file is None) == (eps_w is None):
+        raise AuditError("give exactly one target: --target FILE or --eps-w X")
+    if l2 < 0:
+        raise AuditError(f"--l2 must be ≥ 0 (got {l2:g})")
+    if eps_w is not None and eps_w <= 0:
+        raise AuditError(f"--eps-w must be > 0 (got {eps_w:g})")
+    if save_target is not None and eps_w is None:
+        raise AuditError("--save-target writes the GradPC target: use it with --eps-w")
+    report = compute_threshold_report(dataset_name, model_name, l2, width, seed, target_file, eps_w, save_target)
+    if as_json:
+        click.echo(json.dumps(report, indent=2, allow_nan=False, default=str))
+        return
+    t = report["threshold"]
+
+    def tau(v: float | None) -> str:
+        return "unreachable at any budget" if v is None else ("reachable at any ε > 0" if v <= 0 else f"{v:.4g}")
+
+    lines = [
+        f"dataset {report['dataset']}, model {report['model']}, ρ = {l2:g}, seed {seed}",
+        f"target: {report['target']}",
+        f"clean accuracy (test): {report['clean_test']:.2f}   target accuracy (test): {report['target_test']:.2f}",
+        f"condition: {t['condition']}",
+        f"a = ⟨W, g(μ)⟩ = {t['a']:.6g}   ‖W‖² = {t['w_norm_sq']:.6g}   ρ‖W‖² = {l2 * t['w_norm_sq']:.6g}",
+        f"κ₂ = W(1/e) = {t['kappa_2']:.6f}   κ_c = W((c−1)/e) = {t['kappa_c']:.6f} (c = {t['n_classes']})",
+        f"τ(2) = a/κ₂ = {tau(t['tau_2'])}   (the paper's indicative threshold)",
+        f"τ(c) = a/κ_c = {tau(t['tau_c'])}   (necessary condition)",
+        f"τ_ρ(2) = {tau(t['tau_rho_2'])}   τ_ρ(c) = {tau(t['tau_rho_c'])}",
+    ]
+    if t.get("eps_upper_2") is not None:
+        lines.append(f"note: with ρ‖W‖² > κ₂ the target is reachable only for ε ≤ {t['eps_upper_2']:.4g}")
+    if report.get("saved_target"):
+        lines.append(f"target saved: {report['saved_target']}")
+    click.echo("\n".join(lines))
+
+
 @cli.command(name="list")
 def list_() -> None:
     """The datasets, models, attacks and defenses this version knows."""

@@ -158,6 +158,25 @@ class AttackSpec(_Strict):
         return self.name + "[" + ",".join(f"{k}={v}" for k, v in sorted(self.params.items())) + "]"
 
 
+class PoisonabilitySpec(_Strict):
+    """Thresholds τ of GradPC target models, per candidate and seed, computed after clean training.
+
+    ``enabled: auto`` computes them for torch classifiers (they need the model's logits).
+    """
+
+    enabled: Literal["auto", "on", "off"] = "auto"
+    eps_w: list[float] = Field(default_factory=lambda: [0.1, 0.5, 1.0], min_length=1)
+    gradpc_steps: int = Field(100, ge=1)
+
+    @field_validator("eps_w")
+    @classmethod
+    def _positive(cls, value: list[float]) -> list[float]:
+        for i, v in enumerate(value):
+            if not v > 0:
+                raise ValueError(f"poisonability.eps_w[{i}]: must be > 0 (got {v!r})")
+        return sorted(value)
+
+
 class RecommendationSpec(_Strict):
     """How the deployed setting is chosen: best worst-case validation metric at ``target_budget``
     among candidates whose clean validation accuracy is within ``clean_tolerance`` points of the best."""
@@ -187,6 +206,7 @@ class AuditConfig(_Strict):
     device: Literal["auto", "cpu", "cuda"] = "auto"
     output_dir: str = "reports"
     recommendation: RecommendationSpec = RecommendationSpec()
+    poisonability: PoisonabilitySpec = Field(default_factory=PoisonabilitySpec)
 
     @field_validator("candidates")
     @classmethod

@@ -80,3 +80,47 @@ def worst_case_heatmap(summaries: list[CandidateSummary], budgets: list[float], 
     fig.colorbar(im, ax=ax, label=f"worst-case {unit}")
     fig.tight_layout()
     return _to_svg(fig)
+
+
+def gc_drop_vs_budget(series: list[dict], budgets: list[float], unit: str) -> str:
+    """GC test damage against budget per candidate, with each candidate's τ_ρ(2) of its GradPC targets as markers.
+
+    ``series``: [{"label", "damage": {ε: value}, "taus": [(ε_w, τ or None)]}]
+    """
+    fig, ax = plt.subplots(figsize=(6.4, 3.4))
+    colors = plt.cm.viridis(np.linspace(0, 0.9, max(len(series), 1)))
+    xmax = 100 * max(budgets) * 1.25
+    for color, s in zip(colors, series):
+        xs = [0.0] + [100 * e for e in budgets]
+        ys = [0.0] + [s["damage"].get(e, math.nan) for e in budgets]
+        ax.plot(xs, ys, marker="o", ms=3, color=color, label=s["label"])
+        for eps_w, tau in s["taus"]:
+            if tau is not None and 0 <= 100 * tau <= xmax:
+                ax.axvline(100 * tau, color=color, ls=":", lw=1)
+                ax.text(100 * tau, ax.get_ylim()[1], f" τ(ε_w={eps_w:g})", color=color, fontsize=6, rotation=90, va="top")
+    ax.set_xlim(0, xmax)
+    ax.set_xlabel("poison budget ε (%)")
+    ax.set_ylabel(f"Gradient Canceling {unit}")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, frameon=False)
+    fig.tight_layout()
+    return _to_svg(fig)
+
+
+def gc_learning_curves(curves: dict[float, list[tuple[str, list[tuple[int, float]]]]]) -> str:
+    """‖g(χ)‖ / ‖g(μ)‖ against GC epoch: one panel per budget, one line per candidate (paper's Fig. 3)."""
+    budgets = sorted(curves)
+    fig, axes = plt.subplots(1, len(budgets), figsize=(3.4 * len(budgets), 2.8), squeeze=False, sharey=True)
+    for ax, eps in zip(axes[0], budgets):
+        colors = plt.cm.viridis(np.linspace(0, 0.9, max(len(curves[eps]), 1)))
+        for color, (label, points) in zip(colors, curves[eps]):
+            if points:
+                ax.plot([p[0] for p in points], [p[1] for p in points], color=color, label=label, lw=1.2)
+        ax.set_yscale("log")
+        ax.set_title(f"ε = {100 * eps:g}%", fontsize=9)
+        ax.set_xlabel("GC epoch")
+        ax.grid(alpha=0.3)
+    axes[0][0].set_ylabel("‖g(χ)‖ relative to start")
+    axes[0][0].legend(fontsize=7, frameon=False)
+    fig.tight_layout()
+    return _to_svg(fig)

@@ -85,8 +85,8 @@ class Threshold:
     a: float
     l2: float
     w_norm_sq: float
-    kappa_2: float
-    kappa_c: float
+    kappa_2: float | None
+    kappa_c: float | None
     tau_2: float
     tau_c: float
     tau_rho_2: float | None
@@ -138,7 +138,7 @@ def thresholds(module: nn.Module, x: np.ndarray, y: np.ndarray, task: str, l2: f
     """
     if task == "regression":  # Example 1: l'(t, y) = t − y spans ℝ, so a = −∞, b = ∞
         return Threshold("squared", "exact (Example 1): squared loss is poisonable at any ε", None, 0.0, l2, 0.0,
-                         math.nan, math.nan, 0.0, 0.0, 0.0, 0.0, False)  # fmt: skip
+                         None, None, 0.0, 0.0, 0.0, 0.0, False)  # fmt: skip
     device = next(module.parameters()).device
     module.eval()
     xt = torch.as_tensor(x, dtype=torch.float32, device=device)
@@ -161,6 +161,16 @@ def thresholds(module: nn.Module, x: np.ndarray, y: np.ndarray, task: str, l2: f
         tau_rho_2=tau_rho(a, r, k2), tau_rho_c=tau_rho(a, r, kc), unreachable=tau_rho(a, r, kc) is None,
         eps_upper_2=eps_upper(a, r, k2),
     )  # fmt: skip
+
+
+@torch.no_grad()
+def module_metric(module: nn.Module, x: np.ndarray, y: np.ndarray, task: str) -> float:
+    """Accuracy in percent (classification) or MSE (regression) of a bare module."""
+    device = next(module.parameters()).device
+    out = module(torch.as_tensor(x, dtype=torch.float32, device=device)).cpu().numpy()
+    if task == "classification":
+        return float(100.0 * np.mean(out.argmax(1) == y))
+    return float(np.mean((out.reshape(-1) - y) ** 2))
 
 
 # --------------------------------------------------------------------------- GradPC
@@ -274,3 +284,61 @@ def scale_to_budget(module: nn.Module, x: np.ndarray, y: np.ndarray, l2: float, 
         else:
             hi = mid
     return best
+
+
+# --------------------------------------------------------------------------- CLI entry
+def compute_threshold_report(dataset_name: str, model_name: str, l2: float, width: int | None, seed: int,
+                             target_file: Any, eps_w: float | None, save_target: Any) -> dict[str, Any]:  # fmt: skip
+    """Train the clean model, build or load the target and compute τ (``poison-audit threshold``).
+
+    Keys of the returned dict (also the ``--json`` output): dataset, model, l2, seed, target
+    (description), clean_val, clean_test, target_val, target_test, gradpc (GradPC ascent
+    record or null), saved_target (path or null), threshold (a, w_norm_sq, kappa_2, kappa_c,
+    n_classes, tau_2, tau_c, tau_rho_2, tau_rho_c — null means unreachable at any budget —
+    eps_upper_2, unreachable, condition, loss, l2).
+    """
+    from pathlib import Path
+
+    from audit.config import DatasetSpec, ModelSpec, TrainingSpec
+    from audit.data import BUILTIN, load_dataset
+    from audit.errors import AuditError
+    from audit.models import build_victim, resolve_device
+
+    if dataset_name not in BUILTIN:
+        raise AuditError(f"--dataset: unknown dataset {dataset_name!r}; valid: {', '.join(sorted(BUILTIN))}")
+    if model_name not in ("logreg", "mlp", "cnn", "ridge"):
+        raise AuditError(f"--model: expected one of cnn, logreg, mlp, ridge (got {model_name!r})")
+    data = load_dataset(DatasetSpec(name=dataset_name))
+    device = resolve_device("auto")
+    victim = build_victim(ModelSpec(name=model_name, width=width), TrainingSpec(), data, device)
+    from audit.store import derive_seed
+
+    fitted = victim.fit(data.x_train, data.y_train, {"l2": l2}, derive_seed(seed, "train"))
+    record = None
+    if target_file is not None:
+        path = Path(target_file)
+        if not path.is_file():
+            raise AuditError(f"--target: file not found: {path}")
+        try:
+            state = torch.load(path, map_location=device, weights_only=True)
+            target = copy.deepcopy(fitted.module)
+            target.load_state_dict(state)
+        except Exception as err:  # noqa: BLE001 — any unreadable or mismatched file is the user's input
+            raise AuditError(f"--target: cannot load {path} as a state dict of {model_name} ({str(err).splitlines()[0]})") from None
+        description = f"state dict {path}"
+    else:
+        target, result = gradpc(fitted.module, data.x_val, data.y_val, data.task, float(eps_w))
+        record = asdict(result)
+        description = f"GradPC, ε_w = {eps_w:g} (validation loss {result.val_loss_clean:.4g} → {result.val_loss_target:.4g})"
+    saved = None
+    if save_target is not None:
+        torch.save(target.state_dict(), save_target)
+        saved = str(save_target)
+    th = thresholds(target, data.x_train, data.y_train, data.task, l2, data.n_classes)
+    return {
+        "dataset": dataset_name, "model": model_name, "l2": l2, "seed": seed, "target": description,
+        "clean_val": fitted.metric(data.x_val, data.y_val), "clean_test": fitted.metric(data.x_test, data.y_test),
+        "target_val": module_metric(target, data.x_val, data.y_val, data.task),
+        "target_test": module_metric(target, data.x_test, data.y_test, data.task),
+        "gradpc": record, "saved_target": saved, "threshold": th.as_dict(),
+    }  # fmt: skip

@@ -15,6 +15,7 @@ re-run alone gives the same numbers on the same device.
 from __future__ import annotations
 
 import json
+import math
 import platform
 import shutil
 import time
@@ -97,6 +98,8 @@ def plan_audit(
     device = resolve_device(config.device)
     data = dataset if dataset is not None else load_dataset(config.dataset)
     victim = build_victim(config.model, config.training, data, device, model_obj=model)
+    if config.poisonability.enabled == "on" and getattr(victim, "build", None) is None:
+        raise AuditError("poisonability.enabled is 'on' but the victim is not a torch model (τ needs its logits)")
     for attack in config.attacks:
         cls = ATTACKS[attack.name]
         if data.task not in cls.tasks:
@@ -198,6 +201,11 @@ def _run_grid(plan: RunPlan, store: Store, progress: bool) -> None:
                 bar.update(1)
             continue
         store.put_clean(cand, seed, clean_val, clean_test, time.perf_counter() - t0, clean.train_result)
+        if wants_thresholds(cfg, data, clean):
+            try:
+                record_thresholds(store, cfg, data, victim, clean, hp, cand, seed)
+            except Exception as err:  # τ is diagnostic: record why it is missing, keep auditing
+                store.put_target(cand, seed, -1.0, math.nan, math.nan, {"error": f"{type(err).__name__}: {err}"}, {})
 
         by_poison: dict[tuple[str, float], list] = {}
         for c in pending:
@@ -311,3 +319,33 @@ def _jsonable(value: Any) -> Any:
 
 def is_run_dir(path: Path) -> bool:
     return (path / STORE_FILE).is_file()
+
+
+def wants_thresholds(cfg: AuditConfig, data: Dataset, fitted: Any) -> bool:
+    """τ needs logits: torch classifiers (``enabled: auto``), or always when ``on``."""
+    setting = cfg.poisonability.enabled
+    if setting == "off":
+        return False
+    torch_model = getattr(fitted, "module", None) is not None
+    if setting == "on" and not torch_model:
+        raise AuditError("poisonability.enabled is 'on' but the victim is not a torch model (τ needs its logits)")
+    return torch_model and (data.task == "classification" or setting == "on")
+
+
+def record_thresholds(store: Store, cfg: AuditConfig, data: Dataset, victim: Victim, fitted: Any, hp: dict,
+                      cand: str, seed: int) -> None:  # fmt: skip
+    """GradPC targets at the configured ε_w and their τ for one (candidate, seed); also the clean model (ε_w = 0)."""
+    from audit.attacks.gradient_canceling import target_by_gradpc
+    from audit.poisonability import module_metric, thresholds
+
+    l2 = float(victim.train_config(hp).l2) if hasattr(victim, "train_config") else 0.0
+    clean_th = thresholds(fitted.module, data.x_train, data.y_train, data.task, l2, data.n_classes)
+    store.put_target(cand, seed, 0.0, fitted.metric(data.x_val, data.y_val), fitted.metric(data.x_test, data.y_test),
+                     clean_th.as_dict(), {})  # fmt: skip
+    for eps_w in cfg.poisonability.eps_w:
+        target, result = target_by_gradpc(fitted, data, eps_w, cfg.poisonability.gradpc_steps)
+        th = thresholds(target, data.x_train, data.y_train, data.task, l2, data.n_classes)
+        metric = lambda x, y: module_metric(target, x, y, data.task)  # noqa: E731
+        store.put_target(cand, seed, eps_w, metric(data.x_val, data.y_val), metric(data.x_test, data.y_test),
+                         th.as_dict(), result.__dict__)  # fmt: skip
+

@@ -32,6 +32,11 @@ CREATE TABLE IF NOT EXISTS clean (
     val_metric REAL, test_metric REAL, seconds REAL, train TEXT,
     PRIMARY KEY (candidate, seed)
 );
+CREATE TABLE IF NOT EXISTS targets (
+    candidate TEXT NOT NULL, seed INTEGER NOT NULL, eps_w REAL NOT NULL,
+    val_metric REAL, test_metric REAL, threshold TEXT, gradpc TEXT,
+    PRIMARY KEY (candidate, seed, eps_w)
+);
 CREATE TABLE IF NOT EXISTS cells (
     cell_key TEXT PRIMARY KEY, position INTEGER NOT NULL,
     candidate TEXT NOT NULL, attack TEXT NOT NULL, budget REAL NOT NULL,
@@ -181,6 +186,23 @@ class Store:
     def clean_rows(self) -> Iterator[tuple[str, int, float, float, float, dict]]:
         for cand, seed, val, test, sec, train in self.db.execute("SELECT * FROM clean ORDER BY rowid"):
             yield cand, seed, val, test, sec, json.loads(train)
+
+    # ------------------------------------------------------------------ poisonability targets
+    def put_target(self, candidate: str, seed: int, eps_w: float, val: float, test: float, threshold: dict,
+                   gradpc: dict) -> None:  # fmt: skip
+        with self.db:
+            self.db.execute(
+                "INSERT OR REPLACE INTO targets VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (candidate, seed, eps_w, val, test, json.dumps(threshold), json.dumps(gradpc)),
+            )
+
+    def target_rows(self) -> list[dict[str, Any]]:
+        rows = self.db.execute("SELECT * FROM targets ORDER BY rowid").fetchall()
+        keys = ("candidate", "seed", "eps_w", "val_metric", "test_metric", "threshold", "gradpc")
+        out = [dict(zip(keys, r)) for r in rows]
+        for r in out:
+            r["threshold"], r["gradpc"] = json.loads(r["threshold"]), json.loads(r["gradpc"])
+        return out
 
     # ------------------------------------------------------------------ poison cache
     def _poison_path(self, key: str) -> Path:

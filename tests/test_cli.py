@@ -96,3 +96,46 @@ def test_python_dash_m_and_yaml_error_in_a_real_process(tmp_path):
     assert proc.returncode == 2
     assert proc.stderr.startswith("error: ") and "YAML syntax error at line" in proc.stderr
     assert len(proc.stderr.strip().splitlines()) == 1
+
+
+def test_threshold_text_json_and_saved_target(runner, tmp_path):
+    import json
+
+    saved = tmp_path / "target.pt"
+    text = runner.invoke(cli, ["threshold", "--dataset", "wine", "--l2", "0.01", "--eps-w", "0.5", "--save-target", str(saved)])
+    assert text.exit_code == 0, text.output
+    for needle in ("τ(2) = a/κ₂", "τ(c) = a/κ_c", "τ_ρ(2)", "κ₂ = W(1/e) = 0.278465", "target saved"):
+        assert needle in text.output
+    assert saved.is_file()
+    out = runner.invoke(cli, ["threshold", "--dataset", "wine", "--l2", "0.0", "--target", str(saved), "--json"])
+    assert out.exit_code == 0, out.output
+    report = json.loads(out.output)
+    t = report["threshold"]
+    assert t["tau_rho_2"] == pytest.approx(t["tau_2"]) and t["n_classes"] == 3
+    assert t["tau_2"] == pytest.approx(t["a"] / t["kappa_2"])
+    assert report["target_test"] < report["clean_test"]
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["threshold"], "give exactly one target: --target FILE or --eps-w X"),
+        (["threshold", "--eps-w", "0.1", "--target", "x.pt"], "give exactly one target"),
+        (["threshold", "--eps-w", "-1"], "--eps-w must be > 0"),
+        (["threshold", "--eps-w", "0.1", "--dataset", "cifar"], "unknown dataset 'cifar'"),
+        (["threshold", "--target", "missing.pt"], "--target: file not found"),
+        (["threshold", "--eps-w", "0.1", "--l2", "-0.1"], "--l2 must be ≥ 0"),
+    ],
+)
+def test_threshold_errors(runner, tmp_path, args, message):
+    result = runner.invoke(cli, args)
+    assert result.exit_code == 2 and message in result.output and "Traceback" not in result.output
+
+
+def test_threshold_rejects_a_foreign_state_dict(runner, tmp_path):
+    import torch
+
+    bad = tmp_path / "bad.pt"
+    torch.save(torch.nn.Linear(3, 3).state_dict(), bad)
+    result = runner.invoke(cli, ["threshold", "--dataset", "wine", "--target", str(bad)])
+    assert result.exit_code == 2 and "cannot load" in result.output

@@ -97,3 +97,24 @@ def test_css_is_inlined_unescaped(run_dir):
     html = (run_dir / "report.html").read_text()
     style = html[html.index("<style>") : html.index("</style>")]
     assert '"DejaVu Sans"' in style and "&#34;" not in style
+
+
+def test_poisonability_section_with_gradient_canceling(tmp_path):
+    cfg = tiny_config(
+        attacks=[{"name": "label_flip", "id": "lf_adv", "params": {"variant": "adversarial"}},
+                 {"name": "gradient_canceling", "id": "gc", "params": {"epochs": 50, "eps_w_grid": [0.1, 0.5]}}],
+        poisonability={"eps_w": [0.1, 0.5]},
+    )  # fmt: skip
+    run = run_audit(parse_config(cfg), output_dir=tmp_path, progress=False)
+    write_report(run)
+    html = (run / "report.html").read_text()
+    for needle in ("Poisonability", "Gradient Canceling (<code>gc</code>)", "τ_ρ(2)", "clean model", "GC epoch"):
+        assert needle in html
+    s = json.loads((run / "summary.json").read_text())
+    rows = s["poisonability"]
+    assert {r["eps_w"] for r in rows} == {0.0, 0.1, 0.5} and len(rows) == 6  # 2 candidates × (clean + 2 targets)
+    clean = [r for r in rows if r["eps_w"] == 0.0]
+    assert all(abs(r["tau_rho_2"]) < 0.05 for r in clean)  # the clean minimiser is reachable with no poison
+    assert "Poisonability: the GradPC target at ε_w = 0.1" in s["recommendation"]["reason"]
+    gc_cells = [c for c in s["cells"] if c["attack"] == "gc"]
+    assert len(gc_cells) == 4 and all(c["status"] == "ok" for c in gc_cells)

@@ -30,7 +30,7 @@ from torch import nn
 from audit.attacks.base import AttackContext, AttackParams, AuditAttack
 from audit.errors import AuditError
 from audit.models.training import data_loss
-from audit.poisonability import gradpc, scale_to_budget, scale_output_layer, thresholds
+from audit.poisonability import gradpc, module_metric, scale_output_layer, scale_to_budget, thresholds
 
 
 class GCParams(AttackParams):
@@ -180,8 +180,8 @@ class GradientCanceling(AuditAttack, PoisoningAttackWhiteBox):
         lo, hi = (data.lo, data.hi) if p.box == "data" else (None, None)
         attack = cls(module, target, ctx.budget, data.task, l2, lo, hi, ctx.seed, data.n_classes, **params)
         attack.diagnostics.update(origin)
-        attack.diagnostics["target_val_metric"] = _metric(attack.target, data.x_val, data.y_val, data.task)
-        attack.diagnostics["target_test_metric"] = _metric(attack.target, data.x_test, data.y_test, data.task)
+        attack.diagnostics["target_val_metric"] = module_metric(attack.target, data.x_val, data.y_val, data.task)
+        attack.diagnostics["target_test_metric"] = module_metric(attack.target, data.x_test, data.y_test, data.task)
         attack.diagnostics["threshold"] = thresholds(attack.target, data.x_train, data.y_train, data.task, l2,
                                                      data.n_classes).as_dict()  # fmt: skip
         return attack
@@ -243,15 +243,6 @@ class GradientCanceling(AuditAttack, PoisoningAttackWhiteBox):
         return z.detach().cpu().numpy(), labels.cpu().numpy()
 
 
-def _metric(module: nn.Module, x: np.ndarray, y: np.ndarray, task: str) -> float:
-    device = next(module.parameters()).device
-    with torch.no_grad():
-        out = module(torch.as_tensor(x, dtype=torch.float32, device=device)).cpu().numpy()
-    if task == "classification":
-        return float(100.0 * np.mean(out.argmax(1) == y))
-    return float(np.mean((out.reshape(-1) - y) ** 2))
-
-
 def target_by_gradpc(fitted: Any, data: Any, eps_w: float, steps: int) -> tuple[nn.Module, Any]:
     """GradPC target for a fitted victim, cached on it (one per ε_w: budgets and attacks share it)."""
     cache = fitted.__dict__.setdefault("_gradpc_targets", {})
@@ -275,7 +266,7 @@ def auto_target(fitted: Any, data: Any, eps: float, l2: float, eps_w_grid: list[
     for eps_w in eps_w_grid:
         base, _ = target_by_gradpc(fitted, data, eps_w, steps)
         s, th = scale_to_budget(base, data.x_train, data.y_train, l2, data.n_classes, eps)
-        acc = _metric(base, data.x_val, data.y_val, "classification")
+        acc = module_metric(base, data.x_val, data.y_val, "classification")
         key = (acc, -s)
         if best is None or key < (best[0], best[1]):
             best = (acc, -s, base, {"target": "auto", "eps_w": eps_w, "scale": s, "target_tau_rho_2": th.tau_rho_2})
