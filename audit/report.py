@@ -203,6 +203,8 @@ def _origin(d: dict[str, Any]) -> str:
         return f"auto: GradPC ε_w={d.get('eps_w'):g}, output layer ×{d.get('scale', 1):.3g}"
     if d.get("target") == "gradpc":
         return f"GradPC ε_w={d.get('eps_w'):g}"
+    if d.get("target") == "label_flip":
+        return f"model retrained on an adversarial label flip at ε={d.get('target_eps'):g}"
     return f"file {d.get('path', '')}"
 
 
@@ -222,6 +224,7 @@ def build_context(a: Analysis) -> dict[str, Any]:
     done = sum(c.status == "ok" for c in a.cells)
     retrains = [(c, json.loads(c.diagnostics or "{}").get("retrain", {})) for c in a.cells if c.status == "ok"]
     not_converged = sum(1 for _, r in retrains if r and not r.get("converged", True))
+    diverged = [c for c, r in retrains if r and not math.isfinite(r.get("objective", 0.0) or 0.0)]
     by_candidate = []
     for s in a.summaries:
         mine = [r for c, r in retrains if c.candidate == s.key and r]
@@ -288,6 +291,8 @@ def build_context(a: Analysis) -> dict[str, Any]:
         "progress": {"done": done, "total": total, "missing": max(total - done - len(failed), 0)},
         "not_converged": not_converged,
         "not_converged_by_candidate": by_candidate,
+        "diverged": [{"candidate": candidate_label(c.hparams), "attack": c.attack, "budget": f"{100 * c.budget:g}%",
+                      "seed": c.seed} for c in diverged],  # fmt: skip
         "unregularized": unregularized,
         "n_retrains": len(retrains),
         "not_run": not_run,

@@ -34,7 +34,8 @@ from audit.poisonability import gradpc, module_metric, scale_output_layer, scale
 
 
 class GCParams(AttackParams):
-    target: Literal["auto", "gradpc", "file"] = "auto"
+    target: Literal["auto", "gradpc", "file", "label_flip"] = "auto"
+    target_eps: float = Field(1.0, gt=0, le=1)
     eps_w: float = Field(1.0, gt=0)
     eps_w_grid: list[float] = Field(default_factory=lambda: [0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0])
     target_file: str | None = None
@@ -175,6 +176,8 @@ class GradientCanceling(AuditAttack, PoisoningAttackWhiteBox):
         elif p.target == "gradpc":
             target, result = target_by_gradpc(fitted, data, p.eps_w, p.gradpc_steps)
             origin = {"target": "gradpc", "eps_w": p.eps_w, "gradpc_val_loss": [result.val_loss_clean, result.val_loss_target]}
+        elif p.target == "label_flip":
+            target, origin = target_by_label_flip(ctx, p.target_eps)
         else:
             target, origin = auto_target(fitted, data, ctx.budget, l2, p.eps_w_grid, p.gradpc_steps)
         lo, hi = (data.lo, data.hi) if p.box == "data" else (None, None)
@@ -272,3 +275,22 @@ def auto_target(fitted: Any, data: Any, eps: float, l2: float, eps_w_grid: list[
             best = (acc, -s, base, {"target": "auto", "eps_w": eps_w, "scale": s, "target_tau_rho_2": th.tau_rho_2})
     assert best is not None
     return scale_output_layer(best[2], -best[1]), best[3]
+
+
+def target_by_label_flip(ctx: AttackContext, target_eps: float) -> tuple[nn.Module, dict]:
+    """The model another attack produced: the victim retrained on an adversarial label flip at ``target_eps``.
+
+    The KKT/i-Min-max attacks take their target this way (TGDA paper, appendix A); cached
+    per fitted victim and ``target_eps``.
+    """
+    from audit.attacks.label_flip import LabelFlip
+
+    data, fitted = ctx.dataset, ctx.fitted
+    cache = fitted.__dict__.setdefault("_label_flip_targets", {})
+    if target_eps not in cache:
+        flip = LabelFlip(target_eps, data.n_classes, estimator=fitted.to_art(), seed=ctx.seed, variant="adversarial")
+        x_p, y_p = flip.poison(data.x_train, data.y_train)
+        seed = int(ctx.seed) % (2**31)
+        poisoned = ctx.victim.fit(np.concatenate([data.x_train, x_p]), np.concatenate([data.y_train, y_p]), ctx.hparams, seed)
+        cache[target_eps] = poisoned.module
+    return copy.deepcopy(cache[target_eps]).eval(), {"target": "label_flip", "target_eps": target_eps}
