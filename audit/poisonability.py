@@ -113,13 +113,18 @@ def tau_rho(a: float, r: float, k: float) -> float | None:
     """
     if r < k:
         return (a + r) / (k - r)
-    return 0.0 if a + r <= 0 else None
+    return 0.0 if _nonpositive(a + r, abs(a) + r) else None
+
+
+def _nonpositive(value: float, scale: float) -> bool:
+    """``value ≤ 0`` up to the solver's precision: at a minimiser a + ρ‖W‖² is 0 only to ~1e-5."""
+    return value <= 1e-3 * scale
 
 
 def eps_upper(a: float, r: float, k: float) -> float | None:
     """For ``r > κ`` and ``a + r ≤ 0`` the target is reachable only for ``ε ≤ (a + r)/(κ − r)``; else None."""
-    if r > k and a + r <= 0:
-        return (a + r) / (k - r)
+    if r > k and _nonpositive(a + r, abs(a) + r):
+        return min(a + r, 0.0) / (k - r)
     return None
 
 

@@ -94,6 +94,16 @@ def test_clean_minimiser_has_tau_rho_zero():
     assert abs(th.tau_rho_2) < 1e-3
 
 
+def test_clean_minimiser_stays_reachable_when_rho_w_exceeds_kappa():
+    """ρ‖W‖² > κ₂ at the clean minimiser of wine with ρ = 0.05: still reachable (τ_ρ = 0), not 'unreachable'."""
+    d = load_dataset(DatasetSpec(name="wine"))
+    rho = 0.05
+    fitted = build_victim(ModelSpec(name="logreg"), TrainingSpec(epochs=500), d, CPU).fit(d.x_train, d.y_train, {"l2": rho}, 0)
+    th = thresholds(fitted.module, d.x_train, d.y_train, "classification", l2=rho)
+    assert rho * th.w_norm_sq > kappa(2)
+    assert th.tau_rho_2 == 0.0
+
+
 def test_network_condition_uses_the_last_layer():
     torch.manual_seed(0)
     net = MLP(6, 3, width=8, depth=1)
