@@ -149,6 +149,7 @@ def recommend(
 ) -> Recommendation:
     """Best worst-case validation metric at ``target_budget`` among candidates within ``tolerance`` of the best clean one."""
     sign = 1.0 if higher_is_better else -1.0
+    f = "{:.2f}".format if higher_is_better else "{:.4g}".format
     scored = [s for s in summaries if target_budget in s.worst_val and math.isfinite(s.clean_val)]
     if not scored:
         return Recommendation(None, "none", f"No candidate has finished cells at ε = {target_budget:g}; nothing to recommend.",
@@ -162,19 +163,19 @@ def recommend(
     most_robust = max(scored, key=lambda s: sign * s.worst_val[target_budget])
     parts = [
         f"Recommended: {pick.label}. Among the {len(eligible)} of {len(scored)} candidates whose clean validation "
-        f"{metric_name} is within {tolerance:g}{unit} of the best ({best_clean_s.label}: {best_clean_s.clean_val:.2f}), "
+        f"{metric_name} is within {tolerance:g}{unit} of the best ({best_clean_s.label}: {f(best_clean_s.clean_val)}), "
         f"it keeps the best worst-case validation {metric_name} at ε = {target_budget:g}: "
-        f"{pick.worst_val[target_budget]:.2f} (clean {pick.clean_val:.2f}, worst attack "
+        f"{f(pick.worst_val[target_budget])} (clean {f(pick.clean_val)}, worst attack "
         f"{pick.worst_attack[target_budget]}).",
     ]
     if most_robust is not pick:
         parts.append(
-            f"{most_robust.label} holds up better under attack ({most_robust.worst_val[target_budget]:.2f}) but its clean "
-            f"validation {metric_name} ({most_robust.clean_val:.2f}) is outside the tolerance."
+            f"{most_robust.label} holds up better under attack ({f(most_robust.worst_val[target_budget])}) but its clean "
+            f"validation {metric_name} ({f(most_robust.clean_val)}) is outside the tolerance."
         )
     parts.append(
-        f"On the held-out test split it scores {pick.clean_test:.2f} clean and {pick.worst_test[target_budget]:.2f} "
-        f"in the worst case (a {'drop' if higher_is_better else 'rise'} of {pick.worst_damage_test[target_budget]:.2f}"
+        f"On the held-out test split it scores {f(pick.clean_test)} clean and {f(pick.worst_test[target_budget])} "
+        f"in the worst case (a {'drop' if higher_is_better else 'rise'} of {f(pick.worst_damage_test[target_budget])}"
         f"{' points' if higher_is_better else ''}); "
         "the test split was not used to choose."
     )

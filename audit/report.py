@@ -209,7 +209,12 @@ def _origin(d: dict[str, Any]) -> str:
 
 
 def _fmt(value: float | None, digits: int = 2) -> str:
-    return "n/a" if value is None or not math.isfinite(value) else f"{value:.{digits}f}"
+    """Fixed decimals for accuracies; 4 significant digits for small values such as an MSE."""
+    if value is None or not math.isfinite(value):
+        return "n/a"
+    if value != 0 and abs(value) < 0.1:
+        return f"{value:.4g}"
+    return f"{value:.{digits}f}"
 
 
 def build_context(a: Analysis) -> dict[str, Any]:

@@ -104,6 +104,9 @@ def plan_audit(
         cls = ATTACKS[attack.name]
         if data.task not in cls.tasks:
             raise AuditError(f"attacks: {attack.name!r} does not apply to {data.task} (it supports {', '.join(cls.tasks)})")
+    for name in config.defenses:
+        if data.task not in DEFENSES[name].tasks:
+            raise AuditError(f"defenses: {name!r} does not apply to {data.task} (it supports {', '.join(DEFENSES[name].tasks)})")
     out = Path(output_dir if output_dir is not None else config.output_dir)
     if out.exists() and not out.is_dir():
         raise AuditError(f"output directory {out} exists and is a file")
@@ -259,8 +262,9 @@ def _run_defense_cell(
         is_poison = np.r_[np.zeros(len(data.y_train), bool), np.ones(len(y_p), bool)]
         defense = DEFENSES[defense_name](rate=eps, seed=derive_seed(seed, cand, attack_key, eps, defense_name))
         result = defense.apply(x_mix, y_mix, victim, hp)
-        if result.fitted is not None:
-            poisoned, keep = result.fitted, np.ones(len(y_mix), bool)
+        if result.fitted is not None:  # a robust trainer; its keep-mask (if any) only counts removals
+            poisoned = result.fitted
+            keep = np.ones(len(y_mix), bool) if result.keep is None else np.asarray(result.keep, bool)
         else:
             keep = np.asarray(result.keep, bool)
             assert keep.shape == y_mix.shape, "defense keep-mask has the wrong shape"

@@ -3,7 +3,8 @@
 from audit.attacks.base import AttackContext, AttackParams, AuditAttack
 from audit.attacks.gradient_canceling import GradientCanceling
 from audit.attacks.label_flip import LabelFlip
+from audit.attacks.statp import StatP
 
-ATTACKS: dict[str, type[AuditAttack]] = {cls.name: cls for cls in (LabelFlip, GradientCanceling)}
+ATTACKS: dict[str, type[AuditAttack]] = {cls.name: cls for cls in (LabelFlip, GradientCanceling, StatP)}
 
-__all__ = ["ATTACKS", "AttackContext", "AttackParams", "AuditAttack", "GradientCanceling", "LabelFlip"]
+__all__ = ["ATTACKS", "AttackContext", "AttackParams", "AuditAttack", "GradientCanceling", "LabelFlip", "StatP"]

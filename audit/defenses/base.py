@@ -25,6 +25,7 @@ class DefenseResult:
 class Defense(ABC):
     name: ClassVar[str]
     description: ClassVar[str]
+    tasks: ClassVar[tuple[str, ...]] = ("classification", "regression")
 
     def __init__(self, rate: float, seed: int) -> None:
         self.rate = rate

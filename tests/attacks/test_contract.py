@@ -16,6 +16,7 @@ CONTRACT_PARAMS = {
     "label_flip": [{"variant": "random"}, {"variant": "adversarial"}],
     "gradient_canceling": [{"epochs": 20, "eps_w_grid": [0.1, 0.5]}, {"epochs": 5, "target": "gradpc", "eps_w": 0.5, "batch_size": 7},
                            {"epochs": 5, "target": "label_flip", "target_eps": 0.5}],
+    "statp": [{}],
 }
 
 

@@ -1,0 +1,119 @@
+"""StatP, the statistical poisoning attack (jagielski-2018, section III-B).
+
+Regression: sample from a multivariate normal with the training mean and covariance,
+round every feature to the nearer corner of the feature box, and set the response at the
+boundary of the response range that maximises the loss, found by querying the model
+(black-box): the boundary farther from the model's prediction.
+
+Classification variant (ours, as the regression issue asks): class-conditional Gaussians
+(a class drawn with its training frequency), rounded to the box corners, and the label
+with the largest loss under the clean model (queried through the estimator's predictions).
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+import numpy as np
+from art.attacks.attack import PoisoningAttackBlackBox
+
+from audit.attacks.base import AttackContext, AttackParams, AuditAttack
+from audit.attacks.label_flip import losses_from_predictions
+from audit.errors import AuditError
+
+
+class StatPParams(AttackParams):
+    pass
+
+
+def _gaussian(x: np.ndarray, n: int, rng: np.random.Generator) -> np.ndarray:
+    """n draws from N(mean(x), cov(x)) (covariance floored at 1e-12 for rank-deficient data)."""
+    mean = x.mean(axis=0)
+    cov = np.atleast_2d(np.cov(x, rowvar=False)) if len(x) > 1 else np.zeros((x.shape[1], x.shape[1]))
+    cov = cov + 1e-12 * np.eye(len(mean))
+    return rng.multivariate_normal(mean, cov, size=n, method="eigh")
+
+
+def round_to_corners(z: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
+    """Each feature to the nearer of lo and hi (ties to hi)."""
+    return np.where(z >= (lo + hi) / 2, hi, lo)
+
+
+class StatP(AuditAttack, PoisoningAttackBlackBox):
+    """StatP as an ART black-box poisoning attack.
+
+    Parameters
+    ----------
+    budget : float
+        ε in (0, 1].
+    estimator : ART estimator
+        Queried with ``predict`` (responses for regression, class scores for classification).
+    lo, hi : ndarray, shape (d,)
+        The feature box whose corners the poisons take.
+    task : str
+        ``regression`` or ``classification``.
+    y_range : (float, float)
+        Response boundaries (regression); the training range by default in the audit.
+    n_classes : int
+        Number of classes (classification).
+    seed : int
+    """
+
+    name: ClassVar[str] = "statp"
+    description: ClassVar[str] = "statistical attack: Gaussian samples rounded to box corners, loss-maximising response (black-box)"
+    Params = StatPParams
+    tasks: ClassVar[tuple[str, ...]] = ("regression", "classification")
+    attack_params = PoisoningAttackBlackBox.attack_params + ["budget", "seed"]
+    _estimator_requirements = ()
+
+    def __init__(
+        self,
+        budget: float,
+        estimator: Any,
+        lo: np.ndarray,
+        hi: np.ndarray,
+        task: str = "regression",
+        y_range: tuple[float, float] = (0.0, 1.0),
+        n_classes: int | None = None,
+        seed: int = 0,
+        **params: Any,
+    ) -> None:
+        PoisoningAttackBlackBox.__init__(self)
+        self._init_contract(budget, seed, np.asarray(lo), np.asarray(hi), n_classes if task == "classification" else None, params)
+        if estimator is None or not hasattr(estimator, "predict"):
+            raise AuditError("StatP needs an estimator with predict() to query (black-box)")
+        if task == "classification" and (n_classes is None or n_classes < 2):
+            raise AuditError(f"StatP for classification needs n_classes ≥ 2 (got {n_classes!r})")
+        if y_range[0] >= y_range[1]:
+            raise AuditError(f"StatP y_range must be increasing (got {y_range})")
+        self.query_estimator = estimator
+        self.task = task
+        self.y_range = (float(y_range[0]), float(y_range[1]))
+
+    @classmethod
+    def for_cell(cls, params: dict[str, Any], ctx: AttackContext) -> StatP:
+        data = ctx.dataset
+        y_range = (float(data.y_train.min()), float(data.y_train.max())) if data.task == "regression" else (0.0, 1.0)
+        return cls(ctx.budget, ctx.fitted.to_art(), data.lo, data.hi, data.task, y_range, data.n_classes, ctx.seed, **params)
+
+    def _run(self, x: np.ndarray, y: np.ndarray, n_poison: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+        lo, hi = np.broadcast_to(self.lo, x.shape[1:]), np.broadcast_to(self.hi, x.shape[1:])
+        if self.task == "regression":
+            x_p = round_to_corners(_gaussian(x, n_poison, rng), lo, hi)
+            pred = np.asarray(self.query_estimator.predict(x_p.astype(np.float32)), dtype=np.float64).reshape(-1)
+            y_lo, y_hi = self.y_range
+            # the boundary farther from the prediction maximises (y − f(x))²
+            y_p = np.where(np.abs(pred - y_lo) >= np.abs(pred - y_hi), y_lo, y_hi)
+            self.diagnostics.update(mean_abs_residual=float(np.mean(np.abs(pred - y_p))))
+            return x_p, y_p.astype(np.float32)
+        classes, counts = np.unique(y, return_counts=True)
+        drawn = rng.choice(classes, size=n_poison, p=counts / counts.sum())
+        x_p = np.zeros((n_poison, x.shape[1]))
+        for c in classes:
+            where = np.flatnonzero(drawn == c)
+            if len(where):
+                x_p[where] = round_to_corners(_gaussian(x[y == c], len(where), rng), lo, hi)
+        losses = losses_from_predictions(self.query_estimator.predict(x_p.astype(np.float32)))
+        y_p = losses.argmax(axis=1)
+        self.diagnostics.update(mean_loss=float(losses.max(axis=1).mean()))
+        return x_p, y_p.astype(np.int64)
