@@ -71,7 +71,8 @@ def worst_case_heatmap(summaries: list[CandidateSummary], budgets: list[float], 
                    vmax=max(vmax, 1e-9), aspect="auto")  # fmt: skip
     for i in range(data.shape[0]):
         for j in range(data.shape[1]):
-            text = "n/a" if not math.isfinite(data[i, j]) else f"{data[i, j]:.1f}"
+            value = data[i, j]
+            text = "n/a" if not math.isfinite(value) else (f"{value:.1f}" if abs(value) >= 0.1 or value == 0 else f"{value:.2g}")
             dark = math.isfinite(data[i, j]) and data[i, j] > 0.6 * vmax
             ax.text(j, i, text, ha="center", va="center", fontsize=8, color="white" if dark else "black")
     ax.set_xticks(range(len(budgets)), [f"{100 * b:g}%" for b in budgets])

@@ -30,13 +30,13 @@ from audit.store import Store
 SUMMARY_SCHEMA_VERSION = 1
 
 # Attacks the product implements or plans; the report names those this run did not cover.
-KNOWN_ATTACKS = {
-    "label_flip": "label flip (random / adversarial)",
-    "back_gradient": "back-gradient (reverse-mode differentiation)",
-    "tgda": "TGDA (total gradient descent ascent)",
-    "gradient_canceling": "Gradient Canceling",
-    "statp": "StatP (statistical attack, regression)",
-    "optp": "optimization attack on (x, y) (regression)",
+KNOWN_ATTACKS = {  # name: (description, tasks it applies to)
+    "label_flip": ("label flip (random / adversarial)", ("classification",)),
+    "back_gradient": ("back-gradient (reverse-mode differentiation)", ("classification", "regression")),
+    "tgda": ("TGDA (total gradient descent ascent)", ("classification",)),
+    "gradient_canceling": ("Gradient Canceling", ("classification", "regression")),
+    "statp": ("StatP (statistical attack)", ("classification", "regression")),
+    "optp": ("optimization attack on (x, y)", ("regression",)),
 }
 
 
@@ -262,7 +262,8 @@ def build_context(a: Analysis) -> dict[str, Any]:
                     "seeds": st.n_seeds if st else 0, "seconds": _fmt(st.seconds, 1) if st else "n/a",
                 })  # fmt: skip
     verdict_damage = rec.worst_damage_test.get(target) if rec else None
-    not_run = [desc for name, desc in KNOWN_ATTACKS.items() if name not in {s.name for s in cfg.attacks}]
+    task = a.meta["dataset"]["task"]
+    not_run = [desc for name, (desc, tasks) in KNOWN_ATTACKS.items() if name not in {s.name for s in cfg.attacks} and task in tasks]
     return {
         "title": f"Poisoning audit — {cfg.name}",
         "name": cfg.name,
@@ -307,6 +308,8 @@ def build_context(a: Analysis) -> dict[str, Any]:
         "versions": a.meta.get("versions", {}),
         "config_yaml": yaml.safe_dump(a.meta["config"], sort_keys=False),
         "poisonability": poisonability_context(a),
+        "task": task,
+        "defense_rows": defense_rows(a),
     }
 
 
@@ -320,6 +323,30 @@ def _describe_training(training: dict[str, Any] | None) -> str:
         how = (f"{training.get('optimizer')} lr {training.get('lr')}, momentum {training.get('momentum')}, "
                f"{training.get('epochs')} epochs, {batch}")  # fmt: skip
     return how + "; objective: mean loss + ρ/2·‖w‖² over weights (biases unregularized); candidate axes override"
+
+
+def defense_rows(a: Analysis) -> list[dict[str, Any]]:
+    """What each defense buys and costs, for the recommended candidate (means over seeds)."""
+    if len(a.config.defenses) < 2 or a.recommendation.key is None:
+        return []
+    hp = [json.loads(a.recommendation.key)]
+    attacks = [s.key for s in a.config.attacks]
+    rows = []
+    per_defense = {d: aggregate(a.cells, [], hp, attacks, a.config.budgets, a.config.seeds, d, a.higher_is_better)[0]
+                   for d in a.config.defenses}  # fmt: skip
+    for attack in attacks:
+        for eps in a.config.budgets:
+            for d, summary in per_defense.items():
+                st = summary.stats.get((attack, eps, d))
+                if st is None:
+                    continue
+                rows.append({
+                    "attack": attack, "budget": f"{100 * eps:g}%", "defense": d,
+                    "poisoned": _fmt(st.poisoned_test), "damage": _fmt(st.damage_test),
+                    "poisons_removed": f"{100 * st.poisons_removed:.0f}%", "clean_removed": f"{st.clean_removed:.1f}",
+                    "seconds": _fmt(st.seconds, 2),
+                })  # fmt: skip
+    return rows
 
 
 def _severity(damage: float | None, higher_is_better: bool) -> str:
