@@ -25,6 +25,7 @@ SCHEMA_VERSION = 1
 # l2 is ρ of DESIGN.md: objective = mean loss + (ρ/2)·‖w‖² over weights (biases free).
 AXES: dict[str, str] = {
     "l2": "L2 strength ρ ≥ 0 (mean loss + ρ/2·‖w‖², biases unregularized)",
+    "l1": "L1 strength λ₁ ≥ 0 (+ λ₁‖w‖₁; lasso and elastic_net)",
     "width": "hidden units per layer (mlp) or channels of the first conv layer (cnn), int ≥ 1",
     "depth": "hidden layers of the mlp, int ≥ 1",
     "epochs": "training epochs (full-batch: gradient steps), int ≥ 1",
@@ -40,6 +41,8 @@ def _check_axis_value(axis: str, value: Any) -> float | int:
         raise ValueError(f"candidates.{axis}: values must be finite numbers (got {value!r})")
     if axis == "l2" and value < 0:
         raise ValueError(f"candidates.l2: ρ must be ≥ 0 (got {value})")
+    if axis == "l1" and value < 0:
+        raise ValueError(f"candidates.l1: λ₁ must be ≥ 0 (got {value})")
     if axis in ("width", "depth", "epochs", "batch_size"):
         if int(value) != value or value < 1:
             raise ValueError(f"candidates.{axis}: must be an integer ≥ 1 (got {value!r})")
@@ -122,7 +125,7 @@ class TrainingSpec(_Strict):
     its iterations.
     """
 
-    optimizer: Literal["lbfgs", "sgd", "adam"] | None = None
+    optimizer: Literal["lbfgs", "fista", "sgd", "adam"] | None = None
     lr: float | None = Field(None, gt=0)
     momentum: float | None = Field(None, ge=0, lt=1)
     epochs: int | None = Field(None, ge=1)

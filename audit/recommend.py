@@ -22,7 +22,7 @@ import numpy as np
 
 from audit.store import Cell
 
-SYMBOLS = {"l2": "ρ", "width": "width", "depth": "depth", "epochs": "epochs", "lr": "lr", "batch_size": "batch",
+SYMBOLS = {"l2": "ρ", "l1": "λ₁", "width": "width", "depth": "depth", "epochs": "epochs", "lr": "lr", "batch_size": "batch",
            "momentum": "momentum"}  # fmt: skip
 
 

@@ -104,6 +104,9 @@ def plan_audit(
         cls = ATTACKS[attack.name]
         if data.task not in cls.tasks:
             raise AuditError(f"attacks: {attack.name!r} does not apply to {data.task} (it supports {', '.join(cls.tasks)})")
+    if "l1" in config.candidates and config.model.name not in ("lasso", "elastic_net") and \
+            (config.training.optimizer or "") != "fista":
+        raise AuditError("candidates.l1: an L1 term needs model 'lasso' or 'elastic_net' (or training.optimizer 'fista')")
     for name in config.defenses:
         if data.task not in DEFENSES[name].tasks:
             raise AuditError(f"defenses: {name!r} does not apply to {data.task} (it supports {', '.join(DEFENSES[name].tasks)})")

@@ -3,8 +3,9 @@
 from audit.attacks.base import AttackContext, AttackParams, AuditAttack
 from audit.attacks.gradient_canceling import GradientCanceling
 from audit.attacks.label_flip import LabelFlip
+from audit.attacks.optp import OptP
 from audit.attacks.statp import StatP
 
-ATTACKS: dict[str, type[AuditAttack]] = {cls.name: cls for cls in (LabelFlip, GradientCanceling, StatP)}
+ATTACKS: dict[str, type[AuditAttack]] = {cls.name: cls for cls in (LabelFlip, GradientCanceling, StatP, OptP)}
 
-__all__ = ["ATTACKS", "AttackContext", "AttackParams", "AuditAttack", "GradientCanceling", "LabelFlip", "StatP"]
+__all__ = ["ATTACKS", "AttackContext", "AttackParams", "AuditAttack", "GradientCanceling", "LabelFlip", "OptP", "StatP"]

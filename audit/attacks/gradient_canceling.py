@@ -286,6 +286,8 @@ def target_by_label_flip(ctx: AttackContext, target_eps: float) -> tuple[nn.Modu
     from audit.attacks.label_flip import LabelFlip
 
     data, fitted = ctx.dataset, ctx.fitted
+    if data.task != "classification":
+        raise AuditError("gradient_canceling target 'label_flip' needs a classification task")
     cache = fitted.__dict__.setdefault("_label_flip_targets", {})
     if target_eps not in cache:
         flip = LabelFlip(target_eps, data.n_classes, estimator=fitted.to_art(), seed=ctx.seed, variant="adversarial")

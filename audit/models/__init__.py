@@ -27,12 +27,14 @@ MODELS: dict[str, str] = {
     "mlp": "fully connected network, `depth` hidden layers of `width` units, leaky ReLU (0.2)",
     "cnn": "two 3×3 conv layers (`width`, 2·`width` channels), max-pool, FC 128 (image data)",
     "ridge": "linear regression with the L2 term (ridge), squared loss ½(y − f)²",
+    "lasso": "linear regression with an L1 term λ₁‖w‖₁ (axis `l1`), trained by FISTA",
+    "elastic_net": "linear regression with L1 (`l1`) and L2 (`l2`) terms, trained by FISTA",
     "user": "your factory `package.module:function` returning an nn.Module, an ART PyTorchClassifier "
     "or a scikit-learn LogisticRegression/Ridge",
 }
 
 # scikit-learn estimators whose regularization maps onto ρ (C = 1/(ρn) or alpha = ρn).
-SKLEARN_SUPPORTED = {"classification": ("LogisticRegression",), "regression": ("Ridge",)}
+SKLEARN_SUPPORTED = {"classification": ("LogisticRegression",), "regression": ("Ridge", "Lasso", "ElasticNet")}
 
 __all__ = ["MODELS", "Fitted", "Victim", "build_victim", "resolve_device"]
 
@@ -143,8 +145,8 @@ def build_victim(model_spec: Any, training_spec: Any, dataset: Any, device: torc
 
     if name in ("logreg", "mlp", "cnn") and task != "classification":
         raise AuditError(f"model: {name!r} is a classifier but dataset {dataset.name!r} is a regression task; use 'ridge'")
-    if name == "ridge" and task != "regression":
-        raise AuditError(f"model: 'ridge' is a regressor but dataset {dataset.name!r} is a classification task")
+    if name in ("ridge", "lasso", "elastic_net") and task != "regression":
+        raise AuditError(f"model: {name!r} is a regressor but dataset {dataset.name!r} is a classification task")
     if name == "cnn" and not dataset.image_shape:
         raise AuditError(f"model: 'cnn' needs image data but dataset {dataset.name!r} has flat features")
 
@@ -153,7 +155,7 @@ def build_victim(model_spec: Any, training_spec: Any, dataset: Any, device: torc
         depth = int(hp.get("depth", model_spec.depth))
         if name == "logreg":
             return LogReg(d, int(c))
-        if name == "ridge":
+        if name in ("ridge", "lasso", "elastic_net"):
             return Ridge(d)
         if name == "mlp":
             return MLP(d, int(c), width=width, depth=depth)

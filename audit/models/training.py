@@ -19,6 +19,7 @@ class TrainConfig:
     """Resolved training hyperparameters (model defaults ← config ← candidate axes)."""
 
     l2: float = 0.0
+    l1: float = 0.0
     optimizer: str = "sgd"
     lr: float = 0.5
     momentum: float = 0.9
@@ -60,11 +61,13 @@ def data_loss(output: torch.Tensor, y: torch.Tensor, task: str, reduction: str =
     return {"mean": per_sample.mean, "sum": per_sample.sum}.get(reduction, lambda: per_sample)()
 
 
-def objective(module: nn.Module, x: torch.Tensor, y: torch.Tensor, task: str, l2: float) -> torch.Tensor:
-    """Mean loss + (ρ/2)·‖w‖² (DESIGN.md)."""
+def objective(module: nn.Module, x: torch.Tensor, y: torch.Tensor, task: str, l2: float, l1: float = 0.0) -> torch.Tensor:
+    """Mean loss + (ρ/2)·‖w‖² (DESIGN.md) [+ λ₁‖w‖₁ for lasso / elastic net]."""
     value = data_loss(module(x), y, task)
     if l2:
         value = value + 0.5 * l2 * l2_norm_sq(module).to(value.device)
+    if l1:
+        value = value + l1 * sum(p.abs().sum() for p in regularized_weights(module))
     return value
 
 
@@ -81,12 +84,24 @@ def train(
     """
     params = [p for p in module.parameters() if p.requires_grad]
     module.train()
-    if config.optimizer == "lbfgs":
+    if config.l1 and config.optimizer != "fista":
+        raise ValueError("an L1 term needs the proximal optimizer: training.optimizer 'fista'")
+    if config.optimizer == "fista":
+        # float64 inside: in float32 the backtracking test and the momentum stall 0.08 away from the
+        # minimiser on diabetes (measured); the module returns to float32 afterwards
+        module.double()
+        y64 = y.double() if y.is_floating_point() else y
+        steps = _train_fista(module, params, x.double(), y64, task, config)
+        module.float()
+    elif config.optimizer == "lbfgs":
         steps = _train_lbfgs(module, params, x, y, task, config)
     else:
         steps = _train_first_order(module, params, x, y, task, config, seed)
     module.eval()
     final, grad_norm = full_objective_and_grad_norm(module, x, y, task, config.l2)
+    if config.l1:  # non-smooth: stationarity is measured by the proximal-gradient mapping
+        final += config.l1 * float(sum(p.detach().abs().sum() for p in regularized_weights(module)))
+        grad_norm = prox_gradient_norm(module, x, y, task, config)
     finite = bool(torch.isfinite(torch.tensor(final)))
     return TrainResult(steps, final, grad_norm, finite and grad_norm <= config.grad_tol)
 
@@ -164,3 +179,81 @@ def _train_first_order(
             opt.step()
             steps += 1
     return steps
+
+
+def _soft_threshold(v: torch.Tensor, t: float) -> torch.Tensor:
+    return torch.sign(v) * torch.clamp(v.abs() - t, min=0.0)
+
+
+def _prox(params: list[torch.Tensor], weights: set[int], step: float, l1: float) -> None:
+    """Proximal step of λ₁‖w‖₁ on the regularized weights (biases stay free)."""
+    if not l1:
+        return
+    for p in params:
+        if id(p) in weights:
+            p.copy_(_soft_threshold(p, step * l1))
+
+
+def _train_fista(
+    module: nn.Module, params: list[torch.Tensor], x: torch.Tensor, y: torch.Tensor, task: str, config: TrainConfig
+) -> int:
+    """Full-batch FISTA (Beck & Teboulle 2009) with backtracking on the smooth part.
+
+    Smooth part: mean loss + (ρ/2)‖w‖²; proximal part: λ₁‖w‖₁ over the regularized
+    weights. ``lr`` is the initial step; ``epochs`` caps the iterations.
+    """
+    weights = {id(p) for p in regularized_weights(module)}
+
+    def smooth() -> torch.Tensor:
+        return objective(module, x, y, task, config.l2)
+
+    step = config.lr
+    y_pt = [p.detach().clone() for p in params]
+    x_prev = [p.detach().clone() for p in params]
+    t = 1.0
+    steps = 0
+    for _ in range(config.epochs):
+        with torch.no_grad():
+            for p, v in zip(params, y_pt):
+                p.copy_(v)
+        f_y = smooth()
+        grads = torch.autograd.grad(f_y, params)
+        while True:  # backtracking: the quadratic upper bound must hold at the proximal point
+            with torch.no_grad():
+                for p, v, g in zip(params, y_pt, grads):
+                    p.copy_(v - step * g)
+                _prox(params, weights, step, config.l1)
+                diff = [p - v for p, v in zip(params, y_pt)]
+                bound = float(f_y) + sum(float((g * d).sum()) for g, d in zip(grads, diff)) + \
+                    sum(float(d.pow(2).sum()) for d in diff) / (2 * step)
+                if float(smooth()) <= bound + 1e-12 or step < 1e-12:
+                    break
+                step *= 0.5
+        steps += 1
+        with torch.no_grad():
+            x_new = [p.detach().clone() for p in params]
+            t_new = (1 + (1 + 4 * t * t) ** 0.5) / 2
+            y_pt = [xn + ((t - 1) / t_new) * (xn - xp) for xn, xp in zip(x_new, x_prev)]
+            change = sum(float((xn - xp).pow(2).sum()) for xn, xp in zip(x_new, x_prev)) ** 0.5
+            x_prev, t = x_new, t_new
+        if change <= 1e-10:
+            break
+    with torch.no_grad():
+        for p, v in zip(params, x_prev):
+            p.copy_(v)
+    return steps
+
+
+def prox_gradient_norm(module: nn.Module, x: torch.Tensor, y: torch.Tensor, task: str, config: TrainConfig) -> float:
+    """‖(θ − prox(θ − ∇f(θ)))‖ with unit step: zero exactly at a minimiser of the L1 objective."""
+    params = [p for p in module.parameters() if p.requires_grad]
+    weights = {id(p) for p in regularized_weights(module)}
+    grads = torch.autograd.grad(objective(module, x, y, task, config.l2), params)
+    total = 0.0
+    with torch.no_grad():
+        for p, g in zip(params, grads):
+            moved = p - g
+            if id(p) in weights and config.l1:
+                moved = _soft_threshold(moved, config.l1)
+            total += float((p - moved).pow(2).sum())
+    return total**0.5

@@ -26,7 +26,7 @@ from torch import nn
 from audit.models.training import TrainConfig, TrainResult, data_loss, train
 
 MODEL_AXES = ("width", "depth")
-TRAINING_AXES = ("l2", "epochs", "lr", "batch_size", "momentum")
+TRAINING_AXES = ("l2", "l1", "epochs", "lr", "batch_size", "momentum")
 
 
 def seed_everything(seed: int) -> None:
@@ -224,6 +224,13 @@ class SklearnVictim(Victim):
         if self.task == "classification":
             # C·Σℓ + ½‖w‖²  ⇔  mean ℓ + 1/(2Cn)‖w‖²  ⇒  C = 1/(ρ n)
             est.set_params(C=np.inf if rho == 0 else 1.0 / (rho * n))
+        elif type(est).__name__ == "Lasso":
+            # (1/2n)‖y − Xw‖² + α‖w‖₁  =  mean ½(y − f)² + λ₁‖w‖₁  ⇒  α = λ₁
+            est.set_params(alpha=float(hparams.get("l1", 0.0)))
+        elif type(est).__name__ == "ElasticNet":
+            # α·r‖w‖₁ + ½α(1 − r)‖w‖²  ⇒  α = ρ + λ₁, r = λ₁/(ρ + λ₁)
+            l1 = float(hparams.get("l1", 0.0))
+            est.set_params(alpha=rho + l1, l1_ratio=l1 / (rho + l1) if rho + l1 > 0 else 0.5)
         else:
             # ‖y − Xw‖² + α‖w‖²  ⇔  mean ½(y − f)² + (α/2n)‖w‖²  ⇒  α = ρ n
             est.set_params(alpha=rho * n)

@@ -89,6 +89,9 @@ class CNN(nn.Module):
 TRAINING_DEFAULTS: dict[str, dict[str, object]] = {
     "logreg": {"optimizer": "lbfgs", "lr": 1.0, "momentum": 0.0, "epochs": 300, "batch_size": None},
     "ridge": {"optimizer": "lbfgs", "lr": 1.0, "momentum": 0.0, "epochs": 300, "batch_size": None},
+    # lasso / elastic net: full-batch FISTA with backtracking (initial step 1.0), ≤ 2000 iterations
+    "lasso": {"optimizer": "fista", "lr": 1.0, "momentum": 0.0, "epochs": 2000, "batch_size": None},
+    "elastic_net": {"optimizer": "fista", "lr": 1.0, "momentum": 0.0, "epochs": 2000, "batch_size": None},
     "mlp": {"optimizer": "sgd", "lr": 0.05, "momentum": 0.9, "epochs": 20, "batch_size": 128},
     "cnn": {"optimizer": "sgd", "lr": 0.05, "momentum": 0.9, "epochs": 10, "batch_size": 128},
     "user": {"optimizer": "sgd", "lr": 0.05, "momentum": 0.9, "epochs": 20, "batch_size": 128},

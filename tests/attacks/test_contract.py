@@ -17,30 +17,40 @@ CONTRACT_PARAMS = {
     "gradient_canceling": [{"epochs": 20, "eps_w_grid": [0.1, 0.5]}, {"epochs": 5, "target": "gradpc", "eps_w": 0.5, "batch_size": 7},
                            {"epochs": 5, "target": "label_flip", "target_eps": 0.5}],
     "statp": [{}],
+    "optp": [{"iterations": 5}, {"iterations": 3, "init": "boundary_flip", "objective": "train"}],
 }
 
 
-@pytest.fixture(scope="module")
-def setting():
-    d = load_dataset(DatasetSpec(name="wine"))
-    victim = build_victim(ModelSpec(name="logreg"), TrainingSpec(epochs=100), d, torch.device("cpu"))
-    return d, victim, victim.fit(d.x_train, d.y_train, {"l2": 0.01}, 0)
+SETTINGS = {"classification": ("wine", "logreg"), "regression": ("diabetes", "ridge")}
+_CACHE: dict = {}
+
+
+def _setting(task):
+    if task not in _CACHE:
+        name, model = SETTINGS[task]
+        d = load_dataset(DatasetSpec(name=name))
+        victim = build_victim(ModelSpec(name=model), TrainingSpec(epochs=100), d, torch.device("cpu"))
+        _CACHE[task] = (d, victim, victim.fit(d.x_train, d.y_train, {"l2": 0.01}, 0))
+    return _CACHE[task]
 
 
 def _cases():
     for name, cls in sorted(ATTACKS.items()):
-        for params in CONTRACT_PARAMS.get(name, [{}]):
-            yield pytest.param(name, params, id=f"{name}-{params}")
+        for task in cls.tasks:
+            for params in CONTRACT_PARAMS.get(name, [{}]):
+                if task == "regression" and params.get("target") == "label_flip":
+                    continue  # a label-flip target model exists for classification only
+                yield pytest.param(name, params, task, id=f"{name}-{task}-{params}")
 
 
 def test_every_attack_has_contract_params():
     assert set(CONTRACT_PARAMS) == set(ATTACKS), "add the new attack to CONTRACT_PARAMS"
 
 
-@pytest.mark.parametrize("name, params", list(_cases()))
+@pytest.mark.parametrize("name, params, task", list(_cases()))
 @pytest.mark.parametrize("budget", [0.05, 0.3])
-def test_contract(setting, name, params, budget):
-    d, victim, fitted = setting
+def test_contract(name, params, task, budget):
+    d, victim, fitted = _setting(task)
     attack = ATTACKS[name].for_cell(params, AttackContext(d, victim, fitted, {"l2": 0.01}, budget, seed=3))
     assert isinstance(attack, PoisoningAttack)
     x_in, y_in = d.x_train.copy(), d.y_train.copy()
@@ -48,7 +58,8 @@ def test_contract(setting, name, params, budget):
     n_p = round(budget * len(d.y_train))
     assert x_p.shape == (n_p, d.n_features) and y_p.shape == (n_p,)
     assert np.all(x_p >= d.lo) and np.all(x_p <= d.hi)
-    assert y_p.min() >= 0 and y_p.max() < d.n_classes
+    if task == "classification":
+        assert y_p.min() >= 0 and y_p.max() < d.n_classes
     np.testing.assert_array_equal(d.x_train, x_in)  # the input is not modified
     np.testing.assert_array_equal(d.y_train, y_in)
     assert attack.diagnostics["n_poison"] == n_p
@@ -59,8 +70,8 @@ def test_contract(setting, name, params, budget):
 
 
 @pytest.mark.parametrize("name", sorted(ATTACKS))
-def test_contract_rejects_bad_input(setting, name):
-    d, victim, fitted = setting
+def test_contract_rejects_bad_input(name):
+    d, victim, fitted = _setting(ATTACKS[name].tasks[0])
     params = CONTRACT_PARAMS.get(name, [{}])[0]
     attack = ATTACKS[name].for_cell(params, AttackContext(d, victim, fitted, {}, 0.1, seed=0))
     with pytest.raises(AuditError, match=r"expected x \(n, d\) and y \(n,\)"):

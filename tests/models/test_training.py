@@ -89,3 +89,33 @@ def test_cnn_on_images_and_errors_on_flat_data():
         build_victim(ModelSpec(name="cnn"), TrainingSpec(), flat, CPU)
     with pytest.raises(AuditError, match="regression task; use 'ridge'"):
         build_victim(ModelSpec(name="logreg"), TrainingSpec(), load_dataset(DatasetSpec(name="diabetes")), CPU)
+
+
+@pytest.mark.parametrize("name, hp", [("lasso", {"l1": 1e-3}), ("elastic_net", {"l1": 1e-3, "l2": 1e-2})])
+def test_lasso_and_elastic_net_match_sklearn(name, hp):
+    """Exact oracle: FISTA on mean ½(y − f)² + (ρ/2)‖w‖² + λ₁‖w‖₁ equals scikit-learn's coordinate descent."""
+    from sklearn.linear_model import ElasticNet, Lasso
+
+    d = load_dataset(DatasetSpec(name="diabetes"))
+    fitted = build_victim(ModelSpec(name=name), TrainingSpec(), d, CPU).fit(d.x_train, d.y_train, hp, 0)
+    x, y = d.x_train.astype(np.float64), d.y_train.astype(np.float64)
+    if name == "lasso":
+        sk = Lasso(alpha=hp["l1"], tol=1e-14, max_iter=10**6).fit(x, y)
+    else:
+        alpha = hp["l1"] + hp["l2"]
+        sk = ElasticNet(alpha=alpha, l1_ratio=hp["l1"] / alpha, tol=1e-14, max_iter=10**6).fit(x, y)
+    w = fitted.module.linear.weight.detach().numpy().ravel()
+    np.testing.assert_allclose(w, sk.coef_, atol=1e-4)
+    np.testing.assert_array_equal(w == 0, sk.coef_ == 0)  # the same sparsity pattern
+    assert fitted.train_result["converged"]
+
+
+def test_sklearn_lasso_and_elastic_net_mapping():
+    from sklearn.linear_model import ElasticNet, Lasso
+
+    d = load_dataset(DatasetSpec(name="diabetes"))
+    lasso = build_victim(ModelSpec(name="ridge"), TrainingSpec(), d, CPU, model_obj=Lasso()).fit(d.x_train, d.y_train, {"l1": 0.01}, 0)
+    assert lasso.estimator.alpha == pytest.approx(0.01)
+    enet = build_victim(ModelSpec(name="ridge"), TrainingSpec(), d, CPU, model_obj=ElasticNet()).fit(
+        d.x_train, d.y_train, {"l1": 0.01, "l2": 0.03}, 0)
+    assert enet.estimator.alpha == pytest.approx(0.04) and enet.estimator.l1_ratio == pytest.approx(0.25)
