@@ -125,3 +125,21 @@ def gc_learning_curves(curves: dict[float, list[tuple[str, list[tuple[int, float
     axes[0][0].legend(fontsize=7, frameon=False)
     fig.tight_layout()
     return _to_svg(fig)
+
+
+def defense_curves(panels: dict[str, dict[str, dict[float, float]]], clean: float, budgets: list[float], metric: str) -> str:
+    """Test metric against budget per defense (one panel per attack) for one candidate; ε = 0 is the clean model."""
+    attacks = list(panels)
+    fig, axes = plt.subplots(1, len(attacks), figsize=(4.0 * len(attacks), 3.1), squeeze=False, sharey=True)
+    for ax, attack in zip(axes[0], attacks):
+        colors = plt.cm.tab10(np.arange(len(panels[attack])))
+        for color, (defense, values) in zip(colors, panels[attack].items()):
+            xs = [0.0] + [100 * e for e in budgets]
+            ax.plot(xs, [clean] + [values.get(e, math.nan) for e in budgets], marker="o", ms=3, color=color, label=defense)
+        ax.set_title(attack, fontsize=9)
+        ax.set_xlabel("poison budget ε (%)")
+        ax.grid(alpha=0.3)
+    axes[0][0].set_ylabel(f"test {metric}")
+    axes[0][0].legend(fontsize=7, frameon=False)
+    fig.tight_layout()
+    return _to_svg(fig)

@@ -309,7 +309,7 @@ def build_context(a: Analysis) -> dict[str, Any]:
         "config_yaml": yaml.safe_dump(a.meta["config"], sort_keys=False),
         "poisonability": poisonability_context(a),
         "task": task,
-        "defense_rows": defense_rows(a),
+        "defenses_section": defense_section(a),
     }
 
 
@@ -325,10 +325,28 @@ def _describe_training(training: dict[str, Any] | None) -> str:
     return how + "; objective: mean loss + ρ/2·‖w‖² over weights (biases unregularized); candidate axes override"
 
 
+def defense_section(a: Analysis) -> dict[str, Any] | None:
+    """Table and figure of what each defense buys and costs, for the recommended candidate."""
+    rows = defense_rows(a)
+    if not rows:
+        return None
+    rec = a.recommended()
+    panels: dict[str, dict[str, dict[float, float]]] = {}
+    hp = [json.loads(a.recommendation.key)]
+    for d in a.config.defenses:
+        summary = aggregate(a.cells, [], hp, [s.key for s in a.config.attacks], a.config.budgets, a.config.seeds, d,
+                            a.higher_is_better)[0]  # fmt: skip
+        for (attack, eps, _), st in summary.stats.items():
+            panels.setdefault(attack, {}).setdefault(d, {})[eps] = st.poisoned_test
+    return {"rows": rows, "svg": figures.defense_curves(panels, rec.clean_test, a.config.budgets, a.metric),
+            "ratio": not a.higher_is_better}  # fmt: skip
+
+
 def defense_rows(a: Analysis) -> list[dict[str, Any]]:
     """What each defense buys and costs, for the recommended candidate (means over seeds)."""
     if len(a.config.defenses) < 2 or a.recommendation.key is None:
         return []
+    clean = a.recommended().clean_test
     hp = [json.loads(a.recommendation.key)]
     attacks = [s.key for s in a.config.attacks]
     rows = []
@@ -343,6 +361,7 @@ def defense_rows(a: Analysis) -> list[dict[str, Any]]:
                 rows.append({
                     "attack": attack, "budget": f"{100 * eps:g}%", "defense": d,
                     "poisoned": _fmt(st.poisoned_test), "damage": _fmt(st.damage_test),
+                    "ratio": f"×{st.poisoned_test / clean:.2f}" if clean else "n/a",
                     "poisons_removed": f"{100 * st.poisons_removed:.0f}%", "clean_removed": f"{st.clean_removed:.1f}",
                     "seconds": _fmt(st.seconds, 2),
                 })  # fmt: skip

@@ -28,11 +28,15 @@ class Trim(Defense):
     description: ClassVar[str] = "TRIM (Jagielski et al. 2018): fit on the n lowest-residual points, re-select, repeat"
     tasks: ClassVar[tuple[str, ...]] = ("regression",)
 
-    def __init__(self, rate: float, seed: int, n_keep: int | None = None, max_iter: int = 100, rtol: float = 1e-6) -> None:
+    def __init__(self, rate: float, seed: int, n_keep: int | None = None, max_iter: int = 100, rtol: float = 1e-6,
+                 restarts: int = 1) -> None:  # fmt: skip
         super().__init__(rate, seed)
+        if restarts < 1:
+            raise AuditError(f"TRIM restarts must be ≥ 1 (got {restarts})")
         self.n_keep = n_keep
         self.max_iter = max_iter
         self.rtol = rtol
+        self.restarts = restarts
 
     def apply(self, x: np.ndarray, y: np.ndarray, victim: Any, hparams: dict[str, Any]) -> DefenseResult:
         n_total = len(y)
@@ -40,7 +44,17 @@ class Trim(Defense):
         if not 0 < n <= n_total:
             raise AuditError(f"TRIM: the number of points to keep must be in 1..{n_total} (got {n})")
         rng = np.random.default_rng(self.seed)
-        subset = np.sort(rng.choice(n_total, size=n, replace=False))  # line 3: random initial subset
+        runs = [self._one_start(x, y, n, victim, hparams, rng) for _ in range(self.restarts)]
+        subset, losses, converged = min(runs, key=lambda r: r[1][-1])  # lowest trimmed loss over the starts
+        keep = np.zeros(n_total, dtype=bool)
+        keep[subset] = True
+        return DefenseResult(keep=keep, diagnostics={"iterations": len(losses), "converged": converged,
+                                                      "loss_curve": losses, "n_keep": n, "restarts": self.restarts,
+                                                      "start_losses": [r[1][-1] for r in runs]})  # fmt: skip
+
+    def _one_start(self, x: np.ndarray, y: np.ndarray, n: int, victim: Any, hparams: dict[str, Any],
+                   rng: np.random.Generator) -> tuple[np.ndarray, list[float], bool]:  # fmt: skip
+        subset = np.sort(rng.choice(len(y), size=n, replace=False))  # line 3: random initial subset
         fitted = victim.fit(x[subset], y[subset], hparams, self.seed)
         previous = np.inf
         losses: list[float] = []
@@ -55,10 +69,7 @@ class Trim(Defense):
                 converged = True
                 break
             previous = loss
-        keep = np.zeros(n_total, dtype=bool)
-        keep[subset] = True
-        return DefenseResult(keep=keep, diagnostics={"iterations": len(losses), "converged": converged,
-                                                      "loss_curve": losses, "n_keep": n})  # fmt: skip
+        return subset, losses, converged
 
 
 class _SklearnRobust(Defense):
@@ -69,7 +80,12 @@ class _SklearnRobust(Defense):
 
     def apply(self, x: np.ndarray, y: np.ndarray, victim: Any, hparams: dict[str, Any]) -> DefenseResult:
         rho = float(hparams.get("l2", getattr(victim, "training", {}).get("l2", 0.0) or 0.0))
-        est = self._estimator(rho, len(y), x.shape[1]).fit(x, y)
+        import warnings
+
+        with warnings.catch_warnings():
+            # RANSAC fits d + 1-point minimal subsets: near-singular by design, scipy warns on each
+            warnings.simplefilter("ignore", category=Warning)
+            est = self._estimator(rho, len(y), x.shape[1]).fit(x, y)
         inlier = getattr(est, "inlier_mask_", None)
         if inlier is None and hasattr(est, "outliers_"):
             inlier = ~est.outliers_
