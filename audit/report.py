@@ -477,9 +477,10 @@ def gate(run_dir: str | Path, budget: float, max_drop: float) -> GateResult:
         result = GateResult(False, f"no finished cells for the recommended setting at ε = {budget:g}", None)
     else:
         passed = damage <= max_drop
+        shown = f"{damage:.2f}" if a.higher_is_better else f"{damage:.4g}"
         result = GateResult(
             passed,
-            f"{a.recommendation.label}: worst-case {what} at ε = {budget:g} is {damage:.2f}{unit} "
+            f"{a.recommendation.label}: worst-case {what} at ε = {budget:g} is {shown}{unit} "
             f"({'≤' if passed else '>'} {max_drop:g}{unit} allowed; worst attack {rec.worst_attack.get(budget)})",
             damage,
         )

@@ -139,3 +139,13 @@ def test_threshold_rejects_a_foreign_state_dict(runner, tmp_path):
     torch.save(torch.nn.Linear(3, 3).state_dict(), bad)
     result = runner.invoke(cli, ["threshold", "--dataset", "wine", "--target", str(bad)])
     assert result.exit_code == 2 and "cannot load" in result.output
+
+
+def test_regression_gate_bounds_the_mse_increase(runner, tmp_path):
+    cfg = write_yaml(tmp_path / "r.yaml", tiny_config(dataset={"name": "diabetes"}, model={"name": "ridge"},
+                                                      attacks=[{"name": "statp"}], budgets=[0.2], candidates={"l2": [1e-3]}))  # fmt: skip
+    assert runner.invoke(cli, ["run", str(cfg), "--out", str(tmp_path), "--quiet"]).exit_code == 0
+    passed = runner.invoke(cli, ["gate", str(tmp_path / "tiny"), "--budget", "0.2", "--max-increase", "1.0"])
+    assert passed.exit_code == 0 and "worst-case MSE increase at ε = 0.2" in passed.output
+    failed = runner.invoke(cli, ["gate", str(tmp_path / "tiny"), "--budget", "0.2", "--max-increase", "0.0001"])
+    assert failed.exit_code == 1 and failed.output.startswith("FAIL: ")
