@@ -75,7 +75,7 @@ def report(run_dir: Path) -> None:
 @_user_errors
 def gate(run_dir: Path, budget: float, max_drop: float) -> None:
     """Exit 0 when the recommended setting's worst-case drop at BUDGET is at most MAX-DROP, else 1; writes gate.xml."""
-    from audit.report import gate as run_gate
+    from audit.gate import gate as run_gate
 
     if max_drop < 0:
         raise AuditError(f"--max-drop must be ≥ 0 (got {max_drop:g})")

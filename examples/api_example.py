@@ -16,7 +16,8 @@ from torch import nn
 
 from audit.config import parse_config
 from audit.data import Dataset, split_pool
-from audit.report import gate, write_report
+from audit.gate import gate
+from audit.report import write_report
 from audit.runner import run_audit
 
 

@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 
 from audit.config import parse_config
-from audit.report import gate, templates_dir, write_report
+from audit.gate import gate
+from audit.report import templates_dir, write_report
 from audit.runner import run_audit
 from tests.conftest import chromium_path, tiny_config
 

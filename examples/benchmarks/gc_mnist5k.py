@@ -18,7 +18,6 @@ import time
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from audit.attacks import AttackContext, GradientCanceling, LabelFlip
 from audit.config import DatasetSpec, ModelSpec, TrainingSpec

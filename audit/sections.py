@@ -1,0 +1,158 @@
+"""Report sections beyond the core: poisonability thresholds and Gradient Canceling, and defenses.
+
+Each function turns an :class:`audit.analysis.Analysis` into plain data (and SVG) for the template.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import numpy as np
+
+from audit import figures
+from audit.analysis import Analysis, fmt as _fmt
+from audit.recommend import aggregate
+
+
+def threshold_table(a: Analysis) -> list[dict[str, Any]]:
+    """Per candidate and ε_w (0 = the clean model): target metrics and τ, means over seeds."""
+    rows = []
+    for s in a.summaries:
+        mine = [t for t in a.targets if t["candidate"] == s.key and t["eps_w"] >= 0]
+        for eps_w in sorted({t["eps_w"] for t in mine}):
+            group = [t for t in mine if t["eps_w"] == eps_w]
+            th = [t["threshold"] for t in group]
+
+            def mean(key: str) -> float | None:
+                values = [x[key] for x in th if x.get(key) is not None]
+                return float(np.mean(values)) if len(values) == len(th) and values else None
+
+            rows.append({
+                "key": s.key, "label": s.label, "eps_w": eps_w,
+                "val": float(np.mean([t["val_metric"] for t in group])),
+                "test": float(np.mean([t["test_metric"] for t in group])),
+                "tau_2": mean("tau_2"), "tau_c": mean("tau_c"), "tau_rho_2": mean("tau_rho_2"),
+                "tau_rho_c": mean("tau_rho_c"),
+                "unreachable": sum(bool(x.get("unreachable")) for x in th), "seeds": len(group),
+                "condition": th[0].get("condition", ""), "w_norm_sq": mean("w_norm_sq"),
+            })  # fmt: skip
+    return rows
+
+
+def tau_sentence(a: Analysis) -> str:
+    """How regularization moved τ, for the recommendation paragraph."""
+    rows = [r for r in threshold_table(a) if r["eps_w"] > 0]
+    if not rows or "l2" not in a.config.candidates or len(a.summaries) < 2:
+        return ""
+    eps_w = min(r["eps_w"] for r in rows)
+    parts = []
+    for r in rows:
+        if r["eps_w"] != eps_w:
+            continue
+        tau = "unreachable at any budget" if r["tau_rho_2"] is None else f"τ_ρ(2) = {r['tau_rho_2']:.3g}"
+        parts.append(f"{r['label']}: {tau}")
+    return (f"Poisonability: the GradPC target at ε_w = {eps_w:g} (relative parameter change) needs "
+            f"ε ≥ τ to be reached — {'; '.join(parts)}.")  # fmt: skip
+
+
+def poisonability_context(a: Analysis) -> dict[str, Any] | None:
+    table = threshold_table(a)
+    errors = sorted({t["threshold"].get("error") for t in a.targets if t["eps_w"] < 0})
+    gc_keys = [s.key for s in a.config.attacks if s.name == "gradient_canceling"]
+    if not table and not gc_keys and not errors:
+        return None
+
+    def fmt_tau(v: float | None) -> str:
+        return "unreachable" if v is None else ("any ε > 0" if v <= 0 else f"{v:.3g}")
+
+    rows = [{**r, "eps_w": "clean model" if r["eps_w"] == 0 else f"{r['eps_w']:g}", "val": _fmt(r["val"]),
+             "test": _fmt(r["test"]), "tau_2": fmt_tau(r["tau_2"]), "tau_c": fmt_tau(r["tau_c"]),
+             "tau_rho_2": fmt_tau(r["tau_rho_2"]), "tau_rho_c": fmt_tau(r["tau_rho_c"])} for r in table]  # fmt: skip
+    out: dict[str, Any] = {"thresholds": rows, "errors": errors, "gc": []}
+    for key in gc_keys:
+        series, used, curves = [], [], {}
+        for s in a.summaries:
+            taus = [(r["eps_w"], r["tau_rho_2"]) for r in table if r["key"] == s.key and r["eps_w"] > 0]
+            damage = {e: s.stats[(key, e, a.defense)].damage_test for e in a.config.budgets if (key, e, a.defense) in s.stats}
+            series.append({"label": s.label, "damage": damage, "taus": taus})
+            for eps in a.config.budgets:
+                cells = [c for c in a.cells if c.status == "ok" and c.candidate == s.key and c.attack == key
+                         and c.budget == eps and c.defense == a.defense]  # fmt: skip
+                if not cells:
+                    continue
+                diags = [json.loads(c.diagnostics)["attack"] for c in cells]
+                th = [d.get("threshold", {}) for d in diags]
+                used.append({
+                    "label": s.label, "budget": f"{100 * eps:g}%",
+                    "origin": ", ".join(sorted({_origin(d) for d in diags})),
+                    "target_test": _fmt(float(np.mean([d["target_test_metric"] for d in diags]))),
+                    "tau_rho_2": fmt_tau(None if any(t.get("tau_rho_2") is None for t in th) else float(np.mean([t["tau_rho_2"] for t in th]))),
+                    "residual": _fmt(float(np.mean([d["relative_residual"] for d in diags])), 3),
+                    "damage": _fmt(damage.get(eps)),
+                })  # fmt: skip
+                first = diags[0]
+                g0 = first["g_chi_curve"][0][1] if first["g_chi_curve"] else 1.0
+                curves.setdefault(eps, []).append((s.label, [(e, v / max(g0, 1e-30)) for e, v in first["g_chi_curve"]]))
+        out["gc"].append({
+            "key": key,
+            "drop_svg": figures.gc_drop_vs_budget(series, a.config.budgets, a.unit),
+            "curves_svg": figures.gc_learning_curves(curves) if curves else "",
+            "used": used,
+        })  # fmt: skip
+    return out
+
+
+def _origin(d: dict[str, Any]) -> str:
+    if d.get("target") == "auto":
+        return f"auto: GradPC ε_w={d.get('eps_w'):g}, output layer ×{d.get('scale', 1):.3g}"
+    if d.get("target") == "gradpc":
+        return f"GradPC ε_w={d.get('eps_w'):g}"
+    if d.get("target") == "label_flip":
+        return f"model retrained on an adversarial label flip at ε={d.get('target_eps'):g}"
+    return f"file {d.get('path', '')}"
+
+
+def defense_section(a: Analysis) -> dict[str, Any] | None:
+    """Table and figure of what each defense buys and costs, for the recommended candidate."""
+    rows = defense_rows(a)
+    if not rows:
+        return None
+    rec = a.recommended()
+    panels: dict[str, dict[str, dict[float, float]]] = {}
+    hp = [json.loads(a.recommendation.key)]
+    for d in a.config.defenses:
+        summary = aggregate(a.cells, [], hp, [s.key for s in a.config.attacks], a.config.budgets, a.config.seeds, d,
+                            a.higher_is_better)[0]  # fmt: skip
+        for (attack, eps, _), st in summary.stats.items():
+            panels.setdefault(attack, {}).setdefault(d, {})[eps] = st.poisoned_test
+    return {"rows": rows, "svg": figures.defense_curves(panels, rec.clean_test, a.config.budgets, a.metric),
+            "ratio": not a.higher_is_better}  # fmt: skip
+
+
+def defense_rows(a: Analysis) -> list[dict[str, Any]]:
+    """What each defense buys and costs, for the recommended candidate (means over seeds)."""
+    if len(a.config.defenses) < 2 or a.recommendation.key is None:
+        return []
+    clean = a.recommended().clean_test
+    hp = [json.loads(a.recommendation.key)]
+    attacks = [s.key for s in a.config.attacks]
+    rows = []
+    per_defense = {d: aggregate(a.cells, [], hp, attacks, a.config.budgets, a.config.seeds, d, a.higher_is_better)[0]
+                   for d in a.config.defenses}  # fmt: skip
+    for attack in attacks:
+        for eps in a.config.budgets:
+            for d, summary in per_defense.items():
+                st = summary.stats.get((attack, eps, d))
+                if st is None:
+                    continue
+                rows.append({
+                    "attack": attack, "budget": f"{100 * eps:g}%", "defense": d,
+                    "poisoned": _fmt(st.poisoned_test), "damage": _fmt(st.damage_test),
+                    "ratio": f"×{st.poisoned_test / clean:.2f}" if clean else "n/a",
+                    "poisons_removed": f"{100 * st.poisons_removed:.0f}%", "clean_removed": f"{st.clean_removed:.1f}",
+                    "seconds": _fmt(st.seconds, 2),
+                })  # fmt: skip
+    return rows
+
+
