@@ -263,7 +263,7 @@ def _run_defense_cell(
         x_mix = np.concatenate([data.x_train, x_p])
         y_mix = np.concatenate([data.y_train, y_p])
         is_poison = np.r_[np.zeros(len(data.y_train), bool), np.ones(len(y_p), bool)]
-        defense = DEFENSES[defense_name](rate=eps, seed=derive_seed(seed, cand, attack_key, eps, defense_name))
+        defense = DEFENSES[defense_name].for_cell(eps, derive_seed(seed, cand, attack_key, eps, defense_name), data)
         result = defense.apply(x_mix, y_mix, victim, hp)
         if result.fitted is not None:  # a robust trainer; its keep-mask (if any) only counts removals
             poisoned = result.fitted

@@ -99,4 +99,4 @@ def test_classification_audit_rejects_regression_defenses():
 
 
 def test_registry():
-    assert set(DEFENSES) == {"none", "trim", "huber", "ransac"} and DEFENSES["none"] is NoDefense
+    assert {"none", "trim", "huber", "ransac"} <= set(DEFENSES) and DEFENSES["none"] is NoDefense

@@ -31,6 +31,11 @@ class Defense(ABC):
         self.rate = rate
         self.seed = seed
 
+    @classmethod
+    def for_cell(cls, rate: float, seed: int, dataset: Any) -> Defense:
+        """The defense for one grid cell (override to take more of the dataset, e.g. D_val)."""
+        return cls(rate, seed)
+
     @abstractmethod
     def apply(self, x: np.ndarray, y: np.ndarray, victim: Any, hparams: dict[str, Any]) -> DefenseResult:
         """Filter or robustly train on the mixed set ``(x, y)`` (clean points first, poisons last)."""

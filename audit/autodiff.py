@@ -1,0 +1,123 @@
+"""Hessian-vector products, conjugate gradient and per-sample gradients (shared by defenses and attacks).
+
+Solvers report how they ended (STYLE.md §3): :func:`conjugate_gradient` returns the
+solution with its iteration count, final residual and whether it converged.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+from torch import nn
+
+from audit.models.training import data_loss, regularized_weights
+
+
+@dataclass
+class CGResult:
+    """``x`` solves ``A x = b`` to relative residual ``residual`` after ``n_iter`` iterations."""
+
+    x: torch.Tensor
+    n_iter: int
+    residual: float
+    converged: bool
+
+
+def conjugate_gradient(matvec: Callable[[torch.Tensor], torch.Tensor], b: torch.Tensor, tol: float = 1e-6,
+                       max_iter: int = 100, x0: torch.Tensor | None = None) -> CGResult:  # fmt: skip
+    """Solve ``A x = b`` for symmetric positive definite ``A`` given as ``matvec``; stops at ``‖r‖ ≤ tol·‖b‖``."""
+    x = torch.zeros_like(b) if x0 is None else x0.clone()
+    r = b - matvec(x) if x0 is not None else b.clone()
+    p = r.clone()
+    rs = float(r @ r)
+    b_norm = max(float(b.norm()), 1e-30)
+    n_iter = 0
+    for n_iter in range(1, max_iter + 1):
+        if rs**0.5 <= tol * b_norm:
+            n_iter -= 1
+            break
+        ap = matvec(p)
+        curvature = float(p @ ap)
+        if curvature <= 0:  # not positive definite along p: stop and say so
+            break
+        alpha = rs / curvature
+        x = x + alpha * p
+        r = r - alpha * ap
+        rs_new = float(r @ r)
+        p = r + (rs_new / rs) * p
+        rs = rs_new
+    residual = rs**0.5 / b_norm
+    return CGResult(x, n_iter, residual, residual <= tol)
+
+
+def flat(tensors: list[torch.Tensor] | tuple[torch.Tensor, ...]) -> torch.Tensor:
+    return torch.cat([t.reshape(-1) for t in tensors])
+
+
+def objective_hvp(module: nn.Module, x: torch.Tensor, y: torch.Tensor, task: str, l2: float,
+                  damping: float = 0.0, chunk: int = 4096) -> Callable[[torch.Tensor], torch.Tensor]:  # fmt: skip
+    """``v ↦ (∇²f + damping·I) v`` for f = mean loss + (ρ/2)‖w‖² over ``(x, y)``, by double backward (chunked)."""
+    params = [p for p in module.parameters() if p.requires_grad]
+    weight_ids = {id(p) for p in regularized_weights(module)}
+    n = len(y)
+
+    def matvec(v: torch.Tensor) -> torch.Tensor:
+        out = torch.zeros_like(v)
+        for start in range(0, n, chunk):
+            loss = data_loss(module(x[start : start + chunk]), y[start : start + chunk], task, reduction="sum") / n
+            grads = torch.autograd.grad(loss, params, create_graph=True)
+            out += flat(torch.autograd.grad(flat(grads) @ v, params))
+        offset = 0
+        for p in params:  # ρ·v on the regularized weights, damping everywhere
+            size = p.numel()
+            if id(p) in weight_ids:
+                out[offset : offset + size] += l2 * v[offset : offset + size]
+            offset += size
+        return out + damping * v
+
+    return matvec
+
+
+def mean_gradient(module: nn.Module, x: torch.Tensor, y: torch.Tensor, task: str, chunk: int = 4096) -> torch.Tensor:
+    """Flat gradient of the mean loss over ``(x, y)`` (no regularization)."""
+    params = [p for p in module.parameters() if p.requires_grad]
+    total = torch.zeros(sum(p.numel() for p in params), device=x.device, dtype=next(module.parameters()).dtype)
+    for start in range(0, len(y), chunk):
+        loss = data_loss(module(x[start : start + chunk]), y[start : start + chunk], task, reduction="sum")
+        total += flat(torch.autograd.grad(loss, params))
+    return total / len(y)
+
+
+def per_sample_gradients(module: nn.Module, x: torch.Tensor, y: torch.Tensor, task: str, last_layer_only: bool = False,
+                         chunk: int = 1024) -> torch.Tensor:  # fmt: skip
+    """Per-sample loss gradients, shape (n, p), vectorised with ``torch.func`` (vmap of grad).
+
+    ``last_layer_only`` restricts them to the output layer (``linear`` / ``head`` / last
+    ``nn.Linear``), which keeps (n, p) in memory for wide networks.
+    """
+    from torch.func import functional_call, grad, vmap
+
+    from audit.poisonability import last_linear
+
+    names = dict(module.named_parameters())
+    if last_layer_only:
+        layer = last_linear(module)
+        chosen = {k for k, v in names.items() if any(v is q for q in layer.parameters())}
+    else:
+        chosen = set(names)
+    free = {k: v.detach() for k, v in names.items() if k in chosen}
+    fixed = {k: v.detach() for k, v in names.items() if k not in chosen}
+    buffers = dict(module.named_buffers())
+
+    def loss_one(params: dict, xi: torch.Tensor, yi: torch.Tensor) -> torch.Tensor:
+        out = functional_call(module, {**params, **fixed, **buffers}, (xi.unsqueeze(0),))
+        return data_loss(out, yi.unsqueeze(0), task)
+
+    per_example = vmap(grad(loss_one), in_dims=(None, 0, 0))
+    rows = []
+    for start in range(0, len(y), chunk):
+        g = per_example(free, x[start : start + chunk], y[start : start + chunk])
+        rows.append(torch.cat([g[k].reshape(len(g[k]), -1) for k in free], dim=1))
+    return torch.cat(rows)

@@ -1,0 +1,137 @@
+"""Data-sanitisation filters for any torch victim (TGDA paper, tables 10–11; poisonability paper, table 3).
+
+Each trains the victim on the mixed set with its own procedure, scores every point and
+returns a keep-mask that drops the ``round(rate·N/(1+rate))`` highest-scoring points — the
+number of poisons when the assumed rate is right — after which the grid retrains normally.
+
+* loss filter (Koh et al. 2022): score = the point's training loss;
+* influence filter (Koh & Liang 2017): score = the harm of up-weighting the point on the
+  validation loss, ``−⟨∇L_val, (H + λI)⁻¹ ∇ℓ(z_i)⟩``, one CG solve on Hessian-vector products;
+* Sever (Diakonikolas et al. 2019): per-sample gradients, centred, top right singular vector
+  ``v``; score = ``⟨g_i − ḡ, v⟩²``; the removal is spread over ``rounds`` rounds, retraining
+  between them.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+import numpy as np
+import torch
+
+from audit.autodiff import conjugate_gradient, mean_gradient, objective_hvp, per_sample_gradients
+from audit.defenses.base import Defense, DefenseResult
+from audit.errors import AuditError
+
+
+def _n_remove(rate: float, n_total: int) -> int:
+    return int(round(n_total - n_total / (1 + rate)))
+
+
+def _drop_top(scores: np.ndarray, k: int, keep: np.ndarray) -> np.ndarray:
+    """Drop the ``k`` highest scores among the points still kept (ties by index, stable)."""
+    candidates = np.flatnonzero(keep)
+    order = candidates[np.argsort(-scores[candidates], kind="stable")]
+    out = keep.copy()
+    out[order[:k]] = False
+    return out
+
+
+def _module_of(fitted: Any, name: str) -> torch.nn.Module:
+    module = getattr(fitted, "module", None)
+    if module is None:
+        raise AuditError(f"defense {name!r} needs a torch victim (it reads gradients); a scikit-learn model cannot serve it")
+    return module
+
+
+def _tensors(fitted: Any, x: np.ndarray, y: np.ndarray, task: str) -> tuple[torch.Tensor, torch.Tensor]:
+    device = next(fitted.module.parameters()).device
+    dtype = torch.long if task == "classification" else torch.float32
+    return torch.as_tensor(x, dtype=torch.float32, device=device), torch.as_tensor(y, dtype=dtype, device=device)
+
+
+class LossFilter(Defense):
+    """Remove the points with the largest training loss under the model trained on the mixed set."""
+
+    name: ClassVar[str] = "loss_filter"
+    description: ClassVar[str] = "loss filter: drop the ε fraction with the largest training loss, retrain"
+
+    def apply(self, x: np.ndarray, y: np.ndarray, victim: Any, hparams: dict[str, Any]) -> DefenseResult:
+        fitted = victim.fit(x, y, hparams, self.seed)
+        if victim.task == "classification":
+            scores = fitted.class_losses(x)[np.arange(len(y)), y.astype(int)]
+        else:
+            scores = (fitted.predict(x).reshape(-1) - y) ** 2
+        keep = _drop_top(scores, _n_remove(self.rate, len(y)), np.ones(len(y), bool))
+        return DefenseResult(keep=keep, diagnostics={"removed": int((~keep).sum())})
+
+
+class InfluenceFilter(Defense):
+    """Remove the points whose up-weighting raises the validation loss most (influence functions)."""
+
+    name: ClassVar[str] = "influence_filter"
+    description: ClassVar[str] = "influence filter: drop the ε fraction most harmful to the validation loss (H⁻¹ by CG)"
+
+    def __init__(self, rate: float, seed: int, damping: float = 0.01, cg_iter: int = 200, cg_tol: float = 1e-6,
+                 validation: tuple[np.ndarray, np.ndarray] | None = None) -> None:  # fmt: skip
+        super().__init__(rate, seed)
+        self.damping, self.cg_iter, self.cg_tol = damping, cg_iter, cg_tol
+        self.validation = validation
+
+    @classmethod
+    def for_cell(cls, rate: float, seed: int, dataset: Any) -> InfluenceFilter:
+        return cls(rate, seed, validation=(dataset.x_val, dataset.y_val))
+
+    def apply(self, x: np.ndarray, y: np.ndarray, victim: Any, hparams: dict[str, Any]) -> DefenseResult:
+        if self.validation is None:
+            raise AuditError("influence_filter needs the validation split (the grid passes it)")
+        fitted = victim.fit(x, y, hparams, self.seed)
+        module = _module_of(fitted, self.name)
+        task = victim.task
+        xt, yt = _tensors(fitted, x, y, task)
+        xv, yv = _tensors(fitted, *self.validation, task)
+        l2 = float(victim.train_config(hparams).l2)
+        g_val = mean_gradient(module, xv, yv, task)
+        solve = conjugate_gradient(objective_hvp(module, xt, yt, task, l2, self.damping), g_val, self.cg_tol, self.cg_iter)
+        grads = per_sample_gradients(module, xt, yt, task)
+        scores = (-(grads @ solve.x)).detach().cpu().numpy()  # harm of up-weighting z_i on L_val
+        keep = _drop_top(scores, _n_remove(self.rate, len(y)), np.ones(len(y), bool))
+        return DefenseResult(keep=keep, diagnostics={"cg_iterations": solve.n_iter, "cg_residual": solve.residual,
+                                                      "cg_converged": solve.converged})  # fmt: skip
+
+
+def sever_scores(grads: torch.Tensor) -> np.ndarray:
+    """Sever's outlier scores: squared projection of the centred gradients on their top right singular vector."""
+    centred = grads - grads.mean(dim=0, keepdim=True)
+    _, _, vh = torch.linalg.svd(centred.double(), full_matrices=False)
+    return ((centred.double() @ vh[0]) ** 2).cpu().numpy()
+
+
+class Sever(Defense):
+    """Sever: remove the points whose centred gradients project most on the top singular direction."""
+
+    name: ClassVar[str] = "sever"
+    description: ClassVar[str] = "Sever: drop points with the largest squared projection of centred gradients on the top singular vector"
+
+    def __init__(self, rate: float, seed: int, rounds: int = 2, max_params: int = 100_000) -> None:
+        super().__init__(rate, seed)
+        if rounds < 1:
+            raise AuditError(f"Sever rounds must be ≥ 1 (got {rounds})")
+        self.rounds = rounds
+        self.max_params = max_params
+
+    def apply(self, x: np.ndarray, y: np.ndarray, victim: Any, hparams: dict[str, Any]) -> DefenseResult:
+        total = _n_remove(self.rate, len(y))
+        keep = np.ones(len(y), bool)
+        shares = [total // self.rounds + (1 if r < total % self.rounds else 0) for r in range(self.rounds)]
+        last_layer = None
+        for share in shares:
+            idx = np.flatnonzero(keep)
+            fitted = victim.fit(x[idx], y[idx], hparams, self.seed)
+            module = _module_of(fitted, self.name)
+            last_layer = sum(p.numel() for p in module.parameters()) > self.max_params
+            xt, yt = _tensors(fitted, x, y, victim.task)
+            scores = sever_scores(per_sample_gradients(module, xt, yt, victim.task, last_layer_only=last_layer))
+            keep = _drop_top(scores, share, keep)
+        return DefenseResult(keep=keep, diagnostics={"rounds": self.rounds, "last_layer_only": bool(last_layer)})
+
