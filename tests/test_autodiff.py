@@ -1,5 +1,4 @@
 import numpy as np
-import pytest
 import torch
 
 from audit.autodiff import conjugate_gradient, flat, mean_gradient, objective_hvp, per_sample_gradients
