@@ -126,8 +126,9 @@ def defense_section(a: Analysis) -> dict[str, Any] | None:
                             a.higher_is_better)[0]  # fmt: skip
         for (attack, eps, _), st in summary.stats.items():
             panels.setdefault(attack, {}).setdefault(d, {})[eps] = st.poisoned_test
+    backdoor = [d for d in a.config.defenses if d in ("activation_clustering", "spectral_signature", "roni")]
     return {"rows": rows, "svg": figures.defense_curves(panels, rec.clean_test, a.config.budgets, a.metric),
-            "ratio": not a.higher_is_better}  # fmt: skip
+            "ratio": not a.higher_is_better, "backdoor": backdoor}  # fmt: skip
 
 
 def defense_rows(a: Analysis) -> list[dict[str, Any]]:

@@ -82,3 +82,13 @@ def test_filters_in_the_grid(tmp_path):
 
 def test_registry_names():
     assert {"loss_filter", "influence_filter", "sever"} <= set(DEFENSES)
+
+
+def test_report_names_backdoor_detectors(tmp_path):
+    from audit.report import write_report
+
+    cfg = tiny_config(defenses=["none", "spectral_signature"], attacks=[{"name": "label_flip"}], candidates={"l2": [1e-3]},
+                      budgets=[0.1])  # fmt: skip
+    run = run_audit(parse_config(cfg), output_dir=tmp_path, progress=False)
+    write_report(run)
+    assert "designed for backdoor poisoning" in (run / "report.html").read_text()
