@@ -153,7 +153,19 @@ def defense_rows(a: Analysis) -> list[dict[str, Any]]:
                     "ratio": f"×{st.poisoned_test / clean:.2f}" if clean else "n/a",
                     "poisons_removed": f"{100 * st.poisons_removed:.0f}%", "clean_removed": f"{st.clean_removed:.1f}",
                     "seconds": _fmt(st.seconds, 2),
+                    "certified": _certified(a, hp[0], attack, eps, d),
                 })  # fmt: skip
     return rows
 
 
+
+
+def _certified(a: Analysis, hparams: dict[str, Any], attack: str, eps: float, defense: str) -> str:
+    """Mean certified accuracy (DPA) of a (candidate, attack, ε) over seeds; empty for other defenses."""
+    if defense != "dpa":
+        return ""
+    key = json.dumps(hparams, sort_keys=True)
+    values = [json.loads(c.diagnostics or "{}").get("defense", {}).get("certified_accuracy") for c in a.cells
+              if c.status == "ok" and c.candidate == key and c.attack == attack and c.budget == eps and c.defense == defense]  # fmt: skip
+    values = [v for v in values if v is not None]
+    return f"{np.mean(values):.1f}" if values else "n/a"

@@ -2,13 +2,14 @@
 
 from audit.defenses.art_detectors import ActivationClustering, Roni, SpectralSignature
 from audit.defenses.base import Defense, DefenseResult, NoDefense
+from audit.defenses.dpa import DeepPartitionAggregation
 from audit.defenses.filters import InfluenceFilter, LossFilter, Sever
 from audit.defenses.robust_regression import Huber, Ransac, Trim
 
 DEFENSES: dict[str, type[Defense]] = {
     cls.name: cls
-    for cls in (NoDefense, LossFilter, InfluenceFilter, Sever, ActivationClustering, SpectralSignature, Roni, Trim, Huber,
-                Ransac)
+    for cls in (NoDefense, LossFilter, InfluenceFilter, Sever, ActivationClustering, SpectralSignature, Roni,
+                DeepPartitionAggregation, Trim, Huber, Ransac)
 }
 
 __all__ = ["DEFENSES", "Defense", "DefenseResult", "Huber", "InfluenceFilter", "LossFilter", "NoDefense", "Ransac",

@@ -1,0 +1,70 @@
+import numpy as np
+import pytest
+import torch
+
+from audit.config import DatasetSpec, ModelSpec, TrainingSpec, parse_config
+from audit.data import load_dataset
+from audit.defenses.dpa import DeepPartitionAggregation, certificate, partition_of
+from audit.errors import AuditError
+from audit.models import build_victim
+from audit.runner import run_audit
+from tests.conftest import stored_cells, tiny_config
+
+CPU = torch.device("cpu")
+
+
+def test_certificate_against_a_hand_computed_vote_table():
+    votes = np.array([
+        [7, 2, 1],   # c = 0, runner-up 2 (+0: index 1 > 0) → gap 5 → r = 2
+        [3, 3, 4],   # c = 2, rivals 3 + 1 and 3 + 1 (smaller indices win ties) → gap 0 → r = 0
+        [5, 5, 0],   # tie → c = 0; rival class 1 has a larger index (+0) → gap 0 → r = 0
+        [0, 9, 1],   # c = 1, rival class 0: 0 + 1, class 2: 1 + 0 → gap 8 → r = 4
+        [2, 0, 8],   # c = 2, rival class 0: 2 + 1 = 3 → gap 5 → r = 2
+    ])  # fmt: skip
+    prediction, radius = certificate(votes)
+    np.testing.assert_array_equal(prediction, [0, 2, 0, 1, 2])
+    np.testing.assert_array_equal(radius, [2, 0, 0, 4, 2])
+
+
+def test_partition_is_a_deterministic_function_of_the_point():
+    row = np.array([0.1, 0.2, 1.0], dtype=np.float32)
+    assert partition_of(row, 50) == partition_of(row.copy(), 50)
+    rows = np.random.default_rng(0).random((2000, 3)).astype(np.float32)
+    counts = np.bincount([partition_of(r, 10) for r in rows], minlength=10)
+    assert counts.min() > 150  # roughly balanced
+
+
+def test_dpa_trains_members_with_the_victims_procedure_and_certifies():
+    d = load_dataset(DatasetSpec(name="breast_cancer"))
+    victim = build_victim(ModelSpec(name="logreg"), TrainingSpec(epochs=100), d, CPU)
+    result = DeepPartitionAggregation.for_cell(0.01, 0, d).apply(d.x_train, d.y_train, victim, {"l2": 1e-3})
+    diag = result.diagnostics
+    assert diag["partitions"] == len(d.y_train) // 20 and sum(diag["partition_sizes"]) == len(d.y_train)
+    votes = result.fitted.votes(d.x_test)
+    assert (votes.sum(axis=1) == diag["partitions"]).all()
+    _, radius = certificate(votes)
+    correct = votes.argmax(1) == d.y_test
+    budget = diag["certified_budget_points"]
+    assert diag["certified_accuracy"] == pytest.approx(100 * np.mean(correct & (radius >= budget)))
+    assert result.fitted.metric(d.x_test, d.y_test) > 85
+
+
+def test_dpa_refuses_scikit_learn_victims():
+    from sklearn.linear_model import LogisticRegression
+
+    d = load_dataset(DatasetSpec(name="breast_cancer"))
+    sk = build_victim(ModelSpec(name="logreg"), TrainingSpec(), d, CPU, model_obj=LogisticRegression())
+    with pytest.raises(AuditError, match="dpa needs a torch victim"):
+        DeepPartitionAggregation(0.1, 0).apply(d.x_train, d.y_train, sk, {})
+
+
+def test_dpa_in_the_grid_and_report(tmp_path):
+    from audit.report import write_report
+
+    cfg = tiny_config(defenses=["none", "dpa"], attacks=[{"name": "label_flip"}], candidates={"l2": [1e-3]}, budgets=[0.01])
+    run = run_audit(parse_config(cfg), output_dir=tmp_path, progress=False)
+    cells = stored_cells(run)
+    assert {c.status for c in cells} == {"ok"}, [c.error for c in cells]
+    write_report(run)
+    html = (run / "report.html").read_text()
+    assert "certified accuracy" in html and "Levine &amp; Feizi" in html
