@@ -72,6 +72,16 @@ class CandidateSummary:
     worst_damage_val: dict[float, float] = field(default_factory=dict)
     worst_attack: dict[float, str] = field(default_factory=dict)
     missing: int = 0
+    defense: str = "none"
+
+    @property
+    def pair(self) -> str:
+        """Identity of a (candidate, defense) setting: the unit the recommendation chooses among."""
+        return pair_id(self.key, self.defense)
+
+
+def pair_id(key: str, defense: str) -> str:
+    return json.dumps([json.loads(key), defense], sort_keys=True)
 
 
 @dataclass
@@ -79,9 +89,10 @@ class Recommendation:
     key: str | None
     label: str
     reason: str
-    eligible: list[str]
+    eligible: list[str]  # pair ids (candidate, defense)
     target_budget: float
     tolerance: float
+    defense: str = "none"
 
 
 def aggregate(
@@ -136,6 +147,9 @@ def aggregate(
             worst_t = max(per_attack, key=lambda a: per_attack[a].damage_test)
             summary.worst_test[eps] = per_attack[worst_t].poisoned_test
             summary.worst_damage_test[eps] = per_attack[worst_t].damage_test
+        summary.defense = defense
+        if defense != "none":
+            summary.label = f"{summary.label} + {defense}"
         out.append(summary)
     return out
 
@@ -181,4 +195,5 @@ def recommend(
     )
     if pick.missing:
         parts.append(f"{pick.missing} of its cells are missing or failed, so its worst case is over fewer runs.")
-    return Recommendation(pick.key, pick.label, " ".join(parts), [s.key for s in eligible], target_budget, tolerance)
+    return Recommendation(pick.key, pick.label, " ".join(parts), [s.pair for s in eligible], target_budget, tolerance,
+                          pick.defense)  # fmt: skip

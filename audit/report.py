@@ -82,7 +82,7 @@ def build_context(a: Analysis) -> dict[str, Any]:
         rows.append({
             "label": s.label,
             "recommended": s.key == a.recommendation.key,
-            "eligible": s.key in a.recommendation.eligible,
+            "eligible": s.pair in a.recommendation.eligible,
             "clean_val": _fmt(s.clean_val),
             "clean_test": _fmt(s.clean_test),
             "budgets": [{"worst_val": _fmt(s.worst_val.get(e)), "damage": _fmt(s.worst_damage_test.get(e)),
@@ -192,6 +192,7 @@ def build_summary(a: Analysis) -> dict[str, Any]:
         "target_budget": a.recommendation.target_budget,
         "recommendation": {
             "hyperparameters": rec.hparams if rec else None,
+            "defense": a.recommendation.defense,
             "label": a.recommendation.label,
             "clean_accuracy": rec.clean_val if rec else None,
             "clean_test_accuracy": rec.clean_test if rec else None,
@@ -203,8 +204,15 @@ def build_summary(a: Analysis) -> dict[str, Any]:
             {"hyperparameters": s.hparams, "clean_val": s.clean_val, "clean_test": s.clean_test,
              "worst_case_val": {str(e): v for e, v in s.worst_val.items()},
              "worst_case_drop": {str(e): v for e, v in s.worst_damage_test.items()},
-             "eligible": s.key in a.recommendation.eligible}
+             "eligible": s.pair in a.recommendation.eligible}
             for s in a.summaries
+        ],  # fmt: skip
+        "settings": [
+            {"hyperparameters": p.hparams, "defense": p.defense, "clean_val": p.clean_val, "clean_test": p.clean_test,
+             "worst_case_val": {str(e): v for e, v in p.worst_val.items()},
+             "worst_case_drop": {str(e): v for e, v in p.worst_damage_test.items()},
+             "eligible": p.pair in a.recommendation.eligible}
+            for p in a.pairs
         ],  # fmt: skip
         "cells": [
             {
@@ -242,10 +250,21 @@ def write_report(run_dir: str | Path) -> Path:
     run_dir = Path(run_dir)
     analysis = analyse(run_dir)
     html = render_html(build_context(analysis))
-    atomic_write(run_dir / "summary.json", json.dumps(build_summary(analysis), indent=2, allow_nan=False,
+    atomic_write(run_dir / "summary.json", json.dumps(_finite(build_summary(analysis)), indent=2, allow_nan=False,
                                                        default=_json_default))  # fmt: skip
     atomic_write(run_dir / "report.html", html)
     return run_dir / "report.html"
+
+
+def _finite(value: Any) -> Any:
+    """NaN/inf (a setting with no finished cells) → null, so summary.json stays strict JSON."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_finite(v) for v in value]
+    return value
 
 
 def _json_default(value: Any) -> Any:

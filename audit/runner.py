@@ -207,6 +207,9 @@ def _run_grid(plan: RunPlan, store: Store, progress: bool) -> None:
                 bar.update(1)
             continue
         store.put_clean(cand, seed, clean_val, clean_test, time.perf_counter() - t0, clean.train_result)
+        for defense_name in cfg.defenses:
+            if defense_name != "none":
+                record_clean_defense(store, plan, victim, hp, cand, seed, train_seed, defense_name)
         if wants_thresholds(cfg, data, clean):
             try:
                 record_thresholds(store, cfg, data, victim, clean, hp, cand, seed)
@@ -326,6 +329,24 @@ def _jsonable(value: Any) -> Any:
 
 def is_run_dir(path: Path) -> bool:
     return (path / STORE_FILE).is_file()
+
+
+def record_clean_defense(store: Store, plan: RunPlan, victim: Victim, hp: dict, cand: str, seed: int, train_seed: int,
+                         defense_name: str) -> None:  # fmt: skip
+    """What a defense costs on clean data: apply it to D_tr alone (assumed rate = the target budget), retrain."""
+    data, rate = plan.dataset, plan.config.target_budget
+    try:
+        defense = DEFENSES[defense_name].for_cell(rate, derive_seed(seed, cand, "clean", defense_name), data)
+        result = defense.apply(data.x_train, data.y_train, victim, hp)
+        if result.fitted is not None:
+            fitted, keep = result.fitted, (np.ones(len(data.y_train), bool) if result.keep is None else result.keep)
+        else:
+            keep = np.asarray(result.keep, bool)
+            fitted = victim.fit(data.x_train[keep], data.y_train[keep], hp, train_seed)
+        store.put_clean_defended(cand, seed, defense_name, fitted.metric(data.x_val, data.y_val),
+                                 fitted.metric(data.x_test, data.y_test), int((~np.asarray(keep, bool)).sum()))  # fmt: skip
+    except Exception as err:  # recorded; the pair is then not eligible for the recommendation
+        store.put_clean_defended(cand, seed, defense_name, None, None, None, f"{type(err).__name__}: {err}")
 
 
 def wants_thresholds(cfg: AuditConfig, data: Dataset, fitted: Any) -> bool:

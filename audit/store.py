@@ -32,6 +32,11 @@ CREATE TABLE IF NOT EXISTS clean (
     val_metric REAL, test_metric REAL, seconds REAL, train TEXT,
     PRIMARY KEY (candidate, seed)
 );
+CREATE TABLE IF NOT EXISTS clean_defended (
+    candidate TEXT NOT NULL, seed INTEGER NOT NULL, defense TEXT NOT NULL,
+    val_metric REAL, test_metric REAL, clean_removed INTEGER, error TEXT,
+    PRIMARY KEY (candidate, seed, defense)
+);
 CREATE TABLE IF NOT EXISTS targets (
     candidate TEXT NOT NULL, seed INTEGER NOT NULL, eps_w REAL NOT NULL,
     val_metric REAL, test_metric REAL, threshold TEXT, gradpc TEXT,
@@ -186,6 +191,16 @@ class Store:
     def clean_rows(self) -> Iterator[tuple[str, int, float, float, float, dict]]:
         for cand, seed, val, test, sec, train in self.db.execute("SELECT * FROM clean ORDER BY rowid"):
             yield cand, seed, val, test, sec, json.loads(train)
+
+    # ------------------------------------------------------------------ defenses on clean data
+    def put_clean_defended(self, candidate: str, seed: int, defense: str, val: float | None, test: float | None,
+                           removed: int | None, error: str | None = None) -> None:  # fmt: skip
+        with self.db:
+            self.db.execute("INSERT OR REPLACE INTO clean_defended VALUES (?, ?, ?, ?, ?, ?, ?)",
+                            (candidate, seed, defense, val, test, removed, error))  # fmt: skip
+
+    def clean_defended_rows(self) -> list[tuple[str, int, str, float | None, float | None, int | None, str | None]]:
+        return list(self.db.execute("SELECT * FROM clean_defended ORDER BY rowid"))
 
     # ------------------------------------------------------------------ poisonability targets
     def put_target(self, candidate: str, seed: int, eps_w: float, val: float, test: float, threshold: dict,

@@ -92,3 +92,50 @@ def test_report_names_backdoor_detectors(tmp_path):
     run = run_audit(parse_config(cfg), output_dir=tmp_path, progress=False)
     write_report(run)
     assert "designed for backdoor poisoning" in (run / "report.html").read_text()
+
+
+def test_recommendation_weighs_defenses_with_their_clean_cost(tmp_path):
+    import json
+
+    from audit.report import write_report
+    from audit.store import Store
+
+    cfg = tiny_config(defenses=["none", "loss_filter"], attacks=[{"name": "label_flip", "params": {"variant": "adversarial"}}],
+                      candidates={"l2": [1e-3, 1e-2]}, budgets=[0.1, 0.3])  # fmt: skip
+    run = run_audit(parse_config(cfg), output_dir=tmp_path, progress=False)
+    store = Store.open_existing(run)
+    rows = store.clean_defended_rows()
+    store.close()
+    assert {(r[2], r[1]) for r in rows} == {("loss_filter", 0)} and len(rows) == 2  # per candidate and seed
+    assert all(r[3] is not None and r[5] == round(341 - 341 / 1.1) for r in rows)  # assumed rate: the target budget
+    write_report(run)
+    summary = json.loads((run / "summary.json").read_text())
+    rec = summary["recommendation"]
+    assert rec["defense"] in ("none", "loss_filter")
+    assert {(json.dumps(s["hyperparameters"]), s["defense"]) for s in summary["settings"]} == {
+        (json.dumps({"l2": 1e-3}), "none"), (json.dumps({"l2": 1e-2}), "none"),
+        (json.dumps({"l2": 1e-3}), "loss_filter"), (json.dumps({"l2": 1e-2}), "loss_filter")}  # fmt: skip
+    if rec["defense"] == "none":
+        assert "No defense is recommended" in rec["reason"]
+    else:
+        assert "On clean data the defense loss_filter" in rec["reason"] and "clean training points" in rec["reason"]
+
+
+def test_a_defense_that_fails_on_clean_data_leaves_a_valid_summary(tmp_path, monkeypatch):
+    import json
+
+    from audit.defenses.filters import LossFilter
+    from audit.report import write_report
+
+    def broken(self, x, y, victim, hparams):
+        raise RuntimeError("filter exploded")
+
+    monkeypatch.setattr(LossFilter, "apply", broken)
+    cfg = tiny_config(defenses=["none", "loss_filter"], attacks=[{"name": "label_flip"}], candidates={"l2": [1e-3]},
+                      budgets=[0.1])  # fmt: skip
+    run = run_audit(parse_config(cfg), output_dir=tmp_path, progress=False)
+    write_report(run)
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["recommendation"]["defense"] == "none"
+    broken_setting = next(s for s in summary["settings"] if s["defense"] == "loss_filter")
+    assert broken_setting["clean_val"] is None and not broken_setting["eligible"]

@@ -2,7 +2,7 @@ import json
 
 import pytest
 
-from audit.recommend import aggregate, candidate_label, recommend
+from audit.recommend import aggregate, candidate_label, pair_id, recommend
 from audit.store import Cell, candidate_key
 
 
@@ -35,7 +35,7 @@ def test_worst_case_is_over_attacks_and_recommendation_respects_the_tolerance():
     assert by[0.01].worst_damage_test[0.1] == pytest.approx(90.0 - 83.5)
     rec = recommend(summaries, 0.1, tolerance=1.0)
     assert json.loads(rec.key) == {"l2": 0.01}
-    assert rec.eligible == [candidate_key({"l2": 0.0}), candidate_key({"l2": 0.01})]
+    assert rec.eligible == [pair_id(candidate_key({"l2": 0.0}), "none"), pair_id(candidate_key({"l2": 0.01}), "none")]
     assert "ρ=0.1 holds up better under attack (84.50)" in rec.reason and "outside the tolerance" in rec.reason
     assert "the test split was not used to choose" in rec.reason
 
@@ -60,3 +60,15 @@ def test_no_finished_cells_no_recommendation():
 
 def test_labels():
     assert candidate_label({"l2": 0.001, "width": 64}) == "ρ=0.001, width=64"
+
+
+def test_a_defended_setting_is_recommended_when_it_keeps_clean_accuracy_and_wins_the_worst_case():
+    cells, clean = _cells(TABLE)
+    plain = aggregate(cells, clean, [{"l2": k} for k in TABLE], ["a", "b"], [0.1], [0], "none")
+    defended_cells = [Cell(**{**c.__dict__, "defense": "sever", "poisoned_val": c.poisoned_val + 3.0,
+                              "cell_key": c.cell_key + "s"}) for c in cells]  # fmt: skip
+    defended_clean = [(cand, s, val - 0.5, test - 0.5, 0.0, {}) for cand, s, val, test, _, _ in clean]
+    defended = aggregate(defended_cells, defended_clean, [{"l2": k} for k in TABLE], ["a", "b"], [0.1], [0], "sever")
+    rec = recommend(plain + defended, 0.1, tolerance=1.0)
+    assert rec.defense == "sever" and json.loads(rec.key) == {"l2": 0.01}
+    assert rec.label == "ρ=0.01 + sever"
