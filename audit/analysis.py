@@ -95,7 +95,6 @@ def defense_cost_sentence(a: Analysis, defended_rows: list) -> str:
     if plain is None or chosen is None:
         return ""
     sign = 1.0 if a.higher_is_better else -1.0
-    what = "accuracy" if a.higher_is_better else "MSE"
     delta = sign * (chosen.clean_val - plain.clean_val)  # > 0: the defense helps on clean validation data
     if a.higher_is_better:
         effect = f"{'raises' if delta > 0 else 'lowers'} validation accuracy by {fmt(abs(delta))} points"
