@@ -200,20 +200,8 @@ def build_summary(a: Analysis) -> dict[str, Any]:
             "worst_case_drop_val": {str(e): v for e, v in rec.worst_damage_val.items()} if rec else {},
             "reason": a.recommendation.reason,
         },
-        "candidates": [
-            {"hyperparameters": s.hparams, "clean_val": s.clean_val, "clean_test": s.clean_test,
-             "worst_case_val": {str(e): v for e, v in s.worst_val.items()},
-             "worst_case_drop": {str(e): v for e, v in s.worst_damage_test.items()},
-             "eligible": s.pair in a.recommendation.eligible}
-            for s in a.summaries
-        ],  # fmt: skip
-        "settings": [
-            {"hyperparameters": p.hparams, "defense": p.defense, "clean_val": p.clean_val, "clean_test": p.clean_test,
-             "worst_case_val": {str(e): v for e, v in p.worst_val.items()},
-             "worst_case_drop": {str(e): v for e, v in p.worst_damage_test.items()},
-             "eligible": p.pair in a.recommendation.eligible}
-            for p in a.pairs
-        ],  # fmt: skip
+        "candidates": [_setting(a, s) for s in a.summaries],  # without a defense
+        "settings": [_setting(a, p) | {"defense": p.defense} for p in a.pairs],  # every (candidate, defense)
         "cells": [
             {
                 "hyperparameters": c.hparams,
@@ -254,6 +242,14 @@ def write_report(run_dir: str | Path) -> Path:
                                                        default=_json_default))  # fmt: skip
     atomic_write(run_dir / "report.html", html)
     return run_dir / "report.html"
+
+
+def _setting(a: Analysis, s: Any) -> dict[str, Any]:
+    """One setting of summary.json: clean metrics, worst case per budget, eligibility."""
+    return {"hyperparameters": s.hparams, "clean_val": s.clean_val, "clean_test": s.clean_test,
+            "worst_case_val": {str(e): v for e, v in s.worst_val.items()},
+            "worst_case_drop": {str(e): v for e, v in s.worst_damage_test.items()},
+            "eligible": s.pair in a.recommendation.eligible}  # fmt: skip
 
 
 def _finite(value: Any) -> Any:

@@ -68,42 +68,48 @@ class _ArtDetector(Defense):
         return keep
 
 
-class ActivationClustering(_ArtDetector):
+class _PenultimateDetector(_ArtDetector):
+    """Train on the mixed set, hand ART a penultimate-feature classifier, keep what it calls clean."""
+
+    def _detect(self, classifier: Any, x: np.ndarray, y_onehot: np.ndarray) -> list[int]:
+        raise NotImplementedError
+
+    def apply(self, x: np.ndarray, y: np.ndarray, victim: Any, hparams: dict[str, Any]) -> DefenseResult:
+        fitted = victim.fit(x, y, hparams, self.seed)
+        c = int(victim.n_classes)
+        np.random.seed(self.seed % 2**32)  # ART's KMeans/PCA draw from numpy's global generator
+        is_clean = self._detect(penultimate_classifier(fitted, c, (x.shape[1],)), x, _one_hot(y, c))
+        keep = self._keep(is_clean, len(y))
+        return DefenseResult(keep=keep, diagnostics={"flagged": int((~keep).sum())})
+
+
+class ActivationClustering(_PenultimateDetector):
     """ART ActivationDefence on the penultimate features (2-means per class, smaller cluster flagged)."""
 
     name: ClassVar[str] = "activation_clustering"
     description: ClassVar[str] = "ART ActivationDefence on penultimate features (designed for backdoors)"
 
-    def apply(self, x: np.ndarray, y: np.ndarray, victim: Any, hparams: dict[str, Any]) -> DefenseResult:
+    def _detect(self, classifier: Any, x: np.ndarray, y_onehot: np.ndarray) -> list[int]:
         from art.defences.detector.poison import ActivationDefence
 
-        fitted = victim.fit(x, y, hparams, self.seed)
-        c = int(victim.n_classes)
-        detector = ActivationDefence(penultimate_classifier(fitted, c, (x.shape[1],)), x, _one_hot(y, c))
-        np.random.seed(self.seed % 2**32)  # ART's KMeans/PCA draw from numpy's global generator
-        _, is_clean = detector.detect_poison(nb_clusters=2, reduce="PCA", nb_dims=min(10, x.shape[1]),
-                                             cluster_analysis="smaller")  # fmt: skip
-        keep = self._keep(is_clean, len(y))
-        return DefenseResult(keep=keep, diagnostics={"flagged": int((~keep).sum())})
+        detector = ActivationDefence(classifier, x, y_onehot)
+        return detector.detect_poison(nb_clusters=2, reduce="PCA", nb_dims=min(10, x.shape[1]),
+                                      cluster_analysis="smaller")[1]  # fmt: skip
 
 
-class SpectralSignature(_ArtDetector):
-    """ART SpectralSignatureDefense on the penultimate features, expecting the cell's poison share."""
+class SpectralSignature(_PenultimateDetector):
+    """ART SpectralSignatureDefense on the penultimate features, expecting the cell's poison share (×1.5)."""
 
     name: ClassVar[str] = "spectral_signature"
     description: ClassVar[str] = "ART SpectralSignatureDefense on penultimate features (designed for backdoors)"
 
-    def apply(self, x: np.ndarray, y: np.ndarray, victim: Any, hparams: dict[str, Any]) -> DefenseResult:
+    def _detect(self, classifier: Any, x: np.ndarray, y_onehot: np.ndarray) -> list[int]:
         from art.defences.detector.poison import SpectralSignatureDefense
 
-        fitted = victim.fit(x, y, hparams, self.seed)
-        c = int(victim.n_classes)
         share = self.rate / (1 + self.rate)  # poisons / (clean + poisons)
-        detector = SpectralSignatureDefense(penultimate_classifier(fitted, c, (x.shape[1],)), x, _one_hot(y, c),
-                                            expected_pp_poison=share, batch_size=512, eps_multiplier=1.5)  # fmt: skip
-        _, is_clean = detector.detect_poison()
-        keep = self._keep(is_clean, len(y))
-        return DefenseResult(keep=keep, diagnostics={"flagged": int((~keep).sum()), "expected_share": share})
+        detector = SpectralSignatureDefense(classifier, x, y_onehot, expected_pp_poison=share, batch_size=512,
+                                            eps_multiplier=1.5)  # fmt: skip
+        return detector.detect_poison()[1]
 
 
 class Roni(_ArtDetector):
