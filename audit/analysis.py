@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 
 import numpy as np
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +28,7 @@ class Analysis:
     higher_is_better: bool
     targets: list[dict[str, Any]]
     pairs: list[CandidateSummary]
+    samples: list[dict[str, Any]] = field(default_factory=list)
 
     @property
     def unit(self) -> str:
@@ -48,6 +49,7 @@ def analyse(run_dir: str | Path) -> Analysis:
         clean_rows = list(store.clean_rows())
         defended_rows = store.clean_defended_rows()
         targets = store.target_rows()
+        samples = [s for s in store.poison_samples() if s["fingerprint"] == meta.get("fingerprint")]
     finally:
         store.close()
     config = AuditConfig.model_validate(meta["config"])
@@ -68,7 +70,7 @@ def analyse(run_dir: str | Path) -> Analysis:
                            config.seeds, d, higher_is_better=higher)  # fmt: skip
     rec = recommend(pairs, config.target_budget, config.recommendation.clean_tolerance, higher,
                     metric_name="accuracy" if higher else "MSE")  # fmt: skip
-    analysis = Analysis(config, meta, cells, summaries, rec, defense, metric, higher, targets, pairs)
+    analysis = Analysis(config, meta, cells, summaries, rec, defense, metric, higher, targets, pairs, samples)
     cost = defense_cost_sentence(analysis, defended_rows)
     if cost:
         rec.reason = f"{rec.reason} {cost}"

@@ -143,3 +143,32 @@ def defense_curves(panels: dict[str, dict[str, dict[float, float]]], clean: floa
     axes[0][0].legend(fontsize=7, frameon=False)
     fig.tight_layout()
     return _to_svg(fig)
+
+
+def poison_grid(clean: np.ndarray, poisons: np.ndarray, image_shape: tuple[int, ...], lo: float, hi: float) -> str:
+    """Clean points, their poisons and |poison − clean| as images (TGDA paper, Fig. 5): one column per point."""
+    k = len(poisons)
+    fig, axes = plt.subplots(3, k, figsize=(1.1 * k, 3.6), squeeze=False)
+    channels = image_shape[0]
+
+    def show(ax: plt.Axes, flat: np.ndarray, **kw: object) -> None:
+        img = flat.reshape(image_shape)
+        img = img[0] if channels == 1 else np.transpose(img, (1, 2, 0))
+        if channels != 1:
+            img = np.clip((img - lo) / max(hi - lo, 1e-12), 0, 1)
+            kw = {}
+        ax.imshow(img, interpolation="nearest", **kw)
+        ax.set_xticks([])
+        ax.set_yticks([])
+
+    for j in range(k):
+        change = np.abs(poisons[j] - clean[j])
+        show(axes[0][j], clean[j], cmap="gray", vmin=lo, vmax=hi)
+        show(axes[1][j], poisons[j], cmap="gray", vmin=lo, vmax=hi)
+        show(axes[2][j], change if channels == 1 else change.reshape(image_shape).max(axis=0).reshape(-1),
+             cmap="magma", vmin=0, vmax=hi - lo)  # fmt: skip
+        axes[2][j].set_xlabel(f"max {change.max():.2f}", fontsize=7)
+    for row, label in enumerate(("clean", "poison", "|change|")):
+        axes[row][0].set_ylabel(label, fontsize=8)
+    fig.tight_layout()
+    return _to_svg(fig)

@@ -21,7 +21,7 @@ from jinja2 import Environment, FileSystemLoader, select_autoescape
 from audit import figures
 from audit.analysis import Analysis, analyse, fmt as _fmt
 from audit.recommend import candidate_label
-from audit.sections import defense_section, poisonability_context, threshold_table
+from audit.sections import defense_section, poison_samples_context, poisonability_context, threshold_table
 
 SUMMARY_SCHEMA_VERSION = 1
 
@@ -149,6 +149,7 @@ def build_context(a: Analysis) -> dict[str, Any]:
         "poisonability": poisonability_context(a),
         "task": task,
         "defenses_section": defense_section(a),
+        "samples": poison_samples_context(a),
     }
 
 

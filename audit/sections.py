@@ -1,4 +1,4 @@
-"""Report sections beyond the core: poisonability thresholds and Gradient Canceling, and defenses.
+"""Report sections beyond the core: poisonability thresholds and Gradient Canceling, defenses, sample poisons.
 
 Each function turns an :class:`audit.analysis.Analysis` into plain data (and SVG) for the template.
 """
@@ -6,13 +6,15 @@ Each function turns an :class:`audit.analysis.Analysis` into plain data (and SVG
 from __future__ import annotations
 
 import json
+import math
 from typing import Any
 
 import numpy as np
 
 from audit import figures
 from audit.analysis import Analysis, fmt as _fmt
-from audit.recommend import aggregate
+from audit.data import load_dataset
+from audit.recommend import aggregate, candidate_label
 
 
 def threshold_table(a: Analysis) -> list[dict[str, Any]]:
@@ -169,3 +171,46 @@ def _certified(a: Analysis, hparams: dict[str, Any], attack: str, eps: float, de
               if c.status == "ok" and c.candidate == key and c.attack == attack and c.budget == eps and c.defense == defense]  # fmt: skip
     values = [v for v in values if v is not None]
     return f"{np.mean(values):.1f}" if values else "n/a"
+
+
+def poison_samples_context(a: Analysis) -> dict[str, Any] | None:
+    """Sample poisons next to their clean originals for image data (TGDA paper, Fig. 5).
+
+    One grid per generator attack (largest budget; the recommended candidate when it was
+    attacked, else the first; the first seed), plus the maximum and mean per-feature change
+    of every poison set. Clean originals come from reloading the configured dataset.
+    """
+    image_shape = a.meta["dataset"].get("image_shape")
+    if not a.samples:
+        return None
+    rows = []
+    for c in a.cells:
+        d = json.loads(c.diagnostics or "{}").get("attack", {})
+        if c.status == "ok" and "source_examples" in d and c.defense == a.config.defenses[0]:
+            rows.append({"attack": c.attack, "candidate": candidate_label(c.hparams), "budget": f"{100 * c.budget:g}%",
+                         "seed": c.seed, "max_change": f"{d.get('max_change', math.nan):.3f}",
+                         "mean_change": f"{d.get('mean_change', math.nan):.4f}",
+                         "pretrain_mse": f"{d.get('pretrain', {}).get('mse_final', math.nan):.4f}",
+                         "cg": f"{100 * d.get('cg_converged_fraction', math.nan):.0f}%",
+                         "seconds": f"{d.get('seconds', math.nan):.0f}"})  # fmt: skip
+    grids = []
+    note = ""
+    if image_shape:
+        try:
+            data = load_dataset(a.config.dataset)
+        except Exception as err:  # the report still renders; it says why the pictures are missing
+            data, note = None, f"the clean originals could not be reloaded ({err}); only the numbers are shown"
+        if data is not None:
+            for attack in sorted({s["attack"] for s in a.samples}):
+                mine = [s for s in a.samples if s["attack"] == attack]
+                top = max(s["budget"] for s in mine)
+                mine = [s for s in mine if s["budget"] == top]
+                rec = [s for s in mine if s["candidate"] == a.recommendation.key]
+                pick = min(rec or mine, key=lambda s: (s["candidate"], s["seed"]))
+                clean = data.x_train[np.asarray(pick["source"], dtype=int)]
+                grids.append({
+                    "attack": attack, "budget": f"{100 * top:g}%", "candidate": candidate_label(json.loads(pick["candidate"])),
+                    "seed": pick["seed"], "max_change": f"{float(np.abs(pick['x'] - clean).max()):.3f}",
+                    "svg": figures.poison_grid(clean, pick["x"], tuple(image_shape), float(data.lo.min()), float(data.hi.max())),
+                })  # fmt: skip
+    return {"rows": rows, "grids": grids, "note": note}

@@ -232,6 +232,21 @@ class Store:
                 return None
             return npz["x"], npz["y"], json.loads(str(npz["diagnostics"]))
 
+    def poison_samples(self, k: int = 8) -> list[dict[str, Any]]:
+        """The first ``k`` poisons of every cached poison set whose attack recorded its source
+        points (``source_examples``: generator attacks such as TGDA), with the parsed cache key."""
+        out = []
+        for path in sorted(self.poison_dir.glob("*.npz")) if self.poison_dir.is_dir() else []:
+            with np.load(path, allow_pickle=False) as npz:
+                diagnostics = json.loads(str(npz["diagnostics"]))
+                if "source_examples" not in diagnostics:
+                    continue
+                candidate, attack, _params, budget, seed, fingerprint = json.loads(str(npz["key"]))
+                out.append({"candidate": candidate, "attack": attack, "budget": budget, "seed": seed,
+                            "fingerprint": fingerprint, "x": npz["x"][:k], "y": npz["y"][:k],
+                            "source": diagnostics["source_examples"][:k], "diagnostics": diagnostics})  # fmt: skip
+        return out
+
     def save_poisons(self, key: str, x: np.ndarray, y: np.ndarray, diagnostics: dict) -> None:
         """Atomic write: a temporary file in the same folder, renamed into place."""
         self.poison_dir.mkdir(parents=True, exist_ok=True)

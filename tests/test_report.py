@@ -119,3 +119,17 @@ def test_poisonability_section_with_gradient_canceling(tmp_path):
     assert "Poisonability: the GradPC target at ε_w = 0.1" in s["recommendation"]["reason"]
     gc_cells = [c for c in s["cells"] if c["attack"] == "gc"]
     assert len(gc_cells) == 4 and all(c["status"] == "ok" for c in gc_cells)
+
+
+def test_sample_poisons_section_for_tgda_on_images(tmp_path):
+    fast = {"epochs": 2, "pretrain_epochs": 2, "cg_max_iter": 5, "follower_steps": 2, "batch_size": 500}
+    cfg = tiny_config(dataset={"name": "digits"}, candidates={"l2": [1e-3]}, budgets=[0.03, 0.1],
+                      attacks=[{"name": "tgda", "params": fast}])  # fmt: skip
+    run = run_audit(parse_config(cfg), output_dir=tmp_path, progress=False)
+    write_report(run)
+    html = (run / "report.html").read_text()
+    assert "Sample poisons" in html and "tgda · ε = 10%" in html and "maximum pixel change" in html
+    section = html[html.index("<h2>Sample poisons</h2>") :]
+    assert section.index("<svg") < section.index("Change per poison set")
+    s = json.loads((run / "summary.json").read_text())
+    assert {c["status"] for c in s["cells"]} == {"ok"} and len(s["cells"]) == 2

@@ -5,7 +5,8 @@ from audit.attacks.gradient_canceling import GradientCanceling
 from audit.attacks.label_flip import LabelFlip
 from audit.attacks.optp import OptP
 from audit.attacks.statp import StatP
+from audit.attacks.tgda import TGDA
 
-ATTACKS: dict[str, type[AuditAttack]] = {cls.name: cls for cls in (LabelFlip, GradientCanceling, StatP, OptP)}
+ATTACKS: dict[str, type[AuditAttack]] = {cls.name: cls for cls in (LabelFlip, GradientCanceling, StatP, OptP, TGDA)}
 
-__all__ = ["ATTACKS", "AttackContext", "AttackParams", "AuditAttack", "GradientCanceling", "LabelFlip", "OptP", "StatP"]
+__all__ = ["ATTACKS", "AttackContext", "AttackParams", "AuditAttack", "GradientCanceling", "LabelFlip", "OptP", "StatP", "TGDA"]

@@ -18,6 +18,7 @@ CONTRACT_PARAMS = {
                            {"epochs": 5, "target": "label_flip", "target_eps": 0.5}],
     "statp": [{}],
     "optp": [{"iterations": 5}, {"iterations": 3, "init": "boundary_flip", "objective": "train"}],
+    "tgda": [{"epochs": 2, "pretrain_epochs": 2, "cg_max_iter": 5, "follower_steps": 2, "batch_size": 40}],
 }
 
 

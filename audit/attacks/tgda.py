@@ -1,0 +1,399 @@
+"""TGDA: the total-gradient attack with a generator (lu-kamath-yu-2022, eq. 15–17, Algorithm 1).
+
+The attacker (leader) is a generator ``L_θ`` that maps clean training points
+``[x_i; onehot(y_i)]`` to poisons in the feature box, labels unchanged (clean-label). The
+defender (follower) is the victim's model ``w`` trained on ``D_tr ∪ D_p`` with the audit's
+objective ``f = mean loss + (ρ/2)‖w‖²``. Per mini-batch of ``D_tr`` (with its share of the
+poisons) the game alternates
+
+* ``m`` total-gradient *ascent* steps on θ, eq. (17): ``θ ← θ + α·D_θ ℓ`` with the
+  total derivative ``D_θ ℓ = −∇²_{θw} f · (∇²_{ww} f)⁻¹ · ∇_w ℓ`` (ℓ: the follower's
+  validation loss; it does not depend on θ directly). The inverse-Hessian product
+  ``v = (∇²_{ww} f + δI)⁻¹ ∇_w ℓ`` comes from conjugate gradient on Hessian-vector
+  products (from zero, as the reference code), then ``D_θ ℓ = −∇_θ⟨∇_w f, v⟩`` by one
+  more double-backward pass through the poisons and the generator only;
+* ``n`` gradient *descent* steps on w, eq. (16): ``w ← w − β∇_w f``.
+
+Cost per epoch: the Hessian-vector products touch the clean mini-batches (independent of
+ε); only the generator's forward/backward pass over the poisons grows with ε. Memory is
+bounded by the batch size. Paper defaults: α = 0.01, m = 1, β = 0.1, n = 20, 200 epochs,
+batch 1000 (α is rescaled to the paper's total ascent length when the data has fewer
+batches, :func:`leader_step_size`); the follower starts from the clean model (partial warm start), the generator
+from its reconstruction pretraining.
+
+Ablations of the paper: ``formulation: zero_sum`` (ℓ = f, Table 5), ``order:
+defender_first`` (the defender moves first in every round, Table 4), ``warm_start: cold``
+(``w ← w_pre − β∇_w f``: the follower restarts from the clean model every round, Table 8),
+``pretrain: false`` (Table 6).
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import math
+import time
+from typing import Any, Callable, ClassVar, Literal
+
+import numpy as np
+import torch
+from art.attacks.attack import PoisoningAttackWhiteBox
+from pydantic import Field
+from torch import nn
+
+from audit.attacks.base import AttackContext, AttackParams, AuditAttack
+from audit.autodiff import CGResult, conjugate_gradient, flat, objective_hvp
+from audit.errors import AuditError
+from audit.models.generators import build_generator, pretrain_generator
+from audit.models.training import data_loss, objective
+
+
+class TGDAParams(AttackParams):
+    epochs: int = Field(200, ge=1)
+    leader_lr: float | None = Field(None, gt=0)  # α; None: the paper's total ascent length (see leader_step_size)
+    leader_steps: int = Field(1, ge=0)  # m
+    follower_lr: float = Field(0.1, gt=0)  # β
+    follower_steps: int = Field(20, ge=0)  # n
+    batch_size: int | None = Field(1000, ge=1)
+    cg_max_iter: int = Field(64, ge=1)
+    cg_tol: float = Field(1e-2, gt=0)
+    damping: float = Field(0.0, ge=0)
+    solver: Literal["auto", "cg", "normal"] = "auto"
+    formulation: Literal["non_zero_sum", "zero_sum"] = "non_zero_sum"
+    attacker_data: Literal["val", "train_val"] = "val"
+    order: Literal["attacker_first", "defender_first"] = "attacker_first"
+    warm_start: Literal["partial", "cold"] = "partial"
+    generator: Literal["auto", "dense", "conv"] = "auto"
+    generator_width: int | None = Field(None, ge=1)
+    pretrain: bool = True
+    pretrain_epochs: int = Field(20, ge=0)
+    pretrain_lr: float = Field(2e-3, gt=0)
+    pretrain_batch_size: int = Field(100, ge=1)
+    pretrain_seed: int = 0
+    log_every: int = Field(10, ge=1)
+    n_examples: int = Field(8, ge=0)
+
+
+# Pretrained generators, keyed by the training data and the pretraining settings: every grid
+# cell of a dataset shares one pretraining (it does not depend on the candidate or budget).
+_PRETRAINED: dict[str, tuple[dict[str, torch.Tensor], dict[str, Any]]] = {}
+_PRETRAINED_MAX = 4
+
+
+# The paper's leader on MNIST: α = 0.01 for 200 epochs × 60 batches of 1000 = 12 000 steps.
+PAPER_ALPHA, PAPER_LEADER_STEPS, MAX_AUTO_ALPHA = 0.01, 12_000, 1.0
+
+
+def leader_step_size(alpha: float | None, total_steps: int) -> float:
+    """α given, or the paper's total ascent length α·T = 0.01 × 12 000 spread over this run's steps.
+
+    On full MNIST (60 000 points, batch 1000, 200 epochs) that is the paper's α = 0.01; on
+    mnist5k (3 batches per epoch) it is 0.2. With the paper's α there, 600 steps barely move
+    the generator (0.0 points test drop, measured). Capped at 1.0, the largest step measured
+    stable on mnist5k.
+    """
+    if alpha is not None:
+        return alpha
+    return min(MAX_AUTO_ALPHA, PAPER_ALPHA * max(1.0, PAPER_LEADER_STEPS / max(total_steps, 1)))
+
+
+def is_convex_linear(module: nn.Module) -> bool:
+    """True when every parameter belongs to one ``nn.Linear`` (logistic / linear regression)."""
+    owners = [m for m in module.modules() if any(True for _ in m.parameters(recurse=False))]
+    return len(owners) == 1 and isinstance(owners[0], nn.Linear)
+
+
+def solve_inverse_hvp(hvp: Callable[[torch.Tensor], torch.Tensor], b: torch.Tensor, solver: str, tol: float,
+                      max_iter: int, x0: torch.Tensor | None = None) -> CGResult:  # fmt: skip
+    """``(∇²f + δI)⁻¹ b`` by CG; ``normal`` solves ``H² x = H b`` instead (indefinite H of a network)."""
+    if solver == "normal":
+        return conjugate_gradient(lambda u: hvp(hvp(u)), hvp(b), tol=tol, max_iter=max_iter, x0=x0)
+    return conjugate_gradient(hvp, b, tol=tol, max_iter=max_iter, x0=x0)
+
+
+def total_derivative(
+    follower: nn.Module, gen: nn.Module, x_clean: torch.Tensor, y_clean: torch.Tensor, x_src: torch.Tensor,
+    y_src: torch.Tensor, x_l: torch.Tensor, y_l: torch.Tensor, l2: float, formulation: str = "non_zero_sum",
+    solver: str = "cg", tol: float = 1e-2, max_iter: int = 64, damping: float = 0.0,
+) -> tuple[list[torch.Tensor], CGResult]:  # fmt: skip
+    """``D_θ ℓ`` at the follower's current weights (eq. 15–17), one tensor per generator parameter.
+
+    f is the mean loss over ``(x_clean, y_clean) ∪ (L_θ(x_src, y_src), y_src)`` plus
+    ``(ρ/2)‖w‖²``; ℓ is the mean loss over ``(x_l, y_l)`` (``non_zero_sum``) or f itself
+    (``zero_sum``). ``D_θ ℓ = ∇_θ ℓ − ∇²_{θw} f · (∇²_{ww} f + δI)⁻¹ ∇_w ℓ``, with
+    ``∇_θ ℓ = 0`` in the non-zero-sum game. Returns the gradients and how the solve ended.
+    """
+    w_params = list(follower.parameters())
+    theta = list(gen.parameters())
+    with torch.no_grad():
+        xp_fixed = gen(x_src, y_src)
+    x_mix, y_mix = torch.cat([x_clean, xp_fixed]), torch.cat([y_clean, y_src])
+    n_mix = len(y_mix)
+    if formulation == "zero_sum":  # ℓ = f (Table 5)
+        rhs = flat(torch.autograd.grad(objective(follower, x_mix, y_mix, "classification", l2), w_params))
+    else:
+        rhs = flat(torch.autograd.grad(data_loss(follower(x_l), y_l, "classification"), w_params))
+    hvp = objective_hvp(follower, x_mix, y_mix, "classification", l2, damping=damping)
+    cg = solve_inverse_hvp(hvp, rhs.detach(), solver, tol, max_iter)
+    v = cg.x.detach()
+    # −∇_θ ⟨∇_w f, v⟩: only the poisons' part of f depends on θ
+    loss_p = data_loss(follower(gen(x_src, y_src)), y_src, "classification", reduction="sum") / n_mix
+    g_w = torch.autograd.grad(loss_p, w_params, create_graph=True)
+    implicit = torch.autograd.grad(flat(g_w) @ v, theta, allow_unused=True)
+    grads = [torch.zeros_like(q) if g is None else -g for q, g in zip(theta, implicit)]
+    if formulation == "zero_sum":  # ℓ = f also depends on θ directly
+        loss_p = data_loss(follower(gen(x_src, y_src)), y_src, "classification", reduction="sum") / n_mix
+        direct = torch.autograd.grad(loss_p, theta, allow_unused=True)
+        grads = [g if d is None else g + d for g, d in zip(grads, direct)]
+    return [g.detach() for g in grads], cg
+
+
+class TGDA(AuditAttack, PoisoningAttackWhiteBox):
+    """The TGDA attack as an ART white-box poisoning attack.
+
+    Parameters
+    ----------
+    estimator : ART PyTorchClassifier or nn.Module
+        The defender's model, trained on the clean data (its weights are ``w_pre``).
+    x_val, y_val : ndarray
+        The attacker's validation set ``D_v`` (ℓ is the follower's loss on it).
+    budget : float
+        ε in (0, 1]: ``round(ε·n)`` poisons.
+    n_classes : int
+    l2 : float
+        The defender's L2 strength ρ (in f).
+    lo, hi : ndarray, shape (d,)
+        Feature box.
+    image_shape : tuple or None
+        ``(C, H, W)`` for image data (chooses the conv generator under ``generator: auto``).
+    seed : int
+        Seeds the choice of points to poison and the mini-batch order.
+    **params
+        :class:`TGDAParams` (see the module docstring).
+
+    Notes
+    -----
+    ``poison(x, y)`` runs the game with ``(x, y)`` as ``D_tr`` and returns ``L_θ([x_i; y_i])``
+    for the first ``round(ε·n)`` points of a seeded shuffle of ``(x, y)`` (the paper's
+    ``D_tr[0:εN]``), with their labels. Afterwards :meth:`transform` applies ``L_θ`` to any
+    other points.
+    """
+
+    name: ClassVar[str] = "tgda"
+    description: ClassVar[str] = "TGDA: generator trained by total gradient ascent against the retrained model, white-box, clean-label"
+    Params = TGDAParams
+    attack_params = PoisoningAttackWhiteBox.attack_params + ["budget", "l2", "seed"]
+    _estimator_requirements = ()
+
+    def __init__(
+        self,
+        estimator: Any,
+        x_val: np.ndarray,
+        y_val: np.ndarray,
+        budget: float,
+        n_classes: int,
+        l2: float = 0.0,
+        lo: np.ndarray | None = None,
+        hi: np.ndarray | None = None,
+        image_shape: tuple[int, ...] | None = None,
+        seed: int = 0,
+        **params: Any,
+    ) -> None:
+        PoisoningAttackWhiteBox.__init__(self, estimator)
+        self._init_contract(budget, seed, lo, hi, n_classes, params)
+        module = estimator if isinstance(estimator, nn.Module) else getattr(estimator, "model", None)
+        if not isinstance(module, nn.Module):
+            raise AuditError("TGDA needs a PyTorch victim (an ART PyTorch estimator or an nn.Module), not a scikit-learn model")
+        if not isinstance(n_classes, int) or n_classes < 2:
+            raise AuditError(f"The 'n_classes' parameter of TGDA must be an int ≥ 2. Got {n_classes!r} instead.")
+        if l2 < 0:
+            raise AuditError(f"The 'l2' parameter of TGDA must be ≥ 0. Got {l2!r} instead.")
+        x_val = np.asarray(x_val, dtype=np.float32)
+        if x_val.ndim != 2 or len(x_val) == 0 or np.shape(y_val) != (len(x_val),):
+            raise AuditError(f"TGDA needs a validation set x_val (m, d), y_val (m,); got {x_val.shape} and {np.shape(y_val)}")
+        if self.params.generator == "conv" and (image_shape is None or len(image_shape) != 3):
+            raise AuditError("TGDA generator 'conv' needs image data (a dataset with image_shape (C, H, W))")
+        self.module = module
+        self.x_val, self.y_val = x_val, np.asarray(y_val, dtype=np.int64)
+        self.l2 = float(l2)
+        self.image_shape = tuple(image_shape) if image_shape else None
+        self.generator: nn.Module | None = None
+
+    @classmethod
+    def for_cell(cls, params: dict[str, Any], ctx: AttackContext) -> TGDA:
+        module = getattr(ctx.fitted, "module", None)
+        if module is None:
+            raise AuditError("tgda needs a PyTorch victim (an nn.Module), not a scikit-learn estimator")
+        data = ctx.dataset
+        if data.task != "classification":
+            raise AuditError("tgda is a classification attack; use optp or statp for regression")
+        l2 = float(ctx.victim.train_config(ctx.hparams).l2) if hasattr(ctx.victim, "train_config") else 0.0
+        return cls(module, data.x_val, data.y_val, ctx.budget, data.n_classes, l2, data.lo, data.hi, data.image_shape,
+                   ctx.seed, **params)  # fmt: skip
+
+    # ------------------------------------------------------------------ the generator
+    def _generator(self, x: torch.Tensor, y: torch.Tensor) -> nn.Module:
+        """A fresh generator, pretrained to reconstruct ``(x, y)`` (cached per data and settings)."""
+        p = self.params
+        device, dtype = x.device, x.dtype
+        lo = torch.as_tensor(self.lo if self.lo is not None else x.min(0).values.cpu(), dtype=dtype)
+        hi = torch.as_tensor(self.hi if self.hi is not None else x.max(0).values.cpu(), dtype=dtype)
+        torch.manual_seed(p.pretrain_seed)
+        gen = build_generator(p.generator, x.shape[1], int(self.n_classes or 2), lo, hi, self.image_shape,
+                              p.generator_width).to(device=device, dtype=dtype)  # fmt: skip
+        if not p.pretrain or p.pretrain_epochs == 0:
+            self.diagnostics["pretrain"] = {"epochs": 0}
+            return gen
+        digest = hashlib.sha256()
+        for t in (x, y, lo, hi):
+            digest.update(t.detach().cpu().numpy().tobytes())
+        key = "|".join([digest.hexdigest(), type(gen).__name__, str(p.generator_width), str(p.pretrain_epochs),
+                        str(p.pretrain_lr), str(p.pretrain_batch_size), str(p.pretrain_seed), str(device), str(dtype)])  # fmt: skip
+        cached = key in _PRETRAINED
+        if not cached:
+            start = time.perf_counter()
+            result = pretrain_generator(gen, x, y, p.pretrain_epochs, p.pretrain_lr, p.pretrain_batch_size, p.pretrain_seed)
+            info = {"epochs": result.epochs, "mse_initial": result.mse_initial, "mse_final": result.mse_final,
+                    "seconds": time.perf_counter() - start}  # fmt: skip
+            while len(_PRETRAINED) >= _PRETRAINED_MAX:
+                _PRETRAINED.pop(next(iter(_PRETRAINED)))
+            _PRETRAINED[key] = ({k: v.detach().clone() for k, v in gen.state_dict().items()}, info)
+        state, info = _PRETRAINED[key]
+        gen.load_state_dict(state)
+        self.diagnostics["pretrain"] = {**info, "cached": cached}
+        return gen
+
+    @torch.no_grad()
+    def transform(self, x: np.ndarray, y: np.ndarray, chunk: int = 1024) -> np.ndarray:
+        """``L_θ([x_i; y_i])`` for any points, after :meth:`poison` has trained the generator."""
+        if self.generator is None:
+            raise AuditError("TGDA.transform needs a trained generator: call poison(x_train, y_train) first")
+        ref = next(self.generator.parameters())
+        out = []
+        for start in range(0, len(x), chunk):
+            xb = torch.as_tensor(np.asarray(x[start : start + chunk]), dtype=ref.dtype, device=ref.device)
+            yb = torch.as_tensor(np.asarray(y[start : start + chunk]), dtype=torch.long, device=ref.device)
+            out.append(self.generator(xb, yb).float().cpu().numpy())
+        return np.concatenate(out) if out else np.zeros((0, np.shape(x)[1]), np.float32)
+
+    # ------------------------------------------------------------------ the game
+    def _run(self, x: np.ndarray, y: np.ndarray, n_poison: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+        p = self.params
+        follower = copy.deepcopy(self.module)
+        ref = next(follower.parameters())
+        device, dtype = ref.device, ref.dtype
+        w_params = [q for q in follower.parameters()]
+        for q in w_params:
+            q.requires_grad_(True)
+        w_pre = [q.detach().clone() for q in w_params]
+        solver = p.solver if p.solver != "auto" else ("cg" if is_convex_linear(follower) else "normal")
+
+        xt = torch.as_tensor(x, dtype=dtype, device=device)
+        yt = torch.as_tensor(y, dtype=torch.long, device=device)
+        xv = torch.as_tensor(self.x_val, dtype=dtype, device=device)
+        yv = torch.as_tensor(self.y_val, dtype=torch.long, device=device)
+        # ℓ's data: D_v, or D_v ∪ D_tr (the attacker knows both; more points, less overfitting to D_v)
+        xl, yl = (torch.cat([xv, xt]), torch.cat([yv, yt])) if p.attacker_data == "train_val" else (xv, yv)
+        n, n_val = len(yt), len(yl)
+        source = rng.permutation(n)[:n_poison]  # D_p⁰ = D_tr[0:εN] of a seeded shuffle
+        src = torch.as_tensor(source, device=device)
+        x_src, y_src = xt[src], yt[src]
+
+        gen = self._generator(xt, yt)
+        self.generator = gen
+        theta = [q for q in gen.parameters()]
+        for q in theta:
+            q.requires_grad_(True)
+
+        batch = min(p.batch_size or n, n)
+        n_batches = math.ceil(n / batch)
+        alpha = leader_step_size(p.leader_lr, p.epochs * n_batches * p.leader_steps)
+        val_batch = min(batch, n_val)
+        cg_iters: list[int] = []
+        cg_residuals: list[float] = []
+        cg_converged = 0
+        curve: list[dict[str, float]] = []
+        start = time.perf_counter()
+
+        def follower_steps(clean_idx: torch.Tensor, p_idx: torch.Tensor) -> None:
+            with torch.no_grad():
+                x_mix = torch.cat([xt[clean_idx], gen(x_src[p_idx], y_src[p_idx])])
+            y_mix = torch.cat([yt[clean_idx], y_src[p_idx]])
+            if p.warm_start == "cold":  # w ← w_pre − β∇f (Table 8)
+                with torch.no_grad():
+                    for q, q0 in zip(w_params, w_pre):
+                        q.copy_(q0)
+            for _ in range(p.follower_steps):  # eq. (16)
+                grads = torch.autograd.grad(objective(follower, x_mix, y_mix, "classification", self.l2), w_params)
+                with torch.no_grad():
+                    for q, g in zip(w_params, grads):
+                        q -= p.follower_lr * g
+
+        def leader_step(clean_idx: torch.Tensor, p_idx: torch.Tensor, val_idx: torch.Tensor) -> None:
+            nonlocal cg_converged
+            grads, cg = total_derivative(follower, gen, xt[clean_idx], yt[clean_idx], x_src[p_idx], y_src[p_idx],
+                                         xl[val_idx], yl[val_idx], self.l2, p.formulation, solver, p.cg_tol,
+                                         p.cg_max_iter, p.damping)  # fmt: skip
+            cg_iters.append(cg.n_iter)
+            cg_residuals.append(cg.residual)
+            cg_converged += int(cg.converged)
+            with torch.no_grad():
+                for q, g in zip(theta, grads):
+                    q += alpha * g  # eq. (17): ascent on ℓ
+
+        for epoch in range(p.epochs):
+            clean_order = torch.as_tensor(rng.permutation(n), device=device).split(batch)
+            poison_order = [torch.as_tensor(c, device=device) for c in np.array_split(rng.permutation(n_poison), n_batches)]
+            val_order = torch.as_tensor(rng.permutation(n_val), device=device)
+            for b in range(n_batches):
+                clean_idx, p_idx = clean_order[b], poison_order[b]
+                val_idx = val_order[(b * val_batch) % n_val :][:val_batch]
+                if len(val_idx) < val_batch:
+                    val_idx = torch.cat([val_idx, val_order[: val_batch - len(val_idx)]])
+                if p.order == "defender_first":
+                    follower_steps(clean_idx, p_idx)
+                if len(p_idx):
+                    for _ in range(p.leader_steps):
+                        leader_step(clean_idx, p_idx, val_idx)
+                if p.order == "attacker_first":
+                    follower_steps(clean_idx, p_idx)
+            if epoch % p.log_every == 0 or epoch == p.epochs - 1:
+                curve.append(self._log(epoch, follower, xv, yv, cg_iters, cg_residuals, start))
+            if not all(torch.isfinite(q).all() for q in theta):
+                raise RuntimeError(f"TGDA diverged at epoch {epoch} (non-finite generator weights); lower leader_lr (now {alpha:g})")
+
+        with torch.no_grad():
+            x_p = torch.cat([gen(x_src[i : i + 1024], y_src[i : i + 1024]) for i in range(0, n_poison, 1024)])
+        change = (x_p - x_src).abs()
+        n_steps = len(cg_iters)
+        self.diagnostics.update(
+            epochs=p.epochs,
+            leader_lr=alpha,
+            solver=solver,
+            generator=type(gen).__name__,
+            leader_steps_total=n_steps,
+            cg_mean_iterations=float(np.mean(cg_iters)) if n_steps else 0.0,
+            cg_converged_fraction=cg_converged / n_steps if n_steps else 1.0,
+            cg_median_residual=float(np.median(cg_residuals)) if n_steps else 0.0,
+            cg_max_residual=float(np.max(cg_residuals)) if n_steps else 0.0,
+            curve=curve,
+            max_change=float(change.max()) if n_poison else 0.0,
+            mean_change=float(change.mean()) if n_poison else 0.0,
+            source_examples=[int(i) for i in source[: p.n_examples]],
+            loop_seconds=time.perf_counter() - start,
+        )
+        return x_p.float().cpu().numpy(), y_src.cpu().numpy()
+
+    @torch.no_grad()
+    def _log(self, epoch: int, follower: nn.Module, xv: torch.Tensor, yv: torch.Tensor, iters: list[int],
+             residuals: list[float], start: float) -> dict[str, float]:  # fmt: skip
+        out = torch.cat([follower(xv[i : i + 4096]) for i in range(0, len(yv), 4096)])
+        recent = slice(-max(1, min(len(iters), 50)), None)
+        return {
+            "epoch": epoch,
+            "val_loss": float(data_loss(out, yv, "classification")),
+            "val_accuracy": float(100.0 * (out.argmax(1) == yv).double().mean()),
+            "cg_iterations": float(np.mean(iters[recent])) if iters else 0.0,
+            "cg_residual": float(np.median(residuals[recent])) if residuals else 0.0,
+            "seconds": time.perf_counter() - start,
+        }

@@ -1,0 +1,205 @@
+"""TGDA: inverse-Hessian products, the total derivative against finite differences of the
+follower's best response, the clean-label / box contract, ablation switches and errors."""
+
+import copy
+import numpy as np
+import pytest
+import torch
+from torch import nn
+from torch.func import functional_call
+
+from audit.attacks import ATTACKS, AttackContext
+from audit.attacks.tgda import TGDA, is_convex_linear, solve_inverse_hvp, total_derivative
+from audit.autodiff import flat, objective_hvp
+from audit.config import DatasetSpec, ModelSpec, TrainingSpec
+from audit.data import load_dataset
+from audit.errors import AuditError
+from audit.models import build_victim
+from audit.models.generators import ConvGenerator, DenseGenerator, build_generator, pretrain_generator
+from audit.models.training import data_loss, objective
+from audit.models.zoo import MLP, LogReg
+
+
+def explicit_hessian(module: nn.Module, x: torch.Tensor, y: torch.Tensor, l2: float) -> torch.Tensor:
+    names = [k for k, _ in module.named_parameters()]
+    shapes = [p.shape for p in module.parameters()]
+    sizes = [p.numel() for p in module.parameters()]
+
+    def f(vec: torch.Tensor) -> torch.Tensor:
+        parts = dict(zip(names, [t.reshape(s) for t, s in zip(vec.split(sizes), shapes)]))
+        loss = data_loss(functional_call(module, parts, (x,)), y, "classification")
+        return loss + 0.5 * l2 * sum(v.pow(2).sum() for v in parts.values() if v.ndim > 1)
+
+    w0 = flat([p.detach() for p in module.parameters()])
+    return torch.autograd.functional.hessian(f, w0)
+
+
+@pytest.mark.parametrize("model, solver", [("logreg", "cg"), ("logreg", "normal"), ("mlp", "normal")])
+def test_inverse_hvp_matches_explicit_solve(model, solver):
+    torch.manual_seed(0)
+    x, y = torch.randn(40, 3, dtype=torch.float64), torch.randint(0, 3, (40,))
+    module = (LogReg(3, 3) if model == "logreg" else MLP(3, 3, width=4, depth=1)).double()
+    l2, damping = 0.5, 0.1
+    h = explicit_hessian(module, x, y, l2) + damping * torch.eye(sum(p.numel() for p in module.parameters()), dtype=torch.float64)
+    b = torch.randn(len(h), dtype=torch.float64)
+    result = solve_inverse_hvp(objective_hvp(module, x, y, "classification", l2, damping=damping), b, solver, 1e-12, 500)
+    assert result.converged
+    torch.testing.assert_close(result.x, torch.linalg.solve(h, b), rtol=1e-7, atol=1e-9)
+
+
+def best_response(follower: nn.Module, gen: nn.Module, x, y, x_src, y_src, l2):
+    """w*(θ): exact minimiser of f by Newton's method in float64 (strongly convex in w)."""
+    w = follower
+    with torch.no_grad():
+        xp = gen(x_src, y_src)
+    x_mix, y_mix = torch.cat([x, xp]), torch.cat([y, y_src])
+    for _ in range(30):
+        g = flat(torch.autograd.grad(objective(w, x_mix, y_mix, "classification", l2), list(w.parameters())))
+        if float(g.norm()) < 1e-13:
+            break
+        step = torch.linalg.lstsq(explicit_hessian(w, x_mix, y_mix, l2), g.unsqueeze(1)).solution.squeeze(1)
+        offset = 0
+        with torch.no_grad():
+            for p in w.parameters():
+                p -= step[offset : offset + p.numel()].reshape(p.shape)
+                offset += p.numel()
+    return w
+
+
+@pytest.mark.parametrize("formulation", ["non_zero_sum", "zero_sum"])
+def test_total_derivative_matches_finite_difference_of_best_response(formulation):
+    torch.manual_seed(1)
+    d, c, l2 = 3, 3, 0.3
+    x, y = torch.rand(30, d, dtype=torch.float64), torch.randint(0, c, (30,))
+    x_src, y_src = torch.rand(6, d, dtype=torch.float64), torch.randint(0, c, (6,))
+    x_val, y_val = torch.rand(20, d, dtype=torch.float64), torch.randint(0, c, (20,))
+    gen = DenseGenerator(d, c, torch.zeros(d), torch.ones(d), width=5).double()
+    follower = best_response(LogReg(d, c).double(), gen, x, y, x_src, y_src, l2)
+
+    grads, cg = total_derivative(follower, gen, x, y, x_src, y_src, x_val, y_val, l2, formulation, "cg", 1e-12, 500)
+    assert cg.converged or formulation == "zero_sum"  # zero-sum: ∇_w f = 0 at w*, nothing to solve
+    direction = [torch.randn_like(p) for p in gen.parameters()]
+
+    def leader_objective(shift: float) -> float:
+        moved = DenseGenerator(d, c, torch.zeros(d), torch.ones(d), width=5).double()
+        moved.load_state_dict(gen.state_dict())
+        with torch.no_grad():
+            for p, u in zip(moved.parameters(), direction):
+                p += shift * u
+        w = best_response(copy.deepcopy(follower), moved, x, y, x_src, y_src, l2)
+        with torch.no_grad():
+            if formulation == "zero_sum":
+                xp = moved(x_src, y_src)
+                return float(objective(w, torch.cat([x, xp]), torch.cat([y, y_src]), "classification", l2))
+            return float(data_loss(w(x_val), y_val, "classification"))
+
+    h = 1e-5
+    fd = (leader_objective(h) - leader_objective(-h)) / (2 * h)
+    analytic = float(sum((g * u).sum() for g, u in zip(grads, direction)))
+    assert abs(analytic) > 1e-6
+    assert analytic == pytest.approx(fd, rel=1e-5, abs=1e-9)
+
+
+def test_generators_stay_in_the_box_and_reconstruct_after_pretraining():
+    torch.manual_seed(0)
+    lo, hi = torch.full((64,), -1.0), torch.full((64,), 2.0)
+    y = torch.randint(0, 3, (200,))
+    prototypes = lo + (hi - lo) * torch.rand(3, 64)  # one image per class plus noise: compressible
+    x = (prototypes[y] + 0.05 * torch.randn(200, 64)).clamp(lo, hi)
+    for gen in (DenseGenerator(64, 3, lo, hi), ConvGenerator((1, 8, 8), 3, lo, hi)):
+        out = gen(x * 100, y)  # far outside: the output is still inside
+        assert out.shape == x.shape and torch.all(out >= lo) and torch.all(out <= hi)
+        result = pretrain_generator(gen, x, y, epochs=30, lr=3e-3, batch_size=50, seed=0)
+        assert result.mse_final < 0.2 * result.mse_initial
+    assert isinstance(build_generator("auto", 64, 3, lo, hi, (1, 8, 8)), ConvGenerator)
+    assert isinstance(build_generator("auto", 64, 3, lo, hi, None), DenseGenerator)
+    with pytest.raises(ValueError, match="conv generator needs image data"):
+        build_generator("conv", 64, 3, lo, hi, None)
+
+
+def test_convexity_detection():
+    assert is_convex_linear(LogReg(4, 3)) and not is_convex_linear(MLP(4, 3, width=5))
+
+
+_SETTING: dict = {}
+
+
+def _digits():
+    if not _SETTING:
+        d = load_dataset(DatasetSpec(name="digits"))
+        victim = build_victim(ModelSpec(name="logreg"), TrainingSpec(), d, torch.device("cpu"))
+        _SETTING["v"] = (d, victim, victim.fit(d.x_train, d.y_train, {"l2": 1e-3}, 0))
+    return _SETTING["v"]
+
+
+FAST = {"epochs": 3, "pretrain_epochs": 3, "cg_max_iter": 10, "follower_steps": 3, "batch_size": 300}
+
+
+def test_poisons_are_clean_label_in_the_box_and_transform_reproduces_them():
+    d, victim, fitted = _digits()
+    attack = ATTACKS["tgda"].for_cell(FAST, AttackContext(d, victim, fitted, {"l2": 1e-3}, 0.05, seed=4))
+    x_p, y_p = attack.poison(d.x_train, d.y_train)
+    src = np.asarray(attack.diagnostics["source_examples"])
+    assert len(src) == 8 and len(set(src.tolist())) == 8
+    np.testing.assert_array_equal(y_p[:8], d.y_train[src])  # labels are never changed
+    assert np.all(x_p >= d.lo) and np.all(x_p <= d.hi)
+    np.testing.assert_allclose(attack.transform(d.x_train[src], d.y_train[src]), x_p[:8], atol=1e-6)
+    assert attack.diagnostics["generator"] == "ConvGenerator"  # digits are 8×8 images
+    assert attack.diagnostics["solver"] == "cg" and attack.diagnostics["leader_steps_total"] == 3 * -(-len(d.y_train) // 300)
+    assert 0 < attack.diagnostics["max_change"] <= 1
+
+
+def test_tgda_raises_the_validation_loss_it_attacks():
+    """The attacker's objective: the retrained model's validation loss rises above the one the
+    pretrained generator's reconstructions (no attack steps) give, by a clear margin."""
+    d, victim, fitted = _digits()
+
+    def val_loss(params):
+        attack = ATTACKS["tgda"].for_cell(params, AttackContext(d, victim, fitted, {"l2": 1e-3}, 0.1, seed=0))
+        x_p, y_p = attack.poison(d.x_train, d.y_train)
+        poisoned = victim.fit(np.concatenate([d.x_train, x_p]), np.concatenate([d.y_train, y_p]), {"l2": 1e-3}, 0)
+        return float(np.mean(poisoned.class_losses(d.x_val)[np.arange(len(d.y_val)), d.y_val]))
+
+    base = {"epochs": 15, "pretrain_epochs": 20, "cg_max_iter": 20, "batch_size": 400, "leader_lr": 1.0}
+    reconstructions = val_loss({**base, "leader_steps": 0})
+    attacked = val_loss(base)
+    assert attacked > reconstructions + 0.03, (attacked, reconstructions)
+
+
+@pytest.mark.parametrize("option", [{"formulation": "zero_sum"}, {"order": "defender_first"}, {"warm_start": "cold"},
+                                    {"pretrain": False}, {"generator": "dense"}, {"solver": "normal", "damping": 0.01}])  # fmt: skip
+def test_ablation_switches_run_and_change_the_poisons(option):
+    d, victim, fitted = _digits()
+    ctx = AttackContext(d, victim, fitted, {"l2": 1e-3}, 0.05, seed=1)
+    x_ref, _ = ATTACKS["tgda"].for_cell(FAST, ctx).poison(d.x_train, d.y_train)
+    attack = ATTACKS["tgda"].for_cell({**FAST, **option}, ctx)
+    x_p, y_p = attack.poison(d.x_train, d.y_train)
+    assert x_p.shape == x_ref.shape and not np.allclose(x_p, x_ref)
+    if option.get("pretrain") is False:
+        assert attack.diagnostics["pretrain"] == {"epochs": 0}
+
+
+def test_tgda_errors():
+    d, victim, fitted = _digits()
+    from sklearn.linear_model import LogisticRegression
+
+    sk = build_victim(ModelSpec(name="logreg"), TrainingSpec(), d, torch.device("cpu"), model_obj=LogisticRegression(max_iter=300))
+    sk_fitted = sk.fit(d.x_train, d.y_train, {"l2": 1e-3}, 0)
+    with pytest.raises(AuditError, match="tgda needs a PyTorch victim"):
+        ATTACKS["tgda"].for_cell({}, AttackContext(d, sk, sk_fitted, {}, 0.1, seed=0))
+    with pytest.raises(AuditError, match="parameter 'leader_lr'"):
+        ATTACKS["tgda"].for_cell({"leader_lr": -1}, AttackContext(d, victim, fitted, {}, 0.1, seed=0))
+    with pytest.raises(AuditError, match="needs a validation set"):
+        TGDA(fitted.module, d.x_val, d.y_val[:-1], 0.1, 10)
+    flat_data = load_dataset(DatasetSpec(name="wine"))
+    wine_victim = build_victim(ModelSpec(name="logreg"), TrainingSpec(), flat_data, torch.device("cpu"))
+    wine_fitted = wine_victim.fit(flat_data.x_train, flat_data.y_train, {}, 0)
+    with pytest.raises(AuditError, match="generator 'conv' needs image data"):
+        ATTACKS["tgda"].for_cell({"generator": "conv"}, AttackContext(flat_data, wine_victim, wine_fitted, {}, 0.1, seed=0))
+    attack = ATTACKS["tgda"].for_cell(FAST, AttackContext(d, victim, fitted, {}, 0.1, seed=0))
+    with pytest.raises(AuditError, match="call poison"):
+        attack.transform(d.x_val, d.y_val)
+    diabetes = load_dataset(DatasetSpec(name="diabetes"))
+    ridge = build_victim(ModelSpec(name="ridge"), TrainingSpec(), diabetes, torch.device("cpu"))
+    with pytest.raises(AuditError, match="tgda is a classification attack"):
+        ATTACKS["tgda"].for_cell({}, AttackContext(diabetes, ridge, ridge.fit(diabetes.x_train, diabetes.y_train, {}, 0), {}, 0.1, 0))
