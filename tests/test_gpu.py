@@ -22,3 +22,23 @@ def test_audit_runs_on_cuda_and_repeats_exactly(tmp_path):
 def test_auto_picks_cuda(tmp_path):
     cells = _cells(run_audit(parse_config(tiny_config(device="auto")), output_dir=tmp_path, progress=False))
     assert all(c.device.startswith("cuda") for c in cells)
+
+
+def test_tgda_runs_on_cuda_in_the_box_and_repeats_exactly():
+    import numpy as np
+    import torch
+
+    from audit.attacks import ATTACKS, AttackContext
+    from audit.config import DatasetSpec, ModelSpec, TrainingSpec
+    from audit.data import load_dataset
+    from audit.models import build_victim
+
+    d = load_dataset(DatasetSpec(name="digits"))
+    victim = build_victim(ModelSpec(name="mlp", width=64), TrainingSpec(epochs=5), d, torch.device("cuda"))
+    fitted = victim.fit(d.x_train, d.y_train, {"l2": 1e-3}, 0)
+    params = {"epochs": 3, "pretrain_epochs": 3, "cg_max_iter": 8, "batch_size": 300}
+    runs = [ATTACKS["tgda"].for_cell(params, AttackContext(d, victim, fitted, {"l2": 1e-3}, 0.1, 0)) for _ in range(2)]
+    (x1, y1), (x2, y2) = (r.poison(d.x_train, d.y_train) for r in runs)
+    assert np.all(x1 >= d.lo) and np.all(x1 <= d.hi)
+    np.testing.assert_array_equal(x1, x2)
+    np.testing.assert_array_equal(y1, y2)
