@@ -376,6 +376,7 @@ class TGDA(AuditAttack, PoisoningAttackWhiteBox):
             cg_converged_fraction=cg_converged / n_steps if n_steps else 1.0,
             cg_median_residual=float(np.median(cg_residuals)) if n_steps else 0.0,
             cg_max_residual=float(np.max(cg_residuals)) if n_steps else 0.0,
+            cg_steps=[[int(i), float(f"{r:.3g}")] for i, r in zip(cg_iters, cg_residuals)],  # per leader step
             curve=curve,
             max_change=float(change.max()) if n_poison else 0.0,
             mean_change=float(change.mean()) if n_poison else 0.0,

@@ -147,6 +147,7 @@ def test_poisons_are_clean_label_in_the_box_and_transform_reproduces_them():
     assert attack.diagnostics["generator"] == "ConvGenerator"  # digits are 8×8 images
     assert attack.diagnostics["solver"] == "cg" and attack.diagnostics["leader_steps_total"] == 3 * -(-len(d.y_train) // 300)
     assert 0 < attack.diagnostics["max_change"] <= 1
+    assert len(attack.diagnostics["cg_steps"]) == attack.diagnostics["leader_steps_total"]
 
 
 def test_tgda_raises_the_validation_loss_it_attacks():
