@@ -207,6 +207,7 @@ def test_tgda_errors():
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(2400)
 def test_tgda_beats_the_papers_label_flip_on_mnist5k_logreg():
     """The paper's Table 2 ordering (2.79 vs 1.52 points on full MNIST) at ε = 0.03, mean of 3 seeds (~10 min on 2 cores)."""
     d = load_dataset(DatasetSpec(name="mnist5k"))
