@@ -146,7 +146,13 @@ def defense_curves(panels: dict[str, dict[str, dict[float, float]]], clean: floa
 
 
 def poison_grid(clean: np.ndarray, poisons: np.ndarray, image_shape: tuple[int, ...], lo: float, hi: float) -> str:
-    """Clean points, their poisons and |poison − clean| as images (TGDA paper, Fig. 5): one column per point."""
+    """Clean points, their poisons and |poison − clean| as images (TGDA paper, Fig. 5), as SVG."""
+    return _to_svg(poison_grid_figure(clean, poisons, image_shape, lo, hi))
+
+
+def poison_grid_figure(clean: np.ndarray, poisons: np.ndarray, image_shape: tuple[int, ...], lo: float,
+                       hi: float) -> plt.Figure:  # fmt: skip
+    """The figure of :func:`poison_grid`: one column per point, rows clean / poison / |change|."""
     k = len(poisons)
     fig, axes = plt.subplots(3, k, figsize=(1.1 * k, 3.6), squeeze=False)
     channels = image_shape[0]
@@ -171,4 +177,4 @@ def poison_grid(clean: np.ndarray, poisons: np.ndarray, image_shape: tuple[int, 
     for row, label in enumerate(("clean", "poison", "|change|")):
         axes[row][0].set_ylabel(label, fontsize=8)
     fig.tight_layout()
-    return _to_svg(fig)
+    return fig

@@ -42,6 +42,16 @@ def run(model: str, eps: float, seed: int, attack: str, args: argparse.Namespace
         tgda = TGDA.for_cell(params, AttackContext(data, victim, clean, hp, eps, seed))
         x_p, y_p = tgda.poison(data.x_train, data.y_train)
         d = tgda.diagnostics
+        if args.save_grid:
+            import matplotlib.pyplot as plt
+
+            from audit.figures import poison_grid_figure
+
+            k = len(d["source_examples"])
+            fig = poison_grid_figure(data.x_train[d["source_examples"]], x_p[:k], data.image_shape, 0.0, 1.0)
+            fig.suptitle(f"TGDA against {model}, ε = {eps:g}, seed {seed}", fontsize=8)
+            fig.savefig(Path(args.save_grid) / f"tgda_{model}_eps{eps:g}_seed{seed}.png", dpi=90, bbox_inches="tight")
+            plt.close(fig)
         extra = {"params": params, "alpha": d["leader_lr"], "loop_seconds": round(d["loop_seconds"], 1),
                  "pretrain_seconds": round(d["pretrain"].get("seconds", 0.0), 1), "pretrain_cached": d["pretrain"].get("cached"),
                  "cg_mean_iterations": d["cg_mean_iterations"], "cg_median_residual": d["cg_median_residual"],
@@ -70,6 +80,7 @@ def main() -> None:
     parser.add_argument("--leader-lr", type=float, default=None)
     parser.add_argument("--generator", default=None)
     parser.add_argument("--device", default="auto")
+    parser.add_argument("--save-grid", default=None, help="folder for PNGs of clean points, poisons and |change|")
     args = parser.parse_args()
 
     data = load_dataset(DatasetSpec(name="mnist5k"))
