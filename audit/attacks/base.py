@@ -39,6 +39,21 @@ class AttackContext:
     seed: int
 
 
+def torch_module(estimator: Any, who: str) -> Any:
+    """The ``nn.Module`` of an ART PyTorch estimator (or the module itself); a one-line error otherwise."""
+    from torch import nn
+
+    module = estimator if isinstance(estimator, nn.Module) else getattr(estimator, "model", None)
+    if not isinstance(module, nn.Module):
+        raise AuditError(f"{who} needs a PyTorch model (an ART PyTorch estimator or an nn.Module), not a scikit-learn model")
+    return module
+
+
+def victim_l2(ctx: AttackContext) -> float:
+    """The L2 strength ρ the victim trains with for the cell's hyperparameters (0 for scikit-learn victims)."""
+    return float(ctx.victim.train_config(ctx.hparams).l2) if hasattr(ctx.victim, "train_config") else 0.0
+
+
 class AuditAttack:
     """Mixin that gives an ART poisoning attack the audit's contract. Put it first in the bases."""
 

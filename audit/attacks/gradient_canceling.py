@@ -27,7 +27,7 @@ from art.attacks.attack import PoisoningAttackWhiteBox
 from pydantic import Field
 from torch import nn
 
-from audit.attacks.base import AttackContext, AttackParams, AuditAttack
+from audit.attacks.base import AttackContext, AttackParams, AuditAttack, torch_module, victim_l2
 from audit.errors import AuditError
 from audit.models.training import data_loss
 from audit.poisonability import gradpc, module_metric, scale_output_layer, scale_to_budget, thresholds
@@ -140,9 +140,7 @@ class GradientCanceling(AuditAttack, PoisoningAttackWhiteBox):
     ) -> None:
         PoisoningAttackWhiteBox.__init__(self, estimator)
         self._init_contract(budget, seed, lo, hi, n_classes, params)
-        module = estimator if isinstance(estimator, nn.Module) else getattr(estimator, "model", None)
-        if not isinstance(module, nn.Module):
-            raise AuditError("GradientCanceling needs a torch model (an ART PyTorch estimator or an nn.Module)")
+        module = torch_module(estimator, "GradientCanceling")
         target = target_model
         if isinstance(target, dict):
             state = target
@@ -167,7 +165,7 @@ class GradientCanceling(AuditAttack, PoisoningAttackWhiteBox):
             raise AuditError("gradient_canceling needs a torch victim (not a scikit-learn estimator)")
         p = GCParams.model_validate(params)
         data = ctx.dataset
-        l2 = float(ctx.victim.train_config(ctx.hparams).l2) if hasattr(ctx.victim, "train_config") else 0.0
+        l2 = victim_l2(ctx)
         if p.target == "file":
             if not p.target_file or not Path(p.target_file).is_file():
                 raise AuditError(f"gradient_canceling.target_file not found: {p.target_file}")

@@ -41,7 +41,7 @@ from art.attacks.attack import PoisoningAttackWhiteBox
 from pydantic import Field
 from torch import nn
 
-from audit.attacks.base import AttackContext, AttackParams, AuditAttack
+from audit.attacks.base import AttackContext, AttackParams, AuditAttack, torch_module, victim_l2
 from audit.autodiff import CGResult, conjugate_gradient, flat, objective_hvp
 from audit.errors import AuditError
 from audit.models.generators import build_generator, pretrain_generator
@@ -201,9 +201,7 @@ class TGDA(AuditAttack, PoisoningAttackWhiteBox):
     ) -> None:
         PoisoningAttackWhiteBox.__init__(self, estimator)
         self._init_contract(budget, seed, lo, hi, n_classes, params)
-        module = estimator if isinstance(estimator, nn.Module) else getattr(estimator, "model", None)
-        if not isinstance(module, nn.Module):
-            raise AuditError("TGDA needs a PyTorch victim (an ART PyTorch estimator or an nn.Module), not a scikit-learn model")
+        module = torch_module(estimator, "TGDA")
         if not isinstance(n_classes, int) or n_classes < 2:
             raise AuditError(f"The 'n_classes' parameter of TGDA must be an int ≥ 2. Got {n_classes!r} instead.")
         if l2 < 0:
@@ -227,7 +225,7 @@ class TGDA(AuditAttack, PoisoningAttackWhiteBox):
         data = ctx.dataset
         if data.task != "classification":
             raise AuditError("tgda is a classification attack; use optp or statp for regression")
-        l2 = float(ctx.victim.train_config(ctx.hparams).l2) if hasattr(ctx.victim, "train_config") else 0.0
+        l2 = victim_l2(ctx)
         return cls(module, data.x_val, data.y_val, ctx.budget, data.n_classes, l2, data.lo, data.hi, data.image_shape,
                    ctx.seed, **params)  # fmt: skip
 
