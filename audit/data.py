@@ -74,9 +74,11 @@ class Dataset:
 
 # --------------------------------------------------------------------------- splitting
 def split_pool(x: np.ndarray, y: np.ndarray, val: float, test: float, seed: int) -> tuple[np.ndarray, ...]:
-    """Shuffle with ``seed`` and cut into train/val/test (sizes rounded, train gets the rest)."""
+    """Shuffle with ``seed`` and cut into train/val/test (fractions rounded or counts; train gets the rest)."""
     order = np.random.default_rng(seed).permutation(len(y))
-    n_val, n_test = round(val * len(y)), round(test * len(y))
+    n_val, n_test = (int(v) if v >= 1 else round(v * len(y)) for v in (val, test))
+    if n_val + n_test >= len(y):
+        raise AuditError(f"dataset: {n_val} validation + {n_test} test points leave no training data of {len(y)}")
     i_val, i_test, i_train = order[:n_val], order[n_val : n_val + n_test], order[n_val + n_test :]
     return x[i_train], y[i_train], x[i_val], y[i_val], x[i_test], y[i_test]
 
@@ -310,6 +312,19 @@ def load_dataset(spec: DatasetSpec) -> Dataset:
     _check_split("x_train/y_train" if given or spec.name == "npz" else "data", x, y, None)
     d = int(np.prod(x.shape[1:]))
     x = x.reshape(len(x), d)
+    if spec.classes is not None:
+        if task == "regression":
+            raise AuditError("dataset.classes: only for classification data")
+        if given:
+            raise AuditError("dataset.classes: not supported for npz files with their own splits; filter the file")
+        present = set(np.unique(y).tolist())
+        missing = [c for c in spec.classes if c not in present]
+        if missing:
+            raise AuditError(f"dataset.classes: labels {missing} do not occur (labels: {sorted(present)})")
+        keep = np.isin(y, spec.classes)
+        relabel = {c: i for i, c in enumerate(spec.classes)}
+        x, y = x[keep], np.array([relabel[v] for v in y[keep].tolist()])
+        meta = {**meta, "classes": [str(c) for c in spec.classes]}
     if spec.n_samples is not None and spec.n_samples < len(y):
         keep = np.random.default_rng(spec.split.seed).permutation(len(y))[: spec.n_samples]
         x, y = x[np.sort(keep)], y[np.sort(keep)]
@@ -359,6 +374,7 @@ def load_dataset(spec: DatasetSpec) -> Dataset:
     else:  # the attacker stays within the range seen in training
         lo, hi = x_tr.min(axis=0), x_tr.max(axis=0)
 
+    classes = classes or meta.get("classes")
     notes = {"classes": ", ".join(classes)} if classes else {}
     f32 = np.float32
     return Dataset(

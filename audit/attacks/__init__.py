@@ -1,5 +1,6 @@
 """Attack registry: name → ART poisoning attack class with the audit's contract."""
 
+from audit.attacks.back_gradient import BackGradient
 from audit.attacks.base import AttackContext, AttackParams, AuditAttack
 from audit.attacks.gradient_canceling import GradientCanceling
 from audit.attacks.label_flip import LabelFlip
@@ -7,6 +8,6 @@ from audit.attacks.optp import OptP
 from audit.attacks.statp import StatP
 from audit.attacks.tgda import TGDA
 
-ATTACKS: dict[str, type[AuditAttack]] = {cls.name: cls for cls in (LabelFlip, GradientCanceling, StatP, OptP, TGDA)}
+ATTACKS: dict[str, type[AuditAttack]] = {cls.name: cls for cls in (LabelFlip, GradientCanceling, StatP, OptP, TGDA, BackGradient)}
 
-__all__ = ["ATTACKS", "AttackContext", "AttackParams", "AuditAttack", "GradientCanceling", "LabelFlip", "OptP", "StatP", "TGDA"]
+__all__ = ["ATTACKS", "AttackContext", "AttackParams", "AuditAttack", "BackGradient", "GradientCanceling", "LabelFlip", "OptP", "StatP", "TGDA"]

@@ -1,0 +1,320 @@
+"""Back-gradient poisoning and the minimax over λ (carnerero-cano-2021, eq. 1–2, Algorithm 1).
+
+The attacker maximises the validation loss ``A = L(D_val, w_T)`` of a model trained by ``T``
+steps of full-batch gradient descent (step ``η``) on ``D_tr ∪ D_p`` with the objective
+
+    L(w) = (1/N)·[Σ loss + (e^λ/2)‖w‖²] = mean loss + (ρ/2)‖w‖²,   ρ = e^λ / N
+
+(weights only; biases free; N = clean points + poisons in the objective). ``λ`` is the
+paper's *log* L2 strength on a *summed* loss; the audit's ρ of DESIGN.md (mean loss) is
+``e^λ/N``. The paper's loss must be the sum: with a mean loss its GD (η = 0.1, Table 2)
+diverges at its own λ = log 200 (ρ = 200, η·ρ = 20 > 2; measured), with a sum it is stable.
+λ ranges, starting points and reported λ_RMD are in the paper's units; the unrolled run
+works in log ρ. (A binary softmax over two outputs equals a sigmoid with half the ρ.)
+Hypergradients ``∇_{X_p} A`` and ``∂A/∂λ`` come from reverse-mode differentiation of the
+unrolled run (:mod:`audit.hypergrad`). Every iteration updates all poisons together
+(``batch_size`` optimises them in consecutive batches instead, the paper's 17 at a time, each
+batch with the earlier ones fixed in the training set):
+
+    X_p ← Π_box(X_p + α·u),  u = each poison's hypergradient scaled to unit length
+    λ   ← Π_Φ(λ − β·∂A/∂λ)   (only with ``learn_l2``: the minimax of eq. 1, alternating)
+
+α is a length in feature space (the paper's α = 0.4 of appendix C.1 in a box [−9.5, 9.5]²,
+α = 0.99 on MNIST in [0, 1]^784): raw hypergradients are O(1/n) and would not move the
+points. Poisons start as validation points with flipped labels (binary: the other class;
+multiclass: the class of largest loss under the clean model); labels stay fixed. Regression
+(ridge): the responses start at the boundary of the response range farther from the
+clone's response and are optimised with the features (response variable optimisation).
+When the first ``patience`` iterations gain less than ``min_gain`` (relative) the run is
+stuck: it restarts from other validation points, drawn without duplicates (footnote 4).
+
+Defaults: the paper's MNIST '0' vs '8' settings (Table 2): T = 150, η = 0.10, α = 0.99,
+β = 0.80, 100 outer iterations, Φ(λ) = [−8, log 200].
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import time
+from typing import Any, ClassVar, Literal
+
+import numpy as np
+import torch
+from art.attacks.attack import PoisoningAttackWhiteBox
+from pydantic import Field, model_validator
+
+from audit.attacks.base import AttackContext, AttackParams, AuditAttack, torch_module, victim_l2
+from audit.errors import AuditError
+from audit.hypergrad import FlatModel, functional_objective, rmd, validation_loss
+
+PAPER_L2_RANGE = (-8.0, math.log(200.0))
+PAPER_CLEAN_WARM_START = math.log(5.0)
+
+
+class BackGradientParams(AttackParams):
+    inner_steps: int = Field(150, ge=1)  # T
+    inner_lr: float = Field(0.1, gt=0)  # η
+    step: float = Field(0.99, gt=0)  # α
+    iterations: int = Field(100, ge=1)  # T_Dp (T_mul with learn_l2)
+    batch_size: int | None = Field(None, ge=1)  # poisons optimised together; None: all at once
+    restarts: int = Field(2, ge=0)
+    patience: int = Field(10, ge=1)
+    min_gain: float = Field(0.01, ge=0)
+    checkpoint_every: int | None = Field(None, ge=1)
+    init_weights: Literal["auto", "zeros", "random"] = "auto"
+    optimize_response: bool = True
+    learn_l2: bool = False  # the minimax of eq. (1): λ descends while the poisons ascend
+    l2_lr: float = Field(0.8, gt=0)  # β
+    l2_range: tuple[float, float] = PAPER_L2_RANGE  # Φ(λ), the paper's λ = log(ρ·N)
+    l2_init: float | None = None  # λ to start the minimax from; None: the victim's ρ (λ = log 5 if ρ = 0)
+
+    @model_validator(mode="after")
+    def _range(self) -> BackGradientParams:
+        if not self.l2_range[0] < self.l2_range[1]:
+            raise ValueError(f"l2_range must be (low, high) with low < high (got {self.l2_range})")
+        return self
+
+
+def flipped_labels(y: np.ndarray, n_classes: int, losses: np.ndarray | None) -> np.ndarray:
+    """Binary: the other class. Multiclass: the wrong class with the largest loss (``losses`` (n, c))."""
+    if n_classes == 2 or losses is None:
+        return (1 - y) if n_classes == 2 else (y + 1) % n_classes
+    masked = losses.copy()
+    masked[np.arange(len(y)), y] = -np.inf
+    return masked.argmax(axis=1)
+
+
+class BackGradient(AuditAttack, PoisoningAttackWhiteBox):
+    """The back-gradient (RMD) poisoning attack as an ART white-box poisoning attack.
+
+    Parameters
+    ----------
+    estimator : ART PyTorch estimator or nn.Module
+        The defender's model (its architecture is unrolled; its clean weights rank labels).
+    x_val, y_val : ndarray
+        The validation set: the attacker's objective and the pool poisons are cloned from.
+    budget : float
+        ε in (0, 1]: ``round(ε·n)`` poisons.
+    task : 'classification' or 'regression'
+    n_classes : int or None
+    l2 : float
+        The defender's ρ (λ = log ρ); with ``learn_l2`` only the starting point.
+    lo, hi : ndarray, shape (d,)
+        Feature box.
+    y_range : (float, float)
+        Response range (regression).
+    seed : int
+    **params
+        :class:`BackGradientParams`.
+
+    Notes
+    -----
+    After :meth:`poison`, ``diagnostics`` holds the objective curve, restarts and seconds
+    per iteration; with ``learn_l2`` also ``log_l2_rmd`` / ``l2_rmd`` (λ_RMD) and its curve.
+    """
+
+    name: ClassVar[str] = "back_gradient"
+    description: ClassVar[str] = "back-gradient: poisons by reverse-mode hypergradient ascent through T GD steps, white-box"
+    Params = BackGradientParams
+    tasks: ClassVar[tuple[str, ...]] = ("classification", "regression")
+    attack_params = PoisoningAttackWhiteBox.attack_params + ["budget", "l2", "seed"]
+    _estimator_requirements = ()
+
+    def __init__(self, estimator: Any, x_val: np.ndarray, y_val: np.ndarray, budget: float, task: str = "classification",
+                 n_classes: int | None = 2, l2: float = 0.0, lo: np.ndarray | None = None, hi: np.ndarray | None = None,
+                 y_range: tuple[float, float] | None = None, seed: int = 0, **params: Any) -> None:  # fmt: skip
+        PoisoningAttackWhiteBox.__init__(self, estimator)
+        self._init_contract(budget, seed, lo, hi, n_classes if task == "classification" else None, params)
+        self.module = torch_module(estimator, "BackGradient")
+        if task not in ("classification", "regression"):
+            raise AuditError(f"The 'task' parameter of BackGradient must be 'classification' or 'regression'. Got {task!r} instead.")
+        if task == "classification" and (not isinstance(n_classes, int) or n_classes < 2):
+            raise AuditError(f"The 'n_classes' parameter of BackGradient must be an int ≥ 2. Got {n_classes!r} instead.")
+        if l2 < 0:
+            raise AuditError(f"The 'l2' parameter of BackGradient must be ≥ 0. Got {l2!r} instead.")
+        x_val = np.asarray(x_val, dtype=np.float32)
+        if x_val.ndim != 2 or len(x_val) == 0 or np.shape(y_val) != (len(x_val),):
+            raise AuditError(f"BackGradient needs a validation set x_val (m, d), y_val (m,); got {x_val.shape} and {np.shape(y_val)}")
+        self.task = task
+        self.x_val = x_val
+        self.y_val = np.asarray(y_val, dtype=np.int64 if task == "classification" else np.float32)
+        self.l2 = float(l2)
+        self.y_range = y_range if y_range is not None else (float(np.min(y_val)), float(np.max(y_val)))
+
+    @classmethod
+    def for_cell(cls, params: dict[str, Any], ctx: AttackContext) -> BackGradient:
+        module = getattr(ctx.fitted, "module", None)
+        if module is None:
+            raise AuditError("back_gradient needs a PyTorch victim (an nn.Module), not a scikit-learn estimator")
+        data = ctx.dataset
+        y_range = (float(data.y_train.min()), float(data.y_train.max())) if data.task == "regression" else None
+        return cls(module, data.x_val, data.y_val, ctx.budget, data.task, data.n_classes, victim_l2(ctx), data.lo,
+                   data.hi, y_range, ctx.seed, **params)  # fmt: skip
+
+    # ------------------------------------------------------------------ pieces
+    def _tensors(self, x: np.ndarray, y: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+        ref = next(self.module.parameters())
+        label = torch.long if self.task == "classification" else ref.dtype
+        return torch.as_tensor(x, dtype=ref.dtype, device=ref.device), torch.as_tensor(y, dtype=label, device=ref.device)
+
+    def initial_weights(self, model: FlatModel) -> torch.Tensor:
+        """``w_0`` of the unrolled run: zeros for a linear model, else a fresh seeded initialisation."""
+        from audit.attacks.tgda import is_convex_linear
+        from audit.models.victim import reinitialise
+
+        kind = self.params.init_weights
+        if kind == "zeros" or (kind == "auto" and is_convex_linear(self.module)):
+            return torch.zeros_like(model.reg_mask)
+        torch.manual_seed(self.seed)
+        return FlatModel.of(reinitialise(self.module)).flat()
+
+    def _clones(self, idx: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+        """Validation points ``idx`` with flipped labels (classification) or boundary responses (regression)."""
+        x0, y0 = self.x_val[idx], self.y_val[idx]
+        if self.task == "classification":
+            losses = None
+            if self.n_classes and self.n_classes > 2:
+                xt, _ = self._tensors(x0, y0)
+                with torch.no_grad():
+                    losses = (-torch.log_softmax(self.module(xt), dim=1)).float().cpu().numpy()
+            return self._tensors(x0, flipped_labels(y0, int(self.n_classes or 2), losses))
+        lo, hi = self.y_range
+        return self._tensors(x0, np.where(y0 - lo >= hi - y0, lo, hi).astype(np.float32))
+
+    # ------------------------------------------------------------------ the attack
+    def _run(self, x: np.ndarray, y: np.ndarray, n_poison: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+        p = self.params
+        xt, yt = self._tensors(x, y)
+        xv, yv = self._tensors(self.x_val, self.y_val)
+        order = list(rng.permutation(len(self.x_val)))  # clones are drawn without duplicates, restarts included
+        if n_poison > len(order):
+            order += list(rng.choice(len(self.x_val), n_poison - len(order)))
+        batch = p.batch_size or n_poison
+        fixed_x, fixed_y = xt[:0], yt[:0]
+        n_total = len(x) + n_poison
+        if p.learn_l2 and p.l2_init is not None:
+            log_l2 = p.l2_init - math.log(n_total)
+        elif self.l2 > 0:
+            log_l2 = math.log(self.l2)
+        else:
+            log_l2 = PAPER_CLEAN_WARM_START - math.log(n_total) if p.learn_l2 else -math.inf
+        runs = []
+        start = time.perf_counter()
+        for b0 in range(0, n_poison, batch):
+            size = min(batch, n_poison - b0)
+            run = self._optimise_batch(xt, yt, fixed_x, fixed_y, xv, yv, size, order, log_l2)
+            runs.append(run)
+            fixed_x, fixed_y = torch.cat([fixed_x, run["x"]]), torch.cat([fixed_y, run["y"]])
+            log_l2 = run["log_l2"]
+        iterations = sum(r["iterations"] for r in runs)
+        self.diagnostics.update(
+            objective=[v for r in runs for v in r["curve"]],
+            objective_initial=runs[0]["curve"][0],
+            objective_final=runs[-1]["best"],
+            iterations=iterations,
+            restarts=sum(r["restarts"] for r in runs),
+            batches=len(runs),
+            seconds_per_iteration=(time.perf_counter() - start) / max(iterations, 1),
+            stored_states=runs[-1]["stored_states"],
+            inner_objective=runs[-1]["inner"],
+        )
+        if p.learn_l2:
+            shift = math.log(n_total)  # reported in the paper's λ = log(ρ·N)
+            self.diagnostics.update(lambda_rmd=log_l2 + shift, l2_rmd=math.exp(log_l2),
+                                    lambda_curve=[v + shift for r in runs for v in r["l2_curve"]])  # fmt: skip
+        return fixed_x.float().cpu().numpy(), fixed_y.cpu().numpy()
+
+    def _optimise_batch(self, xt: torch.Tensor, yt: torch.Tensor, fixed_x: torch.Tensor, fixed_y: torch.Tensor,
+                        xv: torch.Tensor, yv: torch.Tensor, size: int, order: list[int], log_l2: float) -> dict[str, Any]:  # fmt: skip
+        p = self.params
+        restarts, best_run = 0, None
+        while True:
+            idx, order[:] = np.array(order[:size]), order[size:] + order[:size]
+            x_p, y_p = self._clones(idx)
+            run = self._ascend(xt, yt, fixed_x, fixed_y, xv, yv, x_p, y_p, log_l2)
+            if best_run is None or run["best"] > best_run["best"]:
+                best_run = run
+            if not run["stuck"] or restarts >= p.restarts:
+                break
+            restarts += 1
+        best_run["restarts"] = restarts
+        return best_run
+
+    def _ascend(self, xt: torch.Tensor, yt: torch.Tensor, fixed_x: torch.Tensor, fixed_y: torch.Tensor,
+                xv: torch.Tensor, yv: torch.Tensor, x_p: torch.Tensor, y_p: torch.Tensor, log_l2: float) -> dict[str, Any]:  # fmt: skip
+        """Projected hypergradient ascent on one batch of poisons (and descent on λ with ``learn_l2``)."""
+        p = self.params
+        model = FlatModel.of(copy.deepcopy(self.module))
+        w0 = self.initial_weights(model)
+        outer = validation_loss(model, xv, yv, self.task)
+        d = xt.shape[1]
+        lo = torch.as_tensor(np.broadcast_to(self.lo, (d,)).copy() if self.lo is not None else np.full(d, -np.inf), dtype=xt.dtype)
+        hi = torch.as_tensor(np.broadcast_to(self.hi, (d,)).copy() if self.hi is not None else np.full(d, np.inf), dtype=xt.dtype)
+        lo, hi = lo.to(xt.device), hi.to(xt.device)
+        learn_response = self.task == "regression" and p.optimize_response
+        inner = functional_objective(model, xt, yt, self.task, None if learn_response else y_p, fixed_x, fixed_y)
+        shift = math.log(len(xt) + len(fixed_x) + len(x_p))  # log ρ = λ − log N
+        low, high = p.l2_range[0] - shift, p.l2_range[1] - shift
+        lam = min(max(log_l2, low), high) if p.learn_l2 else log_l2
+        lam_t = lambda: torch.tensor(lam if math.isfinite(lam) else -1e4, dtype=xt.dtype, device=xt.device)  # noqa: E731
+
+        def hypergradients(x_p: torch.Tensor, y_p: torch.Tensor):  # noqa: ANN202
+            hypers = [x_p, lam_t()] + ([y_p] if learn_response else [])
+            return rmd(inner, outer, w0, hypers, p.inner_steps, p.inner_lr, p.checkpoint_every)
+
+        curve, l2_curve = [], []
+        best = (-math.inf, x_p, y_p)
+        stuck, result = False, None
+        for it in range(p.iterations):
+            result = hypergradients(x_p, y_p)
+            curve.append(result.outer)
+            if result.outer > best[0]:
+                best = (result.outer, x_p, y_p)
+            if it == p.patience and curve[-1] - curve[0] < p.min_gain * max(abs(curve[0]), 1e-12):
+                stuck = True
+                break
+            gx = result.grads[0]
+            direction = [gx] + ([result.grads[2].unsqueeze(1)] if learn_response else [])
+            norm = torch.cat(direction, dim=1).norm(dim=1, keepdim=True).clamp_min(1e-30)
+            x_p = torch.maximum(torch.minimum(x_p + p.step * gx / norm, hi), lo)
+            if learn_response:
+                y_p = (y_p + p.step * result.grads[2] / norm[:, 0]).clamp(*self.y_range)
+            if p.learn_l2:  # coordinate step on λ against the moved poisons (eq. 2)
+                lam_result = hypergradients(x_p, y_p)
+                lam = min(max(lam - p.l2_lr * float(lam_result.grads[1]), low), high)
+                l2_curve.append(lam)
+        if p.learn_l2:  # the poisons kept are the last ones: they answer the final λ
+            best = (hypergradients(x_p, y_p).outer, x_p, y_p)
+        final = hypergradients(best[1], best[2])
+        return {"x": best[1].detach(), "y": best[2].detach(), "best": best[0], "curve": curve, "stuck": stuck,
+                "iterations": len(curve), "log_l2": lam, "l2_curve": l2_curve, "stored_states": final.stored_states,
+                "inner": final.inner_final}  # fmt: skip
+
+
+def learn_log_l2(module: Any, x: np.ndarray, y: np.ndarray, x_val: np.ndarray, y_val: np.ndarray, task: str,
+                 iterations: int = 50, inner_steps: int = 150, inner_lr: float = 0.1, lr: float = 0.8,
+                 l2_range: tuple[float, float] = PAPER_L2_RANGE, init: float = PAPER_CLEAN_WARM_START,
+                 init_weights: str = "auto", seed: int = 0) -> tuple[float, list[float]]:  # fmt: skip
+    """λ learned by hypergradient descent on clean data (the paper's T_λ iterations from log 5).
+
+    λ, ``init`` and ``l2_range`` are the paper's λ = log(ρ·n). Returns the final λ and its curve.
+    """
+    attack = BackGradient(module, x_val, y_val, 1.0, task, None if task == "regression" else int(np.max(y) + 1),
+                          seed=seed, inner_steps=inner_steps, inner_lr=inner_lr, init_weights=init_weights)  # fmt: skip
+    xt, yt = attack._tensors(np.asarray(x, np.float32), y)
+    xv, yv = attack._tensors(attack.x_val, attack.y_val)
+    model = FlatModel.of(copy.deepcopy(attack.module))
+    w0 = attack.initial_weights(model)
+    inner = functional_objective(model, xt, yt, task, yt[:0])
+    outer = validation_loss(model, xv, yv, task)
+    shift = math.log(len(yt))
+    lam, curve = min(max(init, l2_range[0]), l2_range[1]), []
+    no_poison = xt[:0]
+    for _ in range(iterations):
+        log_l2 = torch.tensor(lam - shift, dtype=xt.dtype, device=xt.device)
+        result = rmd(inner, outer, w0, [no_poison, log_l2], inner_steps, inner_lr)
+        lam = min(max(lam - lr * float(result.grads[1]), l2_range[0]), l2_range[1])
+        curve.append(lam)
+    return lam, curve
+

@@ -1,0 +1,180 @@
+"""Reverse-mode differentiation of an unrolled training run (carnerero-cano-2021, appendices A–B).
+
+The inner problem is ``T`` steps of full-batch gradient descent ``w ← w − η∇_w L(w, h)``
+on the training objective ``L``, which depends on *hyperparameters* ``h`` (the poisons'
+features, their responses, the log L2 strength λ). The outer objective ``A(w_T)`` (the
+validation loss) is differentiated with respect to every ``h`` by running the steps
+backwards (Algorithm 1):
+
+    dw ← ∇A(w_T);  for t = T−1 … 0:  dh ← dh − η (∇_h∇_w L(w_t))ᵀ dw;  dw ← dw − η ∇²_w L(w_t) dw
+
+Both products come from one vector-Jacobian product of ``∇_w L`` (``torch.func.vjp`` of
+``torch.func.grad``: Pearlmutter's identities of appendix A), so a reverse step costs about
+two gradient evaluations. The trajectory ``w_0 … w_{T−1}`` is stored (``T·d`` numbers);
+``checkpoint_every = k`` stores every k-th state instead and recomputes each segment of k
+states during the reverse pass (``(T/k + k)·d`` numbers, one extra forward pass).
+
+:func:`functional_objective` turns an ``nn.Module`` into the flat-weight functions the
+unrolled run needs: the audit's objective (mean loss + (e^λ/2)‖w‖², weights only) with the
+poisons appended to the clean training set.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Callable, Sequence
+
+import torch
+from torch import nn
+from torch.func import functional_call, grad, vjp
+
+from audit.models.training import data_loss
+
+Inner = Callable[..., torch.Tensor]  # L(w, *h) → scalar
+Outer = Callable[[torch.Tensor], torch.Tensor]  # A(w) → scalar
+
+
+@dataclass
+class RMDResult:
+    """``A(w_T)``, its hypergradients ``dA/dh`` (one per hyperparameter, same shapes) and how the run went."""
+
+    outer: float
+    grads: tuple[torch.Tensor, ...]
+    w_final: torch.Tensor
+    grad_w0: torch.Tensor
+    steps: int
+    stored_states: int
+    inner_final: float
+
+
+def unroll(inner: Inner, w0: torch.Tensor, hypers: Sequence[torch.Tensor], steps: int, lr: float,
+           keep_every: int = 1) -> tuple[torch.Tensor, dict[int, torch.Tensor]]:  # fmt: skip
+    """``steps`` GD steps from ``w0``; returns ``w_T`` and the states ``w_t`` kept at multiples of ``keep_every``."""
+    grad_w = grad(inner, argnums=0)
+    w = w0.detach()
+    hypers = [h.detach() for h in hypers]
+    kept: dict[int, torch.Tensor] = {}
+    for t in range(steps):
+        if t % keep_every == 0:
+            kept[t] = w
+        w = w - lr * grad_w(w, *hypers)
+    return w, kept
+
+
+def rmd(inner: Inner, outer: Outer, w0: torch.Tensor, hypers: Sequence[torch.Tensor], steps: int, lr: float,
+        checkpoint_every: int | None = None) -> RMDResult:  # fmt: skip
+    """Hypergradients of ``A(w_T)`` with respect to ``hypers`` by reverse-mode differentiation (Algorithm 1).
+
+    Parameters
+    ----------
+    inner : callable(w, *hypers) -> scalar tensor
+        The training objective ``L`` as a function of the flat weights.
+    outer : callable(w) -> scalar tensor
+        The attacker's objective ``A`` (it does not depend on the hyperparameters directly).
+    w0 : tensor, shape (d,)
+        Initial weights of the unrolled run.
+    hypers : tensors
+        The hyperparameters ``h`` (any shapes).
+    steps, lr : int, float
+        ``T`` and ``η`` of the unrolled gradient descent.
+    checkpoint_every : int or None
+        None stores all ``T`` states; ``k`` stores every k-th and recomputes segments.
+    """
+    hypers = [h.detach() for h in hypers]
+    k = steps if checkpoint_every is None else max(1, int(checkpoint_every))
+    keep_every = 1 if checkpoint_every is None else k
+    w_final, kept = unroll(inner, w0, hypers, steps, lr, keep_every)
+    grad_w = grad(inner, argnums=0)
+
+    w_out = w_final.detach().requires_grad_(True)
+    with torch.enable_grad():
+        a = outer(w_out)
+        (dw,) = torch.autograd.grad(a, w_out)
+    dh = [torch.zeros_like(h) for h in hypers]
+    peak = len(kept)
+    for start in sorted(kept, reverse=True) if checkpoint_every is not None else [None]:
+        if start is None:  # everything stored
+            states = kept
+            order = range(steps - 1, -1, -1)
+        else:  # recompute the segment [start, start + k) from its checkpoint
+            stop = min(start + k, steps)
+            _, states = unroll(inner, kept[start], hypers, stop - start, lr)
+            states = {start + t: w for t, w in states.items()}
+            peak = max(peak, len(kept) + len(states))
+            order = range(stop - 1, start - 1, -1)
+        for t in order:
+            _, pullback = vjp(lambda w, *h: grad_w(w, *h), states[t], *hypers)
+            hdw, *jh = pullback(dw)
+            for i, g in enumerate(jh):
+                dh[i] = dh[i] - lr * g
+            dw = dw - lr * hdw
+    return RMDResult(float(a.detach()), tuple(dh), w_final, dw, steps, peak, float(inner(w_final, *hypers)))
+
+
+# --------------------------------------------------------------------------- models as flat functions
+@dataclass
+class FlatModel:
+    """An ``nn.Module`` evaluated at a flat weight vector (``torch.func.functional_call``)."""
+
+    module: nn.Module
+    names: list[str]
+    shapes: list[torch.Size]
+    reg_mask: torch.Tensor  # 1 on the L2-regularized weights (ndim > 1), 0 on biases
+
+    @classmethod
+    def of(cls, module: nn.Module) -> FlatModel:
+        named = [(n, p) for n, p in module.named_parameters()]
+        ref = named[0][1]
+        mask = torch.cat([torch.full((p.numel(),), 1.0 if p.ndim > 1 else 0.0, dtype=ref.dtype, device=ref.device)
+                          for _, p in named])  # fmt: skip
+        return cls(module, [n for n, _ in named], [p.shape for _, p in named], mask)
+
+    def flat(self) -> torch.Tensor:
+        """The module's current weights as one vector."""
+        return torch.cat([p.detach().reshape(-1) for p in self.module.parameters()])
+
+    def params(self, w: torch.Tensor) -> dict[str, torch.Tensor]:
+        out, offset = {}, 0
+        for name, shape in zip(self.names, self.shapes):
+            size = math.prod(shape)
+            out[name] = w[offset : offset + size].reshape(shape)
+            offset += size
+        return out
+
+    def __call__(self, w: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        return functional_call(self.module, self.params(w), (x,))
+
+    def load(self, w: torch.Tensor) -> nn.Module:
+        """Write ``w`` into the module (in place) and return it."""
+        with torch.no_grad():
+            for p, value in zip(self.module.parameters(), self.params(w).values()):
+                p.copy_(value)
+        return self.module
+
+
+def functional_objective(model: FlatModel, x_clean: torch.Tensor, y_clean: torch.Tensor, task: str,
+                         y_poison: torch.Tensor | None = None,
+                         x_fixed: torch.Tensor | None = None, y_fixed: torch.Tensor | None = None) -> Inner:  # fmt: skip
+    """``L(w, x_p, λ[, y_p])`` = mean loss over clean ∪ fixed poisons ∪ ``(x_p, y_p)`` + (e^λ/2)‖w‖².
+
+    ``λ`` is the log L2 strength: ``ρ = e^λ`` is the audit's ρ of DESIGN.md. With
+    ``y_poison`` given the poison labels are fixed (classification); without it ``y_p`` is
+    the fourth argument and is differentiated too (regression's response optimisation).
+    ``x_fixed, y_fixed``: poisons already placed (earlier batches), held constant.
+    """
+    if x_fixed is not None and len(x_fixed):
+        x_clean, y_clean = torch.cat([x_clean, x_fixed]), torch.cat([y_clean, y_fixed])
+
+    def inner(w: torch.Tensor, x_p: torch.Tensor, log_l2: torch.Tensor, y_p: torch.Tensor | None = None) -> torch.Tensor:
+        labels = y_poison if y_p is None else y_p
+        out = model(w, torch.cat([x_clean, x_p]))
+        loss = data_loss(out, torch.cat([y_clean, labels]), task)
+        return loss + 0.5 * torch.exp(log_l2) * (model.reg_mask * w * w).sum()
+
+    return inner
+
+
+def validation_loss(model: FlatModel, x_val: torch.Tensor, y_val: torch.Tensor, task: str) -> Outer:
+    """``A(w)``: the mean loss on the validation set (what the indiscriminate attacker maximises)."""
+    return lambda w: data_loss(model(w, x_val), y_val, task)
