@@ -29,6 +29,7 @@ class Analysis:
     targets: list[dict[str, Any]]
     pairs: list[CandidateSummary]
     samples: list[dict[str, Any]] = field(default_factory=list)
+    policies: list = field(default_factory=list)  # audit.minimax.PolicyRow of the λ-under-attack stage
 
     @property
     def unit(self) -> str:
@@ -50,6 +51,7 @@ def analyse(run_dir: str | Path) -> Analysis:
         defended_rows = store.clean_defended_rows()
         targets = store.target_rows()
         samples = [s for s in store.poison_samples() if s["fingerprint"] == meta.get("fingerprint")]
+        policies = store.policy_rows()
     finally:
         store.close()
     config = AuditConfig.model_validate(meta["config"])
@@ -70,15 +72,19 @@ def analyse(run_dir: str | Path) -> Analysis:
                            config.seeds, d, higher_is_better=higher)  # fmt: skip
     rec = recommend(pairs, config.target_budget, config.recommendation.clean_tolerance, higher,
                     metric_name="accuracy" if higher else "MSE")  # fmt: skip
-    analysis = Analysis(config, meta, cells, summaries, rec, defense, metric, higher, targets, pairs, samples)
+    analysis = Analysis(config, meta, cells, summaries, rec, defense, metric, higher, targets, pairs, samples, policies)
     cost = defense_cost_sentence(analysis, defended_rows)
     if cost:
         rec.reason = f"{rec.reason} {cost}"
-    from audit.sections import tau_sentence
+    from audit.sections import minimax_sentence, policy_series, tau_sentence
 
     moved = tau_sentence(analysis)
     if moved:
         rec.reason = f"{rec.reason} {moved}"
+    series = policy_series(analysis)
+    under_attack = minimax_sentence(analysis, series) if series else ""
+    if under_attack:
+        rec.reason = f"{rec.reason} {under_attack}"
     return analysis
 
 

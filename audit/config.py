@@ -14,6 +14,7 @@ import math
 from pathlib import Path
 from typing import Any, Literal
 
+import numpy as np
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
@@ -200,6 +201,40 @@ class RecommendationSpec(_Strict):
     clean_tolerance: float = Field(1.0, ge=0)
 
 
+class MinimaxSpec(_Strict):
+    """λ under attack (carnerero-cano-2021): the defender policies λ_CLEAN, λ re-tuned on D_val and λ_RMD.
+
+    λ is the paper's log strength on a summed loss: the audit's ρ = e^λ / N on N training
+    points. ``attack``: id of a ``back_gradient`` attack of the grid (its parameters craft the
+    poisons; default the first one). Defaults are the paper's MNIST settings (Table 2, C.2).
+    """
+
+    attack: str | None = None
+    l2_range: tuple[float, float] = (-8.0, math.log(200.0))
+    l2_lr: float = Field(0.8, gt=0)
+    clean_iterations: int = Field(50, ge=1)
+    warm_start: float = math.log(5.0)
+    cv_folds: int = Field(5, ge=2)
+    cv_grid: list[float] = Field(default_factory=lambda: [float(v) for v in range(-8, 2)], min_length=1)
+    retune_grid: list[float] | None = Field(None, min_length=1)
+
+    @model_validator(mode="after")
+    def _ranges(self) -> MinimaxSpec:
+        low, high = self.l2_range
+        if not low < high:
+            raise ValueError(f"minimax.l2_range: expected (low, high) with low < high (got {list(self.l2_range)})")
+        if not low <= self.warm_start <= high:
+            raise ValueError(f"minimax.warm_start: {self.warm_start} is outside l2_range {list(self.l2_range)}")
+        return self
+
+    def retune(self) -> list[float]:
+        """λ values the re-tuning defender tries: the configured grid, else 12 points over ``l2_range``."""
+        if self.retune_grid is not None:
+            return list(self.retune_grid)
+        low, high = self.l2_range
+        return [float(v) for v in np.linspace(low, high, 12)]
+
+
 class AuditConfig(_Strict):
     """A whole audit. Defaults give the embedded default audit (``poison-audit run``)."""
 
@@ -222,6 +257,7 @@ class AuditConfig(_Strict):
     output_dir: str = "reports"
     recommendation: RecommendationSpec = RecommendationSpec()
     poisonability: PoisonabilitySpec = Field(default_factory=PoisonabilitySpec)
+    minimax: MinimaxSpec | None = None
 
     @field_validator("candidates")
     @classmethod
@@ -273,6 +309,8 @@ class AuditConfig(_Strict):
         keys = [a.key for a in self.attacks]
         if len(set(keys)) != len(keys):
             raise ValueError(f"attacks: two attacks share an id ({keys!r}); give each an 'id'")
+        if self.minimax is not None:
+            self.minimax_attack()  # raises when there is no back_gradient attack to run it with
         target = self.recommendation.target_budget
         if target is not None and target not in self.budgets:
             raise ValueError(f"recommendation.target_budget: {target} is not one of the budgets {self.budgets}")
@@ -285,6 +323,18 @@ class AuditConfig(_Strict):
         if self.recommendation.target_budget is not None:
             return self.recommendation.target_budget
         return 0.1 if 0.1 in self.budgets else self.budgets[-1]
+
+    def minimax_attack(self) -> AttackSpec | None:
+        """The back-gradient attack the minimax stage uses (None when the stage is off)."""
+        if self.minimax is None:
+            return None
+        wanted = self.minimax.attack
+        for spec in self.attacks:
+            if spec.name == "back_gradient" and (wanted is None or spec.key == wanted):
+                return spec
+        if wanted is None:
+            raise ValueError("minimax: needs a back_gradient attack in attacks (its parameters craft the poisons)")
+        raise ValueError(f"minimax.attack: {wanted!r} is not the id of a back_gradient attack in attacks")
 
     def candidate_grid(self) -> list[dict[str, Any]]:
         """Cartesian product of the candidate axes, in config order (deterministic)."""

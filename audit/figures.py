@@ -178,3 +178,33 @@ def poison_grid_figure(clean: np.ndarray, poisons: np.ndarray, image_shape: tupl
         axes[row][0].set_ylabel(label, fontsize=8)
     fig.tight_layout()
     return fig
+
+
+def policy_curves(error: dict[str, dict[float, float]], lam: dict[str, dict[float, float]],
+                  norm: dict[str, dict[float, float]], metric: str) -> str:  # fmt: skip
+    """λ under attack (carnerero-cano-2021, Fig. 2) as SVG: see :func:`policy_figure`."""
+    return _to_svg(policy_figure(error, lam, norm, metric))
+
+
+def policy_figure(error: dict[str, dict[float, float]], lam: dict[str, dict[float, float]],
+                  norm: dict[str, dict[float, float]], metric: str) -> plt.Figure:  # fmt: skip
+    """Three panels over the poisoning fraction: test ``metric`` per defender policy (Fig. 2 a–c),
+    λ per policy that learns it, and ‖w‖² of the retrained models (Fig. 2 d–f). Keys: budget ε (0 = clean)."""
+    fig, axes = plt.subplots(1, 3, figsize=(12.6, 3.3))
+    colors = plt.cm.tab10(np.arange(10))
+    panels = ((axes[0], error, f"test {metric}"), (axes[1], lam, "λ  (ρ = e^λ / N)"), (axes[2], norm, "‖w‖²"))
+    labels = list(dict.fromkeys([*error, *lam, *norm]))
+    for ax, series, ylabel in panels:
+        for label, points in series.items():
+            xs = sorted(points)
+            style = {"lw": 2.4} if "RMD" in label else {"lw": 1.2}
+            ax.plot([100 * x for x in xs], [points[x] for x in xs], marker="o", ms=3,
+                    color=colors[labels.index(label) % 10], label=label, **style)  # fmt: skip
+        ax.set_xlabel("poisoning fraction ε (%)")
+        ax.set_ylabel(ylabel)
+        ax.grid(alpha=0.3)
+    axes[2].set_yscale("log")
+    axes[0].legend(fontsize=7, frameon=False)
+    axes[1].legend(fontsize=7, frameon=False)
+    fig.tight_layout()
+    return fig

@@ -21,7 +21,7 @@ from jinja2 import Environment, FileSystemLoader, select_autoescape
 from audit import figures
 from audit.analysis import Analysis, analyse, fmt as _fmt
 from audit.recommend import candidate_label
-from audit.sections import defense_section, poison_samples_context, poisonability_context, threshold_table
+from audit.sections import defense_section, minimax_context, poison_samples_context, poisonability_context, threshold_table
 
 SUMMARY_SCHEMA_VERSION = 1
 
@@ -150,6 +150,7 @@ def build_context(a: Analysis) -> dict[str, Any]:
         "task": task,
         "defenses_section": defense_section(a),
         "samples": poison_samples_context(a),
+        "minimax": minimax_context(a),
     }
 
 
@@ -231,6 +232,7 @@ def build_summary(a: Analysis) -> dict[str, Any]:
                                "seeds", "condition")} | {"hyperparameters": json.loads(r["key"])}
             for r in threshold_table(a)
         ],  # fmt: skip
+        "minimax": [r.as_dict() for r in a.policies],
     }
 
 

@@ -107,6 +107,8 @@ def plan_audit(
     if "l1" in config.candidates and config.model.name not in ("lasso", "elastic_net") and \
             (config.training.optimizer or "") != "fista":
         raise AuditError("candidates.l1: an L1 term needs model 'lasso' or 'elastic_net' (or training.optimizer 'fista')")
+    if config.minimax is not None and getattr(victim, "build", None) is None:
+        raise AuditError("minimax: λ under attack needs a PyTorch victim (the back-gradient attack unrolls its training)")
     for name in config.defenses:
         if data.task not in DEFENSES[name].tasks:
             raise AuditError(f"defenses: {name!r} does not apply to {data.task} (it supports {', '.join(DEFENSES[name].tasks)})")
@@ -173,6 +175,8 @@ def run_audit(
     store = _prepare_store(plan, restart)
     try:
         _run_grid(plan, store, progress)
+        if config.minimax is not None:
+            run_minimax(plan, store, progress)
     finally:
         store.close()
     return plan.run_dir
@@ -377,3 +381,47 @@ def record_thresholds(store: Store, cfg: AuditConfig, data: Dataset, victim: Vic
         store.put_target(cand, seed, eps_w, metric(data.x_val, data.y_val), metric(data.x_test, data.y_test),
                          th.as_dict(), result.__dict__)  # fmt: skip
 
+
+def minimax_bases(cfg: AuditConfig) -> list[dict[str, Any]]:
+    """The candidates with their ρ left out (λ is what the policies choose), without repeats, in grid order."""
+    out: list[dict[str, Any]] = []
+    for hp in cfg.candidate_grid():
+        base = {k: v for k, v in hp.items() if k != "l2"}
+        if base not in out:
+            out.append(base)
+    return out
+
+
+def run_minimax(plan: RunPlan, store: Store, progress: bool = True) -> None:
+    """The λ-policy stage (:mod:`audit.minimax`): one row per (base, policy, budget, seed), each stored as it ends.
+
+    Resumes like the grid: rows already stored are not recomputed. A failure ends the
+    (base, seed) with its error on stderr; the grid's results stand.
+    """
+    import sys
+
+    from audit.minimax import PolicySettings, policy_rows
+
+    cfg = plan.config
+    spec, attack = cfg.minimax, cfg.minimax_attack()
+    assert spec is not None and attack is not None
+    settings = PolicySettings(dict(attack.params), spec.l2_range, spec.l2_lr, spec.clean_iterations, spec.warm_start,
+                              spec.cv_folds, list(spec.cv_grid), spec.retune())  # fmt: skip
+    stored = store.policy_rows()
+    for base in minimax_bases(cfg):
+        key = candidate_key(base)
+        for seed in cfg.seeds:
+            done = {(r.policy, r.budget): r for r in stored if r.base == key and r.seed == seed}
+            expected = 3 * (len(cfg.budgets) + 1)
+            if len(done) >= expected:
+                continue
+            attack_seed = lambda policy, eps: derive_seed(seed, key, "minimax", policy, eps)  # noqa: E731
+            try:
+                for row in policy_rows(plan.dataset, plan.victim, base, cfg.budgets, seed, key, settings,
+                                       derive_seed(seed, "train"), attack_seed, done):  # fmt: skip
+                    store.put_policy(row)
+                    if progress:
+                        print(f"minimax {row.policy} ε={row.budget:g} seed {seed}: λ={row.lam:.2f} "
+                              f"metric {row.test_metric:.2f} ({row.seconds:.0f} s)", file=sys.stderr)  # fmt: skip
+            except Exception as err:  # noqa: BLE001 - the grid's results stand; the report says what is missing
+                print(f"minimax (seed {seed}) failed: {type(err).__name__}: {err}", file=sys.stderr)

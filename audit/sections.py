@@ -214,3 +214,94 @@ def poison_samples_context(a: Analysis) -> dict[str, Any] | None:
                     "svg": figures.poison_grid(clean, pick["x"], tuple(image_shape), float(data.lo.min()), float(data.hi.max())),
                 })  # fmt: skip
     return {"rows": rows, "grids": grids, "note": note}
+
+
+POLICY_LABELS = {"clean_cv": "λ_CLEAN (5-fold CV, clean)", "retuned": "λ re-tuned on D_val", "rmd": "λ_RMD (minimax)"}
+
+
+def policy_series(a: Analysis) -> dict[str, Any] | None:
+    """Means over seeds per policy and budget (ε = 0: clean): error, λ, ρ, ‖w‖², validation metric.
+
+    The ``fixed`` policies are the grid's candidates under the minimax's back-gradient attack.
+    Error is 100 − accuracy for classification (the paper's Fig. 2), MSE for regression.
+    """
+    if a.config.minimax is None or not a.policies:
+        return None
+    to_error = (lambda m: 100.0 - m) if a.higher_is_better else (lambda m: m)
+    attack = a.config.minimax_attack()
+    n = int(a.meta["dataset"]["n_train"])
+    out: dict[str, dict[str, dict[float, float]]] = {k: {} for k in ("error", "error_std", "lam", "l2", "norm", "val")}
+    for policy, label in POLICY_LABELS.items():
+        for eps in [0.0, *a.config.budgets]:
+            rows = [r for r in a.policies if r.policy == policy and r.budget == eps]
+            if not rows:
+                continue
+            for key, values in (("error", [to_error(r.test_metric) for r in rows]), ("lam", [r.lam for r in rows]),
+                                ("l2", [r.l2 for r in rows]), ("norm", [r.norm_w2 for r in rows]),
+                                ("val", [r.val_metric for r in rows])):  # fmt: skip
+                out[key].setdefault(label, {})[eps] = float(np.mean(values))
+            out["error_std"].setdefault(label, {})[eps] = float(np.std([to_error(r.test_metric) for r in rows]))
+    for s in a.summaries:  # fixed λ: the grid's cells of the same attack
+        if "l2" not in s.hparams or attack is None:
+            continue
+        label = f"fixed {s.label} (λ = {math.log(s.hparams['l2'] * n):.2f})" if s.hparams["l2"] > 0 else f"fixed {s.label}"
+        series = {0.0: to_error(s.clean_test)}
+        for eps in a.config.budgets:
+            st = s.stats.get((attack.key, eps, "none"))
+            if st is not None:
+                series[eps] = to_error(st.poisoned_test)
+        out["error"][label] = series
+    return out
+
+
+def minimax_sentence(a: Analysis, series: dict[str, Any]) -> str:
+    """How λ_RMD moves with the budget, and what the minimax says at the target budget (for the recommendation)."""
+    rmd = series["lam"].get(POLICY_LABELS["rmd"], {})
+    if len(rmd) < 2:
+        return ""
+    lo_eps, hi_eps = min(rmd), max(rmd)
+    rho = series["l2"][POLICY_LABELS["rmd"]]
+    trend = "grows" if rmd[hi_eps] > rmd[lo_eps] + 0.05 else ("falls" if rmd[hi_eps] < rmd[lo_eps] - 0.05 else "stays flat")
+    text = (f"λ under attack (minimax): λ_RMD {trend} from {rmd[lo_eps]:.2f} at ε = {lo_eps:g} to {rmd[hi_eps]:.2f} at "
+            f"ε = {hi_eps:g} (ρ {rho[lo_eps]:.3g} → {rho[hi_eps]:.3g})")  # fmt: skip
+    if trend == "grows":
+        text += ": raise the L2 strength as the expected poisoning grows, re-tuning it on trusted data"
+    target = a.recommendation.target_budget
+    errors = {label: pts[target] for label, pts in series["error"].items() if target in pts}
+    if POLICY_LABELS["rmd"] in errors and len(errors) > 1:
+        unit = " points" if a.higher_is_better else ""
+        name = "test error (%)" if a.higher_is_better else "test MSE"
+        others = ", ".join(f"{k} {_fmt(v)}" for k, v in errors.items() if k != POLICY_LABELS["rmd"])
+        text += (f". At ε = {target:g} the defender that learns λ under attack has {name} "
+                 f"{_fmt(errors[POLICY_LABELS['rmd']])}{unit} against {others} (test figures, not used to choose)")  # fmt: skip
+    return text + "."
+
+
+def minimax_context(a: Analysis) -> dict[str, Any] | None:
+    """The *Hyperparameters under attack* section: Fig. 2 of carnerero-cano-2021 and its table."""
+    series = policy_series(a)
+    if series is None:
+        return None
+    budgets = [0.0, *a.config.budgets]
+    rows = []
+    for label in POLICY_LABELS.values():
+        if label not in series["error"]:
+            continue
+        rows.append({"policy": label, "cells": [
+            {"error": _fmt(series["error"][label].get(e)), "std": _fmt(series["error_std"][label].get(e)),
+             "lam": _fmt(series["lam"][label].get(e)), "l2": f"{series['l2'][label][e]:.3g}" if e in series["l2"][label] else "n/a",
+             "norm": _fmt(series["norm"][label].get(e))} for e in budgets]})  # fmt: skip
+    fixed = [{"policy": label, "cells": [{"error": _fmt(pts.get(e))} for e in budgets]}
+             for label, pts in series["error"].items() if label.startswith("fixed")]  # fmt: skip
+    metric = "error (%)" if a.higher_is_better else "MSE"
+    expected = 3 * (len(a.config.budgets) + 1) * len(a.config.seeds)
+    return {
+        "budgets": [f"{100 * e:g}%" for e in budgets],
+        "rows": rows,
+        "fixed": fixed,
+        "svg": figures.policy_curves(series["error"], series["lam"], series["norm"], metric),
+        "sentence": minimax_sentence(a, series),
+        "missing": max(expected * max(len({r.base for r in a.policies}), 1) - len(a.policies), 0),
+        "attack": a.config.minimax_attack().key,
+        "range": [round(v, 3) for v in a.config.minimax.l2_range],
+    }

@@ -42,6 +42,11 @@ CREATE TABLE IF NOT EXISTS targets (
     val_metric REAL, test_metric REAL, threshold TEXT, gradpc TEXT,
     PRIMARY KEY (candidate, seed, eps_w)
 );
+CREATE TABLE IF NOT EXISTS policies (
+    base TEXT NOT NULL, policy TEXT NOT NULL, budget REAL NOT NULL, seed INTEGER NOT NULL,
+    lam REAL, l2 REAL, norm_w2 REAL, val_metric REAL, test_metric REAL, seconds REAL, diagnostics TEXT,
+    PRIMARY KEY (base, policy, budget, seed)
+);
 CREATE TABLE IF NOT EXISTS cells (
     cell_key TEXT PRIMARY KEY, position INTEGER NOT NULL,
     candidate TEXT NOT NULL, attack TEXT NOT NULL, budget REAL NOT NULL,
@@ -218,6 +223,22 @@ class Store:
         for r in out:
             r["threshold"], r["gradpc"] = json.loads(r["threshold"]), json.loads(r["gradpc"])
         return out
+
+    # ------------------------------------------------------------------ λ policies under attack (minimax)
+    def put_policy(self, row: Any) -> None:
+        """One :class:`audit.minimax.PolicyRow`, in its own transaction."""
+        with self.db:
+            self.db.execute(
+                "INSERT OR REPLACE INTO policies VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (row.base, row.policy, row.budget, row.seed, row.lam, row.l2, row.norm_w2, row.val_metric,
+                 row.test_metric, row.seconds, json.dumps(row.diagnostics)),
+            )  # fmt: skip
+
+    def policy_rows(self) -> list[Any]:
+        from audit.minimax import PolicyRow
+
+        rows = self.db.execute("SELECT * FROM policies ORDER BY rowid").fetchall()
+        return [PolicyRow(*r[:10], diagnostics=json.loads(r[10])) for r in rows]
 
     # ------------------------------------------------------------------ poison cache
     def _poison_path(self, key: str) -> Path:
