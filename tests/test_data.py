@@ -120,3 +120,37 @@ def test_images_of_different_sizes_are_rejected(tmp_path):
         Image.new("L", (size, size)).save(tmp_path / c / "0.png")
     with pytest.raises(AuditError, match="images must share one size"):
         load_dataset(DatasetSpec(name="image_folder", path=str(tmp_path)))
+
+
+def test_class_subset_and_split_counts():
+    """The minimax paper's MNIST '0' vs '8': 512 train / 171 validation, labels relabelled 0 / 1 in the given order."""
+    from audit.config import SplitSpec
+
+    d = load_dataset(DatasetSpec(name="mnist5k", classes=[8, 0], split=SplitSpec(val=171, test=317)))
+    assert (len(d.y_train), len(d.y_val), len(d.y_test)) == (512, 171, 317)
+    assert d.n_classes == 2 and d.notes["classes"] == "8, 0"
+    assert set(np.unique(d.y_train)) == {0, 1}
+    full = load_dataset(DatasetSpec(name="mnist5k"))
+    eights = full.x_train[full.y_train == 8]
+    assert any(np.array_equal(d.x_train[0], e) for e in eights) == (d.y_train[0] == 0)
+
+
+@pytest.mark.parametrize("spec, message", [
+    ({"name": "mnist5k", "classes": [0, 11]}, r"dataset.classes: labels \[11\] do not occur"),
+    ({"name": "diabetes", "classes": [0, 1]}, "dataset.classes: only for classification data"),
+    ({"name": "wine", "split": {"val": 100, "test": 78}}, "100 validation \\+ 78 test points leave no training data of 178"),
+])  # fmt: skip
+def test_class_subset_and_count_errors(spec, message):
+    with pytest.raises(AuditError, match=message):
+        load_dataset(DatasetSpec(**spec))
+
+
+@pytest.mark.parametrize("data, message", [
+    ({"name": "wine", "classes": [0, 0]}, r"dataset.classes: labels repeat"),
+    ({"name": "wine", "split": {"val": 2.5}}, r"split.val: a fraction in \(0, 1\) or a whole count ≥ 1 \(got 2.5\)"),
+])  # fmt: skip
+def test_class_subset_and_count_config_errors(data, message):
+    from audit.config import parse_config
+
+    with pytest.raises(AuditError, match=message):
+        parse_config({"dataset": data})

@@ -18,6 +18,8 @@ CONTRACT_PARAMS = {
                            {"epochs": 5, "target": "label_flip", "target_eps": 0.5}],
     "statp": [{}],
     "optp": [{"iterations": 5}, {"iterations": 3, "init": "boundary_flip", "objective": "train"}],
+    "back_gradient": [{"iterations": 2, "inner_steps": 10}, {"iterations": 2, "inner_steps": 8, "batch_size": 5, "learn_l2": True,
+                                                             "checkpoint_every": 3}],
     "tgda": [{"epochs": 2, "pretrain_epochs": 2, "cg_max_iter": 5, "follower_steps": 2, "batch_size": 40}],
 }
 
