@@ -396,11 +396,13 @@ def run_minimax(plan: RunPlan, store: Store, progress: bool = True) -> None:
     """The λ-policy stage (:mod:`audit.minimax`): one row per (base, policy, budget, seed), each stored as it ends.
 
     Resumes like the grid: rows already stored are not recomputed. A failure ends the
-    (base, seed) with its error on stderr; the grid's results stand.
+    (base, seed); its error goes to stderr and to the store (the report shows it); the grid's
+    results stand.
     """
     import sys
 
     from audit.minimax import PolicySettings, policy_rows
+    from audit.recommend import candidate_label
 
     cfg = plan.config
     spec, attack = cfg.minimax, cfg.minimax_attack()
@@ -408,6 +410,7 @@ def run_minimax(plan: RunPlan, store: Store, progress: bool = True) -> None:
     settings = PolicySettings(dict(attack.params), spec.l2_range, spec.l2_lr, spec.clean_iterations, spec.warm_start,
                               spec.cv_folds, list(spec.cv_grid), spec.retune())  # fmt: skip
     stored = store.policy_rows()
+    errors: dict[str, str] = {}
     for base in minimax_bases(cfg):
         key = candidate_key(base)
         for seed in cfg.seeds:
@@ -423,5 +426,8 @@ def run_minimax(plan: RunPlan, store: Store, progress: bool = True) -> None:
                     if progress:
                         print(f"minimax {row.policy} ε={row.budget:g} seed {seed}: λ={row.lam:.2f} "
                               f"metric {row.test_metric:.2f} ({row.seconds:.0f} s)", file=sys.stderr)  # fmt: skip
-            except Exception as err:  # noqa: BLE001 - the grid's results stand; the report says what is missing
-                print(f"minimax (seed {seed}) failed: {type(err).__name__}: {err}", file=sys.stderr)
+            except Exception as err:  # noqa: BLE001 - the grid's results stand; the report says what failed
+                message = f"{type(err).__name__}: {err}".splitlines()[0]
+                errors[f"{candidate_label(base)}, seed {seed}"] = message
+                print(f"minimax (seed {seed}) failed: {message}", file=sys.stderr)
+    store.set_meta("minimax_errors", errors)

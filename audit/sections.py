@@ -301,6 +301,7 @@ def minimax_context(a: Analysis) -> dict[str, Any] | None:
         "fixed": fixed,
         "svg": figures.policy_curves(series["error"], series["lam"], series["norm"], metric),
         "sentence": minimax_sentence(a, series),
+        "errors": [f"{k}: {v}" for k, v in (a.meta.get("minimax_errors") or {}).items()],
         "missing": max(expected * max(len({r.base for r in a.policies}), 1) - len(a.policies), 0),
         "attack": a.config.minimax_attack().key,
         "range": [round(v, 3) for v in a.config.minimax.l2_range],

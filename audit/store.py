@@ -156,6 +156,11 @@ class Store:
                 [("schema_version", str(STORE_SCHEMA_VERSION))] + [(k, json.dumps(v)) for k, v in meta.items()],
             )
 
+    def set_meta(self, key: str, value: Any) -> None:
+        """One metadata value (JSON-encoded), in its own transaction."""
+        with self.db:
+            self.db.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (key, json.dumps(value)))
+
     def meta(self, key: str) -> Any:
         if not self.path.is_file():
             return None

@@ -136,3 +136,21 @@ def test_cli_bad_minimax_config_exits_2(tmp_path):
     assert result.exit_code == 2
     assert "minimax: needs a back_gradient attack in attacks" in result.output
     assert np.all([not p.is_dir() for p in tmp_path.iterdir()])
+
+
+def test_a_failing_policy_stage_is_reported_and_the_grid_stands(tmp_path, monkeypatch):
+    import audit.minimax
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("hypergradient exploded")
+
+    monkeypatch.setattr(audit.minimax, "learn_log_l2", broken)
+    cfg = minimax_config(tmp_path, budgets=[0.05])
+    run_dir = run_audit(cfg, progress=False)
+    result = CliRunner().invoke(cli, ["report", str(run_dir)])
+    assert result.exit_code == 0, result.output
+    html = (run_dir / "report.html").read_text()
+    assert "The minimax stage failed for default, seed 0: RuntimeError: hypergradient exploded" in html
+    assert {r.policy for r in _rows(run_dir)} == {"clean_cv", "retuned"}  # what finished before is kept
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert all(c["status"] == "ok" for c in summary["cells"])
