@@ -284,10 +284,11 @@ class BackGradient(AuditAttack, PoisoningAttackWhiteBox):
                 lam_result = hypergradients(x_p, y_p)
                 lam = min(max(lam - p.l2_lr * float(lam_result.grads[1]), low), high)
                 l2_curve.append(lam)
-        if p.learn_l2:  # the poisons kept are the last ones: they answer the final λ
-            best = (hypergradients(x_p, y_p).outer, x_p, y_p)
-        final = hypergradients(best[1], best[2])
-        return {"x": best[1].detach(), "y": best[2].detach(), "best": best[0], "curve": curve, "stuck": stuck,
+        # the minimax keeps the last poisons (they answer the final λ); the plain attack its best iterate
+        chosen = (x_p, y_p) if p.learn_l2 else best[1:]
+        final = hypergradients(*chosen)
+        value = final.outer if p.learn_l2 else best[0]
+        return {"x": chosen[0].detach(), "y": chosen[1].detach(), "best": value, "curve": curve, "stuck": stuck,
                 "iterations": len(curve), "log_l2": lam, "l2_curve": l2_curve, "stored_states": final.stored_states,
                 "inner": final.inner_final}  # fmt: skip
 
