@@ -267,11 +267,22 @@ def minimax_sentence(a: Analysis, series: dict[str, Any]) -> str:
     if trend == "grows":
         text += ": raise the L2 strength as the expected poisoning grows, re-tuning it on trusted data"
     target = a.recommendation.target_budget
+    rec, attack = a.recommended(), a.config.minimax_attack()
+    rmd_val = series["val"].get(POLICY_LABELS["rmd"], {}).get(target)
+    st = rec.stats.get((attack.key, target, "none")) if rec is not None and attack is not None else None
+    if rmd_val is not None and st is not None and "l2" in rec.hparams:
+        sign = 1.0 if a.higher_is_better else -1.0
+        better = sign * (rmd_val - st.poisoned_val) > 0
+        text += (f". Against {attack.key} at ε = {target:g}, learning λ under attack "
+                 f"{'beats' if better else 'does not beat'} the recommended fixed {rec.label} on the validation split "
+                 f"({_fmt(rmd_val)} vs {_fmt(st.poisoned_val)})")  # fmt: skip
+        if better:
+            text += f": deploy ρ re-tuned under attack (≈ {series['l2'][POLICY_LABELS['rmd']][target]:.3g} at this budget)"
     errors = {label: pts[target] for label, pts in series["error"].items() if target in pts}
     if POLICY_LABELS["rmd"] in errors and len(errors) > 1:
-        unit = " points" if a.higher_is_better else ""
-        name = "test error (%)" if a.higher_is_better else "test MSE"
-        others = ", ".join(f"{k} {_fmt(v)}" for k, v in errors.items() if k != POLICY_LABELS["rmd"])
+        unit = " %" if a.higher_is_better else ""
+        name = "test error" if a.higher_is_better else "test MSE"
+        others = ", ".join(f"{k} {_fmt(v)}{unit}" for k, v in errors.items() if k != POLICY_LABELS["rmd"])
         text += (f". At ε = {target:g} the defender that learns λ under attack has {name} "
                  f"{_fmt(errors[POLICY_LABELS['rmd']])}{unit} against {others} (test figures, not used to choose)")  # fmt: skip
     return text + "."
