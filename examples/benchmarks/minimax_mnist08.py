@@ -78,7 +78,7 @@ def main() -> None:
     assert series is not None, "the minimax stage left no results"
     fig = policy_figure(series["error"], series["lam"], series["norm"], "error (%)")
     fig.suptitle("MNIST '0' vs '8', logistic regression: back-gradient poisoning against four λ policies "
-                 f"({len(cfg.seeds)} seeds)", fontsize=9)  # fmt: skip
+                 f"({len(cfg.seeds)} seeds)", fontsize=9, y=1.03)  # fmt: skip
     fig.savefig(run_dir / "fig2.png", dpi=110, bbox_inches="tight")
     per_iteration = [json.loads(c.diagnostics)["attack"].get("seconds_per_iteration") for c in a.cells if c.status == "ok"]
     minimax_iter = [r.diagnostics.get("seconds_per_iteration") for r in a.policies if r.policy == "rmd" and r.budget > 0]
