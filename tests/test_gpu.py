@@ -42,3 +42,24 @@ def test_tgda_runs_on_cuda_in_the_box_and_repeats_exactly():
     assert np.all(x1 >= d.lo) and np.all(x1 <= d.hi)
     np.testing.assert_array_equal(x1, x2)
     np.testing.assert_array_equal(y1, y2)
+
+
+def test_back_gradient_minimax_runs_on_cuda_and_repeats_exactly():
+    import numpy as np
+    import torch
+
+    from audit.attacks import ATTACKS, AttackContext
+    from audit.config import DatasetSpec, ModelSpec, TrainingSpec
+    from audit.data import load_dataset
+    from audit.models import build_victim
+
+    d = load_dataset(DatasetSpec(name="breast_cancer"))
+    victim = build_victim(ModelSpec(name="mlp", width=32), TrainingSpec(epochs=5), d, torch.device("cuda"))
+    fitted = victim.fit(d.x_train, d.y_train, {"l2": 1e-3}, 0)
+    params = {"iterations": 3, "inner_steps": 20, "learn_l2": True, "checkpoint_every": 6}
+    runs = [ATTACKS["back_gradient"].for_cell(params, AttackContext(d, victim, fitted, {"l2": 1e-3}, 0.1, 0)) for _ in range(2)]
+    (x1, y1), (x2, y2) = (r.poison(d.x_train, d.y_train) for r in runs)
+    assert np.all(x1 >= d.lo) and np.all(x1 <= d.hi)
+    np.testing.assert_array_equal(x1, x2)
+    np.testing.assert_array_equal(y1, y2)
+    assert runs[0].diagnostics["lambda_rmd"] == runs[1].diagnostics["lambda_rmd"]
