@@ -44,7 +44,7 @@ import torch
 from art.attacks.attack import PoisoningAttackWhiteBox
 from pydantic import Field, model_validator
 
-from audit.attacks.base import AttackContext, AttackParams, AuditAttack, torch_module, victim_l2
+from audit.attacks.base import AttackContext, AttackParams, AuditAttack, check_l2, torch_module, validation_set, victim_l2
 from audit.errors import AuditError
 from audit.hypergrad import FlatModel, functional_objective, rmd, validation_loss
 
@@ -111,7 +111,7 @@ class BackGradient(AuditAttack, PoisoningAttackWhiteBox):
     Notes
     -----
     After :meth:`poison`, ``diagnostics`` holds the objective curve, restarts and seconds
-    per iteration; with ``learn_l2`` also ``log_l2_rmd`` / ``l2_rmd`` (λ_RMD) and its curve.
+    per iteration; with ``learn_l2`` also ``lambda_rmd`` (the paper's λ), ``l2_rmd`` (ρ) and ``lambda_curve``.
     """
 
     name: ClassVar[str] = "back_gradient"
@@ -131,11 +131,8 @@ class BackGradient(AuditAttack, PoisoningAttackWhiteBox):
             raise AuditError(f"The 'task' parameter of BackGradient must be 'classification' or 'regression'. Got {task!r} instead.")
         if task == "classification" and (not isinstance(n_classes, int) or n_classes < 2):
             raise AuditError(f"The 'n_classes' parameter of BackGradient must be an int ≥ 2. Got {n_classes!r} instead.")
-        if l2 < 0:
-            raise AuditError(f"The 'l2' parameter of BackGradient must be ≥ 0. Got {l2!r} instead.")
-        x_val = np.asarray(x_val, dtype=np.float32)
-        if x_val.ndim != 2 or len(x_val) == 0 or np.shape(y_val) != (len(x_val),):
-            raise AuditError(f"BackGradient needs a validation set x_val (m, d), y_val (m,); got {x_val.shape} and {np.shape(y_val)}")
+        check_l2(l2, "BackGradient")
+        x_val = validation_set(x_val, y_val, "BackGradient")
         self.task = task
         self.x_val = x_val
         self.y_val = np.asarray(y_val, dtype=np.int64 if task == "classification" else np.float32)

@@ -49,6 +49,19 @@ def torch_module(estimator: Any, who: str) -> Any:
     return module
 
 
+def validation_set(x_val: Any, y_val: Any, who: str) -> np.ndarray:
+    """``x_val`` as float32 (m, d) with ``y_val`` of shape (m,), m ≥ 1; a one-line error otherwise."""
+    x_val = np.asarray(x_val, dtype=np.float32)
+    if x_val.ndim != 2 or len(x_val) == 0 or np.shape(y_val) != (len(x_val),):
+        raise AuditError(f"{who} needs a validation set x_val (m, d), y_val (m,); got {x_val.shape} and {np.shape(y_val)}")
+    return x_val
+
+
+def check_l2(l2: float, who: str) -> None:
+    if l2 < 0:
+        raise AuditError(f"The 'l2' parameter of {who} must be ≥ 0. Got {l2!r} instead.")
+
+
 def victim_l2(ctx: AttackContext) -> float:
     """The L2 strength ρ the victim trains with for the cell's hyperparameters (0 for scikit-learn victims)."""
     return float(ctx.victim.train_config(ctx.hparams).l2) if hasattr(ctx.victim, "train_config") else 0.0

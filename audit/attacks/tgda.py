@@ -41,7 +41,7 @@ from art.attacks.attack import PoisoningAttackWhiteBox
 from pydantic import Field
 from torch import nn
 
-from audit.attacks.base import AttackContext, AttackParams, AuditAttack, torch_module, victim_l2
+from audit.attacks.base import AttackContext, AttackParams, AuditAttack, check_l2, torch_module, validation_set, victim_l2
 from audit.autodiff import CGResult, conjugate_gradient, flat, objective_hvp
 from audit.errors import AuditError
 from audit.models.generators import build_generator, pretrain_generator
@@ -204,11 +204,8 @@ class TGDA(AuditAttack, PoisoningAttackWhiteBox):
         module = torch_module(estimator, "TGDA")
         if not isinstance(n_classes, int) or n_classes < 2:
             raise AuditError(f"The 'n_classes' parameter of TGDA must be an int ≥ 2. Got {n_classes!r} instead.")
-        if l2 < 0:
-            raise AuditError(f"The 'l2' parameter of TGDA must be ≥ 0. Got {l2!r} instead.")
-        x_val = np.asarray(x_val, dtype=np.float32)
-        if x_val.ndim != 2 or len(x_val) == 0 or np.shape(y_val) != (len(x_val),):
-            raise AuditError(f"TGDA needs a validation set x_val (m, d), y_val (m,); got {x_val.shape} and {np.shape(y_val)}")
+        check_l2(l2, "TGDA")
+        x_val = validation_set(x_val, y_val, "TGDA")
         if self.params.generator == "conv" and (image_shape is None or len(image_shape) != 3):
             raise AuditError("TGDA generator 'conv' needs image data (a dataset with image_shape (C, H, W))")
         self.module = module
