@@ -44,7 +44,7 @@ def run(config: Path | None, output_dir: Path | None, restart: bool, quiet: bool
     """Run (or resume) the audit CONFIG describes; without CONFIG, the embedded default audit."""
     from audit.config import AuditConfig, load_config
     from audit.report import write_report
-    from audit.runner import run_audit
+    from audit.grid.runner import run_audit
 
     cfg = load_config(config) if config is not None else AuditConfig()
     try:
@@ -75,7 +75,7 @@ def report(run_dir: Path) -> None:
 @_user_errors
 def gate(run_dir: Path, budget: float, max_drop: float) -> None:
     """Exit 0 when the recommended setting's worst-case drop at BUDGET is at most MAX-DROP, else 1; writes gate.xml."""
-    from audit.gate import gate as run_gate
+    from audit.report.gate import gate as run_gate
 
     if max_drop < 0:
         raise AuditError(f"--max-drop must be ≥ 0 (got {max_drop:g})")
@@ -101,7 +101,7 @@ def threshold(dataset_name: str, model_name: str, l2: float, width: int | None, 
     """How much poison any attack needs to reach a target model (τ), without running an attack."""
     import json
 
-    from audit.poisonability import compute_threshold_report
+    from audit.grid.threshold import compute_threshold_report
 
     if (target_file is None) == (eps_w is None):
         raise AuditError("give exactly one target: --target FILE or --eps-w X")

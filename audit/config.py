@@ -16,9 +16,17 @@ from typing import Any, Literal
 
 import numpy as np
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import Field, ValidationError, field_validator, model_validator
 
+from audit.attacks import ATTACKS
+from audit.data import DatasetSpec, SplitSpec
+from audit.defenses import DEFENSES
 from audit.errors import AuditError
+from audit.models import MODELS
+from audit.spec import StrictModel, first_error
+
+__all__ = ["AXES", "AttackSpec", "AuditConfig", "DatasetSpec", "ModelSpec", "SplitSpec", "TrainingSpec", "candidate_label",
+           "load_config", "parse_config"]
 
 SCHEMA_VERSION = 1
 
@@ -34,6 +42,18 @@ AXES: dict[str, str] = {
     "batch_size": "mini-batch size, int ≥ 1 (omit for full batch)",
     "momentum": "SGD momentum in [0, 1)",
 }
+
+
+SYMBOLS = {"l2": "ρ", "l1": "λ₁", "width": "width", "depth": "depth", "epochs": "epochs", "lr": "lr", "batch_size": "batch",
+           "momentum": "momentum"}  # fmt: skip
+
+
+def candidate_label(hparams: dict[str, Any]) -> str:
+    """Short human label, e.g. ``ρ=1e-3, width=64``."""
+    if not hparams:
+        return "default"
+    return ", ".join(f"{SYMBOLS.get(k, k)}={v:g}" if isinstance(v, float) else f"{SYMBOLS.get(k, k)}={v}"
+                     for k, v in hparams.items())  # fmt: skip
 
 
 def _check_axis_value(axis: str, value: Any) -> float | int:
@@ -55,61 +75,7 @@ def _check_axis_value(axis: str, value: Any) -> float | int:
     return float(value)
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-class SplitSpec(_Strict):
-    """Validation and test parts of the pooled data (fractions in (0, 1) or counts ≥ 1), and the split seed.
-
-    The paper's MNIST '0' vs '8' split of carnerero-cano-2021 (512 train, 171 validation):
-    ``classes: [0, 8]`` with ``split: {val: 171, test: 317}`` on mnist5k's 1000 such digits.
-    """
-
-    val: float = Field(0.2, gt=0)
-    test: float = Field(0.2, gt=0)
-    seed: int = 0
-
-    @model_validator(mode="after")
-    def _leave_training_data(self) -> SplitSpec:
-        for part in ("val", "test"):
-            value = getattr(self, part)
-            if value >= 1 and int(value) != value:
-                raise ValueError(f"split.{part}: a fraction in (0, 1) or a whole count ≥ 1 (got {value})")
-        fractions = [v for v in (self.val, self.test) if v < 1]
-        if sum(fractions) >= 0.9:
-            raise ValueError(f"split: val + test must be < 0.9 (got {sum(fractions):.2f})")
-        return self
-
-
-class DatasetSpec(_Strict):
-    """A built-in dataset by name, or user data (``npz``, ``csv``, ``image_folder``) from ``path``."""
-
-    name: str
-    path: str | None = None
-    label_column: str | None = None
-    task: Literal["classification", "regression"] | None = None
-    n_samples: int | None = Field(None, ge=10)
-    classes: list[int] | None = Field(None, min_length=2)  # keep these labels only, relabelled 0, 1, … in this order
-    split: SplitSpec = SplitSpec()
-
-    @model_validator(mode="after")
-    def _known(self) -> DatasetSpec:
-        from audit.data import BUILTIN, USER_FORMATS
-
-        valid = sorted(BUILTIN) + sorted(USER_FORMATS)
-        if self.name not in valid:
-            raise ValueError(f"dataset.name: unknown dataset {self.name!r}; valid: {', '.join(valid)}")
-        if self.name in USER_FORMATS and not self.path:
-            raise ValueError(f"dataset.path: required for dataset {self.name!r}")
-        if self.classes is not None and len(set(self.classes)) != len(self.classes):
-            raise ValueError(f"dataset.classes: labels repeat ({self.classes!r})")
-        if self.name == "csv" and not self.label_column:
-            raise ValueError("dataset.label_column: required for csv data (the column holding labels)")
-        return self
-
-
-class ModelSpec(_Strict):
+class ModelSpec(StrictModel):
     """A model of the zoo (``logreg``, ``mlp``, ``cnn``, ``ridge``) or a user factory ``package.module:function``."""
 
     name: str
@@ -119,8 +85,6 @@ class ModelSpec(_Strict):
 
     @model_validator(mode="after")
     def _known(self) -> ModelSpec:
-        from audit.models import MODELS
-
         if self.name not in MODELS:
             raise ValueError(f"model.name: unknown model {self.name!r}; valid: {', '.join(sorted(MODELS))}")
         if self.name == "user" and not self.factory:
@@ -130,7 +94,7 @@ class ModelSpec(_Strict):
         return self
 
 
-class TrainingSpec(_Strict):
+class TrainingSpec(StrictModel):
     """The one training procedure used to pretrain, inside attacks and to retrain.
 
     Fields left out take the model's defaults (see :data:`audit.models.zoo.TRAINING_DEFAULTS`).
@@ -145,7 +109,7 @@ class TrainingSpec(_Strict):
     batch_size: int | None = Field(None, ge=1)
 
 
-class AttackSpec(_Strict):
+class AttackSpec(StrictModel):
     """One attack of the grid: registry name, an optional display id and its parameters."""
 
     name: str
@@ -154,14 +118,12 @@ class AttackSpec(_Strict):
 
     @model_validator(mode="after")
     def _known(self) -> AttackSpec:
-        from audit.attacks import ATTACKS
-
         if self.name not in ATTACKS:
             raise ValueError(f"attacks: unknown attack {self.name!r}; valid: {', '.join(sorted(ATTACKS))}")
         try:
             ATTACKS[self.name].Params.model_validate(self.params)
         except ValidationError as err:
-            raise ValueError(f"attacks.{self.name}.params: {_first_error(err)}") from None
+            raise ValueError(f"attacks.{self.name}.params: {first_error(err)}") from None
         return self
 
     @property
@@ -174,7 +136,7 @@ class AttackSpec(_Strict):
         return self.name + "[" + ",".join(f"{k}={v}" for k, v in sorted(self.params.items())) + "]"
 
 
-class PoisonabilitySpec(_Strict):
+class PoisonabilitySpec(StrictModel):
     """Thresholds τ of GradPC target models, per candidate and seed, computed after clean training.
 
     ``enabled: auto`` computes them for torch classifiers (they need the model's logits).
@@ -193,7 +155,7 @@ class PoisonabilitySpec(_Strict):
         return sorted(value)
 
 
-class RecommendationSpec(_Strict):
+class RecommendationSpec(StrictModel):
     """How the deployed setting is chosen: best worst-case validation metric at ``target_budget``
     among candidates whose clean validation accuracy is within ``clean_tolerance`` points of the best."""
 
@@ -201,7 +163,7 @@ class RecommendationSpec(_Strict):
     clean_tolerance: float = Field(1.0, ge=0)
 
 
-class MinimaxSpec(_Strict):
+class MinimaxSpec(StrictModel):
     """λ under attack (carnerero-cano-2021): the defender policies λ_CLEAN, λ re-tuned on D_val and λ_RMD.
 
     λ is the paper's log strength on a summed loss: the audit's ρ = e^λ / N on N training
@@ -235,7 +197,7 @@ class MinimaxSpec(_Strict):
         return [float(v) for v in np.linspace(low, high, 12)]
 
 
-class AuditConfig(_Strict):
+class AuditConfig(StrictModel):
     """A whole audit. Defaults give the embedded default audit (``poison-audit run``)."""
 
     name: str = Field("default", pattern=r"^[A-Za-z0-9_.\-]+$")
@@ -286,8 +248,6 @@ class AuditConfig(_Strict):
     @field_validator("defenses")
     @classmethod
     def _defenses(cls, value: list[str]) -> list[str]:
-        from audit.defenses import DEFENSES
-
         for name in value:
             if name not in DEFENSES:
                 raise ValueError(f"defenses: unknown defense {name!r}; valid: {', '.join(sorted(DEFENSES))}")
@@ -347,19 +307,6 @@ class AuditConfig(_Strict):
         return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def _first_error(err: ValidationError) -> str:
-    first = err.errors()[0]
-    loc = ""
-    for part in first["loc"]:
-        loc += f"[{part}]" if isinstance(part, int) else (f".{part}" if loc else str(part))
-    msg = first["msg"].removeprefix("Value error, ")
-    if first["type"] in ("value_error", "assertion_error"):
-        return msg if msg.split(":")[0] in loc or not loc else f"{loc}: {msg}"
-    got = first.get("input")
-    shown = repr(got) if not isinstance(got, dict) else "a mapping"
-    return f"{loc}: {msg} (got {shown})" if loc else f"{msg} (got {shown})"
-
-
 def parse_config(data: dict[str, Any] | None, source: str = "config") -> AuditConfig:
     """Validate a mapping into an :class:`AuditConfig`; raise :class:`AuditError` with one line."""
     if data is None:
@@ -369,7 +316,7 @@ def parse_config(data: dict[str, Any] | None, source: str = "config") -> AuditCo
     try:
         return AuditConfig.model_validate(data)
     except ValidationError as err:
-        raise AuditError(f"{source}: {_first_error(err)}") from None
+        raise AuditError(f"{source}: {first_error(err)}") from None
 
 
 def load_config(path: str | Path) -> AuditConfig:

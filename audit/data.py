@@ -10,14 +10,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable
+from typing import Callable, Literal
 
 import numpy as np
+from pydantic import Field, model_validator
 
 from audit.errors import AuditError
-
-if TYPE_CHECKING:
-    from audit.config import DatasetSpec
+from audit.spec import StrictModel
 
 
 @dataclass(frozen=True)
@@ -268,6 +267,54 @@ def _check_labels(splits: dict[str, np.ndarray]) -> int:
         if len(bad):
             raise AuditError(f"{name}: labels must lie in 0..{c - 1} (got {bad[0]:g})")
     return c
+
+
+class SplitSpec(StrictModel):
+    """Validation and test parts of the pooled data (fractions in (0, 1) or counts ≥ 1), and the split seed.
+
+    The paper's MNIST '0' vs '8' split of carnerero-cano-2021 (512 train, 171 validation):
+    ``classes: [0, 8]`` with ``split: {val: 171, test: 317}`` on mnist5k's 1000 such digits.
+    """
+
+    val: float = Field(0.2, gt=0)
+    test: float = Field(0.2, gt=0)
+    seed: int = 0
+
+    @model_validator(mode="after")
+    def _leave_training_data(self) -> SplitSpec:
+        for part in ("val", "test"):
+            value = getattr(self, part)
+            if value >= 1 and int(value) != value:
+                raise ValueError(f"split.{part}: a fraction in (0, 1) or a whole count ≥ 1 (got {value})")
+        fractions = [v for v in (self.val, self.test) if v < 1]
+        if sum(fractions) >= 0.9:
+            raise ValueError(f"split: val + test must be < 0.9 (got {sum(fractions):.2f})")
+        return self
+
+
+class DatasetSpec(StrictModel):
+    """A built-in dataset by name, or user data (``npz``, ``csv``, ``image_folder``) from ``path``."""
+
+    name: str
+    path: str | None = None
+    label_column: str | None = None
+    task: Literal["classification", "regression"] | None = None
+    n_samples: int | None = Field(None, ge=10)
+    classes: list[int] | None = Field(None, min_length=2)  # keep these labels only, relabelled 0, 1, … in this order
+    split: SplitSpec = SplitSpec()
+
+    @model_validator(mode="after")
+    def _known(self) -> DatasetSpec:
+        valid = sorted(BUILTIN) + sorted(USER_FORMATS)
+        if self.name not in valid:
+            raise ValueError(f"dataset.name: unknown dataset {self.name!r}; valid: {', '.join(valid)}")
+        if self.name in USER_FORMATS and not self.path:
+            raise ValueError(f"dataset.path: required for dataset {self.name!r}")
+        if self.classes is not None and len(set(self.classes)) != len(self.classes):
+            raise ValueError(f"dataset.classes: labels repeat ({self.classes!r})")
+        if self.name == "csv" and not self.label_column:
+            raise ValueError("dataset.label_column: required for csv data (the column holding labels)")
+        return self
 
 
 def load_dataset(spec: DatasetSpec) -> Dataset:

@@ -16,9 +16,9 @@ from torch import nn
 
 from audit.config import parse_config
 from audit.data import Dataset, split_pool
-from audit.gate import gate
+from audit.report.gate import gate
 from audit.report import write_report
-from audit.runner import run_audit
+from audit.grid.runner import run_audit
 
 
 def my_data() -> Dataset:

@@ -49,7 +49,7 @@ def chromium_path() -> str | None:
 
 def stored_cells(run_dir: Path) -> list:
     """The cells of a run directory's store, in grid order."""
-    from audit.store import Store
+    from audit.grid.store import Store
 
     store = Store.open_existing(run_dir)
     try:

@@ -16,7 +16,7 @@ CPU = torch.device("cpu")
 
 def _mixed(n_samples=None):
     d = load_dataset(DatasetSpec(name="breast_cancer", n_samples=n_samples))
-    x_p, y_p = LabelFlip(0.1, 2, seed=0).poison(d.x_train, d.y_train)
+    x_p, y_p = LabelFlip(budget=0.1, n_classes=2, seed=0).poison(d.x_train, d.y_train)
     return d, np.concatenate([d.x_train, x_p]), np.concatenate([d.y_train, y_p]), len(d.y_train)
 
 

@@ -10,7 +10,7 @@ from audit.defenses import DEFENSES, Huber, NoDefense, Ransac, Trim
 from audit.errors import AuditError
 from audit.models import build_victim
 from audit.models.victim import TorchVictim
-from audit.runner import run_audit
+from audit.grid.runner import run_audit
 from tests.conftest import stored_cells, tiny_config
 
 CPU = torch.device("cpu")

@@ -7,7 +7,7 @@ from audit.data import load_dataset
 from audit.defenses.dpa import DeepPartitionAggregation, certificate, partition_of
 from audit.errors import AuditError
 from audit.models import build_victim
-from audit.runner import run_audit
+from audit.grid.runner import run_audit
 from tests.conftest import stored_cells, tiny_config
 
 CPU = torch.device("cpu")

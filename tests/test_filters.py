@@ -8,7 +8,7 @@ from audit.defenses import DEFENSES, InfluenceFilter, LossFilter, Sever
 from audit.defenses.filters import sever_scores
 from audit.errors import AuditError
 from audit.models import build_victim
-from audit.runner import run_audit
+from audit.grid.runner import run_audit
 from tests.conftest import stored_cells, tiny_config
 
 CPU = torch.device("cpu")
@@ -36,7 +36,7 @@ def planted():
 
     d = load_dataset(DatasetSpec(name="breast_cancer"))
     victim = build_victim(ModelSpec(name="logreg"), TrainingSpec(epochs=200), d, CPU)
-    x_p, y_p = LabelFlip(0.1, 2, seed=0).poison(d.x_train, d.y_train)
+    x_p, y_p = LabelFlip(budget=0.1, n_classes=2, seed=0).poison(d.x_train, d.y_train)
     x = np.concatenate([d.x_train, x_p])
     y = np.concatenate([d.y_train, y_p])
     return d, victim, x, y, len(d.y_train)
@@ -98,7 +98,7 @@ def test_recommendation_weighs_defenses_with_their_clean_cost(tmp_path):
     import json
 
     from audit.report import write_report
-    from audit.store import Store
+    from audit.grid.store import Store
 
     cfg = tiny_config(defenses=["none", "loss_filter"], attacks=[{"name": "label_flip", "params": {"variant": "adversarial"}}],
                       candidates={"l2": [1e-3, 1e-2]}, budgets=[0.1, 0.3])  # fmt: skip

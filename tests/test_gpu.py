@@ -3,7 +3,7 @@
 import pytest
 
 from audit.config import parse_config
-from audit.runner import run_audit
+from audit.grid.runner import run_audit
 from tests.conftest import stored_cells as _cells, tiny_config
 
 pytestmark = pytest.mark.gpu

@@ -6,7 +6,7 @@ import math
 import pytest
 import torch
 
-from audit.hypergrad import FlatModel, functional_objective, rmd, unroll, validation_loss
+from audit.maths.hypergrad import FlatModel, functional_objective, rmd, unroll, validation_loss
 from audit.models.zoo import MLP, LogReg, Ridge
 
 

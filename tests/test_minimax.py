@@ -11,9 +11,9 @@ from click.testing import CliRunner
 from audit.cli import cli
 from audit.config import parse_config
 from audit.errors import AuditError
-from audit.minimax import lam_of, rho, select
-from audit.runner import plan_audit, run_audit
-from audit.store import Store
+from audit.grid.minimax import lam_of, rho, select
+from audit.grid.runner import plan_audit, run_audit
+from audit.grid.store import Store
 
 
 def minimax_config(tmp_path, **overrides):
@@ -139,12 +139,12 @@ def test_cli_bad_minimax_config_exits_2(tmp_path):
 
 
 def test_a_failing_policy_stage_is_reported_and_the_grid_stands(tmp_path, monkeypatch):
-    import audit.minimax
+    import audit.grid.minimax
 
     def broken(*args, **kwargs):
         raise RuntimeError("hypergradient exploded")
 
-    monkeypatch.setattr(audit.minimax, "learn_log_l2", broken)
+    monkeypatch.setattr(audit.grid.minimax, "learn_log_l2", broken)
     cfg = minimax_config(tmp_path, budgets=[0.05])
     run_dir = run_audit(cfg, progress=False)
     result = CliRunner().invoke(cli, ["report", str(run_dir)])

@@ -9,7 +9,7 @@ from audit.config import DatasetSpec, ModelSpec, TrainingSpec
 from audit.data import load_dataset
 from audit.models import build_victim
 from audit.models.zoo import MLP, LogReg
-from audit.poisonability import (
+from audit.maths.poisonability import (
     eps_upper, gradpc, kappa, margin_term, scale_output_layer, scale_to_budget, tau_rho, thresholds,
 )  # fmt: skip
 

@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 
 from audit.config import parse_config
-from audit.gate import gate
+from audit.report.gate import gate
 from audit.report import templates_dir, write_report
-from audit.runner import run_audit
+from audit.grid.runner import run_audit
 from tests.conftest import chromium_path, tiny_config
 
 

@@ -16,7 +16,7 @@ from audit.attacks import LabelFlip
 from audit.config import parse_config
 from audit.defenses import Defense, DefenseResult
 from audit.errors import AuditError
-from audit.runner import run_audit
+from audit.grid.runner import run_audit
 from tests.conftest import stored_cells as _cells, tiny_config, write_yaml
 
 

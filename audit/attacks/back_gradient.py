@@ -12,7 +12,7 @@ diverges at its own λ = log 200 (ρ = 200, η·ρ = 20 > 2; measured), with a s
 λ ranges, starting points and reported λ_RMD are in the paper's units; the unrolled run
 works in log ρ. (A binary softmax over two outputs equals a sigmoid with half the ρ.)
 Hypergradients ``∇_{X_p} A`` and ``∂A/∂λ`` come from reverse-mode differentiation of the
-unrolled run (:mod:`audit.hypergrad`). Every iteration updates all poisons together
+unrolled run (:mod:`audit.maths.hypergrad`). Every iteration updates all poisons together
 (``batch_size`` optimises them in consecutive batches instead, the paper's 17 at a time, each
 batch with the earlier ones fixed in the training set):
 
@@ -44,9 +44,11 @@ import torch
 from art.attacks.attack import PoisoningAttackWhiteBox
 from pydantic import Field, model_validator
 
-from audit.attacks.base import AttackContext, AttackParams, AuditAttack, check_l2, torch_module, validation_set, victim_l2
+from audit.attacks.base import AttackContext, AttackParams, AuditAttack, PoisonInput, check_l2, torch_module, validation_set
 from audit.errors import AuditError
-from audit.hypergrad import FlatModel, functional_objective, rmd, validation_loss
+from audit.maths.hypergrad import FlatModel, functional_objective, rmd, validation_loss
+from audit.models.training import lambda_shift
+from audit.seeding import seeded_init
 
 PAPER_L2_RANGE = (-8.0, math.log(200.0))
 PAPER_CLEAN_WARM_START = math.log(5.0)
@@ -100,8 +102,8 @@ class BackGradient(AuditAttack, PoisoningAttackWhiteBox):
     n_classes : int or None
     l2 : float
         The defender's ρ (λ = log ρ); with ``learn_l2`` only the starting point.
-    lo, hi : ndarray, shape (d,)
-        Feature box.
+    box : (ndarray, ndarray) or None
+        Feature box ``(lo, hi)``, each of shape (d,).
     y_range : (float, float)
         Response range (regression).
     seed : int
@@ -121,11 +123,11 @@ class BackGradient(AuditAttack, PoisoningAttackWhiteBox):
     attack_params = PoisoningAttackWhiteBox.attack_params + ["budget", "l2", "seed"]
     _estimator_requirements = ()
 
-    def __init__(self, estimator: Any, x_val: np.ndarray, y_val: np.ndarray, budget: float, task: str = "classification",
-                 n_classes: int | None = 2, l2: float = 0.0, lo: np.ndarray | None = None, hi: np.ndarray | None = None,
+    def __init__(self, estimator: Any, *, x_val: np.ndarray, y_val: np.ndarray, budget: float, task: str = "classification",
+                 n_classes: int | None = 2, l2: float = 0.0, box: tuple[Any, Any] | None = None,
                  y_range: tuple[float, float] | None = None, seed: int = 0, **params: Any) -> None:  # fmt: skip
-        PoisoningAttackWhiteBox.__init__(self, estimator)
-        self._init_contract(budget, seed, lo, hi, n_classes if task == "classification" else None, params)
+        super().__init__(estimator, budget=budget, seed=seed, box=box,
+                         n_classes=n_classes if task == "classification" else None, **params)  # fmt: skip
         self.module = torch_module(estimator, "BackGradient")
         if task not in ("classification", "regression"):
             raise AuditError(f"The 'task' parameter of BackGradient must be 'classification' or 'regression'. Got {task!r} instead.")
@@ -141,13 +143,11 @@ class BackGradient(AuditAttack, PoisoningAttackWhiteBox):
 
     @classmethod
     def for_cell(cls, params: dict[str, Any], ctx: AttackContext) -> BackGradient:
-        module = getattr(ctx.fitted, "module", None)
-        if module is None:
-            raise AuditError("back_gradient needs a PyTorch victim (an nn.Module), not a scikit-learn estimator")
+        module = ctx.fitted.require_module("back_gradient")
         data = ctx.dataset
         y_range = (float(data.y_train.min()), float(data.y_train.max())) if data.task == "regression" else None
-        return cls(module, data.x_val, data.y_val, ctx.budget, data.task, data.n_classes, victim_l2(ctx), data.lo,
-                   data.hi, y_range, ctx.seed, **params)  # fmt: skip
+        return cls(module, x_val=data.x_val, y_val=data.y_val, budget=ctx.budget, task=data.task, n_classes=data.n_classes,
+                   l2=ctx.l2, box=ctx.box, y_range=y_range, seed=ctx.seed, **params)  # fmt: skip
 
     # ------------------------------------------------------------------ pieces
     def _tensors(self, x: np.ndarray, y: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
@@ -157,14 +157,14 @@ class BackGradient(AuditAttack, PoisoningAttackWhiteBox):
 
     def initial_weights(self, model: FlatModel) -> torch.Tensor:
         """``w_0`` of the unrolled run: zeros for a linear model, else a fresh seeded initialisation."""
-        from audit.attacks.tgda import is_convex_linear
+        from audit.models.structure import is_convex_linear
         from audit.models.victim import reinitialise
 
         kind = self.params.init_weights
         if kind == "zeros" or (kind == "auto" and is_convex_linear(self.module)):
             return torch.zeros_like(model.reg_mask)
-        torch.manual_seed(self.seed)
-        return FlatModel.of(reinitialise(self.module)).flat()
+        with seeded_init(self.seed):
+            return FlatModel.of(reinitialise(self.module)).flat()
 
     def _clones(self, idx: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
         """Validation points ``idx`` with flipped labels (classification) or boundary responses (regression)."""
@@ -180,9 +180,10 @@ class BackGradient(AuditAttack, PoisoningAttackWhiteBox):
         return self._tensors(x0, np.where(y0 - lo >= hi - y0, lo, hi).astype(np.float32))
 
     # ------------------------------------------------------------------ the attack
-    def _run(self, x: np.ndarray, y: np.ndarray, n_poison: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    def _run(self, task: PoisonInput) -> tuple[np.ndarray, np.ndarray]:
         p = self.params
-        xt, yt = self._tensors(x, y)
+        x, n_poison, rng = task.x, task.n_poison, task.rng
+        xt, yt = task.x_t, task.y_t
         xv, yv = self._tensors(self.x_val, self.y_val)
         order = list(rng.permutation(len(self.x_val)))  # clones are drawn without duplicates, restarts included
         if n_poison > len(order):
@@ -191,11 +192,11 @@ class BackGradient(AuditAttack, PoisoningAttackWhiteBox):
         fixed_x, fixed_y = xt[:0], yt[:0]
         n_total = len(x) + n_poison
         if p.learn_l2 and p.l2_init is not None:
-            log_l2 = p.l2_init - math.log(n_total)
+            log_l2 = p.l2_init - lambda_shift(n_total)
         elif self.l2 > 0:
             log_l2 = math.log(self.l2)
         else:
-            log_l2 = PAPER_CLEAN_WARM_START - math.log(n_total) if p.learn_l2 else -math.inf
+            log_l2 = PAPER_CLEAN_WARM_START - lambda_shift(n_total) if p.learn_l2 else -math.inf
         runs = []
         start = time.perf_counter()
         for b0 in range(0, n_poison, batch):
@@ -217,7 +218,7 @@ class BackGradient(AuditAttack, PoisoningAttackWhiteBox):
             inner_objective=runs[-1]["inner"],
         )
         if p.learn_l2:
-            shift = math.log(n_total)  # reported in the paper's λ = log(ρ·N)
+            shift = lambda_shift(n_total)  # reported in the paper's λ = log(ρ·N)
             self.diagnostics.update(lambda_rmd=log_l2 + shift, l2_rmd=math.exp(log_l2),
                                     lambda_curve=[v + shift for r in runs for v in r["l2_curve"]])  # fmt: skip
         return fixed_x.float().cpu().numpy(), fixed_y.cpu().numpy()
@@ -251,7 +252,7 @@ class BackGradient(AuditAttack, PoisoningAttackWhiteBox):
         lo, hi = lo.to(xt.device), hi.to(xt.device)
         learn_response = self.task == "regression" and p.optimize_response
         inner = functional_objective(model, xt, yt, self.task, None if learn_response else y_p, fixed_x, fixed_y)
-        shift = math.log(len(xt) + len(fixed_x) + len(x_p))  # log ρ = λ − log N
+        shift = lambda_shift(len(xt) + len(fixed_x) + len(x_p))  # log ρ = λ − log N
         low, high = p.l2_range[0] - shift, p.l2_range[1] - shift
         lam = min(max(log_l2, low), high) if p.learn_l2 else log_l2
         lam_t = lambda: torch.tensor(lam if math.isfinite(lam) else -1e4, dtype=xt.dtype, device=xt.device)  # noqa: E731
@@ -298,15 +299,16 @@ def learn_log_l2(module: Any, x: np.ndarray, y: np.ndarray, x_val: np.ndarray, y
 
     λ, ``init`` and ``l2_range`` are the paper's λ = log(ρ·n). Returns the final λ and its curve.
     """
-    attack = BackGradient(module, x_val, y_val, 1.0, task, None if task == "regression" else int(np.max(y) + 1),
-                          seed=seed, inner_steps=inner_steps, inner_lr=inner_lr, init_weights=init_weights)  # fmt: skip
+    n_classes = None if task == "regression" else int(np.max(y) + 1)
+    attack = BackGradient(module, x_val=x_val, y_val=y_val, budget=1.0, task=task, n_classes=n_classes, seed=seed,
+                          inner_steps=inner_steps, inner_lr=inner_lr, init_weights=init_weights)  # fmt: skip
     xt, yt = attack._tensors(np.asarray(x, np.float32), y)
     xv, yv = attack._tensors(attack.x_val, attack.y_val)
     model = FlatModel.of(copy.deepcopy(attack.module))
     w0 = attack.initial_weights(model)
     inner = functional_objective(model, xt, yt, task, yt[:0])
     outer = validation_loss(model, xv, yv, task)
-    shift = math.log(len(yt))
+    shift = lambda_shift(len(yt))
     lam, curve = min(max(init, l2_range[0]), l2_range[1]), []
     no_poison = xt[:0]
     for _ in range(iterations):

@@ -27,10 +27,11 @@ from art.attacks.attack import PoisoningAttackWhiteBox
 from pydantic import Field
 from torch import nn
 
-from audit.attacks.base import AttackContext, AttackParams, AuditAttack, torch_module, victim_l2
+from audit.attacks.base import AttackContext, AttackParams, AuditAttack, PoisonInput, check_l2, torch_module
 from audit.errors import AuditError
 from audit.models.training import data_loss
-from audit.poisonability import gradpc, module_metric, scale_output_layer, scale_to_budget, thresholds
+from audit.maths.poisonability import gradpc_target as target_by_gradpc
+from audit.maths.poisonability import module_metric, scale_output_layer, scale_to_budget, thresholds
 
 
 class GCParams(AttackParams):
@@ -128,18 +129,17 @@ class GradientCanceling(AuditAttack, PoisoningAttackWhiteBox):
     def __init__(
         self,
         estimator: Any,
+        *,
         target_model: Any,
         budget: float,
         task: str = "classification",
         l2: float = 0.0,
-        lo: np.ndarray | None = None,
-        hi: np.ndarray | None = None,
+        box: tuple[Any, Any] | None = None,
         seed: int = 0,
         n_classes: int | None = None,
         **params: Any,
     ) -> None:
-        PoisoningAttackWhiteBox.__init__(self, estimator)
-        self._init_contract(budget, seed, lo, hi, n_classes, params)
+        super().__init__(estimator, budget=budget, seed=seed, box=box, n_classes=n_classes, **params)
         module = torch_module(estimator, "GradientCanceling")
         target = target_model
         if isinstance(target, dict):
@@ -151,8 +151,7 @@ class GradientCanceling(AuditAttack, PoisoningAttackWhiteBox):
                 raise AuditError(f"GradientCanceling: the target state dict does not fit the model ({str(err).splitlines()[0]})") from None
         if not isinstance(target, nn.Module):
             raise AuditError(f"GradientCanceling: target must be an nn.Module or a state dict (got {type(target).__name__})")
-        if l2 < 0:
-            raise AuditError(f"The 'l2' parameter of GradientCanceling must be ≥ 0. Got {l2!r} instead.")
+        check_l2(l2, "GradientCanceling")
         self.target = target.eval()
         self.task = task
         self.l2 = float(l2)
@@ -160,12 +159,10 @@ class GradientCanceling(AuditAttack, PoisoningAttackWhiteBox):
     @classmethod
     def for_cell(cls, params: dict[str, Any], ctx: AttackContext) -> GradientCanceling:
         fitted = ctx.fitted
-        module = getattr(fitted, "module", None)
-        if module is None:
-            raise AuditError("gradient_canceling needs a torch victim (not a scikit-learn estimator)")
+        module = fitted.require_module("gradient_canceling")
         p = GCParams.model_validate(params)
         data = ctx.dataset
-        l2 = victim_l2(ctx)
+        l2 = ctx.l2
         if p.target == "file":
             if not p.target_file or not Path(p.target_file).is_file():
                 raise AuditError(f"gradient_canceling.target_file not found: {p.target_file}")
@@ -178,8 +175,9 @@ class GradientCanceling(AuditAttack, PoisoningAttackWhiteBox):
             target, origin = target_by_label_flip(ctx, p.target_eps)
         else:
             target, origin = auto_target(fitted, data, ctx.budget, l2, p.eps_w_grid, p.gradpc_steps)
-        lo, hi = (data.lo, data.hi) if p.box == "data" else (None, None)
-        attack = cls(module, target, ctx.budget, data.task, l2, lo, hi, ctx.seed, data.n_classes, **params)
+        box = ctx.box if p.box == "data" else None
+        attack = cls(module, target_model=target, budget=ctx.budget, task=data.task, l2=l2, box=box, seed=ctx.seed,
+                     n_classes=data.n_classes, **params)  # fmt: skip
         attack.diagnostics.update(origin)
         attack.diagnostics["target_val_metric"] = module_metric(attack.target, data.x_val, data.y_val, data.task)
         attack.diagnostics["target_test_metric"] = module_metric(attack.target, data.x_test, data.y_test, data.task)
@@ -187,19 +185,25 @@ class GradientCanceling(AuditAttack, PoisoningAttackWhiteBox):
                                                      data.n_classes).as_dict()  # fmt: skip
         return attack
 
-    def _run(self, x: np.ndarray, y: np.ndarray, n_poison: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    @property
+    def is_classification(self) -> bool:
+        return self.task == "classification"
+
+    def device(self) -> tuple[torch.device, torch.dtype]:
+        return next(self.target.parameters()).device, torch.float32
+
+    def _run(self, task: PoisonInput) -> tuple[np.ndarray, np.ndarray]:
         p = self.params
-        device = next(self.target.parameters()).device
-        n = len(x)
+        device = task.device
+        n, n_poison = len(task.x), task.n_poison
         eps = n_poison / n
-        idx = rng.choice(n, size=n_poison, replace=n_poison > n)  # Algorithm 1, line 1
-        label_dtype = torch.long if self.task == "classification" else torch.float32
-        xt = torch.as_tensor(x, dtype=torch.float32, device=device)
-        yt = torch.as_tensor(y, dtype=label_dtype, device=device)
+        idx = task.rng.choice(n, size=n_poison, replace=n_poison > n)  # Algorithm 1, line 1
+        xt = task.x_t
+        yt = task.y_t
         labels = yt[torch.as_tensor(idx, device=device)]
         z = xt[torch.as_tensor(idx, device=device)].clone()
-        lo = None if self.lo is None else torch.as_tensor(self.lo, dtype=torch.float32, device=device)
-        hi = None if self.hi is None else torch.as_tensor(self.hi, dtype=torch.float32, device=device)
+        lo = None if self.lo is None else task.tensor(self.lo, torch.float32)
+        hi = None if self.hi is None else task.tensor(self.hi, torch.float32)
         for q in self.target.parameters():
             q.requires_grad_(True)
         g_mu = mean_gradient(self.target, xt, yt, self.task)
@@ -244,14 +248,6 @@ class GradientCanceling(AuditAttack, PoisoningAttackWhiteBox):
         return z.detach().cpu().numpy(), labels.cpu().numpy()
 
 
-def target_by_gradpc(fitted: Any, data: Any, eps_w: float, steps: int) -> tuple[nn.Module, Any]:
-    """GradPC target for a fitted victim, cached on it (one per ε_w: budgets and attacks share it)."""
-    cache = fitted.__dict__.setdefault("_gradpc_targets", {})
-    if (eps_w, steps) not in cache:
-        cache[(eps_w, steps)] = gradpc(fitted.module, data.x_val, data.y_val, data.task, eps_w, steps=steps)
-    return cache[(eps_w, steps)]
-
-
 def auto_target(fitted: Any, data: Any, eps: float, l2: float, eps_w_grid: list[float], steps: int) -> tuple[nn.Module, dict]:
     """The most damaging target the necessary condition does not rule out at budget ``eps``.
 
@@ -286,11 +282,11 @@ def target_by_label_flip(ctx: AttackContext, target_eps: float) -> tuple[nn.Modu
     data, fitted = ctx.dataset, ctx.fitted
     if data.task != "classification":
         raise AuditError("gradient_canceling target 'label_flip' needs a classification task")
-    cache = fitted.__dict__.setdefault("_label_flip_targets", {})
-    if target_eps not in cache:
-        flip = LabelFlip(target_eps, data.n_classes, estimator=fitted.to_art(), seed=ctx.seed, variant="adversarial")
+    key = ("label_flip", target_eps)
+    if key not in fitted.cache:
+        flip = LabelFlip(fitted.to_art(), budget=target_eps, n_classes=data.n_classes, seed=ctx.seed, variant="adversarial")
         x_p, y_p = flip.poison(data.x_train, data.y_train)
         seed = int(ctx.seed) % (2**31)
         poisoned = ctx.victim.fit(np.concatenate([data.x_train, x_p]), np.concatenate([data.y_train, y_p]), ctx.hparams, seed)
-        cache[target_eps] = poisoned.module
-    return copy.deepcopy(cache[target_eps]).eval(), {"target": "label_flip", "target_eps": target_eps}
+        fitted.cache[key] = poisoned.require_module("gradient_canceling")
+    return copy.deepcopy(fitted.cache[key]).eval(), {"target": "label_flip", "target_eps": target_eps}

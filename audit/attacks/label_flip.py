@@ -18,7 +18,7 @@ from typing import Any, ClassVar, Literal
 import numpy as np
 from art.attacks.attack import PoisoningAttackBlackBox
 
-from audit.attacks.base import AttackContext, AttackParams, AuditAttack
+from audit.attacks.base import AttackContext, AttackParams, AuditAttack, PoisonInput, check_n_classes
 from audit.errors import AuditError
 
 
@@ -43,12 +43,12 @@ class LabelFlip(AuditAttack, PoisoningAttackBlackBox):
 
     Parameters
     ----------
+    estimator : ART classifier, optional
+        Queried (``predict`` only) by the adversarial variant for per-class losses.
     budget : float
         ε in (0, 1]: ``round(ε·n)`` poisons are returned for ``n`` training points.
     n_classes : int
         Number of classes c.
-    estimator : ART classifier, optional
-        Queried (``predict`` only) by the adversarial variant for per-class losses.
     seed : int
         Seeds the choice of points and labels.
     variant, mapping, selection : str
@@ -61,18 +61,8 @@ class LabelFlip(AuditAttack, PoisoningAttackBlackBox):
     attack_params = PoisoningAttackBlackBox.attack_params + ["budget", "variant", "mapping", "selection", "seed"]
     _estimator_requirements = ()
 
-    def __init__(
-        self,
-        budget: float,
-        n_classes: int,
-        estimator: Any = None,
-        seed: int = 0,
-        **params: Any,
-    ) -> None:
-        PoisoningAttackBlackBox.__init__(self)
-        self._init_contract(budget, seed, None, None, n_classes, params)
-        if not isinstance(n_classes, int) or n_classes < 2:
-            raise AuditError(f"The 'n_classes' parameter of LabelFlip must be an int ≥ 2. Got {n_classes!r} instead.")
+    def __init__(self, estimator: Any = None, *, budget: float, n_classes: int, seed: int = 0, **params: Any) -> None:
+        super().__init__(estimator, budget=budget, seed=seed, n_classes=check_n_classes(n_classes, "LabelFlip"), **params)
         if self.params.variant == "adversarial" and estimator is None:
             raise AuditError("LabelFlip(variant='adversarial') needs an estimator to query for class losses")
         self.query_estimator = estimator
@@ -80,12 +70,12 @@ class LabelFlip(AuditAttack, PoisoningAttackBlackBox):
     @classmethod
     def for_cell(cls, params: dict[str, Any], ctx: AttackContext) -> LabelFlip:
         estimator = ctx.fitted.to_art() if params.get("variant") == "adversarial" else None
-        return cls(ctx.budget, ctx.dataset.n_classes, estimator=estimator, seed=ctx.seed, **params)
+        return cls(estimator, budget=ctx.budget, n_classes=ctx.dataset.n_classes, seed=ctx.seed, **params)
 
-    def _run(self, x: np.ndarray, y: np.ndarray, n_poison: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    def _run(self, task: PoisonInput) -> tuple[np.ndarray, np.ndarray]:
         c = self.n_classes
         assert c is not None
-        y = y.astype(np.int64)
+        x, y, n_poison, rng = task.x, task.y.astype(np.int64), task.n_poison, task.rng
         replace = n_poison > len(x)  # ε = 1 with rounding, or tiny data: sample with replacement
         if self.params.variant == "random":
             idx = rng.choice(len(x), size=n_poison, replace=replace)

@@ -28,7 +28,7 @@ import torch
 from art.attacks.attack import PoisoningAttackWhiteBox
 from pydantic import Field
 
-from audit.attacks.base import AttackContext, AttackParams, AuditAttack
+from audit.attacks.base import AttackContext, AttackParams, AuditAttack, PoisonInput
 from audit.errors import AuditError
 
 
@@ -102,11 +102,10 @@ class OptP(AuditAttack, PoisoningAttackWhiteBox):
     attack_params = PoisoningAttackWhiteBox.attack_params + ["budget", "seed"]
     _estimator_requirements = ()
 
-    def __init__(self, budget: float, x_val: np.ndarray, y_val: np.ndarray, l2: float = 0.0, l1: float = 0.0,
-                 lo: np.ndarray | None = None, hi: np.ndarray | None = None, y_range: tuple[float, float] = (0.0, 1.0),
-                 seed: int = 0, estimator: Any = None, **params: Any) -> None:  # fmt: skip
-        PoisoningAttackWhiteBox.__init__(self, estimator)
-        self._init_contract(budget, seed, lo, hi, None, params)
+    def __init__(self, estimator: Any = None, *, budget: float, x_val: np.ndarray, y_val: np.ndarray, l2: float = 0.0,
+                 l1: float = 0.0, box: tuple[Any, Any] | None = None, y_range: tuple[float, float] = (0.0, 1.0),
+                 seed: int = 0, **params: Any) -> None:  # fmt: skip
+        super().__init__(estimator, budget=budget, seed=seed, box=box, **params)
         if l2 < 0 or l1 < 0:
             raise AuditError(f"OptP: regularization strengths must be ≥ 0 (got l2={l2}, l1={l1})")
         if l2 == 0 and l1 == 0:
@@ -119,11 +118,9 @@ class OptP(AuditAttack, PoisoningAttackWhiteBox):
     @classmethod
     def for_cell(cls, params: dict[str, Any], ctx: AttackContext) -> OptP:
         data = ctx.dataset
-        cfg = ctx.victim.train_config(ctx.hparams) if hasattr(ctx.victim, "train_config") else None
-        l2 = float(getattr(cfg, "l2", ctx.hparams.get("l2", 0.0)))
-        l1 = float(getattr(cfg, "l1", ctx.hparams.get("l1", 0.0)))
         y_range = (float(data.y_train.min()), float(data.y_train.max()))
-        return cls(ctx.budget, data.x_val, data.y_val, l2, l1, data.lo, data.hi, y_range, ctx.seed, **params)
+        return cls(budget=ctx.budget, x_val=data.x_val, y_val=data.y_val, l2=ctx.victim.l2(ctx.hparams),
+                   l1=ctx.victim.l1(ctx.hparams), box=ctx.box, y_range=y_range, seed=ctx.seed, **params)  # fmt: skip
 
     # ------------------------------------------------------------------ objectives
     def objective_value(self, x_c: torch.Tensor, y_c: torch.Tensor, x: torch.Tensor, y: torch.Tensor,
@@ -134,8 +131,10 @@ class OptP(AuditAttack, PoisoningAttackWhiteBox):
         xs, ys = (x, y) if which == "train" else (torch.as_tensor(self.x_val), torch.as_tensor(self.y_val))
         return ((_augment(xs) @ theta - ys) ** 2).mean()
 
-    def _run(self, x: np.ndarray, y: np.ndarray, n_poison: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    def _run(self, task: PoisonInput) -> tuple[np.ndarray, np.ndarray]:
         p = self.params
+        x, y, n_poison, rng = task.x, task.y, task.n_poison, task.rng
+        # float64 on the CPU: the normal equations of the ridge solution are ill-conditioned in float32
         xt, yt = torch.as_tensor(x, dtype=torch.float64), torch.as_tensor(y, dtype=torch.float64)
         d = x.shape[1]
         lo = torch.tensor(np.broadcast_to(self.lo, (d,)) if self.lo is not None else np.full(d, -np.inf), dtype=torch.float64)

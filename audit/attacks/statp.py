@@ -17,7 +17,7 @@ from typing import Any, ClassVar
 import numpy as np
 from art.attacks.attack import PoisoningAttackBlackBox
 
-from audit.attacks.base import AttackContext, AttackParams, AuditAttack
+from audit.attacks.base import AttackContext, AttackParams, AuditAttack, PoisonInput
 from audit.attacks.label_flip import losses_from_predictions
 from audit.errors import AuditError
 
@@ -44,12 +44,12 @@ class StatP(AuditAttack, PoisoningAttackBlackBox):
 
     Parameters
     ----------
-    budget : float
-        ε in (0, 1].
     estimator : ART estimator
         Queried with ``predict`` (responses for regression, class scores for classification).
-    lo, hi : ndarray, shape (d,)
-        The feature box whose corners the poisons take.
+    budget : float
+        ε in (0, 1].
+    box : (ndarray, ndarray), each shape (d,)
+        The feature box ``(lo, hi)`` whose corners the poisons take.
     task : str
         ``regression`` or ``classification``.
     y_range : (float, float)
@@ -68,18 +68,20 @@ class StatP(AuditAttack, PoisoningAttackBlackBox):
 
     def __init__(
         self,
-        budget: float,
         estimator: Any,
-        lo: np.ndarray,
-        hi: np.ndarray,
+        *,
+        budget: float,
+        box: tuple[Any, Any],
         task: str = "regression",
         y_range: tuple[float, float] = (0.0, 1.0),
         n_classes: int | None = None,
         seed: int = 0,
         **params: Any,
     ) -> None:
-        PoisoningAttackBlackBox.__init__(self)
-        self._init_contract(budget, seed, np.asarray(lo), np.asarray(hi), n_classes if task == "classification" else None, params)
+        if box is None or len(box) != 2:
+            raise AuditError(f"StatP needs the feature box (lo, hi) whose corners the poisons take (got {box!r})")
+        super().__init__(estimator, budget=budget, seed=seed, box=(np.asarray(box[0]), np.asarray(box[1])),
+                         n_classes=n_classes if task == "classification" else None, **params)  # fmt: skip
         if estimator is None or not hasattr(estimator, "predict"):
             raise AuditError("StatP needs an estimator with predict() to query (black-box)")
         if task == "classification" and (n_classes is None or n_classes < 2):
@@ -94,9 +96,11 @@ class StatP(AuditAttack, PoisoningAttackBlackBox):
     def for_cell(cls, params: dict[str, Any], ctx: AttackContext) -> StatP:
         data = ctx.dataset
         y_range = (float(data.y_train.min()), float(data.y_train.max())) if data.task == "regression" else (0.0, 1.0)
-        return cls(ctx.budget, ctx.fitted.to_art(), data.lo, data.hi, data.task, y_range, data.n_classes, ctx.seed, **params)
+        return cls(ctx.fitted.to_art(), budget=ctx.budget, box=ctx.box, task=data.task, y_range=y_range,
+                   n_classes=data.n_classes, seed=ctx.seed, **params)  # fmt: skip
 
-    def _run(self, x: np.ndarray, y: np.ndarray, n_poison: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    def _run(self, task: PoisonInput) -> tuple[np.ndarray, np.ndarray]:
+        x, y, n_poison, rng = task.x, task.y, task.n_poison, task.rng
         lo, hi = np.broadcast_to(self.lo, x.shape[1:]), np.broadcast_to(self.hi, x.shape[1:])
         if self.task == "regression":
             x_p = round_to_corners(_gaussian(x, n_poison, rng), lo, hi)

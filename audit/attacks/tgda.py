@@ -41,11 +41,22 @@ from art.attacks.attack import PoisoningAttackWhiteBox
 from pydantic import Field
 from torch import nn
 
-from audit.attacks.base import AttackContext, AttackParams, AuditAttack, check_l2, torch_module, validation_set, victim_l2
-from audit.autodiff import CGResult, conjugate_gradient, flat, objective_hvp
+from audit.attacks.base import (
+    AttackContext,
+    AttackParams,
+    AuditAttack,
+    PoisonInput,
+    check_l2,
+    check_n_classes,
+    torch_module,
+    validation_set,
+)
+from audit.maths.autodiff import CGResult, conjugate_gradient, flat, objective_hvp
 from audit.errors import AuditError
+from audit.models.structure import is_convex_linear
 from audit.models.generators import build_generator, pretrain_generator
 from audit.models.training import data_loss, objective
+from audit.seeding import seeded_init
 
 
 class TGDAParams(AttackParams):
@@ -95,12 +106,6 @@ def leader_step_size(alpha: float | None, total_steps: int) -> float:
     if alpha is not None:
         return alpha
     return min(MAX_AUTO_ALPHA, PAPER_ALPHA * max(1.0, PAPER_LEADER_STEPS / max(total_steps, 1)))
-
-
-def is_convex_linear(module: nn.Module) -> bool:
-    """True when every parameter belongs to one ``nn.Linear`` (logistic / linear regression)."""
-    owners = [m for m in module.modules() if any(True for _ in m.parameters(recurse=False))]
-    return len(owners) == 1 and isinstance(owners[0], nn.Linear)
 
 
 def solve_inverse_hvp(hvp: Callable[[torch.Tensor], torch.Tensor], b: torch.Tensor, solver: str, tol: float,
@@ -162,7 +167,8 @@ class TGDA(AuditAttack, PoisoningAttackWhiteBox):
     n_classes : int
     l2 : float
         The defender's L2 strength ρ (in f).
-    lo, hi : ndarray, shape (d,)
+    box : (ndarray, ndarray) or None
+        Feature box ``(lo, hi)``, each of shape (d,).
         Feature box.
     image_shape : tuple or None
         ``(C, H, W)`` for image data (chooses the conv generator under ``generator: auto``).
@@ -188,22 +194,19 @@ class TGDA(AuditAttack, PoisoningAttackWhiteBox):
     def __init__(
         self,
         estimator: Any,
+        *,
         x_val: np.ndarray,
         y_val: np.ndarray,
         budget: float,
         n_classes: int,
         l2: float = 0.0,
-        lo: np.ndarray | None = None,
-        hi: np.ndarray | None = None,
+        box: tuple[Any, Any] | None = None,
         image_shape: tuple[int, ...] | None = None,
         seed: int = 0,
         **params: Any,
     ) -> None:
-        PoisoningAttackWhiteBox.__init__(self, estimator)
-        self._init_contract(budget, seed, lo, hi, n_classes, params)
+        super().__init__(estimator, budget=budget, seed=seed, box=box, n_classes=check_n_classes(n_classes, "TGDA"), **params)
         module = torch_module(estimator, "TGDA")
-        if not isinstance(n_classes, int) or n_classes < 2:
-            raise AuditError(f"The 'n_classes' parameter of TGDA must be an int ≥ 2. Got {n_classes!r} instead.")
         check_l2(l2, "TGDA")
         x_val = validation_set(x_val, y_val, "TGDA")
         if self.params.generator == "conv" and (image_shape is None or len(image_shape) != 3):
@@ -216,15 +219,12 @@ class TGDA(AuditAttack, PoisoningAttackWhiteBox):
 
     @classmethod
     def for_cell(cls, params: dict[str, Any], ctx: AttackContext) -> TGDA:
-        module = getattr(ctx.fitted, "module", None)
-        if module is None:
-            raise AuditError("tgda needs a PyTorch victim (an nn.Module), not a scikit-learn estimator")
+        module = ctx.fitted.require_module("tgda")
         data = ctx.dataset
         if data.task != "classification":
             raise AuditError("tgda is a classification attack; use optp or statp for regression")
-        l2 = victim_l2(ctx)
-        return cls(module, data.x_val, data.y_val, ctx.budget, data.n_classes, l2, data.lo, data.hi, data.image_shape,
-                   ctx.seed, **params)  # fmt: skip
+        return cls(module, x_val=data.x_val, y_val=data.y_val, budget=ctx.budget, n_classes=data.n_classes, l2=ctx.l2,
+                   box=ctx.box, image_shape=data.image_shape, seed=ctx.seed, **params)  # fmt: skip
 
     # ------------------------------------------------------------------ the generator
     def _generator(self, x: torch.Tensor, y: torch.Tensor) -> nn.Module:
@@ -233,9 +233,9 @@ class TGDA(AuditAttack, PoisoningAttackWhiteBox):
         device, dtype = x.device, x.dtype
         lo = torch.as_tensor(self.lo if self.lo is not None else x.min(0).values.cpu(), dtype=dtype)
         hi = torch.as_tensor(self.hi if self.hi is not None else x.max(0).values.cpu(), dtype=dtype)
-        torch.manual_seed(p.pretrain_seed)
-        gen = build_generator(p.generator, x.shape[1], int(self.n_classes or 2), lo, hi, self.image_shape,
-                              p.generator_width).to(device=device, dtype=dtype)  # fmt: skip
+        with seeded_init(p.pretrain_seed):
+            gen = build_generator(p.generator, x.shape[1], int(self.n_classes or 2), lo, hi, self.image_shape,
+                                  p.generator_width).to(device=device, dtype=dtype)  # fmt: skip
         if not p.pretrain or p.pretrain_epochs == 0:
             self.diagnostics["pretrain"] = {"epochs": 0}
             return gen
@@ -272,8 +272,9 @@ class TGDA(AuditAttack, PoisoningAttackWhiteBox):
         return np.concatenate(out) if out else np.zeros((0, np.shape(x)[1]), np.float32)
 
     # ------------------------------------------------------------------ the game
-    def _run(self, x: np.ndarray, y: np.ndarray, n_poison: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    def _run(self, task: PoisonInput) -> tuple[np.ndarray, np.ndarray]:
         p = self.params
+        n_poison, rng = task.n_poison, task.rng
         follower = copy.deepcopy(self.module)
         ref = next(follower.parameters())
         device, dtype = ref.device, ref.dtype
@@ -283,10 +284,8 @@ class TGDA(AuditAttack, PoisoningAttackWhiteBox):
         w_pre = [q.detach().clone() for q in w_params]
         solver = p.solver if p.solver != "auto" else ("cg" if is_convex_linear(follower) else "normal")
 
-        xt = torch.as_tensor(x, dtype=dtype, device=device)
-        yt = torch.as_tensor(y, dtype=torch.long, device=device)
-        xv = torch.as_tensor(self.x_val, dtype=dtype, device=device)
-        yv = torch.as_tensor(self.y_val, dtype=torch.long, device=device)
+        xt, yt = task.x_t, task.y_t
+        xv, yv = task.tensor(self.x_val), task.tensor(self.y_val, torch.long)
         # ℓ's data: D_v, or D_v ∪ D_tr (the attacker knows both; more points, less overfitting to D_v)
         xl, yl = (torch.cat([xv, xt]), torch.cat([yv, yt])) if p.attacker_data == "train_val" else (xv, yv)
         n, n_val = len(yt), len(yl)

@@ -19,7 +19,7 @@ from typing import Any, ClassVar
 import numpy as np
 import torch
 
-from audit.autodiff import conjugate_gradient, mean_gradient, objective_hvp, per_sample_gradients
+from audit.maths.autodiff import conjugate_gradient, mean_gradient, objective_hvp, per_sample_gradients
 from audit.defenses.base import Defense, DefenseResult
 from audit.errors import AuditError
 

@@ -7,6 +7,8 @@ Classification uses softmax cross-entropy, regression ½(y − f(x))².
 
 from __future__ import annotations
 
+import math
+
 from dataclasses import asdict, dataclass
 
 import torch
@@ -39,6 +41,25 @@ class TrainResult:
 
     def as_dict(self) -> dict[str, float | int | bool]:
         return asdict(self)
+
+
+def rho_from_lambda(lam: float, n: int) -> float:
+    """The audit's ρ of the paper's λ on ``n`` training points: ρ = e^λ / N (DESIGN.md, units of λ).
+
+    carnerero-cano-2021 puts (e^λ/2)‖w‖² on a *summed* loss; the audit's objective is the
+    mean loss + (ρ/2)‖w‖², so dividing by N gives ρ = e^λ / N.
+    """
+    return math.exp(lam) / n
+
+
+def lambda_from_rho(rho: float, n: int) -> float:
+    """The paper's λ = log(ρ·N) of the audit's ρ on ``n`` training points (−inf at ρ = 0)."""
+    return math.log(rho * n) if rho > 0 else -math.inf
+
+
+def lambda_shift(n: int) -> float:
+    """λ − log ρ = log N: the offset between the paper's λ and the log of the audit's ρ."""
+    return math.log(n)
 
 
 def regularized_weights(module: nn.Module) -> list[torch.Tensor]:

@@ -10,6 +10,14 @@ Three kinds share one interface (:class:`Victim.fit` → :class:`Fitted`):
   (``C = inf`` at ρ = 0) and ``alpha = ρ·n`` (ridge loss ½(y − f)²), so both minimise the objective of DESIGN.md.
 
 Every fitted victim exports an ART estimator (:meth:`Fitted.to_art`).
+
+The contract is declared, not probed: a victim says what it is (``kind``: ``torch`` or
+``sklearn``), the L2 and L1 strengths it trains with for a candidate (:meth:`Victim.l2`,
+:meth:`Victim.l1`), its training procedure (:meth:`Victim.train_config`, ``None`` for an
+estimator's own solver; :attr:`Victim.procedure` for the run's fingerprint) and whether it
+can build fresh torch modules (:meth:`Victim.build`). A fitted victim offers its torch
+module or ``None`` (:attr:`Fitted.module`, :meth:`Fitted.require_module`) and a per-model
+``cache`` that attacks use to share targets (GradPC, label-flip models) across budgets.
 """
 
 from __future__ import annotations
@@ -17,31 +25,45 @@ from __future__ import annotations
 import copy
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any, Callable, ClassVar, Literal
 
 import numpy as np
 import torch
 from torch import nn
 
+from audit.errors import AuditError
 from audit.models.training import TrainConfig, TrainResult, data_loss, train
+from audit.seeding import seeded_init
+
+VictimKind = Literal["torch", "sklearn"]
 
 MODEL_AXES = ("width", "depth")
 TRAINING_AXES = ("l2", "l1", "epochs", "lr", "batch_size", "momentum")
 
 
-def seed_everything(seed: int) -> None:
-    """Seed torch's global generator (parameter initialisation) and numpy's legacy one."""
-    torch.manual_seed(seed)
-    np.random.seed(seed % 2**32)
-
-
 @dataclass
 class Fitted(ABC):
-    """A trained victim: predictions, the audit metric and an ART estimator."""
+    """A trained victim: predictions, the audit metric, an ART estimator and its torch module (or None).
+
+    Attributes
+    ----------
+    module : nn.Module or None
+        The trained torch module; ``None`` for scikit-learn victims.
+    cache : dict
+        Objects derived from this model that attacks share (GradPC targets per ε_w, …).
+    """
 
     task: str
     n_classes: int | None
     train_result: dict[str, Any] = field(default_factory=dict)
+    module: nn.Module | None = None
+    cache: dict[Any, Any] = field(default_factory=dict, repr=False, compare=False)
+
+    def require_module(self, who: str) -> nn.Module:
+        """The torch module, or a one-line error naming ``who`` needs it."""
+        if self.module is None:
+            raise AuditError(f"{who} needs a PyTorch victim (an nn.Module), not a scikit-learn estimator")
+        return self.module
 
     @abstractmethod
     def scores(self, x: np.ndarray) -> np.ndarray:
@@ -69,7 +91,6 @@ class Fitted(ABC):
 
 @dataclass
 class FittedTorch(Fitted):
-    module: nn.Module | None = None
     device: torch.device = torch.device("cpu")
     input_shape: tuple[int, ...] = ()
 
@@ -133,6 +154,7 @@ class FittedSklearn(Fitted):
 class Victim(ABC):
     """Builds and trains a fresh model for a candidate ``hparams`` and a seed."""
 
+    kind: ClassVar[VictimKind]
     task: str
     n_classes: int | None
     description: str
@@ -141,9 +163,40 @@ class Victim(ABC):
     def fit(self, x: np.ndarray, y: np.ndarray, hparams: dict[str, Any], seed: int) -> Fitted:
         """Train from scratch on ``(x, y)`` with the candidate's hyperparameters."""
 
+    @abstractmethod
+    def train_config(self, hparams: dict[str, Any]) -> TrainConfig | None:
+        """The resolved training procedure for a candidate; ``None`` when the estimator's own solver trains it."""
+
+    @property
+    @abstractmethod
+    def procedure(self) -> dict[str, Any] | None:
+        """The training defaults the run resolved (config ← model defaults), for the fingerprint and the report."""
+
+    def l2(self, hparams: dict[str, Any]) -> float:
+        """ρ of the objective mean loss + (ρ/2)‖w‖² this victim trains with for ``hparams`` (DESIGN.md)."""
+        config = self.train_config(hparams)
+        return float(config.l2) if config is not None else float(hparams.get("l2", 0.0))
+
+    def l1(self, hparams: dict[str, Any]) -> float:
+        """λ₁ of the L1 term (lasso, elastic net); 0 without one."""
+        config = self.train_config(hparams)
+        return float(config.l1) if config is not None else float(hparams.get("l1", 0.0))
+
+    @property
+    def builds_modules(self) -> bool:
+        """True for torch victims: :meth:`build` gives fresh modules (unrolled attacks, DPA members, τ)."""
+        return self.kind == "torch"
+
+    def build(self, hparams: dict[str, Any]) -> nn.Module:
+        """An untrained torch module for ``hparams`` (torch victims only)."""
+        raise AuditError(f"{self.description} is not a torch model: it cannot build modules")
+
 
 class TorchVictim(Victim):
     """A torch module factory plus the audit's training procedure.
+
+    ``fit`` initialises the module under :func:`audit.seeding.seeded_init`: seeded, and the
+    caller's global RNG state is left as it was.
 
     Parameters
     ----------
@@ -164,7 +217,7 @@ class TorchVictim(Victim):
         device: torch.device,
         description: str,
     ) -> None:
-        self.build = build
+        self._build = build
         self.task = task
         self.n_classes = n_classes
         self.input_shape = input_shape
@@ -172,13 +225,22 @@ class TorchVictim(Victim):
         self.device = device
         self.description = description
 
+    kind: ClassVar[VictimKind] = "torch"
+
+    @property
+    def procedure(self) -> dict[str, Any]:
+        return self.training
+
+    def build(self, hparams: dict[str, Any]) -> nn.Module:
+        return self._build(hparams)
+
     def train_config(self, hparams: dict[str, Any]) -> TrainConfig:
         merged = {**self.training, **{k: v for k, v in hparams.items() if k in TRAINING_AXES}}
         return TrainConfig(**{k: v for k, v in merged.items() if v is not None or k == "batch_size"})
 
     def fit(self, x: np.ndarray, y: np.ndarray, hparams: dict[str, Any], seed: int) -> FittedTorch:
-        seed_everything(seed)
-        module = self.build(hparams).to(self.device)
+        with seeded_init(seed):
+            module = self.build(hparams).to(self.device)
         xt = torch.as_tensor(x, dtype=torch.float32, device=self.device)
         dtype = torch.long if self.task == "classification" else torch.float32
         yt = torch.as_tensor(y, dtype=dtype, device=self.device)
@@ -208,11 +270,20 @@ def reinitialise(module: nn.Module) -> nn.Module:
 class SklearnVictim(Victim):
     """A scikit-learn ``LogisticRegression`` or ``Ridge``, refitted per candidate with its own solver."""
 
+    kind: ClassVar[VictimKind] = "sklearn"
+
     def __init__(self, estimator: Any, task: str, n_classes: int | None, description: str) -> None:
         self.estimator = estimator
         self.task = task
         self.n_classes = n_classes
         self.description = description
+
+    @property
+    def procedure(self) -> None:
+        return None
+
+    def train_config(self, hparams: dict[str, Any]) -> None:
+        return None
 
     def fit(self, x: np.ndarray, y: np.ndarray, hparams: dict[str, Any], seed: int) -> FittedSklearn:
         from sklearn.base import clone

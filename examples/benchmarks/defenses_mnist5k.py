@@ -36,7 +36,7 @@ def main() -> None:
         clean_acc = clean.metric(data.x_test, data.y_test)
         for eps in (0.03, 0.1):
             attacks = {
-                "label_flip_adversarial": LabelFlip(eps, 10, estimator=clean.to_art(), seed=seed, variant="adversarial"),
+                "label_flip_adversarial": LabelFlip(clean.to_art(), budget=eps, n_classes=10, seed=seed, variant="adversarial"),
                 "gradient_canceling": GradientCanceling.for_cell({}, AttackContext(data, victim, clean, hp, eps, seed)),
             }
             for name, attack in attacks.items():

@@ -39,7 +39,7 @@ def run(model: str, eps: float, attack: str, box: str, args: argparse.Namespace,
         extra = {"target_test": diag["target_test_metric"], "relative_residual": diag["relative_residual"],
                  "target": {k: diag.get(k) for k in ("eps_w", "scale")}}  # fmt: skip
     else:
-        lf = LabelFlip(eps, data.n_classes, estimator=clean.to_art(), seed=args.seed, variant="adversarial")
+        lf = LabelFlip(clean.to_art(), budget=eps, n_classes=data.n_classes, seed=args.seed, variant="adversarial")
         x_p, y_p = lf.poison(data.x_train, data.y_train)
         extra = {}
     seconds = time.perf_counter() - start

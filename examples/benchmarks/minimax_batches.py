@@ -38,7 +38,7 @@ def main() -> None:
     data = load_dataset(cfg.dataset)
     victim = build_victim(cfg.model, cfg.training, data, torch.device("cpu"))
     n = len(data.y_train)
-    from audit.store import derive_seed
+    from audit.grid.store import derive_seed
 
     train_seed = derive_seed(0, "train")
     template = victim.fit(data.x_train, data.y_train, {"l2": math.exp(args.lam0) / n}, train_seed)
@@ -46,8 +46,8 @@ def main() -> None:
     out.mkdir(parents=True, exist_ok=True)
     for name, params in (("batches_of_17", {"batch_size": 17, "iterations": 100}), ("all_at_once_500", {"iterations": 500})):
         start = time.perf_counter()
-        attack = BackGradient(template.module, data.x_val, data.y_val, args.budget, "classification", 2, 0.0, data.lo,
-                              data.hi, seed=0, learn_l2=True, l2_init=args.lam0, **params)  # fmt: skip
+        attack = BackGradient(template.module, x_val=data.x_val, y_val=data.y_val, budget=args.budget, task="classification",
+                              n_classes=2, l2=0.0, box=(data.lo, data.hi), seed=0, learn_l2=True, l2_init=args.lam0, **params)  # fmt: skip
         x_p, y_p = attack.poison(data.x_train, data.y_train)
         d = attack.diagnostics
         x_mix, y_mix = np.concatenate([data.x_train, x_p]), np.concatenate([data.y_train, y_p])

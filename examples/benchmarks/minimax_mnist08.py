@@ -41,8 +41,8 @@ def time_iterations(repeats: int = 5) -> dict[str, float]:
     for name, extra in (("attack", {}), ("minimax", {"learn_l2": True})):
         times = []
         for iterations in (1, 1 + repeats):  # the difference removes set-up and the warm-up iteration
-            attack = BackGradient(clean.module, data.x_val, data.y_val, 0.166, "classification", 2, 1e-3, data.lo, data.hi,
-                                  seed=0, iterations=iterations, restarts=0, **extra)  # fmt: skip
+            attack = BackGradient(clean.module, x_val=data.x_val, y_val=data.y_val, budget=0.166, task="classification",
+                                  n_classes=2, l2=1e-3, box=(data.lo, data.hi), seed=0, iterations=iterations, restarts=0, **extra)  # fmt: skip
             start = time.perf_counter()
             attack.poison(data.x_train, data.y_train)
             times.append(time.perf_counter() - start)
@@ -60,12 +60,12 @@ def main() -> None:
         print(json.dumps(time_iterations()))
         return
 
-    from audit.analysis import analyse
+    from audit.report.analysis import analyse
     from audit.config import load_config
-    from audit.figures import policy_figure
+    from audit.report.figures import policy_figure
     from audit.report import write_report
-    from audit.runner import run_audit
-    from audit.sections import policy_series
+    from audit.grid.runner import run_audit
+    from audit.report.sections import policy_series
 
     cfg = load_config(REPO / "examples" / "mnist08_minimax.yaml")
     if args.seeds:

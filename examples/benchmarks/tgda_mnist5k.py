@@ -45,7 +45,7 @@ def run(model: str, eps: float, seed: int, attack: str, args: argparse.Namespace
         if args.save_grid:
             import matplotlib.pyplot as plt
 
-            from audit.figures import poison_grid_figure
+            from audit.report.figures import poison_grid_figure
 
             k = len(d["source_examples"])
             fig = poison_grid_figure(data.x_train[d["source_examples"]], x_p[:k], data.image_shape, 0.0, 1.0)
@@ -59,7 +59,7 @@ def run(model: str, eps: float, seed: int, attack: str, args: argparse.Namespace
                  "follower_val_accuracy": [c["val_accuracy"] for c in d["curve"]]}  # fmt: skip
     else:
         variant = {"label_flip_reverse": {"variant": "random", "mapping": "reverse"}, "label_flip_adversarial": {"variant": "adversarial"}}[attack]
-        lf = LabelFlip(eps, data.n_classes, estimator=clean.to_art(), seed=seed, **variant)
+        lf = LabelFlip(clean.to_art(), budget=eps, n_classes=data.n_classes, seed=seed, **variant)
         x_p, y_p = lf.poison(data.x_train, data.y_train)
     seconds = time.perf_counter() - start
     poisoned = victim.fit(np.concatenate([data.x_train, x_p]), np.concatenate([data.y_train, y_p]), hp, seed)

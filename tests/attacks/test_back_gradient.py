@@ -43,7 +43,7 @@ def c1_error_increase(draw: int, lam: float | None) -> float:
     l2 = 0.0 if lam is None else math.exp(lam) / (len(y) + 1)
     clean = fit_lr(x, y, l2)
     box = np.full(2, 9.5, np.float32)
-    attack = BackGradient(clean, xv, yv, 1 / 32, "classification", 2, l2, -box, box, seed=0, step=0.4, iterations=50,
+    attack = BackGradient(clean, x_val=xv, y_val=yv, budget=1 / 32, task="classification", n_classes=2, l2=l2, box=(-box, box), seed=0, step=0.4, iterations=50,
                           inner_lr=0.2, inner_steps=500, restarts=0)  # fmt: skip
     x_p, y_p = attack.poison(x, y)
     assert x_p.shape == (1, 2)
@@ -81,7 +81,8 @@ def _attack(setting, **params):
     x, y, xv, yv, model = setting
     box = np.full(2, 9.5, np.float32)
     defaults = {"iterations": 8, "inner_steps": 60, "inner_lr": 0.2, "step": 0.4}
-    return BackGradient(model, xv, yv, 0.1, "classification", 2, 0.01, -box, box, seed=0, **{**defaults, **params})
+    return BackGradient(model, x_val=xv, y_val=yv, budget=0.1, task="classification", n_classes=2, l2=0.01, box=(-box, box), seed=0,
+                        **{**defaults, **params})
 
 
 def test_poisons_are_flipped_validation_clones_moved_uphill(gaussian_setting):
@@ -136,12 +137,12 @@ def test_regression_optimises_responses():
     y = (x @ np.array([1.0, -2.0, 0.5]) + 0.1 * rng.normal(size=40)).astype(np.float32)
     torch.manual_seed(0)
     model = Ridge(3)
-    args = (model, x[:20], y[:20], 0.1, "regression", None, 0.01, np.zeros(3, np.float32), np.ones(3, np.float32),
-            (float(y.min()), float(y.max())))  # fmt: skip
-    attack = BackGradient(*args, seed=0, iterations=10, inner_steps=50, inner_lr=0.5, step=0.2)
+    args = {"x_val": x[:20], "y_val": y[:20], "budget": 0.1, "task": "regression", "n_classes": None, "l2": 0.01,
+            "box": (np.zeros(3, np.float32), np.ones(3, np.float32)), "y_range": (float(y.min()), float(y.max()))}  # fmt: skip
+    attack = BackGradient(model, **args, seed=0, iterations=10, inner_steps=50, inner_lr=0.5, step=0.2)
     x_p, y_p = attack.poison(x[20:], y[20:])
     assert np.all((y_p >= y.min() - 1e-6) & (y_p <= y.max() + 1e-6))
-    fixed = BackGradient(*args, seed=0, iterations=10, inner_steps=50, inner_lr=0.5, step=0.2, optimize_response=False)
+    fixed = BackGradient(model, **args, seed=0, iterations=10, inner_steps=50, inner_lr=0.5, step=0.2, optimize_response=False)
     _, y_f = fixed.poison(x[20:], y[20:])
     assert np.all((y_f == y.min()) | (y_f == y.max()))  # boundary responses, kept
     # both ascend (the response hypergradient itself is checked against finite differences in test_hypergrad)
@@ -160,17 +161,17 @@ def test_errors(gaussian_setting):
 
     x, y, xv, yv, model = gaussian_setting
     with pytest.raises(AuditError, match="BackGradient needs a PyTorch model"):
-        BackGradient(LogisticRegression(), xv, yv, 0.1)
+        BackGradient(LogisticRegression(), x_val=xv, y_val=yv, budget=0.1)
     with pytest.raises(AuditError, match=r"'n_classes' parameter of BackGradient must be an int ≥ 2. Got 1"):
-        BackGradient(model, xv, yv, 0.1, "classification", 1)
+        BackGradient(model, x_val=xv, y_val=yv, budget=0.1, task="classification", n_classes=1)
     with pytest.raises(AuditError, match=r"'l2' parameter of BackGradient must be ≥ 0"):
-        BackGradient(model, xv, yv, 0.1, l2=-1.0)
+        BackGradient(model, x_val=xv, y_val=yv, budget=0.1, l2=-1.0)
     with pytest.raises(AuditError, match="l2_range must be"):
-        BackGradient(model, xv, yv, 0.1, l2_range=(1.0, -1.0))
+        BackGradient(model, x_val=xv, y_val=yv, budget=0.1, l2_range=(1.0, -1.0))
     with pytest.raises(AuditError, match="needs a validation set"):
-        BackGradient(model, xv[:0], yv[:0], 0.1)
+        BackGradient(model, x_val=xv[:0], y_val=yv[:0], budget=0.1)
     with pytest.raises(AuditError, match="parameter 'iterations'"):
-        BackGradient(model, xv, yv, 0.1, iterations=0)
+        BackGradient(model, x_val=xv, y_val=yv, budget=0.1, iterations=0)
 
 
 @pytest.mark.timeout(300)
@@ -184,7 +185,8 @@ def test_minimax_lambda_grows_with_budget_on_mnist_0_vs_8():
     torch.manual_seed(0)
     module = LogReg(784, 2)
     lam_clean, _ = learn_log_l2(module, data.x_train, data.y_train, data.x_val, data.y_val, "classification", iterations=20)
-    attack = BackGradient(module, data.x_val, data.y_val, 0.166, "classification", 2, 0.0, data.lo, data.hi, seed=0,
+    attack = BackGradient(module, x_val=data.x_val, y_val=data.y_val, budget=0.166, task="classification", n_classes=2, l2=0.0,
+                          box=(data.lo, data.hi), seed=0,
                           learn_l2=True, l2_init=math.log(5.0), iterations=20)  # fmt: skip
     attack.poison(data.x_train, data.y_train)
     lam_attacked = attack.diagnostics["lambda_rmd"]

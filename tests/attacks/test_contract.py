@@ -57,7 +57,10 @@ def test_contract(name, params, task, budget):
     attack = ATTACKS[name].for_cell(params, AttackContext(d, victim, fitted, {"l2": 0.01}, budget, seed=3))
     assert isinstance(attack, PoisoningAttack)
     x_in, y_in = d.x_train.copy(), d.y_train.copy()
+    torch_state, numpy_state = torch.get_rng_state(), np.random.get_state()
     x_p, y_p = attack.poison(d.x_train, d.y_train)
+    assert torch.equal(torch.get_rng_state(), torch_state), "the attack touched torch's global RNG"
+    assert np.array_equal(np.random.get_state()[1], numpy_state[1]), "the attack touched numpy's global RNG"
     n_p = round(budget * len(d.y_train))
     assert x_p.shape == (n_p, d.n_features) and y_p.shape == (n_p,)
     assert np.all(x_p >= d.lo) and np.all(x_p <= d.hi)
@@ -85,3 +88,39 @@ def test_contract_rejects_bad_input(name):
         attack.poison(bad, d.y_train)
     with pytest.raises(AuditError, match=r"budget' parameter of .* must be a float in \(0, 1\]. Got 1.7 instead"):
         ATTACKS[name].for_cell(params, AttackContext(d, victim, fitted, {}, 1.7, seed=0))
+
+
+def test_base_enforces_the_contract():
+    """A subclass without _run cannot be built; one that overrides poison cannot even be defined."""
+    from art.attacks.attack import PoisoningAttackBlackBox
+
+    from audit.attacks import AuditAttack
+
+    class NoRun(AuditAttack, PoisoningAttackBlackBox):
+        name = "no_run"
+        description = "missing its algorithm"
+        _estimator_requirements = ()
+
+        @classmethod
+        def for_cell(cls, params, ctx):
+            return cls(budget=ctx.budget)
+
+    with pytest.raises(TypeError, match="abstract"):
+        NoRun(budget=0.1)
+    with pytest.raises(TypeError, match="must not override poison"):
+
+        class OwnPoison(NoRun):
+            def poison(self, x, y=None):
+                return x, y
+
+
+@pytest.mark.parametrize("name", sorted(ATTACKS))
+def test_constructor_is_keyword_only(name):
+    """Everything but the estimator is passed by keyword (one way to call every attack)."""
+    import inspect
+
+    signature = inspect.signature(ATTACKS[name].__init__)
+    positional = [p.name for p in signature.parameters.values()
+                  if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD) and p.name != "self"]
+    assert positional == ["estimator"], positional
+    assert signature.parameters["budget"].kind is inspect.Parameter.KEYWORD_ONLY

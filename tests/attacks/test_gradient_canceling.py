@@ -12,7 +12,7 @@ from audit.errors import AuditError
 from audit.models.training import data_loss
 from audit.models.victim import TorchVictim
 from audit.models.zoo import MLP
-from audit.poisonability import kappa, scale_output_layer, scale_to_budget, thresholds
+from audit.maths.poisonability import kappa, scale_output_layer, scale_to_budget, thresholds
 
 CPU = torch.device("cpu")
 
@@ -60,7 +60,7 @@ def _or_setting():
 
 
 def _attack(d, victim, clean, target, eps, rho):
-    attack = GradientCanceling(clean.module, target, eps, "classification", rho, None, None, seed=0, n_classes=2)
+    attack = GradientCanceling(clean.module, target_model=target, budget=eps, task="classification", l2=rho, seed=0, n_classes=2)
     x_p, y_p = attack.poison(d.x_train, d.y_train)
     poisoned = victim.fit(np.concatenate([d.x_train, x_p]), np.concatenate([d.y_train, y_p]), {"l2": rho}, 0)
     # two-class softmax without L2 is identified only up to a shared row shift: compare w₁ − w₀
@@ -97,14 +97,14 @@ def test_l2_moves_the_threshold():
 
 def test_is_a_white_box_attack_and_validates_targets():
     model = nn.Linear(3, 2)
-    attack = GradientCanceling(model, nn.Linear(3, 2), 0.1, n_classes=2, epochs=3)
+    attack = GradientCanceling(model, target_model=nn.Linear(3, 2), budget=0.1, n_classes=2, epochs=3)
     assert isinstance(attack, PoisoningAttackWhiteBox)
     with pytest.raises(AuditError, match="target state dict does not fit the model"):
-        GradientCanceling(model, nn.Linear(4, 2).state_dict(), 0.1)
+        GradientCanceling(model, target_model=nn.Linear(4, 2).state_dict(), budget=0.1)
     with pytest.raises(AuditError, match="'l2' parameter of GradientCanceling must be ≥ 0"):
-        GradientCanceling(model, nn.Linear(3, 2), 0.1, l2=-1.0)
+        GradientCanceling(model, target_model=nn.Linear(3, 2), budget=0.1, l2=-1.0)
     with pytest.raises(AuditError, match="parameter 'epochs'"):
-        GradientCanceling(model, nn.Linear(3, 2), 0.1, epochs=0)
+        GradientCanceling(model, target_model=nn.Linear(3, 2), budget=0.1, epochs=0)
 
 
 def test_divergence_is_an_error_not_silent_poisons():
@@ -114,6 +114,6 @@ def test_divergence_is_an_error_not_silent_poisons():
     target = nn.Linear(2, 1, bias=False)
     with torch.no_grad():
         target.weight.fill_(-5.0)
-    attack = GradientCanceling(nn.Linear(2, 1, bias=False), target, 0.2, "regression", 0.0, None, None, lr=50.0, epochs=200)
+    attack = GradientCanceling(nn.Linear(2, 1, bias=False), target_model=target, budget=0.2, task="regression", l2=0.0, lr=50.0, epochs=200)
     with pytest.raises(RuntimeError, match=r"Gradient Canceling diverged at epoch \d+"):
         attack.poison(x, y)

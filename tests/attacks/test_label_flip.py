@@ -26,12 +26,12 @@ def _rows_of(x_p, x):
 
 
 def test_is_an_art_black_box_attack():
-    assert isinstance(LabelFlip(0.1, 3), PoisoningAttackBlackBox)
+    assert isinstance(LabelFlip(budget=0.1, n_classes=3), PoisoningAttackBlackBox)
 
 
 def test_random_flip_copies_points_and_changes_every_label(digits):
     d, _, _ = digits
-    x_p, y_p = LabelFlip(0.2, 10, seed=1).poison(d.x_train, d.y_train)
+    x_p, y_p = LabelFlip(budget=0.2, n_classes=10, seed=1).poison(d.x_train, d.y_train)
     src = _rows_of(x_p, d.x_train)
     assert np.all(y_p != d.y_train[src])
     assert len(np.unique(src)) == len(src)  # distinct points when ε·n ≤ n
@@ -41,13 +41,13 @@ def test_random_flip_copies_points_and_changes_every_label(digits):
 
 def test_reverse_mapping_is_c_minus_one_minus_y(digits):
     d, _, _ = digits
-    x_p, y_p = LabelFlip(0.1, 10, seed=1, mapping="reverse").poison(d.x_train, d.y_train)
+    x_p, y_p = LabelFlip(budget=0.1, n_classes=10, seed=1, mapping="reverse").poison(d.x_train, d.y_train)
     np.testing.assert_array_equal(y_p, 9 - d.y_train[_rows_of(x_p, d.x_train)])
 
 
 def test_adversarial_flip_takes_the_max_loss_class_of_the_max_loss_points(digits):
     d, _, fitted = digits
-    attack = LabelFlip(0.1, 10, estimator=fitted.to_art(), seed=0, variant="adversarial")
+    attack = LabelFlip(fitted.to_art(), budget=0.1, n_classes=10, seed=0, variant="adversarial")
     x_p, y_p = attack.poison(d.x_train, d.y_train)
     src = _rows_of(x_p, d.x_train)
     losses = fitted.class_losses(d.x_train)
@@ -62,7 +62,7 @@ def test_binary_adversarial_flip_is_the_flip():
     d = load_dataset(DatasetSpec(name="breast_cancer"))
     victim = build_victim(ModelSpec(name="logreg"), TrainingSpec(epochs=100), d, CPU)
     fitted = victim.fit(d.x_train, d.y_train, {}, 0)
-    x_p, y_p = LabelFlip(0.3, 2, estimator=fitted.to_art(), variant="adversarial").poison(d.x_train, d.y_train)
+    x_p, y_p = LabelFlip(fitted.to_art(), budget=0.3, n_classes=2, variant="adversarial").poison(d.x_train, d.y_train)
     np.testing.assert_array_equal(y_p, 1 - d.y_train[_rows_of(x_p, d.x_train)])
 
 
@@ -74,16 +74,16 @@ def test_losses_from_probabilities_and_logits_agree():
 
 def test_parameter_errors():
     with pytest.raises(AuditError, match="needs an estimator"):
-        LabelFlip(0.1, 3, variant="adversarial")
+        LabelFlip(budget=0.1, n_classes=3, variant="adversarial")
     with pytest.raises(AuditError, match="parameter 'variant'"):
-        LabelFlip(0.1, 3, variant="sideways")
+        LabelFlip(budget=0.1, n_classes=3, variant="sideways")
     with pytest.raises(AuditError, match="n_classes' parameter of LabelFlip must be an int ≥ 2"):
-        LabelFlip(0.1, 1)
+        LabelFlip(budget=0.1, n_classes=1)
 
 
 def _drop(d, victim, rho, params, seed):
     clean = victim.fit(d.x_train, d.y_train, {"l2": rho}, seed)
-    attack = LabelFlip(0.3, d.n_classes, estimator=clean.to_art(), seed=seed, **params)
+    attack = LabelFlip(clean.to_art(), budget=0.3, n_classes=d.n_classes, seed=seed, **params)
     x_p, y_p = attack.poison(d.x_train, d.y_train)
     poisoned = victim.fit(np.concatenate([d.x_train, x_p]), np.concatenate([d.y_train, y_p]), {"l2": rho}, seed)
     return clean.metric(d.x_test, d.y_test) - poisoned.metric(d.x_test, d.y_test)

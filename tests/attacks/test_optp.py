@@ -30,7 +30,7 @@ def test_inner_solution_is_the_victims_model(diabetes):
 @pytest.mark.parametrize("which", ["train", "val"])
 def test_gradient_wrt_x_and_y_matches_finite_differences(diabetes, l2, l1, which):
     d = diabetes
-    attack = OptP(0.1, d.x_val, d.y_val, l2=l2, l1=l1, lo=d.lo, hi=d.hi, unroll_steps=200)
+    attack = OptP(budget=0.1, x_val=d.x_val, y_val=d.y_val, l2=l2, l1=l1, box=(d.lo, d.hi), unroll_steps=200)
     x = torch.tensor(d.x_train, dtype=torch.float64)
     y = torch.tensor(d.y_train, dtype=torch.float64)
     theta0 = inner_solution(x, y, l2, l1, torch.zeros(11, dtype=torch.float64), 2000).detach()
@@ -58,7 +58,7 @@ def test_gradient_wrt_x_and_y_matches_finite_differences(diabetes, l2, l1, which
 
 def test_poisons_stay_in_the_box_and_response_range(diabetes):
     d = diabetes
-    x_p, y_p = OptP(0.2, d.x_val, d.y_val, l2=1e-3, lo=d.lo, hi=d.hi, y_range=(0.0, 1.0), iterations=20).poison(d.x_train, d.y_train)
+    x_p, y_p = OptP(budget=0.2, x_val=d.x_val, y_val=d.y_val, l2=1e-3, box=(d.lo, d.hi), y_range=(0.0, 1.0), iterations=20).poison(d.x_train, d.y_train)
     assert np.all(x_p >= 0) and np.all(x_p <= 1) and np.all(y_p >= 0) and np.all(y_p <= 1)
 
 
@@ -79,7 +79,7 @@ def test_optp_is_at_least_as_strong_as_statp_on_diabetes(diabetes):
 
 def test_best_of_four_combinations_is_recorded(diabetes):
     d = diabetes
-    attack = OptP(0.1, d.x_val, d.y_val, l2=1e-3, lo=d.lo, hi=d.hi, iterations=10)
+    attack = OptP(budget=0.1, x_val=d.x_val, y_val=d.y_val, l2=1e-3, box=(d.lo, d.hi), iterations=10)
     attack.poison(d.x_train, d.y_train)
     runs = attack.diagnostics["runs"]
     assert {(r["init"], r["objective"]) for r in runs} == {("inv_flip", "train"), ("inv_flip", "val"),

@@ -63,4 +63,4 @@ def test_statp_raises_test_mse_on_diabetes():
 
 def test_needs_a_queryable_estimator():
     with pytest.raises(AuditError, match="needs an estimator with predict"):
-        StatP(0.1, None, np.zeros(2), np.ones(2))
+        StatP(None, budget=0.1, box=(np.zeros(2), np.ones(2)))

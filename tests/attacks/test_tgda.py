@@ -10,7 +10,7 @@ from torch.func import functional_call
 
 from audit.attacks import ATTACKS, AttackContext
 from audit.attacks.tgda import TGDA, is_convex_linear, solve_inverse_hvp, total_derivative
-from audit.autodiff import flat, objective_hvp
+from audit.maths.autodiff import flat, objective_hvp
 from audit.config import DatasetSpec, ModelSpec, TrainingSpec
 from audit.data import load_dataset
 from audit.errors import AuditError
@@ -191,7 +191,7 @@ def test_tgda_errors():
     with pytest.raises(AuditError, match="parameter 'leader_lr'"):
         ATTACKS["tgda"].for_cell({"leader_lr": -1}, AttackContext(d, victim, fitted, {}, 0.1, seed=0))
     with pytest.raises(AuditError, match="needs a validation set"):
-        TGDA(fitted.module, d.x_val, d.y_val[:-1], 0.1, 10)
+        TGDA(fitted.module, x_val=d.x_val, y_val=d.y_val[:-1], budget=0.1, n_classes=10)
     flat_data = load_dataset(DatasetSpec(name="wine"))
     wine_victim = build_victim(ModelSpec(name="logreg"), TrainingSpec(), flat_data, torch.device("cpu"))
     wine_fitted = wine_victim.fit(flat_data.x_train, flat_data.y_train, {}, 0)

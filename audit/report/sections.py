@@ -1,6 +1,6 @@
 """Report sections beyond the core: poisonability thresholds and Gradient Canceling, defenses, sample poisons.
 
-Each function turns an :class:`audit.analysis.Analysis` into plain data (and SVG) for the template.
+Each function turns an :class:`audit.report.analysis.Analysis` into plain data (and SVG) for the template.
 """
 
 from __future__ import annotations
@@ -11,51 +11,10 @@ from typing import Any
 
 import numpy as np
 
-from audit import figures
-from audit.analysis import Analysis, fmt as _fmt
+from audit.report import figures
+from audit.report.analysis import POLICY_LABELS, Analysis, fmt as _fmt, minimax_sentence, policy_series, threshold_table
 from audit.data import load_dataset
-from audit.recommend import aggregate, candidate_label
-
-
-def threshold_table(a: Analysis) -> list[dict[str, Any]]:
-    """Per candidate and ε_w (0 = the clean model): target metrics and τ, means over seeds."""
-    rows = []
-    for s in a.summaries:
-        mine = [t for t in a.targets if t["candidate"] == s.key and t["eps_w"] >= 0]
-        for eps_w in sorted({t["eps_w"] for t in mine}):
-            group = [t for t in mine if t["eps_w"] == eps_w]
-            th = [t["threshold"] for t in group]
-
-            def mean(key: str) -> float | None:
-                values = [x[key] for x in th if x.get(key) is not None]
-                return float(np.mean(values)) if len(values) == len(th) and values else None
-
-            rows.append({
-                "key": s.key, "label": s.label, "eps_w": eps_w,
-                "val": float(np.mean([t["val_metric"] for t in group])),
-                "test": float(np.mean([t["test_metric"] for t in group])),
-                "tau_2": mean("tau_2"), "tau_c": mean("tau_c"), "tau_rho_2": mean("tau_rho_2"),
-                "tau_rho_c": mean("tau_rho_c"),
-                "unreachable": sum(bool(x.get("unreachable")) for x in th), "seeds": len(group),
-                "condition": th[0].get("condition", ""), "w_norm_sq": mean("w_norm_sq"),
-            })  # fmt: skip
-    return rows
-
-
-def tau_sentence(a: Analysis) -> str:
-    """How regularization moved τ, for the recommendation paragraph."""
-    rows = [r for r in threshold_table(a) if r["eps_w"] > 0]
-    if not rows or "l2" not in a.config.candidates or len(a.summaries) < 2:
-        return ""
-    eps_w = min(r["eps_w"] for r in rows)
-    parts = []
-    for r in rows:
-        if r["eps_w"] != eps_w:
-            continue
-        tau = "unreachable at any budget" if r["tau_rho_2"] is None else f"τ_ρ(2) = {r['tau_rho_2']:.3g}"
-        parts.append(f"{r['label']}: {tau}")
-    return (f"Poisonability: the GradPC target at ε_w = {eps_w:g} (relative parameter change) needs "
-            f"ε ≥ τ to be reached — {'; '.join(parts)}.")  # fmt: skip
+from audit.report.recommend import aggregate, candidate_label
 
 
 def poisonability_context(a: Analysis) -> dict[str, Any] | None:
@@ -160,8 +119,6 @@ def defense_rows(a: Analysis) -> list[dict[str, Any]]:
     return rows
 
 
-
-
 def _certified(a: Analysis, hparams: dict[str, Any], attack: str, eps: float, defense: str) -> str:
     """Mean certified accuracy (DPA) of a (candidate, attack, ε) over seeds; empty for other defenses."""
     if defense != "dpa":
@@ -214,78 +171,6 @@ def poison_samples_context(a: Analysis) -> dict[str, Any] | None:
                     "svg": figures.poison_grid(clean, pick["x"], tuple(image_shape), float(data.lo.min()), float(data.hi.max())),
                 })  # fmt: skip
     return {"rows": rows, "grids": grids, "note": note}
-
-
-POLICY_LABELS = {"clean_cv": "λ_CLEAN (5-fold CV, clean)", "retuned": "λ re-tuned on D_val", "rmd": "λ_RMD (minimax)"}
-
-
-def policy_series(a: Analysis) -> dict[str, Any] | None:
-    """Means over seeds per policy and budget (ε = 0: clean): error, λ, ρ, ‖w‖², validation metric.
-
-    The ``fixed`` policies are the grid's candidates under the minimax's back-gradient attack.
-    Error is 100 − accuracy for classification (the paper's Fig. 2), MSE for regression.
-    """
-    if a.config.minimax is None or not a.policies:
-        return None
-    to_error = (lambda m: 100.0 - m) if a.higher_is_better else (lambda m: m)
-    attack = a.config.minimax_attack()
-    n = int(a.meta["dataset"]["n_train"])
-    out: dict[str, dict[str, dict[float, float]]] = {k: {} for k in ("error", "error_std", "lam", "l2", "norm", "val")}
-    for policy, label in POLICY_LABELS.items():
-        for eps in [0.0, *a.config.budgets]:
-            rows = [r for r in a.policies if r.policy == policy and r.budget == eps]
-            if not rows:
-                continue
-            for key, values in (("error", [to_error(r.test_metric) for r in rows]), ("lam", [r.lam for r in rows]),
-                                ("l2", [r.l2 for r in rows]), ("norm", [r.norm_w2 for r in rows]),
-                                ("val", [r.val_metric for r in rows])):  # fmt: skip
-                out[key].setdefault(label, {})[eps] = float(np.mean(values))
-            out["error_std"].setdefault(label, {})[eps] = float(np.std([to_error(r.test_metric) for r in rows]))
-    for s in a.summaries:  # fixed λ: the grid's cells of the same attack
-        if "l2" not in s.hparams or attack is None:
-            continue
-        label = f"fixed {s.label} (λ = {math.log(s.hparams['l2'] * n):.2f})" if s.hparams["l2"] > 0 else f"fixed {s.label}"
-        series = {0.0: to_error(s.clean_test)}
-        for eps in a.config.budgets:
-            st = s.stats.get((attack.key, eps, "none"))
-            if st is not None:
-                series[eps] = to_error(st.poisoned_test)
-        out["error"][label] = series
-    return out
-
-
-def minimax_sentence(a: Analysis, series: dict[str, Any]) -> str:
-    """How λ_RMD moves with the budget, and what the minimax says at the target budget (for the recommendation)."""
-    rmd = series["lam"].get(POLICY_LABELS["rmd"], {})
-    if len(rmd) < 2:
-        return ""
-    lo_eps, hi_eps = min(rmd), max(rmd)
-    rho = series["l2"][POLICY_LABELS["rmd"]]
-    trend = "grows" if rmd[hi_eps] > rmd[lo_eps] + 0.05 else ("falls" if rmd[hi_eps] < rmd[lo_eps] - 0.05 else "stays flat")
-    text = (f"λ under attack (minimax): λ_RMD {trend} from {rmd[lo_eps]:.2f} at ε = {lo_eps:g} to {rmd[hi_eps]:.2f} at "
-            f"ε = {hi_eps:g} (ρ {rho[lo_eps]:.3g} → {rho[hi_eps]:.3g})")  # fmt: skip
-    if trend == "grows":
-        text += ": raise the L2 strength as the expected poisoning grows, re-tuning it on trusted data"
-    target = a.recommendation.target_budget
-    rec, attack = a.recommended(), a.config.minimax_attack()
-    rmd_val = series["val"].get(POLICY_LABELS["rmd"], {}).get(target)
-    st = rec.stats.get((attack.key, target, "none")) if rec is not None and attack is not None else None
-    if rmd_val is not None and st is not None and "l2" in rec.hparams:
-        sign = 1.0 if a.higher_is_better else -1.0
-        better = sign * (rmd_val - st.poisoned_val) > 0
-        text += (f". Against {attack.key} at ε = {target:g}, learning λ under attack "
-                 f"{'beats' if better else 'does not beat'} the recommended fixed {rec.label} on the validation split "
-                 f"({_fmt(rmd_val)} vs {_fmt(st.poisoned_val)})")  # fmt: skip
-        if better:
-            text += f": deploy ρ re-tuned under attack (≈ {series['l2'][POLICY_LABELS['rmd']][target]:.3g} at this budget)"
-    errors = {label: pts[target] for label, pts in series["error"].items() if target in pts}
-    if POLICY_LABELS["rmd"] in errors and len(errors) > 1:
-        unit = " %" if a.higher_is_better else ""
-        name = "test error" if a.higher_is_better else "test MSE"
-        others = ", ".join(f"{k} {_fmt(v)}{unit}" for k, v in errors.items() if k != POLICY_LABELS["rmd"])
-        text += (f". At ε = {target:g} the defender that learns λ under attack has {name} "
-                 f"{_fmt(errors[POLICY_LABELS['rmd']])}{unit} against {others} (test figures, not used to choose)")  # fmt: skip
-    return text + "."
 
 
 def minimax_context(a: Analysis) -> dict[str, Any] | None:

@@ -12,7 +12,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from audit.recommend import CandidateSummary  # noqa: E402
+from audit.report.recommend import CandidateSummary  # noqa: E402
 
 plt.rcParams.update({"svg.hashsalt": "poison-audit", "svg.fonttype": "none", "font.size": 9,
                      "axes.spines.top": False, "axes.spines.right": False})  # fmt: skip

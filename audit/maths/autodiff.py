@@ -99,7 +99,7 @@ def per_sample_gradients(module: nn.Module, x: torch.Tensor, y: torch.Tensor, ta
     """
     from torch.func import functional_call, grad, vmap
 
-    from audit.poisonability import last_linear
+    from audit.models.structure import last_linear
 
     names = dict(module.named_parameters())
     if last_layer_only:

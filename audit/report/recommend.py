@@ -20,19 +20,10 @@ from typing import Any
 
 import numpy as np
 
-from audit.store import Cell
+from audit.config import candidate_label
+from audit.grid.store import Cell
 
-SYMBOLS = {"l2": "ρ", "l1": "λ₁", "width": "width", "depth": "depth", "epochs": "epochs", "lr": "lr", "batch_size": "batch",
-           "momentum": "momentum"}  # fmt: skip
-
-
-def candidate_label(hparams: dict[str, Any]) -> str:
-    """Short human label, e.g. ``ρ=1e-3, width=64``."""
-    if not hparams:
-        return "default"
-    return ", ".join(f"{SYMBOLS.get(k, k)}={v:g}" if isinstance(v, float) else f"{SYMBOLS.get(k, k)}={v}"
-                     for k, v in hparams.items())  # fmt: skip
-
+__all__ = ["AttackStats", "CandidateSummary", "Recommendation", "aggregate", "candidate_label", "pair_id", "recommend"]
 
 def _mean(values: list[float]) -> float:
     return float(np.mean(values)) if values else math.nan

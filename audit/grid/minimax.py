@@ -26,6 +26,11 @@ from typing import Any, Callable, Iterator
 import numpy as np
 
 from audit.attacks.back_gradient import BackGradient, learn_log_l2
+from audit.grid.store import PolicyRow
+from audit.models.training import l2_norm_sq, lambda_from_rho, rho_from_lambda
+
+rho = rho_from_lambda  # the paper's λ → the audit's ρ (one conversion, in audit.models.training)
+lam_of = lambda_from_rho
 
 POLICIES: dict[str, str] = {
     "fixed": "λ fixed in advance (each candidate ρ)",
@@ -35,40 +40,8 @@ POLICIES: dict[str, str] = {
 }
 
 
-@dataclass
-class PolicyRow:
-    """One policy at one budget and seed (ε = 0: clean data)."""
-
-    base: str
-    policy: str
-    budget: float
-    seed: int
-    lam: float
-    l2: float
-    norm_w2: float
-    val_metric: float
-    test_metric: float
-    seconds: float
-    diagnostics: dict[str, Any] = field(default_factory=dict)
-
-    def as_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-
-def rho(lam: float, n: int) -> float:
-    """The audit's ρ (mean loss) of the paper's λ on ``n`` training points."""
-    return math.exp(lam) / n
-
-
-def lam_of(l2: float, n: int) -> float:
-    """The paper's λ of the audit's ρ on ``n`` training points (−inf at ρ = 0)."""
-    return math.log(l2 * n) if l2 > 0 else -math.inf
-
-
 def weight_norm_sq(fitted: Any) -> float:
     """‖w‖² over the L2-regularized weights of a fitted torch victim."""
-    from audit.models.training import l2_norm_sq
-
     return float(l2_norm_sq(fitted.module).detach())
 
 
@@ -166,9 +139,8 @@ def policy_rows(data: Any, victim: Any, hp: dict[str, Any], budgets: list[float]
             start = time.perf_counter()
             clean_model = clean_model or victim.fit(x, y, {**hp, "l2": rho(lam_clean, n)}, train_seed)
             n_total = n + int(round(eps * n))
-            attack = BackGradient(clean_model.module, xv, yv, eps, data.task, data.n_classes, rho(lam_clean, n_total),
-                                  data.lo, data.hi, _y_range(data), attack_seed("clean_cv", eps),
-                                  **settings.attack_params)  # fmt: skip
+            attack = _back_gradient(data, clean_model, eps, rho(lam_clean, n_total), attack_seed("clean_cv", eps),
+                                    settings.attack_params)  # fmt: skip
             x_p, y_p = attack.poison(x, y)
             x_mix, y_mix = np.concatenate([x, x_p]), np.concatenate([y, y_p])
             crafted = time.perf_counter() - start
@@ -183,8 +155,7 @@ def policy_rows(data: Any, victim: Any, hp: dict[str, Any], budgets: list[float]
             template = victim.fit(x, y, {**hp, "l2": rho(lam_rmd0, n)}, train_seed)
             params = {**settings.attack_params, "learn_l2": True, "l2_init": lam_rmd0, "l2_range": settings.l2_range,
                       "l2_lr": settings.l2_lr}  # fmt: skip
-            attack = BackGradient(template.module, xv, yv, eps, data.task, data.n_classes, 0.0, data.lo, data.hi,
-                                  _y_range(data), attack_seed("rmd", eps), **params)  # fmt: skip
+            attack = _back_gradient(data, template, eps, 0.0, attack_seed("rmd", eps), params)
             x_p, y_p = attack.poison(x, y)
             lam = float(attack.diagnostics["lambda_rmd"])
             x_mix, y_mix = np.concatenate([x, x_p]), np.concatenate([y, y_p])
@@ -200,3 +171,10 @@ def _y_range(data: Any) -> tuple[float, float] | None:
 def _attack_summary(diag: dict[str, Any]) -> dict[str, Any]:
     keys = ("objective_initial", "objective_final", "iterations", "restarts", "seconds_per_iteration", "n_poison")
     return {k: diag[k] for k in keys if k in diag}
+
+
+def _back_gradient(data: Any, fitted: Any, eps: float, l2: float, seed: int, params: dict[str, Any]) -> BackGradient:
+    """The stage's back-gradient attack against ``fitted`` at budget ``eps``, with the victim's ρ ``l2``."""
+    return BackGradient(fitted.require_module("minimax"), x_val=data.x_val, y_val=data.y_val, budget=eps, task=data.task,
+                        n_classes=data.n_classes, l2=l2, box=(data.lo, data.hi), y_range=_y_range(data), seed=seed,
+                        **params)  # fmt: skip

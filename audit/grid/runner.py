@@ -28,12 +28,14 @@ import numpy as np
 import torch
 
 from audit.attacks import ATTACKS, AttackContext
-from audit.config import SCHEMA_VERSION, AuditConfig
+from audit.config import SCHEMA_VERSION, AuditConfig, candidate_label
 from audit.data import Dataset, load_dataset
 from audit.defenses import DEFENSES
 from audit.errors import AuditError
+from audit.jsonio import jsonable
+from audit.maths.poisonability import gradpc_target, module_metric, thresholds
 from audit.models import Victim, build_victim, resolve_device
-from audit.store import STORE_FILE, Cell, Store, candidate_key, cell_key, derive_seed
+from audit.grid.store import STORE_FILE, Cell, Store, candidate_key, cell_key, derive_seed
 
 
 @dataclass
@@ -53,7 +55,7 @@ class RunPlan:
 
         from audit import __version__
 
-        training = getattr(self.victim, "training", {})
+        training = self.victim.procedure or {}
         payload = json.dumps([self.config.fingerprint(), training, self.victim.description, __version__], sort_keys=True)
         return hashlib.sha256(payload.encode()).hexdigest()[:16]
 
@@ -98,7 +100,7 @@ def plan_audit(
     device = resolve_device(config.device)
     data = dataset if dataset is not None else load_dataset(config.dataset)
     victim = build_victim(config.model, config.training, data, device, model_obj=model)
-    if config.poisonability.enabled == "on" and getattr(victim, "build", None) is None:
+    if config.poisonability.enabled == "on" and not victim.builds_modules:
         raise AuditError("poisonability.enabled is 'on' but the victim is not a torch model (τ needs its logits)")
     for attack in config.attacks:
         cls = ATTACKS[attack.name]
@@ -107,7 +109,7 @@ def plan_audit(
     if "l1" in config.candidates and config.model.name not in ("lasso", "elastic_net") and \
             (config.training.optimizer or "") != "fista":
         raise AuditError("candidates.l1: an L1 term needs model 'lasso' or 'elastic_net' (or training.optimizer 'fista')")
-    if config.minimax is not None and getattr(victim, "build", None) is None:
+    if config.minimax is not None and not victim.builds_modules:
         raise AuditError("minimax: λ under attack needs a PyTorch victim (the back-gradient attack unrolls its training)")
     for name in config.defenses:
         if data.task not in DEFENSES[name].tasks:
@@ -142,7 +144,7 @@ def _prepare_store(plan: RunPlan, restart: bool) -> Store:
         store.initialise(
             {
                 "fingerprint": fingerprint,
-                "training": getattr(plan.victim, "training", None),
+                "training": plan.victim.procedure,
                 "config": plan.config.model_dump(mode="json"),
                 "config_schema_version": SCHEMA_VERSION,
                 "dataset": plan.dataset.describe(),
@@ -233,7 +235,7 @@ def _run_grid(plan: RunPlan, store: Store, progress: bool) -> None:
                     ctx = AttackContext(data, victim, clean, hp, eps, derive_seed(seed, cand, attack_key, eps))
                     attack = ATTACKS[spec.name].for_cell(dict(spec.params), ctx)
                     x_p, y_p = attack.poison(data.x_train, data.y_train)
-                    diagnostics = _jsonable(attack.diagnostics)
+                    diagnostics = jsonable(attack.diagnostics)
                     store.save_poisons(poison_key, x_p, y_p, diagnostics)
                 else:
                     x_p, y_p, diagnostics = cached
@@ -298,7 +300,7 @@ def _run_defense_cell(
             seconds=attack_seconds + time.perf_counter() - t0,
             device=str(plan.device),
             diagnostics=json.dumps(
-                {"attack": attack_diag, "defense": _jsonable(result.diagnostics), "retrain": poisoned.train_result}
+                {"attack": attack_diag, "defense": jsonable(result.diagnostics), "retrain": poisoned.train_result}
             ),
         )
         store.put_cell(cell)
@@ -324,11 +326,6 @@ def _record_failure(store: Store, c: tuple, err: BaseException, device: torch.de
             diagnostics=json.dumps({"traceback": traceback.format_exception(err)[-6:]}),
         )
     )
-
-
-def _jsonable(value: Any) -> Any:
-    """Diagnostics → plain JSON types (numpy scalars/arrays to Python)."""
-    return json.loads(json.dumps(value, default=lambda o: o.tolist() if hasattr(o, "tolist") else str(o)))
 
 
 def is_run_dir(path: Path) -> bool:
@@ -358,7 +355,7 @@ def wants_thresholds(cfg: AuditConfig, data: Dataset, fitted: Any) -> bool:
     setting = cfg.poisonability.enabled
     if setting == "off":
         return False
-    torch_model = getattr(fitted, "module", None) is not None
+    torch_model = fitted.module is not None
     if setting == "on" and not torch_model:
         raise AuditError("poisonability.enabled is 'on' but the victim is not a torch model (τ needs its logits)")
     return torch_model and (data.task == "classification" or setting == "on")
@@ -367,15 +364,12 @@ def wants_thresholds(cfg: AuditConfig, data: Dataset, fitted: Any) -> bool:
 def record_thresholds(store: Store, cfg: AuditConfig, data: Dataset, victim: Victim, fitted: Any, hp: dict,
                       cand: str, seed: int) -> None:  # fmt: skip
     """GradPC targets at the configured ε_w and their τ for one (candidate, seed); also the clean model (ε_w = 0)."""
-    from audit.attacks.gradient_canceling import target_by_gradpc
-    from audit.poisonability import module_metric, thresholds
-
-    l2 = float(victim.train_config(hp).l2) if hasattr(victim, "train_config") else 0.0
-    clean_th = thresholds(fitted.module, data.x_train, data.y_train, data.task, l2, data.n_classes)
+    l2 = victim.l2(hp)
+    clean_th = thresholds(fitted.require_module("poisonability"), data.x_train, data.y_train, data.task, l2, data.n_classes)
     store.put_target(cand, seed, 0.0, fitted.metric(data.x_val, data.y_val), fitted.metric(data.x_test, data.y_test),
                      clean_th.as_dict(), {})  # fmt: skip
     for eps_w in cfg.poisonability.eps_w:
-        target, result = target_by_gradpc(fitted, data, eps_w, cfg.poisonability.gradpc_steps)
+        target, result = gradpc_target(fitted, data, eps_w, cfg.poisonability.gradpc_steps)
         th = thresholds(target, data.x_train, data.y_train, data.task, l2, data.n_classes)
         metric = lambda x, y: module_metric(target, x, y, data.task)  # noqa: E731
         store.put_target(cand, seed, eps_w, metric(data.x_val, data.y_val), metric(data.x_test, data.y_test),
@@ -393,7 +387,7 @@ def minimax_bases(cfg: AuditConfig) -> list[dict[str, Any]]:
 
 
 def run_minimax(plan: RunPlan, store: Store, progress: bool = True) -> None:
-    """The λ-policy stage (:mod:`audit.minimax`): one row per (base, policy, budget, seed), each stored as it ends.
+    """The λ-policy stage (:mod:`audit.grid.minimax`): one row per (base, policy, budget, seed), each stored as it ends.
 
     Resumes like the grid: rows already stored are not recomputed. A failure ends the
     (base, seed); its error goes to stderr and to the store (the report shows it); the grid's
@@ -401,8 +395,7 @@ def run_minimax(plan: RunPlan, store: Store, progress: bool = True) -> None:
     """
     import sys
 
-    from audit.minimax import PolicySettings, policy_rows
-    from audit.recommend import candidate_label
+    from audit.grid.minimax import PolicySettings, policy_rows
 
     cfg = plan.config
     spec, attack = cfg.minimax, cfg.minimax_attack()

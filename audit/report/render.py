@@ -18,10 +18,11 @@ from typing import Any
 import yaml
 from jinja2 import Environment, FileSystemLoader, select_autoescape
 
-from audit import figures
-from audit.analysis import Analysis, analyse, fmt as _fmt
-from audit.recommend import candidate_label
-from audit.sections import defense_section, minimax_context, poison_samples_context, poisonability_context, threshold_table
+from audit.jsonio import atomic_write, finite
+from audit.report import figures
+from audit.report.analysis import Analysis, analyse, fmt as _fmt
+from audit.report.recommend import candidate_label
+from audit.report.sections import defense_section, minimax_context, poison_samples_context, poisonability_context, threshold_table
 
 SUMMARY_SCHEMA_VERSION = 1
 
@@ -38,22 +39,10 @@ KNOWN_ATTACKS = {  # name: (description, tasks it applies to)
 
 def templates_dir() -> Path:
     """Templates shipped in the wheel (``audit/templates``) or, from a checkout, the repository's ``templates/``."""
-    packaged = Path(__file__).parent / "templates"
+    packaged = Path(__file__).resolve().parents[1] / "templates"
     if (packaged / "report.html.j2").is_file():
         return packaged
-    return Path(__file__).resolve().parent.parent / "templates"
-
-
-def atomic_write(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    return Path(__file__).resolve().parents[2] / "templates"
 
 
 def build_context(a: Analysis) -> dict[str, Any]:
@@ -241,7 +230,7 @@ def write_report(run_dir: str | Path) -> Path:
     run_dir = Path(run_dir)
     analysis = analyse(run_dir)
     html = render_html(build_context(analysis))
-    atomic_write(run_dir / "summary.json", json.dumps(_finite(build_summary(analysis)), indent=2, allow_nan=False,
+    atomic_write(run_dir / "summary.json", json.dumps(finite(build_summary(analysis)), indent=2, allow_nan=False,
                                                        default=_json_default))  # fmt: skip
     atomic_write(run_dir / "report.html", html)
     return run_dir / "report.html"
@@ -253,17 +242,6 @@ def _setting(a: Analysis, s: Any) -> dict[str, Any]:
             "worst_case_val": {str(e): v for e, v in s.worst_val.items()},
             "worst_case_drop": {str(e): v for e, v in s.worst_damage_test.items()},
             "eligible": s.pair in a.recommendation.eligible}  # fmt: skip
-
-
-def _finite(value: Any) -> Any:
-    """NaN/inf (a setting with no finished cells) → null, so summary.json stays strict JSON."""
-    if isinstance(value, float):
-        return value if math.isfinite(value) else None
-    if isinstance(value, dict):
-        return {k: _finite(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_finite(v) for v in value]
-    return value
 
 
 def _json_default(value: Any) -> Any:

@@ -32,30 +32,13 @@ from scipy.special import lambertw
 from torch import nn
 from torch.nn import functional as F
 
+from audit.models.structure import is_linear_model, last_linear
 from audit.models.training import data_loss
 
 
 def kappa(c: int) -> float:
     """κ_c = W₀((c − 1)/e); κ₂ = W(1/e) ≈ 0.2785 (eq. 18 and A.8–A.12)."""
     return float(lambertw((c - 1) / math.e, 0).real)
-
-
-def last_linear(module: nn.Module) -> nn.Linear:
-    """The output layer: ``linear`` (LogReg, Ridge), ``head`` (MLP, CNN) or the last ``nn.Linear``."""
-    for name in ("linear", "head"):
-        layer = getattr(module, name, None)
-        if isinstance(layer, nn.Linear):
-            return layer
-    layers = [m for m in module.modules() if isinstance(m, nn.Linear)]
-    if not layers:
-        raise ValueError(f"{type(module).__name__} has no nn.Linear output layer for the last-layer condition")
-    return layers[-1]
-
-
-def is_linear_model(module: nn.Module) -> bool:
-    """True when the module's only parameters are its output layer (τ is then exact, not only necessary)."""
-    layer = last_linear(module)
-    return sum(p.numel() for p in module.parameters()) == sum(p.numel() for p in layer.parameters())
 
 
 @torch.no_grad()
@@ -291,59 +274,20 @@ def scale_to_budget(module: nn.Module, x: np.ndarray, y: np.ndarray, l2: float, 
     return best
 
 
-# --------------------------------------------------------------------------- CLI entry
-def compute_threshold_report(dataset_name: str, model_name: str, l2: float, width: int | None, seed: int,
-                             target_file: Any, eps_w: float | None, save_target: Any) -> dict[str, Any]:  # fmt: skip
-    """Train the clean model, build or load the target and compute τ (``poison-audit threshold``).
+def gradpc_target(fitted: Any, data: Any, eps_w: float, steps: int) -> tuple[nn.Module, GradPCResult]:
+    """The GradPC target of a fitted torch victim, cached in ``fitted.cache`` (budgets and attacks share it).
 
-    Keys of the returned dict (also the ``--json`` output): dataset, model, l2, seed, target
-    (description), clean_val, clean_test, target_val, target_test, gradpc (GradPC ascent
-    record or null), saved_target (path or null), threshold (a, w_norm_sq, kappa_2, kappa_c,
-    n_classes, tau_2, tau_c, tau_rho_2, tau_rho_c — null means unreachable at any budget —
-    eps_upper_2, unreachable, condition, loss, l2).
+    Parameters
+    ----------
+    fitted : audit.models.Fitted
+        A trained torch victim.
+    data : audit.data.Dataset
+        Its dataset; GradPC ascends the loss on ``(x_val, y_val)``.
+    eps_w, steps : float, int
+        Relative parameter budget ‖Δ‖ ≤ ε_w‖θ‖ and the number of ascent steps.
     """
-    from pathlib import Path
-
-    from audit.config import DatasetSpec, ModelSpec, TrainingSpec
-    from audit.data import BUILTIN, load_dataset
-    from audit.errors import AuditError
-    from audit.models import build_victim, resolve_device
-
-    if dataset_name not in BUILTIN:
-        raise AuditError(f"--dataset: unknown dataset {dataset_name!r}; valid: {', '.join(sorted(BUILTIN))}")
-    if model_name not in ("logreg", "mlp", "cnn", "ridge"):
-        raise AuditError(f"--model: expected one of cnn, logreg, mlp, ridge (got {model_name!r})")
-    data = load_dataset(DatasetSpec(name=dataset_name))
-    device = resolve_device("auto")
-    victim = build_victim(ModelSpec(name=model_name, width=width), TrainingSpec(), data, device)
-    from audit.store import derive_seed
-
-    fitted = victim.fit(data.x_train, data.y_train, {"l2": l2}, derive_seed(seed, "train"))
-    record = None
-    if target_file is not None:
-        path = Path(target_file)
-        if not path.is_file():
-            raise AuditError(f"--target: file not found: {path}")
-        try:
-            state = torch.load(path, map_location=device, weights_only=True)
-            target = copy.deepcopy(fitted.module)
-            target.load_state_dict(state)
-        except Exception as err:  # noqa: BLE001 — any unreadable or mismatched file is the user's input
-            raise AuditError(f"--target: cannot load {path} as a state dict of {model_name} ({str(err).splitlines()[0]})") from None
-        description = f"state dict {path}"
-    else:
-        target, result = gradpc(fitted.module, data.x_val, data.y_val, data.task, float(eps_w))
-        record = asdict(result)
-        description = f"GradPC, ε_w = {eps_w:g} (validation loss {result.val_loss_clean:.4g} → {result.val_loss_target:.4g})"
-    saved = None
-    if save_target is not None:
-        torch.save(target.state_dict(), save_target)
-        saved = str(save_target)
-    th = thresholds(target, data.x_train, data.y_train, data.task, l2, data.n_classes)
-    return {
-        "dataset": dataset_name, "model": model_name, "l2": l2, "seed": seed, "target": description,
-        "clean_val": fitted.metric(data.x_val, data.y_val), "clean_test": fitted.metric(data.x_test, data.y_test),
-        "target_val": module_metric(target, data.x_val, data.y_val, data.task),
-        "target_test": module_metric(target, data.x_test, data.y_test, data.task),
-        "gradpc": record, "saved_target": saved, "threshold": th.as_dict(),
-    }  # fmt: skip
+    key = ("gradpc", eps_w, steps)
+    if key not in fitted.cache:
+        module = fitted.require_module("GradPC")
+        fitted.cache[key] = gradpc(module, data.x_val, data.y_val, data.task, eps_w, steps=steps)
+    return fitted.cache[key]

@@ -7,9 +7,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from xml.sax.saxutils import escape, quoteattr
 
-from audit.analysis import analyse
+from audit.report.analysis import analyse
 from audit.errors import AuditError
-from audit.report import atomic_write
+from audit.jsonio import atomic_write
 
 
 @dataclass
@@ -51,6 +51,6 @@ def junit_xml(name: str, budget: float, result: GateResult) -> str:
         '<?xml version="1.0" encoding="utf-8"?>\n'
         f'<testsuites><testsuite name={quoteattr("poison-audit " + name)} tests="1" '
         f'failures="{0 if result.passed else 1}" errors="0">'
-        f'<testcase classname="poison-audit.gate" name={case}>{body}'
+        f'<testcase classname="poison-audit.report.gate" name={case}>{body}'
         f"<system-out>{escape(result.message)}</system-out></testcase></testsuite></testsuites>\n"
     )

@@ -14,13 +14,16 @@ import os
 import sqlite3
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
 
 import numpy as np
 
 from audit.errors import AuditError
+from audit.seeding import derive_seed
+
+__all__ = ["STORE_FILE", "Store", "candidate_key", "PolicyRow", "cell_key", "derive_seed"]
 
 STORE_SCHEMA_VERSION = 1
 STORE_FILE = "results.sqlite"
@@ -73,12 +76,6 @@ def cell_key(candidate: str, attack: str, budget: float, defense: str, seed: int
     return json.dumps([json.loads(candidate), attack, budget, defense, seed], sort_keys=True)
 
 
-def derive_seed(*parts: Any) -> int:
-    """A stable 31-bit seed from any JSON-able parts (same parts, same seed, on every machine)."""
-    digest = hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).digest()
-    return int.from_bytes(digest[:4], "little") & 0x7FFFFFFF
-
-
 @dataclass
 class Cell:
     """One row of the grid's results."""
@@ -107,6 +104,26 @@ class Cell:
     @property
     def hparams(self) -> dict[str, Any]:
         return json.loads(self.candidate)
+
+
+@dataclass
+class PolicyRow:
+    """One policy at one budget and seed (ε = 0: clean data)."""
+
+    base: str
+    policy: str
+    budget: float
+    seed: int
+    lam: float
+    l2: float
+    norm_w2: float
+    val_metric: float
+    test_metric: float
+    seconds: float
+    diagnostics: dict[str, Any] = field(default_factory=dict)
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
 
 
 class Store:
@@ -231,7 +248,7 @@ class Store:
 
     # ------------------------------------------------------------------ λ policies under attack (minimax)
     def put_policy(self, row: Any) -> None:
-        """One :class:`audit.minimax.PolicyRow`, in its own transaction."""
+        """One :class:`audit.grid.minimax.PolicyRow`, in its own transaction."""
         with self.db:
             self.db.execute(
                 "INSERT OR REPLACE INTO policies VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
@@ -240,8 +257,6 @@ class Store:
             )  # fmt: skip
 
     def policy_rows(self) -> list[Any]:
-        from audit.minimax import PolicyRow
-
         rows = self.db.execute("SELECT * FROM policies ORDER BY rowid").fetchall()
         return [PolicyRow(*r[:10], diagnostics=json.loads(r[10])) for r in rows]
 

@@ -1,0 +1,240 @@
+"""Read a run directory's store and aggregate it: the one view the report, summary and gate share."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from audit.config import AuditConfig
+from audit.report.recommend import CandidateSummary, Recommendation, aggregate, pair_id, recommend
+from audit.grid.store import Store
+from audit.models.training import lambda_from_rho
+
+
+@dataclass
+class Analysis:
+    """Everything the report, summary and gate read from a run."""
+
+    config: AuditConfig
+    meta: dict[str, Any]
+    cells: list
+    summaries: list[CandidateSummary]
+    recommendation: Recommendation
+    defense: str
+    metric: str
+    higher_is_better: bool
+    targets: list[dict[str, Any]]
+    pairs: list[CandidateSummary]
+    samples: list[dict[str, Any]] = field(default_factory=list)
+    policies: list = field(default_factory=list)  # audit.grid.minimax.PolicyRow of the λ-under-attack stage
+
+    @property
+    def unit(self) -> str:
+        return "accuracy drop (points)" if self.higher_is_better else "MSE increase"
+
+    def recommended(self) -> CandidateSummary | None:
+        """The recommended (candidate, defense) setting's summary."""
+        want = pair_id(self.recommendation.key, self.recommendation.defense) if self.recommendation.key else None
+        return next((s for s in self.pairs if s.pair == want), None)
+
+
+def analyse(run_dir: str | Path) -> Analysis:
+    """Read a run directory's store and aggregate it (no recomputation)."""
+    store = Store.open_existing(run_dir)
+    try:
+        meta = store.all_meta()
+        cells = store.cells()
+        clean_rows = list(store.clean_rows())
+        defended_rows = store.clean_defended_rows()
+        targets = store.target_rows()
+        samples = [s for s in store.poison_samples() if s["fingerprint"] == meta.get("fingerprint")]
+        policies = store.policy_rows()
+    finally:
+        store.close()
+    config = AuditConfig.model_validate(meta["config"])
+    task = meta["dataset"]["task"]
+    higher = task == "classification"
+    metric = "accuracy (%)" if higher else "MSE"
+    defense = "none" if "none" in config.defenses else config.defenses[0]
+    summaries = aggregate(
+        cells, clean_rows, config.candidate_grid(), [a.key for a in config.attacks], config.budgets, config.seeds,
+        defense, higher_is_better=higher,
+    )  # fmt: skip
+    # every (candidate, defense) setting; a defended setting's clean metric is the defense run on clean data
+    pairs: list[CandidateSummary] = []
+    for d in config.defenses:
+        rows = clean_rows if d == "none" else [(c, s, v, t, 0.0, {}) for c, s, dd, v, t, _, err in defended_rows
+                                               if dd == d and v is not None]  # fmt: skip
+        pairs += aggregate(cells, rows, config.candidate_grid(), [a.key for a in config.attacks], config.budgets,
+                           config.seeds, d, higher_is_better=higher)  # fmt: skip
+    rec = recommend(pairs, config.target_budget, config.recommendation.clean_tolerance, higher,
+                    metric_name="accuracy" if higher else "MSE")  # fmt: skip
+    analysis = Analysis(config, meta, cells, summaries, rec, defense, metric, higher, targets, pairs, samples, policies)
+    cost = defense_cost_sentence(analysis, defended_rows)
+    if cost:
+        rec.reason = f"{rec.reason} {cost}"
+    moved = tau_sentence(analysis)
+    if moved:
+        rec.reason = f"{rec.reason} {moved}"
+    series = policy_series(analysis)
+    under_attack = minimax_sentence(analysis, series) if series else ""
+    if under_attack:
+        rec.reason = f"{rec.reason} {under_attack}"
+    return analysis
+
+
+def defense_cost_sentence(a: Analysis, defended_rows: list) -> str:
+    """What the recommended defense costs on clean data (or that no defense was chosen, when some were run)."""
+    rec = a.recommendation
+    if rec.key is None or len(a.config.defenses) < 2:
+        return ""
+    if rec.defense == "none":
+        return "No defense is recommended: none of those run improved the worst case enough within the clean tolerance."
+    plain = next((s for s in a.pairs if s.key == rec.key and s.defense == "none"), None)
+    chosen = a.recommended()
+    removed = [r[5] for r in defended_rows if r[0] == rec.key and r[2] == rec.defense and r[5] is not None]
+    if plain is None or chosen is None:
+        return ""
+    sign = 1.0 if a.higher_is_better else -1.0
+    delta = sign * (chosen.clean_val - plain.clean_val)  # > 0: the defense helps on clean validation data
+    if a.higher_is_better:
+        effect = f"{'raises' if delta > 0 else 'lowers'} validation accuracy by {fmt(abs(delta))} points"
+    else:
+        effect = f"{'lowers' if delta > 0 else 'raises'} validation MSE by {fmt(abs(delta))}"
+    text = (f"On clean data the defense {rec.defense} {effect} ({fmt(chosen.clean_val)} with it, "
+            f"{fmt(plain.clean_val)} without; test {fmt(chosen.clean_test)} vs {fmt(plain.clean_test)}) and drops "
+            f"{np.mean(removed):.0f} clean training points on average.")  # fmt: skip
+    if rec.defense in VALIDATION_READERS:
+        text += (f" {rec.defense} itself selects points with the validation split, so its validation figures are "
+                 "optimistic: judge it by the test figures.")  # fmt: skip
+    return text
+
+
+# defenses that read D_val: their validation metrics are biased upwards when the recommendation compares them
+VALIDATION_READERS = ("influence_filter", "roni")
+
+
+def fmt(value: float | None, digits: int = 2) -> str:
+    """Fixed decimals for accuracies; 4 significant digits for small values such as an MSE."""
+    if value is None or not math.isfinite(value):
+        return "n/a"
+    if value != 0 and abs(value) < 0.1:
+        return f"{value:.4g}"
+    return f"{value:.{digits}f}"
+
+
+def threshold_table(a: Analysis) -> list[dict[str, Any]]:
+    """Per candidate and ε_w (0 = the clean model): target metrics and τ, means over seeds."""
+    rows = []
+    for s in a.summaries:
+        mine = [t for t in a.targets if t["candidate"] == s.key and t["eps_w"] >= 0]
+        for eps_w in sorted({t["eps_w"] for t in mine}):
+            group = [t for t in mine if t["eps_w"] == eps_w]
+            th = [t["threshold"] for t in group]
+
+            def mean(key: str) -> float | None:
+                values = [x[key] for x in th if x.get(key) is not None]
+                return float(np.mean(values)) if len(values) == len(th) and values else None
+
+            rows.append({
+                "key": s.key, "label": s.label, "eps_w": eps_w,
+                "val": float(np.mean([t["val_metric"] for t in group])),
+                "test": float(np.mean([t["test_metric"] for t in group])),
+                "tau_2": mean("tau_2"), "tau_c": mean("tau_c"), "tau_rho_2": mean("tau_rho_2"),
+                "tau_rho_c": mean("tau_rho_c"),
+                "unreachable": sum(bool(x.get("unreachable")) for x in th), "seeds": len(group),
+                "condition": th[0].get("condition", ""), "w_norm_sq": mean("w_norm_sq"),
+            })  # fmt: skip
+    return rows
+
+
+def tau_sentence(a: Analysis) -> str:
+    """How regularization moved τ, for the recommendation paragraph."""
+    rows = [r for r in threshold_table(a) if r["eps_w"] > 0]
+    if not rows or "l2" not in a.config.candidates or len(a.summaries) < 2:
+        return ""
+    eps_w = min(r["eps_w"] for r in rows)
+    parts = []
+    for r in rows:
+        if r["eps_w"] != eps_w:
+            continue
+        tau = "unreachable at any budget" if r["tau_rho_2"] is None else f"τ_ρ(2) = {r['tau_rho_2']:.3g}"
+        parts.append(f"{r['label']}: {tau}")
+    return (f"Poisonability: the GradPC target at ε_w = {eps_w:g} (relative parameter change) needs "
+            f"ε ≥ τ to be reached — {'; '.join(parts)}.")  # fmt: skip
+
+
+POLICY_LABELS = {"clean_cv": "λ_CLEAN (5-fold CV, clean)", "retuned": "λ re-tuned on D_val", "rmd": "λ_RMD (minimax)"}
+
+
+def policy_series(a: Analysis) -> dict[str, Any] | None:
+    """Means over seeds per policy and budget (ε = 0: clean): error, λ, ρ, ‖w‖², validation metric.
+
+    The ``fixed`` policies are the grid's candidates under the minimax's back-gradient attack.
+    Error is 100 − accuracy for classification (the paper's Fig. 2), MSE for regression.
+    """
+    if a.config.minimax is None or not a.policies:
+        return None
+    to_error = (lambda m: 100.0 - m) if a.higher_is_better else (lambda m: m)
+    attack = a.config.minimax_attack()
+    n = int(a.meta["dataset"]["n_train"])
+    out: dict[str, dict[str, dict[float, float]]] = {k: {} for k in ("error", "error_std", "lam", "l2", "norm", "val")}
+    for policy, label in POLICY_LABELS.items():
+        for eps in [0.0, *a.config.budgets]:
+            rows = [r for r in a.policies if r.policy == policy and r.budget == eps]
+            if not rows:
+                continue
+            for key, values in (("error", [to_error(r.test_metric) for r in rows]), ("lam", [r.lam for r in rows]),
+                                ("l2", [r.l2 for r in rows]), ("norm", [r.norm_w2 for r in rows]),
+                                ("val", [r.val_metric for r in rows])):  # fmt: skip
+                out[key].setdefault(label, {})[eps] = float(np.mean(values))
+            out["error_std"].setdefault(label, {})[eps] = float(np.std([to_error(r.test_metric) for r in rows]))
+    for s in a.summaries:  # fixed λ: the grid's cells of the same attack
+        if "l2" not in s.hparams or attack is None:
+            continue
+        label = f"fixed {s.label} (λ = {lambda_from_rho(s.hparams['l2'], n):.2f})" if s.hparams["l2"] > 0 else f"fixed {s.label}"
+        series = {0.0: to_error(s.clean_test)}
+        for eps in a.config.budgets:
+            st = s.stats.get((attack.key, eps, "none"))
+            if st is not None:
+                series[eps] = to_error(st.poisoned_test)
+        out["error"][label] = series
+    return out
+
+
+def minimax_sentence(a: Analysis, series: dict[str, Any]) -> str:
+    """How λ_RMD moves with the budget, and what the minimax says at the target budget (for the recommendation)."""
+    rmd = series["lam"].get(POLICY_LABELS["rmd"], {})
+    if len(rmd) < 2:
+        return ""
+    lo_eps, hi_eps = min(rmd), max(rmd)
+    rho = series["l2"][POLICY_LABELS["rmd"]]
+    trend = "grows" if rmd[hi_eps] > rmd[lo_eps] + 0.05 else ("falls" if rmd[hi_eps] < rmd[lo_eps] - 0.05 else "stays flat")
+    text = (f"λ under attack (minimax): λ_RMD {trend} from {rmd[lo_eps]:.2f} at ε = {lo_eps:g} to {rmd[hi_eps]:.2f} at "
+            f"ε = {hi_eps:g} (ρ {rho[lo_eps]:.3g} → {rho[hi_eps]:.3g})")  # fmt: skip
+    if trend == "grows":
+        text += ": raise the L2 strength as the expected poisoning grows, re-tuning it on trusted data"
+    target = a.recommendation.target_budget
+    rec, attack = a.recommended(), a.config.minimax_attack()
+    rmd_val = series["val"].get(POLICY_LABELS["rmd"], {}).get(target)
+    st = rec.stats.get((attack.key, target, "none")) if rec is not None and attack is not None else None
+    if rmd_val is not None and st is not None and "l2" in rec.hparams:
+        sign = 1.0 if a.higher_is_better else -1.0
+        better = sign * (rmd_val - st.poisoned_val) > 0
+        text += (f". Against {attack.key} at ε = {target:g}, learning λ under attack "
+                 f"{'beats' if better else 'does not beat'} the recommended fixed {rec.label} on the validation split "
+                 f"({_fmt(rmd_val)} vs {_fmt(st.poisoned_val)})")  # fmt: skip
+        if better:
+            text += f": deploy ρ re-tuned under attack (≈ {series['l2'][POLICY_LABELS['rmd']][target]:.3g} at this budget)"
+    errors = {label: pts[target] for label, pts in series["error"].items() if target in pts}
+    if POLICY_LABELS["rmd"] in errors and len(errors) > 1:
+        unit = " %" if a.higher_is_better else ""
+        name = "test error" if a.higher_is_better else "test MSE"
+        others = ", ".join(f"{k} {_fmt(v)}{unit}" for k, v in errors.items() if k != POLICY_LABELS["rmd"])
+        text += (f". At ε = {target:g} the defender that learns λ under attack has {name} "
+                 f"{_fmt(errors[POLICY_LABELS['rmd']])}{unit} against {others} (test figures, not used to choose)")  # fmt: skip
+    return text + "."
