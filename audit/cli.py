@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import functools
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import click
 
@@ -43,8 +44,8 @@ def cli() -> None:
 def run(config: Path | None, output_dir: Path | None, restart: bool, quiet: bool) -> None:
     """Run (or resume) the audit CONFIG describes; without CONFIG, the embedded default audit."""
     from audit.config import AuditConfig, load_config
-    from audit.report import write_report
     from audit.grid.runner import run_audit
+    from audit.report import write_report
 
     cfg = load_config(config) if config is not None else AuditConfig()
     try:

@@ -16,16 +16,16 @@ from typing import Any, Literal
 
 import numpy as np
 import yaml
-from pydantic import Field, ValidationError, field_validator, model_validator
+from pydantic import Field, ValidationError, field_validator, model_serializer, model_validator
 
 from audit.attacks import ATTACKS
 from audit.data import DatasetSpec, SplitSpec
-from audit.defenses import DEFENSES
+from audit.defenses import DEFENSES, Defense
 from audit.errors import AuditError
 from audit.models import MODELS
 from audit.spec import StrictModel, first_error
 
-__all__ = ["AXES", "AttackSpec", "AuditConfig", "DatasetSpec", "ModelSpec", "SplitSpec", "TrainingSpec", "candidate_label",
+__all__ = ["AXES", "AttackSpec", "AuditConfig", "DatasetSpec", "DefenseSpec", "ModelSpec", "SplitSpec", "TrainingSpec", "candidate_label",
            "load_config", "parse_config"]
 
 SCHEMA_VERSION = 1
@@ -136,6 +136,51 @@ class AttackSpec(StrictModel):
         return self.name + "[" + ",".join(f"{k}={v}" for k, v in sorted(self.params.items())) + "]"
 
 
+class DefenseSpec(StrictModel):
+    """One defense of the grid: registry name, optional display id and parameters (a bare name is ``{name}``).
+
+    A spec with neither id nor params serialises back to the bare name, so configs written
+    before defenses took parameters keep their fingerprint.
+    """
+
+    name: str
+    id: str | None = None
+    params: dict[str, Any] = Field(default_factory=dict)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _from_name(cls, value: Any) -> Any:
+        return {"name": value} if isinstance(value, str) else value
+
+    @model_validator(mode="after")
+    def _known(self) -> DefenseSpec:
+        if self.name not in DEFENSES:
+            raise ValueError(f"defenses: unknown defense {self.name!r}; valid: {', '.join(sorted(DEFENSES))}")
+        try:
+            DEFENSES[self.name].Params.model_validate(self.params)
+        except ValidationError as err:
+            raise ValueError(f"defenses.{self.name}.params: {first_error(err)}") from None
+        return self
+
+    @model_serializer(mode="wrap")
+    def _serialise(self, handler: Any) -> Any:
+        return self.name if self.id is None and not self.params else handler(self)
+
+    @property
+    def key(self) -> str:
+        """The id cells are stored under: the explicit id, else name plus sorted parameters."""
+        if self.id:
+            return self.id
+        if not self.params:
+            return self.name
+        return self.name + "[" + ",".join(f"{k}={v}" for k, v in sorted(self.params.items())) + "]"
+
+    @property
+    def defense(self) -> type[Defense]:
+        """The registered defense class."""
+        return DEFENSES[self.name]
+
+
 class PoisonabilitySpec(StrictModel):
     """Thresholds τ of GradPC target models, per candidate and seed, computed after clean training.
 
@@ -213,7 +258,7 @@ class AuditConfig(StrictModel):
         min_length=1,
     )
     budgets: list[float] = Field(default_factory=lambda: [0.03, 0.1, 0.3], min_length=1)
-    defenses: list[str] = Field(default_factory=lambda: ["none"], min_length=1)
+    defenses: list[DefenseSpec] = Field(default_factory=lambda: [DefenseSpec(name="none")], min_length=1)
     seeds: list[int] = Field(default_factory=lambda: [0, 1, 2], min_length=1)
     device: Literal["auto", "cpu", "cuda"] = "auto"
     output_dir: str = "reports"
@@ -247,12 +292,10 @@ class AuditConfig(StrictModel):
 
     @field_validator("defenses")
     @classmethod
-    def _defenses(cls, value: list[str]) -> list[str]:
-        for name in value:
-            if name not in DEFENSES:
-                raise ValueError(f"defenses: unknown defense {name!r}; valid: {', '.join(sorted(DEFENSES))}")
-        if len(set(value)) != len(value):
-            raise ValueError(f"defenses: values repeat ({value!r})")
+    def _defenses(cls, value: list[DefenseSpec]) -> list[DefenseSpec]:
+        keys = [d.key for d in value]
+        if len(set(keys)) != len(keys):
+            raise ValueError(f"defenses: values repeat ({keys!r}); give each an 'id'")
         return value
 
     @field_validator("seeds")
@@ -295,6 +338,15 @@ class AuditConfig(StrictModel):
         if wanted is None:
             raise ValueError("minimax: needs a back_gradient attack in attacks (its parameters craft the poisons)")
         raise ValueError(f"minimax.attack: {wanted!r} is not the id of a back_gradient attack in attacks")
+
+    @property
+    def defense_keys(self) -> list[str]:
+        """The defense axis as stored in the cells: each defense's key, in config order."""
+        return [d.key for d in self.defenses]
+
+    def defense_spec(self, key: str) -> DefenseSpec:
+        """The defense spec stored under ``key``."""
+        return next(d for d in self.defenses if d.key == key)
 
     def candidate_grid(self) -> list[dict[str, Any]]:
         """Cartesian product of the candidate axes, in config order (deterministic)."""

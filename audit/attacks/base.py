@@ -138,11 +138,12 @@ def check_n_classes(n_classes: Any, who: str) -> int:
 class AuditAttack(ABC):
     """Abstract base that gives an ART poisoning attack the audit's contract. Put it first in the bases.
 
-    Class-level facts a subclass declares: ``name`` (registry key), ``description``,
+    Class-level facts a subclass declares: ``name`` (registry key), ``title``, ``description``,
     ``Params`` and ``tasks`` (``classification`` and/or ``regression``).
     """
 
     name: ClassVar[str]
+    title: ClassVar[str]  # short name for the report ("Gradient Canceling")
     description: ClassVar[str]
     Params: ClassVar[type[AttackParams]] = AttackParams
     tasks: ClassVar[tuple[str, ...]] = ("classification",)
@@ -183,7 +184,8 @@ class AuditAttack(ABC):
             super().__init__()  # ART's black-box attacks hold no estimator
         self.budget = float(budget)
         self.seed = int(seed)
-        self.lo, self.hi = (None, None) if box is None else box
+        self.lo: Any = None if box is None else box[0]
+        self.hi: Any = None if box is None else box[1]
         self.n_classes = n_classes
         self.diagnostics: dict[str, Any] = {}
 

@@ -29,9 +29,9 @@ from torch import nn
 
 from audit.attacks.base import AttackContext, AttackParams, AuditAttack, PoisonInput, check_l2, torch_module
 from audit.errors import AuditError
-from audit.models.training import data_loss
 from audit.maths.poisonability import gradpc_target as target_by_gradpc
 from audit.maths.poisonability import module_metric, scale_output_layer, scale_to_budget, thresholds
+from audit.models.training import data_loss
 
 
 class GCParams(AttackParams):
@@ -50,7 +50,7 @@ class GCParams(AttackParams):
 
 
 def flat_norm(tensors: list[torch.Tensor]) -> float:
-    return float(torch.sqrt(sum(t.double().pow(2).sum() for t in tensors)))
+    return float(torch.sqrt(sum(t.double().pow(2).sum() for t in tensors)))  # type: ignore[arg-type]  # torch/numpy stubs
 
 
 def mean_gradient(module: nn.Module, x: torch.Tensor, y: torch.Tensor, task: str, chunk: int = 4096) -> list[torch.Tensor]:
@@ -92,7 +92,7 @@ def cancel_gradient(
         loss = data_loss(module(zb), labels[start : start + step], task, reduction="sum")
         grads = torch.autograd.grad(loss, params, create_graph=True)
         inner = sum((g * ri.detach()).sum() for g, ri in zip(grads, r)) / n
-        out[start : start + step] = torch.autograd.grad(inner, zb)[0]
+        out[start : start + step] = torch.autograd.grad(inner, zb)[0]  # type: ignore[arg-type]  # torch/numpy stubs
     return out
 
 
@@ -120,8 +120,10 @@ class GradientCanceling(AuditAttack, PoisoningAttackWhiteBox):
     """
 
     name: ClassVar[str] = "gradient_canceling"
+    title: ClassVar[str] = "Gradient Canceling"
     description: ClassVar[str] = "Gradient Canceling towards a GradPC (or given) target model, white-box"
     Params = GCParams
+    params: GCParams
     tasks: ClassVar[tuple[str, ...]] = ("classification", "regression")
     attack_params = PoisoningAttackWhiteBox.attack_params + ["budget", "l2", "seed"]
     _estimator_requirements = ()

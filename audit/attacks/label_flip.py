@@ -56,8 +56,10 @@ class LabelFlip(AuditAttack, PoisoningAttackBlackBox):
     """
 
     name: ClassVar[str] = "label_flip"
+    title: ClassVar[str] = "label flip (random / adversarial)"
     description: ClassVar[str] = "copies of training points with flipped labels (random or max-loss), black-box"
     Params = LabelFlipParams
+    params: LabelFlipParams
     attack_params = PoisoningAttackBlackBox.attack_params + ["budget", "variant", "mapping", "selection", "seed"]
     _estimator_requirements = ()
 

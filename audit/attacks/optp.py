@@ -96,8 +96,10 @@ class OptP(AuditAttack, PoisoningAttackWhiteBox):
     """
 
     name: ClassVar[str] = "optp"
+    title: ClassVar[str] = "optimization attack on (x, y)"
     description: ClassVar[str] = "optimization attack on (x, y) through the trained linear model (regression, white-box)"
     Params = OptPParams
+    params: OptPParams
     tasks: ClassVar[tuple[str, ...]] = ("regression",)
     attack_params = PoisoningAttackWhiteBox.attack_params + ["budget", "seed"]
     _estimator_requirements = ()
@@ -154,12 +156,12 @@ class OptP(AuditAttack, PoisoningAttackWhiteBox):
                 w_val = float(self.objective_value(x_c, y_c, xt, yt, "val", theta0))
             runs.append({"init": init, "objective": which, "value": value, "w_val": w_val, "iterations": iters,
                          "x": x_c, "y": y_c})  # fmt: skip
-        best = max(runs, key=lambda r: r["w_val"])
+        best = max(runs, key=lambda r: r["w_val"])  # type: ignore[arg-type, return-value]  # a name reused across types; checked at run time
         self.diagnostics.update(
             chosen={"init": best["init"], "objective": best["objective"]},
             runs=[{k: r[k] for k in ("init", "objective", "value", "w_val", "iterations")} for r in runs],
         )
-        return best["x"].numpy(), best["y"].numpy().astype(np.float32)
+        return best["x"].numpy(), best["y"].numpy().astype(np.float32)  # type: ignore[attr-defined]  # a name reused across types; checked at run time
 
     def _ascend(self, x_c: torch.Tensor, y_c: torch.Tensor, x: torch.Tensor, y: torch.Tensor, which: str,
                 theta0: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, float, int]:  # fmt: skip
@@ -168,7 +170,7 @@ class OptP(AuditAttack, PoisoningAttackWhiteBox):
         span = float(torch.max(hi - lo).clamp(max=1e6)) if torch.isfinite(hi - lo).all() else 1.0
         step = p.step * span
         iters = 0
-        for iters in range(1, p.iterations + 1):
+        for iters in range(1, p.iterations + 1):  # noqa: B007 - the count is returned
             # ISTA step fixed for this iteration (0.9/L of the current mixed data): one function to ascend
             inner = 0.9 * ista_step(torch.cat([x, x_c]), self.l2)
             current = float(self.objective_value(x_c, y_c, x, y, which, theta0, inner))

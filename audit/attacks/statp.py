@@ -60,8 +60,10 @@ class StatP(AuditAttack, PoisoningAttackBlackBox):
     """
 
     name: ClassVar[str] = "statp"
+    title: ClassVar[str] = "StatP (statistical attack)"
     description: ClassVar[str] = "statistical attack: Gaussian samples rounded to box corners, loss-maximising response (black-box)"
     Params = StatPParams
+    params: StatPParams
     tasks: ClassVar[tuple[str, ...]] = ("regression", "classification")
     attack_params = PoisoningAttackBlackBox.attack_params + ["budget", "seed"]
     _estimator_requirements = ()

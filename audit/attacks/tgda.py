@@ -33,7 +33,8 @@ import copy
 import hashlib
 import math
 import time
-from typing import Any, Callable, ClassVar, Literal
+from collections.abc import Callable
+from typing import Any, ClassVar, Literal
 
 import numpy as np
 import torch
@@ -51,10 +52,10 @@ from audit.attacks.base import (
     torch_module,
     validation_set,
 )
-from audit.maths.autodiff import CGResult, conjugate_gradient, flat, objective_hvp
 from audit.errors import AuditError
-from audit.models.structure import is_convex_linear
+from audit.maths.autodiff import CGResult, conjugate_gradient, flat, objective_hvp
 from audit.models.generators import build_generator, pretrain_generator
+from audit.models.structure import is_convex_linear
 from audit.models.training import data_loss, objective
 from audit.seeding import seeded_init
 
@@ -186,8 +187,10 @@ class TGDA(AuditAttack, PoisoningAttackWhiteBox):
     """
 
     name: ClassVar[str] = "tgda"
+    title: ClassVar[str] = "TGDA (total gradient descent ascent)"
     description: ClassVar[str] = "TGDA: generator trained by total gradient ascent against the retrained model, white-box, clean-label"
     Params = TGDAParams
+    params: TGDAParams
     attack_params = PoisoningAttackWhiteBox.attack_params + ["budget", "l2", "seed"]
     _estimator_requirements = ()
 
@@ -277,7 +280,7 @@ class TGDA(AuditAttack, PoisoningAttackWhiteBox):
         n_poison, rng = task.n_poison, task.rng
         follower = copy.deepcopy(self.module)
         ref = next(follower.parameters())
-        device, dtype = ref.device, ref.dtype
+        device = ref.device
         w_params = [q for q in follower.parameters()]
         for q in w_params:
             q.requires_grad_(True)
@@ -321,7 +324,7 @@ class TGDA(AuditAttack, PoisoningAttackWhiteBox):
                 grads = torch.autograd.grad(objective(follower, x_mix, y_mix, "classification", self.l2), w_params)
                 with torch.no_grad():
                     for q, g in zip(w_params, grads):
-                        q -= p.follower_lr * g
+                        q -= p.follower_lr * g  # type: ignore[misc]  # torch/numpy stubs
 
         def leader_step(clean_idx: torch.Tensor, p_idx: torch.Tensor, val_idx: torch.Tensor) -> None:
             nonlocal cg_converged
@@ -333,7 +336,7 @@ class TGDA(AuditAttack, PoisoningAttackWhiteBox):
             cg_converged += int(cg.converged)
             with torch.no_grad():
                 for q, g in zip(theta, grads):
-                    q += alpha * g  # eq. (17): ascent on ℓ
+                    q += alpha * g  # type: ignore[misc]  # torch/numpy stubs — eq. (17): ascent on ℓ
 
         for epoch in range(p.epochs):
             clean_order = torch.as_tensor(rng.permutation(n), device=device).split(batch)

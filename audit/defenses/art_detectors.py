@@ -27,6 +27,7 @@ from torch import nn
 
 from audit.defenses.base import Defense, DefenseResult
 from audit.errors import AuditError
+from audit.seeding import numpy_global_seed
 
 
 class _Penultimate(nn.Module):
@@ -45,7 +46,7 @@ def penultimate_classifier(fitted: Any, n_classes: int, input_shape: tuple[int, 
     """An ART PyTorchClassifier whose last (only) layer outputs the victim's penultimate features."""
     from art.estimators.classification import PyTorchClassifier
 
-    module = getattr(fitted, "module", None)
+    module = fitted.module
     if module is None:
         raise AuditError("activation_clustering and spectral_signature need a torch victim (they read activations); "
                          "use 'roni' for scikit-learn models")  # fmt: skip
@@ -71,14 +72,17 @@ class _ArtDetector(Defense):
 class _PenultimateDetector(_ArtDetector):
     """Train on the mixed set, hand ART a penultimate-feature classifier, keep what it calls clean."""
 
+    designed_for_backdoors: ClassVar[bool] = True
+    victims: ClassVar[tuple[str, ...]] = ("torch",)
+
     def _detect(self, classifier: Any, x: np.ndarray, y_onehot: np.ndarray) -> list[int]:
         raise NotImplementedError
 
     def apply(self, x: np.ndarray, y: np.ndarray, victim: Any, hparams: dict[str, Any]) -> DefenseResult:
         fitted = victim.fit(x, y, hparams, self.seed)
         c = int(victim.n_classes)
-        np.random.seed(self.seed % 2**32)  # ART's KMeans/PCA draw from numpy's global generator
-        is_clean = self._detect(penultimate_classifier(fitted, c, (x.shape[1],)), x, _one_hot(y, c))
+        with numpy_global_seed(self.seed):  # ART's KMeans/PCA draw from numpy's global generator
+            is_clean = self._detect(penultimate_classifier(fitted, c, (x.shape[1],)), x, _one_hot(y, c))
         keep = self._keep(is_clean, len(y))
         return DefenseResult(keep=keep, diagnostics={"flagged": int((~keep).sum())})
 
@@ -122,14 +126,18 @@ class Roni(_ArtDetector):
         super().__init__(rate, seed)
         self.validation = validation
 
+    reads_validation: ClassVar[bool] = True
+    designed_for_backdoors: ClassVar[bool] = True
+    victims: ClassVar[tuple[str, ...]] = ("sklearn",)
+
     @classmethod
-    def for_cell(cls, rate: float, seed: int, dataset: Any) -> Roni:
-        return cls(rate, seed, validation=(dataset.x_val, dataset.y_val))
+    def from_dataset(cls, dataset: Any) -> dict[str, Any]:
+        return {"validation": (dataset.x_val, dataset.y_val)}
 
     def apply(self, x: np.ndarray, y: np.ndarray, victim: Any, hparams: dict[str, Any]) -> DefenseResult:
         from art.defences.detector.poison import RONIDefense
 
-        if getattr(victim, "estimator", None) is None:
+        if victim.kind != "sklearn":
             raise AuditError("roni needs a scikit-learn victim (it refits the model once per point); "
                              "use activation_clustering or spectral_signature for torch models")  # fmt: skip
         if self.validation is None:
@@ -142,8 +150,8 @@ class Roni(_ArtDetector):
             # ART's SklearnClassifier.predict returns probabilities; accuracy needs labels
             return float(np.mean(np.argmax(y_true, axis=1) == np.argmax(y_pred, axis=1)))
 
-        np.random.seed(self.seed % 2**32)  # RONI draws its calibration and quiz sets from numpy's global generator
-        detector = RONIDefense(fitted.to_art(), x, _one_hot(y, c), x_val, _one_hot(y_val, c), perf_func=accuracy)
-        _, is_clean = detector.detect_poison()
+        with numpy_global_seed(self.seed):  # RONI draws its calibration and quiz sets from numpy's global generator
+            detector = RONIDefense(fitted.to_art(), x, _one_hot(y, c), x_val, _one_hot(y_val, c), perf_func=accuracy)
+            _, is_clean = detector.detect_poison()
         keep = self._keep(is_clean, len(y))
         return DefenseResult(keep=keep, diagnostics={"flagged": int((~keep).sum())})

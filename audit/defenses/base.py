@@ -4,6 +4,13 @@ Filters return ``DefenseResult(keep=mask)`` and the grid retrains on the kept po
 the normal procedure; robust trainers (e.g. TRIM) return ``DefenseResult(fitted=model)``.
 Every defense gets the assumed poison rate (default: the cell's ε) and a seed, and puts
 its own diagnostics in the result.
+
+A defense declares once, on its class: its configurable parameters (``Params``, a pydantic
+model: the config's ``defenses: [{name, id, params}]`` is checked with it), the tasks it
+applies to, the victim kinds it works with (``victims``), and the facts the report and the recommendation need — ``reads_validation``
+(it selects points with D_val, so its validation figures are optimistic),
+``designed_for_backdoors`` (a backdoor detector, not an indiscriminate-poisoning defense)
+and ``certifies`` (it yields a certified accuracy).
 """
 
 from __future__ import annotations
@@ -13,28 +20,61 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 import numpy as np
+from pydantic import ValidationError
+
+from audit.errors import AuditError
+from audit.spec import StrictModel
+
+
+class DefenseParams(StrictModel):
+    """Base of defense parameter models: unknown keys are errors."""
 
 
 @dataclass
 class DefenseResult:
+    """What a defense returns: a keep-mask over the mixed set, or a trained model (and then optionally a mask)."""
+
     keep: np.ndarray | None = None
     fitted: Any = None
     diagnostics: dict[str, Any] = field(default_factory=dict)
 
 
 class Defense(ABC):
+    """One defense of the grid. Subclasses set the class facts below and write :meth:`apply`."""
+
     name: ClassVar[str]
     description: ClassVar[str]
+    Params: ClassVar[type[DefenseParams]] = DefenseParams
     tasks: ClassVar[tuple[str, ...]] = ("classification", "regression")
+    victims: ClassVar[tuple[str, ...]] = ("torch", "sklearn")  # the victim kinds it works with
+    reads_validation: ClassVar[bool] = False
+    designed_for_backdoors: ClassVar[bool] = False
+    certifies: ClassVar[bool] = False
 
     def __init__(self, rate: float, seed: int) -> None:
         self.rate = rate
         self.seed = seed
 
     @classmethod
-    def for_cell(cls, rate: float, seed: int, dataset: Any) -> Defense:
-        """The defense for one grid cell (override to take more of the dataset, e.g. D_val)."""
-        return cls(rate, seed)
+    def validate_params(cls, params: dict[str, Any] | None) -> DefenseParams:
+        """``params`` checked against :attr:`Params`; a one-line error naming the defense otherwise."""
+        try:
+            return cls.Params.model_validate(params or {})
+        except ValidationError as err:
+            first = err.errors()[0]
+            where = ".".join(str(p) for p in first["loc"])
+            raise AuditError(f"defense {cls.name!r} parameter {where!r}: {first['msg']} (got {first.get('input')!r})") from None
+
+    @classmethod
+    def for_cell(cls, rate: float, seed: int, dataset: Any, params: dict[str, Any] | None = None) -> Defense:
+        """The defense for one grid cell: its configured parameters plus what it takes of the dataset."""
+        checked = cls.validate_params(params).model_dump()
+        return cls(rate, seed, **checked, **cls.from_dataset(dataset))
+
+    @classmethod
+    def from_dataset(cls, dataset: Any) -> dict[str, Any]:
+        """Constructor arguments taken from the dataset (override to read D_val, D_test, …)."""
+        return {}
 
     @abstractmethod
     def apply(self, x: np.ndarray, y: np.ndarray, victim: Any, hparams: dict[str, Any]) -> DefenseResult:

@@ -20,8 +20,9 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 import numpy as np
+from pydantic import Field
 
-from audit.defenses.base import Defense, DefenseResult
+from audit.defenses.base import Defense, DefenseParams, DefenseResult
 from audit.errors import AuditError
 from audit.models.victim import Fitted
 
@@ -61,7 +62,7 @@ class FittedEnsemble(Fitted):
 
     def votes(self, x: np.ndarray) -> np.ndarray:
         raw = self.art_ensemble.predict(x.astype(np.float32), raw=True)  # (k, n, c)
-        counts = np.zeros((len(x), int(self.n_classes)), dtype=np.int64)
+        counts = np.zeros((len(x), int(self.n_classes)), dtype=np.int64)  # type: ignore[arg-type]  # a name reused across types; checked at run time
         for member in raw:
             counts[np.arange(len(x)), member.argmax(axis=1)] += 1
         return counts
@@ -74,6 +75,10 @@ class FittedEnsemble(Fitted):
 
     def to_art(self, clip_values: tuple[float, float] | None = None) -> Any:
         return self.art_ensemble
+
+
+class DPAParams(DefenseParams):
+    partitions: int = Field(50, ge=2)
 
 
 class DeepPartitionAggregation(Defense):
@@ -92,14 +97,18 @@ class DeepPartitionAggregation(Defense):
         self.evaluation = evaluation
         self.n_clean = n_clean
 
+    Params = DPAParams
+    certifies: ClassVar[bool] = True
+    victims: ClassVar[tuple[str, ...]] = ("torch",)
+
     @classmethod
-    def for_cell(cls, rate: float, seed: int, dataset: Any) -> DeepPartitionAggregation:
-        return cls(rate, seed, evaluation=(dataset.x_test, dataset.y_test), n_clean=len(dataset.y_train))
+    def from_dataset(cls, dataset: Any) -> dict[str, Any]:
+        return {"evaluation": (dataset.x_test, dataset.y_test), "n_clean": len(dataset.y_train)}
 
     def apply(self, x: np.ndarray, y: np.ndarray, victim: Any, hparams: dict[str, Any]) -> DefenseResult:
         from art.estimators.classification import DeepPartitionEnsemble
 
-        if getattr(victim, "build", None) is None:
+        if not victim.builds_modules:
             raise AuditError("dpa needs a torch victim (members are ART PyTorch classifiers)")
         # at least ~20 points per member: k = min(partitions, ⌊N/20⌋), ≥ 2 (tiny partitions vote noise)
         k, c = max(2, min(self.partitions, len(y) // 20)), int(victim.n_classes)

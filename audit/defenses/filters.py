@@ -18,10 +18,11 @@ from typing import Any, ClassVar
 
 import numpy as np
 import torch
+from pydantic import Field
 
-from audit.maths.autodiff import conjugate_gradient, mean_gradient, objective_hvp, per_sample_gradients
-from audit.defenses.base import Defense, DefenseResult
+from audit.defenses.base import Defense, DefenseParams, DefenseResult
 from audit.errors import AuditError
+from audit.maths.autodiff import conjugate_gradient, mean_gradient, objective_hvp, per_sample_gradients
 
 
 def _n_remove(rate: float, n_total: int) -> int:
@@ -38,7 +39,7 @@ def _drop_top(scores: np.ndarray, k: int, keep: np.ndarray) -> np.ndarray:
 
 
 def _module_of(fitted: Any, name: str) -> torch.nn.Module:
-    module = getattr(fitted, "module", None)
+    module = fitted.module
     if module is None:
         raise AuditError(f"defense {name!r} needs a torch victim (it reads gradients); a scikit-learn model cannot serve it")
     return module
@@ -48,6 +49,17 @@ def _tensors(fitted: Any, x: np.ndarray, y: np.ndarray, task: str) -> tuple[torc
     device = next(fitted.module.parameters()).device
     dtype = torch.long if task == "classification" else torch.float32
     return torch.as_tensor(x, dtype=torch.float32, device=device), torch.as_tensor(y, dtype=dtype, device=device)
+
+
+class InfluenceParams(DefenseParams):
+    damping: float = Field(0.01, ge=0)
+    cg_iter: int = Field(200, ge=1)
+    cg_tol: float = Field(1e-6, gt=0)
+
+
+class SeverParams(DefenseParams):
+    rounds: int = Field(2, ge=1)
+    max_params: int = Field(100_000, ge=1)
 
 
 class LossFilter(Defense):
@@ -70,6 +82,7 @@ class InfluenceFilter(Defense):
     """Remove the points whose up-weighting raises the validation loss most (influence functions)."""
 
     name: ClassVar[str] = "influence_filter"
+    victims: ClassVar[tuple[str, ...]] = ("torch",)
     description: ClassVar[str] = "influence filter: drop the ε fraction most harmful to the validation loss (H⁻¹ by CG)"
 
     def __init__(self, rate: float, seed: int, damping: float = 0.01, cg_iter: int = 200, cg_tol: float = 1e-6,
@@ -78,9 +91,12 @@ class InfluenceFilter(Defense):
         self.damping, self.cg_iter, self.cg_tol = damping, cg_iter, cg_tol
         self.validation = validation
 
+    Params = InfluenceParams
+    reads_validation: ClassVar[bool] = True
+
     @classmethod
-    def for_cell(cls, rate: float, seed: int, dataset: Any) -> InfluenceFilter:
-        return cls(rate, seed, validation=(dataset.x_val, dataset.y_val))
+    def from_dataset(cls, dataset: Any) -> dict[str, Any]:
+        return {"validation": (dataset.x_val, dataset.y_val)}
 
     def apply(self, x: np.ndarray, y: np.ndarray, victim: Any, hparams: dict[str, Any]) -> DefenseResult:
         if self.validation is None:
@@ -90,7 +106,7 @@ class InfluenceFilter(Defense):
         task = victim.task
         xt, yt = _tensors(fitted, x, y, task)
         xv, yv = _tensors(fitted, *self.validation, task)
-        l2 = float(victim.train_config(hparams).l2)
+        l2 = victim.l2(hparams)
         g_val = mean_gradient(module, xv, yv, task)
         solve = conjugate_gradient(objective_hvp(module, xt, yt, task, l2, self.damping), g_val, self.cg_tol, self.cg_iter)
         grads = per_sample_gradients(module, xt, yt, task)
@@ -128,6 +144,8 @@ class Sever(Defense):
     """Sever: remove the points whose centred gradients project most on the top singular direction."""
 
     name: ClassVar[str] = "sever"
+    victims: ClassVar[tuple[str, ...]] = ("torch",)
+    Params = SeverParams
     description: ClassVar[str] = "Sever: drop points with the largest squared projection of centred gradients on the top singular vector"
 
     def __init__(self, rate: float, seed: int, rounds: int = 2, max_params: int = 100_000) -> None:

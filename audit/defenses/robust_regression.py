@@ -15,16 +15,25 @@ from __future__ import annotations
 from typing import Any, ClassVar
 
 import numpy as np
+from pydantic import Field
 
-from audit.defenses.base import Defense, DefenseResult
+from audit.defenses.base import Defense, DefenseParams, DefenseResult
 from audit.errors import AuditError
 from audit.models.victim import FittedSklearn
+
+
+class TrimParams(DefenseParams):
+    n_keep: int | None = Field(None, ge=1)
+    max_iter: int = Field(100, ge=1)
+    rtol: float = Field(1e-6, gt=0)
+    restarts: int = Field(1, ge=1)
 
 
 class Trim(Defense):
     """TRIM: trimmed-loss alternating minimisation (Algorithm 2)."""
 
     name: ClassVar[str] = "trim"
+    Params = TrimParams
     description: ClassVar[str] = "TRIM (Jagielski et al. 2018): fit on the n lowest-residual points, re-select, repeat"
     tasks: ClassVar[tuple[str, ...]] = ("regression",)
 
@@ -79,7 +88,7 @@ class _SklearnRobust(Defense):
         raise NotImplementedError
 
     def apply(self, x: np.ndarray, y: np.ndarray, victim: Any, hparams: dict[str, Any]) -> DefenseResult:
-        rho = float(hparams.get("l2", getattr(victim, "training", {}).get("l2", 0.0) or 0.0))
+        rho = victim.l2(hparams)
         import warnings
 
         with warnings.catch_warnings():

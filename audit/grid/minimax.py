@@ -18,10 +18,10 @@ victim retrained from scratch with its own procedure; rows record λ, ρ, ‖w�
 
 from __future__ import annotations
 
-import math
 import time
-from dataclasses import asdict, dataclass, field
-from typing import Any, Callable, Iterator
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 

@@ -28,14 +28,14 @@ import numpy as np
 import torch
 
 from audit.attacks import ATTACKS, AttackContext
-from audit.config import SCHEMA_VERSION, AuditConfig, candidate_label
+from audit.config import SCHEMA_VERSION, AuditConfig, DefenseSpec, candidate_label
 from audit.data import Dataset, load_dataset
-from audit.defenses import DEFENSES
 from audit.errors import AuditError
+from audit.grid.cells import GridCell, apply_defense
+from audit.grid.store import STORE_FILE, Cell, Store, candidate_key, derive_seed
 from audit.jsonio import jsonable
 from audit.maths.poisonability import gradpc_target, module_metric, thresholds
 from audit.models import Victim, build_victim, resolve_device
-from audit.grid.store import STORE_FILE, Cell, Store, candidate_key, cell_key, derive_seed
 
 
 @dataclass
@@ -59,16 +59,16 @@ class RunPlan:
         payload = json.dumps([self.config.fingerprint(), training, self.victim.description, __version__], sort_keys=True)
         return hashlib.sha256(payload.encode()).hexdigest()[:16]
 
-    def cells(self) -> list[tuple[int, str, str, float, str, int]]:
-        """All grid cells in run order: (position, candidate, attack, budget, defense, seed)."""
-        out = []
+    def cells(self) -> list[GridCell]:
+        """All grid cells in run order (candidate → seed → attack → budget → defense)."""
+        out: list[GridCell] = []
         for hp in self.config.candidate_grid():
             cand = candidate_key(hp)
             for seed in self.config.seeds:
                 for attack in self.config.attacks:
                     for eps in self.config.budgets:
-                        for defense in self.config.defenses:
-                            out.append((len(out), cand, attack.key, eps, defense, seed))
+                        for defense in self.config.defense_keys:
+                            out.append(GridCell(len(out), cand, attack.key, eps, defense, seed))
         return out
 
 
@@ -111,9 +111,9 @@ def plan_audit(
         raise AuditError("candidates.l1: an L1 term needs model 'lasso' or 'elastic_net' (or training.optimizer 'fista')")
     if config.minimax is not None and not victim.builds_modules:
         raise AuditError("minimax: λ under attack needs a PyTorch victim (the back-gradient attack unrolls its training)")
-    for name in config.defenses:
-        if data.task not in DEFENSES[name].tasks:
-            raise AuditError(f"defenses: {name!r} does not apply to {data.task} (it supports {', '.join(DEFENSES[name].tasks)})")
+    for spec in config.defenses:
+        if data.task not in spec.defense.tasks:
+            raise AuditError(f"defenses: {spec.name!r} does not apply to {data.task} (it supports {', '.join(spec.defense.tasks)})")
     out = Path(output_dir if output_dir is not None else config.output_dir)
     if out.exists() and not out.is_dir():
         raise AuditError(f"output directory {out} exists and is a file")
@@ -191,14 +191,14 @@ def _run_grid(plan: RunPlan, store: Store, progress: bool) -> None:
     fingerprint = plan.fingerprint()
     cells = plan.cells()
     done = store.finished_keys()
-    bar = tqdm(total=len(cells), initial=sum(cell_key(*c[1:]) in done for c in cells), disable=not progress,
+    bar = tqdm(total=len(cells), initial=sum(c.key in done for c in cells), disable=not progress,
                unit="cell", desc=f"audit {cfg.name}", dynamic_ncols=True)  # fmt: skip
-    by_group: dict[tuple[str, int], list] = {}
+    by_group: dict[tuple[str, int], list[GridCell]] = {}
     for c in cells:
-        by_group.setdefault((c[1], c[5]), []).append(c)
+        by_group.setdefault((c.candidate, c.seed), []).append(c)
 
     for (cand, seed), group in by_group.items():
-        pending = [c for c in group if cell_key(*c[1:]) not in done]
+        pending = [c for c in group if c.key not in done]
         if not pending:
             continue
         hp = json.loads(cand)
@@ -213,18 +213,18 @@ def _run_grid(plan: RunPlan, store: Store, progress: bool) -> None:
                 bar.update(1)
             continue
         store.put_clean(cand, seed, clean_val, clean_test, time.perf_counter() - t0, clean.train_result)
-        for defense_name in cfg.defenses:
-            if defense_name != "none":
-                record_clean_defense(store, plan, victim, hp, cand, seed, train_seed, defense_name)
+        for defense_spec in cfg.defenses:
+            if defense_spec.name != "none":
+                record_clean_defense(store, plan, victim, hp, cand, seed, train_seed, defense_spec)
         if wants_thresholds(cfg, data, clean):
             try:
                 record_thresholds(store, cfg, data, victim, clean, hp, cand, seed)
             except Exception as err:  # τ is diagnostic: record why it is missing, keep auditing
                 store.put_target(cand, seed, -1.0, math.nan, math.nan, {"error": f"{type(err).__name__}: {err}"}, {})
 
-        by_poison: dict[tuple[str, float], list] = {}
+        by_poison: dict[tuple[str, float], list[GridCell]] = {}
         for c in pending:
-            by_poison.setdefault((c[2], c[3]), []).append(c)
+            by_poison.setdefault((c.attack, c.budget), []).append(c)
         for (attack_key, eps), defense_cells in by_poison.items():
             spec = next(a for a in cfg.attacks if a.key == attack_key)
             poison_key = json.dumps([cand, attack_key, spec.params, eps, seed, fingerprint], sort_keys=True)
@@ -255,7 +255,7 @@ def _run_grid(plan: RunPlan, store: Store, progress: bool) -> None:
 def _run_defense_cell(
     plan: RunPlan,
     store: Store,
-    c: tuple,
+    c: GridCell,
     hp: dict[str, Any],
     train_seed: int,
     clean_val: float,
@@ -265,30 +265,24 @@ def _run_defense_cell(
     attack_diag: dict,
     attack_seconds: float,
 ) -> None:
-    position, cand, attack_key, eps, defense_name, seed = c
     data, victim = plan.dataset, plan.victim
     t0 = time.perf_counter()
     try:
         x_mix = np.concatenate([data.x_train, x_p])
         y_mix = np.concatenate([data.y_train, y_p])
         is_poison = np.r_[np.zeros(len(data.y_train), bool), np.ones(len(y_p), bool)]
-        defense = DEFENSES[defense_name].for_cell(eps, derive_seed(seed, cand, attack_key, eps, defense_name), data)
-        result = defense.apply(x_mix, y_mix, victim, hp)
-        if result.fitted is not None:  # a robust trainer; its keep-mask (if any) only counts removals
-            poisoned = result.fitted
-            keep = np.ones(len(y_mix), bool) if result.keep is None else np.asarray(result.keep, bool)
-        else:
-            keep = np.asarray(result.keep, bool)
-            assert keep.shape == y_mix.shape, "defense keep-mask has the wrong shape"
-            poisoned = victim.fit(x_mix[keep], y_mix[keep], hp, train_seed)
+        spec = plan.config.defense_spec(c.defense)
+        defense = spec.defense.for_cell(c.budget, derive_seed(c.seed, c.candidate, c.attack, c.budget, c.defense), data,
+                                        spec.params)  # fmt: skip
+        poisoned, keep, defense_diag = apply_defense(defense, x_mix, y_mix, victim, hp, train_seed)
         cell = Cell(
-            cell_key=cell_key(cand, attack_key, eps, defense_name, seed),
-            position=position,
-            candidate=cand,
-            attack=attack_key,
-            budget=eps,
-            defense=defense_name,
-            seed=seed,
+            cell_key=c.key,
+            position=c.position,
+            candidate=c.candidate,
+            attack=c.attack,
+            budget=c.budget,
+            defense=c.defense,
+            seed=c.seed,
             status="ok",
             clean_val=clean_val,
             clean_test=clean_test,
@@ -300,7 +294,7 @@ def _run_defense_cell(
             seconds=attack_seconds + time.perf_counter() - t0,
             device=str(plan.device),
             diagnostics=json.dumps(
-                {"attack": attack_diag, "defense": jsonable(result.diagnostics), "retrain": poisoned.train_result}
+                {"attack": attack_diag, "defense": jsonable(defense_diag), "retrain": poisoned.train_result}
             ),
         )
         store.put_cell(cell)
@@ -308,18 +302,17 @@ def _run_defense_cell(
         _record_failure(store, c, err, plan.device)
 
 
-def _record_failure(store: Store, c: tuple, err: BaseException, device: torch.device) -> None:
-    position, cand, attack_key, eps, defense_name, seed = c
+def _record_failure(store: Store, c: GridCell, err: BaseException, device: torch.device) -> None:
     last = f"{type(err).__name__}: {err}".strip().splitlines()[0] if str(err) else type(err).__name__
     store.put_cell(
         Cell(
-            cell_key=cell_key(cand, attack_key, eps, defense_name, seed),
-            position=position,
-            candidate=cand,
-            attack=attack_key,
-            budget=eps,
-            defense=defense_name,
-            seed=seed,
+            cell_key=c.key,
+            position=c.position,
+            candidate=c.candidate,
+            attack=c.attack,
+            budget=c.budget,
+            defense=c.defense,
+            seed=c.seed,
             status="failed",
             device=str(device),
             error=last,
@@ -333,21 +326,16 @@ def is_run_dir(path: Path) -> bool:
 
 
 def record_clean_defense(store: Store, plan: RunPlan, victim: Victim, hp: dict, cand: str, seed: int, train_seed: int,
-                         defense_name: str) -> None:  # fmt: skip
+                         spec: DefenseSpec) -> None:  # fmt: skip
     """What a defense costs on clean data: apply it to D_tr alone (assumed rate = the target budget), retrain."""
     data, rate = plan.dataset, plan.config.target_budget
     try:
-        defense = DEFENSES[defense_name].for_cell(rate, derive_seed(seed, cand, "clean", defense_name), data)
-        result = defense.apply(data.x_train, data.y_train, victim, hp)
-        if result.fitted is not None:
-            fitted, keep = result.fitted, (np.ones(len(data.y_train), bool) if result.keep is None else result.keep)
-        else:
-            keep = np.asarray(result.keep, bool)
-            fitted = victim.fit(data.x_train[keep], data.y_train[keep], hp, train_seed)
-        store.put_clean_defended(cand, seed, defense_name, fitted.metric(data.x_val, data.y_val),
-                                 fitted.metric(data.x_test, data.y_test), int((~np.asarray(keep, bool)).sum()))  # fmt: skip
+        defense = spec.defense.for_cell(rate, derive_seed(seed, cand, "clean", spec.key), data, spec.params)
+        fitted, keep, _ = apply_defense(defense, data.x_train, data.y_train, victim, hp, train_seed)
+        store.put_clean_defended(cand, seed, spec.key, fitted.metric(data.x_val, data.y_val),
+                                 fitted.metric(data.x_test, data.y_test), int((~keep).sum()))  # fmt: skip
     except Exception as err:  # recorded; the pair is then not eligible for the recommendation
-        store.put_clean_defended(cand, seed, defense_name, None, None, None, f"{type(err).__name__}: {err}")
+        store.put_clean_defended(cand, seed, spec.key, None, None, None, f"{type(err).__name__}: {err}")
 
 
 def wants_thresholds(cfg: AuditConfig, data: Dataset, fitted: Any) -> bool:

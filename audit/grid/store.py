@@ -14,9 +14,10 @@ import os
 import sqlite3
 import tempfile
 import time
-from dataclasses import asdict, dataclass, field
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
 
@@ -258,7 +259,8 @@ class Store:
 
     def policy_rows(self) -> list[Any]:
         rows = self.db.execute("SELECT * FROM policies ORDER BY rowid").fetchall()
-        return [PolicyRow(*r[:10], diagnostics=json.loads(r[10])) for r in rows]
+        names = [f.name for f in fields(PolicyRow) if f.name != "diagnostics"]
+        return [PolicyRow(**dict(zip(names, r[:10])), diagnostics=json.loads(r[10])) for r in rows]
 
     # ------------------------------------------------------------------ poison cache
     def _poison_path(self, key: str) -> Path:

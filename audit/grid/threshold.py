@@ -36,6 +36,7 @@ def compute_threshold_report(dataset_name: str, model_name: str, l2: float, widt
     device = resolve_device("auto")
     victim = build_victim(ModelSpec(name=model_name, width=width), TrainingSpec(), data, device)
     fitted = victim.fit(data.x_train, data.y_train, {"l2": l2}, derive_seed(seed, "train"))
+    clean = fitted.require_module("poison-audit threshold")
     record = None
     if target_file is not None:
         path = Path(target_file)
@@ -43,13 +44,14 @@ def compute_threshold_report(dataset_name: str, model_name: str, l2: float, widt
             raise AuditError(f"--target: file not found: {path}")
         try:
             state = torch.load(path, map_location=device, weights_only=True)
-            target = copy.deepcopy(fitted.module)
+            target = copy.deepcopy(clean)
             target.load_state_dict(state)
         except Exception as err:  # noqa: BLE001 — any unreadable or mismatched file is the user's input
             raise AuditError(f"--target: cannot load {path} as a state dict of {model_name} ({str(err).splitlines()[0]})") from None
         description = f"state dict {path}"
     else:
-        target, result = gradpc(fitted.module, data.x_val, data.y_val, data.task, float(eps_w))
+        assert eps_w is not None, "the CLI asks for --target or --eps-w"
+        target, result = gradpc(clean, data.x_val, data.y_val, data.task, float(eps_w))
         record = asdict(result)
         description = f"GradPC, ε_w = {eps_w:g} (validation loss {result.val_loss_clean:.4g} → {result.val_loss_target:.4g})"
     saved = None

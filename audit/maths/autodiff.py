@@ -6,8 +6,8 @@ solution with its iteration count, final residual and whether it converged.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import torch
 from torch import nn

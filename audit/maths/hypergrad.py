@@ -23,8 +23,8 @@ poisons appended to the clean training set.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Callable, Sequence
 
 import torch
 from torch import nn
@@ -178,12 +178,12 @@ def functional_objective(model: FlatModel, x_clean: torch.Tensor, y_clean: torch
     ``x_fixed, y_fixed``: poisons already placed (earlier batches), held constant.
     """
     if x_fixed is not None and len(x_fixed):
-        x_clean, y_clean = torch.cat([x_clean, x_fixed]), torch.cat([y_clean, y_fixed])
+        x_clean, y_clean = torch.cat([x_clean, x_fixed]), torch.cat([y_clean, y_fixed])  # type: ignore[list-item]  # torch/numpy stubs
 
     def inner(w: torch.Tensor, x_p: torch.Tensor, log_l2: torch.Tensor, y_p: torch.Tensor | None = None) -> torch.Tensor:
         labels = y_poison if y_p is None else y_p
         out = model(w, torch.cat([x_clean, x_p]))
-        loss = data_loss(out, torch.cat([y_clean, labels]), task)
+        loss = data_loss(out, torch.cat([y_clean, labels]), task)  # type: ignore[list-item]  # torch/numpy stubs
         return loss + 0.5 * torch.exp(log_l2) * (model.reg_mask * w * w).sum()
 
     return inner

@@ -201,7 +201,7 @@ def gradpc(
     target = copy.deepcopy(module).eval()
     params = [p for p in target.parameters()]
     theta0 = [p.detach().clone() for p in params]
-    radius = eps_w * float(torch.sqrt(sum(p.pow(2).sum() for p in theta0)))
+    radius = eps_w * float(torch.sqrt(sum(p.pow(2).sum() for p in theta0)))  # type: ignore[arg-type]  # torch/numpy stubs
     step = step_scale * radius / steps
     device = params[0].device
     xv = torch.as_tensor(x_val, dtype=torch.float32, device=device)
@@ -215,13 +215,13 @@ def gradpc(
     best, best_loss, best_step = [p.clone() for p in theta0], clean_loss, 0
     for t in range(1, steps + 1):
         grads = torch.autograd.grad(val_loss(), params)
-        gnorm = float(torch.sqrt(sum(g.pow(2).sum() for g in grads)))
+        gnorm = float(torch.sqrt(sum(g.pow(2).sum() for g in grads)))  # type: ignore[arg-type]  # torch/numpy stubs
         if gnorm == 0:
             break
         with torch.no_grad():
             for p, g in zip(params, grads):
                 p.add_(g, alpha=step / gnorm)
-            delta_norm = float(torch.sqrt(sum((p - p0).pow(2).sum() for p, p0 in zip(params, theta0))))
+            delta_norm = float(torch.sqrt(sum((p - p0).pow(2).sum() for p, p0 in zip(params, theta0))))  # type: ignore[arg-type]  # torch/numpy stubs
             if delta_norm > radius:  # project Δ onto the ball ‖Δ‖ ≤ ε_w‖θ‖
                 for p, p0 in zip(params, theta0):
                     p.copy_(p0 + (p - p0) * (radius / delta_norm))
@@ -231,7 +231,7 @@ def gradpc(
     with torch.no_grad():
         for p, b in zip(params, best):
             p.copy_(b)
-        change = float(torch.sqrt(sum((p - p0).pow(2).sum() for p, p0 in zip(params, theta0)))) / max(radius / eps_w, 1e-30)
+        change = float(torch.sqrt(sum((p - p0).pow(2).sum() for p, p0 in zip(params, theta0)))) / max(radius / eps_w, 1e-30)  # type: ignore[arg-type]  # torch/numpy stubs
     return target, GradPCResult(eps_w, steps, clean_loss, best_loss, change, best_step)
 
 

@@ -34,11 +34,11 @@ class BoxOutput(nn.Module):
         self.register_buffer("span", (hi - lo).reshape(-1).clone())
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
-        return self.lo + self.span * torch.sigmoid(z)
+        return self.lo + self.span * torch.sigmoid(z)  # type: ignore[operator]  # torch/numpy stubs
 
     def target(self, x: torch.Tensor) -> torch.Tensor:
         """``x`` mapped to [0, 1] (the σ-space of the box); constant features map to 0."""
-        return ((x - self.lo) / torch.where(self.span > 0, self.span, torch.ones_like(self.span))).clamp(0, 1)
+        return ((x - self.lo) / torch.where(self.span > 0, self.span, torch.ones_like(self.span))).clamp(0, 1)  # type: ignore[arg-type, operator]  # torch/numpy stubs
 
 
 class DenseGenerator(nn.Module):
@@ -173,6 +173,6 @@ def pretrain_generator(gen: nn.Module, x: torch.Tensor, y: torch.Tensor, epochs:
     for _ in range(epochs):
         for idx in torch.randperm(n, generator=order_gen).to(x.device).split(batch_size):
             opt.zero_grad(set_to_none=True)
-            F.binary_cross_entropy_with_logits(gen.logits(x[idx], y[idx]), gen.box.target(x[idx])).backward()
+            F.binary_cross_entropy_with_logits(gen.logits(x[idx], y[idx]), gen.box.target(x[idx])).backward()  # type: ignore[operator, union-attr]  # torch/numpy stubs
             opt.step()
     return PretrainResult(epochs, mse0, reconstruction_mse(gen, x, y))

@@ -8,7 +8,6 @@ Classification uses softmax cross-entropy, regression ½(y − f(x))².
 from __future__ import annotations
 
 import math
-
 from dataclasses import asdict, dataclass
 
 import torch
@@ -112,12 +111,12 @@ def train(
         # minimiser on diabetes (measured); the module returns to float32 afterwards
         module.double()
         y64 = y.double() if y.is_floating_point() else y
-        steps = _train_fista(module, params, x.double(), y64, task, config)
+        steps = _train_fista(module, params, x.double(), y64, task, config)  # type: ignore[arg-type]  # torch/numpy stubs
         module.float()
     elif config.optimizer == "lbfgs":
-        steps = _train_lbfgs(module, params, x, y, task, config)
+        steps = _train_lbfgs(module, params, x, y, task, config)  # type: ignore[arg-type]  # torch/numpy stubs
     else:
-        steps = _train_first_order(module, params, x, y, task, config, seed)
+        steps = _train_first_order(module, params, x, y, task, config, seed)  # type: ignore[arg-type]  # torch/numpy stubs
     module.eval()
     final, grad_norm = full_objective_and_grad_norm(module, x, y, task, config.l2)
     if config.l1:  # non-smooth: stationarity is measured by the proximal-gradient mapping

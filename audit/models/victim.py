@@ -6,7 +6,7 @@ Three kinds share one interface (:class:`Victim.fit` → :class:`Fitted`):
   an ART ``PyTorchClassifier`` (re-initialised and retrained with the audit's procedure);
   trained with :func:`audit.models.training.train`.
 * :class:`SklearnVictim` — scikit-learn ``LogisticRegression`` / ``Ridge`` retrained with
-  their own solver; the L2 strength maps as ``C = 1/(ρ·n)`` 
+  their own solver; the L2 strength maps as ``C = 1/(ρ·n)``
   (``C = inf`` at ρ = 0) and ``alpha = ρ·n`` (ridge loss ½(y − f)²), so both minimise the objective of DESIGN.md.
 
 Every fitted victim exports an ART estimator (:meth:`Fitted.to_art`).
@@ -24,8 +24,9 @@ from __future__ import annotations
 
 import copy
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable, ClassVar, Literal
+from typing import Any, ClassVar, Literal
 
 import numpy as np
 import torch
@@ -263,7 +264,7 @@ def reinitialise(module: nn.Module) -> nn.Module:
     fresh = copy.deepcopy(module)
     for sub in fresh.modules():
         if hasattr(sub, "reset_parameters"):
-            sub.reset_parameters()
+            sub.reset_parameters()  # type: ignore[operator]  # torch/numpy stubs
     return fresh
 
 

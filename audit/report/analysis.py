@@ -3,16 +3,16 @@
 from __future__ import annotations
 
 import math
-
-import numpy as np
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from audit.config import AuditConfig
-from audit.report.recommend import CandidateSummary, Recommendation, aggregate, pair_id, recommend
 from audit.grid.store import Store
 from audit.models.training import lambda_from_rho
+from audit.report.recommend import CandidateSummary, Recommendation, aggregate, pair_id, recommend
 
 
 @dataclass
@@ -59,15 +59,15 @@ def analyse(run_dir: str | Path) -> Analysis:
     task = meta["dataset"]["task"]
     higher = task == "classification"
     metric = "accuracy (%)" if higher else "MSE"
-    defense = "none" if "none" in config.defenses else config.defenses[0]
+    defense = "none" if "none" in config.defense_keys else config.defense_keys[0]
     summaries = aggregate(
         cells, clean_rows, config.candidate_grid(), [a.key for a in config.attacks], config.budgets, config.seeds,
         defense, higher_is_better=higher,
     )  # fmt: skip
     # every (candidate, defense) setting; a defended setting's clean metric is the defense run on clean data
     pairs: list[CandidateSummary] = []
-    for d in config.defenses:
-        rows = clean_rows if d == "none" else [(c, s, v, t, 0.0, {}) for c, s, dd, v, t, _, err in defended_rows
+    for d in config.defense_keys:
+        rows: list[Any] = clean_rows if d == "none" else [(c, s, v, t, 0.0, {}) for c, s, dd, v, t, _, err in defended_rows
                                                if dd == d and v is not None]  # fmt: skip
         pairs += aggregate(cells, rows, config.candidate_grid(), [a.key for a in config.attacks], config.budgets,
                            config.seeds, d, higher_is_better=higher)  # fmt: skip
@@ -108,14 +108,10 @@ def defense_cost_sentence(a: Analysis, defended_rows: list) -> str:
     text = (f"On clean data the defense {rec.defense} {effect} ({fmt(chosen.clean_val)} with it, "
             f"{fmt(plain.clean_val)} without; test {fmt(chosen.clean_test)} vs {fmt(plain.clean_test)}) and drops "
             f"{np.mean(removed):.0f} clean training points on average.")  # fmt: skip
-    if rec.defense in VALIDATION_READERS:
+    if a.config.defense_spec(rec.defense).defense.reads_validation:
         text += (f" {rec.defense} itself selects points with the validation split, so its validation figures are "
                  "optimistic: judge it by the test figures.")  # fmt: skip
     return text
-
-
-# defenses that read D_val: their validation metrics are biased upwards when the recommendation compares them
-VALIDATION_READERS = ("influence_filter", "roni")
 
 
 def fmt(value: float | None, digits: int = 2) -> str:
@@ -222,19 +218,19 @@ def minimax_sentence(a: Analysis, series: dict[str, Any]) -> str:
     rec, attack = a.recommended(), a.config.minimax_attack()
     rmd_val = series["val"].get(POLICY_LABELS["rmd"], {}).get(target)
     st = rec.stats.get((attack.key, target, "none")) if rec is not None and attack is not None else None
-    if rmd_val is not None and st is not None and "l2" in rec.hparams:
+    if rec is not None and attack is not None and rmd_val is not None and st is not None and "l2" in rec.hparams:
         sign = 1.0 if a.higher_is_better else -1.0
         better = sign * (rmd_val - st.poisoned_val) > 0
         text += (f". Against {attack.key} at ε = {target:g}, learning λ under attack "
                  f"{'beats' if better else 'does not beat'} the recommended fixed {rec.label} on the validation split "
-                 f"({_fmt(rmd_val)} vs {_fmt(st.poisoned_val)})")  # fmt: skip
+                 f"({fmt(rmd_val)} vs {fmt(st.poisoned_val)})")  # fmt: skip
         if better:
             text += f": deploy ρ re-tuned under attack (≈ {series['l2'][POLICY_LABELS['rmd']][target]:.3g} at this budget)"
     errors = {label: pts[target] for label, pts in series["error"].items() if target in pts}
     if POLICY_LABELS["rmd"] in errors and len(errors) > 1:
         unit = " %" if a.higher_is_better else ""
         name = "test error" if a.higher_is_better else "test MSE"
-        others = ", ".join(f"{k} {_fmt(v)}{unit}" for k, v in errors.items() if k != POLICY_LABELS["rmd"])
+        others = ", ".join(f"{k} {fmt(v)}{unit}" for k, v in errors.items() if k != POLICY_LABELS["rmd"])
         text += (f". At ε = {target:g} the defender that learns λ under attack has {name} "
-                 f"{_fmt(errors[POLICY_LABELS['rmd']])}{unit} against {others} (test figures, not used to choose)")  # fmt: skip
+                 f"{fmt(errors[POLICY_LABELS['rmd']])}{unit} against {others} (test figures, not used to choose)")  # fmt: skip
     return text + "."

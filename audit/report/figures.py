@@ -163,7 +163,7 @@ def poison_grid_figure(clean: np.ndarray, poisons: np.ndarray, image_shape: tupl
         if channels != 1:
             img = np.clip((img - lo) / max(hi - lo, 1e-12), 0, 1)
             kw = {}
-        ax.imshow(img, interpolation="nearest", **kw)
+        ax.imshow(img, interpolation="nearest", **kw)  # type: ignore[arg-type]  # torch/numpy stubs
         ax.set_xticks([])
         ax.set_yticks([])
 

@@ -7,9 +7,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from xml.sax.saxutils import escape, quoteattr
 
-from audit.report.analysis import analyse
 from audit.errors import AuditError
 from audit.jsonio import atomic_write
+from audit.report.analysis import analyse
 
 
 @dataclass
@@ -29,7 +29,7 @@ def gate(run_dir: str | Path, budget: float, max_drop: float) -> GateResult:
     damage = rec.worst_damage_test.get(budget) if rec else None
     what = "accuracy drop" if a.higher_is_better else "MSE increase"
     unit = " points" if a.higher_is_better else ""
-    if damage is None or not math.isfinite(damage):
+    if rec is None or damage is None or not math.isfinite(damage):
         result = GateResult(False, f"no finished cells for the recommended setting at ε = {budget:g}", None)
     else:
         passed = damage <= max_drop

@@ -25,12 +25,18 @@ from audit.grid.store import Cell
 
 __all__ = ["AttackStats", "CandidateSummary", "Recommendation", "aggregate", "candidate_label", "pair_id", "recommend"]
 
-def _mean(values: list[float]) -> float:
+def _mean(values: list[Any]) -> float:
     return float(np.mean(values)) if values else math.nan
 
 
-def _std(values: list[float]) -> float:
+def _std(values: list[Any]) -> float:
     return float(np.std(values, ddof=1)) if len(values) > 1 else 0.0
+
+
+def _f(value: float | None) -> float:
+    """A metric of a finished ('ok') cell, which is never missing."""
+    assert value is not None, "a finished cell has every metric"
+    return float(value)
 
 
 @dataclass
@@ -120,12 +126,12 @@ def aggregate(
                     poisoned_val=_mean(pv),
                     poisoned_test=_mean(pt),
                     poisoned_test_std=_std(pt),
-                    damage_test=sign * _mean([c.clean_test - c.poisoned_test for c in rows]),
-                    damage_val=sign * _mean([c.clean_val - c.poisoned_val for c in rows]),
+                    damage_test=sign * _mean([_f(c.clean_test) - _f(c.poisoned_test) for c in rows]),
+                    damage_val=sign * _mean([_f(c.clean_val) - _f(c.poisoned_val) for c in rows]),
                     n_seeds=len(rows),
                     seconds=_mean([c.seconds for c in rows]),
-                    poisons_removed=_mean([c.poisons_removed / max(c.n_poison, 1) for c in rows]),
-                    clean_removed=_mean([float(c.clean_removed) for c in rows]),
+                    poisons_removed=_mean([_f(c.poisons_removed) / max(_f(c.n_poison), 1) for c in rows]),
+                    clean_removed=_mean([_f(c.clean_removed) for c in rows]),
                 )
         for eps in budgets:
             per_attack = {a: summary.stats[(a, eps, defense)] for a in attacks if (a, eps, defense) in summary.stats}

@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -18,23 +16,16 @@ from typing import Any
 import yaml
 from jinja2 import Environment, FileSystemLoader, select_autoescape
 
+from audit.attacks import ATTACKS
 from audit.jsonio import atomic_write, finite
 from audit.report import figures
-from audit.report.analysis import Analysis, analyse, fmt as _fmt
+from audit.report.analysis import Analysis, analyse
+from audit.report.analysis import fmt as _fmt
 from audit.report.recommend import candidate_label
 from audit.report.sections import defense_section, minimax_context, poison_samples_context, poisonability_context, threshold_table
 
 SUMMARY_SCHEMA_VERSION = 1
 
-# Attacks the product implements or plans; the report names those this run did not cover.
-KNOWN_ATTACKS = {  # name: (description, tasks it applies to)
-    "label_flip": ("label flip (random / adversarial)", ("classification",)),
-    "back_gradient": ("back-gradient (reverse-mode differentiation)", ("classification", "regression")),
-    "tgda": ("TGDA (total gradient descent ascent)", ("classification",)),
-    "gradient_canceling": ("Gradient Canceling", ("classification", "regression")),
-    "statp": ("StatP (statistical attack)", ("classification", "regression")),
-    "optp": ("optimization attack on (x, y)", ("regression",)),
-}
 
 
 def templates_dir() -> Path:
@@ -91,7 +82,8 @@ def build_context(a: Analysis) -> dict[str, Any]:
                 })  # fmt: skip
     verdict_damage = rec.worst_damage_test.get(target) if rec else None
     task = a.meta["dataset"]["task"]
-    not_run = [desc for name, (desc, tasks) in KNOWN_ATTACKS.items() if name not in {s.name for s in cfg.attacks} and task in tasks]
+    ran = {s.name for s in cfg.attacks}
+    not_run = [cls.title for name, cls in ATTACKS.items() if name not in ran and task in cls.tasks]  # the registry's attacks this run left out
     return {
         "title": f"Poisoning audit — {cfg.name}",
         "name": cfg.name,
@@ -114,7 +106,7 @@ def build_context(a: Analysis) -> dict[str, Any]:
         "severity": _severity(verdict_damage, a.higher_is_better),
         "budgets": [f"{100 * b:g}%" for b in budgets],
         "attacks": [{"key": s.key, "name": s.name, "params": json.dumps(s.params, sort_keys=True)} for s in cfg.attacks],
-        "defenses": cfg.defenses,
+        "defenses": cfg.defense_keys,
         "defense_shown": a.defense,
         "tradeoff": rows,
         "detail": detail,

@@ -11,9 +11,10 @@ from typing import Any
 
 import numpy as np
 
-from audit.report import figures
-from audit.report.analysis import POLICY_LABELS, Analysis, fmt as _fmt, minimax_sentence, policy_series, threshold_table
 from audit.data import load_dataset
+from audit.report import figures
+from audit.report.analysis import POLICY_LABELS, Analysis, minimax_sentence, policy_series, threshold_table
+from audit.report.analysis import fmt as _fmt
 from audit.report.recommend import aggregate, candidate_label
 
 
@@ -32,7 +33,9 @@ def poisonability_context(a: Analysis) -> dict[str, Any] | None:
              "tau_rho_2": fmt_tau(r["tau_rho_2"]), "tau_rho_c": fmt_tau(r["tau_rho_c"])} for r in table]  # fmt: skip
     out: dict[str, Any] = {"thresholds": rows, "errors": errors, "gc": []}
     for key in gc_keys:
-        series, used, curves = [], [], {}
+        series: list[dict[str, Any]] = []
+        used: list[dict[str, Any]] = []
+        curves: dict[float, list[Any]] = {}
         for s in a.summaries:
             taus = [(r["eps_w"], r["tau_rho_2"]) for r in table if r["key"] == s.key and r["eps_w"] > 0]
             damage = {e: s.stats[(key, e, a.defense)].damage_test for e in a.config.budgets if (key, e, a.defense) in s.stats}
@@ -77,31 +80,32 @@ def _origin(d: dict[str, Any]) -> str:
 def defense_section(a: Analysis) -> dict[str, Any] | None:
     """Table and figure of what each defense buys and costs, for the recommended candidate."""
     rows = defense_rows(a)
-    if not rows:
-        return None
     rec = a.recommended()
+    if not rows or rec is None or a.recommendation.key is None:
+        return None
     panels: dict[str, dict[str, dict[float, float]]] = {}
     hp = [json.loads(a.recommendation.key)]
-    for d in a.config.defenses:
+    for d in a.config.defense_keys:
         summary = aggregate(a.cells, [], hp, [s.key for s in a.config.attacks], a.config.budgets, a.config.seeds, d,
                             a.higher_is_better)[0]  # fmt: skip
         for (attack, eps, _), st in summary.stats.items():
             panels.setdefault(attack, {}).setdefault(d, {})[eps] = st.poisoned_test
-    backdoor = [d for d in a.config.defenses if d in ("activation_clustering", "spectral_signature", "roni")]
+    backdoor = [d.key for d in a.config.defenses if d.defense.designed_for_backdoors]
     return {"rows": rows, "svg": figures.defense_curves(panels, rec.clean_test, a.config.budgets, a.metric),
             "ratio": not a.higher_is_better, "backdoor": backdoor}  # fmt: skip
 
 
 def defense_rows(a: Analysis) -> list[dict[str, Any]]:
     """What each defense buys and costs, for the recommended candidate (means over seeds)."""
-    if len(a.config.defenses) < 2 or a.recommendation.key is None:
+    rec = a.recommended()
+    if len(a.config.defenses) < 2 or a.recommendation.key is None or rec is None:
         return []
-    clean = a.recommended().clean_test
+    clean = rec.clean_test
     hp = [json.loads(a.recommendation.key)]
     attacks = [s.key for s in a.config.attacks]
     rows = []
     per_defense = {d: aggregate(a.cells, [], hp, attacks, a.config.budgets, a.config.seeds, d, a.higher_is_better)[0]
-                   for d in a.config.defenses}  # fmt: skip
+                   for d in a.config.defense_keys}  # fmt: skip
     for attack in attacks:
         for eps in a.config.budgets:
             for d, summary in per_defense.items():
@@ -121,7 +125,7 @@ def defense_rows(a: Analysis) -> list[dict[str, Any]]:
 
 def _certified(a: Analysis, hparams: dict[str, Any], attack: str, eps: float, defense: str) -> str:
     """Mean certified accuracy (DPA) of a (candidate, attack, ε) over seeds; empty for other defenses."""
-    if defense != "dpa":
+    if not a.config.defense_spec(defense).defense.certifies:
         return ""
     key = json.dumps(hparams, sort_keys=True)
     values = [json.loads(c.diagnostics or "{}").get("defense", {}).get("certified_accuracy") for c in a.cells
@@ -143,7 +147,7 @@ def poison_samples_context(a: Analysis) -> dict[str, Any] | None:
     rows = []
     for c in a.cells:
         d = json.loads(c.diagnostics or "{}").get("attack", {})
-        if c.status == "ok" and "source_examples" in d and c.defense == a.config.defenses[0]:
+        if c.status == "ok" and "source_examples" in d and c.defense == a.config.defense_keys[0]:
             rows.append({"attack": c.attack, "candidate": candidate_label(c.hparams), "budget": f"{100 * c.budget:g}%",
                          "seed": c.seed, "max_change": f"{d.get('max_change', math.nan):.3f}",
                          "mean_change": f"{d.get('mean_change', math.nan):.4f}",
@@ -176,7 +180,8 @@ def poison_samples_context(a: Analysis) -> dict[str, Any] | None:
 def minimax_context(a: Analysis) -> dict[str, Any] | None:
     """The *Hyperparameters under attack* section: Fig. 2 of carnerero-cano-2021 and its table."""
     series = policy_series(a)
-    if series is None:
+    spec, attack = a.config.minimax, a.config.minimax_attack()
+    if series is None or spec is None or attack is None:
         return None
     budgets = [0.0, *a.config.budgets]
     rows = []
@@ -199,6 +204,6 @@ def minimax_context(a: Analysis) -> dict[str, Any] | None:
         "sentence": minimax_sentence(a, series),
         "errors": [f"{k}: {v}" for k, v in (a.meta.get("minimax_errors") or {}).items()],
         "missing": max(expected * max(len({r.base for r in a.policies}), 1) - len(a.policies), 0),
-        "attack": a.config.minimax_attack().key,
-        "range": [round(v, 3) for v in a.config.minimax.l2_range],
+        "attack": attack.key,
+        "range": [round(v, 3) for v in spec.l2_range],
     }

@@ -1,0 +1,69 @@
+"""One cell of the audit grid and the one way a defense is applied to a training set."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from audit.defenses import Defense
+from audit.grid.store import cell_key
+
+
+@dataclass(frozen=True)
+class GridCell:
+    """One cell ``(h, a, ε, d, s)`` of the grid, in run order (DESIGN.md protocol).
+
+    Attributes
+    ----------
+    position : int
+        Index in the deterministic run order (candidate → seed → attack → budget → defense).
+    candidate : str
+        Canonical JSON of the hyperparameters ``h``.
+    attack, defense : str
+        The attack's and the defense's keys (their config ids).
+    budget : float
+        ε.
+    seed : int
+        The user's seed ``s``; the cell's own seeds derive from it.
+    """
+
+    position: int
+    candidate: str
+    attack: str
+    budget: float
+    defense: str
+    seed: int
+
+    @property
+    def key(self) -> str:
+        """The key the cell's result is stored under."""
+        return cell_key(self.candidate, self.attack, self.budget, self.defense, self.seed)
+
+    @property
+    def hparams(self) -> dict[str, Any]:
+        return json.loads(self.candidate)
+
+
+def apply_defense(defense: Defense, x: np.ndarray, y: np.ndarray, victim: Any, hparams: dict[str, Any],
+                  train_seed: int) -> tuple[Any, np.ndarray, dict[str, Any]]:  # fmt: skip
+    """Run ``defense`` on ``(x, y)`` and train the model it yields.
+
+    A filter's keep-mask selects the points the victim is retrained on with its own
+    procedure, ``hparams`` and ``train_seed``; a robust trainer's model is used as it is (its
+    mask, if any, only counts what it treated as outliers).
+
+    Returns
+    -------
+    fitted : audit.models.Fitted
+    keep : ndarray of bool, shape (n,)
+    diagnostics : dict
+        The defense's own diagnostics.
+    """
+    result = defense.apply(x, y, victim, hparams)
+    keep = np.ones(len(y), bool) if result.keep is None else np.asarray(result.keep, bool)
+    assert keep.shape == (len(y),), f"{defense.name}: keep-mask of shape {keep.shape}, expected {(len(y),)}"
+    fitted = result.fitted if result.fitted is not None else victim.fit(x[keep], y[keep], hparams, train_seed)
+    return fitted, keep, result.diagnostics
