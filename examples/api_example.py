@@ -16,9 +16,8 @@ from torch import nn
 
 from audit.config import parse_config
 from audit.data import Dataset, split_pool
-from audit.report.gate import gate
-from audit.report import write_report
-from audit.grid.runner import run_audit
+from audit.grid import run_audit
+from audit.report import gate, write_report
 
 
 def my_data() -> Dataset:

@@ -55,10 +55,10 @@ def test_rerun_reads_finished_cells_instead_of_recomputing(tmp_path, tiny, monke
 class _Exploding(LabelFlip):
     name = "exploding"
 
-    def _run(self, x, y, n_poison, rng):
+    def _run(self, task):
         if self.budget > 0.2:
             raise RuntimeError("solver diverged at large budget")
-        return super()._run(x, y, n_poison, rng)
+        return super()._run(task)
 
 
 def test_failing_cell_is_recorded_and_the_audit_goes_on(tmp_path, monkeypatch):
