@@ -12,7 +12,7 @@ import itertools
 import json
 import math
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import numpy as np
 import yaml
@@ -109,62 +109,33 @@ class TrainingSpec(StrictModel):
     batch_size: int | None = Field(None, ge=1)
 
 
-class AttackSpec(StrictModel):
-    """One attack of the grid: registry name, an optional display id and its parameters."""
+class _RegisteredSpec(StrictModel):
+    """A registered attack or defense in the config: registry name, optional display id and its parameters.
 
-    name: str
-    id: str | None = None
-    params: dict[str, Any] = Field(default_factory=dict)
-
-    @model_validator(mode="after")
-    def _known(self) -> AttackSpec:
-        if self.name not in ATTACKS:
-            raise ValueError(f"attacks: unknown attack {self.name!r}; valid: {', '.join(sorted(ATTACKS))}")
-        try:
-            ATTACKS[self.name].Params.model_validate(self.params)
-        except ValidationError as err:
-            raise ValueError(f"attacks.{self.name}.params: {first_error(err)}") from None
-        return self
-
-    @property
-    def key(self) -> str:
-        """The id cells are stored under: the explicit id, else name plus sorted parameters."""
-        if self.id:
-            return self.id
-        if not self.params:
-            return self.name
-        return self.name + "[" + ",".join(f"{k}={v}" for k, v in sorted(self.params.items())) + "]"
-
-
-class DefenseSpec(StrictModel):
-    """One defense of the grid: registry name, optional display id and parameters (a bare name is ``{name}``).
-
-    A spec with neither id nor params serialises back to the bare name, so configs written
-    before defenses took parameters keep their fingerprint.
+    The parameters are checked with the registered class's ``Params``; ``key`` is the id the
+    grid's cells are stored under.
     """
 
     name: str
     id: str | None = None
     params: dict[str, Any] = Field(default_factory=dict)
 
-    @model_validator(mode="before")
+    axis: ClassVar[str]  # the config field: "attacks" or "defenses"
+
     @classmethod
-    def _from_name(cls, value: Any) -> Any:
-        return {"name": value} if isinstance(value, str) else value
+    def registry(cls) -> dict[str, Any]:
+        raise NotImplementedError
 
     @model_validator(mode="after")
-    def _known(self) -> DefenseSpec:
-        if self.name not in DEFENSES:
-            raise ValueError(f"defenses: unknown defense {self.name!r}; valid: {', '.join(sorted(DEFENSES))}")
+    def _known(self) -> _RegisteredSpec:
+        registry, what = self.registry(), self.axis.removesuffix("s")
+        if self.name not in registry:
+            raise ValueError(f"{self.axis}: unknown {what} {self.name!r}; valid: {', '.join(sorted(registry))}")
         try:
-            DEFENSES[self.name].Params.model_validate(self.params)
+            registry[self.name].Params.model_validate(self.params)
         except ValidationError as err:
-            raise ValueError(f"defenses.{self.name}.params: {first_error(err)}") from None
+            raise ValueError(f"{self.axis}.{self.name}.params: {first_error(err)}") from None
         return self
-
-    @model_serializer(mode="wrap")
-    def _serialise(self, handler: Any) -> Any:
-        return self.name if self.id is None and not self.params else handler(self)
 
     @property
     def key(self) -> str:
@@ -174,6 +145,39 @@ class DefenseSpec(StrictModel):
         if not self.params:
             return self.name
         return self.name + "[" + ",".join(f"{k}={v}" for k, v in sorted(self.params.items())) + "]"
+
+
+class AttackSpec(_RegisteredSpec):
+    """One attack of the grid: registry name, an optional display id and its parameters."""
+
+    axis: ClassVar[str] = "attacks"
+
+    @classmethod
+    def registry(cls) -> dict[str, Any]:
+        return dict(ATTACKS)
+
+
+class DefenseSpec(_RegisteredSpec):
+    """One defense of the grid: registry name, optional display id and parameters (a bare name is ``{name}``).
+
+    A spec with neither id nor params serialises back to the bare name, so configs written
+    before defenses took parameters keep their fingerprint.
+    """
+
+    axis: ClassVar[str] = "defenses"
+
+    @classmethod
+    def registry(cls) -> dict[str, Any]:
+        return dict(DEFENSES)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _from_name(cls, value: Any) -> Any:
+        return {"name": value} if isinstance(value, str) else value
+
+    @model_serializer(mode="wrap")
+    def _serialise(self, handler: Any) -> Any:
+        return self.name if self.id is None and not self.params else handler(self)
 
     @property
     def defense(self) -> type[Defense]:

@@ -46,6 +46,11 @@ class GridCell:
     def hparams(self) -> dict[str, Any]:
         return json.loads(self.candidate)
 
+    def identity(self) -> dict[str, Any]:
+        """The fields that name this cell in its stored row (:class:`audit.grid.store.Cell`)."""
+        return {"cell_key": self.key, "position": self.position, "candidate": self.candidate, "attack": self.attack,
+                "budget": self.budget, "defense": self.defense, "seed": self.seed}  # fmt: skip
+
 
 def apply_defense(defense: Defense, x: np.ndarray, y: np.ndarray, victim: Any, hparams: dict[str, Any],
                   train_seed: int) -> tuple[Any, np.ndarray, dict[str, Any]]:  # fmt: skip

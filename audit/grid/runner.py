@@ -276,13 +276,7 @@ def _run_defense_cell(
                                         spec.params)  # fmt: skip
         poisoned, keep, defense_diag = apply_defense(defense, x_mix, y_mix, victim, hp, train_seed)
         cell = Cell(
-            cell_key=c.key,
-            position=c.position,
-            candidate=c.candidate,
-            attack=c.attack,
-            budget=c.budget,
-            defense=c.defense,
-            seed=c.seed,
+            **c.identity(),
             status="ok",
             clean_val=clean_val,
             clean_test=clean_test,
@@ -306,13 +300,7 @@ def _record_failure(store: Store, c: GridCell, err: BaseException, device: torch
     last = f"{type(err).__name__}: {err}".strip().splitlines()[0] if str(err) else type(err).__name__
     store.put_cell(
         Cell(
-            cell_key=c.key,
-            position=c.position,
-            candidate=c.candidate,
-            attack=c.attack,
-            budget=c.budget,
-            defense=c.defense,
-            seed=c.seed,
+            **c.identity(),
             status="failed",
             device=str(device),
             error=last,
