@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import time
 from abc import ABC, abstractmethod
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from functools import cached_property
 from typing import Any, ClassVar, final
 
@@ -90,7 +90,6 @@ class PoisonInput:
     device: torch.device
     dtype: torch.dtype
     classification: bool
-    _cache: dict[str, torch.Tensor] = field(default_factory=dict, repr=False)
 
     @cached_property
     def x_t(self) -> torch.Tensor:
