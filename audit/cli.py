@@ -71,8 +71,14 @@ def report(run_dir: Path) -> None:
 @cli.command()
 @click.argument("run_dir", type=click.Path(path_type=Path))
 @click.option("--budget", type=float, required=True, help="Poison budget ε to judge (one the run used).")
-@click.option("--max-drop", "--max-increase", "max_drop", type=float, required=True,
-              help="Largest acceptable worst-case accuracy drop in points; for regression the largest MSE increase.")
+@click.option(
+    "--max-drop",
+    "--max-increase",
+    "max_drop",
+    type=float,
+    required=True,
+    help="Largest acceptable worst-case accuracy drop in points; for regression the largest MSE increase.",
+)
 @_user_errors
 def gate(run_dir: Path, budget: float, max_drop: float) -> None:
     """Exit 0 when the recommended setting's worst-case drop at BUDGET is at most MAX-DROP, else 1; writes gate.xml."""

@@ -25,8 +25,19 @@ from audit.errors import AuditError
 from audit.models import MODELS
 from audit.spec import StrictModel, first_error
 
-__all__ = ["AXES", "AttackSpec", "AuditConfig", "DatasetSpec", "DefenseSpec", "ModelSpec", "SplitSpec", "TrainingSpec", "candidate_label",
-           "load_config", "parse_config"]
+__all__ = [
+    "AXES",
+    "AttackSpec",
+    "AuditConfig",
+    "DatasetSpec",
+    "DefenseSpec",
+    "ModelSpec",
+    "SplitSpec",
+    "TrainingSpec",
+    "candidate_label",
+    "load_config",
+    "parse_config",
+]
 
 SCHEMA_VERSION = 1
 

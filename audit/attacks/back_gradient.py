@@ -319,4 +319,3 @@ def learn_log_l2(module: Any, x: np.ndarray, y: np.ndarray, x_val: np.ndarray, y
         lam = min(max(lam - lr * float(result.grads[1]), l2_range[0]), l2_range[1])
         curve.append(lam)
     return lam, curve
-

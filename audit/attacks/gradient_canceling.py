@@ -224,8 +224,7 @@ class GradientCanceling(AuditAttack, PoisoningAttackWhiteBox):
                 curve.append((epoch, g_norm))
             if not math.isfinite(g_norm):
                 raise RuntimeError(
-                    f"Gradient Canceling diverged at epoch {epoch} (‖g(χ)‖ = {g_norm}); lower lr (now {p.lr}) "
-                    "or keep the feature box (box: data)"
+                    f"Gradient Canceling diverged at epoch {epoch} (‖g(χ)‖ = {g_norm}); lower lr (now {p.lr}) or keep the feature box (box: data)"
                 )
             if epoch == p.epochs:
                 break

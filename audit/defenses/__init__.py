@@ -8,9 +8,19 @@ from audit.defenses.robust_regression import Huber, Ransac, Trim
 
 DEFENSES: dict[str, type[Defense]] = {
     cls.name: cls
-    for cls in (NoDefense, LossFilter, InfluenceFilter, Sever, ActivationClustering, SpectralSignature, Roni,
-                DeepPartitionAggregation, Trim, Huber, Ransac)
+    for cls in (
+        NoDefense,
+        LossFilter,
+        InfluenceFilter,
+        Sever,
+        ActivationClustering,
+        SpectralSignature,
+        Roni,
+        DeepPartitionAggregation,
+        Trim,
+        Huber,
+        Ransac,
+    )
 }
 
-__all__ = ["DEFENSES", "Defense", "DefenseResult", "Huber", "InfluenceFilter", "LossFilter", "NoDefense", "Ransac",
-           "Sever", "Trim"]
+__all__ = ["DEFENSES", "Defense", "DefenseResult", "Huber", "InfluenceFilter", "LossFilter", "NoDefense", "Ransac", "Sever", "Trim"]

@@ -122,8 +122,11 @@ class DeepPartitionAggregation(Defense):
             members.append(victim.fit(x[idx], y[idx], hparams, self.seed + i))
         ensemble = DeepPartitionEnsemble([m.to_art() for m in members], ensemble_size=k, channels_first=True)
         fitted = FittedEnsemble(task="classification", n_classes=c, members=members, art_ensemble=ensemble)
-        diagnostics: dict[str, Any] = {"partitions": k, "partitions_asked": self.partitions,
-                                       "partition_sizes": np.bincount(part, minlength=k).tolist()}
+        diagnostics: dict[str, Any] = {
+            "partitions": k,
+            "partitions_asked": self.partitions,
+            "partition_sizes": np.bincount(part, minlength=k).tolist(),
+        }
         if self.evaluation is not None:
             x_e, y_e = self.evaluation
             prediction, radius = certificate(fitted.votes(x_e))

@@ -169,4 +169,3 @@ class Sever(Defense):
             scores = sever_scores(per_sample_gradients(module, xt, yt, victim.task, last_layer_only=last_layer))
             keep = _drop_top(scores, share, keep)
         return DefenseResult(keep=keep, diagnostics={"rounds": self.rounds, "last_layer_only": bool(last_layer)})
-

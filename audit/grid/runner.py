@@ -106,8 +106,7 @@ def plan_audit(
         cls = ATTACKS[attack.name]
         if data.task not in cls.tasks:
             raise AuditError(f"attacks: {attack.name!r} does not apply to {data.task} (it supports {', '.join(cls.tasks)})")
-    if "l1" in config.candidates and config.model.name not in ("lasso", "elastic_net") and \
-            (config.training.optimizer or "") != "fista":
+    if "l1" in config.candidates and config.model.name not in ("lasso", "elastic_net") and (config.training.optimizer or "") != "fista":
         raise AuditError("candidates.l1: an L1 term needs model 'lasso' or 'elastic_net' (or training.optimizer 'fista')")
     if config.minimax is not None and not victim.builds_modules:
         raise AuditError("minimax: λ under attack needs a PyTorch victim (the back-gradient attack unrolls its training)")
@@ -287,9 +286,7 @@ def _run_defense_cell(
             clean_removed=int((~keep & ~is_poison).sum()),
             seconds=attack_seconds + time.perf_counter() - t0,
             device=str(plan.device),
-            diagnostics=json.dumps(
-                {"attack": attack_diag, "defense": jsonable(defense_diag), "retrain": poisoned.train_result}
-            ),
+            diagnostics=json.dumps({"attack": attack_diag, "defense": jsonable(defense_diag), "retrain": poisoned.train_result}),
         )
         store.put_cell(cell)
     except Exception as err:

@@ -30,8 +30,7 @@ MODELS: dict[str, str] = {
     "ridge": "linear regression with the L2 term (ridge), squared loss ½(y − f)²",
     "lasso": "linear regression with an L1 term λ₁‖w‖₁ (axis `l1`), trained by FISTA",
     "elastic_net": "linear regression with L1 (`l1`) and L2 (`l2`) terms, trained by FISTA",
-    "user": "your factory `package.module:function` returning an nn.Module, an ART PyTorchClassifier "
-    "or a scikit-learn LogisticRegression/Ridge",
+    "user": "your factory `package.module:function` returning an nn.Module, an ART PyTorchClassifier or a scikit-learn LogisticRegression/Ridge",
 }
 
 # scikit-learn estimators whose regularization maps onto ρ (C = 1/(ρn) or alpha = ρn).
@@ -116,9 +115,7 @@ def victim_from_object(
                 "(the L2 strength ρ must map onto its regularization parameter)"
             )
         return SklearnVictim(obj, task, n_classes, f"scikit-learn {kind}")
-    raise AuditError(
-        f"model: expected an nn.Module, an ART estimator or a scikit-learn estimator (got {type(obj).__name__})"
-    )
+    raise AuditError(f"model: expected an nn.Module, an ART estimator or a scikit-learn estimator (got {type(obj).__name__})")
 
 
 def build_victim(model_spec: Any, training_spec: Any, dataset: Any, device: torch.device, model_obj: Any = None) -> Victim:

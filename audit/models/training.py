@@ -91,9 +91,7 @@ def objective(module: nn.Module, x: torch.Tensor, y: torch.Tensor, task: str, l2
     return value
 
 
-def train(
-    module: nn.Module, x: torch.Tensor, y: torch.Tensor, task: str, config: TrainConfig, seed: int
-) -> TrainResult:
+def train(module: nn.Module, x: torch.Tensor, y: torch.Tensor, task: str, config: TrainConfig, seed: int) -> TrainResult:
     """Train ``module`` in place on ``(x, y)`` (tensors on the module's device).
 
     ``lbfgs``: full-batch L-BFGS with a strong-Wolfe line search, at most ``epochs``
@@ -126,9 +124,7 @@ def train(
     return TrainResult(steps, final, grad_norm, finite and grad_norm <= config.grad_tol)
 
 
-def full_objective_and_grad_norm(
-    module: nn.Module, x: torch.Tensor, y: torch.Tensor, task: str, l2: float, chunk: int = 8192
-) -> tuple[float, float]:
+def full_objective_and_grad_norm(module: nn.Module, x: torch.Tensor, y: torch.Tensor, task: str, l2: float, chunk: int = 8192) -> tuple[float, float]:
     """Regularized objective over all of ``(x, y)`` and the norm of its gradient (chunked over rows)."""
     params = [p for p in module.parameters() if p.requires_grad]
     grads = [torch.zeros_like(p) for p in params]
@@ -152,9 +148,7 @@ def full_objective_and_grad_norm(
     return total, norm
 
 
-def _train_lbfgs(
-    module: nn.Module, params: list[torch.Tensor], x: torch.Tensor, y: torch.Tensor, task: str, config: TrainConfig
-) -> int:
+def _train_lbfgs(module: nn.Module, params: list[torch.Tensor], x: torch.Tensor, y: torch.Tensor, task: str, config: TrainConfig) -> int:
     opt = torch.optim.LBFGS(
         params,
         lr=config.lr,
@@ -176,7 +170,12 @@ def _train_lbfgs(
 
 
 def _train_first_order(
-    module: nn.Module, params: list[torch.Tensor], x: torch.Tensor, y: torch.Tensor, task: str, config: TrainConfig,
+    module: nn.Module,
+    params: list[torch.Tensor],
+    x: torch.Tensor,
+    y: torch.Tensor,
+    task: str,
+    config: TrainConfig,
     seed: int,
 ) -> int:
     if config.optimizer == "adam":
@@ -214,9 +213,7 @@ def _prox(params: list[torch.Tensor], weights: set[int], step: float, l1: float)
             p.copy_(_soft_threshold(p, step * l1))
 
 
-def _train_fista(
-    module: nn.Module, params: list[torch.Tensor], x: torch.Tensor, y: torch.Tensor, task: str, config: TrainConfig
-) -> int:
+def _train_fista(module: nn.Module, params: list[torch.Tensor], x: torch.Tensor, y: torch.Tensor, task: str, config: TrainConfig) -> int:
     """Full-batch FISTA (Beck & Teboulle 2009) with backtracking on the smooth part.
 
     Smooth part: mean loss + (ρ/2)‖w‖²; proximal part: λ₁‖w‖₁ over the regularized
@@ -244,8 +241,7 @@ def _train_fista(
                     p.copy_(v - step * g)
                 _prox(params, weights, step, config.l1)
                 diff = [p - v for p, v in zip(params, y_pt)]
-                bound = float(f_y) + sum(float((g * d).sum()) for g, d in zip(grads, diff)) + \
-                    sum(float(d.pow(2).sum()) for d in diff) / (2 * step)
+                bound = float(f_y) + sum(float((g * d).sum()) for g, d in zip(grads, diff)) + sum(float(d.pow(2).sum()) for d in diff) / (2 * step)
                 if float(smooth()) <= bound + 1e-12 or step < 1e-12:
                     break
                 step *= 0.5

@@ -122,9 +122,7 @@ class FittedTorch(Fitted):
                 clip_values=clip_values,
                 device_type=device_type,
             )
-        return PyTorchRegressor(
-            model=self.module, loss=nn.MSELoss(), input_shape=self.input_shape, device_type=device_type
-        )
+        return PyTorchRegressor(model=self.module, loss=nn.MSELoss(), input_shape=self.input_shape, device_type=device_type)
 
 
 @dataclass

@@ -25,11 +25,15 @@ def _to_svg(fig: plt.Figure) -> str:
     svg = buf.getvalue()
     svg = svg[svg.index("<svg") :]  # drop the XML prolog and doctype: it is inlined in HTML
     svg = re.sub(r"<metadata>.*?</metadata>", "", svg, flags=re.S)
-    return re.sub(r'<svg ([^>]*?)width="[^"]*" height="[^"]*"', r'<svg \1', svg, count=1)
+    return re.sub(r'<svg ([^>]*?)width="[^"]*" height="[^"]*"', r"<svg \1", svg, count=1)
 
 
 def budget_curves(
-    summaries: list[CandidateSummary], attacks: list[str], budgets: list[float], defense: str, metric: str,
+    summaries: list[CandidateSummary],
+    attacks: list[str],
+    budgets: list[float],
+    defense: str,
+    metric: str,
     recommended: str | None,
 ) -> str:
     """Test metric against budget (ε = 0 is the clean model), one panel per attack, one line per candidate."""

@@ -46,7 +46,7 @@ def gate(run_dir: str | Path, budget: float, max_drop: float) -> GateResult:
 
 def junit_xml(name: str, budget: float, result: GateResult) -> str:
     case = quoteattr(f"worst-case damage at eps={budget:g}")
-    body = "" if result.passed else f'<failure message={quoteattr(result.message)}>{escape(result.message)}</failure>'
+    body = "" if result.passed else f"<failure message={quoteattr(result.message)}>{escape(result.message)}</failure>"
     return (
         '<?xml version="1.0" encoding="utf-8"?>\n'
         f'<testsuites><testsuite name={quoteattr("poison-audit " + name)} tests="1" '

@@ -25,6 +25,7 @@ from audit.grid.store import Cell
 
 __all__ = ["AttackStats", "CandidateSummary", "Recommendation", "aggregate", "candidate_label", "pair_id", "recommend"]
 
+
 def _mean(values: list[Any]) -> float:
     return float(np.mean(values)) if values else math.nan
 

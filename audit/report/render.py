@@ -27,7 +27,6 @@ from audit.report.sections import defense_section, minimax_context, poison_sampl
 SUMMARY_SCHEMA_VERSION = 1
 
 
-
 def templates_dir() -> Path:
     """Templates shipped in the wheel (``audit/templates``) or, from a checkout, the repository's ``templates/``."""
     packaged = Path(__file__).resolve().parents[1] / "templates"
@@ -112,13 +111,23 @@ def build_context(a: Analysis) -> dict[str, Any]:
         "detail": detail,
         "curves_svg": figures.budget_curves(a.summaries, attacks, budgets, a.defense, a.metric, a.recommendation.key),
         "heatmap_svg": figures.worst_case_heatmap(a.summaries, budgets, a.unit),
-        "failed": [{"candidate": candidate_label(c.hparams), "attack": c.attack, "budget": f"{100 * c.budget:g}%",
-                    "defense": c.defense, "seed": c.seed, "error": c.error} for c in failed],  # fmt: skip
+        "failed": [
+            {
+                "candidate": candidate_label(c.hparams),
+                "attack": c.attack,
+                "budget": f"{100 * c.budget:g}%",
+                "defense": c.defense,
+                "seed": c.seed,
+                "error": c.error,
+            }
+            for c in failed
+        ],  # fmt: skip
         "progress": {"done": done, "total": total, "missing": max(total - done - len(failed), 0)},
         "not_converged": not_converged,
         "not_converged_by_candidate": by_candidate,
-        "diverged": [{"candidate": candidate_label(c.hparams), "attack": c.attack, "budget": f"{100 * c.budget:g}%",
-                      "seed": c.seed} for c in diverged],  # fmt: skip
+        "diverged": [
+            {"candidate": candidate_label(c.hparams), "attack": c.attack, "budget": f"{100 * c.budget:g}%", "seed": c.seed} for c in diverged
+        ],  # fmt: skip
         "unregularized": unregularized,
         "n_retrains": len(retrains),
         "not_run": not_run,
@@ -209,8 +218,8 @@ def build_summary(a: Analysis) -> dict[str, Any]:
         ],
         "versions": a.meta.get("versions", {}),
         "poisonability": [
-            {k: r[k] for k in ("label", "eps_w", "val", "test", "tau_2", "tau_c", "tau_rho_2", "tau_rho_c", "unreachable",
-                               "seeds", "condition")} | {"hyperparameters": json.loads(r["key"])}
+            {k: r[k] for k in ("label", "eps_w", "val", "test", "tau_2", "tau_c", "tau_rho_2", "tau_rho_c", "unreachable", "seeds", "condition")}
+            | {"hyperparameters": json.loads(r["key"])}
             for r in threshold_table(a)
         ],  # fmt: skip
         "minimax": [r.as_dict() for r in a.policies],
@@ -238,5 +247,3 @@ def _setting(a: Analysis, s: Any) -> dict[str, Any]:
 
 def _json_default(value: Any) -> Any:
     return str(value)
-
-
