@@ -18,7 +18,7 @@ import numpy as np
 import yaml
 from pydantic import Field, ValidationError, field_validator, model_serializer, model_validator
 
-from audit.attacks import ATTACKS
+from audit.attacks import ATTACKS, AuditAttack
 from audit.data import DatasetSpec, SplitSpec
 from audit.defenses import DEFENSES, Defense
 from audit.errors import AuditError
@@ -166,6 +166,11 @@ class AttackSpec(_RegisteredSpec):
     @classmethod
     def registry(cls) -> dict[str, Any]:
         return dict(ATTACKS)
+
+    @property
+    def attack(self) -> type[AuditAttack]:
+        """The registered attack class."""
+        return ATTACKS[self.name]
 
 
 class DefenseSpec(_RegisteredSpec):
@@ -358,6 +363,10 @@ class AuditConfig(StrictModel):
     def defense_keys(self) -> list[str]:
         """The defense axis as stored in the cells: each defense's key, in config order."""
         return [d.key for d in self.defenses]
+
+    def attack_spec(self, key: str) -> AttackSpec:
+        """The attack spec stored under ``key``."""
+        return next(a for a in self.attacks if a.key == key)
 
     def defense_spec(self, key: str) -> DefenseSpec:
         """The defense spec stored under ``key``."""

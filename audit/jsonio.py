@@ -1,4 +1,4 @@
-"""Writing results: atomic file writes and plain JSON values (no NaN, no numpy types)."""
+"""Writing results: atomic file writes, plain JSON values (no NaN, no numpy types) and typed diagnostics."""
 
 from __future__ import annotations
 
@@ -6,8 +6,11 @@ import json
 import math
 import os
 import tempfile
+from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
+
+D = TypeVar("D", bound="Diagnostics")
 
 
 def atomic_write(path: Path, text: str) -> None:
@@ -25,7 +28,13 @@ def atomic_write(path: Path, text: str) -> None:
 
 def jsonable(value: Any) -> Any:
     """Diagnostics → plain JSON types (numpy scalars/arrays to Python, anything else to its string)."""
-    return json.loads(json.dumps(value, default=lambda o: o.tolist() if hasattr(o, "tolist") else str(o)))
+    return json.loads(json.dumps(value, default=_plain))
+
+
+def _plain(o: Any) -> Any:
+    if isinstance(o, Diagnostics):
+        return o.to_json()
+    return o.tolist() if hasattr(o, "tolist") else str(o)
 
 
 def finite(value: Any) -> Any:
@@ -37,3 +46,52 @@ def finite(value: Any) -> Any:
     if isinstance(value, list):
         return [finite(v) for v in value]
     return value
+
+
+@dataclass
+class Diagnostics:
+    """Base of the typed diagnostics an attack or a defense leaves after a run, stored as JSON.
+
+    Each attack and defense declares a subclass whose fields are what it reports (``None``
+    until set); readers (the report, the minimax stage) use the attributes, so a renamed
+    field breaks the type check instead of silently blanking a report section. Mapping
+    access (``d["key"]``, ``d.get``, ``in``) is kept for interactive use and old tests;
+    :meth:`update` refuses a field the class does not declare.
+    """
+
+    def update(self, values: dict[str, Any] | None = None, /, **more: Any) -> None:
+        """Set declared fields; an undeclared name is a programming error (``AttributeError``)."""
+        names = {f.name for f in fields(self)}
+        for key, value in {**(values or {}), **more}.items():
+            if key not in names:
+                raise AttributeError(f"{type(self).__name__} declares no diagnostic {key!r} (declared: {', '.join(sorted(names))})")
+            setattr(self, key, value)
+
+    def setdefault(self, key: str, value: Any) -> Any:
+        if self.get(key) is None:
+            self.update(**{key: value})
+        return self[key]
+
+    def __getitem__(self, key: str) -> Any:
+        if key not in self:
+            raise KeyError(key)
+        return getattr(self, key)
+
+    def __setitem__(self, key: str, value: Any) -> None:
+        self.update(**{key: value})
+
+    def __contains__(self, key: object) -> bool:
+        return isinstance(key, str) and key in {f.name for f in fields(self)} and getattr(self, key) is not None
+
+    def get(self, key: str, default: Any = None) -> Any:
+        return getattr(self, key) if key in self else default
+
+    def to_json(self) -> dict[str, Any]:
+        """The fields that were set, as plain JSON values (unset fields are left out)."""
+        return jsonable({f.name: getattr(self, f.name) for f in fields(self) if getattr(self, f.name) is not None})
+
+    @classmethod
+    def from_json(cls: type[D], values: dict[str, Any] | None) -> D:
+        """Read stored diagnostics back; fields this version does not declare are ignored (older/newer runs)."""
+        names = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in (values or {}).items() if k in names})

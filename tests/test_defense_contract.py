@@ -1,5 +1,7 @@
 """Every registered defense keeps the one contract, on every task and victim kind it claims."""
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -8,6 +10,7 @@ from sklearn.linear_model import LogisticRegression, Ridge
 from audit.attacks import LabelFlip
 from audit.config import DatasetSpec, ModelSpec, TrainingSpec, parse_config
 from audit.data import load_dataset
+from audit.defenses.base import CertificateDiagnostics
 from audit.defenses import DEFENSES
 from audit.errors import AuditError
 from audit.grid.cells import apply_defense
@@ -54,7 +57,10 @@ def test_defense_contract(name, task, kind):
     assert keep.dtype == bool and keep.shape == (len(y),)
     np.testing.assert_array_equal(x, x_in)  # the mixed set is not modified
     np.testing.assert_array_equal(y, y_in)
-    assert isinstance(diag, dict)
+    assert isinstance(diag, cls.Diagnostics)  # typed, as the class declares
+    assert type(diag).from_json(json.loads(json.dumps(diag.to_json()))) == diag  # stored as JSON and read back
+    if cls.certifies:
+        assert issubclass(cls.Diagnostics, CertificateDiagnostics)
     metric = fitted.metric(d.x_test, d.y_test)
     assert np.isfinite(metric)
     again, keep2, _ = apply_defense(cls.for_cell(0.1, 5, d), x, y, victim, hp, 0)

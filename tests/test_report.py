@@ -1,4 +1,5 @@
 import json
+import re
 import subprocess
 import xml.etree.ElementTree as ET
 
@@ -111,6 +112,8 @@ def test_poisonability_section_with_gradient_canceling(tmp_path):
     html = (run / "report.html").read_text()
     for needle in ("Poisonability", "Gradient Canceling (<code>gc</code>)", "τ_ρ(2)", "clean model", "GC epoch"):
         assert needle in html
+    used = re.findall(r'<td class="small">(auto: GradPC ε_w=[0-9.]+, output layer ×[0-9.e+-]+)</td><td>([0-9.]+)</td><td>[^<]+</td><td>([0-9.]+)</td>', html)
+    assert len(used) == 4, "the GC target table shows each cell's target, its accuracy and the residual read from the typed diagnostics"
     s = json.loads((run / "summary.json").read_text())
     rows = s["poisonability"]
     assert {r["eps_w"] for r in rows} == {0.0, 0.1, 0.5} and len(rows) == 6  # 2 candidates × (clean + 2 targets)
@@ -133,3 +136,15 @@ def test_sample_poisons_section_for_tgda_on_images(tmp_path):
     assert section.index("<svg") < section.index("Change per poison set")
     s = json.loads((run / "summary.json").read_text())
     assert {c["status"] for c in s["cells"]} == {"ok"} and len(s["cells"]) == 2
+
+
+def test_certified_accuracy_column_for_a_certifying_defense_under_any_id(tmp_path):
+    """The column follows the class fact ``certifies``, not the name: a DPA with its own id still shows it."""
+    cfg = tiny_config(candidates={"l2": [0.01]}, attacks=[{"name": "label_flip", "id": "lf", "params": {"variant": "random"}}],
+                      budgets=[0.1], defenses=["none", {"name": "dpa", "id": "dpa5", "params": {"partitions": 5}}])  # fmt: skip
+    run = run_audit(parse_config(cfg), output_dir=tmp_path, progress=False)
+    write_report(run)
+    html = (run / "report.html").read_text()
+    assert "<th>certified accuracy</th>" in html and "dpa5: deep partition aggregation" in html
+    row = re.search(r"<td>lf</td><td>10%</td><td>dpa5</td>(?:<td>[^<]*</td>){5}<td>([0-9.]+)</td></tr>", html)
+    assert row is not None and 0 <= float(row.group(1)) <= 100, "the certified accuracy read from DPA's typed diagnostics"

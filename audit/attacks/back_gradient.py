@@ -37,6 +37,7 @@ from __future__ import annotations
 import copy
 import math
 import time
+from dataclasses import dataclass
 from typing import Any, ClassVar, Literal
 
 import numpy as np
@@ -44,7 +45,7 @@ import torch
 from art.attacks.attack import PoisoningAttackWhiteBox
 from pydantic import Field, model_validator
 
-from audit.attacks.base import AttackContext, AttackParams, AuditAttack, PoisonInput, check_l2, torch_module, validation_set
+from audit.attacks.base import AttackContext, AttackDiagnostics, AttackParams, AuditAttack, PoisonInput, check_l2, torch_module, validation_set
 from audit.errors import AuditError
 from audit.maths.hypergrad import FlatModel, functional_objective, rmd, validation_loss
 from audit.models.training import lambda_shift
@@ -87,6 +88,25 @@ def flipped_labels(y: np.ndarray, n_classes: int, losses: np.ndarray | None) -> 
     return masked.argmax(axis=1)
 
 
+@dataclass
+class BackGradientDiagnostics(AttackDiagnostics):
+    """The outer objective's curve (every iteration of every batch), restarts, the memory kept
+    for the reverse pass, and with ``l2: attack`` the attacker's λ (``lambda_rmd``, paper units)."""
+
+    objective: list[float] | None = None
+    objective_initial: float | None = None
+    objective_final: float | None = None
+    iterations: int | None = None
+    restarts: int | None = None
+    batches: int | None = None
+    seconds_per_iteration: float | None = None
+    stored_states: int | None = None
+    inner_objective: float | None = None
+    lambda_rmd: float | None = None
+    l2_rmd: float | None = None
+    lambda_curve: list[float] | None = None
+
+
 class BackGradient(AuditAttack, PoisoningAttackWhiteBox):
     """The back-gradient (RMD) poisoning attack as an ART white-box poisoning attack.
 
@@ -121,6 +141,8 @@ class BackGradient(AuditAttack, PoisoningAttackWhiteBox):
     description: ClassVar[str] = "back-gradient: poisons by reverse-mode hypergradient ascent through T GD steps, white-box"
     Params = BackGradientParams
     params: BackGradientParams
+    Diagnostics = BackGradientDiagnostics
+    diagnostics: BackGradientDiagnostics
     tasks: ClassVar[tuple[str, ...]] = ("classification", "regression")
     attack_params = PoisoningAttackWhiteBox.attack_params + ["budget", "l2", "seed"]
     _estimator_requirements = ()

@@ -13,7 +13,8 @@
   ``_run``, clips the features to the box and checks shapes and labels.
 
 Subclasses write only ``_run`` (the algorithm) and ``for_cell`` (how the grid builds them).
-Diagnostics go to ``self.diagnostics``, never into the return value.
+Diagnostics go to ``self.diagnostics``, an instance of the class's ``Diagnostics`` dataclass
+(:class:`audit.jsonio.Diagnostics`: typed fields, stored as JSON), never into the return value.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from pydantic import ValidationError
 from torch import nn
 
 from audit.errors import AuditError
+from audit.jsonio import Diagnostics
 from audit.seeding import generators, preserved_global_rng
 from audit.spec import StrictModel
 
@@ -134,17 +136,38 @@ def check_n_classes(n_classes: Any, who: str) -> int:
     return n_classes
 
 
+@dataclass
+class AttackDiagnostics(Diagnostics):
+    """What every attack reports: its wall time and the number of poisons; subclasses add their own fields."""
+
+    seconds: float | None = None
+    n_poison: int | None = None
+
+
+@dataclass
+class SourcedDiagnostics(AttackDiagnostics):
+    """Diagnostics of an attack that makes each poison from a clean training point (a generator):
+    ``source_examples`` are the first points' indices, so the report can show poison beside original."""
+
+    source_examples: list[int] | None = None
+    max_change: float | None = None
+    mean_change: float | None = None
+
+
 class AuditAttack(ABC):
     """Abstract base that gives an ART poisoning attack the audit's contract. Put it first in the bases.
 
     Class-level facts a subclass declares: ``name`` (registry key), ``title``, ``description``,
-    ``Params`` and ``tasks`` (``classification`` and/or ``regression``).
+    ``Params``, ``Diagnostics`` (the dataclass of what a run reports) and ``tasks``
+    (``classification`` and/or ``regression``).
     """
 
     name: ClassVar[str]
     title: ClassVar[str]  # short name for the report ("Gradient Canceling")
     description: ClassVar[str]
     Params: ClassVar[type[AttackParams]] = AttackParams
+    Diagnostics: ClassVar[type[AttackDiagnostics]] = AttackDiagnostics
+    diagnostics: AttackDiagnostics
     tasks: ClassVar[tuple[str, ...]] = ("classification",)
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
@@ -186,7 +209,7 @@ class AuditAttack(ABC):
         self.lo: Any = None if box is None else box[0]
         self.hi: Any = None if box is None else box[1]
         self.n_classes = n_classes
-        self.diagnostics: dict[str, Any] = {}
+        self.diagnostics = self.Diagnostics()
 
     @classmethod
     @abstractmethod

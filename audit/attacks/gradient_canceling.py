@@ -18,6 +18,7 @@ from __future__ import annotations
 import copy
 import math
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
@@ -27,7 +28,7 @@ from art.attacks.attack import PoisoningAttackWhiteBox
 from pydantic import Field
 from torch import nn
 
-from audit.attacks.base import AttackContext, AttackParams, AuditAttack, PoisonInput, check_l2, torch_module
+from audit.attacks.base import AttackContext, AttackDiagnostics, AttackParams, AuditAttack, PoisonInput, check_l2, torch_module
 from audit.errors import AuditError
 from audit.maths.poisonability import gradpc_target as target_by_gradpc
 from audit.maths.poisonability import module_metric, scale_output_layer, scale_to_budget, thresholds
@@ -96,6 +97,41 @@ def cancel_gradient(
     return out
 
 
+@dataclass
+class GradientCancelingDiagnostics(AttackDiagnostics):
+    """Where the target came from, how good it is, its thresholds (Eq. 5–6) and how far the
+    loop drove ‖g(χ)‖ (Algorithm 1): the curve ``[[epoch, ‖g‖], …]`` and the relative residual."""
+
+    target: str | None = None  # file | gradpc | label_flip | auto
+    path: str | None = None
+    eps_w: float | None = None
+    scale: float | None = None
+    target_eps: float | None = None
+    target_tau_rho_2: float | None = None
+    gradpc_val_loss: list[float] | None = None
+    note: str | None = None
+    target_val_metric: float | None = None
+    target_test_metric: float | None = None
+    threshold: dict[str, Any] | None = None
+    epochs: int | None = None
+    g_chi_curve: list[list[float]] | None = None
+    g_chi_final: float | None = None
+    g_mu_norm: float | None = None
+    relative_residual: float | None = None
+    converged: bool | None = None
+    loop_seconds: float | None = None
+
+    def origin(self) -> str:
+        """One line saying which target the attack aimed at."""
+        if self.target == "auto":
+            return f"auto: GradPC ε_w={self.eps_w:g}, output layer ×{self.scale or 1:.3g}"
+        if self.target == "gradpc":
+            return f"GradPC ε_w={self.eps_w:g}"
+        if self.target == "label_flip":
+            return f"model retrained on an adversarial label flip at ε={self.target_eps:g}"
+        return f"file {self.path or ''}"
+
+
 class GradientCanceling(AuditAttack, PoisoningAttackWhiteBox):
     """Gradient Canceling as an ART white-box poisoning attack.
 
@@ -124,6 +160,8 @@ class GradientCanceling(AuditAttack, PoisoningAttackWhiteBox):
     description: ClassVar[str] = "Gradient Canceling towards a GradPC (or given) target model, white-box"
     Params = GCParams
     params: GCParams
+    Diagnostics = GradientCancelingDiagnostics
+    diagnostics: GradientCancelingDiagnostics
     tasks: ClassVar[tuple[str, ...]] = ("classification", "regression")
     attack_params = PoisoningAttackWhiteBox.attack_params + ["budget", "l2", "seed"]
     _estimator_requirements = ()
@@ -181,9 +219,9 @@ class GradientCanceling(AuditAttack, PoisoningAttackWhiteBox):
         attack = cls(module, target_model=target, budget=ctx.budget, task=data.task, l2=l2, box=box, seed=ctx.seed,
                      n_classes=data.n_classes, **params)  # fmt: skip
         attack.diagnostics.update(origin)
-        attack.diagnostics["target_val_metric"] = module_metric(attack.target, data.x_val, data.y_val, data.task)
-        attack.diagnostics["target_test_metric"] = module_metric(attack.target, data.x_test, data.y_test, data.task)
-        attack.diagnostics["threshold"] = thresholds(attack.target, data.x_train, data.y_train, data.task, l2,
+        attack.diagnostics.target_val_metric = module_metric(attack.target, data.x_val, data.y_val, data.task)
+        attack.diagnostics.target_test_metric = module_metric(attack.target, data.x_test, data.y_test, data.task)
+        attack.diagnostics.threshold = thresholds(attack.target, data.x_train, data.y_train, data.task, l2,
                                                      data.n_classes).as_dict()  # fmt: skip
         return attack
 

@@ -13,12 +13,13 @@ touched, so they are always inside the feature box.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any, ClassVar, Literal
 
 import numpy as np
 from art.attacks.attack import PoisoningAttackBlackBox
 
-from audit.attacks.base import AttackContext, AttackParams, AuditAttack, PoisonInput, check_n_classes
+from audit.attacks.base import AttackContext, AttackDiagnostics, AttackParams, AuditAttack, PoisonInput, check_n_classes
 from audit.errors import AuditError
 
 
@@ -36,6 +37,17 @@ def losses_from_predictions(pred: np.ndarray) -> np.ndarray:
         return -np.log(np.clip(pred, 1e-12, None))
     shifted = pred - pred.max(axis=1, keepdims=True)
     return -(shifted - np.log(np.exp(shifted).sum(axis=1, keepdims=True)))
+
+
+@dataclass
+class LabelFlipDiagnostics(AttackDiagnostics):
+    """``variant`` (random/adversarial), the flipped points' mean loss and that of all points (appendix A)."""
+
+    variant: str | None = None
+    selection: str | None = None
+    unchanged_labels: int | None = None
+    mean_flipped_loss: float | None = None
+    mean_flipped_loss_all: float | None = None
 
 
 class LabelFlip(AuditAttack, PoisoningAttackBlackBox):
@@ -60,6 +72,8 @@ class LabelFlip(AuditAttack, PoisoningAttackBlackBox):
     description: ClassVar[str] = "copies of training points with flipped labels (random or max-loss), black-box"
     Params = LabelFlipParams
     params: LabelFlipParams
+    Diagnostics = LabelFlipDiagnostics
+    diagnostics: LabelFlipDiagnostics
     attack_params = PoisoningAttackBlackBox.attack_params + ["budget", "variant", "mapping", "selection", "seed"]
     _estimator_requirements = ()
 

@@ -21,6 +21,7 @@ raise the validation MSE most (the attacker holds D_val, DESIGN.md).
 from __future__ import annotations
 
 import itertools
+from dataclasses import dataclass
 from typing import Any, ClassVar, Literal
 
 import numpy as np
@@ -28,7 +29,7 @@ import torch
 from art.attacks.attack import PoisoningAttackWhiteBox
 from pydantic import Field
 
-from audit.attacks.base import AttackContext, AttackParams, AuditAttack, PoisonInput
+from audit.attacks.base import AttackContext, AttackDiagnostics, AttackParams, AuditAttack, PoisonInput
 from audit.errors import AuditError
 
 
@@ -75,6 +76,14 @@ def inner_solution(x: torch.Tensor, y: torch.Tensor, l2: float, l1: float, theta
     return theta
 
 
+@dataclass
+class OptPDiagnostics(AttackDiagnostics):
+    """The chosen start (``init``, ``objective``) and every run's objective, value, validation metric and iterations."""
+
+    chosen: dict[str, Any] | None = None
+    runs: list[dict[str, Any]] | None = None
+
+
 class OptP(AuditAttack, PoisoningAttackWhiteBox):
     """OptP as an ART white-box poisoning attack against linear regression (ridge, lasso, elastic net).
 
@@ -100,6 +109,8 @@ class OptP(AuditAttack, PoisoningAttackWhiteBox):
     description: ClassVar[str] = "optimization attack on (x, y) through the trained linear model (regression, white-box)"
     Params = OptPParams
     params: OptPParams
+    Diagnostics = OptPDiagnostics
+    diagnostics: OptPDiagnostics
     tasks: ClassVar[tuple[str, ...]] = ("regression",)
     attack_params = PoisoningAttackWhiteBox.attack_params + ["budget", "seed"]
     _estimator_requirements = ()

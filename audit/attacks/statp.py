@@ -12,12 +12,13 @@ with the largest loss under the clean model (queried through the estimator's pre
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import numpy as np
 from art.attacks.attack import PoisoningAttackBlackBox
 
-from audit.attacks.base import AttackContext, AttackParams, AuditAttack, PoisonInput
+from audit.attacks.base import AttackContext, AttackDiagnostics, AttackParams, AuditAttack, PoisonInput
 from audit.attacks.label_flip import losses_from_predictions
 from audit.errors import AuditError
 
@@ -37,6 +38,14 @@ def _gaussian(x: np.ndarray, n: int, rng: np.random.Generator) -> np.ndarray:
 def round_to_corners(z: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
     """Each feature to the nearer of lo and hi (ties to hi)."""
     return np.where(z >= (lo + hi) / 2, hi, lo)
+
+
+@dataclass
+class StatPDiagnostics(AttackDiagnostics):
+    """Classification: the poisons' mean largest loss; regression: their mean absolute residual."""
+
+    mean_loss: float | None = None
+    mean_abs_residual: float | None = None
 
 
 class StatP(AuditAttack, PoisoningAttackBlackBox):
@@ -64,6 +73,8 @@ class StatP(AuditAttack, PoisoningAttackBlackBox):
     description: ClassVar[str] = "statistical attack: Gaussian samples rounded to box corners, loss-maximising response (black-box)"
     Params = StatPParams
     params: StatPParams
+    Diagnostics = StatPDiagnostics
+    diagnostics: StatPDiagnostics
     tasks: ClassVar[tuple[str, ...]] = ("regression", "classification")
     attack_params = PoisoningAttackBlackBox.attack_params + ["budget", "seed"]
     _estimator_requirements = ()

@@ -34,6 +34,7 @@ import hashlib
 import math
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any, ClassVar, Literal
 
 import numpy as np
@@ -47,6 +48,7 @@ from audit.attacks.base import (
     AttackParams,
     AuditAttack,
     PoisonInput,
+    SourcedDiagnostics,
     check_l2,
     check_n_classes,
     torch_module,
@@ -154,6 +156,25 @@ def total_derivative(
     return [g.detach() for g in grads], cg
 
 
+@dataclass
+class TGDADiagnostics(SourcedDiagnostics):
+    """The leader's schedule and how its inverse-Hessian solves ended (Alg. 1), the generator's pretraining."""
+
+    epochs: int | None = None
+    leader_lr: float | None = None
+    solver: str | None = None
+    generator: str | None = None
+    leader_steps_total: int | None = None
+    cg_mean_iterations: float | None = None
+    cg_converged_fraction: float | None = None
+    cg_median_residual: float | None = None
+    cg_max_residual: float | None = None
+    cg_steps: list[list[float]] | None = None
+    curve: list[dict[str, float]] | None = None
+    pretrain: dict[str, Any] | None = None
+    loop_seconds: float | None = None
+
+
 class TGDA(AuditAttack, PoisoningAttackWhiteBox):
     """The TGDA attack as an ART white-box poisoning attack.
 
@@ -191,6 +212,8 @@ class TGDA(AuditAttack, PoisoningAttackWhiteBox):
     description: ClassVar[str] = "TGDA: generator trained by total gradient ascent against the retrained model, white-box, clean-label"
     Params = TGDAParams
     params: TGDAParams
+    Diagnostics = TGDADiagnostics
+    diagnostics: TGDADiagnostics
     attack_params = PoisoningAttackWhiteBox.attack_params + ["budget", "l2", "seed"]
     _estimator_requirements = ()
 
@@ -240,7 +263,7 @@ class TGDA(AuditAttack, PoisoningAttackWhiteBox):
             gen = build_generator(p.generator, x.shape[1], int(self.n_classes or 2), lo, hi, self.image_shape,
                                   p.generator_width).to(device=device, dtype=dtype)  # fmt: skip
         if not p.pretrain or p.pretrain_epochs == 0:
-            self.diagnostics["pretrain"] = {"epochs": 0}
+            self.diagnostics.pretrain = {"epochs": 0}
             return gen
         digest = hashlib.sha256()
         for t in (x, y, lo, hi):
@@ -258,7 +281,7 @@ class TGDA(AuditAttack, PoisoningAttackWhiteBox):
             _PRETRAINED[key] = ({k: v.detach().clone() for k, v in gen.state_dict().items()}, info)
         state, info = _PRETRAINED[key]
         gen.load_state_dict(state)
-        self.diagnostics["pretrain"] = {**info, "cached": cached}
+        self.diagnostics.pretrain = {**info, "cached": cached}
         return gen
 
     @torch.no_grad()

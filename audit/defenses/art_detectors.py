@@ -19,6 +19,7 @@ feature extractor (``module.features``; the inputs themselves for linear models)
 from __future__ import annotations
 
 from collections import OrderedDict
+from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import numpy as np
@@ -27,6 +28,7 @@ from torch import nn
 
 from audit.defenses.base import Defense, DefenseResult
 from audit.errors import AuditError
+from audit.jsonio import Diagnostics
 from audit.seeding import numpy_global_seed
 
 
@@ -60,8 +62,16 @@ def _one_hot(y: np.ndarray, c: int) -> np.ndarray:
     return np.eye(c, dtype=np.float32)[y.astype(int)]
 
 
+@dataclass
+class FlaggedDiagnostics(Diagnostics):
+    """How many points ART's detector flagged as poison (and the audit removed)."""
+
+    flagged: int | None = None
+
+
 class _ArtDetector(Defense):
     tasks: ClassVar[tuple[str, ...]] = ("classification",)
+    Diagnostics = FlaggedDiagnostics
 
     def _keep(self, is_clean: list[int], n: int) -> np.ndarray:
         keep = np.asarray(is_clean, dtype=bool)
@@ -84,7 +94,7 @@ class _PenultimateDetector(_ArtDetector):
         with numpy_global_seed(self.seed):  # ART's KMeans/PCA draw from numpy's global generator
             is_clean = self._detect(penultimate_classifier(fitted, c, (x.shape[1],)), x, _one_hot(y, c))
         keep = self._keep(is_clean, len(y))
-        return DefenseResult(keep=keep, diagnostics={"flagged": int((~keep).sum())})
+        return DefenseResult(keep=keep, diagnostics=FlaggedDiagnostics(flagged=int((~keep).sum())))
 
 
 class ActivationClustering(_PenultimateDetector):
@@ -154,4 +164,4 @@ class Roni(_ArtDetector):
             detector = RONIDefense(fitted.to_art(), x, _one_hot(y, c), x_val, _one_hot(y_val, c), perf_func=accuracy)
             _, is_clean = detector.detect_poison()
         keep = self._keep(is_clean, len(y))
-        return DefenseResult(keep=keep, diagnostics={"flagged": int((~keep).sum())})
+        return DefenseResult(keep=keep, diagnostics=FlaggedDiagnostics(flagged=int((~keep).sum())))

@@ -3,7 +3,7 @@
 Filters return ``DefenseResult(keep=mask)`` and the grid retrains on the kept points with
 the normal procedure; robust trainers (e.g. TRIM) return ``DefenseResult(fitted=model)``.
 Every defense gets the assumed poison rate (default: the cell's ε) and a seed, and puts
-its own diagnostics in the result.
+its own diagnostics in the result (an instance of its class's ``Diagnostics`` dataclass).
 
 A defense declares once, on its class: its configurable parameters (``Params``, a pydantic
 model: the config's ``defenses: [{name, id, params}]`` is checked with it), the tasks it
@@ -23,7 +23,15 @@ import numpy as np
 from pydantic import ValidationError
 
 from audit.errors import AuditError
+from audit.jsonio import Diagnostics
 from audit.spec import StrictModel
+
+
+@dataclass
+class CertificateDiagnostics(Diagnostics):
+    """Diagnostics of a defense that ``certifies``: the certified accuracy (%) at the cell's budget."""
+
+    certified_accuracy: float | None = None
 
 
 class DefenseParams(StrictModel):
@@ -36,7 +44,7 @@ class DefenseResult:
 
     keep: np.ndarray | None = None
     fitted: Any = None
-    diagnostics: dict[str, Any] = field(default_factory=dict)
+    diagnostics: Diagnostics = field(default_factory=Diagnostics)
 
 
 class Defense(ABC):
@@ -45,6 +53,7 @@ class Defense(ABC):
     name: ClassVar[str]
     description: ClassVar[str]
     Params: ClassVar[type[DefenseParams]] = DefenseParams
+    Diagnostics: ClassVar[type[Diagnostics]] = Diagnostics  # what its result's diagnostics hold
     tasks: ClassVar[tuple[str, ...]] = ("classification", "regression")
     victims: ClassVar[tuple[str, ...]] = ("torch", "sklearn")  # the victim kinds it works with
     reads_validation: ClassVar[bool] = False

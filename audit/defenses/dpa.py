@@ -22,7 +22,7 @@ from typing import Any, ClassVar
 import numpy as np
 from pydantic import Field
 
-from audit.defenses.base import Defense, DefenseParams, DefenseResult
+from audit.defenses.base import CertificateDiagnostics, Defense, DefenseParams, DefenseResult
 from audit.errors import AuditError
 from audit.models.victim import Fitted
 
@@ -77,6 +77,19 @@ class FittedEnsemble(Fitted):
         return self.art_ensemble
 
 
+@dataclass
+class DPADiagnostics(CertificateDiagnostics):
+    """The partitions used and, with an evaluation set, the certificate (Levine & Feizi, Thm. 1):
+    the share of points whose prediction is correct and provably stable under the cell's budget."""
+
+    partitions: int | None = None
+    partitions_asked: int | None = None
+    partition_sizes: list[int] | None = None
+    certified_budget_points: int | None = None
+    median_radius: float | None = None
+    max_radius: int | None = None
+
+
 class DPAParams(DefenseParams):
     partitions: int = Field(50, ge=2)
 
@@ -87,6 +100,7 @@ class DeepPartitionAggregation(Defense):
     name: ClassVar[str] = "dpa"
     description: ClassVar[str] = "deep partition aggregation (ART DeepPartitionEnsemble) with a certified radius per test point"
     tasks: ClassVar[tuple[str, ...]] = ("classification",)
+    Diagnostics = DPADiagnostics
 
     def __init__(self, rate: float, seed: int, partitions: int = 50, evaluation: tuple[np.ndarray, np.ndarray] | None = None,
                  n_clean: int | None = None) -> None:  # fmt: skip
@@ -122,11 +136,7 @@ class DeepPartitionAggregation(Defense):
             members.append(victim.fit(x[idx], y[idx], hparams, self.seed + i))
         ensemble = DeepPartitionEnsemble([m.to_art() for m in members], ensemble_size=k, channels_first=True)
         fitted = FittedEnsemble(task="classification", n_classes=c, members=members, art_ensemble=ensemble)
-        diagnostics: dict[str, Any] = {
-            "partitions": k,
-            "partitions_asked": self.partitions,
-            "partition_sizes": np.bincount(part, minlength=k).tolist(),
-        }
+        diagnostics = DPADiagnostics(partitions=k, partitions_asked=self.partitions, partition_sizes=np.bincount(part, minlength=k).tolist())
         if self.evaluation is not None:
             x_e, y_e = self.evaluation
             prediction, radius = certificate(fitted.votes(x_e))

@@ -14,6 +14,7 @@ number of poisons when the assumed rate is right — after which the grid retrai
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import numpy as np
@@ -22,6 +23,7 @@ from pydantic import Field
 
 from audit.defenses.base import Defense, DefenseParams, DefenseResult
 from audit.errors import AuditError
+from audit.jsonio import Diagnostics
 from audit.maths.autodiff import conjugate_gradient, mean_gradient, objective_hvp, per_sample_gradients
 
 
@@ -51,6 +53,28 @@ def _tensors(fitted: Any, x: np.ndarray, y: np.ndarray, task: str) -> tuple[torc
     return torch.as_tensor(x, dtype=torch.float32, device=device), torch.as_tensor(y, dtype=dtype, device=device)
 
 
+@dataclass
+class RemovedDiagnostics(Diagnostics):
+    """How many points the filter removed (or flagged)."""
+
+    removed: int | None = None
+
+
+@dataclass
+class InfluenceDiagnostics(Diagnostics):
+    """How the inverse-Hessian solve H⁻¹∇L_val ended (Koh & Liang, Eq. 2)."""
+
+    cg_iterations: int | None = None
+    cg_residual: float | None = None
+    cg_converged: bool | None = None
+
+
+@dataclass
+class SeverDiagnostics(Diagnostics):
+    rounds: int | None = None
+    last_layer_only: bool | None = None
+
+
 class InfluenceParams(DefenseParams):
     damping: float = Field(0.01, ge=0)
     cg_iter: int = Field(200, ge=1)
@@ -66,6 +90,7 @@ class LossFilter(Defense):
     """Remove the points with the largest training loss under the model trained on the mixed set."""
 
     name: ClassVar[str] = "loss_filter"
+    Diagnostics = RemovedDiagnostics
     description: ClassVar[str] = "loss filter: drop the ε fraction with the largest training loss, retrain"
 
     def apply(self, x: np.ndarray, y: np.ndarray, victim: Any, hparams: dict[str, Any]) -> DefenseResult:
@@ -75,13 +100,14 @@ class LossFilter(Defense):
         else:
             scores = (fitted.predict(x).reshape(-1) - y) ** 2
         keep = _drop_top(scores, _n_remove(self.rate, len(y)), np.ones(len(y), bool))
-        return DefenseResult(keep=keep, diagnostics={"removed": int((~keep).sum())})
+        return DefenseResult(keep=keep, diagnostics=RemovedDiagnostics(removed=int((~keep).sum())))
 
 
 class InfluenceFilter(Defense):
     """Remove the points whose up-weighting raises the validation loss most (influence functions)."""
 
     name: ClassVar[str] = "influence_filter"
+    Diagnostics = InfluenceDiagnostics
     victims: ClassVar[tuple[str, ...]] = ("torch",)
     description: ClassVar[str] = "influence filter: drop the ε fraction most harmful to the validation loss (H⁻¹ by CG)"
 
@@ -112,8 +138,7 @@ class InfluenceFilter(Defense):
         grads = per_sample_gradients(module, xt, yt, task)
         scores = (-(grads @ solve.x)).detach().cpu().numpy()  # harm of up-weighting z_i on L_val
         keep = _drop_top(scores, _n_remove(self.rate, len(y)), np.ones(len(y), bool))
-        return DefenseResult(keep=keep, diagnostics={"cg_iterations": solve.n_iter, "cg_residual": solve.residual,
-                                                      "cg_converged": solve.converged})  # fmt: skip
+        return DefenseResult(keep=keep, diagnostics=InfluenceDiagnostics(solve.n_iter, solve.residual, solve.converged))  # fmt: skip
 
 
 def top_right_singular_vector(a: torch.Tensor, tol: float = 1e-12, max_iter: int = 1000) -> torch.Tensor:
@@ -144,6 +169,7 @@ class Sever(Defense):
     """Sever: remove the points whose centred gradients project most on the top singular direction."""
 
     name: ClassVar[str] = "sever"
+    Diagnostics = SeverDiagnostics
     victims: ClassVar[tuple[str, ...]] = ("torch",)
     Params = SeverParams
     description: ClassVar[str] = "Sever: drop points with the largest squared projection of centred gradients on the top singular vector"
@@ -168,4 +194,4 @@ class Sever(Defense):
             xt, yt = _tensors(fitted, x, y, victim.task)
             scores = sever_scores(per_sample_gradients(module, xt, yt, victim.task, last_layer_only=last_layer))
             keep = _drop_top(scores, share, keep)
-        return DefenseResult(keep=keep, diagnostics={"rounds": self.rounds, "last_layer_only": bool(last_layer)})
+        return DefenseResult(keep=keep, diagnostics=SeverDiagnostics(self.rounds, bool(last_layer)))

@@ -12,6 +12,7 @@ maps as for ridge, ``alpha = ρ·n``.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import numpy as np
@@ -19,6 +20,7 @@ from pydantic import Field
 
 from audit.defenses.base import Defense, DefenseParams, DefenseResult
 from audit.errors import AuditError
+from audit.jsonio import Diagnostics
 from audit.models.victim import FittedSklearn
 
 
@@ -29,11 +31,31 @@ class TrimParams(DefenseParams):
     restarts: int = Field(1, ge=1)
 
 
+@dataclass
+class TrimDiagnostics(Diagnostics):
+    """The trimmed loss per iteration of the best start (Algorithm 2), whether it settled, every start's final loss."""
+
+    iterations: int | None = None
+    converged: bool | None = None
+    loss_curve: list[float] | None = None
+    n_keep: int | None = None
+    restarts: int | None = None
+    start_losses: list[float] | None = None
+
+
+@dataclass
+class InlierDiagnostics(Diagnostics):
+    """How many points the robust estimator treated as inliers."""
+
+    inliers: int | None = None
+
+
 class Trim(Defense):
     """TRIM: trimmed-loss alternating minimisation (Algorithm 2)."""
 
     name: ClassVar[str] = "trim"
     Params = TrimParams
+    Diagnostics = TrimDiagnostics
     description: ClassVar[str] = "TRIM (Jagielski et al. 2018): fit on the n lowest-residual points, re-select, repeat"
     tasks: ClassVar[tuple[str, ...]] = ("regression",)
 
@@ -57,9 +79,7 @@ class Trim(Defense):
         subset, losses, converged = min(runs, key=lambda r: r[1][-1])  # lowest trimmed loss over the starts
         keep = np.zeros(n_total, dtype=bool)
         keep[subset] = True
-        return DefenseResult(keep=keep, diagnostics={"iterations": len(losses), "converged": converged,
-                                                      "loss_curve": losses, "n_keep": n, "restarts": self.restarts,
-                                                      "start_losses": [r[1][-1] for r in runs]})  # fmt: skip
+        return DefenseResult(keep=keep, diagnostics=TrimDiagnostics(len(losses), converged, losses, n, self.restarts, [r[1][-1] for r in runs]))
 
     def _one_start(self, x: np.ndarray, y: np.ndarray, n: int, victim: Any, hparams: dict[str, Any],
                    rng: np.random.Generator) -> tuple[np.ndarray, list[float], bool]:  # fmt: skip
@@ -83,6 +103,7 @@ class Trim(Defense):
 
 class _SklearnRobust(Defense):
     tasks: ClassVar[tuple[str, ...]] = ("regression",)
+    Diagnostics = InlierDiagnostics
 
     def _estimator(self, rho: float, n: int, d: int) -> Any:
         raise NotImplementedError
@@ -101,7 +122,7 @@ class _SklearnRobust(Defense):
         keep = np.ones(len(y), bool) if inlier is None else np.asarray(inlier, bool)
         fitted = FittedSklearn(task="regression", n_classes=None, estimator=est)
         # the robust trainer is the model; keep marks what it treated as inliers (for the removal counts)
-        return DefenseResult(keep=keep, fitted=fitted, diagnostics={"inliers": int(keep.sum())})
+        return DefenseResult(keep=keep, fitted=fitted, diagnostics=InlierDiagnostics(inliers=int(keep.sum())))
 
 
 class Huber(_SklearnRobust):

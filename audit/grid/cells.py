@@ -10,6 +10,7 @@ import numpy as np
 
 from audit.defenses import Defense
 from audit.grid.store import cell_key
+from audit.jsonio import Diagnostics
 
 
 @dataclass(frozen=True)
@@ -53,7 +54,7 @@ class GridCell:
 
 
 def apply_defense(defense: Defense, x: np.ndarray, y: np.ndarray, victim: Any, hparams: dict[str, Any],
-                  train_seed: int) -> tuple[Any, np.ndarray, dict[str, Any]]:  # fmt: skip
+                  train_seed: int) -> tuple[Any, np.ndarray, Diagnostics]:  # fmt: skip
     """Run ``defense`` on ``(x, y)`` and train the model it yields.
 
     A filter's keep-mask selects the points the victim is retrained on with its own
@@ -64,8 +65,8 @@ def apply_defense(defense: Defense, x: np.ndarray, y: np.ndarray, victim: Any, h
     -------
     fitted : audit.models.Fitted
     keep : ndarray of bool, shape (n,)
-    diagnostics : dict
-        The defense's own diagnostics.
+    diagnostics : audit.jsonio.Diagnostics
+        The defense's own diagnostics (its class's ``Diagnostics``).
     """
     result = defense.apply(x, y, victim, hparams)
     keep = np.ones(len(y), bool) if result.keep is None else np.asarray(result.keep, bool)

@@ -25,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-from audit.attacks.back_gradient import BackGradient, learn_log_l2
+from audit.attacks.back_gradient import BackGradient, BackGradientDiagnostics, learn_log_l2
 from audit.grid.store import PolicyRow
 from audit.models.training import l2_norm_sq, lambda_from_rho, rho_from_lambda
 
@@ -157,20 +157,22 @@ def policy_rows(data: Any, victim: Any, hp: dict[str, Any], budgets: list[float]
                       "l2_lr": settings.l2_lr}  # fmt: skip
             attack = _back_gradient(data, template, eps, 0.0, attack_seed("rmd", eps), params)
             x_p, y_p = attack.poison(x, y)
-            lam = float(attack.diagnostics["lambda_rmd"])
+            if attack.diagnostics.lambda_rmd is None:
+                raise RuntimeError("back-gradient with learn_l2 reported no λ (lambda_rmd)")
+            lam = float(attack.diagnostics.lambda_rmd)
             x_mix, y_mix = np.concatenate([x, x_p]), np.concatenate([y, y_p])
             fitted = victim.fit(x_mix, y_mix, {**hp, "l2": rho(lam, len(y_mix))}, train_seed)
             yield row("rmd", eps, lam, fitted, start, {**_attack_summary(attack.diagnostics),
-                                                       "lambda_curve": attack.diagnostics["lambda_curve"]})  # fmt: skip
+                                                       "lambda_curve": attack.diagnostics.lambda_curve})  # fmt: skip
 
 
 def _y_range(data: Any) -> tuple[float, float] | None:
     return (float(data.y_train.min()), float(data.y_train.max())) if data.task == "regression" else None
 
 
-def _attack_summary(diag: dict[str, Any]) -> dict[str, Any]:
+def _attack_summary(diag: BackGradientDiagnostics) -> dict[str, Any]:
     keys = ("objective_initial", "objective_final", "iterations", "restarts", "seconds_per_iteration", "n_poison")
-    return {k: diag[k] for k in keys if k in diag}
+    return {k: v for k, v in diag.to_json().items() if k in keys}
 
 
 def _back_gradient(data: Any, fitted: Any, eps: float, l2: float, seed: int, params: dict[str, Any]) -> BackGradient:

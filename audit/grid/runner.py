@@ -225,16 +225,16 @@ def _run_grid(plan: RunPlan, store: Store, progress: bool) -> None:
         for c in pending:
             by_poison.setdefault((c.attack, c.budget), []).append(c)
         for (attack_key, eps), defense_cells in by_poison.items():
-            spec = next(a for a in cfg.attacks if a.key == attack_key)
+            spec = cfg.attack_spec(attack_key)
             poison_key = json.dumps([cand, attack_key, spec.params, eps, seed, fingerprint], sort_keys=True)
             t_attack = time.perf_counter()
             try:
                 cached = store.load_poisons(poison_key)
                 if cached is None:
                     ctx = AttackContext(data, victim, clean, hp, eps, derive_seed(seed, cand, attack_key, eps))
-                    attack = ATTACKS[spec.name].for_cell(dict(spec.params), ctx)
+                    attack = spec.attack.for_cell(dict(spec.params), ctx)
                     x_p, y_p = attack.poison(data.x_train, data.y_train)
-                    diagnostics = jsonable(attack.diagnostics)
+                    diagnostics = attack.diagnostics.to_json()
                     store.save_poisons(poison_key, x_p, y_p, diagnostics)
                 else:
                     x_p, y_p, diagnostics = cached

@@ -14,14 +14,16 @@ import os
 import sqlite3
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from audit.attacks.base import SourcedDiagnostics
 from audit.errors import AuditError
+from audit.jsonio import D
 from audit.seeding import derive_seed
 
 __all__ = ["STORE_FILE", "Store", "candidate_key", "PolicyRow", "cell_key", "derive_seed"]
@@ -105,6 +107,18 @@ class Cell:
     @property
     def hparams(self) -> dict[str, Any]:
         return json.loads(self.candidate)
+
+    def recorded(self, part: str) -> dict[str, Any]:
+        """The stored JSON of one part of the diagnostics: ``attack``, ``defense`` or ``retrain``."""
+        return json.loads(self.diagnostics or "{}").get(part) or {}
+
+    def attack_diagnostics(self, kind: type[D]) -> D:
+        """The attack's diagnostics read back as ``kind`` (the attack class's ``Diagnostics``)."""
+        return kind.from_json(self.recorded("attack"))
+
+    def defense_diagnostics(self, kind: type[D]) -> D:
+        """The defense's diagnostics read back as ``kind`` (the defense class's ``Diagnostics``)."""
+        return kind.from_json(self.recorded("defense"))
 
 
 @dataclass
@@ -275,19 +289,21 @@ class Store:
                 return None
             return npz["x"], npz["y"], json.loads(str(npz["diagnostics"]))
 
-    def poison_samples(self, k: int = 8) -> list[dict[str, Any]]:
-        """The first ``k`` poisons of every cached poison set whose attack recorded its source
-        points (``source_examples``: generator attacks such as TGDA), with the parsed cache key."""
+    def poison_samples(self, attacks: Collection[str], k: int = 8) -> list[dict[str, Any]]:
+        """The first ``k`` poisons of every cached poison set made by one of ``attacks`` (attack keys
+        whose diagnostics record their source points, such as TGDA's), with the parsed cache key."""
         out = []
         for path in sorted(self.poison_dir.glob("*.npz")) if self.poison_dir.is_dir() else []:
             with np.load(path, allow_pickle=False) as npz:
-                diagnostics = json.loads(str(npz["diagnostics"]))
-                if "source_examples" not in diagnostics:
-                    continue
                 candidate, attack, _params, budget, seed, fingerprint = json.loads(str(npz["key"]))
+                if attack not in attacks:
+                    continue
+                diagnostics = SourcedDiagnostics.from_json(json.loads(str(npz["diagnostics"])))
+                if not diagnostics.source_examples:
+                    continue
                 out.append({"candidate": candidate, "attack": attack, "budget": budget, "seed": seed,
                             "fingerprint": fingerprint, "x": npz["x"][:k], "y": npz["y"][:k],
-                            "source": diagnostics["source_examples"][:k], "diagnostics": diagnostics})  # fmt: skip
+                            "source": diagnostics.source_examples[:k], "diagnostics": diagnostics})  # fmt: skip
         return out
 
     def save_poisons(self, key: str, x: np.ndarray, y: np.ndarray, diagnostics: dict) -> None:

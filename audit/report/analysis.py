@@ -9,6 +9,7 @@ from typing import Any
 
 import numpy as np
 
+from audit.attacks.base import SourcedDiagnostics
 from audit.config import AuditConfig
 from audit.grid.store import Store
 from audit.models.training import lambda_from_rho
@@ -51,11 +52,12 @@ def analyse(run_dir: str | Path) -> Analysis:
         clean_rows = list(store.clean_rows())
         defended_rows = store.clean_defended_rows()
         targets = store.target_rows()
-        samples = [s for s in store.poison_samples() if s["fingerprint"] == meta.get("fingerprint")]
+        config = AuditConfig.model_validate(meta["config"])
+        sourced = [s.key for s in config.attacks if issubclass(s.attack.Diagnostics, SourcedDiagnostics)]
+        samples = [s for s in store.poison_samples(sourced) if s["fingerprint"] == meta.get("fingerprint")]
         policies = store.policy_rows()
     finally:
         store.close()
-    config = AuditConfig.model_validate(meta["config"])
     task = meta["dataset"]["task"]
     higher = task == "classification"
     metric = "accuracy (%)" if higher else "MSE"

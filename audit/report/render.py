@@ -19,10 +19,10 @@ from jinja2 import Environment, FileSystemLoader, select_autoescape
 from audit.attacks import ATTACKS
 from audit.jsonio import atomic_write, finite
 from audit.report import figures
-from audit.report.analysis import Analysis, analyse
+from audit.report.analysis import Analysis, analyse, threshold_table
 from audit.report.analysis import fmt as _fmt
 from audit.report.recommend import candidate_label
-from audit.report.sections import defense_section, minimax_context, poison_samples_context, poisonability_context, threshold_table
+from audit.report.sections import SECTIONS
 
 SUMMARY_SCHEMA_VERSION = 1
 
@@ -136,11 +136,8 @@ def build_context(a: Analysis) -> dict[str, Any]:
         "fingerprint": a.meta.get("fingerprint", ""),
         "versions": a.meta.get("versions", {}),
         "config_yaml": yaml.safe_dump(a.meta["config"], sort_keys=False),
-        "poisonability": poisonability_context(a),
         "task": task,
-        "defenses_section": defense_section(a),
-        "samples": poison_samples_context(a),
-        "minimax": minimax_context(a),
+        **{section.name: section.build(a) for section in SECTIONS},
     }
 
 

@@ -1,17 +1,28 @@
-"""Report sections beyond the core: poisonability thresholds and Gradient Canceling, defenses, sample poisons.
+"""Report sections beyond the core: poisonability thresholds and Gradient Canceling, defenses, sample poisons, minimax.
 
-Each function turns an :class:`audit.report.analysis.Analysis` into plain data (and SVG) for the template.
+Each section is a :class:`Section`: the template variable it fills and a function that turns an
+:class:`audit.report.analysis.Analysis` into plain data (and SVG) for it, or None when the run
+has nothing to show there. A section reads attack and defense results through their typed
+``Diagnostics`` and selects what it shows by declared class facts (the diagnostics type, or
+``certifies``), never by registry name. To add one: write the function, append a
+``Section`` to :data:`SECTIONS`, and add the block for its variable to ``templates/report.html.j2``.
 """
 
 from __future__ import annotations
 
 import json
 import math
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
+from audit.attacks.base import SourcedDiagnostics
+from audit.attacks.gradient_canceling import GradientCancelingDiagnostics
+from audit.attacks.tgda import TGDADiagnostics
 from audit.data import load_dataset
+from audit.defenses.base import CertificateDiagnostics
 from audit.report import figures
 from audit.report.analysis import POLICY_LABELS, Analysis, minimax_sentence, policy_series, threshold_table
 from audit.report.analysis import fmt as _fmt
@@ -21,7 +32,7 @@ from audit.report.recommend import aggregate, candidate_label
 def poisonability_context(a: Analysis) -> dict[str, Any] | None:
     table = threshold_table(a)
     errors = sorted({t["threshold"].get("error") for t in a.targets if t["eps_w"] < 0})
-    gc_keys = [s.key for s in a.config.attacks if s.name == "gradient_canceling"]
+    gc_keys = [s.key for s in a.config.attacks if issubclass(s.attack.Diagnostics, GradientCancelingDiagnostics)]
     if not table and not gc_keys and not errors:
         return None
 
@@ -45,19 +56,19 @@ def poisonability_context(a: Analysis) -> dict[str, Any] | None:
                          and c.budget == eps and c.defense == a.defense]  # fmt: skip
                 if not cells:
                     continue
-                diags = [json.loads(c.diagnostics)["attack"] for c in cells]
-                th = [d.get("threshold", {}) for d in diags]
+                diags = [c.attack_diagnostics(GradientCancelingDiagnostics) for c in cells]
+                th = [d.threshold or {} for d in diags]
                 used.append({
                     "label": s.label, "budget": f"{100 * eps:g}%",
-                    "origin": ", ".join(sorted({_origin(d) for d in diags})),
-                    "target_test": _fmt(float(np.mean([d["target_test_metric"] for d in diags]))),
+                    "origin": ", ".join(sorted({d.origin() for d in diags})),
+                    "target_test": _fmt(_mean([d.target_test_metric for d in diags])),
                     "tau_rho_2": fmt_tau(None if any(t.get("tau_rho_2") is None for t in th) else float(np.mean([t["tau_rho_2"] for t in th]))),
-                    "residual": _fmt(float(np.mean([d["relative_residual"] for d in diags])), 3),
+                    "residual": _fmt(_mean([d.relative_residual for d in diags]), 3),
                     "damage": _fmt(damage.get(eps)),
                 })  # fmt: skip
-                first = diags[0]
-                g0 = first["g_chi_curve"][0][1] if first["g_chi_curve"] else 1.0
-                curves.setdefault(eps, []).append((s.label, [(e, v / max(g0, 1e-30)) for e, v in first["g_chi_curve"]]))
+                curve = diags[0].g_chi_curve or []
+                g0 = curve[0][1] if curve else 1.0
+                curves.setdefault(eps, []).append((s.label, [(e, v / max(g0, 1e-30)) for e, v in curve]))
         out["gc"].append({
             "key": key,
             "drop_svg": figures.gc_drop_vs_budget(series, a.config.budgets, a.unit),
@@ -67,14 +78,10 @@ def poisonability_context(a: Analysis) -> dict[str, Any] | None:
     return out
 
 
-def _origin(d: dict[str, Any]) -> str:
-    if d.get("target") == "auto":
-        return f"auto: GradPC ε_w={d.get('eps_w'):g}, output layer ×{d.get('scale', 1):.3g}"
-    if d.get("target") == "gradpc":
-        return f"GradPC ε_w={d.get('eps_w'):g}"
-    if d.get("target") == "label_flip":
-        return f"model retrained on an adversarial label flip at ε={d.get('target_eps'):g}"
-    return f"file {d.get('path', '')}"
+def _mean(values: list[float | None]) -> float:
+    """Mean of the recorded values (NaN when none was recorded)."""
+    kept = [v for v in values if v is not None]
+    return float(np.mean(kept)) if kept else math.nan
 
 
 def defense_section(a: Analysis) -> dict[str, Any] | None:
@@ -92,7 +99,8 @@ def defense_section(a: Analysis) -> dict[str, Any] | None:
             panels.setdefault(attack, {}).setdefault(d, {})[eps] = st.poisoned_test
     backdoor = [d.key for d in a.config.defenses if d.defense.designed_for_backdoors]
     return {"rows": rows, "svg": figures.defense_curves(panels, rec.clean_test, a.config.budgets, a.metric),
-            "ratio": not a.higher_is_better, "backdoor": backdoor}  # fmt: skip
+            "ratio": not a.higher_is_better, "backdoor": backdoor,
+            "certifies": [d.key for d in a.config.defenses if d.defense.certifies]}  # fmt: skip
 
 
 def defense_rows(a: Analysis) -> list[dict[str, Any]]:
@@ -128,10 +136,10 @@ def _certified(a: Analysis, hparams: dict[str, Any], attack: str, eps: float, de
     if not a.config.defense_spec(defense).defense.certifies:
         return ""
     key = json.dumps(hparams, sort_keys=True)
-    values = [json.loads(c.diagnostics or "{}").get("defense", {}).get("certified_accuracy") for c in a.cells
+    values = [c.defense_diagnostics(CertificateDiagnostics).certified_accuracy for c in a.cells
               if c.status == "ok" and c.candidate == key and c.attack == attack and c.budget == eps and c.defense == defense]  # fmt: skip
-    values = [v for v in values if v is not None]
-    return f"{np.mean(values):.1f}" if values else "n/a"
+    mean = _mean(values)
+    return "n/a" if math.isnan(mean) else f"{mean:.1f}"
 
 
 def poison_samples_context(a: Analysis) -> dict[str, Any] | None:
@@ -145,15 +153,18 @@ def poison_samples_context(a: Analysis) -> dict[str, Any] | None:
     if not a.samples:
         return None
     rows = []
+    sourced = {s.key: s.attack.Diagnostics for s in a.config.attacks if issubclass(s.attack.Diagnostics, SourcedDiagnostics)}
     for c in a.cells:
-        d = json.loads(c.diagnostics or "{}").get("attack", {})
-        if c.status == "ok" and "source_examples" in d and c.defense == a.config.defense_keys[0]:
-            rows.append({"attack": c.attack, "candidate": candidate_label(c.hparams), "budget": f"{100 * c.budget:g}%",
-                         "seed": c.seed, "max_change": f"{d.get('max_change', math.nan):.3f}",
-                         "mean_change": f"{d.get('mean_change', math.nan):.4f}",
-                         "pretrain_mse": f"{d.get('pretrain', {}).get('mse_final', math.nan):.4f}",
-                         "cg": f"{100 * d.get('cg_converged_fraction', math.nan):.0f}%",
-                         "seconds": f"{d.get('seconds', math.nan):.0f}"})  # fmt: skip
+        if c.status != "ok" or c.attack not in sourced or c.defense != a.config.defense_keys[0]:
+            continue
+        d = c.attack_diagnostics(sourced[c.attack])
+        if not isinstance(d, SourcedDiagnostics) or not d.source_examples:
+            continue
+        tgda = d if isinstance(d, TGDADiagnostics) else TGDADiagnostics()  # the leader's solves, when the attack has them
+        rows.append({"attack": c.attack, "candidate": candidate_label(c.hparams), "budget": f"{100 * c.budget:g}%",
+                     "seed": c.seed, "max_change": f"{_nan(d.max_change):.3f}", "mean_change": f"{_nan(d.mean_change):.4f}",
+                     "pretrain_mse": f"{_nan((tgda.pretrain or {}).get('mse_final')):.4f}",
+                     "cg": f"{100 * _nan(tgda.cg_converged_fraction):.0f}%", "seconds": f"{_nan(d.seconds):.0f}"})  # fmt: skip
     grids = []
     note = ""
     if image_shape:
@@ -175,6 +186,10 @@ def poison_samples_context(a: Analysis) -> dict[str, Any] | None:
                     "svg": figures.poison_grid(clean, pick["x"], tuple(image_shape), float(data.lo.min()), float(data.hi.max())),
                 })  # fmt: skip
     return {"rows": rows, "grids": grids, "note": note}
+
+
+def _nan(value: float | None) -> float:
+    return math.nan if value is None else float(value)
 
 
 def minimax_context(a: Analysis) -> dict[str, Any] | None:
@@ -207,3 +222,19 @@ def minimax_context(a: Analysis) -> dict[str, Any] | None:
         "attack": attack.key,
         "range": [round(v, 3) for v in spec.l2_range],
     }
+
+
+@dataclass(frozen=True)
+class Section:
+    """One optional part of the report: the template variable ``name`` and the function that fills it."""
+
+    name: str
+    build: Callable[[Analysis], dict[str, Any] | None]
+
+
+SECTIONS: tuple[Section, ...] = (
+    Section("poisonability", poisonability_context),
+    Section("defenses_section", defense_section),
+    Section("samples", poison_samples_context),
+    Section("minimax", minimax_context),
+)

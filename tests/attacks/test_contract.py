@@ -1,11 +1,13 @@
 """Every registered attack keeps the one contract: ART base class, poison(x, y) → points to add."""
 
+import json
+
 import numpy as np
 import pytest
 import torch
 from art.attacks.attack import PoisoningAttack
 
-from audit.attacks import ATTACKS, AttackContext
+from audit.attacks import ATTACKS, AttackContext, LabelFlip
 from audit.config import DatasetSpec, ModelSpec, TrainingSpec
 from audit.data import load_dataset
 from audit.errors import AuditError
@@ -69,6 +71,9 @@ def test_contract(name, params, task, budget):
     np.testing.assert_array_equal(d.x_train, x_in)  # the input is not modified
     np.testing.assert_array_equal(d.y_train, y_in)
     assert attack.diagnostics["n_poison"] == n_p
+    assert isinstance(attack.diagnostics, ATTACKS[name].Diagnostics)  # typed, as the class declares
+    stored = json.loads(json.dumps(attack.diagnostics.to_json()))
+    assert ATTACKS[name].Diagnostics.from_json(stored).to_json() == stored  # stored as JSON and read back
     again = ATTACKS[name].for_cell(params, AttackContext(d, victim, fitted, {"l2": 0.01}, budget, seed=3))
     x_q, y_q = again.poison(d.x_train, d.y_train)
     np.testing.assert_array_equal(x_p, x_q)  # same seed, same poisons
@@ -124,3 +129,14 @@ def test_constructor_is_keyword_only(name):
                   if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD) and p.name != "self"]
     assert positional == ["estimator"], positional
     assert signature.parameters["budget"].kind is inspect.Parameter.KEYWORD_ONLY
+
+
+def test_diagnostics_refuse_undeclared_fields():
+    """A misspelt diagnostic is an error where it is written, not a blank report section later."""
+    attack = LabelFlip(budget=0.1, n_classes=2)
+    with pytest.raises(AttributeError, match="LabelFlipDiagnostics declares no diagnostic 'mean_fliped_loss'"):
+        attack.diagnostics.update(mean_fliped_loss=1.0)
+    attack.diagnostics.update(variant="random")
+    assert attack.diagnostics["variant"] == "random" and "selection" not in attack.diagnostics
+    with pytest.raises(KeyError):
+        attack.diagnostics["selection"]
