@@ -1,7 +1,8 @@
 import numpy as np
 import torch
 
-from audit.maths.autodiff import conjugate_gradient, flat, mean_gradient, objective_hvp, per_sample_gradients
+from audit.maths.autodiff import flat, mean_gradient, objective_hvp, per_sample_gradients
+from audit.maths.linear_solve import conjugate_gradient
 from audit.models.training import objective
 from audit.models.zoo import MLP, LogReg
 

@@ -10,8 +10,8 @@ from sklearn.linear_model import LogisticRegression, Ridge
 from audit.attacks import LabelFlip
 from audit.config import DatasetSpec, ModelSpec, TrainingSpec, parse_config
 from audit.data import load_dataset
-from audit.defenses.base import CertificateDiagnostics
 from audit.defenses import DEFENSES
+from audit.defenses.base import CertificateDiagnostics
 from audit.errors import AuditError
 from audit.grid.cells import apply_defense
 from audit.models import build_victim

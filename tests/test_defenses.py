@@ -8,9 +8,9 @@ from audit.config import DatasetSpec, ModelSpec, TrainingSpec, parse_config
 from audit.data import load_dataset
 from audit.defenses import DEFENSES, Huber, NoDefense, Ransac, Trim
 from audit.errors import AuditError
+from audit.grid.runner import run_audit
 from audit.models import build_victim
 from audit.models.victim import TorchVictim
-from audit.grid.runner import run_audit
 from tests.conftest import stored_cells, tiny_config
 
 CPU = torch.device("cpu")

@@ -6,8 +6,8 @@ from audit.config import DatasetSpec, ModelSpec, TrainingSpec, parse_config
 from audit.data import load_dataset
 from audit.defenses.dpa import DeepPartitionAggregation, certificate, partition_of
 from audit.errors import AuditError
-from audit.models import build_victim
 from audit.grid.runner import run_audit
+from audit.models import build_victim
 from tests.conftest import stored_cells, tiny_config
 
 CPU = torch.device("cpu")

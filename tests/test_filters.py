@@ -7,8 +7,8 @@ from audit.data import load_dataset
 from audit.defenses import DEFENSES, InfluenceFilter, LossFilter, Sever
 from audit.defenses.filters import sever_scores
 from audit.errors import AuditError
-from audit.models import build_victim
 from audit.grid.runner import run_audit
+from audit.models import build_victim
 from tests.conftest import stored_cells, tiny_config
 
 CPU = torch.device("cpu")
@@ -97,8 +97,8 @@ def test_report_names_backdoor_detectors(tmp_path):
 def test_recommendation_weighs_defenses_with_their_clean_cost(tmp_path):
     import json
 
-    from audit.report import write_report
     from audit.grid.store import Store
+    from audit.report import write_report
 
     cfg = tiny_config(defenses=["none", "loss_filter"], attacks=[{"name": "label_flip", "params": {"variant": "adversarial"}}],
                       candidates={"l2": [1e-3, 1e-2]}, budgets=[0.1, 0.3])  # fmt: skip

@@ -4,7 +4,8 @@ import pytest
 
 from audit.config import parse_config
 from audit.grid.runner import run_audit
-from tests.conftest import stored_cells as _cells, tiny_config
+from tests.conftest import stored_cells as _cells
+from tests.conftest import tiny_config
 
 pytestmark = pytest.mark.gpu
 

@@ -7,11 +7,18 @@ from torch import nn
 
 from audit.config import DatasetSpec, ModelSpec, TrainingSpec
 from audit.data import load_dataset
+from audit.maths.poisonability import (
+    eps_upper,
+    gradpc,
+    kappa,
+    margin_term,
+    scale_output_layer,
+    scale_to_budget,
+    tau_rho,
+    thresholds,
+)  # fmt: skip
 from audit.models import build_victim
 from audit.models.zoo import MLP, LogReg
-from audit.maths.poisonability import (
-    eps_upper, gradpc, kappa, margin_term, scale_output_layer, scale_to_budget, tau_rho, thresholds,
-)  # fmt: skip
 
 CPU = torch.device("cpu")
 

@@ -2,8 +2,8 @@ import json
 
 import pytest
 
-from audit.report.recommend import aggregate, candidate_label, pair_id, recommend
 from audit.grid.store import Cell, candidate_key
+from audit.report.recommend import aggregate, candidate_label, pair_id, recommend
 
 
 def _cells(table):

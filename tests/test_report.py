@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 
 from audit.config import parse_config
-from audit.report.gate import gate
-from audit.report import templates_dir, write_report
 from audit.grid.runner import run_audit
+from audit.report import templates_dir, write_report
+from audit.report.gate import gate
 from tests.conftest import chromium_path, tiny_config
 
 

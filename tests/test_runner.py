@@ -17,9 +17,8 @@ from audit.config import parse_config
 from audit.defenses import Defense, DefenseResult
 from audit.errors import AuditError
 from audit.grid.runner import run_audit
-from tests.conftest import stored_cells as _cells, tiny_config, write_yaml
-
-
+from tests.conftest import stored_cells as _cells
+from tests.conftest import tiny_config, write_yaml
 
 
 def test_tiny_grid_fills_every_cell_once(tmp_path, tiny):

@@ -33,7 +33,6 @@ import copy
 import hashlib
 import math
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, ClassVar, Literal
 
@@ -55,7 +54,8 @@ from audit.attacks.base import (
     validation_set,
 )
 from audit.errors import AuditError
-from audit.maths.autodiff import CGResult, conjugate_gradient, flat, objective_hvp
+from audit.maths.autodiff import flat, objective_hvp
+from audit.maths.linear_solve import CG, LinearSolver, SolveResult, make_solver
 from audit.models.generators import build_generator, pretrain_generator
 from audit.models.structure import is_convex_linear
 from audit.models.training import data_loss, objective
@@ -72,7 +72,7 @@ class TGDAParams(AttackParams):
     cg_max_iter: int = Field(64, ge=1)
     cg_tol: float = Field(1e-2, gt=0)
     damping: float = Field(0.0, ge=0)
-    solver: Literal["auto", "cg", "normal"] = "auto"
+    solver: Literal["auto", "cg", "normal", "exact"] = "auto"
     formulation: Literal["non_zero_sum", "zero_sum"] = "non_zero_sum"
     attacker_data: Literal["val", "train_val"] = "val"
     order: Literal["attacker_first", "defender_first"] = "attacker_first"
@@ -111,25 +111,18 @@ def leader_step_size(alpha: float | None, total_steps: int) -> float:
     return min(MAX_AUTO_ALPHA, PAPER_ALPHA * max(1.0, PAPER_LEADER_STEPS / max(total_steps, 1)))
 
 
-def solve_inverse_hvp(hvp: Callable[[torch.Tensor], torch.Tensor], b: torch.Tensor, solver: str, tol: float,
-                      max_iter: int, x0: torch.Tensor | None = None) -> CGResult:  # fmt: skip
-    """``(∇²f + δI)⁻¹ b`` by CG; ``normal`` solves ``H² x = H b`` instead (indefinite H of a network)."""
-    if solver == "normal":
-        return conjugate_gradient(lambda u: hvp(hvp(u)), hvp(b), tol=tol, max_iter=max_iter, x0=x0)
-    return conjugate_gradient(hvp, b, tol=tol, max_iter=max_iter, x0=x0)
-
-
 def total_derivative(
     follower: nn.Module, gen: nn.Module, x_clean: torch.Tensor, y_clean: torch.Tensor, x_src: torch.Tensor,
     y_src: torch.Tensor, x_l: torch.Tensor, y_l: torch.Tensor, l2: float, formulation: str = "non_zero_sum",
-    solver: str = "cg", tol: float = 1e-2, max_iter: int = 64, damping: float = 0.0,
-) -> tuple[list[torch.Tensor], CGResult]:  # fmt: skip
+    solve: LinearSolver | None = None, damping: float = 0.0,
+) -> tuple[list[torch.Tensor], SolveResult]:  # fmt: skip
     """``D_θ ℓ`` at the follower's current weights (eq. 15–17), one tensor per generator parameter.
 
     f is the mean loss over ``(x_clean, y_clean) ∪ (L_θ(x_src, y_src), y_src)`` plus
     ``(ρ/2)‖w‖²``; ℓ is the mean loss over ``(x_l, y_l)`` (``non_zero_sum``) or f itself
     (``zero_sum``). ``D_θ ℓ = ∇_θ ℓ − ∇²_{θw} f · (∇²_{ww} f + δI)⁻¹ ∇_w ℓ``, with
-    ``∇_θ ℓ = 0`` in the non-zero-sum game. Returns the gradients and how the solve ended.
+    ``∇_θ ℓ = 0`` in the non-zero-sum game. ``solve`` inverts the damped Hessian (CG for a convex
+    follower, CG on the normal equations for a network; default CG with tol 1e-2, 64 iterations). Returns the gradients and how the solve ended.
     """
     w_params = list(follower.parameters())
     theta = list(gen.parameters())
@@ -142,7 +135,7 @@ def total_derivative(
     else:
         rhs = flat(torch.autograd.grad(data_loss(follower(x_l), y_l, "classification"), w_params))
     hvp = objective_hvp(follower, x_mix, y_mix, "classification", l2, damping=damping)
-    cg = solve_inverse_hvp(hvp, rhs.detach(), solver, tol, max_iter)
+    cg = (solve or CG(1e-2, 64))(hvp, rhs.detach())
     v = cg.x.detach()
     # −∇_θ ⟨∇_w f, v⟩: only the poisons' part of f depends on θ
     loss_p = data_loss(follower(gen(x_src, y_src)), y_src, "classification", reduction="sum") / n_mix
@@ -191,11 +184,14 @@ class TGDA(AuditAttack, PoisoningAttackWhiteBox):
         The defender's L2 strength ρ (in f).
     box : (ndarray, ndarray) or None
         Feature box ``(lo, hi)``, each of shape (d,).
-        Feature box.
     image_shape : tuple or None
         ``(C, H, W)`` for image data (chooses the conv generator under ``generator: auto``).
     seed : int
         Seeds the choice of points to poison and the mini-batch order.
+    linear_solver : audit.maths.linear_solve.LinearSolver or None
+        Inverts the follower's damped Hessian in the total derivative (Eq. 17). None: the one
+        ``solver``/``cg_tol``/``cg_max_iter`` name (CG for a convex follower, else CG on the
+        normal equations).
     **params
         :class:`TGDAParams` (see the module docstring).
 
@@ -229,9 +225,13 @@ class TGDA(AuditAttack, PoisoningAttackWhiteBox):
         box: tuple[Any, Any] | None = None,
         image_shape: tuple[int, ...] | None = None,
         seed: int = 0,
+        linear_solver: LinearSolver | None = None,
         **params: Any,
     ) -> None:
         super().__init__(estimator, budget=budget, seed=seed, box=box, n_classes=check_n_classes(n_classes, "TGDA"), **params)
+        if linear_solver is not None and not callable(linear_solver):
+            raise AuditError(f"The 'linear_solver' parameter of TGDA must be a solver of audit.maths.linear_solve. Got {linear_solver!r} instead.")
+        self.linear_solver = linear_solver
         module = torch_module(estimator, "TGDA")
         check_l2(l2, "TGDA")
         x_val = validation_set(x_val, y_val, "TGDA")
@@ -308,7 +308,10 @@ class TGDA(AuditAttack, PoisoningAttackWhiteBox):
         for q in w_params:
             q.requires_grad_(True)
         w_pre = [q.detach().clone() for q in w_params]
-        solver = p.solver if p.solver != "auto" else ("cg" if is_convex_linear(follower) else "normal")
+        solve = self.linear_solver
+        if solve is None:
+            solve = make_solver(p.solver if p.solver != "auto" else ("cg" if is_convex_linear(follower) else "normal"), p.cg_tol, p.cg_max_iter)
+        solver = solve.name
 
         xt, yt = task.x_t, task.y_t
         xv, yv = task.tensor(self.x_val), task.tensor(self.y_val, torch.long)
@@ -352,8 +355,7 @@ class TGDA(AuditAttack, PoisoningAttackWhiteBox):
         def leader_step(clean_idx: torch.Tensor, p_idx: torch.Tensor, val_idx: torch.Tensor) -> None:
             nonlocal cg_converged
             grads, cg = total_derivative(follower, gen, xt[clean_idx], yt[clean_idx], x_src[p_idx], y_src[p_idx],
-                                         xl[val_idx], yl[val_idx], self.l2, p.formulation, solver, p.cg_tol,
-                                         p.cg_max_iter, p.damping)  # fmt: skip
+                                         xl[val_idx], yl[val_idx], self.l2, p.formulation, solve, p.damping)  # fmt: skip
             cg_iters.append(cg.n_iter)
             cg_residuals.append(cg.residual)
             cg_converged += int(cg.converged)

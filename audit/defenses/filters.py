@@ -24,7 +24,8 @@ from pydantic import Field
 from audit.defenses.base import Defense, DefenseParams, DefenseResult
 from audit.errors import AuditError
 from audit.jsonio import Diagnostics
-from audit.maths.autodiff import conjugate_gradient, mean_gradient, objective_hvp, per_sample_gradients
+from audit.maths.autodiff import mean_gradient, objective_hvp, per_sample_gradients
+from audit.maths.linear_solve import CG
 
 
 def _n_remove(rate: float, n_total: int) -> int:
@@ -134,7 +135,7 @@ class InfluenceFilter(Defense):
         xv, yv = _tensors(fitted, *self.validation, task)
         l2 = victim.l2(hparams)
         g_val = mean_gradient(module, xv, yv, task)
-        solve = conjugate_gradient(objective_hvp(module, xt, yt, task, l2, self.damping), g_val, self.cg_tol, self.cg_iter)
+        solve = CG(self.cg_tol, self.cg_iter)(objective_hvp(module, xt, yt, task, l2, self.damping), g_val)
         grads = per_sample_gradients(module, xt, yt, task)
         scores = (-(grads @ solve.x)).detach().cpu().numpy()  # harm of up-weighting z_i on L_val
         keep = _drop_top(scores, _n_remove(self.rate, len(y)), np.ones(len(y), bool))

@@ -1,55 +1,16 @@
-"""Hessian-vector products, conjugate gradient and per-sample gradients (shared by defenses and attacks).
+"""Hessian-vector products and per-sample gradients (shared by defenses and attacks).
 
-Solvers report how they ended (STYLE.md §3): :func:`conjugate_gradient` returns the
-solution with its iteration count, final residual and whether it converged.
+The linear solvers that invert these products live in :mod:`audit.maths.linear_solve`.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
 
 import torch
 from torch import nn
 
 from audit.models.training import data_loss, regularized_weights
-
-
-@dataclass
-class CGResult:
-    """``x`` solves ``A x = b`` to relative residual ``residual`` after ``n_iter`` iterations."""
-
-    x: torch.Tensor
-    n_iter: int
-    residual: float
-    converged: bool
-
-
-def conjugate_gradient(matvec: Callable[[torch.Tensor], torch.Tensor], b: torch.Tensor, tol: float = 1e-6,
-                       max_iter: int = 100, x0: torch.Tensor | None = None) -> CGResult:  # fmt: skip
-    """Solve ``A x = b`` for symmetric positive definite ``A`` given as ``matvec``; stops at ``‖r‖ ≤ tol·‖b‖``."""
-    x = torch.zeros_like(b) if x0 is None else x0.clone()
-    r = b - matvec(x) if x0 is not None else b.clone()
-    p = r.clone()
-    rs = float(r @ r)
-    b_norm = max(float(b.norm()), 1e-30)
-    n_iter = 0
-    for n_iter in range(1, max_iter + 1):
-        if rs**0.5 <= tol * b_norm:
-            n_iter -= 1
-            break
-        ap = matvec(p)
-        curvature = float(p @ ap)
-        if curvature <= 0:  # not positive definite along p: stop and say so
-            break
-        alpha = rs / curvature
-        x = x + alpha * p
-        r = r - alpha * ap
-        rs_new = float(r @ r)
-        p = r + (rs_new / rs) * p
-        rs = rs_new
-    residual = rs**0.5 / b_norm
-    return CGResult(x, n_iter, residual, residual <= tol)
 
 
 def flat(tensors: list[torch.Tensor] | tuple[torch.Tensor, ...]) -> torch.Tensor:

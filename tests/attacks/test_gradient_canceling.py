@@ -9,10 +9,10 @@ from audit.attacks.gradient_canceling import cancel_gradient, cancel_residual, m
 from audit.config import DatasetSpec
 from audit.data import load_dataset
 from audit.errors import AuditError
+from audit.maths.poisonability import kappa, scale_output_layer, scale_to_budget, thresholds
 from audit.models.training import data_loss
 from audit.models.victim import TorchVictim
 from audit.models.zoo import MLP
-from audit.maths.poisonability import kappa, scale_output_layer, scale_to_budget, thresholds
 
 CPU = torch.device("cpu")
 

@@ -2,6 +2,7 @@
 follower's best response, the clean-label / box contract, ablation switches and errors."""
 
 import copy
+
 import numpy as np
 import pytest
 import torch
@@ -9,11 +10,12 @@ from torch import nn
 from torch.func import functional_call
 
 from audit.attacks import ATTACKS, AttackContext
-from audit.attacks.tgda import TGDA, is_convex_linear, solve_inverse_hvp, total_derivative
-from audit.maths.autodiff import flat, objective_hvp
+from audit.attacks.tgda import TGDA, is_convex_linear, total_derivative
 from audit.config import DatasetSpec, ModelSpec, TrainingSpec
 from audit.data import load_dataset
 from audit.errors import AuditError
+from audit.maths.autodiff import flat, objective_hvp
+from audit.maths.linear_solve import CG, ExactSolve, make_solver
 from audit.models import build_victim
 from audit.models.generators import ConvGenerator, DenseGenerator, build_generator, pretrain_generator
 from audit.models.training import data_loss, objective
@@ -42,7 +44,7 @@ def test_inverse_hvp_matches_explicit_solve(model, solver):
     l2, damping = 0.5, 0.1
     h = explicit_hessian(module, x, y, l2) + damping * torch.eye(sum(p.numel() for p in module.parameters()), dtype=torch.float64)
     b = torch.randn(len(h), dtype=torch.float64)
-    result = solve_inverse_hvp(objective_hvp(module, x, y, "classification", l2, damping=damping), b, solver, 1e-12, 500)
+    result = make_solver(solver, 1e-12, 500)(objective_hvp(module, x, y, "classification", l2, damping=damping), b)
     assert result.converged
     torch.testing.assert_close(result.x, torch.linalg.solve(h, b), rtol=1e-7, atol=1e-9)
 
@@ -76,7 +78,7 @@ def test_total_derivative_matches_finite_difference_of_best_response(formulation
     gen = DenseGenerator(d, c, torch.zeros(d), torch.ones(d), width=5).double()
     follower = best_response(LogReg(d, c).double(), gen, x, y, x_src, y_src, l2)
 
-    grads, cg = total_derivative(follower, gen, x, y, x_src, y_src, x_val, y_val, l2, formulation, "cg", 1e-12, 500)
+    grads, cg = total_derivative(follower, gen, x, y, x_src, y_src, x_val, y_val, l2, formulation, CG(1e-12, 500))
     assert cg.converged or formulation == "zero_sum"  # zero-sum: ∇_w f = 0 at w*, nothing to solve
     direction = [torch.randn_like(p) for p in gen.parameters()]
 
@@ -222,3 +224,38 @@ def test_tgda_beats_the_papers_label_flip_on_mnist5k_logreg():
             poisoned = victim.fit(np.concatenate([d.x_train, x_p]), np.concatenate([d.y_train, y_p]), hp, seed)
             drops[name].append(clean.metric(d.x_test, d.y_test) - poisoned.metric(d.x_test, d.y_test))
     assert np.mean(drops["tgda"]) > np.mean(drops["label_flip"]) + 1.0, drops
+
+
+def test_an_injected_linear_solver_is_used_and_reported():
+    """TGDA takes the solver as a callable (torchopt-style); an exact solve gives the same implicit
+    gradient as tight CG, and a recording solver sees every leader step's solve."""
+    torch.manual_seed(1)
+    d, c, l2 = 3, 3, 0.3
+    x, y = torch.rand(30, d, dtype=torch.float64), torch.randint(0, c, (30,))
+    x_src, y_src = torch.rand(6, d, dtype=torch.float64), torch.randint(0, c, (6,))
+    x_val, y_val = torch.rand(20, d, dtype=torch.float64), torch.randint(0, c, (20,))
+    gen = DenseGenerator(d, c, torch.zeros(d), torch.ones(d), width=5).double()
+    follower = best_response(LogReg(d, c).double(), gen, x, y, x_src, y_src, l2)
+    by_cg, _ = total_derivative(follower, gen, x, y, x_src, y_src, x_val, y_val, l2, "non_zero_sum", CG(1e-13, 500))
+    by_lu, how = total_derivative(follower, gen, x, y, x_src, y_src, x_val, y_val, l2, "non_zero_sum", ExactSolve())
+    assert how.stop == "exact"
+    for g, h in zip(by_cg, by_lu):
+        torch.testing.assert_close(g, h, rtol=1e-7, atol=1e-10)
+
+    calls = []
+
+    class Recording:
+        name = "recording"
+
+        def __call__(self, matvec, b, x0=None):
+            calls.append(len(b))
+            return ExactSolve(1e-4)(matvec, b, x0)  # float32: an LU solve is good to ~1e-6
+
+    dg, victim, fitted = _digits()
+    attack = TGDA(fitted.module, x_val=dg.x_val, y_val=dg.y_val, budget=0.05, n_classes=10, l2=1e-3, box=(dg.lo, dg.hi),
+                  linear_solver=Recording(), **{**FAST, "epochs": 1, "batch_size": 600})  # fmt: skip
+    attack.poison(dg.x_train, dg.y_train)
+    assert len(calls) == attack.diagnostics["leader_steps_total"] > 0
+    assert attack.diagnostics["solver"] == "recording" and attack.diagnostics["cg_converged_fraction"] == 1.0
+    with pytest.raises(AuditError, match="The 'linear_solver' parameter of TGDA must be a solver"):
+        TGDA(fitted.module, x_val=dg.x_val, y_val=dg.y_val, budget=0.05, n_classes=10, linear_solver="cg")
