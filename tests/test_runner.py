@@ -172,3 +172,21 @@ def test_ctrl_c_exits_130_and_the_run_resumes(tmp_path):
     assert "Traceback" not in err
     assert subprocess.run(cmd, capture_output=True, timeout=300).returncode == 0
     assert len(_cells(tmp_path / "out" / "tiny")) == 32
+
+
+@pytest.mark.parametrize("axis, entry, kind, message", [
+    ("attacks", {"name": "tgda"}, "sklearn", r"attacks: 'tgda' needs a PyTorch model as the victim; this run's victim is a scikit-learn estimator"),
+    ("attacks", {"name": "gradient_canceling"}, "sklearn", r"attacks: 'gradient_canceling' needs a PyTorch model"),
+    ("defenses", "influence_filter", "sklearn", r"defenses: 'influence_filter' needs a PyTorch model as the victim"),
+    ("defenses", "roni", "torch", r"defenses: 'roni' needs a scikit-learn estimator as the victim; this run's victim is a PyTorch model"),
+])  # fmt: skip
+def test_victim_kind_is_checked_at_plan_time(tmp_path, axis, entry, kind, message):
+    """An attack or defense that cannot work on the victim's kind is refused before anything is written."""
+    from sklearn.linear_model import LogisticRegression
+
+    from audit.grid import plan_audit
+
+    cfg = tiny_config(output_dir=str(tmp_path), **({"attacks": [entry]} if axis == "attacks" else {"defenses": ["none", entry]}))
+    with pytest.raises(AuditError, match=message):
+        plan_audit(parse_config(cfg), model=LogisticRegression(max_iter=300) if kind == "sklearn" else None)
+    assert not any(tmp_path.iterdir())  # nothing written

@@ -140,6 +140,7 @@ class BackGradient(AuditAttack, PoisoningAttackWhiteBox):
     title: ClassVar[str] = "back-gradient (reverse-mode differentiation)"
     description: ClassVar[str] = "back-gradient: poisons by reverse-mode hypergradient ascent through T GD steps, white-box"
     Params = BackGradientParams
+    victims: ClassVar[tuple[str, ...]] = ("torch",)
     params: BackGradientParams
     Diagnostics = BackGradientDiagnostics
     diagnostics: BackGradientDiagnostics

@@ -158,8 +158,9 @@ class AuditAttack(ABC):
     """Abstract base that gives an ART poisoning attack the audit's contract. Put it first in the bases.
 
     Class-level facts a subclass declares: ``name`` (registry key), ``title``, ``description``,
-    ``Params``, ``Diagnostics`` (the dataclass of what a run reports) and ``tasks``
-    (``classification`` and/or ``regression``).
+    ``Params``, ``Diagnostics`` (the dataclass of what a run reports), ``tasks``
+    (``classification`` and/or ``regression``) and ``victims`` (the victim kinds it needs:
+    ``torch`` for attacks that differentiate through the model).
     """
 
     name: ClassVar[str]
@@ -169,6 +170,7 @@ class AuditAttack(ABC):
     Diagnostics: ClassVar[type[AttackDiagnostics]] = AttackDiagnostics
     diagnostics: AttackDiagnostics
     tasks: ClassVar[tuple[str, ...]] = ("classification",)
+    victims: ClassVar[tuple[str, ...]] = ("torch", "sklearn")  # the victim kinds it can attack (Victim.kind)
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)

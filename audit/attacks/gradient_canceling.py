@@ -159,6 +159,7 @@ class GradientCanceling(AuditAttack, PoisoningAttackWhiteBox):
     title: ClassVar[str] = "Gradient Canceling"
     description: ClassVar[str] = "Gradient Canceling towards a GradPC (or given) target model, white-box"
     Params = GCParams
+    victims: ClassVar[tuple[str, ...]] = ("torch",)
     params: GCParams
     Diagnostics = GradientCancelingDiagnostics
     diagnostics: GradientCancelingDiagnostics

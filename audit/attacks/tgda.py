@@ -207,6 +207,7 @@ class TGDA(AuditAttack, PoisoningAttackWhiteBox):
     title: ClassVar[str] = "TGDA (total gradient descent ascent)"
     description: ClassVar[str] = "TGDA: generator trained by total gradient ascent against the retrained model, white-box, clean-label"
     Params = TGDAParams
+    victims: ClassVar[tuple[str, ...]] = ("torch",)
     params: TGDAParams
     Diagnostics = TGDADiagnostics
     diagnostics: TGDADiagnostics

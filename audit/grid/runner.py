@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from audit.attacks import ATTACKS, AttackContext
+from audit.attacks import AttackContext
 from audit.config import SCHEMA_VERSION, AuditConfig, DefenseSpec, candidate_label
 from audit.data import Dataset, load_dataset
 from audit.errors import AuditError
@@ -103,9 +103,10 @@ def plan_audit(
     if config.poisonability.enabled == "on" and not victim.builds_modules:
         raise AuditError("poisonability.enabled is 'on' but the victim is not a torch model (τ needs its logits)")
     for attack in config.attacks:
-        cls = ATTACKS[attack.name]
+        cls = attack.attack
         if data.task not in cls.tasks:
             raise AuditError(f"attacks: {attack.name!r} does not apply to {data.task} (it supports {', '.join(cls.tasks)})")
+        _check_victim_kind("attacks", attack.name, cls.victims, victim.kind)
     if "l1" in config.candidates and config.model.name not in ("lasso", "elastic_net") and (config.training.optimizer or "") != "fista":
         raise AuditError("candidates.l1: an L1 term needs model 'lasso' or 'elastic_net' (or training.optimizer 'fista')")
     if config.minimax is not None and not victim.builds_modules:
@@ -113,6 +114,7 @@ def plan_audit(
     for spec in config.defenses:
         if data.task not in spec.defense.tasks:
             raise AuditError(f"defenses: {spec.name!r} does not apply to {data.task} (it supports {', '.join(spec.defense.tasks)})")
+        _check_victim_kind("defenses", spec.name, spec.defense.victims, victim.kind)
     out = Path(output_dir if output_dir is not None else config.output_dir)
     if out.exists() and not out.is_dir():
         raise AuditError(f"output directory {out} exists and is a file")
@@ -120,6 +122,16 @@ def plan_audit(
     if run_dir.exists() and not run_dir.is_dir():
         raise AuditError(f"run directory {run_dir} exists and is a file")
     return RunPlan(config, data, victim, device, run_dir)
+
+
+_KIND_NAMES = {"torch": "a PyTorch model", "sklearn": "a scikit-learn estimator"}
+
+
+def _check_victim_kind(axis: str, name: str, supported: tuple[str, ...], kind: str) -> None:
+    """Refuse, before anything runs, an attack or defense that cannot work on this kind of victim."""
+    if kind not in supported:
+        needs = " or ".join(_KIND_NAMES.get(k, k) for k in supported)
+        raise AuditError(f"{axis}: {name!r} needs {needs} as the victim; this run's victim is {_KIND_NAMES.get(kind, kind)}")
 
 
 def _prepare_store(plan: RunPlan, restart: bool) -> Store:

@@ -30,13 +30,19 @@ SETTINGS = {"classification": ("wine", "logreg"), "regression": ("diabetes", "ri
 _CACHE: dict = {}
 
 
-def _setting(task):
-    if task not in _CACHE:
+def _setting(task, kind="torch"):
+    if (task, kind) not in _CACHE:
         name, model = SETTINGS[task]
         d = load_dataset(DatasetSpec(name=name))
-        victim = build_victim(ModelSpec(name=model), TrainingSpec(epochs=100), d, torch.device("cpu"))
-        _CACHE[task] = (d, victim, victim.fit(d.x_train, d.y_train, {"l2": 0.01}, 0))
-    return _CACHE[task]
+        estimator = None
+        if kind == "sklearn":
+            from sklearn.linear_model import LogisticRegression, Ridge
+
+            estimator = LogisticRegression(max_iter=500) if task == "classification" else Ridge()
+        victim = build_victim(ModelSpec(name=model), TrainingSpec(epochs=100), d, torch.device("cpu"), model_obj=estimator)
+        assert victim.kind == kind
+        _CACHE[(task, kind)] = (d, victim, victim.fit(d.x_train, d.y_train, {"l2": 0.01}, 0))
+    return _CACHE[(task, kind)]
 
 
 def _cases():
@@ -46,6 +52,27 @@ def _cases():
                 if task == "regression" and params.get("target") == "label_flip":
                     continue  # a label-flip target model exists for classification only
                 yield pytest.param(name, params, task, id=f"{name}-{task}-{params}")
+
+
+def _sklearn_cases():
+    for case in _cases():
+        name, params, task = case.values
+        if "sklearn" in ATTACKS[name].victims:
+            yield pytest.param(name, params, task, id=case.id)
+
+
+@pytest.mark.parametrize("name, params, task", list(_sklearn_cases()))
+def test_contract_on_a_scikit_learn_victim(name, params, task):
+    """Every attack that claims scikit-learn victims runs on one: shapes, box, determinism."""
+    d, victim, fitted = _setting(task, "sklearn")
+    ctx = AttackContext(d, victim, fitted, {"l2": 0.01}, 0.1, seed=3)
+    x_p, y_p = ATTACKS[name].for_cell(params, ctx).poison(d.x_train, d.y_train)
+    n_p = round(0.1 * len(d.y_train))
+    assert x_p.shape == (n_p, d.n_features) and y_p.shape == (n_p,)
+    assert np.all(x_p >= d.lo) and np.all(x_p <= d.hi)
+    x_q, y_q = ATTACKS[name].for_cell(params, ctx).poison(d.x_train, d.y_train)
+    np.testing.assert_array_equal(x_p, x_q)
+    np.testing.assert_array_equal(y_p, y_q)
 
 
 def test_every_attack_has_contract_params():
