@@ -68,8 +68,8 @@ def best_response(follower: nn.Module, gen: nn.Module, x, y, x_src, y_src, l2):
     return w
 
 
-@pytest.mark.parametrize("formulation", ["non_zero_sum", "zero_sum"])
-def test_total_derivative_matches_finite_difference_of_best_response(formulation):
+def _small_game():
+    """A 3-feature, 3-class game in float64 with the follower at its exact best response."""
     torch.manual_seed(1)
     d, c, l2 = 3, 3, 0.3
     x, y = torch.rand(30, d, dtype=torch.float64), torch.randint(0, c, (30,))
@@ -77,6 +77,12 @@ def test_total_derivative_matches_finite_difference_of_best_response(formulation
     x_val, y_val = torch.rand(20, d, dtype=torch.float64), torch.randint(0, c, (20,))
     gen = DenseGenerator(d, c, torch.zeros(d), torch.ones(d), width=5).double()
     follower = best_response(LogReg(d, c).double(), gen, x, y, x_src, y_src, l2)
+    return d, c, l2, x, y, x_src, y_src, x_val, y_val, gen, follower
+
+
+@pytest.mark.parametrize("formulation", ["non_zero_sum", "zero_sum"])
+def test_total_derivative_matches_finite_difference_of_best_response(formulation):
+    d, c, l2, x, y, x_src, y_src, x_val, y_val, gen, follower = _small_game()
 
     grads, cg = total_derivative(follower, gen, x, y, x_src, y_src, x_val, y_val, l2, formulation, CG(1e-12, 500))
     assert cg.converged or formulation == "zero_sum"  # zero-sum: ∇_w f = 0 at w*, nothing to solve
@@ -229,13 +235,7 @@ def test_tgda_beats_the_papers_label_flip_on_mnist5k_logreg():
 def test_an_injected_linear_solver_is_used_and_reported():
     """TGDA takes the solver as a callable (torchopt-style); an exact solve gives the same implicit
     gradient as tight CG, and a recording solver sees every leader step's solve."""
-    torch.manual_seed(1)
-    d, c, l2 = 3, 3, 0.3
-    x, y = torch.rand(30, d, dtype=torch.float64), torch.randint(0, c, (30,))
-    x_src, y_src = torch.rand(6, d, dtype=torch.float64), torch.randint(0, c, (6,))
-    x_val, y_val = torch.rand(20, d, dtype=torch.float64), torch.randint(0, c, (20,))
-    gen = DenseGenerator(d, c, torch.zeros(d), torch.ones(d), width=5).double()
-    follower = best_response(LogReg(d, c).double(), gen, x, y, x_src, y_src, l2)
+    d, c, l2, x, y, x_src, y_src, x_val, y_val, gen, follower = _small_game()
     by_cg, _ = total_derivative(follower, gen, x, y, x_src, y_src, x_val, y_val, l2, "non_zero_sum", CG(1e-13, 500))
     by_lu, how = total_derivative(follower, gen, x, y, x_src, y_src, x_val, y_val, l2, "non_zero_sum", ExactSolve())
     assert how.stop == "exact"
