@@ -102,6 +102,8 @@ def plan_audit(
     victim = build_victim(config.model, config.training, data, device, model_obj=model)
     if config.poisonability.enabled == "on" and not victim.builds_modules:
         raise AuditError("poisonability.enabled is 'on' but the victim is not a torch model (τ needs its logits)")
+    if config.minimax is not None and not victim.builds_modules:
+        raise AuditError("minimax: λ under attack needs a PyTorch victim (the back-gradient attack unrolls its training)")
     for attack in config.attacks:
         cls = attack.attack
         if data.task not in cls.tasks:
@@ -109,8 +111,6 @@ def plan_audit(
         _check_victim_kind("attacks", attack.name, cls.victims, victim.kind)
     if "l1" in config.candidates and config.model.name not in ("lasso", "elastic_net") and (config.training.optimizer or "") != "fista":
         raise AuditError("candidates.l1: an L1 term needs model 'lasso' or 'elastic_net' (or training.optimizer 'fista')")
-    if config.minimax is not None and not victim.builds_modules:
-        raise AuditError("minimax: λ under attack needs a PyTorch victim (the back-gradient attack unrolls its training)")
     for spec in config.defenses:
         if data.task not in spec.defense.tasks:
             raise AuditError(f"defenses: {spec.name!r} does not apply to {data.task} (it supports {', '.join(spec.defense.tasks)})")
