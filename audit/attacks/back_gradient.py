@@ -45,8 +45,19 @@ import torch
 from art.attacks.attack import PoisoningAttackWhiteBox
 from pydantic import Field, model_validator
 
-from audit.attacks.base import AttackContext, AttackDiagnostics, AttackParams, AuditAttack, PoisonInput, check_l2, torch_module, validation_set
-from audit.errors import AuditError
+from audit.attacks.base import (
+    TORCH_NEEDS,
+    TORCH_REQUIREMENTS,
+    AttackContext,
+    AttackDiagnostics,
+    AttackParams,
+    AuditAttack,
+    PoisonInput,
+    check_l2,
+    task_and_classes,
+    torch_module,
+    validation_set,
+)
 from audit.maths.hypergrad import FlatModel, functional_objective, rmd, validation_loss
 from audit.models.training import lambda_shift
 from audit.seeding import seeded_init
@@ -145,21 +156,18 @@ class BackGradient(AuditAttack, PoisoningAttackWhiteBox):
     Diagnostics = BackGradientDiagnostics
     diagnostics: BackGradientDiagnostics
     tasks: ClassVar[tuple[str, ...]] = ("classification", "regression")
-    attack_params = PoisoningAttackWhiteBox.attack_params + ["budget", "l2", "seed"]
-    _estimator_requirements = ()
+    _estimator_requirements = TORCH_REQUIREMENTS
+    estimator_needs = TORCH_NEEDS
 
-    def __init__(self, estimator: Any, *, x_val: np.ndarray, y_val: np.ndarray, budget: float, task: str = "classification",
-                 n_classes: int | None = 2, l2: float = 0.0, box: tuple[Any, Any] | None = None,
+    def __init__(self, estimator: Any, *, x_val: np.ndarray, y_val: np.ndarray, budget: float, task: str | None = None,
+                 n_classes: int | None = None, l2: float = 0.0, box: tuple[Any, Any] | None = None,
                  y_range: tuple[float, float] | None = None, seed: int = 0, **params: Any) -> None:  # fmt: skip
-        super().__init__(estimator, budget=budget, seed=seed, box=box,
-                         n_classes=n_classes if task == "classification" else None, **params)  # fmt: skip
-        self.module = torch_module(estimator, "BackGradient")
-        if task not in ("classification", "regression"):
-            raise AuditError(f"The 'task' parameter of BackGradient must be 'classification' or 'regression'. Got {task!r} instead.")
-        if task == "classification" and (not isinstance(n_classes, int) or n_classes < 2):
-            raise AuditError(f"The 'n_classes' parameter of BackGradient must be an int ≥ 2. Got {n_classes!r} instead.")
+        module = torch_module(estimator, "BackGradient")
+        task, n_classes = task_and_classes(estimator, task, n_classes, "BackGradient")
+        super().__init__(estimator, budget=budget, seed=seed, box=box, n_classes=n_classes, **params)
+        self.module = module
         check_l2(l2, "BackGradient")
-        x_val = validation_set(x_val, y_val, "BackGradient")
+        x_val, y_val = validation_set(x_val, y_val, "BackGradient")
         self.task = task
         self.x_val = x_val
         self.y_val = np.asarray(y_val, dtype=np.int64 if task == "classification" else np.float32)
@@ -289,7 +297,7 @@ class BackGradient(AuditAttack, PoisoningAttackWhiteBox):
         curve, l2_curve = [], []
         best = (-math.inf, x_p, y_p)
         stuck, result = False, None
-        for it in range(p.iterations):
+        for it in self.progress(range(p.iterations), "iterations"):
             result = hypergradients(x_p, y_p)
             curve.append(result.outer)
             if result.outer > best[0]:

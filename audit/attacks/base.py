@@ -21,6 +21,8 @@ from __future__ import annotations
 
 import time
 from abc import ABC, abstractmethod
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import cached_property
 from typing import Any, ClassVar, final
@@ -32,8 +34,21 @@ from torch import nn
 
 from audit.errors import AuditError
 from audit.jsonio import Diagnostics
+from audit.models.estimator import clip_values, differentiable_model, infer_task
+from audit.models.structure import last_linear
 from audit.seeding import generators, preserved_global_rng
 from audit.spec import StrictModel
+
+
+def _torch_requirements() -> tuple[Any, ...]:
+    from art.estimators.pytorch import PyTorchEstimator
+
+    return ((PyTorchEstimator, nn.Module),)  # ART's form: the estimator inherits from one of these
+
+
+#: ART ``_estimator_requirements`` of the white-box attacks that differentiate the model
+TORCH_REQUIREMENTS: tuple[Any, ...] = _torch_requirements()
+TORCH_NEEDS = "a PyTorch model (an ART PyTorch estimator or an nn.Module)"
 
 
 class AttackParams(StrictModel):
@@ -109,20 +124,66 @@ class PoisonInput:
         return torch.as_tensor(np.asarray(array), dtype=dtype or self.dtype, device=self.device)
 
 
-def torch_module(estimator: Any, who: str) -> nn.Module:
-    """The ``nn.Module`` of an ART PyTorch estimator (or the module itself); a one-line error otherwise."""
+@contextmanager
+def _preserved_modes(estimator: Any) -> Iterator[None]:
+    """Restore the caller's module train/eval modes and ``requires_grad`` flags afterwards
+    (ART's own ``predict`` switches a module to eval; the caller's module stays as it was)."""
     module = estimator if isinstance(estimator, nn.Module) else getattr(estimator, "model", None)
     if not isinstance(module, nn.Module):
-        raise AuditError(f"{who} needs a PyTorch model (an ART PyTorch estimator or an nn.Module), not a scikit-learn model")
-    return module
+        yield
+        return
+    modes = [(m, m.training) for m in module.modules()]
+    grads = [(p, p.requires_grad) for p in module.parameters()]
+    try:
+        yield
+    finally:
+        for m, training in modes:
+            m.training = training
+        for p, flag in grads:
+            p.requires_grad_(flag)
 
 
-def validation_set(x_val: Any, y_val: Any, who: str) -> np.ndarray:
-    """``x_val`` as float32 (m, d) with ``y_val`` of shape (m,), m ≥ 1; a one-line error otherwise."""
+def torch_module(estimator: Any, who: str) -> nn.Module:
+    """The ``nn.Module`` to differentiate: the module itself, or an ART PyTorch estimator's model in the
+    estimator's input space (its preprocessing and input shape, :func:`audit.models.estimator.differentiable_model`)."""
+    return differentiable_model(estimator, who)
+
+
+def validation_set(x_val: Any, y_val: Any, who: str) -> tuple[np.ndarray, np.ndarray]:
+    """``x_val`` as float32 (m, d) — flattened from (m, *input_shape) — and ``y_val`` of shape (m,)
+    (class indices from one-hot rows), m ≥ 1; a one-line error otherwise."""
     x_val = np.asarray(x_val, dtype=np.float32)
-    if x_val.ndim != 2 or len(x_val) == 0 or np.shape(y_val) != (len(x_val),):
+    y_val = np.asarray(y_val)
+    if y_val.ndim == 2 and y_val.shape[1] > 1 and len(y_val) == len(x_val):
+        y_val = y_val.argmax(axis=1)
+    elif y_val.ndim == 2 and y_val.shape[1] == 1:
+        y_val = y_val[:, 0]
+    if x_val.ndim < 2 or len(x_val) == 0 or y_val.shape != (len(x_val),):
         raise AuditError(f"{who} needs a validation set x_val (m, d), y_val (m,); got {x_val.shape} and {np.shape(y_val)}")
-    return x_val
+    return x_val.reshape(len(x_val), -1), y_val
+
+
+def task_and_classes(estimator: Any, task: str | None, n_classes: Any, who: str) -> tuple[str, int | None]:
+    """The task and number of classes, given or read from the estimator (ART's ``nb_classes``,
+    scikit-learn's classifier/regressor type); a bare ``nn.Module`` counts as a classifier
+    with as many classes as its output layer has units, unless ``task='regression'``."""
+    inferred = infer_task(estimator)
+    if task is None:
+        task = inferred or "classification"
+    if task not in ("classification", "regression"):
+        raise AuditError(f"The 'task' parameter of {who} must be 'classification' or 'regression'. Got {task!r} instead.")
+    if inferred is not None and inferred != task:
+        raise AuditError(f"{who}: task={task!r} but the estimator is a {inferred} model")
+    if task == "regression":
+        return task, None
+    if n_classes is None:
+        n_classes = getattr(estimator, "nb_classes", None)
+    if n_classes is None and isinstance(estimator, nn.Module):
+        try:
+            n_classes = last_linear(estimator).out_features
+        except ValueError:
+            n_classes = None
+    return task, check_n_classes(n_classes, who)
 
 
 def check_l2(l2: float, who: str) -> None:
@@ -131,6 +192,8 @@ def check_l2(l2: float, who: str) -> None:
 
 
 def check_n_classes(n_classes: Any, who: str) -> int:
+    if isinstance(n_classes, np.integer):
+        n_classes = int(n_classes)
     if not isinstance(n_classes, int) or isinstance(n_classes, bool) or n_classes < 2:
         raise AuditError(f"The 'n_classes' parameter of {who} must be an int ≥ 2. Got {n_classes!r} instead.")
     return n_classes
@@ -172,10 +235,16 @@ class AuditAttack(ABC):
     tasks: ClassVar[tuple[str, ...]] = ("classification",)
     victims: ClassVar[tuple[str, ...]] = ("torch", "sklearn")  # the victim kinds it can attack (Victim.kind)
 
+    COMMON_PARAMS: ClassVar[tuple[str, ...]] = ("budget", "seed", "box", "verbose")
+    attack_params: list[str]  # ART's settable names, filled per class (common ones + Params fields)
+    estimator: Any  # ART's property: the estimator the attack was built with (kept for black-box ones too)
+
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
         if "poison" in cls.__dict__:
             raise TypeError(f"{cls.__name__} must not override poison(); implement _run (STYLE.md §1)")
+        # ART's list of what set_params may change: the common arguments and every declared parameter
+        cls.attack_params = [*AuditAttack.COMMON_PARAMS, *cls.Params.model_fields]
 
     def __init__(
         self,
@@ -185,33 +254,103 @@ class AuditAttack(ABC):
         seed: int = 0,
         box: tuple[Any, Any] | None = None,
         n_classes: int | None = None,
+        verbose: bool = False,
         **params: Any,
     ) -> None:
         from art.attacks.attack import PoisoningAttackWhiteBox
+        from art.exceptions import EstimatorError
 
         who = type(self).__name__
-        if isinstance(budget, bool) or not isinstance(budget, (int, float)) or not 0 < budget <= 1:
+        inferred = infer_task(estimator)
+        if inferred is not None and inferred not in self.tasks:
+            raise AuditError(f"{who} needs a {' or '.join(self.tasks)} model; the estimator {type(estimator).__name__} is a {inferred} model")
+        self.params = self._validated_params(params)
+        if isinstance(self, PoisoningAttackWhiteBox):
+            try:
+                PoisoningAttackWhiteBox.__init__(self, estimator)
+            except EstimatorError:
+                raise AuditError(f"{who} needs {self.estimator_needs}; got {type(estimator).__name__}") from None
+        else:
+            super().__init__()  # ART's black-box attacks take no estimator; the one given is still kept
+        self._estimator = estimator
+        self.budget, self.seed, box, self.verbose = self._validated_common(budget, seed, box, verbose)
+        self.lo: Any = None if box is None else box[0]
+        self.hi: Any = None if box is None else box[1]
+        self.n_classes = int(n_classes) if isinstance(n_classes, np.integer) else n_classes
+        self.diagnostics = self.Diagnostics()
+
+    #: what the estimator must be, in words (the one-line error when ART's requirements are not met)
+    estimator_needs: ClassVar[str] = "an ART estimator"
+
+    def _validated_params(self, params: dict[str, Any]) -> Any:
+        try:
+            return self.Params.model_validate(params)
+        except ValidationError as err:
+            first = err.errors()[0]
+            where = ".".join(str(p) for p in first["loc"])
+            raise AuditError(f"{type(self).__name__} parameter {where!r}: {first['msg']} (got {first.get('input')!r})") from None
+
+    def _validated_common(self, budget: Any, seed: Any, box: Any, verbose: Any) -> tuple[float, int, tuple[Any, Any] | None, bool]:
+        """The constructor's checks of ``budget``, ``seed``, ``box`` and ``verbose`` (also used by :meth:`set_params`).
+
+        numpy scalars count as numbers. Without a box the estimator's ``clip_values`` bound the
+        poisons; an explicit box must lie inside them.
+        """
+        who = type(self).__name__
+        if isinstance(budget, bool) or not isinstance(budget, (int, float, np.integer, np.floating)) or not 0 < budget <= 1:
             raise AuditError(f"The 'budget' parameter of {who} must be a float in (0, 1]. Got {budget!r} instead.")
         if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
             raise AuditError(f"The 'seed' parameter of {who} must be an int ≥ 0. Got {seed!r} instead.")
         if box is not None and (not isinstance(box, tuple) or len(box) != 2):
             raise AuditError(f"The 'box' parameter of {who} must be a (lo, hi) pair or None. Got {box!r} instead.")
+        if not isinstance(verbose, (bool, np.bool_)):
+            raise AuditError(f"The 'verbose' parameter of {who} must be a bool. Got {verbose!r} instead.")
+        clip = clip_values(self._estimator)
+        if box is None:
+            box = clip
+        elif clip is not None:
+            lo, hi = (np.asarray(v, dtype=np.float32) for v in box)
+            if np.any(lo < clip[0] - 1e-6) or np.any(hi > clip[1] + 1e-6):
+                raise AuditError(
+                    f"The 'box' of {who} reaches outside the estimator's clip_values "
+                    f"[{float(np.min(clip[0])):g}, {float(np.max(clip[1])):g}]: poisons there are not valid inputs"
+                )
+        if box is not None:  # per-feature bounds given in the input shape (C, H, W) are flattened like the features
+            box = tuple(b.reshape(-1) if isinstance(b, np.ndarray) and b.ndim > 1 else b for b in box)
+        return float(budget), int(seed), box, bool(verbose)
+
+    def set_params(self, **kwargs: Any) -> None:
+        """Change parameters after construction, checked exactly as the constructor checks them (ART's API).
+
+        ``budget``, ``seed``, ``box``, ``verbose`` and every field of :attr:`Params` may be set;
+        anything else is an error naming what can be set.
+        """
+        who = type(self).__name__
+        unknown = sorted(k for k in kwargs if k not in self.attack_params)
+        if unknown:
+            raise AuditError(f"{who}.set_params: {', '.join(map(repr, unknown))} cannot be set; valid: {', '.join(self.attack_params)}")
+        common = {k: kwargs.pop(k) for k in self.COMMON_PARAMS if k in kwargs}
+        budget, seed, box, verbose = self._validated_common(
+            common.get("budget", self.budget), common.get("seed", self.seed), common.get("box", self.box), common.get("verbose", self.verbose)
+        )
+        params = self._validated_params({**self.params.model_dump(exclude_unset=True), **kwargs}) if kwargs else self.params
+        previous = (self.params, self.budget, self.seed, self.lo, self.hi, self.verbose)
+        self.params, self.budget, self.seed, self.verbose = params, budget, seed, verbose
+        self.lo, self.hi = (None, None) if box is None else box
         try:
-            self.params = self.Params.model_validate(params)
-        except ValidationError as err:
-            first = err.errors()[0]
-            where = ".".join(str(p) for p in first["loc"])
-            raise AuditError(f"{who} parameter {where!r}: {first['msg']} (got {first.get('input')!r})") from None
-        if isinstance(self, PoisoningAttackWhiteBox):
-            PoisoningAttackWhiteBox.__init__(self, estimator)
-        else:
-            super().__init__()  # ART's black-box attacks hold no estimator
-        self.budget = float(budget)
-        self.seed = int(seed)
-        self.lo: Any = None if box is None else box[0]
-        self.hi: Any = None if box is None else box[1]
-        self.n_classes = n_classes
-        self.diagnostics = self.Diagnostics()
+            self._check_params()
+        except AuditError:
+            self.params, self.budget, self.seed, self.lo, self.hi, self.verbose = previous
+            raise
+
+    def _check_params(self) -> None:  # noqa: B027  # a hook: most attacks have no checks across parameters
+        """Checks across parameters (subclasses extend; called by the constructor's end and by :meth:`set_params`)."""
+
+    def progress(self, iterable: Any, desc: str, total: int | None = None) -> Any:
+        """``iterable`` with a tqdm bar when the attack was built with ``verbose=True`` (as ART's attacks do)."""
+        from tqdm.auto import tqdm
+
+        return tqdm(iterable, desc=f"{type(self).__name__} {desc}", total=total, disable=not self.verbose, leave=False)
 
     @classmethod
     @abstractmethod
@@ -243,19 +382,19 @@ class AuditAttack(ABC):
 
     @final
     def poison(self, x: np.ndarray, y: np.ndarray | None = None, **kwargs: Any) -> tuple[np.ndarray, np.ndarray]:
-        """Craft the points to *add* to ``(x, y)``.
+        """Craft the points to *add* to ``(x, y)``, in the format they were given (ART's conventions).
 
         Parameters
         ----------
-        x : ndarray, shape (n, d)
-            Clean training features.
-        y : ndarray, shape (n,)
-            Clean training labels (class indices) or responses.
+        x : ndarray, shape (n, d) or (n, *input_shape)
+            Clean training features; images as ``(n, C, H, W)`` when the estimator takes them.
+        y : ndarray, shape (n,) or (n, c)
+            Clean training labels as class indices or one-hot rows, or responses.
 
         Returns
         -------
-        x_poison : ndarray, shape (round(ε·n), d), float32, inside the feature box
-        y_poison : ndarray, shape (round(ε·n),)
+        x_poison : ndarray, shape (round(ε·n), *x.shape[1:]), float32, inside the feature box
+        y_poison : ndarray, the labels in ``y``'s format (indices, or one-hot float32 rows)
         """
         who = type(self).__name__
         if kwargs:
@@ -264,10 +403,43 @@ class AuditAttack(ABC):
             raise AuditError(f"{who}.poison needs the training labels y")
         x = np.asarray(x, dtype=np.float32)
         y = np.asarray(y)
-        if x.ndim != 2 or y.shape != (len(x),):
-            raise AuditError(f"{who}.poison: expected x (n, d) and y (n,); got {x.shape} and {y.shape}")
+        sample_shape = x.shape[1:]
+        if x.ndim < 2 or len(y) != len(x):
+            raise AuditError(f"{who}.poison: expected x (n, d) and y (n,) (or x (n, *input_shape), one-hot y (n, c)); got {x.shape} and {y.shape}")
+        x = x.reshape(len(x), -1)
+        y, one_hot = self._labels(y, who)
         if not np.all(np.isfinite(x)):
             raise AuditError(f"{who}.poison: x contains NaN or inf")
+        x_p, y_p = self._poison_flat(x, y)
+        x_p = x_p.reshape(len(x_p), *sample_shape)
+        if one_hot is not None:
+            y_p = np.eye(one_hot, dtype=np.float32)[y_p.astype(np.int64)]
+        return x_p, y_p
+
+    def _labels(self, y: np.ndarray, who: str) -> tuple[np.ndarray, int | None]:
+        """Labels as class indices (n,) or responses (n,), and the one-hot width when they came one-hot."""
+        if self.is_classification and y.ndim == 2 and y.shape[1] > 1:
+            if self.n_classes is not None and y.shape[1] != self.n_classes:
+                raise AuditError(f"{who}.poison: one-hot y has {y.shape[1]} columns but n_classes is {self.n_classes}")
+            return y.argmax(axis=1), int(y.shape[1])
+        if y.ndim == 2 and y.shape[1] == 1:
+            y = y[:, 0]
+        if y.ndim != 1:
+            raise AuditError(f"{who}.poison: expected y of shape (n,) or one-hot (n, c); got {y.shape}")
+        if self.is_classification and self.n_classes is not None and len(y):
+            if np.any(y != np.round(y)) or y.min() < 0 or y.max() >= self.n_classes:
+                raise AuditError(
+                    f"{who}.poison: labels must be class indices 0..{self.n_classes - 1} (n_classes={self.n_classes}); "
+                    f"got values in [{y.min():g}, {y.max():g}]"
+                )
+        return y, None
+
+    def estimator_input(self, x: np.ndarray) -> np.ndarray:
+        """Flat features ``(n, d)`` in the shape the estimator's ``predict`` takes (its ``input_shape``)."""
+        shape = tuple(getattr(self.estimator, "input_shape", ()) or ())
+        return x.reshape(len(x), *shape) if len(shape) > 1 else x
+
+    def _poison_flat(self, x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         n_p = self.n_poison(len(x))
         device, dtype = self.device()
         rng, torch_rng = generators(self.seed, device)
@@ -276,7 +448,7 @@ class AuditAttack(ABC):
             x_p, y_p = np.zeros((0, x.shape[1]), np.float32), y[:0].copy()
         else:
             task = PoisonInput(x.copy(), y.copy(), n_p, rng, torch_rng, device, dtype, self.is_classification)
-            with preserved_global_rng(device):
+            with preserved_global_rng(device), _preserved_modes(self.estimator):
                 x_p, y_p = self._run(task)
         x_p = np.asarray(x_p, dtype=np.float32)
         y_p = np.asarray(y_p)

@@ -28,10 +28,22 @@ from art.attacks.attack import PoisoningAttackWhiteBox
 from pydantic import Field
 from torch import nn
 
-from audit.attacks.base import AttackContext, AttackDiagnostics, AttackParams, AuditAttack, PoisonInput, check_l2, torch_module
+from audit.attacks.base import (
+    TORCH_NEEDS,
+    TORCH_REQUIREMENTS,
+    AttackContext,
+    AttackDiagnostics,
+    AttackParams,
+    AuditAttack,
+    PoisonInput,
+    check_l2,
+    task_and_classes,
+    torch_module,
+)
 from audit.errors import AuditError
 from audit.maths.poisonability import gradpc_target as target_by_gradpc
 from audit.maths.poisonability import module_metric, scale_output_layer, scale_to_budget, thresholds
+from audit.models.estimator import InputSpace, infer_task, is_art_estimator
 from audit.models.training import data_loss
 
 
@@ -164,8 +176,8 @@ class GradientCanceling(AuditAttack, PoisoningAttackWhiteBox):
     Diagnostics = GradientCancelingDiagnostics
     diagnostics: GradientCancelingDiagnostics
     tasks: ClassVar[tuple[str, ...]] = ("classification", "regression")
-    attack_params = PoisoningAttackWhiteBox.attack_params + ["budget", "l2", "seed"]
-    _estimator_requirements = ()
+    _estimator_requirements = TORCH_REQUIREMENTS
+    estimator_needs = TORCH_NEEDS
 
     def __init__(
         self,
@@ -173,26 +185,37 @@ class GradientCanceling(AuditAttack, PoisoningAttackWhiteBox):
         *,
         target_model: Any,
         budget: float,
-        task: str = "classification",
+        task: str | None = None,
         l2: float = 0.0,
         box: tuple[Any, Any] | None = None,
         seed: int = 0,
         n_classes: int | None = None,
         **params: Any,
     ) -> None:
-        super().__init__(estimator, budget=budget, seed=seed, box=box, n_classes=n_classes, **params)
         module = torch_module(estimator, "GradientCanceling")
+        if task is None and n_classes is None and infer_task(estimator) is None:
+            task = "classification"
+        task, n_classes = task_and_classes(estimator, task, n_classes, "GradientCanceling")
+        super().__init__(estimator, budget=budget, seed=seed, box=box, n_classes=n_classes, **params)
+        raw = module.model if isinstance(module, InputSpace) else module
         target = target_model
         if isinstance(target, dict):
             state = target
-            target = copy.deepcopy(module)
+            target = copy.deepcopy(raw)
             try:
                 target.load_state_dict(state)
             except RuntimeError as err:
                 raise AuditError(f"GradientCanceling: the target state dict does not fit the model ({str(err).splitlines()[0]})") from None
+        elif is_art_estimator(target):
+            target = torch_module(target, "GradientCanceling's target")
         if not isinstance(target, nn.Module):
-            raise AuditError(f"GradientCanceling: target must be an nn.Module or a state dict (got {type(target).__name__})")
+            raise AuditError(
+                f"GradientCanceling: target must be an nn.Module, an ART PyTorch estimator or a state dict (got {type(target).__name__})"
+            )
         check_l2(l2, "GradientCanceling")
+        target = copy.deepcopy(target)  # the caller's module is never switched to eval or given gradients
+        if isinstance(module, InputSpace) and not isinstance(target, InputSpace):
+            target = module.around(target)  # the target in the victim's input space (its preprocessing)
         self.target = target.eval()
         self.task = task
         self.l2 = float(l2)
@@ -256,7 +279,7 @@ class GradientCanceling(AuditAttack, PoisoningAttackWhiteBox):
         curve: list[tuple[int, float]] = []
         start = time.perf_counter()
         g_norm = math.nan
-        for epoch in range(p.epochs + 1):
+        for epoch in self.progress(range(p.epochs + 1), "epochs"):
             r = cancel_residual(self.target, z.detach(), labels, self.task, g_mu, reg, n, p.batch_size)
             g_norm = flat_norm(r) / (1 + eps)  # ‖g(χ)‖, χ the mixed distribution
             if epoch % p.log_every == 0 or epoch == p.epochs:

@@ -74,14 +74,16 @@ class LabelFlip(AuditAttack, PoisoningAttackBlackBox):
     params: LabelFlipParams
     Diagnostics = LabelFlipDiagnostics
     diagnostics: LabelFlipDiagnostics
-    attack_params = PoisoningAttackBlackBox.attack_params + ["budget", "variant", "mapping", "selection", "seed"]
     _estimator_requirements = ()
 
     def __init__(self, estimator: Any = None, *, budget: float, n_classes: int, seed: int = 0, **params: Any) -> None:
         super().__init__(estimator, budget=budget, seed=seed, n_classes=check_n_classes(n_classes, "LabelFlip"), **params)
-        if self.params.variant == "adversarial" and estimator is None:
-            raise AuditError("LabelFlip(variant='adversarial') needs an estimator to query for class losses")
         self.query_estimator = estimator
+        self._check_params()
+
+    def _check_params(self) -> None:
+        if self.params.variant == "adversarial" and (self.query_estimator is None or not hasattr(self.query_estimator, "predict")):
+            raise AuditError("LabelFlip(variant='adversarial') needs an estimator to query for class losses")
 
     @classmethod
     def for_cell(cls, params: dict[str, Any], ctx: AttackContext) -> LabelFlip:
@@ -102,7 +104,7 @@ class LabelFlip(AuditAttack, PoisoningAttackBlackBox):
             self.diagnostics.update(variant="random", unchanged_labels=int(np.sum(new == y[idx])))
             return x[idx], new
 
-        losses = losses_from_predictions(self.query_estimator.predict(x))
+        losses = losses_from_predictions(self.query_estimator.predict(self.estimator_input(x)))
         own = np.arange(len(x))
         losses_other = losses.copy()
         losses_other[own, y] = -np.inf

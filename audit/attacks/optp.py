@@ -112,7 +112,6 @@ class OptP(AuditAttack, PoisoningAttackWhiteBox):
     Diagnostics = OptPDiagnostics
     diagnostics: OptPDiagnostics
     tasks: ClassVar[tuple[str, ...]] = ("regression",)
-    attack_params = PoisoningAttackWhiteBox.attack_params + ["budget", "seed"]
     _estimator_requirements = ()
 
     def __init__(self, estimator: Any = None, *, budget: float, x_val: np.ndarray, y_val: np.ndarray, l2: float = 0.0,
@@ -159,7 +158,7 @@ class OptP(AuditAttack, PoisoningAttackWhiteBox):
         inits = ["inv_flip", "boundary_flip"] if p.init == "best" else [p.init]
         objectives = ["train", "val"] if p.objective == "best" else [p.objective]
         runs = []
-        for init, which in itertools.product(inits, objectives):
+        for init, which in self.progress(list(itertools.product(inits, objectives)), "starts"):
             y0 = yt[idx]
             y_c = (y_lo + y_hi - y0) if init == "inv_flip" else torch.where(y0 - y_lo >= y_hi - y0, y_lo, y_hi).to(torch.float64)
             x_c, y_c, value, iters = self._ascend(xt[idx].clone(), y_c.clone(), xt, yt, which, theta0, lo, hi)
@@ -167,12 +166,12 @@ class OptP(AuditAttack, PoisoningAttackWhiteBox):
                 w_val = float(self.objective_value(x_c, y_c, xt, yt, "val", theta0))
             runs.append({"init": init, "objective": which, "value": value, "w_val": w_val, "iterations": iters,
                          "x": x_c, "y": y_c})  # fmt: skip
-        best = max(runs, key=lambda r: r["w_val"])  # type: ignore[arg-type, return-value]  # a name reused across types; checked at run time
+        best = max(runs, key=lambda r: r["w_val"])
         self.diagnostics.update(
             chosen={"init": best["init"], "objective": best["objective"]},
             runs=[{k: r[k] for k in ("init", "objective", "value", "w_val", "iterations")} for r in runs],
         )
-        return best["x"].numpy(), best["y"].numpy().astype(np.float32)  # type: ignore[attr-defined]  # a name reused across types; checked at run time
+        return best["x"].numpy(), best["y"].numpy().astype(np.float32)
 
     def _ascend(self, x_c: torch.Tensor, y_c: torch.Tensor, x: torch.Tensor, y: torch.Tensor, which: str,
                 theta0: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, float, int]:  # fmt: skip

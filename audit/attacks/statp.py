@@ -18,9 +18,10 @@ from typing import Any, ClassVar
 import numpy as np
 from art.attacks.attack import PoisoningAttackBlackBox
 
-from audit.attacks.base import AttackContext, AttackDiagnostics, AttackParams, AuditAttack, PoisonInput
+from audit.attacks.base import AttackContext, AttackDiagnostics, AttackParams, AuditAttack, PoisonInput, task_and_classes
 from audit.attacks.label_flip import losses_from_predictions
 from audit.errors import AuditError
+from audit.models.estimator import clip_values, infer_task
 
 
 class StatPParams(AttackParams):
@@ -57,10 +58,11 @@ class StatP(AuditAttack, PoisoningAttackBlackBox):
         Queried with ``predict`` (responses for regression, class scores for classification).
     budget : float
         ε in (0, 1].
-    box : (ndarray, ndarray), each shape (d,)
-        The feature box ``(lo, hi)`` whose corners the poisons take.
-    task : str
-        ``regression`` or ``classification``.
+    box : (ndarray, ndarray), each shape (d,), optional
+        The feature box ``(lo, hi)`` whose corners the poisons take; default the estimator's ``clip_values``.
+    task : str, optional
+        ``regression`` or ``classification``; default read from the estimator (a classifier or a
+        regressor), ``regression`` when it does not say.
     y_range : (float, float)
         Response boundaries (regression); the training range by default in the audit.
     n_classes : int
@@ -76,7 +78,6 @@ class StatP(AuditAttack, PoisoningAttackBlackBox):
     Diagnostics = StatPDiagnostics
     diagnostics: StatPDiagnostics
     tasks: ClassVar[tuple[str, ...]] = ("regression", "classification")
-    attack_params = PoisoningAttackBlackBox.attack_params + ["budget", "seed"]
     _estimator_requirements = ()
 
     def __init__(
@@ -84,21 +85,22 @@ class StatP(AuditAttack, PoisoningAttackBlackBox):
         estimator: Any,
         *,
         budget: float,
-        box: tuple[Any, Any],
-        task: str = "regression",
+        box: tuple[Any, Any] | None = None,
+        task: str | None = None,
         y_range: tuple[float, float] = (0.0, 1.0),
         n_classes: int | None = None,
         seed: int = 0,
         **params: Any,
     ) -> None:
-        if box is None or len(box) != 2:
-            raise AuditError(f"StatP needs the feature box (lo, hi) whose corners the poisons take (got {box!r})")
-        super().__init__(estimator, budget=budget, seed=seed, box=(np.asarray(box[0]), np.asarray(box[1])),
-                         n_classes=n_classes if task == "classification" else None, **params)  # fmt: skip
         if estimator is None or not hasattr(estimator, "predict"):
             raise AuditError("StatP needs an estimator with predict() to query (black-box)")
-        if task == "classification" and (n_classes is None or n_classes < 2):
-            raise AuditError(f"StatP for classification needs n_classes ≥ 2 (got {n_classes!r})")
+        if task is None and infer_task(estimator) is None:
+            task = "regression"  # an estimator that does not say what it is: the paper's setting
+        task, n_classes = task_and_classes(estimator, task, n_classes, "StatP")
+        box = box if box is not None else clip_values(estimator)
+        if box is None or len(box) != 2:
+            raise AuditError(f"StatP needs the feature box (lo, hi) whose corners the poisons take, or an estimator with clip_values (got {box!r})")
+        super().__init__(estimator, budget=budget, seed=seed, box=(np.asarray(box[0]), np.asarray(box[1])), n_classes=n_classes, **params)
         if y_range[0] >= y_range[1]:
             raise AuditError(f"StatP y_range must be increasing (got {y_range})")
         self.query_estimator = estimator
@@ -117,7 +119,7 @@ class StatP(AuditAttack, PoisoningAttackBlackBox):
         lo, hi = np.broadcast_to(self.lo, x.shape[1:]), np.broadcast_to(self.hi, x.shape[1:])
         if self.task == "regression":
             x_p = round_to_corners(_gaussian(x, n_poison, rng), lo, hi)
-            pred = np.asarray(self.query_estimator.predict(x_p.astype(np.float32)), dtype=np.float64).reshape(-1)
+            pred = np.asarray(self.query_estimator.predict(self.estimator_input(x_p.astype(np.float32))), dtype=np.float64).reshape(-1)
             y_lo, y_hi = self.y_range
             # the boundary farther from the prediction maximises (y − f(x))²
             y_p = np.where(np.abs(pred - y_lo) >= np.abs(pred - y_hi), y_lo, y_hi)
@@ -130,7 +132,7 @@ class StatP(AuditAttack, PoisoningAttackBlackBox):
             where = np.flatnonzero(drawn == c)
             if len(where):
                 x_p[where] = round_to_corners(_gaussian(x[y == c], len(where), rng), lo, hi)
-        losses = losses_from_predictions(self.query_estimator.predict(x_p.astype(np.float32)))
+        losses = losses_from_predictions(self.query_estimator.predict(self.estimator_input(x_p.astype(np.float32))))
         y_p = losses.argmax(axis=1)
         self.diagnostics.update(mean_loss=float(losses.max(axis=1).mean()))
         return x_p, y_p.astype(np.int64)

@@ -38,18 +38,20 @@ from typing import Any, ClassVar, Literal
 
 import numpy as np
 import torch
-from art.attacks.attack import PoisoningAttackWhiteBox
+from art.attacks.attack import PoisoningAttackTransformer, PoisoningAttackWhiteBox
 from pydantic import Field
 from torch import nn
 
 from audit.attacks.base import (
+    TORCH_NEEDS,
+    TORCH_REQUIREMENTS,
     AttackContext,
     AttackParams,
     AuditAttack,
     PoisonInput,
     SourcedDiagnostics,
     check_l2,
-    check_n_classes,
+    task_and_classes,
     torch_module,
     validation_set,
 )
@@ -168,7 +170,7 @@ class TGDADiagnostics(SourcedDiagnostics):
     loop_seconds: float | None = None
 
 
-class TGDA(AuditAttack, PoisoningAttackWhiteBox):
+class TGDA(AuditAttack, PoisoningAttackTransformer, PoisoningAttackWhiteBox):
     """The TGDA attack as an ART white-box poisoning attack.
 
     Parameters
@@ -211,8 +213,8 @@ class TGDA(AuditAttack, PoisoningAttackWhiteBox):
     params: TGDAParams
     Diagnostics = TGDADiagnostics
     diagnostics: TGDADiagnostics
-    attack_params = PoisoningAttackWhiteBox.attack_params + ["budget", "l2", "seed"]
-    _estimator_requirements = ()
+    _estimator_requirements = TORCH_REQUIREMENTS
+    estimator_needs = TORCH_NEEDS
 
     def __init__(
         self,
@@ -221,7 +223,7 @@ class TGDA(AuditAttack, PoisoningAttackWhiteBox):
         x_val: np.ndarray,
         y_val: np.ndarray,
         budget: float,
-        n_classes: int,
+        n_classes: int | None = None,
         l2: float = 0.0,
         box: tuple[Any, Any] | None = None,
         image_shape: tuple[int, ...] | None = None,
@@ -229,20 +231,26 @@ class TGDA(AuditAttack, PoisoningAttackWhiteBox):
         linear_solver: LinearSolver | None = None,
         **params: Any,
     ) -> None:
-        super().__init__(estimator, budget=budget, seed=seed, box=box, n_classes=check_n_classes(n_classes, "TGDA"), **params)
+        _, n_classes = task_and_classes(estimator, "classification", n_classes, "TGDA")
+        super().__init__(estimator, budget=budget, seed=seed, box=box, n_classes=n_classes, **params)
         if linear_solver is not None and not callable(linear_solver):
             raise AuditError(f"The 'linear_solver' parameter of TGDA must be a solver of audit.maths.linear_solve. Got {linear_solver!r} instead.")
         self.linear_solver = linear_solver
         module = torch_module(estimator, "TGDA")
         check_l2(l2, "TGDA")
-        x_val = validation_set(x_val, y_val, "TGDA")
-        if self.params.generator == "conv" and (image_shape is None or len(image_shape) != 3):
-            raise AuditError("TGDA generator 'conv' needs image data (a dataset with image_shape (C, H, W))")
+        x_val, y_val = validation_set(x_val, y_val, "TGDA")
+        if image_shape is None and len(getattr(estimator, "input_shape", ()) or ()) == 3:
+            image_shape = tuple(estimator.input_shape)  # an ART CNN: the conv generator under generator: auto
         self.module = module
         self.x_val, self.y_val = x_val, np.asarray(y_val, dtype=np.int64)
         self.l2 = float(l2)
         self.image_shape = tuple(image_shape) if image_shape else None
         self.generator: nn.Module | None = None
+        self._check_params()
+
+    def _check_params(self) -> None:
+        if self.params.generator == "conv" and (self.image_shape is None or len(self.image_shape) != 3):
+            raise AuditError("TGDA generator 'conv' needs image data (a dataset with image_shape (C, H, W))")
 
     @classmethod
     def for_cell(cls, params: dict[str, Any], ctx: AttackContext) -> TGDA:
@@ -284,6 +292,20 @@ class TGDA(AuditAttack, PoisoningAttackWhiteBox):
         gen.load_state_dict(state)
         self.diagnostics.pretrain = {**info, "cached": cached}
         return gen
+
+    def poison_estimator(self, x: np.ndarray, y: np.ndarray, **kwargs: Any) -> Any:
+        """ART's ``PoisoningAttackTransformer``: a copy of the ART estimator trained on ``(x, y)`` plus the poisons.
+
+        Runs :meth:`poison` on ``(x, y)`` and fits a deep copy of the estimator with
+        ART's ``fit`` on the union; ``kwargs`` (``nb_epochs``, ``batch_size``) go to ``fit``.
+        The estimator the attack was built with is not changed.
+        """
+        if not hasattr(self.estimator, "fit") or isinstance(self.estimator, nn.Module):
+            raise AuditError("TGDA.poison_estimator needs an ART estimator to copy and refit (the attack was built on a bare nn.Module)")
+        x_p, y_p = self.poison(x, y)
+        poisoned = copy.deepcopy(self.estimator)
+        poisoned.fit(np.concatenate([np.asarray(x, np.float32), x_p]), np.concatenate([np.asarray(y), y_p.astype(np.asarray(y).dtype)]), **kwargs)
+        return poisoned
 
     @torch.no_grad()
     def transform(self, x: np.ndarray, y: np.ndarray, chunk: int = 1024) -> np.ndarray:
@@ -364,7 +386,7 @@ class TGDA(AuditAttack, PoisoningAttackWhiteBox):
                 for q, g in zip(theta, grads):
                     q += alpha * g  # type: ignore[misc]  # torch/numpy stubs — eq. (17): ascent on ℓ
 
-        for epoch in range(p.epochs):
+        for epoch in self.progress(range(p.epochs), "epochs"):
             clean_order = torch.as_tensor(rng.permutation(n), device=device).split(batch)
             poison_order = [torch.as_tensor(c, device=device) for c in np.array_split(rng.permutation(n_poison), n_batches)]
             val_order = torch.as_tensor(rng.permutation(n_val), device=device)

@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from audit.errors import AuditError
+from audit.models.estimator import InputSpace, differentiable_model, is_art_estimator, user_optimizer
 from audit.models.victim import (
     Fitted,
     SklearnVictim,
@@ -98,8 +99,19 @@ def victim_from_object(
     from sklearn.base import BaseEstimator
 
     art_model = getattr(obj, "model", None)
+    if is_art_estimator(obj) and isinstance(art_model, nn.Module):
+        # an ART PyTorch estimator: audit its model as the estimator applies it (input shape and
+        # preprocessing, audit.models.estimator.InputSpace), retrained from a fresh initialisation
+        space = differentiable_model(obj, "model")
+        factory = rebuild
+
+        def build(hp: dict[str, Any]) -> nn.Module:
+            model: nn.Module = factory(hp).model if factory is not None else reinitialise(art_model)
+            return space.around(model) if isinstance(space, InputSpace) else model
+
+        return TorchVictim(build, task, n_classes, input_shape, training, device, f"ART {type(obj).__name__} around {type(art_model).__name__}")
     if not isinstance(obj, (nn.Module, BaseEstimator)) and art_model is not None:
-        obj = art_model  # an ART estimator: audit its underlying model with our procedure
+        obj = art_model  # an ART scikit-learn estimator: audit the estimator it wraps
         if rebuild is not None:
             inner = rebuild
             rebuild = lambda hp: inner(hp).model  # noqa: E731
@@ -118,6 +130,21 @@ def victim_from_object(
     raise AuditError(f"model: expected an nn.Module, an ART estimator or a scikit-learn estimator (got {type(obj).__name__})")
 
 
+def _with_user_optimizer(training: dict[str, Any], overrides: dict[str, Any], obj: Any) -> dict[str, Any]:
+    """An ART estimator's own optimizer (class and hyperparameters) replaces the default one,
+    unless the config names an optimizer itself; epochs, batch size and loss stay the config's."""
+    found = user_optimizer(obj)
+    if found is None or "optimizer" in overrides:
+        return training
+    cls, hyper = found
+    params = {k: (list(v) if isinstance(v, tuple) else v) for k, v in hyper.items() if isinstance(v, (int, float, bool, tuple, str)) or v is None}
+    out = {**training, "optimizer": f"torch.optim.{cls.__name__}", "optimizer_params": params}
+    lr = params.get("lr")
+    if isinstance(lr, (int, float)):
+        out["lr"] = float(lr)
+    return out
+
+
 def build_victim(model_spec: Any, training_spec: Any, dataset: Any, device: torch.device, model_obj: Any = None) -> Victim:
     """The victim a config describes on ``dataset``; ``model_obj`` overrides it (library API)."""
     name = model_spec.name
@@ -130,7 +157,7 @@ def build_victim(model_spec: Any, training_spec: Any, dataset: Any, device: torc
     base = {k: v for k, v in base.items() if v is not None}
 
     if model_obj is not None:
-        return victim_from_object(model_obj, task, c, input_shape, training, device)
+        return victim_from_object(model_obj, task, c, input_shape, _with_user_optimizer(training, overrides, model_obj), device)
     if name == "user":
         fn = import_factory(model_spec.factory)
 
@@ -139,7 +166,7 @@ def build_victim(model_spec: Any, training_spec: Any, dataset: Any, device: torc
             return _call_factory(fn, ctx)
 
         first = rebuild({})
-        return victim_from_object(first, task, c, input_shape, training, device, rebuild=rebuild)
+        return victim_from_object(first, task, c, input_shape, _with_user_optimizer(training, overrides, first), device, rebuild=rebuild)
 
     if name in ("logreg", "mlp", "cnn") and task != "classification":
         raise AuditError(f"model: {name!r} is a classifier but dataset {dataset.name!r} is a regression task; use 'ridge'")

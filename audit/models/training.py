@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass
+from typing import Any
 
 import torch
 from torch import nn
@@ -21,7 +22,8 @@ class TrainConfig:
 
     l2: float = 0.0
     l1: float = 0.0
-    optimizer: str = "sgd"
+    optimizer: str = "sgd"  # lbfgs | fista | sgd | adam | a torch.optim class path (a user estimator's own, e.g. torch.optim.Adam)
+    optimizer_params: dict[str, Any] | None = None  # that class's hyperparameters (lr included), as the user built it
     lr: float = 0.5
     momentum: float = 0.9
     epochs: int = 300
@@ -124,6 +126,14 @@ def train(module: nn.Module, x: torch.Tensor, y: torch.Tensor, task: str, config
     return TrainResult(steps, final, grad_norm, finite and grad_norm <= config.grad_tol)
 
 
+def user_optimizer_class(path: str) -> type[torch.optim.Optimizer]:
+    """The ``torch.optim`` class a path such as ``torch.optim.Adam`` names (only torch's own optimizers)."""
+    cls = getattr(torch.optim, path.removeprefix("torch.optim."), None)
+    if not (isinstance(cls, type) and issubclass(cls, torch.optim.Optimizer)):
+        raise ValueError(f"training.optimizer {path!r} is not an optimizer of torch.optim")
+    return cls
+
+
 def full_objective_and_grad_norm(module: nn.Module, x: torch.Tensor, y: torch.Tensor, task: str, l2: float, chunk: int = 8192) -> tuple[float, float]:
     """Regularized objective over all of ``(x, y)`` and the norm of its gradient (chunked over rows)."""
     params = [p for p in module.parameters() if p.requires_grad]
@@ -178,8 +188,10 @@ def _train_first_order(
     config: TrainConfig,
     seed: int,
 ) -> int:
-    if config.optimizer == "adam":
-        opt: torch.optim.Optimizer = torch.optim.Adam(params, lr=config.lr)
+    if config.optimizer.startswith("torch.optim."):  # the user's optimizer class: a fresh instance per retraining
+        opt: torch.optim.Optimizer = user_optimizer_class(config.optimizer)(params, **{**(config.optimizer_params or {}), "lr": config.lr})
+    elif config.optimizer == "adam":
+        opt = torch.optim.Adam(params, lr=config.lr)
     else:
         opt = torch.optim.SGD(params, lr=config.lr, momentum=config.momentum)
     gen = torch.Generator().manual_seed(seed)

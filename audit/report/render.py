@@ -145,7 +145,12 @@ def _describe_training(training: dict[str, Any] | None) -> str:
     if not training:
         return "the model's own solver (scikit-learn)"
     batch = "full batch" if training.get("batch_size") is None else f"batch {training['batch_size']}"
-    if training.get("optimizer") == "lbfgs":
+    if str(training.get("optimizer", "")).startswith("torch.optim."):
+        params = ", ".join(
+            f"{k}={v}" for k, v in sorted((training.get("optimizer_params") or {}).items()) if k in ("lr", "betas", "momentum", "weight_decay", "eps")
+        )
+        how = f"the estimator's own optimizer {training['optimizer']}({params}), {training.get('epochs')} epochs, {batch}"
+    elif training.get("optimizer") == "lbfgs":
         how = f"L-BFGS (strong Wolfe), at most {training.get('epochs')} iterations, {batch}"
     else:
         how = (f"{training.get('optimizer')} lr {training.get('lr')}, momentum {training.get('momentum')}, "
