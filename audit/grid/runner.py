@@ -36,6 +36,7 @@ from audit.grid.store import STORE_FILE, Cell, Store, candidate_key, derive_seed
 from audit.jsonio import jsonable
 from audit.maths.poisonability import gradpc_target, module_metric, thresholds
 from audit.models import Victim, build_victim, resolve_device
+from audit.models.estimator import deployed_metric
 
 
 @dataclass
@@ -47,6 +48,7 @@ class RunPlan:
     victim: Victim
     device: torch.device
     run_dir: Path
+    deployed_test_metric: float | None = None  # the user's estimator as handed over, on the test split
 
     def fingerprint(self) -> str:
         """The config's fingerprint plus what the code resolved it to (training procedure, version):
@@ -121,7 +123,8 @@ def plan_audit(
     run_dir = out / config.name
     if run_dir.exists() and not run_dir.is_dir():
         raise AuditError(f"run directory {run_dir} exists and is a file")
-    return RunPlan(config, data, victim, device, run_dir)
+    deployed = deployed_metric(model, data.x_test, data.y_test, data.task) if model is not None else None
+    return RunPlan(config, data, victim, device, run_dir, deployed)
 
 
 _KIND_NAMES = {"torch": "a PyTorch model", "sklearn": "a scikit-learn estimator"}
@@ -165,6 +168,7 @@ def _prepare_store(plan: RunPlan, restart: bool) -> Store:
                 "versions": package_versions(),
                 "created": time.time(),
                 "total_cells": len(plan.cells()),
+                "deployed_test_metric": plan.deployed_test_metric,
             }
         )
     return store

@@ -163,3 +163,42 @@ def user_optimizer(estimator: Any) -> tuple[type[torch.optim.Optimizer], dict[st
     group = opt.param_groups[0]
     hyper = {k: v for k, v in group.items() if k != "params" and k in opt.defaults}
     return type(opt), hyper
+
+
+def deployed_metric(estimator: Any, x: np.ndarray, y: np.ndarray, task: str) -> float | None:
+    """The test metric of the estimator exactly as the user handed it over (accuracy % or MSE).
+
+    ART estimators are asked through ``predict`` (their preprocessing and input shape apply),
+    scikit-learn estimators only when fitted, modules through ``forward``. None when it cannot
+    predict yet (an unfitted scikit-learn model) or predicts something of the wrong shape.
+    """
+    try:
+        if is_art_estimator(estimator):
+            shape = tuple(getattr(estimator, "input_shape", ()) or ())
+            pred = np.asarray(estimator.predict(x.reshape(len(x), *shape) if len(shape) > 1 else x))
+        elif is_sklearn_estimator(estimator):
+            from sklearn.exceptions import NotFittedError
+
+            try:
+                pred = np.asarray(estimator.predict(x))
+            except NotFittedError:
+                return None
+        elif isinstance(estimator, nn.Module):
+            ref = next(estimator.parameters(), None)
+            was_training = estimator.training
+            estimator.eval()
+            try:
+                with torch.no_grad():
+                    xt = torch.as_tensor(x, dtype=torch.float32, device=ref.device if ref is not None else "cpu")
+                    pred = estimator(xt).cpu().numpy()
+            finally:
+                estimator.train(was_training)
+        else:
+            return None
+    except (RuntimeError, ValueError):
+        return None
+    if task == "classification":
+        labels = pred.argmax(axis=1) if pred.ndim == 2 and pred.shape[1] > 1 else pred.reshape(-1)
+        return float(100.0 * np.mean(labels == y)) if labels.shape == y.shape else None
+    pred = pred.reshape(-1)
+    return float(np.mean((pred - y) ** 2)) if pred.shape == y.shape else None

@@ -137,8 +137,23 @@ def build_context(a: Analysis) -> dict[str, Any]:
         "versions": a.meta.get("versions", {}),
         "config_yaml": yaml.safe_dump(a.meta["config"], sort_keys=False),
         "task": task,
+        "deployed": _deployed(a),
         **{section.name: section.build(a) for section in SECTIONS},
     }
+
+
+def _deployed(a: Analysis) -> dict[str, Any] | None:
+    """The user's estimator as handed over against the audit's clean retraining closest to it
+    (DEVELOPERS: warn at the top when they differ by more than one point)."""
+    value = a.meta.get("deployed_test_metric")
+    clean = [(s.clean_test, s.label) for s in a.summaries if s.clean_test is not None and math.isfinite(s.clean_test)]
+    if value is None or not clean:
+        return None
+    audited, label = min(clean, key=lambda c: abs(c[0] - value))
+    gap = abs(audited - value)
+    limit = 1.0 if a.higher_is_better else 0.05 * max(abs(value), 1e-12)  # one point of accuracy; 5 % of the MSE
+    return {"value": _fmt(value), "audited": _fmt(audited), "label": label, "differs": gap > limit,
+            "gap": f"{gap:.1f} points" if a.higher_is_better else f"{100 * gap / max(abs(value), 1e-12):.0f} % of the MSE"}  # fmt: skip
 
 
 def _describe_training(training: dict[str, Any] | None) -> str:
@@ -181,6 +196,7 @@ def build_summary(a: Analysis) -> dict[str, Any]:
         "fingerprint": a.meta.get("fingerprint"),
         "dataset": a.meta["dataset"],
         "victim": a.meta.get("victim"),
+        "deployed_test_metric": a.meta.get("deployed_test_metric"),  # the user's estimator as handed over (API runs)
         "device": a.meta.get("device"),
         "metric": {"name": a.metric, "higher_is_better": a.higher_is_better, "damage": a.unit},
         "target_budget": a.recommendation.target_budget,
