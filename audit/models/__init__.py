@@ -34,7 +34,7 @@ MODELS: dict[str, str] = {
     "user": "your factory `package.module:function` returning an nn.Module, an ART PyTorchClassifier or a scikit-learn LogisticRegression/Ridge",
 }
 
-# scikit-learn estimators whose regularization maps onto ρ (C = 1/(ρn) or alpha = ρn).
+# scikit-learn estimators whose regularization maps onto ρ (audit.models.victim.sklearn_regularization).
 SKLEARN_SUPPORTED = {"classification": ("LogisticRegression",), "regression": ("Ridge", "Lasso", "ElasticNet")}
 
 __all__ = ["MODELS", "Fitted", "Victim", "build_victim", "resolve_device"]

@@ -3,11 +3,13 @@
 Three kinds share one interface (:class:`Victim.fit` → :class:`Fitted`):
 
 * :class:`TorchVictim` — an ``nn.Module`` from the zoo or a user factory, or the module of
-  an ART ``PyTorchClassifier`` (re-initialised and retrained with the audit's procedure);
+  an ART ``PyTorchClassifier`` (re-initialised behind the estimator's preprocessing and input
+  shape, retrained with the audit's procedure and the estimator's own optimizer);
   trained with :func:`audit.models.training.train`.
 * :class:`SklearnVictim` — scikit-learn ``LogisticRegression`` / ``Ridge`` retrained with
-  their own solver; the L2 strength maps as ``C = 1/(ρ·n)``
-  (``C = inf`` at ρ = 0) and ``alpha = ρ·n`` (ridge loss ½(y − f)²), so both minimise the objective of DESIGN.md.
+  their own solver; the L2 strength maps as ``C = 1/(ρ·n)`` (``2/(ρ·n)`` for two classes,
+  ``C = inf`` at ρ = 0) and ``alpha = ρ·n`` (ridge loss ½(y − f)²), so both minimise the
+  objective of DESIGN.md (:func:`sklearn_regularization`).
 
 Every fitted victim exports an ART estimator (:meth:`Fitted.to_art`).
 
@@ -266,6 +268,31 @@ def reinitialise(module: nn.Module) -> nn.Module:
     return fresh
 
 
+def sklearn_regularization(kind: str, n_classes: int | None, rho: float, l1: float, n: int) -> dict[str, float]:
+    """The scikit-learn parameters that give the audit's objective ``mean loss + (ρ/2)‖W‖² (+ λ₁‖w‖₁)`` on ``n`` points.
+
+    The one place ρ maps onto a scikit-learn estimator, per estimator and task:
+
+    * ``LogisticRegression``, c ≥ 3 classes (multinomial, one weight row per class like the
+      torch softmax victim): ``C·Σℓ + ½‖W‖²  ⇔  mean ℓ + 1/(2Cn)‖W‖²  ⇒  C = 1/(ρn)``.
+    * ``LogisticRegression``, 2 classes: scikit-learn fits one vector ``v``; the torch softmax
+      victim's loss depends only on ``v = w₁ − w₀`` and its penalty is smallest at
+      ``w₁ = −w₀ = v/2``, i.e. ``(ρ/2)·‖v‖²/2``: binary logistic regression at ρ/2, so
+      ``C = 2/(ρn)``. The two victims then have the same decision function.
+    * ``Ridge``: ``‖y − Xw‖² + α‖w‖²  ⇔  mean ½(y − f)² + (α/2n)‖w‖²  ⇒  α = ρn``.
+    * ``Lasso``: ``(1/2n)‖y − Xw‖² + α‖w‖₁  ⇒  α = λ₁``.
+    * ``ElasticNet``: ``α·r‖w‖₁ + ½α(1 − r)‖w‖²  ⇒  α = ρ + λ₁, r = λ₁/(ρ + λ₁)``.
+    """
+    if kind == "LogisticRegression":
+        scale = 2.0 if n_classes == 2 else 1.0
+        return {"C": np.inf if rho == 0 else scale / (rho * n)}
+    if kind == "Lasso":
+        return {"alpha": l1}
+    if kind == "ElasticNet":
+        return {"alpha": rho + l1, "l1_ratio": l1 / (rho + l1) if rho + l1 > 0 else 0.5}
+    return {"alpha": rho * n}
+
+
 class SklearnVictim(Victim):
     """A scikit-learn ``LogisticRegression`` or ``Ridge``, refitted per candidate with its own solver."""
 
@@ -288,22 +315,9 @@ class SklearnVictim(Victim):
         from sklearn.base import clone
 
         est = clone(self.estimator)
-        rho = float(hparams.get("l2", 0.0))
         n = len(y)
         params = est.get_params()
-        if self.task == "classification":
-            # C·Σℓ + ½‖w‖²  ⇔  mean ℓ + 1/(2Cn)‖w‖²  ⇒  C = 1/(ρ n)
-            est.set_params(C=np.inf if rho == 0 else 1.0 / (rho * n))
-        elif type(est).__name__ == "Lasso":
-            # (1/2n)‖y − Xw‖² + α‖w‖₁  =  mean ½(y − f)² + λ₁‖w‖₁  ⇒  α = λ₁
-            est.set_params(alpha=float(hparams.get("l1", 0.0)))
-        elif type(est).__name__ == "ElasticNet":
-            # α·r‖w‖₁ + ½α(1 − r)‖w‖²  ⇒  α = ρ + λ₁, r = λ₁/(ρ + λ₁)
-            l1 = float(hparams.get("l1", 0.0))
-            est.set_params(alpha=rho + l1, l1_ratio=l1 / (rho + l1) if rho + l1 > 0 else 0.5)
-        else:
-            # ‖y − Xw‖² + α‖w‖²  ⇔  mean ½(y − f)² + (α/2n)‖w‖²  ⇒  α = ρ n
-            est.set_params(alpha=rho * n)
+        est.set_params(**sklearn_regularization(type(est).__name__, self.n_classes, float(hparams.get("l2", 0.0)), float(hparams.get("l1", 0.0)), n))
         if "random_state" in params:
             est.set_params(random_state=seed)
         if "max_iter" in params and "epochs" in hparams:

@@ -34,11 +34,26 @@ def test_sklearn_logreg_maps_rho_to_c(cancer):
     assert isinstance(victim, SklearnVictim)
     n = len(cancer.y_train)
     fitted = victim.fit(cancer.x_train, cancer.y_train, {"l2": 0.01}, 0)
-    assert fitted.estimator.C == pytest.approx(1 / (0.01 * n))
+    assert fitted.estimator.C == pytest.approx(2 / (0.01 * n))  # two classes: binary logistic regression at ρ/2
     assert victim.fit(cancer.x_train, cancer.y_train, {"l2": 0.0}, 0).estimator.C == np.inf
     assert fitted.metric(cancer.x_test, cancer.y_test) > 90
     art = fitted.to_art()
     np.testing.assert_allclose(art.predict(cancer.x_test), fitted.scores(cancer.x_test))
+
+
+@pytest.mark.parametrize("dataset", ["breast_cancer", "wine"])
+@pytest.mark.parametrize("rho", [1e-3, 1e-2, 1e-1])
+def test_sklearn_and_torch_victims_reach_the_same_decision_function(dataset, rho):
+    """The same ρ is the same objective for both victim kinds, binary and multiclass: their
+    class probabilities on the test split agree (both solved to high precision)."""
+    from sklearn.linear_model import LogisticRegression
+
+    d = load_dataset(DatasetSpec(name=dataset))
+    torch_victim = build_victim(ModelSpec(name="logreg"), TrainingSpec(epochs=500), d, CPU)
+    sk_victim = build_victim(ModelSpec(name="logreg"), TrainingSpec(), d, CPU, model_obj=LogisticRegression(max_iter=5000, tol=1e-10))
+    p_torch = torch.softmax(torch.as_tensor(torch_victim.fit(d.x_train, d.y_train, {"l2": rho}, 0).scores(d.x_test)), 1).numpy()
+    p_sk = sk_victim.fit(d.x_train, d.y_train, {"l2": rho}, 0).estimator.predict_proba(d.x_test)
+    assert np.abs(p_torch - p_sk).max() < 2e-3
 
 
 def test_sklearn_ridge_maps_rho_to_alpha():
