@@ -34,7 +34,7 @@ from torch import nn
 
 from audit.errors import AuditError
 from audit.jsonio import Diagnostics
-from audit.models.estimator import clip_values, differentiable_model, infer_task
+from audit.models.estimator import as_art_estimator, clip_values, differentiable_model, infer_task
 from audit.models.structure import last_linear
 from audit.seeding import generators, preserved_global_rng
 from audit.spec import StrictModel
@@ -178,6 +178,8 @@ def task_and_classes(estimator: Any, task: str | None, n_classes: Any, who: str)
         return task, None
     if n_classes is None:
         n_classes = getattr(estimator, "nb_classes", None)
+    if n_classes is None and hasattr(estimator, "classes_"):  # a fitted scikit-learn classifier
+        n_classes = len(estimator.classes_)
     if n_classes is None and isinstance(estimator, nn.Module):
         try:
             n_classes = last_linear(estimator).out_features
@@ -261,6 +263,7 @@ class AuditAttack(ABC):
         from art.exceptions import EstimatorError
 
         who = type(self).__name__
+        estimator = as_art_estimator(estimator)  # a raw scikit-learn model is queried through ART's wrapper
         inferred = infer_task(estimator)
         if inferred is not None and inferred not in self.tasks:
             raise AuditError(f"{who} needs a {' or '.join(self.tasks)} model; the estimator {type(estimator).__name__} is a {inferred} model")

@@ -78,7 +78,7 @@ class LabelFlip(AuditAttack, PoisoningAttackBlackBox):
 
     def __init__(self, estimator: Any = None, *, budget: float, n_classes: int, seed: int = 0, **params: Any) -> None:
         super().__init__(estimator, budget=budget, seed=seed, n_classes=check_n_classes(n_classes, "LabelFlip"), **params)
-        self.query_estimator = estimator
+        self.query_estimator = self.estimator
         self._check_params()
 
     def _check_params(self) -> None:

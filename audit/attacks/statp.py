@@ -103,7 +103,7 @@ class StatP(AuditAttack, PoisoningAttackBlackBox):
         super().__init__(estimator, budget=budget, seed=seed, box=(np.asarray(box[0]), np.asarray(box[1])), n_classes=n_classes, **params)
         if y_range[0] >= y_range[1]:
             raise AuditError(f"StatP y_range must be increasing (got {y_range})")
-        self.query_estimator = estimator
+        self.query_estimator = self.estimator
         self.task = task
         self.y_range = (float(y_range[0]), float(y_range[1]))
 

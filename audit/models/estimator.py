@@ -202,3 +202,19 @@ def deployed_metric(estimator: Any, x: np.ndarray, y: np.ndarray, task: str) -> 
         return float(100.0 * np.mean(labels == y)) if labels.shape == y.shape else None
     pred = pred.reshape(-1)
     return float(np.mean((pred - y) ** 2)) if pred.shape == y.shape else None
+
+
+def as_art_estimator(estimator: Any) -> Any:
+    """A raw scikit-learn model wrapped as ART would (``SklearnClassifier`` / ``ScikitlearnRegressor``); anything else as it is."""
+    if not is_sklearn_estimator(estimator):
+        return estimator
+    task = infer_task(estimator)
+    if task == "classification":
+        from art.estimators.classification.scikitlearn import SklearnClassifier
+
+        return SklearnClassifier(model=estimator)
+    if task == "regression":
+        from art.estimators.regression.scikitlearn import ScikitlearnRegressor
+
+        return ScikitlearnRegressor(model=estimator)
+    raise AuditError(f"a scikit-learn {type(estimator).__name__} is neither a classifier nor a regressor; wrap it in an ART estimator")

@@ -231,3 +231,17 @@ def test_tgda_is_an_art_transformer_attack():
     poisoned = attack.poison_estimator(x, y, nb_epochs=2, batch_size=60)
     assert poisoned is not est and poisoned.predict(xv).shape == (len(xv), 10)
     assert all(torch.equal(v, _state(est)[0][k]) for k, v in before[0].items())  # the user's estimator is untouched
+
+
+def test_a_raw_scikit_learn_model_is_wrapped_and_its_task_read():
+    from sklearn.linear_model import LogisticRegression
+
+    d = _data("classification")
+    x, y = d.x_train[:N_TRAIN], d.y_train[:N_TRAIN]
+    model = LogisticRegression(max_iter=300).fit(x, y)
+    flip = ATTACKS["label_flip"](model, budget=0.1, n_classes=10, variant="adversarial")
+    x_p, y_p = flip.poison(x, y)  # was: AxisError, axis 1 is out of bounds
+    assert len(y_p) == 12 and np.all(y_p != y[[np.flatnonzero((x == row).all(1))[0] for row in x_p]])
+    statp = ATTACKS["statp"](model, budget=0.1, box=(d.lo, d.hi))  # task and classes read from the classifier
+    assert statp.task == "classification" and statp.n_classes == 10
+    assert statp.poison(x, y)[1].max() < 10
