@@ -188,15 +188,30 @@ def run_audit(
     Finished cells in the run directory's store are read, not recomputed; failed cells
     are retried. The HTML report is written separately (:func:`audit.report.write_report`).
     """
-    plan = plan_audit(config, model=model, dataset=dataset, output_dir=output_dir)
+    return run_plan(plan_audit(config, model=model, dataset=dataset, output_dir=output_dir), restart=restart, progress=progress)
+
+
+def run_plan(plan: RunPlan, *, restart: bool = False, progress: bool = True) -> Path:
+    """Run (or resume) a validated plan into its run directory and return the directory."""
     store = _prepare_store(plan, restart)
     try:
         _run_grid(plan, store, progress)
-        if config.minimax is not None:
+        if plan.config.minimax is not None:
             run_minimax(plan, store, progress)
     finally:
         store.close()
     return plan.run_dir
+
+
+def poison_cache_key(candidate: str, attack_key: str, params: dict[str, Any], budget: float, seed: int, fingerprint: str) -> str:
+    """The key a cell's poisons are cached under: they depend on the candidate, the attack and its
+    parameters, ε, the seed and the run's fingerprint, not on the defense (every defense sees the same poisons)."""
+    return json.dumps([candidate, attack_key, params, budget, seed, fingerprint], sort_keys=True)
+
+
+def clean_train_seed(seed: int) -> int:
+    """The seed a candidate is trained with on clean data (and retrained with after poisoning) for grid seed ``seed``."""
+    return derive_seed(seed, "train")
 
 
 def _run_grid(plan: RunPlan, store: Store, progress: bool) -> None:
@@ -217,7 +232,7 @@ def _run_grid(plan: RunPlan, store: Store, progress: bool) -> None:
         if not pending:
             continue
         hp = json.loads(cand)
-        train_seed = derive_seed(seed, "train")
+        train_seed = clean_train_seed(seed)
         t0 = time.perf_counter()
         try:
             clean = victim.fit(data.x_train, data.y_train, hp, train_seed)
@@ -242,7 +257,7 @@ def _run_grid(plan: RunPlan, store: Store, progress: bool) -> None:
             by_poison.setdefault((c.attack, c.budget), []).append(c)
         for (attack_key, eps), defense_cells in by_poison.items():
             spec = cfg.attack_spec(attack_key)
-            poison_key = json.dumps([cand, attack_key, spec.params, eps, seed, fingerprint], sort_keys=True)
+            poison_key = poison_cache_key(cand, attack_key, spec.params, eps, seed, fingerprint)
             t_attack = time.perf_counter()
             try:
                 cached = store.load_poisons(poison_key)
@@ -403,7 +418,7 @@ def run_minimax(plan: RunPlan, store: Store, progress: bool = True) -> None:
             attack_seed = lambda policy, eps: derive_seed(seed, key, "minimax", policy, eps)  # noqa: E731
             try:
                 for row in policy_rows(plan.dataset, plan.victim, base, cfg.budgets, seed, key, settings,
-                                       derive_seed(seed, "train"), attack_seed, done):  # fmt: skip
+                                       clean_train_seed(seed), attack_seed, done):  # fmt: skip
                     store.put_policy(row)
                     if progress:
                         print(f"minimax {row.policy} ε={row.budget:g} seed {seed}: λ={row.lam:.2f} "
