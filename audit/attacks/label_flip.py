@@ -19,8 +19,9 @@ from typing import Any, ClassVar, Literal
 import numpy as np
 from art.attacks.attack import PoisoningAttackBlackBox
 
-from audit.attacks.base import AttackContext, AttackDiagnostics, AttackParams, AuditAttack, PoisonInput, check_n_classes
+from audit.attacks.base import AttackContext, AttackDiagnostics, AttackParams, AuditAttack, PoisonInput, task_and_classes
 from audit.errors import AuditError
+from audit.models.estimator import as_art_estimator
 
 
 class LabelFlipParams(AttackParams):
@@ -76,8 +77,9 @@ class LabelFlip(AuditAttack, PoisoningAttackBlackBox):
     diagnostics: LabelFlipDiagnostics
     _estimator_requirements = ()
 
-    def __init__(self, estimator: Any = None, *, budget: float, n_classes: int, seed: int = 0, **params: Any) -> None:
-        super().__init__(estimator, budget=budget, seed=seed, n_classes=check_n_classes(n_classes, "LabelFlip"), **params)
+    def __init__(self, estimator: Any = None, *, budget: float, n_classes: int | None = None, seed: int = 0, **params: Any) -> None:
+        _, n_classes = task_and_classes(as_art_estimator(estimator), "classification", n_classes, "LabelFlip")
+        super().__init__(estimator, budget=budget, seed=seed, n_classes=n_classes, **params)
         self.query_estimator = self.estimator
         self._check_params()
 

@@ -115,16 +115,18 @@ class FittedTorch(Fitted):
         from art.estimators.regression import PyTorchRegressor
 
         device_type = "gpu" if self.device.type == "cuda" else "cpu"
+        # the audit's modules take flat features (n, d) (a user estimator's own input shape is inside its InputSpace)
+        flat = (int(np.prod(self.input_shape)),) if self.input_shape else ()
         if self.task == "classification":
             return PyTorchClassifier(
                 model=self.module,
                 loss=nn.CrossEntropyLoss(),
-                input_shape=self.input_shape,
+                input_shape=flat,
                 nb_classes=int(self.n_classes or 2),
                 clip_values=clip_values,
                 device_type=device_type,
             )
-        return PyTorchRegressor(model=self.module, loss=nn.MSELoss(), input_shape=self.input_shape, device_type=device_type)
+        return PyTorchRegressor(model=self.module, loss=nn.MSELoss(), input_shape=flat, device_type=device_type)
 
 
 @dataclass
