@@ -3,6 +3,7 @@
 import json
 
 import numpy as np
+import torch
 import pytest
 
 import audit
@@ -32,3 +33,12 @@ def test_run_audit_returns_the_results(tmp_path):
     accuracy = 100 * np.mean(est.predict(data.x_test).argmax(1) == data.y_test)
     rec = [c for c in on_disk["candidates"] if c["hyperparameters"] == result.recommendation["hyperparameters"]][0]
     assert accuracy == pytest.approx(rec["clean_test"], abs=1e-6)  # the same seed and procedure as the audit's clean model
+
+
+def test_run_audit_leaves_the_global_generators_alone(tmp_path):
+    torch.manual_seed(123)
+    np.random.seed(5)
+    torch_state, numpy_state = torch.get_rng_state(), np.random.get_state()
+    audit.run_audit(parse_config(tiny_config(defenses=["none", "loss_filter"])), output_dir=tmp_path, progress=False)
+    assert torch.equal(torch_state, torch.get_rng_state())
+    assert np.array_equal(numpy_state[1], np.random.get_state()[1])
