@@ -1,7 +1,9 @@
 """Command line: ``poison-audit run | report | gate | list``.
 
 A user mistake is one line on stderr and exit code 2 (never a traceback); ``gate`` exits 1
-when the model is too poisonable; Ctrl-C exits 130 and the same command resumes.
+when the model is too poisonable and 3 when the run is incomplete (no verdict); ``run`` exits 4
+when cells failed (after writing the report that lists them); Ctrl-C exits 130 and the same
+command resumes.
 """
 
 from __future__ import annotations
@@ -15,6 +17,10 @@ from typing import Any
 import click
 
 from audit.errors import AuditError
+
+#: exit codes: 0 success / gate pass, 1 gate fail, 2 user error, 3 gate without verdict (incomplete run),
+#: 4 a run with failed cells (its report is written and lists them), 130 interrupted
+EXIT_USER_ERROR, EXIT_CELLS_FAILED, EXIT_INTERRUPTED = 2, 4, 130
 
 
 def _user_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
@@ -56,6 +62,17 @@ def run(config: Path | None, output_dir: Path | None, restart: bool, quiet: bool
     html = write_report(run_dir)
     click.echo(f"report: {html}")
     click.echo(f"summary: {run_dir / 'summary.json'}")
+    from audit.report.analysis import analyse
+
+    a = analyse(run_dir)
+    done = a.completeness()
+    if done.failed:
+        first = next((c.error for c in a.cells if c.status == "failed"), "")
+        if done.failed == done.planned:
+            click.echo(f"error: all {done.planned} cells failed (first error: {first}); the report lists them", err=True)
+        else:
+            click.echo(f"error: {done.failed} of {done.planned} cells failed (first error: {first}); the report lists them", err=True)
+        sys.exit(EXIT_CELLS_FAILED)
 
 
 @cli.command()
@@ -79,17 +96,21 @@ def report(run_dir: Path) -> None:
     required=True,
     help="Largest acceptable worst-case accuracy drop in points; for regression the largest MSE increase.",
 )
+@click.option(
+    "--allow-incomplete", is_flag=True, help="Judge a run with missing or failed cells on its finished cells (the message says how many are missing)."
+)
 @_user_errors
-def gate(run_dir: Path, budget: float, max_drop: float) -> None:
-    """Exit 0 when the recommended setting's worst-case drop at BUDGET is at most MAX-DROP, else 1; writes gate.xml."""
+def gate(run_dir: Path, budget: float, max_drop: float, allow_incomplete: bool) -> None:
+    """Exit 0 when the recommended setting's worst-case drop at BUDGET is at most MAX-DROP, 1 when it is larger,
+    3 when the run is incomplete (no verdict); writes gate.xml."""
     from audit.report.gate import gate as run_gate
 
     if max_drop < 0:
         raise AuditError(f"--max-drop must be ≥ 0 (got {max_drop:g})")
-    result = run_gate(run_dir, budget, max_drop)
-    click.echo(("PASS: " if result.passed else "FAIL: ") + result.message)
+    result = run_gate(run_dir, budget, max_drop, allow_incomplete=allow_incomplete)
+    click.echo(("NO VERDICT: " if result.refused else "PASS: " if result.passed else "FAIL: ") + result.message)
     click.echo(f"junit: {Path(run_dir) / 'gate.xml'}")
-    sys.exit(0 if result.passed else 1)
+    sys.exit(result.exit_code)
 
 
 @cli.command()

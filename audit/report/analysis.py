@@ -16,6 +16,23 @@ from audit.models.training import lambda_from_rho
 from audit.report.recommend import CandidateSummary, Recommendation, aggregate, pair_id, recommend
 
 
+@dataclass(frozen=True)
+class Completeness:
+    """Planned cells of a run (or of one budget): finished, failed and not run."""
+
+    planned: int
+    finished: int
+    failed: int
+    missing: int
+
+    @property
+    def complete(self) -> bool:
+        return self.failed == 0 and self.missing == 0 and self.finished == self.planned
+
+    def describe(self) -> str:
+        return f"{self.finished} of {self.planned} cells finished, {self.failed} failed, {self.missing} not run"
+
+
 @dataclass
 class Analysis:
     """Everything the report, summary and gate read from a run."""
@@ -36,6 +53,16 @@ class Analysis:
     @property
     def unit(self) -> str:
         return "accuracy drop (points)" if self.higher_is_better else "MSE increase"
+
+    def completeness(self, budget: float | None = None) -> Completeness:
+        """How many planned cells finished, failed or never ran (at ``budget`` only, when given)."""
+        cells = [c for c in self.cells if budget is None or c.budget == budget]
+        total = int(self.meta.get("total_cells", len(self.cells)))
+        if budget is not None:
+            total = total // max(len(self.config.budgets), 1)  # the grid is a full product over budgets
+        ok = sum(c.status == "ok" for c in cells)
+        failed = sum(c.status == "failed" for c in cells)
+        return Completeness(total, ok, failed, max(total - ok - failed, 0))
 
     def recommended(self) -> CandidateSummary | None:
         """The recommended (candidate, defense) setting's summary."""

@@ -11,20 +11,45 @@ from audit.errors import AuditError
 from audit.jsonio import atomic_write
 from audit.report.analysis import analyse
 
+#: exit codes of ``poison-audit gate``
+EXIT_PASS, EXIT_FAIL, EXIT_INCOMPLETE = 0, 1, 3
+
 
 @dataclass
 class GateResult:
+    """``passed``: the verdict; ``refused``: no verdict was given (an incomplete run without
+    ``allow_incomplete``); ``missing``/``failed``: planned cells not finished."""
+
     passed: bool
     message: str
     damage: float | None
+    refused: bool = False
+    missing: int = 0
+    failed: int = 0
+
+    @property
+    def exit_code(self) -> int:
+        return EXIT_INCOMPLETE if self.refused else (EXIT_PASS if self.passed else EXIT_FAIL)
 
 
-def gate(run_dir: str | Path, budget: float, max_drop: float) -> GateResult:
-    """Pass when the recommended setting's worst-case test damage at ``budget`` is at most ``max_drop``; writes gate.xml."""
+def gate(run_dir: str | Path, budget: float, max_drop: float, allow_incomplete: bool = False) -> GateResult:
+    """Pass when the recommended setting's worst-case test damage at ``budget`` is at most ``max_drop``; writes gate.xml.
+
+    A run whose planned cells are not all finished (some failed or never ran) gets no verdict
+    — ``refused``, exit code 3 — because its worst case may be among the missing cells. With
+    ``allow_incomplete`` the finished cells are judged and the message and the JUnit file say
+    how many cells were missing.
+    """
     run_dir = Path(run_dir)
     a = analyse(run_dir)
     if budget not in a.config.budgets:
         raise AuditError(f"--budget {budget:g} was not run; budgets of this run: {', '.join(f'{b:g}' for b in a.config.budgets)}")
+    done = a.completeness()
+    if not done.complete and not allow_incomplete:
+        result = GateResult(False, f"the run is incomplete ({done.describe()}); finish it (run the same command again) "
+                            "or pass --allow-incomplete to judge the finished cells", None, True, done.missing, done.failed)  # fmt: skip
+        atomic_write(run_dir / "gate.xml", junit_xml(a.config.name, budget, result))
+        return result
     rec = a.recommended()
     damage = rec.worst_damage_test.get(budget) if rec else None
     what = "accuracy drop" if a.higher_is_better else "MSE increase"
@@ -40,17 +65,26 @@ def gate(run_dir: str | Path, budget: float, max_drop: float) -> GateResult:
             f"({'≤' if passed else '>'} {max_drop:g}{unit} allowed; worst attack {rec.worst_attack.get(budget)})",
             damage,
         )
+    if not done.complete:
+        result.message += f" — INCOMPLETE run judged on its finished cells only ({done.describe()})"
+        result.missing, result.failed = done.missing, done.failed
     atomic_write(run_dir / "gate.xml", junit_xml(a.config.name, budget, result))
     return result
 
 
 def junit_xml(name: str, budget: float, result: GateResult) -> str:
     case = quoteattr(f"worst-case damage at eps={budget:g}")
-    body = "" if result.passed else f"<failure message={quoteattr(result.message)}>{escape(result.message)}</failure>"
+    if result.refused:  # no verdict: a JUnit error, not a failure
+        body = f'<error type="incomplete" message={quoteattr(result.message)}>{escape(result.message)}</error>'
+    else:
+        body = "" if result.passed else f"<failure message={quoteattr(result.message)}>{escape(result.message)}</failure>"
+    props = (
+        f'<properties><property name="cells_missing" value="{result.missing}"/><property name="cells_failed" value="{result.failed}"/></properties>'
+    )
     return (
         '<?xml version="1.0" encoding="utf-8"?>\n'
         f'<testsuites><testsuite name={quoteattr("poison-audit " + name)} tests="1" '
-        f'failures="{0 if result.passed else 1}" errors="0">'
+        f'failures="{0 if result.passed or result.refused else 1}" errors="{1 if result.refused else 0}">{props}'
         f'<testcase classname="poison-audit.report.gate" name={case}>{body}'
         f"<system-out>{escape(result.message)}</system-out></testcase></testsuite></testsuites>\n"
     )

@@ -137,6 +137,7 @@ def build_context(a: Analysis) -> dict[str, Any]:
         "versions": a.meta.get("versions", {}),
         "config_yaml": yaml.safe_dump(a.meta["config"], sort_keys=False),
         "task": task,
+        "complete": a.completeness().complete,
         "deployed": _deployed(a),
         **{section.name: section.build(a) for section in SECTIONS},
     }
@@ -197,6 +198,7 @@ def build_summary(a: Analysis) -> dict[str, Any]:
         "dataset": a.meta["dataset"],
         "victim": a.meta.get("victim"),
         "deployed_test_metric": a.meta.get("deployed_test_metric"),  # the user's estimator as handed over (API runs)
+        "completeness": {**vars(done := a.completeness()), "complete": done.complete},  # no verdict unless complete
         "device": a.meta.get("device"),
         "metric": {"name": a.metric, "higher_is_better": a.higher_is_better, "damage": a.unit},
         "target_budget": a.recommendation.target_budget,

@@ -1,0 +1,59 @@
+"""Nothing lost, no false pass (issue 14): an honest gate, failed runs that say so, run-directory safety."""
+
+import json
+import sqlite3
+import xml.etree.ElementTree as ET
+
+import pytest
+from click.testing import CliRunner
+
+from audit.cli import cli
+from tests.conftest import tiny_config, write_yaml
+
+
+@pytest.fixture
+def runner():
+    return CliRunner()
+
+
+def _run(runner, tmp_path, cfg, *extra):
+    path = write_yaml(tmp_path / "audit.yaml", cfg)
+    return runner.invoke(cli, ["run", str(path), "--out", str(tmp_path / "reports"), "--quiet", *extra])
+
+
+def test_gate_gives_no_verdict_on_an_incomplete_run(runner, tmp_path):
+    """A run killed before its worst cells finished must not PASS: exit 3, a JUnit error, and only
+    an explicit --allow-incomplete judges the finished cells, saying how many are missing."""
+    assert _run(runner, tmp_path, tiny_config()).exit_code == 0
+    run_dir = tmp_path / "reports" / "tiny"
+    full = runner.invoke(cli, ["gate", str(run_dir), "--budget", "0.3", "--max-drop", "1"])
+    assert full.exit_code == 1 and full.output.startswith("FAIL: ")  # the complete run fails the gate
+    with sqlite3.connect(run_dir / "results.sqlite") as db:  # as after a kill: the adversarial cells never ran
+        removed = db.execute("DELETE FROM cells WHERE attack = 'lf_adv'").rowcount
+    assert removed == 4
+    refused = runner.invoke(cli, ["gate", str(run_dir), "--budget", "0.3", "--max-drop", "1"])
+    assert refused.exit_code == 3, refused.output
+    assert refused.output.startswith("NO VERDICT: the run is incomplete (4 of 8 cells finished, 0 failed, 4 not run)")
+    suite = ET.parse(run_dir / "gate.xml").getroot().find("testsuite")
+    assert suite.get("errors") == "1" and suite.get("failures") == "0" and suite.find("testcase/error") is not None
+    allowed = runner.invoke(cli, ["gate", str(run_dir), "--budget", "0.3", "--max-drop", "1", "--allow-incomplete"])
+    assert allowed.exit_code in (0, 1) and "INCOMPLETE run judged on its finished cells only (4 of 8 cells finished" in allowed.output
+    props = {p.get("name"): p.get("value") for p in ET.parse(run_dir / "gate.xml").getroot().iter("property")}
+    assert props["cells_missing"] == "4"
+    assert runner.invoke(cli, ["report", str(run_dir)]).exit_code == 0
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["completeness"] == {"planned": 8, "finished": 4, "failed": 0, "missing": 4, "complete": False}
+    assert "Provisional — incomplete run — Recommendation" in (run_dir / "report.html").read_text()
+
+
+def test_a_run_whose_cells_all_failed_exits_non_zero_after_writing_the_report(runner, tmp_path, monkeypatch):
+    (tmp_path / "onehead.py").write_text("from torch import nn\ndef make(n_features):\n    return nn.Linear(n_features, 1)\n")
+    monkeypatch.chdir(tmp_path)
+    cfg = tiny_config(dataset={"name": "wine"}, model={"name": "user", "factory": "onehead:make"})
+    result = _run(runner, tmp_path, cfg)
+    assert result.exit_code == 4, result.output
+    assert "error: all 8 cells failed (first error: " in result.output
+    report = (tmp_path / "reports" / "tiny" / "report.html").read_text()
+    assert "8 failed" in report
+    gate = runner.invoke(cli, ["gate", str(tmp_path / "reports" / "tiny"), "--budget", "0.1", "--max-drop", "100"])
+    assert gate.exit_code == 3  # no verdict on failed cells, however lax the threshold
