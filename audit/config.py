@@ -11,6 +11,7 @@ import hashlib
 import itertools
 import json
 import math
+import re
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
@@ -265,7 +266,17 @@ class MinimaxSpec(StrictModel):
 class AuditConfig(StrictModel):
     """A whole audit. Defaults give the embedded default audit (``poison-audit run``)."""
 
-    name: str = Field("default", pattern=r"^[A-Za-z0-9_.\-]+$")
+    name: str = "default"  # the run directory's name: one plain path component (see _plain_name)
+
+    @field_validator("name")
+    @classmethod
+    def _plain_name(cls, value: str) -> str:
+        if not re.fullmatch(r"[A-Za-z0-9_][A-Za-z0-9_.\-]{0,99}", value):
+            raise ValueError(
+                f"must be one plain directory name — letters, digits, '_', '.', '-', not starting with '.', at most 100 characters (got {value!r})"
+            )
+        return value
+
     dataset: DatasetSpec = Field(default_factory=lambda: DatasetSpec(name="mnist5k"))
     model: ModelSpec = Field(default_factory=lambda: ModelSpec(name="logreg"))
     training: TrainingSpec = TrainingSpec()

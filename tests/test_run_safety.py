@@ -57,3 +57,66 @@ def test_a_run_whose_cells_all_failed_exits_non_zero_after_writing_the_report(ru
     assert "8 failed" in report
     gate = runner.invoke(cli, ["gate", str(tmp_path / "reports" / "tiny"), "--budget", "0.1", "--max-drop", "100"])
     assert gate.exit_code == 3  # no verdict on failed cells, however lax the threshold
+
+
+@pytest.mark.parametrize("name", [".", "..", "a/b", ".hidden", "x" * 101])
+def test_run_names_are_plain_directory_names(runner, tmp_path, name):
+    result = _run(runner, tmp_path, tiny_config(name=name))
+    assert result.exit_code == 2 and "audit.yaml: name: must be one plain directory name" in result.output
+    assert len(result.output.strip().splitlines()) == 1
+    assert not (tmp_path / "reports").exists()  # nothing written
+
+
+def test_restart_removes_only_what_the_tool_wrote(runner, tmp_path):
+    assert _run(runner, tmp_path, tiny_config()).exit_code == 0
+    run_dir = tmp_path / "reports" / "tiny"
+    (run_dir / "my_notes.txt").write_text("keep me")
+    (run_dir / "data").mkdir()
+    (run_dir / "data" / "train.csv").write_text("a,b\n1,2\n")
+    changed = tiny_config(budgets=[0.1])
+    assert _run(runner, tmp_path, changed).exit_code == 2  # a different config needs --restart
+    result = _run(runner, tmp_path, changed, "--restart")
+    assert result.exit_code == 0, result.output
+    assert (run_dir / "my_notes.txt").read_text() == "keep me" and (run_dir / "data" / "train.csv").is_file()
+    assert json.loads((run_dir / "summary.json").read_text())["completeness"]["planned"] == 4
+
+
+def test_a_directory_that_is_not_a_run_is_refused_and_left_alone(runner, tmp_path):
+    victim = tmp_path / "reports" / "tiny"
+    victim.mkdir(parents=True)
+    (victim / "train.csv").write_text("precious")
+    for extra in ((), ("--restart",)):
+        result = _run(runner, tmp_path, tiny_config(), *extra)
+        assert result.exit_code == 2 and "is not a poison-audit run directory" in result.output
+    assert sorted(p.name for p in victim.iterdir()) == ["train.csv"]
+    assert runner.invoke(cli, ["report", str(victim)]).exit_code == 2
+    assert sorted(p.name for p in victim.iterdir()) == ["train.csv"]
+
+
+def test_a_locked_run_directory_is_refused_and_a_dead_holder_does_not_block(runner, tmp_path):
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    assert _run(runner, tmp_path, tiny_config()).exit_code == 0
+    run_dir = tmp_path / "reports" / "tiny"
+    holder = subprocess.Popen([sys.executable, "-c", (
+        "import sys, time\nfrom audit.grid.lock import RunLock\n"
+        f"with RunLock({str(run_dir)!r}, 'run'):\n    print('held', flush=True)\n    time.sleep(60)\n"
+    )], stdout=subprocess.PIPE, text=True)  # fmt: skip
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        for args in (["run", str(write_yaml(tmp_path / "audit.yaml", tiny_config())), "--out", str(tmp_path / "reports"), "--quiet"],
+                     ["run", str(tmp_path / "audit.yaml"), "--out", str(tmp_path / "reports"), "--quiet", "--restart"],
+                     ["report", str(run_dir)]):  # fmt: skip
+            result = runner.invoke(cli, args)
+            assert result.exit_code == 2, result.output
+            assert f"is in use by poison-audit run (pid {holder.pid} on " in result.output
+        assert (run_dir / "results.sqlite").is_file()  # --restart deleted nothing under the running holder
+    finally:
+        os.kill(holder.pid, signal.SIGKILL)
+        holder.wait()
+    time.sleep(0.1)
+    assert runner.invoke(cli, ["report", str(run_dir)]).exit_code == 0  # the kernel dropped the dead holder's lock

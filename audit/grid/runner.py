@@ -17,7 +17,6 @@ from __future__ import annotations
 import json
 import math
 import platform
-import shutil
 import time
 import traceback
 from dataclasses import dataclass
@@ -32,7 +31,8 @@ from audit.config import SCHEMA_VERSION, AuditConfig, DefenseSpec, candidate_lab
 from audit.data import Dataset, load_dataset
 from audit.errors import AuditError
 from audit.grid.cells import GridCell, apply_defense
-from audit.grid.store import STORE_FILE, Cell, Store, candidate_key, derive_seed
+from audit.grid.lock import LOCK_FILE, RunLock
+from audit.grid.store import RUN_FILES, STORE_FILE, Cell, Store, candidate_key, derive_seed, is_run_directory, remove_run
 from audit.jsonio import jsonable
 from audit.maths.poisonability import gradpc_target, module_metric, thresholds
 from audit.models import Victim, build_victim, resolve_device
@@ -138,9 +138,16 @@ def _check_victim_kind(axis: str, name: str, supported: tuple[str, ...], kind: s
 
 
 def _prepare_store(plan: RunPlan, restart: bool) -> Store:
+    """Open the run directory's store (call with the directory's lock held).
+
+    A directory that exists, is not empty and holds no store is not a run directory: it is
+    refused, never written into or cleaned. ``restart`` removes only what a previous run wrote.
+    """
     store = Store(plan.run_dir)
     fingerprint = plan.fingerprint()
     if store.path.is_file():
+        if not is_run_directory(plan.run_dir):
+            raise AuditError(f"{store.path} is not a readable poison-audit store; move it away or choose another name/output directory")
         previous = store.meta("fingerprint")
         if previous is not None and previous != fingerprint and not restart:
             store.close()
@@ -151,7 +158,7 @@ def _prepare_store(plan: RunPlan, restart: bool) -> Store:
             )
         if restart:
             store.close()
-            shutil.rmtree(plan.run_dir)
+            remove_run(plan.run_dir)
             store = Store(plan.run_dir)
     plan.run_dir.mkdir(parents=True, exist_ok=True)
     if store.meta("fingerprint") is None:
@@ -192,15 +199,32 @@ def run_audit(
 
 
 def run_plan(plan: RunPlan, *, restart: bool = False, progress: bool = True) -> Path:
-    """Run (or resume) a validated plan into its run directory and return the directory."""
-    store = _prepare_store(plan, restart)
-    try:
-        _run_grid(plan, store, progress)
-        if plan.config.minimax is not None:
-            run_minimax(plan, store, progress)
-    finally:
-        store.close()
+    """Run (or resume) a validated plan into its run directory and return the directory.
+
+    The directory is locked for the whole run (:class:`audit.grid.lock.RunLock`): a second
+    ``run``, ``--restart`` or ``report`` of it fails with one line instead of racing. A
+    directory that exists, holds other files and no store is not a run directory: it is
+    refused, never written into or cleaned.
+    """
+    if _holds_foreign_files(plan.run_dir) and not (plan.run_dir / STORE_FILE).is_file():
+        raise AuditError(f"{plan.run_dir} exists and is not a poison-audit run directory (it holds other files); choose another name")
+    with RunLock(plan.run_dir, "run"):
+        store = _prepare_store(plan, restart)
+        try:
+            _run_grid(plan, store, progress)
+            if plan.config.minimax is not None:
+                run_minimax(plan, store, progress)
+        finally:
+            store.close()
     return plan.run_dir
+
+
+def _holds_foreign_files(run_dir: Path) -> bool:
+    """True when ``run_dir`` has entries other than what a run writes (its lock included)."""
+    if not run_dir.is_dir():
+        return False
+    ours = {*RUN_FILES, LOCK_FILE, "poisons"}
+    return any(p.name not in ours and not p.name.endswith(".tmp") for p in run_dir.iterdir())
 
 
 def poison_cache_key(candidate: str, attack_key: str, params: dict[str, Any], budget: float, seed: int, fingerprint: str) -> str:

@@ -141,6 +141,40 @@ class PolicyRow:
         return asdict(self)
 
 
+#: what a run writes into its directory (besides poisons/*.npz); --restart removes these and nothing else
+RUN_FILES = (STORE_FILE, STORE_FILE + "-wal", STORE_FILE + "-shm", STORE_FILE + "-journal", "report.html", "summary.json", "gate.xml")
+
+
+def is_run_directory(run_dir: Path) -> bool:
+    """True when ``run_dir`` holds a poison-audit store with its metadata."""
+    path = run_dir / STORE_FILE
+    if not path.is_file():
+        return False
+    try:
+        with sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=30) as db:
+            return db.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone() is not None
+    except sqlite3.Error:
+        return False
+
+
+def remove_run(run_dir: Path) -> None:
+    """Delete what a run wrote in ``run_dir`` — its store, cached poisons, report, summary and gate file,
+    and temporary files of interrupted writes — never anything else; an empty ``poisons/`` goes too."""
+    if not is_run_directory(run_dir):
+        raise AuditError(f"{run_dir} is not a poison-audit run directory (no readable {STORE_FILE}); refusing to delete anything in it")
+    for name in RUN_FILES:
+        (run_dir / name).unlink(missing_ok=True)
+    for name in ("report.html", "summary.json", "gate.xml"):  # atomic_write's leftovers: .NAME.*.tmp
+        for leftover in run_dir.glob(f".{name}.*.tmp"):
+            leftover.unlink()
+    poisons = run_dir / "poisons"
+    if poisons.is_dir():
+        for path in [*poisons.glob("*.npz"), *poisons.glob("*.tmp")]:
+            path.unlink()
+        if not any(poisons.iterdir()):
+            poisons.rmdir()
+
+
 class Store:
     """SQLite store of one run directory."""
 
@@ -159,7 +193,11 @@ class Store:
             raise AuditError(f"run directory not found: {store.run_dir}")
         if not store.path.is_file():
             raise AuditError(f"{store.run_dir} holds no {STORE_FILE}: not a poison-audit run directory")
-        version = store.meta("schema_version")
+        try:
+            version = store.meta("schema_version")
+        except sqlite3.DatabaseError as err:
+            store.close()
+            raise AuditError(f"{store.path} is not a readable poison-audit store ({err})") from None
         if version is None:
             raise AuditError(f"{store.path}: no run metadata (the run never got past its start)")
         if int(version) != STORE_SCHEMA_VERSION:

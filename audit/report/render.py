@@ -17,6 +17,8 @@ import yaml
 from jinja2 import Environment, FileSystemLoader, select_autoescape
 
 from audit.attacks import ATTACKS
+from audit.grid.lock import RunLock
+from audit.grid.store import Store
 from audit.jsonio import atomic_write, finite
 from audit.report import figures
 from audit.report.analysis import Analysis, analyse, threshold_table
@@ -249,11 +251,13 @@ def build_summary(a: Analysis) -> dict[str, Any]:
 def write_report(run_dir: str | Path) -> Path:
     """Render ``report.html`` and ``summary.json`` from the store; returns the HTML path."""
     run_dir = Path(run_dir)
-    analysis = analyse(run_dir)
-    html = render_html(build_context(analysis))
-    atomic_write(run_dir / "summary.json", json.dumps(finite(build_summary(analysis)), indent=2, allow_nan=False,
-                                                       default=_json_default))  # fmt: skip
-    atomic_write(run_dir / "report.html", html)
+    Store.open_existing(run_dir).close()  # a one-line error, and no lock file, where there is no run
+    with RunLock(run_dir, "report"):
+        analysis = analyse(run_dir)
+        html = render_html(build_context(analysis))
+        atomic_write(run_dir / "summary.json", json.dumps(finite(build_summary(analysis)), indent=2, allow_nan=False,
+                                                           default=_json_default))  # fmt: skip
+        atomic_write(run_dir / "report.html", html)
     return run_dir / "report.html"
 
 
