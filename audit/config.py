@@ -69,6 +69,11 @@ def candidate_label(hparams: dict[str, Any]) -> str:
 
 
 def _check_axis_value(axis: str, value: Any) -> float | int:
+    if isinstance(value, str):  # "1e-4" from JSON, or YAML 1.1's reading of it: a number like every other field's
+        try:
+            value = float(value) if any(c in value.lower() for c in ".en") else int(value)
+        except ValueError:
+            pass
     is_number = isinstance(value, (int, float)) and not isinstance(value, bool)
     if not is_number or not math.isfinite(value):
         raise ValueError(f"candidates.{axis}: values must be finite numbers (got {value!r})")
@@ -329,6 +334,13 @@ class AuditConfig(StrictModel):
             raise ValueError(f"defenses: values repeat ({keys!r}); give each an 'id'")
         return value
 
+    @field_validator("seeds", mode="before")
+    @classmethod
+    def _no_bool_seeds(cls, value: Any) -> Any:
+        if isinstance(value, list) and any(isinstance(s, bool) for s in value):
+            raise ValueError(f"seeds: expected integers ≥ 0, not true/false (got {value!r})")
+        return value
+
     @field_validator("seeds")
     @classmethod
     def _seeds(cls, value: list[int]) -> list[int]:
@@ -406,13 +418,23 @@ def parse_config(data: dict[str, Any] | None, source: str = "config") -> AuditCo
         raise AuditError(f"{source}: {first_error(err)}") from None
 
 
+class _ConfigLoader(yaml.SafeLoader):
+    """PyYAML's safe loader with YAML 1.2 floats: ``1e-4`` is a number (YAML 1.1 needs ``1.0e-4``)."""
+
+
+_ConfigLoader.yaml_implicit_resolvers = {k: list(v) for k, v in yaml.SafeLoader.yaml_implicit_resolvers.items()}
+_ConfigLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float", re.compile(r"^[-+]?(?:[0-9][0-9_]*(?:\.[0-9_]*)?|\.[0-9_]+)[eE][-+]?[0-9]+$"), list("-+0123456789.")
+)
+
+
 def load_config(path: str | Path) -> AuditConfig:
     """Read and validate a YAML config file."""
     path = Path(path)
     if not path.is_file():
         raise AuditError(f"config file not found: {path}")
     try:
-        data = yaml.safe_load(path.read_text())
+        data = yaml.load(path.read_text(encoding="utf-8-sig"), Loader=_ConfigLoader)
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""

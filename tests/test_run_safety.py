@@ -120,3 +120,59 @@ def test_a_locked_run_directory_is_refused_and_a_dead_holder_does_not_block(runn
         holder.wait()
     time.sleep(0.1)
     assert runner.invoke(cli, ["report", str(run_dir)]).exit_code == 0  # the kernel dropped the dead holder's lock
+
+
+def _arrays(n, classes, d=3, seed=0):
+    import numpy as np
+
+    from audit.data import Dataset
+
+    rng = np.random.default_rng(seed)
+    split = [rng.random((n, d), dtype=np.float32) for _ in range(3)]
+    labels = [np.arange(n) % classes for _ in range(3)]
+    return Dataset(name="tiny-data", task="classification", x_train=split[0], y_train=labels[0], x_val=split[1], y_val=labels[1],
+                   x_test=split[2], y_test=labels[2], lo=np.zeros(d, np.float32), hi=np.ones(d, np.float32), n_classes=max(classes, 2))  # fmt: skip
+
+
+@pytest.mark.parametrize("n, classes, message", [
+    (1, 1, r"the train split has a single class \(1 points\)"),
+    (40, 1, r"the train split has a single class"),
+    (3, 2, r"budgets: ε = 0.1 of 3 training points is less than one poison; use ε > 0.167"),
+])  # fmt: skip
+def test_degenerate_data_is_refused_before_anything_runs(tmp_path, n, classes, message):
+    from audit.config import parse_config
+    from audit.errors import AuditError
+    from audit.grid import plan_audit
+
+    with pytest.raises(AuditError, match=message):
+        plan_audit(parse_config(tiny_config(budgets=[0.1, 0.3])), dataset=_arrays(n, classes), output_dir=tmp_path)
+    assert not any(tmp_path.iterdir())
+
+
+def test_scientific_notation_is_a_number_in_every_numeric_field(tmp_path):
+    from audit.config import load_config
+
+    path = tmp_path / "c.yaml"
+    path.write_text("name: sci\ncandidates: {l2: [0, 1e-4, 1E-3]}\nbudgets: [3e-2]\ntraining: {lr: 5e-2, epochs: 10}\n", encoding="utf-8")
+    cfg = load_config(path)
+    assert cfg.candidates["l2"] == [0.0, 1e-4, 1e-3] and cfg.budgets == [0.03] and cfg.training.lr == 0.05
+    from audit.config import parse_config
+
+    assert parse_config({"candidates": {"l2": ["1e-4", 0]}}).candidates["l2"] == [1e-4, 0.0]  # numeric strings from JSON too
+
+
+def test_boolean_seeds_are_refused(runner, tmp_path):
+    result = _run(runner, tmp_path, tiny_config(seeds=[True, False]))
+    assert result.exit_code == 2 and "seeds: expected integers ≥ 0, not true/false" in result.output
+
+
+def test_names_with_mathtext_render(tmp_path):
+    """An attack id with $...$ is shown as written: matplotlib never parses labels as mathtext."""
+    from audit.config import parse_config
+    from audit.grid import run_audit
+    from audit.report import write_report
+
+    cfg = tiny_config(attacks=[{"name": "label_flip", "id": "$\\\\alpha$_flip", "params": {"variant": "random"}}])
+    run = run_audit(parse_config(cfg), output_dir=tmp_path, progress=False)
+    html = write_report(run).read_text()
+    assert "$\\\\alpha$_flip" in html

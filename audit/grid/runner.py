@@ -101,6 +101,7 @@ def plan_audit(
     """
     device = resolve_device(config.device)
     data = dataset if dataset is not None else load_dataset(config.dataset)
+    check_scorable(data, config.budgets)
     victim = build_victim(config.model, config.training, data, device, model_obj=model)
     if config.poisonability.enabled == "on" and not victim.builds_modules:
         raise AuditError("poisonability.enabled is 'on' but the victim is not a torch model (τ needs its logits)")
@@ -125,6 +126,23 @@ def plan_audit(
         raise AuditError(f"run directory {run_dir} exists and is a file")
     deployed = deployed_metric(model, data.x_test, data.y_test, data.task) if model is not None else None
     return RunPlan(config, data, victim, device, run_dir, deployed)
+
+
+def check_scorable(data: Dataset, budgets: list[float]) -> None:
+    """Refuse data on which an audit cannot mean anything: a budget that rounds to no poison, an
+    empty split, or (classification) a split with a single class, since its accuracy says nothing."""
+    n = len(data.y_train)
+    for name, y in (("train", data.y_train), ("validation", data.y_val), ("test", data.y_test)):
+        if len(y) == 0:
+            raise AuditError(f"dataset {data.name!r}: the {name} split is empty")
+        if data.task == "classification" and len(np.unique(y)) < 2:
+            raise AuditError(f"dataset {data.name!r}: the {name} split has a single class ({len(y)} points); every scored split needs two or more")
+    small = [b for b in budgets if int(round(b * n)) < 1]  # as AuditAttack.n_poison rounds
+    if small:
+        raise AuditError(
+            f"budgets: ε = {', '.join(f'{b:g}' for b in small)} of {n} training points is less than one poison; "
+            f"use ε > {0.5 / n:.3g} or more training data"
+        )
 
 
 _KIND_NAMES = {"torch": "a PyTorch model", "sklearn": "a scikit-learn estimator"}

@@ -14,7 +14,7 @@ import numpy as np  # noqa: E402
 
 from audit.report.recommend import CandidateSummary  # noqa: E402
 
-plt.rcParams.update({"svg.hashsalt": "poison-audit", "svg.fonttype": "none", "font.size": 9,
+plt.rcParams.update({"text.parse_math": False, "svg.hashsalt": "poison-audit", "svg.fonttype": "none", "font.size": 9,
                      "axes.spines.top": False, "axes.spines.right": False})  # fmt: skip
 
 
