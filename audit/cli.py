@@ -188,7 +188,16 @@ def list_() -> None:
 
 
 def main() -> None:
-    cli(prog_name="poison-audit")
+    """The console entry point: Ctrl-C at any moment (imports included) exits 130, not click's 1."""
+    try:
+        code = cli.main(prog_name="poison-audit", standalone_mode=False)
+    except (KeyboardInterrupt, click.exceptions.Abort):
+        click.echo("\ninterrupted: finished cells are stored; run the same command again to resume", err=True)
+        sys.exit(EXIT_INTERRUPTED)
+    except click.exceptions.ClickException as err:
+        err.show()
+        sys.exit(err.exit_code)
+    sys.exit(code if isinstance(code, int) else 0)
 
 
 if __name__ == "__main__":

@@ -440,4 +440,8 @@ def load_config(path: str | Path) -> AuditConfig:
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
         problem = getattr(err, "problem", None) or str(err).splitlines()[0]
         raise AuditError(f"{path}: YAML syntax error{where}: {problem}") from None
+    dataset = data.get("dataset") if isinstance(data, dict) else None
+    if isinstance(dataset, dict) and isinstance(dataset.get("path"), str) and not Path(dataset["path"]).expanduser().is_absolute():
+        # a relative dataset path means relative to the config file, wherever the command runs
+        data = {**data, "dataset": {**dataset, "path": str(path.parent / Path(dataset["path"]).expanduser())}}
     return parse_config(data, source=str(path))

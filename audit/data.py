@@ -162,11 +162,18 @@ USER_FORMATS: dict[str, str] = {
 
 # --------------------------------------------------------------------------- user data
 def _read_npz(path: Path) -> dict[str, np.ndarray]:
+    import zipfile
+
+    with open(path, "rb") as fh:
+        magic = fh.read(4)
+    if magic[:2] != b"PK":  # np.load would take a text file for a pickle and say so
+        raise AuditError(f"{path}: not an .npz archive (numpy.savez writes a zip file; this one starts with {magic!r})")
     try:
         with np.load(path, allow_pickle=False) as npz:
             arrays = {k: npz[k] for k in npz.files}
-    except (OSError, ValueError) as err:
-        raise AuditError(f"{path}: cannot read as .npz ({err})") from None
+    except (OSError, ValueError, zipfile.BadZipFile, EOFError) as err:
+        reason = "it holds pickled (object) arrays, which are never loaded" if "pickle" in str(err) else str(err).splitlines()[0]
+        raise AuditError(f"{path}: cannot read as .npz ({reason})") from None
     for key in ("x_train", "y_train"):
         if key not in arrays:
             raise AuditError(f"{path}: missing array {key!r} (found {', '.join(sorted(arrays)) or 'none'})")
@@ -180,7 +187,7 @@ def _read_csv(path: Path, label_column: str) -> tuple[np.ndarray, np.ndarray]:
     import csv
 
     try:
-        with open(path, newline="") as fh:
+        with open(path, newline="", encoding="utf-8-sig") as fh:  # a byte-order mark is not part of the first column's name
             rows = list(csv.reader(fh))
     except (OSError, UnicodeDecodeError) as err:
         raise AuditError(f"{path}: cannot read as csv ({err})") from None

@@ -176,3 +176,43 @@ def test_names_with_mathtext_render(tmp_path):
     run = run_audit(parse_config(cfg), output_dir=tmp_path, progress=False)
     html = write_report(run).read_text()
     assert "$\\\\alpha$_flip" in html
+
+
+def test_user_files_get_one_line_errors(runner, tmp_path, monkeypatch):
+    """A text file as .npz, a csv with a byte-order mark, a relative dataset path from another directory."""
+    import numpy as np
+
+    (tmp_path / "fake.npz").write_text("x_train,y_train\n1,2\n")
+    cfg = tiny_config(dataset={"name": "npz", "path": "fake.npz"})
+    result = _run(runner, tmp_path, cfg)
+    assert result.exit_code == 2 and "fake.npz: not an .npz archive" in result.output and "pickle" not in result.output
+
+    rng = np.random.default_rng(0)
+    rows = ["\ufefflabel,a,b"] + [f"{i % 2},{rng.random():.3f},{rng.random():.3f}" for i in range(60)]
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "bom.csv").write_text("\n".join(rows) + "\n", encoding="utf-8")
+    config = write_yaml(tmp_path / "data" / "audit.yaml", tiny_config(dataset={"name": "csv", "path": "bom.csv", "label_column": "label"}))
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)  # dataset.path is relative to the config file, not the working directory
+    result = runner.invoke(cli, ["run", str(config), "--out", str(tmp_path / "out"), "--quiet"])
+    assert result.exit_code == 0, result.output
+
+
+def test_a_mismatched_target_state_dict_names_the_keys(runner, tmp_path):
+    import torch
+    from torch import nn
+
+    torch.save(nn.Linear(5, 2).state_dict(), tmp_path / "t.pt")
+    result = runner.invoke(cli, ["threshold", "--dataset", "breast_cancer", "--target", str(tmp_path / "t.pt")])
+    assert result.exit_code == 2
+    assert "does not fit logreg: missing keys ['linear.bias', 'linear.weight'], unexpected keys ['bias', 'weight']" in result.output
+
+
+def test_ctrl_c_during_startup_exits_130(tmp_path):
+    import subprocess
+    import sys
+
+    code = "import audit.cli\ndef boom(*a, **k):\n    raise KeyboardInterrupt\naudit.cli.cli.main = boom\naudit.cli.main()\n"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.returncode == 130 and "interrupted" in result.stderr

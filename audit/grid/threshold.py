@@ -44,10 +44,20 @@ def compute_threshold_report(dataset_name: str, model_name: str, l2: float, widt
             raise AuditError(f"--target: file not found: {path}")
         try:
             state = torch.load(path, map_location=device, weights_only=True)
-            target = copy.deepcopy(clean)
-            target.load_state_dict(state)
-        except Exception as err:  # noqa: BLE001 — any unreadable or mismatched file is the user's input
-            raise AuditError(f"--target: cannot load {path} as a state dict of {model_name} ({str(err).splitlines()[0]})") from None
+        except Exception as err:  # noqa: BLE001 — any unreadable file is the user's input
+            raise AuditError(f"--target: cannot load {path} as a state dict ({str(err).splitlines()[0]})") from None
+        if not isinstance(state, dict):
+            raise AuditError(f"--target: {path} holds a {type(state).__name__}, not a state dict (torch.save(model.state_dict(), path))")
+        target = copy.deepcopy(clean)
+        expected = target.state_dict()
+        missing, unexpected = sorted(set(expected) - set(state)), sorted(set(state) - set(expected))
+        shapes = [f"{k} {tuple(state[k].shape)} vs {tuple(v.shape)}" for k, v in expected.items()
+                  if k in state and hasattr(state[k], "shape") and tuple(state[k].shape) != tuple(v.shape)]  # fmt: skip
+        if missing or unexpected or shapes:
+            parts = [f"missing keys {missing}" if missing else "", f"unexpected keys {unexpected}" if unexpected else "",
+                     f"shapes differ: {'; '.join(shapes)}" if shapes else ""]  # fmt: skip
+            raise AuditError(f"--target: {path} does not fit {model_name}: {', '.join(p for p in parts if p)}")
+        target.load_state_dict(state)
         description = f"state dict {path}"
     else:
         assert eps_w is not None, "the CLI asks for --target or --eps-w"
