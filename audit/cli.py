@@ -46,9 +46,14 @@ def cli() -> None:
 @click.option("--out", "output_dir", type=click.Path(path_type=Path), help="Output directory (overrides the config's output_dir).")
 @click.option("--restart", is_flag=True, help="Discard a previous run of a different config in the same run directory.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
+@click.option("--threads", type=click.IntRange(min=1), default=None,
+              help="CPU threads for torch (default: the CPUs this process may use). Part of the run's fingerprint.")  # fmt: skip
 @_user_errors
-def run(config: Path | None, output_dir: Path | None, restart: bool, quiet: bool) -> None:
+def run(config: Path | None, output_dir: Path | None, restart: bool, quiet: bool, threads: int | None) -> None:
     """Run (or resume) the audit CONFIG describes; without CONFIG, the embedded default audit."""
+    from audit.threads import configure_threads
+
+    configure_threads(threads)  # before torch is imported: idle OpenMP threads sleep instead of spinning
     from audit.config import AuditConfig, load_config
     from audit.grid.runner import run_audit
     from audit.report import write_report

@@ -58,7 +58,9 @@ class RunPlan:
         from audit import __version__
 
         training = self.victim.procedure or {}
-        payload = json.dumps([self.config.fingerprint(), training, self.victim.description, __version__], sort_keys=True)
+        # CPU numbers depend on torch's thread count (reduction order): a run resumes only under the same count
+        numerics = {"threads": torch.get_num_threads(), "deterministic": torch.are_deterministic_algorithms_enabled()}
+        payload = json.dumps([self.config.fingerprint(), training, self.victim.description, __version__, numerics], sort_keys=True)
         return hashlib.sha256(payload.encode()).hexdigest()[:16]
 
     def cells(self) -> list[GridCell]:
@@ -194,6 +196,7 @@ def _prepare_store(plan: RunPlan, restart: bool) -> Store:
                 "created": time.time(),
                 "total_cells": len(plan.cells()),
                 "deployed_test_metric": plan.deployed_test_metric,
+                "threads": torch.get_num_threads(),
             }
         )
     return store
