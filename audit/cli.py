@@ -9,6 +9,7 @@ command resumes.
 from __future__ import annotations
 
 import functools
+import math
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -35,7 +36,23 @@ def _user_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
     return wrapper
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+class _OneLineGroup(click.Group):
+    """click's group, but a usage mistake is one line (``error: …``, exit 2) instead of usage + hint + error,
+    and Ctrl-C at any moment exits 130 (click would say "Aborted!" and exit 1)."""
+
+    def main(self, args: Any = None, prog_name: str | None = None, complete_var: str | None = None, standalone_mode: bool = True,
+             **extra: Any) -> Any:  # fmt: skip
+        try:
+            return super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+        except (KeyboardInterrupt, click.exceptions.Abort):
+            click.echo("\ninterrupted: finished cells are stored; run the same command again to resume", err=True)
+            sys.exit(EXIT_INTERRUPTED)
+        except click.exceptions.ClickException as err:
+            click.echo(f"error: {err.format_message()}", err=True)
+            sys.exit(EXIT_USER_ERROR if isinstance(err, click.exceptions.UsageError) else err.exit_code)
+
+
+@click.group(cls=_OneLineGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="poison-audit")
 def cli() -> None:
     """Audit how far a model can be damaged by indiscriminate data poisoning."""
@@ -110,8 +127,10 @@ def gate(run_dir: Path, budget: float, max_drop: float, allow_incomplete: bool) 
     3 when the run is incomplete (no verdict); writes gate.xml."""
     from audit.report.gate import gate as run_gate
 
-    if max_drop < 0:
-        raise AuditError(f"--max-drop must be ≥ 0 (got {max_drop:g})")
+    if not math.isfinite(max_drop) or max_drop < 0:
+        raise AuditError(f"--max-drop must be ≥ 0 and finite (got {max_drop:g})")
+    if not math.isfinite(budget):
+        raise AuditError(f"--budget must be a finite number (got {budget:g})")
     result = run_gate(run_dir, budget, max_drop, allow_incomplete=allow_incomplete)
     click.echo(("NO VERDICT: " if result.refused else "PASS: " if result.passed else "FAIL: ") + result.message)
     click.echo(f"junit: {Path(run_dir) / 'gate.xml'}")
@@ -138,10 +157,10 @@ def threshold(dataset_name: str, model_name: str, l2: float, width: int | None, 
 
     if (target_file is None) == (eps_w is None):
         raise AuditError("give exactly one target: --target FILE or --eps-w X")
-    if l2 < 0:
-        raise AuditError(f"--l2 must be ≥ 0 (got {l2:g})")
-    if eps_w is not None and eps_w <= 0:
-        raise AuditError(f"--eps-w must be > 0 (got {eps_w:g})")
+    if not math.isfinite(l2) or l2 < 0:
+        raise AuditError(f"--l2 must be ≥ 0 and finite (got {l2:g})")
+    if eps_w is not None and (not math.isfinite(eps_w) or eps_w <= 0):
+        raise AuditError(f"--eps-w must be > 0 and finite (got {eps_w:g})")
     if save_target is not None and eps_w is None:
         raise AuditError("--save-target writes the GradPC target: use it with --eps-w")
     report = compute_threshold_report(dataset_name, model_name, l2, width, seed, target_file, eps_w, save_target)
@@ -193,15 +212,8 @@ def list_() -> None:
 
 
 def main() -> None:
-    """The console entry point: Ctrl-C at any moment (imports included) exits 130, not click's 1."""
-    try:
-        code = cli.main(prog_name="poison-audit", standalone_mode=False)
-    except (KeyboardInterrupt, click.exceptions.Abort):
-        click.echo("\ninterrupted: finished cells are stored; run the same command again to resume", err=True)
-        sys.exit(EXIT_INTERRUPTED)
-    except click.exceptions.ClickException as err:
-        err.show()
-        sys.exit(err.exit_code)
+    """The console entry point (see :class:`_OneLineGroup` for errors and Ctrl-C)."""
+    code = cli.main(prog_name="poison-audit")
     sys.exit(code if isinstance(code, int) else 0)
 
 

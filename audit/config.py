@@ -440,6 +440,8 @@ def load_config(path: str | Path) -> AuditConfig:
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
         problem = getattr(err, "problem", None) or str(err).splitlines()[0]
         raise AuditError(f"{path}: YAML syntax error{where}: {problem}") from None
+    if data is None:
+        raise AuditError(f"{path}: the config file is empty (for the default audit run `poison-audit run` without a file)")
     dataset = data.get("dataset") if isinstance(data, dict) else None
     if isinstance(dataset, dict) and isinstance(dataset.get("path"), str) and not Path(dataset["path"]).expanduser().is_absolute():
         # a relative dataset path means relative to the config file, wherever the command runs

@@ -352,6 +352,10 @@ def load_dataset(spec: DatasetSpec) -> Dataset:
             if spec.name == "npz":
                 given = _read_npz(path)
                 x, y = given.pop("x_train"), given.pop("y_train")
+                for key in ("y_train", *(k for k in ("y_val", "y_test") if k in given)):
+                    labels = y if key == "y_train" else given[key]
+                    if not np.issubdtype(labels.dtype, np.number) or np.issubdtype(labels.dtype, np.complexfloating):
+                        raise AuditError(f"{path}: {key} must be numeric labels or responses (got dtype {labels.dtype})")
                 if x.ndim == 4:
                     meta["image_shape"] = tuple(x.shape[1:])
                 elif x.ndim == 3:
@@ -422,8 +426,14 @@ def load_dataset(spec: DatasetSpec) -> Dataset:
     elif "box" in meta:
         lo, hi = np.full(d, meta["box"][0]), np.full(d, meta["box"][1])
     elif "lo" in given and "hi" in given:
-        lo = np.broadcast_to(np.asarray(given["lo"], dtype=np.float64).reshape(-1), (d,)).copy()
-        hi = np.broadcast_to(np.asarray(given["hi"], dtype=np.float64).reshape(-1), (d,)).copy()
+        try:
+            lo = np.broadcast_to(np.asarray(given["lo"], dtype=np.float64).reshape(-1), (d,)).copy()
+            hi = np.broadcast_to(np.asarray(given["hi"], dtype=np.float64).reshape(-1), (d,)).copy()
+        except ValueError:
+            raise AuditError(f"dataset: lo and hi must be scalars or have one value per feature ({d}); got shapes "
+                             f"{np.shape(given['lo'])} and {np.shape(given['hi'])}") from None  # fmt: skip
+        if not (np.all(np.isfinite(lo)) and np.all(np.isfinite(hi))):
+            raise AuditError("dataset: the feature box lo/hi must be finite")
         if np.any(lo > hi):
             raise AuditError("dataset: the feature box has lo > hi for some feature")
     else:  # the attacker stays within the range seen in training

@@ -206,13 +206,15 @@ def test_a_mismatched_target_state_dict_names_the_keys(runner, tmp_path):
     torch.save(nn.Linear(5, 2).state_dict(), tmp_path / "t.pt")
     result = runner.invoke(cli, ["threshold", "--dataset", "breast_cancer", "--target", str(tmp_path / "t.pt")])
     assert result.exit_code == 2
-    assert "does not fit logreg: missing keys ['linear.bias', 'linear.weight'], unexpected keys ['bias', 'weight']" in result.output
+    assert "as a state dict of logreg: missing keys ['linear.bias', 'linear.weight'], unexpected keys ['bias', 'weight']" in result.output
 
 
 def test_ctrl_c_during_startup_exits_130(tmp_path):
     import subprocess
     import sys
 
-    code = "import audit.cli\ndef boom(*a, **k):\n    raise KeyboardInterrupt\naudit.cli.cli.main = boom\naudit.cli.main()\n"
+    code = ("import sys, audit.threads\ndef boom(*a, **k):\n    raise KeyboardInterrupt\n"
+            "audit.threads.configure_threads = boom  # as if Ctrl-C hit while torch is being imported\n"
+            "sys.argv = ['poison-audit', 'run']\nimport audit.cli\naudit.cli.main()\n")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert result.returncode == 130 and "interrupted" in result.stderr

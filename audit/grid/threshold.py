@@ -56,7 +56,7 @@ def compute_threshold_report(dataset_name: str, model_name: str, l2: float, widt
         if missing or unexpected or shapes:
             parts = [f"missing keys {missing}" if missing else "", f"unexpected keys {unexpected}" if unexpected else "",
                      f"shapes differ: {'; '.join(shapes)}" if shapes else ""]  # fmt: skip
-            raise AuditError(f"--target: {path} does not fit {model_name}: {', '.join(p for p in parts if p)}")
+            raise AuditError(f"--target: cannot load {path} as a state dict of {model_name}: {', '.join(p for p in parts if p)}")
         target.load_state_dict(state)
         description = f"state dict {path}"
     else:
