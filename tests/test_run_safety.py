@@ -218,3 +218,71 @@ def test_ctrl_c_during_startup_exits_130(tmp_path):
             "sys.argv = ['poison-audit', 'run']\nimport audit.cli\naudit.cli.main()\n")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert result.returncode == 130 and "interrupted" in result.stderr
+
+
+def _cells_stored(run_dir):
+    path = run_dir / "results.sqlite"
+    if not path.is_file():
+        return 0
+    try:
+        with sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=1) as db:
+            return db.execute("SELECT COUNT(*) FROM cells").fetchone()[0]
+    except sqlite3.Error:
+        return 0
+
+
+def _comparable(summary):
+    drop = {"seconds", "device"}
+    return [{k: v for k, v in c.items() if k not in drop} for c in summary["cells"]], summary["recommendation"]
+
+
+def _command(cfg):
+    import sys
+
+    return [sys.executable, "-m", "audit", "run", str(cfg), "--quiet", "--threads", "1", "--out"]
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory):
+    """One uninterrupted run of the 16-cell config, in a subprocess like the killed ones."""
+    import os
+    import subprocess
+
+    tmp = tmp_path_factory.mktemp("reference")
+    cfg = write_yaml(tmp / "audit.yaml", tiny_config(seeds=[0, 1]))
+    done = subprocess.run([*_command(cfg), str(tmp / "ref")], env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    return json.loads((tmp / "ref" / "tiny" / "summary.json").read_text())
+
+
+@pytest.mark.parametrize("moment", ["loading", "mid_grid", "after_last_cell"])
+def test_kill_9_loses_nothing_and_resumes_to_the_same_summary(tmp_path, moment, uninterrupted):
+    import os
+    import signal
+    import subprocess
+    import time
+
+    cfg = write_yaml(tmp_path / "audit.yaml", tiny_config(seeds=[0, 1]))  # 16 cells
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    command = _command(cfg)
+    run_dir = tmp_path / "killed" / "tiny"
+    victim = subprocess.Popen([*command, str(tmp_path / "killed")], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    if moment == "loading":
+        time.sleep(0.5)
+    else:
+        want = 4 if moment == "mid_grid" else 16
+        while _cells_stored(run_dir) < want and time.time() < deadline and victim.poll() is None:
+            time.sleep(0.005)
+    os.kill(victim.pid, signal.SIGKILL)
+    victim.wait()
+    stored = _cells_stored(run_dir)
+    if moment == "mid_grid":
+        assert 4 <= stored < 16, stored  # killed inside the grid
+    resumed = subprocess.run([*command, str(tmp_path / "killed")], env=env, capture_output=True, text=True, timeout=120)
+    assert resumed.returncode == 0, resumed.stderr
+    with sqlite3.connect(run_dir / "results.sqlite") as db:
+        keys = [k for (k,) in db.execute("SELECT cell_key FROM cells")]
+    assert len(keys) == len(set(keys)) == 16  # every cell exactly once
+    got = json.loads((run_dir / "summary.json").read_text())
+    assert _comparable(got) == _comparable(uninterrupted)
