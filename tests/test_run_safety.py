@@ -286,3 +286,31 @@ def test_kill_9_loses_nothing_and_resumes_to_the_same_summary(tmp_path, moment, 
     assert len(keys) == len(set(keys)) == 16  # every cell exactly once
     got = json.loads((run_dir / "summary.json").read_text())
     assert _comparable(got) == _comparable(uninterrupted)
+
+
+def test_threads_follow_the_cpus_available_and_are_part_of_the_fingerprint(tmp_path):
+    import os
+
+    import torch
+
+    from audit.config import parse_config
+    from audit.errors import AuditError
+    from audit.grid import plan_audit, run_audit
+    from audit.threads import available_cpus, configure_threads
+
+    assert 1 <= available_cpus() <= len(os.sched_getaffinity(0))
+    before = torch.get_num_threads()
+    try:
+        configure_threads(1)
+        assert torch.get_num_threads() == 1
+        config = parse_config(tiny_config(budgets=[0.1]))
+        one = plan_audit(config, output_dir=tmp_path).fingerprint()
+        run_audit(config, output_dir=tmp_path, progress=False)
+        configure_threads(2)
+        assert plan_audit(config, output_dir=tmp_path).fingerprint() != one
+        with pytest.raises(AuditError, match="holds a run of a different config or training procedure"):
+            run_audit(config, output_dir=tmp_path, progress=False)  # never mixes cells computed under two thread counts
+        with pytest.raises(ValueError, match="--threads must be ≥ 1"):
+            configure_threads(0)
+    finally:
+        torch.set_num_threads(before)
