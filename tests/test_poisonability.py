@@ -14,6 +14,7 @@ from audit.maths.poisonability import (
     margin_term,
     scale_output_layer,
     scale_to_budget,
+    tau_over_scalings,
     tau_rho,
     thresholds,
 )  # fmt: skip
@@ -145,3 +146,22 @@ def test_scaling_keeps_predictions_and_meets_the_budget():
     scaled = scale_output_layer(target, s)
     x = torch.tensor(d.x_test)
     assert torch.equal(scaled(x).argmax(1), target(x).argmax(1))
+
+
+@pytest.mark.parametrize("rho", [1e-3, 1e-2])
+def test_tau_over_same_prediction_targets_is_a_minimum_attained_at_its_scale(rho):
+    """The smallest τ among targets with the same predictions is ≤ the target's own τ, is attained at the
+    reported scale, and is no larger than τ at any scale of a finer brute-force grid over (0, 1]."""
+    d = load_dataset(DatasetSpec(name="digits"))
+    fitted = build_victim(ModelSpec(name="logreg"), TrainingSpec(epochs=100), d, CPU).fit(d.x_train, d.y_train, {"l2": rho}, 0)
+    target, _ = gradpc(fitted.module, d.x_val, d.y_val, "classification", eps_w=0.1, steps=50)
+    own = thresholds(target, d.x_train, d.y_train, "classification", rho, 10)
+    scale, best = tau_over_scalings(target, d.x_train, d.y_train, rho, 10)
+    inf = math.inf
+    assert best.tau_rho_2 is not None and best.tau_rho_2 <= (own.tau_rho_2 if own.tau_rho_2 is not None else inf)
+    again = thresholds(scale_output_layer(target, scale), d.x_train, d.y_train, "classification", rho, 10)
+    assert again.tau_rho_2 == pytest.approx(best.tau_rho_2)
+    x = torch.tensor(d.x_test)
+    assert torch.equal(scale_output_layer(target, scale)(x).argmax(1), target(x).argmax(1))  # the same predictions
+    coarse = [thresholds(scale_output_layer(target, s), d.x_train, d.y_train, "classification", rho, 10).tau_rho_2 for s in np.logspace(-3, 0, 13)]
+    assert best.tau_rho_2 <= min(t for t in coarse if t is not None) + 1e-9

@@ -34,7 +34,7 @@ from audit.grid.cells import GridCell, apply_defense
 from audit.grid.lock import LOCK_FILE, RunLock
 from audit.grid.store import RUN_FILES, STORE_FILE, Cell, Store, candidate_key, derive_seed, is_run_directory, remove_run
 from audit.jsonio import jsonable
-from audit.maths.poisonability import gradpc_target, module_metric, thresholds
+from audit.maths.poisonability import gradpc_target, module_metric, tau_over_scalings, thresholds
 from audit.models import Victim, build_victim, resolve_device
 from audit.models.estimator import deployed_metric
 
@@ -419,10 +419,13 @@ def record_thresholds(store: Store, cfg: AuditConfig, data: Dataset, victim: Vic
                      clean_th.as_dict(), {})  # fmt: skip
     for eps_w in cfg.poisonability.eps_w:
         target, result = gradpc_target(fitted, data, eps_w, cfg.poisonability.gradpc_steps)
-        th = thresholds(target, data.x_train, data.y_train, data.task, l2, data.n_classes)
+        th = thresholds(target, data.x_train, data.y_train, data.task, l2, data.n_classes).as_dict()
+        if data.task == "classification":  # the same predictions, another parameter vector: the smallest τ of the ray sW
+            scale, scaled = tau_over_scalings(target, data.x_train, data.y_train, l2, data.n_classes)
+            th.update(tau_rho_2_same_predictions=scaled.tau_rho_2, same_predictions_scale=scale)
         metric = lambda x, y: module_metric(target, x, y, data.task)  # noqa: E731
         store.put_target(cand, seed, eps_w, metric(data.x_val, data.y_val), metric(data.x_test, data.y_test),
-                         th.as_dict(), result.__dict__)  # fmt: skip
+                         th, result.__dict__)  # fmt: skip
 
 
 def minimax_bases(cfg: AuditConfig) -> list[dict[str, Any]]:

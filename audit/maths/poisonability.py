@@ -274,6 +274,34 @@ def scale_to_budget(module: nn.Module, x: np.ndarray, y: np.ndarray, l2: float, 
     return best
 
 
+#: output-layer scales searched for the prediction-equivalent threshold: 10^-3 … 1, 61 points
+SCALES = tuple(float(s) for s in np.logspace(-3.0, 0.0, 61))
+
+
+def tau_over_scalings(module: nn.Module, x: np.ndarray, y: np.ndarray, l2: float, n_classes: int | None,
+                      scales: tuple[float, ...] = SCALES) -> tuple[float, Threshold]:  # fmt: skip
+    """The smallest τ_ρ(2) among targets with the *same predictions*: the output layer (weights and
+    bias) scaled by ``s ∈ (0, 1]`` keeps every argmax, while ``a = E⟨h, p − y⟩`` and ``ρ‖W‖²`` change.
+
+    A threshold speaks about one parameter vector; the damage (the predictions) is shared by
+    the whole ray ``sW``. Returns the scale attaining the minimum over ``scales`` and its
+    :class:`Threshold` (an unreachable scale counts as +∞). As ``s → 0`` both terms vanish, so
+    the minimum tends to 0: *some* model with the target's predictions is reachable by a
+    tiny budget when poisons may lie anywhere — the unbounded threshold alone cannot certify
+    that a prediction-level damage is out of reach (the box-aware bound is what can).
+    """
+
+    def key(t: Threshold) -> float:
+        return math.inf if t.tau_rho_2 is None else t.tau_rho_2
+
+    best_s, best = 1.0, thresholds(module, x, y, "classification", l2, n_classes)
+    for s in scales:
+        t = thresholds(scale_output_layer(module, s), x, y, "classification", l2, n_classes)
+        if key(t) < key(best):
+            best_s, best = s, t
+    return best_s, best
+
+
 def gradpc_target(fitted: Any, data: Any, eps_w: float, steps: int) -> tuple[nn.Module, GradPCResult]:
     """The GradPC target of a fitted torch victim, cached in ``fitted.cache`` (budgets and attacks share it).
 

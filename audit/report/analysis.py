@@ -173,6 +173,9 @@ def threshold_table(a: Analysis) -> list[dict[str, Any]]:
                 "tau_rho_c": mean("tau_rho_c"),
                 "unreachable": sum(bool(x.get("unreachable")) for x in th), "seeds": len(group),
                 "condition": th[0].get("condition", ""), "w_norm_sq": mean("w_norm_sq"),
+                "tau_same_predictions": min((x["tau_rho_2_same_predictions"] for x in th if x.get("tau_rho_2_same_predictions") is not None),
+                                            default=None),
+                "scale": max((x.get("same_predictions_scale") or 1.0 for x in th), default=1.0),
             })  # fmt: skip
     return rows
 
@@ -188,9 +191,17 @@ def tau_sentence(a: Analysis) -> str:
         if r["eps_w"] != eps_w:
             continue
         tau = "unreachable at any budget" if r["tau_rho_2"] is None else f"τ_ρ(2) = {r['tau_rho_2']:.3g}"
+        same = r.get("tau_same_predictions")
+        if same is not None and (r["tau_rho_2"] is None or same < r["tau_rho_2"]):
+            tau += f", but {_tau_words(same)} for the same predictions (output layer × {r['scale']:.2g})"
         parts.append(f"{r['label']}: {tau}")
     return (f"Poisonability: the GradPC target at ε_w = {eps_w:g} (relative parameter change) needs "
-            f"ε ≥ τ to be reached — {'; '.join(parts)}.")  # fmt: skip
+            f"ε ≥ τ to be reached as a parameter vector — {'; '.join(parts)}. A threshold speaks about one "
+            "parameter vector with poisons anywhere in feature space; it does not bound the damage to predictions.")  # fmt: skip
+
+
+def _tau_words(tau: float) -> str:
+    return "reachable at any ε > 0" if tau <= 0 else f"τ_ρ(2) = {tau:.3g}"
 
 
 POLICY_LABELS = {"clean_cv": "λ_CLEAN (5-fold CV, clean)", "retuned": "λ re-tuned on D_val", "rmd": "λ_RMD (minimax)"}
