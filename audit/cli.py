@@ -121,8 +121,10 @@ def report(run_dir: Path) -> None:
 @click.option(
     "--allow-incomplete", is_flag=True, help="Judge a run with missing or failed cells on its finished cells (the message says how many are missing)."
 )
+@click.option("--confidence", type=float, default=None,
+              help="Judge the upper end of the worst-case drop's interval at this level (e.g. 0.95), not the point estimate.")  # fmt: skip
 @_user_errors
-def gate(run_dir: Path, budget: float, max_drop: float, allow_incomplete: bool) -> None:
+def gate(run_dir: Path, budget: float, max_drop: float, allow_incomplete: bool, confidence: float | None) -> None:
     """Exit 0 when the recommended setting's worst-case drop at BUDGET is at most MAX-DROP, 1 when it is larger,
     3 when the run is incomplete (no verdict); writes gate.xml."""
     from audit.report.gate import gate as run_gate
@@ -131,7 +133,9 @@ def gate(run_dir: Path, budget: float, max_drop: float, allow_incomplete: bool) 
         raise AuditError(f"--max-drop must be ≥ 0 and finite (got {max_drop:g})")
     if not math.isfinite(budget):
         raise AuditError(f"--budget must be a finite number (got {budget:g})")
-    result = run_gate(run_dir, budget, max_drop, allow_incomplete=allow_incomplete)
+    if confidence is not None and not (math.isfinite(confidence) and 0 < confidence < 1):
+        raise AuditError(f"--confidence must be in (0, 1) (got {confidence:g})")
+    result = run_gate(run_dir, budget, max_drop, allow_incomplete=allow_incomplete, confidence=confidence)
     click.echo(("NO VERDICT: " if result.refused else "PASS: " if result.passed else "FAIL: ") + result.message)
     click.echo(f"junit: {Path(run_dir) / 'gate.xml'}")
     sys.exit(result.exit_code)

@@ -6,6 +6,7 @@ import xml.etree.ElementTree as ET
 import numpy as np
 import pytest
 
+from audit.errors import AuditError
 from audit.config import parse_config
 from audit.grid.runner import run_audit
 from audit.report import templates_dir, write_report
@@ -148,3 +149,20 @@ def test_certified_accuracy_column_for_a_certifying_defense_under_any_id(tmp_pat
     assert "<th>certified accuracy</th>" in html and "dpa5: deep partition aggregation" in html
     row = re.search(r"<td>lf</td><td>10%</td><td>dpa5</td>(?:<td>[^<]*</td>){5}<td>([0-9.]+)</td></tr>", html)
     assert row is not None and 0 <= float(row.group(1)) <= 100, "the certified accuracy read from DPA's typed diagnostics"
+
+
+def test_intervals_in_summary_and_gate_with_confidence(run_dir):
+    s = json.loads((run_dir / "summary.json").read_text())
+    rec = s["recommendation"]
+    point = rec["worst_case_drop"]["0.3"]
+    lo, hi = rec["worst_case_drop_ci95"]["0.3"]
+    assert lo < point < hi  # a finite test split: a real interval around the estimate
+    assert all(c["drop_se"] > 0 for c in s["cells"] if c["status"] == "ok")
+    assert all(len(cand["clean_test_ci95"]) == 2 for cand in s["candidates"])
+    between = (point + hi) / 2
+    assert gate(run_dir, 0.3, max_drop=between).passed  # the point estimate is within the bound …
+    strict = gate(run_dir, 0.3, max_drop=between, confidence=0.95)
+    assert not strict.passed and "upper 95 % bound of the worst-case accuracy drop" in strict.message  # … its upper end is not
+    assert strict.damage == pytest.approx(hi, rel=1e-6)
+    with pytest.raises(AuditError, match=r"--confidence must be in \(0, 1\)"):
+        gate(run_dir, 0.3, max_drop=1, confidence=1.5)

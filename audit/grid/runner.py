@@ -282,12 +282,14 @@ def _run_grid(plan: RunPlan, store: Store, progress: bool) -> None:
         try:
             clean = victim.fit(data.x_train, data.y_train, hp, train_seed)
             clean_val, clean_test = clean.metric(data.x_val, data.y_val), clean.metric(data.x_test, data.y_test)
+            clean_points = (clean.pointwise(data.x_val, data.y_val), clean.pointwise(data.x_test, data.y_test))
         except Exception as err:  # the whole (h, s) group fails; the audit goes on
             for c in pending:
                 _record_failure(store, c, err, plan.device)
                 bar.update(1)
             continue
-        store.put_clean(cand, seed, clean_val, clean_test, time.perf_counter() - t0, clean.train_result)
+        clean_record = {**clean.train_result, "metric_se": {"val": standard_error(clean_points[0]), "test": standard_error(clean_points[1])}}
+        store.put_clean(cand, seed, clean_val, clean_test, time.perf_counter() - t0, clean_record)
         for defense_spec in cfg.defenses:
             if defense_spec.name != "none":
                 record_clean_defense(store, plan, victim, hp, cand, seed, train_seed, defense_spec)
@@ -321,7 +323,7 @@ def _run_grid(plan: RunPlan, store: Store, progress: bool) -> None:
                 continue
             attack_seconds = time.perf_counter() - t_attack
             for c in defense_cells:
-                _run_defense_cell(plan, store, c, hp, train_seed, clean_val, clean_test, x_p, y_p,
+                _run_defense_cell(plan, store, c, hp, train_seed, (clean_val, clean_test), clean_points, x_p, y_p,
                                   diagnostics, attack_seconds)  # fmt: skip
                 bar.update(1)
     bar.close()
@@ -333,8 +335,8 @@ def _run_defense_cell(
     c: GridCell,
     hp: dict[str, Any],
     train_seed: int,
-    clean_val: float,
-    clean_test: float,
+    clean_metrics: tuple[float, float],
+    clean_points: tuple[np.ndarray, np.ndarray],
     x_p: np.ndarray,
     y_p: np.ndarray,
     attack_diag: dict,
@@ -353,8 +355,8 @@ def _run_defense_cell(
         cell = Cell(
             **c.identity(),
             status="ok",
-            clean_val=clean_val,
-            clean_test=clean_test,
+            clean_val=clean_metrics[0],
+            clean_test=clean_metrics[1],
             poisoned_val=poisoned.metric(data.x_val, data.y_val),
             poisoned_test=poisoned.metric(data.x_test, data.y_test),
             n_poison=int(len(y_p)),
@@ -362,11 +364,34 @@ def _run_defense_cell(
             clean_removed=int((~keep & ~is_poison).sum()),
             seconds=attack_seconds + time.perf_counter() - t0,
             device=str(plan.device),
-            diagnostics=json.dumps({"attack": attack_diag, "defense": jsonable(defense_diag), "retrain": poisoned.train_result}),
+            diagnostics=json.dumps(
+                {
+                    "attack": attack_diag,
+                    "defense": jsonable(defense_diag),
+                    "retrain": poisoned.train_result,
+                    "se": _paired_errors(clean_points, poisoned, data),
+                }
+            ),  # fmt: skip
         )
         store.put_cell(cell)
     except Exception as err:
         _record_failure(store, c, err, plan.device)
+
+
+def standard_error(points: np.ndarray) -> float:
+    """Standard error of the mean of per-point values (n ≥ 2; 0 for fewer)."""
+    return float(np.std(points, ddof=1) / np.sqrt(len(points))) if len(points) > 1 else 0.0
+
+
+def _paired_errors(clean_points: tuple[np.ndarray, np.ndarray], poisoned: Any, data: Dataset) -> dict[str, float]:
+    """Standard errors of one cell's figures over the split's points: the poisoned metric, and the
+    drop, paired (the same points scored by the clean and the poisoned model)."""
+    out = {}
+    for split, clean, (x, y) in (("val", clean_points[0], (data.x_val, data.y_val)), ("test", clean_points[1], (data.x_test, data.y_test))):
+        points = poisoned.pointwise(x, y)
+        out[f"{split}_metric"] = standard_error(points)
+        out[f"{split}_drop"] = standard_error(clean - points)
+    return out
 
 
 def _record_failure(store: Store, c: GridCell, err: BaseException, device: torch.device) -> None:

@@ -87,6 +87,13 @@ class Fitted(ABC):
             return float(100.0 * np.mean(pred == y))
         return float(np.mean((pred - y) ** 2))
 
+    def pointwise(self, x: np.ndarray, y: np.ndarray) -> np.ndarray:
+        """The metric per point, shape (n,): 100 × correct (classification) or the squared error; its mean is :meth:`metric`."""
+        pred = self.predict(x)
+        if self.task == "classification":
+            return 100.0 * (pred == y).astype(np.float64)
+        return ((np.asarray(pred, np.float64) - y) ** 2).reshape(-1)
+
     @abstractmethod
     def class_losses(self, x: np.ndarray) -> np.ndarray:
         """Loss of each point under every possible label, shape (n, c) (classification only)."""

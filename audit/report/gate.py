@@ -10,6 +10,7 @@ from xml.sax.saxutils import escape, quoteattr
 from audit.errors import AuditError
 from audit.jsonio import atomic_write
 from audit.report.analysis import analyse
+from audit.report.recommend import z_of
 
 #: exit codes of ``poison-audit gate``
 EXIT_PASS, EXIT_FAIL, EXIT_INCOMPLETE = 0, 1, 3
@@ -32,14 +33,18 @@ class GateResult:
         return EXIT_INCOMPLETE if self.refused else (EXIT_PASS if self.passed else EXIT_FAIL)
 
 
-def gate(run_dir: str | Path, budget: float, max_drop: float, allow_incomplete: bool = False) -> GateResult:
+def gate(run_dir: str | Path, budget: float, max_drop: float, allow_incomplete: bool = False, confidence: float | None = None) -> GateResult:
     """Pass when the recommended setting's worst-case test damage at ``budget`` is at most ``max_drop``; writes gate.xml.
 
     A run whose planned cells are not all finished (some failed or never ran) gets no verdict
     — ``refused``, exit code 3 — because its worst case may be among the missing cells. With
     ``allow_incomplete`` the finished cells are judged and the message and the JUnit file say
-    how many cells were missing.
+    how many cells were missing. With ``confidence`` (e.g. 0.95) the gate judges the upper end
+    of the worst-case drop's two-sided interval at that level (``max_a damage_a + z·SE_a``,
+    :mod:`audit.report.recommend`) instead of the point estimate.
     """
+    if confidence is not None and not 0 < confidence < 1:
+        raise AuditError(f"--confidence must be in (0, 1) (got {confidence:g})")
     run_dir = Path(run_dir)
     a = analyse(run_dir)
     if budget not in a.config.budgets:
@@ -52,6 +57,12 @@ def gate(run_dir: str | Path, budget: float, max_drop: float, allow_incomplete: 
         return result
     rec = a.recommended()
     damage = rec.worst_damage_test.get(budget) if rec else None
+    judged = "worst-case"
+    if rec is not None and damage is not None and confidence is not None:
+        z = z_of(confidence)
+        per_attack = [st for (_, eps, d), st in rec.stats.items() if eps == budget and d == rec.defense]
+        damage = max(st.damage_test + z * st.damage_test_se for st in per_attack)
+        judged = f"upper {100 * confidence:g} % bound of the worst-case"
     what = "accuracy drop" if a.higher_is_better else "MSE increase"
     unit = " points" if a.higher_is_better else ""
     if rec is None or damage is None or not math.isfinite(damage):
@@ -61,7 +72,7 @@ def gate(run_dir: str | Path, budget: float, max_drop: float, allow_incomplete: 
         shown = f"{damage:.2f}" if a.higher_is_better else f"{damage:.4g}"
         result = GateResult(
             passed,
-            f"{a.recommendation.label}: worst-case {what} at ε = {budget:g} is {shown}{unit} "
+            f"{a.recommendation.label}: {judged} {what} at ε = {budget:g} is {shown}{unit} "
             f"({'≤' if passed else '>'} {max_drop:g}{unit} allowed; worst attack {rec.worst_attack.get(budget)})",
             damage,
         )

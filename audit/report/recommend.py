@@ -9,6 +9,17 @@ beside it, never used to choose.
 
 "Damage" is the accuracy drop in points (classification) or the MSE increase
 (regression); larger is worse.
+
+**Uncertainty.** Every mean over seeds carries a standard error with two parts: the
+seed-to-seed variation (sample variance / S) and the finite evaluation split — each
+cell's standard error over the split's points, *paired* for a drop (the same points scored
+by the clean and the poisoned model), averaged over seeds and counted once, not divided by
+S, since every seed is scored on the same points:
+``SE² = s²_seeds / S + (mean_s SE_points,s)²``. Intervals are normal,
+``mean ± z·SE`` (95 % by default). The worst case over attacks gets
+``[max_a lower_a, max_a upper_a]``, which covers the true worst case whenever each attack's
+interval covers its own. Settings whose worst-case validation intervals at the target
+budget overlap the best one's are **tied**; the tie is broken by clean validation accuracy.
 """
 
 from __future__ import annotations
@@ -16,6 +27,7 @@ from __future__ import annotations
 import json
 import math
 from dataclasses import dataclass, field
+from statistics import NormalDist
 from typing import Any
 
 import numpy as np
@@ -24,6 +36,21 @@ from audit.config import candidate_label
 from audit.grid.store import Cell
 
 __all__ = ["AttackStats", "CandidateSummary", "Recommendation", "aggregate", "candidate_label", "pair_id", "recommend"]
+
+
+Z95 = NormalDist().inv_cdf(0.975)
+
+
+def z_of(confidence: float) -> float:
+    """The normal quantile of a two-sided interval at ``confidence`` (0.95 → 1.96)."""
+    return NormalDist().inv_cdf(0.5 + confidence / 2)
+
+
+def combined_se(values: list[float], point_ses: list[float]) -> float:
+    """SE of the mean over seeds: seed variation plus the evaluation split's sampling, counted once (module docstring)."""
+    seeds = float(np.var(values, ddof=1)) / len(values) if len(values) > 1 else 0.0
+    points = float(np.mean(point_ses)) if point_ses else 0.0
+    return math.sqrt(seeds + points**2)
 
 
 def _mean(values: list[Any]) -> float:
@@ -53,6 +80,9 @@ class AttackStats:
     seconds: float
     poisons_removed: float
     clean_removed: float
+    damage_test_se: float = 0.0
+    damage_val_se: float = 0.0
+    poisoned_val_se: float = 0.0
 
 
 @dataclass
@@ -71,6 +101,12 @@ class CandidateSummary:
     worst_attack: dict[float, str] = field(default_factory=dict)
     missing: int = 0
     defense: str = "none"
+    clean_val_se: float = 0.0
+    clean_test_se: float = 0.0
+    #: per budget: the worst case's 95 % interval over attacks (test damage; validation poisoned metric)
+    worst_damage_test_ci: dict[float, tuple[float, float]] = field(default_factory=dict)
+    worst_damage_val_ci: dict[float, tuple[float, float]] = field(default_factory=dict)
+    worst_val_ci: dict[float, tuple[float, float]] = field(default_factory=dict)
 
     @property
     def pair(self) -> str:
@@ -106,15 +142,20 @@ def aggregate(
     """Means over seeds of every (candidate, attack, budget) for ``defense``, and the worst case over attacks."""
     sign = 1.0 if higher_is_better else -1.0
     ok = [c for c in cells if c.status == "ok"]
-    clean_by = {}
-    for cand, seed, val, test, _, _ in clean_rows:
+    clean_by, clean_se = {}, {}
+    for cand, seed, val, test, _, record in clean_rows:
         clean_by[(cand, seed)] = (val, test)
+        clean_se[(cand, seed)] = (record or {}).get("metric_se") or {}
     out = []
     for hp in candidates:
         key = json.dumps(hp, sort_keys=True)
         cv = [clean_by[(key, s)][0] for s in seeds if (key, s) in clean_by]
         ct = [clean_by[(key, s)][1] for s in seeds if (key, s) in clean_by]
         summary = CandidateSummary(key, hp, candidate_label(hp), _mean(cv), _mean(ct), _std(ct))
+        ses = [clean_se[(key, s)] for s in seeds if (key, s) in clean_se]
+        if cv:
+            summary.clean_val_se = combined_se(cv, [e.get("val", 0.0) for e in ses])
+            summary.clean_test_se = combined_se(ct, [e.get("test", 0.0) for e in ses])
         for attack in attacks:
             for eps in budgets:
                 rows = [c for c in ok if c.candidate == key and c.attack == attack and c.budget == eps and c.defense == defense]
@@ -123,6 +164,7 @@ def aggregate(
                     continue
                 pv = [c.poisoned_val for c in rows]
                 pt = [c.poisoned_test for c in rows]
+                se = [c.recorded("se") for c in rows]  # {} for cells stored before the audit recorded them
                 summary.stats[(attack, eps, defense)] = AttackStats(
                     poisoned_val=_mean(pv),
                     poisoned_test=_mean(pt),
@@ -133,6 +175,9 @@ def aggregate(
                     seconds=_mean([c.seconds for c in rows]),
                     poisons_removed=_mean([_f(c.poisons_removed) / max(_f(c.n_poison), 1) for c in rows]),
                     clean_removed=_mean([_f(c.clean_removed) for c in rows]),
+                    damage_test_se=combined_se([_f(c.clean_test) - _f(c.poisoned_test) for c in rows], [e.get("test_drop", 0.0) for e in se]),
+                    damage_val_se=combined_se([_f(c.clean_val) - _f(c.poisoned_val) for c in rows], [e.get("val_drop", 0.0) for e in se]),
+                    poisoned_val_se=combined_se([_f(v) for v in pv], [e.get("val_metric", 0.0) for e in se]),
                 )
         for eps in budgets:
             per_attack = {a: summary.stats[(a, eps, defense)] for a in attacks if (a, eps, defense) in summary.stats}
@@ -145,11 +190,30 @@ def aggregate(
             worst_t = max(per_attack, key=lambda a: per_attack[a].damage_test)
             summary.worst_test[eps] = per_attack[worst_t].poisoned_test
             summary.worst_damage_test[eps] = per_attack[worst_t].damage_test
+            stats = per_attack.values()
+            summary.worst_damage_test_ci[eps] = (max(s.damage_test - Z95 * s.damage_test_se for s in stats),
+                                                 max(s.damage_test + Z95 * s.damage_test_se for s in stats))  # fmt: skip
+            summary.worst_damage_val_ci[eps] = (max(s.damage_val - Z95 * s.damage_val_se for s in stats),
+                                                max(s.damage_val + Z95 * s.damage_val_se for s in stats))  # fmt: skip
+            # the worst poisoned validation metric (lower is worse for accuracy): the min over attacks, per end
+            level = [(sign * s.poisoned_val, s.poisoned_val_se) for s in stats]
+            summary.worst_val_ci[eps] = tuple(sorted((sign * min(m - Z95 * e for m, e in level),
+                                                      sign * min(m + Z95 * e for m, e in level))))  # type: ignore[assignment]  # a pair  # fmt: skip
         summary.defense = defense
         if defense != "none":
             summary.label = f"{summary.label} + {defense}"
         out.append(summary)
     return out
+
+
+def _signed_ci(s: CandidateSummary, eps: float, sign: float) -> tuple[float, float]:
+    """The worst-case validation interval with "higher is better" orientation (a point when none was recorded)."""
+    lo, hi = s.worst_val_ci.get(eps, (s.worst_val[eps], s.worst_val[eps]))
+    return (sign * lo, sign * hi) if sign > 0 else (sign * hi, sign * lo)
+
+
+def _overlap(a: tuple[float, float], b: tuple[float, float]) -> bool:
+    return a[0] <= b[1] and b[0] <= a[1]
 
 
 def recommend(
@@ -168,19 +232,33 @@ def recommend(
                               [], target_budget, tolerance)  # fmt: skip
     best_clean = max(sign * s.clean_val for s in scored)
     eligible = [s for s in scored if sign * s.clean_val >= best_clean - tolerance]
-    # best worst case; ties → better clean validation metric → earlier in the grid
-    pick = max(eligible, key=lambda s: (sign * s.worst_val[target_budget], sign * s.clean_val, -summaries.index(s)))
+    # best worst case by its point estimate; settings whose 95 % intervals overlap it are tied,
+    # and among the tied the better clean validation metric wins (then the earlier in the grid)
+    best = max(eligible, key=lambda s: (sign * s.worst_val[target_budget], sign * s.clean_val, -summaries.index(s)))
+    tied = [s for s in eligible if _overlap(_signed_ci(s, target_budget, sign), _signed_ci(best, target_budget, sign))]
+    pick = max(tied, key=lambda s: (sign * s.clean_val, sign * s.worst_val[target_budget], -summaries.index(s)))
     unit = (" point" if tolerance == 1 else " points") if higher_is_better else ""
     best_clean_s = max(scored, key=lambda s: sign * s.clean_val)
     most_robust = max(scored, key=lambda s: sign * s.worst_val[target_budget])
     parts = [
         f"Recommended: {pick.label}. Among the {len(eligible)} of {len(scored)} candidates whose clean validation "
         f"{metric_name} is within {tolerance:g}{unit} of the best ({best_clean_s.label}: {f(best_clean_s.clean_val)}), "
-        f"it keeps the best worst-case validation {metric_name} at ε = {target_budget:g}: "
+        f"it keeps {'the best' if pick is best else 'a statistically tied'} worst-case validation {metric_name} at ε = {target_budget:g}: "
         f"{f(pick.worst_val[target_budget])} (clean {f(pick.clean_val)}, worst attack "
         f"{pick.worst_attack[target_budget]}).",
     ]
-    if most_robust is not pick:
+    others = [s for s in tied if s is not pick]
+    if others:
+        lo, hi = pick.worst_val_ci.get(target_budget, (math.nan, math.nan))
+        names = ", ".join(s.label for s in others)
+        if best is not pick:
+            parts.append(f"{best.label} has the best worst case by its point estimate, but {pick.label} is tied with it within the "
+                         f"95 % intervals (its worst case {f(lo)}–{f(hi)}; tied: {names}) and has the better clean validation "
+                         f"{metric_name}, which breaks the tie.")  # fmt: skip
+        else:
+            parts.append(f"Its worst case ({f(lo)}–{f(hi)}, 95 %) is tied within the intervals with {names}; it has the "
+                         f"best clean validation {metric_name} among them.")  # fmt: skip
+    if most_robust is not pick and most_robust not in tied:
         parts.append(
             f"{most_robust.label} holds up better under attack ({f(most_robust.worst_val[target_budget])}) but its clean "
             f"validation {metric_name} ({f(most_robust.clean_val)}) is outside the tolerance."

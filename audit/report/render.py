@@ -23,7 +23,7 @@ from audit.jsonio import atomic_write, finite
 from audit.report import figures
 from audit.report.analysis import Analysis, analyse, threshold_table
 from audit.report.analysis import fmt as _fmt
-from audit.report.recommend import candidate_label
+from audit.report.recommend import Z95, candidate_label
 from audit.report.sections import SECTIONS
 
 SUMMARY_SCHEMA_VERSION = 1
@@ -67,7 +67,7 @@ def build_context(a: Analysis) -> dict[str, Any]:
             "clean_val": _fmt(s.clean_val),
             "clean_test": _fmt(s.clean_test),
             "budgets": [{"worst_val": _fmt(s.worst_val.get(e)), "damage": _fmt(s.worst_damage_test.get(e)),
-                         "attack": s.worst_attack.get(e, "n/a")} for e in budgets],
+                         "ci": _fmt_ci(s.worst_damage_test_ci.get(e)), "attack": s.worst_attack.get(e, "n/a")} for e in budgets],
         })  # fmt: skip
     detail = []
     for s in a.summaries:
@@ -79,6 +79,7 @@ def build_context(a: Analysis) -> dict[str, Any]:
                     "poisoned": _fmt(st.poisoned_test) if st else "n/a",
                     "std": _fmt(st.poisoned_test_std) if st else "n/a",
                     "damage": _fmt(st.damage_test) if st else "n/a",
+                    "ci": _fmt_ci((st.damage_test - Z95 * st.damage_test_se, st.damage_test + Z95 * st.damage_test_se)) if st else "",
                     "seeds": st.n_seeds if st else 0, "seconds": _fmt(st.seconds, 1) if st else "n/a",
                 })  # fmt: skip
     verdict_damage = rec.worst_damage_test.get(target) if rec else None
@@ -103,6 +104,7 @@ def build_context(a: Analysis) -> dict[str, Any]:
             "clean_test": _fmt(rec.clean_test) if rec else "n/a",
             "worst_test": _fmt(rec.worst_test.get(target)) if rec else "n/a",
             "damage": _fmt(verdict_damage),
+            "ci": _fmt_ci(rec.worst_damage_test_ci.get(target)) if rec else "",
         },
         "severity": _severity(verdict_damage, a.higher_is_better),
         "budgets": [f"{100 * b:g}%" for b in budgets],
@@ -159,6 +161,13 @@ def _deployed(a: Analysis) -> dict[str, Any] | None:
             "gap": f"{gap:.1f} points" if a.higher_is_better else f"{100 * gap / max(abs(value), 1e-12):.0f} % of the MSE"}  # fmt: skip
 
 
+def _fmt_ci(ci: tuple[float, float] | None) -> str:
+    """A 95 % interval as text, e.g. ``2.1–6.5`` (empty when there is none)."""
+    if ci is None or not all(math.isfinite(v) for v in ci):
+        return ""
+    return f"{_fmt(ci[0])}–{_fmt(ci[1])}"
+
+
 def _describe_training(training: dict[str, Any] | None) -> str:
     if not training:
         return "the model's own solver (scikit-learn)"
@@ -212,6 +221,8 @@ def build_summary(a: Analysis) -> dict[str, Any]:
             "clean_test_accuracy": rec.clean_test if rec else None,
             "worst_case_drop": {str(e): v for e, v in rec.worst_damage_test.items()} if rec else {},
             "worst_case_drop_val": {str(e): v for e, v in rec.worst_damage_val.items()} if rec else {},
+            "worst_case_drop_ci95": {str(e): list(v) for e, v in rec.worst_damage_test_ci.items()} if rec else {},
+            "intervals": "95 % normal: seed variation plus the test split's paired sampling error (see audit.report.recommend)",
             "reason": a.recommendation.reason,
         },
         "candidates": [_setting(a, s) for s in a.summaries],  # without a defense
@@ -228,6 +239,7 @@ def build_summary(a: Analysis) -> dict[str, Any]:
                 "clean_val_metric": c.clean_val,
                 "poisoned_val_metric": c.poisoned_val,
                 "drop": None if c.status != "ok" else sign * (c.clean_test - c.poisoned_test),
+                "drop_se": c.recorded("se").get("test_drop") if c.status == "ok" else None,
                 "n_poison": c.n_poison,
                 "poisons_removed": c.poisons_removed,
                 "clean_removed": c.clean_removed,
@@ -264,8 +276,11 @@ def write_report(run_dir: str | Path) -> Path:
 def _setting(a: Analysis, s: Any) -> dict[str, Any]:
     """One setting of summary.json: clean metrics, worst case per budget, eligibility."""
     return {"hyperparameters": s.hparams, "clean_val": s.clean_val, "clean_test": s.clean_test,
+            "clean_test_ci95": [s.clean_test - Z95 * s.clean_test_se, s.clean_test + Z95 * s.clean_test_se],
             "worst_case_val": {str(e): v for e, v in s.worst_val.items()},
+            "worst_case_val_ci95": {str(e): list(v) for e, v in s.worst_val_ci.items()},
             "worst_case_drop": {str(e): v for e, v in s.worst_damage_test.items()},
+            "worst_case_drop_ci95": {str(e): list(v) for e, v in s.worst_damage_test_ci.items()},
             "eligible": s.pair in a.recommendation.eligible}  # fmt: skip
 
 
