@@ -8,6 +8,7 @@ clipped to it.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -49,6 +50,24 @@ class Dataset:
     n_classes: int | None = None
     image_shape: tuple[int, ...] | None = None
     notes: dict[str, str] = field(default_factory=dict)
+    #: the part of D_val reserved for defenses that read it (see :meth:`with_defense_validation`); None: not split
+    defense_val: tuple[np.ndarray, np.ndarray] | None = None
+
+    def defense_validation(self) -> tuple[np.ndarray, np.ndarray]:
+        """The validation points a defense may read: its own part of D_val when the audit split it, else all of D_val."""
+        return self.defense_val if self.defense_val is not None else (self.x_val, self.y_val)
+
+    def with_defense_validation(self, seed: int) -> Dataset:
+        """A copy whose D_val is split in two by a seeded shuffle: one half for the defenses that read
+        it (influence filter, RONI), the other — ``x_val``/``y_val`` of the copy — for selection, so a
+        defense is never chosen on the points it used to filter."""
+        if self.defense_val is not None:
+            return self
+        order = np.random.default_rng(seed).permutation(len(self.y_val))
+        cut = len(order) // 2
+        mine, theirs = np.sort(order[cut:]), np.sort(order[:cut])
+        return dataclasses.replace(self, x_val=self.x_val[mine], y_val=self.y_val[mine],
+                                   defense_val=(self.x_val[theirs], self.y_val[theirs]))  # fmt: skip
 
     @property
     def n_features(self) -> int:
@@ -69,6 +88,7 @@ class Dataset:
             "n_classes": self.n_classes,
             "image_shape": list(self.image_shape) if self.image_shape else None,
             "feature_box": [float(self.lo.min()), float(self.hi.max())],
+            "n_val_defense": None if self.defense_val is None else len(self.defense_val[1]),
         }
 
 

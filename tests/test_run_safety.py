@@ -314,3 +314,26 @@ def test_threads_follow_the_cpus_available_and_are_part_of_the_fingerprint(tmp_p
             configure_threads(0)
     finally:
         torch.set_num_threads(before)
+
+
+def test_defenses_that_read_validation_get_their_own_half_of_it(tmp_path):
+    """Issue 16: selection must not reuse the points a defense filtered with."""
+    import numpy as np
+
+    from audit.config import parse_config
+    from audit.data import load_dataset
+    from audit.grid import plan_audit
+
+    cfg = parse_config(tiny_config(defenses=["none", "influence_filter"]))
+    plan = plan_audit(cfg, output_dir=tmp_path)
+    full = load_dataset(cfg.dataset)
+    x_def, y_def = plan.dataset.defense_validation()
+    assert len(y_def) + len(plan.dataset.y_val) == len(full.y_val) and len(y_def) == len(full.y_val) // 2
+    rows = {r.tobytes() for r in full.x_val}
+    mine, theirs = {r.tobytes() for r in plan.dataset.x_val}, {r.tobytes() for r in x_def}
+    assert mine | theirs == rows and not (mine & theirs)  # a partition of D_val
+    assert np.array_equal(plan_audit(cfg, output_dir=tmp_path).dataset.x_val, plan.dataset.x_val)  # seeded
+    defense = cfg.defense_spec("influence_filter").defense.for_cell(0.1, 0, plan.dataset)
+    assert {r.tobytes() for r in defense.validation[0]} == theirs
+    plain = plan_audit(parse_config(tiny_config()), output_dir=tmp_path)
+    assert plain.dataset.defense_val is None and len(plain.dataset.y_val) == len(full.y_val)  # no reader: D_val whole

@@ -123,7 +123,7 @@ class InfluenceFilter(Defense):
 
     @classmethod
     def from_dataset(cls, dataset: Any) -> dict[str, Any]:
-        return {"validation": (dataset.x_val, dataset.y_val)}
+        return {"validation": dataset.defense_validation()}
 
     def apply(self, x: np.ndarray, y: np.ndarray, victim: Any, hparams: dict[str, Any]) -> DefenseResult:
         if self.validation is None:

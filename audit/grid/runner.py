@@ -103,6 +103,8 @@ def plan_audit(
     """
     device = resolve_device(config.device)
     data = dataset if dataset is not None else load_dataset(config.dataset)
+    if any(spec.defense.reads_validation for spec in config.defenses):
+        data = data.with_defense_validation(config.dataset.split.seed)  # selection never reuses a defense's points
     check_scorable(data, config.budgets)
     victim = build_victim(config.model, config.training, data, device, model_obj=model)
     if config.poisonability.enabled == "on" and not victim.builds_modules:

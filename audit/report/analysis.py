@@ -138,8 +138,12 @@ def defense_cost_sentence(a: Analysis, defended_rows: list) -> str:
             f"{fmt(plain.clean_val)} without; test {fmt(chosen.clean_test)} vs {fmt(plain.clean_test)}) and drops "
             f"{np.mean(removed):.0f} clean training points on average.")  # fmt: skip
     if a.config.defense_spec(rec.defense).defense.reads_validation:
-        text += (f" {rec.defense} itself selects points with the validation split, so its validation figures are "
-                 "optimistic: judge it by the test figures.")  # fmt: skip
+        if a.meta["dataset"].get("n_val_defense"):
+            text += (f" {rec.defense} reads its own {a.meta['dataset']['n_val_defense']} validation points; the "
+                     f"{a.meta['dataset']['n_val']} used to choose it are separate.")  # fmt: skip
+        else:
+            text += (f" {rec.defense} itself selects points with the validation split, so its validation figures are "
+                     "optimistic: judge it by the test figures.")  # fmt: skip
     return text
 
 
