@@ -142,7 +142,11 @@ def gate(run_dir: Path, budget: float, max_drop: float, allow_incomplete: bool, 
 
 
 @cli.command()
-@click.option("--dataset", "dataset_name", default="mnist5k", show_default=True, help="Built-in dataset (see `poison-audit list`).")
+@click.option("--dataset", "dataset_name", default="mnist5k", show_default=True,
+              help="A built-in dataset (see `poison-audit list`) or your data: a .npz, a .csv (with --label-column) or an image folder.")  # fmt: skip
+@click.option("--label-column", default=None, help="For a .csv --dataset: the column holding the labels.")
+@click.option("--config", "config_file", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Take the dataset, model and training procedure from an audit config instead.")  # fmt: skip
 @click.option("--model", "model_name", default="logreg", show_default=True, help="logreg, mlp or cnn.")
 @click.option("--l2", type=float, default=0.0, show_default=True, help="L2 strength ρ of the victim's objective.")
 @click.option("--width", type=int, default=None, help="Width of an mlp/cnn victim.")
@@ -152,12 +156,12 @@ def gate(run_dir: Path, budget: float, max_drop: float, allow_incomplete: bool, 
 @click.option("--save-target", type=click.Path(dir_okay=False, path_type=Path), help="Write the GradPC target's state dict here.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of text.")
 @_user_errors
-def threshold(dataset_name: str, model_name: str, l2: float, width: int | None, seed: int, target_file: Path | None,
-              eps_w: float | None, save_target: Path | None, as_json: bool) -> None:  # fmt: skip
+def threshold(dataset_name: str, label_column: str | None, config_file: Path | None, model_name: str, l2: float, width: int | None,
+              seed: int, target_file: Path | None, eps_w: float | None, save_target: Path | None, as_json: bool) -> None:  # fmt: skip
     """How much poison any attack needs to reach a target model (τ), without running an attack."""
     import json
 
-    from audit.grid.threshold import compute_threshold_report
+    from audit.grid.threshold import compute_threshold_report, dataset_spec_for
 
     if (target_file is None) == (eps_w is None):
         raise AuditError("give exactly one target: --target FILE or --eps-w X")
@@ -167,7 +171,16 @@ def threshold(dataset_name: str, model_name: str, l2: float, width: int | None, 
         raise AuditError(f"--eps-w must be > 0 and finite (got {eps_w:g})")
     if save_target is not None and eps_w is None:
         raise AuditError("--save-target writes the GradPC target: use it with --eps-w")
-    report = compute_threshold_report(dataset_name, model_name, l2, width, seed, target_file, eps_w, save_target)
+    if config_file is not None:
+        from audit.config import load_config
+
+        cfg = load_config(config_file)
+        dataset_name, model_name = cfg.dataset.path or cfg.dataset.name, cfg.model.name
+        report = compute_threshold_report(dataset_name, model_name, l2, width, seed, target_file, eps_w, save_target,
+                                          dataset_spec=cfg.dataset, model_spec=cfg.model, training=cfg.training)  # fmt: skip
+    else:
+        report = compute_threshold_report(dataset_name, model_name, l2, width, seed, target_file, eps_w, save_target,
+                                          dataset_spec=dataset_spec_for(dataset_name, label_column))  # fmt: skip
     if as_json:
         click.echo(json.dumps(report, indent=2, allow_nan=False, default=str))
         return

@@ -337,3 +337,30 @@ def test_defenses_that_read_validation_get_their_own_half_of_it(tmp_path):
     assert {r.tobytes() for r in defense.validation[0]} == theirs
     plain = plan_audit(parse_config(tiny_config()), output_dir=tmp_path)
     assert plain.dataset.defense_val is None and len(plain.dataset.y_val) == len(full.y_val)  # no reader: D_val whole
+
+
+def test_threshold_on_the_users_own_data(runner, tmp_path):
+    """Issue 16: `threshold --dataset my.npz`, a .csv with --label-column, or --config; the same one-line errors."""
+    import numpy as np
+    from sklearn.datasets import make_classification
+
+    x, y = make_classification(n_samples=300, n_features=5, random_state=0)
+    x = ((x - x.min(0)) / (x.max(0) - x.min(0))).astype(np.float32)
+    np.savez(tmp_path / "mine.npz", x_train=x, y_train=y)
+    rows = ["label," + ",".join(f"f{i}" for i in range(5))] + [f"{t}," + ",".join(f"{v:.5f}" for v in r) for r, t in zip(x, y)]
+    (tmp_path / "mine.csv").write_text("\n".join(rows) + "\n")
+    taus = []
+    for args in (["--dataset", str(tmp_path / "mine.npz")], ["--dataset", str(tmp_path / "mine.csv"), "--label-column", "label"]):
+        result = runner.invoke(cli, ["threshold", *args, "--eps-w", "0.2", "--l2", "1e-3", "--json"])
+        assert result.exit_code == 0, result.output
+        report = json.loads(result.output)
+        assert report["threshold"]["n_classes"] == 2 and report["threshold"]["condition"].startswith("exact")
+        taus.append(report["threshold"]["tau_rho_2"])
+    assert taus[0] == pytest.approx(taus[1], rel=1e-3, abs=1e-3)  # the same data either way (csv rounds to 5 decimals)
+    config = write_yaml(tmp_path / "audit.yaml", tiny_config(dataset={"name": "npz", "path": "mine.npz"}))
+    result = runner.invoke(cli, ["threshold", "--config", str(config), "--eps-w", "0.2", "--l2", "1e-3", "--json"])
+    assert result.exit_code == 0, result.output
+    no_column = runner.invoke(cli, ["threshold", "--dataset", str(tmp_path / "mine.csv"), "--eps-w", "0.2"])
+    assert no_column.exit_code == 2 and no_column.output.strip() == "error: --dataset: a .csv needs --label-column (the column holding the labels)"
+    bad = runner.invoke(cli, ["threshold", "--dataset", str(tmp_path / "nope.txt"), "--eps-w", "0.2"])
+    assert bad.exit_code == 2 and "is neither a built-in dataset" in bad.output

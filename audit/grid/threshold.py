@@ -17,8 +17,26 @@ from audit.models import build_victim, resolve_device
 from audit.seeding import derive_seed
 
 
+def dataset_spec_for(dataset: str, label_column: str | None) -> DatasetSpec:
+    """``--dataset``: a built-in name, or the path of the user's data — ``.npz``, ``.csv`` (with
+    ``--label-column``) or an image folder — checked with the config's one-line errors."""
+    if dataset in BUILTIN:
+        return DatasetSpec(name=dataset)
+    path = Path(dataset).expanduser()
+    if path.is_dir():
+        return DatasetSpec(name="image_folder", path=str(path))
+    if path.suffix.lower() == ".npz":
+        return DatasetSpec(name="npz", path=str(path))
+    if path.suffix.lower() == ".csv":
+        if not label_column:
+            raise AuditError("--dataset: a .csv needs --label-column (the column holding the labels)")
+        return DatasetSpec(name="csv", path=str(path), label_column=label_column)
+    raise AuditError(f"--dataset: {dataset!r} is neither a built-in dataset ({', '.join(sorted(BUILTIN))}) nor a .npz, .csv or image folder")
+
+
 def compute_threshold_report(dataset_name: str, model_name: str, l2: float, width: int | None, seed: int,
-                             target_file: Any, eps_w: float | None, save_target: Any) -> dict[str, Any]:  # fmt: skip
+                             target_file: Any, eps_w: float | None, save_target: Any, *, dataset_spec: DatasetSpec | None = None,
+                             model_spec: ModelSpec | None = None, training: TrainingSpec | None = None) -> dict[str, Any]:  # fmt: skip
     """Train the clean model, build or load the target and compute τ (``poison-audit threshold``).
 
     Keys of the returned dict (also the ``--json`` output): dataset, model, l2, seed, target
@@ -28,13 +46,13 @@ def compute_threshold_report(dataset_name: str, model_name: str, l2: float, widt
     eps_upper_2, unreachable, condition, loss, l2).
     """
 
-    if dataset_name not in BUILTIN:
+    if dataset_spec is None and dataset_name not in BUILTIN:
         raise AuditError(f"--dataset: unknown dataset {dataset_name!r}; valid: {', '.join(sorted(BUILTIN))}")
-    if model_name not in ("logreg", "mlp", "cnn", "ridge"):
+    if model_spec is None and model_name not in ("logreg", "mlp", "cnn", "ridge"):
         raise AuditError(f"--model: expected one of cnn, logreg, mlp, ridge (got {model_name!r})")
-    data = load_dataset(DatasetSpec(name=dataset_name))
+    data = load_dataset(dataset_spec or DatasetSpec(name=dataset_name))
     device = resolve_device("auto")
-    victim = build_victim(ModelSpec(name=model_name, width=width), TrainingSpec(), data, device)
+    victim = build_victim(model_spec or ModelSpec(name=model_name, width=width), training or TrainingSpec(), data, device)
     fitted = victim.fit(data.x_train, data.y_train, {"l2": l2}, derive_seed(seed, "train"))
     clean = fitted.require_module("poison-audit threshold")
     record = None
