@@ -363,4 +363,4 @@ def test_threshold_on_the_users_own_data(runner, tmp_path):
     no_column = runner.invoke(cli, ["threshold", "--dataset", str(tmp_path / "mine.csv"), "--eps-w", "0.2"])
     assert no_column.exit_code == 2 and no_column.output.strip() == "error: --dataset: a .csv needs --label-column (the column holding the labels)"
     bad = runner.invoke(cli, ["threshold", "--dataset", str(tmp_path / "nope.txt"), "--eps-w", "0.2"])
-    assert bad.exit_code == 2 and "is neither a built-in dataset" in bad.output
+    assert bad.exit_code == 2 and "unknown dataset" in bad.output and "or a .npz, a .csv or an image folder" in bad.output

@@ -31,7 +31,7 @@ def dataset_spec_for(dataset: str, label_column: str | None) -> DatasetSpec:
         if not label_column:
             raise AuditError("--dataset: a .csv needs --label-column (the column holding the labels)")
         return DatasetSpec(name="csv", path=str(path), label_column=label_column)
-    raise AuditError(f"--dataset: {dataset!r} is neither a built-in dataset ({', '.join(sorted(BUILTIN))}) nor a .npz, .csv or image folder")
+    raise AuditError(f"--dataset: unknown dataset {dataset!r}; valid: {', '.join(sorted(BUILTIN))}, or a .npz, a .csv or an image folder")
 
 
 def compute_threshold_report(dataset_name: str, model_name: str, l2: float, width: int | None, seed: int,
