@@ -165,3 +165,78 @@ def test_tau_over_same_prediction_targets_is_a_minimum_attained_at_its_scale(rho
     assert torch.equal(scale_output_layer(target, scale)(x).argmax(1), target(x).argmax(1))  # the same predictions
     coarse = [thresholds(scale_output_layer(target, s), d.x_train, d.y_train, "classification", rho, 10).tau_rho_2 for s in np.logspace(-3, 0, 13)]
     assert best.tau_rho_2 <= min(t for t in coarse if t is not None) + 1e-9
+
+
+def _binary_2d(seed=0, n=200):
+    rng = np.random.default_rng(seed)
+    x = rng.random((n, 2)).astype(np.float32)
+    y = (x[:, 0] + 0.5 * x[:, 1] + 0.2 * rng.normal(size=n) > 0.75).astype(np.int64)
+    return x, y
+
+
+def test_box_threshold_is_exact_against_brute_force_on_a_2d_binary_problem():
+    """m and M of ⟨h(x), p(x) − e_y⟩ over the box equal a fine grid's; the box-aware τ is ≥ the unbounded one."""
+    from audit.maths.poisonability import box_threshold
+
+    x, y = _binary_2d()
+    module = LogReg(2, 2).double().float()
+    with torch.no_grad():
+        module.linear.weight.copy_(torch.tensor([[-3.0, -1.0], [3.0, 1.0]]))
+        module.linear.bias.copy_(torch.tensor([1.2, -1.2]))
+    lo, hi = np.zeros(2), np.ones(2)
+    bt = box_threshold(module, x, y, 1e-3, lo, hi)
+    grid = np.stack(np.meshgrid(np.linspace(0, 1, 801), np.linspace(0, 1, 801)), -1).reshape(-1, 2).astype(np.float32)
+    with torch.no_grad():
+        h = module(torch.tensor(grid)).double()
+        p = torch.softmax(h, 1)
+    values = [((p - torch.nn.functional.one_hot(torch.full((len(grid),), label), 2).double()) * h).sum(1) for label in (0, 1)]
+    brute = torch.cat(values)
+    assert bt.exact and bt.m == pytest.approx(float(brute.min()), abs=1e-4) and bt.M == pytest.approx(float(brute.max()), abs=1e-4)
+    free = thresholds(module, x, y, "classification", 1e-3, 2)
+    assert bt.kappa_box <= free.kappa_2 + 1e-12
+    assert free.tau_rho_2 is not None and (bt.tau is None or bt.tau >= free.tau_rho_2 - 1e-9)
+    wide = box_threshold(module, x, y, 1e-3, np.full(2, -50.0), np.full(2, 50.0))  # a box that holds t*: the unbounded κ
+    assert wide.m == pytest.approx(-kappa(2)) and wide.tau == pytest.approx(free.tau_rho_2, rel=1e-6)
+
+
+def test_box_threshold_bounds_a_multiclass_target_from_outside():
+    """Multiclass: the interval bound contains every value a poison in the box can give (necessary condition)."""
+    from audit.maths.poisonability import box_threshold
+
+    d = load_dataset(DatasetSpec(name="wine"))
+    fitted = build_victim(ModelSpec(name="logreg"), TrainingSpec(epochs=100), d, CPU).fit(d.x_train, d.y_train, {"l2": 1e-2}, 0)
+    target, _ = gradpc(fitted.module, d.x_val, d.y_val, "classification", eps_w=0.5, steps=50)
+    bt = box_threshold(target, d.x_train, d.y_train, 1e-2, d.lo, d.hi, d.n_classes)
+    rng = np.random.default_rng(0)
+    xs = torch.tensor(rng.uniform(d.lo, d.hi, size=(20000, d.n_features)), dtype=torch.float32)
+    corners = torch.tensor(np.where(rng.random((20000, d.n_features)) < 0.5, d.lo, d.hi), dtype=torch.float32)
+    with torch.no_grad():
+        h = target(torch.cat([xs, corners])).double()
+        p = torch.softmax(h, 1)
+    for label in range(d.n_classes):
+        q = ((p - torch.nn.functional.one_hot(torch.full((len(h),), label), d.n_classes).double()) * h).sum(1)
+        assert float(q.min()) >= bt.m - 1e-6 and float(q.max()) <= bt.M * (1 + 1e-6) + 1e-6  # float32 model, float64 bound
+    assert not bt.exact and bt.kappa_box <= kappa(d.n_classes) + 1e-12
+
+
+def test_in_box_gradient_canceling_below_the_box_threshold_leaves_a_residual():
+    """or2d, ρ = 0.01: a GradPC target (ε_w = 0.3) with its output layer × 0.1 is reachable at any ε by the
+    unbounded condition (τ_ρ(2) < 0) but needs ε ≥ 0.222 inside the feature box. At ε = 0.1 in-box Gradient
+    Canceling keeps most of the gradient (measured 0.93 of ‖g(μ)‖); the same attack without the box halves it
+    (0.49): the box, not the attack's tuning, is what stops it."""
+    from audit.attacks import GradientCanceling
+    from audit.maths.poisonability import box_threshold
+
+    d = load_dataset(DatasetSpec(name="or2d"))
+    rho = 1e-2
+    fitted = build_victim(ModelSpec(name="logreg"), TrainingSpec(), d, CPU).fit(d.x_train, d.y_train, {"l2": rho}, 0)
+    target = scale_output_layer(gradpc(fitted.module, d.x_val, d.y_val, "classification", 0.3)[0], 0.1)
+    free = thresholds(target, d.x_train, d.y_train, "classification", rho, 2)
+    box = box_threshold(target, d.x_train, d.y_train, rho, d.lo, d.hi, 2)
+    assert free.tau_rho_2 is not None and free.tau_rho_2 <= 0 and box.tau is not None and box.tau > 0.15
+    residual = {}
+    for name, bounds in (("box", (d.lo, d.hi)), ("free", None)):
+        gc = GradientCanceling(fitted.module, target_model=target, budget=0.1, l2=rho, box=bounds, seed=0, n_classes=2, epochs=1000)
+        gc.poison(d.x_train, d.y_train)
+        residual[name] = gc.diagnostics.relative_residual
+    assert 0.1 < box.tau and residual["box"] > 0.8 and residual["free"] < residual["box"] - 0.2, residual

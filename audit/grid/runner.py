@@ -34,9 +34,10 @@ from audit.grid.cells import GridCell, apply_defense
 from audit.grid.lock import LOCK_FILE, RunLock
 from audit.grid.store import RUN_FILES, STORE_FILE, Cell, Store, candidate_key, derive_seed, is_run_directory, remove_run
 from audit.jsonio import jsonable
-from audit.maths.poisonability import gradpc_target, module_metric, tau_over_scalings, thresholds
+from audit.maths.poisonability import box_threshold, gradpc_target, min_box_threshold, module_metric, tau_over_scalings, thresholds
 from audit.models import Victim, build_victim, resolve_device
 from audit.models.estimator import deployed_metric
+from audit.models.structure import is_linear_model
 
 
 @dataclass
@@ -450,6 +451,11 @@ def record_thresholds(store: Store, cfg: AuditConfig, data: Dataset, victim: Vic
         if data.task == "classification":  # the same predictions, another parameter vector: the smallest τ of the ray sW
             scale, scaled = tau_over_scalings(target, data.x_train, data.y_train, l2, data.n_classes)
             th.update(tau_rho_2_same_predictions=scaled.tau_rho_2, same_predictions_scale=scale)
+            if is_linear_model(target):  # poisons inside the feature box: the box-aware threshold (exact for two classes)
+                box = box_threshold(target, data.x_train, data.y_train, l2, data.lo, data.hi, data.n_classes)
+                same = min_box_threshold(target, data.x_train, data.y_train, l2, data.lo, data.hi, data.n_classes)
+                th.update(tau_box=box.tau, tau_box_exact=box.exact, kappa_box=box.kappa_box, tau_box_same_predictions=same[1].tau,
+                          box_same_predictions_scale=same[0])  # fmt: skip
         metric = lambda x, y: module_metric(target, x, y, data.task)  # noqa: E731
         store.put_target(cand, seed, eps_w, metric(data.x_val, data.y_val), metric(data.x_test, data.y_test),
                          th, result.__dict__)  # fmt: skip

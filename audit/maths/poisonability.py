@@ -17,6 +17,34 @@ principal branch).
 
 With the bias absorbed into ``x`` (homogeneous coordinates), ``⟨W, g(μ)⟩`` equals
 ``E_μ ⟨h, p − y⟩`` where ``h`` are the logits and ``p = softmax(h)``: one pass over the data.
+
+**Prediction-equivalent targets.** ``W`` and ``sW`` (output layer × s, s > 0) make the same
+predictions; :func:`tau_over_scalings` reports the smallest τ over that ray. Unboxed, it tends
+to 0 as s → 0 (``a = O(s)``, ``ρ‖sW‖² = O(s²)``, κ fixed).
+
+**Box-aware threshold** (:func:`box_threshold`). Write ``q(x, y) = ⟨h(x), p(x) − e_y⟩`` for a
+poison ``(x, y)``, ``r = ρ‖W‖²`` and ``λ = ε/(1+ε)``. The target minimises the poisoned
+regularized objective iff ``(1−λ)a + λ E_ν q + r = 0`` for some poison distribution ν. With
+poisons confined to the feature box, ``E_ν q`` ranges over ``[m, M]``, the range of q over
+box × labels, so a solution exists iff ``(1−λ)a + λm ≤ −r ≤ (1−λ)a + λM``; multiplying by
+``1 + ε``:
+
+* (B1) ``a + r ≤ ε(κ_box − r)``, ``κ_box = −m`` — the unbounded condition with κ → κ_box;
+* (B2) ``a + r + ε(M + r) ≥ 0`` — vacuous unboxed (M = +∞), binding when ``a + r < 0``.
+
+(B3) Two logits: ``q = φ(t) = −t·σ(−t)`` of the margin ``t = h_y − h_other``, affine in x,
+so t ranges over an interval over the box (per label). φ decreases to its minimum
+``−W(1/e) = −κ₂`` at ``t* = 1 + W(1/e)``, then rises to 0⁻; as ``t → −∞`` it grows without
+bound. Hence ``m = −κ₂`` if t* lies in the interval, else φ at the nearer end, and ``M`` is φ
+at an end — exact, so for binary logistic regression (B1)–(B2) are necessary and sufficient
+inside the box as (eq. 20) is outside it.
+
+(B4) c ≥ 3 logits: ``q = Σ_k p_k d_k`` with ``d_k = h_k − h_y`` (``d_y = 0``) is a convex
+combination of the ``d_k``, and unboxed ``q ≥ −κ_c``; with the box bounds ``[l_k, u_k]`` of
+each affine ``d_k``: ``max(−κ_c, min(0, min_k l_k)) ≤ q ≤ max(0, max_k u_k)``. An outer
+bound on [m, M], so the threshold stays necessary (it is marked "bound" in the report).
+Because ``κ_box ≤ κ``, the box-aware τ is never below the unbounded one with the same κ (κ₂ for two
+classes; κ_c, i.e. τ_ρ(c), for more — it can sit below the indicative τ_ρ(2)).
 """
 
 from __future__ import annotations
@@ -274,6 +302,114 @@ def scale_to_budget(module: nn.Module, x: np.ndarray, y: np.ndarray, l2: float, 
     return best
 
 
+@dataclass
+class BoxThreshold:
+    """The budget a target needs when every poison must lie in the feature box ``[lo, hi]``.
+
+    ``m``/``M``: the smallest/largest value of ``⟨h(x), p(x) − e_y⟩`` over poisons ``(x, y)``
+    in the box (exact for binary logistic regression, a valid outer bound otherwise);
+    ``kappa_box = −m`` replaces the unbounded ``κ``. ``tau`` is the smallest budget meeting
+    both conditions of :func:`box_threshold` (None: unreachable at any budget), ``eps_upper``
+    the largest (None: no upper limit). ``exact`` says whether m and M are exact.
+    """
+
+    m: float
+    M: float
+    kappa_box: float
+    tau: float | None
+    eps_upper: float | None
+    exact: bool
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _phi(t: np.ndarray) -> np.ndarray:
+    """``⟨h, p − e_y⟩`` of a two-logit model as a function of the margin ``t = h_y − h_other``: ``−t·σ(−t)``."""
+    return -t * (1.0 / (1.0 + np.exp(np.clip(t, -700, 700))))
+
+
+T_STAR = 1.0 + float(lambertw(1 / math.e, 0).real)  # argmin of −t·σ(−t); the minimum is −W(1/e) = −κ₂
+
+
+def logit_differences(module: nn.Module, lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
+    """For a linear model, bounds of ``d_k(x) = h_k(x) − h_y(x)`` over the box, shape (c, c, 2): ``[y, k] → (min, max)``.
+
+    ``d_k`` is affine in x, ``(W_k − W_y)·x + (b_k − b_y)``, so its range over a box is the sum over
+    features of the smaller/larger of the coefficient times ``lo_j`` and ``hi_j``.
+    """
+    layer = last_linear(module)
+    w = layer.weight.detach().double().cpu().numpy()
+    b = layer.bias.detach().double().cpu().numpy() if layer.bias is not None else np.zeros(w.shape[0])
+    diff = w[None, :, :] - w[:, None, :]  # [y, k, j] = W_k − W_y
+    db = b[None, :] - b[:, None]
+    lo_, hi_ = np.asarray(lo, np.float64), np.asarray(hi, np.float64)
+    low = db + np.minimum(diff * lo_, diff * hi_).sum(axis=2)
+    high = db + np.maximum(diff * lo_, diff * hi_).sum(axis=2)
+    return np.stack([low, high], axis=2)
+
+
+def _feasible(s: float, k: float, q: float) -> tuple[float, float]:
+    """The ε ≥ 0 with ``s ≤ ε·k`` (B1) and ``s + ε·q ≥ 0`` (B2), as ``[lower, upper]`` (empty when lower > upper)."""
+    lower, upper = 0.0, math.inf
+    for coef, rhs in ((k, s), (q, -s)):  # both read  coef·ε ≥ rhs
+        if coef > 0:
+            lower = max(lower, rhs / coef)
+        elif coef < 0:
+            upper = min(upper, rhs / coef)
+        elif rhs > 0:
+            return math.inf, -math.inf
+    return lower, upper
+
+
+def box_threshold(module: nn.Module, x: np.ndarray, y: np.ndarray, l2: float, lo: np.ndarray, hi: np.ndarray,
+                  n_classes: int | None = None) -> BoxThreshold:  # fmt: skip
+    """The box-aware poisonability threshold of a linear target (derivation in the module docstring, eq. B1–B4).
+
+    With ``a = ⟨W, g(μ)⟩``, ``r = ρ‖W‖²``, ``λ = ε/(1+ε)`` and the poisons' values of
+    ``q(x, y) = ⟨h(x), p(x) − e_y⟩`` confined to ``[m, M]`` by the box, the regularized
+    stationarity condition ``(1−λ)a + λ⟨W, g(ν)⟩ + r = 0`` has a solution iff
+    ``(1−λ)a + λm ≤ −r ≤ (1−λ)a + λM``, i.e.
+
+    * (B1) ``a + r ≤ ε(κ_box − r)`` with ``κ_box = −m``, and
+    * (B2) ``a + r + ε(M + r) ≥ 0``.
+
+    Without a box ``m = −κ`` and ``M = +∞`` and (B1) is the unbounded threshold. Binary
+    (two logits): ``q = φ(t) = −t·σ(−t)`` of the margin ``t = h_y − h_other``, which ranges over
+    an interval over the box; φ has one minimum (−κ₂ at ``t* = 1 + W(1/e)``) and tends to +∞ as
+    ``t → −∞``, so m is φ at ``t*`` if inside the interval, else at the nearer end, and M is φ at
+    an end (eq. B3): exact. Multiclass: q is a convex combination of the ``d_k = h_k − h_y``
+    (with ``d_y = 0``), so ``max(−κ_c, min(0, min_k d_k)) ≤ q ≤ max(0, max_k d_k)`` with the
+    box bounds of each ``d_k`` (eq. B4): a valid, outer bound — the threshold stays necessary.
+    """
+    device = next(module.parameters()).device
+    xt = torch.as_tensor(x, dtype=torch.float32, device=device)
+    yt = torch.as_tensor(y, dtype=torch.long, device=device)
+    a = margin_term(module, xt, yt)
+    r = l2 * float(last_linear(module).weight.detach().double().pow(2).sum())
+    bounds = logit_differences(module, lo, hi)
+    c = bounds.shape[0]
+    if c == 2:
+        ms, Ms = [], []
+        for label in (0, 1):
+            other = 1 - label
+            t_lo, t_hi = -bounds[label, other, 1], -bounds[label, other, 0]  # t = −d_other
+            ends = _phi(np.array([t_lo, t_hi]))
+            ms.append(float(-kappa(2)) if t_lo <= T_STAR <= t_hi else float(ends.min()))
+            Ms.append(float(ends.max()))
+        m, M, exact = min(ms), max(Ms), True
+    else:
+        kc = kappa(int(n_classes or c))
+        low = np.where(np.eye(c, dtype=bool), 0.0, bounds[:, :, 0]).min(axis=1)  # per label y: min over k of min d_k
+        high = np.where(np.eye(c, dtype=bool), 0.0, bounds[:, :, 1]).max(axis=1)
+        m, M, exact = max(-kc, float(np.minimum(0.0, low).min())), float(np.maximum(0.0, high).max()), False
+    k_box = -m
+    lower, upper = _feasible(a + r, k_box - r, M + r)
+    if upper < lower or upper <= 0:
+        return BoxThreshold(m, M, k_box, None, None, exact)
+    return BoxThreshold(m, M, k_box, lower, None if math.isinf(upper) else upper, exact)
+
+
 #: output-layer scales searched for the prediction-equivalent threshold: 10^-3 … 1, 61 points
 SCALES = tuple(float(s) for s in np.logspace(-3.0, 0.0, 61))
 
@@ -297,6 +433,23 @@ def tau_over_scalings(module: nn.Module, x: np.ndarray, y: np.ndarray, l2: float
     best_s, best = 1.0, thresholds(module, x, y, "classification", l2, n_classes)
     for s in scales:
         t = thresholds(scale_output_layer(module, s), x, y, "classification", l2, n_classes)
+        if key(t) < key(best):
+            best_s, best = s, t
+    return best_s, best
+
+
+def min_box_threshold(module: nn.Module, x: np.ndarray, y: np.ndarray, l2: float, lo: np.ndarray, hi: np.ndarray,
+                      n_classes: int | None, scales: tuple[float, ...] = SCALES[::3]) -> tuple[float, BoxThreshold]:  # fmt: skip
+    """The box-aware threshold minimised over the prediction-equivalent targets (output layer × s), as
+    :func:`tau_over_scalings` does for the unbounded one; unlike that one it need not vanish as ``s → 0``
+    (``a`` and ``κ_box`` shrink together)."""
+
+    def key(t: BoxThreshold) -> float:
+        return math.inf if t.tau is None else t.tau
+
+    best_s, best = 1.0, box_threshold(module, x, y, l2, lo, hi, n_classes)
+    for s in scales:
+        t = box_threshold(scale_output_layer(module, s), x, y, l2, lo, hi, n_classes)
         if key(t) < key(best):
             best_s, best = s, t
     return best_s, best

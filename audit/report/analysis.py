@@ -180,6 +180,8 @@ def threshold_table(a: Analysis) -> list[dict[str, Any]]:
                 "tau_same_predictions": min((x["tau_rho_2_same_predictions"] for x in th if x.get("tau_rho_2_same_predictions") is not None),
                                             default=None),
                 "scale": max((x.get("same_predictions_scale") or 1.0 for x in th), default=1.0),
+                "tau_box": mean("tau_box"), "tau_box_same_predictions": mean("tau_box_same_predictions"),
+                "tau_box_exact": all(x.get("tau_box_exact") for x in th), "has_box": any("kappa_box" in x for x in th),
             })  # fmt: skip
     return rows
 

@@ -42,7 +42,9 @@ def poisonability_context(a: Analysis) -> dict[str, Any] | None:
     rows = [{**r, "eps_w": "clean model" if r["eps_w"] == 0 else f"{r['eps_w']:g}", "val": _fmt(r["val"]),
              "test": _fmt(r["test"]), "tau_2": fmt_tau(r["tau_2"]), "tau_c": fmt_tau(r["tau_c"]),
              "tau_rho_2": fmt_tau(r["tau_rho_2"]), "tau_rho_c": fmt_tau(r["tau_rho_c"]),
-             "tau_same": "" if r["eps_w"] == 0 else f"{fmt_tau(r.get('tau_same_predictions'))} (× {r.get('scale', 1.0):.2g})"}
+             "tau_same": "" if r["eps_w"] == 0 else f"{fmt_tau(r.get('tau_same_predictions'))} (× {r.get('scale', 1.0):.2g})",
+             "tau_box": "" if r["eps_w"] == 0 or not r.get("has_box")
+             else f"{fmt_tau(r['tau_box'])}; same predictions {fmt_tau(r['tau_box_same_predictions'])}{'' if r['tau_box_exact'] else ' (bound)'}"}
             for r in table]  # fmt: skip
     out: dict[str, Any] = {"thresholds": rows, "errors": errors, "gc": []}
     for key in gc_keys:
