@@ -68,10 +68,12 @@ def cli() -> None:
 @_user_errors
 def run(config: Path | None, output_dir: Path | None, restart: bool, quiet: bool, threads: int | None) -> None:
     """Run (or resume) the audit CONFIG describes; without CONFIG, the embedded default audit."""
+    from audit.config import AuditConfig, load_config
     from audit.threads import configure_threads
 
+    if config is not None:
+        load_config(config, shallow=True)  # most mistakes in a config are reported before torch and ART load
     configure_threads(threads)  # before torch is imported: idle OpenMP threads sleep instead of spinning
-    from audit.config import AuditConfig, load_config
     from audit.grid.runner import run_audit
     from audit.report import write_report
 

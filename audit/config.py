@@ -13,18 +13,20 @@ import json
 import math
 import re
 from pathlib import Path
-from typing import Any, ClassVar, Literal
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 import numpy as np
 import yaml
-from pydantic import Field, ValidationError, field_validator, model_serializer, model_validator
+from pydantic import Field, ValidationError, ValidationInfo, field_validator, model_serializer, model_validator
 
-from audit.attacks import ATTACKS, AuditAttack
+from audit.catalog import MODELS
 from audit.data import DatasetSpec, SplitSpec
-from audit.defenses import DEFENSES, Defense
 from audit.errors import AuditError
-from audit.models import MODELS
 from audit.spec import StrictModel, first_error
+
+if TYPE_CHECKING:  # the registries import torch and ART; validation imports them only when it needs them
+    from audit.attacks import AuditAttack
+    from audit.defenses import Defense
 
 __all__ = [
     "AXES",
@@ -144,7 +146,9 @@ class _RegisteredSpec(StrictModel):
         raise NotImplementedError
 
     @model_validator(mode="after")
-    def _known(self) -> _RegisteredSpec:
+    def _known(self, info: ValidationInfo) -> _RegisteredSpec:
+        if info.context and info.context.get("shallow"):  # a first, fast pass: everything but the registries
+            return self
         registry, what = self.registry(), self.axis.removesuffix("s")
         if self.name not in registry:
             raise ValueError(f"{self.axis}: unknown {what} {self.name!r}; valid: {', '.join(sorted(registry))}")
@@ -171,12 +175,14 @@ class AttackSpec(_RegisteredSpec):
 
     @classmethod
     def registry(cls) -> dict[str, Any]:
+        from audit.attacks import ATTACKS
+
         return dict(ATTACKS)
 
     @property
     def attack(self) -> type[AuditAttack]:
         """The registered attack class."""
-        return ATTACKS[self.name]
+        return self.registry()[self.name]
 
 
 class DefenseSpec(_RegisteredSpec):
@@ -190,6 +196,8 @@ class DefenseSpec(_RegisteredSpec):
 
     @classmethod
     def registry(cls) -> dict[str, Any]:
+        from audit.defenses import DEFENSES
+
         return dict(DEFENSES)
 
     @model_validator(mode="before")
@@ -204,7 +212,7 @@ class DefenseSpec(_RegisteredSpec):
     @property
     def defense(self) -> type[Defense]:
         """The registered defense class."""
-        return DEFENSES[self.name]
+        return self.registry()[self.name]
 
 
 class PoisonabilitySpec(StrictModel):
@@ -288,13 +296,14 @@ class AuditConfig(StrictModel):
     candidates: dict[str, list[Any]] = Field(default_factory=lambda: {"l2": [0.0, 1e-4, 1e-3, 1e-2, 1e-1]})
     attacks: list[AttackSpec] = Field(
         default_factory=lambda: [
-            AttackSpec(name="label_flip", id="label_flip_random", params={"variant": "random"}),
-            AttackSpec(name="label_flip", id="label_flip_adversarial", params={"variant": "adversarial"}),
+            # built unvalidated (model_construct): known-good, and validating would import the registry
+            AttackSpec.model_construct(name="label_flip", id="label_flip_random", params={"variant": "random"}),
+            AttackSpec.model_construct(name="label_flip", id="label_flip_adversarial", params={"variant": "adversarial"}),
         ],
         min_length=1,
     )
     budgets: list[float] = Field(default_factory=lambda: [0.03, 0.1, 0.3], min_length=1)
-    defenses: list[DefenseSpec] = Field(default_factory=lambda: [DefenseSpec(name="none")], min_length=1)
+    defenses: list[DefenseSpec] = Field(default_factory=lambda: [DefenseSpec.model_construct(name="none", id=None, params={})], min_length=1)
     seeds: list[int] = Field(default_factory=lambda: [0, 1, 2], min_length=1)
     device: Literal["auto", "cpu", "cuda"] = "auto"
     output_dir: str = "reports"
@@ -406,14 +415,19 @@ class AuditConfig(StrictModel):
         return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def parse_config(data: dict[str, Any] | None, source: str = "config") -> AuditConfig:
-    """Validate a mapping into an :class:`AuditConfig`; raise :class:`AuditError` with one line."""
+def parse_config(data: dict[str, Any] | None, source: str = "config", shallow: bool = False) -> AuditConfig:
+    """Validate a mapping into an :class:`AuditConfig`; raise :class:`AuditError` with one line.
+
+    ``shallow`` checks everything but the attack and defense registries (names and their
+    parameters), which import torch and ART: a fast first pass, so a mistake in the rest of
+    the config is reported in a fraction of a second. Use the result only to fail early.
+    """
     if data is None:
         data = {}
     if not isinstance(data, dict):
         raise AuditError(f"{source}: expected a mapping of settings at the top level (got {type(data).__name__})")
     try:
-        return AuditConfig.model_validate(data)
+        return AuditConfig.model_validate(data, context={"shallow": shallow})
     except ValidationError as err:
         raise AuditError(f"{source}: {first_error(err)}") from None
 
@@ -428,8 +442,8 @@ _ConfigLoader.add_implicit_resolver(
 )
 
 
-def load_config(path: str | Path) -> AuditConfig:
-    """Read and validate a YAML config file."""
+def load_config(path: str | Path, shallow: bool = False) -> AuditConfig:
+    """Read and validate a YAML config file (``shallow``: see :func:`parse_config`)."""
     path = Path(path)
     if not path.is_file():
         raise AuditError(f"config file not found: {path}")
@@ -446,4 +460,4 @@ def load_config(path: str | Path) -> AuditConfig:
     if isinstance(dataset, dict) and isinstance(dataset.get("path"), str) and not Path(dataset["path"]).expanduser().is_absolute():
         # a relative dataset path means relative to the config file, wherever the command runs
         data = {**data, "dataset": {**dataset, "path": str(path.parent / Path(dataset["path"]).expanduser())}}
-    return parse_config(data, source=str(path))
+    return parse_config(data, source=str(path), shallow=shallow)

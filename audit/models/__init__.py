@@ -13,6 +13,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from audit.catalog import MODELS
 from audit.errors import AuditError
 from audit.models.estimator import InputSpace, differentiable_model, is_art_estimator, user_optimizer
 from audit.models.victim import (
@@ -23,16 +24,6 @@ from audit.models.victim import (
     reinitialise,
 )
 from audit.models.zoo import CNN, DEFAULT_WIDTH, MLP, TRAINING_DEFAULTS, LogReg, Ridge
-
-MODELS: dict[str, str] = {
-    "logreg": "logistic regression, softmax cross-entropy (binary and multiclass), parameters in `linear`",
-    "mlp": "fully connected network, `depth` hidden layers of `width` units, leaky ReLU (0.2)",
-    "cnn": "two 3×3 conv layers (`width`, 2·`width` channels), max-pool, FC 128 (image data)",
-    "ridge": "linear regression with the L2 term (ridge), squared loss ½(y − f)²",
-    "lasso": "linear regression with an L1 term λ₁‖w‖₁ (axis `l1`), trained by FISTA",
-    "elastic_net": "linear regression with L1 (`l1`) and L2 (`l2`) terms, trained by FISTA",
-    "user": "your factory `package.module:function` returning an nn.Module, an ART PyTorchClassifier or a scikit-learn LogisticRegression/Ridge",
-}
 
 # scikit-learn estimators whose regularization maps onto ρ (audit.models.victim.sklearn_regularization).
 SKLEARN_SUPPORTED = {"classification": ("LogisticRegression",), "regression": ("Ridge", "Lasso", "ElasticNet")}
