@@ -166,3 +166,14 @@ def test_intervals_in_summary_and_gate_with_confidence(run_dir):
     assert strict.damage == pytest.approx(hi, rel=1e-6)
     with pytest.raises(AuditError, match=r"--confidence must be in \(0, 1\)"):
         gate(run_dir, 0.3, max_drop=1, confidence=1.5)
+
+
+def test_header_names_the_attacks_not_run_and_why(tmp_path):
+    from sklearn.linear_model import LogisticRegression
+
+    run = run_audit(parse_config(tiny_config(budgets=[0.1])), model=LogisticRegression(max_iter=300), output_dir=tmp_path, progress=False)
+    html = write_report(run).read_text()
+    header = html[: html.index("</header>")]
+    assert "Not run in this audit, so not part of its worst case:" in header
+    assert "TGDA (total gradient descent ascent) — needs a PyTorch victim" in header
+    assert "StatP (statistical attack) — not in this config" in header

@@ -193,6 +193,7 @@ def _prepare_store(plan: RunPlan, restart: bool) -> Store:
                 "config_schema_version": SCHEMA_VERSION,
                 "dataset": plan.dataset.describe(),
                 "victim": plan.victim.description,
+                "victim_kind": plan.victim.kind,
                 "device": str(plan.device),
                 "device_name": torch.cuda.get_device_name(plan.device) if plan.device.type == "cuda" else platform.processor() or platform.machine(),
                 "versions": package_versions(),

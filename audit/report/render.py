@@ -86,6 +86,9 @@ def build_context(a: Analysis) -> dict[str, Any]:
     task = a.meta["dataset"]["task"]
     ran = {s.name for s in cfg.attacks}
     not_run = [cls.title for name, cls in ATTACKS.items() if name not in ran and task in cls.tasks]  # the registry's attacks this run left out
+    kind = a.meta.get("victim_kind")
+    not_run_why = [f"{cls.title} — {'needs a PyTorch victim' if kind and kind not in cls.victims else 'not in this config'}"
+                   for name, cls in ATTACKS.items() if name not in ran and task in cls.tasks]  # fmt: skip
     return {
         "title": f"Poisoning audit — {cfg.name}",
         "name": cfg.name,
@@ -135,6 +138,7 @@ def build_context(a: Analysis) -> dict[str, Any]:
         "unregularized": unregularized,
         "n_retrains": len(retrains),
         "not_run": not_run,
+        "not_run_why": not_run_why,
         "max_budget": f"{100 * max(budgets):g}%",
         "seeds": cfg.seeds,
         "fingerprint": a.meta.get("fingerprint", ""),
