@@ -78,11 +78,7 @@ def run(config: Path | None, output_dir: Path | None, restart: bool, quiet: bool
     from audit.report import write_report
 
     cfg = load_config(config) if config is not None else AuditConfig()
-    try:
-        run_dir = run_audit(cfg, output_dir=output_dir, restart=restart, progress=not quiet)
-    except KeyboardInterrupt:
-        click.echo("\ninterrupted: finished cells are stored; run the same command again to resume", err=True)
-        sys.exit(130)
+    run_dir = run_audit(cfg, output_dir=output_dir, restart=restart, progress=not quiet)  # Ctrl-C: _OneLineGroup exits 130
     html = write_report(run_dir)
     click.echo(f"report: {html}")
     click.echo(f"summary: {run_dir / 'summary.json'}")

@@ -51,8 +51,9 @@ from __future__ import annotations
 
 import copy
 import math
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import torch
@@ -414,6 +415,25 @@ def box_threshold(module: nn.Module, x: np.ndarray, y: np.ndarray, l2: float, lo
 SCALES = tuple(float(s) for s in np.logspace(-3.0, 0.0, 61))
 
 
+T = TypeVar("T")
+
+
+def _min_over_scalings(module: nn.Module, scales: tuple[float, ...], threshold: Callable[[nn.Module], T],
+                       tau: Callable[[T], float | None]) -> tuple[float, T]:  # fmt: skip
+    """The scale s ∈ {1} ∪ ``scales`` whose output-layer-scaled target has the smallest τ (None counts as +∞)."""
+
+    def key(t: T) -> float:
+        value = tau(t)
+        return math.inf if value is None else value
+
+    best_s, best = 1.0, threshold(module)
+    for s in scales:
+        t = threshold(scale_output_layer(module, s))
+        if key(t) < key(best):
+            best_s, best = s, t
+    return best_s, best
+
+
 def tau_over_scalings(module: nn.Module, x: np.ndarray, y: np.ndarray, l2: float, n_classes: int | None,
                       scales: tuple[float, ...] = SCALES) -> tuple[float, Threshold]:  # fmt: skip
     """The smallest τ_ρ(2) among targets with the *same predictions*: the output layer (weights and
@@ -427,15 +447,7 @@ def tau_over_scalings(module: nn.Module, x: np.ndarray, y: np.ndarray, l2: float
     that a prediction-level damage is out of reach (the box-aware bound is what can).
     """
 
-    def key(t: Threshold) -> float:
-        return math.inf if t.tau_rho_2 is None else t.tau_rho_2
-
-    best_s, best = 1.0, thresholds(module, x, y, "classification", l2, n_classes)
-    for s in scales:
-        t = thresholds(scale_output_layer(module, s), x, y, "classification", l2, n_classes)
-        if key(t) < key(best):
-            best_s, best = s, t
-    return best_s, best
+    return _min_over_scalings(module, scales, lambda m: thresholds(m, x, y, "classification", l2, n_classes), lambda t: t.tau_rho_2)
 
 
 def min_box_threshold(module: nn.Module, x: np.ndarray, y: np.ndarray, l2: float, lo: np.ndarray, hi: np.ndarray,
@@ -444,15 +456,7 @@ def min_box_threshold(module: nn.Module, x: np.ndarray, y: np.ndarray, l2: float
     :func:`tau_over_scalings` does for the unbounded one; unlike that one it need not vanish as ``s → 0``
     (``a`` and ``κ_box`` shrink together)."""
 
-    def key(t: BoxThreshold) -> float:
-        return math.inf if t.tau is None else t.tau
-
-    best_s, best = 1.0, box_threshold(module, x, y, l2, lo, hi, n_classes)
-    for s in scales:
-        t = box_threshold(scale_output_layer(module, s), x, y, l2, lo, hi, n_classes)
-        if key(t) < key(best):
-            best_s, best = s, t
-    return best_s, best
+    return _min_over_scalings(module, scales, lambda m: box_threshold(m, x, y, l2, lo, hi, n_classes), lambda t: t.tau)
 
 
 def gradpc_target(fitted: Any, data: Any, eps_w: float, steps: int) -> tuple[nn.Module, GradPCResult]:
