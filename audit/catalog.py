@@ -3,6 +3,10 @@ config can be checked before torch is loaded)."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
 MODELS: dict[str, str] = {
     "logreg": "logistic regression, softmax cross-entropy (binary and multiclass), parameters in `linear`",
     "mlp": "fully connected network, `depth` hidden layers of `width` units, leaky ReLU (0.2)",
@@ -12,3 +16,68 @@ MODELS: dict[str, str] = {
     "elastic_net": "linear regression with L1 (`l1`) and L2 (`l2`) terms, trained by FISTA",
     "user": "your factory `package.module:function` returning an nn.Module, an ART PyTorchClassifier or a scikit-learn LogisticRegression/Ridge",
 }
+
+
+# ---------------------------------------------------------------------------- profiles and the battery
+PROFILE_NAMES: tuple[str, ...] = ("quick", "standard", "paper")
+"""``profile`` of a config (and ``--profile``): how hard each attack of the battery works.
+
+``paper`` runs every attack at its paper's settings (the attack classes' defaults) on every
+seed; ``standard`` and ``quick`` are labelled reductions whose strength relative to ``paper``
+is measured in ``examples/benchmarks/profile_strength.py`` (README: the profile table)."""
+
+
+@dataclass(frozen=True)
+class BatteryEntry:
+    """One attack of the default battery: the id its cells are stored under, the registry name and
+    the parameters that make it this entry (e.g. the label flip's variant)."""
+
+    id: str
+    attack: str
+    params: Mapping[str, Any] = field(default_factory=dict)
+
+
+BATTERY: tuple[BatteryEntry, ...] = (
+    BatteryEntry("label_flip_random", "label_flip", {"variant": "random"}),
+    BatteryEntry("label_flip_adversarial", "label_flip", {"variant": "adversarial"}),
+    BatteryEntry("statp", "statp"),
+    BatteryEntry("gradient_canceling", "gradient_canceling"),
+    BatteryEntry("back_gradient", "back_gradient"),
+    BatteryEntry("tgda", "tgda"),
+    BatteryEntry("optp", "optp"),
+)
+"""What an audit runs when its config lists no ``attacks``: each entry that applies to the task and
+the victim (the attack classes' ``tasks`` and ``victims``) and that the profile does not leave out."""
+
+
+@dataclass(frozen=True)
+class ProfileSetting:
+    """How one attack runs under a profile.
+
+    ``params`` override the attack's defaults (a config's own ``params`` override them again);
+    ``seeds`` is how many of the run's seeds it runs at (the first ones; None: all); ``skip``
+    says why the profile's *default battery* leaves the attack out (an attack the config lists
+    always runs).
+    """
+
+    params: Mapping[str, Any] = field(default_factory=dict)
+    seeds: int | None = None
+    skip: str | None = None
+
+
+PROFILES: dict[str, dict[str, ProfileSetting]] = {
+    "paper": {},
+    "standard": {
+        "back_gradient": ProfileSetting({"iterations": 20, "step": 2.0, "inner_steps": 50, "inner_lr": 0.3}),
+        "tgda": ProfileSetting({"epochs": 50}, seeds=1),
+    },
+    "quick": {
+        "label_flip": ProfileSetting(seeds=1),
+        "statp": ProfileSetting(seeds=1),
+        "optp": ProfileSetting(seeds=1),
+        "gradient_canceling": ProfileSetting({"epochs": 300}, seeds=1),
+        "back_gradient": ProfileSetting({"iterations": 5, "step": 4.0, "inner_steps": 30, "inner_lr": 0.5}, seeds=1),
+        "tgda": ProfileSetting(skip="its generator game takes ≈ 3 min per cell on a 2-core CPU; --profile standard or paper runs it"),
+    },
+}
+"""Per profile, the setting of each attack by registry name (absent: the attack's defaults, every seed)."""

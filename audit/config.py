@@ -19,7 +19,7 @@ import numpy as np
 import yaml
 from pydantic import Field, ValidationError, ValidationInfo, field_validator, model_serializer, model_validator
 
-from audit.catalog import MODELS
+from audit.catalog import BATTERY, MODELS, PROFILES
 from audit.data import DatasetSpec, SplitSpec
 from audit.errors import AuditError
 from audit.spec import StrictModel, first_error
@@ -169,9 +169,11 @@ class _RegisteredSpec(StrictModel):
 
 
 class AttackSpec(_RegisteredSpec):
-    """One attack of the grid: registry name, an optional display id and its parameters."""
+    """One attack of the grid: registry name, an optional display id, its parameters and how many
+    of the run's seeds it runs at (``seeds``: the first ones; None: all)."""
 
     axis: ClassVar[str] = "attacks"
+    seeds: int | None = Field(None, ge=1)
 
     @classmethod
     def registry(cls) -> dict[str, Any]:
@@ -294,14 +296,8 @@ class AuditConfig(StrictModel):
     model: ModelSpec = Field(default_factory=lambda: ModelSpec(name="logreg"))
     training: TrainingSpec = TrainingSpec()
     candidates: dict[str, list[Any]] = Field(default_factory=lambda: {"l2": [0.0, 1e-4, 1e-3, 1e-2, 1e-1]})
-    attacks: list[AttackSpec] = Field(
-        default_factory=lambda: [
-            # built unvalidated (model_construct): known-good, and validating would import the registry
-            AttackSpec.model_construct(name="label_flip", id="label_flip_random", params={"variant": "random"}),
-            AttackSpec.model_construct(name="label_flip", id="label_flip_adversarial", params={"variant": "adversarial"}),
-        ],
-        min_length=1,
-    )
+    profile: Literal["quick", "standard", "paper"] = "quick"  # audit.catalog.PROFILES
+    attacks: list[AttackSpec] = Field(default_factory=list)  # empty: the profile's battery (see resolved)
     budgets: list[float] = Field(default_factory=lambda: [0.03, 0.1, 0.3], min_length=1)
     defenses: list[DefenseSpec] = Field(default_factory=lambda: [DefenseSpec.model_construct(name="none", id=None, params={})], min_length=1)
     seeds: list[int] = Field(default_factory=lambda: [0, 1, 2], min_length=1)
@@ -361,10 +357,12 @@ class AuditConfig(StrictModel):
     def _consistent(self) -> AuditConfig:
         if self.training.optimizer == "lbfgs" and (self.training.batch_size or "batch_size" in self.candidates):
             raise ValueError("training.batch_size: L-BFGS trains full batch; drop batch_size or use optimizer sgd/adam")
+        if "attacks" in self.model_fields_set and not self.attacks:
+            raise ValueError("attacks: the list is empty; leave the key out to run the profile's battery")
         keys = [a.key for a in self.attacks]
         if len(set(keys)) != len(keys):
             raise ValueError(f"attacks: two attacks share an id ({keys!r}); give each an 'id'")
-        if self.minimax is not None:
+        if self.minimax is not None and self.attacks:  # the battery's back-gradient is checked when it is resolved
             self.minimax_attack()  # raises when there is no back_gradient attack to run it with
         target = self.recommendation.target_budget
         if target is not None and target not in self.budgets:
@@ -372,6 +370,44 @@ class AuditConfig(StrictModel):
         return self
 
     # ------------------------------------------------------------------ derived
+    def resolved(self, task: str, victim_kind: str) -> AuditConfig:
+        """This config with its attacks made explicit under the profile: the profile's battery when
+        the config lists none; each attack's parameters from the profile under its own ``params``;
+        its seeds from the profile unless the config sets ``seeds`` (or the attack its ``seeds``).
+
+        Idempotent (a resolved config resolves to itself), so a run's stored config reads back as
+        what ran. Raises :class:`ValueError` when the battery has no attack for ``task`` and
+        ``victim_kind``.
+        """
+        settings = PROFILES[self.profile]
+        if self.attacks:
+            specs = self.attacks
+        else:
+            registry = AttackSpec.registry()
+            specs = [
+                AttackSpec.model_construct(name=e.attack, id=e.id, params=dict(e.params), seeds=None)
+                for e in BATTERY
+                if task in registry[e.attack].tasks and victim_kind in registry[e.attack].victims
+                and not (e.attack in settings and settings[e.attack].skip)
+            ]  # fmt: skip
+            if not specs:
+                raise ValueError(f"profile {self.profile!r}: no attack of the battery applies to {task} with this victim")
+        own_seeds = "seeds" in self.model_fields_set  # seeds the config chose are run by every attack
+        out = []
+        for spec in specs:
+            setting = settings.get(spec.name)
+            params = {**(setting.params if setting else {}), **spec.params}
+            seeds = spec.seeds if spec.seeds is not None else (setting.seeds if setting and not own_seeds else None)
+            out.append(AttackSpec.model_construct(name=spec.name, id=spec.key, params=params, seeds=seeds))
+        resolved = self.model_copy(update={"attacks": out})
+        if resolved.minimax is not None:
+            resolved.minimax_attack()
+        return resolved
+
+    def attack_seeds(self, spec: AttackSpec) -> list[int]:
+        """The run's seeds ``spec`` runs at: the first ``spec.seeds`` of them, else all."""
+        return self.seeds[: spec.seeds] if spec.seeds is not None else list(self.seeds)
+
     @property
     def target_budget(self) -> float:
         """The budget the recommendation optimises: the configured one, else 0.1 if run, else the largest."""

@@ -12,8 +12,41 @@ def test_default_config_is_the_embedded_default_audit():
     assert cfg.dataset.name == "mnist5k" and cfg.model.name == "logreg"
     assert cfg.candidates == {"l2": [0.0, 1e-4, 1e-3, 1e-2, 1e-1]}
     assert cfg.budgets == [0.03, 0.1, 0.3] and cfg.seeds == [0, 1, 2]
-    assert {a.params["variant"] for a in cfg.attacks} == {"random", "adversarial"}
+    assert cfg.attacks == [] and cfg.profile == "quick"  # no attacks listed: the profile's battery
     assert cfg.target_budget == 0.1
+
+
+def test_the_default_battery_is_every_attack_that_applies_and_the_profile_sets_its_effort():
+    quick = AuditConfig().resolved("classification", "torch")
+    ids = [a.key for a in quick.attacks]
+    assert ids == ["label_flip_random", "label_flip_adversarial", "statp", "gradient_canceling", "back_gradient"]  # TGDA: skipped by quick
+    bg = quick.attack_spec("back_gradient")
+    assert bg.params == {"iterations": 5, "step": 4.0, "inner_steps": 30, "inner_lr": 0.5} and bg.seeds == 1
+    assert quick.attack_seeds(bg) == [0]
+    assert quick.resolved("classification", "torch") == quick  # idempotent: a stored config reads back as what ran
+    paper = AuditConfig(profile="paper").resolved("classification", "torch")
+    assert [a.key for a in paper.attacks] == [*ids, "tgda"]
+    assert all(a.seeds is None and a.params == ({"variant": a.params.get("variant")} if a.name == "label_flip" else {}) for a in paper.attacks)
+    assert "tgda" in [a.key for a in AuditConfig(profile="standard").resolved("classification", "torch").attacks]
+    # scikit-learn victims: only the attacks that need no torch module; regression: StatP and OptP, not the flips
+    assert [a.key for a in AuditConfig().resolved("classification", "sklearn").attacks] == ["label_flip_random", "label_flip_adversarial", "statp"]
+    assert "label_flip_random" not in [a.key for a in AuditConfig().resolved("regression", "torch").attacks]
+    assert "optp" in [a.key for a in AuditConfig().resolved("regression", "torch").attacks]
+
+
+def test_a_listed_attack_takes_the_profiles_effort_under_its_own_params_and_the_configs_seeds():
+    cfg = parse_config(tiny_config(attacks=[{"name": "back_gradient", "params": {"iterations": 7}}], seeds=[0, 1]))
+    bg = cfg.resolved("classification", "torch").attacks[0]
+    assert bg.key == "back_gradient[iterations=7]"  # the key the config gave it, whatever the profile adds
+    assert bg.params["iterations"] == 7 and bg.params["inner_steps"] == 30
+    assert bg.seeds is None  # the config chose its seeds: every attack runs them all
+    unseeded = {k: v for k, v in tiny_config(attacks=[{"name": "back_gradient"}]).items() if k != "seeds"}
+    assert parse_config(unseeded).resolved("classification", "torch").attacks[0].seeds == 1  # the profile's
+
+
+def test_an_empty_attack_list_is_refused():
+    with pytest.raises(AuditError, match="attacks: the list is empty; leave the key out to run the profile's battery"):
+        parse_config(tiny_config(attacks=[]))
 
 
 def test_candidate_grid_is_the_product_in_config_order():

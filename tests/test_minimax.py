@@ -131,7 +131,7 @@ def test_cli_bad_minimax_config_exits_2(tmp_path):
     import yaml
 
     path = tmp_path / "c.yaml"
-    path.write_text(yaml.safe_dump({"minimax": {}}))
+    path.write_text(yaml.safe_dump({"minimax": {}, "attacks": [{"name": "label_flip"}]}))  # no back_gradient to run it with
     result = CliRunner().invoke(cli, ["run", str(path)])
     assert result.exit_code == 2
     assert "minimax: needs a back_gradient attack in attacks" in result.output

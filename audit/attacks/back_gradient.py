@@ -29,7 +29,9 @@ When the first ``patience`` iterations gain less than ``min_gain`` (relative) th
 stuck: it restarts from other validation points, drawn without duplicates (footnote 4).
 
 Defaults: the paper's MNIST '0' vs '8' settings (Table 2): T = 150, η = 0.10, α = 0.99,
-β = 0.80, 100 outer iterations, Φ(λ) = [−8, log 200].
+β = 0.80, 100 outer iterations, Φ(λ) = [−8, log 200]. The ``quick`` profile takes T = 30,
+η = 0.5 (the same η·T), α = 4 and 5 iterations (measured against these defaults in
+``examples/benchmarks/profile_strength.py``).
 """
 
 from __future__ import annotations

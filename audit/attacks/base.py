@@ -360,6 +360,12 @@ class AuditAttack(ABC):
     def for_cell(cls, params: dict[str, Any], ctx: AttackContext) -> AuditAttack:
         """Build the attack for one grid cell from its configured parameters."""
 
+    @classmethod
+    def seed_free(cls, params: dict[str, Any]) -> bool:
+        """True when the seed cannot change the poisons crafted with ``params`` against a given
+        clean model (the grid then runs such a cell at one seed when training is seed-free too)."""
+        return False
+
     @property
     def box(self) -> tuple[Any, Any] | None:
         """The feature box ``(lo, hi)`` the poisons are clipped to, or None (unbounded)."""

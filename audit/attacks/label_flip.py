@@ -88,6 +88,12 @@ class LabelFlip(AuditAttack, PoisoningAttackBlackBox):
             raise AuditError("LabelFlip(variant='adversarial') needs an estimator to query for class losses")
 
     @classmethod
+    def seed_free(cls, params: dict[str, Any]) -> bool:
+        """The max-loss flip draws nothing: its poisons are a function of the clean model (ε ≤ 1 never samples)."""
+        checked = cls.Params.model_validate(params)
+        return checked.variant == "adversarial" and checked.selection == "max_loss"
+
+    @classmethod
     def for_cell(cls, params: dict[str, Any], ctx: AttackContext) -> LabelFlip:
         estimator = ctx.fitted.to_art() if params.get("variant") == "adversarial" else None
         return cls(estimator, budget=ctx.budget, n_classes=ctx.dataset.n_classes, seed=ctx.seed, **params)
@@ -113,9 +119,7 @@ class LabelFlip(AuditAttack, PoisoningAttackBlackBox):
         best = losses_other.argmax(axis=1)  # appendix A: the class with the largest loss
         flipped_loss = losses_other[own, best]
         if self.params.selection == "max_loss" and not replace:
-            # ties broken by a seeded permutation so the choice is reproducible
-            perm = rng.permutation(len(x))
-            idx = perm[np.argsort(-flipped_loss[perm], kind="stable")[:n_poison]]
+            idx = np.argsort(-flipped_loss, kind="stable")[:n_poison]  # ties to the earlier point: no seed enters
         else:
             idx = rng.choice(len(x), size=n_poison, replace=replace)
         self.diagnostics.update(

@@ -59,6 +59,7 @@ class Defense(ABC):
     reads_validation: ClassVar[bool] = False
     designed_for_backdoors: ClassVar[bool] = False
     certifies: ClassVar[bool] = False
+    draws_randomness: ClassVar[bool] = True  # False: the seed reaches it only through the victim's training
 
     def __init__(self, rate: float, seed: int) -> None:
         self.rate = rate
@@ -95,6 +96,7 @@ class NoDefense(Defense):
 
     name: ClassVar[str] = "none"
     description: ClassVar[str] = "no defense: retrain on the clean and poisoned points as they are"
+    draws_randomness: ClassVar[bool] = False
 
     def apply(self, x: np.ndarray, y: np.ndarray, victim: Any, hparams: dict[str, Any]) -> DefenseResult:
         return DefenseResult(keep=np.ones(len(y), dtype=bool))

@@ -98,6 +98,7 @@ class DeepPartitionAggregation(Defense):
     """DPA: ``k`` victims on hash partitions, majority vote, certified radius per test point."""
 
     name: ClassVar[str] = "dpa"
+    draws_randomness: ClassVar[bool] = False
     description: ClassVar[str] = "deep partition aggregation (ART DeepPartitionEnsemble) with a certified radius per test point"
     tasks: ClassVar[tuple[str, ...]] = ("classification",)
     Diagnostics = DPADiagnostics

@@ -91,6 +91,7 @@ class LossFilter(Defense):
     """Remove the points with the largest training loss under the model trained on the mixed set."""
 
     name: ClassVar[str] = "loss_filter"
+    draws_randomness: ClassVar[bool] = False
     Diagnostics = RemovedDiagnostics
     description: ClassVar[str] = "loss filter: drop the ε fraction with the largest training loss, retrain"
 
@@ -108,6 +109,7 @@ class InfluenceFilter(Defense):
     """Remove the points whose up-weighting raises the validation loss most (influence functions)."""
 
     name: ClassVar[str] = "influence_filter"
+    draws_randomness: ClassVar[bool] = False
     Diagnostics = InfluenceDiagnostics
     victims: ClassVar[tuple[str, ...]] = ("torch",)
     description: ClassVar[str] = "influence filter: drop the ε fraction most harmful to the validation loss (H⁻¹ by CG)"
@@ -170,6 +172,7 @@ class Sever(Defense):
     """Sever: remove the points whose centred gradients project most on the top singular direction."""
 
     name: ClassVar[str] = "sever"
+    draws_randomness: ClassVar[bool] = False
     Diagnostics = SeverDiagnostics
     victims: ClassVar[tuple[str, ...]] = ("torch",)
     Params = SeverParams

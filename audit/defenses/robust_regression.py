@@ -129,6 +129,7 @@ class Huber(_SklearnRobust):
     """scikit-learn ``HuberRegressor`` (outlier-robust loss), ``alpha = ρ·n``."""
 
     name: ClassVar[str] = "huber"
+    draws_randomness: ClassVar[bool] = False
     description: ClassVar[str] = "scikit-learn HuberRegressor (robust loss) as the trainer, regression baseline"
 
     def _estimator(self, rho: float, n: int, d: int) -> Any:

@@ -19,7 +19,7 @@ import math
 import platform
 import time
 import traceback
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +27,7 @@ import numpy as np
 import torch
 
 from audit.attacks import AttackContext
-from audit.config import SCHEMA_VERSION, AuditConfig, DefenseSpec, candidate_label
+from audit.config import SCHEMA_VERSION, AttackSpec, AuditConfig, DefenseSpec, candidate_label
 from audit.data import Dataset, load_dataset
 from audit.errors import AuditError
 from audit.grid.cells import GridCell, apply_defense
@@ -50,6 +50,7 @@ class RunPlan:
     device: torch.device
     run_dir: Path
     deployed_test_metric: float | None = None  # the user's estimator as handed over, on the test split
+    _seed_free: dict[str, bool] = field(default_factory=dict, repr=False)
 
     def fingerprint(self) -> str:
         """The config's fingerprint plus what the code resolved it to (training procedure, version):
@@ -65,16 +66,47 @@ class RunPlan:
         return hashlib.sha256(payload.encode()).hexdigest()[:16]
 
     def cells(self) -> list[GridCell]:
-        """All grid cells in run order (candidate → seed → attack → budget → defense)."""
+        """All grid cells in run order (candidate → seed → attack → budget → defense), each at the
+        seeds :meth:`cell_seeds` gives it."""
         out: list[GridCell] = []
         for hp in self.config.candidate_grid():
             cand = candidate_key(hp)
+            seeds = {(a.key, d): self.cell_seeds(hp, a, d) for a in self.config.attacks for d in self.config.defense_keys}
             for seed in self.config.seeds:
                 for attack in self.config.attacks:
                     for eps in self.config.budgets:
                         for defense in self.config.defense_keys:
-                            out.append(GridCell(len(out), cand, attack.key, eps, defense, seed))
+                            if seed in seeds[attack.key, defense]:
+                                out.append(GridCell(len(out), cand, attack.key, eps, defense, seed))
         return out
+
+    def cell_seeds(self, hp: dict[str, Any], attack: AttackSpec, defense: str) -> list[int]:
+        """The seeds an (attack, defense) runs at for candidate ``hp``: the attack's seeds (profile or
+        config), or only the first when no seed can change the cell — training seed-free
+        (:meth:`Victim.seed_free`), the attack's poisons too (:meth:`AuditAttack.seed_free`) and the
+        defense drawing nothing of its own."""
+        seeds = self.config.attack_seeds(attack)
+        deterministic = (
+            self.seed_free(hp) and attack.attack.seed_free(attack.params) and not self.config.defense_spec(defense).defense.draws_randomness
+        )
+        return seeds[:1] if deterministic else seeds
+
+    def seed_plan(self) -> dict[str, list[int]]:
+        """``json([candidate, attack, defense])`` → the seeds its cells run at (stored for the report,
+        which counts a setting's missing cells against it); see :func:`planned_seeds`."""
+        return {
+            json.dumps([candidate_key(hp), a.key, d]): self.cell_seeds(hp, a, d)
+            for hp in self.config.candidate_grid()
+            for a in self.config.attacks
+            for d in self.config.defense_keys
+        }
+
+    def seed_free(self, hp: dict[str, Any]) -> bool:
+        """Whether the victim's training for ``hp`` is seed-free (cached per candidate)."""
+        key = candidate_key(hp)
+        if key not in self._seed_free:
+            self._seed_free[key] = self.victim.seed_free(hp)
+        return self._seed_free[key]
 
 
 def package_versions() -> dict[str, str]:
@@ -112,6 +144,10 @@ def plan_audit(
         raise AuditError("poisonability.enabled is 'on' but the victim is not a torch model (τ needs its logits)")
     if config.minimax is not None and not victim.builds_modules:
         raise AuditError("minimax: λ under attack needs a PyTorch victim (the back-gradient attack unrolls its training)")
+    try:
+        config = config.resolved(data.task, victim.kind)  # the profile's battery and settings, explicit
+    except ValueError as err:
+        raise AuditError(str(err)) from None
     for attack in config.attacks:
         cls = attack.attack
         if data.task not in cls.tasks:
@@ -199,6 +235,7 @@ def _prepare_store(plan: RunPlan, restart: bool) -> Store:
                 "versions": package_versions(),
                 "created": time.time(),
                 "total_cells": len(plan.cells()),
+                "cell_seeds": plan.seed_plan(),
                 "deployed_test_metric": plan.deployed_test_metric,
                 "threads": torch.get_num_threads(),
             }
@@ -276,6 +313,7 @@ def _run_grid(plan: RunPlan, store: Store, progress: bool) -> None:
     for c in cells:
         by_group.setdefault((c.candidate, c.seed), []).append(c)
 
+    first_fit: dict[str, tuple[int, Any]] = {}  # seed-free victims: the candidate's one clean model, and its seed
     for (cand, seed), group in by_group.items():
         pending = [c for c in group if c.key not in done]
         if not pending:
@@ -284,7 +322,10 @@ def _run_grid(plan: RunPlan, store: Store, progress: bool) -> None:
         train_seed = clean_train_seed(seed)
         t0 = time.perf_counter()
         try:
-            clean = victim.fit(data.x_train, data.y_train, hp, train_seed)
+            reused = first_fit.get(cand) if plan.seed_free(hp) else None
+            clean = reused[1] if reused else victim.fit(data.x_train, data.y_train, hp, train_seed)
+            if plan.seed_free(hp) and not reused:
+                first_fit[cand] = (seed, clean)
             clean_val, clean_test = clean.metric(data.x_val, data.y_val), clean.metric(data.x_test, data.y_test)
             clean_points = (clean.pointwise(data.x_val, data.y_val), clean.pointwise(data.x_test, data.y_test))
         except Exception as err:  # the whole (h, s) group fails; the audit goes on
@@ -297,7 +338,9 @@ def _run_grid(plan: RunPlan, store: Store, progress: bool) -> None:
         for defense_spec in cfg.defenses:
             if defense_spec.name != "none":
                 record_clean_defense(store, plan, victim, hp, cand, seed, train_seed, defense_spec)
-        if wants_thresholds(cfg, data, clean):
+        if reused and store.copy_targets(cand, reused[0], seed):
+            pass  # the same clean model: the same targets and thresholds
+        elif wants_thresholds(cfg, data, clean):
             try:
                 record_thresholds(store, cfg, data, victim, clean, hp, cand, seed)
             except Exception as err:  # τ is diagnostic: record why it is missing, keep auditing

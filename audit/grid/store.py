@@ -291,6 +291,17 @@ class Store:
                 (candidate, seed, eps_w, val, test, json.dumps(threshold), json.dumps(gradpc)),
             )
 
+    def copy_targets(self, candidate: str, from_seed: int, to_seed: int) -> bool:
+        """Store ``from_seed``'s targets of ``candidate`` under ``to_seed`` too (a seed-free victim's
+        clean model, hence its targets, is the same at every seed); False when there are none."""
+        with self.db:
+            cursor = self.db.execute(
+                "INSERT OR REPLACE INTO targets SELECT candidate, ?, eps_w, val_metric, test_metric, threshold, gradpc FROM targets "
+                "WHERE candidate = ? AND seed = ?",
+                (to_seed, candidate, from_seed),
+            )
+        return cursor.rowcount > 0
+
     def target_rows(self) -> list[dict[str, Any]]:
         rows = self.db.execute("SELECT * FROM targets ORDER BY rowid").fetchall()
         keys = ("candidate", "seed", "eps_w", "val_metric", "test_metric", "threshold", "gradpc")

@@ -35,6 +35,7 @@ import torch
 from torch import nn
 
 from audit.errors import AuditError
+from audit.models.structure import is_convex_linear
 from audit.models.training import TrainConfig, TrainResult, data_loss, train
 from audit.seeding import seeded_init
 
@@ -192,6 +193,11 @@ class Victim(ABC):
         config = self.train_config(hparams)
         return float(config.l1) if config is not None else float(hparams.get("l1", 0.0))
 
+    def seed_free(self, hparams: dict[str, Any]) -> bool:
+        """True when the seed cannot change what :meth:`fit` returns for ``hparams`` (then a grid
+        cell whose attack and defense draw nothing random is computed at one seed only)."""
+        return False
+
     @property
     def builds_modules(self) -> bool:
         """True for torch victims: :meth:`build` gives fresh modules (unrolled attacks, DPA members, τ)."""
@@ -248,9 +254,21 @@ class TorchVictim(Victim):
         merged = {**self.training, **{k: v for k, v in hparams.items() if k in TRAINING_AXES}}
         return TrainConfig(**{k: v for k, v in merged.items() if v is not None or k == "batch_size"})
 
+    def seed_free(self, hparams: dict[str, Any]) -> bool:
+        """A convex linear model (one ``nn.Linear``) trained full batch: its objective has one
+        minimiser (ρ > 0) and :meth:`fit` starts it at w = 0, so no seed enters training."""
+        if self.train_config(hparams).batch_size is not None:
+            return False
+        with seeded_init(0):  # building initialises; the caller's generators stay as they were
+            return is_convex_linear(self.build(hparams))
+
     def fit(self, x: np.ndarray, y: np.ndarray, hparams: dict[str, Any], seed: int) -> FittedTorch:
         with seeded_init(seed):
             module = self.build(hparams).to(self.device)
+        if self.train_config(hparams).batch_size is None and is_convex_linear(module):
+            with torch.no_grad():  # convex and full batch: start at w = 0, the seed plays no part
+                for p in module.parameters():
+                    p.zero_()
         xt = torch.as_tensor(x, dtype=torch.float32, device=self.device)
         dtype = torch.long if self.task == "classification" else torch.float32
         yt = torch.as_tensor(y, dtype=dtype, device=self.device)
@@ -302,6 +320,9 @@ def sklearn_regularization(kind: str, n_classes: int | None, rho: float, l1: flo
     return {"alpha": rho * n}
 
 
+_DETERMINISTIC_SOLVERS = ("lbfgs", "newton-cg", "newton-cholesky", "auto", "svd", "cholesky", "lsqr", "sparse_cg")
+
+
 class SklearnVictim(Victim):
     """A scikit-learn ``LogisticRegression`` or ``Ridge``, refitted per candidate with its own solver."""
 
@@ -319,6 +340,12 @@ class SklearnVictim(Victim):
 
     def train_config(self, hparams: dict[str, Any]) -> None:
         return None
+
+    def seed_free(self, hparams: dict[str, Any]) -> bool:
+        """The seed reaches the estimator only as ``random_state``: seed-free without one, or with a
+        solver that draws nothing (LogisticRegression's lbfgs/newton-*, Ridge's direct solvers)."""
+        params = self.estimator.get_params()
+        return "random_state" not in params or params.get("solver") in _DETERMINISTIC_SOLVERS
 
     def fit(self, x: np.ndarray, y: np.ndarray, hparams: dict[str, Any], seed: int) -> FittedSklearn:
         from sklearn.base import clone

@@ -91,7 +91,7 @@ def analyse(run_dir: str | Path) -> Analysis:
     defense = "none" if "none" in config.defense_keys else config.defense_keys[0]
     summaries = aggregate(
         cells, clean_rows, config.candidate_grid(), [a.key for a in config.attacks], config.budgets, config.seeds,
-        defense, higher_is_better=higher,
+        defense, higher_is_better=higher, planned=meta.get("cell_seeds"),
     )  # fmt: skip
     # every (candidate, defense) setting; a defended setting's clean metric is the defense run on clean data
     pairs: list[CandidateSummary] = []
@@ -99,7 +99,7 @@ def analyse(run_dir: str | Path) -> Analysis:
         rows: list[Any] = clean_rows if d == "none" else [(c, s, v, t, 0.0, {}) for c, s, dd, v, t, _, err in defended_rows
                                                if dd == d and v is not None]  # fmt: skip
         pairs += aggregate(cells, rows, config.candidate_grid(), [a.key for a in config.attacks], config.budgets,
-                           config.seeds, d, higher_is_better=higher)  # fmt: skip
+                           config.seeds, d, higher_is_better=higher, planned=meta.get("cell_seeds"))  # fmt: skip
     rec = recommend(pairs, config.target_budget, config.recommendation.clean_tolerance, higher,
                     metric_name="accuracy" if higher else "MSE")  # fmt: skip
     analysis = Analysis(config, meta, cells, summaries, rec, defense, metric, higher, targets, pairs, samples, policies)

@@ -138,8 +138,14 @@ def aggregate(
     seeds: list[int],
     defense: str,
     higher_is_better: bool = True,
+    planned: dict[str, list[int]] | None = None,
 ) -> list[CandidateSummary]:
-    """Means over seeds of every (candidate, attack, budget) for ``defense``, and the worst case over attacks."""
+    """Means over seeds of every (candidate, attack, budget) for ``defense``, and the worst case over attacks.
+
+    ``planned`` (the run's ``cell_seeds``: ``json([candidate, attack, defense])`` → seeds) says at
+    which seeds each cell was planned — a profile runs some attacks at fewer seeds, and a cell no
+    seed can change runs at one —; without it every cell is expected at every seed of ``seeds``.
+    """
     sign = 1.0 if higher_is_better else -1.0
     ok = [c for c in cells if c.status == "ok"]
     clean_by, clean_se = {}, {}
@@ -159,7 +165,8 @@ def aggregate(
         for attack in attacks:
             for eps in budgets:
                 rows = [c for c in ok if c.candidate == key and c.attack == attack and c.budget == eps and c.defense == defense]
-                summary.missing += len(seeds) - len(rows)
+                expected = (planned or {}).get(json.dumps([key, attack, defense]), seeds)
+                summary.missing += max(len(expected) - len(rows), 0)
                 if not rows:
                     continue
                 pv = [c.poisoned_val for c in rows]
