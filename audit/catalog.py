@@ -55,14 +55,15 @@ class ProfileSetting:
     """How one attack runs under a profile.
 
     ``params`` override the attack's defaults (a config's own ``params`` override them again);
-    ``seeds`` is how many of the run's seeds it runs at (the first ones; None: all); ``skip``
-    says why the profile's *default battery* leaves the attack out (an attack the config lists
-    always runs).
+    ``seeds`` is how many of the run's seeds it runs at (the first ones; None: all; a config
+    that sets ``seeds`` runs them all); ``skip`` says why the profile's *default battery* leaves
+    the attack out (an attack the config lists always runs).
     """
 
     params: Mapping[str, Any] = field(default_factory=dict)
     seeds: int | None = None
     skip: str | None = None
+    strength: str | None = None  # the reduction's measured damage against the paper setting's (the report prints it)
 
 
 PROFILES: dict[str, dict[str, ProfileSetting]] = {

@@ -65,8 +65,10 @@ def cli() -> None:
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 @click.option("--threads", type=click.IntRange(min=1), default=None,
               help="CPU threads for torch (default: the CPUs this process may use). Part of the run's fingerprint.")  # fmt: skip
+@click.option("--profile", type=click.Choice(["quick", "standard", "paper"]), default=None,
+              help="How hard the attacks work (overrides the config's profile; default quick). README: Profiles.")  # fmt: skip
 @_user_errors
-def run(config: Path | None, output_dir: Path | None, restart: bool, quiet: bool, threads: int | None) -> None:
+def run(config: Path | None, output_dir: Path | None, restart: bool, quiet: bool, threads: int | None, profile: str | None) -> None:
     """Run (or resume) the audit CONFIG describes; without CONFIG, the embedded default audit."""
     from audit.config import AuditConfig, load_config
     from audit.threads import configure_threads
@@ -78,6 +80,10 @@ def run(config: Path | None, output_dir: Path | None, restart: bool, quiet: bool
     from audit.report import write_report
 
     cfg = load_config(config) if config is not None else AuditConfig()
+    if profile is not None and profile != cfg.profile:
+        # the embedded default audit keeps one run directory per profile (reports/default, reports/default-paper)
+        name = f"default-{profile}" if config is None and profile != "quick" else cfg.name
+        cfg = cfg.model_copy(update={"profile": profile, "name": name})
     run_dir = run_audit(cfg, output_dir=output_dir, restart=restart, progress=not quiet)  # Ctrl-C: _OneLineGroup exits 130
     html = write_report(run_dir)
     click.echo(f"report: {html}")

@@ -17,6 +17,7 @@ import yaml
 from jinja2 import Environment, FileSystemLoader, select_autoescape
 
 from audit.attacks import ATTACKS
+from audit.catalog import PROFILES
 from audit.grid.lock import RunLock
 from audit.grid.store import Store
 from audit.jsonio import atomic_write, finite
@@ -27,6 +28,29 @@ from audit.report.recommend import Z95, candidate_label
 from audit.report.sections import SECTIONS
 
 SUMMARY_SCHEMA_VERSION = 1
+
+
+def _why_not_run(a: Analysis, name: str, cls: Any) -> str:
+    """Why the registry's attack ``name`` is not in this run: the victim, the profile or the config."""
+    kind = a.meta.get("victim_kind")
+    if kind and kind not in cls.victims:
+        return "needs a PyTorch victim"
+    setting = PROFILES[a.config.profile].get(name)
+    if setting is not None and setting.skip:
+        return f"left out by the {a.config.profile} profile: {setting.skip}"
+    return "not in this config"
+
+
+def _seeds_run(a: Analysis, spec: Any) -> str:
+    """At which seeds an attack's cells ran: all, the first k (profile or config), or once (no seed can change them)."""
+    planned: dict[str, list[int]] = a.meta.get("cell_seeds") or {}
+    counts = {len(seeds) for key, seeds in planned.items() if json.loads(key)[1] == spec.key}
+    wanted = a.config.attack_seeds(spec)
+    if counts == {1} and len(wanted) > 1:
+        return "once: no seed can change its cells (deterministic attack and training)"
+    if len(wanted) < len(a.config.seeds):
+        return f"seed{'s' if len(wanted) > 1 else ''} {', '.join(map(str, wanted))} of {len(a.config.seeds)}"
+    return "every seed"
 
 
 def templates_dir() -> Path:
@@ -86,9 +110,7 @@ def build_context(a: Analysis) -> dict[str, Any]:
     task = a.meta["dataset"]["task"]
     ran = {s.name for s in cfg.attacks}
     not_run = [cls.title for name, cls in ATTACKS.items() if name not in ran and task in cls.tasks]  # the registry's attacks this run left out
-    kind = a.meta.get("victim_kind")
-    not_run_why = [f"{cls.title} — {'needs a PyTorch victim' if kind and kind not in cls.victims else 'not in this config'}"
-                   for name, cls in ATTACKS.items() if name not in ran and task in cls.tasks]  # fmt: skip
+    not_run_why = [f"{cls.title} — {_why_not_run(a, name, cls)}" for name, cls in ATTACKS.items() if name not in ran and task in cls.tasks]
     return {
         "title": f"Poisoning audit — {cfg.name}",
         "name": cfg.name,
@@ -111,7 +133,18 @@ def build_context(a: Analysis) -> dict[str, Any]:
         },
         "severity": _severity(verdict_damage, a.higher_is_better),
         "budgets": [f"{100 * b:g}%" for b in budgets],
-        "attacks": [{"key": s.key, "name": s.name, "params": json.dumps(s.params, sort_keys=True)} for s in cfg.attacks],
+        "attacks": [
+            {"key": s.key, "name": s.name, "params": json.dumps(s.params, sort_keys=True), "seeds": _seeds_run(a, s)} for s in cfg.attacks
+        ],  # fmt: skip
+        "one_seed": [s.key for s in cfg.attacks if len(cfg.attack_seeds(s)) == 1 and len(cfg.seeds) > 1],
+        "profile": {
+            "name": cfg.profile,
+            "reduced": [
+                f"{s.key}: {PROFILES[cfg.profile][s.name].strength}"
+                for s in cfg.attacks
+                if s.name in PROFILES[cfg.profile] and PROFILES[cfg.profile][s.name].strength
+            ],
+        },
         "defenses": cfg.defense_keys,
         "defense_shown": a.defense,
         "tradeoff": rows,
@@ -215,6 +248,8 @@ def build_summary(a: Analysis) -> dict[str, Any]:
         "deployed_test_metric": a.meta.get("deployed_test_metric"),  # the user's estimator as handed over (API runs)
         "completeness": {**vars(done := a.completeness()), "complete": done.complete},  # no verdict unless complete
         "device": a.meta.get("device"),
+        "profile": a.config.profile,
+        "attacks": [{"key": s.key, "name": s.name, "params": s.params, "seeds": _seeds_run(a, s)} for s in a.config.attacks],
         "metric": {"name": a.metric, "higher_is_better": a.higher_is_better, "damage": a.unit},
         "target_budget": a.recommendation.target_budget,
         "recommendation": {
