@@ -95,3 +95,21 @@ def test_a_run_once_cell_is_counted_as_complete_and_the_clean_model_is_shared(tm
     assert "missing" not in summary["recommendation"]["reason"]
     clean = {(c["hyperparameters"]["l2"], c["seed"]): c["clean_metric"] for c in summary["cells"]}
     assert all(clean[(rho, 0)] == clean[(rho, 1)] for rho in (0.0, 0.01))
+
+
+def test_run_profile_overrides_the_configs_and_is_part_of_the_fingerprint(tmp_path):
+    from click.testing import CliRunner
+
+    from audit.cli import cli
+    from tests.conftest import write_yaml
+
+    path = write_yaml(tmp_path / "audit.yaml", tiny_config(candidates={"l2": [1e-2]}, budgets=[0.1]))
+    out = tmp_path / "out"
+    assert CliRunner().invoke(cli, ["run", str(path), "--out", str(out), "--quiet"]).exit_code == 0
+    again = CliRunner().invoke(cli, ["run", str(path), "--out", str(out), "--quiet", "--profile", "paper"])
+    assert again.exit_code == 2 and "holds a run of a different config" in again.output  # another profile, another run
+    fresh = CliRunner().invoke(cli, ["run", str(path), "--out", str(out), "--quiet", "--profile", "paper", "--restart"])
+    assert fresh.exit_code == 0, fresh.output
+    assert json.loads((out / "tiny" / "summary.json").read_text())["profile"] == "paper"
+    bad = CliRunner().invoke(cli, ["run", str(path), "--profile", "fast"])
+    assert bad.exit_code == 2 and "'fast' is not one of 'quick', 'standard', 'paper'" in bad.output

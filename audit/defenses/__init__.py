@@ -5,6 +5,7 @@ from audit.defenses.base import Defense, DefenseResult, NoDefense
 from audit.defenses.dpa import DeepPartitionAggregation
 from audit.defenses.filters import InfluenceFilter, LossFilter, Sever
 from audit.defenses.robust_regression import Huber, Ransac, Trim
+from audit.defenses.sanitizers import AcceptanceRegion, SlabDefense, SphereDefense, SphereSlabDefense
 
 DEFENSES: dict[str, type[Defense]] = {
     cls.name: cls
@@ -13,6 +14,9 @@ DEFENSES: dict[str, type[Defense]] = {
         LossFilter,
         InfluenceFilter,
         Sever,
+        SphereDefense,
+        SlabDefense,
+        SphereSlabDefense,
         ActivationClustering,
         SpectralSignature,
         Roni,
@@ -23,4 +27,19 @@ DEFENSES: dict[str, type[Defense]] = {
     )
 }
 
-__all__ = ["DEFENSES", "Defense", "DefenseResult", "Huber", "InfluenceFilter", "LossFilter", "NoDefense", "Ransac", "Sever", "Trim"]
+__all__ = [
+    "DEFENSES",
+    "AcceptanceRegion",
+    "Defense",
+    "DefenseResult",
+    "Huber",
+    "InfluenceFilter",
+    "LossFilter",
+    "NoDefense",
+    "Ransac",
+    "Sever",
+    "SlabDefense",
+    "SphereDefense",
+    "SphereSlabDefense",
+    "Trim",
+]

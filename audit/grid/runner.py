@@ -10,6 +10,13 @@ Seeds: the clean model and every retraining use ``derive_seed(s, "train")`` (sam
 initialisation, so a drop measures the poison, not the draw of the weights); the attack
 uses ``derive_seed(s, h, a, ε)`` and the defense ``derive_seed(s, h, a, ε, d)``. Any cell
 re-run alone gives the same numbers on the same device.
+
+Seeds that cannot change a cell are not run: when training is seed-free (a convex model
+trained full batch starts at w = 0, :meth:`Victim.seed_free`), the attack draws nothing
+(:meth:`AuditAttack.seed_free`) and the defense draws nothing of its own, the cell runs at the
+first seed only (:meth:`RunPlan.cell_seeds`; the store's ``cell_seeds`` tells the report what
+was planned), and the clean model and its thresholds are computed once per candidate. A
+profile may also run an attack at fewer seeds (``AttackSpec.seeds``).
 """
 
 from __future__ import annotations

@@ -1,0 +1,210 @@
+"""Sphere and slab sanitisers (Steinhardt, Koh & Liang 2017, §3; Koh, Steinhardt & Liang 2022, §2.2).
+
+For class ``y`` with centroid ``μ_y``:
+
+* **sphere**: remove ``x`` with ``‖x − μ_y‖₂ > r_y``;
+* **slab**: remove ``x`` with ``|⟨x − μ_y, v_y⟩| > s_y``, ``v_y`` the unit vector between the
+  centroids — binary: ``μ_1 − μ_0`` (the same line for both classes, up to sign);
+  multiclass: ``μ_y − μ̄``, ``μ̄`` the mean of the other classes' centroids.
+
+``centroids: oracle`` (default; Steinhardt et al.'s oracle defense) takes ``μ_y`` and the
+thresholds from the clean training points — the attacker cannot move them; ``data`` takes
+them from the mixed set the defense is given, as a defender without a trusted sample must
+(Koh et al.'s data-dependent defenses, which poisons can drag). Thresholds are the
+``quantile`` of the same points' scores per class; without one, ``1/(1 + rate)``: the
+fraction of clean points kept equals the clean fraction of the mixed set at the assumed
+poison rate, as the other filters remove that share. The region a point must lie in to
+survive, with the feature box, is :class:`AcceptanceRegion` — what a defense-aware attacker
+optimises inside.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, ClassVar, Literal
+
+import numpy as np
+from pydantic import Field
+
+from audit.defenses.base import Defense, DefenseParams, DefenseResult
+from audit.jsonio import Diagnostics
+
+
+@dataclass(frozen=True)
+class AcceptanceRegion:
+    """Per class ``y``: ``{x : ‖x − μ_y‖ ≤ r_y, |⟨x − μ_y, v_y⟩| ≤ s_y}`` (either part optional).
+
+    Attributes
+    ----------
+    centroids : ndarray, shape (c, d)
+    radii : ndarray, shape (c,), or None
+        Sphere radii ``r_y`` (None: no sphere).
+    directions : ndarray, shape (c, d), or None
+        Unit slab directions ``v_y`` (None: no slab).
+    widths : ndarray, shape (c,), or None
+        Slab half-widths ``s_y``.
+    """
+
+    centroids: np.ndarray
+    radii: np.ndarray | None = None
+    directions: np.ndarray | None = None
+    widths: np.ndarray | None = None
+
+    def accepts(self, x: np.ndarray, y: np.ndarray, slack: float = 0.0) -> np.ndarray:
+        """Boolean mask (n,): which points ``(x, y)`` (x of shape (n, d)) lie in their class's region (``slack``: relative tolerance)."""
+        y = np.asarray(y, dtype=np.int64)
+        keep = np.ones(len(y), dtype=bool)
+        offset = np.asarray(x, dtype=np.float64) - self.centroids[y]
+        if self.radii is not None:
+            keep &= np.linalg.norm(offset, axis=1) <= self.radii[y] * (1 + slack)
+        if self.directions is not None and self.widths is not None:
+            keep &= np.abs(np.einsum("nd,nd->n", offset, self.directions[y])) <= self.widths[y] * (1 + slack)
+        return keep
+
+    def project(self, x: np.ndarray, y: int, lo: np.ndarray | None, hi: np.ndarray | None, iterations: int = 200) -> np.ndarray:
+        """The point of class ``y``'s region ∩ the box ``[lo, hi]`` nearest to ``x`` (d,) — Dykstra's
+        alternating projections onto the ball, the slab and the box (each exact), ``iterations`` rounds."""
+        center = self.centroids[y]
+        sets = []
+        if self.radii is not None:
+            radius = float(self.radii[y])
+
+            def ball(z: np.ndarray) -> np.ndarray:
+                off = z - center
+                norm = float(np.linalg.norm(off))
+                return z if norm <= radius else center + off * (radius / norm)
+
+            sets.append(ball)
+        if self.directions is not None and self.widths is not None:
+            v, width = self.directions[y], float(self.widths[y])
+
+            def slab(z: np.ndarray) -> np.ndarray:
+                t = float((z - center) @ v)
+                return z if abs(t) <= width else z - (t - np.sign(t) * width) * v
+
+            sets.append(slab)
+        if lo is not None and hi is not None:
+            sets.append(lambda z: np.clip(z, lo, hi))
+        z = np.asarray(x, dtype=np.float64).copy()
+        corrections = [np.zeros_like(z) for _ in sets]
+        for _ in range(iterations):
+            previous = z
+            for i, proj in enumerate(sets):
+                moved = proj(z + corrections[i])
+                corrections[i] = z + corrections[i] - moved
+                z = moved
+            if np.max(np.abs(z - previous)) < 1e-10:
+                break
+        return z
+
+
+def class_centroids(x: np.ndarray, y: np.ndarray, n_classes: int) -> np.ndarray:
+    """Class means, shape (c, d); a class without points gets the overall mean."""
+    overall = x.mean(axis=0)
+    return np.stack([x[y == k].mean(axis=0) if np.any(y == k) else overall for k in range(n_classes)])
+
+
+def slab_directions(centroids: np.ndarray) -> np.ndarray:
+    """Unit ``v_y``: binary ``μ_1 − μ_0`` for both classes; multiclass ``μ_y − mean of the others``."""
+    c = len(centroids)
+    if c == 2:
+        diff = centroids[1] - centroids[0]
+        rows = np.stack([diff, diff])
+    else:
+        rows = np.stack([centroids[k] - np.delete(centroids, k, axis=0).mean(axis=0) for k in range(c)])
+    norms = np.linalg.norm(rows, axis=1, keepdims=True)
+    return rows / np.where(norms > 0, norms, 1.0)
+
+
+class SanitiserParams(DefenseParams):
+    quantile: float | None = Field(None, gt=0, le=1)  # None: 1/(1 + rate)
+    centroids: Literal["oracle", "data"] = "oracle"
+
+
+@dataclass
+class SanitiserDiagnostics(Diagnostics):
+    """How many points the region rejected, at which quantile, with centroids from where."""
+
+    removed: int | None = None
+    quantile: float | None = None
+    centroids: str | None = None
+
+
+class _Sanitiser(Defense):
+    """Sphere and/or slab around each class centroid (module docstring)."""
+
+    Params = SanitiserParams
+    Diagnostics = SanitiserDiagnostics
+    tasks: ClassVar[tuple[str, ...]] = ("classification",)
+    draws_randomness: ClassVar[bool] = False
+    sphere: ClassVar[bool] = False
+    slab: ClassVar[bool] = False
+
+    def __init__(self, rate: float, seed: int, quantile: float | None = None, centroids: str = "oracle",
+                 clean: tuple[np.ndarray, np.ndarray] | None = None, n_classes: int | None = None) -> None:  # fmt: skip
+        super().__init__(rate, seed)
+        self.quantile = quantile
+        self.centroid_source = centroids
+        self.clean = clean
+        self.n_classes = n_classes
+
+    @classmethod
+    def from_dataset(cls, dataset: Any) -> dict[str, Any]:
+        return {"clean": (dataset.x_train, dataset.y_train), "n_classes": dataset.n_classes}
+
+    def level(self) -> float:
+        """The quantile the thresholds are taken at."""
+        return self.quantile if self.quantile is not None else 1.0 / (1.0 + self.rate)
+
+    def region(self, x: np.ndarray, y: np.ndarray) -> AcceptanceRegion:
+        """The acceptance region this defense applies to the mixed set ``(x, y)``: from the clean
+        training points (oracle) or from ``(x, y)`` itself (data)."""
+        if self.centroid_source == "oracle" and self.clean is not None:
+            ref_x, ref_y = self.clean
+        else:
+            ref_x, ref_y = x, y
+        ref_x = np.asarray(ref_x, dtype=np.float64).reshape(len(ref_x), -1)
+        ref_y = np.asarray(ref_y, dtype=np.int64)
+        c = int(self.n_classes or int(max(ref_y.max(), np.max(y)) + 1))
+        mu = class_centroids(ref_x, ref_y, c)
+        q = self.level()
+        offset = ref_x - mu[ref_y]
+
+        def per_class(score: np.ndarray) -> np.ndarray:
+            return np.array([np.quantile(score[ref_y == k], q) if np.any(ref_y == k) else np.inf for k in range(c)])
+
+        radii = per_class(np.linalg.norm(offset, axis=1)) if self.sphere else None
+        directions = slab_directions(mu) if self.slab else None
+        widths = per_class(np.abs(np.einsum("nd,nd->n", offset, directions[ref_y]))) if directions is not None else None
+        return AcceptanceRegion(mu, radii, directions, widths)
+
+    def apply(self, x: np.ndarray, y: np.ndarray, victim: Any, hparams: dict[str, Any]) -> DefenseResult:
+        flat = np.asarray(x).reshape(len(x), -1)
+        keep = self.region(flat, y).accepts(flat, y)
+        diag = SanitiserDiagnostics(removed=int((~keep).sum()), quantile=self.level(), centroids=self.centroid_source)
+        return DefenseResult(keep=keep, diagnostics=diag)
+
+
+class SphereDefense(_Sanitiser):
+    """Remove points farther than ``r_y`` from their class centroid (sphere defense)."""
+
+    name: ClassVar[str] = "sphere"
+    description: ClassVar[str] = "sphere: removes points far from their class centroid (Steinhardt et al. 2017; oracle centroids by default)"
+    sphere: ClassVar[bool] = True
+
+
+class SlabDefense(_Sanitiser):
+    """Remove points whose projection on the centroids' line lies beyond ``s_y`` (slab defense)."""
+
+    name: ClassVar[str] = "slab"
+    description: ClassVar[str] = "slab: removes points far along the line between class centroids (Steinhardt et al. 2017)"
+    slab: ClassVar[bool] = True
+
+
+class SphereSlabDefense(_Sanitiser):
+    """Sphere and slab together: the oracle defense of Steinhardt et al.'s certificate."""
+
+    name: ClassVar[str] = "sphere_slab"
+    description: ClassVar[str] = "sphere + slab: both sanitisers (the defense Steinhardt et al. 2017 certify)"
+    sphere: ClassVar[bool] = True
+    slab: ClassVar[bool] = True
