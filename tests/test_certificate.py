@@ -1,0 +1,101 @@
+"""Issue 15: linear maximisation over the sanitisers' region, the min-max attack and the certified bound."""
+
+import numpy as np
+import pytest
+import torch
+
+from audit.attacks import ATTACKS, AttackContext
+from audit.config import DatasetSpec, ModelSpec, TrainingSpec
+from audit.data import load_dataset
+from audit.defenses import DEFENSES
+from audit.maths.certificate import online_minmax, softmax_loss
+from audit.maths.regions import AcceptanceRegion, class_centroids, max_linear, slab_directions
+from audit.models import build_victim
+
+CPU = torch.device("cpu")
+
+
+def test_max_linear_is_exact_against_a_brute_force_grid_and_its_bound_never_falls_below():
+    mu = np.array([[-1.0, -1.0], [1.0, 1.0]])
+    regions = [
+        AcceptanceRegion(mu, radii=np.array([1.2, 1.0]), directions=slab_directions(mu), widths=np.array([0.5, 0.4])),
+        AcceptanceRegion(mu, radii=np.array([0.9, 1.3])),  # sphere only
+        AcceptanceRegion(mu, directions=slab_directions(mu), widths=np.array([0.3, 0.6])),  # slab only
+        AcceptanceRegion(mu),  # the box alone
+    ]
+    lo, hi = np.array([-2.0, -2.0]), np.array([2.0, 0.5])
+    grid = np.stack(np.meshgrid(np.linspace(-2, 2, 801), np.linspace(-2, 0.5, 501)), -1).reshape(-1, 2)
+    rng = np.random.default_rng(0)
+    for region in regions:
+        for _ in range(12):
+            q, y = rng.normal(size=2), int(rng.integers(0, 2))
+            found = max_linear(q, region, y, lo, hi)
+            feasible = grid[region.accepts(grid, np.full(len(grid), y))]
+            best = float((feasible @ q).max())
+            assert region.accepts(found.x[None], np.array([y]), slack=1e-9)[0] and np.all(found.x >= lo - 1e-12) and np.all(found.x <= hi + 1e-12)
+            assert found.bound >= best - 1e-9  # the dual value bounds the maximum from above
+            assert found.value >= best - 0.01 * np.linalg.norm(q)  # and the point found attains it (grid spacing 5e-3)
+            assert found.value <= found.bound + 1e-12
+
+
+@pytest.fixture(scope="module")
+def cancer():
+    data = load_dataset(DatasetSpec(name="breast_cancer"))
+    victim = build_victim(ModelSpec(name="logreg"), TrainingSpec(), data, CPU)
+    return data, victim
+
+
+def _weights(fitted):
+    lin = fitted.module.linear
+    return lin.weight.detach().double().numpy(), lin.bias.detach().double().numpy()
+
+
+def _certified_quantity(fitted, data, l2, eps):
+    """L_c(θ̂) + (1 + ε)(ρ/2)‖Ŵ‖², what U* bounds (audit.maths.certificate)."""
+    w, b = _weights(fitted)
+    return float(softmax_loss(w, b, data.x_train.astype(np.float64), data.y_train).mean() + (1 + eps) * 0.5 * l2 * np.sum(w**2))
+
+
+@pytest.mark.parametrize("budget", [0.03, 0.1, pytest.param(0.3, marks=pytest.mark.slow)])
+def test_the_bound_holds_for_every_attack_of_the_audit_in_the_box(cancer, budget):
+    data, victim = cancer
+    hp = {"l2": 1e-2}
+    clean = victim.fit(data.x_train, data.y_train, hp, 0)
+    n = len(data.y_train)
+    m = int(round(budget * n))
+    eps = m / n
+    region = AcceptanceRegion(class_centroids(data.x_train.astype(np.float64), data.y_train, 2))  # no defense: the box only
+    w0, b0 = _weights(clean)
+    result = online_minmax(data.x_train, data.y_train, 2, region, data.lo, data.hi, hp["l2"], m, w0, b0)
+    assert np.all(result.x >= data.lo - 1e-9) and np.all(result.x <= data.hi + 1e-9) and len(result.y) == m
+    poison_sets = {"min-max": (result.x.astype(np.float32), result.y)}
+    quick = {"back_gradient": {"iterations": 5, "step": 4.0, "inner_steps": 30, "inner_lr": 0.5}, "gradient_canceling": {"epochs": 300}}
+    for name, params in [("label_flip", {"variant": "adversarial"}), ("label_flip", {"variant": "random"}), ("statp", {}),
+                         ("gradient_canceling", quick["gradient_canceling"]), ("back_gradient", quick["back_gradient"])]:  # fmt: skip
+        ctx = AttackContext(data, victim, clean, hp, budget, 5)
+        poison_sets[f"{name}{params.get('variant', '')}"] = ATTACKS[name].for_cell(dict(params), ctx).poison(data.x_train, data.y_train)
+    damage = {}
+    for label, (x_p, y_p) in poison_sets.items():
+        poisoned = victim.fit(np.concatenate([data.x_train, x_p]), np.concatenate([data.y_train, y_p]), hp, 0)
+        damage[label] = _certified_quantity(poisoned, data, hp["l2"], eps)
+        assert damage[label] <= result.bound + 1e-4, (label, damage[label], result.bound)
+    assert damage["min-max"] > _certified_quantity(clean, data, hp["l2"], eps) + 0.01  # the attack itself raises the clean loss
+
+
+def test_min_max_poisons_survive_the_oracle_sphere_slab_that_removes_label_flips(cancer):
+    data, victim = cancer
+    hp = {"l2": 1e-2}
+    clean = victim.fit(data.x_train, data.y_train, hp, 0)
+    m = int(round(0.1 * len(data.y_train)))
+    defense = DEFENSES["sphere_slab"].for_cell(0.1, 0, data, {})
+    region = defense.region(data.x_train, data.y_train)
+    result = online_minmax(data.x_train, data.y_train, 2, region.shrunk(1e-4), data.lo, data.hi, hp["l2"], m, *_weights(clean))
+    mixed_x = np.concatenate([data.x_train, result.x.astype(np.float32)])
+    mixed_y = np.concatenate([data.y_train, result.y])
+    kept = defense.apply(mixed_x, mixed_y, victim, hp).keep[len(data.y_train) :]
+    assert kept.all()  # inside the region by construction, after float32 rounding too
+    ctx = AttackContext(data, victim, clean, hp, 0.1, 5)
+    x_f, y_f = ATTACKS["label_flip"].for_cell({"variant": "adversarial"}, ctx).poison(data.x_train, data.y_train)
+    flips_kept = defense.apply(np.concatenate([data.x_train, x_f]), np.concatenate([data.y_train, y_f]), victim, hp).keep[len(data.y_train) :]
+    assert flips_kept.mean() < 0.5  # the non-adaptive flip is mostly caught: the filter does its job against it
+    assert result.max_gap < 1e-6
