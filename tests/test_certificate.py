@@ -99,3 +99,20 @@ def test_min_max_poisons_survive_the_oracle_sphere_slab_that_removes_label_flips
     flips_kept = defense.apply(np.concatenate([data.x_train, x_f]), np.concatenate([data.y_train, y_f]), victim, hp).keep[len(data.y_train) :]
     assert flips_kept.mean() < 0.5  # the non-adaptive flip is mostly caught: the filter does its job against it
     assert result.max_gap < 1e-6
+
+
+def test_the_grid_runs_min_max_against_the_oracle_sphere_slab_and_the_defense_keeps_every_poison(tmp_path):
+    import json
+
+    from audit.config import parse_config
+    from audit.grid import run_audit
+    from audit.report import write_report
+    from tests.conftest import tiny_config
+
+    cfg = tiny_config(candidates={"l2": [1e-2]}, budgets=[0.1], defenses=["none", "sphere_slab"],
+                      attacks=[{"name": "minmax"}, {"name": "label_flip", "id": "lf_adv", "params": {"variant": "adversarial"}}])  # fmt: skip
+    run_dir = run_audit(parse_config(cfg), output_dir=tmp_path, progress=False)
+    write_report(run_dir)
+    cells = {(c["attack"], c["defense"]): c for c in json.loads((run_dir / "summary.json").read_text())["cells"]}
+    assert cells["minmax", "sphere_slab"]["status"] == "ok" and cells["minmax", "sphere_slab"]["poisons_removed"] == 0
+    assert cells["lf_adv", "sphere_slab"]["poisons_removed"] > 0.5 * cells["lf_adv", "sphere_slab"]["n_poison"]

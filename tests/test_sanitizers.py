@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from audit.defenses import DEFENSES
-from audit.defenses.sanitizers import AcceptanceRegion, class_centroids, slab_directions
+from audit.maths.regions import AcceptanceRegion, class_centroids, slab_directions
 
 
 def _blobs(seed=0, n=400, d=2):

@@ -4,10 +4,23 @@ from audit.attacks.back_gradient import BackGradient
 from audit.attacks.base import AttackContext, AttackParams, AuditAttack
 from audit.attacks.gradient_canceling import GradientCanceling
 from audit.attacks.label_flip import LabelFlip
+from audit.attacks.minmax import MinMax
 from audit.attacks.optp import OptP
 from audit.attacks.statp import StatP
 from audit.attacks.tgda import TGDA
 
-ATTACKS: dict[str, type[AuditAttack]] = {cls.name: cls for cls in (LabelFlip, GradientCanceling, StatP, OptP, TGDA, BackGradient)}
+ATTACKS: dict[str, type[AuditAttack]] = {cls.name: cls for cls in (LabelFlip, GradientCanceling, StatP, OptP, TGDA, BackGradient, MinMax)}
 
-__all__ = ["ATTACKS", "AttackContext", "AttackParams", "AuditAttack", "BackGradient", "GradientCanceling", "LabelFlip", "OptP", "StatP", "TGDA"]
+__all__ = [
+    "ATTACKS",
+    "AttackContext",
+    "AttackParams",
+    "AuditAttack",
+    "BackGradient",
+    "GradientCanceling",
+    "LabelFlip",
+    "MinMax",
+    "OptP",
+    "StatP",
+    "TGDA",
+]

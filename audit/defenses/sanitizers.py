@@ -28,7 +28,7 @@ from pydantic import Field
 
 from audit.defenses.base import Defense, DefenseParams, DefenseResult
 from audit.jsonio import Diagnostics
-from audit.maths.regions import AcceptanceRegion, class_centroids, slab_directions
+from audit.maths.regions import AcceptanceRegion, fit_region
 
 
 class SanitiserParams(DefenseParams):
@@ -78,20 +78,8 @@ class _Sanitiser(Defense):
             ref_x, ref_y = self.clean
         else:
             ref_x, ref_y = x, y
-        ref_x = np.asarray(ref_x, dtype=np.float64).reshape(len(ref_x), -1)
-        ref_y = np.asarray(ref_y, dtype=np.int64)
-        c = int(self.n_classes or int(max(ref_y.max(), np.max(y)) + 1))
-        mu = class_centroids(ref_x, ref_y, c)
-        q = self.level()
-        offset = ref_x - mu[ref_y]
-
-        def per_class(score: np.ndarray) -> np.ndarray:
-            return np.array([np.quantile(score[ref_y == k], q) if np.any(ref_y == k) else np.inf for k in range(c)])
-
-        radii = per_class(np.linalg.norm(offset, axis=1)) if self.sphere else None
-        directions = slab_directions(mu) if self.slab else None
-        widths = per_class(np.abs(np.einsum("nd,nd->n", offset, directions[ref_y]))) if directions is not None else None
-        return AcceptanceRegion(mu, radii, directions, widths)
+        c = int(self.n_classes or int(max(np.max(ref_y), np.max(y)) + 1))
+        return fit_region(ref_x, ref_y, c, self.level(), self.sphere, self.slab)
 
     def apply(self, x: np.ndarray, y: np.ndarray, victim: Any, hparams: dict[str, Any]) -> DefenseResult:
         flat = np.asarray(x).reshape(len(x), -1)

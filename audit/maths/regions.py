@@ -183,7 +183,7 @@ def max_linear(q: np.ndarray, region: AcceptanceRegion, y: int, lo: np.ndarray |
         if np.all(np.isfinite(u0)) and float(u0 @ u0) <= r * r:
             return 0.0
         low, high = -40.0, 40.0
-        for _ in range(100):
+        for _ in range(60):  # 80/2⁶⁰ in log α
             mid = 0.5 * (low + high)
             u = inner(float(np.exp(mid)), beta)
             low, high = (mid, high) if float(u @ u) > r * r else (low, mid)
@@ -197,7 +197,7 @@ def max_linear(q: np.ndarray, region: AcceptanceRegion, y: int, lo: np.ndarray |
 
     if v is not None:  # the dual minimised over α is convex in β: golden section over a wide bracket
         scale = (float(np.linalg.norm(q)) + 1.0) * 1e3
-        best = minimize_scalar(dual, bounds=(-scale, scale), method="bounded", options={"xatol": 1e-12 * scale, "maxiter": 500})
+        best = minimize_scalar(dual, bounds=(-scale, scale), method="bounded", options={"xatol": 1e-10 * scale, "maxiter": 200})
         beta = float(best.x)
         bound = min(float(best.fun), dual(0.0))
     else:
@@ -218,3 +218,20 @@ def max_linear(q: np.ndarray, region: AcceptanceRegion, y: int, lo: np.ndarray |
             best_x, best_value = x, float(q @ x)
         step *= 0.7
     return LinearMax(x=best_x, value=best_value, bound=max(bound, best_value))
+
+
+def fit_region(x: np.ndarray, y: np.ndarray, n_classes: int, level: float, sphere: bool, slab: bool) -> AcceptanceRegion:
+    """The sanitisers' region from reference points ``(x, y)`` (x (n, d)): class centroids, and the
+    ``level`` quantile per class of the distances (sphere) and of the slab projections (slab)."""
+    x = np.asarray(x, dtype=np.float64).reshape(len(x), -1)
+    y = np.asarray(y, dtype=np.int64)
+    mu = class_centroids(x, y, n_classes)
+    offset = x - mu[y]
+
+    def per_class(score: np.ndarray) -> np.ndarray:
+        return np.array([np.quantile(score[y == k], level) if np.any(y == k) else np.inf for k in range(n_classes)])
+
+    radii = per_class(np.linalg.norm(offset, axis=1)) if sphere else None
+    directions = slab_directions(mu) if slab else None
+    widths = per_class(np.abs(np.einsum("nd,nd->n", offset, directions[y]))) if directions is not None else None
+    return AcceptanceRegion(mu, radii, directions, widths)

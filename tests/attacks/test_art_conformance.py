@@ -31,6 +31,7 @@ FAST = {
     "gradient_canceling": {"epochs": 3},
     "tgda": {"epochs": 1, "pretrain_epochs": 1, "cg_max_iter": 3, "follower_steps": 1, "batch_size": 60},
     "back_gradient": {"iterations": 2, "inner_steps": 5},
+    "minmax": {"defense": "none"},  # the box alone: closed form, fast (the region is tested in test_certificate)
 }
 KINDS = ("art_mlp", "art_cnn", "art_sklearn", "art_regressor", "module")
 TORCH_KINDS = ("art_mlp", "art_cnn", "art_regressor", "module")
@@ -102,6 +103,8 @@ def _build(name: str, est, x, y, xv, yv, **extra):
         return cls(est, x_val=xv.reshape(len(xv), -1), y_val=yv, **common, **params)  # the box: the estimator's clip_values
     if name == "gradient_canceling":
         return cls(est, target_model=copy.deepcopy(torch_module(est, "test")), **common, **params)
+    if name == "minmax":
+        return cls(est, box=(0.0, 1.0), **common, **params)
     return cls(est, x_val=xv, y_val=yv, **common, **params)
 
 
@@ -114,6 +117,8 @@ def _claims(name: str, kind: str) -> bool:
         return False
     if name in ("label_flip", "statp") and kind == "module":
         return False  # black-box: they query an ART estimator's predict
+    if name == "minmax" and kind != "module":
+        return False  # softmax regression only: the ART kinds here are networks (or preprocess their inputs)
     return not (name == "tgda" and kind == "art_regressor")
 
 

@@ -23,6 +23,7 @@ CONTRACT_PARAMS = {
     "back_gradient": [{"iterations": 2, "inner_steps": 10}, {"iterations": 2, "inner_steps": 8, "batch_size": 5, "learn_l2": True,
                                                              "checkpoint_every": 3}],
     "tgda": [{"epochs": 2, "pretrain_epochs": 2, "cg_max_iter": 5, "follower_steps": 2, "batch_size": 40}],
+    "minmax": [{"defense": "sphere_slab"}, {"defense": "slab", "quantile": 0.9}],
 }
 
 

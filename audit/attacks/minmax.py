@@ -1,0 +1,138 @@
+"""The min-max attack against sphere/slab sanitisers (Steinhardt, Koh & Liang 2017, Alg. 1; Koh et al. 2022).
+
+For a convex victim — softmax regression, one ``nn.Linear`` — online learning adds, round by
+round, the point of largest loss under the current model among those the defense accepts
+(the sphere, the slab and the feature box, fitted as the oracle defense fits them: on the
+clean training set, at the quantile ``1/(1 + ε)`` unless ``quantile`` says otherwise), and
+steps the model on the clean loss plus ε times that point's loss
+(:func:`audit.maths.certificate.online_minmax`). The ``m = round(ε·n)`` points chosen are the
+poisons; every one lies inside the region, so the defense keeps them all. The same run gives
+the certified bound ``U*`` on the regularised clean training loss any attacker in that region
+can force (``diagnostics.bound``; :mod:`audit.maths.certificate`, eq. 5). ``defense: none``
+optimises in the feature box alone (the bound then holds for every attack in the box).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, ClassVar, Literal
+
+import numpy as np
+import torch
+from art.attacks.attack import PoisoningAttackWhiteBox
+from pydantic import Field
+from torch import nn
+
+from audit.attacks.base import (
+    TORCH_REQUIREMENTS,
+    AttackContext,
+    AttackDiagnostics,
+    AttackParams,
+    AuditAttack,
+    PoisonInput,
+    check_l2,
+    task_and_classes,
+    torch_module,
+)
+from audit.errors import AuditError
+from audit.maths.certificate import online_minmax, softmax_loss
+from audit.maths.regions import fit_region
+from audit.models.structure import is_convex_linear
+
+
+class MinMaxParams(AttackParams):
+    defense: Literal["none", "sphere", "slab", "sphere_slab"] = "sphere_slab"
+    quantile: float | None = Field(None, gt=0, le=1)  # None: 1/(1 + ε), the sanitisers' default
+    margin: float = Field(1e-4, ge=0, lt=1)  # radii and widths × (1 − margin): boundary points survive rounding
+    lr: float | None = Field(None, gt=0)  # η; None: 1/L (audit.maths.certificate)
+
+
+@dataclass
+class MinMaxDiagnostics(AttackDiagnostics):
+    """The certified bound U* (regularised clean training loss), its round, the clean loss at the
+    start, the largest duality gap of the inner maximisations and the region's settings."""
+
+    bound: float | None = None
+    bound_round: int | None = None
+    clean_loss_initial: float | None = None
+    max_gap: float | None = None
+    defense: str | None = None
+    quantile: float | None = None
+
+
+class MinMax(AuditAttack, PoisoningAttackWhiteBox):
+    """The online-learning min-max attack as an ART white-box poisoning attack.
+
+    Parameters
+    ----------
+    estimator : ART PyTorch classifier or nn.Module
+        Softmax regression: every parameter in one ``nn.Linear`` (the clean model; its weights start the run).
+    budget : float
+        ε in (0, 1]: ``round(ε·n)`` poisons.
+    n_classes : int or None
+    l2 : float
+        The victim's ρ (mean loss + ρ/2·‖W‖²).
+    box : (ndarray, ndarray) or None
+        The feature box; default the estimator's ``clip_values``.
+    seed : int
+        Unused (the attack draws nothing); kept for the common interface.
+    **params
+        :class:`MinMaxParams`.
+    """
+
+    name: ClassVar[str] = "minmax"
+    title: ClassVar[str] = "min-max (online learning, Steinhardt et al. 2017)"
+    description: ClassVar[str] = "min-max: the feasible point of largest loss each round, inside the sphere/slab region (convex victims)"
+    Params = MinMaxParams
+    params: MinMaxParams
+    Diagnostics = MinMaxDiagnostics
+    diagnostics: MinMaxDiagnostics
+    tasks: ClassVar[tuple[str, ...]] = ("classification",)
+    victims: ClassVar[tuple[str, ...]] = ("torch",)
+    _estimator_requirements = TORCH_REQUIREMENTS
+    estimator_needs = "softmax regression: a PyTorch model whose parameters all belong to one nn.Linear"
+
+    def __init__(self, estimator: Any, *, budget: float, n_classes: int | None = None, l2: float = 0.0,
+                 box: tuple[Any, Any] | None = None, seed: int = 0, **params: Any) -> None:  # fmt: skip
+        module = torch_module(estimator, "MinMax")
+        if not is_convex_linear(module):
+            raise AuditError("MinMax needs softmax regression (every parameter in one nn.Linear); this model has other layers")
+        linear = [m for m in module.modules() if any(True for _ in m.parameters(recurse=False))]
+        _, n_classes = task_and_classes(estimator, "classification", n_classes, "MinMax")
+        super().__init__(estimator, budget=budget, seed=seed, box=box, n_classes=n_classes, **params)
+        check_l2(l2, "MinMax")
+        self.module = module
+        self.linear: nn.Linear = linear[0]  # type: ignore[assignment]  # is_convex_linear: the one owner is an nn.Linear
+        self.l2 = float(l2)
+
+    @classmethod
+    def seed_free(cls, params: dict[str, Any]) -> bool:
+        return True  # deterministic: the region and the rounds are functions of the data and the clean model
+
+    @classmethod
+    def for_cell(cls, params: dict[str, Any], ctx: AttackContext) -> MinMax:
+        module = ctx.fitted.require_module("minmax")
+        return cls(module, budget=ctx.budget, n_classes=ctx.dataset.n_classes, l2=ctx.l2, box=ctx.box, seed=ctx.seed, **params)
+
+    def _run(self, task: PoisonInput) -> tuple[np.ndarray, np.ndarray]:
+        p = self.params
+        x = task.x.reshape(len(task.x), -1).astype(np.float64)
+        y = task.y.astype(np.int64)
+        c = int(self.n_classes or int(y.max()) + 1)
+        w = self.linear.weight.detach().double().cpu().numpy()
+        b = self.linear.bias.detach().double().cpu().numpy() if self.linear.bias is not None else np.zeros(len(w))
+        if w.shape != (c, x.shape[1]):
+            raise AuditError(f"MinMax: the linear layer's weight has shape {tuple(w.shape)}, expected ({c}, {x.shape[1]}) for this data")
+        probe = torch.as_tensor(x[:4], dtype=self.linear.weight.dtype, device=self.linear.weight.device)
+        with torch.no_grad():
+            same = torch.allclose(self.module(probe.reshape((len(probe), *task.x.shape[1:]))).reshape(len(probe), -1), self.linear(probe), atol=1e-4)
+        if not same:
+            raise AuditError("MinMax needs the linear layer to act on the raw features; this estimator preprocesses its inputs")
+        level = p.quantile if p.quantile is not None else 1.0 / (1.0 + self.budget)
+        region = fit_region(x, y, c, level, sphere=p.defense in ("sphere", "sphere_slab"), slab=p.defense in ("slab", "sphere_slab"))
+        lo = None if self.lo is None else np.broadcast_to(self.lo, (x.shape[1],)).astype(np.float64)
+        hi = None if self.hi is None else np.broadcast_to(self.hi, (x.shape[1],)).astype(np.float64)
+        result = online_minmax(x, y, c, region.shrunk(p.margin), lo, hi, self.l2, task.n_poison, w, b, p.lr)
+        self.diagnostics.update(bound=result.bound, bound_round=result.bound_round, max_gap=result.max_gap, defense=p.defense,
+                                quantile=level, clean_loss_initial=float(softmax_loss(w, b, x, y).mean()))  # fmt: skip
+        return result.x.reshape((task.n_poison, *task.x.shape[1:])), result.y
