@@ -116,3 +116,17 @@ def test_the_grid_runs_min_max_against_the_oracle_sphere_slab_and_the_defense_ke
     cells = {(c["attack"], c["defense"]): c for c in json.loads((run_dir / "summary.json").read_text())["cells"]}
     assert cells["minmax", "sphere_slab"]["status"] == "ok" and cells["minmax", "sphere_slab"]["poisons_removed"] == 0
     assert cells["lf_adv", "sphere_slab"]["poisons_removed"] > 0.5 * cells["lf_adv", "sphere_slab"]["n_poison"]
+
+
+def test_more_rounds_only_tighten_the_bound_and_leave_the_poisons(cancer):
+    data, victim = cancer
+    hp = {"l2": 1e-2}
+    clean = victim.fit(data.x_train, data.y_train, hp, 0)
+    region = AcceptanceRegion(class_centroids(data.x_train.astype(np.float64), data.y_train, 2))
+    m = int(round(0.1 * len(data.y_train)))
+    short = online_minmax(data.x_train, data.y_train, 2, region, data.lo, data.hi, hp["l2"], m, *_weights(clean))
+    long = online_minmax(data.x_train, data.y_train, 2, region, data.lo, data.hi, hp["l2"], m, *_weights(clean), rounds=6 * m)
+    np.testing.assert_array_equal(short.x, long.x)
+    np.testing.assert_array_equal(short.y, long.y)
+    assert long.bound <= short.bound and len(long.bounds) == 6 * m
+    assert long.bound < short.bound - 1e-3  # U(θ_t) keeps falling past the poison rounds here

@@ -47,6 +47,7 @@ def test_an_audit_without_attacks_runs_the_whole_battery_and_the_report_says_wha
     assert {a["key"]: a["seeds"] for a in summary["attacks"]}["back_gradient"] == "seed 0 of 3"
     assert "<code>quick</code>" in html
     assert "left out by the quick profile" in html and "TGDA" in html.split("left out by the quick profile")[0][-400:]
+    assert "min-max (online learning, Steinhardt et al. 2017) — not part of the default battery (list it under attacks:)" in html
     # the back-gradient attack did damage: the battery is not a list of names
     bg = next(c for c in summary["cells"] if c["attack"] == "back_gradient")
     assert bg["drop"] > 1.0

@@ -8,7 +8,8 @@ steps the model on the clean loss plus ε times that point's loss
 (:func:`audit.maths.certificate.online_minmax`). The ``m = round(ε·n)`` points chosen are the
 poisons; every one lies inside the region, so the defense keeps them all. The same run gives
 the certified bound ``U*`` on the regularised clean training loss any attacker in that region
-can force (``diagnostics.bound``; :mod:`audit.maths.certificate`, eq. 5). ``defense: none``
+can force on a model trained on all clean points plus the poisons (``diagnostics.bound``;
+:mod:`audit.maths.certificate`, eq. 5; ``bound_rounds`` runs the descent longer to tighten it). ``defense: none``
 optimises in the feature box alone (the bound then holds for every attack in the box).
 """
 
@@ -45,6 +46,7 @@ class MinMaxParams(AttackParams):
     quantile: float | None = Field(None, gt=0, le=1)  # None: 1/(1 + ε), the sanitisers' default
     margin: float = Field(1e-4, ge=0, lt=1)  # radii and widths × (1 − margin): boundary points survive rounding
     lr: float | None = Field(None, gt=0)  # η; None: 1/L (audit.maths.certificate)
+    bound_rounds: int | None = Field(None, ge=1)  # rounds of the descent for the bound (default: one per poison)
 
 
 @dataclass
@@ -132,7 +134,7 @@ class MinMax(AuditAttack, PoisoningAttackWhiteBox):
         region = fit_region(x, y, c, level, sphere=p.defense in ("sphere", "sphere_slab"), slab=p.defense in ("slab", "sphere_slab"))
         lo = None if self.lo is None else np.broadcast_to(self.lo, (x.shape[1],)).astype(np.float64)
         hi = None if self.hi is None else np.broadcast_to(self.hi, (x.shape[1],)).astype(np.float64)
-        result = online_minmax(x, y, c, region.shrunk(p.margin), lo, hi, self.l2, task.n_poison, w, b, p.lr)
+        result = online_minmax(x, y, c, region.shrunk(p.margin), lo, hi, self.l2, task.n_poison, w, b, p.lr, p.bound_rounds)
         self.diagnostics.update(bound=result.bound, bound_round=result.bound_round, max_gap=result.max_gap, defense=p.defense,
                                 quantile=level, clean_loss_initial=float(softmax_loss(w, b, x, y).mean()))  # fmt: skip
         return result.x.reshape((task.n_poison, *task.x.shape[1:])), result.y

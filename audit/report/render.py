@@ -17,7 +17,7 @@ import yaml
 from jinja2 import Environment, FileSystemLoader, select_autoescape
 
 from audit.attacks import ATTACKS
-from audit.catalog import PROFILES
+from audit.catalog import BATTERY, PROFILES
 from audit.grid.lock import RunLock
 from audit.grid.store import Store
 from audit.jsonio import atomic_write, finite
@@ -38,6 +38,8 @@ def _why_not_run(a: Analysis, name: str, cls: Any) -> str:
     setting = PROFILES[a.config.profile].get(name)
     if setting is not None and setting.skip:
         return f"left out by the {a.config.profile} profile: {setting.skip}"
+    if name not in {e.attack for e in BATTERY}:
+        return "not part of the default battery (list it under attacks:)"
     return "not in this config"
 
 
