@@ -81,3 +81,20 @@ def test_slab_directions_are_unit_and_point_between_the_centroids():
     assert v[1] @ (mu[1] - mu[[0, 2]].mean(axis=0)) > 0
     binary = slab_directions(mu[:2])
     assert np.allclose(binary[0], [1.0, 0.0, 0.0]) and np.allclose(binary[1], binary[0])
+
+
+def test_the_batched_projection_agrees_with_the_exact_one_and_is_feasible():
+    import torch
+
+    from audit.maths.regions import project_many
+
+    x, y = _blobs(d=2)
+    mu = class_centroids(x, y, 2)
+    region = AcceptanceRegion(mu, radii=np.array([1.2, 1.0]), directions=slab_directions(mu), widths=np.array([0.5, 0.4]))
+    lo, hi = np.array([-2.0, -2.0]), np.array([2.0, 1.5])
+    rng = np.random.default_rng(2)
+    points, labels = rng.uniform(-3, 3, (40, 2)), rng.integers(0, 2, 40)
+    batched = project_many(region, torch.tensor(points), torch.tensor(labels), torch.tensor(lo), torch.tensor(hi), iterations=200).numpy()
+    exact = np.stack([region.project(p, int(k), lo, hi) for p, k in zip(points, labels)])
+    assert region.accepts(batched, labels).all() and np.all(batched >= lo) and np.all(batched <= hi)
+    np.testing.assert_allclose(batched, exact, atol=1e-3)

@@ -43,6 +43,7 @@ from audit.attacks.base import (
 from audit.errors import AuditError
 from audit.maths.poisonability import gradpc_target as target_by_gradpc
 from audit.maths.poisonability import module_metric, scale_output_layer, scale_to_budget, thresholds
+from audit.maths.regions import fit_region, project_many
 from audit.models.estimator import InputSpace, infer_task, is_art_estimator
 from audit.models.training import data_loss
 
@@ -58,6 +59,9 @@ class GCParams(AttackParams):
     momentum: float = Field(0.9, ge=0, lt=1)
     batch_size: int | None = Field(None, ge=1)
     box: Literal["data", "none"] = "data"
+    region: Literal["none", "sphere", "slab", "sphere_slab"] = "none"  # defense-aware: stay where that sanitiser accepts
+    region_quantile: float | None = Field(None, gt=0, le=1)  # the sanitiser's quantile (None: 1/(1 + ε), its default)
+    region_margin: float = Field(1e-4, ge=0, lt=1)
     gradpc_steps: int = Field(100, ge=1)
     log_every: int = Field(10, ge=1)
 
@@ -273,6 +277,14 @@ class GradientCanceling(AuditAttack, PoisoningAttackWhiteBox):
         g_mu = mean_gradient(self.target, xt, yt, self.task)
         reg = [(1 + eps) * self.l2 * q.detach() if q.ndim > 1 else torch.zeros_like(q) for q in self.target.parameters()]
 
+        region = None
+        if p.region != "none":  # the oracle sanitiser's region, fitted on the clean training set as the defense fits it
+            level = p.region_quantile if p.region_quantile is not None else 1.0 / (1.0 + self.budget)
+            c = int(self.n_classes or int(task.y.max()) + 1)
+            region = fit_region(task.x.reshape(n, -1), task.y, c, level, sphere=p.region in ("sphere", "sphere_slab"),
+                                slab=p.region in ("slab", "sphere_slab")).shrunk(p.region_margin)  # fmt: skip
+            with torch.no_grad():
+                z.copy_(project_many(region, z, labels, lo, hi, iterations=50))
         z.requires_grad_(True)
         opt = torch.optim.SGD([z], lr=p.lr, momentum=p.momentum)
         schedule = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=p.epochs)
@@ -295,7 +307,10 @@ class GradientCanceling(AuditAttack, PoisoningAttackWhiteBox):
             z.grad = grad * n  # per-point gradient: eq. (34) without its 1/n (see the module docstring)
             opt.step()
             schedule.step()
-            if lo is not None and hi is not None:
+            if region is not None:
+                with torch.no_grad():
+                    z.copy_(project_many(region, z, labels, lo, hi, iterations=10))  # Algorithm 1, line 6: onto the accepted region
+            elif lo is not None and hi is not None:
                 with torch.no_grad():
                     z.copy_(torch.maximum(torch.minimum(z, hi), lo))  # Algorithm 1, line 6
         g0 = flat_norm([gm + rg for gm, rg in zip(g_mu, reg)])

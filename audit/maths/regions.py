@@ -24,6 +24,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+import torch
 from scipy.optimize import minimize_scalar
 
 
@@ -235,3 +236,50 @@ def fit_region(x: np.ndarray, y: np.ndarray, n_classes: int, level: float, spher
     directions = slab_directions(mu) if slab else None
     widths = per_class(np.abs(np.einsum("nd,nd->n", offset, directions[y]))) if directions is not None else None
     return AcceptanceRegion(mu, radii, directions, widths)
+
+
+def project_many(region: AcceptanceRegion, x: torch.Tensor, y: torch.Tensor, lo: torch.Tensor | None, hi: torch.Tensor | None,
+                 iterations: int = 50) -> torch.Tensor:  # fmt: skip
+    """Each row of ``x`` (m, d) onto its label's region ∩ the box (labels ``y`` (m,)): Dykstra's
+    alternating projections, vectorised over the rows, then scaled towards μ_y until exactly
+    inside the ball and slab and clipped to the box (as :meth:`AcceptanceRegion.project`)."""
+
+    def tensor(a: np.ndarray) -> torch.Tensor:
+        return torch.as_tensor(a, dtype=x.dtype, device=x.device)
+
+    center = tensor(region.centroids)[y]
+    radius = tensor(region.radii)[y] if region.radii is not None else None
+    has_slab = region.directions is not None and region.widths is not None
+    v = tensor(region.directions)[y] if region.directions is not None and has_slab else None
+    width = tensor(region.widths)[y] if region.widths is not None and has_slab else None
+
+    def ball(z: torch.Tensor) -> torch.Tensor:
+        assert radius is not None
+        off = z - center
+        norm = off.norm(dim=1, keepdim=True).clamp_min(1e-30)
+        return torch.where(norm > radius[:, None], center + off * (radius[:, None] / norm), z)
+
+    def slab(z: torch.Tensor) -> torch.Tensor:
+        assert v is not None and width is not None
+        t = ((z - center) * v).sum(dim=1, keepdim=True)
+        excess = t - torch.sign(t) * width[:, None]
+        return torch.where(t.abs() > width[:, None], z - excess * v, z)
+
+    sets = ([ball] if radius is not None else []) + ([slab] if has_slab else [])
+    if lo is not None and hi is not None:
+        sets.append(lambda z: torch.maximum(torch.minimum(z, hi), lo))
+    z = x.detach().clone()
+    corrections = [torch.zeros_like(z) for _ in sets]
+    for _ in range(iterations):
+        for i, proj in enumerate(sets):
+            moved = proj(z + corrections[i])
+            corrections[i] = z + corrections[i] - moved
+            z = moved
+    off = z - center
+    t = torch.ones(len(z), dtype=x.dtype, device=x.device)
+    if radius is not None:
+        t = torch.minimum(t, radius / off.norm(dim=1).clamp_min(1e-30))
+    if v is not None and width is not None:
+        t = torch.minimum(t, width / (off * v).sum(dim=1).abs().clamp_min(1e-30))
+    z = torch.where(t[:, None] < 1, center + off * (t[:, None] * (1 - 1e-6)), z)
+    return torch.maximum(torch.minimum(z, hi), lo) if lo is not None and hi is not None else z
