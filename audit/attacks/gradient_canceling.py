@@ -43,7 +43,7 @@ from audit.attacks.base import (
 from audit.errors import AuditError
 from audit.maths.poisonability import gradpc_target as target_by_gradpc
 from audit.maths.poisonability import module_metric, scale_output_layer, scale_to_budget, thresholds
-from audit.maths.regions import fit_region, project_many
+from audit.maths.regions import project_many, sanitiser_region
 from audit.models.estimator import InputSpace, infer_task, is_art_estimator
 from audit.models.training import data_loss
 
@@ -279,10 +279,8 @@ class GradientCanceling(AuditAttack, PoisoningAttackWhiteBox):
 
         region = None
         if p.region != "none":  # the oracle sanitiser's region, fitted on the clean training set as the defense fits it
-            level = p.region_quantile if p.region_quantile is not None else 1.0 / (1.0 + self.budget)
             c = int(self.n_classes or int(task.y.max()) + 1)
-            region = fit_region(task.x.reshape(n, -1), task.y, c, level, sphere=p.region in ("sphere", "sphere_slab"),
-                                slab=p.region in ("slab", "sphere_slab")).shrunk(p.region_margin)  # fmt: skip
+            region = sanitiser_region(p.region, task.x.reshape(n, -1), task.y, c, self.budget, p.region_quantile).shrunk(p.region_margin)
             with torch.no_grad():
                 z.copy_(project_many(region, z, labels, lo, hi, iterations=50))
         z.requires_grad_(True)

@@ -22,7 +22,6 @@ import numpy as np
 import torch
 from art.attacks.attack import PoisoningAttackWhiteBox
 from pydantic import Field
-from torch import nn
 
 from audit.attacks.base import (
     TORCH_REQUIREMENTS,
@@ -37,8 +36,8 @@ from audit.attacks.base import (
 )
 from audit.errors import AuditError
 from audit.maths.certificate import online_minmax, softmax_loss
-from audit.maths.regions import fit_region
-from audit.models.structure import is_convex_linear
+from audit.maths.regions import AcceptanceRegion, class_centroids, sanitiser_level, sanitiser_region
+from audit.models.structure import convex_linear_layer
 
 
 class MinMaxParams(AttackParams):
@@ -97,14 +96,14 @@ class MinMax(AuditAttack, PoisoningAttackWhiteBox):
     def __init__(self, estimator: Any, *, budget: float, n_classes: int | None = None, l2: float = 0.0,
                  box: tuple[Any, Any] | None = None, seed: int = 0, **params: Any) -> None:  # fmt: skip
         module = torch_module(estimator, "MinMax")
-        if not is_convex_linear(module):
+        linear = convex_linear_layer(module)
+        if linear is None:
             raise AuditError("MinMax needs softmax regression (every parameter in one nn.Linear); this model has other layers")
-        linear = [m for m in module.modules() if any(True for _ in m.parameters(recurse=False))]
         _, n_classes = task_and_classes(estimator, "classification", n_classes, "MinMax")
         super().__init__(estimator, budget=budget, seed=seed, box=box, n_classes=n_classes, **params)
         check_l2(l2, "MinMax")
         self.module = module
-        self.linear: nn.Linear = linear[0]  # type: ignore[assignment]  # is_convex_linear: the one owner is an nn.Linear
+        self.linear = linear
         self.l2 = float(l2)
 
     @classmethod
@@ -130,8 +129,8 @@ class MinMax(AuditAttack, PoisoningAttackWhiteBox):
             same = torch.allclose(self.module(probe.reshape((len(probe), *task.x.shape[1:]))).reshape(len(probe), -1), self.linear(probe), atol=1e-4)
         if not same:
             raise AuditError("MinMax needs the linear layer to act on the raw features; this estimator preprocesses its inputs")
-        level = p.quantile if p.quantile is not None else 1.0 / (1.0 + self.budget)
-        region = fit_region(x, y, c, level, sphere=p.defense in ("sphere", "sphere_slab"), slab=p.defense in ("slab", "sphere_slab"))
+        level = sanitiser_level(self.budget, p.quantile)
+        region = sanitiser_region(p.defense, x, y, c, self.budget, p.quantile) if p.defense != "none" else AcceptanceRegion(class_centroids(x, y, c))
         lo = None if self.lo is None else np.broadcast_to(self.lo, (x.shape[1],)).astype(np.float64)
         hi = None if self.hi is None else np.broadcast_to(self.hi, (x.shape[1],)).astype(np.float64)
         result = online_minmax(x, y, c, region.shrunk(p.margin), lo, hi, self.l2, task.n_poison, w, b, p.lr, p.bound_rounds)

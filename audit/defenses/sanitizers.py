@@ -28,7 +28,7 @@ from pydantic import Field
 
 from audit.defenses.base import Defense, DefenseParams, DefenseResult
 from audit.jsonio import Diagnostics
-from audit.maths.regions import AcceptanceRegion, fit_region
+from audit.maths.regions import AcceptanceRegion, sanitiser_level, sanitiser_region
 
 
 class SanitiserParams(DefenseParams):
@@ -52,8 +52,6 @@ class _Sanitiser(Defense):
     Diagnostics = SanitiserDiagnostics
     tasks: ClassVar[tuple[str, ...]] = ("classification",)
     draws_randomness: ClassVar[bool] = False
-    sphere: ClassVar[bool] = False
-    slab: ClassVar[bool] = False
 
     def __init__(self, rate: float, seed: int, quantile: float | None = None, centroids: str = "oracle",
                  clean: tuple[np.ndarray, np.ndarray] | None = None, n_classes: int | None = None) -> None:  # fmt: skip
@@ -69,7 +67,7 @@ class _Sanitiser(Defense):
 
     def level(self) -> float:
         """The quantile the thresholds are taken at."""
-        return self.quantile if self.quantile is not None else 1.0 / (1.0 + self.rate)
+        return sanitiser_level(self.rate, self.quantile)
 
     def region(self, x: np.ndarray, y: np.ndarray) -> AcceptanceRegion:
         """The acceptance region this defense applies to the mixed set ``(x, y)``: from the clean
@@ -79,7 +77,7 @@ class _Sanitiser(Defense):
         else:
             ref_x, ref_y = x, y
         c = int(self.n_classes or int(max(np.max(ref_y), np.max(y)) + 1))
-        return fit_region(ref_x, ref_y, c, self.level(), self.sphere, self.slab)
+        return sanitiser_region(self.name, ref_x, ref_y, c, self.rate, self.quantile)
 
     def apply(self, x: np.ndarray, y: np.ndarray, victim: Any, hparams: dict[str, Any]) -> DefenseResult:
         flat = np.asarray(x).reshape(len(x), -1)
@@ -93,7 +91,6 @@ class SphereDefense(_Sanitiser):
 
     name: ClassVar[str] = "sphere"
     description: ClassVar[str] = "sphere: removes points far from their class centroid (Steinhardt et al. 2017; oracle centroids by default)"
-    sphere: ClassVar[bool] = True
 
 
 class SlabDefense(_Sanitiser):
@@ -101,7 +98,6 @@ class SlabDefense(_Sanitiser):
 
     name: ClassVar[str] = "slab"
     description: ClassVar[str] = "slab: removes points far along the line between class centroids (Steinhardt et al. 2017)"
-    slab: ClassVar[bool] = True
 
 
 class SphereSlabDefense(_Sanitiser):
@@ -109,5 +105,3 @@ class SphereSlabDefense(_Sanitiser):
 
     name: ClassVar[str] = "sphere_slab"
     description: ClassVar[str] = "sphere + slab: both sanitisers (the defense Steinhardt et al. 2017 certify)"
-    sphere: ClassVar[bool] = True
-    slab: ClassVar[bool] = True

@@ -283,3 +283,20 @@ def project_many(region: AcceptanceRegion, x: torch.Tensor, y: torch.Tensor, lo:
         t = torch.minimum(t, width / (off * v).sum(dim=1).abs().clamp_min(1e-30))
     z = torch.where(t[:, None] < 1, center + off * (t[:, None] * (1 - 1e-6)), z)
     return torch.maximum(torch.minimum(z, hi), lo) if lo is not None and hi is not None else z
+
+
+SANITISERS: dict[str, tuple[bool, bool]] = {"sphere": (True, False), "slab": (False, True), "sphere_slab": (True, True)}
+"""Sanitiser name → (sphere, slab): the tests each applies."""
+
+
+def sanitiser_level(rate: float, quantile: float | None = None) -> float:
+    """The quantile a sanitiser's thresholds are taken at: ``quantile``, else ``1/(1 + rate)`` (the
+    clean share of the mixed set at the assumed poison rate)."""
+    return quantile if quantile is not None else 1.0 / (1.0 + rate)
+
+
+def sanitiser_region(kind: str, x: np.ndarray, y: np.ndarray, n_classes: int, rate: float, quantile: float | None = None) -> AcceptanceRegion:
+    """The region the sanitiser ``kind`` (``sphere``, ``slab``, ``sphere_slab``) fits on ``(x, y)`` at
+    :func:`sanitiser_level` — what the defense filters with and the defense-aware attacks stay inside."""
+    sphere, slab = SANITISERS[kind]
+    return fit_region(x, y, n_classes, sanitiser_level(rate, quantile), sphere, slab)

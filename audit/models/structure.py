@@ -23,7 +23,12 @@ def is_linear_model(module: nn.Module) -> bool:
     return sum(p.numel() for p in module.parameters()) == sum(p.numel() for p in layer.parameters())
 
 
+def convex_linear_layer(module: nn.Module) -> nn.Linear | None:
+    """The one ``nn.Linear`` that owns every parameter (logistic / linear regression), else None."""
+    owners = [m for m in module.modules() if any(True for _ in m.parameters(recurse=False))]
+    return owners[0] if len(owners) == 1 and isinstance(owners[0], nn.Linear) else None
+
+
 def is_convex_linear(module: nn.Module) -> bool:
     """True when every parameter belongs to one ``nn.Linear`` (logistic / linear regression)."""
-    owners = [m for m in module.modules() if any(True for _ in m.parameters(recurse=False))]
-    return len(owners) == 1 and isinstance(owners[0], nn.Linear)
+    return convex_linear_layer(module) is not None
