@@ -278,6 +278,23 @@ class MinimaxSpec(StrictModel):
         return [float(v) for v in np.linspace(low, high, 12)]
 
 
+class AdaptiveSpec(StrictModel):
+    """The adaptive stage (issue 15): every filtering defense of the grid also faces attackers that know it.
+
+    ``attacks``: ids of the grid's attacks to adapt, and ``minmax`` (the min-max attack of
+    Steinhardt et al. 2017, convex victims); None: the default set — the grid's gradient
+    attacks (Gradient Canceling, back-gradient) and, for softmax regression with a sphere/slab
+    defense in the grid, min-max (every grid attack when the grid has no gradient attack).
+    The plan writes the list out, so a stored config names what ran. ``rounds``: the
+    filter-in-the-loop rounds (craft, filter, re-craft the removed poisons against the model
+    trained on what survived); 0 keeps only an attack's own defense-aware mode.
+    """
+
+    enabled: Literal["auto", "off"] = "auto"
+    attacks: list[str] | None = None
+    rounds: int = Field(2, ge=0, le=10)
+
+
 class AuditConfig(StrictModel):
     """A whole audit. Defaults give the embedded default audit (``poison-audit run``)."""
 
@@ -306,6 +323,7 @@ class AuditConfig(StrictModel):
     recommendation: RecommendationSpec = RecommendationSpec()
     poisonability: PoisonabilitySpec = Field(default_factory=PoisonabilitySpec)
     minimax: MinimaxSpec | None = None
+    adaptive: AdaptiveSpec = AdaptiveSpec()
 
     @field_validator("candidates")
     @classmethod

@@ -27,6 +27,9 @@ multiclass: the class of largest loss under the clean model); labels stay fixed.
 clone's response and are optimised with the features (response variable optimisation).
 When the first ``patience`` iterations gain less than ``min_gain`` (relative) the run is
 stuck: it restarts from other validation points, drawn without duplicates (footnote 4).
+Against a sphere/slab sanitiser (``region``, issue 15) Π_box becomes the projection onto the
+sanitiser's acceptance region ∩ the box, the region fitted on the clean training set as the
+oracle defense fits it (Koh, Steinhardt & Liang 2022, §4: a constrained attack survives the filter).
 
 Defaults: the paper's MNIST '0' vs '8' settings (Table 2): T = 150, η = 0.10, α = 0.99,
 β = 0.80, 100 outer iterations, Φ(λ) = [−8, log 200]. The ``quick`` profile takes T = 30,
@@ -60,7 +63,9 @@ from audit.attacks.base import (
     torch_module,
     validation_set,
 )
+from audit.errors import AuditError
 from audit.maths.hypergrad import FlatModel, functional_objective, rmd, validation_loss
+from audit.maths.regions import SANITISERS, project_many, sanitiser_level, sanitiser_region
 from audit.models.training import lambda_shift
 from audit.seeding import seeded_init
 
@@ -84,6 +89,9 @@ class BackGradientParams(AttackParams):
     l2_lr: float = Field(0.8, gt=0)  # β
     l2_range: tuple[float, float] = PAPER_L2_RANGE  # Φ(λ), the paper's λ = log(ρ·N)
     l2_init: float | None = None  # λ to start the minimax from; None: the victim's ρ (λ = log 5 if ρ = 0)
+    region: Literal["none", "sphere", "slab", "sphere_slab"] = "none"  # defense-aware: stay where that sanitiser accepts
+    region_quantile: float | None = Field(None, gt=0, le=1)  # the sanitiser's quantile (None: 1/(1 + ε), its default)
+    region_margin: float = Field(1e-4, ge=0, lt=1)
 
     @model_validator(mode="after")
     def _range(self) -> BackGradientParams:
@@ -177,6 +185,13 @@ class BackGradient(AuditAttack, PoisoningAttackWhiteBox):
         self.y_range = y_range if y_range is not None else (float(np.min(y_val)), float(np.max(y_val)))
 
     @classmethod
+    def against(cls, defense: str, defense_params: dict[str, Any], rate: float) -> dict[str, Any] | None:
+        """A sphere/slab sanitiser: projected ascent inside its acceptance region (``region``)."""
+        if defense in SANITISERS:
+            return {"region": defense, "region_quantile": sanitiser_level(rate, defense_params.get("quantile"))}
+        return None
+
+    @classmethod
     def for_cell(cls, params: dict[str, Any], ctx: AttackContext) -> BackGradient:
         module = ctx.fitted.require_module("back_gradient")
         data = ctx.dataset
@@ -226,6 +241,12 @@ class BackGradient(AuditAttack, PoisoningAttackWhiteBox):
         batch = p.batch_size or n_poison
         fixed_x, fixed_y = xt[:0], yt[:0]
         n_total = len(x) + n_poison
+        self._region = None
+        if p.region != "none":  # the oracle sanitiser's region, fitted on the clean training set as the defense fits it
+            if self.task != "classification":
+                raise AuditError(f"BackGradient: region {p.region!r} is a classifier's sanitiser; this is a regression task")
+            c = int(self.n_classes or int(task.y.max()) + 1)
+            self._region = sanitiser_region(p.region, x.reshape(len(x), -1), task.y, c, self.budget, p.region_quantile).shrunk(p.region_margin)
         if p.learn_l2 and p.l2_init is not None:
             log_l2 = p.l2_init - lambda_shift(n_total)
         elif self.l2 > 0:
@@ -285,6 +306,8 @@ class BackGradient(AuditAttack, PoisoningAttackWhiteBox):
         lo = torch.as_tensor(np.broadcast_to(self.lo, (d,)).copy() if self.lo is not None else np.full(d, -np.inf), dtype=xt.dtype)
         hi = torch.as_tensor(np.broadcast_to(self.hi, (d,)).copy() if self.hi is not None else np.full(d, np.inf), dtype=xt.dtype)
         lo, hi = lo.to(xt.device), hi.to(xt.device)
+        if self._region is not None:  # start inside the accepted region, and stay there (Π onto region ∩ box)
+            x_p = project_many(self._region, x_p, y_p, lo, hi, iterations=50)
         learn_response = self.task == "regression" and p.optimize_response
         inner = functional_objective(model, xt, yt, self.task, None if learn_response else y_p, fixed_x, fixed_y)
         shift = lambda_shift(len(xt) + len(fixed_x) + len(x_p))  # log ρ = λ − log N
@@ -311,6 +334,8 @@ class BackGradient(AuditAttack, PoisoningAttackWhiteBox):
             direction = [gx] + ([result.grads[2].unsqueeze(1)] if learn_response else [])
             norm = torch.cat(direction, dim=1).norm(dim=1, keepdim=True).clamp_min(1e-30)
             x_p = torch.maximum(torch.minimum(x_p + p.step * gx / norm, hi), lo)
+            if self._region is not None:
+                x_p = project_many(self._region, x_p, y_p, lo, hi, iterations=10)
             if learn_response:
                 y_p = (y_p + p.step * result.grads[2] / norm[:, 0]).clamp(*self.y_range)
             if p.learn_l2:  # coordinate step on λ against the moved poisons (eq. 2)

@@ -366,6 +366,14 @@ class AuditAttack(ABC):
         clean model (the grid then runs such a cell at one seed when training is seed-free too)."""
         return False
 
+    @classmethod
+    def against(cls, defense: str, defense_params: dict[str, Any], rate: float) -> dict[str, Any] | None:
+        """Parameters that make this attack craft poisons the filter ``defense`` (registry name, with
+        its parameters, assumed poison rate ``rate``) accepts, laid over the attack's own; None when it
+        has no such mode (the
+        adaptive stage then puts the filter in the loop, :mod:`audit.grid.adaptive`)."""
+        return None
+
     @property
     def box(self) -> tuple[Any, Any] | None:
         """The feature box ``(lo, hi)`` the poisons are clipped to, or None (unbounded)."""

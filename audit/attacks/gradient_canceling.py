@@ -43,7 +43,7 @@ from audit.attacks.base import (
 from audit.errors import AuditError
 from audit.maths.poisonability import gradpc_target as target_by_gradpc
 from audit.maths.poisonability import module_metric, scale_output_layer, scale_to_budget, thresholds
-from audit.maths.regions import project_many, sanitiser_region
+from audit.maths.regions import SANITISERS, project_many, sanitiser_level, sanitiser_region
 from audit.models.estimator import InputSpace, infer_task, is_art_estimator
 from audit.models.training import data_loss
 
@@ -223,6 +223,13 @@ class GradientCanceling(AuditAttack, PoisoningAttackWhiteBox):
         self.target = target.eval()
         self.task = task
         self.l2 = float(l2)
+
+    @classmethod
+    def against(cls, defense: str, defense_params: dict[str, Any], rate: float) -> dict[str, Any] | None:
+        """A sphere/slab sanitiser: optimise inside its acceptance region (``region``)."""
+        if defense in SANITISERS:
+            return {"region": defense, "region_quantile": sanitiser_level(rate, defense_params.get("quantile"))}
+        return None
 
     @classmethod
     def for_cell(cls, params: dict[str, Any], ctx: AttackContext) -> GradientCanceling:

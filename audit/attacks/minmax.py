@@ -36,7 +36,7 @@ from audit.attacks.base import (
 )
 from audit.errors import AuditError
 from audit.maths.certificate import online_minmax, softmax_loss
-from audit.maths.regions import AcceptanceRegion, class_centroids, sanitiser_level, sanitiser_region
+from audit.maths.regions import SANITISERS, AcceptanceRegion, class_centroids, sanitiser_level, sanitiser_region
 from audit.models.structure import convex_linear_layer
 
 
@@ -109,6 +109,13 @@ class MinMax(AuditAttack, PoisoningAttackWhiteBox):
     @classmethod
     def seed_free(cls, params: dict[str, Any]) -> bool:
         return True  # deterministic: the region and the rounds are functions of the data and the clean model
+
+    @classmethod
+    def against(cls, defense: str, defense_params: dict[str, Any], rate: float) -> dict[str, Any] | None:
+        """A sphere/slab sanitiser: its region (at its quantile); any other filter: the box alone."""
+        if defense in SANITISERS:
+            return {"defense": defense, "quantile": sanitiser_level(rate, defense_params.get("quantile"))}
+        return None
 
     @classmethod
     def for_cell(cls, params: dict[str, Any], ctx: AttackContext) -> MinMax:

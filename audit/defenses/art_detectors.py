@@ -70,6 +70,7 @@ class FlaggedDiagnostics(Diagnostics):
 
 
 class _ArtDetector(Defense):
+    filters: ClassVar[bool] = True
     tasks: ClassVar[tuple[str, ...]] = ("classification",)
     Diagnostics = FlaggedDiagnostics
 

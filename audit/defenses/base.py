@@ -10,7 +10,8 @@ model: the config's ``defenses: [{name, id, params}]`` is checked with it), the 
 applies to, the victim kinds it works with (``victims``), and the facts the report and the recommendation need — ``reads_validation``
 (it selects points with D_val, so its validation figures are optimistic),
 ``designed_for_backdoors`` (a backdoor detector, not an indiscriminate-poisoning defense)
-and ``certifies`` (it yields a certified accuracy).
+``certifies`` (it yields a certified accuracy) and ``filters`` (it removes points; the adaptive
+stage then attacks it with attackers that know it, :mod:`audit.grid.adaptive`).
 """
 
 from __future__ import annotations
@@ -60,6 +61,7 @@ class Defense(ABC):
     designed_for_backdoors: ClassVar[bool] = False
     certifies: ClassVar[bool] = False
     draws_randomness: ClassVar[bool] = True  # False: the seed reaches it only through the victim's training
+    filters: ClassVar[bool] = False  # True: it removes points (a keep-mask) and the victim retrains on the rest
 
     def __init__(self, rate: float, seed: int) -> None:
         self.rate = rate
@@ -97,6 +99,7 @@ class NoDefense(Defense):
     name: ClassVar[str] = "none"
     description: ClassVar[str] = "no defense: retrain on the clean and poisoned points as they are"
     draws_randomness: ClassVar[bool] = False
+    filters: ClassVar[bool] = False
 
     def apply(self, x: np.ndarray, y: np.ndarray, victim: Any, hparams: dict[str, Any]) -> DefenseResult:
         return DefenseResult(keep=np.ones(len(y), dtype=bool))

@@ -90,6 +90,8 @@ class SeverParams(DefenseParams):
 class LossFilter(Defense):
     """Remove the points with the largest training loss under the model trained on the mixed set."""
 
+    filters: ClassVar[bool] = True
+
     name: ClassVar[str] = "loss_filter"
     draws_randomness: ClassVar[bool] = False
     Diagnostics = RemovedDiagnostics
@@ -107,6 +109,8 @@ class LossFilter(Defense):
 
 class InfluenceFilter(Defense):
     """Remove the points whose up-weighting raises the validation loss most (influence functions)."""
+
+    filters: ClassVar[bool] = True
 
     name: ClassVar[str] = "influence_filter"
     draws_randomness: ClassVar[bool] = False
@@ -170,6 +174,8 @@ def sever_scores(grads: torch.Tensor) -> np.ndarray:
 
 class Sever(Defense):
     """Sever: remove the points whose centred gradients project most on the top singular direction."""
+
+    filters: ClassVar[bool] = True
 
     name: ClassVar[str] = "sever"
     draws_randomness: ClassVar[bool] = False

@@ -48,6 +48,8 @@ class SanitiserDiagnostics(Diagnostics):
 class _Sanitiser(Defense):
     """Sphere and/or slab around each class centroid (module docstring)."""
 
+    filters: ClassVar[bool] = True
+
     Params = SanitiserParams
     Diagnostics = SanitiserDiagnostics
     tasks: ClassVar[tuple[str, ...]] = ("classification",)

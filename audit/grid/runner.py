@@ -37,14 +37,16 @@ from audit.attacks import AttackContext
 from audit.config import SCHEMA_VERSION, AttackSpec, AuditConfig, DefenseSpec, candidate_label
 from audit.data import Dataset, load_dataset
 from audit.errors import AuditError
+from audit.grid.adaptive import adaptive_axes, craft_adaptive, is_adaptive, resolve_adaptive
 from audit.grid.cells import GridCell, apply_defense
 from audit.grid.lock import LOCK_FILE, RunLock
 from audit.grid.store import RUN_FILES, STORE_FILE, Cell, Store, candidate_key, derive_seed, is_run_directory, remove_run
 from audit.jsonio import jsonable
+from audit.maths.certificate import regularised_clean_loss
 from audit.maths.poisonability import box_threshold, gradpc_target, min_box_threshold, module_metric, tau_over_scalings, thresholds
 from audit.models import Victim, build_victim, resolve_device
 from audit.models.estimator import deployed_metric
-from audit.models.structure import is_linear_model
+from audit.models.structure import convex_linear_layer, is_convex_linear, is_linear_model
 
 
 @dataclass
@@ -72,19 +74,25 @@ class RunPlan:
         payload = json.dumps([self.config.fingerprint(), training, self.victim.description, __version__, numerics], sort_keys=True)
         return hashlib.sha256(payload.encode()).hexdigest()[:16]
 
+    def attack_axes(self) -> list[tuple[str, AttackSpec, list[str]]]:
+        """``(cell attack key, attack spec, defense keys)``: each grid attack against every defense,
+        then each adaptive attacker against the defenses it adapts to (:mod:`audit.grid.adaptive`)."""
+        return [(a.key, a, self.config.defense_keys) for a in self.config.attacks] + adaptive_axes(self.config)
+
     def cells(self) -> list[GridCell]:
-        """All grid cells in run order (candidate → seed → attack → budget → defense), each at the
-        seeds :meth:`cell_seeds` gives it."""
+        """All grid cells in run order (candidate → seed → attack → budget → defense; the adaptive
+        attackers after the grid's attacks), each at the seeds :meth:`cell_seeds` gives it."""
         out: list[GridCell] = []
+        axes = self.attack_axes()
         for hp in self.config.candidate_grid():
             cand = candidate_key(hp)
-            seeds = {(a.key, d): self.cell_seeds(hp, a, d) for a in self.config.attacks for d in self.config.defense_keys}
+            seeds = {(key, d): self.cell_seeds(hp, spec, d) for key, spec, defenses in axes for d in defenses}
             for seed in self.config.seeds:
-                for attack in self.config.attacks:
+                for key, _, defenses in axes:
                     for eps in self.config.budgets:
-                        for defense in self.config.defense_keys:
-                            if seed in seeds[attack.key, defense]:
-                                out.append(GridCell(len(out), cand, attack.key, eps, defense, seed))
+                        for defense in defenses:
+                            if seed in seeds[key, defense]:
+                                out.append(GridCell(len(out), cand, key, eps, defense, seed))
         return out
 
     def cell_seeds(self, hp: dict[str, Any], attack: AttackSpec, defense: str) -> list[int]:
@@ -102,9 +110,9 @@ class RunPlan:
         """``json([candidate, attack, defense])`` → the seeds its cells run at (stored for the report,
         which counts a setting's missing cells against it); see :func:`planned_seeds`."""
         return {
-            json.dumps([candidate_key(hp), a.key, d]): self.cell_seeds(hp, a, d)
+            json.dumps([candidate_key(hp), key, d]): self.cell_seeds(hp, spec, d) if d in defenses else []
             for hp in self.config.candidate_grid()
-            for a in self.config.attacks
+            for key, spec, defenses in self.attack_axes()
             for d in self.config.defense_keys
         }
 
@@ -155,6 +163,8 @@ def plan_audit(
         config = config.resolved(data.task, victim.kind)  # the profile's battery and settings, explicit
     except ValueError as err:
         raise AuditError(str(err)) from None
+    convex = victim.builds_modules and is_convex_linear(victim.build(config.candidate_grid()[0]))
+    config = resolve_adaptive(config, data.task, victim.kind, convex)  # the adaptive attackers, explicit
     for attack in config.attacks:
         cls = attack.attack
         if data.task not in cls.tasks:
@@ -340,7 +350,8 @@ def _run_grid(plan: RunPlan, store: Store, progress: bool) -> None:
                 _record_failure(store, c, err, plan.device)
                 bar.update(1)
             continue
-        clean_record = {**clean.train_result, "metric_se": {"val": standard_error(clean_points[0]), "test": standard_error(clean_points[1])}}
+        clean_record = {**clean.train_result, "metric_se": {"val": standard_error(clean_points[0]), "test": standard_error(clean_points[1])},
+                        **certified_objective(clean, data, victim, hp, 0.0)}  # fmt: skip
         store.put_clean(cand, seed, clean_val, clean_test, time.perf_counter() - t0, clean_record)
         for defense_spec in cfg.defenses:
             if defense_spec.name != "none":
@@ -355,7 +366,8 @@ def _run_grid(plan: RunPlan, store: Store, progress: bool) -> None:
 
         by_poison: dict[tuple[str, float], list[GridCell]] = {}
         for c in pending:
-            by_poison.setdefault((c.attack, c.budget), []).append(c)
+            if not is_adaptive(c.attack):
+                by_poison.setdefault((c.attack, c.budget), []).append(c)
         for (attack_key, eps), defense_cells in by_poison.items():
             spec = cfg.attack_spec(attack_key)
             poison_key = poison_cache_key(cand, attack_key, spec.params, eps, seed, fingerprint)
@@ -380,7 +392,39 @@ def _run_grid(plan: RunPlan, store: Store, progress: bool) -> None:
                 _run_defense_cell(plan, store, c, hp, train_seed, (clean_val, clean_test), clean_points, x_p, y_p,
                                   diagnostics, attack_seconds)  # fmt: skip
                 bar.update(1)
+        for c in (c for c in pending if is_adaptive(c.attack)):
+            _run_adaptive_cell(plan, store, c, hp, clean, train_seed, (clean_val, clean_test), clean_points)
+            bar.update(1)
     bar.close()
+
+
+def _run_adaptive_cell(plan: RunPlan, store: Store, c: GridCell, hp: dict[str, Any], clean: Any, train_seed: int,
+                       clean_metrics: tuple[float, float], clean_points: tuple[np.ndarray, np.ndarray]) -> None:  # fmt: skip
+    """One cell of the adaptive stage: poisons crafted knowing the cell's defense (cached per defense),
+    then the defense and the retraining as for any cell."""
+    cfg, data, fingerprint = plan.config, plan.dataset, plan.fingerprint()
+    key, spec, _ = next(axis for axis in plan.attack_axes() if axis[0] == c.attack)
+    defense = cfg.defense_spec(c.defense)
+    setting = {"params": spec.params, "defense": defense.model_dump(mode="json"), "rounds": cfg.adaptive.rounds}
+    poison_key = poison_cache_key(c.candidate, key, setting, c.budget, c.seed, fingerprint)
+    t_attack = time.perf_counter()
+    try:
+        cached = store.load_poisons(poison_key)
+        if cached is None:
+            initial = None  # a grid attack's non-adaptive poisons of this cell start its filter-in-the-loop rounds
+            if spec.key in {a.key for a in cfg.attacks}:
+                initial = store.load_poisons(poison_cache_key(c.candidate, spec.key, spec.params, c.budget, c.seed, fingerprint))
+            ctx = AttackContext(data, plan.victim, clean, hp, c.budget, derive_seed(c.seed, c.candidate, key, c.budget, c.defense))
+            defense_seed = derive_seed(c.seed, c.candidate, c.attack, c.budget, c.defense)
+            x_p, y_p, diagnostics = craft_adaptive(spec, defense, ctx, cfg.adaptive.rounds, defense_seed, train_seed, initial)
+            store.save_poisons(poison_key, x_p, y_p, diagnostics)
+        else:
+            x_p, y_p, diagnostics = cached
+    except Exception as err:
+        _record_failure(store, c, err, plan.device)
+        return
+    _run_defense_cell(plan, store, c, hp, train_seed, clean_metrics, clean_points, x_p, y_p, diagnostics["attack"],
+                      time.perf_counter() - t_attack, {"adaptive": diagnostics["adaptive"]})  # fmt: skip
 
 
 def _run_defense_cell(
@@ -395,6 +439,7 @@ def _run_defense_cell(
     y_p: np.ndarray,
     attack_diag: dict,
     attack_seconds: float,
+    extra: dict[str, Any] | None = None,
 ) -> None:
     data, victim = plan.dataset, plan.victim
     t0 = time.perf_counter()
@@ -424,12 +469,29 @@ def _run_defense_cell(
                     "defense": jsonable(defense_diag),
                     "retrain": poisoned.train_result,
                     "se": _paired_errors(clean_points, poisoned, data),
+                    **certified_objective(poisoned, data, victim, hp, c.budget),
+                    **(extra or {}),
                 }
             ),  # fmt: skip
         )
         store.put_cell(cell)
     except Exception as err:
         _record_failure(store, c, err, plan.device)
+
+
+def certified_objective(fitted: Any, data: Dataset, victim: Victim, hp: dict[str, Any], budget: float) -> dict[str, float]:
+    """For softmax regression: ``{"clean_objective": L_c(θ̂) + (1 + ε)(ρ/2)‖Ŵ‖²}`` of the model trained
+    in a cell — the quantity the min-max certificate bounds (:mod:`audit.maths.certificate`, eq. 5),
+    so the report can put each attack beside the bound; ``{}`` for any other victim."""
+    module = fitted.module
+    if data.task != "classification" or module is None or not is_convex_linear(module):
+        return {}
+    layer = convex_linear_layer(module)
+    assert layer is not None
+    w = layer.weight.detach().double().cpu().numpy()
+    b = layer.bias.detach().double().cpu().numpy() if layer.bias is not None else np.zeros(len(w))
+    x = data.x_train.reshape(len(data.x_train), -1).astype(np.float64)
+    return {"clean_objective": regularised_clean_loss(w, b, x, data.y_train, victim.l2(hp), budget)}
 
 
 def standard_error(points: np.ndarray) -> float:

@@ -56,6 +56,14 @@ def softmax_loss(w: np.ndarray, b: np.ndarray, x: np.ndarray, y: np.ndarray) -> 
     return logsumexp(z, axis=1) - z[np.arange(len(y)), y]
 
 
+def regularised_clean_loss(w: np.ndarray, b: np.ndarray, x: np.ndarray, y: np.ndarray, l2: float, eps: float) -> float:
+    """``L_c(θ) + (1 + ε)(ρ/2)‖W‖²`` on the clean points ``(x, y)``: what the bound ``U*`` bounds (eq. 5).
+
+    Shapes: ``w`` (c, d), ``b`` (c,), ``x`` (n, d), ``y`` (n,).
+    """
+    return float(softmax_loss(w, b, x, y).mean() + (1.0 + eps) * 0.5 * l2 * float(np.sum(w**2)))
+
+
 def _gradient(w: np.ndarray, b: np.ndarray, x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Gradient of the *mean* cross-entropy over ``(x, y)`` with respect to (W, b)."""
     z = x @ w.T + b

@@ -1,0 +1,191 @@
+"""The adaptive stage: every filtering defense of the grid against attackers that know it (issue 15).
+
+A defense judged only against attacks that ignore it gets credit it has not earned: the
+attacker of the threat model knows the training procedure (DESIGN.md), and a filter is part
+of it (Carlini & Wagner 2017; Tramèr et al. 2020). For each filtering defense ``d``
+(:attr:`audit.defenses.Defense.filters`) and each adaptive attacker ``a`` the grid gets the
+cells ``(h, a~adaptive, ε, d, s)``, whose poisons are crafted knowing ``d``:
+
+1. **the attack's own defense-aware mode**, where it has one
+   (:meth:`audit.attacks.AuditAttack.against`): Gradient Canceling and min-max optimise inside
+   a sphere/slab sanitiser's acceptance region (Koh, Steinhardt & Liang 2022, §4); otherwise the
+   attack's non-adaptive poisons of the same cell;
+2. **filter in the loop** (``adaptive.rounds`` rounds): apply ``d`` to ``D_tr ∪ D_p``; the
+   poisons it removed are re-crafted — as many as were removed — against the model trained on
+   what survived, with the survivors as the attacker's training set; repeat. Of the rounds'
+   poison sets the attacker keeps the one whose defended model has the worst validation
+   metric (the attacker knows ``D_val``, DESIGN.md threat model).
+
+Min-max (convex victims, sanitisers in the grid) also runs against no defense: its poisons are
+then the box's, and its diagnostics carry the certified bound of the feature box alone, the
+other end of the report's bracket.
+
+The worst case the recommendation and the gate use is taken over the non-adaptive and the
+adaptive cells alike (:func:`audit.report.recommend.aggregate` over :meth:`RunPlan.attack_axes`),
+so an adaptive attacker can only lower a defense's standing.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import numpy as np
+
+from audit.attacks import AttackContext
+from audit.config import AttackSpec, AuditConfig, DefenseSpec
+from audit.errors import AuditError
+from audit.grid.cells import apply_defense
+from audit.seeding import derive_seed
+
+ADAPTIVE_SUFFIX = "~adaptive"
+MINMAX = "minmax"
+GRADIENT_ATTACKS = ("gradient_canceling", "back_gradient")  # adapted by default (filter in the loop, or their own mode)
+SANITISER_DEFENSES = ("sphere", "slab", "sphere_slab")
+
+
+def adaptive_key(attacker: str) -> str:
+    """The attack key an adaptive attacker's cells are stored under (``gradient_canceling~adaptive``)."""
+    return attacker + ADAPTIVE_SUFFIX
+
+
+def is_adaptive(attack_key: str) -> bool:
+    return attack_key.endswith(ADAPTIVE_SUFFIX)
+
+
+def base_attacker(attack_key: str) -> str:
+    """The grid attack's id (or ``minmax``) an adaptive key was made from."""
+    return attack_key.removesuffix(ADAPTIVE_SUFFIX)
+
+
+def filtering_defenses(config: AuditConfig) -> list[str]:
+    """The keys of the grid's defenses that remove points, in config order."""
+    return [d.key for d in config.defenses if d.defense.filters]
+
+
+def resolve_adaptive(config: AuditConfig, task: str, victim_kind: str, convex: bool) -> AuditConfig:
+    """``config`` with ``adaptive.attacks`` written out (idempotent; see :class:`audit.config.AdaptiveSpec`).
+
+    ``convex``: the victim is softmax regression (min-max applies). Raises :class:`AuditError`
+    for an id that is neither a grid attack nor ``minmax``, or min-max where it cannot run.
+    """
+    spec = config.adaptive
+    if spec.enabled == "off" or not filtering_defenses(config):
+        return config.model_copy(update={"adaptive": spec.model_copy(update={"attacks": []})}) if spec.attacks is None else config
+    keys = [a.key for a in config.attacks]
+    if spec.attacks is None:
+        chosen = [a.key for a in config.attacks if a.name in GRADIENT_ATTACKS] or keys
+        sanitised = any(config.defense_spec(d).name in SANITISER_DEFENSES for d in filtering_defenses(config))
+        if convex and task == "classification" and victim_kind == "torch" and sanitised:
+            chosen.append(MINMAX)
+        return config.model_copy(update={"adaptive": spec.model_copy(update={"attacks": chosen})})
+    for name in spec.attacks:
+        if name == MINMAX:
+            if not (convex and task == "classification" and victim_kind == "torch"):
+                raise AuditError("adaptive.attacks: 'minmax' needs softmax regression (a PyTorch model whose parameters all belong to one nn.Linear)")
+        elif name not in keys:
+            raise AuditError(f"adaptive.attacks: {name!r} is not the id of an attack of this run; valid: {', '.join([*keys, MINMAX])}")
+    if len(set(spec.attacks)) != len(spec.attacks):
+        raise AuditError(f"adaptive.attacks: values repeat ({spec.attacks!r})")
+    return config
+
+
+def attacker_spec(config: AuditConfig, attacker: str) -> AttackSpec:
+    """The attack an adaptive attacker runs: the grid attack of that id, or min-max (box only unless a
+    sanitiser's mode lays its region over it)."""
+    if attacker == MINMAX:
+        return AttackSpec.model_construct(name=MINMAX, id=MINMAX, params={"defense": "none"}, seeds=None)
+    return config.attack_spec(attacker)
+
+
+def attacker_defenses(config: AuditConfig, attacker: str) -> list[str]:
+    """The defenses an adaptive attacker faces: every filtering defense; min-max also none (the box's bound)."""
+    out = filtering_defenses(config)
+    if attacker == MINMAX and "none" in config.defense_keys:
+        out = ["none", *out]
+    return out
+
+
+def adaptive_axes(config: AuditConfig) -> list[tuple[str, AttackSpec, list[str]]]:
+    """``(cell attack key, attack spec, defense keys)`` of each adaptive attacker of a resolved config."""
+    if config.adaptive.enabled == "off":
+        return []
+    return [(adaptive_key(a), attacker_spec(config, a), attacker_defenses(config, a)) for a in config.adaptive.attacks or []]
+
+
+def adaptive_params(spec: AttackSpec, defense: DefenseSpec, rate: float) -> tuple[dict[str, Any], bool]:
+    """The attack's parameters against ``defense`` and whether they are its own defense-aware mode."""
+    own = spec.attack.against(defense.name, defense.params, rate)
+    return ({**spec.params, **own}, True) if own is not None else (dict(spec.params), False)
+
+
+def craft_adaptive(
+    spec: AttackSpec,
+    defense: DefenseSpec,
+    ctx: AttackContext,
+    rounds: int,
+    defense_seed: int,
+    train_seed: int,
+    initial: tuple[np.ndarray, np.ndarray, dict] | None,
+) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
+    """Poisons for one adaptive cell (module docstring).
+
+    Parameters
+    ----------
+    spec : AttackSpec
+        The attack to adapt.
+    defense : DefenseSpec
+        The filter it faces (applied at the assumed rate ``ctx.budget``, seeded ``defense_seed``,
+        as the grid cell applies it).
+    ctx : AttackContext
+        The cell: clean data, victim, clean model, ``h``, ε and the attack's seed.
+    rounds : int
+        Filter-in-the-loop rounds after the first crafting.
+    train_seed : int
+        The victim's training seed (the grid's retraining seed).
+    initial : (x_p, y_p, diagnostics) or None
+        The attack's non-adaptive poisons of this cell (used when it has no defense-aware mode).
+
+    Returns
+    -------
+    x_p : ndarray, shape (m, d)
+    y_p : ndarray, shape (m,)
+    diagnostics : dict
+        ``attack``: the first crafting's diagnostics (the attack's ``Diagnostics``); ``adaptive``:
+        whether the attack's own mode ran (``own_mode``), per round the poisons the filter removed
+        and the defended model's validation metric, and the round kept.
+    """
+    data, victim = ctx.dataset, ctx.victim
+    params, own = adaptive_params(spec, defense, ctx.budget)
+    if own or initial is None:
+        attack = spec.attack.for_cell(params, ctx)
+        x_p, y_p = attack.poison(data.x_train, data.y_train)
+        first = attack.diagnostics.to_json()
+    else:
+        x_p, y_p, first = initial
+    sign = 1.0 if data.task == "classification" else -1.0  # the defender wants a high accuracy, a low MSE
+    n = len(data.y_train)
+    history: list[dict[str, Any]] = []
+    best: tuple[int, np.ndarray, np.ndarray] | None = None
+    for r in range(rounds + 1):
+        x_mix, y_mix = np.concatenate([data.x_train, x_p]), np.concatenate([data.y_train, y_p])
+        cell_defense = defense.defense.for_cell(ctx.budget, defense_seed, data, defense.params)
+        fitted, keep, _ = apply_defense(cell_defense, x_mix, y_mix, victim, ctx.hparams, train_seed)
+        removed = ~keep[n:]
+        val = float(fitted.metric(data.x_val, data.y_val))
+        history.append({"round": r, "removed": int(removed.sum()), "val_metric": val})
+        if best is None or sign * val < sign * history[best[0]]["val_metric"]:
+            best = (r, x_p, y_p)
+        if not removed.any() or r == rounds:
+            break
+        survivors = dataclasses.replace(data, x_train=x_mix[keep], y_train=y_mix[keep])
+        k = int(removed.sum())
+        sub = AttackContext(survivors, victim, fitted, ctx.hparams, k / int(keep.sum()), derive_seed(ctx.seed, "round", r + 1))
+        attack = spec.attack.for_cell(params, sub)
+        x_new, y_new = attack.poison(survivors.x_train, survivors.y_train)
+        if len(y_new) != k:
+            raise AuditError(f"adaptive {spec.key}: round {r + 1} crafted {len(y_new)} poisons to replace {k}")
+        x_p = np.concatenate([x_p[~removed], np.asarray(x_new, x_p.dtype)])
+        y_p = np.concatenate([y_p[~removed], np.asarray(y_new, y_p.dtype)])
+    assert best is not None
+    return best[1], best[2], {"attack": first, "adaptive": {"own_mode": own, "rounds": history, "kept_round": best[0]}}
