@@ -11,8 +11,9 @@ cells ``(h, a~adaptive, ε, d, s)``, whose poisons are crafted knowing ``d``:
    a sphere/slab sanitiser's acceptance region (Koh, Steinhardt & Liang 2022, §4); otherwise the
    attack's non-adaptive poisons of the same cell;
 2. **filter in the loop** (``adaptive.rounds`` rounds): apply ``d`` to ``D_tr ∪ D_p``; the
-   poisons it removed are re-crafted — as many as were removed — against the model trained on
-   what survived, with the survivors as the attacker's training set; repeat. Of the rounds'
+   poisons it removed are re-crafted against the model trained on what survived, with the
+   survivors as the attacker's training set — twice as many candidates as were removed, of
+   which the ones the filter accepts (beside the survivors) replace them; repeat. Of the rounds'
    poison sets the attacker keeps the one whose defended model has the worst validation
    metric (the attacker knows ``D_val``, DESIGN.md threat model).
 
@@ -76,11 +77,11 @@ def resolve_adaptive(config: AuditConfig, task: str, victim_kind: str, convex: b
     if spec.attacks is None:
         chosen = [a.key for a in config.attacks if a.name in GRADIENT_ATTACKS] or keys
         sanitised = any(config.defense_spec(d).name in SANITISER_DEFENSES for d in filtering_defenses(config))
-        if convex and task == "classification" and victim_kind == "torch" and sanitised:
+        if convex and task == "classification" and victim_kind == "torch" and sanitised and MINMAX not in chosen:
             chosen.append(MINMAX)
         return config.model_copy(update={"adaptive": spec.model_copy(update={"attacks": chosen})})
     for name in spec.attacks:
-        if name == MINMAX:
+        if name == MINMAX and name not in keys:
             if not (convex and task == "classification" and victim_kind == "torch"):
                 raise AuditError("adaptive.attacks: 'minmax' needs softmax regression (a PyTorch model whose parameters all belong to one nn.Linear)")
         elif name not in keys:
@@ -93,7 +94,7 @@ def resolve_adaptive(config: AuditConfig, task: str, victim_kind: str, convex: b
 def attacker_spec(config: AuditConfig, attacker: str) -> AttackSpec:
     """The attack an adaptive attacker runs: the grid attack of that id, or min-max (box only unless a
     sanitiser's mode lays its region over it)."""
-    if attacker == MINMAX:
+    if attacker == MINMAX and attacker not in {a.key for a in config.attacks}:
         return AttackSpec.model_construct(name=MINMAX, id=MINMAX, params={"defense": "none"}, seeds=None)
     return config.attack_spec(attacker)
 
@@ -117,6 +118,32 @@ def adaptive_params(spec: AttackSpec, defense: DefenseSpec, rate: float) -> tupl
     """The attack's parameters against ``defense`` and whether they are its own defense-aware mode."""
     own = spec.attack.against(defense.name, defense.params, rate)
     return ({**spec.params, **own}, True) if own is not None else (dict(spec.params), False)
+
+
+OVERSAMPLE = 2  # candidates crafted per removed poison in a filter-in-the-loop round
+
+
+def _recraft(spec: AttackSpec, params: dict[str, Any], defense: DefenseSpec, ctx: AttackContext, fitted: Any,
+             x_kept: np.ndarray, y_kept: np.ndarray, x_stay: np.ndarray, y_stay: np.ndarray, k: int, defense_seed: int,
+             seed: int) -> tuple[np.ndarray, np.ndarray]:  # fmt: skip
+    """One filter-in-the-loop round: craft ``OVERSAMPLE·k`` candidates against ``fitted`` (the model
+    trained on what survived, ``x_kept``) with the survivors as the training set, put them all
+    through the filter beside the survivors and keep ``k`` of them, those it accepts first.
+
+    Returns the next poison set: the surviving poisons ``x_stay`` then the ``k`` chosen, shapes (m, d), (m,).
+    """
+    survivors = dataclasses.replace(ctx.dataset, x_train=x_kept, y_train=y_kept)
+    want = min(OVERSAMPLE * k, len(y_kept))
+    sub = AttackContext(survivors, ctx.victim, fitted, ctx.hparams, want / len(y_kept), seed)
+    x_new, y_new = spec.attack.for_cell(params, sub).poison(x_kept, y_kept)
+    x_new, y_new = np.asarray(x_new, x_stay.dtype), np.asarray(y_new, y_stay.dtype)
+    if len(y_new) < k:
+        raise AuditError(f"adaptive {spec.key}: a round crafted {len(y_new)} poisons to replace {k}")
+    trial = defense.defense.for_cell(ctx.budget, defense_seed, ctx.dataset, defense.params)
+    x_try, y_try = np.concatenate([ctx.dataset.x_train, x_stay, x_new]), np.concatenate([ctx.dataset.y_train, y_stay, y_new])
+    accepted = np.asarray(trial.apply(x_try, y_try, ctx.victim, ctx.hparams).keep, bool)[-len(y_new) :]
+    pick = np.argsort(~accepted, kind="stable")[:k]  # accepted candidates first, in crafting order
+    return np.concatenate([x_stay, x_new[pick]]), np.concatenate([y_stay, y_new[pick]])
 
 
 def craft_adaptive(
@@ -178,14 +205,7 @@ def craft_adaptive(
             best = (r, x_p, y_p)
         if not removed.any() or r == rounds:
             break
-        survivors = dataclasses.replace(data, x_train=x_mix[keep], y_train=y_mix[keep])
-        k = int(removed.sum())
-        sub = AttackContext(survivors, victim, fitted, ctx.hparams, k / int(keep.sum()), derive_seed(ctx.seed, "round", r + 1))
-        attack = spec.attack.for_cell(params, sub)
-        x_new, y_new = attack.poison(survivors.x_train, survivors.y_train)
-        if len(y_new) != k:
-            raise AuditError(f"adaptive {spec.key}: round {r + 1} crafted {len(y_new)} poisons to replace {k}")
-        x_p = np.concatenate([x_p[~removed], np.asarray(x_new, x_p.dtype)])
-        y_p = np.concatenate([y_p[~removed], np.asarray(y_new, y_p.dtype)])
+        x_p, y_p = _recraft(spec, params, defense, ctx, fitted, x_mix[keep], y_mix[keep], x_p[~removed], y_p[~removed],
+                            int(removed.sum()), defense_seed, derive_seed(ctx.seed, "round", r + 1))  # fmt: skip
     assert best is not None
     return best[1], best[2], {"attack": first, "adaptive": {"own_mode": own, "rounds": history, "kept_round": best[0]}}

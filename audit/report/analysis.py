@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -11,9 +12,10 @@ import numpy as np
 
 from audit.attacks.base import SourcedDiagnostics
 from audit.config import AuditConfig
+from audit.grid.adaptive import MINMAX, SANITISER_DEFENSES, adaptive_axes, adaptive_key, filtering_defenses
 from audit.grid.store import Store
 from audit.models.training import lambda_from_rho
-from audit.report.recommend import CandidateSummary, Recommendation, aggregate, pair_id, recommend
+from audit.report.recommend import Z95, AttackStats, CandidateSummary, Recommendation, aggregate, pair_id, recommend
 
 
 @dataclass(frozen=True)
@@ -49,6 +51,12 @@ class Analysis:
     pairs: list[CandidateSummary]
     samples: list[dict[str, Any]] = field(default_factory=list)
     policies: list = field(default_factory=list)  # audit.grid.minimax.PolicyRow of the λ-under-attack stage
+    clean_records: dict[tuple[str, int], dict[str, Any]] = field(default_factory=dict)  # (candidate, seed) → clean training record
+
+    @property
+    def attack_keys(self) -> list[str]:
+        """The grid's attacks, then the adaptive attackers (``<attack>~adaptive``): what a worst case is over."""
+        return attack_keys(self.config)
 
     @property
     def unit(self) -> str:
@@ -68,6 +76,11 @@ class Analysis:
         """The recommended (candidate, defense) setting's summary."""
         want = pair_id(self.recommendation.key, self.recommendation.defense) if self.recommendation.key else None
         return next((s for s in self.pairs if s.pair == want), None)
+
+
+def attack_keys(config: AuditConfig) -> list[str]:
+    """The attack keys of a stored (resolved) config's cells: grid attacks, then adaptive attackers."""
+    return [a.key for a in config.attacks] + [key for key, _, _ in adaptive_axes(config)]
 
 
 def analyse(run_dir: str | Path) -> Analysis:
@@ -90,7 +103,7 @@ def analyse(run_dir: str | Path) -> Analysis:
     metric = "accuracy (%)" if higher else "MSE"
     defense = "none" if "none" in config.defense_keys else config.defense_keys[0]
     summaries = aggregate(
-        cells, clean_rows, config.candidate_grid(), [a.key for a in config.attacks], config.budgets, config.seeds,
+        cells, clean_rows, config.candidate_grid(), attack_keys(config), config.budgets, config.seeds,
         defense, higher_is_better=higher, planned=meta.get("cell_seeds"),
     )  # fmt: skip
     # every (candidate, defense) setting; a defended setting's clean metric is the defense run on clean data
@@ -98,14 +111,18 @@ def analyse(run_dir: str | Path) -> Analysis:
     for d in config.defense_keys:
         rows: list[Any] = clean_rows if d == "none" else [(c, s, v, t, 0.0, {}) for c, s, dd, v, t, _, err in defended_rows
                                                if dd == d and v is not None]  # fmt: skip
-        pairs += aggregate(cells, rows, config.candidate_grid(), [a.key for a in config.attacks], config.budgets,
+        pairs += aggregate(cells, rows, config.candidate_grid(), attack_keys(config), config.budgets,
                            config.seeds, d, higher_is_better=higher, planned=meta.get("cell_seeds"))  # fmt: skip
     rec = recommend(pairs, config.target_budget, config.recommendation.clean_tolerance, higher,
                     metric_name="accuracy" if higher else "MSE")  # fmt: skip
-    analysis = Analysis(config, meta, cells, summaries, rec, defense, metric, higher, targets, pairs, samples, policies)
+    records = {(cand, seed): record or {} for cand, seed, _, _, _, record in clean_rows}
+    analysis = Analysis(config, meta, cells, summaries, rec, defense, metric, higher, targets, pairs, samples, policies, records)
     cost = defense_cost_sentence(analysis, defended_rows)
     if cost:
         rec.reason = f"{rec.reason} {cost}"
+    broken = adaptive_sentence(analysis)
+    if broken:
+        rec.reason = f"{rec.reason} {broken}"
     moved = tau_sentence(analysis)
     if moved:
         rec.reason = f"{rec.reason} {moved}"
@@ -280,3 +297,133 @@ def minimax_sentence(a: Analysis, series: dict[str, Any]) -> str:
         text += (f". At ε = {target:g} the defender that learns λ under attack has {name} "
                  f"{fmt(errors[POLICY_LABELS['rmd']])}{unit} against {others} (test figures, not used to choose)")  # fmt: skip
     return text + "."
+
+
+# ---------------------------------------------------------------------------- the adaptive stage (issue 15)
+@dataclass(frozen=True)
+class AdaptiveRow:
+    """One filtering defense at one budget, for one candidate: the worst non-adaptive and the worst
+    adaptive attack behind it, and the worst case with no defense at all (test damage; the verdict
+    on validation damage, as the recommendation chooses).
+
+    ``verdict``: ``broken`` — the adaptive attacker's validation damage behind the defense is at
+    least the undefended worst case's (the defense buys nothing against an attacker who knows
+    it); ``weakened`` — above the non-adaptive damage beyond both 95 % intervals; ``holds`` otherwise.
+    """
+
+    defense: str
+    budget: float
+    plain: AttackStats | None
+    plain_attack: str
+    adaptive: AttackStats | None
+    adaptive_attack: str
+    undefended: AttackStats | None
+    verdict: str
+
+
+def adaptive_rows(a: Analysis, key: str | None = None) -> list[AdaptiveRow]:
+    """The adaptive stage's rows for candidate ``key`` (default: the recommended one), defense × budget."""
+    key = key if key is not None else a.recommendation.key
+    axes = adaptive_axes(a.config)
+    if key is None or not axes:
+        return []
+    hp = [json.loads(key)]
+    plain_keys = [s.key for s in a.config.attacks]
+    adaptive_keys = [k for k, _, _ in axes]
+    planned = a.meta.get("cell_seeds")
+
+    def worst(keys: list[str], defense: str, eps: float) -> tuple[AttackStats | None, str]:
+        summary = aggregate(a.cells, [], hp, keys, a.config.budgets, a.config.seeds, defense, a.higher_is_better, planned)[0]
+        found = {k: summary.stats[(k, eps, defense)] for k in keys if (k, eps, defense) in summary.stats}
+        if not found:
+            return None, ""
+        name = max(found, key=lambda k: found[k].damage_val)
+        return found[name], name
+
+    rows = []
+    for d in filtering_defenses(a.config):
+        for eps in a.config.budgets:
+            plain, plain_name = worst(plain_keys, d, eps)
+            adaptive, adaptive_name = worst(adaptive_keys, d, eps)
+            undefended, _ = worst(a.attack_keys, "none", eps) if "none" in a.config.defense_keys else (None, "")
+            rows.append(AdaptiveRow(d, eps, plain, plain_name, adaptive, adaptive_name, undefended, _verdict(plain, adaptive, undefended)))
+    return rows
+
+
+def _verdict(plain: AttackStats | None, adaptive: AttackStats | None, undefended: AttackStats | None) -> str:
+    if adaptive is None:
+        return "not run"
+    if undefended is not None and adaptive.damage_val >= undefended.damage_val:
+        return "broken"
+    if plain is not None and adaptive.damage_val - Z95 * adaptive.damage_val_se > plain.damage_val + Z95 * plain.damage_val_se:
+        return "weakened"
+    return "holds"
+
+
+def adaptive_sentence(a: Analysis) -> str:
+    """For the recommendation paragraph: which filtering defenses an attacker who knows them breaks at the target budget."""
+    target = a.recommendation.target_budget
+    rows = [r for r in adaptive_rows(a) if r.budget == target and r.adaptive is not None]
+    if not rows:
+        return ""
+    unit = " points" if a.higher_is_better else ""
+    broken = [r for r in rows if r.verdict == "broken"]
+    weakened = [r for r in rows if r.verdict == "weakened"]
+    parts = []
+    if broken:
+        what = "; ".join(f"behind {r.defense} {r.adaptive_attack} does {fmt(r.adaptive.damage_val)}{unit} of validation damage against "
+                         f"{fmt(r.undefended.damage_val) if r.undefended else 'n/a'} with no defense"
+                         + (" (the non-adaptive attacks already matched no defense)" if r.plain and r.undefended
+                            and r.plain.damage_val >= r.undefended.damage_val else "")
+                         for r in broken if r.adaptive)  # fmt: skip
+        parts.append(f"Against an attacker who knows it, the defense{'s' if len(broken) > 1 else ''} {', '.join(r.defense for r in broken)} "
+                     f"{'are' if len(broken) > 1 else 'is'} broken at ε = {target:g}: {what}.")  # fmt: skip
+    if weakened:
+        parts.append(f"{', '.join(r.defense for r in weakened)} lose{'s' if len(weakened) == 1 else ''} ground against the adaptive "
+                     "attacker (damage above the non-adaptive attacks' beyond the 95 % intervals) but still beat no defense.")  # fmt: skip
+    held = [r.defense for r in rows if r.verdict == "holds"]
+    if held:
+        parts.append(f"{', '.join(held)} held against the adaptive attackers run (it proves no more than that).")
+    if a.recommendation.defense in {r.defense for r in broken}:
+        parts.append(f"The recommended defense {a.recommendation.defense} is among the broken ones: it is tied with the best setting only "
+                     "within the intervals; prefer the tied setting without it.")  # fmt: skip
+    return " ".join(parts)
+
+
+def bracket_series(a: Analysis, key: str | None = None) -> dict[str, Any] | None:
+    """For softmax regression: per defense with a min-max run (none: the box; a sanitiser: its region)
+    and budget, the worst clean objective ``L_c + (1 + ε)(ρ/2)‖W‖²`` any attack of the run reached
+    (means over seeds), the certified bound ``U*`` of the min-max run (mean over seeds) and the clean
+    model's objective. None when the run has no min-max cells."""
+    key = key if key is not None else a.recommendation.key
+    if key is None:
+        return None
+    cells = [c for c in a.cells if c.status == "ok" and c.candidate == key]
+    certified = {"none", *SANITISER_DEFENSES}  # where min-max runs its own region, so its bound certifies that defense
+    minmax = [c for c in cells if c.attack == adaptive_key(MINMAX) and a.config.defense_spec(c.defense).name in certified]
+    if not minmax:
+        return None
+    clean = [float(r["clean_objective"]) for (cand, _), r in a.clean_records.items() if cand == key and r.get("clean_objective") is not None]
+    out: dict[str, Any] = {"defenses": {}, "clean": float(np.mean(clean)) if clean else None}
+    for d in sorted({c.defense for c in minmax}, key=a.config.defense_keys.index):
+        found, bound, attack = {}, {}, {}
+        for eps in a.config.budgets:
+            by_attack: dict[str, list[float]] = {}
+            for c in cells:
+                value = _objective(c)
+                if c.defense == d and c.budget == eps and value is not None:
+                    by_attack.setdefault(c.attack, []).append(value)
+            if by_attack:
+                best = max(by_attack, key=lambda k: np.mean(by_attack[k]))
+                found[eps], attack[eps] = float(np.mean(by_attack[best])), best
+            bounds = [json.loads(c.diagnostics or "{}").get("attack", {}).get("bound") for c in minmax if c.defense == d and c.budget == eps]
+            bounds = [b for b in bounds if b is not None and math.isfinite(b)]
+            if bounds:
+                bound[eps] = float(np.mean(bounds))
+        out["defenses"][d] = {"found": found, "bound": bound, "attack": attack}
+    return out
+
+
+def _objective(cell: Any) -> float | None:
+    value = json.loads(cell.diagnostics or "{}").get("clean_objective")
+    return float(value) if value is not None else None

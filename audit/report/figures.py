@@ -212,3 +212,48 @@ def policy_figure(error: dict[str, dict[float, float]], lam: dict[str, dict[floa
     axes[1].legend(fontsize=7, frameon=False)
     fig.tight_layout()
     return fig
+
+
+def adaptive_bars(rows: list[dict], unit: str) -> str:
+    """Per filtering defense (panels: budgets): test damage of the worst non-adaptive attack beside the
+    worst adaptive one, with the undefended worst case as a line. ``rows``: [{"defense", "budget"
+    (label), "plain", "adaptive", "undefended"}] (floats or NaN)."""
+    budgets = list(dict.fromkeys(r["budget"] for r in rows))
+    fig, axes = plt.subplots(1, len(budgets), figsize=(max(3.2, 0.9 * len({r["defense"] for r in rows}) + 1.6) * len(budgets), 3.0),
+                             squeeze=False, sharey=True)  # fmt: skip
+    for ax, budget in zip(axes[0], budgets):
+        mine = [r for r in rows if r["budget"] == budget]
+        xs = np.arange(len(mine))
+        ax.bar(xs - 0.2, [r["plain"] for r in mine], 0.4, color="#9ab", label="non-adaptive")
+        ax.bar(xs + 0.2, [r["adaptive"] for r in mine], 0.4, color="#c44", label="adaptive")
+        undefended = [r["undefended"] for r in mine if math.isfinite(r["undefended"])]
+        if undefended:
+            ax.axhline(undefended[0], color="k", ls="--", lw=1, label="no defense (worst case)")
+        ax.set_xticks(xs, [r["defense"] for r in mine], rotation=20, fontsize=7)
+        ax.set_title(f"ε = {budget}", fontsize=9)
+        ax.grid(alpha=0.3, axis="y")
+    axes[0][0].set_ylabel(f"test {unit}")
+    axes[0][0].legend(fontsize=7, frameon=False)
+    fig.tight_layout()
+    return _to_svg(fig)
+
+
+def bracket(series: dict, budgets: list[float]) -> str:
+    """The bracket for a convex victim: per defense (none: the feature box; a sanitiser: its oracle
+    region), the clean objective L_c + (1 + ε)(ρ/2)‖W‖² of the worst attack found (solid) and the
+    certified bound U* (dashed) against the budget; the clean model's objective as a grey line."""
+    fig, ax = plt.subplots(figsize=(6.0, 3.4))
+    colors = plt.cm.tab10(np.arange(max(len(series["defenses"]), 1)))
+    for color, (defense, s) in zip(colors, series["defenses"].items()):
+        xs = [100 * e for e in budgets]
+        ax.plot(xs, [s["found"].get(e, math.nan) for e in budgets], marker="o", ms=3, color=color, label=f"worst attack found ({defense})")
+        ax.plot(xs, [s["bound"].get(e, math.nan) for e in budgets], marker="^", ms=3, ls="--", color=color, label=f"certified bound U* ({defense})")
+    if series.get("clean") is not None:
+        ax.axhline(series["clean"], color="0.5", lw=1, label="clean model")
+    ax.set_xlabel("poison budget ε (%)")
+    ax.set_ylabel("clean training loss L_c + (1+ε)ρ/2‖W‖²")
+    ax.set_ylim(bottom=0)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, frameon=False)
+    fig.tight_layout()
+    return _to_svg(fig)

@@ -18,11 +18,12 @@ from jinja2 import Environment, FileSystemLoader, select_autoescape
 
 from audit.attacks import ATTACKS
 from audit.catalog import BATTERY, PROFILES
+from audit.grid.adaptive import adaptive_axes
 from audit.grid.lock import RunLock
 from audit.grid.store import Store
 from audit.jsonio import atomic_write, finite
 from audit.report import figures
-from audit.report.analysis import Analysis, analyse, threshold_table
+from audit.report.analysis import Analysis, adaptive_rows, analyse, bracket_series, threshold_table
 from audit.report.analysis import fmt as _fmt
 from audit.report.recommend import Z95, candidate_label
 from audit.report.sections import SECTIONS
@@ -110,7 +111,7 @@ def build_context(a: Analysis) -> dict[str, Any]:
                 })  # fmt: skip
     verdict_damage = rec.worst_damage_test.get(target) if rec else None
     task = a.meta["dataset"]["task"]
-    ran = {s.name for s in cfg.attacks}
+    ran = {s.name for s in cfg.attacks} | {spec.name for _, spec, _ in adaptive_axes(cfg)}
     not_run = [cls.title for name, cls in ATTACKS.items() if name not in ran and task in cls.tasks]  # the registry's attacks this run left out
     not_run_why = [f"{cls.title} — {_why_not_run(a, name, cls)}" for name, cls in ATTACKS.items() if name not in ran and task in cls.tasks]
     return {
@@ -298,6 +299,51 @@ def build_summary(a: Analysis) -> dict[str, Any]:
             for r in threshold_table(a)
         ],  # fmt: skip
         "minimax": [r.as_dict() for r in a.policies],
+        "adaptive": _adaptive_summary(a),
+    }
+
+
+def _adaptive_summary(a: Analysis) -> dict[str, Any]:
+    """The adaptive stage for machines: the attackers, and per filtering defense and budget (recommended
+    candidate) the worst non-adaptive and adaptive test damage, survival and verdict; the bracket."""
+
+    def stats(st: Any) -> dict[str, Any] | None:
+        if st is None:
+            return None
+        return {"damage": st.damage_test, "damage_ci95": [st.damage_test - Z95 * st.damage_test_se, st.damage_test + Z95 * st.damage_test_se],
+                "damage_val": st.damage_val, "poisons_survived": 1.0 - st.poisons_removed, "clean_removed": st.clean_removed}  # fmt: skip
+
+    series = bracket_series(a)
+    return {
+        "attackers": [key for key, _, _ in adaptive_axes(a.config)],
+        "rounds": a.config.adaptive.rounds,
+        "defenses": [
+            {
+                "defense": r.defense,
+                "budget": r.budget,
+                "verdict": r.verdict,
+                "non_adaptive": stats(r.plain),
+                "non_adaptive_attack": r.plain_attack or None,
+                "adaptive": stats(r.adaptive),
+                "adaptive_attack": r.adaptive_attack or None,
+                "undefended": stats(r.undefended),
+            }
+            for r in adaptive_rows(a)
+        ],  # fmt: skip
+        "bracket": None
+        if series is None
+        else {
+            "quantity": "clean training loss L_c + (1 + ε)(ρ/2)‖W‖² of the learned model (every clean point kept)",
+            "clean": series["clean"],
+            "defenses": {
+                d: {
+                    "worst_found": {str(e): v for e, v in s["found"].items()},
+                    "bound": {str(e): v for e, v in s["bound"].items()},
+                    "attack": {str(e): v for e, v in s["attack"].items()},
+                }
+                for d, s in series["defenses"].items()
+            },
+        },  # fmt: skip
     }
 
 

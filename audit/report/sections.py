@@ -23,10 +23,11 @@ from audit.attacks.gradient_canceling import GradientCancelingDiagnostics
 from audit.attacks.tgda import TGDADiagnostics
 from audit.data import load_dataset
 from audit.defenses.base import CertificateDiagnostics
+from audit.grid.adaptive import adaptive_axes
 from audit.report import figures
-from audit.report.analysis import POLICY_LABELS, Analysis, minimax_sentence, policy_series, threshold_table
+from audit.report.analysis import POLICY_LABELS, Analysis, adaptive_rows, bracket_series, minimax_sentence, policy_series, threshold_table
 from audit.report.analysis import fmt as _fmt
-from audit.report.recommend import aggregate, candidate_label
+from audit.report.recommend import Z95, aggregate, candidate_label
 
 
 def poisonability_context(a: Analysis) -> dict[str, Any] | None:
@@ -114,9 +115,9 @@ def defense_rows(a: Analysis) -> list[dict[str, Any]]:
         return []
     clean = rec.clean_test
     hp = [json.loads(a.recommendation.key)]
-    attacks = [s.key for s in a.config.attacks]
+    attacks = a.attack_keys  # the adaptive attackers' rows too
     rows = []
-    per_defense = {d: aggregate(a.cells, [], hp, attacks, a.config.budgets, a.config.seeds, d, a.higher_is_better)[0]
+    per_defense = {d: aggregate(a.cells, [], hp, attacks, a.config.budgets, a.config.seeds, d, a.higher_is_better, a.meta.get("cell_seeds"))[0]
                    for d in a.config.defense_keys}  # fmt: skip
     for attack in attacks:
         for eps in a.config.budgets:
@@ -228,6 +229,52 @@ def minimax_context(a: Analysis) -> dict[str, Any] | None:
     }
 
 
+def adaptive_context(a: Analysis) -> dict[str, Any] | None:
+    """Defenses under an adaptive attacker (issue 15): per filtering defense and budget, for the
+    recommended candidate, the worst non-adaptive and adaptive damage side by side, the poisons that
+    survived and the clean points removed; the bracket for convex victims."""
+    rows = adaptive_rows(a)
+    if not rows:
+        return None
+
+    def damage(st: Any) -> str:
+        return (
+            f"{_fmt(st.damage_test)} ({_fmt(st.damage_test - Z95 * st.damage_test_se)}–{_fmt(st.damage_test + Z95 * st.damage_test_se)})"
+            if st
+            else "n/a"
+        )
+
+    table = [{
+        "defense": r.defense, "budget": f"{100 * r.budget:g}%",
+        "plain": damage(r.plain), "plain_attack": r.plain_attack or "n/a",
+        "plain_survived": f"{100 * (1 - r.plain.poisons_removed):.0f}%" if r.plain else "n/a",
+        "adaptive": damage(r.adaptive), "adaptive_attack": r.adaptive_attack or "n/a",
+        "adaptive_survived": f"{100 * (1 - r.adaptive.poisons_removed):.0f}%" if r.adaptive else "n/a",
+        "clean_removed": f"{r.adaptive.clean_removed:.1f}" if r.adaptive else "n/a",
+        "undefended": damage(r.undefended), "verdict": r.verdict,
+    } for r in rows]  # fmt: skip
+    bars = [{"defense": r.defense, "budget": f"{100 * r.budget:g}%", "plain": _nan(r.plain.damage_test if r.plain else None),
+             "adaptive": _nan(r.adaptive.damage_test if r.adaptive else None),
+             "undefended": _nan(r.undefended.damage_test if r.undefended else None)} for r in rows]  # fmt: skip
+    series = bracket_series(a)
+    bracket_rows = []
+    if series is not None:
+        for d, s in series["defenses"].items():
+            for eps in a.config.budgets:
+                if eps in s["found"] or eps in s["bound"]:
+                    bracket_rows.append({"defense": d, "budget": f"{100 * eps:g}%", "found": _fmt(s["found"].get(eps), 4),
+                                         "attack": s["attack"].get(eps, "n/a"), "bound": _fmt(s["bound"].get(eps), 4)})  # fmt: skip
+    return {
+        "rows": table,
+        "svg": figures.adaptive_bars(bars, a.unit),
+        "attackers": [k for k, _, _ in adaptive_axes(a.config)],
+        "rounds": a.config.adaptive.rounds,
+        "bracket_svg": figures.bracket(series, a.config.budgets) if series is not None else "",
+        "bracket_rows": bracket_rows,
+        "clean_objective": _fmt(series["clean"], 4) if series is not None else "",
+    }
+
+
 @dataclass(frozen=True)
 class Section:
     """One optional part of the report: the template variable ``name`` and the function that fills it."""
@@ -239,6 +286,7 @@ class Section:
 SECTIONS: tuple[Section, ...] = (
     Section("poisonability", poisonability_context),
     Section("defenses_section", defense_section),
+    Section("adaptive", adaptive_context),
     Section("samples", poison_samples_context),
     Section("minimax", minimax_context),
 )

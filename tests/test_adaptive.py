@@ -1,0 +1,134 @@
+"""Issue 15: the adaptive stage — every filtering defense faces attackers that know it."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from audit.attacks import ATTACKS, AttackContext
+from audit.config import AttackSpec, DatasetSpec, DefenseSpec, ModelSpec, TrainingSpec, parse_config
+from audit.data import load_dataset
+from audit.defenses import DEFENSES
+from audit.errors import AuditError
+from audit.grid import run_audit
+from audit.grid.adaptive import adaptive_key, craft_adaptive
+from audit.grid.runner import plan_audit
+from audit.models import build_victim
+from audit.report import analyse, write_report
+from tests.conftest import tiny_config
+
+CPU = torch.device("cpu")
+BG_QUICK = {"iterations": 5, "step": 4.0, "inner_steps": 30, "inner_lr": 0.5}
+
+
+@pytest.fixture(scope="module")
+def cancer():
+    data = load_dataset(DatasetSpec(name="breast_cancer"))
+    victim = build_victim(ModelSpec(name="logreg"), TrainingSpec(), data, CPU)
+    return data, victim
+
+
+def _config(**overrides):
+    cfg = tiny_config(candidates={"l2": [1e-3]}, budgets=[0.1], defenses=["none", "loss_filter", "sphere_slab", "dpa"],
+                      attacks=[{"name": "label_flip", "id": "lf_adv", "params": {"variant": "adversarial"}},
+                               {"name": "back_gradient", "id": "bg", "params": BG_QUICK}])  # fmt: skip
+    cfg.pop("training")
+    cfg.update(overrides)
+    return cfg
+
+
+def test_the_plan_adds_adaptive_attackers_against_the_filters_only():
+    cfg = _config(defenses=["none", "loss_filter", "sphere_slab", "trim"], model={"name": "ridge"}, dataset={"name": "diabetes"},
+                  attacks=[{"name": "back_gradient", "id": "bg", "params": BG_QUICK}])  # fmt: skip
+    with pytest.raises(AuditError, match="sphere_slab' does not apply to regression"):
+        plan_audit(parse_config(cfg))
+    plan = plan_audit(parse_config(_config()))
+    assert plan.config.adaptive.attacks == ["bg", "minmax"]  # the gradient attack, and min-max: a convex victim with a sanitiser
+    cells = {(c.attack, c.defense) for c in plan.cells()}
+    assert {(adaptive_key("bg"), "loss_filter"), (adaptive_key("bg"), "sphere_slab")} <= cells
+    assert (adaptive_key("bg"), "none") not in cells and (adaptive_key("bg"), "dpa") not in cells  # DPA trains an ensemble, not a filter
+    assert {d for a, d in cells if a == adaptive_key("minmax")} == {"none", "loss_filter", "sphere_slab"}  # none: the box's bound
+    planned = plan.seed_plan()
+    cand = plan.cells()[0].candidate
+    assert planned[json.dumps([cand, adaptive_key("bg"), "none"])] == []  # not planned, so not counted missing
+    assert plan_audit(plan.config).config.adaptive == plan.config.adaptive  # resolving twice changes nothing
+
+
+def test_no_filter_or_adaptive_off_adds_nothing_and_bad_attackers_are_refused():
+    for cfg in (_config(defenses=["none", "dpa"]), _config(adaptive={"enabled": "off"})):
+        plan = plan_audit(parse_config(cfg))
+        assert not [c for c in plan.cells() if c.attack.endswith("~adaptive")]
+    with pytest.raises(AuditError, match="adaptive.attacks: 'gc' is not the id of an attack of this run; valid: lf_adv, bg, minmax"):
+        plan_audit(parse_config(_config(adaptive={"attacks": ["gc"]})))
+    with pytest.raises(AuditError, match="'minmax' needs softmax regression"):
+        plan_audit(parse_config(_config(model={"name": "mlp", "width": 8, "depth": 1}, adaptive={"attacks": ["minmax"]})))
+    with pytest.raises(AuditError, match=r"config: adaptive.rounds"):
+        parse_config(_config(adaptive={"rounds": -1}))
+
+
+def test_filter_in_the_loop_never_does_less_than_the_attack_it_starts_from(cancer):
+    """A label flip has no mode of its own against the loss filter: its rounds start from the
+    non-adaptive poisons and keep the worst round, so on validation data it never does less."""
+    data, victim = cancer
+    hp = {"l2": 1e-3}
+    clean = victim.fit(data.x_train, data.y_train, hp, 0)
+    spec = AttackSpec(name="label_flip", id="lf_adv", params={"variant": "adversarial"})
+    ctx = AttackContext(data, victim, clean, hp, 0.1, 5)
+    attack = ATTACKS["label_flip"].for_cell(dict(spec.params), ctx)
+    x0, y0 = attack.poison(data.x_train, data.y_train)
+    defense = DefenseSpec(name="loss_filter")
+    x_p, y_p, diag = craft_adaptive(spec, defense, ctx, 2, 11, 0, (x0, y0, attack.diagnostics.to_json()))
+    rounds = diag["adaptive"]["rounds"]
+    assert len(y_p) == len(y0) and not diag["adaptive"]["own_mode"] and 1 <= len(rounds) <= 3
+    assert rounds[0]["removed"] > 0.5 * len(y0)  # the filter catches most flips the first time
+    assert diag["adaptive"]["kept_round"] == int(np.argmin([r["val_metric"] for r in rounds]))
+    assert rounds[diag["adaptive"]["kept_round"]]["val_metric"] <= rounds[0]["val_metric"]
+    # re-crafting against the survivors' model gives poisons the filter keeps more of
+    assert min(r["removed"] for r in rounds[1:]) < rounds[0]["removed"]
+
+
+def test_region_aware_back_gradient_survives_sphere_slab_and_does_more_damage_behind_it(cancer):
+    data, victim = cancer
+    hp = {"l2": 1e-3}
+    clean = victim.fit(data.x_train, data.y_train, hp, 0)
+    base = clean.metric(data.x_test, data.y_test)
+    defense = DEFENSES["sphere_slab"].for_cell(0.1, 0, data, {})
+    n, out = len(data.y_train), {}
+    for region in ("none", "sphere_slab"):
+        ctx = AttackContext(data, victim, clean, hp, 0.1, 3)
+        x_p, y_p = ATTACKS["back_gradient"].for_cell({**BG_QUICK, "region": region}, ctx).poison(data.x_train, data.y_train)
+        x_mix, y_mix = np.concatenate([data.x_train, x_p]), np.concatenate([data.y_train, y_p])
+        keep = defense.apply(x_mix, y_mix, victim, hp).keep
+        out[region] = (keep[n:].mean(), base - victim.fit(x_mix[keep], y_mix[keep], hp, 0).metric(data.x_test, data.y_test))
+    assert out["sphere_slab"][0] >= 0.9 and out["none"][0] < 0.1  # the region-aware poisons pass, the plain ones are all removed
+    assert out["sphere_slab"][1] > out["none"][1] + 2.0  # measured 7.0 against 1.8 points
+
+
+def test_the_audit_takes_the_worst_case_over_adaptive_cells_and_says_which_defenses_break(tmp_path):
+    run_dir = run_audit(parse_config(_config(defenses=["none", "loss_filter", "sphere_slab"])), output_dir=tmp_path, progress=False)
+    write_report(run_dir)
+    a = analyse(run_dir)
+    summary = json.loads((run_dir / "summary.json").read_text())
+    cells = {(c["attack"], c["defense"]): c for c in summary["cells"]}
+    assert all(c["status"] == "ok" for c in summary["cells"]) and summary["completeness"]["complete"]
+    assert cells[adaptive_key("bg"), "sphere_slab"]["poisons_removed"] <= 0.1 * cells[adaptive_key("bg"), "sphere_slab"]["n_poison"]
+    assert cells["bg", "sphere_slab"]["poisons_removed"] >= 0.9 * cells["bg", "sphere_slab"]["n_poison"]
+    for pair in a.pairs:  # the worst case of every defended setting is over the adaptive cells too
+        if pair.defense == "sphere_slab":
+            adaptive = pair.stats[(adaptive_key("bg"), 0.1, "sphere_slab")].damage_val
+            plain = max(pair.stats[(k, 0.1, "sphere_slab")].damage_val for k in ("lf_adv", "bg"))
+            assert pair.worst_damage_val[0.1] >= adaptive > plain
+            assert pair.worst_attack[0.1].endswith("~adaptive")
+    rows = {r["defense"]: r for r in summary["adaptive"]["defenses"]}
+    assert set(rows) == {"loss_filter", "sphere_slab"} and all(r["verdict"] in ("broken", "weakened", "holds") for r in rows.values())
+    assert rows["sphere_slab"]["adaptive"]["poisons_survived"] >= 0.9 > rows["sphere_slab"]["non_adaptive"]["poisons_survived"]
+    bracket = summary["adaptive"]["bracket"]
+    assert set(bracket["defenses"]) == {"none", "sphere_slab"}  # where min-max runs its own region
+    for d, s in bracket["defenses"].items():  # the certified bound is above every attack found (every clean point kept: none)
+        if d == "none":
+            assert s["bound"]["0.1"] >= s["worst_found"]["0.1"]
+    if any(r["verdict"] == "broken" for r in rows.values()):
+        assert "is broken at ε = 0.1" in summary["recommendation"]["reason"] or "are broken at ε = 0.1" in summary["recommendation"]["reason"]
+    html = (run_dir / "report.html").read_text()
+    assert "Defenses under an adaptive attacker" in html and "The bracket (convex victim)" in html
