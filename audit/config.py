@@ -283,8 +283,8 @@ class AdaptiveSpec(StrictModel):
 
     ``attacks``: ids of the grid's attacks to adapt, and ``minmax`` (the min-max attack of
     Steinhardt et al. 2017, convex victims); None: the default set — the grid's gradient
-    attacks (Gradient Canceling, back-gradient) and, for softmax regression with a sphere/slab
-    defense in the grid, min-max (every grid attack when the grid has no gradient attack).
+    attacks (Gradient Canceling, back-gradient) and, for binary softmax regression with a
+    sphere/slab defense in the grid, min-max (every grid attack when the grid has no gradient attack).
     The plan writes the list out, so a stored config names what ran. ``rounds``: the
     filter-in-the-loop rounds (craft, filter, re-craft the removed poisons against the model
     trained on what survived); 0 keeps only an attack's own defense-aware mode.

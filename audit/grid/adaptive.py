@@ -64,11 +64,14 @@ def filtering_defenses(config: AuditConfig) -> list[str]:
     return [d.key for d in config.defenses if d.defense.filters]
 
 
-def resolve_adaptive(config: AuditConfig, task: str, victim_kind: str, convex: bool) -> AuditConfig:
+def resolve_adaptive(config: AuditConfig, task: str, victim_kind: str, convex: bool, n_classes: int | None = 2) -> AuditConfig:
     """``config`` with ``adaptive.attacks`` written out (idempotent; see :class:`audit.config.AdaptiveSpec`).
 
-    ``convex``: the victim is softmax regression (min-max applies). Raises :class:`AuditError`
-    for an id that is neither a grid attack nor ``minmax``, or min-max where it cannot run.
+    ``convex``: the victim is softmax regression (min-max applies). Min-max joins the default set
+    for two classes only: with c classes each round maximises c(c − 1) margins (≈ 20 min at
+    ε = 10 % on ten-class mnist5k, 2 s on '1' vs '7'; examples/benchmarks/README.md) — list
+    ``minmax`` under ``adaptive.attacks`` to run it on more. Raises :class:`AuditError` for an id
+    that is neither a grid attack nor ``minmax``, or min-max where it cannot run.
     """
     spec = config.adaptive
     if spec.enabled == "off" or not filtering_defenses(config):
@@ -77,7 +80,7 @@ def resolve_adaptive(config: AuditConfig, task: str, victim_kind: str, convex: b
     if spec.attacks is None:
         chosen = [a.key for a in config.attacks if a.name in GRADIENT_ATTACKS] or keys
         sanitised = any(config.defense_spec(d).name in SANITISER_DEFENSES for d in filtering_defenses(config))
-        if convex and task == "classification" and victim_kind == "torch" and sanitised and MINMAX not in chosen:
+        if convex and task == "classification" and victim_kind == "torch" and sanitised and n_classes == 2 and MINMAX not in chosen:
             chosen.append(MINMAX)
         return config.model_copy(update={"adaptive": spec.model_copy(update={"attacks": chosen})})
     for name in spec.attacks:

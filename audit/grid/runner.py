@@ -47,6 +47,7 @@ from audit.maths.poisonability import box_threshold, gradpc_target, min_box_thre
 from audit.models import Victim, build_victim, resolve_device
 from audit.models.estimator import deployed_metric
 from audit.models.structure import convex_linear_layer, is_convex_linear, is_linear_model
+from audit.seeding import seeded_init
 
 
 @dataclass
@@ -163,8 +164,8 @@ def plan_audit(
         config = config.resolved(data.task, victim.kind)  # the profile's battery and settings, explicit
     except ValueError as err:
         raise AuditError(str(err)) from None
-    convex = victim.builds_modules and is_convex_linear(victim.build(config.candidate_grid()[0]))
-    config = resolve_adaptive(config, data.task, victim.kind, convex)  # the adaptive attackers, explicit
+    convex = victim.builds_modules and _convex(victim, config.candidate_grid()[0])
+    config = resolve_adaptive(config, data.task, victim.kind, convex, data.n_classes)  # the adaptive attackers, explicit
     for attack in config.attacks:
         cls = attack.attack
         if data.task not in cls.tasks:
@@ -184,6 +185,13 @@ def plan_audit(
         raise AuditError(f"run directory {run_dir} exists and is a file")
     deployed = deployed_metric(model, data.x_test, data.y_test, data.task) if model is not None else None
     return RunPlan(config, data, victim, device, run_dir, deployed)
+
+
+def _convex(victim: Victim, hparams: dict[str, Any]) -> bool:
+    """Whether the victim built for ``hparams`` is softmax regression (built under a forked RNG: the
+    caller's global generators are left as they were)."""
+    with seeded_init(0):
+        return is_convex_linear(victim.build(hparams))
 
 
 def check_scorable(data: Dataset, budgets: list[float]) -> None:
