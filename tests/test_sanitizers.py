@@ -60,11 +60,12 @@ def test_data_centroids_move_with_the_poisons_oracle_ones_do_not():
 def test_projection_is_the_nearest_feasible_point_against_a_brute_force_grid():
     x, y = _blobs(d=2)
     mu = class_centroids(x, y, 2)
-    region = AcceptanceRegion(mu, radii=np.array([1.2, 1.0]), directions=slab_directions(mu), widths=np.array([0.5, 0.4]))
+    both = AcceptanceRegion(mu, radii=np.array([1.2, 1.0]), directions=slab_directions(mu), widths=np.array([0.5, 0.4]))
+    slab_only = AcceptanceRegion(mu, directions=slab_directions(mu), widths=np.array([0.5, 0.4]))  # the exact slab ∩ box path
     lo, hi = np.array([-2.0, -2.0]), np.array([2.0, 0.5])
     grid = np.stack(np.meshgrid(np.linspace(-2, 2, 801), np.linspace(-2, 0.5, 501)), -1).reshape(-1, 2)
     rng = np.random.default_rng(1)
-    for _ in range(6):
+    for region in [both] * 6 + [slab_only] * 8:
         point, label = rng.uniform(-3, 3, 2), int(rng.integers(0, 2))
         z = region.project(point, label, lo, hi)
         assert region.accepts(z[None], np.array([label]), slack=1e-6)[0] and np.all(z >= lo - 1e-9) and np.all(z <= hi + 1e-9)

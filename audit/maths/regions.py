@@ -73,6 +73,8 @@ class AcceptanceRegion:
         """The point of class ``y``'s region ∩ the box ``[lo, hi]`` nearest to ``x`` (d,) — Dykstra's
         alternating projections onto the ball, the slab and the box (each exact), ``iterations`` rounds."""
         center = self.centroids[y]
+        if self.radii is None and self.directions is not None and self.widths is not None and lo is not None and hi is not None:
+            return _project_slab_box(np.asarray(x, dtype=np.float64), center, self.directions[y], float(self.widths[y]), lo, hi)
         sets = []
         if self.radii is not None:
             radius = float(self.radii[y])
@@ -114,6 +116,29 @@ class AcceptanceRegion:
             t = min(t, float(self.widths[y]) / along if along > 0 else 1.0)
         z = z if t >= 1.0 else center + offset * (t * (1 - 1e-12))
         return np.clip(z, lo, hi) if lo is not None and hi is not None else z  # exact box (μ_y in the box: a no-op)
+
+
+def _project_slab_box(x: np.ndarray, center: np.ndarray, v: np.ndarray, width: float, lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
+    """Exact projection of ``x`` (d,) onto ``{|⟨z − μ, v⟩| ≤ s} ∩ [lo, hi]``: by the KKT conditions it is
+    ``clip(x − λv, lo, hi)`` for the one λ that puts ``⟨z − μ, v⟩`` on the violated face (λ = 0 when
+    ``clip(x)`` already lies in the slab); ``⟨clip(x − λv) − μ, v⟩`` falls monotonically in λ, so λ is
+    found by bisection (μ lies in the box, so the face is reachable)."""
+
+    def along(lam: float) -> float:
+        return float((np.clip(x - lam * v, lo, hi) - center) @ v)
+
+    t0 = along(0.0)
+    if abs(t0) <= width:
+        return np.clip(x, lo, hi)
+    face = width if t0 > 0 else -width
+    low, high = (0.0, 1.0) if t0 > 0 else (-1.0, 0.0)
+    while (along(high) > face) if t0 > 0 else (along(low) < face):  # widen the bracket until it holds the face
+        low, high = (high, 2.0 * high) if t0 > 0 else (2.0 * low, low)
+    for _ in range(100):
+        mid = 0.5 * (low + high)
+        low, high = (mid, high) if along(mid) > face else (low, mid)
+    z = np.clip(x - (high if t0 > 0 else low) * v, lo, hi)  # the end on the feasible side
+    return z
 
 
 def class_centroids(x: np.ndarray, y: np.ndarray, n_classes: int) -> np.ndarray:
