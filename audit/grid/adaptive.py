@@ -13,8 +13,8 @@ cells ``(h, a~adaptive, ε, d, s)``, whose poisons are crafted knowing ``d``:
 2. **filter in the loop** (``adaptive.rounds`` rounds): apply ``d`` to ``D_tr ∪ D_p``; the
    poisons it removed are re-crafted against the model trained on what survived, with the
    survivors as the attacker's training set — twice as many candidates as were removed, of
-   which the ones the filter accepts (beside the survivors) replace them; repeat until no poison
-   is removed or a round neither removes fewer nor does more damage. Of the rounds'
+   which the ones the filter accepts (beside the survivors) replace them; repeat (a round that
+   gains nothing does not stop the loop: the next, from other survivors, may). Of the rounds'
    poison sets the attacker keeps the one whose defended model has the worst validation
    metric (the attacker knows ``D_val``, DESIGN.md threat model).
 
@@ -207,8 +207,7 @@ def craft_adaptive(
         history.append({"round": r, "removed": int(removed.sum()), "val_metric": val})
         if best is None or sign * val < sign * history[best[0]]["val_metric"]:
             best = (r, x_p, y_p)
-        stalled = r > 0 and history[-1]["removed"] >= history[-2]["removed"] and sign * val >= sign * history[-2]["val_metric"]
-        if not removed.any() or r == rounds or stalled:  # nothing left to re-craft, or a round gained nothing
+        if not removed.any() or r == rounds:
             break
         x_p, y_p = _recraft(spec, params, defense, ctx, fitted, x_mix[keep], y_mix[keep], x_p[~removed], y_p[~removed],
                             int(removed.sum()), defense_seed, derive_seed(ctx.seed, "round", r + 1))  # fmt: skip
