@@ -78,8 +78,11 @@ def test_filter_in_the_loop_never_does_less_than_the_attack_it_starts_from(cance
     attack = ATTACKS["label_flip"].for_cell(dict(spec.params), ctx)
     x0, y0 = attack.poison(data.x_train, data.y_train)
     defense = DefenseSpec(name="loss_filter")
-    x_p, y_p, diag = craft_adaptive(spec, defense, ctx, 2, 11, 0, (x0, y0, attack.diagnostics.to_json()))
+    x_p, y_p, diag, applied = craft_adaptive(spec, defense, ctx, 2, 11, 0, (x0, y0, attack.diagnostics.to_json()))
     rounds = diag["adaptive"]["rounds"]
+    fitted, keep, _ = applied  # the kept round's defended model, as the grid cell would retrain it
+    assert fitted.metric(data.x_val, data.y_val) == rounds[diag["adaptive"]["kept_round"]]["val_metric"]
+    assert keep.shape == (len(data.y_train) + len(y_p),)
     assert len(y_p) == len(y0) and not diag["adaptive"]["own_mode"] and 1 <= len(rounds) <= 3
     assert rounds[0]["removed"] > 0.5 * len(y0)  # the filter catches most flips the first time
     assert diag["adaptive"]["kept_round"] == int(np.argmin([r["val_metric"] for r in rounds]))
@@ -132,3 +135,22 @@ def test_the_audit_takes_the_worst_case_over_adaptive_cells_and_says_which_defen
         assert "is broken at ε = 0.1" in summary["recommendation"]["reason"] or "are broken at ε = 0.1" in summary["recommendation"]["reason"]
     html = (run_dir / "report.html").read_text()
     assert "Defenses under an adaptive attacker" in html and "The bracket (convex victim)" in html
+
+
+def test_an_adaptive_cell_recomputed_from_its_cached_poisons_gives_the_same_numbers(tmp_path):
+    """Fresh, a cell reuses the kept round's defended model; resumed, it re-applies the defense to the
+    cached poisons: the two must agree exactly."""
+    import sqlite3
+
+    cfg = parse_config(
+        _config(defenses=["none", "loss_filter"], attacks=[{"name": "label_flip", "id": "lf_adv", "params": {"variant": "adversarial"}}])
+    )
+    run_dir = run_audit(cfg, output_dir=tmp_path, progress=False)
+    query = "SELECT cell_key, poisoned_val, poisoned_test, poisons_removed, clean_removed FROM cells WHERE attack LIKE '%~adaptive' ORDER BY cell_key"
+    with sqlite3.connect(run_dir / "results.sqlite") as db:
+        fresh = db.execute(query).fetchall()
+        db.execute("DELETE FROM cells WHERE attack LIKE '%~adaptive'")
+    assert fresh
+    run_audit(cfg, output_dir=tmp_path, progress=False)
+    with sqlite3.connect(run_dir / "results.sqlite") as db:
+        assert db.execute(query).fetchall() == fresh

@@ -158,7 +158,7 @@ def craft_adaptive(
     defense_seed: int,
     train_seed: int,
     initial: tuple[np.ndarray, np.ndarray, dict] | None,
-) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
+) -> tuple[np.ndarray, np.ndarray, dict[str, Any], tuple[Any, np.ndarray, Any]]:
     """Poisons for one adaptive cell (module docstring).
 
     Parameters
@@ -185,6 +185,9 @@ def craft_adaptive(
         ``attack``: the first crafting's diagnostics (the attack's ``Diagnostics``); ``adaptive``:
         whether the attack's own mode ran (``own_mode``), per round the poisons the filter removed
         and the defended model's validation metric, and the round kept.
+    applied : (fitted, keep, defense diagnostics)
+        :func:`audit.grid.cells.apply_defense` of the kept round — what the grid cell would
+        recompute from these poisons (same defense seed and training seed).
     """
     data, victim = ctx.dataset, ctx.victim
     params, own = adaptive_params(spec, defense, ctx.budget)
@@ -197,19 +200,19 @@ def craft_adaptive(
     sign = 1.0 if data.task == "classification" else -1.0  # the defender wants a high accuracy, a low MSE
     n = len(data.y_train)
     history: list[dict[str, Any]] = []
-    best: tuple[int, np.ndarray, np.ndarray] | None = None
+    best: tuple[int, np.ndarray, np.ndarray, tuple[Any, np.ndarray, Any]] | None = None
     for r in range(rounds + 1):
         x_mix, y_mix = np.concatenate([data.x_train, x_p]), np.concatenate([data.y_train, y_p])
         cell_defense = defense.defense.for_cell(ctx.budget, defense_seed, data, defense.params)
-        fitted, keep, _ = apply_defense(cell_defense, x_mix, y_mix, victim, ctx.hparams, train_seed)
+        fitted, keep, defense_diag = apply_defense(cell_defense, x_mix, y_mix, victim, ctx.hparams, train_seed)
         removed = ~keep[n:]
         val = float(fitted.metric(data.x_val, data.y_val))
         history.append({"round": r, "removed": int(removed.sum()), "val_metric": val})
         if best is None or sign * val < sign * history[best[0]]["val_metric"]:
-            best = (r, x_p, y_p)
+            best = (r, x_p, y_p, (fitted, keep, defense_diag))
         if not removed.any() or r == rounds:
             break
         x_p, y_p = _recraft(spec, params, defense, ctx, fitted, x_mix[keep], y_mix[keep], x_p[~removed], y_p[~removed],
                             int(removed.sum()), defense_seed, derive_seed(ctx.seed, "round", r + 1))  # fmt: skip
     assert best is not None
-    return best[1], best[2], {"attack": first, "adaptive": {"own_mode": own, "rounds": history, "kept_round": best[0]}}
+    return best[1], best[2], {"attack": first, "adaptive": {"own_mode": own, "rounds": history, "kept_round": best[0]}}, best[3]

@@ -417,14 +417,14 @@ def _run_adaptive_cell(plan: RunPlan, store: Store, c: GridCell, hp: dict[str, A
     poison_key = poison_cache_key(c.candidate, key, setting, c.budget, c.seed, fingerprint)
     t_attack = time.perf_counter()
     try:
-        cached = store.load_poisons(poison_key)
+        cached, applied = store.load_poisons(poison_key), None
         if cached is None:
             initial = None  # a grid attack's non-adaptive poisons of this cell start its filter-in-the-loop rounds
             if spec.key in {a.key for a in cfg.attacks}:
                 initial = store.load_poisons(poison_cache_key(c.candidate, spec.key, spec.params, c.budget, c.seed, fingerprint))
             ctx = AttackContext(data, plan.victim, clean, hp, c.budget, derive_seed(c.seed, c.candidate, key, c.budget, c.defense))
             defense_seed = derive_seed(c.seed, c.candidate, c.attack, c.budget, c.defense)
-            x_p, y_p, diagnostics = craft_adaptive(spec, defense, ctx, cfg.adaptive.rounds, defense_seed, train_seed, initial)
+            x_p, y_p, diagnostics, applied = craft_adaptive(spec, defense, ctx, cfg.adaptive.rounds, defense_seed, train_seed, initial)
             store.save_poisons(poison_key, x_p, y_p, diagnostics)
         else:
             x_p, y_p, diagnostics = cached
@@ -432,7 +432,7 @@ def _run_adaptive_cell(plan: RunPlan, store: Store, c: GridCell, hp: dict[str, A
         _record_failure(store, c, err, plan.device)
         return
     _run_defense_cell(plan, store, c, hp, train_seed, clean_metrics, clean_points, x_p, y_p, diagnostics["attack"],
-                      time.perf_counter() - t_attack, {"adaptive": diagnostics["adaptive"]})  # fmt: skip
+                      time.perf_counter() - t_attack, {"adaptive": diagnostics["adaptive"]}, applied)  # fmt: skip
 
 
 def _run_defense_cell(
@@ -448,17 +448,22 @@ def _run_defense_cell(
     attack_diag: dict,
     attack_seconds: float,
     extra: dict[str, Any] | None = None,
+    applied: tuple[Any, np.ndarray, Any] | None = None,
 ) -> None:
+    """Apply the cell's defense to ``D_tr`` plus the poisons, retrain and store the cell; ``applied``:
+    that defense's result already computed on these very poisons (the adaptive stage's kept round)."""
     data, victim = plan.dataset, plan.victim
     t0 = time.perf_counter()
     try:
         x_mix = np.concatenate([data.x_train, x_p])
         y_mix = np.concatenate([data.y_train, y_p])
         is_poison = np.r_[np.zeros(len(data.y_train), bool), np.ones(len(y_p), bool)]
-        spec = plan.config.defense_spec(c.defense)
-        defense = spec.defense.for_cell(c.budget, derive_seed(c.seed, c.candidate, c.attack, c.budget, c.defense), data,
-                                        spec.params)  # fmt: skip
-        poisoned, keep, defense_diag = apply_defense(defense, x_mix, y_mix, victim, hp, train_seed)
+        if applied is None:
+            spec = plan.config.defense_spec(c.defense)
+            defense = spec.defense.for_cell(c.budget, derive_seed(c.seed, c.candidate, c.attack, c.budget, c.defense), data,
+                                            spec.params)  # fmt: skip
+            applied = apply_defense(defense, x_mix, y_mix, victim, hp, train_seed)
+        poisoned, keep, defense_diag = applied
         cell = Cell(
             **c.identity(),
             status="ok",
