@@ -124,7 +124,7 @@ def test_the_audit_takes_the_worst_case_over_adaptive_cells_and_says_which_defen
             assert pair.worst_damage_val[0.1] >= adaptive > plain
             assert pair.worst_attack[0.1].endswith("~adaptive")
     rows = {r["defense"]: r for r in summary["adaptive"]["defenses"]}
-    assert set(rows) == {"loss_filter", "sphere_slab"} and all(r["verdict"] in ("broken", "weakened", "holds") for r in rows.values())
+    assert set(rows) == {"loss_filter", "sphere_slab"} and all(r["verdict"] in ("broken", "not shown to help", "weakened", "holds") for r in rows.values())
     assert rows["sphere_slab"]["adaptive"]["poisons_survived"] >= 0.9 > rows["sphere_slab"]["non_adaptive"]["poisons_survived"]
     bracket = summary["adaptive"]["bracket"]
     assert set(bracket["defenses"]) == {"none", "sphere_slab"}  # where min-max runs its own region
@@ -154,3 +154,18 @@ def test_an_adaptive_cell_recomputed_from_its_cached_poisons_gives_the_same_numb
     run_audit(cfg, output_dir=tmp_path, progress=False)
     with sqlite3.connect(run_dir / "results.sqlite") as db:
         assert db.execute(query).fetchall() == fresh
+
+
+def test_the_verdict_reads_the_intervals():
+    from audit.report.analysis import _verdict
+    from audit.report.recommend import AttackStats
+
+    def st(damage, se):
+        return AttackStats(0, 0, 0, damage, damage, 1, 0, 0, 0, damage_test_se=se, damage_val_se=se)
+
+    undefended = st(10.0, 1.0)
+    assert _verdict(st(1.0, 0.5), st(10.5, 1.0), undefended) == "broken"
+    assert _verdict(st(1.0, 0.5), st(8.0, 1.0), undefended) == "not shown to help"  # 8 + 1.96 overlaps 10 − 1.96
+    assert _verdict(st(1.0, 0.5), st(5.0, 0.5), undefended) == "weakened"  # clearly below 10, clearly above 1
+    assert _verdict(st(4.5, 0.5), st(5.0, 0.5), undefended) == "holds"
+    assert _verdict(st(4.5, 0.5), None, undefended) == "not run"

@@ -306,9 +306,12 @@ class AdaptiveRow:
     adaptive attack behind it, and the worst case with no defense at all (test damage; the verdict
     on validation damage, as the recommendation chooses).
 
-    ``verdict``: ``broken`` — the adaptive attacker's validation damage behind the defense is at
-    least the undefended worst case's (the defense buys nothing against an attacker who knows
-    it); ``weakened`` — above the non-adaptive damage beyond both 95 % intervals; ``holds`` otherwise.
+    ``verdict`` (validation damage, 95 % intervals): ``broken`` — the adaptive attacker does at least
+    the undefended worst case's damage behind the defense (it buys nothing against an attacker who
+    knows it); ``not shown to help`` — less, but the intervals overlap, so it cannot be told from
+    no defense; ``weakened`` — clearly better than no defense, but the adaptive damage is above
+    the non-adaptive one beyond both intervals; ``holds`` — clearly better than no defense and
+    no worse than against the non-adaptive attacks (against the attackers run).
     """
 
     defense: str
@@ -353,8 +356,11 @@ def adaptive_rows(a: Analysis, key: str | None = None) -> list[AdaptiveRow]:
 def _verdict(plain: AttackStats | None, adaptive: AttackStats | None, undefended: AttackStats | None) -> str:
     if adaptive is None:
         return "not run"
-    if undefended is not None and adaptive.damage_val >= undefended.damage_val:
-        return "broken"
+    if undefended is not None:
+        if adaptive.damage_val >= undefended.damage_val:
+            return "broken"
+        if adaptive.damage_val + Z95 * adaptive.damage_val_se >= undefended.damage_val - Z95 * undefended.damage_val_se:
+            return "not shown to help"
     if plain is not None and adaptive.damage_val - Z95 * adaptive.damage_val_se > plain.damage_val + Z95 * plain.damage_val_se:
         return "weakened"
     return "holds"
@@ -368,6 +374,7 @@ def adaptive_sentence(a: Analysis) -> str:
         return ""
     unit = " points" if a.higher_is_better else ""
     broken = [r for r in rows if r.verdict == "broken"]
+    unproven = [r for r in rows if r.verdict == "not shown to help"]
     weakened = [r for r in rows if r.verdict == "weakened"]
     parts = []
     if broken:
@@ -378,15 +385,18 @@ def adaptive_sentence(a: Analysis) -> str:
                          for r in broken if r.adaptive)  # fmt: skip
         parts.append(f"Against an attacker who knows it, the defense{'s' if len(broken) > 1 else ''} {', '.join(r.defense for r in broken)} "
                      f"{'are' if len(broken) > 1 else 'is'} broken at ε = {target:g}: {what}.")  # fmt: skip
+    if unproven:
+        parts.append(f"Behind {', '.join(r.defense for r in unproven)} the adaptive attackers' damage cannot be told from no defense's "
+                     "(95 % intervals overlap): no protection is shown against an attacker who knows the defense.")  # fmt: skip
     if weakened:
         parts.append(f"{', '.join(r.defense for r in weakened)} lose{'s' if len(weakened) == 1 else ''} ground against the adaptive "
                      "attacker (damage above the non-adaptive attacks' beyond the 95 % intervals) but still beat no defense.")  # fmt: skip
     held = [r.defense for r in rows if r.verdict == "holds"]
     if held:
         parts.append(f"{', '.join(held)} held against the adaptive attackers run (it proves no more than that).")
-    if a.recommendation.defense in {r.defense for r in broken}:
-        parts.append(f"The recommended defense {a.recommendation.defense} is among the broken ones: it is tied with the best setting only "
-                     "within the intervals; prefer the tied setting without it.")  # fmt: skip
+    if a.recommendation.defense in {r.defense for r in broken + unproven}:
+        parts.append(f"The recommended defense {a.recommendation.defense} is among them: its worst case (over the adaptive attackers "
+                     "too) is still the best within the intervals, but do not count on the filter itself.")  # fmt: skip
     return " ".join(parts)
 
 
