@@ -76,3 +76,29 @@ def test_penalty_is_on_weights_only():
     value = inner(w, x[:0], torch.tensor(math.log(3.0), dtype=torch.float64))
     # zero inputs and equal logits: loss log 2; 4 weights of 1 → 3/2 · 4
     assert float(value) == pytest.approx(math.log(2) + 1.5 * 4)
+
+
+def test_an_explicit_term_in_the_hyperparameters_is_differentiated_through_both_paths():
+    """``A(w_T) + E(w_T, h)`` with ``E`` reading the poisons directly (the back-gradient's loss-filter
+    penalty has this form): the hypergradient against central finite differences."""
+    inner, outer, w0, hypers = _problem("logreg")
+    steps, lr, h = 30, 0.3, 1e-6
+
+    def explicit(w, x_p, log_l2):
+        return 0.7 * torch.tanh(w).sum() * (x_p**2).sum() - 0.2 * x_p.sum()
+
+    def total(hs):
+        w, _ = unroll(inner, w0, hs, steps, lr, keep_every=steps)
+        return float(outer(w) + explicit(w, *hs))
+
+    result = rmd(inner, outer, w0, hypers, steps, lr, explicit=explicit)
+    assert result.outer == pytest.approx(total(hypers), rel=1e-12)
+    plain = rmd(inner, outer, w0, hypers, steps, lr)
+    for i, hyper in enumerate(hypers):
+        for index in range(hyper.numel()):
+            up, down = [t.clone() for t in hypers], [t.clone() for t in hypers]
+            up[i].view(-1)[index] += h
+            down[i].view(-1)[index] -= h
+            fd = (total(up) - total(down)) / (2 * h)
+            assert float(result.grads[i].reshape(-1)[index]) == pytest.approx(fd, rel=1e-5, abs=1e-9)
+    assert not torch.allclose(result.grads[0], plain.grads[0])  # the term does move the poisons' gradient

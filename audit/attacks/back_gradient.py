@@ -42,6 +42,7 @@ from __future__ import annotations
 import copy
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, ClassVar, Literal
 
@@ -66,7 +67,7 @@ from audit.attacks.base import (
 from audit.errors import AuditError
 from audit.maths.hypergrad import FlatModel, functional_objective, rmd, validation_loss
 from audit.maths.regions import SANITISERS, project_many, sanitiser_level, sanitiser_region
-from audit.models.training import lambda_shift
+from audit.models.training import data_loss, lambda_shift
 from audit.seeding import seeded_init
 
 PAPER_L2_RANGE = (-8.0, math.log(200.0))
@@ -92,6 +93,9 @@ class BackGradientParams(AttackParams):
     region: Literal["none", "sphere", "slab", "sphere_slab"] = "none"  # defense-aware: stay where that sanitiser accepts
     region_quantile: float | None = Field(None, gt=0, le=1)  # the sanitiser's quantile (None: 1/(1 + ε), its default)
     region_margin: float = Field(1e-4, ge=0, lt=1)
+    evade: Literal["none", "loss_filter"] = "none"  # defense-aware: keep the poisons' training loss under the loss filter's cut
+    evade_rate: float | None = Field(None, gt=0, le=1)  # the filter's assumed poison rate (None: ε)
+    evade_weight: float = Field(0.01, gt=0)  # μ of the penalty (measured: examples/benchmarks/README.md)
 
     @model_validator(mode="after")
     def _range(self) -> BackGradientParams:
@@ -186,9 +190,12 @@ class BackGradient(AuditAttack, PoisoningAttackWhiteBox):
 
     @classmethod
     def against(cls, defense: str, defense_params: dict[str, Any], rate: float) -> dict[str, Any] | None:
-        """A sphere/slab sanitiser: projected ascent inside its acceptance region (``region``)."""
+        """A sphere/slab sanitiser: projected ascent inside its acceptance region (``region``); the loss
+        filter: the poisons' training loss held under its cut (``evade``)."""
         if defense in SANITISERS:
             return {"region": defense, "region_quantile": sanitiser_level(rate, defense_params.get("quantile"))}
+        if defense == "loss_filter":
+            return {"evade": "loss_filter", "evade_rate": rate}
         return None
 
     @classmethod
@@ -228,6 +235,28 @@ class BackGradient(AuditAttack, PoisoningAttackWhiteBox):
             return self._tensors(x0, flipped_labels(y0, int(self.n_classes or 2), losses))
         lo, hi = self.y_range
         return self._tensors(x0, np.where(y0 - lo >= hi - y0, lo, hi).astype(np.float32))
+
+    def _loss_cut_penalty(self, model: FlatModel, xt: torch.Tensor, yt: torch.Tensor, n_poison: int,
+                          y_fixed: torch.Tensor | None) -> Callable[..., torch.Tensor]:  # fmt: skip
+        """``E(w, x_p, λ[, y_p]) = −μ·mean_j max(0, ℓ(w; x_j, y_j) − c(w))``: the loss filter drops the
+        ``k = round(N − N/(1 + r))`` highest training losses of the N = n + m points (r: its assumed
+        rate), so a poison whose loss under the trained model stays below the k-th largest clean loss
+        survives; ``c`` is the 2k-th largest (a margin for the retrained model differing from the
+        unrolled ``w_T``), held fixed in the gradient. μ = ``evade_weight``."""
+        p = self.params
+        rate = p.evade_rate if p.evade_rate is not None else self.budget
+        total = len(yt) + n_poison
+        k = min(len(yt), max(1, 2 * int(round(total - total / (1 + rate)))))
+
+        def penalty(w: torch.Tensor, x_p: torch.Tensor, log_l2: torch.Tensor, y_p: torch.Tensor | None = None) -> torch.Tensor:
+            with torch.no_grad():
+                clean = data_loss(model(w, xt), yt, self.task, reduction="none")
+                cut = torch.topk(clean, k).values[-1]
+            labels = y_fixed if y_p is None else y_p
+            own = data_loss(model(w, x_p), labels, self.task, reduction="none")  # type: ignore[arg-type]  # torch stubs
+            return -p.evade_weight * torch.relu(own - cut).mean()
+
+        return penalty
 
     # ------------------------------------------------------------------ the attack
     def _run(self, task: PoisonInput) -> tuple[np.ndarray, np.ndarray]:
@@ -315,9 +344,11 @@ class BackGradient(AuditAttack, PoisoningAttackWhiteBox):
         lam = min(max(log_l2, low), high) if p.learn_l2 else log_l2
         lam_t = lambda: torch.tensor(lam if math.isfinite(lam) else -1e4, dtype=xt.dtype, device=xt.device)  # noqa: E731
 
+        evade = self._loss_cut_penalty(model, xt, yt, len(x_p) + len(fixed_x), None if learn_response else y_p) if p.evade != "none" else None
+
         def hypergradients(x_p: torch.Tensor, y_p: torch.Tensor):  # noqa: ANN202
             hypers = [x_p, lam_t()] + ([y_p] if learn_response else [])
-            return rmd(inner, outer, w0, hypers, p.inner_steps, p.inner_lr, p.checkpoint_every)
+            return rmd(inner, outer, w0, hypers, p.inner_steps, p.inner_lr, p.checkpoint_every, evade)
 
         curve, l2_curve = [], []
         best = (-math.inf, x_p, y_p)

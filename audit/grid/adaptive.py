@@ -6,10 +6,11 @@ of it (Carlini & Wagner 2017; Tramèr et al. 2020). For each filtering defense `
 (:attr:`audit.defenses.Defense.filters`) and each adaptive attacker ``a`` the grid gets the
 cells ``(h, a~adaptive, ε, d, s)``, whose poisons are crafted knowing ``d``:
 
-1. **the attack's own defense-aware mode**, where it has one
-   (:meth:`audit.attacks.AuditAttack.against`): Gradient Canceling and min-max optimise inside
-   a sphere/slab sanitiser's acceptance region (Koh, Steinhardt & Liang 2022, §4); otherwise the
-   attack's non-adaptive poisons of the same cell;
+1. **a start**: the attack's non-adaptive poisons of the same cell and, where it has one, its own
+   defense-aware mode (:meth:`audit.attacks.AuditAttack.against`: Gradient Canceling, back-gradient
+   and min-max optimise inside a sphere/slab sanitiser's acceptance region, Koh, Steinhardt &
+   Liang 2022, §4; back-gradient holds its poisons' training loss under the loss filter's cut) —
+   whichever does more damage behind the filter;
 2. **filter in the loop** (``adaptive.rounds`` rounds): apply ``d`` to ``D_tr ∪ D_p``; the
    poisons it removed are re-crafted against the model trained on what survived, with the
    survivors as the attacker's training set — twice as many candidates as were removed, of
@@ -175,7 +176,8 @@ def craft_adaptive(
     train_seed : int
         The victim's training seed (the grid's retraining seed).
     initial : (x_p, y_p, diagnostics) or None
-        The attack's non-adaptive poisons of this cell (used when it has no defense-aware mode).
+        The attack's non-adaptive poisons of this cell. They start the rounds, unless the attack's
+        own defense-aware mode does more damage behind the filter (both are tried when it has one).
 
     Returns
     -------
@@ -183,36 +185,48 @@ def craft_adaptive(
     y_p : ndarray, shape (m,)
     diagnostics : dict
         ``attack``: the first crafting's diagnostics (the attack's ``Diagnostics``); ``adaptive``:
-        whether the attack's own mode ran (``own_mode``), per round the poisons the filter removed
-        and the defended model's validation metric, and the round kept.
+        whether the attack has its own mode (``own_mode``), which start the rounds took (``start``:
+        ``own_mode``, ``non_adaptive`` or ``crafted``), per round the poisons the filter removed and
+        the defended model's validation metric (round 0 once per start), and the round kept.
     applied : (fitted, keep, defense diagnostics)
         :func:`audit.grid.cells.apply_defense` of the kept round — what the grid cell would
         recompute from these poisons (same defense seed and training seed).
     """
     data, victim = ctx.dataset, ctx.victim
     params, own = adaptive_params(spec, defense, ctx.budget)
-    if own or initial is None:
-        attack = spec.attack.for_cell(params, ctx)
-        x_p, y_p = attack.poison(data.x_train, data.y_train)
-        first = attack.diagnostics.to_json()
-    else:
-        x_p, y_p, first = initial
     sign = 1.0 if data.task == "classification" else -1.0  # the defender wants a high accuracy, a low MSE
     n = len(data.y_train)
-    history: list[dict[str, Any]] = []
-    best: tuple[int, np.ndarray, np.ndarray, tuple[Any, np.ndarray, Any]] | None = None
-    for r in range(rounds + 1):
+
+    def behind(x_p: np.ndarray, y_p: np.ndarray) -> tuple[float, tuple[Any, np.ndarray, Any]]:
+        """The defended model's validation metric on ``D_tr ∪ (x_p, y_p)``, and the defense's result."""
         x_mix, y_mix = np.concatenate([data.x_train, x_p]), np.concatenate([data.y_train, y_p])
         cell_defense = defense.defense.for_cell(ctx.budget, defense_seed, data, defense.params)
-        fitted, keep, defense_diag = apply_defense(cell_defense, x_mix, y_mix, victim, ctx.hparams, train_seed)
+        applied = apply_defense(cell_defense, x_mix, y_mix, victim, ctx.hparams, train_seed)
+        return float(applied[0].metric(data.x_val, data.y_val)), applied
+
+    starts = []  # (name, x_p, y_p, attack diagnostics): the attack's own mode and its non-adaptive poisons
+    if own or initial is None:
+        attack = spec.attack.for_cell(params, ctx)
+        x_own, y_own = attack.poison(data.x_train, data.y_train)
+        starts.append(("own_mode" if own else "crafted", x_own, y_own, attack.diagnostics.to_json()))
+    if initial is not None:
+        starts.append(("non_adaptive", *initial))
+    scored = [(behind(x, y), name, x, y, diag) for name, x, y, diag in starts]
+    (val, applied), start, x_p, y_p, first = min(scored, key=lambda t: sign * t[0][0])  # the stronger start behind the filter
+    history: list[dict[str, Any]] = [{"round": 0, "start": name, "removed": int((~a[1][n:]).sum()), "val_metric": v}
+                                     for (v, a), name, *_ in scored]  # fmt: skip
+    history = [h for h in history if h["start"] == start] + [h for h in history if h["start"] != start]
+    best: tuple[int, float, np.ndarray, np.ndarray, tuple[Any, np.ndarray, Any]] = (0, val, x_p, y_p, applied)
+    for r in range(1, rounds + 1):
+        fitted, keep, _ = applied
         removed = ~keep[n:]
-        val = float(fitted.metric(data.x_val, data.y_val))
-        history.append({"round": r, "removed": int(removed.sum()), "val_metric": val})
-        if best is None or sign * val < sign * history[best[0]]["val_metric"]:
-            best = (r, x_p, y_p, (fitted, keep, defense_diag))
-        if not removed.any() or r == rounds:
+        if not removed.any():
             break
+        x_mix, y_mix = np.concatenate([data.x_train, x_p]), np.concatenate([data.y_train, y_p])
         x_p, y_p = _recraft(spec, params, defense, ctx, fitted, x_mix[keep], y_mix[keep], x_p[~removed], y_p[~removed],
-                            int(removed.sum()), defense_seed, derive_seed(ctx.seed, "round", r + 1))  # fmt: skip
-    assert best is not None
-    return best[1], best[2], {"attack": first, "adaptive": {"own_mode": own, "rounds": history, "kept_round": best[0]}}, best[3]
+                            int(removed.sum()), defense_seed, derive_seed(ctx.seed, "round", r))  # fmt: skip
+        val, applied = behind(x_p, y_p)
+        history.append({"round": r, "removed": int((~applied[1][n:]).sum()), "val_metric": val})
+        if sign * val < sign * best[1]:
+            best = (r, val, x_p, y_p, applied)
+    return best[2], best[3], {"attack": first, "adaptive": {"own_mode": own, "start": start, "rounds": history, "kept_round": best[0]}}, best[4]

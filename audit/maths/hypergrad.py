@@ -77,8 +77,12 @@ def _reverse_step(inner: Inner, w: torch.Tensor, hypers: Sequence[torch.Tensor],
 
 
 def rmd(inner: Inner, outer: Outer, w0: torch.Tensor, hypers: Sequence[torch.Tensor], steps: int, lr: float,
-        checkpoint_every: int | None = None) -> RMDResult:  # fmt: skip
+        checkpoint_every: int | None = None, explicit: Inner | None = None) -> RMDResult:  # fmt: skip
     """Hypergradients of ``A(w_T)`` with respect to ``hypers`` by reverse-mode differentiation (Algorithm 1).
+
+    With ``explicit`` the objective is ``A(w_T) + E(w_T, h)``: ``E``'s own gradient in ``h`` starts
+    the accumulated ``dh`` and its gradient in ``w`` joins ``dw`` (a term that reads the
+    hyperparameters directly, e.g. a penalty on the poisons' loss under the trained model).
 
     Parameters
     ----------
@@ -101,10 +105,12 @@ def rmd(inner: Inner, outer: Outer, w0: torch.Tensor, hypers: Sequence[torch.Ten
     w_final, kept = unroll(inner, w0, hypers, steps, lr, keep_every)
 
     w_out = w_final.detach().requires_grad_(True)
+    h_vars = [h.detach().requires_grad_(True) for h in hypers]
     with torch.enable_grad():
-        a = outer(w_out)
-        (dw,) = torch.autograd.grad(a, w_out)
-    dh = [torch.zeros_like(h) for h in hypers]
+        a = outer(w_out) if explicit is None else outer(w_out) + explicit(w_out, *h_vars)
+        grads = torch.autograd.grad(a, [w_out, *h_vars], allow_unused=True)
+    dw = grads[0]
+    dh = [torch.zeros_like(h) if g is None else g.detach() for h, g in zip(hypers, grads[1:])]
     peak = len(kept)
     for start in sorted(kept, reverse=True) if checkpoint_every is not None else [None]:
         if start is None:  # everything stored

@@ -14,7 +14,7 @@ Defenses: none, the loss filter, Sever, sphere, slab and sphere + slab (oracle c
 each filtering defense and budget: the worst non-adaptive and adaptive test drop (points), the
 share of poisons that survived the filter, the clean points removed, the verdict; for '1' vs '7'
 the bracket (worst clean training loss found, certified bound U*). Writes
-reports/benchmarks/adaptive_mnist5k.json and prints markdown tables.
+reports/benchmarks/adaptive_mnist5k_<task>.json and prints markdown tables.
 """
 
 from __future__ import annotations
@@ -104,8 +104,8 @@ def main() -> None:
     out = Path("reports/benchmarks")
     out.mkdir(parents=True, exist_ok=True)
     results = [run(t, args.profile, out) for t in (["17", "ten"] if args.task == "both" else [args.task])]
-    (out / "adaptive_mnist5k.json").write_text(json.dumps(results, indent=1))
     for r in results:
+        (out / f"adaptive_mnist5k_{r['task']}.json").write_text(json.dumps(r, indent=1))
         print(table(r), "\n")
         print(r["recommendation"], "\n")
 
