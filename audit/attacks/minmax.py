@@ -112,9 +112,12 @@ class MinMax(AuditAttack, PoisoningAttackWhiteBox):
 
     @classmethod
     def against(cls, defense: str, defense_params: dict[str, Any], rate: float) -> dict[str, Any] | None:
-        """A sphere/slab sanitiser: its region (at its quantile); any other filter: the box alone."""
+        """A sphere/slab sanitiser: its region (at its quantile); no defense: the box alone (the bound
+        then holds for every attack in the box); any other filter: no mode of its own."""
         if defense in SANITISERS:
             return {"defense": defense, "quantile": sanitiser_level(rate, defense_params.get("quantile"))}
+        if defense == "none":
+            return {"defense": "none"}
         return None
 
     @classmethod

@@ -426,7 +426,9 @@ def bracket_series(a: Analysis, key: str | None = None) -> dict[str, Any] | None
             if by_attack:
                 best = max(by_attack, key=lambda k: np.mean(by_attack[k]))
                 found[eps], attack[eps] = float(np.mean(by_attack[best])), best
-            bounds = [json.loads(c.diagnostics or "{}").get("attack", {}).get("bound") for c in minmax if c.defense == d and c.budget == eps]
+            want = a.config.defense_spec(d).name  # a bound certifies the defense whose region it was run in
+            bounds = [diag.get("bound") for diag in (json.loads(c.diagnostics or "{}").get("attack", {}) for c in minmax
+                                                     if c.defense == d and c.budget == eps) if diag.get("defense") == want]  # fmt: skip
             bounds = [b for b in bounds if b is not None and math.isfinite(b)]
             if bounds:
                 bound[eps] = float(np.mean(bounds))
