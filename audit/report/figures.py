@@ -242,7 +242,7 @@ def bracket(series: dict, budgets: list[float]) -> str:
     """The bracket for a convex victim: per defense (none: the feature box; a sanitiser: its oracle
     region), the clean objective L_c + (1 + ε)(ρ/2)‖W‖² of the worst attack found (solid) and the
     certified bound U* (dashed) against the budget; the clean model's objective as a grey line."""
-    fig, ax = plt.subplots(figsize=(6.0, 3.4))
+    fig, ax = plt.subplots(figsize=(5.0, 3.4))
     colors = plt.cm.tab10(np.arange(max(len(series["defenses"]), 1)))
     for color, (defense, s) in zip(colors, series["defenses"].items()):
         xs = [100 * e for e in budgets]
@@ -251,9 +251,9 @@ def bracket(series: dict, budgets: list[float]) -> str:
     if series.get("clean") is not None:
         ax.axhline(series["clean"], color="0.5", lw=1, label="clean model")
     ax.set_xlabel("poison budget ε (%)")
-    ax.set_ylabel("clean training loss L_c + (1+ε)ρ/2‖W‖²")
+    ax.set_ylabel("L_c + (1+ε)ρ/2‖W‖² (clean training loss)")
     ax.set_ylim(bottom=0)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=7, frameon=False)
+    ax.legend(fontsize=7, frameon=False, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     fig.tight_layout()
     return _to_svg(fig)
