@@ -147,3 +147,56 @@ def test_region_aware_gradient_canceling_survives_sphere_slab_and_breaks_it(canc
         out[region] = (keep[n:].mean(), base - victim.fit(x_mix[keep], y_mix[keep], hp, 0).metric(data.x_test, data.y_test))
     assert out["sphere_slab"][0] >= 0.9 and out["none"][0] < 0.5  # the defense-aware poisons pass the filter, the plain ones do not
     assert out["sphere_slab"][1] > out["none"][1] + 1.0  # and behind the filter they do more damage (measured 6.1 vs 1.8)
+
+
+@pytest.fixture(scope="module")
+def diabetes():
+    data = load_dataset(DatasetSpec(name="diabetes"))
+    victim = build_victim(ModelSpec(name="ridge"), TrainingSpec(), data, CPU)
+    return data, victim
+
+
+def test_worst_box_point_is_the_exact_maximum_against_brute_force():
+    from itertools import product
+
+    from audit.maths.certificate import worst_box_point
+
+    rng = np.random.default_rng(0)
+    lo, hi = np.zeros(3), np.array([1.0, 2.0, 0.5])
+    for _ in range(10):
+        w, b = rng.normal(size=3), float(rng.normal())
+        x, y, value = worst_box_point(w, b, lo, hi, -1.0, 2.0)
+        corners = [(np.array(c), t) for c in product(*zip(lo, hi)) for t in (-1.0, 2.0)]  # a convex function peaks at a vertex
+        best = max(0.5 * (t - c @ w - b) ** 2 for c, t in corners)
+        assert value == pytest.approx(best) and value == pytest.approx(0.5 * (y - x @ w - b) ** 2)
+
+
+@pytest.mark.parametrize("budget", [0.03, 0.1])
+def test_the_ridge_bound_holds_for_every_regression_attack_in_the_box(diabetes, budget):
+    """Ridge on diabetes: U* of the squared-loss min-max bounds L_c + (1 + ε)(ρ/2)‖w‖² of the model
+    retrained on the clean points plus the poisons of every regression attack of the audit."""
+    from audit.maths.certificate import regularised_clean_squared_loss
+
+    data, victim = diabetes
+    hp = {"l2": 1e-3}
+    clean = victim.fit(data.x_train, data.y_train, hp, 0)
+    n = len(data.y_train)
+    eps = int(round(budget * n)) / n
+
+    def objective(fitted):
+        lin = fitted.module.linear
+        w, b = lin.weight.detach().double().numpy().reshape(-1), float(lin.bias.detach().double().numpy()[0])
+        return regularised_clean_squared_loss(w, b, data.x_train.astype(np.float64), data.y_train.astype(np.float64), hp["l2"], eps)
+
+    quick = {"back_gradient": {"iterations": 5, "step": 4.0, "inner_steps": 30, "inner_lr": 0.5}, "optp": {"iterations": 20}}
+    sets, bound = {}, None
+    for name, params in [("minmax", {}), ("statp", {}), ("optp", quick["optp"]), ("back_gradient", quick["back_gradient"])]:
+        attack = ATTACKS[name].for_cell(dict(params), AttackContext(data, victim, clean, hp, budget, 5))
+        sets[name] = attack.poison(data.x_train, data.y_train)
+        if name == "minmax":
+            bound = attack.diagnostics.bound
+    x_p, y_p = sets["minmax"]
+    assert np.all(x_p >= data.lo - 1e-6) and np.all(x_p <= data.hi + 1e-6) and y_p.min() >= data.y_train.min() - 1e-6
+    damage = {k: objective(victim.fit(np.concatenate([data.x_train, x]), np.concatenate([data.y_train, y]), hp, 0)) for k, (x, y) in sets.items()}
+    assert all(v <= bound + 1e-4 for v in damage.values()), (damage, bound)
+    assert damage["minmax"] > objective(clean) * 1.05  # the min-max poisons themselves raise the clean loss

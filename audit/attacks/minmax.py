@@ -11,6 +11,10 @@ the certified bound ``U*`` on the regularised clean training loss any attacker i
 can force on a model trained on all clean points plus the poisons (``diagnostics.bound``;
 :mod:`audit.maths.certificate`, eq. 5; ``bound_rounds`` runs the descent longer to tighten it). ``defense: none``
 optimises in the feature box alone (the bound then holds for every attack in the box).
+
+Ridge (one ``nn.Linear`` with one output, regression): the same algorithm with the squared loss,
+the poisons in the feature box × the training responses' range, and its exact inner maximum
+(:func:`audit.maths.certificate.online_minmax_ridge`); no sanitiser applies, so ``defense`` is ``none``.
 """
 
 from __future__ import annotations
@@ -35,7 +39,7 @@ from audit.attacks.base import (
     torch_module,
 )
 from audit.errors import AuditError
-from audit.maths.certificate import online_minmax, softmax_loss
+from audit.maths.certificate import online_minmax, online_minmax_ridge, softmax_loss, squared_loss
 from audit.maths.regions import SANITISERS, AcceptanceRegion, class_centroids, sanitiser_level, sanitiser_region
 from audit.models.structure import convex_linear_layer
 
@@ -67,7 +71,7 @@ class MinMax(AuditAttack, PoisoningAttackWhiteBox):
     Parameters
     ----------
     estimator : ART PyTorch classifier or nn.Module
-        Softmax regression: every parameter in one ``nn.Linear`` (the clean model; its weights start the run).
+        Softmax regression or ridge: every parameter in one ``nn.Linear`` (the clean model; its weights start the run).
     budget : float
         ε in (0, 1]: ``round(ε·n)`` poisons.
     n_classes : int or None
@@ -88,23 +92,32 @@ class MinMax(AuditAttack, PoisoningAttackWhiteBox):
     params: MinMaxParams
     Diagnostics = MinMaxDiagnostics
     diagnostics: MinMaxDiagnostics
-    tasks: ClassVar[tuple[str, ...]] = ("classification",)
+    tasks: ClassVar[tuple[str, ...]] = ("classification", "regression")
     victims: ClassVar[tuple[str, ...]] = ("torch",)
     _estimator_requirements = TORCH_REQUIREMENTS
-    estimator_needs = "softmax regression: a PyTorch model whose parameters all belong to one nn.Linear"
+    estimator_needs = "softmax regression or ridge: a PyTorch model whose parameters all belong to one nn.Linear"
 
     def __init__(self, estimator: Any, *, budget: float, n_classes: int | None = None, l2: float = 0.0,
-                 box: tuple[Any, Any] | None = None, seed: int = 0, **params: Any) -> None:  # fmt: skip
+                 box: tuple[Any, Any] | None = None, task: str | None = None, y_range: tuple[float, float] | None = None,
+                 seed: int = 0, **params: Any) -> None:  # fmt: skip
         module = torch_module(estimator, "MinMax")
         linear = convex_linear_layer(module)
         if linear is None:
-            raise AuditError("MinMax needs softmax regression (every parameter in one nn.Linear); this model has other layers")
-        _, n_classes = task_and_classes(estimator, "classification", n_classes, "MinMax")
+            raise AuditError("MinMax needs softmax regression or ridge (every parameter in one nn.Linear); this model has other layers")
+        task, n_classes = task_and_classes(estimator, task or ("regression" if linear.out_features == 1 else "classification"), n_classes, "MinMax")
+        if task == "regression":
+            params.setdefault("defense", "none")  # no sanitiser for regression: the box
         super().__init__(estimator, budget=budget, seed=seed, box=box, n_classes=n_classes, **params)
         check_l2(l2, "MinMax")
+        if task == "regression" and self.params.defense != "none":
+            raise AuditError(f"MinMax: defense {self.params.defense!r} is a classifier's sanitiser; for ridge use defense 'none' (the box)")
+        if task == "regression" and y_range is None:
+            raise AuditError("MinMax: ridge needs the response range y_range = (low, high) the poisons' responses lie in")
         self.module = module
         self.linear = linear
         self.l2 = float(l2)
+        self.task = task
+        self.y_range = y_range
 
     @classmethod
     def seed_free(cls, params: dict[str, Any]) -> bool:
@@ -123,9 +136,14 @@ class MinMax(AuditAttack, PoisoningAttackWhiteBox):
     @classmethod
     def for_cell(cls, params: dict[str, Any], ctx: AttackContext) -> MinMax:
         module = ctx.fitted.require_module("minmax")
-        return cls(module, budget=ctx.budget, n_classes=ctx.dataset.n_classes, l2=ctx.l2, box=ctx.box, seed=ctx.seed, **params)
+        data = ctx.dataset
+        y_range = (float(data.y_train.min()), float(data.y_train.max())) if data.task == "regression" else None
+        return cls(module, budget=ctx.budget, n_classes=data.n_classes, l2=ctx.l2, box=ctx.box, task=data.task, y_range=y_range,
+                   seed=ctx.seed, **params)  # fmt: skip
 
     def _run(self, task: PoisonInput) -> tuple[np.ndarray, np.ndarray]:
+        if self.task == "regression":
+            return self._run_ridge(task)
         p = self.params
         x = task.x.reshape(len(task.x), -1).astype(np.float64)
         y = task.y.astype(np.int64)
@@ -147,3 +165,19 @@ class MinMax(AuditAttack, PoisoningAttackWhiteBox):
         self.diagnostics.update(bound=result.bound, bound_round=result.bound_round, max_gap=result.max_gap, defense=p.defense,
                                 quantile=level, clean_loss_initial=float(softmax_loss(w, b, x, y).mean()))  # fmt: skip
         return result.x.reshape((task.n_poison, *task.x.shape[1:])), result.y
+
+    def _run_ridge(self, task: PoisonInput) -> tuple[np.ndarray, np.ndarray]:
+        """Ridge: poisons and bound in the feature box × response range (:func:`online_minmax_ridge`)."""
+        p = self.params
+        x = task.x.reshape(len(task.x), -1).astype(np.float64)
+        if self.lo is None or self.hi is None:
+            raise AuditError("MinMax: ridge needs a finite feature box (the squared loss is unbounded outside one)")
+        lo = np.broadcast_to(self.lo, (x.shape[1],)).astype(np.float64)
+        hi = np.broadcast_to(self.hi, (x.shape[1],)).astype(np.float64)
+        w = self.linear.weight.detach().double().cpu().numpy().reshape(-1)
+        b = float(self.linear.bias.detach().double().cpu().numpy().reshape(-1)[0]) if self.linear.bias is not None else 0.0
+        assert self.y_range is not None
+        result = online_minmax_ridge(x, task.y.astype(np.float64), lo, hi, self.y_range, self.l2, task.n_poison, w, b, p.lr, p.bound_rounds)
+        self.diagnostics.update(bound=result.bound, bound_round=result.bound_round, max_gap=0.0, defense="none",
+                                clean_loss_initial=float(squared_loss(w, b, x, task.y.astype(np.float64)).mean()))  # fmt: skip
+        return result.x.reshape((task.n_poison, *task.x.shape[1:])).astype(np.float32), result.y.astype(np.float32)

@@ -42,7 +42,7 @@ from audit.grid.cells import GridCell, apply_defense
 from audit.grid.lock import LOCK_FILE, RunLock
 from audit.grid.store import RUN_FILES, STORE_FILE, Cell, Store, candidate_key, derive_seed, is_run_directory, remove_run
 from audit.jsonio import jsonable
-from audit.maths.certificate import regularised_clean_loss
+from audit.maths.certificate import regularised_clean_loss, regularised_clean_squared_loss
 from audit.maths.poisonability import box_threshold, gradpc_target, min_box_threshold, module_metric, tau_over_scalings, thresholds
 from audit.models import Victim, build_victim, resolve_device
 from audit.models.estimator import deployed_metric
@@ -493,17 +493,20 @@ def _run_defense_cell(
 
 
 def certified_objective(fitted: Any, data: Dataset, victim: Victim, hp: dict[str, Any], budget: float) -> dict[str, float]:
-    """For softmax regression: ``{"clean_objective": L_c(θ̂) + (1 + ε)(ρ/2)‖Ŵ‖²}`` of the model trained
+    """For softmax regression and ridge: ``{"clean_objective": L_c(θ̂) + (1 + ε)(ρ/2)‖Ŵ‖²}`` of the model trained
     in a cell — the quantity the min-max certificate bounds (:mod:`audit.maths.certificate`, eq. 5),
     so the report can put each attack beside the bound; ``{}`` for any other victim."""
     module = fitted.module
-    if data.task != "classification" or module is None or not is_convex_linear(module):
+    if module is None or not is_convex_linear(module):
         return {}
     layer = convex_linear_layer(module)
     assert layer is not None
     w = layer.weight.detach().double().cpu().numpy()
     b = layer.bias.detach().double().cpu().numpy() if layer.bias is not None else np.zeros(len(w))
     x = data.x_train.reshape(len(data.x_train), -1).astype(np.float64)
+    if data.task == "regression":  # ridge: the squared loss (audit.maths.certificate.online_minmax_ridge)
+        y = data.y_train.astype(np.float64)
+        return {"clean_objective": regularised_clean_squared_loss(w.reshape(-1), float(b[0]), x, y, victim.l2(hp), budget)}
     return {"clean_objective": regularised_clean_loss(w, b, x, data.y_train, victim.l2(hp), budget)}
 
 

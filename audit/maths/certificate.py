@@ -136,3 +136,62 @@ def online_minmax(x: np.ndarray, y: np.ndarray, n_classes: int, region: Acceptan
         w = w - lr * (gw + eps * pw + (1.0 + eps) * l2 * w)
         b = b - lr * (gb + eps * pb)
     return result
+
+
+# ---------------------------------------------------------------------------- ridge (squared loss)
+def squared_loss(w: np.ndarray, b: float, x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """Per-point ``½(y − ⟨w, x⟩ − b)²`` (n,): the audit's regression loss (``w`` (d,), ``x`` (n, d))."""
+    return 0.5 * (y - x @ w - b) ** 2
+
+
+def regularised_clean_squared_loss(w: np.ndarray, b: float, x: np.ndarray, y: np.ndarray, l2: float, eps: float) -> float:
+    """``L_c(θ) + (1 + ε)(ρ/2)‖w‖²`` for ridge: what :func:`online_minmax_ridge`'s ``U*`` bounds."""
+    return float(squared_loss(w, b, x, y).mean() + (1.0 + eps) * 0.5 * l2 * float(w @ w))
+
+
+def worst_box_point(w: np.ndarray, b: float, lo: np.ndarray, hi: np.ndarray, y_lo: float, y_hi: float) -> tuple[np.ndarray, float, float]:
+    """``max ½(y − ⟨w, x⟩ − b)²`` over ``x ∈ [lo, hi]`` and ``y ∈ [y_lo, y_hi]``, exactly: the residual is
+    linear, so its largest magnitude is at ``x`` maximising ⟨w, x⟩ with ``y = y_lo`` or minimising it
+    with ``y = y_hi``. Returns the maximiser ``(x, y)`` and the maximum."""
+    top, bottom = np.where(w > 0, hi, lo), np.where(w > 0, lo, hi)
+    up, down = float(top @ w) + b - y_lo, y_hi - float(bottom @ w) - b
+    return (top, y_lo, 0.5 * up**2) if up >= down else (bottom, y_hi, 0.5 * down**2)
+
+
+def online_minmax_ridge(x: np.ndarray, y: np.ndarray, lo: np.ndarray, hi: np.ndarray, y_range: tuple[float, float], l2: float,
+                        n_poison: int, w0: np.ndarray, b0: float, lr: float | None = None,
+                        rounds: int | None = None) -> MinMaxResult:  # fmt: skip
+    """Algorithm 1 for ridge regression with poisons in the feature box × response range (no sanitiser).
+
+    The same certificate as for softmax regression (module docstring, eq. 5) with the squared
+    loss: ``U(θ) = L_c(θ) + (1 + ε)(ρ/2)‖w‖² + ε·max_{x, y} ½(y − ⟨w, x⟩ − b)²``, the inner maximum
+    exact (:func:`worst_box_point`); ``U* = min_t U(θ_t)`` bounds the regularised clean training
+    loss of the ridge model any ``m = εn`` poisons in the box can produce. ``lr`` default ``1/L``,
+    ``L = λ_max(X̃ᵀX̃/n) + ε(‖max(|lo|, |hi|)‖² + 1) + (1 + ε)ρ`` with X̃ = [X, 1].
+
+    Shapes: ``x`` (n, d), ``y`` (n,), ``lo``/``hi`` (d,); ``w0`` (d,). The poisons' responses are in ``result.y``.
+    """
+    n, d = x.shape
+    eps = n_poison / n
+    y_lo, y_hi = y_range
+    if lr is None:
+        xt = np.hstack([x, np.ones((n, 1))])
+        second = float(np.linalg.eigvalsh(xt.T @ xt / n)[-1])
+        lr = 1.0 / (second + eps * (float(np.sum(np.maximum(lo**2, hi**2))) + 1.0) + (1.0 + eps) * l2)
+    w, b = np.asarray(w0, np.float64).copy(), float(b0)
+    result = MinMaxResult(x=np.zeros((n_poison, d)), y=np.zeros(n_poison), bound=np.inf, bound_round=-1)
+    for t in range(max(n_poison, rounds or 0)):
+        xp, yp, worst = worst_box_point(w, b, lo, hi, y_lo, y_hi)
+        residual = x @ w + b - y
+        clean = float(0.5 * np.mean(residual**2))
+        upper = clean + (1.0 + eps) * 0.5 * l2 * float(w @ w) + eps * worst
+        result.bounds.append(upper)
+        result.clean_losses.append(clean)
+        if upper < result.bound:
+            result.bound, result.bound_round = upper, t
+        if t < n_poison:
+            result.x[t], result.y[t] = xp, yp
+        rp = float(xp @ w) + b - yp
+        w = w - lr * (x.T @ residual / n + eps * rp * xp + (1.0 + eps) * l2 * w)
+        b = b - lr * (float(residual.mean()) + eps * rp)
+    return result

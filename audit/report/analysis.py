@@ -401,7 +401,7 @@ def adaptive_sentence(a: Analysis) -> str:
 
 
 def bracket_series(a: Analysis, key: str | None = None) -> dict[str, Any] | None:
-    """For softmax regression: per defense with a min-max run (none: the box; a sanitiser: its region)
+    """For softmax regression and ridge: per defense with a min-max run (none: the box; a sanitiser: its region)
     and budget, the worst clean objective ``L_c + (1 + ε)(ρ/2)‖W‖²`` any attack of the run reached
     (means over seeds), the certified bound ``U*`` of the min-max run (mean over seeds) and the clean
     model's objective. None when the run has no min-max cells."""
@@ -410,7 +410,8 @@ def bracket_series(a: Analysis, key: str | None = None) -> dict[str, Any] | None
         return None
     cells = [c for c in a.cells if c.status == "ok" and c.candidate == key]
     certified = {"none", *SANITISER_DEFENSES}  # where min-max runs its own region, so its bound certifies that defense
-    minmax = [c for c in cells if c.attack == adaptive_key(MINMAX) and a.config.defense_spec(c.defense).name in certified]
+    runs = {adaptive_key(MINMAX), *(s.key for s in a.config.attacks if s.name == MINMAX)}  # the grid's min-max cells too
+    minmax = [c for c in cells if c.attack in runs and a.config.defense_spec(c.defense).name in certified]
     if not minmax:
         return None
     clean = [float(r["clean_objective"]) for (cand, _), r in a.clean_records.items() if cand == key and r.get("clean_objective") is not None]

@@ -234,7 +234,8 @@ def adaptive_context(a: Analysis) -> dict[str, Any] | None:
     recommended candidate, the worst non-adaptive and adaptive damage side by side, the poisons that
     survived and the clean points removed; the bracket for convex victims."""
     rows = adaptive_rows(a)
-    if not rows:
+    series = bracket_series(a)
+    if not rows and series is None:
         return None
 
     def damage(st: Any) -> str:
@@ -256,7 +257,6 @@ def adaptive_context(a: Analysis) -> dict[str, Any] | None:
     bars = [{"defense": r.defense, "budget": f"{100 * r.budget:g}%", "plain": _nan(r.plain.damage_test if r.plain else None),
              "adaptive": _nan(r.adaptive.damage_test if r.adaptive else None),
              "undefended": _nan(r.undefended.damage_test if r.undefended else None)} for r in rows]  # fmt: skip
-    series = bracket_series(a)
     bracket_rows = []
     if series is not None:
         for d, s in series["defenses"].items():
@@ -266,7 +266,7 @@ def adaptive_context(a: Analysis) -> dict[str, Any] | None:
                                          "attack": s["attack"].get(eps, "n/a"), "bound": _fmt(s["bound"].get(eps), 4)})  # fmt: skip
     return {
         "rows": table,
-        "svg": figures.adaptive_bars(bars, a.unit),
+        "svg": figures.adaptive_bars(bars, a.unit) if bars else "",
         "attackers": [k for k, _, _ in adaptive_axes(a.config)],
         "rounds": a.config.adaptive.rounds,
         "bracket_svg": figures.bracket(series, a.config.budgets) if series is not None else "",
