@@ -200,3 +200,12 @@ def test_the_ridge_bound_holds_for_every_regression_attack_in_the_box(diabetes, 
     damage = {k: objective(victim.fit(np.concatenate([data.x_train, x]), np.concatenate([data.y_train, y]), hp, 0)) for k, (x, y) in sets.items()}
     assert all(v <= bound + 1e-4 for v in damage.values()), (damage, bound)
     assert damage["minmax"] > objective(clean) * 1.05  # the min-max poisons themselves raise the clean loss
+
+
+def test_min_max_refuses_a_sanitiser_for_ridge(diabetes):
+    from audit.errors import AuditError
+
+    data, victim = diabetes
+    clean = victim.fit(data.x_train, data.y_train, {"l2": 1e-3}, 0)
+    with pytest.raises(AuditError, match="defense 'sphere_slab' is a classifier's sanitiser; for ridge use defense 'none'"):
+        ATTACKS["minmax"].for_cell({"defense": "sphere_slab"}, AttackContext(data, victim, clean, {"l2": 1e-3}, 0.1, 0))
