@@ -68,7 +68,8 @@ def build_context(a: Analysis) -> dict[str, Any]:
     """The plain dict the template renders."""
     cfg = a.config
     budgets = cfg.budgets
-    attacks = [s.key for s in cfg.attacks]
+    # the attacks with cells behind the defense shown: the grid's, and adaptive ones that ran there (min-max against none)
+    attacks = [k for k in a.attack_keys if any((k, e, a.defense) in s.stats for s in a.summaries for e in budgets)] or [s.key for s in cfg.attacks]
     rec = a.recommended()
     target = a.recommendation.target_budget
     failed = [c for c in a.cells if c.status == "failed"]
