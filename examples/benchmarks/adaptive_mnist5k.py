@@ -116,10 +116,11 @@ def table(result: dict) -> str:
              "| defense | ε | non-adaptive drop | by | survived | adaptive drop | by | survived | clean removed | verdict |",
              "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]  # fmt: skip
     for r in result["rows"]:
+        nan = float("nan")
         p, q = r["non_adaptive"] or {}, r["adaptive"] or {}
-        lines.append(f"| {r['defense']} | {100 * r['budget']:g} % | {p.get('damage', float('nan')):.2f} | {r['non_adaptive_attack']} | "
-                     f"{100 * p.get('poisons_survived', float('nan')):.0f} % | {q.get('damage', float('nan')):.2f} | {r['adaptive_attack']} | "
-                     f"{100 * q.get('poisons_survived', float('nan')):.0f} % | {q.get('clean_removed', float('nan')):.0f} | {r['verdict']} |")  # fmt: skip
+        lines.append(f"| {r['defense']} | {100 * r['budget']:g} % | {p.get('damage', nan):.2f} | {r['non_adaptive_attack']} | "
+                     f"{100 * p.get('poisons_survived', nan):.0f} % | {q.get('damage', nan):.2f} | {r['adaptive_attack']} | "
+                     f"{100 * q.get('poisons_survived', nan):.0f} % | {q.get('clean_removed', nan):.0f} | {r['verdict']} |")  # fmt: skip
     if result.get("box_bracket"):
         lines += ["", "bracket in the feature box (min-max with 300 descent rounds, run beside the audit):", "",
                   "| ε | worst clean loss found (no defense) | by | U* | min-max s |", "| --- | --- | --- | --- | --- |"]  # fmt: skip
