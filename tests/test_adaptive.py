@@ -92,23 +92,6 @@ def test_filter_in_the_loop_never_does_less_than_the_attack_it_starts_from(cance
     assert min(r["removed"] for r in rounds[1:]) < rounds[0]["removed"]
 
 
-def test_region_aware_back_gradient_survives_sphere_slab_and_does_more_damage_behind_it(cancer):
-    data, victim = cancer
-    hp = {"l2": 1e-3}
-    clean = victim.fit(data.x_train, data.y_train, hp, 0)
-    base = clean.metric(data.x_test, data.y_test)
-    defense = DEFENSES["sphere_slab"].for_cell(0.1, 0, data, {})
-    n, out = len(data.y_train), {}
-    for region in ("none", "sphere_slab"):
-        ctx = AttackContext(data, victim, clean, hp, 0.1, 3)
-        x_p, y_p = ATTACKS["back_gradient"].for_cell({**BG_QUICK, "region": region}, ctx).poison(data.x_train, data.y_train)
-        x_mix, y_mix = np.concatenate([data.x_train, x_p]), np.concatenate([data.y_train, y_p])
-        keep = defense.apply(x_mix, y_mix, victim, hp).keep
-        out[region] = (keep[n:].mean(), base - victim.fit(x_mix[keep], y_mix[keep], hp, 0).metric(data.x_test, data.y_test))
-    assert out["sphere_slab"][0] >= 0.9 and out["none"][0] < 0.1  # the region-aware poisons pass, the plain ones are all removed
-    assert out["sphere_slab"][1] > out["none"][1] + 2.0  # measured 7.0 against 1.8 points
-
-
 def test_the_audit_takes_the_worst_case_over_adaptive_cells_and_says_which_defenses_break(tmp_path):
     run_dir = run_audit(parse_config(_config(defenses=["none", "loss_filter", "sphere_slab"])), output_dir=tmp_path, progress=False)
     write_report(run_dir)
@@ -125,7 +108,8 @@ def test_the_audit_takes_the_worst_case_over_adaptive_cells_and_says_which_defen
             assert pair.worst_damage_val[0.1] >= adaptive > plain
             assert pair.worst_attack[0.1].endswith("~adaptive")
     rows = {r["defense"]: r for r in summary["adaptive"]["defenses"]}
-    assert set(rows) == {"loss_filter", "sphere_slab"} and all(r["verdict"] in ("broken", "not shown to help", "weakened", "holds") for r in rows.values())
+    assert set(rows) == {"loss_filter", "sphere_slab"}
+    assert all(r["verdict"] in ("broken", "not shown to help", "weakened", "holds") for r in rows.values())
     assert rows["sphere_slab"]["adaptive"]["poisons_survived"] >= 0.9 > rows["sphere_slab"]["non_adaptive"]["poisons_survived"]
     bracket = summary["adaptive"]["bracket"]
     assert set(bracket["defenses"]) == {"none", "sphere_slab"}  # where min-max runs its own region

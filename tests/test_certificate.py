@@ -132,7 +132,14 @@ def test_more_rounds_only_tighten_the_bound_and_leave_the_poisons(cancer):
     assert long.bound < short.bound - 1e-3  # U(θ_t) keeps falling past the poison rounds here
 
 
-def test_region_aware_gradient_canceling_survives_sphere_slab_and_breaks_it(cancer):
+@pytest.mark.parametrize(
+    "name, params, plain_survival, margin",
+    [  # measured: GC 6.1 vs 1.8 points behind the filter; back-gradient (quick settings) 7.0 vs 1.8, plain poisons all removed
+        ("gradient_canceling", {"epochs": 300}, 0.5, 1.0),
+        ("back_gradient", {"iterations": 5, "step": 4.0, "inner_steps": 30, "inner_lr": 0.5}, 0.1, 2.0),
+    ],
+)
+def test_region_aware_attacks_survive_sphere_slab_and_break_it(cancer, name, params, plain_survival, margin):
     data, victim = cancer
     hp = {"l2": 1e-3}
     clean = victim.fit(data.x_train, data.y_train, hp, 0)
@@ -141,12 +148,12 @@ def test_region_aware_gradient_canceling_survives_sphere_slab_and_breaks_it(canc
     n, out = len(data.y_train), {}
     for region in ("none", "sphere_slab"):
         ctx = AttackContext(data, victim, clean, hp, 0.1, 3)
-        x_p, y_p = ATTACKS["gradient_canceling"].for_cell({"epochs": 300, "region": region}, ctx).poison(data.x_train, data.y_train)
+        x_p, y_p = ATTACKS[name].for_cell({**params, "region": region}, ctx).poison(data.x_train, data.y_train)
         x_mix, y_mix = np.concatenate([data.x_train, x_p]), np.concatenate([data.y_train, y_p])
         keep = defense.apply(x_mix, y_mix, victim, hp).keep
         out[region] = (keep[n:].mean(), base - victim.fit(x_mix[keep], y_mix[keep], hp, 0).metric(data.x_test, data.y_test))
-    assert out["sphere_slab"][0] >= 0.9 and out["none"][0] < 0.5  # the defense-aware poisons pass the filter, the plain ones do not
-    assert out["sphere_slab"][1] > out["none"][1] + 1.0  # and behind the filter they do more damage (measured 6.1 vs 1.8)
+    assert out["sphere_slab"][0] >= 0.9 and out["none"][0] < plain_survival  # the defense-aware poisons pass the filter, the plain ones do not
+    assert out["sphere_slab"][1] > out["none"][1] + margin  # and behind the filter they do more damage
 
 
 @pytest.fixture(scope="module")
