@@ -67,3 +67,51 @@ def test_unrolled_hypergradients_approach_the_implicit_ones_as_training_lengthen
     gaps = [float((rmd(inner, outer, w0, hypers, steps, 0.5).grads[0] - implicit).norm()) for steps in (25, 50, 100, 200, 400)]
     assert all(b < a for a, b in zip(gaps, gaps[1:])), gaps  # the gap shrinks monotonically
     assert gaps[-1] < 1e-3 * float(implicit.norm()) + 1e-9, gaps
+
+
+# --------------------------------------------------------------------------- the closed-form linear ERM and truncated Newton
+@pytest.mark.parametrize("kind", ["logreg", "ridge", "binary"])
+def test_linear_erm_value_gradient_and_hvp_equal_autograd_of_the_audit_objective(kind):
+    from audit.maths.implicit import AutogradSmooth, LinearERM
+
+    gen = torch.Generator().manual_seed(1)
+    d, n = 5, 23
+    x = torch.rand(n, d, generator=gen, dtype=torch.float64)
+    if kind == "ridge":
+        module, task, y = Ridge(d).double(), "regression", torch.randn(n, generator=gen, dtype=torch.float64)
+    else:
+        c = 2 if kind == "binary" else 4
+        module, task, y = LogReg(d, c).double(), "classification", torch.randint(0, c, (n,), generator=gen)
+    model = FlatModel.of(module)
+    rho = 0.03
+    inner = functional_objective(model, x[:0], y[:0], task, y)  # every point passed as a "poison": the same objective
+    reference = AutogradSmooth(lambda w: inner(w, x, torch.tensor(rho, dtype=torch.float64).log()))
+    erm = LinearERM(x, y, rho, module.linear.out_features)
+    w = torch.randn(len(model.reg_mask), generator=gen, dtype=torch.float64)
+    u = torch.randn(len(w), generator=gen, dtype=torch.float64)
+    assert float(erm.value(w)) == pytest.approx(float(reference.value(w)), rel=1e-12)
+    assert torch.allclose(erm.grad(w), reference.grad(w), rtol=1e-10, atol=1e-12)
+    assert torch.allclose(erm.hvp(w)(u), reference.hvp(w)(u), rtol=1e-10, atol=1e-12)
+
+
+def test_newton_cg_reaches_the_exact_minimiser_and_warm_starts_in_few_steps():
+    from audit.maths.implicit import LinearERM, newton_cg
+
+    model, inner, _, hypers = _problem("logreg")
+    exact = _optimum(model, inner, hypers)
+    # the same problem in closed form: the clean points then the two poisons (as functional_objective concatenates)
+    gen = torch.Generator().manual_seed(0)
+    xc, _ = torch.randn(14, 3, generator=gen, dtype=torch.float64), torch.randn(9, 3, generator=gen, dtype=torch.float64)
+    xp = torch.rand(2, 3, generator=gen, dtype=torch.float64)
+    yc, _, yp = (torch.randint(0, 3, (k,), generator=gen) for k in (14, 9, 2))
+    erm = LinearERM(torch.cat([xc, xp]), torch.cat([yc, yp]), float(torch.exp(hypers[1])), 3)
+    cold = newton_cg(erm, torch.zeros_like(exact), tol=1e-11)
+    assert cold.grad_norm <= 1e-11
+    # softmax biases are free along "+ the same constant": compare predictions' logit differences and the weights
+    c = 3
+    assert torch.allclose(cold.w[: c * 3], exact[: c * 3], atol=1e-9)
+    diff = lambda w: w[c * 3 :] - w[c * 3 :].mean()  # noqa: E731
+    assert torch.allclose(diff(cold.w), diff(exact), atol=1e-9)
+    moved = LinearERM(torch.cat([xc, xp + 0.05]), torch.cat([yc, yp]), erm.rho, 3)
+    warm = newton_cg(moved, cold.w, tol=1e-11)
+    assert warm.grad_norm <= 1e-11 and warm.n_iter < newton_cg(moved, torch.zeros_like(exact), tol=1e-11).n_iter

@@ -65,7 +65,9 @@ from audit.attacks.base import (
     validation_set,
 )
 from audit.errors import AuditError
-from audit.maths.hypergrad import FlatModel, functional_objective, rmd, validation_loss
+from audit.maths.hypergrad import FlatModel, Inner, Outer, functional_objective, rmd, unroll, validation_loss
+from audit.maths.implicit import LinearERM, implicit_hypergradient, newton_cg
+from audit.maths.linear_solve import CG, Matvec
 from audit.maths.regions import SANITISERS, project_many, sanitiser_level, sanitiser_region
 from audit.models.training import data_loss, lambda_shift
 from audit.seeding import seeded_init
@@ -96,11 +98,23 @@ class BackGradientParams(AttackParams):
     evade: Literal["none", "loss_filter"] = "none"  # defense-aware: keep the poisons' training loss under the loss filter's cut
     evade_rate: float | None = Field(None, gt=0, le=1)  # the filter's assumed poison rate (None: ε)
     evade_weight: float = Field(0.01, gt=0)  # μ of the penalty (measured: examples/benchmarks/README.md)
+    hypergradient: Literal["auto", "implicit", "unrolled"] = "auto"  # auto: implicit for a convex linear victim with ρ > 0
+    step_rule: Literal["auto", "line_search", "paper"] = "auto"  # paper: x ← Π(x + α·u) unconditionally; auto: line search when implicit
+    starts: tuple[Literal["validation", "training"], ...] | None = None  # flipped clones of these, best kept; None: both when implicit
+    inner_tol: float = Field(1e-6, gt=0)  # implicit: truncated Newton stops at ‖∇L‖₂ ≤ inner_tol (float64)
+    cg_tol: float = Field(1e-6, gt=0)  # implicit: relative residual of H v = ∇A
+    cg_max_iter: int = Field(500, ge=1)
+    ls_shrink: float = Field(0.5, gt=0, lt=1)  # line search: α ← α·shrink on a step that does not gain
+    ls_grow: float = Field(2.0, ge=1)  # … and the next trial starts at α·grow after a gain
+    ls_tries: int = Field(8, ge=1)  # trials per iteration before the iteration counts as converged
+    start_screen: int = Field(10, ge=1)  # iterations each start runs before the best one continues
 
     @model_validator(mode="after")
     def _range(self) -> BackGradientParams:
         if not self.l2_range[0] < self.l2_range[1]:
             raise ValueError(f"l2_range must be (low, high) with low < high (got {self.l2_range})")
+        if self.starts is not None and (not self.starts or len(set(self.starts)) != len(self.starts)):
+            raise ValueError(f"starts: one or both of 'validation', 'training', without repeats (got {list(self.starts)})")
         return self
 
 
@@ -130,6 +144,12 @@ class BackGradientDiagnostics(AttackDiagnostics):
     lambda_rmd: float | None = None
     l2_rmd: float | None = None
     lambda_curve: list[float] | None = None
+    hypergradient: str | None = None
+    step_rule: str | None = None
+    start: str | None = None
+    starts: dict[str, list[float | None]] | None = None
+    evaluations: int | None = None
+    stationarity: float | None = None
 
 
 class BackGradient(AuditAttack, PoisoningAttackWhiteBox):
@@ -207,10 +227,11 @@ class BackGradient(AuditAttack, PoisoningAttackWhiteBox):
                    l2=ctx.l2, box=ctx.box, y_range=y_range, seed=ctx.seed, **params)  # fmt: skip
 
     # ------------------------------------------------------------------ pieces
-    def _tensors(self, x: np.ndarray, y: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+    def _tensors(self, x: np.ndarray, y: np.ndarray, dtype: torch.dtype | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         ref = next(self.module.parameters())
-        label = torch.long if self.task == "classification" else ref.dtype
-        return torch.as_tensor(x, dtype=ref.dtype, device=ref.device), torch.as_tensor(y, dtype=label, device=ref.device)
+        dtype = dtype or ref.dtype
+        label = torch.long if self.task == "classification" else dtype
+        return torch.as_tensor(x, dtype=dtype, device=ref.device), torch.as_tensor(y, dtype=label, device=ref.device)
 
     def initial_weights(self, model: FlatModel) -> torch.Tensor:
         """``w_0`` of the unrolled run: zeros for a linear model, else a fresh seeded initialisation."""
@@ -223,18 +244,18 @@ class BackGradient(AuditAttack, PoisoningAttackWhiteBox):
         with seeded_init(self.seed):
             return FlatModel.of(reinitialise(self.module)).flat()
 
-    def _clones(self, idx: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
-        """Validation points ``idx`` with flipped labels (classification) or boundary responses (regression)."""
-        x0, y0 = self.x_val[idx], self.y_val[idx]
+    def _clones(self, x: np.ndarray, y: np.ndarray, idx: np.ndarray, dtype: torch.dtype | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Points ``idx`` of ``(x, y)`` with flipped labels (classification) or boundary responses (regression)."""
+        x0, y0 = x[idx], y[idx]
         if self.task == "classification":
             losses = None
             if self.n_classes and self.n_classes > 2:
                 xt, _ = self._tensors(x0, y0)
                 with torch.no_grad():
                     losses = (-torch.log_softmax(self.module(xt), dim=1)).float().cpu().numpy()
-            return self._tensors(x0, flipped_labels(y0, int(self.n_classes or 2), losses))
+            return self._tensors(x0, flipped_labels(y0, int(self.n_classes or 2), losses), dtype)
         lo, hi = self.y_range
-        return self._tensors(x0, np.where(y0 - lo >= hi - y0, lo, hi).astype(np.float32))
+        return self._tensors(x0, np.where(y0 - lo >= hi - y0, lo, hi).astype(np.float32), dtype)
 
     def _loss_cut_penalty(self, model: FlatModel, xt: torch.Tensor, yt: torch.Tensor, n_poison: int,
                           y_fixed: torch.Tensor | None) -> Callable[..., torch.Tensor]:  # fmt: skip
@@ -259,14 +280,46 @@ class BackGradient(AuditAttack, PoisoningAttackWhiteBox):
         return penalty
 
     # ------------------------------------------------------------------ the attack
+    def hypergradient_mode(self) -> str:
+        """``implicit`` or ``unrolled``: what ``hypergradient`` resolves to for this victim (``auto``:
+        implicit for a convex linear model with ρ > 0 or a learned λ, where the optimum is unique)."""
+        from audit.models.structure import is_convex_linear
+
+        p = self.params
+        convex = is_convex_linear(self.module)
+        if p.hypergradient == "implicit" and not convex:
+            raise AuditError("BackGradient: hypergradient 'implicit' needs a convex victim (one nn.Linear: logistic, softmax "
+                             "or ridge regression); this model is not — use 'unrolled'")  # fmt: skip
+        if p.hypergradient != "auto":
+            return p.hypergradient
+        return "implicit" if convex and (self.l2 > 0 or p.learn_l2) else "unrolled"
+
+    def step_rule_and_starts(self) -> tuple[str, tuple[str, ...]]:
+        """What ``step_rule`` and ``starts`` resolve to: with implicit hypergradients (cheap exact
+        evaluations of the objective) the line search from flipped validation *and* training points,
+        else the paper's fixed steps from validation points (measured: examples/benchmarks/README.md)."""
+        p = self.params
+        implicit = self.hypergradient_mode() == "implicit"
+        rule = p.step_rule if p.step_rule != "auto" else ("line_search" if implicit else "paper")
+        starts = p.starts if p.starts is not None else (("validation", "training") if implicit else ("validation",))
+        return rule, tuple(starts)
+
     def _run(self, task: PoisonInput) -> tuple[np.ndarray, np.ndarray]:
         p = self.params
         x, n_poison, rng = task.x, task.n_poison, task.rng
-        xt, yt = task.x_t, task.y_t
-        xv, yv = self._tensors(self.x_val, self.y_val)
-        order = list(rng.permutation(len(self.x_val)))  # clones are drawn without duplicates, restarts included
-        if n_poison > len(order):
-            order += list(rng.choice(len(self.x_val), n_poison - len(order)))
+        self._mode = self.hypergradient_mode()
+        self._rule, self._starts = self.step_rule_and_starts()
+        dtype = torch.float64 if self._mode == "implicit" else None  # exact solves: the convex victim in float64
+        xt, yt = self._tensors(x, task.y, dtype)
+        xv, yv = self._tensors(self.x_val, self.y_val, dtype)
+        pools = {"validation": (self.x_val, self.y_val), "training": (x, task.y)}
+        orders = {}
+        for name in self._starts:  # clones are drawn without duplicates, restarts included
+            size = len(pools[name][1])
+            order = list(rng.permutation(size))
+            if n_poison > len(order):
+                order += list(rng.choice(size, n_poison - len(order)))
+            orders[name] = order
         batch = p.batch_size or n_poison
         fixed_x, fixed_y = xt[:0], yt[:0]
         n_total = len(x) + n_poison
@@ -286,7 +339,7 @@ class BackGradient(AuditAttack, PoisoningAttackWhiteBox):
         start = time.perf_counter()
         for b0 in range(0, n_poison, batch):
             size = min(batch, n_poison - b0)
-            run = self._optimise_batch(xt, yt, fixed_x, fixed_y, xv, yv, size, order, log_l2)
+            run = self._optimise_batch(xt, yt, fixed_x, fixed_y, xv, yv, size, pools, orders, log_l2)
             runs.append(run)
             fixed_x, fixed_y = torch.cat([fixed_x, run["x"]]), torch.cat([fixed_y, run["y"]])
             log_l2 = run["log_l2"]
@@ -301,6 +354,12 @@ class BackGradient(AuditAttack, PoisoningAttackWhiteBox):
             seconds_per_iteration=(time.perf_counter() - start) / max(iterations, 1),
             stored_states=runs[-1]["stored_states"],
             inner_objective=runs[-1]["inner"],
+            hypergradient=self._mode,
+            step_rule=self._rule,
+            start=runs[-1]["start"],
+            starts={name: [r["by_start"].get(name) for r in runs] for name in self._starts},
+            evaluations=sum(r["evaluations"] for r in runs),
+            stationarity=runs[-1]["stationarity"],
         )
         if p.learn_l2:
             shift = lambda_shift(n_total)  # reported in the paper's λ = log(ρ·N)
@@ -309,27 +368,64 @@ class BackGradient(AuditAttack, PoisoningAttackWhiteBox):
         return fixed_x.float().cpu().numpy(), fixed_y.cpu().numpy()
 
     def _optimise_batch(self, xt: torch.Tensor, yt: torch.Tensor, fixed_x: torch.Tensor, fixed_y: torch.Tensor,
-                        xv: torch.Tensor, yv: torch.Tensor, size: int, order: list[int], log_l2: float) -> dict[str, Any]:  # fmt: skip
+                        xv: torch.Tensor, yv: torch.Tensor, size: int, pools: dict[str, tuple[np.ndarray, np.ndarray]],
+                        orders: dict[str, list[int]], log_l2: float) -> dict[str, Any]:  # fmt: skip
+        """One batch: every start (flipped validation / training points) runs ``start_screen`` iterations,
+        each restarted from other points while stuck; the best continues for the remaining iterations.
+        With one start and no screen this is the paper's single run with restarts."""
         p = self.params
-        restarts, best_run = 0, None
-        while True:
-            idx, order[:] = np.array(order[:size]), order[size:] + order[:size]
-            x_p, y_p = self._clones(idx)
-            run = self._ascend(xt, yt, fixed_x, fixed_y, xv, yv, x_p, y_p, log_l2)
-            if best_run is None or run["best"] > best_run["best"]:
-                best_run = run
-            if not run["stuck"] or restarts >= p.restarts:
-                break
-            restarts += 1
+        screen = min(p.start_screen, p.iterations) if len(self._starts) > 1 else p.iterations
+        restarts, best_run, by_start = 0, None, {}
+        for name in self._starts:
+            order = orders[name]
+            for attempt in range(p.restarts + 1):
+                idx, order[:] = np.array(order[:size]), order[size:] + order[:size]
+                x_p, y_p = self._clones(*pools[name], idx, xt.dtype)
+                run = self._ascend(xt, yt, fixed_x, fixed_y, xv, yv, x_p, y_p, log_l2, screen)
+                run["start"] = name
+                by_start[name] = max(by_start.get(name, -math.inf), run["best"])
+                if best_run is None or run["best"] > best_run["best"]:
+                    best_run = run
+                restarts += attempt > 0
+                if not run["stuck"]:
+                    break
+        assert best_run is not None
+        if screen < p.iterations and not best_run["stuck"] and not best_run["converged"]:
+            rest = self._ascend(xt, yt, fixed_x, fixed_y, xv, yv, best_run["x"], best_run["y"], best_run["log_l2"],
+                                p.iterations - screen, best_run["alpha"])  # fmt: skip
+            if p.learn_l2 or rest["best"] >= best_run["best"]:
+                rest["curve"] = best_run["curve"] + rest["curve"]
+                rest["iterations"] += best_run["iterations"]
+                rest["l2_curve"] = best_run["l2_curve"] + rest["l2_curve"]
+                rest["evaluations"] += best_run["evaluations"]
+                rest["start"] = best_run["start"]
+                best_run = rest
         best_run["restarts"] = restarts
+        best_run["by_start"] = by_start
         return best_run
 
-    def _ascend(self, xt: torch.Tensor, yt: torch.Tensor, fixed_x: torch.Tensor, fixed_y: torch.Tensor,
-                xv: torch.Tensor, yv: torch.Tensor, x_p: torch.Tensor, y_p: torch.Tensor, log_l2: float) -> dict[str, Any]:  # fmt: skip
-        """Projected hypergradient ascent on one batch of poisons (and descent on λ with ``learn_l2``)."""
+    def _oracle(self, model: FlatModel, inner: Inner, outer: Outer, explicit: Inner | None, x_clean: torch.Tensor,
+                y_clean: torch.Tensor, y_poison: torch.Tensor | None) -> _Unrolled | _Implicit:  # fmt: skip
         p = self.params
-        model = FlatModel.of(copy.deepcopy(self.module))
         w0 = self.initial_weights(model)
+        if self._mode == "implicit":
+            return _Implicit(model.module, inner, outer, w0, explicit, x_clean, y_clean, y_poison, p.inner_tol,
+                             CG(p.cg_tol, p.cg_max_iter))  # fmt: skip
+        return _Unrolled(inner, outer, w0, p.inner_steps, p.inner_lr, p.checkpoint_every, explicit)
+
+    def _ascend(self, xt: torch.Tensor, yt: torch.Tensor, fixed_x: torch.Tensor, fixed_y: torch.Tensor,
+                xv: torch.Tensor, yv: torch.Tensor, x_p: torch.Tensor, y_p: torch.Tensor, log_l2: float,
+                iterations: int | None = None, alpha: float | None = None) -> dict[str, Any]:  # fmt: skip
+        """Projected hypergradient ascent on one batch of poisons (and descent on λ with ``learn_l2``).
+
+        ``step_rule: paper``: ``x ← Π(x + α·u)`` every iteration, the best iterate kept.
+        ``line_search``: backtracking on the attacker's objective along the same direction — a step
+        is taken only if the objective (at the model retrained on the moved poisons) grows; the trial
+        length halves on failure and doubles after a first trial that gained; ``ls_tries`` failures end the run.
+        """
+        p = self.params
+        module = copy.deepcopy(self.module).to(xt.dtype)
+        model = FlatModel.of(module)
         outer = validation_loss(model, xv, yv, self.task)
         d = xt.shape[1]
         lo = torch.as_tensor(np.broadcast_to(self.lo, (d,)).copy() if self.lo is not None else np.full(d, -np.inf), dtype=xt.dtype)
@@ -343,68 +439,197 @@ class BackGradient(AuditAttack, PoisoningAttackWhiteBox):
         low, high = p.l2_range[0] - shift, p.l2_range[1] - shift
         lam = min(max(log_l2, low), high) if p.learn_l2 else log_l2
         lam_t = lambda: torch.tensor(lam if math.isfinite(lam) else -1e4, dtype=xt.dtype, device=xt.device)  # noqa: E731
-
         evade = self._loss_cut_penalty(model, xt, yt, len(x_p) + len(fixed_x), None if learn_response else y_p) if p.evade != "none" else None
+        oracle = self._oracle(model, inner, outer, evade, torch.cat([xt, fixed_x]), torch.cat([yt, fixed_y]),
+                              None if learn_response else y_p)  # fmt: skip
+        hypers = lambda x_p, y_p: [x_p, lam_t()] + ([y_p] if learn_response else [])  # noqa: E731
 
-        def hypergradients(x_p: torch.Tensor, y_p: torch.Tensor):  # noqa: ANN202
-            hypers = [x_p, lam_t()] + ([y_p] if learn_response else [])
-            return rmd(inner, outer, w0, hypers, p.inner_steps, p.inner_lr, p.checkpoint_every, evade)
+        def moved(x_p: torch.Tensor, y_p: torch.Tensor, grads: tuple[torch.Tensor, ...], alpha: float) -> tuple[torch.Tensor, torch.Tensor]:
+            """``Π(x + α·u)``, ``u`` each poison's hypergradient (features and response) scaled to unit length."""
+            direction = [grads[0]] + ([grads[2].unsqueeze(1)] if learn_response else [])
+            norm = torch.cat(direction, dim=1).norm(dim=1, keepdim=True).clamp_min(1e-30)
+            x_new = torch.maximum(torch.minimum(x_p + alpha * grads[0] / norm, hi), lo)
+            if self._region is not None:
+                x_new = project_many(self._region, x_new, y_p, lo, hi, iterations=10)
+            y_new = (y_p + alpha * grads[2] / norm[:, 0]).clamp(*self.y_range) if learn_response else y_p
+            return x_new, y_new
 
         curve, l2_curve = [], []
-        best = (-math.inf, x_p, y_p)
-        stuck, result = False, None
-        for it in self.progress(range(p.iterations), "iterations"):
-            result = hypergradients(x_p, y_p)
-            curve.append(result.outer)
-            if result.outer > best[0]:
-                best = (result.outer, x_p, y_p)
+        result = oracle.gradient(hypers(x_p, y_p))
+        best = (result.value, x_p, y_p)
+        stuck, converged = False, False
+        alpha = p.step if alpha is None else alpha
+        for it in self.progress(range(p.iterations if iterations is None else iterations), "iterations"):
+            curve.append(result.value)
+            if result.value > best[0]:
+                best = (result.value, x_p, y_p)
             if it == p.patience and curve[-1] - curve[0] < p.min_gain * max(abs(curve[0]), 1e-12):
                 stuck = True
                 break
-            gx = result.grads[0]
-            direction = [gx] + ([result.grads[2].unsqueeze(1)] if learn_response else [])
-            norm = torch.cat(direction, dim=1).norm(dim=1, keepdim=True).clamp_min(1e-30)
-            x_p = torch.maximum(torch.minimum(x_p + p.step * gx / norm, hi), lo)
-            if self._region is not None:
-                x_p = project_many(self._region, x_p, y_p, lo, hi, iterations=10)
-            if learn_response:
-                y_p = (y_p + p.step * result.grads[2] / norm[:, 0]).clamp(*self.y_range)
+            if self._rule == "paper":
+                x_p, y_p = moved(x_p, y_p, result.grads, p.step)
+                at = None
+            else:
+                found, tries = None, 0
+                while found is None and tries < p.ls_tries:
+                    trial = moved(x_p, y_p, result.grads, alpha)
+                    at = oracle.evaluate(hypers(*trial))
+                    tries += 1
+                    if at.value > result.value:
+                        found = trial
+                    else:
+                        alpha *= p.ls_shrink
+                if found is None:  # no step along the hypergradient gains: a local maximum of the box-constrained objective
+                    stuck = curve[-1] - curve[0] < p.min_gain * max(abs(curve[0]), 1e-12)
+                    converged = True
+                    break
+                x_p, y_p = found
+                if tries == 1:  # the first trial gained: try a longer step next time
+                    alpha *= p.ls_grow
             if p.learn_l2:  # coordinate step on λ against the moved poisons (eq. 2)
-                lam_result = hypergradients(x_p, y_p)
+                lam_result = oracle.gradient(hypers(x_p, y_p), at)
                 lam = min(max(lam - p.l2_lr * float(lam_result.grads[1]), low), high)
                 l2_curve.append(lam)
+                at = None
+            result = oracle.gradient(hypers(x_p, y_p), at)
+        else:
+            curve.append(result.value)
+            if result.value > best[0]:
+                best = (result.value, x_p, y_p)
         # the minimax keeps the last poisons (they answer the final λ); the plain attack its best iterate
         chosen = (x_p, y_p) if p.learn_l2 else best[1:]
-        final = hypergradients(*chosen)
-        value = final.outer if p.learn_l2 else best[0]
+        value = result.value if p.learn_l2 else best[0]
+        final = oracle.gradient(hypers(*chosen)) if oracle.stored_states is None else None
         return {"x": chosen[0].detach(), "y": chosen[1].detach(), "best": value, "curve": curve, "stuck": stuck,
-                "iterations": len(curve), "log_l2": lam, "l2_curve": l2_curve, "stored_states": final.stored_states,
-                "inner": final.inner_final}  # fmt: skip
+                "converged": converged, "alpha": alpha,
+                "iterations": len(curve), "log_l2": lam, "l2_curve": l2_curve, "stored_states": oracle.stored_states,
+                "inner": (final or result).inner, "stationarity": (final or result).stationarity,
+                "evaluations": oracle.evaluations}  # fmt: skip
+
+
+@dataclass
+class _Point:
+    """The attacker's objective at the model trained on some poisons (``w``: that model), and its
+    hypergradients when asked for (one per hyperparameter, their shapes)."""
+
+    value: float
+    w: torch.Tensor
+    inner: float
+    stationarity: float | None = None
+    grads: tuple[torch.Tensor, ...] = ()
+    hvp: Matvec | None = None
+
+
+class _Unrolled:
+    """``A(w_T)`` after ``T`` gradient steps from ``w_0`` and its hypergradients by reverse mode (RMD)."""
+
+    def __init__(self, inner: Inner, outer: Outer, w0: torch.Tensor, steps: int, lr: float, checkpoint: int | None,
+                 explicit: Inner | None) -> None:  # fmt: skip
+        self.inner, self.outer, self.w0, self.steps, self.lr = inner, outer, w0, steps, lr
+        self.checkpoint, self.explicit = checkpoint, explicit
+        self.stored_states: int | None = None
+        self.evaluations = 0
+
+    def evaluate(self, hypers: list[torch.Tensor]) -> _Point:
+        self.evaluations += 1
+        w, _ = unroll(self.inner, self.w0, hypers, self.steps, self.lr, keep_every=self.steps)
+        with torch.no_grad():
+            value = self.outer(w) + (0.0 if self.explicit is None else self.explicit(w, *hypers))
+            return _Point(float(value), w, float(self.inner(w, *hypers)))
+
+    def gradient(self, hypers: list[torch.Tensor], at: _Point | None = None) -> _Point:
+        self.evaluations += 1
+        r = rmd(self.inner, self.outer, self.w0, hypers, self.steps, self.lr, self.checkpoint, self.explicit)
+        self.stored_states = r.stored_states
+        return _Point(r.outer, r.w_final, r.inner_final, None, r.grads)
+
+
+class _Implicit:
+    """``A(w*)`` at the optimum of the convex training objective and its exact implicit hypergradients.
+
+    The victim is one ``nn.Linear`` after parameter-free preprocessing, so training is the closed-form
+    :class:`LinearERM` on the layer's inputs, minimised by truncated Newton warm-started from the last
+    accepted model; ``H v = ∇A`` is solved by CG on its closed-form Hessian-vector products,
+    warm-started from the last ``v``; the mixed partial ``−∇_h⟨∇_w L, v⟩`` is one autograd product.
+    """
+
+    def __init__(self, module: torch.nn.Module, inner: Inner, outer: Outer, w0: torch.Tensor, explicit: Inner | None,
+                 x_clean: torch.Tensor, y_clean: torch.Tensor, y_poison: torch.Tensor | None, tol: float, solver: CG) -> None:  # fmt: skip
+        from audit.models.structure import convex_linear_layer
+
+        self.layer = convex_linear_layer(module)
+        assert self.layer is not None
+        self.module, self.inner, self.outer, self.w, self.explicit, self.tol, self.solver = module, inner, outer, w0, explicit, tol, solver
+        self.phi_clean, self.y_clean, self.y_poison = self._features(x_clean), y_clean, y_poison
+        self.v: torch.Tensor | None = None
+        self.stored_states: int | None = None
+        self.evaluations = 0
+
+    def _features(self, x: torch.Tensor) -> torch.Tensor:
+        """The linear layer's inputs for ``x`` (a forward hook: any parameter-free preprocessing applied)."""
+        seen: list[torch.Tensor] = []
+        handle = self.layer.register_forward_hook(lambda _m, args, _out: seen.append(args[0].detach()))
+        try:
+            with torch.no_grad():
+                self.module(x)
+        finally:
+            handle.remove()
+        return seen[0].reshape(len(x), self.layer.in_features)
+
+    def _problem(self, hypers: list[torch.Tensor]) -> LinearERM:
+        x_p, log_l2 = hypers[0], hypers[1]
+        y_p = hypers[2] if len(hypers) > 2 else self.y_poison
+        phi = torch.cat([self.phi_clean, self._features(x_p)])
+        labels = torch.cat([self.y_clean, y_p])  # type: ignore[list-item]  # torch stubs
+        return LinearERM(phi, labels, float(torch.exp(log_l2)), self.layer.out_features, self.layer.bias is not None)
+
+    def evaluate(self, hypers: list[torch.Tensor]) -> _Point:
+        self.evaluations += 1
+        problem = self._problem(hypers)
+        fit = newton_cg(problem, self.w, self.tol)
+        with torch.no_grad():
+            value = self.outer(fit.w) + (0.0 if self.explicit is None else self.explicit(fit.w, *hypers))
+        point = _Point(float(value), fit.w, fit.value, fit.grad_norm)
+        point.hvp = problem.hvp(fit.w)
+        return point
+
+    def gradient(self, hypers: list[torch.Tensor], at: _Point | None = None) -> _Point:
+        at = at or self.evaluate(hypers)
+        self.w = at.w  # the next retraining starts here
+        r = implicit_hypergradient(self.inner, self.outer, at.w, hypers, self.solver, self.explicit, self.v, at.hvp)
+        self.v = r.solve.x
+        return _Point(r.outer, at.w, at.inner, r.stationarity, r.grads)
 
 
 def learn_log_l2(module: Any, x: np.ndarray, y: np.ndarray, x_val: np.ndarray, y_val: np.ndarray, task: str,
                  iterations: int = 50, inner_steps: int = 150, inner_lr: float = 0.1, lr: float = 0.8,
                  l2_range: tuple[float, float] = PAPER_L2_RANGE, init: float = PAPER_CLEAN_WARM_START,
-                 init_weights: str = "auto", seed: int = 0) -> tuple[float, list[float]]:  # fmt: skip
+                 init_weights: str = "auto", seed: int = 0, hypergradient: str = "auto") -> tuple[float, list[float]]:  # fmt: skip
     """λ learned by hypergradient descent on clean data (the paper's T_λ iterations from log 5).
 
-    λ, ``init`` and ``l2_range`` are the paper's λ = log(ρ·n). Returns the final λ and its curve.
+    λ, ``init`` and ``l2_range`` are the paper's λ = log(ρ·n). ``hypergradient``: ``∂A/∂λ`` by
+    the implicit function theorem at the trained optimum (``auto`` for a convex victim) or by RMD
+    through ``inner_steps`` GD steps. Returns the final λ and its curve.
     """
     n_classes = None if task == "regression" else int(np.max(y) + 1)
     attack = BackGradient(module, x_val=x_val, y_val=y_val, budget=1.0, task=task, n_classes=n_classes, seed=seed,
-                          inner_steps=inner_steps, inner_lr=inner_lr, init_weights=init_weights)  # fmt: skip
-    xt, yt = attack._tensors(np.asarray(x, np.float32), y)
-    xv, yv = attack._tensors(attack.x_val, attack.y_val)
-    model = FlatModel.of(copy.deepcopy(attack.module))
-    w0 = attack.initial_weights(model)
+                          inner_steps=inner_steps, inner_lr=inner_lr, init_weights=init_weights, learn_l2=True,
+                          hypergradient=hypergradient)  # fmt: skip
+    attack._mode = attack.hypergradient_mode()
+    attack._rule, attack._starts = attack.step_rule_and_starts()
+    dtype = torch.float64 if attack._mode == "implicit" else None
+    xt, yt = attack._tensors(np.asarray(x, np.float32), y, dtype)
+    xv, yv = attack._tensors(attack.x_val, attack.y_val, dtype)
+    model = FlatModel.of(copy.deepcopy(attack.module).to(xt.dtype))
     inner = functional_objective(model, xt, yt, task, yt[:0])
     outer = validation_loss(model, xv, yv, task)
+    oracle = attack._oracle(model, inner, outer, None, xt, yt, yt[:0])
     shift = lambda_shift(len(yt))
     lam, curve = min(max(init, l2_range[0]), l2_range[1]), []
     no_poison = xt[:0]
     for _ in range(iterations):
         log_l2 = torch.tensor(lam - shift, dtype=xt.dtype, device=xt.device)
-        result = rmd(inner, outer, w0, [no_poison, log_l2], inner_steps, inner_lr)
+        result = oracle.gradient([no_poison, log_l2])
         lam = min(max(lam - lr * float(result.grads[1]), l2_range[0]), l2_range[1])
         curve.append(lam)
     return lam, curve

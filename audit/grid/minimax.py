@@ -128,7 +128,8 @@ def policy_rows(data: Any, victim: Any, hp: dict[str, Any], budgets: list[float]
         p = settings.attack_params
         lam, curve = learn_log_l2(template.module, x, y, xv, yv, data.task, settings.clean_iterations,
                                   p.get("inner_steps", 150), p.get("inner_lr", 0.1), settings.l2_lr, settings.l2_range,
-                                  settings.warm_start, p.get("init_weights", "auto"), train_seed)  # fmt: skip
+                                  settings.warm_start, p.get("init_weights", "auto"), train_seed,
+                                  p.get("hypergradient", "auto"))  # fmt: skip
         fitted = victim.fit(x, y, {**hp, "l2": rho(lam, n)}, train_seed)
         done[("rmd", 0.0)] = r = row("rmd", 0.0, lam, fitted, start, {"lambda_curve": curve})
         yield r

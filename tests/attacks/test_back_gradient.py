@@ -44,7 +44,7 @@ def c1_error_increase(draw: int, lam: float | None, iterations: int = 50, step: 
     clean = fit_lr(x, y, l2)
     box = np.full(2, 9.5, np.float32)
     attack = BackGradient(clean, x_val=xv, y_val=yv, budget=1 / 32, task="classification", n_classes=2, l2=l2, box=(-box, box), seed=0, step=step,
-                          iterations=iterations, inner_lr=0.2, inner_steps=500, restarts=0)  # fmt: skip
+                          iterations=iterations, inner_lr=0.2, inner_steps=500, restarts=0, hypergradient="unrolled")  # fmt: skip
     x_p, y_p = attack.poison(x, y)
     assert x_p.shape == (1, 2)
     poisoned = fit_lr(np.vstack([x, x_p]), np.r_[y, y_p], l2)
@@ -92,7 +92,7 @@ def gaussian_setting():
 def _attack(setting, **params):
     x, y, xv, yv, model = setting
     box = np.full(2, 9.5, np.float32)
-    defaults = {"iterations": 8, "inner_steps": 60, "inner_lr": 0.2, "step": 0.4}
+    defaults = {"iterations": 8, "inner_steps": 60, "inner_lr": 0.2, "step": 0.4, "hypergradient": "unrolled"}  # the paper's RMD
     return BackGradient(model, x_val=xv, y_val=yv, budget=0.1, task="classification", n_classes=2, l2=0.01, box=(-box, box), seed=0,
                         **{**defaults, **params})
 
@@ -105,10 +105,10 @@ def test_poisons_are_flipped_validation_clones_moved_uphill(gaussian_setting):
     assert x_p.shape == (4, 2) and np.all(np.abs(x_p) <= 9.5)
     assert d["objective_final"] > d["objective_initial"] * 1.05  # the validation loss it attacks went up
     assert d["objective_final"] == pytest.approx(max(d["objective"]))  # the best iterate is returned
-    frozen = _attack(gaussian_setting, iterations=1)
+    frozen = _attack(gaussian_setting, iterations=1, step=1e-9)  # one step of nothing: the starting points
     x0, y0 = frozen.poison(x, y)
     np.testing.assert_array_equal(y0, y_p)  # labels fixed during the ascent
-    clones = [int(np.flatnonzero((xv == row).all(axis=1))[0]) for row in x0]  # iteration 0: validation points
+    clones = [int(np.flatnonzero(np.isclose(xv, row, atol=1e-6).all(axis=1))[0]) for row in x0]  # validation points
     np.testing.assert_array_equal(y0, 1 - yv[clones])  # with flipped labels
     assert len(set(clones)) == len(clones)  # drawn without duplicates
     assert d["seconds_per_iteration"] > 0 and d["stored_states"] == 60
@@ -162,6 +162,78 @@ def test_regression_optimises_responses():
         assert run.diagnostics["objective_final"] > run.diagnostics["objective_initial"] * 1.05
 
 
+# --------------------------------------------------------------------------- implicit hypergradients and the line search (issue 21)
+def _implicit(setting, **params):
+    x, y, xv, yv, model = setting
+    box = np.full(2, 9.5, np.float32)
+    return BackGradient(model, x_val=xv, y_val=yv, budget=0.1, task="classification", n_classes=2, l2=0.01, box=(-box, box), seed=0,
+                        **{"iterations": 15, "step": 0.4, **params})  # fmt: skip
+
+
+def test_auto_takes_implicit_hypergradients_and_the_line_search_for_a_convex_victim(gaussian_setting):
+    from audit.models.zoo import MLP
+
+    x, y, xv, yv, model = gaussian_setting
+    attack = _implicit(gaussian_setting)
+    assert attack.hypergradient_mode() == "implicit" and attack.step_rule_and_starts() == ("line_search", ("validation", "training"))
+    kw = {"x_val": xv, "y_val": yv, "budget": 0.1, "task": "classification", "n_classes": 2}
+    assert BackGradient(model, **kw, l2=0.0).hypergradient_mode() == "unrolled"  # no strong convexity: no unique optimum
+    assert BackGradient(model, **kw, l2=0.0, learn_l2=True).hypergradient_mode() == "implicit"
+    net = MLP(2, 2, width=4, depth=1)
+    assert BackGradient(net, **kw, l2=0.01).step_rule_and_starts() == ("paper", ("validation",))
+    with pytest.raises(AuditError, match="hypergradient 'implicit' needs a convex victim"):
+        BackGradient(net, **kw, l2=0.01, hypergradient="implicit").poison(x, y)
+
+
+def test_line_search_never_lowers_the_objective_and_it_is_the_retrained_models_validation_loss(gaussian_setting):
+    x, y, xv, yv, _ = gaussian_setting
+    attack = _implicit(gaussian_setting, starts=("validation",))
+    x_p, y_p = attack.poison(x, y)
+    d = attack.diagnostics
+    curve = np.array(d["objective"])
+    assert np.all(np.diff(curve) >= 0) and curve[-1] > 1.2 * curve[0], curve  # every accepted step gains
+    assert np.all(np.abs(x_p) <= 9.5) and d["hypergradient"] == "implicit" and d["stationarity"] < 1e-6
+    # the objective is the validation loss of the victim retrained to its optimum (its own L-BFGS) on D_tr ∪ D_p
+    model = LogReg(2, 2)
+    cfg = TrainConfig(l2=0.01, optimizer="lbfgs", epochs=200)
+    train(model, torch.tensor(np.vstack([x, x_p])), torch.tensor(np.r_[y, y_p]), "classification", cfg, 0)
+    with torch.no_grad():
+        val = float(torch.nn.functional.cross_entropy(model(torch.tensor(xv)), torch.tensor(yv)))
+    assert val == pytest.approx(d["objective_final"], rel=1e-4)
+
+
+def test_implicit_line_search_beats_the_papers_fixed_steps_on_the_same_budget(gaussian_setting):
+    x, y, *_ = gaussian_setting
+    searched = _implicit(gaussian_setting, starts=("validation",))
+    fixed = _implicit(gaussian_setting, starts=("validation",), step_rule="paper")
+    searched.poison(x, y)
+    fixed.poison(x, y)
+    assert searched.diagnostics["objective_final"] > fixed.diagnostics["objective_final"] + 0.02
+    both = _implicit(gaussian_setting)
+    both.poison(x, y)
+    starts = both.diagnostics["starts"]
+    assert set(starts) == {"validation", "training"} and both.diagnostics["start"] in starts
+    assert both.diagnostics["objective_final"] >= max(v[0] for v in starts.values()) - 1e-12
+
+
+def test_implicit_minimax_and_clean_lambda_learning_move_lambda(gaussian_setting):
+    x, y, xv, yv, model = gaussian_setting
+    attack = _implicit(gaussian_setting, learn_l2=True, l2_init=0.0, l2_lr=50.0, l2_range=(-2.0, 2.0), iterations=6)
+    attack.poison(x, y)
+    d = attack.diagnostics
+    assert d["hypergradient"] == "implicit" and all(-2.0 <= v <= 2.0 for v in d["lambda_curve"]) and d["lambda_curve"][-1] != 0.0
+    learned, curve = learn_log_l2(model, x, y, xv, yv, "classification", iterations=20, init=4.0, l2_range=(-8.0, 5.0))
+    assert len(curve) == 20 and learned < 4.0
+
+    def val_loss(lam: float) -> float:  # the validation loss of the victim trained to its optimum at λ (ρ = e^λ / n)
+        fitted = LogReg(2, 2)
+        train(fitted, torch.tensor(x), torch.tensor(y), "classification", TrainConfig(l2=math.exp(lam) / len(y), optimizer="lbfgs", epochs=200), 0)
+        with torch.no_grad():
+            return float(torch.nn.functional.cross_entropy(fitted(torch.tensor(xv)), torch.tensor(yv)))
+
+    assert val_loss(learned) < val_loss(4.0) - 1e-2  # descending the exact λ-gradient lowered the validation loss
+
+
 def test_multiclass_flip_takes_the_largest_loss():
     losses = np.array([[0.1, 3.0, 2.0], [5.0, 0.2, 1.0]])
     np.testing.assert_array_equal(flipped_labels(np.array([0, 1]), 3, losses), [1, 0])
@@ -199,7 +271,7 @@ def test_minimax_lambda_grows_with_budget_on_mnist_0_vs_8():
     lam_clean, _ = learn_log_l2(module, data.x_train, data.y_train, data.x_val, data.y_val, "classification", iterations=20)
     attack = BackGradient(module, x_val=data.x_val, y_val=data.y_val, budget=0.166, task="classification", n_classes=2, l2=0.0,
                           box=(data.lo, data.hi), seed=0,
-                          learn_l2=True, l2_init=math.log(5.0), iterations=20)  # fmt: skip
+                          learn_l2=True, l2_init=math.log(5.0), iterations=20, starts=("validation",))  # fmt: skip
     attack.poison(data.x_train, data.y_train)
     lam_attacked = attack.diagnostics["lambda_rmd"]
     assert lam_attacked >= lam_clean + 0.15, f"λ clean {lam_clean:.3f}, under attack {lam_attacked:.3f}"
