@@ -70,7 +70,7 @@ PROFILES: dict[str, dict[str, ProfileSetting]] = {
     "paper": {},
     "standard": {
         "back_gradient": ProfileSetting(
-            {"iterations": 20, "step": 2.0, "inner_steps": 50, "inner_lr": 0.3},
+            {"iterations": 20, "step": 2.0, "inner_steps": 50, "inner_lr": 0.3, "hypergradient": "unrolled"},
             strength="back-gradient, 20 iterations: 96–106 % of the paper setting's damage, 10–23 s against 150–200 s (mnist5k LR, ε = 3–30 %)",
         ),
         "tgda": ProfileSetting(
@@ -87,7 +87,7 @@ PROFILES: dict[str, dict[str, ProfileSetting]] = {
             {"epochs": 300}, seeds=1, strength="GC at 300 epochs: 92–109 % of the 1000-epoch damage, 2.2 s against 3.1 s (mnist5k LR, ε = 3–30 %)"
         ),
         "back_gradient": ProfileSetting(
-            {"iterations": 5, "step": 4.0, "inner_steps": 30, "inner_lr": 0.5},
+            {"iterations": 5, "step": 4.0, "inner_steps": 30, "inner_lr": 0.5, "hypergradient": "unrolled"},
             seeds=1,
             strength="back-gradient, 5 iterations: 82–119 % of the paper setting's damage at ε ≤ 10 % but 66 % at ε = 30 %, "
             "2 s against 150–200 s (mnist5k LR)",

@@ -79,8 +79,7 @@ def implicit_hypergradient(inner: Inner, outer: Outer, w: torch.Tensor, hypers: 
         solved = solver(hvp or autograd_hvp, g_val.detach(), v0)
         mixed = torch.autograd.grad(g_train, h_vars, grad_outputs=solved.x.detach(), allow_unused=True)
     grads = tuple(
-        (torch.zeros_like(h) if g is None else -g.detach()) + (0.0 if e is None else e.detach())
-        for h, g, e in zip(hypers, mixed, direct[1:])
+        (torch.zeros_like(h) if g is None else -g.detach()) + (0.0 if e is None else e.detach()) for h, g, e in zip(hypers, mixed, direct[1:])
     )
     return ImplicitResult(float(a.detach()), grads, solved, float(g_train.detach().norm()))
 
@@ -230,7 +229,7 @@ def newton_cg(problem: Smooth, w0: torch.Tensor, tol: float = 1e-8, max_iter: in
         g_norm = float(g.norm())
         if g_norm <= tol or n_iter == max_iter:
             break
-        d = conjugate_gradient(problem.hvp(w), -g, tol=min(0.5, g_norm**0.5), max_iter=cg_max_iter).x
+        d = conjugate_gradient(problem.hvp(w), -g, tol=min(0.5, g_norm), max_iter=cg_max_iter).x
         slope, f0, t = float(g @ d), float(value), 1.0
         if slope >= 0:  # not a descent direction (CG stopped on curvature): a gradient step
             d, slope = -g, -(g_norm**2)
