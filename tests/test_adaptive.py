@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 
+from audit.catalog import PROFILES
 from audit.attacks import ATTACKS, AttackContext
 from audit.config import AttackSpec, DatasetSpec, DefenseSpec, ModelSpec, TrainingSpec, parse_config
 from audit.data import load_dataset
@@ -19,7 +20,7 @@ from audit.report import analyse, write_report
 from tests.conftest import tiny_config
 
 CPU = torch.device("cpu")
-BG_QUICK = {"iterations": 5, "step": 4.0, "inner_steps": 30, "inner_lr": 0.5}
+BG_QUICK = dict(PROFILES["quick"]["back_gradient"].params)  # the default audit's back-gradient (unrolled, 5 iterations)
 
 
 @pytest.fixture(scope="module")

@@ -115,3 +115,25 @@ def test_newton_cg_reaches_the_exact_minimiser_and_warm_starts_in_few_steps():
     moved = LinearERM(torch.cat([xc, xp + 0.05]), torch.cat([yc, yp]), erm.rho, 3)
     warm = newton_cg(moved, cold.w, tol=1e-11)
     assert warm.grad_norm <= 1e-11 and warm.n_iter < newton_cg(moved, torch.zeros_like(exact), tol=1e-11).n_iter
+
+
+def test_an_explicit_term_of_the_objective_joins_both_sides_of_the_implicit_hypergradient():
+    """``A(w*) + E(w*, h)`` with ``E`` reading the poisons directly (the loss-filter penalty's shape):
+    the implicit result equals central finite differences of the whole objective at the re-optimised model."""
+    model, inner, outer, hypers = _problem("logreg")
+
+    labels = torch.tensor([1, 2])
+
+    def explicit(w, x_p, log_l2):  # invariant, like every softmax loss, to the one flat direction of w (a common logit shift)
+        return 0.3 * torch.nn.functional.cross_entropy(model(w, x_p), labels) + 0.1 * (x_p**2).sum()
+
+    w = _optimum(model, inner, hypers)
+    result = implicit_hypergradient(inner, outer, w, hypers, explicit=explicit)
+    h = 1e-6
+    for index in range(hypers[0].numel()):
+        up, down = [t.clone() for t in hypers], [t.clone() for t in hypers]
+        up[0].view(-1)[index] += h
+        down[0].view(-1)[index] -= h
+        total = lambda hs: float(outer(_optimum(model, inner, hs)) + explicit(_optimum(model, inner, hs), *hs))  # noqa: E731
+        fd = (total(up) - total(down)) / (2 * h)
+        assert float(result.grads[0].reshape(-1)[index]) == pytest.approx(fd, rel=1e-5, abs=1e-9)
