@@ -21,7 +21,7 @@ def test_the_default_battery_is_every_attack_that_applies_and_the_profile_sets_i
     ids = [a.key for a in quick.attacks]
     assert ids == ["label_flip_random", "label_flip_adversarial", "statp", "gradient_canceling", "back_gradient"]  # TGDA: skipped by quick
     bg = quick.attack_spec("back_gradient")
-    assert bg.params == {"iterations": 5, "step": 4.0, "inner_steps": 30, "inner_lr": 0.5} and bg.seeds == 1
+    assert bg.params == {"iterations": 5, "step": 4.0, "inner_steps": 30, "inner_lr": 0.5, "hypergradient": "unrolled"} and bg.seeds == 1
     assert quick.attack_seeds(bg) == [0]
     assert quick.resolved("classification", "torch") == quick  # idempotent: a stored config reads back as what ran
     paper = AuditConfig(profile="paper").resolved("classification", "torch")

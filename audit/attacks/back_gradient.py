@@ -409,7 +409,7 @@ class BackGradient(AuditAttack, PoisoningAttackWhiteBox):
         assert best_run is not None
         if screen < p.iterations and not best_run["stuck"] and not best_run["converged"]:
             rest = self._ascend(xt, yt, fixed_x, fixed_y, xv, yv, best_run["x"], best_run["y"], best_run["log_l2"],
-                                p.iterations - screen, best_run["alpha"])  # fmt: skip
+                                p.iterations - screen, best_run["alpha"], fresh=False)  # fmt: skip
             if p.learn_l2 or rest["best"] >= best_run["best"]:
                 rest["curve"] = best_run["curve"] + rest["curve"]
                 rest["iterations"] += best_run["iterations"]
@@ -432,8 +432,11 @@ class BackGradient(AuditAttack, PoisoningAttackWhiteBox):
 
     def _ascend(self, xt: torch.Tensor, yt: torch.Tensor, fixed_x: torch.Tensor, fixed_y: torch.Tensor,
                 xv: torch.Tensor, yv: torch.Tensor, x_p: torch.Tensor, y_p: torch.Tensor, log_l2: float,
-                iterations: int | None = None, alpha: float | None = None) -> dict[str, Any]:  # fmt: skip
+                iterations: int | None = None, alpha: float | None = None, fresh: bool = True) -> dict[str, Any]:  # fmt: skip
         """Projected hypergradient ascent on one batch of poisons (and descent on λ with ``learn_l2``).
+
+        ``fresh``: the run starts from clones, so a run that gains less than ``min_gain`` in its first
+        ``patience`` iterations is stuck (the caller restarts it); a continuation is never stuck.
 
         ``step_rule: paper``: ``x ← Π(x + α·u)`` every iteration, the best iterate kept.
         ``line_search``: backtracking on the attacker's objective along the same direction — a step
@@ -480,7 +483,7 @@ class BackGradient(AuditAttack, PoisoningAttackWhiteBox):
             curve.append(result.value)
             if result.value > best[0]:
                 best = (result.value, x_p, y_p)
-            if it == p.patience and curve[-1] - curve[0] < p.min_gain * max(abs(curve[0]), 1e-12):
+            if fresh and it == p.patience and curve[-1] - curve[0] < p.min_gain * max(abs(curve[0]), 1e-12):
                 stuck = True
                 break
             if self._rule == "paper":
@@ -496,13 +499,16 @@ class BackGradient(AuditAttack, PoisoningAttackWhiteBox):
                         found = trial
                     else:
                         alpha *= p.ls_shrink
-                if found is None:  # no step along the hypergradient gains: a local maximum of the box-constrained objective
+                if found is None and not p.learn_l2:  # no step along the hypergradient gains: a local maximum over the box
                     stuck = curve[-1] - curve[0] < p.min_gain * max(abs(curve[0]), 1e-12)
                     converged = True
                     break
-                x_p, y_p = found
-                if tries == 1:  # the first trial gained: try a longer step next time
-                    alpha *= p.ls_grow
+                if found is None:  # the minimax: the poisons stay, λ still steps (and moves the maximum)
+                    alpha, at = p.step, None
+                else:
+                    x_p, y_p = found
+                    if tries == 1:  # the first trial gained: try a longer step next time
+                        alpha *= p.ls_grow
             if p.learn_l2:  # coordinate step on λ against the moved poisons (eq. 2)
                 lam_result = oracle.gradient(hypers(x_p, y_p), at)
                 lam = min(max(lam - p.l2_lr * float(lam_result.grads[1]), low), high)
