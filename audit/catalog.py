@@ -71,7 +71,8 @@ PROFILES: dict[str, dict[str, ProfileSetting]] = {
     "standard": {
         "back_gradient": ProfileSetting(
             {"iterations": 20, "step": 2.0, "inner_steps": 50, "inner_lr": 0.3, "hypergradient": "unrolled"},
-            strength="back-gradient, 20 iterations: 96–106 % of the paper setting's damage, 10–23 s against 150–200 s (mnist5k LR, ε = 3–30 %)",
+            strength="back-gradient, 20 unrolled iterations: 49–101 % of the paper setting's damage (implicit hypergradients, line search), "
+            "10–23 s against 61–126 s (mnist5k LR, ε = 3–30 %)",
         ),
         "tgda": ProfileSetting(
             {"epochs": 100},
@@ -89,8 +90,8 @@ PROFILES: dict[str, dict[str, ProfileSetting]] = {
         "back_gradient": ProfileSetting(
             {"iterations": 5, "step": 4.0, "inner_steps": 30, "inner_lr": 0.5, "hypergradient": "unrolled"},
             seeds=1,
-            strength="back-gradient, 5 iterations: 82–119 % of the paper setting's damage at ε ≤ 10 % but 66 % at ε = 30 %, "
-            "2 s against 150–200 s (mnist5k LR)",
+            strength="back-gradient, 5 unrolled iterations: 55–68 % of the paper setting's damage (implicit hypergradients, line search) "
+            "at ε = 3–30 %, 2 s against 61–126 s (mnist5k LR)",
         ),
         "tgda": ProfileSetting(
             skip="its generator game takes 1.5–2 min per cell on a 2-core CPU (mnist5k LR, 200 epochs); --profile standard or paper runs it"
