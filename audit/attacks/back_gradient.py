@@ -320,12 +320,17 @@ class BackGradient(AuditAttack, PoisoningAttackWhiteBox):
         starts = p.starts if p.starts is not None else (("validation", "training") if implicit else ("validation",))
         return rule, tuple(starts)
 
+    def _resolve(self) -> torch.dtype | None:
+        """Fix the hypergradient, step rule and starts for this run; the dtype to work in (float64 for
+        the implicit form's exact solves, else the victim's)."""
+        self._mode = self.hypergradient_mode()
+        self._rule, self._starts = self.step_rule_and_starts()
+        return torch.float64 if self._mode == "implicit" else None
+
     def _run(self, task: PoisonInput) -> tuple[np.ndarray, np.ndarray]:
         p = self.params
         x, n_poison, rng = task.x, task.n_poison, task.rng
-        self._mode = self.hypergradient_mode()
-        self._rule, self._starts = self.step_rule_and_starts()
-        dtype = torch.float64 if self._mode == "implicit" else None  # exact solves: the convex victim in float64
+        dtype = self._resolve()
         xt, yt = self._tensors(x, task.y, dtype)
         xv, yv = self._tensors(self.x_val, self.y_val, dtype)
         pools = {"validation": (self.x_val, self.y_val), "training": (x, task.y)}
@@ -615,9 +620,7 @@ class _Implicit:
         fit = newton_cg(problem, self.w, self.tol)
         with torch.no_grad():
             value = self.outer(fit.w) + (0.0 if self.explicit is None else self.explicit(fit.w, *hypers))
-        point = _Point(float(value), fit.w, fit.value, fit.grad_norm)
-        point.hvp = problem.hvp(fit.w)
-        return point
+        return _Point(float(value), fit.w, fit.value, fit.grad_norm, hvp=problem.hvp(fit.w))
 
     def gradient(self, hypers: list[torch.Tensor], at: _Point | None = None) -> _Point:
         at = at or self.evaluate(hypers)
@@ -641,9 +644,7 @@ def learn_log_l2(module: Any, x: np.ndarray, y: np.ndarray, x_val: np.ndarray, y
     attack = BackGradient(module, x_val=x_val, y_val=y_val, budget=1.0, task=task, n_classes=n_classes, seed=seed,
                           inner_steps=inner_steps, inner_lr=inner_lr, init_weights=init_weights, learn_l2=True,
                           hypergradient=hypergradient)  # fmt: skip
-    attack._mode = attack.hypergradient_mode()
-    attack._rule, attack._starts = attack.step_rule_and_starts()
-    dtype = torch.float64 if attack._mode == "implicit" else None
+    dtype = attack._resolve()
     xt, yt = attack._tensors(np.asarray(x, np.float32), y, dtype)
     xv, yv = attack._tensors(attack.x_val, attack.y_val, dtype)
     model = FlatModel.of(copy.deepcopy(attack.module).to(xt.dtype))

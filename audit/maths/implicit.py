@@ -16,7 +16,7 @@ not grow with the number of training steps. It is the exact gradient only at the
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -86,7 +86,7 @@ def implicit_hypergradient(inner: Inner, outer: Outer, w: torch.Tensor, hypers: 
 
 @dataclass
 class Minimised:
-    """``w`` minimises the objective to ``‖∇‖ = grad_norm`` after ``n_iter`` L-BFGS iterations."""
+    """``w`` minimises the objective (value ``value``) to ``‖∇‖₂ = grad_norm`` after ``n_iter`` Newton steps."""
 
     w: torch.Tensor
     value: float
@@ -103,35 +103,6 @@ class Smooth(Protocol):
     def grad(self, w: torch.Tensor) -> torch.Tensor: ...
 
     def hvp(self, w: torch.Tensor) -> Matvec: ...
-
-
-@dataclass
-class AutogradSmooth:
-    """:class:`Smooth` for any differentiable ``objective(w)`` (double backward for the products)."""
-
-    objective: Callable[[torch.Tensor], torch.Tensor]
-
-    def value(self, w: torch.Tensor) -> torch.Tensor:
-        with torch.no_grad():
-            return self.objective(w)
-
-    def grad(self, w: torch.Tensor) -> torch.Tensor:
-        w_var = w.detach().requires_grad_(True)
-        with torch.enable_grad():
-            (g,) = torch.autograd.grad(self.objective(w_var), w_var)
-        return g
-
-    def hvp(self, w: torch.Tensor) -> Matvec:
-        w_var = w.detach().requires_grad_(True)
-        with torch.enable_grad():
-            (g,) = torch.autograd.grad(self.objective(w_var), w_var, create_graph=True)
-
-        def matvec(u: torch.Tensor) -> torch.Tensor:
-            with torch.enable_grad():
-                (out,) = torch.autograd.grad(g, w_var, grad_outputs=u, retain_graph=True)
-            return out
-
-        return matvec
 
 
 @dataclass
