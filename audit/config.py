@@ -295,6 +295,31 @@ class AdaptiveSpec(StrictModel):
     rounds: int = Field(2, ge=0, le=10)
 
 
+class ExecutorSpec(StrictModel):
+    """Where the grid's cells run (issue 20); it never changes a number, so it is not in the fingerprint.
+
+    ``local`` (the default): one process, cells in run order. ``ray``: the coordinator plans the
+    cells, submits the unfinished ones as Ray tasks and alone writes the store
+    (:mod:`audit.grid.distributed`; ``pip install -e ".[ray]"``). ``address``: None joins the
+    cluster ``RAY_ADDRESS`` names, else starts a private one on this machine; ``auto`` joins the
+    cluster ``ray start --head`` runs here; ``host:port`` or ``ray://host:port`` one elsewhere.
+    ``cpus_per_cell``: CPUs Ray reserves for a task, and torch's thread count in it (rounded up);
+    ``gpus_per_cell``: a GPU share (0.25: four retrainings share one GPU). ``retries``: how often a
+    task whose worker died is run again before its cells are recorded as failed.
+    """
+
+    kind: Literal["local", "ray"] = "local"
+    address: str | None = None
+    cpus_per_cell: float = Field(1.0, gt=0, le=1024)
+    gpus_per_cell: float = Field(0.0, ge=0, le=64)
+    retries: int = Field(2, ge=0, le=20)
+
+    @property
+    def cell_threads(self) -> int:
+        """torch's intra-op threads in a Ray task (the fingerprint's thread count for a Ray run)."""
+        return max(1, math.ceil(self.cpus_per_cell))
+
+
 class AuditConfig(StrictModel):
     """A whole audit. Defaults give the embedded default audit (``poison-audit run``)."""
 
@@ -324,6 +349,7 @@ class AuditConfig(StrictModel):
     poisonability: PoisonabilitySpec = Field(default_factory=PoisonabilitySpec)
     minimax: MinimaxSpec | None = None
     adaptive: AdaptiveSpec = AdaptiveSpec()
+    executor: ExecutorSpec = ExecutorSpec()
 
     @field_validator("candidates")
     @classmethod
@@ -465,7 +491,7 @@ class AuditConfig(StrictModel):
 
     def fingerprint(self) -> str:
         """Hash of everything that changes results (not the output directory)."""
-        payload = self.model_dump(mode="json", exclude={"output_dir"})
+        payload = self.model_dump(mode="json", exclude={"output_dir", "executor"})
         return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
 
 

@@ -21,108 +21,42 @@ profile may also run an attack at fewer seeds (``AttackSpec.seeds``).
 
 from __future__ import annotations
 
-import json
-import math
 import platform
 import time
-import traceback
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from audit.attacks import AttackContext
-from audit.config import SCHEMA_VERSION, AttackSpec, AuditConfig, DefenseSpec, candidate_label
+from audit.config import SCHEMA_VERSION, AuditConfig, candidate_label
 from audit.data import Dataset, load_dataset
 from audit.errors import AuditError
-from audit.grid.adaptive import adaptive_axes, craft_adaptive, is_adaptive, resolve_adaptive
-from audit.grid.cells import GridCell, apply_defense
+from audit.grid.adaptive import resolve_adaptive
 from audit.grid.lock import LOCK_FILE, RunLock
-from audit.grid.store import RUN_FILES, STORE_FILE, Cell, Store, candidate_key, derive_seed, is_run_directory, remove_run
-from audit.jsonio import jsonable
-from audit.maths.certificate import regularised_clean_loss, regularised_clean_squared_loss
-from audit.maths.poisonability import box_threshold, gradpc_target, min_box_threshold, module_metric, tau_over_scalings, thresholds
+from audit.grid.plan import RunPlan
+from audit.grid.store import RUN_FILES, STORE_FILE, Store, candidate_key, derive_seed, is_run_directory, remove_run
+from audit.grid.work import (
+    CleanOutcome,
+    Poisons,
+    adaptive_unit,
+    certified_objective,
+    clean_train_seed,
+    clean_unit,
+    craft_unit,
+    defense_unit,
+    failure_cell,
+    plan_work,
+    poison_cache_key,
+    standard_error,
+)
 from audit.models import Victim, build_victim, resolve_device
 from audit.models.estimator import deployed_metric
-from audit.models.structure import convex_linear_layer, is_convex_linear, is_linear_model
+from audit.models.structure import is_convex_linear
 from audit.seeding import seeded_init
 
-
-@dataclass
-class RunPlan:
-    """A validated audit ready to run: config, data, victim, device and its run directory."""
-
-    config: AuditConfig
-    dataset: Dataset
-    victim: Victim
-    device: torch.device
-    run_dir: Path
-    deployed_test_metric: float | None = None  # the user's estimator as handed over, on the test split
-    _seed_free: dict[str, bool] = field(default_factory=dict, repr=False)
-
-    def fingerprint(self) -> str:
-        """The config's fingerprint plus what the code resolved it to (training procedure, version):
-        a run directory is only resumed by the same config *and* the same procedure."""
-        import hashlib
-
-        from audit import __version__
-
-        training = self.victim.procedure or {}
-        # CPU numbers depend on torch's thread count (reduction order): a run resumes only under the same count
-        numerics = {"threads": torch.get_num_threads(), "deterministic": torch.are_deterministic_algorithms_enabled()}
-        payload = json.dumps([self.config.fingerprint(), training, self.victim.description, __version__, numerics], sort_keys=True)
-        return hashlib.sha256(payload.encode()).hexdigest()[:16]
-
-    def attack_axes(self) -> list[tuple[str, AttackSpec, list[str]]]:
-        """``(cell attack key, attack spec, defense keys)``: each grid attack against every defense,
-        then each adaptive attacker against the defenses it adapts to (:mod:`audit.grid.adaptive`)."""
-        return [(a.key, a, self.config.defense_keys) for a in self.config.attacks] + adaptive_axes(self.config)
-
-    def cells(self) -> list[GridCell]:
-        """All grid cells in run order (candidate → seed → attack → budget → defense; the adaptive
-        attackers after the grid's attacks), each at the seeds :meth:`cell_seeds` gives it."""
-        out: list[GridCell] = []
-        axes = self.attack_axes()
-        for hp in self.config.candidate_grid():
-            cand = candidate_key(hp)
-            seeds = {(key, d): self.cell_seeds(hp, spec, d) for key, spec, defenses in axes for d in defenses}
-            for seed in self.config.seeds:
-                for key, _, defenses in axes:
-                    for eps in self.config.budgets:
-                        for defense in defenses:
-                            if seed in seeds[key, defense]:
-                                out.append(GridCell(len(out), cand, key, eps, defense, seed))
-        return out
-
-    def cell_seeds(self, hp: dict[str, Any], attack: AttackSpec, defense: str) -> list[int]:
-        """The seeds an (attack, defense) runs at for candidate ``hp``: the attack's seeds (profile or
-        config), or only the first when no seed can change the cell — training seed-free
-        (:meth:`Victim.seed_free`), the attack's poisons too (:meth:`AuditAttack.seed_free`) and the
-        defense drawing nothing of its own."""
-        seeds = self.config.attack_seeds(attack)
-        deterministic = (
-            self.seed_free(hp) and attack.attack.seed_free(attack.params) and not self.config.defense_spec(defense).defense.draws_randomness
-        )
-        return seeds[:1] if deterministic else seeds
-
-    def seed_plan(self) -> dict[str, list[int]]:
-        """``json([candidate, attack, defense])`` → the seeds its cells run at (stored for the report,
-        which counts a setting's missing cells against it); see :func:`planned_seeds`."""
-        return {
-            json.dumps([candidate_key(hp), key, d]): self.cell_seeds(hp, spec, d) if d in defenses else []
-            for hp in self.config.candidate_grid()
-            for key, spec, defenses in self.attack_axes()
-            for d in self.config.defense_keys
-        }
-
-    def seed_free(self, hp: dict[str, Any]) -> bool:
-        """Whether the victim's training for ``hp`` is seed-free (cached per candidate)."""
-        key = candidate_key(hp)
-        if key not in self._seed_free:
-            self._seed_free[key] = self.victim.seed_free(hp)
-        return self._seed_free[key]
+__all__ = ["RunPlan", "plan_audit", "run_audit", "run_plan", "run_local", "clean_train_seed", "poison_cache_key", "certified_objective",
+           "standard_error"]  # fmt: skip
 
 
 def package_versions() -> dict[str, str]:
@@ -298,7 +232,12 @@ def run_plan(plan: RunPlan, *, restart: bool = False, progress: bool = True) -> 
     with RunLock(plan.run_dir, "run"):
         store = _prepare_store(plan, restart)
         try:
-            _run_grid(plan, store, progress)
+            if plan.config.executor.kind == "ray":
+                from audit.grid.distributed import run_ray
+
+                run_ray(plan, store, progress)
+            else:
+                run_local(plan, store, progress)
             if plan.config.minimax is not None:
                 run_minimax(plan, store, progress)
         finally:
@@ -314,280 +253,48 @@ def _holds_foreign_files(run_dir: Path) -> bool:
     return any(p.name not in ours and not p.name.endswith(".tmp") for p in run_dir.iterdir())
 
 
-def poison_cache_key(candidate: str, attack_key: str, params: dict[str, Any], budget: float, seed: int, fingerprint: str) -> str:
-    """The key a cell's poisons are cached under: they depend on the candidate, the attack and its
-    parameters, ε, the seed and the run's fingerprint, not on the defense (every defense sees the same poisons)."""
-    return json.dumps([candidate, attack_key, params, budget, seed, fingerprint], sort_keys=True)
-
-
-def clean_train_seed(seed: int) -> int:
-    """The seed a candidate is trained with on clean data (and retrained with after poisoning) for grid seed ``seed``."""
-    return derive_seed(seed, "train")
-
-
-def _run_grid(plan: RunPlan, store: Store, progress: bool) -> None:
+def run_local(plan: RunPlan, store: Store, progress: bool) -> None:
+    """The local executor: the grid's unfinished units (:func:`audit.grid.work.plan_work`) in run
+    order in this process, each result stored as it ends."""
     from tqdm import tqdm
 
-    cfg, data, victim = plan.config, plan.dataset, plan.victim
-    fingerprint = plan.fingerprint()
-    cells = plan.cells()
-    done = store.finished_keys()
-    bar = tqdm(total=len(cells), initial=sum(c.key in done for c in cells), disable=not progress,
-               unit="cell", desc=f"audit {cfg.name}", dynamic_ncols=True)  # fmt: skip
-    by_group: dict[tuple[str, int], list[GridCell]] = {}
-    for c in cells:
-        by_group.setdefault((c.candidate, c.seed), []).append(c)
-
-    first_fit: dict[str, tuple[int, Any]] = {}  # seed-free victims: the candidate's one clean model, and its seed
-    for (cand, seed), group in by_group.items():
-        pending = [c for c in group if c.key not in done]
-        if not pending:
-            continue
-        hp = json.loads(cand)
-        train_seed = clean_train_seed(seed)
-        t0 = time.perf_counter()
-        try:
-            reused = first_fit.get(cand) if plan.seed_free(hp) else None
-            clean = reused[1] if reused else victim.fit(data.x_train, data.y_train, hp, train_seed)
-            if plan.seed_free(hp) and not reused:
-                first_fit[cand] = (seed, clean)
-            clean_val, clean_test = clean.metric(data.x_val, data.y_val), clean.metric(data.x_test, data.y_test)
-            clean_points = (clean.pointwise(data.x_val, data.y_val), clean.pointwise(data.x_test, data.y_test))
-        except Exception as err:  # the whole (h, s) group fails; the audit goes on
-            for c in pending:
-                _record_failure(store, c, err, plan.device)
+    fingerprint, device = plan.fingerprint(), str(plan.device)
+    jobs, finished = plan_work(plan, store, fingerprint)
+    bar = tqdm(total=len(plan.cells()), initial=finished, disable=not progress, unit="cell", desc=f"audit {plan.config.name}",
+               dynamic_ncols=True)  # fmt: skip
+    first: dict[tuple[str, int], CleanOutcome] = {}
+    for group in jobs:
+        reuse = first.get((group.candidate, group.reuse_seed)) if group.reuse_seed is not None else None
+        clean = clean_unit(plan, group.candidate, group.seed, reuse)
+        first[group.candidate, group.seed] = clean
+        if clean.failure is not None:
+            for c in group.cells:
+                store.put_cell(failure_cell(c, clean.failure, device))
                 bar.update(1)
             continue
-        clean_record = {**clean.train_result, "metric_se": {"val": standard_error(clean_points[0]), "test": standard_error(clean_points[1])},
-                        **certified_objective(clean, data, victim, hp, 0.0)}  # fmt: skip
-        store.put_clean(cand, seed, clean_val, clean_test, time.perf_counter() - t0, clean_record)
-        for defense_spec in cfg.defenses:
-            if defense_spec.name != "none":
-                record_clean_defense(store, plan, victim, hp, cand, seed, train_seed, defense_spec)
-        if reused and store.copy_targets(cand, reused[0], seed):
-            pass  # the same clean model: the same targets and thresholds
-        elif wants_thresholds(cfg, data, clean):
-            try:
-                record_thresholds(store, cfg, data, victim, clean, hp, cand, seed)
-            except Exception as err:  # τ is diagnostic: record why it is missing, keep auditing
-                store.put_target(cand, seed, -1.0, math.nan, math.nan, {"error": f"{type(err).__name__}: {err}"}, {})
-
-        by_poison: dict[tuple[str, float], list[GridCell]] = {}
-        for c in pending:
-            if not is_adaptive(c.attack):
-                by_poison.setdefault((c.attack, c.budget), []).append(c)
-        for (attack_key, eps), defense_cells in by_poison.items():
-            spec = cfg.attack_spec(attack_key)
-            poison_key = poison_cache_key(cand, attack_key, spec.params, eps, seed, fingerprint)
-            t_attack = time.perf_counter()
-            try:
-                cached = store.load_poisons(poison_key)
-                if cached is None:
-                    ctx = AttackContext(data, victim, clean, hp, eps, derive_seed(seed, cand, attack_key, eps))
-                    attack = spec.attack.for_cell(dict(spec.params), ctx)
-                    x_p, y_p = attack.poison(data.x_train, data.y_train)
-                    diagnostics = attack.diagnostics.to_json()
-                    store.save_poisons(poison_key, x_p, y_p, diagnostics)
-                else:
-                    x_p, y_p, diagnostics = cached
-            except Exception as err:
-                for c in defense_cells:
-                    _record_failure(store, c, err, plan.device)
-                    bar.update(1)
-                continue
-            attack_seconds = time.perf_counter() - t_attack
-            for c in defense_cells:
-                _run_defense_cell(plan, store, c, hp, train_seed, (clean_val, clean_test), clean_points, x_p, y_p,
-                                  diagnostics, attack_seconds)  # fmt: skip
+        clean.writes.replay(store)
+        crafted: dict[tuple[str, float], Poisons] = {}
+        for job in group.poison_jobs:
+            poisons = job.cached if job.cached is not None else craft_unit(plan, clean, job.attack, job.budget)
+            if job.cached is None and poisons.failure is None:
+                assert poisons.x is not None and poisons.y is not None
+                store.save_poisons(job.key, poisons.x, poisons.y, poisons.diagnostics)
+            crafted[job.attack, job.budget] = poisons
+            for c in job.cells:
+                store.put_cell(defense_unit(plan, clean, c, poisons))
                 bar.update(1)
-        for c in (c for c in pending if is_adaptive(c.attack)):
-            _run_adaptive_cell(plan, store, c, hp, clean, train_seed, (clean_val, clean_test), clean_points)
+        for adaptive in group.adaptive_jobs:
+            initial = crafted.get(adaptive.initial_job) if adaptive.initial_job is not None else adaptive.initial
+            cell, new = adaptive_unit(plan, clean, adaptive, initial)
+            if new is not None and new.x is not None and new.y is not None:
+                store.save_poisons(adaptive.key, new.x, new.y, new.diagnostics)
+            store.put_cell(cell)
             bar.update(1)
     bar.close()
 
 
-def _run_adaptive_cell(plan: RunPlan, store: Store, c: GridCell, hp: dict[str, Any], clean: Any, train_seed: int,
-                       clean_metrics: tuple[float, float], clean_points: tuple[np.ndarray, np.ndarray]) -> None:  # fmt: skip
-    """One cell of the adaptive stage: poisons crafted knowing the cell's defense (cached per defense),
-    then the defense and the retraining as for any cell."""
-    cfg, data, fingerprint = plan.config, plan.dataset, plan.fingerprint()
-    key, spec, _ = next(axis for axis in plan.attack_axes() if axis[0] == c.attack)
-    defense = cfg.defense_spec(c.defense)
-    setting = {"params": spec.params, "defense": defense.model_dump(mode="json"), "rounds": cfg.adaptive.rounds}
-    poison_key = poison_cache_key(c.candidate, key, setting, c.budget, c.seed, fingerprint)
-    t_attack = time.perf_counter()
-    try:
-        cached, applied = store.load_poisons(poison_key), None
-        if cached is None:
-            initial = None  # a grid attack's non-adaptive poisons of this cell start its filter-in-the-loop rounds
-            if spec.key in {a.key for a in cfg.attacks}:
-                initial = store.load_poisons(poison_cache_key(c.candidate, spec.key, spec.params, c.budget, c.seed, fingerprint))
-            ctx = AttackContext(data, plan.victim, clean, hp, c.budget, derive_seed(c.seed, c.candidate, key, c.budget, c.defense))
-            defense_seed = derive_seed(c.seed, c.candidate, c.attack, c.budget, c.defense)
-            x_p, y_p, diagnostics, applied = craft_adaptive(spec, defense, ctx, cfg.adaptive.rounds, defense_seed, train_seed, initial)
-            store.save_poisons(poison_key, x_p, y_p, diagnostics)
-        else:
-            x_p, y_p, diagnostics = cached
-    except Exception as err:
-        _record_failure(store, c, err, plan.device)
-        return
-    _run_defense_cell(plan, store, c, hp, train_seed, clean_metrics, clean_points, x_p, y_p, diagnostics["attack"],
-                      time.perf_counter() - t_attack, {"adaptive": diagnostics["adaptive"]}, applied)  # fmt: skip
-
-
-def _run_defense_cell(
-    plan: RunPlan,
-    store: Store,
-    c: GridCell,
-    hp: dict[str, Any],
-    train_seed: int,
-    clean_metrics: tuple[float, float],
-    clean_points: tuple[np.ndarray, np.ndarray],
-    x_p: np.ndarray,
-    y_p: np.ndarray,
-    attack_diag: dict,
-    attack_seconds: float,
-    extra: dict[str, Any] | None = None,
-    applied: tuple[Any, np.ndarray, Any] | None = None,
-) -> None:
-    """Apply the cell's defense to ``D_tr`` plus the poisons, retrain and store the cell; ``applied``:
-    that defense's result already computed on these very poisons (the adaptive stage's kept round)."""
-    data, victim = plan.dataset, plan.victim
-    t0 = time.perf_counter()
-    try:
-        x_mix = np.concatenate([data.x_train, x_p])
-        y_mix = np.concatenate([data.y_train, y_p])
-        is_poison = np.r_[np.zeros(len(data.y_train), bool), np.ones(len(y_p), bool)]
-        if applied is None:
-            spec = plan.config.defense_spec(c.defense)
-            defense = spec.defense.for_cell(c.budget, derive_seed(c.seed, c.candidate, c.attack, c.budget, c.defense), data,
-                                            spec.params)  # fmt: skip
-            applied = apply_defense(defense, x_mix, y_mix, victim, hp, train_seed)
-        poisoned, keep, defense_diag = applied
-        cell = Cell(
-            **c.identity(),
-            status="ok",
-            clean_val=clean_metrics[0],
-            clean_test=clean_metrics[1],
-            poisoned_val=poisoned.metric(data.x_val, data.y_val),
-            poisoned_test=poisoned.metric(data.x_test, data.y_test),
-            n_poison=int(len(y_p)),
-            poisons_removed=int((~keep & is_poison).sum()),
-            clean_removed=int((~keep & ~is_poison).sum()),
-            seconds=attack_seconds + time.perf_counter() - t0,
-            device=str(plan.device),
-            diagnostics=json.dumps(
-                {
-                    "attack": attack_diag,
-                    "defense": jsonable(defense_diag),
-                    "retrain": poisoned.train_result,
-                    "se": _paired_errors(clean_points, poisoned, data),
-                    **certified_objective(poisoned, data, victim, hp, c.budget),
-                    **(extra or {}),
-                }
-            ),  # fmt: skip
-        )
-        store.put_cell(cell)
-    except Exception as err:
-        _record_failure(store, c, err, plan.device)
-
-
-def certified_objective(fitted: Any, data: Dataset, victim: Victim, hp: dict[str, Any], budget: float) -> dict[str, float]:
-    """For softmax regression and ridge: ``{"clean_objective": L_c(θ̂) + (1 + ε)(ρ/2)‖Ŵ‖²}`` of the model trained
-    in a cell — the quantity the min-max certificate bounds (:mod:`audit.maths.certificate`, eq. 5),
-    so the report can put each attack beside the bound; ``{}`` for any other victim."""
-    module = fitted.module
-    if module is None or not is_convex_linear(module):
-        return {}
-    layer = convex_linear_layer(module)
-    assert layer is not None
-    w = layer.weight.detach().double().cpu().numpy()
-    b = layer.bias.detach().double().cpu().numpy() if layer.bias is not None else np.zeros(len(w))
-    x = data.x_train.reshape(len(data.x_train), -1).astype(np.float64)
-    if data.task == "regression":  # ridge: the squared loss (audit.maths.certificate.online_minmax_ridge)
-        y = data.y_train.astype(np.float64)
-        return {"clean_objective": regularised_clean_squared_loss(w.reshape(-1), float(b[0]), x, y, victim.l2(hp), budget)}
-    return {"clean_objective": regularised_clean_loss(w, b, x, data.y_train, victim.l2(hp), budget)}
-
-
-def standard_error(points: np.ndarray) -> float:
-    """Standard error of the mean of per-point values (n ≥ 2; 0 for fewer)."""
-    return float(np.std(points, ddof=1) / np.sqrt(len(points))) if len(points) > 1 else 0.0
-
-
-def _paired_errors(clean_points: tuple[np.ndarray, np.ndarray], poisoned: Any, data: Dataset) -> dict[str, float]:
-    """Standard errors of one cell's figures over the split's points: the poisoned metric, and the
-    drop, paired (the same points scored by the clean and the poisoned model)."""
-    out = {}
-    for split, clean, (x, y) in (("val", clean_points[0], (data.x_val, data.y_val)), ("test", clean_points[1], (data.x_test, data.y_test))):
-        points = poisoned.pointwise(x, y)
-        out[f"{split}_metric"] = standard_error(points)
-        out[f"{split}_drop"] = standard_error(clean - points)
-    return out
-
-
-def _record_failure(store: Store, c: GridCell, err: BaseException, device: torch.device) -> None:
-    last = f"{type(err).__name__}: {err}".strip().splitlines()[0] if str(err) else type(err).__name__
-    store.put_cell(
-        Cell(
-            **c.identity(),
-            status="failed",
-            device=str(device),
-            error=last,
-            diagnostics=json.dumps({"traceback": traceback.format_exception(err)[-6:]}),
-        )
-    )
-
-
 def is_run_dir(path: Path) -> bool:
     return (path / STORE_FILE).is_file()
-
-
-def record_clean_defense(store: Store, plan: RunPlan, victim: Victim, hp: dict, cand: str, seed: int, train_seed: int,
-                         spec: DefenseSpec) -> None:  # fmt: skip
-    """What a defense costs on clean data: apply it to D_tr alone (assumed rate = the target budget), retrain."""
-    data, rate = plan.dataset, plan.config.target_budget
-    try:
-        defense = spec.defense.for_cell(rate, derive_seed(seed, cand, "clean", spec.key), data, spec.params)
-        fitted, keep, _ = apply_defense(defense, data.x_train, data.y_train, victim, hp, train_seed)
-        store.put_clean_defended(cand, seed, spec.key, fitted.metric(data.x_val, data.y_val),
-                                 fitted.metric(data.x_test, data.y_test), int((~keep).sum()))  # fmt: skip
-    except Exception as err:  # recorded; the pair is then not eligible for the recommendation
-        store.put_clean_defended(cand, seed, spec.key, None, None, None, f"{type(err).__name__}: {err}")
-
-
-def wants_thresholds(cfg: AuditConfig, data: Dataset, fitted: Any) -> bool:
-    """τ needs logits: torch classifiers (``enabled: auto``), or always when ``on``."""
-    setting = cfg.poisonability.enabled
-    if setting == "off":
-        return False
-    torch_model = fitted.module is not None
-    if setting == "on" and not torch_model:
-        raise AuditError("poisonability.enabled is 'on' but the victim is not a torch model (τ needs its logits)")
-    return torch_model and (data.task == "classification" or setting == "on")
-
-
-def record_thresholds(store: Store, cfg: AuditConfig, data: Dataset, victim: Victim, fitted: Any, hp: dict,
-                      cand: str, seed: int) -> None:  # fmt: skip
-    """GradPC targets at the configured ε_w and their τ for one (candidate, seed); also the clean model (ε_w = 0)."""
-    l2 = victim.l2(hp)
-    clean_th = thresholds(fitted.require_module("poisonability"), data.x_train, data.y_train, data.task, l2, data.n_classes)
-    store.put_target(cand, seed, 0.0, fitted.metric(data.x_val, data.y_val), fitted.metric(data.x_test, data.y_test),
-                     clean_th.as_dict(), {})  # fmt: skip
-    for eps_w in cfg.poisonability.eps_w:
-        target, result = gradpc_target(fitted, data, eps_w, cfg.poisonability.gradpc_steps)
-        th = thresholds(target, data.x_train, data.y_train, data.task, l2, data.n_classes).as_dict()
-        if data.task == "classification":  # the same predictions, another parameter vector: the smallest τ of the ray sW
-            scale, scaled = tau_over_scalings(target, data.x_train, data.y_train, l2, data.n_classes)
-            th.update(tau_rho_2_same_predictions=scaled.tau_rho_2, same_predictions_scale=scale)
-            if is_linear_model(target):  # poisons inside the feature box: the box-aware threshold (exact for two classes)
-                box = box_threshold(target, data.x_train, data.y_train, l2, data.lo, data.hi, data.n_classes)
-                same = min_box_threshold(target, data.x_train, data.y_train, l2, data.lo, data.hi, data.n_classes)
-                th.update(tau_box=box.tau, tau_box_exact=box.exact, kappa_box=box.kappa_box, tau_box_same_predictions=same[1].tau,
-                          box_same_predictions_scale=same[0])  # fmt: skip
-        metric = lambda x, y: module_metric(target, x, y, data.task)  # noqa: E731
-        store.put_target(cand, seed, eps_w, metric(data.x_val, data.y_val), metric(data.x_test, data.y_test),
-                         th, result.__dict__)  # fmt: skip
 
 
 def minimax_bases(cfg: AuditConfig) -> list[dict[str, Any]]:

@@ -1,0 +1,99 @@
+"""A validated audit: config, data, victim and device, and the cells it plans (DESIGN.md protocol)."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from audit.config import AttackSpec, AuditConfig
+from audit.data import Dataset
+from audit.grid.adaptive import adaptive_axes
+from audit.grid.cells import GridCell
+from audit.grid.store import candidate_key
+from audit.models import Victim
+
+
+@dataclass
+class RunPlan:
+    """A validated audit ready to run: config, data, victim, device and its run directory."""
+
+    config: AuditConfig
+    dataset: Dataset
+    victim: Victim
+    device: torch.device
+    run_dir: Path
+    deployed_test_metric: float | None = None  # the user's estimator as handed over, on the test split
+    threads: int | None = None  # torch's threads where the cells run (a Ray task's); None: this process's
+    _seed_free: dict[str, bool] = field(default_factory=dict, repr=False)
+
+    def fingerprint(self) -> str:
+        """The config's fingerprint plus what the code resolved it to (training procedure, version):
+        a run directory is only resumed by the same config *and* the same procedure."""
+        import hashlib
+
+        from audit import __version__
+
+        training = self.victim.procedure or {}
+        # CPU numbers depend on torch's thread count (reduction order): a run resumes only under the same count
+        numerics = self.numerics()
+        payload = json.dumps([self.config.fingerprint(), training, self.victim.description, __version__, numerics], sort_keys=True)
+        return hashlib.sha256(payload.encode()).hexdigest()[:16]
+
+    def numerics(self) -> dict[str, Any]:
+        """The settings a cell's numbers depend on besides the config: torch's thread count (CPU
+        reductions add in another order) and deterministic algorithms; a Ray worker applies them."""
+        threads = self.threads if self.threads is not None else torch.get_num_threads()
+        return {"threads": threads, "deterministic": torch.are_deterministic_algorithms_enabled()}
+
+    def attack_axes(self) -> list[tuple[str, AttackSpec, list[str]]]:
+        """``(cell attack key, attack spec, defense keys)``: each grid attack against every defense,
+        then each adaptive attacker against the defenses it adapts to (:mod:`audit.grid.adaptive`)."""
+        return [(a.key, a, self.config.defense_keys) for a in self.config.attacks] + adaptive_axes(self.config)
+
+    def cells(self) -> list[GridCell]:
+        """All grid cells in run order (candidate → seed → attack → budget → defense; the adaptive
+        attackers after the grid's attacks), each at the seeds :meth:`cell_seeds` gives it."""
+        out: list[GridCell] = []
+        axes = self.attack_axes()
+        for hp in self.config.candidate_grid():
+            cand = candidate_key(hp)
+            seeds = {(key, d): self.cell_seeds(hp, spec, d) for key, spec, defenses in axes for d in defenses}
+            for seed in self.config.seeds:
+                for key, _, defenses in axes:
+                    for eps in self.config.budgets:
+                        for defense in defenses:
+                            if seed in seeds[key, defense]:
+                                out.append(GridCell(len(out), cand, key, eps, defense, seed))
+        return out
+
+    def cell_seeds(self, hp: dict[str, Any], attack: AttackSpec, defense: str) -> list[int]:
+        """The seeds an (attack, defense) runs at for candidate ``hp``: the attack's seeds (profile or
+        config), or only the first when no seed can change the cell — training seed-free
+        (:meth:`Victim.seed_free`), the attack's poisons too (:meth:`AuditAttack.seed_free`) and the
+        defense drawing nothing of its own."""
+        seeds = self.config.attack_seeds(attack)
+        deterministic = (
+            self.seed_free(hp) and attack.attack.seed_free(attack.params) and not self.config.defense_spec(defense).defense.draws_randomness
+        )
+        return seeds[:1] if deterministic else seeds
+
+    def seed_plan(self) -> dict[str, list[int]]:
+        """``json([candidate, attack, defense])`` → the seeds its cells run at (stored for the report,
+        which counts a setting's missing cells against it); see :func:`planned_seeds`."""
+        return {
+            json.dumps([candidate_key(hp), key, d]): self.cell_seeds(hp, spec, d) if d in defenses else []
+            for hp in self.config.candidate_grid()
+            for key, spec, defenses in self.attack_axes()
+            for d in self.config.defense_keys
+        }
+
+    def seed_free(self, hp: dict[str, Any]) -> bool:
+        """Whether the victim's training for ``hp`` is seed-free (cached per candidate)."""
+        key = candidate_key(hp)
+        if key not in self._seed_free:
+            self._seed_free[key] = self.victim.seed_free(hp)
+        return self._seed_free[key]

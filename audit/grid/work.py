@@ -1,0 +1,442 @@
+"""The grid's work as units that never touch the store: each returns what is to be written.
+
+An audit is a grid of independent retrainings (DESIGN.md protocol). :func:`plan_work` reads
+the store once and lays the unfinished part out as :class:`GroupJob` s — one per ``(h, s)``
+with pending cells — each holding its :class:`PoisonJob` s (one per ``(h, a, ε, s)``, shared
+by every defense cell of it) and :class:`AdaptiveJob` s. Four pure units do the computing:
+
+- :func:`clean_unit`: the clean model of ``(h, s)``, what each defense costs on clean data, the
+  poisonability targets — as :class:`StoreWrites` to replay;
+- :func:`craft_unit`: one poison set;
+- :func:`defense_unit`: one cell (defense, retraining, metrics) from a poison set;
+- :func:`adaptive_unit`: one cell of the adaptive stage (poisons crafted knowing its defense).
+
+The local executor (:func:`audit.grid.runner.run_local`) calls them in run order in this
+process; the Ray executor (:mod:`audit.grid.distributed`) runs them as tasks, the poison set as
+an object-store reference the defense cells depend on. Either way only the coordinator writes
+the store, and the same unit with the same inputs gives the same numbers (its seeds derive from
+the cell, never from the order units run in).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+import traceback
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from audit.attacks import AttackContext
+from audit.config import AuditConfig, DefenseSpec
+from audit.data import Dataset
+from audit.errors import AuditError
+from audit.grid.adaptive import craft_adaptive, is_adaptive
+from audit.grid.cells import GridCell, apply_defense
+from audit.grid.plan import RunPlan
+from audit.grid.store import Cell, Store, derive_seed
+from audit.jsonio import jsonable
+from audit.maths.certificate import regularised_clean_loss, regularised_clean_squared_loss
+from audit.maths.poisonability import box_threshold, gradpc_target, min_box_threshold, module_metric, tau_over_scalings, thresholds
+from audit.models import Victim
+from audit.models.structure import convex_linear_layer, is_convex_linear, is_linear_model
+
+
+def poison_cache_key(candidate: str, attack_key: str, params: dict[str, Any], budget: float, seed: int, fingerprint: str) -> str:
+    """The key a cell's poisons are cached under: they depend on the candidate, the attack and its
+    parameters, ε, the seed and the run's fingerprint, not on the defense (every defense sees the same poisons)."""
+    return json.dumps([candidate, attack_key, params, budget, seed, fingerprint], sort_keys=True)
+
+
+def clean_train_seed(seed: int) -> int:
+    """The seed a candidate is trained with on clean data (and retrained with after poisoning) for grid seed ``seed``."""
+    return derive_seed(seed, "train")
+
+
+# ---------------------------------------------------------------------------------------------- results of units
+@dataclass(frozen=True)
+class Failure:
+    """Why a unit failed, picklable (an exception may not be): its one-line message and traceback tail."""
+
+    message: str
+    traceback: list[str]
+
+    @classmethod
+    def of(cls, err: BaseException) -> Failure:
+        last = f"{type(err).__name__}: {err}".strip().splitlines()[0] if str(err) else type(err).__name__
+        return cls(last, traceback.format_exception(err)[-6:])
+
+
+def failure_cell(c: GridCell, failure: Failure, device: str) -> Cell:
+    """The stored row of a cell that failed (the report lists it; a re-run retries it)."""
+    return Cell(**c.identity(), status="failed", device=device, error=failure.message, diagnostics=json.dumps({"traceback": failure.traceback}))
+
+
+@dataclass
+class StoreWrites:
+    """Store writes a unit made, to be replayed by the one writer (:meth:`replay`); quacks like
+    the :class:`~audit.grid.store.Store` methods the clean stage calls."""
+
+    calls: list[tuple[str, tuple[Any, ...]]] = field(default_factory=list)
+
+    def put_clean(self, *args: Any) -> None:
+        self.calls.append(("put_clean", args))
+
+    def put_clean_defended(self, *args: Any) -> None:
+        self.calls.append(("put_clean_defended", args))
+
+    def put_target(self, *args: Any) -> None:
+        self.calls.append(("put_target", args))
+
+    def copy_targets(self, other: StoreWrites, seed: int) -> bool:
+        """``other``'s targets again under ``seed`` (a seed-free victim: the same clean model at every seed); False when it has none."""
+        targets = [args for name, args in other.calls if name == "put_target"]
+        for args in targets:
+            self.put_target(args[0], seed, *args[2:])
+        return bool(targets)
+
+    def replay(self, store: Store) -> None:
+        for name, args in self.calls:
+            getattr(store, name)(*args)
+
+
+@dataclass
+class CleanOutcome:
+    """The clean stage of one ``(h, s)``: the fitted clean model (None when it failed), its metrics
+    and per-point scores (for paired standard errors), and the store writes."""
+
+    candidate: str
+    seed: int
+    fitted: Any = None
+    metrics: tuple[float, float] = (math.nan, math.nan)
+    points: tuple[np.ndarray, np.ndarray] | None = None
+    writes: StoreWrites = field(default_factory=StoreWrites)
+    failure: Failure | None = None
+
+
+@dataclass
+class Poisons:
+    """One crafted (or cached) poison set ``(x_p, y_p)`` with the attack's diagnostics and the
+    seconds crafting took; ``failure`` instead when the attack raised."""
+
+    x: np.ndarray | None = None
+    y: np.ndarray | None = None
+    diagnostics: dict[str, Any] = field(default_factory=dict)
+    seconds: float = 0.0
+    failure: Failure | None = None
+
+    @property
+    def as_tuple(self) -> tuple[np.ndarray, np.ndarray, dict[str, Any]] | None:
+        return None if self.x is None or self.y is None else (self.x, self.y, self.diagnostics)
+
+
+# ---------------------------------------------------------------------------------------------- the work, laid out
+@dataclass
+class PoisonJob:
+    """The poisons of one ``(h, a, ε, s)`` and the pending defense cells that use them."""
+
+    attack: str
+    budget: float
+    key: str  # the poison cache key
+    cached: Poisons | None
+    cells: list[GridCell]
+
+
+@dataclass
+class AdaptiveJob:
+    """One pending adaptive cell: its poison cache key and cached poisons, and where its
+    filter-in-the-loop rounds start — the grid attack's poisons of the same cell (``initial_job``:
+    a poison job of this run; ``initial``: poisons cached by an earlier one)."""
+
+    cell: GridCell
+    key: str
+    cached: Poisons | None
+    initial_job: tuple[str, float] | None = None
+    initial: Poisons | None = None
+
+
+@dataclass
+class GroupJob:
+    """What is left of one ``(h, s)``: its clean stage, poison jobs and adaptive cells.
+    ``reuse_seed``: a seed-free candidate's earlier group whose clean model this one reuses."""
+
+    candidate: str
+    seed: int
+    cells: list[GridCell]
+    poison_jobs: list[PoisonJob]
+    adaptive_jobs: list[AdaptiveJob]
+    reuse_seed: int | None = None
+
+
+def plan_work(plan: RunPlan, store: Store, fingerprint: str) -> tuple[list[GroupJob], int]:
+    """The unfinished part of the grid, in run order, and how many cells are finished already."""
+    cfg = plan.config
+    cells = plan.cells()
+    done = store.finished_keys()
+    groups: dict[tuple[str, int], list[GridCell]] = {}
+    for c in cells:
+        groups.setdefault((c.candidate, c.seed), []).append(c)
+    first_seed: dict[str, int] = {}  # seed-free victims: the candidate's first group run now fits its one clean model
+    jobs = []
+    for (cand, seed), group in groups.items():
+        pending = [c for c in group if c.key not in done]
+        if not pending:
+            continue
+        hp = json.loads(cand)
+        reuse = first_seed.get(cand) if plan.seed_free(hp) else None
+        if plan.seed_free(hp) and reuse is None:
+            first_seed[cand] = seed
+        by_poison: dict[tuple[str, float], list[GridCell]] = {}
+        for c in pending:
+            if not is_adaptive(c.attack):
+                by_poison.setdefault((c.attack, c.budget), []).append(c)
+        poison_jobs = []
+        for (attack_key, eps), defense_cells in by_poison.items():
+            key = poison_cache_key(cand, attack_key, cfg.attack_spec(attack_key).params, eps, seed, fingerprint)
+            poison_jobs.append(PoisonJob(attack_key, eps, key, _cached(store, key), defense_cells))
+        adaptive_jobs = []
+        grid_keys = {a.key for a in cfg.attacks}
+        for c in (c for c in pending if is_adaptive(c.attack)):
+            axis_key, spec, _ = next(axis for axis in plan.attack_axes() if axis[0] == c.attack)
+            setting = {"params": spec.params, "defense": cfg.defense_spec(c.defense).model_dump(mode="json"), "rounds": cfg.adaptive.rounds}
+            job = AdaptiveJob(c, poison_cache_key(cand, axis_key, setting, c.budget, seed, fingerprint), None)
+            job.cached = _cached(store, job.key)
+            if job.cached is None and spec.key in grid_keys:
+                if (spec.key, c.budget) in by_poison:
+                    job.initial_job = (spec.key, c.budget)
+                else:
+                    job.initial = _cached(store, poison_cache_key(cand, spec.key, spec.params, c.budget, seed, fingerprint))
+            adaptive_jobs.append(job)
+        jobs.append(GroupJob(cand, seed, pending, poison_jobs, adaptive_jobs, reuse))
+    return jobs, sum(c.key in done for c in cells)
+
+
+def _cached(store: Store, key: str) -> Poisons | None:
+    found = store.load_poisons(key)
+    return None if found is None else Poisons(found[0], found[1], found[2])
+
+
+# ---------------------------------------------------------------------------------------------- the units
+def clean_unit(plan: RunPlan, candidate: str, seed: int, reuse: CleanOutcome | None = None) -> CleanOutcome:
+    """The clean stage of ``(h, s)``: train on ``D_tr`` (or take ``reuse``'s model, a seed-free
+    candidate's), score it, apply each defense to clean data, compute the poisonability targets.
+
+    Never raises: a failed fit is the outcome's ``failure`` (every cell of the group then fails
+    with it); a defense or threshold that fails on clean data is recorded as such.
+    """
+    cfg, data, victim = plan.config, plan.dataset, plan.victim
+    hp = json.loads(candidate)
+    train_seed = clean_train_seed(seed)
+    out = CleanOutcome(candidate, seed)
+    reused = reuse if reuse is not None and reuse.failure is None else None
+    t0 = time.perf_counter()
+    try:
+        clean = reused.fitted if reused is not None else victim.fit(data.x_train, data.y_train, hp, train_seed)
+        clean_val, clean_test = clean.metric(data.x_val, data.y_val), clean.metric(data.x_test, data.y_test)
+        clean_points = (clean.pointwise(data.x_val, data.y_val), clean.pointwise(data.x_test, data.y_test))
+    except Exception as err:  # the whole (h, s) group fails; the audit goes on
+        out.failure = Failure.of(err)
+        return out
+    out.fitted, out.metrics, out.points = clean, (clean_val, clean_test), clean_points
+    clean_record = {**clean.train_result, "metric_se": {"val": standard_error(clean_points[0]), "test": standard_error(clean_points[1])},
+                    **certified_objective(clean, data, victim, hp, 0.0)}  # fmt: skip
+    out.writes.put_clean(candidate, seed, clean_val, clean_test, time.perf_counter() - t0, clean_record)
+    for defense_spec in cfg.defenses:
+        if defense_spec.name != "none":
+            record_clean_defense(out.writes, plan, victim, hp, candidate, seed, train_seed, defense_spec)
+    if reused is not None and out.writes.copy_targets(reused.writes, seed):
+        pass  # the same clean model: the same targets and thresholds
+    elif wants_thresholds(cfg, data, clean):
+        try:
+            record_thresholds(out.writes, cfg, data, victim, clean, hp, candidate, seed)
+        except Exception as err:  # τ is diagnostic: record why it is missing, keep auditing
+            out.writes.put_target(candidate, seed, -1.0, math.nan, math.nan, {"error": f"{type(err).__name__}: {err}"}, {})
+    return out
+
+
+def craft_unit(plan: RunPlan, clean: CleanOutcome, attack_key: str, budget: float) -> Poisons:
+    """The poisons of ``(h, a, ε, s)`` against the clean model (never raises: a failure is returned)."""
+    if clean.failure is not None:
+        return Poisons(failure=clean.failure)
+    spec = plan.config.attack_spec(attack_key)
+    hp = json.loads(clean.candidate)
+    t0 = time.perf_counter()
+    try:
+        ctx = AttackContext(plan.dataset, plan.victim, clean.fitted, hp, budget, derive_seed(clean.seed, clean.candidate, attack_key, budget))
+        attack = spec.attack.for_cell(dict(spec.params), ctx)
+        x_p, y_p = attack.poison(plan.dataset.x_train, plan.dataset.y_train)
+        return Poisons(x_p, y_p, attack.diagnostics.to_json(), time.perf_counter() - t0)
+    except Exception as err:
+        return Poisons(failure=Failure.of(err))
+
+
+def defense_unit(plan: RunPlan, clean: CleanOutcome, c: GridCell, poisons: Poisons) -> Cell:
+    """One grid cell: the cell's defense on ``D_tr`` plus ``poisons``, the retraining, its metrics."""
+    if clean.failure is not None or poisons.failure is not None:
+        return failure_cell(c, clean.failure or poisons.failure, str(plan.device))  # type: ignore[arg-type]
+    assert poisons.x is not None and poisons.y is not None
+    return _defended_cell(plan, clean, c, poisons.x, poisons.y, poisons.diagnostics, poisons.seconds)
+
+
+def adaptive_unit(plan: RunPlan, clean: CleanOutcome, job: AdaptiveJob, initial: Poisons | None) -> tuple[Cell, Poisons | None]:
+    """One cell of the adaptive stage: poisons crafted knowing the cell's defense (or ``job.cached``),
+    then the defense and the retraining as for any cell. Returns the cell and the new poisons to cache."""
+    c, cfg = job.cell, plan.config
+    if clean.failure is not None:
+        return failure_cell(c, clean.failure, str(plan.device)), None
+    key, spec, _ = next(axis for axis in plan.attack_axes() if axis[0] == c.attack)
+    defense = cfg.defense_spec(c.defense)
+    hp = json.loads(c.candidate)
+    t0 = time.perf_counter()
+    try:
+        if job.cached is not None:
+            x_p, y_p, diagnostics, applied, crafted = job.cached.x, job.cached.y, job.cached.diagnostics, None, None
+        else:
+            ctx = AttackContext(plan.dataset, plan.victim, clean.fitted, hp, c.budget, derive_seed(c.seed, c.candidate, key, c.budget, c.defense))
+            defense_seed = derive_seed(c.seed, c.candidate, c.attack, c.budget, c.defense)
+            start = initial.as_tuple if initial is not None else None
+            x_p, y_p, diagnostics, applied = craft_adaptive(spec, defense, ctx, cfg.adaptive.rounds, defense_seed, clean_train_seed(c.seed), start)
+            crafted = Poisons(x_p, y_p, diagnostics)
+    except Exception as err:
+        return failure_cell(c, Failure.of(err), str(plan.device)), None
+    assert x_p is not None and y_p is not None
+    cell = _defended_cell(plan, clean, c, x_p, y_p, diagnostics["attack"], time.perf_counter() - t0, {"adaptive": diagnostics["adaptive"]}, applied)
+    return cell, crafted
+
+
+def _defended_cell(
+    plan: RunPlan,
+    clean: CleanOutcome,
+    c: GridCell,
+    x_p: np.ndarray,
+    y_p: np.ndarray,
+    attack_diag: dict,
+    attack_seconds: float,
+    extra: dict[str, Any] | None = None,
+    applied: tuple[Any, np.ndarray, Any] | None = None,
+) -> Cell:
+    """Apply the cell's defense to ``D_tr`` plus the poisons, retrain and return the cell's row; ``applied``:
+    that defense's result already computed on these very poisons (the adaptive stage's kept round)."""
+    data, victim = plan.dataset, plan.victim
+    hp, train_seed = json.loads(c.candidate), clean_train_seed(c.seed)
+    assert clean.points is not None
+    t0 = time.perf_counter()
+    try:
+        x_mix = np.concatenate([data.x_train, x_p])
+        y_mix = np.concatenate([data.y_train, y_p])
+        is_poison = np.r_[np.zeros(len(data.y_train), bool), np.ones(len(y_p), bool)]
+        if applied is None:
+            spec = plan.config.defense_spec(c.defense)
+            defense = spec.defense.for_cell(c.budget, derive_seed(c.seed, c.candidate, c.attack, c.budget, c.defense), data,
+                                            spec.params)  # fmt: skip
+            applied = apply_defense(defense, x_mix, y_mix, victim, hp, train_seed)
+        poisoned, keep, defense_diag = applied
+        return Cell(
+            **c.identity(),
+            status="ok",
+            clean_val=clean.metrics[0],
+            clean_test=clean.metrics[1],
+            poisoned_val=poisoned.metric(data.x_val, data.y_val),
+            poisoned_test=poisoned.metric(data.x_test, data.y_test),
+            n_poison=int(len(y_p)),
+            poisons_removed=int((~keep & is_poison).sum()),
+            clean_removed=int((~keep & ~is_poison).sum()),
+            seconds=attack_seconds + time.perf_counter() - t0,
+            device=str(plan.device),
+            diagnostics=json.dumps(
+                {
+                    "attack": attack_diag,
+                    "defense": jsonable(defense_diag),
+                    "retrain": poisoned.train_result,
+                    "se": _paired_errors(clean.points, poisoned, data),
+                    **certified_objective(poisoned, data, victim, hp, c.budget),
+                    **(extra or {}),
+                }
+            ),  # fmt: skip
+        )
+    except Exception as err:
+        return failure_cell(c, Failure.of(err), str(plan.device))
+
+
+# ---------------------------------------------------------------------------------------------- what the units compute
+def certified_objective(fitted: Any, data: Dataset, victim: Victim, hp: dict[str, Any], budget: float) -> dict[str, float]:
+    """For softmax regression and ridge: ``{"clean_objective": L_c(θ̂) + (1 + ε)(ρ/2)‖Ŵ‖²}`` of the model trained
+    in a cell — the quantity the min-max certificate bounds (:mod:`audit.maths.certificate`, eq. 5),
+    so the report can put each attack beside the bound; ``{}`` for any other victim."""
+    module = fitted.module
+    if module is None or not is_convex_linear(module):
+        return {}
+    layer = convex_linear_layer(module)
+    assert layer is not None
+    w = layer.weight.detach().double().cpu().numpy()
+    b = layer.bias.detach().double().cpu().numpy() if layer.bias is not None else np.zeros(len(w))
+    x = data.x_train.reshape(len(data.x_train), -1).astype(np.float64)
+    if data.task == "regression":  # ridge: the squared loss (audit.maths.certificate.online_minmax_ridge)
+        y = data.y_train.astype(np.float64)
+        return {"clean_objective": regularised_clean_squared_loss(w.reshape(-1), float(b[0]), x, y, victim.l2(hp), budget)}
+    return {"clean_objective": regularised_clean_loss(w, b, x, data.y_train, victim.l2(hp), budget)}
+
+
+def standard_error(points: np.ndarray) -> float:
+    """Standard error of the mean of per-point values (n ≥ 2; 0 for fewer)."""
+    return float(np.std(points, ddof=1) / np.sqrt(len(points))) if len(points) > 1 else 0.0
+
+
+def _paired_errors(clean_points: tuple[np.ndarray, np.ndarray], poisoned: Any, data: Dataset) -> dict[str, float]:
+    """Standard errors of one cell's figures over the split's points: the poisoned metric, and the
+    drop, paired (the same points scored by the clean and the poisoned model)."""
+    out = {}
+    for split, clean, (x, y) in (("val", clean_points[0], (data.x_val, data.y_val)), ("test", clean_points[1], (data.x_test, data.y_test))):
+        points = poisoned.pointwise(x, y)
+        out[f"{split}_metric"] = standard_error(points)
+        out[f"{split}_drop"] = standard_error(clean - points)
+    return out
+
+
+def record_clean_defense(writes: StoreWrites, plan: RunPlan, victim: Victim, hp: dict, cand: str, seed: int, train_seed: int,
+                         spec: DefenseSpec) -> None:  # fmt: skip
+    """What a defense costs on clean data: apply it to D_tr alone (assumed rate = the target budget), retrain."""
+    data, rate = plan.dataset, plan.config.target_budget
+    try:
+        defense = spec.defense.for_cell(rate, derive_seed(seed, cand, "clean", spec.key), data, spec.params)
+        fitted, keep, _ = apply_defense(defense, data.x_train, data.y_train, victim, hp, train_seed)
+        writes.put_clean_defended(cand, seed, spec.key, fitted.metric(data.x_val, data.y_val),
+                                  fitted.metric(data.x_test, data.y_test), int((~keep).sum()))  # fmt: skip
+    except Exception as err:  # recorded; the pair is then not eligible for the recommendation
+        writes.put_clean_defended(cand, seed, spec.key, None, None, None, f"{type(err).__name__}: {err}")
+
+
+def wants_thresholds(cfg: AuditConfig, data: Dataset, fitted: Any) -> bool:
+    """τ needs logits: torch classifiers (``enabled: auto``), or always when ``on``."""
+    setting = cfg.poisonability.enabled
+    if setting == "off":
+        return False
+    torch_model = fitted.module is not None
+    if setting == "on" and not torch_model:
+        raise AuditError("poisonability.enabled is 'on' but the victim is not a torch model (τ needs its logits)")
+    return torch_model and (data.task == "classification" or setting == "on")
+
+
+def record_thresholds(writes: StoreWrites, cfg: AuditConfig, data: Dataset, victim: Victim, fitted: Any, hp: dict,
+                      cand: str, seed: int) -> None:  # fmt: skip
+    """GradPC targets at the configured ε_w and their τ for one (candidate, seed); also the clean model (ε_w = 0)."""
+    l2 = victim.l2(hp)
+    clean_th = thresholds(fitted.require_module("poisonability"), data.x_train, data.y_train, data.task, l2, data.n_classes)
+    writes.put_target(cand, seed, 0.0, fitted.metric(data.x_val, data.y_val), fitted.metric(data.x_test, data.y_test),
+                      clean_th.as_dict(), {})  # fmt: skip
+    for eps_w in cfg.poisonability.eps_w:
+        target, result = gradpc_target(fitted, data, eps_w, cfg.poisonability.gradpc_steps)
+        th = thresholds(target, data.x_train, data.y_train, data.task, l2, data.n_classes).as_dict()
+        if data.task == "classification":  # the same predictions, another parameter vector: the smallest τ of the ray sW
+            scale, scaled = tau_over_scalings(target, data.x_train, data.y_train, l2, data.n_classes)
+            th.update(tau_rho_2_same_predictions=scaled.tau_rho_2, same_predictions_scale=scale)
+            if is_linear_model(target):  # poisons inside the feature box: the box-aware threshold (exact for two classes)
+                box = box_threshold(target, data.x_train, data.y_train, l2, data.lo, data.hi, data.n_classes)
+                same = min_box_threshold(target, data.x_train, data.y_train, l2, data.lo, data.hi, data.n_classes)
+                th.update(tau_box=box.tau, tau_box_exact=box.exact, kappa_box=box.kappa_box, tau_box_same_predictions=same[1].tau,
+                          box_same_predictions_scale=same[0])  # fmt: skip
+        metric = lambda x, y: module_metric(target, x, y, data.task)  # noqa: E731
+        writes.put_target(cand, seed, eps_w, metric(data.x_val, data.y_val), metric(data.x_test, data.y_test),
+                          th, result.__dict__)  # fmt: skip
