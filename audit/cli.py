@@ -67,8 +67,11 @@ def cli() -> None:
               help="CPU threads for torch (default: the CPUs this process may use). Part of the run's fingerprint.")  # fmt: skip
 @click.option("--profile", type=click.Choice(["quick", "standard", "paper"]), default=None,
               help="How hard the attacks work (overrides the config's profile; default quick). README: Profiles.")  # fmt: skip
+@click.option("--executor", type=click.Choice(["local", "ray"]), default=None,
+              help="Where the cells run (overrides the config's executor.kind; ray needs the [ray] extra). README: Scale out.")  # fmt: skip
 @_user_errors
-def run(config: Path | None, output_dir: Path | None, restart: bool, quiet: bool, threads: int | None, profile: str | None) -> None:
+def run(config: Path | None, output_dir: Path | None, restart: bool, quiet: bool, threads: int | None, profile: str | None,
+        executor: str | None) -> None:  # fmt: skip
     """Run (or resume) the audit CONFIG describes; without CONFIG, the embedded default audit."""
     from audit.config import AuditConfig, load_config
     from audit.threads import configure_threads
@@ -84,6 +87,8 @@ def run(config: Path | None, output_dir: Path | None, restart: bool, quiet: bool
         # the embedded default audit keeps one run directory per profile (reports/default, reports/default-paper)
         name = f"default-{profile}" if config is None and profile != "quick" else cfg.name
         cfg = cfg.model_copy(update={"profile": profile, "name": name})
+    if executor is not None:
+        cfg = cfg.model_copy(update={"executor": cfg.executor.model_copy(update={"kind": executor})})
     run_dir = run_audit(cfg, output_dir=output_dir, restart=restart, progress=not quiet)  # Ctrl-C: _OneLineGroup exits 130
     html = write_report(run_dir)
     click.echo(f"report: {html}")

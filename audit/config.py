@@ -304,14 +304,16 @@ class ExecutorSpec(StrictModel):
     cluster ``RAY_ADDRESS`` names, else starts a private one on this machine; ``auto`` joins the
     cluster ``ray start --head`` runs here; ``host:port`` or ``ray://host:port`` one elsewhere.
     ``cpus_per_cell``: CPUs Ray reserves for a task, and torch's thread count in it (rounded up);
-    ``gpus_per_cell``: a GPU share (0.25: four retrainings share one GPU). ``retries``: how often a
+    ``gpus_per_cell``: a GPU share (0.25: four retrainings share one GPU; None: one GPU on a CUDA
+    run, none on a CPU run). The coordinator resolves ``device``, so run it where the workers'
+    device kind is visible. ``retries``: how often a
     task whose worker died is run again before its cells are recorded as failed.
     """
 
     kind: Literal["local", "ray"] = "local"
     address: str | None = None
     cpus_per_cell: float = Field(1.0, gt=0, le=1024)
-    gpus_per_cell: float = Field(0.0, ge=0, le=64)
+    gpus_per_cell: float | None = Field(None, ge=0, le=64)
     retries: int = Field(2, ge=0, le=20)
 
     @property

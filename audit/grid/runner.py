@@ -117,8 +117,17 @@ def plan_audit(
     run_dir = out / config.name
     if run_dir.exists() and not run_dir.is_dir():
         raise AuditError(f"run directory {run_dir} exists and is a file")
+    threads = None
+    if config.executor.kind == "ray":
+        from audit.grid.distributed import require_ray
+
+        require_ray()
+        if device.type == "cpu" and config.executor.gpus_per_cell:
+            share = config.executor.gpus_per_cell
+            raise AuditError(f"executor.gpus_per_cell is {share:g} but the run's device is the CPU; set device: cuda or leave it out")
+        threads = config.executor.cell_threads  # a Ray task's torch threads: the numbers depend on them
     deployed = deployed_metric(model, data.x_test, data.y_test, data.task) if model is not None else None
-    return RunPlan(config, data, victim, device, run_dir, deployed)
+    return RunPlan(config, data, victim, device, run_dir, deployed, threads)
 
 
 def _convex(victim: Victim, hparams: dict[str, Any]) -> bool:
@@ -196,7 +205,7 @@ def _prepare_store(plan: RunPlan, restart: bool) -> Store:
                 "total_cells": len(plan.cells()),
                 "cell_seeds": plan.seed_plan(),
                 "deployed_test_metric": plan.deployed_test_metric,
-                "threads": torch.get_num_threads(),
+                "threads": plan.numerics()["threads"],
             }
         )
     return store

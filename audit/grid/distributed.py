@@ -1,0 +1,208 @@
+"""The Ray executor (``executor: {kind: ray}``): the grid's units as Ray tasks, one writer.
+
+The coordinator (this process) plans the unfinished work (:func:`audit.grid.work.plan_work`),
+puts the plan (config, data, victim) into the object store once and submits, per ``(h, s)``,
+one clean task, one craft task per ``(h, a, ε, s)`` and one task per defense cell that *depends
+on* its craft task's result — the poison set crafted once travels as an object-store reference
+to every defense cell that needs it. The coordinator alone writes ``results.sqlite`` and the
+poison cache, each result as it arrives (workers return rows; SQLite is not safe across hosts),
+so an interrupted coordinator resumes exactly as the local executor does.
+
+Failures: a unit that raises returns its failure and its cells are stored as failed (the audit
+goes on, as with the local executor); a task whose *worker* dies is retried ``retries`` times by
+Ray, then its cells are stored as failed with Ray's error.
+
+Numbers: a task runs torch at ``ceil(cpus_per_cell)`` threads with the coordinator's
+deterministic settings (:meth:`RunPlan.numerics`), so a Ray run gives the numbers of a local run
+at that thread count on the same device kind (the fingerprint records the count).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import sys
+from collections.abc import Callable
+from typing import Any
+
+from audit.errors import AuditError
+from audit.grid.plan import RunPlan
+from audit.grid.store import Store
+from audit.grid.work import (
+    AdaptiveJob,
+    CleanOutcome,
+    Failure,
+    GroupJob,
+    Poisons,
+    adaptive_unit,
+    clean_unit,
+    craft_unit,
+    defense_unit,
+    failure_cell,
+    plan_work,
+)
+from audit.threads import available_cpus
+
+RAY_EXTRA = 'pip install -e ".[ray]"'
+
+
+def require_ray() -> Any:
+    """The ``ray`` module, or a one-line error naming the extra that installs it."""
+    try:
+        import ray
+    except ImportError:
+        raise AuditError(f"executor: 'ray' needs the Ray extra ({RAY_EXTRA}); or use executor.kind 'local'") from None
+    return ray
+
+
+def connect(address: str | None) -> bool:
+    """Join or start a Ray cluster; True when this call started it (the caller shuts it down).
+
+    Already initialised (a test's ``ray.init(num_cpus=2)``, a notebook's cluster): used as it is.
+    ``address`` None and no ``RAY_ADDRESS``: a private cluster on this machine, on the loopback
+    address, with the CPUs this process may use.
+    """
+    ray = require_ray()
+    if ray.is_initialized():
+        return False
+    quiet = {"include_dashboard": False, "log_to_driver": False, "logging_level": "ERROR"}
+    try:
+        if address is None and not os.environ.get("RAY_ADDRESS"):
+            path = os.pathsep.join(p for p in (os.getcwd(), os.environ.get("PYTHONPATH")) if p)  # model factories import from here
+            ray.init(num_cpus=available_cpus(), _node_ip_address="127.0.0.1", runtime_env={"env_vars": {"PYTHONPATH": path}}, **quiet)
+        else:
+            ray.init(address=address, **quiet)
+    except (ConnectionError, RuntimeError, ValueError) as err:
+        where = address or os.environ.get("RAY_ADDRESS") or "this machine"
+        raise AuditError(f"executor: could not start or reach the Ray cluster at {where}: {str(err).splitlines()[0]}") from None
+    return True
+
+
+def _unit(kind: str, numerics: dict[str, Any], device: str, plan: RunPlan, *args: Any) -> Any:
+    """What a Ray task runs: the coordinator's numeric settings, then one unit of :mod:`audit.grid.work`."""
+    import torch
+
+    torch.set_num_threads(int(numerics["threads"]))
+    torch.use_deterministic_algorithms(bool(numerics["deterministic"]))
+    if device.startswith("cuda"):
+        from audit.models import resolve_device
+
+        resolve_device("cuda")  # deterministic cuBLAS/cuDNN kernels, as in the coordinator
+    units: dict[str, Callable[..., Any]] = {"clean": clean_unit, "craft": craft_unit, "defense": defense_unit, "adaptive": adaptive_unit}
+    return units[kind](plan, *args)
+
+
+def run_ray(plan: RunPlan, store: Store, progress: bool) -> None:
+    """Run the grid's unfinished cells on Ray (module docstring); returns when every submitted cell is stored."""
+    from tqdm import tqdm
+
+    ray = require_ray()
+    spec = plan.config.executor
+    started = connect(spec.address)
+    waiting: dict[Any, tuple[str, Any]] = {}
+    try:
+        jobs, finished = plan_work(plan, store, plan.fingerprint())
+        bar = tqdm(total=len(plan.cells()), initial=finished, disable=not progress, unit="cell", desc=f"audit {plan.config.name} (ray)",
+                   dynamic_ncols=True)  # fmt: skip
+        task = ray.remote(_unit).options(num_cpus=spec.cpus_per_cell, num_gpus=gpu_share(plan), max_retries=spec.retries)
+        submit = _Submitter(ray, task, ray.put(plan), plan.numerics(), str(plan.device), waiting)
+        for group in jobs:
+            submit.group(group)
+        while waiting:
+            ready, _ = ray.wait(list(waiting), num_returns=1)
+            for ref in ready:
+                kind, what = waiting.pop(ref)
+                _store_result(ray, store, plan, ref, kind, what, bar)
+        bar.close()
+    finally:
+        for ref in waiting:  # interrupted: what is still running is of no use to anyone
+            ray.cancel(ref, force=True)
+        if started:
+            ray.shutdown()
+
+
+def gpu_share(plan: RunPlan) -> float:
+    """The GPU share a task reserves: ``executor.gpus_per_cell``, or a whole GPU on a CUDA run when unset."""
+    share = plan.config.executor.gpus_per_cell
+    if share is None:
+        return 1.0 if plan.device.type == "cuda" else 0.0
+    return share
+
+
+class _Submitter:
+    """Submits one group's tasks: clean → craft → defense cells (and adaptive cells), each a task
+    depending on the references it is handed; records what each reference will bring back."""
+
+    def __init__(self, ray: Any, task: Any, plan_ref: Any, numerics: dict[str, Any], device: str, waiting: dict[Any, tuple[str, Any]]):
+        self.ray, self.task, self.plan_ref, self.numerics, self.device, self.waiting = ray, task, plan_ref, numerics, device, waiting
+        self.cleans: dict[tuple[str, int], Any] = {}
+
+    def _submit(self, kind: str, *args: Any) -> Any:
+        return self.task.remote(kind, self.numerics, self.device, self.plan_ref, *args)
+
+    def group(self, group: GroupJob) -> None:
+        reuse = self.cleans.get((group.candidate, group.reuse_seed)) if group.reuse_seed is not None else None
+        clean = self._submit("clean", group.candidate, group.seed, reuse)
+        self.cleans[group.candidate, group.seed] = clean
+        self.waiting[clean] = ("clean", group)
+        crafted: dict[tuple[str, float], Any] = {}
+        for job in group.poison_jobs:
+            if job.cached is not None:
+                poisons = self.ray.put(job.cached)
+            else:
+                poisons = self._submit("craft", clean, job.attack, job.budget)
+                self.waiting[poisons] = ("poisons", job)
+            crafted[job.attack, job.budget] = poisons
+            for c in job.cells:
+                self.waiting[self._submit("defense", clean, c, poisons)] = ("cell", c)
+        for adaptive in group.adaptive_jobs:
+            initial = crafted.get(adaptive.initial_job) if adaptive.initial_job is not None else adaptive.initial
+            self.waiting[self._submit("adaptive", clean, adaptive, initial)] = ("adaptive", adaptive)
+
+
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
+
+
+def ray_failure(err: BaseException, retries: int) -> Failure:
+    """A Ray error as a cell's failure: the error under Ray's wrapper (a dependency's, when a task a
+    cell depends on failed), one line, without terminal colours."""
+    cause = getattr(err, "cause", None) or err
+    name = type(cause).__name__
+    if name in ("WorkerCrashedError", "NodeDiedError", "OutOfMemoryError"):
+        return Failure(
+            f"{name}: the Ray worker running this cell, or a task it depends on, died (retried {retries}×)", [_ANSI.sub("", str(err))[-2000:]]
+        )
+    lines = [line for line in _ANSI.sub("", str(cause)).splitlines() if line.strip()]
+    return Failure(f"{name}: {lines[0].strip() if lines else 'Ray task failed'}", [_ANSI.sub("", str(err))[-2000:]])
+
+
+def _store_result(ray: Any, store: Store, plan: RunPlan, ref: Any, kind: str, what: Any, bar: Any) -> None:
+    """Write what one finished task brought back (the coordinator is the only writer)."""
+    try:
+        value = ray.get(ref)
+    except ray.exceptions.RayError as err:  # the worker died (after Ray's retries) or a dependency did
+        if kind in ("cell", "adaptive"):
+            cell = what if kind == "cell" else what.cell
+            store.put_cell(failure_cell(cell, ray_failure(err, plan.config.executor.retries), str(plan.device)))
+            bar.update(1)
+        else:  # a clean or craft task: the cells that depend on it fail with it, and are stored then
+            print(f"ray: a {kind} task failed: {ray_failure(err, plan.config.executor.retries).message}", file=sys.stderr)
+        return
+    if kind == "clean":
+        outcome: CleanOutcome = value
+        if outcome.failure is None:
+            outcome.writes.replay(store)
+    elif kind == "poisons":
+        poisons: Poisons = value
+        if poisons.failure is None and poisons.x is not None and poisons.y is not None:
+            store.save_poisons(what.key, poisons.x, poisons.y, poisons.diagnostics)
+    elif kind == "cell":
+        store.put_cell(value)
+        bar.update(1)
+    else:
+        job: AdaptiveJob = what
+        cell, new = value
+        if new is not None and new.x is not None and new.y is not None:
+            store.save_poisons(job.key, new.x, new.y, new.diagnostics)
+        store.put_cell(cell)
+        bar.update(1)
