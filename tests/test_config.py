@@ -69,7 +69,7 @@ def test_fingerprint_ignores_output_dir_but_not_budgets():
 @pytest.mark.parametrize(
     "override, message",
     [
-        ({"dataset": {"name": "mnist60k"}}, "unknown dataset 'mnist60k'; valid: breast_cancer, diabetes"),
+        ({"dataset": {"name": "mnist60k"}}, "unknown dataset 'mnist60k'; valid: breast_cancer, cifar10_synthetic, diabetes"),
         ({"model": {"name": "resnet"}}, "unknown model 'resnet'; valid: cnn, elastic_net, lasso, logreg, mlp, ridge, user"),
         ({"attacks": [{"name": "tgdaa"}]}, "unknown attack 'tgdaa'; valid: back_gradient, gradient_canceling, label_flip, minmax, optp, statp"),
         ({"defenses": ["sever2"]}, "unknown defense 'sever2'; valid: activation_clustering, dpa, huber, influence_filter"),

@@ -8,7 +8,10 @@ from audit.data import BUILTIN, load_dataset
 from audit.errors import AuditError
 
 
-@pytest.mark.parametrize("name", sorted(BUILTIN))
+PAPER_SIZE = sorted(name for name, (_, text) in BUILTIN.items() if text.startswith("SYNTHETIC"))
+
+
+@pytest.mark.parametrize("name", sorted(set(BUILTIN) - set(PAPER_SIZE)))
 def test_builtins_load_with_consistent_splits(name):
     d = load_dataset(DatasetSpec(name=name))
     n = len(d.y_train) + len(d.y_val) + len(d.y_test)
@@ -154,3 +157,76 @@ def test_class_subset_and_count_config_errors(data, message):
 
     with pytest.raises(AuditError, match=message):
         parse_config({"dataset": data})
+
+
+# ----------------------------------------------------------------------------- paper-size synthetic data (issue 20)
+def test_paper_size_builtins_are_the_two_synthetic_sets():
+    assert PAPER_SIZE == ["cifar10_synthetic", "mnist60k_synthetic"]
+
+
+@pytest.fixture(scope="module")
+def mnist60k_raw():
+    from audit.data import _mnist60k_synthetic
+
+    return _mnist60k_synthetic(0)  # ~15 s: generated once for the tests below
+
+
+def test_mnist60k_synthetic_has_full_mnists_shape_and_its_first_copy_is_mnist5k(mnist60k_raw):
+    from audit.data import _mnist5k
+
+    x, y, meta = mnist60k_raw
+    x5, y5, _ = _mnist5k(0)
+    assert x.shape == (70_000, 784) and x.dtype == np.float32 and 0 <= x.min() and x.max() <= 1
+    assert np.array_equal(np.bincount(y), np.full(10, 7000))
+    np.testing.assert_allclose(x[:5000], x5, atol=1e-7)  # the originals, then 13 jittered copies of each
+    copy = x[5000 * 3 : 5000 * 4]
+    assert np.array_equal(y[5000 * 3 : 5000 * 4], y5)
+    moved = np.abs(copy - x5).mean(axis=1)
+    assert moved.min() > 0.005  # every copy is jittered …
+    sample, others = copy[:1000], x5.astype(np.float32)
+    d = (sample**2).sum(1)[:, None] - 2 * sample @ others.T + (others**2).sum(1)[None]
+    d[np.arange(1000), np.arange(1000)] = np.inf  # leave its own source out
+    assert (y5[d.argmin(1)] == y5[:1000]).mean() > 0.7  # … and still its digit: 1-NN over the other originals (78 % seen; chance 10 %)
+    assert "synthetic" in meta["synthetic"] and meta["split"] == (5000, 5000)
+
+
+def test_synthetic_sets_split_to_the_papers_sizes_and_say_they_are_synthetic(mnist60k_raw, monkeypatch):
+    monkeypatch.setitem(BUILTIN, "mnist60k_synthetic", (lambda seed: mnist60k_raw, BUILTIN["mnist60k_synthetic"][1]))
+    d = load_dataset(DatasetSpec(name="mnist60k_synthetic"))
+    assert (len(d.y_train), len(d.y_val), len(d.y_test)) == (60_000, 5000, 5000) and d.image_shape == (1, 28, 28)
+    assert d.describe()["synthetic"].startswith("mnist60k_synthetic") and "accuracies and damage do not" in d.describe()["synthetic"]
+    d = load_dataset(DatasetSpec(name="mnist60k_synthetic", split={"val": 0.1, "test": 0.1}))  # a split the config gives wins
+    assert len(d.y_val) == 7000
+
+
+def test_cifar10_synthetic_has_cifars_shape_and_something_to_learn():
+    from sklearn.linear_model import LogisticRegression
+
+    d = load_dataset(DatasetSpec(name="cifar10_synthetic"))
+    assert (len(d.y_train), len(d.y_val), len(d.y_test)) == (50_000, 5000, 5000)
+    assert d.image_shape == (3, 32, 32) and d.n_features == 3072 and d.n_classes == 10
+    assert d.describe()["synthetic"].startswith("cifar10_synthetic")
+    model = LogisticRegression(max_iter=200).fit(d.x_train[:3000], d.y_train[:3000])
+    accuracy = model.score(d.x_test[:2000], d.y_test[:2000])
+    assert 0.3 < accuracy < 0.999, accuracy  # learnable (chance is 0.1), not trivial
+
+
+def test_a_synthetic_dataset_is_labelled_in_the_report_and_summary(tmp_path, monkeypatch):
+    import json
+
+    from audit.config import parse_config
+    from audit.data import SYNTHETIC_NOTE, _breast_cancer
+    from audit.grid.runner import run_audit
+    from audit.report import write_report
+    from tests.conftest import tiny_config
+
+    def fake(seed):
+        x, y, meta = _breast_cancer(seed)
+        return x, y, {**meta, "synthetic": f"fake_synthetic — <b>test</b>; {SYNTHETIC_NOTE}"}
+
+    monkeypatch.setitem(BUILTIN, "fake_synthetic", (fake, "SYNTHETIC test-only"))
+    run_dir = run_audit(parse_config(tiny_config(dataset={"name": "fake_synthetic"}, candidates={"l2": [0.01]})), output_dir=tmp_path,
+                        progress=False)  # fmt: skip
+    html = write_report(run_dir).read_text()
+    assert "<strong>Synthetic data.</strong> fake_synthetic — &lt;b&gt;test&lt;/b&gt;" in html
+    assert json.loads((run_dir / "summary.json").read_text())["dataset"]["synthetic"].startswith("fake_synthetic")

@@ -24,6 +24,10 @@ from typing import Literal, Protocol
 import torch
 
 Matvec = Callable[[torch.Tensor], torch.Tensor]
+
+#: how often (iterations) CG reads on the host whether it is done, by device type (others: ``"default"``);
+#: on a GPU each read waits for the device, on the CPU it costs nothing
+CHECK_EVERY: dict[str, int] = {"cpu": 1, "default": 10}
 Stop = Literal["tolerance", "max_iter", "curvature", "exact"]
 
 
@@ -57,39 +61,47 @@ class LinearSolver(Protocol):
 
 
 def conjugate_gradient(matvec: Matvec, b: torch.Tensor, tol: float = 1e-6, max_iter: int = 100,
-                       x0: torch.Tensor | None = None) -> SolveResult:  # fmt: skip
+                       x0: torch.Tensor | None = None, check_every: int | None = None) -> SolveResult:  # fmt: skip
     """Solve ``A x = b`` for symmetric positive definite ``A`` given as ``matvec``; stops at ``‖r‖ ≤ tol·‖b‖``.
 
     Hestenes & Stiefel (1952): at most ``max_iter`` matvecs; stops early, and says so, on a
     direction of non-positive curvature.
+
+    The loop's scalars stay on ``b``'s device (float64): the host reads whether the solve is done
+    only every ``check_every`` iterations (default :data:`CHECK_EVERY`: every one on the CPU, where
+    a read costs nothing, every 10 on a GPU, where each read waits for the device). Between reads, an
+    iteration after the stop changes nothing (its step is masked to zero), so the result is the
+    one an every-iteration check gives; a GPU solve only pays up to ``check_every − 1`` idle matvecs.
     """
+    every = check_every if check_every is not None else CHECK_EVERY.get(b.device.type, CHECK_EVERY["default"])
     x = torch.zeros_like(b) if x0 is None else x0.clone()
     r = b - matvec(x) if x0 is not None else b.clone()
     p = r.clone()
-    rs = float(r @ r)
-    b_norm = max(float(b.norm()), 1e-30)
-    n_iter = 0
-    stop: Stop = "max_iter"
-    for n_iter in range(1, max_iter + 1):
-        if rs**0.5 <= tol * b_norm:
-            n_iter -= 1
-            stop = "tolerance"
-            break
+    rs = (r @ r).double()
+    threshold = (tol * b.norm().double()).clamp_min(tol * 1e-30) ** 2  # ‖r‖² ≤ (tol·‖b‖)²
+    b_norm = b.norm().double().clamp_min(1e-30)
+    zero = torch.zeros((), dtype=torch.float64, device=b.device)
+    done = rs <= threshold  # bool tensors: stopped, and why
+    bent = torch.zeros((), dtype=torch.bool, device=b.device)
+    n_iter = torch.zeros((), dtype=torch.int64, device=b.device)
+    for it in range(1, max_iter + 1):
         ap = matvec(p)
-        curvature = float(p @ ap)
-        if curvature <= 0:  # not positive definite along p: stop and say so
-            stop = "curvature"
-            break
-        alpha = rs / curvature
-        x = x + alpha * p
-        r = r - alpha * ap
-        rs_new = float(r @ r)
-        p = r + (rs_new / rs) * p
+        curvature = (p @ ap).double()
+        bent = bent | (~done & (curvature <= 0))  # not positive definite along p: stop and say so
+        done = done | bent
+        alpha = torch.where(done, zero, rs / torch.where(done, torch.ones_like(rs), curvature))
+        x = x + alpha.to(x.dtype) * p
+        r = r - alpha.to(r.dtype) * ap
+        rs_new = torch.where(done, rs, (r @ r).double())
+        p = torch.where(done, p, r + (rs_new / rs).to(p.dtype) * p)
+        n_iter = n_iter + (~done).long()
         rs = rs_new
-    residual = rs**0.5 / b_norm
-    if stop == "max_iter" and residual <= tol:
-        stop = "tolerance"
-    return SolveResult(x, n_iter, residual, residual <= tol, stop)
+        done = done | (rs <= threshold)
+        if it % every == 0 and bool(done):
+            break
+    residual = float(rs.sqrt() / b_norm)
+    stop: Stop = "curvature" if bool(bent) else ("tolerance" if residual <= tol else "max_iter")
+    return SolveResult(x, int(n_iter), residual, residual <= tol, stop)
 
 
 @dataclass(frozen=True)

@@ -115,5 +115,5 @@ def test_divergence_is_an_error_not_silent_poisons():
     with torch.no_grad():
         target.weight.fill_(-5.0)
     attack = GradientCanceling(nn.Linear(2, 1, bias=False), target_model=target, budget=0.2, task="regression", l2=0.0, lr=50.0, epochs=200)
-    with pytest.raises(RuntimeError, match=r"Gradient Canceling diverged at epoch \d+"):
+    with pytest.raises(RuntimeError, match=r"Gradient Canceling diverged by epoch \d+"):
         attack.poison(x, y)
