@@ -72,7 +72,7 @@ def flat_norm(tensors: list[torch.Tensor]) -> float:
 
 def flat_norm_tensor(tensors: list[torch.Tensor]) -> torch.Tensor:
     """‖(t₁, t₂, …)‖ as a float64 scalar tensor on the tensors' device (no host read)."""
-    return torch.sqrt(sum(t.double().pow(2).sum() for t in tensors))  # type: ignore[return-value]  # torch/numpy stubs
+    return torch.sqrt(sum(t.double().pow(2).sum() for t in tensors))  # type: ignore[arg-type]  # torch/numpy stubs
 
 
 def mean_gradient(module: nn.Module, x: torch.Tensor, y: torch.Tensor, task: str, chunk: int = 4096) -> list[torch.Tensor]:
