@@ -9,8 +9,10 @@ accuracies and damage do not), the first n training points; logistic regression 
 ε = 3 %, seed 0, the audit's L-BFGS procedure. For each attack one grid cell as the audit runs
 it (the ``quick`` profile's settings; TGDA at ``--tgda-epochs`` of its 200, labelled — its cost
 is linear in the epochs), then the retraining on D_tr ∪ D_p, then the loss filter on the mixed
-set. Peak memory: the process's resident set sampled every 5 ms during the step, minus the
-resident set just before it (so the data already loaded is not counted), and on CUDA
+set. Each (n, step) runs in a fresh process (the data from a cached .npz, the clean model,
+then the step), so memory one step freed cannot hide the next one's. Peak memory: the
+process's resident set sampled every 5 ms during the step, minus the resident set just
+before it (so the data already loaded is not counted), and on CUDA
 ``torch.cuda.max_memory_allocated`` over the step. The exponent of each step is the slope of
 log(time) and of log(memory) against log(n) (least squares over the n given).
 
@@ -22,6 +24,8 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -95,83 +99,105 @@ def step_row(n: int, step: str, seconds: float, mem: PeakMemory, **extra: object
     return {"n": n, "step": step, "seconds": round(seconds, 3), "peak_rss_mib": round(mem.peak_rss, 1), "peak_gpu_mib": gpu, **extra}
 
 
+STEPS = ("clean training", *ATTACKS, "retraining", "loss filter (+ retraining)")
+
+
+def measure(args: argparse.Namespace, n: int, step: str) -> dict:
+    """One step at one n, in this (fresh) process: data from the cache, the clean model, then the step."""
+    device = torch.device(args.device)
+    with np.load(args.cache) as npz:
+        full = Dataset(name=str(npz["name"]), task="classification", x_train=npz["x_train"], y_train=npz["y_train"], x_val=npz["x_val"],
+                       y_val=npz["y_val"], x_test=npz["x_test"], y_test=npz["y_test"], lo=npz["lo"], hi=npz["hi"], n_classes=10,
+                       image_shape=(1, 28, 28))  # fmt: skip
+    part = first_n(full, n)
+    training = TrainingSpec(epochs=20) if args.smoke else TrainingSpec()
+    victim = build_victim(ModelSpec(name="logreg"), training, part, device)
+    hp = {"l2": 1e-2}
+    warm = first_n(full, 100)  # the first torch calls pay for kernels and threads: not the step's cost
+    victim.fit(warm.x_train, warm.y_train, hp, 0)
+    if step == "clean training":
+        with PeakMemory(device) as mem:
+            t0 = time.perf_counter()
+            victim.fit(part.x_train, part.y_train, hp, clean_train_seed(0))
+            seconds = time.perf_counter() - t0
+        return step_row(n, step, seconds, mem)
+    clean = victim.fit(part.x_train, part.y_train, hp, clean_train_seed(0))
+    ctx = AttackContext(part, victim, clean, hp, args.eps, 0)
+    if step in ATTACKS:
+        cfg = AuditConfig(profile="standard" if step == "tgda" else "quick", training=training).resolved(part.task, "torch")
+        spec = cfg.attack_spec(step)
+        if step == "tgda":
+            spec = spec.model_copy(update={"params": {**spec.params, "epochs": args.tgda_epochs}})
+        attack = spec.attack.for_cell(dict(spec.params), ctx)
+        with PeakMemory(device) as mem:
+            t0 = time.perf_counter()
+            attack.poison(part.x_train, part.y_train)
+            seconds = time.perf_counter() - t0
+        label = f"tgda ({args.tgda_epochs} of 200 epochs)" if step == "tgda" else step
+        return step_row(n, label, seconds, mem, params=spec.params)
+    flip = AuditConfig(profile="quick").resolved(part.task, "torch").attack_spec("label_flip_adversarial")  # poisons to retrain on
+    x_p, y_p = flip.attack.for_cell(dict(flip.params), ctx).poison(part.x_train, part.y_train)
+    x_mix, y_mix = np.concatenate([part.x_train, x_p]), np.concatenate([part.y_train, y_p])
+    with PeakMemory(device) as mem:
+        t0 = time.perf_counter()
+        if step == "retraining":
+            victim.fit(x_mix, y_mix, hp, clean_train_seed(0))
+        else:
+            loss_filter = DefenseSpec(name="loss_filter")
+            apply_defense(loss_filter.defense.for_cell(args.eps, 0, part, loss_filter.params), x_mix, y_mix, victim, hp, clean_train_seed(0))
+        seconds = time.perf_counter() - t0
+    return step_row(n, step, seconds, mem)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--n", type=int, nargs="+", default=[5000, 20000, 60000])
-    parser.add_argument("--attacks", nargs="+", default=list(ATTACKS), choices=ATTACKS)
-    parser.add_argument("--tgda-epochs", type=int, default=5)
+    parser.add_argument("--steps", nargs="+", default=list(STEPS), choices=STEPS)
+    parser.add_argument("--tgda-epochs", type=int, default=2)
     parser.add_argument("--eps", type=float, default=0.03)
     parser.add_argument("--device", default="cpu")
-    parser.add_argument("--smoke", action="store_true", help="n = 300, 600 on breast-cancer-sized slices: the script runs, nothing is measured")
+    parser.add_argument("--smoke", action="store_true", help="n = 200, 400 of mnist5k: the script runs, nothing is measured")
     parser.add_argument("--out", type=Path, default=Path("reports/benchmarks/scaling.jsonl"))
+    parser.add_argument("--cache", type=Path, default=None, help="the data as .npz (written once, read by each step's process)")
+    parser.add_argument("--one", nargs=2, metavar=("N", "STEP"), help=argparse.SUPPRESS)  # a child: one step, one JSON line
     args = parser.parse_args()
-    device = torch.device(args.device)
     if args.smoke:
         args.n, args.tgda_epochs = [200, 400], 1
-    data = load_dataset(DatasetSpec(name="mnist5k" if args.smoke else "mnist60k_synthetic"))
-    training = TrainingSpec(epochs=20) if args.smoke else TrainingSpec()
-    cfg = AuditConfig(profile="quick", training=training).resolved(data.task, "torch")
-    specs = {s.key: s for s in cfg.attacks}
-    specs["tgda"] = AuditConfig(profile="standard", training=training).resolved(data.task, "torch").attack_spec("tgda")
-    specs["tgda"] = specs["tgda"].model_copy(update={"params": {**specs["tgda"].params, "epochs": args.tgda_epochs}})
-    loss_filter = DefenseSpec(name="loss_filter")
-    hp = {"l2": 1e-2}
+    if args.one:
+        print("ROW " + json.dumps(measure(args, int(args.one[0]), args.one[1])), flush=True)
+        return
     args.out.parent.mkdir(parents=True, exist_ok=True)
+    if args.cache is None:
+        args.cache = args.out.with_name("scaling_data_smoke.npz" if args.smoke else "scaling_data.npz")
+    if not args.cache.is_file():
+        data = load_dataset(DatasetSpec(name="mnist5k" if args.smoke else "mnist60k_synthetic"))
+        np.savez(args.cache, name=data.name, x_train=data.x_train, y_train=data.y_train, x_val=data.x_val, y_val=data.y_val,
+                 x_test=data.x_test, y_test=data.y_test, lo=data.lo, hi=data.hi)  # fmt: skip
+    print(f"scaling: device {args.device}, torch threads {torch.get_num_threads()}, one process per step", flush=True)
     rows: list[dict] = []
-    print(f"scaling: {data.name}, device {device}, torch threads {torch.get_num_threads()}", flush=True)
-
-    def record(row: dict) -> None:
-        rows.append(row)
-        print(json.dumps(row), flush=True)
-        with open(args.out, "a") as fh:
-            fh.write(json.dumps(row) + "\n")
-
     for n in args.n:
-        part = first_n(data, n)
-        victim = build_victim(ModelSpec(name="logreg"), training, part, device)
-        with PeakMemory(device) as mem:
-            t0 = time.perf_counter()
-            clean = victim.fit(part.x_train, part.y_train, hp, clean_train_seed(0))
-            seconds = time.perf_counter() - t0
-        record(step_row(n, "clean training", seconds, mem))
-        for key in args.attacks:
-            spec = specs[key]
-            ctx = AttackContext(part, victim, clean, hp, args.eps, 0)
-            with PeakMemory(device) as mem:
-                t0 = time.perf_counter()
-                x_p, y_p = spec.attack.for_cell(dict(spec.params), ctx).poison(part.x_train, part.y_train)
-                seconds = time.perf_counter() - t0
-            label = f"{key} ({args.tgda_epochs} of 200 epochs)" if key == "tgda" else key
-            record(step_row(n, label, seconds, mem, params=spec.params))
-            x_mix, y_mix = np.concatenate([part.x_train, x_p]), np.concatenate([part.y_train, y_p])
-            if key == args.attacks[0]:  # the retraining and the filter cost the same whatever made the poisons
-                with PeakMemory(device) as mem:
-                    t0 = time.perf_counter()
-                    victim.fit(x_mix, y_mix, hp, clean_train_seed(0))
-                    seconds = time.perf_counter() - t0
-                record(
-                    {"n": n, "step": "retraining", "seconds": round(seconds, 3), "peak_rss_mib": round(mem.peak_rss, 1), "peak_gpu_mib": mem.peak_gpu}
-                )
-                defense = loss_filter.defense.for_cell(args.eps, 0, part, loss_filter.params)
-                with PeakMemory(device) as mem:
-                    t0 = time.perf_counter()
-                    apply_defense(defense, x_mix, y_mix, victim, hp, clean_train_seed(0))
-                    seconds = time.perf_counter() - t0
-                record(step_row(n, "loss filter (+ retraining)", seconds, mem))
+        for step in args.steps:
+            cmd = [sys.executable, __file__, "--one", str(n), step, "--cache", str(args.cache), "--device", args.device, "--eps", str(args.eps),
+                   "--tgda-epochs", str(args.tgda_epochs), *(["--smoke"] if args.smoke else [])]  # fmt: skip
+            proc = subprocess.run(cmd, capture_output=True, text=True)
+            found = [line[4:] for line in proc.stdout.splitlines() if line.startswith("ROW ")]
+            row = json.loads(found[0]) if found else {"n": n, "step": step, "error": (proc.stderr.strip().splitlines() or ["no output"])[-1]}
+            rows.append(row)
+            print(json.dumps(row), flush=True)
+            with open(args.out, "a") as fh:
+                fh.write(json.dumps(row) + "\n")
     print("\nexponents (slope of log cost on log n):")
-    for step in dict.fromkeys(r["step"] for r in rows):
-        mine = [r for r in rows if r["step"] == step]
+    for step in dict.fromkeys(r["step"] for r in rows if "error" not in r):
+        mine = [r for r in rows if r["step"] == step and "error" not in r]
         ns = [r["n"] for r in mine]
         t_exp = fit_exponent(ns, [r["seconds"] for r in mine])
         m_exp = fit_exponent(ns, [r["peak_rss_mib"] for r in mine])
-        fit = {
-            "step": step,
-            "time_exponent": None if t_exp is None else round(t_exp, 2),
-            "memory_exponent": None if m_exp is None else round(m_exp, 2),
-        }
+        fit = {"step": step, "time_exponent": t_exp and round(t_exp, 2), "memory_exponent": m_exp and round(m_exp, 2)}
         print(json.dumps(fit), flush=True)
         with open(args.out, "a") as fh:
-            fh.write(json.dumps({"fit": fit, "device": str(device)}) + "\n")
+            fh.write(json.dumps({"fit": fit, "device": args.device}) + "\n")
+    if any("error" in r for r in rows):
+        raise SystemExit("scaling: some steps failed (their rows say why)")
 
 
 if __name__ == "__main__":
