@@ -35,3 +35,23 @@ def test_non_editable_wheel_renders_reports(tmp_path):
                           capture_output=True, text=True)  # fmt: skip
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert (Path(proc.stdout.strip()) / "report.html.j2").is_file()
+
+
+def test_gpu_suite_smoke_runs_every_part_on_the_cpu(tmp_path):
+    """The GPU suite's every code path at tiny sizes on the CPU (issue 20): CI keeps it alive."""
+    import json
+
+    out = tmp_path / "suite.json"
+    proc = subprocess.run([sys.executable, str(EXAMPLES / "benchmarks" / "gpu_suite.py"), "--smoke", "--out", str(out)],
+                          capture_output=True, text=True, timeout=300, cwd=tmp_path)  # fmt: skip
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    suite = json.loads(out.read_text())
+    from examples.benchmarks.gpu_suite import PARTS
+
+    assert [p["part"] for p in suite["parts"]] == list(PARTS) and suite["smoke"] is True and suite["device"] == "cpu"
+    assert suite["device_name"].startswith("CPU")
+    for part in suite["parts"]:
+        assert "error" not in part, part
+        if part["part"] != "default_audit_paper":
+            assert part["attack_seconds"] > 0 and part["n_train"] == 300 and part["peak_gpu_gib"] is None
+    assert suite["parts"][-1]["cells"] >= 1 and suite["parts"][-1]["failed"] == 0

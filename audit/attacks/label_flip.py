@@ -112,7 +112,9 @@ class LabelFlip(AuditAttack, PoisoningAttackBlackBox):
             self.diagnostics.update(variant="random", unchanged_labels=int(np.sum(new == y[idx])))
             return x[idx], new
 
-        losses = losses_from_predictions(self.query_estimator.predict(self.estimator_input(x)))
+        chunk = 4096  # the estimator's copies of its input stay bounded by a chunk, not by n
+        pred = [self.query_estimator.predict(self.estimator_input(x[i : i + chunk])) for i in range(0, len(x), chunk)]
+        losses = losses_from_predictions(np.concatenate(pred))
         own = np.arange(len(x))
         losses_other = losses.copy()
         losses_other[own, y] = -np.inf

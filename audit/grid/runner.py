@@ -177,7 +177,14 @@ def _prepare_store(plan: RunPlan, restart: bool) -> Store:
             raise AuditError(f"{store.path} is not a readable poison-audit store; move it away or choose another name/output directory")
         previous = store.meta("fingerprint")
         if previous is not None and previous != fingerprint and not restart:
+            before, now = store.meta("threads"), plan.numerics()["threads"]
             store.close()
+            if before is not None and before != now:
+                raise AuditError(
+                    f"{plan.run_dir} was run with torch at {before} thread(s) per cell and this run would use {now} "
+                    "(--threads, or executor.cpus_per_cell under Ray); CPU numbers depend on it: use the same count, "
+                    "or pass --restart to replace the run"
+                )
             raise AuditError(
                 f"{plan.run_dir} holds a run of a different config or training procedure "
                 f"(fingerprint {previous}, now {fingerprint}); "

@@ -58,6 +58,20 @@ def test_adversarial_flip_takes_the_max_loss_class_of_the_max_loss_points(digits
     assert attack.diagnostics["mean_flipped_loss"] > attack.diagnostics["mean_flipped_loss_all"]
 
 
+def test_adversarial_flip_scores_large_sets_in_chunks_with_the_same_result(digits):
+    """More points than one prediction chunk (4096): the same flips as the one-shot scores."""
+    d, _, fitted = digits
+    x = np.tile(d.x_train, (5, 1))[:5000]
+    y = np.tile(d.y_train, 5)[:5000]
+    attack = LabelFlip(fitted.to_art(), budget=0.05, n_classes=10, seed=0, variant="adversarial")
+    x_p, y_p = attack.poison(x, y)
+    losses = fitted.class_losses(x)
+    losses[np.arange(len(losses)), y] = -np.inf
+    idx = np.argsort(-losses.max(1), kind="stable")[: len(y_p)]
+    np.testing.assert_array_equal(x_p, x[idx])
+    np.testing.assert_array_equal(y_p, losses.argmax(1)[idx])
+
+
 def test_binary_adversarial_flip_is_the_flip():
     d = load_dataset(DatasetSpec(name="breast_cancer"))
     victim = build_victim(ModelSpec(name="logreg"), TrainingSpec(epochs=100), d, CPU)
