@@ -82,7 +82,9 @@ def main() -> None:
     x_tg, y_tg = tgda.poison(x_img, y_hot)
     print(f"TGDA on the CNN: poisons {x_tg.shape}, labels {y_tg.shape} (one-hot), max change {tgda.diagnostics.max_change:.3f}")
     poisoned_cnn = tgda.poison_estimator(x_img, y_hot, nb_epochs=5, batch_size=64)  # ART's PoisoningAttackTransformer
-    print(f"  the CNN retrained on the poisoned set: {100 * np.mean(poisoned_cnn.predict(d.x_test.reshape(-1, 1, 8, 8)).argmax(1) == d.y_test):.1f} %")
+    print(
+        f"  the CNN retrained on the poisoned set: {100 * np.mean(poisoned_cnn.predict(d.x_test.reshape(-1, 1, 8, 8)).argmax(1) == d.y_test):.1f} %"
+    )
 
     # 3. scikit-learn through ART: black-box attacks only (they query predict)
     sk = ScikitlearnLogisticRegression(LogisticRegression(max_iter=500).fit(x, y), clip_values=(0.0, 1.0))

@@ -16,7 +16,23 @@ def runner():
 def test_list_names_everything(runner):
     result = runner.invoke(cli, ["list"])
     assert result.exit_code == 0
-    for name in ("mnist5k", "breast_cancer", "or2d", "npz", "logreg", "mlp", "cnn", "ridge", "label_flip", "gradient_canceling", "statp", "none", "trim", "huber", "ransac"):
+    for name in (
+        "mnist5k",
+        "breast_cancer",
+        "or2d",
+        "npz",
+        "logreg",
+        "mlp",
+        "cnn",
+        "ridge",
+        "label_flip",
+        "gradient_canceling",
+        "statp",
+        "none",
+        "trim",
+        "huber",
+        "ransac",
+    ):
         assert f"  {name}" in result.output
 
 

@@ -89,10 +89,28 @@ def test_image_folder(tmp_path, rng):
         ({"x_train": np.array([[0.0, np.nan]] * 10), "y_train": np.arange(10) % 2}, "features contain NaN or inf"),
         ({"x_train": np.array([[0.0, np.inf]] * 10), "y_train": np.arange(10) % 2}, "features contain NaN or inf"),
         ({"x_train": np.zeros((10, 2)), "y_train": np.arange(9) % 2}, "x has 10 rows but y has 9"),
-        ({"x_train": np.zeros((10, 2)), "y_train": np.arange(10) % 2, "x_val": np.zeros((4, 3)), "y_val": np.zeros(4),
-          "x_test": np.zeros((4, 2)), "y_test": np.zeros(4)}, "x_val/y_val: x has 3 features, the training split has 2"),
-        ({"x_train": np.zeros((10, 2)), "y_train": np.arange(10) % 2, "x_val": np.zeros((4, 2)), "y_val": np.array([0, 1, 2, 1]),
-          "x_test": np.zeros((4, 2)), "y_test": np.zeros(4)}, "y_val: labels must lie in 0..1 (got 2)"),
+        (
+            {
+                "x_train": np.zeros((10, 2)),
+                "y_train": np.arange(10) % 2,
+                "x_val": np.zeros((4, 3)),
+                "y_val": np.zeros(4),
+                "x_test": np.zeros((4, 2)),
+                "y_test": np.zeros(4),
+            },
+            "x_val/y_val: x has 3 features, the training split has 2",
+        ),
+        (
+            {
+                "x_train": np.zeros((10, 2)),
+                "y_train": np.arange(10) % 2,
+                "x_val": np.zeros((4, 2)),
+                "y_val": np.array([0, 1, 2, 1]),
+                "x_test": np.zeros((4, 2)),
+                "y_test": np.zeros(4),
+            },
+            "y_val: labels must lie in 0..1 (got 2)",
+        ),
         ({"x_train": np.zeros((10, 2)), "y_train": np.array([0, 1, -1, 1, 0, 1, 0, 1, 0, 1])}, "labels must lie in 0..1 (got -1)"),
         ({"x_train": np.zeros((10, 2))}, "missing array 'y_train'"),
         ({"x_train": np.zeros((10, 2)), "y_train": np.arange(10) % 2, "x_val": np.zeros((4, 2))}, "'x_val' and 'y_val' must be given together"),
@@ -164,6 +182,25 @@ def test_paper_size_builtins_are_the_two_synthetic_sets():
     assert PAPER_SIZE == ["cifar10_synthetic", "mnist60k_synthetic"]
 
 
+def test_jitter_keeps_the_originals_then_moves_each_copy_but_keeps_its_digit():
+    """The mnist60k_synthetic recipe on 1000 digits (the full set is the slow tests below)."""
+    from audit.data import _jitter, _mnist5k
+
+    x5, y5, _ = _mnist5k(0)
+    src = np.asarray(x5[::5], np.float32)  # 1000 digits, every class
+    labels = np.asarray(y5[::5])
+    out = _jitter(src.reshape(-1, 1, 28, 28), copies=3, seed=20_000, chunk=300).reshape(3000, -1)
+    again = _jitter(src.reshape(-1, 1, 28, 28), copies=3, seed=20_000, chunk=300).reshape(3000, -1)
+    np.testing.assert_array_equal(out, again)  # seeded: the same copies every time
+    np.testing.assert_array_equal(out[:1000], src)
+    assert out.min() >= 0 and out.max() <= 1 and out.dtype == np.float32
+    copy = out[2000:]
+    assert np.abs(copy - src).mean(axis=1).min() > 0.005
+    d = (copy**2).sum(1)[:, None] - 2 * copy @ src.T + (src**2).sum(1)[None]
+    d[np.arange(1000), np.arange(1000)] = np.inf
+    assert (labels[d.argmin(1)] == labels).mean() > 0.6  # 1-NN over the other originals still reads its digit
+
+
 @pytest.fixture(scope="module")
 def mnist60k_raw():
     from audit.data import _mnist60k_synthetic
@@ -171,6 +208,7 @@ def mnist60k_raw():
     return _mnist60k_synthetic(0)  # ~15 s: generated once for the tests below
 
 
+@pytest.mark.slow
 def test_mnist60k_synthetic_has_full_mnists_shape_and_its_first_copy_is_mnist5k(mnist60k_raw):
     from audit.data import _mnist5k
 
@@ -190,6 +228,7 @@ def test_mnist60k_synthetic_has_full_mnists_shape_and_its_first_copy_is_mnist5k(
     assert "synthetic" in meta["synthetic"] and meta["split"] == (5000, 5000)
 
 
+@pytest.mark.slow
 def test_synthetic_sets_split_to_the_papers_sizes_and_say_they_are_synthetic(mnist60k_raw, monkeypatch):
     monkeypatch.setitem(BUILTIN, "mnist60k_synthetic", (lambda seed: mnist60k_raw, BUILTIN["mnist60k_synthetic"][1]))
     d = load_dataset(DatasetSpec(name="mnist60k_synthetic"))

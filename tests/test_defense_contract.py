@@ -24,8 +24,9 @@ def _setting(task, kind):
     if (task, kind) not in _CACHE:
         name, model, estimator = SETTINGS[task]
         d = load_dataset(DatasetSpec(name=name))
-        victim = build_victim(ModelSpec(name=model), TrainingSpec(epochs=100), d, torch.device("cpu"),
-                              model_obj=estimator if kind == "sklearn" else None)
+        victim = build_victim(
+            ModelSpec(name=model), TrainingSpec(epochs=100), d, torch.device("cpu"), model_obj=estimator if kind == "sklearn" else None
+        )
         n_p = 10
         rng = np.random.default_rng(0)
         idx = rng.choice(len(d.y_train), n_p, replace=False)
@@ -79,8 +80,9 @@ def test_defense_params_are_checked(name):
 
 
 def test_defense_params_reach_the_defense():
-    cfg = parse_config({"defenses": ["none", {"name": "sever", "id": "sever3", "params": {"rounds": 3}},
-                                     {"name": "dpa", "params": {"partitions": 4}}]})
+    cfg = parse_config(
+        {"defenses": ["none", {"name": "sever", "id": "sever3", "params": {"rounds": 3}}, {"name": "dpa", "params": {"partitions": 4}}]}
+    )
     assert cfg.defense_keys == ["none", "sever3", "dpa[partitions=4]"]
     d, _, _, _ = _setting("classification", "torch")
     sever = cfg.defense_spec("sever3")

@@ -10,8 +10,6 @@ from tests.conftest import tiny_config
 pytestmark = pytest.mark.gpu
 
 
-
-
 def test_audit_runs_on_cuda_and_repeats_exactly(tmp_path):
     cfg = parse_config(tiny_config(device="cuda", model={"name": "mlp", "width": 32}, training={"epochs": 5, "batch_size": 64}))
     a = _cells(run_audit(cfg, output_dir=tmp_path / "a", progress=False))

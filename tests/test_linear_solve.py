@@ -59,3 +59,22 @@ def test_make_solver_names_and_errors():
     assert make_solver("exact", 1e-3, 7) == ExactSolve(1e-3)
     with pytest.raises(ValueError, match="unknown linear solver 'lu'; valid: cg, normal, exact"):
         make_solver("lu", 1e-3, 7)
+
+
+@pytest.mark.parametrize("every", [3, 10])
+def test_cg_checking_every_k_iterations_returns_the_every_iteration_answer(every):
+    """The GPU's cadence (device scalars, steps after the stop masked) against the host loop."""
+    from audit.maths.linear_solve import conjugate_gradient
+
+    g = torch.Generator().manual_seed(0)
+    m = torch.randn(40, 40, generator=g, dtype=torch.float64)
+    a = m @ m.T + 0.5 * torch.eye(40, dtype=torch.float64)
+    b = torch.randn(40, generator=g, dtype=torch.float64)
+    host = conjugate_gradient(lambda v: a @ v, b, tol=1e-8, max_iter=200, check_every=1)
+    masked = conjugate_gradient(lambda v: a @ v, b, tol=1e-8, max_iter=200, check_every=every)
+    assert host.converged and masked.converged and masked.stop == host.stop == "tolerance"
+    assert masked.n_iter == host.n_iter
+    torch.testing.assert_close(masked.x, host.x, rtol=1e-12, atol=1e-12)
+    assert masked.residual == pytest.approx(host.residual, rel=1e-9)
+    indefinite = conjugate_gradient(lambda v: -v, b, tol=1e-8, max_iter=50, check_every=every)
+    assert indefinite.stop == "curvature" and not indefinite.converged and torch.equal(indefinite.x, torch.zeros_like(b))

@@ -54,8 +54,7 @@ def finished(tmp_path_factory):
 def test_every_policy_budget_and_seed_is_stored(finished):
     cfg, run_dir = finished
     rows = _rows(run_dir)
-    assert sorted((r.policy, r.budget) for r in rows) == sorted(
-        (p, e) for p in ("clean_cv", "retuned", "rmd") for e in (0.0, 0.05, 0.15))
+    assert sorted((r.policy, r.budget) for r in rows) == sorted((p, e) for p in ("clean_cv", "retuned", "rmd") for e in (0.0, 0.05, 0.15))
     n = 569 - round(0.2 * 569) - round(0.2 * 569)
     for r in rows:
         n_total = n + round(r.budget * n)

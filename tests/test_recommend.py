@@ -13,9 +13,26 @@ def _cells(table):
         cand = candidate_key({"l2": l2})
         clean.append((cand, 0, cv, ct, 0.1, {}))
         for (attack, eps), (pv, pt) in results.items():
-            cells.append(Cell(cell_key=f"{l2}{attack}{eps}", position=len(cells), candidate=cand, attack=attack, budget=eps,
-                              defense="none", seed=0, status="ok", clean_val=cv, clean_test=ct, poisoned_val=pv,
-                              poisoned_test=pt, n_poison=10, poisons_removed=0, clean_removed=0, seconds=1.0))
+            cells.append(
+                Cell(
+                    cell_key=f"{l2}{attack}{eps}",
+                    position=len(cells),
+                    candidate=cand,
+                    attack=attack,
+                    budget=eps,
+                    defense="none",
+                    seed=0,
+                    status="ok",
+                    clean_val=cv,
+                    clean_test=ct,
+                    poisoned_val=pv,
+                    poisoned_test=pt,
+                    n_poison=10,
+                    poisons_removed=0,
+                    clean_removed=0,
+                    seconds=1.0,
+                )
+            )
     return cells, clean
 
 

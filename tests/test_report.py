@@ -44,8 +44,14 @@ def test_html_is_self_contained_and_escaped(run_dir):
     assert "<script" not in html.replace("&lt;script", "")
     for external in ('src="http', "src='http", 'href="http', "url(http", "@import"):
         assert external not in html  # nothing is loaded from the network
-    for section in ("Recommendation:", "Trade-off table", "Worst case over attacks", "Failed cells",
-                    "What this audit did not cover", "Reproducibility"):
+    for section in (
+        "Recommendation:",
+        "Trade-off table",
+        "Worst case over attacks",
+        "Failed cells",
+        "What this audit did not cover",
+        "Reproducibility",
+    ):
         assert section in html
     assert html.count("<svg") >= 2
 
@@ -113,7 +119,9 @@ def test_poisonability_section_with_gradient_canceling(tmp_path):
     html = (run / "report.html").read_text()
     for needle in ("Poisonability", "Gradient Canceling (<code>gc</code>)", "τ_ρ(2)", "clean model", "GC epoch"):
         assert needle in html
-    used = re.findall(r'<td class="small">(auto: GradPC ε_w=[0-9.]+, output layer ×[0-9.e+-]+)</td><td>([0-9.]+)</td><td>[^<]+</td><td>([0-9.]+)</td>', html)
+    used = re.findall(
+        r'<td class="small">(auto: GradPC ε_w=[0-9.]+, output layer ×[0-9.e+-]+)</td><td>([0-9.]+)</td><td>[^<]+</td><td>([0-9.]+)</td>', html
+    )
     assert len(used) == 4, "the GC target table shows each cell's target, its accuracy and the residual read from the typed diagnostics"
     s = json.loads((run / "summary.json").read_text())
     rows = s["poisonability"]

@@ -213,9 +213,11 @@ def test_ctrl_c_during_startup_exits_130(tmp_path):
     import subprocess
     import sys
 
-    code = ("import sys, audit.threads\ndef boom(*a, **k):\n    raise KeyboardInterrupt\n"
-            "audit.threads.configure_threads = boom  # as if Ctrl-C hit while torch is being imported\n"
-            "sys.argv = ['poison-audit', 'run']\nimport audit.cli\naudit.cli.main()\n")
+    code = (
+        "import sys, audit.threads\ndef boom(*a, **k):\n    raise KeyboardInterrupt\n"
+        "audit.threads.configure_threads = boom  # as if Ctrl-C hit while torch is being imported\n"
+        "sys.argv = ['poison-audit', 'run']\nimport audit.cli\naudit.cli.main()\n"
+    )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert result.returncode == 130 and "interrupted" in result.stderr
 

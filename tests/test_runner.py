@@ -19,6 +19,7 @@ from audit.errors import AuditError
 from audit.grid.runner import run_audit
 from tests.conftest import stored_cells as _cells
 from tests.conftest import tiny_config, write_yaml
+from tests.ray_helpers import Exploding
 
 
 def test_tiny_grid_fills_every_cell_once(tmp_path, tiny):
@@ -51,13 +52,7 @@ def test_rerun_reads_finished_cells_instead_of_recomputing(tmp_path, tiny, monke
     assert {c.cell_key: c.finished_at for c in _cells(run_dir)} == before
 
 
-class _Exploding(LabelFlip):
-    name = "exploding"
-
-    def _run(self, task):
-        if self.budget > 0.2:
-            raise RuntimeError("solver diverged at large budget")
-        return super()._run(task)
+_Exploding = Exploding  # raises at ε > 0.2 (tests/ray_helpers.py: the Ray tests register it in workers)
 
 
 def test_failing_cell_is_recorded_and_the_audit_goes_on(tmp_path, monkeypatch):

@@ -74,6 +74,8 @@ def conjugate_gradient(matvec: Matvec, b: torch.Tensor, tol: float = 1e-6, max_i
     one an every-iteration check gives; a GPU solve only pays up to ``check_every − 1`` idle matvecs.
     """
     every = check_every if check_every is not None else CHECK_EVERY.get(b.device.type, CHECK_EVERY["default"])
+    if every == 1:  # reading every iteration anyway: plain host scalars, no masking ops (the CPU's path)
+        return _cg_host(matvec, b, tol, max_iter, x0)
     x = torch.zeros_like(b) if x0 is None else x0.clone()
     r = b - matvec(x) if x0 is not None else b.clone()
     p = r.clone()
@@ -102,6 +104,37 @@ def conjugate_gradient(matvec: Matvec, b: torch.Tensor, tol: float = 1e-6, max_i
     residual = float(rs.sqrt() / b_norm)
     stop: Stop = "curvature" if bool(bent) else ("tolerance" if residual <= tol else "max_iter")
     return SolveResult(x, int(n_iter), residual, residual <= tol, stop)
+
+
+def _cg_host(matvec: Matvec, b: torch.Tensor, tol: float, max_iter: int, x0: torch.Tensor | None) -> SolveResult:
+    """:func:`conjugate_gradient` reading its scalars on the host every iteration (the same iterates)."""
+    x = torch.zeros_like(b) if x0 is None else x0.clone()
+    r = b - matvec(x) if x0 is not None else b.clone()
+    p = r.clone()
+    rs = float(r @ r)
+    b_norm = max(float(b.norm()), 1e-30)
+    n_iter = 0
+    stop: Stop = "max_iter"
+    for n_iter in range(1, max_iter + 1):
+        if rs**0.5 <= tol * b_norm:
+            n_iter -= 1
+            stop = "tolerance"
+            break
+        ap = matvec(p)
+        curvature = float(p @ ap)
+        if curvature <= 0:  # not positive definite along p: stop and say so
+            stop = "curvature"
+            break
+        alpha = rs / curvature
+        x = x + alpha * p
+        r = r - alpha * ap
+        rs_new = float(r @ r)
+        p = r + (rs_new / rs) * p
+        rs = rs_new
+    residual = rs**0.5 / b_norm
+    if stop == "max_iter" and residual <= tol:
+        stop = "tolerance"
+    return SolveResult(x, n_iter, residual, residual <= tol, stop)
 
 
 @dataclass(frozen=True)

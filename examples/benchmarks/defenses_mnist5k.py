@@ -43,8 +43,7 @@ def main() -> None:
                 x_p, y_p = attack.poison(data.x_train, data.y_train)
                 x_mix, y_mix = np.concatenate([data.x_train, x_p]), np.concatenate([data.y_train, y_p])
                 n = len(data.y_train)
-                for defense in ("none", "loss_filter", "influence_filter", "sever", "activation_clustering",
-                                "spectral_signature", "dpa"):
+                for defense in ("none", "loss_filter", "influence_filter", "sever", "activation_clustering", "spectral_signature", "dpa"):
                     start = time.perf_counter()
                     result = DEFENSES[defense].for_cell(eps, seed, data).apply(x_mix, y_mix, victim, hp)
                     if result.fitted is not None:

@@ -57,7 +57,8 @@ PARTS: dict[str, tuple[str, int | None, str, dict[str, Any], float, float | None
     "default_audit_paper": ("", None, "", {}, 0.0, None),
 }
 
-#: --smoke: the same code paths at sizes a 2-core CPU runs in seconds
+#: --smoke: the networks' widths, and the attacks' settings, at sizes a 2-core CPU runs in seconds
+SMOKE_WIDTH = {"mlp": 16, "cnn": 2}
 SMOKE_PARAMS = {"tgda": {"epochs": 1, "pretrain_epochs": 1, "cg_max_iter": 4, "batch_size": 200},
                 "back_gradient": {"iterations": 1, "inner_steps": 5, "starts": ["validation"]},
                 "gradient_canceling": {"epochs": 3}}  # fmt: skip
@@ -70,6 +71,8 @@ def device_name(device: torch.device) -> str:
 def run_cell(part: str, data: Any, device: torch.device, smoke: bool) -> dict[str, Any]:
     """One part's cell; its row of the suite's JSON."""
     model, width, attack_name, params, eps, target = PARTS[part]
+    if smoke and model in SMOKE_WIDTH:
+        width = SMOKE_WIDTH[model]
     training = TrainingSpec(epochs=2) if smoke and model != "logreg" else TrainingSpec(epochs=30) if smoke else TrainingSpec()
     victim = build_victim(ModelSpec(name=model, width=width), training, data, device)
     hp = {"l2": 1e-3 if model == "logreg" else 1e-4}

@@ -49,7 +49,10 @@ def main() -> None:
     print(f"mnist5k classes {args.classes or 'all'}: {n} training points, clean test {base:.2f} %, torch threads {torch.get_num_threads()}")
     for eps in args.eps:
         ctx = AttackContext(data, victim, clean, hp, eps, 0)
-        attacks = {"label_flip_adversarial": LabelFlip.for_cell({"variant": "adversarial"}, ctx), "minmax": MinMax.for_cell({"bound_rounds": args.bound_rounds}, ctx)}
+        attacks = {
+            "label_flip_adversarial": LabelFlip.for_cell({"variant": "adversarial"}, ctx),
+            "minmax": MinMax.for_cell({"bound_rounds": args.bound_rounds}, ctx),
+        }
         for name, attack in attacks.items():
             start = time.perf_counter()
             x_p, y_p = attack.poison(data.x_train, data.y_train)

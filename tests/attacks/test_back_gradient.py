@@ -93,8 +93,9 @@ def _attack(setting, **params):
     x, y, xv, yv, model = setting
     box = np.full(2, 9.5, np.float32)
     defaults = {"iterations": 8, "inner_steps": 60, "inner_lr": 0.2, "step": 0.4, "hypergradient": "unrolled"}  # the paper's RMD
-    return BackGradient(model, x_val=xv, y_val=yv, budget=0.1, task="classification", n_classes=2, l2=0.01, box=(-box, box), seed=0,
-                        **{**defaults, **params})
+    return BackGradient(
+        model, x_val=xv, y_val=yv, budget=0.1, task="classification", n_classes=2, l2=0.01, box=(-box, box), seed=0, **{**defaults, **params}
+    )
 
 
 def test_poisons_are_flipped_validation_clones_moved_uphill(gaussian_setting):

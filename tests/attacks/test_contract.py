@@ -16,12 +16,17 @@ from audit.models import build_victim
 # One default parameter set per attack for the contract test (extend when an attack lands).
 CONTRACT_PARAMS = {
     "label_flip": [{"variant": "random"}, {"variant": "adversarial"}],
-    "gradient_canceling": [{"epochs": 20, "eps_w_grid": [0.1, 0.5]}, {"epochs": 5, "target": "gradpc", "eps_w": 0.5, "batch_size": 7},
-                           {"epochs": 5, "target": "label_flip", "target_eps": 0.5}],
+    "gradient_canceling": [
+        {"epochs": 20, "eps_w_grid": [0.1, 0.5]},
+        {"epochs": 5, "target": "gradpc", "eps_w": 0.5, "batch_size": 7},
+        {"epochs": 5, "target": "label_flip", "target_eps": 0.5},
+    ],
     "statp": [{}],
     "optp": [{"iterations": 5}, {"iterations": 3, "init": "boundary_flip", "objective": "train"}],
-    "back_gradient": [{"iterations": 2, "inner_steps": 10}, {"iterations": 2, "inner_steps": 8, "batch_size": 5, "learn_l2": True,
-                                                             "checkpoint_every": 3}],
+    "back_gradient": [
+        {"iterations": 2, "inner_steps": 10},
+        {"iterations": 2, "inner_steps": 8, "batch_size": 5, "learn_l2": True, "checkpoint_every": 3},
+    ],
     "tgda": [{"epochs": 2, "pretrain_epochs": 2, "cg_max_iter": 5, "follower_steps": 2, "batch_size": 40}],
     "minmax": [{"defense": "sphere_slab"}, {"defense": "slab", "quantile": 0.9}, {"defense": "none", "bound_rounds": 50}],
 }
@@ -155,8 +160,7 @@ def test_constructor_is_keyword_only(name):
     import inspect
 
     signature = inspect.signature(ATTACKS[name].__init__)
-    positional = [p.name for p in signature.parameters.values()
-                  if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD) and p.name != "self"]
+    positional = [p.name for p in signature.parameters.values() if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD) and p.name != "self"]
     assert positional == ["estimator"], positional
     assert signature.parameters["budget"].kind is inspect.Parameter.KEYWORD_ONLY
 

@@ -66,7 +66,9 @@ def test_gradient_wrt_x_and_y_matches_finite_differences(diabetes, l2, l1, which
 
 def test_poisons_stay_in_the_box_and_response_range(diabetes):
     d = diabetes
-    x_p, y_p = OptP(budget=0.2, x_val=d.x_val, y_val=d.y_val, l2=1e-3, box=(d.lo, d.hi), y_range=(0.0, 1.0), iterations=20).poison(d.x_train, d.y_train)
+    x_p, y_p = OptP(budget=0.2, x_val=d.x_val, y_val=d.y_val, l2=1e-3, box=(d.lo, d.hi), y_range=(0.0, 1.0), iterations=20).poison(
+        d.x_train, d.y_train
+    )
     assert np.all(x_p >= 0) and np.all(x_p <= 1) and np.all(y_p >= 0) and np.all(y_p <= 1)
 
 

@@ -117,5 +117,6 @@ def test_sklearn_lasso_and_elastic_net_mapping():
     lasso = build_victim(ModelSpec(name="ridge"), TrainingSpec(), d, CPU, model_obj=Lasso()).fit(d.x_train, d.y_train, {"l1": 0.01}, 0)
     assert lasso.estimator.alpha == pytest.approx(0.01)
     enet = build_victim(ModelSpec(name="ridge"), TrainingSpec(), d, CPU, model_obj=ElasticNet()).fit(
-        d.x_train, d.y_train, {"l1": 0.01, "l2": 0.03}, 0)
+        d.x_train, d.y_train, {"l1": 0.01, "l2": 0.03}, 0
+    )
     assert enet.estimator.alpha == pytest.approx(0.04) and enet.estimator.l1_ratio == pytest.approx(0.25)
