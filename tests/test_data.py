@@ -7,7 +7,6 @@ from audit.config import DatasetSpec, SplitSpec
 from audit.data import BUILTIN, load_dataset
 from audit.errors import AuditError
 
-
 PAPER_SIZE = sorted(name for name, (_, text) in BUILTIN.items() if text.startswith("SYNTHETIC"))
 
 
