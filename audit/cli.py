@@ -1,9 +1,9 @@
-"""Command line: ``poison-audit run | report | gate | list``.
+"""Command line: ``poison-audit run | report | gate | export | verify | keygen | threshold | list``.
 
 A user mistake is one line on stderr and exit code 2 (never a traceback); ``gate`` exits 1
 when the model is too poisonable and 3 when the run is incomplete (no verdict); ``run`` exits 4
-when cells failed (after writing the report that lists them); Ctrl-C exits 130 and the same
-command resumes.
+when cells failed (after writing the report that lists them); ``verify`` exits 1 on any mismatch;
+Ctrl-C exits 130 and the same command resumes.
 """
 
 from __future__ import annotations
@@ -132,11 +132,21 @@ def report(run_dir: Path) -> None:
 )
 @click.option("--confidence", type=float, default=None,
               help="Judge the upper end of the worst-case drop's interval at this level (e.g. 0.95), not the point estimate.")  # fmt: skip
+@click.option("--soft-fail", is_flag=True, help="Advisory gate: a failure (or no verdict) is reported, skipped in JUnit, and exits 0.")
+@click.option("--summary", "summary_file", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help='Append a markdown step summary (verdict, worst-case table, artifacts) to this file, e.g. "$GITHUB_STEP_SUMMARY".')  # fmt: skip
+@click.option("--junit", "junit_file", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Where the JUnit XML goes (default RUN_DIR/gate.xml).")  # fmt: skip
+@click.option("--json", "as_json", is_flag=True, help="Print the result as one JSON object instead of text.")
 @_user_errors
-def gate(run_dir: Path, budget: float, max_drop: float, allow_incomplete: bool, confidence: float | None) -> None:
+def gate(run_dir: Path, budget: float, max_drop: float, allow_incomplete: bool, confidence: float | None, soft_fail: bool,
+         summary_file: Path | None, junit_file: Path | None, as_json: bool) -> None:  # fmt: skip
     """Exit 0 when the recommended setting's worst-case drop at BUDGET is at most MAX-DROP, 1 when it is larger,
-    3 when the run is incomplete (no verdict); writes gate.xml."""
+    3 when the run is incomplete (no verdict); 0 either way with --soft-fail. Writes JUnit XML (gate.xml)."""
+    import json
+
     from audit.report.gate import gate as run_gate
+    from audit.report.gate import result_json, step_summary
 
     if not math.isfinite(max_drop) or max_drop < 0:
         raise AuditError(f"--max-drop must be ≥ 0 and finite (got {max_drop:g})")
@@ -144,10 +154,75 @@ def gate(run_dir: Path, budget: float, max_drop: float, allow_incomplete: bool, 
         raise AuditError(f"--budget must be a finite number (got {budget:g})")
     if confidence is not None and not (math.isfinite(confidence) and 0 < confidence < 1):
         raise AuditError(f"--confidence must be in (0, 1) (got {confidence:g})")
-    result = run_gate(run_dir, budget, max_drop, allow_incomplete=allow_incomplete, confidence=confidence)
-    click.echo(("NO VERDICT: " if result.refused else "PASS: " if result.passed else "FAIL: ") + result.message)
-    click.echo(f"junit: {Path(run_dir) / 'gate.xml'}")
+    for option, path in (("--summary", summary_file), ("--junit", junit_file)):
+        if path is not None and not path.parent.is_dir():
+            raise AuditError(f"{option}: no such directory: {path.parent}")
+    result = run_gate(run_dir, budget, max_drop, allow_incomplete=allow_incomplete, confidence=confidence, soft_fail=soft_fail,
+                      junit=junit_file)  # fmt: skip
+    name = json.loads((Path(run_dir) / "summary.json").read_text())["name"] if (Path(run_dir) / "summary.json").is_file() else Path(run_dir).name
+    if summary_file is not None:
+        with open(summary_file, "a", encoding="utf-8") as fh:  # GitHub collects what each step appends
+            fh.write(step_summary(result, Path(run_dir), name) + "\n")
+    if as_json:
+        click.echo(json.dumps(result_json(result, name), indent=2, allow_nan=False))
+    else:
+        label = "NO VERDICT: " if result.refused else "PASS: " if result.passed else "FAIL: "
+        click.echo(("ADVISORY " if result.soft and not result.passed else "") + label + result.message)
+        click.echo(f"junit: {junit_file or Path(run_dir) / 'gate.xml'}")
     sys.exit(result.exit_code)
+
+
+@cli.command()
+@click.argument("run_dir", type=click.Path(path_type=Path))
+@click.option("--format", "formats", type=click.Choice(["pdf", "md", "json", "card"]), multiple=True,
+              help="Which documents (repeat the option; default all): the record as PDF, markdown, JSON, and a model-card snippet.")  # fmt: skip
+@click.option("--sign-key", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Sign the manifest with this Ed25519 private key (PEM; if encrypted, its password in $POISON_AUDIT_KEY_PASSWORD).")  # fmt: skip
+@click.option("--signer", default=None, help="Who signs (name, role), shown in the record; default: the config's system.responsible.")
+@_user_errors
+def export(run_dir: Path, formats: tuple[str, ...], sign_key: Path | None, signer: str | None) -> None:
+    """Write RUN_DIR's compliance record (RUN_DIR/compliance/) and manifest.json, signed with --sign-key."""
+    from audit.report.export import FORMATS
+    from audit.report.export import export as run_export
+
+    written = run_export(run_dir, formats or FORMATS, sign_key=sign_key, signer=signer)
+    for path in written:
+        click.echo(f"wrote: {path}")
+    if sign_key is None:
+        click.echo("unsigned: pass --sign-key KEY.pem --signer NAME to sign the manifest")
+
+
+@cli.command()
+@click.argument("run_dir", type=click.Path(path_type=Path))
+@click.option("--public-key", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="The signer's Ed25519 public key (PEM): the signature must be by this key.")  # fmt: skip
+@_user_errors
+def verify(run_dir: Path, public_key: Path | None) -> None:
+    """Recompute the SHA-256 of every file RUN_DIR's manifest lists and check its signature; exit 1 on any mismatch."""
+    from audit.report.integrity import verify as run_verify
+
+    result = run_verify(run_dir, public_key)
+    for note in result.notes:
+        click.echo(f"note: {note}")
+    if result.ok:
+        who = f"; signed by {result.signer} at {result.signed_at} ({result.key_fingerprint})" if result.signer else ""
+        click.echo(f"OK: {result.checked} files match the manifest{who}")
+        return
+    for problem in result.problems:
+        click.echo(f"FAILED: {problem}", err=True)
+    sys.exit(1)
+
+
+@cli.command()
+@click.argument("key_file", type=click.Path(dir_okay=False, path_type=Path))
+@_user_errors
+def keygen(key_file: Path) -> None:
+    """Write a new Ed25519 signing key to KEY_FILE (mode 0600) and its public key to KEY_FILE.pub."""
+    from audit.report.integrity import generate_key
+
+    private, public = generate_key(key_file)
+    click.echo(f"private key: {private} (keep it secret; encrypted when $POISON_AUDIT_KEY_PASSWORD is set)")
+    click.echo(f"public key: {public} (give it to whoever verifies)")
 
 
 @cli.command()

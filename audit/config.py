@@ -322,6 +322,26 @@ class ExecutorSpec(StrictModel):
         return max(1, math.ceil(self.cpus_per_cell))
 
 
+class SystemSpec(StrictModel):
+    """The AI system the audit is for, as the user declares it (issue 17): what the compliance record
+    (``poison-audit export``) names in its identification section. Free text, escaped wherever it is
+    shown; it never changes a number, so it is not in the fingerprint.
+
+    ``name``/``version``: the system and its version; ``provider``: the organisation placing it on
+    the market (EU AI Act Art. 3(3)); ``responsible``: the person responsible for the tests (who
+    signs, Annex IV 2(g)); ``intended_purpose``: one sentence (Art. 3(12)); ``contact``: where
+    questions go; ``model_version``: the model artefact's own version, when it has one.
+    """
+
+    name: str | None = Field(None, max_length=200)
+    version: str | None = Field(None, max_length=100)
+    model_version: str | None = Field(None, max_length=100)
+    provider: str | None = Field(None, max_length=200)
+    responsible: str | None = Field(None, max_length=200)
+    intended_purpose: str | None = Field(None, max_length=2000)
+    contact: str | None = Field(None, max_length=200)
+
+
 class AuditConfig(StrictModel):
     """A whole audit. Defaults give the embedded default audit (``poison-audit run``)."""
 
@@ -352,6 +372,7 @@ class AuditConfig(StrictModel):
     minimax: MinimaxSpec | None = None
     adaptive: AdaptiveSpec = AdaptiveSpec()
     executor: ExecutorSpec = ExecutorSpec()
+    system: SystemSpec = SystemSpec()
 
     @field_validator("candidates")
     @classmethod
@@ -492,8 +513,8 @@ class AuditConfig(StrictModel):
         return [dict(zip(axes, combo)) for combo in itertools.product(*(self.candidates[a] for a in axes))]
 
     def fingerprint(self) -> str:
-        """Hash of everything that changes results (not the output directory)."""
-        payload = self.model_dump(mode="json", exclude={"output_dir", "executor"})
+        """Hash of everything that changes results (not the output directory, the executor or the declared system)."""
+        payload = self.model_dump(mode="json", exclude={"output_dir", "executor", "system"})
         return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
 
 

@@ -9,6 +9,7 @@ clipped to it.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -69,6 +70,15 @@ class Dataset:
         return dataclasses.replace(self, x_val=self.x_val[mine], y_val=self.y_val[mine],
                                    defense_val=(self.x_val[theirs], self.y_val[theirs]))  # fmt: skip
 
+    def digests(self) -> dict[str, str]:
+        """SHA-256 of each split as loaded (features then labels, with their dtypes and shapes):
+        ``train``, ``validation`` (the selection part when a defense reads its own part),
+        ``defense_validation`` when split, and ``test`` — what the compliance record identifies."""
+        splits = {"train": (self.x_train, self.y_train), "validation": (self.x_val, self.y_val), "test": (self.x_test, self.y_test)}
+        if self.defense_val is not None:
+            splits["defense_validation"] = self.defense_val
+        return {name: array_digest(*arrays) for name, arrays in splits.items()}
+
     @property
     def n_features(self) -> int:
         return int(self.x_train.shape[1])
@@ -91,6 +101,17 @@ class Dataset:
             "n_val_defense": None if self.defense_val is None else len(self.defense_val[1]),
             "synthetic": self.notes.get("synthetic"),
         }
+
+
+def array_digest(*arrays: np.ndarray, names: list[str] | None = None) -> str:
+    """SHA-256 over arrays: each one's name (when given), dtype and shape, then its C-order bytes
+    (equal arrays, equal digest)."""
+    h = hashlib.sha256()
+    for i, a in enumerate(arrays):
+        a = np.ascontiguousarray(a)
+        h.update(f"{names[i] + ':' if names else ''}{a.dtype.str}{list(a.shape)};".encode())
+        h.update(a.tobytes() if a.dtype.hasobject else memoryview(a).cast("B"))  # type: ignore[arg-type]
+    return h.hexdigest()
 
 
 # --------------------------------------------------------------------------- splitting

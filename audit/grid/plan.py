@@ -28,6 +28,7 @@ class RunPlan:
     run_dir: Path
     deployed_test_metric: float | None = None  # the user's estimator as handed over, on the test split
     threads: int | None = None  # torch's threads where the cells run (a Ray task's); None: this process's
+    model_digests: dict[str, str] = field(default_factory=dict)  # audit.models.digest.model_digests (the compliance record)
     _seed_free: dict[str, bool] = field(default_factory=dict, repr=False)
 
     def fingerprint(self) -> str:

@@ -51,6 +51,7 @@ from audit.grid.work import (
     standard_error,
 )
 from audit.models import Victim, build_victim, resolve_device
+from audit.models.digest import model_digests
 from audit.models.estimator import deployed_metric
 from audit.models.structure import is_convex_linear
 from audit.seeding import seeded_init
@@ -127,7 +128,8 @@ def plan_audit(
             raise AuditError(f"executor.gpus_per_cell is {share:g} but the run's device is the CPU; set device: cuda or leave it out")
         threads = config.executor.cell_threads  # a Ray task's torch threads: the numbers depend on them
     deployed = deployed_metric(model, data.x_test, data.y_test, data.task) if model is not None else None
-    return RunPlan(config, data, victim, device, run_dir, deployed, threads)
+    digests = model_digests(victim, config.candidate_grid()[0], config.model, model)
+    return RunPlan(config, data, victim, device, run_dir, deployed, threads, digests)
 
 
 def _convex(victim: Victim, hparams: dict[str, Any]) -> bool:
@@ -195,6 +197,15 @@ def _prepare_store(plan: RunPlan, restart: bool) -> Store:
             remove_run(plan.run_dir)
             store = Store(plan.run_dir)
     plan.run_dir.mkdir(parents=True, exist_ok=True)
+    data_digests = plan.dataset.digests()
+    stored_digests = store.meta("data_sha256")
+    if stored_digests is not None and stored_digests != data_digests:
+        changed = ", ".join(k for k in data_digests if stored_digests.get(k) != data_digests[k])
+        store.close()
+        raise AuditError(
+            f"{plan.run_dir} was run on other data (the {changed} split's SHA-256 differs from what the run recorded); "
+            "restore the data, or pass --restart to replace the run"
+        )
     if store.meta("fingerprint") is None:
         store.initialise(
             {
@@ -213,8 +224,13 @@ def _prepare_store(plan: RunPlan, restart: bool) -> Store:
                 "cell_seeds": plan.seed_plan(),
                 "deployed_test_metric": plan.deployed_test_metric,
                 "threads": plan.numerics()["threads"],
+                "data_sha256": data_digests,
+                "model_sha256": plan.model_digests,
             }
         )
+    elif stored_digests is None:  # a run begun before the digests were recorded: the data of the cells still to run
+        store.set_meta("data_sha256", data_digests)
+        store.set_meta("model_sha256", plan.model_digests)
     return store
 
 

@@ -18,6 +18,16 @@ plt.rcParams.update({"text.parse_math": False, "svg.hashsalt": "poison-audit", "
                      "axes.spines.top": False, "axes.spines.right": False})  # fmt: skip
 
 
+#: line styles and markers that tell lines apart in black and white (the compliance PDF is printed)
+LINESTYLES = ("-", "--", ":", "-.")
+MARKERS = ("o", "s", "^", "D", "v", "x", "P", "*")
+
+
+def _style(i: int) -> dict[str, str]:
+    """The i-th line's dash pattern and marker (distinct without colour)."""
+    return {"linestyle": LINESTYLES[i % len(LINESTYLES)], "marker": MARKERS[i % len(MARKERS)]}
+
+
 def _to_svg(fig: plt.Figure) -> str:
     buf = io.StringIO()
     fig.savefig(buf, format="svg", bbox_inches="tight", metadata={"Date": None})
@@ -45,14 +55,14 @@ def budget_curves(
     xs = [0.0, *budgets]
     for i, attack in enumerate(attacks):
         ax = axes[i // cols][i % cols]
-        for color, s in zip(colors, summaries):
+        for k, (color, s) in enumerate(zip(colors, summaries)):
             ys, es = [s.clean_test], [s.clean_test_std]
             for eps in budgets:
                 st = s.stats.get((attack, eps, defense))
                 ys.append(st.poisoned_test if st else math.nan)
                 es.append(st.poisoned_test_std if st else 0.0)
             style = {"lw": 2.4} if s.key == recommended else {"lw": 1.2}
-            ax.errorbar([100 * x for x in xs], ys, yerr=es, marker="o", ms=3, capsize=2, color=color, label=s.label, **style)
+            ax.errorbar([100 * x for x in xs], ys, yerr=es, ms=3, capsize=2, color=color, label=s.label, **_style(k), **style)
         ax.set_title(attack, fontsize=9)
         ax.set_xlabel("poison budget ε (%)")
         if i % cols == 0:
@@ -137,9 +147,9 @@ def defense_curves(panels: dict[str, dict[str, dict[float, float]]], clean: floa
     fig, axes = plt.subplots(1, len(attacks), figsize=(4.0 * len(attacks), 3.1), squeeze=False, sharey=True)
     for ax, attack in zip(axes[0], attacks):
         colors = plt.cm.tab10(np.arange(len(panels[attack])))
-        for color, (defense, values) in zip(colors, panels[attack].items()):
+        for k, (color, (defense, values)) in enumerate(zip(colors, panels[attack].items())):
             xs = [0.0] + [100 * e for e in budgets]
-            ax.plot(xs, [clean] + [values.get(e, math.nan) for e in budgets], marker="o", ms=3, color=color, label=defense)
+            ax.plot(xs, [clean] + [values.get(e, math.nan) for e in budgets], ms=3, color=color, label=defense, **_style(k))
         ax.set_title(attack, fontsize=9)
         ax.set_xlabel("poison budget ε (%)")
         ax.grid(alpha=0.3)

@@ -1,25 +1,65 @@
-"""The CI gate: pass when the recommended setting's worst case at a budget is within bounds; JUnit XML."""
+"""The CI gate: pass when the recommended setting's worst case at a budget is within bounds.
+
+Outputs for CI systems (issue 17): JUnit XML (``gate.xml``: a ``gate`` suite with the verdict and
+a ``settings`` suite with one case per (setting, budget) and its figures as properties), a
+GitHub step summary (markdown, under 1 MB), and a JSON result. In soft-fail mode (an advisory
+gate) a failure is reported as skipped and the exit code is 0.
+
+Only the verdict can fail: a (setting, budget) case over the limit that is not the gated one
+(another setting, or another budget) is reported *skipped* with the reason — visible, but it
+does not turn a CI test report red when the gate itself passes. The gated case fails in both
+suites when the gate fails.
+"""
 
 from __future__ import annotations
 
+import json
 import math
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 from xml.sax.saxutils import escape, quoteattr
 
 from audit.errors import AuditError
-from audit.jsonio import atomic_write
-from audit.report.analysis import analyse
-from audit.report.recommend import z_of
+from audit.jsonio import atomic_write, finite
+from audit.report.analysis import Analysis, analyse, fmt
+from audit.report.recommend import CandidateSummary, z_of
 
 #: exit codes of ``poison-audit gate``
 EXIT_PASS, EXIT_FAIL, EXIT_INCOMPLETE = 0, 1, 3
+#: GitHub's limit for one step's summary is 1 MiB; the summary stays well under it
+SUMMARY_LIMIT = 1_000_000
+SUMMARY_ROWS = 60  # settings listed in the step summary's table (the worst first); the rest are counted
+GATE_JSON_SCHEMA_VERSION = 1
+#: the artifacts of a run a CI job uploads (named in the step summary when they exist)
+ARTIFACT_NAMES = ("report.html", "summary.json", "gate.xml", "compliance/record.pdf", "compliance/record.md", "compliance/record.json",
+                  "compliance/model_card.md", "manifest.json", "manifest.sig")  # fmt: skip
+
+
+@dataclass
+class SettingCase:
+    """One (setting, budget) of the run, as the JUnit ``settings`` suite and the JSON result show it."""
+
+    setting: str
+    defense: str
+    hyperparameters: dict[str, Any]
+    budget: float
+    clean_test: float | None
+    damage: float | None
+    damage_ci95: list[float] | None
+    judged: float | None  # what is compared with the limit: the point estimate, or the upper bound with --confidence
+    worst_attack: str | None
+    seeds: int
+    recommended: bool
+    gated: bool  # the one case the verdict is about
+    status: str  # "passed", "failed", "over the limit (not gated)", "no finished cells"
 
 
 @dataclass
 class GateResult:
     """``passed``: the verdict; ``refused``: no verdict was given (an incomplete run without
-    ``allow_incomplete``); ``missing``/``failed``: planned cells not finished."""
+    ``allow_incomplete``); ``missing``/``failed``: planned cells not finished; ``soft``: an advisory
+    gate (a failure or refusal exits 0 and is skipped in JUnit)."""
 
     passed: bool
     message: str
@@ -27,21 +67,42 @@ class GateResult:
     refused: bool = False
     missing: int = 0
     failed: int = 0
+    soft: bool = False
+    budget: float = math.nan
+    max_drop: float = math.nan
+    judged: str = "worst-case"
+    setting: str | None = None
+    cases: list[SettingCase] = field(default_factory=list)
 
     @property
     def exit_code(self) -> int:
+        if self.soft:
+            return EXIT_PASS
         return EXIT_INCOMPLETE if self.refused else (EXIT_PASS if self.passed else EXIT_FAIL)
 
+    @property
+    def verdict(self) -> str:
+        return "no verdict" if self.refused else ("pass" if self.passed else "fail")
 
-def gate(run_dir: str | Path, budget: float, max_drop: float, allow_incomplete: bool = False, confidence: float | None = None) -> GateResult:
-    """Pass when the recommended setting's worst-case test damage at ``budget`` is at most ``max_drop``; writes gate.xml.
+
+def gate(
+    run_dir: str | Path,
+    budget: float,
+    max_drop: float,
+    allow_incomplete: bool = False,
+    confidence: float | None = None,
+    soft_fail: bool = False,
+    junit: str | Path | None = None,
+) -> GateResult:
+    """Pass when the recommended setting's worst-case test damage at ``budget`` is at most ``max_drop``;
+    writes the JUnit file ``junit`` (default ``RUN_DIR/gate.xml``).
 
     A run whose planned cells are not all finished (some failed or never ran) gets no verdict
     — ``refused``, exit code 3 — because its worst case may be among the missing cells. With
     ``allow_incomplete`` the finished cells are judged and the message and the JUnit file say
     how many cells were missing. With ``confidence`` (e.g. 0.95) the gate judges the upper end
     of the worst-case drop's two-sided interval at that level (``max_a damage_a + z·SE_a``,
-    :mod:`audit.report.recommend`) instead of the point estimate.
+    :mod:`audit.report.recommend`) instead of the point estimate. ``soft_fail``: an advisory gate.
     """
     if confidence is not None and not 0 < confidence < 1:
         raise AuditError(f"--confidence must be in (0, 1) (got {confidence:g})")
@@ -49,20 +110,19 @@ def gate(run_dir: str | Path, budget: float, max_drop: float, allow_incomplete: 
     a = analyse(run_dir)
     if budget not in a.config.budgets:
         raise AuditError(f"--budget {budget:g} was not run; budgets of this run: {', '.join(f'{b:g}' for b in a.config.budgets)}")
+    junit_path = Path(junit) if junit is not None else run_dir / "gate.xml"
     done = a.completeness()
+    judged = "worst-case" if confidence is None else f"upper {100 * confidence:g} % bound of the worst-case"
+    cases = setting_cases(a, budget, max_drop, confidence)
     if not done.complete and not allow_incomplete:
         result = GateResult(False, f"the run is incomplete ({done.describe()}); finish it (run the same command again) "
-                            "or pass --allow-incomplete to judge the finished cells", None, True, done.missing, done.failed)  # fmt: skip
-        atomic_write(run_dir / "gate.xml", junit_xml(a.config.name, budget, result))
+                            "or pass --allow-incomplete to judge the finished cells", None, True, done.missing, done.failed,
+                            soft_fail, budget, max_drop, judged, a.recommendation.label, cases)  # fmt: skip
+        atomic_write(junit_path, junit_xml(a.config.name, budget, result))
         return result
     rec = a.recommended()
-    damage = rec.worst_damage_test.get(budget) if rec else None
-    judged = "worst-case"
-    if rec is not None and damage is not None and confidence is not None:
-        z = z_of(confidence)
-        per_attack = [st for (_, eps, d), st in rec.stats.items() if eps == budget and d == rec.defense]
-        damage = max(st.damage_test + z * st.damage_test_se for st in per_attack)
-        judged = f"upper {100 * confidence:g} % bound of the worst-case"
+    gated = next((c for c in cases if c.gated), None)
+    damage = gated.judged if gated is not None else None
     what = "accuracy drop" if a.higher_is_better else "MSE increase"
     unit = " points" if a.higher_is_better else ""
     if rec is None or damage is None or not math.isfinite(damage):
@@ -76,26 +136,156 @@ def gate(run_dir: str | Path, budget: float, max_drop: float, allow_incomplete: 
             f"({'≤' if passed else '>'} {max_drop:g}{unit} allowed; worst attack {rec.worst_attack.get(budget)})",
             damage,
         )
+    result.soft, result.budget, result.max_drop, result.judged = soft_fail, budget, max_drop, judged
+    result.setting, result.cases = a.recommendation.label, cases
     if not done.complete:
         result.message += f" — INCOMPLETE run judged on its finished cells only ({done.describe()})"
         result.missing, result.failed = done.missing, done.failed
-    atomic_write(run_dir / "gate.xml", junit_xml(a.config.name, budget, result))
+    atomic_write(junit_path, junit_xml(a.config.name, budget, result))
     return result
 
 
+def setting_cases(a: Analysis, budget: float, max_drop: float, confidence: float | None) -> list[SettingCase]:
+    """Every (setting, budget) of the run with its figures; the recommended setting at ``budget`` is the gated case."""
+    z = z_of(confidence) if confidence is not None else None
+    rec = a.recommended()
+    cases = []
+    for p in a.pairs:
+        for eps in a.config.budgets:
+            damage = p.worst_damage_test.get(eps)
+            judged = _upper(p, eps, z) if z is not None else damage
+            gated = rec is not None and p.pair == rec.pair and eps == budget
+            if judged is None or not math.isfinite(judged):
+                status = "no finished cells"
+            elif judged <= max_drop:
+                status = "passed"
+            else:
+                status = "failed" if gated else "over the limit (not gated)"
+            ci = p.worst_damage_test_ci.get(eps)
+            seeds = max((st.n_seeds for (_, e, _), st in p.stats.items() if e == eps), default=0)
+            cases.append(SettingCase(p.label, p.defense, p.hparams, eps, p.clean_test, damage, list(ci) if ci else None, judged,
+                                     p.worst_attack.get(eps), seeds, rec is not None and p.pair == rec.pair, gated, status))  # fmt: skip
+    return cases
+
+
+def _upper(p: CandidateSummary, eps: float, z: float) -> float | None:
+    """``max_a damage_a + z·SE_a`` over the attacks of a setting at ``eps`` (None without finished cells)."""
+    values = [st.damage_test + z * st.damage_test_se for (_, e, d), st in p.stats.items() if e == eps and d == p.defense]
+    return max(values) if values else None
+
+
 def junit_xml(name: str, budget: float, result: GateResult) -> str:
+    """JUnit XML as CI systems read it (testsuites/testsuite/testcase with failure, error, skipped, properties)."""
     case = quoteattr(f"worst-case damage at eps={budget:g}")
+    soft = "advisory gate (--soft-fail): "
+    failures = errors = skipped = 0
     if result.refused:  # no verdict: a JUnit error, not a failure
-        body = f'<error type="incomplete" message={quoteattr(result.message)}>{escape(result.message)}</error>'
+        if result.soft:
+            body, skipped = f"<skipped message={quoteattr(soft + result.message)}/>", 1
+        else:
+            body, errors = f'<error type="incomplete" message={quoteattr(result.message)}>{escape(result.message)}</error>', 1
+    elif result.passed:
+        body = ""
+    elif result.soft:
+        body, skipped = f"<skipped message={quoteattr(soft + result.message)}/>", 1
     else:
-        body = "" if result.passed else f"<failure message={quoteattr(result.message)}>{escape(result.message)}</failure>"
-    props = (
-        f'<properties><property name="cells_missing" value="{result.missing}"/><property name="cells_failed" value="{result.failed}"/></properties>'
-    )
-    return (
-        '<?xml version="1.0" encoding="utf-8"?>\n'
-        f'<testsuites><testsuite name={quoteattr("poison-audit " + name)} tests="1" '
-        f'failures="{0 if result.passed or result.refused else 1}" errors="{1 if result.refused else 0}">{props}'
-        f'<testcase classname="poison-audit.report.gate" name={case}>{body}'
-        f"<system-out>{escape(result.message)}</system-out></testcase></testsuite></testsuites>\n"
-    )
+        body, failures = f"<failure message={quoteattr(result.message)}>{escape(result.message)}</failure>", 1
+    props = _properties({"cells_missing": result.missing, "cells_failed": result.failed, "verdict": result.verdict, "budget": budget,
+                         "max_drop": result.max_drop, "judged": result.judged, "damage": result.damage, "setting": result.setting,
+                         "soft_fail": result.soft})  # fmt: skip
+    gate_suite = (f'<testsuite name={quoteattr("poison-audit " + name)} tests="1" failures="{failures}" errors="{errors}" '
+                  f'skipped="{skipped}">{props}<testcase classname="poison-audit.report.gate" name={case}>{body}'
+                  f"<system-out>{escape(result.message)}</system-out></testcase></testsuite>")  # fmt: skip
+    rows, skipped_settings, failed_settings = [], 0, 0
+    for c in result.cases:
+        label = c.setting  # a defended setting's label names its defense ("ρ=0.01 + loss_filter")
+        props = _properties({"setting": c.setting, "defense": c.defense, "hyperparameters": json.dumps(c.hyperparameters, sort_keys=True),
+                             "budget": c.budget, "clean_test": c.clean_test, "worst_case_damage": c.damage,
+                             "worst_case_damage_ci95_low": c.damage_ci95[0] if c.damage_ci95 else None,
+                             "worst_case_damage_ci95_high": c.damage_ci95[1] if c.damage_ci95 else None, "judged": c.judged,
+                             "worst_attack": c.worst_attack, "seeds": c.seeds, "recommended": c.recommended, "gated": c.gated,
+                             "status": c.status})  # fmt: skip
+        reason = f"{c.status}: {fmt(c.judged)} vs {result.max_drop:g} allowed" if c.judged is not None else c.status
+        inner = ""
+        if c.status == "failed" and not result.soft:  # the gated case: the verdict, seen per setting
+            inner, failed_settings = f"<failure message={quoteattr(reason)}>{escape(result.message)}</failure>", failed_settings + 1
+        elif c.status != "passed":
+            inner, skipped_settings = f"<skipped message={quoteattr((soft if c.gated else '') + reason)}/>", skipped_settings + 1
+        rows.append(f'<testcase classname={quoteattr("poison-audit.settings")} name={quoteattr(f"{label} at eps={c.budget:g}")}>'
+                    f"{props}{inner}</testcase>")  # fmt: skip
+    settings_suite = (f'<testsuite name={quoteattr("poison-audit " + name + " settings")} tests="{len(result.cases)}" '
+                      f'failures="{failed_settings}" errors="0" skipped="{skipped_settings}">{"".join(rows)}</testsuite>')  # fmt: skip
+    return f'<?xml version="1.0" encoding="utf-8"?>\n<testsuites>{gate_suite}{settings_suite}</testsuites>\n'
+
+
+def _properties(values: dict[str, Any]) -> str:
+    items = "".join(f"<property name={quoteattr(k)} value={quoteattr(_prop(v))}/>" for k, v in values.items())
+    return f"<properties>{items}</properties>"
+
+
+def _prop(value: Any) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, float):
+        return "nan" if not math.isfinite(value) else f"{value:.6g}"
+    return str(value)
+
+
+def _md(text: Any) -> str:
+    """A table cell or line of markdown that renders as the literal text (HTML escaped, markdown punctuation escaped)."""
+    s = str(text).replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+    for ch in "\\`*_[]|#~!":
+        s = s.replace(ch, "\\" + ch)
+    return " ".join(s.split())
+
+
+def step_summary(result: GateResult, run_dir: Path, name: str) -> str:
+    """The GitHub step summary: the verdict, the worst-case table (worst settings first, at most
+    :data:`SUMMARY_ROWS`), and the names of the artifacts to open; always under :data:`SUMMARY_LIMIT` bytes."""
+    icon = {"pass": "✅ PASS", "fail": "❌ FAIL", "no verdict": "⚠️ NO VERDICT"}[result.verdict]
+    advisory = " (advisory: --soft-fail, the job does not fail)" if result.soft and result.verdict != "pass" else ""
+    lines = [f"## poison-audit gate — {_md(name)}", "", f"**{icon}**{advisory}: {_md(result.message)}", ""]
+    budgets = sorted({c.budget for c in result.cases})
+    by_setting: dict[tuple[str, str], dict[float, SettingCase]] = {}
+    for c in result.cases:
+        by_setting.setdefault((c.setting, c.defense), {})[c.budget] = c
+    order = sorted(by_setting.items(), key=lambda kv: (not any(c.recommended for c in kv[1].values()),
+                                                      -max((c.damage or -math.inf) for c in kv[1].values())))  # fmt: skip
+    header = ["Setting", "Clean test"] + [f"ε = {100 * b:g} %" for b in budgets]
+    lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for (setting, _), cells in order[:SUMMARY_ROWS]:
+        first = next(iter(cells.values()))
+        mark = " (recommended)" if first.recommended else ""
+        row = [f"{_md(setting)}{mark}", fmt(first.clean_test)]
+        for b in budgets:
+            case = cells.get(b)
+            if case is None or case.damage is None:
+                row.append("n/a")
+                continue
+            ci = f" ({fmt(case.damage_ci95[0])}–{fmt(case.damage_ci95[1])})" if case.damage_ci95 else ""
+            flag = " ❌" if case.status == "failed" else (" ⚠️" if case.status.startswith("over") else "")
+            row.append(f"{fmt(case.damage)}{ci}{flag}")
+        lines.append("| " + " | ".join(row) + " |")
+    if len(order) > SUMMARY_ROWS:
+        lines.append(f"\n… and {len(order) - SUMMARY_ROWS} more settings (summary.json lists them all).")
+    lines += ["", f"Worst-case damage (95 % interval) per setting and budget; the limit is {result.max_drop:g} at ε = {result.budget:g} "
+              f"({_md(result.judged)}). ⚠️: over the limit but not gated.", ""]  # fmt: skip
+    present = [n for n in ARTIFACT_NAMES if (run_dir / n).is_file()]
+    if present:
+        lines += ["Artifacts: " + ", ".join(f"`{n}`" for n in present), ""]
+    text = "\n".join(lines)
+    if len(text.encode("utf-8")) > SUMMARY_LIMIT:  # a pathological name length; cut at a line, say so
+        text = text.encode("utf-8")[: SUMMARY_LIMIT - 200].decode("utf-8", "ignore").rsplit("\n", 1)[0] + "\n\n… (cut at 1 MB)\n"
+    return text
+
+
+def result_json(result: GateResult, name: str) -> dict[str, Any]:
+    """The gate's result for machines (``poison-audit gate --json``)."""
+    return finite({
+        "schema_version": GATE_JSON_SCHEMA_VERSION, "run": name, "verdict": result.verdict, "passed": result.passed,
+        "exit_code": result.exit_code, "soft_fail": result.soft, "message": result.message, "budget": result.budget,
+        "max_drop": result.max_drop, "judged": result.judged, "damage": result.damage, "setting": result.setting,
+        "cells_missing": result.missing, "cells_failed": result.failed, "cases": [asdict(c) for c in result.cases],
+    })  # fmt: skip

@@ -1,0 +1,198 @@
+"""``poison-audit export``: the compliance record as PDF, markdown and JSON, a model-card snippet,
+and the run's manifest, optionally signed (issue 17).
+
+The record is :func:`audit.report.compliance.build_document`; this module only renders it.
+Markdown escapes every character that is markup (``<`` ``>`` ``&`` and markdown's own), the
+HTML behind the PDF is autoescaped by jinja2, JSON is JSON: a name from the config stays text.
+
+The PDF is WeasyPrint's rendering of ``templates/compliance.html.j2`` with print CSS (A4, page
+numbers, table headers repeated, black-and-white safe). WeasyPrint was chosen over headless
+Chromium because it installs with ``pip`` alone (it uses the system's Pango, which Debian and the
+common CI images ship), whereas Chromium is a system package the README's two commands do not install.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import logging
+import re
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from jinja2 import Environment, FileSystemLoader, select_autoescape
+
+from audit.errors import AuditError
+from audit.grid.lock import RunLock
+from audit.grid.store import Store
+from audit.jsonio import atomic_write, finite
+from audit.report.analysis import Analysis, analyse, fmt
+from audit.report.compliance import build_document
+from audit.report.integrity import (
+    Signing,
+    build_manifest,
+    key_fingerprint,
+    load_private_key,
+    utc_now,
+    write_manifest,
+)
+from audit.report.render import templates_dir, write_report
+
+FORMATS = ("pdf", "md", "json", "card")
+OUT_DIR = "compliance"
+FILES = {"pdf": "record.pdf", "md": "record.md", "json": "record.json", "card": "model_card.md"}
+
+_MD_SPECIAL = re.compile(r"([\\`*_\[\]{}|#~!])")
+
+
+def md_escape(text: Any) -> str:
+    """One line of markdown that renders as the literal text: HTML's ``& < >`` as entities, markdown's
+    punctuation backslash-escaped, line breaks as spaces (a value never starts a heading or a table row)."""
+    s = str(text).replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+    s = _MD_SPECIAL.sub(r"\\\1", s)
+    return re.sub(r"\s*[\r\n]+\s*", " ", s)
+
+
+def render_markdown(doc: dict[str, Any]) -> str:
+    """The record as GitHub-flavoured markdown (figures are named; they are in the PDF and report.html)."""
+    out = [f"# {md_escape(doc['title'])}", "",
+           f"Exported {md_escape(doc['exported_at'])} · " + ("signed (section 10)" if doc["signed"] else "**UNSIGNED**"), ""]  # fmt: skip
+    for section in doc["sections"]:
+        out += [f"## {md_escape(section['title'])}", ""]
+        for block in section["blocks"]:
+            out += _md_block(block) + [""]
+    return "\n".join(out).rstrip() + "\n"
+
+
+def _md_block(block: dict[str, Any]) -> list[str]:
+    kind = block["kind"]
+    if kind == "p":
+        return [md_escape(block["text"])]
+    if kind == "list":
+        return [f"- {md_escape(item)}" for item in block["items"]]
+    if kind == "kv":
+        return [f"- **{md_escape(k)}:** {md_escape(v)}" for k, v in block["items"]]
+    if kind == "table":
+        lines = ["| " + " | ".join(md_escape(c) for c in block["columns"]) + " |", "|" + "---|" * len(block["columns"])]
+        lines += ["| " + " | ".join(md_escape(v) for v in row) + " |" for row in block["rows"]]
+        if block.get("caption"):
+            lines += ["", f"*{md_escape(block['caption'])}*"]
+        return lines
+    if kind == "figure":
+        return [f"*Figure (in record.pdf and report.html): {md_escape(block['caption'])}*"]
+    raise ValueError(f"unknown block kind {kind!r}")
+
+
+def document_json(doc: dict[str, Any]) -> str:
+    """The record for machines: the same sections, figures by caption only (their SVG is in the PDF)."""
+    plain = {**doc, "sections": [{**s, "blocks": [({k: v for k, v in b.items() if k != "svg"} if b["kind"] == "figure" else b) for b in s["blocks"]]}
+                                 for s in doc["sections"]]}  # fmt: skip
+    return json.dumps(finite(plain), indent=2, allow_nan=False, default=str) + "\n"
+
+
+def render_html(doc: dict[str, Any]) -> str:
+    """The HTML behind the PDF (autoescaped; only the package's own SVG figures are inserted as markup)."""
+    env = Environment(loader=FileSystemLoader(templates_dir()), autoescape=select_autoescape(["html", "j2"]))
+    css = (templates_dir() / "compliance.css").read_text(encoding="utf-8")
+    return env.get_template("compliance.html.j2").render(doc=doc, css=css)
+
+
+def render_pdf(doc: dict[str, Any]) -> bytes:
+    """The record as PDF bytes (WeasyPrint); a one-line error when WeasyPrint or Pango is missing."""
+    try:
+        import weasyprint
+    except (ImportError, OSError) as err:
+        raise AuditError(
+            f"PDF export needs WeasyPrint and the Pango library ({str(err).splitlines()[0]}); "
+            "install them (pip install weasyprint; Debian: apt-get install libpango-1.0-0) or export --format md json"
+        ) from None
+    logging.getLogger("weasyprint").setLevel(logging.ERROR)
+    logging.getLogger("fontTools").setLevel(logging.ERROR)
+    return bytes(weasyprint.HTML(string=render_html(doc), base_url=str(templates_dir())).write_pdf())
+
+
+def model_card(a: Analysis, doc: dict[str, Any]) -> str:
+    """The "Evaluation → Robustness to data poisoning" part of a model card (Hugging Face model cards,
+    Google's Model Card Toolkit ``considerations``/``quantitative_analysis``), as markdown."""
+    facts = doc["facts"]
+    rec = a.recommended()
+    lines = ["## Evaluation", "", "### Robustness to data poisoning", ""]
+    statement = next(s for s in doc["sections"] if s["id"] == "statement")["blocks"][0]["text"]
+    lines += [md_escape(statement), ""]
+    if rec is not None:
+        lines += ["| Poison budget ε | Worst-case " + md_escape(facts["damage"]) + " | 95 % interval | Worst attack |", "|---|---|---|---|"]
+        for eps in a.config.budgets:
+            if eps in rec.worst_damage_test:
+                lo, hi = rec.worst_damage_test_ci.get(eps, (float("nan"), float("nan")))
+                lines.append(f"| {100 * eps:g} % | {fmt(rec.worst_damage_test[eps])} | {fmt(lo)} to {fmt(hi)} | "
+                             f"{md_escape(rec.worst_attack.get(eps, ''))} |")  # fmt: skip
+        lines.append("")
+    lines += [
+        f"- **Threat model:** availability poisoning by data injection (NIST AI 100-2 E2025; MITRE ATLAS AML.T0020); "
+        f"attacks: {md_escape(', '.join(a.attack_keys))}.",
+        f"- **Mitigation:** {md_escape(a.recommendation.label)}, defense {md_escape(a.recommendation.defense)}.",
+        f"- **Data:** {md_escape(a.meta['dataset']['name'])}" + (" (synthetic)" if facts["synthetic_data"] else "") + ".",
+        f"- **Record:** poison-audit run {md_escape(a.config.name)}, fingerprint {md_escape(facts['fingerprint'])}, "
+        f"exported {md_escape(doc['exported_at'])}, " + ("signed (see manifest.json)" if doc["signed"] else "unsigned") + ".",
+    ]
+    if not facts["complete"]:
+        lines.append("- **Incomplete run:** the figures cover the finished cells only.")
+    return "\n".join(lines) + "\n"
+
+
+def export(run_dir: str | Path, formats: Sequence[str] = FORMATS, sign_key: Path | None = None, signer: str | None = None) -> list[Path]:
+    """Write the record in ``formats`` under ``RUN_DIR/compliance/``, then ``manifest.json`` over every
+    artifact of the run and, with ``sign_key``, ``manifest.sig``. Returns the files written.
+
+    Everything is rendered before anything is written, each file atomically; a record of a format
+    not asked for this time is removed (a stale record never enters a new manifest). A signature
+    needs ``signer`` (or the config's ``system.responsible``).
+    """
+    run_dir = Path(run_dir)
+    unknown = [f for f in formats if f not in FORMATS]
+    if unknown or not formats:
+        raise AuditError(f"--format: expected some of {', '.join(FORMATS)} (got {', '.join(unknown) or 'none'})")
+    Store.open_existing(run_dir).close()  # a one-line error where there is no run
+    private = load_private_key(sign_key) if sign_key is not None else None  # key errors before anything is written
+    if not (run_dir / "report.html").is_file() or not (run_dir / "summary.json").is_file():
+        write_report(run_dir)
+    from audit import __version__
+
+    with RunLock(run_dir, "export"):
+        a = analyse(run_dir)
+        who = signer or a.config.system.responsible
+        if private is not None and not who:
+            raise AuditError("--sign-key: say who signs with --signer NAME (or declare system.responsible in the config)")
+        signing = Signing(sign_key, who) if private is not None and sign_key is not None and who else None
+        fingerprint = key_fingerprint(private.public_key()) if private is not None else None
+        doc = build_document(a, run_dir, signing, fingerprint, utc_now())
+        rendered: dict[str, str | bytes] = {}
+        for fmt_ in dict.fromkeys(formats):
+            if fmt_ == "pdf":
+                rendered[fmt_] = render_pdf(doc)
+            elif fmt_ == "md":
+                rendered[fmt_] = render_markdown(doc)
+            elif fmt_ == "json":
+                rendered[fmt_] = document_json(doc)
+            else:
+                rendered[fmt_] = model_card(a, doc)
+        out = run_dir / OUT_DIR
+        out.mkdir(exist_ok=True)
+        written = []
+        for fmt_, content in rendered.items():
+            atomic_write(out / FILES[fmt_], content)
+            written.append(out / FILES[fmt_])
+        for fmt_, name in FILES.items():
+            if fmt_ not in rendered and (out / name).exists():
+                (out / name).unlink()
+        manifest = build_manifest(run_dir, a.config.name, __version__, signing, private.public_key() if private is not None else None)
+        written.append(write_manifest(run_dir, manifest, private))
+        if private is not None:
+            written.append(run_dir / "manifest.sig")
+    return written
+
+
+def svg_data_uri(svg: str) -> str:
+    """An SVG as a data: URI (for renderers that do not take inline SVG)."""
+    return "data:image/svg+xml;base64," + base64.b64encode(svg.encode("utf-8")).decode()
