@@ -70,8 +70,9 @@ def _kv(items: list[tuple[str, str]]) -> dict[str, Any]:
     return {"kind": "kv", "items": [[k, v] for k, v in items]}
 
 
-def _table(columns: list[str], rows: list[list[str]], caption: str = "") -> dict[str, Any]:
-    return {"kind": "table", "columns": columns, "rows": [[str(v) for v in r] for r in rows], "caption": caption}
+def _table(columns: list[str], rows: list[list[str]], caption: str = "", dense: bool = False) -> dict[str, Any]:
+    """A table of text; ``dense``: printed small (a long log)."""
+    return {"kind": "table", "columns": columns, "rows": [[str(v) for v in r] for r in rows], "caption": caption, "dense": dense}
 
 
 def _figure(svg: str, caption: str, width: int = 100) -> dict[str, Any] | None:
@@ -143,6 +144,15 @@ def build_document(a: Analysis, run_dir: Path, signing: Signing | None, key_fing
         _integrity(signing, key_fingerprint),
     ]
     verdict_damage = rec.worst_damage_test.get(target) if rec else None
+    verdict_ci = rec.worst_damage_test_ci.get(target) if rec else None
+    glance = [
+        ("Setting recommended", f"{a.recommendation.label} (defense: {a.recommendation.defense})"),
+        (f"Clean test {a.metric}", fmt(rec.clean_test) if rec else "n/a"),
+        (f"Worst-case {drop} at ε = {_pct(target)}", f"{fmt(verdict_damage)} (95 % interval {_ci(verdict_ci)})"),
+        ("Attacks / defenses / budgets", f"{len(a.attack_keys)} / {len(cfg.defenses)} / {', '.join(_pct(b) for b in cfg.budgets)}"),
+        ("Run", "complete" if done.complete else f"INCOMPLETE — {done.describe()}"),
+        ("Signature", f"signed by {signing.signer} at {signing.signed_at}" if signing else "UNSIGNED"),
+    ]
     return {
         "schema_version": DOCUMENT_SCHEMA_VERSION,
         "kind": "poison-audit compliance record",
@@ -150,6 +160,7 @@ def build_document(a: Analysis, run_dir: Path, signing: Signing | None, key_fing
         "run": cfg.name,
         "exported_at": exported_at,
         "signed": signing is not None,
+        "glance": [[k, v] for k, v in glance],
         "facts": {
             "system": system.model_dump(),
             "fingerprint": meta.get("fingerprint"),
@@ -406,7 +417,7 @@ def _test_log(a: Analysis, exported_at: str, signing: Signing | None) -> dict[st
         rows.append([signing.signed_at, "signature", f"manifest signed by {signing.signer}", "", ""])
     return _section("test_log", "9. Test log", [
         _p("Every cell of the run with the time its result was recorded (UTC), its status and its poisoned test metric (or error)."),
-        _table(["Time (UTC)", "Event", "What", "Status", f"Poisoned {a.metric}"], rows),
+        _table(["Time (UTC)", "Event", "What", "Status", f"Poisoned {a.metric}"], rows, dense=True),
     ])  # fmt: skip
 
 

@@ -58,6 +58,7 @@ def render_markdown(doc: dict[str, Any]) -> str:
     """The record as GitHub-flavoured markdown (figures are named; they are in the PDF and report.html)."""
     out = [f"# {md_escape(doc['title'])}", "",
            f"Exported {md_escape(doc['exported_at'])} · " + ("signed (section 10)" if doc["signed"] else "**UNSIGNED**"), ""]  # fmt: skip
+    out += _md_block({"kind": "kv", "items": doc["glance"]}) + [""]
     for section in doc["sections"]:
         out += [f"## {md_escape(section['title'])}", ""]
         for block in section["blocks"]:
