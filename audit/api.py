@@ -90,6 +90,14 @@ class AuditResult(os.PathLike):
             raise AuditError(f"no poisons stored for {attack} at ε = {budget:g}, seed {seed}, candidate {json.dumps(hp, sort_keys=True)}")
         return found[0], found[1]
 
+    def export(self, formats: tuple[str, ...] = ("pdf", "md", "json", "card"), sign_key: str | Path | None = None,
+               signer: str | None = None) -> list[Path]:  # fmt: skip
+        """The compliance record (``RUN_DIR/compliance/``) and the run's manifest, signed with an Ed25519
+        key when ``sign_key`` is given (:func:`audit.report.export.export`); returns the files written."""
+        from audit.report.export import export
+
+        return export(self.run_dir, formats, sign_key=Path(sign_key) if sign_key is not None else None, signer=signer)
+
     def recommended_estimator(self, clip_values: tuple[float, float] | None = None) -> Any:
         """The recommended candidate trained on the clean training set (through its defense, if the
         recommendation includes one), with the audit's procedure and first seed, as an ART estimator."""

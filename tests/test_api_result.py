@@ -33,6 +33,9 @@ def test_run_audit_returns_the_results(tmp_path):
     accuracy = 100 * np.mean(est.predict(data.x_test).argmax(1) == data.y_test)
     rec = [c for c in on_disk["candidates"] if c["hyperparameters"] == result.recommendation["hyperparameters"]][0]
     assert accuracy == pytest.approx(rec["clean_test"], abs=1e-6)  # the same seed and procedure as the audit's clean model
+    written = result.export(("json",))
+    assert [p.name for p in written] == ["record.json", "manifest.json"]
+    assert json.loads(written[0].read_text())["facts"]["fingerprint"] == on_disk["fingerprint"]
 
 
 def test_run_audit_leaves_the_global_generators_alone(tmp_path):

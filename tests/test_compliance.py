@@ -326,3 +326,23 @@ def _pdf_text(pdf: Path) -> str:
 
     doc = pypdfium2.PdfDocument(str(pdf))
     return "\n".join(doc[i].get_textpage().get_text_range() for i in range(len(doc)))
+
+
+def test_model_digests_see_the_weights_handed_over():
+    from sklearn.linear_model import LogisticRegression
+    from torch import nn
+
+    from audit.models.digest import handed_over_weights, module_weights_digest
+
+    torch_model = nn.Sequential(nn.Linear(4, 3), nn.ReLU(), nn.Linear(3, 2))
+    first = handed_over_weights(torch_model)
+    assert first == module_weights_digest(torch_model)
+    with __import__("torch").no_grad():
+        torch_model[2].bias[1] += 1e-6
+    assert handed_over_weights(torch_model) != first
+    x = np.random.default_rng(0).random((20, 4))
+    fitted = LogisticRegression().fit(x, (x[:, 0] > 0.5).astype(int))
+    digest = handed_over_weights(fitted)
+    fitted.coef_[0, 0] += 1e-9
+    assert digest is not None and handed_over_weights(fitted) != digest
+    assert handed_over_weights(LogisticRegression()) is None  # not fitted: no weights

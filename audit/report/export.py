@@ -16,7 +16,6 @@ from __future__ import annotations
 import base64
 import json
 import logging
-import re
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -29,6 +28,7 @@ from audit.grid.store import Store
 from audit.jsonio import atomic_write, finite
 from audit.report.analysis import Analysis, analyse, fmt
 from audit.report.compliance import build_document
+from audit.report.gate import md_escape
 from audit.report.integrity import (
     Signing,
     build_manifest,
@@ -42,16 +42,6 @@ from audit.report.render import templates_dir, write_report
 FORMATS = ("pdf", "md", "json", "card")
 OUT_DIR = "compliance"
 FILES = {"pdf": "record.pdf", "md": "record.md", "json": "record.json", "card": "model_card.md"}
-
-_MD_SPECIAL = re.compile(r"([\\`*_\[\]{}|#~!])")
-
-
-def md_escape(text: Any) -> str:
-    """One line of markdown that renders as the literal text: HTML's ``& < >`` as entities, markdown's
-    punctuation backslash-escaped, line breaks as spaces (a value never starts a heading or a table row)."""
-    s = str(text).replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
-    s = _MD_SPECIAL.sub(r"\\\1", s)
-    return re.sub(r"\s*[\r\n]+\s*", " ", s)
 
 
 def render_markdown(doc: dict[str, Any]) -> str:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -233,12 +234,15 @@ def _prop(value: Any) -> str:
     return str(value)
 
 
-def _md(text: Any) -> str:
-    """A table cell or line of markdown that renders as the literal text (HTML escaped, markdown punctuation escaped)."""
+_MD_SPECIAL = re.compile(r"([\\`*_\[\]{}|#~!])")
+
+
+def md_escape(text: Any) -> str:
+    """One line of markdown that renders as the literal text: HTML's ``& < >`` as entities, markdown's
+    punctuation backslash-escaped, line breaks as spaces (a value never starts a heading or a table row)."""
     s = str(text).replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
-    for ch in "\\`*_[]|#~!":
-        s = s.replace(ch, "\\" + ch)
-    return " ".join(s.split())
+    s = _MD_SPECIAL.sub(r"\\\1", s)
+    return re.sub(r"\s*[\r\n]+\s*", " ", s)
 
 
 def step_summary(result: GateResult, run_dir: Path, name: str) -> str:
@@ -246,7 +250,7 @@ def step_summary(result: GateResult, run_dir: Path, name: str) -> str:
     :data:`SUMMARY_ROWS`), and the names of the artifacts to open; always under :data:`SUMMARY_LIMIT` bytes."""
     icon = {"pass": "✅ PASS", "fail": "❌ FAIL", "no verdict": "⚠️ NO VERDICT"}[result.verdict]
     advisory = " (advisory: --soft-fail, the job does not fail)" if result.soft and result.verdict != "pass" else ""
-    lines = [f"## poison-audit gate — {_md(name)}", "", f"**{icon}**{advisory}: {_md(result.message)}", ""]
+    lines = [f"## poison-audit gate — {md_escape(name)}", "", f"**{icon}**{advisory}: {md_escape(result.message)}", ""]
     budgets = sorted({c.budget for c in result.cases})
     by_setting: dict[tuple[str, str], dict[float, SettingCase]] = {}
     for c in result.cases:
@@ -258,7 +262,7 @@ def step_summary(result: GateResult, run_dir: Path, name: str) -> str:
     for (setting, _), cells in order[:SUMMARY_ROWS]:
         first = next(iter(cells.values()))
         mark = " (recommended)" if first.recommended else ""
-        row = [f"{_md(setting)}{mark}", fmt(first.clean_test)]
+        row = [f"{md_escape(setting)}{mark}", fmt(first.clean_test)]
         for b in budgets:
             case = cells.get(b)
             if case is None or case.damage is None:
@@ -271,7 +275,7 @@ def step_summary(result: GateResult, run_dir: Path, name: str) -> str:
     if len(order) > SUMMARY_ROWS:
         lines.append(f"\n… and {len(order) - SUMMARY_ROWS} more settings (summary.json lists them all).")
     lines += ["", f"Worst-case damage (95 % interval) per setting and budget; the limit is {result.max_drop:g} at ε = {result.budget:g} "
-              f"({_md(result.judged)}). ⚠️: over the limit but not gated.", ""]  # fmt: skip
+              f"({md_escape(result.judged)}). ⚠️: over the limit but not gated.", ""]  # fmt: skip
     present = [n for n in ARTIFACT_NAMES if (run_dir / n).is_file()]
     if present:
         lines += ["Artifacts: " + ", ".join(f"`{n}`" for n in present), ""]
