@@ -12,6 +12,7 @@ MODELS: dict[str, str] = {
     "mlp": "fully connected network, `depth` hidden layers of `width` units, leaky ReLU (0.2)",
     "cnn": "two 3×3 conv layers (`width`, 2·`width` channels), max-pool, FC 128 (image data)",
     "ridge": "linear regression with the L2 term (ridge), squared loss ½(y − f)²",
+    "relu2": "two-layer ReLU network (1/√m)Σ a_s ReLU(w_sᵀx/‖x‖), top layer ±1 fixed, binary, plain SGD (Wang, Mianjy & Arora 2021)",
     "lasso": "linear regression with an L1 term λ₁‖w‖₁ (axis `l1`), trained by FISTA",
     "elastic_net": "linear regression with L1 (`l1`) and L2 (`l2`) terms, trained by FISTA",
     "user": "your factory `package.module:function` returning an nn.Module, an ART PyTorchClassifier or a scikit-learn LogisticRegression/Ridge",

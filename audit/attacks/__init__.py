@@ -6,10 +6,13 @@ from audit.attacks.gradient_canceling import GradientCanceling
 from audit.attacks.label_flip import LabelFlip
 from audit.attacks.minmax import MinMax
 from audit.attacks.optp import OptP
+from audit.attacks.regimes import RegimeA, RegimeB, RegimeC
 from audit.attacks.statp import StatP
 from audit.attacks.tgda import TGDA
 
-ATTACKS: dict[str, type[AuditAttack]] = {cls.name: cls for cls in (LabelFlip, GradientCanceling, StatP, OptP, TGDA, BackGradient, MinMax)}
+ATTACKS: dict[str, type[AuditAttack]] = {
+    cls.name: cls for cls in (LabelFlip, GradientCanceling, StatP, OptP, TGDA, BackGradient, MinMax, RegimeA, RegimeB, RegimeC)
+}
 
 __all__ = [
     "ATTACKS",
@@ -21,6 +24,9 @@ __all__ = [
     "LabelFlip",
     "MinMax",
     "OptP",
+    "RegimeA",
+    "RegimeB",
+    "RegimeC",
     "StatP",
     "TGDA",
 ]

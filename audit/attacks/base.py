@@ -237,6 +237,10 @@ class AuditAttack(ABC):
     tasks: ClassVar[tuple[str, ...]] = ("classification",)
     victims: ClassVar[tuple[str, ...]] = ("torch", "sklearn")  # the victim kinds it can attack (Victim.kind)
 
+    #: True for an attack that *modifies* the training set (Wang et al. 2021's regimes) instead of adding to it:
+    #: ``poison(x, y)`` returns the whole poisoned training set and the grid trains on it in place of D_tr ∪ D_p
+    modifies: ClassVar[bool] = False
+
     COMMON_PARAMS: ClassVar[tuple[str, ...]] = ("budget", "seed", "box", "verbose")
     attack_params: list[str]  # ART's settable names, filled per class (common ones + Params fields)
     estimator: Any  # ART's property: the estimator the attack was built with (kept for black-box ones too)
@@ -394,12 +398,13 @@ class AuditAttack(ABC):
         return self.n_classes is not None
 
     def n_poison(self, n_train: int) -> int:
-        """``round(ε·n_tr)`` points are added (DESIGN.md threat model)."""
-        return int(round(self.budget * n_train))
+        """``round(ε·n_tr)`` points are added (DESIGN.md threat model); a modifying attack returns all ``n_tr``."""
+        return n_train if self.modifies else int(round(self.budget * n_train))
 
     @final
     def poison(self, x: np.ndarray, y: np.ndarray | None = None, **kwargs: Any) -> tuple[np.ndarray, np.ndarray]:
-        """Craft the points to *add* to ``(x, y)``, in the format they were given (ART's conventions).
+        """Craft the points to *add* to ``(x, y)``, in the format they were given (ART's conventions);
+        for an attack that :attr:`modifies` the training set, the poisoned training set itself (n points).
 
         Parameters
         ----------

@@ -78,7 +78,7 @@ def resolve_adaptive(config: AuditConfig, task: str, victim_kind: str, convex: b
     spec = config.adaptive
     if spec.enabled == "off" or not filtering_defenses(config):
         return config.model_copy(update={"adaptive": spec.model_copy(update={"attacks": []})}) if spec.attacks is None else config
-    keys = [a.key for a in config.attacks]
+    keys = [a.key for a in config.attacks if not a.attack.modifies]  # the adaptive stage re-crafts injected poisons only
     if spec.attacks is None:
         chosen = [a.key for a in config.attacks if a.name in GRADIENT_ATTACKS] or keys
         sanitised = any(config.defense_spec(d).name in SANITISER_DEFENSES for d in filtering_defenses(config))
@@ -90,6 +90,8 @@ def resolve_adaptive(config: AuditConfig, task: str, victim_kind: str, convex: b
             if not (convex and task == "classification" and victim_kind == "torch"):
                 raise AuditError("adaptive.attacks: 'minmax' needs softmax regression (a PyTorch model whose parameters all belong to one nn.Linear)")
         elif name not in keys:
+            if any(a.key == name for a in config.attacks):
+                raise AuditError(f"adaptive.attacks: {name!r} modifies the training set; the adaptive stage re-crafts injected poisons only")
             raise AuditError(f"adaptive.attacks: {name!r} is not the id of an attack of this run; valid: {', '.join([*keys, MINMAX])}")
     if len(set(spec.attacks)) != len(spec.attacks):
         raise AuditError(f"adaptive.attacks: values repeat ({spec.attacks!r})")

@@ -324,9 +324,14 @@ def _defended_cell(
     assert clean.points is not None
     t0 = time.perf_counter()
     try:
-        x_mix = np.concatenate([data.x_train, x_p])
-        y_mix = np.concatenate([data.y_train, y_p])
-        is_poison = np.r_[np.zeros(len(data.y_train), bool), np.ones(len(y_p), bool)]
+        if _modifies(plan, c.attack):  # the poisoned training set itself (Wang et al. 2021's regimes): changed points are the poisons
+            x_mix, y_mix = x_p, y_p
+            flat = (len(x_p), -1)
+            is_poison = np.any(x_p.reshape(flat) != data.x_train.reshape(flat), axis=1) | (y_p != data.y_train)
+        else:
+            x_mix = np.concatenate([data.x_train, x_p])
+            y_mix = np.concatenate([data.y_train, y_p])
+            is_poison = np.r_[np.zeros(len(data.y_train), bool), np.ones(len(y_p), bool)]
         if applied is None:
             spec = plan.config.defense_spec(c.defense)
             defense = spec.defense.for_cell(c.budget, derive_seed(c.seed, c.candidate, c.attack, c.budget, c.defense), data,
@@ -340,7 +345,7 @@ def _defended_cell(
             clean_test=clean.metrics[1],
             poisoned_val=poisoned.metric(data.x_val, data.y_val),
             poisoned_test=poisoned.metric(data.x_test, data.y_test),
-            n_poison=int(len(y_p)),
+            n_poison=int(is_poison.sum()),
             poisons_removed=int((~keep & is_poison).sum()),
             clean_removed=int((~keep & ~is_poison).sum()),
             seconds=attack_seconds + time.perf_counter() - t0,
@@ -358,6 +363,11 @@ def _defended_cell(
         )
     except Exception as err:
         return failure_cell(c, Failure.of(err), str(plan.device))
+
+
+def _modifies(plan: RunPlan, attack_key: str) -> bool:
+    """Whether a cell's attack (a grid attack or an adaptive attacker) modifies the training set instead of adding to it."""
+    return any(key == attack_key and spec.attack.modifies for key, spec, _ in plan.attack_axes())
 
 
 # ---------------------------------------------------------------------------------------------- what the units compute

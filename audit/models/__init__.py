@@ -23,7 +23,7 @@ from audit.models.victim import (
     Victim,
     reinitialise,
 )
-from audit.models.zoo import CNN, DEFAULT_WIDTH, MLP, TRAINING_DEFAULTS, LogReg, Ridge
+from audit.models.zoo import CNN, DEFAULT_WIDTH, MLP, TRAINING_DEFAULTS, LogReg, ReLU2, Ridge
 
 # scikit-learn estimators whose regularization maps onto ρ (audit.models.victim.sklearn_regularization).
 SKLEARN_SUPPORTED = {"classification": ("LogisticRegression",), "regression": ("Ridge", "Lasso", "ElasticNet")}
@@ -159,6 +159,8 @@ def build_victim(model_spec: Any, training_spec: Any, dataset: Any, device: torc
         first = rebuild({})
         return victim_from_object(first, task, c, input_shape, _with_user_optimizer(training, overrides, first), device, rebuild=rebuild)
 
+    if name == "relu2" and (task != "classification" or c != 2):
+        raise AuditError(f"model: 'relu2' is a binary classifier but dataset {dataset.name!r} has {c or 'no'} classes; keep two (dataset.classes)")
     if name in ("logreg", "mlp", "cnn") and task != "classification":
         raise AuditError(f"model: {name!r} is a classifier but dataset {dataset.name!r} is a regression task; use 'ridge'")
     if name in ("ridge", "lasso", "elastic_net") and task != "regression":
@@ -175,6 +177,8 @@ def build_victim(model_spec: Any, training_spec: Any, dataset: Any, device: torc
             return Ridge(d)
         if name == "mlp":
             return MLP(d, int(c), width=width, depth=depth)
+        if name == "relu2":
+            return ReLU2(d, width=width)
         return CNN(dataset.image_shape, int(c), width=width)
 
     return TorchVictim(build, task, c, input_shape, training, device, MODELS[name].split(",")[0])

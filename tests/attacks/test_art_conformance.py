@@ -32,6 +32,9 @@ FAST = {
     "tgda": {"epochs": 1, "pretrain_epochs": 1, "cg_max_iter": 3, "follower_steps": 1, "batch_size": 60},
     "back_gradient": {"iterations": 2, "inner_steps": 5},
     "minmax": {"defense": "none"},  # the box alone: closed form, fast (the region is tested in test_certificate)
+    "regime_a": {"steps": 2},
+    "regime_b": {"steps": 2},
+    "regime_c": {"variant": "adversarial"},
 }
 KINDS = ("art_mlp", "art_cnn", "art_sklearn", "art_regressor", "module")
 TORCH_KINDS = ("art_mlp", "art_cnn", "art_regressor", "module")
@@ -95,7 +98,9 @@ def _build(name: str, est, x, y, xv, yv, **extra):
     cls = ATTACKS[name]
     params = {**FAST[name], **extra}
     common = {"budget": 0.1, "seed": 3}
-    if name == "label_flip":
+    if name in ("label_flip", "regime_c"):
+        return cls(est, n_classes=10, **common, **params)
+    if name in ("regime_a", "regime_b"):
         return cls(est, n_classes=10, **common, **params)
     if name == "statp":
         return cls(est, **common, **params)
@@ -115,8 +120,10 @@ def _claims(name: str, kind: str) -> bool:
         return False
     if "sklearn" not in cls.victims and kind not in TORCH_KINDS:
         return False
-    if name in ("label_flip", "statp") and kind == "module":
+    if name in ("label_flip", "statp", "regime_c") and kind == "module":
         return False  # black-box: they query an ART estimator's predict
+    if name == "regime_a" and kind == "module":
+        return False  # moved anywhere in the box: a bare module has no clip_values to bound it
     if name == "minmax" and kind != "module":
         return False  # softmax regression only: the ART kinds here are networks (or preprocess their inputs)
     return not (name == "tgda" and kind == "art_regressor")
@@ -150,7 +157,7 @@ def test_claimed_combination_behaves_as_an_art_attack(name, kind, fmt):
     x_copy, y_copy, before = x.copy(), y_in.copy(), _state(est)
     torch_state, numpy_state = torch.get_rng_state(), np.random.get_state()
     x_p, y_p = attack.poison(x, y_in)
-    n_p = round(0.1 * len(x))
+    n_p = len(x) if ATTACKS[name].modifies else round(0.1 * len(x))
     assert x_p.shape == (n_p, *x.shape[1:])  # the input's shape (images stay N×C×H×W)
     assert y_p.shape == (n_p, *y_in.shape[1:])  # the input's label format (one-hot stays one-hot)
     if fmt == "one_hot":

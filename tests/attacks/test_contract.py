@@ -1,4 +1,5 @@
-"""Every registered attack keeps the one contract: ART base class, poison(x, y) → points to add."""
+"""Every registered attack keeps the one contract: ART base class, poison(x, y) → points to add
+(or, for an attack that modifies the training set, the poisoned training set: n points)."""
 
 import json
 
@@ -29,6 +30,9 @@ CONTRACT_PARAMS = {
     ],
     "tgda": [{"epochs": 2, "pretrain_epochs": 2, "cg_max_iter": 5, "follower_steps": 2, "batch_size": 40}],
     "minmax": [{"defense": "sphere_slab"}, {"defense": "slab", "quantile": 0.9}, {"defense": "none", "bound_rounds": 50}],
+    "regime_a": [{"steps": 3}, {"steps": 3, "radius": 0.5, "selection": "max_loss"}],
+    "regime_b": [{"steps": 3}],
+    "regime_c": [{"variant": "random"}, {"variant": "adversarial"}],
 }
 
 
@@ -75,7 +79,7 @@ def test_contract_on_a_scikit_learn_victim(name, params, task):
     d, victim, fitted = _setting(task, "sklearn")
     ctx = AttackContext(d, victim, fitted, {"l2": 0.01}, 0.1, seed=3)
     x_p, y_p = ATTACKS[name].for_cell(params, ctx).poison(d.x_train, d.y_train)
-    n_p = round(0.1 * len(d.y_train))
+    n_p = len(d.y_train) if ATTACKS[name].modifies else round(0.1 * len(d.y_train))
     assert x_p.shape == (n_p, d.n_features) and y_p.shape == (n_p,)
     assert np.all(x_p >= d.lo) and np.all(x_p <= d.hi)
     x_q, y_q = ATTACKS[name].for_cell(params, ctx).poison(d.x_train, d.y_train)
@@ -98,7 +102,7 @@ def test_contract(name, params, task, budget):
     x_p, y_p = attack.poison(d.x_train, d.y_train)
     assert torch.equal(torch.get_rng_state(), torch_state), "the attack touched torch's global RNG"
     assert np.array_equal(np.random.get_state()[1], numpy_state[1]), "the attack touched numpy's global RNG"
-    n_p = round(budget * len(d.y_train))
+    n_p = len(d.y_train) if ATTACKS[name].modifies else round(budget * len(d.y_train))
     assert x_p.shape == (n_p, d.n_features) and y_p.shape == (n_p,)
     assert np.all(x_p >= d.lo) and np.all(x_p <= d.hi)
     if task == "classification":
