@@ -130,6 +130,9 @@ def analyse(run_dir: str | Path) -> Analysis:
     under_attack = minimax_sentence(analysis, series) if series else ""
     if under_attack:
         rec.reason = f"{rec.reason} {under_attack}"
+    wide = width_sentence(analysis)
+    if wide:
+        rec.reason = f"{rec.reason} {wide}"
     return analysis
 
 
@@ -440,3 +443,87 @@ def bracket_series(a: Analysis, key: str | None = None) -> dict[str, Any] | None
 def _objective(cell: Any) -> float | None:
     value = json.loads(cell.diagnostics or "{}").get("clean_objective")
     return float(value) if value is not None else None
+
+
+# ---------------------------------------------------------------------------------------------- width under attack
+@dataclass
+class WidthPoint:
+    """One width of the *width under attack* series (other candidate axes fixed): clean and poisoned test
+    metric per (attack, budget) with a 95 % half-width over seeds, and the worst case at the target budget."""
+
+    width: int
+    label: str
+    clean: float
+    clean_ci: float
+    poisoned: dict[tuple[str, float], tuple[float, float]]  # (attack, ε) → (mean, 95 % half-width over seeds)
+    worst_test: float | None
+    worst_damage: float | None
+    worst_damage_se: float | None
+
+
+def width_series(a: Analysis) -> list[WidthPoint] | None:
+    """The candidates that differ only in ``width`` (the recommended one's other axes), ordered by width;
+    None without a width axis of two or more values (Wang, Mianjy & Arora 2021: width under attack)."""
+    widths = a.config.candidates.get("width") or []
+    if len(widths) < 2:
+        return None
+    rec = a.recommended()
+    base = {k: v for k, v in (rec.hparams if rec else a.summaries[0].hparams).items() if k != "width"}
+    target = a.recommendation.target_budget
+    points = []
+    for s in a.summaries:
+        if {k: v for k, v in s.hparams.items() if k != "width"} != base or not math.isfinite(s.clean_test):
+            continue
+        poisoned = {}
+        for (attack, eps, d), st in s.stats.items():
+            if d == a.defense:
+                poisoned[(attack, eps)] = (st.poisoned_test, Z95 * st.poisoned_test_std / math.sqrt(max(st.n_seeds, 1)))
+        worst_attack = s.worst_attack.get(target)
+        worst = s.stats.get((worst_attack, target, a.defense)) if worst_attack else None
+        points.append(WidthPoint(int(s.hparams["width"]), s.label, s.clean_test, Z95 * s.clean_test_se, poisoned, s.worst_test.get(target),
+                                 s.worst_damage_test.get(target), worst.damage_test_se if worst else None))  # fmt: skip
+    return sorted(points, key=lambda p: p.width) if len(points) >= 2 else None
+
+
+def width_findings(a: Analysis, points: list[WidthPoint]) -> dict[str, Any]:
+    """Where the worst-case test metric at the target budget peaks over width, and the wider widths whose
+    damage grows again beyond the smallest damage by more than two standard errors (the inverted U)."""
+    sign = 1.0 if a.higher_is_better else -1.0
+    scored = [p for p in points if p.worst_test is not None and math.isfinite(p.worst_test)]
+    if not scored:
+        return {}
+    best = max(scored, key=lambda p: sign * float(p.worst_test or 0.0))
+    damaged = [p for p in scored if p.worst_damage is not None and math.isfinite(p.worst_damage)]
+    calm = min(damaged, key=lambda p: float(p.worst_damage or 0.0)) if damaged else None
+    grows = []
+    if calm is not None:
+        for p in damaged:
+            noise = 2 * math.hypot(p.worst_damage_se or 0.0, calm.worst_damage_se or 0.0)
+            if p.width > calm.width and float(p.worst_damage or 0.0) > float(calm.worst_damage or 0.0) + noise:
+                grows.append(p)
+    interior = best.width not in (points[0].width, points[-1].width)
+    return {"best": best, "calm": calm, "grows": grows, "interior": interior}
+
+
+def width_sentence(a: Analysis) -> str:
+    """The width under attack, for the recommendation paragraph."""
+    points = width_series(a)
+    if points is None:
+        return ""
+    found = width_findings(a, points)
+    if not found:
+        return ""
+    target, best = a.recommendation.target_budget, found["best"]
+    unit = " %" if a.higher_is_better else ""
+    text = (f"Width under attack: at ε = {target:g} the worst-case test {'accuracy' if a.higher_is_better else 'MSE'} is best at width "
+            f"{best.width} ({fmt(best.worst_test)}{unit}, clean {fmt(best.clean)}{unit})")  # fmt: skip
+    if found["grows"]:
+        calm, grows = found["calm"], found["grows"]
+        text += (f"; wider networks are damaged more again (width {', '.join(str(p.width) for p in grows)}: damage "
+                 f"{', '.join(fmt(p.worst_damage) for p in grows)} vs {fmt(calm.worst_damage)} at width {calm.width})")  # fmt: skip
+        if found["interior"]:
+            text += " — the inverted U of Wang, Mianjy & Arora (2021)"
+    rec = a.recommended()
+    if rec is not None and "width" in rec.hparams:
+        text += f". The recommended width {rec.hparams['width']} was chosen, like every hyperparameter, on the validation split"
+    return text + "."

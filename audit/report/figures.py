@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import math
 import re
+from typing import Any
 
 import matplotlib
 
@@ -23,7 +24,7 @@ LINESTYLES = ("-", "--", ":", "-.")
 MARKERS = ("o", "s", "^", "D", "v", "x", "P", "*")
 
 
-def _style(i: int) -> dict[str, str]:
+def _style(i: int) -> dict[str, Any]:
     """The i-th line's dash pattern and marker (distinct without colour)."""
     return {"linestyle": LINESTYLES[i % len(LINESTYLES)], "marker": MARKERS[i % len(MARKERS)]}
 
@@ -265,5 +266,29 @@ def bracket(series: dict, budgets: list[float]) -> str:
     ax.set_ylim(bottom=0)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7, frameon=False, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    fig.tight_layout()
+    return _to_svg(fig)
+
+
+def width_curves(widths: list[int], clean: list[float], clean_ci: list[float], series: dict[str, tuple[list[float], list[float]]],
+                 metric: str, best: int | None) -> str:  # fmt: skip
+    """Test metric against width (log scale): the clean model and one line per ``attack @ ε`` with a
+    95 % band over seeds; ``best``: the width of the best worst case, marked (Wang et al. 2021, §5)."""
+    fig, ax = plt.subplots(figsize=(6.4, 3.6))
+    ax.plot(widths, clean, color="black", lw=2.0, marker="o", ms=4, label="clean")
+    lo = [m - e for m, e in zip(clean, clean_ci)]
+    hi = [m + e for m, e in zip(clean, clean_ci)]
+    ax.fill_between(widths, lo, hi, color="0.85")
+    colors = plt.cm.viridis(np.linspace(0, 0.9, max(len(series), 1)))
+    for k, (color, (label, (means, half))) in enumerate(zip(colors, series.items())):
+        ax.errorbar(widths, means, yerr=half, color=color, ms=3.5, capsize=2, lw=1.2, label=label, **_style(k + 1))
+    if best is not None:
+        ax.axvline(best, color="0.3", lw=0.8, ls=":")
+        ax.annotate("best worst case", (best, ax.get_ylim()[0]), fontsize=7, rotation=90, va="bottom", ha="right")
+    ax.set_xscale("log", base=2)
+    ax.set_xlabel("width (hidden units)")
+    ax.set_ylabel(f"test {metric}")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, frameon=False, loc="best")
     fig.tight_layout()
     return _to_svg(fig)

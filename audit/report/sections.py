@@ -25,7 +25,18 @@ from audit.data import load_dataset
 from audit.defenses.base import CertificateDiagnostics
 from audit.grid.adaptive import adaptive_axes
 from audit.report import figures
-from audit.report.analysis import POLICY_LABELS, Analysis, adaptive_rows, bracket_series, minimax_sentence, policy_series, threshold_table
+from audit.report.analysis import (
+    POLICY_LABELS,
+    Analysis,
+    adaptive_rows,
+    bracket_series,
+    minimax_sentence,
+    policy_series,
+    threshold_table,
+    width_findings,
+    width_sentence,
+    width_series,
+)
 from audit.report.analysis import fmt as _fmt
 from audit.report.recommend import Z95, aggregate, candidate_label
 
@@ -275,6 +286,36 @@ def adaptive_context(a: Analysis) -> dict[str, Any] | None:
     }
 
 
+def width_context(a: Analysis) -> dict[str, Any] | None:
+    """The *Width under attack* section (Wang, Mianjy & Arora 2021): clean and poisoned test metric
+    against width, the best worst case and the widths where damage grows again."""
+    points = width_series(a)
+    if points is None:
+        return None
+    found = width_findings(a, points)
+    order = {k: i for i, k in enumerate(a.attack_keys)}
+    keys = sorted({key for p in points for key in p.poisoned}, key=lambda k: (order.get(k[0], len(order)), k[1]))
+    series = {}
+    for attack, eps in keys:
+        values = [p.poisoned.get((attack, eps), (math.nan, 0.0)) for p in points]
+        series[f"{attack} @ ε = {100 * eps:g}%"] = ([v[0] for v in values], [v[1] for v in values])
+    best, rec = found.get("best"), a.recommended()
+    rows = [{"width": p.width, "clean": f"{_fmt(p.clean)} ± {_fmt(p.clean_ci)}",
+             "cells": [f"{_fmt(p.poisoned[k][0])} ± {_fmt(p.poisoned[k][1])}" if k in p.poisoned else "n/a" for k in keys],
+             "worst": _fmt(p.worst_test), "damage": _fmt(p.worst_damage), "best": best is not None and p.width == best.width,
+             "grows": any(g.width == p.width for g in found.get("grows", []))} for p in points]  # fmt: skip
+    return {
+        "svg": figures.width_curves(
+            [p.width for p in points], [p.clean for p in points], [p.clean_ci for p in points], series, a.metric, best.width if best else None
+        ),  # fmt: skip
+        "columns": [f"{attack} @ {100 * eps:g}%" for attack, eps in keys],
+        "rows": rows,
+        "sentence": width_sentence(a),
+        "target": f"{100 * a.recommendation.target_budget:g}%",
+        "fixed": candidate_label({k: v for k, v in (rec.hparams if rec is not None else {}).items() if k != "width"}),
+    }
+
+
 @dataclass(frozen=True)
 class Section:
     """One optional part of the report: the template variable ``name`` and the function that fills it."""
@@ -289,4 +330,5 @@ SECTIONS: tuple[Section, ...] = (
     Section("adaptive", adaptive_context),
     Section("samples", poison_samples_context),
     Section("minimax", minimax_context),
+    Section("width", width_context),
 )

@@ -139,4 +139,25 @@ def test_a_grid_of_widths_under_the_regimes_runs_and_counts_the_changed_points(t
         if c.defense == "none":
             assert c.poisons_removed == 0 and c.clean_removed == 0
     html = write_report(run).read_text()
-    assert "Regime B" in html or "regime_b" in html
+    assert "Width under attack" in html and html.count("<svg") >= 3
+    from audit.report.analysis import analyse, width_series
+
+    a = analyse(run)
+    points = width_series(a)
+    assert [p.width for p in points] == [16, 64] and set(points[0].poisoned) == {("b", 0.3), ("c", 0.3)}
+    assert "Width under attack: at ε = 0.3" in a.recommendation.reason
+
+
+def test_width_findings_mark_the_peak_and_the_widths_where_damage_grows_again():
+    from types import SimpleNamespace
+
+    from audit.report.analysis import WidthPoint, width_findings
+
+    damage = {16: 9.0, 64: 4.0, 256: 1.0, 1024: 1.4, 4096: 6.0, 16384: 8.0}
+    points = [WidthPoint(w, f"width={w}", 95.0, 0.5, {}, 95.0 - d, d, 0.5) for w, d in damage.items()]
+    found = width_findings(SimpleNamespace(higher_is_better=True), points)
+    assert found["best"].width == 256 and found["calm"].width == 256 and found["interior"]
+    assert [p.width for p in found["grows"]] == [4096, 16384]  # 1024 is within noise (2·√2·0.5 ≈ 1.41 > 0.4)
+    monotone = [WidthPoint(w, "", 95.0, 0.5, {}, 95.0 - 10 / (i + 1), 10 / (i + 1), 0.5) for i, w in enumerate(damage)]
+    found = width_findings(SimpleNamespace(higher_is_better=True), monotone)
+    assert found["best"].width == 16384 and not found["grows"] and not found["interior"]
