@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+import torch
 
 from audit.attacks import AttackContext
 from audit.config import AuditConfig, DefenseSpec
@@ -40,6 +41,7 @@ from audit.grid.store import Cell, Store, derive_seed
 from audit.jsonio import jsonable
 from audit.maths.certificate import regularised_clean_loss, regularised_clean_squared_loss
 from audit.maths.poisonability import box_threshold, gradpc_target, min_box_threshold, module_metric, tau_over_scalings, thresholds
+from audit.maths.sgd_guarantee import sgd_guarantee
 from audit.models import Victim
 from audit.models.structure import convex_linear_layer, is_convex_linear, is_linear_model
 
@@ -357,12 +359,29 @@ def _defended_cell(
                     "retrain": poisoned.train_result,
                     "se": _paired_errors(clean.points, poisoned, data),
                     **certified_objective(poisoned, data, victim, hp, c.budget),
+                    **(sgd_certificate(clean, data, x_p, y_p, train_seed) if c.defense == "none" and _modifies(plan, c.attack) else {}),
                     **(extra or {}),
                 }
             ),  # fmt: skip
         )
     except Exception as err:
         return failure_cell(c, Failure.of(err), str(plan.device))
+
+
+def sgd_certificate(clean: CleanOutcome, data: Dataset, x_p: np.ndarray, y_p: np.ndarray, seed: int) -> dict[str, Any]:
+    """Theorem 2.2 of Wang et al. (2021) for a softmax-regression victim and an attack that modifies the
+    training set: ``{"sgd_guarantee": …}`` — the bound on projected SGD's excess clean risk on this
+    poisoned oracle and the excess risk measured (:mod:`audit.maths.sgd_guarantee`); ``{}`` otherwise.
+    ``W`` is the ball of twice the clean model's norm (weights and bias), T one pass (n steps)."""
+    module = clean.fitted.module if clean.fitted is not None else None
+    if module is None or data.task != "classification" or data.n_classes is None or not is_convex_linear(module):
+        return {}
+    radius = 2.0 * float(torch.cat([p.detach().flatten() for p in module.parameters()]).norm().cpu())
+    try:
+        g = sgd_guarantee(data.x_train, data.y_train, x_p, y_p, data.n_classes, max(radius, 1e-3), len(data.y_train), seed)
+    except Exception as err:  # a certificate that cannot be computed never fails the cell it describes
+        return {"sgd_guarantee": {"error": f"{type(err).__name__}: {err}"}}
+    return {"sgd_guarantee": g.as_dict()}
 
 
 def _modifies(plan: RunPlan, attack_key: str) -> bool:
