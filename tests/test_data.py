@@ -237,6 +237,7 @@ def test_synthetic_sets_split_to_the_papers_sizes_and_say_they_are_synthetic(mni
     assert len(d.y_val) == 7000
 
 
+@pytest.mark.slow  # ~20 s: generating 60 000 images and fitting on 3000
 def test_cifar10_synthetic_has_cifars_shape_and_something_to_learn():
     from sklearn.linear_model import LogisticRegression
 

@@ -37,6 +37,7 @@ def test_non_editable_wheel_renders_reports(tmp_path):
     assert (Path(proc.stdout.strip()) / "report.html.j2").is_file()
 
 
+@pytest.mark.slow  # 15–25 s; the suite's time goes to tests of the audit itself (the GPU run exercises the suite)
 def test_gpu_suite_smoke_runs_every_part_on_the_cpu(tmp_path):
     """The GPU suite's every code path at tiny sizes on the CPU (issue 20): CI keeps it alive."""
     import json
@@ -82,3 +83,15 @@ def test_ci_examples_use_real_commands_and_options(path):
             if word.startswith("--"):
                 assert word.split("=")[0] in options, f"{path.name}: poison-audit {name} has no option {word}"
     assert {"run", "gate", "export", "verify"} <= used
+
+
+@pytest.mark.slow  # ~30 s: 8 trainings of the width benchmark at widths 16 and 32
+def test_width_benchmark_smoke(tmp_path):
+    import json
+
+    proc = subprocess.run([sys.executable, str(EXAMPLES / "benchmarks" / "width_mnist5k.py"), "--smoke", "--workers", "1", "--out", str(tmp_path)],
+                          capture_output=True, text=True, timeout=600)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    record = json.loads((tmp_path / "width_mnist5k_smoke.json").read_text())
+    assert {(s["attack"], s["width"]) for s in record["summary"]} >= {("clean", 16), ("regime_b", 32)}
+    assert (tmp_path / "width_mnist5k_smoke.png").stat().st_size > 10_000
