@@ -40,6 +40,18 @@ def losses_from_predictions(pred: np.ndarray) -> np.ndarray:
     return -(shifted - np.log(np.exp(shifted).sum(axis=1, keepdims=True)))
 
 
+def max_loss_flips(attack: AuditAttack, estimator: Any, x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per point, the other class of largest loss under ``estimator`` (queried black-box through
+    ``predict``, in chunks of 4096 so its input copies stay bounded) and that loss: shapes (n,), (n,)."""
+    chunk = 4096
+    pred = [estimator.predict(attack.estimator_input(x[i : i + chunk])) for i in range(0, len(x), chunk)]
+    losses = losses_from_predictions(np.concatenate(pred))
+    own = np.arange(len(x))
+    losses[own, y] = -np.inf
+    best = losses.argmax(axis=1)  # appendix A: the class with the largest loss
+    return best, losses[own, best]
+
+
 @dataclass
 class LabelFlipDiagnostics(AttackDiagnostics):
     """``variant`` (random/adversarial), the flipped points' mean loss and that of all points (appendix A)."""
@@ -112,14 +124,7 @@ class LabelFlip(AuditAttack, PoisoningAttackBlackBox):
             self.diagnostics.update(variant="random", unchanged_labels=int(np.sum(new == y[idx])))
             return x[idx], new
 
-        chunk = 4096  # the estimator's copies of its input stay bounded by a chunk, not by n
-        pred = [self.query_estimator.predict(self.estimator_input(x[i : i + chunk])) for i in range(0, len(x), chunk)]
-        losses = losses_from_predictions(np.concatenate(pred))
-        own = np.arange(len(x))
-        losses_other = losses.copy()
-        losses_other[own, y] = -np.inf
-        best = losses_other.argmax(axis=1)  # appendix A: the class with the largest loss
-        flipped_loss = losses_other[own, best]
+        best, flipped_loss = max_loss_flips(self, self.query_estimator, x, y)
         if self.params.selection == "max_loss" and not replace:
             idx = np.argsort(-flipped_loss, kind="stable")[:n_poison]  # ties to the earlier point: no seed enters
         else:

@@ -45,7 +45,7 @@ from audit.attacks.base import (
     task_and_classes,
     torch_module,
 )
-from audit.attacks.label_flip import losses_from_predictions
+from audit.attacks.label_flip import max_loss_flips
 from audit.errors import AuditError
 from audit.models.estimator import as_art_estimator
 
@@ -280,12 +280,8 @@ class RegimeC(AuditAttack, PoisoningAttackBlackBox):
             new[flip] = (y[flip] + rng.integers(1, c, size=int(flip.sum()))) % c
         else:
             k = int(rng.binomial(n, self.budget))  # as many flips as Bernoulli(β) would make, in law
-            chunk = 4096
-            pred = np.concatenate([self.estimator.predict(self.estimator_input(x[i : i + chunk])) for i in range(0, n, chunk)])
-            losses = losses_from_predictions(pred)
-            losses[np.arange(n), y] = -np.inf
-            best = losses.argmax(axis=1)
-            idx = np.argsort(-losses[np.arange(n), best], kind="stable")[:k]
+            best, flipped_loss = max_loss_flips(self, self.estimator, x, y)
+            idx = np.argsort(-flipped_loss, kind="stable")[:k]
             new[idx] = best[idx]
         flipped = int(np.sum(new != y))
         self.diagnostics.update(regime=self.name, n_modified=flipped, n_flipped=flipped, flip_rate=flipped / max(n, 1),
