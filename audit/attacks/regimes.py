@@ -160,6 +160,12 @@ class _Perturbation(AuditAttack, PoisoningAttackWhiteBox):
         out[idx] = moved.cpu().numpy()
         if self.box is not None:  # the clip poison() applies afterwards must not move a point again
             out = np.clip(out, self.lo, self.hi)
+        cap = getattr(self.params, "overall", None)
+        if cap is not None:  # Regime A's overall budget S = Σ‖δ_i‖
+            limit = cap * float(np.linalg.norm(task.x.astype(np.float64), axis=1).mean())
+            total = float(np.linalg.norm(out[idx].astype(np.float64) - task.x[idx], axis=1).sum())
+            if total > limit:
+                out[idx] = (task.x[idx] + (out[idx] - task.x[idx]) * (limit / total) * (1 - 1e-6)).astype(np.float32)
         delta = np.linalg.norm(out[idx].astype(np.float64) - task.x[idx], axis=1)
         rel = delta / np.maximum(np.linalg.norm(task.x[idx].astype(np.float64), axis=1), 1e-12)
         self.diagnostics.update(regime=self.name, n_modified=int(np.sum(delta > 0)), max_delta=float(delta.max(initial=0.0)),
@@ -171,6 +177,7 @@ class _Perturbation(AuditAttack, PoisoningAttackWhiteBox):
 
 class RegimeAParams(AttackParams):
     radius: float | None = Field(None, gt=0)  # per-sample ‖δ_i‖ ≤ radius·‖x_i‖; None: anywhere in the feature box
+    overall: float | None = Field(None, gt=0)  # the overall budget S: Σ‖δ_i‖ ≤ S·mean‖x_i‖ (all δ scaled down together); None: no cap
     steps: int = Field(20, ge=1, le=1000)
     selection: Literal["random", "max_loss"] = "random"
 
@@ -186,6 +193,9 @@ class RegimeA(_Perturbation):
         ε: the fraction of training points perturbed (``round(ε·n)`` of them).
     radius : float or None
         Per-sample L2 radius relative to ‖x_i‖; None (default): anywhere in the feature box.
+    overall : float or None
+        The overall budget S in units of the mean ‖x_i‖ of the training set: when the perturbations
+        sum to more, every δ_i is scaled by the same factor (inside the box, which is convex and holds x_i).
     selection : ``random`` (default) or ``max_loss``
         Which points: uniformly drawn with the seed, or the largest clean losses.
     """

@@ -93,6 +93,11 @@ def test_regime_a_moves_a_fraction_of_the_points_as_far_as_the_box_allows(settin
     b = _poison("regime_b", {}, setting, 0.1)[0]
     assert attack.diagnostics.max_delta > 3 * b.diagnostics.max_delta  # large per-sample perturbation (few points)
     assert attack.diagnostics.clean_loss_after > 2 * attack.diagnostics.clean_loss_before
+    capped, xs, _ = _poison("regime_a", {"overall": 5.0}, setting, 0.1)
+    mean_norm = np.linalg.norm(d.x_train.astype(np.float64), axis=1).mean()
+    spent = np.linalg.norm(xs.astype(np.float64) - d.x_train, axis=1).sum()
+    assert spent <= 5.0 * mean_norm * (1 + 1e-5) and spent >= 0.99 * 5.0 * mean_norm  # S = Σ‖δ_i‖ used up, never exceeded
+    assert capped.diagnostics.overall_delta == pytest.approx(spent, rel=1e-4)
     bounded, xr, _ = _poison("regime_a", {"radius": 0.2}, setting, 0.1)
     rel = np.linalg.norm(xr.astype(np.float64) - d.x_train, axis=1) / np.linalg.norm(d.x_train.astype(np.float64), axis=1)
     assert rel.max() <= 0.2 * (1 + 1e-5)
