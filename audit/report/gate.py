@@ -256,7 +256,7 @@ def step_summary(result: GateResult, run_dir: Path, name: str) -> str:
     for c in result.cases:
         by_setting.setdefault((c.setting, c.defense), {})[c.budget] = c
     order = sorted(by_setting.items(), key=lambda kv: (not any(c.recommended for c in kv[1].values()),
-                                                      -max((c.damage or -math.inf) for c in kv[1].values())))  # fmt: skip
+                                                      -max((c.damage if c.damage is not None else -math.inf) for c in kv[1].values())))  # fmt: skip
     header = ["Setting", "Clean test"] + [f"ε = {100 * b:g} %" for b in budgets]
     lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for (setting, _), cells in order[:SUMMARY_ROWS]:
