@@ -118,12 +118,14 @@ def test_killed_coordinator_resumes_without_losing_or_repeating_a_cell(tmp_path,
     db = run_dir / "results.sqlite"
     cmd = [sys.executable, "-m", "audit", "run", str(path), "--out", str(tmp_path / "out"), "--quiet"]
     env = {**os.environ, "RAY_ADDRESS": ray.get_runtime_context().gcs_address}
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True, env=env, cwd=ROOT)
+    err = open(tmp_path / "coordinator.err", "w")  # what the coordinator said, for the assertion's message
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=err, start_new_session=True, env=env, cwd=ROOT)
     deadline = time.time() + 120
     while _count_ok(db) < 3 and time.time() < deadline and proc.poll() is None:
         time.sleep(0.05)
     try:
-        assert proc.poll() is None, "the run finished before it could be killed; make the grid larger"
+        said = (tmp_path / "coordinator.err").read_text()[-1500:]
+        assert proc.poll() is None, f"the coordinator ended (exit {proc.poll()}) before it could be killed: {said}"
         os.kill(proc.pid, signal.SIGKILL)
         proc.wait()
     finally:
@@ -131,6 +133,7 @@ def test_killed_coordinator_resumes_without_losing_or_repeating_a_cell(tmp_path,
             os.killpg(proc.pid, signal.SIGKILL)  # anything the killed coordinator started
         except ProcessLookupError:
             pass
+    err.close()
     done_before = {c.cell_key: c.finished_at for c in stored_cells(run_dir) if c.status == "ok"}
     assert 3 <= len(done_before) < 24
 
