@@ -18,7 +18,6 @@ import hashlib
 import json
 import math
 import time
-from pathlib import Path
 from typing import Any
 
 from audit.attacks import ATTACKS
@@ -115,7 +114,7 @@ def _pct(eps: float) -> str:
     return f"{100 * eps:g} %"
 
 
-def build_document(a: Analysis, run_dir: Path, signing: Signing | None, key_fingerprint: str | None, exported_at: str) -> dict[str, Any]:
+def build_document(a: Analysis, signing: Signing | None, key_fingerprint: str | None, exported_at: str) -> dict[str, Any]:
     """The whole record as plain data (sections of blocks); ``signing``: who signs the manifest, or None (unsigned)."""
     ctx = build_context(a)
     cfg, meta = a.config, a.meta

@@ -13,7 +13,6 @@ common CI images ship), whereas Chromium is a system package the README's two co
 
 from __future__ import annotations
 
-import base64
 import json
 import logging
 from collections.abc import Sequence
@@ -157,7 +156,7 @@ def export(run_dir: str | Path, formats: Sequence[str] = FORMATS, sign_key: Path
             raise AuditError("--sign-key: say who signs with --signer NAME (or declare system.responsible in the config)")
         signing = Signing(sign_key, who) if private is not None and sign_key is not None and who else None
         fingerprint = key_fingerprint(private.public_key()) if private is not None else None
-        doc = build_document(a, run_dir, signing, fingerprint, utc_now())
+        doc = build_document(a, signing, fingerprint, utc_now())
         rendered: dict[str, str | bytes] = {}
         for fmt_ in dict.fromkeys(formats):
             if fmt_ == "pdf":
@@ -182,8 +181,3 @@ def export(run_dir: str | Path, formats: Sequence[str] = FORMATS, sign_key: Path
         if private is not None:
             written.append(run_dir / "manifest.sig")
     return written
-
-
-def svg_data_uri(svg: str) -> str:
-    """An SVG as a data: URI (for renderers that do not take inline SVG)."""
-    return "data:image/svg+xml;base64," + base64.b64encode(svg.encode("utf-8")).decode()
