@@ -69,9 +69,11 @@ def cli() -> None:
               help="How hard the attacks work (overrides the config's profile; default quick). README: Profiles.")  # fmt: skip
 @click.option("--executor", type=click.Choice(["local", "ray"]), default=None,
               help="Where the cells run (overrides the config's executor.kind; ray needs the [ray] extra). README: Scale out.")  # fmt: skip
+@click.option("--no-confirm", is_flag=True,
+              help="Skip the confirmation stage (confirm: false): the verdict is then a labelled lower bound. README: The verdict.")  # fmt: skip
 @_user_errors
 def run(config: Path | None, output_dir: Path | None, restart: bool, quiet: bool, threads: int | None, profile: str | None,
-        executor: str | None) -> None:  # fmt: skip
+        executor: str | None, no_confirm: bool) -> None:  # fmt: skip
     """Run (or resume) the audit CONFIG describes; without CONFIG, the embedded default audit."""
     from audit.config import AuditConfig, load_config
     from audit.threads import configure_threads
@@ -89,6 +91,8 @@ def run(config: Path | None, output_dir: Path | None, restart: bool, quiet: bool
         cfg = cfg.model_copy(update={"profile": profile, "name": name})
     if executor is not None:
         cfg = cfg.model_copy(update={"executor": cfg.executor.model_copy(update={"kind": executor})})
+    if no_confirm:
+        cfg = cfg.model_copy(update={"confirm": cfg.confirm.model_copy(update={"enabled": False})})
     run_dir = run_audit(cfg, output_dir=output_dir, restart=restart, progress=not quiet)  # Ctrl-C: _OneLineGroup exits 130
     html = write_report(run_dir)
     click.echo(f"report: {html}")
@@ -133,6 +137,8 @@ def report(run_dir: Path) -> None:
 @click.option("--confidence", type=float, default=None,
               help="Judge the upper end of the worst-case drop's interval at this level (e.g. 0.95), not the point estimate.")  # fmt: skip
 @click.option("--soft-fail", is_flag=True, help="Advisory gate: a failure (or no verdict) is reported, skipped in JUnit, and exits 0.")
+@click.option("--allow-lower-bound", is_flag=True,
+              help="Judge a worst case not confirmed at full strength (--no-confirm, a budget not confirmed) as a lower bound, not exit 3.")  # fmt: skip
 @click.option("--summary", "summary_file", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help='Append a markdown step summary (verdict, worst-case table, artifacts) to this file, e.g. "$GITHUB_STEP_SUMMARY".')  # fmt: skip
 @click.option("--junit", "junit_file", type=click.Path(dir_okay=False, path_type=Path), default=None,
@@ -140,9 +146,10 @@ def report(run_dir: Path) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print the result as one JSON object instead of text.")
 @_user_errors
 def gate(run_dir: Path, budget: float, max_drop: float, allow_incomplete: bool, confidence: float | None, soft_fail: bool,
-         summary_file: Path | None, junit_file: Path | None, as_json: bool) -> None:  # fmt: skip
+         allow_lower_bound: bool, summary_file: Path | None, junit_file: Path | None, as_json: bool) -> None:  # fmt: skip
     """Exit 0 when the recommended setting's worst-case drop at BUDGET is at most MAX-DROP, 1 when it is larger,
-    3 when the run is incomplete (no verdict); 0 either way with --soft-fail. Writes JUnit XML (gate.xml)."""
+    3 when there is no verdict (an incomplete run, or a worst case not confirmed at full strength); 0 either way
+    with --soft-fail. Writes JUnit XML (gate.xml)."""
     import json
 
     from audit.report.gate import gate as run_gate
@@ -158,7 +165,7 @@ def gate(run_dir: Path, budget: float, max_drop: float, allow_incomplete: bool, 
         if path is not None and not path.parent.is_dir():
             raise AuditError(f"{option}: no such directory: {path.parent}")
     result = run_gate(run_dir, budget, max_drop, allow_incomplete=allow_incomplete, confidence=confidence, soft_fail=soft_fail,
-                      junit=junit_file)  # fmt: skip
+                      junit=junit_file, allow_lower_bound=allow_lower_bound)  # fmt: skip
     name = json.loads((Path(run_dir) / "summary.json").read_text())["name"] if (Path(run_dir) / "summary.json").is_file() else Path(run_dir).name
     if summary_file is not None:
         with open(summary_file, "a", encoding="utf-8") as fh:  # GitHub collects what each step appends

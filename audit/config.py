@@ -295,6 +295,41 @@ class AdaptiveSpec(StrictModel):
     rounds: int = Field(2, ge=0, le=10)
 
 
+CONFIRM_SUFFIX = "@paper"
+"""What a confirmation attack's key ends with: ``back_gradient@paper`` is the battery's back-gradient
+at its paper's settings, run to confirm a verdict screened with a reduced profile."""
+
+
+class ConfirmSpec(StrictModel):
+    """The confirmation stage (docs: README, "The verdict: screened, then confirmed").
+
+    After the grid has screened every setting, the recommended setting and every setting tied
+    with it are re-attacked with each attack of the battery at its paper's settings and every
+    seed, at ``budgets`` (None: the target budget; the target budget is always confirmed). The
+    verdict, the gate and the record use the confirmed figures. ``enabled: false`` (``confirm:
+    false``, ``run --no-confirm``) leaves the verdict a labelled lower bound. ``attacks`` narrows
+    the confirming battery to these battery ids (None: every entry that applies to the task and
+    the victim; a resolved config writes the list out); every output names a narrowed set.
+    """
+
+    enabled: bool = True
+    budgets: list[float] | None = Field(None, min_length=1)
+    attacks: list[str] | None = None
+
+    @field_validator("attacks")
+    @classmethod
+    def _battery_ids(cls, value: list[str] | None) -> list[str] | None:
+        if value is None:
+            return value
+        known = [e.id for e in BATTERY]
+        for name in value:
+            if name not in known:
+                raise ValueError(f"confirm.attacks: {name!r} is not an attack of the battery; valid: {', '.join(known)}")
+        if len(set(value)) != len(value):
+            raise ValueError(f"confirm.attacks: values repeat ({value!r})")
+        return value
+
+
 class ExecutorSpec(StrictModel):
     """Where the grid's cells run (issue 20); it never changes a number, so it is not in the fingerprint.
 
@@ -371,6 +406,7 @@ class AuditConfig(StrictModel):
     poisonability: PoisonabilitySpec = Field(default_factory=PoisonabilitySpec)
     minimax: MinimaxSpec | None = None
     adaptive: AdaptiveSpec = AdaptiveSpec()
+    confirm: ConfirmSpec = ConfirmSpec()
     executor: ExecutorSpec = ExecutorSpec()
     system: SystemSpec = SystemSpec()
 
@@ -387,6 +423,11 @@ class AuditConfig(StrictModel):
             if len(set(checked[axis])) != len(checked[axis]):
                 raise ValueError(f"candidates.{axis}: values repeat ({values!r})")
         return checked
+
+    @field_validator("confirm", mode="before")
+    @classmethod
+    def _confirm_switch(cls, value: Any) -> Any:
+        return {"enabled": value} if isinstance(value, bool) else value  # ``confirm: false`` is the short form
 
     @field_validator("budgets")
     @classmethod
@@ -434,6 +475,9 @@ class AuditConfig(StrictModel):
         target = self.recommendation.target_budget
         if target is not None and target not in self.budgets:
             raise ValueError(f"recommendation.target_budget: {target} is not one of the budgets {self.budgets}")
+        for eps in self.confirm.budgets or []:
+            if eps not in self.budgets:
+                raise ValueError(f"confirm.budgets: {eps:g} is not one of the budgets {self.budgets}")
         return self
 
     # ------------------------------------------------------------------ derived
@@ -466,7 +510,12 @@ class AuditConfig(StrictModel):
             params = {**(setting.params if setting else {}), **spec.params}
             seeds = spec.seeds if spec.seeds is not None else (setting.seeds if setting and not own_seeds else None)
             out.append(AttackSpec.model_construct(name=spec.name, id=spec.key, params=params, seeds=seeds))
-        resolved = self.model_copy(update={"attacks": out})
+        registry = AttackSpec.registry()
+        applies = [e.id for e in BATTERY if task in registry[e.attack].tasks and victim_kind in registry[e.attack].victims]
+        # every battery entry that applies (the paper profile skips none), or those of confirm.attacks that do
+        wanted = applies if self.confirm.attacks is None else [i for i in applies if i in self.confirm.attacks]
+        confirm = self.confirm.model_copy(update={"attacks": wanted})
+        resolved = self.model_copy(update={"attacks": out, "confirm": confirm})
         if resolved.minimax is not None:
             resolved.minimax_attack()
         return resolved
@@ -500,8 +549,35 @@ class AuditConfig(StrictModel):
         return [d.key for d in self.defenses]
 
     def attack_spec(self, key: str) -> AttackSpec:
-        """The attack spec stored under ``key``."""
-        return next(a for a in self.attacks if a.key == key)
+        """The attack spec stored under ``key`` (a grid attack's, or a confirmation attack's)."""
+        found = next((a for a in self.attacks if a.key == key), None)
+        return found if found is not None else next(a for a in self.confirmation_attacks() if a.key == key)
+
+    @property
+    def confirm_budgets(self) -> list[float]:
+        """The budgets the confirmation stage confirms at: the configured ones and the target budget, ascending."""
+        return sorted({*(self.confirm.budgets or []), self.target_budget})
+
+    def confirmation_attacks(self) -> list[AttackSpec]:
+        """The attacks that confirm a verdict: each battery entry of ``confirm.attacks`` at its paper's
+        settings (the attack's defaults, every seed) under the key ``<id>@paper`` — except those the
+        grid already runs so (same attack, same validated parameters, every seed), whose screening
+        cells are full strength already. Empty for an unresolved config (``confirm.attacks`` None)."""
+        entries = {e.id: e for e in BATTERY}
+        out = []
+        for entry_id in self.confirm.attacks or []:
+            entry = entries[entry_id]
+            spec = AttackSpec.model_construct(name=entry.attack, id=entry.id + CONFIRM_SUFFIX, params=dict(entry.params), seeds=None)
+            if not any(self._full_strength(grid, spec) for grid in self.attacks):
+                out.append(spec)
+        return out
+
+    def _full_strength(self, grid: AttackSpec, paper: AttackSpec) -> bool:
+        """Whether grid attack ``grid`` is ``paper`` run as the paper runs it: same class, same validated parameters, every seed."""
+        if grid.name != paper.name or len(self.attack_seeds(grid)) < len(self.seeds):
+            return False
+        params = grid.attack.Params
+        return params.model_validate(dict(grid.params)).model_dump() == params.model_validate(dict(paper.params)).model_dump()
 
     def defense_spec(self, key: str) -> DefenseSpec:
         """The defense spec stored under ``key``."""
@@ -513,8 +589,10 @@ class AuditConfig(StrictModel):
         return [dict(zip(axes, combo)) for combo in itertools.product(*(self.candidates[a] for a in axes))]
 
     def fingerprint(self) -> str:
-        """Hash of everything that changes results (not the output directory, the executor or the declared system)."""
-        payload = self.model_dump(mode="json", exclude={"output_dir", "executor", "system"})
+        """Hash of everything that changes the grid's results (not the output directory, the executor, the declared
+        system or the confirmation stage, whose cells have keys of their own)."""
+        # confirm: the confirmation stage adds cells of its own keys and never changes a screening cell
+        payload = self.model_dump(mode="json", exclude={"output_dir", "executor", "system", "confirm"})
         return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
 
 

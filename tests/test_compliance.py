@@ -299,7 +299,7 @@ def test_step_summary_of_a_1000_cell_run_stays_under_1_mb(tmp_path):
         store.close()
     assert len(plan.cells()) == 1000
     write_report(plan.run_dir)
-    result = gate(plan.run_dir, 0.3, max_drop=5.0)
+    result = gate(plan.run_dir, 0.3, max_drop=5.0, allow_lower_bound=True)  # no confirmation stage ran on this store
     text = step_summary(result, plan.run_dir, "big")
     assert len(text.encode()) < SUMMARY_LIMIT and len(text.encode()) < 20_000
     assert "… and 40 more settings" in text and result.verdict == "fail"

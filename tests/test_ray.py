@@ -80,7 +80,7 @@ def test_ray_gives_the_local_executors_numbers(tmp_path, cluster, one_thread):
 
 
 def test_a_raising_unit_marks_its_cells_failed_and_the_audit_goes_on(tmp_path, cluster):
-    cfg = parse_config(tiny_config(attacks=[{"name": "exploding"}], executor={"kind": "ray"}))
+    cfg = parse_config(tiny_config(attacks=[{"name": "exploding"}], executor={"kind": "ray"}, confirm=False))
     cells = stored_cells(run_audit(cfg, output_dir=tmp_path, progress=False))
     failed = [c for c in cells if c.status == "failed"]
     assert len(cells) == 4 and len(failed) == 2
@@ -91,7 +91,8 @@ def test_a_raising_unit_marks_its_cells_failed_and_the_audit_goes_on(tmp_path, c
 def test_a_dead_worker_is_retried_then_its_cells_are_recorded_failed(tmp_path, cluster):
     cfg = parse_config(
         tiny_config(
-            attacks=[{"name": "crashing"}], defenses=["none", "loss_filter"], adaptive={"enabled": "off"}, executor={"kind": "ray", "retries": 1}
+            attacks=[{"name": "crashing"}], defenses=["none", "loss_filter"], adaptive={"enabled": "off"}, executor={"kind": "ray", "retries": 1},
+            confirm=False,
         )
     )
     cells = stored_cells(run_audit(cfg, output_dir=tmp_path, progress=False))

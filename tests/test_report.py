@@ -136,7 +136,7 @@ def test_poisonability_section_with_gradient_canceling(tmp_path):
 def test_sample_poisons_section_for_tgda_on_images(tmp_path):
     fast = {"epochs": 2, "pretrain_epochs": 2, "cg_max_iter": 5, "follower_steps": 2, "batch_size": 500}
     cfg = tiny_config(dataset={"name": "digits"}, candidates={"l2": [1e-3]}, budgets=[0.03, 0.1],
-                      attacks=[{"name": "tgda", "id": "tgda", "params": fast}])  # fmt: skip
+                      attacks=[{"name": "tgda", "id": "tgda", "params": fast}], confirm=False)  # fmt: skip
     run = run_audit(parse_config(cfg), output_dir=tmp_path, progress=False)
     write_report(run)
     html = (run / "report.html").read_text()

@@ -57,7 +57,7 @@ _Exploding = Exploding  # raises at ε > 0.2 (tests/ray_helpers.py: the Ray test
 
 def test_failing_cell_is_recorded_and_the_audit_goes_on(tmp_path, monkeypatch):
     monkeypatch.setitem(attacks_module.ATTACKS, "exploding", _Exploding)
-    cfg = parse_config(tiny_config(attacks=[{"name": "exploding"}]))
+    cfg = parse_config(tiny_config(attacks=[{"name": "exploding"}], confirm=False))
     cells = _cells(run_audit(cfg, output_dir=tmp_path, progress=False))
     failed = [c for c in cells if c.status == "failed"]
     assert len(cells) == 4 and len(failed) == 2
@@ -82,7 +82,7 @@ def test_poisons_are_crafted_once_and_reused_by_every_defense(tmp_path, monkeypa
     calls = []
     original = LabelFlip._run
     monkeypatch.setattr(LabelFlip, "_run", lambda self, *a: calls.append(1) or original(self, *a))
-    cfg = parse_config(tiny_config(defenses=["none", "oracle_filter"], attacks=[{"name": "label_flip"}]))
+    cfg = parse_config(tiny_config(defenses=["none", "oracle_filter"], attacks=[{"name": "label_flip"}], confirm=False))
     cells = _cells(run_audit(cfg, output_dir=tmp_path, progress=False))
     assert len(cells) == 8 and len(calls) == 4  # 2 candidates × 2 budgets, not × 2 defenses
     for c in cells:

@@ -13,6 +13,7 @@ from audit.config import AttackSpec, AuditConfig
 from audit.data import Dataset
 from audit.grid.adaptive import adaptive_axes
 from audit.grid.cells import GridCell
+from audit.grid.confirm import confirm_axes
 from audit.grid.store import candidate_key
 from audit.models import Victim
 
@@ -29,6 +30,9 @@ class RunPlan:
     deployed_test_metric: float | None = None  # the user's estimator as handed over, on the test split
     threads: int | None = None  # torch's threads where the cells run (a Ray task's); None: this process's
     model_digests: dict[str, str] = field(default_factory=dict)  # audit.models.digest.model_digests (the compliance record)
+    #: (candidate key, defense key) settings the confirmation stage confirms (audit.grid.runner.run_confirmation)
+    confirm_pairs: list[tuple[str, str]] = field(default_factory=list)
+    confirming: bool = False  # the executors run the confirmation cells only (the grid is over: its failures are not retried each round)
     _seed_free: dict[str, bool] = field(default_factory=dict, repr=False)
 
     def fingerprint(self) -> str:
@@ -55,9 +59,38 @@ class RunPlan:
         then each adaptive attacker against the defenses it adapts to (:mod:`audit.grid.adaptive`)."""
         return [(a.key, a, self.config.defense_keys) for a in self.config.attacks] + adaptive_axes(self.config)
 
+    def all_axes(self) -> list[tuple[str, AttackSpec, list[str]]]:
+        """:meth:`attack_axes` and the confirmation stage's (:func:`audit.grid.confirm.confirm_axes`): every attack key a cell may have."""
+        return self.attack_axes() + confirm_axes(self.config)
+
     def cells(self) -> list[GridCell]:
-        """All grid cells in run order (candidate → seed → attack → budget → defense; the adaptive
-        attackers after the grid's attacks), each at the seeds :meth:`cell_seeds` gives it."""
+        """All cells in run order: the grid's (candidate → seed → attack → budget → defense; the adaptive
+        attackers after the grid's attacks), each at the seeds :meth:`cell_seeds` gives it, then the
+        confirmation cells of :attr:`confirm_pairs` (:meth:`confirmation_cells`)."""
+        grid = self.grid_cells()
+        return grid + self.confirmation_cells(len(grid))
+
+    def work_cells(self) -> list[GridCell]:
+        """The cells an executor runs now: :meth:`cells`, or only the confirmation cells while :attr:`confirming`."""
+        return self.confirmation_cells(len(self.grid_cells())) if self.confirming else self.cells()
+
+    def confirmation_cells(self, start: int = 0) -> list[GridCell]:
+        """The confirmation cells of :attr:`confirm_pairs`, in setting order → seed → attack → budget, at
+        the confirming budgets, positions from ``start``."""
+        out: list[GridCell] = []
+        axes = confirm_axes(self.config)
+        for cand, defense in self.confirm_pairs:
+            hp = json.loads(cand)
+            seeds = {key: self.cell_seeds(hp, spec, defense) for key, spec, defenses in axes if defense in defenses}
+            for seed in self.config.seeds:
+                for key in seeds:
+                    for eps in self.config.confirm_budgets:
+                        if seed in seeds[key]:
+                            out.append(GridCell(start + len(out), cand, key, eps, defense, seed))
+        return out
+
+    def grid_cells(self) -> list[GridCell]:
+        """The grid's cells in run order (see :meth:`cells`)."""
         out: list[GridCell] = []
         axes = self.attack_axes()
         for hp in self.config.candidate_grid():

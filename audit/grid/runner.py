@@ -264,17 +264,74 @@ def run_plan(plan: RunPlan, *, restart: bool = False, progress: bool = True) -> 
     with RunLock(plan.run_dir, "run"):
         store = _prepare_store(plan, restart)
         try:
-            if plan.config.executor.kind == "ray":
-                from audit.grid.distributed import run_ray
-
-                run_ray(plan, store, progress)
-            else:
-                run_local(plan, store, progress)
+            execute(plan, store, progress)
+            run_confirmation(plan, store, progress)
             if plan.config.minimax is not None:
                 run_minimax(plan, store, progress)
         finally:
             store.close()
     return plan.run_dir
+
+
+def execute(plan: RunPlan, store: Store, progress: bool) -> None:
+    """Run the plan's unfinished cells (:meth:`RunPlan.work_cells`) with the configured executor."""
+    if plan.config.executor.kind == "ray":
+        from audit.grid.distributed import run_ray
+
+        run_ray(plan, store, progress)
+    else:
+        run_local(plan, store, progress)
+
+
+CONFIRMATION_META = "confirmation"
+
+
+def run_confirmation(plan: RunPlan, store: Store, progress: bool) -> None:
+    """The confirmation stage (:mod:`audit.grid.confirm`), after the grid; its state goes to the store's
+    ``confirmation`` meta, which the report reads.
+
+    Round by round: ask the analysis which settings the verdict rests on (the recommended one and
+    those tied with it, :func:`audit.report.analysis.confirmation_targets`, computed with every
+    confirmation cell stored so far); confirm those not yet confirmed — the battery at its paper's
+    settings, every seed, at the confirming budgets — and decide again. Confirmation can only raise
+    a setting's worst case, so it ends when the recommended setting and its ties are all confirmed
+    (at most once per setting). A resumed run first finishes the settings it had chosen, then
+    decides again from the same stored results, so it chooses as the interrupted run would have.
+    """
+    from audit.attacks import ATTACKS
+    from audit.catalog import BATTERY
+    from audit.report.analysis import confirmation_targets  # the verdict's rule lives with the report (pyproject: import layers)
+
+    cfg = plan.config
+    store.set_meta("config", cfg.model_dump(mode="json"))  # confirm is outside the fingerprint: the stored config says how this run confirms
+    applies = [e.id for e in BATTERY if plan.dataset.task in ATTACKS[e.attack].tasks and plan.victim.kind in ATTACKS[e.attack].victims]
+    state: dict[str, Any] = {"enabled": cfg.confirm.enabled, "budgets": cfg.confirm_budgets, "battery": list(cfg.confirm.attacks or []),
+                             "left_out": [i for i in applies if i not in (cfg.confirm.attacks or [])],
+                             "attacks": [key for key, _, _ in plan.all_axes()[len(plan.attack_axes()):]], "pairs": [], "rounds": [],
+                             "cells": [], "status": "done"}  # fmt: skip
+    if not cfg.confirm.enabled or not cfg.confirmation_attacks():  # off, or the grid ran the confirming battery itself
+        store.set_meta(CONFIRMATION_META, state)
+        return
+    previous = store.meta(CONFIRMATION_META) or {}
+    pairs: list[tuple[str, str]] = [(c, d) for c, d in previous.get("pairs", [])]
+    rounds: list[dict[str, Any]] = list(previous.get("rounds", [])) if pairs else []
+    plan.confirming = True
+    try:
+        for _ in range(len(cfg.candidate_grid()) * len(cfg.defense_keys) + 1):
+            plan.confirm_pairs = pairs
+            state.update(pairs=[list(p) for p in pairs], rounds=rounds, cells=[c.key for c in plan.confirmation_cells()], status="running")
+            store.set_meta(CONFIRMATION_META, state)
+            execute(plan, store, progress)
+            picked, wanted = confirmation_targets(plan.run_dir)
+            new = [p for p in wanted if p not in pairs]
+            if not new:
+                break
+            rounds.append({"recommended": list(picked) if picked else None, "confirmed": [list(p) for p in new]})
+            pairs = pairs + new
+    finally:
+        plan.confirming = False
+    state["status"] = "done"
+    store.set_meta(CONFIRMATION_META, state)
 
 
 def _holds_foreign_files(run_dir: Path) -> bool:
@@ -292,7 +349,7 @@ def run_local(plan: RunPlan, store: Store, progress: bool) -> None:
 
     fingerprint, device = plan.fingerprint(), str(plan.device)
     jobs, finished = plan_work(plan, store, fingerprint)
-    bar = tqdm(total=len(plan.cells()), initial=finished, disable=not progress, unit="cell", desc=f"audit {plan.config.name}",
+    bar = tqdm(total=len(plan.work_cells()), initial=finished, disable=not progress, unit="cell", desc=f"audit {plan.config.name}",
                dynamic_ncols=True)  # fmt: skip
     first: dict[tuple[str, int], CleanOutcome] = {}
     for group in jobs:

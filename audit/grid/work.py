@@ -175,7 +175,7 @@ class GroupJob:
 def plan_work(plan: RunPlan, store: Store, fingerprint: str) -> tuple[list[GroupJob], int]:
     """The unfinished part of the grid, in run order, and how many cells are finished already."""
     cfg = plan.config
-    cells = plan.cells()
+    cells = plan.work_cells()
     done = store.finished_keys()
     groups: dict[tuple[str, int], list[GridCell]] = {}
     for c in cells:
@@ -199,9 +199,9 @@ def plan_work(plan: RunPlan, store: Store, fingerprint: str) -> tuple[list[Group
             key = poison_cache_key(cand, attack_key, cfg.attack_spec(attack_key).params, eps, seed, fingerprint)
             poison_jobs.append(PoisonJob(attack_key, eps, key, _cached(store, key), defense_cells))
         adaptive_jobs = []
-        grid_keys = {a.key for a in cfg.attacks}
+        grid_keys = {a.key for a in cfg.attacks} | {a.key for a in cfg.confirmation_attacks()}  # attacks with non-adaptive cells
         for c in (c for c in pending if is_adaptive(c.attack)):
-            axis_key, spec, _ = next(axis for axis in plan.attack_axes() if axis[0] == c.attack)
+            axis_key, spec, _ = next(axis for axis in plan.all_axes() if axis[0] == c.attack)
             setting = {"params": spec.params, "defense": cfg.defense_spec(c.defense).model_dump(mode="json"), "rounds": cfg.adaptive.rounds}
             job = AdaptiveJob(c, poison_cache_key(cand, axis_key, setting, c.budget, seed, fingerprint), None)
             job.cached = _cached(store, job.key)
@@ -288,7 +288,7 @@ def adaptive_unit(plan: RunPlan, clean: CleanOutcome, job: AdaptiveJob, initial:
     c, cfg = job.cell, plan.config
     if clean.failure is not None:
         return failure_cell(c, clean.failure, str(plan.device)), None
-    key, spec, _ = next(axis for axis in plan.attack_axes() if axis[0] == c.attack)
+    key, spec, _ = next(axis for axis in plan.all_axes() if axis[0] == c.attack)
     defense = cfg.defense_spec(c.defense)
     hp = json.loads(c.candidate)
     t0 = time.perf_counter()
@@ -386,7 +386,7 @@ def sgd_certificate(clean: CleanOutcome, data: Dataset, x_p: np.ndarray, y_p: np
 
 def _modifies(plan: RunPlan, attack_key: str) -> bool:
     """Whether a cell's attack (a grid attack or an adaptive attacker) modifies the training set instead of adding to it."""
-    return any(key == attack_key and spec.attack.modifies for key, spec, _ in plan.attack_axes())
+    return any(key == attack_key and spec.attack.modifies for key, spec, _ in plan.all_axes())
 
 
 # ---------------------------------------------------------------------------------------------- what the units compute

@@ -13,6 +13,7 @@ import numpy as np
 from audit.attacks.base import SourcedDiagnostics
 from audit.config import AuditConfig
 from audit.grid.adaptive import MINMAX, SANITISER_DEFENSES, adaptive_axes, adaptive_key, filtering_defenses
+from audit.grid.confirm import confirm_attack_keys, is_confirmation
 from audit.grid.store import Store
 from audit.models.training import lambda_from_rho
 from audit.report.recommend import Z95, AttackStats, CandidateSummary, Recommendation, aggregate, pair_id, recommend
@@ -35,6 +36,22 @@ class Completeness:
         return f"{self.finished} of {self.planned} cells finished, {self.failed} failed, {self.missing} not run"
 
 
+LOWER_BOUND = "lower bound: reduced-strength attacks, not confirmed"
+"""What every output that states an unconfirmed verdict says (docs: README, "The verdict")."""
+
+
+@dataclass(frozen=True)
+class Strength:
+    """Whether a verdict (the recommended setting at one budget) rests on full-strength attacks.
+
+    ``text`` is the one line every output prints beside the verdict; ``why`` says what was confirmed,
+    or why it was not."""
+
+    confirmed: bool
+    text: str
+    why: str
+
+
 @dataclass
 class Analysis:
     """Everything the report, summary and gate read from a run."""
@@ -52,6 +69,43 @@ class Analysis:
     samples: list[dict[str, Any]] = field(default_factory=list)
     policies: list = field(default_factory=list)  # audit.grid.minimax.PolicyRow of the λ-under-attack stage
     clean_records: dict[tuple[str, int], dict[str, Any]] = field(default_factory=dict)  # (candidate, seed) → clean training record
+    screened: list[CandidateSummary] = field(default_factory=list)  # every setting over the grid's attacks alone (no confirmation cells)
+
+    @property
+    def confirmation(self) -> dict[str, Any]:
+        """The confirmation stage's stored state (``{}`` when it never ran: a run from before it existed)."""
+        return self.meta.get("confirmation") or {}
+
+    def strength(self, budget: float | None = None) -> Strength:
+        """Whether the recommended setting's verdict at ``budget`` (default: the target budget) is confirmed."""
+        eps = self.recommendation.target_budget if budget is None else budget
+        conf, cfg = self.confirmation, self.config
+        left_out = conf.get("left_out") or []
+        narrowed = f" (confirm.attacks leaves out {', '.join(left_out)})" if left_out else ""
+        if not cfg.confirmation_attacks():
+            return Strength(True, "confirmed: the grid itself ran every attack of the battery at its paper's settings and every seed" + narrowed,
+                            "no attack of the grid was reduced, so its screen is the confirmation")  # fmt: skip
+        rec = self.recommendation
+        if rec.key is None:
+            return Strength(False, LOWER_BOUND, "nothing is recommended yet")
+        if not conf:
+            return Strength(False, LOWER_BOUND, "the confirmation stage has not run on this run directory")
+        if not conf.get("enabled", True):
+            return Strength(False, LOWER_BOUND, "the confirmation stage was turned off (confirm: false or run --no-confirm)")
+        if eps not in conf.get("budgets", []):
+            confirmed = ", ".join(f"{b:g}" for b in conf.get("budgets", []))
+            return Strength(False, LOWER_BOUND, f"ε = {eps:g} was screened only; the run confirms ε = {confirmed} (confirm.budgets)")
+        pair = [json.loads(rec.key), rec.defense]
+        if [rec.key, rec.defense] not in conf.get("pairs", []):
+            return Strength(False, LOWER_BOUND, "the recommended setting has not been confirmed (the stage did not finish)")
+        mine = [k for k in conf.get("cells", []) if (lambda c: [c[0], c[3]] == pair and c[2] == eps)(json.loads(k))]
+        done = {c.cell_key for c in self.cells if c.status == "ok"}
+        missing = [k for k in mine if k not in done]
+        if missing:
+            return Strength(False, LOWER_BOUND, f"confirmation incomplete: {len(missing)} of {len(mine)} confirmation cells of the "
+                            "recommended setting have not finished")  # fmt: skip
+        return Strength(True, "confirmed: every attack of the battery at its paper's settings and every seed" + narrowed,
+                        f"{len(mine)} confirmation cells of the recommended setting at ε = {eps:g}")  # fmt: skip
 
     @property
     def attack_keys(self) -> list[str]:
@@ -63,13 +117,19 @@ class Analysis:
         return "accuracy drop (points)" if self.higher_is_better else "MSE increase"
 
     def completeness(self, budget: float | None = None) -> Completeness:
-        """How many planned cells finished, failed or never ran (at ``budget`` only, when given)."""
-        cells = [c for c in self.cells if budget is None or c.budget == budget]
-        total = int(self.meta.get("total_cells", len(self.cells)))
+        """How many planned cells finished, failed or never ran (at ``budget`` only, when given): the grid's,
+        and the confirmation cells the stage planned."""
+        cells = [c for c in self.cells if (budget is None or c.budget == budget) and not is_confirmation(c.attack)]
+        total = int(self.meta.get("total_cells", len(cells)))
         if budget is not None:
             total = total // max(len(self.config.budgets), 1)  # the grid is a full product over budgets
         ok = sum(c.status == "ok" for c in cells)
         failed = sum(c.status == "failed" for c in cells)
+        status = {c.cell_key: c.status for c in self.cells}
+        planned = [k for k in self.confirmation.get("cells", []) if budget is None or json.loads(k)[2] == budget]
+        total += len(planned)
+        ok += sum(status.get(k) == "ok" for k in planned)
+        failed += sum(status.get(k) == "failed" for k in planned)
         return Completeness(total, ok, failed, max(total - ok - failed, 0))
 
     def recommended(self) -> CandidateSummary | None:
@@ -79,8 +139,44 @@ class Analysis:
 
 
 def attack_keys(config: AuditConfig) -> list[str]:
-    """The attack keys of a stored (resolved) config's cells: grid attacks, then adaptive attackers."""
+    """The attack keys of a stored (resolved) config's cells: grid attacks, adaptive attackers, then the confirmation stage's."""
+    return grid_attack_keys(config) + confirm_attack_keys(config)
+
+
+def grid_attack_keys(config: AuditConfig) -> list[str]:
+    """The grid's attack keys: its attacks, then its adaptive attackers (what the screen's worst case is over)."""
     return [a.key for a in config.attacks] + [key for key, _, _ in adaptive_axes(config)]
+
+
+def confirmation_plan(meta: dict[str, Any], config: AuditConfig) -> tuple[dict[str, list[int]], dict[str, list[float]]]:
+    """The run's ``cell_seeds`` completed with the confirmation cells the stage planned (a confirmation attack is
+    planned at no seed for a setting it did not confirm), and the budgets each confirmation attack runs at."""
+    planned = dict(meta.get("cell_seeds") or {})
+    keys = confirm_attack_keys(config)
+    for hp in config.candidate_grid():
+        for key in keys:
+            for d in config.defense_keys:
+                planned[json.dumps([json.dumps(hp, sort_keys=True), key, d])] = []
+    for cell in (meta.get("confirmation") or {}).get("cells", []):
+        hp, key, _, d, seed = json.loads(cell)
+        seeds = planned.setdefault(json.dumps([json.dumps(hp, sort_keys=True), key, d]), [])
+        if seed not in seeds:
+            seeds.append(seed)
+    budgets = list((meta.get("confirmation") or {}).get("budgets") or config.confirm_budgets)
+    return planned, {key: budgets for key in keys}
+
+
+def confirmation_targets(run_dir: str | Path) -> tuple[tuple[str, str] | None, list[tuple[str, str]]]:
+    """The settings a verdict rests on, from the results stored so far: the recommended ``(candidate key,
+    defense)`` and it with every setting tied with it (what :func:`audit.grid.runner.run_confirmation` confirms)."""
+    rec = analyse(run_dir).recommendation
+    if rec.key is None:
+        return None, []
+    pairs = []
+    for pid in rec.tied:
+        hp, defense = json.loads(pid)
+        pairs.append((json.dumps(hp, sort_keys=True), defense))
+    return pairs[0], pairs
 
 
 def analyse(run_dir: str | Path) -> Analysis:
@@ -102,21 +198,26 @@ def analyse(run_dir: str | Path) -> Analysis:
     higher = task == "classification"
     metric = "accuracy (%)" if higher else "MSE"
     defense = "none" if "none" in config.defense_keys else config.defense_keys[0]
+    planned, attack_budgets = confirmation_plan(meta, config)
     summaries = aggregate(
         cells, clean_rows, config.candidate_grid(), attack_keys(config), config.budgets, config.seeds,
-        defense, higher_is_better=higher, planned=meta.get("cell_seeds"),
+        defense, higher_is_better=higher, planned=planned, attack_budgets=attack_budgets,
     )  # fmt: skip
     # every (candidate, defense) setting; a defended setting's clean metric is the defense run on clean data
     pairs: list[CandidateSummary] = []
+    screened: list[CandidateSummary] = []
     for d in config.defense_keys:
         rows: list[Any] = clean_rows if d == "none" else [(c, s, v, t, 0.0, {}) for c, s, dd, v, t, _, err in defended_rows
                                                if dd == d and v is not None]  # fmt: skip
         pairs += aggregate(cells, rows, config.candidate_grid(), attack_keys(config), config.budgets,
-                           config.seeds, d, higher_is_better=higher, planned=meta.get("cell_seeds"))  # fmt: skip
+                           config.seeds, d, higher_is_better=higher, planned=planned, attack_budgets=attack_budgets)  # fmt: skip
+        screened += aggregate(cells, rows, config.candidate_grid(), grid_attack_keys(config), config.budgets,
+                              config.seeds, d, higher_is_better=higher, planned=planned)  # fmt: skip
     rec = recommend(pairs, config.target_budget, config.recommendation.clean_tolerance, higher,
                     metric_name="accuracy" if higher else "MSE")  # fmt: skip
     records = {(cand, seed): record or {} for cand, seed, _, _, _, record in clean_rows}
-    analysis = Analysis(config, meta, cells, summaries, rec, defense, metric, higher, targets, pairs, samples, policies, records)
+    analysis = Analysis(config, meta, cells, summaries, rec, defense, metric, higher, targets, pairs, samples, policies, records, screened)
+    rec.reason = f"{rec.reason} {confirmation_sentence(analysis)}"
     cost = defense_cost_sentence(analysis, defended_rows)
     if cost:
         rec.reason = f"{rec.reason} {cost}"
@@ -134,6 +235,74 @@ def analyse(run_dir: str | Path) -> Analysis:
     if wide:
         rec.reason = f"{rec.reason} {wide}"
     return analysis
+
+
+@dataclass(frozen=True)
+class ConfirmedRow:
+    """One confirmed (setting, budget): the screen's worst case beside the confirmed one (test damage, the attack
+    that did it), and their ratio."""
+
+    label: str
+    budget: float
+    screened: float | None
+    screened_attack: str | None
+    confirmed: float | None
+    confirmed_attack: str | None
+    recommended: bool
+
+    @property
+    def ratio(self) -> float | None:
+        if self.screened is None or self.confirmed is None or self.screened <= 0:
+            return None
+        return self.confirmed / self.screened
+
+
+def confirmed_rows(a: Analysis) -> list[ConfirmedRow]:
+    """Every setting the confirmation stage confirmed, at each confirming budget (the recommended first)."""
+    conf = a.confirmation
+    screened = {s.pair: s for s in a.screened}
+    rec = a.recommended()
+    out = []
+    for cand, d in conf.get("pairs", []):
+        pid = pair_id(cand, d)
+        full = next((p for p in a.pairs if p.pair == pid), None)
+        if full is None:
+            continue
+        screen = screened.get(pid)
+        for eps in conf.get("budgets", []):
+            out.append(ConfirmedRow(full.label, eps, screen.worst_damage_test.get(eps) if screen else None,
+                                    screen.worst_attack_test.get(eps) if screen else None, full.worst_damage_test.get(eps),
+                                    full.worst_attack_test.get(eps), rec is not None and rec.pair == pid))  # fmt: skip
+    return sorted(out, key=lambda r: not r.recommended)
+
+
+def confirmation_sentence(a: Analysis) -> str:
+    """The recommendation paragraph's last word on strength: confirmed (screened vs confirmed worst case,
+    whether confirmation changed the pick), or the lower-bound label and why."""
+    st = a.strength()
+    eps = a.recommendation.target_budget
+    if not st.confirmed:
+        return f"LOWER BOUND — {st.text}: {st.why}. The true worst case may be larger."
+    rows = [r for r in confirmed_rows(a) if r.recommended and r.budget == eps]
+    if not rows:
+        return f"Verdict {st.text}."
+    r = rows[0]
+    unit = " points" if a.higher_is_better else ""
+    ratio = f", {r.ratio:.2f}× the screen's" if r.ratio is not None else ""
+    text = (f"Verdict {st.text}: worst case at ε = {eps:g} {fmt(r.confirmed)}{unit} on test ({r.confirmed_attack}{ratio}; "
+            f"the screen found {fmt(r.screened)} with {r.screened_attack}).")  # fmt: skip
+    rounds = a.confirmation.get("rounds", [])
+    first = rounds[0]["recommended"] if rounds else None
+    if first is not None and a.recommendation.key is not None and first != [a.recommendation.key, a.recommendation.defense]:
+        before = next((p.label for p in a.pairs if p.pair == pair_id(first[0], first[1])), str(first))
+        text += f" Confirmation changed the recommendation: the screen chose {before}, whose confirmed worst case is worse."
+    others = len(a.confirmation.get("pairs", [])) - 1
+    unconfirmed = len(a.pairs) - len(a.confirmation.get("pairs", []))
+    if others > 0:
+        text += f" {others} tied setting{'s were' if others > 1 else ' was'} confirmed too."
+    if unconfirmed > 0:
+        text += f" The other {unconfirmed} settings were screened only: their worst cases are lower bounds."
+    return text
 
 
 def defense_cost_sentence(a: Analysis, defended_rows: list) -> str:
@@ -478,7 +647,7 @@ def width_series(a: Analysis) -> list[WidthPoint] | None:
         for (attack, eps, d), st in s.stats.items():
             if d == a.defense:
                 poisoned[(attack, eps)] = (st.poisoned_test, Z95 * st.poisoned_test_std / math.sqrt(max(st.n_seeds, 1)))
-        worst_attack = s.worst_attack.get(target)
+        worst_attack = s.worst_attack_test.get(target)
         worst = s.stats.get((worst_attack, target, a.defense)) if worst_attack else None
         points.append(WidthPoint(int(s.hparams["width"]), s.label, s.clean_test, Z95 * s.clean_test_se, poisoned, s.worst_test.get(target),
                                  s.worst_damage_test.get(target), worst.damage_test_se if worst else None))  # fmt: skip

@@ -144,10 +144,12 @@ def build_document(a: Analysis, signing: Signing | None, key_fingerprint: str | 
     ]
     verdict_damage = rec.worst_damage_test.get(target) if rec else None
     verdict_ci = rec.worst_damage_test_ci.get(target) if rec else None
+    strength = a.strength()
     glance = [
         ("Setting recommended", f"{a.recommendation.label} (defense: {a.recommendation.defense})"),
         (f"Clean test {a.metric}", fmt(rec.clean_test) if rec else "n/a"),
         (f"Worst-case {drop} at ε = {_pct(target)}", f"{fmt(verdict_damage)} (95 % interval {_ci(verdict_ci)})"),
+        ("Strength of the verdict", strength.text if strength.confirmed else f"{strength.text.upper()} — {strength.why}"),
         ("Attacks / defenses / budgets", f"{len(a.attack_keys)} / {len(cfg.defenses)} / {', '.join(_pct(b) for b in cfg.budgets)}"),
         ("Run", "complete" if done.complete else f"INCOMPLETE — {done.describe()}"),
         ("Signature", f"signed by {signing.signer} at {signing.signed_at}" if signing else "UNSIGNED"),
@@ -183,6 +185,8 @@ def build_document(a: Analysis, signing: Signing | None, key_fingerprint: str | 
                 "worst_case_damage_ci95": {str(e): list(v) for e, v in rec.worst_damage_test_ci.items()} if rec else {},
             },  # fmt: skip
             "verdict_damage": verdict_damage,
+            "verdict_confirmed": strength.confirmed,
+            "verdict_strength": strength.text,
             "synthetic_data": bool(meta["dataset"].get("synthetic")),
             "signer": signing.signer if signing else None,
             "signed_at": signing.signed_at if signing else None,
@@ -294,7 +298,9 @@ def _results(a: Analysis, ctx: dict[str, Any]) -> dict[str, Any]:
         row = [p.label, fmt(p.clean_test)]
         for eps in budgets:
             dmg = p.worst_damage_test.get(eps)
-            row.append(f"{fmt(dmg)} [{_ci(p.worst_damage_test_ci.get(eps))}] {p.worst_attack.get(eps, '')}".strip() if dmg is not None else "n/a")
+            row.append(
+                f"{fmt(dmg)} [{_ci(p.worst_damage_test_ci.get(eps))}] {p.worst_attack_test.get(eps, '')}".strip() if dmg is not None else "n/a"
+            )
         rows.append(row)
     blocks: list[dict[str, Any] | None] = [
         _p(
@@ -357,8 +363,18 @@ def _statement(a: Analysis, ctx: dict[str, Any]) -> dict[str, Any]:
             "These figures are measured attacks, hence lower bounds on the degradation an attacker can cause"
             + (", except the certified bounds of section 4." if (ctx.get("adaptive") or {}).get("bracket_rows") else ".")
             + ("" if a.completeness().complete else " The run is INCOMPLETE (section 7): the statement covers its finished cells only.")
+            + _strength_words(a)
         )
     return _section("statement", "5. Declared accuracy and robustness (EU AI Act Art. 15(3))", [_p(text)])
+
+
+def _strength_words(a: Analysis) -> str:
+    """The statement's sentence on the verdict's strength: confirmed at full strength, or a reduced-strength lower bound."""
+    st = a.strength()
+    if st.confirmed:
+        return f" The figure at ε = {_pct(a.recommendation.target_budget)} is {st.text}."
+    return (f" The figure at ε = {_pct(a.recommendation.target_budget)} is a {st.text.upper()} ({st.why}): the attacks ran at "
+            "reduced strength and the true degradation may be considerably larger.")  # fmt: skip
 
 
 def _mitigations(a: Analysis, ctx: dict[str, Any]) -> dict[str, Any]:
@@ -396,7 +412,15 @@ def _limitations(a: Analysis, ctx: dict[str, Any]) -> dict[str, Any]:
     if a.meta["dataset"].get("synthetic"):
         items.append(f"Synthetic data: {a.meta['dataset']['synthetic']}")
     if ctx["profile"]["reduced"]:
-        items.append(f"Reduced attack profile {cfg.profile!r}: " + "; ".join(ctx["profile"]["reduced"]) + ".")
+        items.append(f"Reduced attack profile {cfg.profile!r} for the screen: " + "; ".join(ctx["profile"]["reduced"]) + ".")
+    strength = a.strength()
+    if not strength.confirmed:
+        items.append(f"Verdict not confirmed at full strength — {strength.text}: {strength.why}.")
+    elif a.confirmation.get("left_out"):
+        items.append(f"Confirmation narrowed by confirm.attacks: {', '.join(a.confirmation['left_out'])} did not confirm the verdict.")
+    unconfirmed = len(a.pairs) - len(a.confirmation.get("pairs", []))
+    if a.config.confirmation_attacks() and unconfirmed > 0:
+        items.append(f"{unconfirmed} settings other than the recommended and tied ones were screened only; their worst cases are lower bounds.")
     if ctx["one_seed"]:
         items.append(f"Run at one seed only: {', '.join(ctx['one_seed'])}.")
     if ctx["not_converged"]:

@@ -116,7 +116,7 @@ def model_card(a: Analysis, doc: dict[str, Any]) -> str:
             if eps in rec.worst_damage_test:
                 lo, hi = rec.worst_damage_test_ci.get(eps, (float("nan"), float("nan")))
                 lines.append(f"| {100 * eps:g} % | {fmt(rec.worst_damage_test[eps])} | {fmt(lo)} to {fmt(hi)} | "
-                             f"{md_escape(rec.worst_attack.get(eps, ''))} |")  # fmt: skip
+                             f"{md_escape(rec.worst_attack_test.get(eps, ''))} |")  # fmt: skip
         lines.append("")
     lines += [
         f"- **Threat model:** availability poisoning by data injection (NIST AI 100-2 E2025; MITRE ATLAS AML.T0020); "

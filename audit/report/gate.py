@@ -23,7 +23,7 @@ from xml.sax.saxutils import escape, quoteattr
 
 from audit.errors import AuditError
 from audit.jsonio import atomic_write, finite
-from audit.report.analysis import Analysis, analyse, fmt
+from audit.report.analysis import LOWER_BOUND, Analysis, analyse, fmt
 from audit.report.recommend import CandidateSummary, z_of
 
 #: exit codes of ``poison-audit gate``
@@ -74,6 +74,8 @@ class GateResult:
     judged: str = "worst-case"
     setting: str | None = None
     cases: list[SettingCase] = field(default_factory=list)
+    strength: str = ""  # "confirmed: …" or the lower-bound label (audit.report.analysis.Strength.text)
+    confirmed: bool = False
 
     @property
     def exit_code(self) -> int:
@@ -94,6 +96,7 @@ def gate(
     confidence: float | None = None,
     soft_fail: bool = False,
     junit: str | Path | None = None,
+    allow_lower_bound: bool = False,
 ) -> GateResult:
     """Pass when the recommended setting's worst-case test damage at ``budget`` is at most ``max_drop``;
     writes the JUnit file ``junit`` (default ``RUN_DIR/gate.xml``).
@@ -104,6 +107,11 @@ def gate(
     how many cells were missing. With ``confidence`` (e.g. 0.95) the gate judges the upper end
     of the worst-case drop's two-sided interval at that level (``max_a damage_a + z·SE_a``,
     :mod:`audit.report.recommend`) instead of the point estimate. ``soft_fail``: an advisory gate.
+
+    A verdict that was not confirmed at full strength (:meth:`Analysis.strength`: ``--no-confirm``, a
+    budget the run did not confirm, an unfinished confirmation) is a lower bound on the damage and
+    gets no verdict (exit 3) unless ``allow_lower_bound``; then it is judged and every output says
+    "lower bound".
     """
     if confidence is not None and not 0 < confidence < 1:
         raise AuditError(f"--confidence must be in (0, 1) (got {confidence:g})")
@@ -119,6 +127,16 @@ def gate(
         result = GateResult(False, f"the run is incomplete ({done.describe()}); finish it (run the same command again) "
                             "or pass --allow-incomplete to judge the finished cells", None, True, done.missing, done.failed,
                             soft_fail, budget, max_drop, judged, a.recommendation.label, cases)  # fmt: skip
+        _label(result, a, budget)
+        atomic_write(junit_path, junit_xml(a.config.name, budget, result))
+        return result
+    strength = a.strength(budget)
+    if not strength.confirmed and not allow_lower_bound:
+        result = GateResult(False, f"no verdict: the worst case at ε = {budget:g} is a {LOWER_BOUND} ({strength.why}); confirm it "
+                            "(run without --no-confirm, with this budget in confirm.budgets) or pass --allow-lower-bound to judge "
+                            "it as a lower bound", None, True, done.missing, done.failed, soft_fail, budget, max_drop, judged,
+                            a.recommendation.label, cases)  # fmt: skip
+        _label(result, a, budget)
         atomic_write(junit_path, junit_xml(a.config.name, budget, result))
         return result
     rec = a.recommended()
@@ -134,16 +152,25 @@ def gate(
         result = GateResult(
             passed,
             f"{a.recommendation.label}: {judged} {what} at ε = {budget:g} is {shown}{unit} "
-            f"({'≤' if passed else '>'} {max_drop:g}{unit} allowed; worst attack {rec.worst_attack.get(budget)})",
+            f"({'≤' if passed else '>'} {max_drop:g}{unit} allowed; worst attack {rec.worst_attack_test.get(budget)})",
             damage,
         )
+        if not strength.confirmed:
+            result.message = f"LOWER BOUND ({LOWER_BOUND}; {strength.why}) — {result.message}"
     result.soft, result.budget, result.max_drop, result.judged = soft_fail, budget, max_drop, judged
     result.setting, result.cases = a.recommendation.label, cases
     if not done.complete:
         result.message += f" — INCOMPLETE run judged on its finished cells only ({done.describe()})"
         result.missing, result.failed = done.missing, done.failed
+    _label(result, a, budget)
     atomic_write(junit_path, junit_xml(a.config.name, budget, result))
     return result
+
+
+def _label(result: GateResult, a: Analysis, budget: float) -> None:
+    """Record on ``result`` whether the verdict at ``budget`` is confirmed or a lower bound."""
+    st = a.strength(budget)
+    result.confirmed, result.strength = st.confirmed, st.text
 
 
 def setting_cases(a: Analysis, budget: float, max_drop: float, confidence: float | None) -> list[SettingCase]:
@@ -165,7 +192,7 @@ def setting_cases(a: Analysis, budget: float, max_drop: float, confidence: float
             ci = p.worst_damage_test_ci.get(eps)
             seeds = max((st.n_seeds for (_, e, _), st in p.stats.items() if e == eps), default=0)
             cases.append(SettingCase(p.label, p.defense, p.hparams, eps, p.clean_test, damage, list(ci) if ci else None, judged,
-                                     p.worst_attack.get(eps), seeds, rec is not None and p.pair == rec.pair, gated, status))  # fmt: skip
+                                     p.worst_attack_test.get(eps), seeds, rec is not None and p.pair == rec.pair, gated, status))  # fmt: skip
     return cases
 
 
@@ -193,7 +220,7 @@ def junit_xml(name: str, budget: float, result: GateResult) -> str:
         body, failures = f"<failure message={quoteattr(result.message)}>{escape(result.message)}</failure>", 1
     props = _properties({"cells_missing": result.missing, "cells_failed": result.failed, "verdict": result.verdict, "budget": budget,
                          "max_drop": result.max_drop, "judged": result.judged, "damage": result.damage, "setting": result.setting,
-                         "soft_fail": result.soft})  # fmt: skip
+                         "soft_fail": result.soft, "confirmed": result.confirmed, "strength": result.strength})  # fmt: skip
     gate_suite = (f'<testsuite name={quoteattr("poison-audit " + name)} tests="1" failures="{failures}" errors="{errors}" '
                   f'skipped="{skipped}">{props}<testcase classname="poison-audit.report.gate" name={case}>{body}'
                   f"<system-out>{escape(result.message)}</system-out></testcase></testsuite>")  # fmt: skip
@@ -250,7 +277,8 @@ def step_summary(result: GateResult, run_dir: Path, name: str) -> str:
     :data:`SUMMARY_ROWS`), and the names of the artifacts to open; always under :data:`SUMMARY_LIMIT` bytes."""
     icon = {"pass": "✅ PASS", "fail": "❌ FAIL", "no verdict": "⚠️ NO VERDICT"}[result.verdict]
     advisory = " (advisory: --soft-fail, the job does not fail)" if result.soft and result.verdict != "pass" else ""
-    lines = [f"## poison-audit gate — {md_escape(name)}", "", f"**{icon}**{advisory}: {md_escape(result.message)}", ""]
+    lines = [f"## poison-audit gate — {md_escape(name)}", "", f"**{icon}**{advisory}: {md_escape(result.message)}", "",
+             f"Strength of the verdict: **{md_escape(result.strength)}**", ""]  # fmt: skip
     budgets = sorted({c.budget for c in result.cases})
     by_setting: dict[tuple[str, str], dict[float, SettingCase]] = {}
     for c in result.cases:
@@ -291,5 +319,6 @@ def result_json(result: GateResult, name: str) -> dict[str, Any]:
         "schema_version": GATE_JSON_SCHEMA_VERSION, "run": name, "verdict": result.verdict, "passed": result.passed,
         "exit_code": result.exit_code, "soft_fail": result.soft, "message": result.message, "budget": result.budget,
         "max_drop": result.max_drop, "judged": result.judged, "damage": result.damage, "setting": result.setting,
-        "cells_missing": result.missing, "cells_failed": result.failed, "cases": [asdict(c) for c in result.cases],
+        "cells_missing": result.missing, "cells_failed": result.failed, "confirmed": result.confirmed, "strength": result.strength,
+        "cases": [asdict(c) for c in result.cases],
     })  # fmt: skip

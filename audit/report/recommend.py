@@ -98,7 +98,8 @@ class CandidateSummary:
     worst_test: dict[float, float] = field(default_factory=dict)
     worst_damage_test: dict[float, float] = field(default_factory=dict)
     worst_damage_val: dict[float, float] = field(default_factory=dict)
-    worst_attack: dict[float, str] = field(default_factory=dict)
+    worst_attack: dict[float, str] = field(default_factory=dict)  # the worst on validation (what the selection saw)
+    worst_attack_test: dict[float, str] = field(default_factory=dict)  # the attack whose test damage worst_damage_test is
     missing: int = 0
     defense: str = "none"
     clean_val_se: float = 0.0
@@ -127,6 +128,7 @@ class Recommendation:
     target_budget: float
     tolerance: float
     defense: str = "none"
+    tied: list[str] = field(default_factory=list)  # pair ids tied with the pick (the pick first): what confirmation confirms
 
 
 def aggregate(
@@ -139,12 +141,14 @@ def aggregate(
     defense: str,
     higher_is_better: bool = True,
     planned: dict[str, list[int]] | None = None,
+    attack_budgets: dict[str, list[float]] | None = None,
 ) -> list[CandidateSummary]:
     """Means over seeds of every (candidate, attack, budget) for ``defense``, and the worst case over attacks.
 
     ``planned`` (the run's ``cell_seeds``: ``json([candidate, attack, defense])`` → seeds) says at
     which seeds each cell was planned — a profile runs some attacks at fewer seeds, and a cell no
     seed can change runs at one —; without it every cell is expected at every seed of ``seeds``.
+    ``attack_budgets``: the budgets an attack runs at where not every one (the confirmation stage's).
     """
     sign = 1.0 if higher_is_better else -1.0
     ok = [c for c in cells if c.status == "ok"]
@@ -163,7 +167,7 @@ def aggregate(
             summary.clean_val_se = combined_se(cv, [e.get("val", 0.0) for e in ses])
             summary.clean_test_se = combined_se(ct, [e.get("test", 0.0) for e in ses])
         for attack in attacks:
-            for eps in budgets:
+            for eps in (attack_budgets or {}).get(attack, budgets):
                 rows = [c for c in ok if c.candidate == key and c.attack == attack and c.budget == eps and c.defense == defense]
                 expected = (planned or {}).get(json.dumps([key, attack, defense]), seeds)
                 summary.missing += max(len(expected) - len(rows), 0)
@@ -197,6 +201,7 @@ def aggregate(
             worst_t = max(per_attack, key=lambda a: per_attack[a].damage_test)
             summary.worst_test[eps] = per_attack[worst_t].poisoned_test
             summary.worst_damage_test[eps] = per_attack[worst_t].damage_test
+            summary.worst_attack_test[eps] = worst_t
             stats = per_attack.values()
             summary.worst_damage_test_ci[eps] = (max(s.damage_test - Z95 * s.damage_test_se for s in stats),
                                                  max(s.damage_test + Z95 * s.damage_test_se for s in stats))  # fmt: skip
@@ -279,4 +284,4 @@ def recommend(
     if pick.missing:
         parts.append(f"{pick.missing} of its cells are missing or failed, so its worst case is over fewer runs.")
     return Recommendation(pick.key, pick.label, " ".join(parts), [s.pair for s in eligible], target_budget, tolerance,
-                          pick.defense)  # fmt: skip
+                          pick.defense, [pick.pair, *(s.pair for s in tied if s is not pick)])  # fmt: skip

@@ -23,7 +23,7 @@ from audit.grid.lock import RunLock
 from audit.grid.store import Store
 from audit.jsonio import atomic_write, finite
 from audit.report import figures
-from audit.report.analysis import Analysis, adaptive_rows, analyse, bracket_series, threshold_table
+from audit.report.analysis import Analysis, adaptive_rows, analyse, bracket_series, confirmed_rows, threshold_table
 from audit.report.analysis import fmt as _fmt
 from audit.report.recommend import Z95, candidate_label
 from audit.report.sections import SECTIONS
@@ -95,7 +95,7 @@ def build_context(a: Analysis) -> dict[str, Any]:
             "clean_val": _fmt(s.clean_val),
             "clean_test": _fmt(s.clean_test),
             "budgets": [{"worst_val": _fmt(s.worst_val.get(e)), "damage": _fmt(s.worst_damage_test.get(e)),
-                         "ci": _fmt_ci(s.worst_damage_test_ci.get(e)), "attack": s.worst_attack.get(e, "n/a")} for e in budgets],
+                         "ci": _fmt_ci(s.worst_damage_test_ci.get(e)), "attack": s.worst_attack_test.get(e, "n/a")} for e in budgets],
         })  # fmt: skip
     detail = []
     for s in a.summaries:
@@ -136,6 +136,8 @@ def build_context(a: Analysis) -> dict[str, Any]:
             "ci": _fmt_ci(rec.worst_damage_test_ci.get(target)) if rec else "",
         },
         "severity": _severity(verdict_damage, a.higher_is_better),
+        "strength": vars(a.strength()),
+        "confirmation": _confirmation_context(a),
         "budgets": [f"{100 * b:g}%" for b in budgets],
         "attacks": [
             {"key": s.key, "name": s.name, "params": json.dumps(s.params, sort_keys=True), "seeds": _seeds_run(a, s)} for s in cfg.attacks
@@ -239,6 +241,40 @@ def render_html(context: dict[str, Any]) -> str:
     return env.get_template("report.html.j2").render(**context)
 
 
+def _confirmation_context(a: Analysis) -> dict[str, Any]:
+    """The report's "Screened and confirmed" table: per confirmed setting and budget, the two worst cases and their ratio."""
+    conf = a.confirmation
+    rows = [{"label": r.label, "budget": f"{100 * r.budget:g}%", "screened": _fmt(r.screened), "screened_attack": r.screened_attack or "n/a",
+             "confirmed": _fmt(r.confirmed), "confirmed_attack": r.confirmed_attack or "n/a",
+             "ratio": f"{r.ratio:.2f}×" if r.ratio is not None else "n/a", "recommended": r.recommended} for r in confirmed_rows(a)]  # fmt: skip
+    return {"enabled": bool(conf.get("enabled", False)), "attacks": conf.get("attacks", []), "left_out": conf.get("left_out", []),
+            "budgets": [f"{100 * b:g}%" for b in conf.get("budgets", [])], "rows": rows,
+            "full_grid": not a.config.confirmation_attacks()}  # fmt: skip
+
+
+def verdict_json(a: Analysis) -> dict[str, Any]:
+    """summary.json's ``verdict``: whether each budget's verdict is confirmed, and the confirmation stage's figures."""
+    st = a.strength()
+    conf = a.confirmation
+    return {
+        "confirmed": st.confirmed,
+        "strength": st.text,
+        "why": st.why,
+        "per_budget": {str(e): {"confirmed": (b := a.strength(e)).confirmed, "strength": b.text, "why": b.why} for e in a.config.budgets},
+        "confirmation": {
+            "enabled": bool(conf.get("enabled", False)),
+            "budgets": conf.get("budgets", []),
+            "battery": conf.get("battery", []),
+            "left_out": conf.get("left_out", []),
+            "attacks": conf.get("attacks", []),
+            "settings": [candidate_label(json.loads(c)) + ("" if d == "none" else f" + {d}") for c, d in conf.get("pairs", [])],
+            "rounds": conf.get("rounds", []),
+            "cells_planned": len(conf.get("cells", [])),
+            "screened_vs_confirmed": [vars(r) | {"ratio": r.ratio} for r in confirmed_rows(a)],
+        },
+    }
+
+
 def build_summary(a: Analysis) -> dict[str, Any]:
     """``summary.json``: versioned, for machines."""
     rec = a.recommended()
@@ -256,7 +292,9 @@ def build_summary(a: Analysis) -> dict[str, Any]:
         "attacks": [{"key": s.key, "name": s.name, "params": s.params, "seeds": _seeds_run(a, s)} for s in a.config.attacks],
         "metric": {"name": a.metric, "higher_is_better": a.higher_is_better, "damage": a.unit},
         "target_budget": a.recommendation.target_budget,
+        "verdict": verdict_json(a),
         "recommendation": {
+            "strength": a.strength().text,
             "hyperparameters": rec.hparams if rec else None,
             "defense": a.recommendation.defense,
             "label": a.recommendation.label,
@@ -265,6 +303,7 @@ def build_summary(a: Analysis) -> dict[str, Any]:
             "worst_case_drop": {str(e): v for e, v in rec.worst_damage_test.items()} if rec else {},
             "worst_case_drop_val": {str(e): v for e, v in rec.worst_damage_val.items()} if rec else {},
             "worst_case_drop_ci95": {str(e): list(v) for e, v in rec.worst_damage_test_ci.items()} if rec else {},
+            "worst_attack": {str(e): v for e, v in rec.worst_attack_test.items()} if rec else {},  # the attack whose test drop is shown
             "intervals": "95 % normal: seed variation plus the test split's paired sampling error (see audit.report.recommend)",
             "reason": a.recommendation.reason,
         },

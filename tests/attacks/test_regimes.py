@@ -129,7 +129,7 @@ def test_a_grid_of_widths_under_the_regimes_runs_and_counts_the_changed_points(t
     cfg = tiny_config(
         model={"name": "relu2"}, training={}, candidates={"width": [16, 64]},
         attacks=[{"name": "regime_b", "id": "b", "params": {"steps": 3}}, {"name": "regime_c", "id": "c"}],
-        defenses=["none", "loss_filter"], budgets=[0.3], seeds=[0],
+        defenses=["none", "loss_filter"], budgets=[0.3], seeds=[0], confirm=False,
     )  # fmt: skip
     run = run_audit(parse_config(cfg), output_dir=tmp_path, progress=False)
     cells = stored_cells(run)
