@@ -138,7 +138,7 @@ def report(run_dir: Path) -> None:
               help="Judge the upper end of the worst-case drop's interval at this level (e.g. 0.95), not the point estimate.")  # fmt: skip
 @click.option("--soft-fail", is_flag=True, help="Advisory gate: a failure (or no verdict) is reported, skipped in JUnit, and exits 0.")
 @click.option("--allow-lower-bound", is_flag=True,
-              help="Judge a worst case not confirmed at full strength (--no-confirm, a budget not confirmed) as a lower bound, not exit 3.")  # fmt: skip
+              help="Judge a worst case not confirmed at full strength (--no-confirm, a budget not confirmed) as a lower bound.")  # fmt: skip
 @click.option("--summary", "summary_file", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help='Append a markdown step summary (verdict, worst-case table, artifacts) to this file, e.g. "$GITHUB_STEP_SUMMARY".')  # fmt: skip
 @click.option("--junit", "junit_file", type=click.Path(dir_okay=False, path_type=Path), default=None,
