@@ -185,3 +185,12 @@ def test_victim_kind_is_checked_at_plan_time(tmp_path, axis, entry, kind, messag
     with pytest.raises(AuditError, match=message):
         plan_audit(parse_config(cfg), model=LogisticRegression(max_iter=300) if kind == "sklearn" else None)
     assert not any(tmp_path.iterdir())  # nothing written
+
+
+def test_an_optimised_attack_warm_starts_from_its_poisons_at_the_smaller_budget(tmp_path):
+    cfg = parse_config(tiny_config(candidates={"l2": [0.01]}, attacks=[{"name": "back_gradient", "id": "bg", "params": {"iterations": 4}}],
+                                   confirm=False))  # fmt: skip
+    cells = {c.budget: c for c in _cells(run_audit(cfg, output_dir=tmp_path, progress=False))}
+    small, large = (cells[b].recorded("attack") for b in (0.1, 0.3))
+    assert "warm_start" not in small and large["warm_start"] == cells[0.1].n_poison  # the whole smaller set, then new starts
+    assert large["objective_final"] >= small["objective_final"]

@@ -166,6 +166,7 @@ class BackGradientDiagnostics(AttackDiagnostics):
     starts: dict[str, list[float | None]] | None = None
     evaluations: int | None = None
     stationarity: float | None = None
+    warm_start: int | None = None  # poisons taken from init_poisons (the smaller budget's) as one more start
 
 
 class BackGradient(AuditAttack, PoisoningAttackWhiteBox):
@@ -208,13 +209,15 @@ class BackGradient(AuditAttack, PoisoningAttackWhiteBox):
     tasks: ClassVar[tuple[str, ...]] = ("classification", "regression")
     _estimator_requirements = TORCH_REQUIREMENTS
     estimator_needs = TORCH_NEEDS
+    warm_starts: ClassVar[bool] = True
 
     def __init__(self, estimator: Any, *, x_val: np.ndarray, y_val: np.ndarray, budget: float, task: str | None = None,
                  n_classes: int | None = None, l2: float = 0.0, box: tuple[Any, Any] | None = None,
-                 y_range: tuple[float, float] | None = None, seed: int = 0, **params: Any) -> None:  # fmt: skip
+                 y_range: tuple[float, float] | None = None, seed: int = 0, init_poisons: tuple[Any, Any] | None = None,
+                 **params: Any) -> None:  # fmt: skip
         module = torch_module(estimator, "BackGradient")
         task, n_classes = task_and_classes(estimator, task, n_classes, "BackGradient")
-        super().__init__(estimator, budget=budget, seed=seed, box=box, n_classes=n_classes, **params)
+        super().__init__(estimator, budget=budget, seed=seed, box=box, n_classes=n_classes, init_poisons=init_poisons, **params)
         self.module = module
         check_l2(l2, "BackGradient")
         x_val, y_val = validation_set(x_val, y_val, "BackGradient")
@@ -240,7 +243,7 @@ class BackGradient(AuditAttack, PoisoningAttackWhiteBox):
         data = ctx.dataset
         y_range = (float(data.y_train.min()), float(data.y_train.max())) if data.task == "regression" else None
         return cls(module, x_val=data.x_val, y_val=data.y_val, budget=ctx.budget, task=data.task, n_classes=data.n_classes,
-                   l2=ctx.l2, box=ctx.box, y_range=y_range, seed=ctx.seed, **params)  # fmt: skip
+                   l2=ctx.l2, box=ctx.box, y_range=y_range, seed=ctx.seed, init_poisons=ctx.warm_start, **params)  # fmt: skip
 
     # ------------------------------------------------------------------ pieces
     def _tensors(self, x: np.ndarray, y: np.ndarray, dtype: torch.dtype | None = None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -358,9 +361,11 @@ class BackGradient(AuditAttack, PoisoningAttackWhiteBox):
             log_l2 = PAPER_CLEAN_WARM_START - lambda_shift(n_total) if p.learn_l2 else -math.inf
         runs = []
         start = time.perf_counter()
+        init = self._tensors(task.init_x, task.init_y, dtype) if task.init_x is not None and task.init_y is not None else None
         for b0 in range(0, n_poison, batch):
             size = min(batch, n_poison - b0)
-            run = self._optimise_batch(xt, yt, fixed_x, fixed_y, xv, yv, size, pools, orders, log_l2)
+            warm = (init[0][b0 : b0 + size], init[1][b0 : b0 + size]) if init is not None and b0 < len(init[0]) else None
+            run = self._optimise_batch(xt, yt, fixed_x, fixed_y, xv, yv, size, pools, orders, log_l2, warm)
             runs.append(run)
             fixed_x, fixed_y = torch.cat([fixed_x, run["x"]]), torch.cat([fixed_y, run["y"]])
             log_l2 = run["log_l2"]
@@ -378,8 +383,9 @@ class BackGradient(AuditAttack, PoisoningAttackWhiteBox):
             hypergradient=self._mode,
             step_rule=self._rule,
             start=runs[-1]["start"],
-            starts={name: [r["by_start"].get(name) for r in runs] for name in self._starts},
+            starts={name: [r["by_start"].get(name) for r in runs] for name in (("warm",) if init is not None else ()) + self._starts},
             evaluations=sum(r["evaluations"] for r in runs),
+            warm_start=len(init[0]) if init is not None else None,
             stationarity=runs[-1]["stationarity"],
         )
         if p.learn_l2:
@@ -390,15 +396,32 @@ class BackGradient(AuditAttack, PoisoningAttackWhiteBox):
 
     def _optimise_batch(self, xt: torch.Tensor, yt: torch.Tensor, fixed_x: torch.Tensor, fixed_y: torch.Tensor,
                         xv: torch.Tensor, yv: torch.Tensor, size: int, pools: dict[str, tuple[np.ndarray, np.ndarray]],
-                        orders: dict[str, list[int]], log_l2: float) -> dict[str, Any]:  # fmt: skip
+                        orders: dict[str, list[int]], log_l2: float,
+                        warm: tuple[torch.Tensor, torch.Tensor] | None = None) -> dict[str, Any]:  # fmt: skip
         """One batch: every start (flipped validation / training points) runs ``start_screen`` iterations,
         each restarted from other points while stuck; the best continues for the remaining iterations.
-        With one start and no screen this is the paper's single run with restarts."""
+        With one start and no screen this is the paper's single run with restarts.
+
+        ``warm``: poisons of this batch from ``init_poisons`` (the smaller budget's, possibly fewer than
+        ``size``): one more start, ``warm``, those poisons completed by clones of the first start's pool
+        (never restarted: its poisons were optimised already)."""
         p = self.params
-        screen = min(p.start_screen, p.iterations) if len(self._starts) > 1 else p.iterations
+        names = (["warm"] if warm is not None else []) + list(self._starts)
+        screen = min(p.start_screen, p.iterations) if len(names) > 1 else p.iterations
         restarts, best_run = 0, None
         by_start: dict[str, float] = {}
-        for name in self._starts:
+        for name in names:
+            if name == "warm":
+                assert warm is not None
+                order, k = orders[self._starts[0]], size - len(warm[0])
+                idx, order[:] = np.array(order[:k]), order[k:] + order[:k]
+                x_new, y_new = self._clones(*pools[self._starts[0]], idx, xt.dtype)
+                x_p, y_p = torch.cat([warm[0], x_new]), torch.cat([warm[1], y_new])
+                run = self._ascend(xt, yt, fixed_x, fixed_y, xv, yv, x_p, y_p, log_l2, screen, fresh=False)
+                run["start"] = name
+                by_start[name] = run["best"]
+                best_run = run
+                continue
             order = orders[name]
             for attempt in range(p.restarts + 1):
                 idx, order[:] = np.array(order[:size]), order[size:] + order[:size]

@@ -65,6 +65,9 @@ class AttackContext:
     hparams: dict[str, Any]
     budget: float
     seed: int
+    #: the same attack's poisons at the grid's next smaller budget, ``(x_p, y_p)``, for an attack that
+    #: :attr:`AuditAttack.warm_starts` (its objective at ε then starts where ε' < ε ended); None: a cold start
+    warm_start: tuple[np.ndarray, np.ndarray] | None = None
 
     @property
     def l2(self) -> float:
@@ -107,6 +110,8 @@ class PoisonInput:
     device: torch.device
     dtype: torch.dtype
     classification: bool
+    init_x: np.ndarray | None = None  # (k, d), k ≤ n_poison: poisons to start from (``init_poisons``), float32
+    init_y: np.ndarray | None = None  # (k,): their labels (class indices) or responses
 
     @cached_property
     def x_t(self) -> torch.Tensor:
@@ -237,6 +242,10 @@ class AuditAttack(ABC):
     tasks: ClassVar[tuple[str, ...]] = ("classification",)
     victims: ClassVar[tuple[str, ...]] = ("torch", "sklearn")  # the victim kinds it can attack (Victim.kind)
 
+    #: True for an optimised attack that can start from given poisons (``init_poisons``): the grid hands it its own
+    #: poisons at the next smaller budget, so its objective does not fall as ε grows (docs: README, "Monotone in the budget")
+    warm_starts: ClassVar[bool] = False
+
     #: True for an attack that *modifies* the training set (Wang et al. 2021's regimes) instead of adding to it:
     #: ``poison(x, y)`` returns the whole poisoned training set and the grid trains on it in place of D_tr ∪ D_p
     modifies: ClassVar[bool] = False
@@ -261,6 +270,7 @@ class AuditAttack(ABC):
         box: tuple[Any, Any] | None = None,
         n_classes: int | None = None,
         verbose: bool = False,
+        init_poisons: tuple[Any, Any] | None = None,
         **params: Any,
     ) -> None:
         from art.attacks.attack import PoisoningAttackWhiteBox
@@ -284,7 +294,23 @@ class AuditAttack(ABC):
         self.lo: Any = None if box is None else box[0]
         self.hi: Any = None if box is None else box[1]
         self.n_classes = int(n_classes) if isinstance(n_classes, np.integer) else n_classes
+        self.init_poisons = self._validated_init(init_poisons, who)
         self.diagnostics = self.Diagnostics()
+
+    def _validated_init(self, init: tuple[Any, Any] | None, who: str) -> tuple[np.ndarray, np.ndarray] | None:
+        """``init_poisons`` as flat float32 features (k, d) and labels (k,) (class indices from one-hot rows)."""
+        if init is None:
+            return None
+        if not self.warm_starts:
+            raise AuditError(f"{who} does not start from given poisons (init_poisons); it crafts its own")
+        x0, y0 = np.asarray(init[0], dtype=np.float32), np.asarray(init[1])
+        if x0.ndim < 2 or len(y0) != len(x0):
+            raise AuditError(f"{who}: init_poisons must be (x (k, d), y (k,)); got {x0.shape} and {y0.shape}")
+        if y0.ndim == 2:
+            y0 = y0.argmax(axis=1) if y0.shape[1] > 1 else y0[:, 0]
+        if not np.all(np.isfinite(x0)):
+            raise AuditError(f"{who}: init_poisons contains NaN or inf")
+        return x0.reshape(len(x0), -1), y0
 
     #: what the estimator must be, in words (the one-line error when ART's requirements are not met)
     estimator_needs: ClassVar[str] = "an ART estimator"
@@ -470,6 +496,11 @@ class AuditAttack(ABC):
             x_p, y_p = np.zeros((0, x.shape[1]), np.float32), y[:0].copy()
         else:
             task = PoisonInput(x.copy(), y.copy(), n_p, rng, torch_rng, device, dtype, self.is_classification)
+            if self.init_poisons is not None and len(self.init_poisons[1]):
+                x0, y0 = self.init_poisons
+                if x0.shape[1] != x.shape[1]:
+                    raise AuditError(f"{type(self).__name__}: init_poisons have {x0.shape[1]} features, the training set {x.shape[1]}")
+                task.init_x, task.init_y = x0[:n_p].copy(), y0[:n_p].astype(y.dtype)
             with preserved_global_rng(device), _preserved_modes(self.estimator):
                 x_p, y_p = self._run(task)
         x_p = np.asarray(x_p, dtype=np.float32)

@@ -150,7 +150,8 @@ class _Submitter:
             if job.cached is not None:
                 poisons = self.ray.put(job.cached)
             else:
-                poisons = self._submit("craft", clean, job.attack, job.budget)
+                warm = crafted.get(job.warm) if job.warm is not None else job.warm_cached  # a reference: Ray runs the smaller budget first
+                poisons = self._submit("craft", clean, job.attack, job.budget, warm)
                 self.waiting[poisons] = ("poisons", job)
             crafted[job.attack, job.budget] = poisons
             for c in job.cells:

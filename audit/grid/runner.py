@@ -364,7 +364,8 @@ def run_local(plan: RunPlan, store: Store, progress: bool) -> None:
         clean.writes.replay(store)
         crafted: dict[tuple[str, float], Poisons] = {}
         for job in group.poison_jobs:
-            poisons = job.cached if job.cached is not None else craft_unit(plan, clean, job.attack, job.budget)
+            warm = crafted.get(job.warm) if job.warm is not None else job.warm_cached
+            poisons = job.cached if job.cached is not None else craft_unit(plan, clean, job.attack, job.budget, warm)
             if job.cached is None and poisons.failure is None:
                 assert poisons.x is not None and poisons.y is not None
                 store.save_poisons(job.key, poisons.x, poisons.y, poisons.diagnostics)

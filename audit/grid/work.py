@@ -144,6 +144,10 @@ class PoisonJob:
     key: str  # the poison cache key
     cached: Poisons | None
     cells: list[GridCell]
+    #: where a warm-starting attack (AuditAttack.warm_starts) starts: its poisons at the next smaller budget —
+    #: ``warm``, a poison job of this run, or ``warm_cached``, poisons cached by an earlier one (neither: a cold start)
+    warm: tuple[str, float] | None = None
+    warm_cached: Poisons | None = None
 
 
 @dataclass
@@ -196,8 +200,16 @@ def plan_work(plan: RunPlan, store: Store, fingerprint: str) -> tuple[list[Group
                 by_poison.setdefault((c.attack, c.budget), []).append(c)
         poison_jobs = []
         for (attack_key, eps), defense_cells in by_poison.items():
-            key = poison_cache_key(cand, attack_key, cfg.attack_spec(attack_key).params, eps, seed, fingerprint)
-            poison_jobs.append(PoisonJob(attack_key, eps, key, _cached(store, key), defense_cells))
+            spec = cfg.attack_spec(attack_key)
+            key = poison_cache_key(cand, attack_key, spec.params, eps, seed, fingerprint)
+            pjob = PoisonJob(attack_key, eps, key, _cached(store, key), defense_cells)
+            smaller = [b for b in budgets_of(plan, attack_key) if b < eps]
+            if pjob.cached is None and spec.attack.warm_starts and smaller:
+                if (attack_key, smaller[-1]) in by_poison:
+                    pjob.warm = (attack_key, smaller[-1])
+                else:
+                    pjob.warm_cached = _cached(store, poison_cache_key(cand, attack_key, spec.params, smaller[-1], seed, fingerprint))
+            poison_jobs.append(pjob)
         adaptive_jobs = []
         grid_keys = {a.key for a in cfg.attacks} | {a.key for a in cfg.confirmation_attacks()}  # attacks with non-adaptive cells
         for c in (c for c in pending if is_adaptive(c.attack)):
@@ -213,6 +225,11 @@ def plan_work(plan: RunPlan, store: Store, fingerprint: str) -> tuple[list[Group
             adaptive_jobs.append(job)
         jobs.append(GroupJob(cand, seed, pending, poison_jobs, adaptive_jobs, reuse))
     return jobs, sum(c.key in done for c in cells)
+
+
+def budgets_of(plan: RunPlan, attack_key: str) -> list[float]:
+    """The budgets an attack key's cells run at, ascending: the grid's, or the confirming budgets for a confirmation attack."""
+    return plan.config.confirm_budgets if attack_key in {a.key for a in plan.config.confirmation_attacks()} else plan.config.budgets
 
 
 def _cached(store: Store, key: str) -> Poisons | None:
@@ -258,15 +275,18 @@ def clean_unit(plan: RunPlan, candidate: str, seed: int, reuse: CleanOutcome | N
     return out
 
 
-def craft_unit(plan: RunPlan, clean: CleanOutcome, attack_key: str, budget: float) -> Poisons:
-    """The poisons of ``(h, a, ε, s)`` against the clean model (never raises: a failure is returned)."""
+def craft_unit(plan: RunPlan, clean: CleanOutcome, attack_key: str, budget: float, warm: Poisons | None = None) -> Poisons:
+    """The poisons of ``(h, a, ε, s)`` against the clean model (never raises: a failure is returned); ``warm``: the
+    same attack's poisons at the next smaller budget, which a warm-starting attack starts from."""
     if clean.failure is not None:
         return Poisons(failure=clean.failure)
     spec = plan.config.attack_spec(attack_key)
     hp = json.loads(clean.candidate)
     t0 = time.perf_counter()
+    start = (warm.x, warm.y) if warm is not None and warm.failure is None and warm.x is not None and warm.y is not None else None
     try:
-        ctx = AttackContext(plan.dataset, plan.victim, clean.fitted, hp, budget, derive_seed(clean.seed, clean.candidate, attack_key, budget))
+        ctx = AttackContext(plan.dataset, plan.victim, clean.fitted, hp, budget, derive_seed(clean.seed, clean.candidate, attack_key, budget),
+                            start if spec.attack.warm_starts else None)  # fmt: skip
         attack = spec.attack.for_cell(dict(spec.params), ctx)
         x_p, y_p = attack.poison(plan.dataset.x_train, plan.dataset.y_train)
         return Poisons(x_p, y_p, attack.diagnostics.to_json(), time.perf_counter() - t0)

@@ -279,3 +279,41 @@ def test_minimax_lambda_grows_with_budget_on_mnist_0_vs_8():
     lam_attacked = attack.diagnostics["lambda_rmd"]
     assert lam_attacked >= lam_clean + 0.15, f"λ clean {lam_clean:.3f}, under attack {lam_attacked:.3f}"
     assert attack.diagnostics["objective_final"] > attack.diagnostics["objective_initial"]
+
+
+# --------------------------------------------------------------------------- monotone in the budget: warm starts
+@pytest.mark.parametrize("draw", [0, 1, 2])
+def test_a_warm_start_from_the_smaller_budget_never_ends_below_its_objective(draw):
+    """Seeded problems: the attack at ε = 20 % started from its own ε = 10 % poisons ends at a validation loss at least
+    the 10 % run's, and at least the cold 20 % run's whenever the warm start wins the screen (it is one more start)."""
+    rng = np.random.default_rng(100 + draw)
+    x, y = two_gaussians(rng, 20)
+    xv, yv = two_gaussians(rng, 20)
+    model = fit_lr(x, y, 0.01)
+    box = np.full(2, 9.5, np.float32)
+    kw = {"x_val": xv, "y_val": yv, "task": "classification", "n_classes": 2, "l2": 0.01, "box": (-box, box), "seed": draw,
+          "iterations": 15, "step": 0.4}  # fmt: skip
+    small = BackGradient(model, budget=0.1, **kw)
+    x_s, y_s = small.poison(x, y)
+    warm = BackGradient(model, budget=0.2, init_poisons=(x_s, y_s), **kw)
+    x_w, y_w = warm.poison(x, y)
+    cold = BackGradient(model, budget=0.2, **kw)
+    cold.poison(x, y)
+    d = warm.diagnostics
+    assert d["warm_start"] == len(y_s) == 4 and len(y_w) == 8
+    assert d["objective_final"] >= small.diagnostics["objective_final"] - 1e-9, (d["objective_final"], small.diagnostics["objective_final"])
+    assert d["objective_final"] >= max(v[0] for v in d["starts"].values()) - 1e-12  # the best start continued
+    assert set(d["starts"]) == {"warm", "validation", "training"}
+    if d["start"] == "warm":
+        assert np.all(y_w[:4] == y_s)  # the smaller budget's labels kept
+    assert "warm_start" not in cold.diagnostics
+
+
+def test_init_poisons_are_checked(gaussian_setting):
+    from audit.attacks.label_flip import LabelFlip
+
+    x, y, *_ = gaussian_setting
+    with pytest.raises(AuditError, match="LabelFlip does not start from given poisons"):
+        LabelFlip(budget=0.1, n_classes=2, init_poisons=(x[:2], y[:2]))
+    with pytest.raises(AuditError, match="init_poisons have 3 features, the training set 2"):
+        _implicit(gaussian_setting, init_poisons=(np.zeros((2, 3), np.float32), y[:2])).poison(x, y)
