@@ -137,3 +137,17 @@ def test_paired_intervals_cover_the_true_drop_at_about_the_nominal_rate():
         se = combined_se([drop], [standard_error(clean - poisoned)])
         covered += abs(drop - true_drop) <= Z95 * se
     assert 0.93 <= covered / reps <= 0.97, covered / reps
+
+
+def test_the_worst_case_is_monotone_in_the_budget_and_a_falling_attack_is_flagged():
+    # attack a does 11 points of test damage at ε = 0.03 and only 1 at 0.1 (no intervals recorded: SE 0); b does 4 at 0.1
+    cells, clean = _cells({0.0: (90.0, 91.0, {("a", 0.03): (80.0, 80.0), ("a", 0.1): (89.0, 90.0), ("b", 0.1): (86.0, 87.0)})})
+    (s,) = aggregate(cells, clean, [{"l2": 0.0}], ["a", "b"], [0.03, 0.1], [0], "none")
+    assert s.worst_damage_test[0.1] == pytest.approx(11.0) and s.worst_attack_test[0.1] == "a (at ε = 0.03)"
+    assert s.worst_val[0.1] == 80.0 and s.worst_attack[0.1] == "a (at ε = 0.03)"
+    assert s.worst_damage_test_ci[0.1] == pytest.approx((11.0, 11.0))
+    assert s.falls == {("a", 0.03, 0.1)}
+    assert s.worst_damage_test[0.03] == pytest.approx(11.0) and s.worst_attack_test[0.03] == "a"
+    (rising,) = aggregate(*_cells({0.0: (90.0, 91.0, {("a", 0.03): (88.0, 88.0), ("a", 0.1): (85.0, 85.0)})}), [{"l2": 0.0}], ["a"],
+                          [0.03, 0.1], [0], "none")  # fmt: skip
+    assert rising.falls == set() and rising.worst_attack_test[0.1] == "a"

@@ -197,8 +197,11 @@ def setting_cases(a: Analysis, budget: float, max_drop: float, confidence: float
 
 
 def _upper(p: CandidateSummary, eps: float, z: float) -> float | None:
-    """``max_a damage_a + z·SE_a`` over the attacks of a setting at ``eps`` (None without finished cells)."""
-    values = [st.damage_test + z * st.damage_test_se for (_, e, d), st in p.stats.items() if e == eps and d == p.defense]
+    """``max_a damage_a + z·SE_a`` over the attacks of a setting at ``eps`` and the budgets below it (the worst case is
+    monotone in ε, :func:`audit.report.recommend.aggregate`); None without finished cells at ``eps``."""
+    if not any(e == eps and d == p.defense for (_, e, d) in p.stats):
+        return None
+    values = [st.damage_test + z * st.damage_test_se for (_, e, d), st in p.stats.items() if e <= eps and d == p.defense]
     return max(values) if values else None
 
 

@@ -2,7 +2,8 @@
 
 Selection uses the trusted validation split only (DESIGN.md): for each candidate, the
 clean validation metric and the worst case over attacks of the poisoned validation
-metric, per budget (means over seeds). Among candidates whose clean validation accuracy
+metric, per budget (means over seeds; monotone in the budget: the worst case at ε is over every attack at every budget up to
+ε). Among candidates whose clean validation accuracy
 is within ``clean_tolerance`` points of the best, the one with the best worst-case
 validation accuracy at the target budget is recommended. Test metrics are reported
 beside it, never used to choose.
@@ -108,6 +109,8 @@ class CandidateSummary:
     worst_damage_test_ci: dict[float, tuple[float, float]] = field(default_factory=dict)
     worst_damage_val_ci: dict[float, tuple[float, float]] = field(default_factory=dict)
     worst_val_ci: dict[float, tuple[float, float]] = field(default_factory=dict)
+    #: (attack, ε', ε) where the attack's measured test damage at ε is below its damage at ε' < ε beyond both intervals
+    falls: set[tuple[str, float, float]] = field(default_factory=set)
 
     @property
     def pair(self) -> str:
@@ -190,10 +193,14 @@ def aggregate(
                     damage_val_se=combined_se([_f(c.clean_val) - _f(c.poisoned_val) for c in rows], [e.get("val_drop", 0.0) for e in se]),
                     poisoned_val_se=combined_se([_f(v) for v in pv], [e.get("val_metric", 0.0) for e in se]),
                 )
-        for eps in budgets:
-            per_attack = {a: summary.stats[(a, eps, defense)] for a in attacks if (a, eps, defense) in summary.stats}
-            if not per_attack:
+        for i, eps in enumerate(budgets):
+            # monotone in ε: an attacker with budget ε can do what one with ε' < ε did, so the worst case at ε is over
+            # every attack at every budget up to ε; one from a smaller budget is named with it ("bg (at ε = 0.03)")
+            per_attack = {(a if e == eps else f"{a} (at ε = {e:g})"): summary.stats[(a, e, defense)]
+                          for e in budgets[: i + 1] for a in attacks if (a, e, defense) in summary.stats}  # fmt: skip
+            if not any((a, eps, defense) in summary.stats for a in attacks):
                 continue
+            summary.falls.update(_falls(summary.stats, attacks, budgets[: i + 1], defense))
             worst = max(per_attack, key=lambda a: per_attack[a].damage_val)
             summary.worst_attack[eps] = worst
             summary.worst_val[eps] = per_attack[worst].poisoned_val
@@ -215,6 +222,21 @@ def aggregate(
         if defense != "none":
             summary.label = f"{summary.label} + {defense}"
         out.append(summary)
+    return out
+
+
+def _falls(stats: dict[tuple[str, float, str], AttackStats], attacks: list[str], budgets: list[float], defense: str) -> set[tuple[str, float, float]]:
+    """Each attack whose test damage at the last of ``budgets`` is below its damage at an earlier one by more than
+    ``Z95·√(SE² + SE'²)``: the measured damage falls as ε grows (the worst case carries the smaller budget's)."""
+    eps = budgets[-1]
+    out = set()
+    for a in attacks:
+        now = stats.get((a, eps, defense))
+        for e in budgets[:-1]:
+            before = stats.get((a, e, defense))
+            if now is not None and before is not None:
+                if before.damage_test - now.damage_test > Z95 * math.hypot(before.damage_test_se, now.damage_test_se):
+                    out.add((a, e, eps))
     return out
 
 

@@ -137,6 +137,8 @@ def build_context(a: Analysis) -> dict[str, Any]:
         },
         "severity": _severity(verdict_damage, a.higher_is_better),
         "strength": vars(a.strength()),
+        "falls": [f"{p.label}: {k} at ε = {100 * e1:g}% ({_fmt(p.stats[(k, e1, p.defense)].damage_test)}) below ε = {100 * e0:g}% "
+                  f"({_fmt(p.stats[(k, e0, p.defense)].damage_test)})" for p in a.pairs for k, e0, e1 in sorted(p.falls)],  # fmt: skip
         "confirmation": _confirmation_context(a),
         "budgets": [f"{100 * b:g}%" for b in budgets],
         "attacks": [
@@ -408,6 +410,8 @@ def _setting(a: Analysis, s: Any) -> dict[str, Any]:
             "worst_case_val_ci95": {str(e): list(v) for e, v in s.worst_val_ci.items()},
             "worst_case_drop": {str(e): v for e, v in s.worst_damage_test.items()},
             "worst_case_drop_ci95": {str(e): list(v) for e, v in s.worst_damage_test_ci.items()},
+            "worst_attack": {str(e): v for e, v in s.worst_attack_test.items()},
+            "damage_falls": [{"attack": k, "from_budget": e0, "budget": e1} for k, e0, e1 in sorted(s.falls)],
             "eligible": s.pair in a.recommendation.eligible}  # fmt: skip
 
 
