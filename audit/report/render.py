@@ -137,8 +137,12 @@ def build_context(a: Analysis) -> dict[str, Any]:
         },
         "severity": _severity(verdict_damage, a.higher_is_better),
         "strength": vars(a.strength()),
-        "falls": [f"{p.label}: {k} at ε = {100 * e1:g}% ({_fmt(p.stats[(k, e1, p.defense)].damage_test)}) below ε = {100 * e0:g}% "
-                  f"({_fmt(p.stats[(k, e0, p.defense)].damage_test)})" for p in a.pairs for k, e0, e1 in sorted(p.falls)],  # fmt: skip
+        "falls": [
+            f"{p.label}: {k} at ε = {100 * e1:g}% ({_fmt(p.stats[(k, e1, p.defense)].damage_test)}) below ε = {100 * e0:g}% "
+            f"({_fmt(p.stats[(k, e0, p.defense)].damage_test)})"
+            for p in a.pairs
+            for k, e0, e1 in sorted(p.falls)
+        ],  # fmt: skip
         "confirmation": _confirmation_context(a),
         "budgets": [f"{100 * b:g}%" for b in budgets],
         "attacks": [
