@@ -56,7 +56,9 @@ def test_an_attack_the_grid_runs_at_paper_strength_needs_no_confirmation_cells()
 
 
 def _confirmation_cells(run_dir):
-    return [c for c in stored_cells(run_dir) if c.attack.endswith("@paper")]
+    from audit.grid.confirm import is_confirmation
+
+    return [c for c in stored_cells(run_dir) if is_confirmation(c.attack)]
 
 
 def test_confirmation_cells_cover_the_recommended_and_tied_settings_only(tmp_path):
@@ -168,3 +170,23 @@ def test_the_report_shows_screened_beside_confirmed(tmp_path):
         assert store.meta("config")["confirm"]["enabled"] is True
     finally:
         store.close()
+
+
+def test_a_recommended_filter_is_confirmed_against_the_paper_attack_adapted_to_it(tmp_path):
+    """A setting whose defense filters meets the confirming gradient attack in its adaptive form too."""
+    from audit.grid.confirm import confirm_axes
+
+    cfg = parse_config(tiny_config(candidates={"l2": [0.01]}, budgets=[0.1], defenses=["loss_filter"],
+                                   attacks=[{"name": "back_gradient", "id": "bg", "params": {"iterations": 2}}],
+                                   confirm={"attacks": ["back_gradient"]}, adaptive={"rounds": 1}))  # fmt: skip
+    resolved = cfg.resolved("classification", "torch")
+    assert [(k, d) for k, _, d in confirm_axes(resolved)] == [("back_gradient@paper", ["loss_filter"]),
+                                                              ("back_gradient@paper~adaptive", ["loss_filter"])]  # fmt: skip
+    run_dir = run_audit(cfg, output_dir=tmp_path, progress=False)
+    cells = {c.attack: c for c in _confirmation_cells(run_dir)}
+    assert set(cells) == {"back_gradient@paper", "back_gradient@paper~adaptive"}
+    assert all(c.status == "ok" and c.defense == "loss_filter" for c in cells.values()), [c.error for c in cells.values()]
+    a = analyse(run_dir)
+    assert a.strength().confirmed and a.recommendation.defense == "loss_filter"
+    rec = a.recommended()
+    assert rec.worst_damage_test[0.1] >= max(rec.stats[(k, 0.1, "loss_filter")].damage_test for k in cells)

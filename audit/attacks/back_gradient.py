@@ -124,6 +124,9 @@ class BackGradientParams(AttackParams):
     ls_grow: float = Field(2.0, ge=1)  # … and the next trial starts at α·grow after a gain
     ls_tries: int = Field(8, ge=1)  # trials per iteration before the iteration counts as converged
     start_screen: int = Field(10, ge=1)  # iterations each start runs before the best one continues
+    # stop a run once the objective gained less than stall_gain (relative) over its last stall_window iterations (0: never)
+    stall_gain: float = Field(0.0, ge=0)
+    stall_window: int = Field(10, ge=1)
 
     @model_validator(mode="after")
     def _range(self) -> BackGradientParams:
@@ -513,6 +516,10 @@ class BackGradient(AuditAttack, PoisoningAttackWhiteBox):
                 best = (result.value, x_p, y_p)
             if fresh and it == p.patience and curve[-1] - curve[0] < p.min_gain * max(abs(curve[0]), 1e-12):
                 stuck = True
+                break
+            w = p.stall_window
+            if p.stall_gain > 0 and not p.learn_l2 and len(curve) > w and curve[-1] - curve[-1 - w] < p.stall_gain * max(abs(curve[-1 - w]), 1e-12):
+                converged = True  # stalled: the last window gained too little to be worth its retrainings
                 break
             if self._rule == "paper":
                 x_p, y_p = moved(x_p, y_p, result.grads, p.step)

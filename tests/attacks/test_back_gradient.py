@@ -317,3 +317,14 @@ def test_init_poisons_are_checked(gaussian_setting):
         LabelFlip(budget=0.1, n_classes=2, init_poisons=(x[:2], y[:2]))
     with pytest.raises(AuditError, match="init_poisons have 3 features, the training set 2"):
         _implicit(gaussian_setting, init_poisons=(np.zeros((2, 3), np.float32), y[:2])).poison(x, y)
+
+
+def test_a_stalled_run_stops_early_and_says_so(gaussian_setting):
+    x, y, *_ = gaussian_setting
+    full = _implicit(gaussian_setting, starts=("validation",), iterations=40)
+    full.poison(x, y)
+    stalled = _implicit(gaussian_setting, starts=("validation",), iterations=40, stall_gain=0.5, stall_window=3)
+    stalled.poison(x, y)
+    # a 50 % gain over every 3 iterations cannot last: the run stops long before its 40 iterations, never above the full run
+    assert stalled.diagnostics["iterations"] < full.diagnostics["iterations"]
+    assert stalled.diagnostics["objective_final"] <= full.diagnostics["objective_final"] + 1e-12
