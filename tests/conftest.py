@@ -60,6 +60,21 @@ def stored_cells(run_dir: Path) -> list:
         store.close()
 
 
+def count_ok(db: Path) -> int:
+    """Cells stored ``ok`` so far in a store another process is writing; 0 before it exists.
+
+    Opened read-only: a watcher that opened it read-write would create an empty file the
+    writer then refuses as not a store (a race seen in CI).
+    """
+    import sqlite3
+
+    try:
+        with sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=1) as con:
+            return con.execute("SELECT COUNT(*) FROM cells WHERE status='ok'").fetchone()[0]
+    except sqlite3.OperationalError:
+        return 0
+
+
 def write_yaml(path: Path, data: dict[str, Any]) -> Path:
     import yaml
 

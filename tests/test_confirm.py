@@ -190,3 +190,14 @@ def test_a_recommended_filter_is_confirmed_against_the_paper_attack_adapted_to_i
     assert a.strength().confirmed and a.recommendation.defense == "loss_filter"
     rec = a.recommended()
     assert rec.worst_damage_test[0.1] >= max(rec.stats[(k, 0.1, "loss_filter")].damage_test for k in cells)
+
+
+def test_an_attack_that_ran_only_in_the_confirmation_is_not_called_not_run(tmp_path):
+    """StatP is not in the grid but confirms the verdict: the header's 'Not run' list must not name it."""
+    cfg = reduced_config(confirm={"attacks": ["label_flip_random", "statp"]})
+    run_dir = run_audit(parse_config(cfg), output_dir=tmp_path, progress=False)
+    assert any(c.attack == "statp@paper" for c in _confirmation_cells(run_dir))
+    html = write_report(run_dir).read_text()
+    header = html[: html.index("</header>")]
+    assert "StatP" not in header.split("Not run in this audit")[-1].split("</p>")[0]
+    assert "statp@paper" in html  # in the screened-and-confirmed section

@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import sqlite3
 import subprocess
 import sys
 import time
@@ -21,7 +20,7 @@ from audit.grid.adaptive import is_adaptive
 from audit.grid.runner import run_audit
 from audit.report import write_report
 from tests import ray_helpers
-from tests.conftest import stored_cells, tiny_config, write_yaml
+from tests.conftest import count_ok, stored_cells, tiny_config, write_yaml
 
 ray = pytest.importorskip("ray", reason='the Ray extra is not installed (pip install -e ".[ray]")')
 
@@ -91,7 +90,10 @@ def test_a_raising_unit_marks_its_cells_failed_and_the_audit_goes_on(tmp_path, c
 def test_a_dead_worker_is_retried_then_its_cells_are_recorded_failed(tmp_path, cluster):
     cfg = parse_config(
         tiny_config(
-            attacks=[{"name": "crashing"}], defenses=["none", "loss_filter"], adaptive={"enabled": "off"}, executor={"kind": "ray", "retries": 1},
+            attacks=[{"name": "crashing"}],
+            defenses=["none", "loss_filter"],
+            adaptive={"enabled": "off"},
+            executor={"kind": "ray", "retries": 1},
             confirm=False,
         )
     )
@@ -100,14 +102,6 @@ def test_a_dead_worker_is_retried_then_its_cells_are_recorded_failed(tmp_path, c
     assert len(cells) == 8 and len(failed) == 4  # 2 candidates × 2 defenses at ε = 0.3: the craft task's worker dies
     assert all(c.budget == 0.3 and c.error.startswith("WorkerCrashedError") for c in failed), [c.error for c in failed]
     assert {c.status for c in cells if c.budget == 0.1} == {"ok"}
-
-
-def _count_ok(db: Path) -> int:
-    try:
-        with sqlite3.connect(db, timeout=1) as con:
-            return con.execute("SELECT COUNT(*) FROM cells WHERE status='ok'").fetchone()[0]
-    except sqlite3.OperationalError:
-        return 0
 
 
 def test_killed_coordinator_resumes_without_losing_or_repeating_a_cell(tmp_path, cluster):
@@ -122,7 +116,7 @@ def test_killed_coordinator_resumes_without_losing_or_repeating_a_cell(tmp_path,
     err = open(tmp_path / "coordinator.err", "w")  # what the coordinator said, for the assertion's message
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=err, start_new_session=True, env=env, cwd=ROOT)
     deadline = time.time() + 120
-    while _count_ok(db) < 3 and time.time() < deadline and proc.poll() is None:
+    while count_ok(db) < 3 and time.time() < deadline and proc.poll() is None:
         time.sleep(0.05)
     try:
         said = (tmp_path / "coordinator.err").read_text()[-1500:]

@@ -1,11 +1,9 @@
 import json
 import os
 import signal
-import sqlite3
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -17,8 +15,8 @@ from audit.config import parse_config
 from audit.defenses import Defense, DefenseResult
 from audit.errors import AuditError
 from audit.grid.runner import run_audit
+from tests.conftest import count_ok, tiny_config, write_yaml
 from tests.conftest import stored_cells as _cells
-from tests.conftest import tiny_config, write_yaml
 from tests.ray_helpers import Exploding
 
 
@@ -111,16 +109,6 @@ def test_bad_input_writes_nothing(tmp_path):
         run_audit(parse_config(tiny_config()), output_dir=blocker, progress=False)
 
 
-def _count_ok(db: Path) -> int:
-    if not db.exists():
-        return 0
-    try:
-        with sqlite3.connect(db, timeout=1) as con:
-            return con.execute("SELECT COUNT(*) FROM cells WHERE status='ok'").fetchone()[0]
-    except sqlite3.OperationalError:
-        return 0
-
-
 def test_kill_9_mid_grid_then_resume(tmp_path):
     """A subprocess killed with SIGKILL mid-grid; the re-run completes it with every cell exactly once."""
     cfg = tiny_config(candidates={"l2": [0.0, 1e-3, 1e-2, 1e-1]}, seeds=[0, 1], training={"epochs": 400})
@@ -130,7 +118,7 @@ def test_kill_9_mid_grid_then_resume(tmp_path):
     cmd = [sys.executable, "-m", "audit", "run", str(path), "--out", str(tmp_path / "out"), "--quiet"]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     deadline = time.time() + 120
-    while _count_ok(db) < 5 and time.time() < deadline and proc.poll() is None:
+    while count_ok(db) < 5 and time.time() < deadline and proc.poll() is None:
         time.sleep(0.05)
     assert proc.poll() is None, "the run finished before it could be killed; make the grid larger"
     os.kill(proc.pid, signal.SIGKILL)
@@ -157,7 +145,7 @@ def test_ctrl_c_exits_130_and_the_run_resumes(tmp_path):
     cmd = [sys.executable, "-m", "audit", "run", str(path), "--out", str(tmp_path / "out"), "--quiet"]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     deadline = time.time() + 120
-    while _count_ok(db) < 3 and time.time() < deadline and proc.poll() is None:
+    while count_ok(db) < 3 and time.time() < deadline and proc.poll() is None:
         time.sleep(0.05)
     assert proc.poll() is None, "the run finished before it could be interrupted"
     proc.send_signal(signal.SIGINT)

@@ -112,7 +112,12 @@ def build_context(a: Analysis) -> dict[str, Any]:
                 })  # fmt: skip
     verdict_damage = rec.worst_damage_test.get(target) if rec else None
     task = a.meta["dataset"]["task"]
-    ran = {s.name for s in cfg.attacks} | {spec.name for _, spec, _ in adaptive_axes(cfg)}
+    confirmed_keys = {c.attack for c in a.cells}
+    ran = (
+        {s.name for s in cfg.attacks}
+        | {spec.name for _, spec, _ in adaptive_axes(cfg)}
+        | {spec.name for spec in cfg.confirmation_attacks() if spec.key in confirmed_keys}  # ran in the confirmation stage only
+    )
     not_run = [cls.title for name, cls in ATTACKS.items() if name not in ran and task in cls.tasks]  # the registry's attacks this run left out
     not_run_why = [f"{cls.title} — {_why_not_run(a, name, cls)}" for name, cls in ATTACKS.items() if name not in ran and task in cls.tasks]
     return {
