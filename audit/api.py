@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -100,7 +101,12 @@ class AuditResult(os.PathLike):
 
     def recommended_estimator(self, clip_values: tuple[float, float] | None = None) -> Any:
         """The recommended candidate trained on the clean training set (through its defense, if the
-        recommendation includes one), with the audit's procedure and first seed, as an ART estimator."""
+        recommendation includes one), with the audit's procedure and first seed, as an ART estimator.
+
+        Raises when the run gives no verdict because its clean retraining does not reproduce the
+        estimator handed over (``summary["no_verdict"]``): that model is not the one you deploy."""
+        if self.summary.get("no_verdict"):
+            raise AuditError(f"{self.summary['no_verdict']} (recommendation.allow_mismatch: true accepts it)")
         rec = self.recommendation
         if rec["hyperparameters"] is None:
             raise AuditError("the audit recommends nothing yet (no candidate has finished cells at the target budget)")
@@ -116,12 +122,39 @@ class AuditResult(os.PathLike):
 
 
 def run_audit(config: AuditConfig, *, model: Any = None, dataset: Any = None, output_dir: str | Path | None = None,
-              restart: bool = False, progress: bool = True) -> AuditResult:  # fmt: skip
+              restart: bool = False, progress: bool = True, fit_kwargs: dict[str, Any] | None = None,
+              train_fn: Callable[..., Any] | None = None, allow_mismatch: bool | None = None) -> AuditResult:  # fmt: skip
     """Run (or resume) the audit ``config`` describes and return its :class:`AuditResult`.
 
     ``model`` (an nn.Module, an ART estimator or a scikit-learn estimator) and ``dataset``
     (an :class:`audit.data.Dataset`) override the config's. Finished cells are read, not
     recomputed. The HTML report is written by :func:`audit.report.write_report`.
+
+    Train as you train (README): the audit retrains ``model`` for every cell, and a trained
+    ``model`` is compared with the audit's clean retraining on the test split; more than
+    ``recommendation.deployed_tolerance`` apart, the run gives **no verdict**. Pass what you
+    trained with: ``fit_kwargs`` (``nb_epochs``, ``batch_size`` as given to ART's ``fit``) or
+    ``train_fn(model, x, y, *, seed)`` (and ``l2=`` / ``hparams=`` when it takes them), which then
+    trains every retraining. ``allow_mismatch=True`` gives the verdict anyway, and every output
+    says it is about the audit's model.
     """
-    plan = plan_audit(config, model=model, dataset=dataset, output_dir=output_dir)
-    return AuditResult(run_plan(plan, restart=restart, progress=progress), plan)
+    if allow_mismatch is not None:
+        rec = config.recommendation.model_copy(update={"allow_mismatch": bool(allow_mismatch)})
+        config = config.model_copy(update={"recommendation": rec})
+    plan = plan_audit(config, model=model, dataset=dataset, output_dir=output_dir, train_fn=train_fn, fit_kwargs=fit_kwargs)
+    result = AuditResult(run_plan(plan, restart=restart, progress=progress), plan)
+    _raise_when_nothing_finished(result.run_dir)
+    return result
+
+
+def _raise_when_nothing_finished(run_dir: Path) -> None:
+    """Every cell failed: the CLI's exit 4, as an error (the run directory keeps the failures for the report)."""
+    store = Store.open_existing(run_dir)
+    try:
+        cells = store.cells()
+    finally:
+        store.close()
+    failed = [c for c in cells if c.status == "failed"]
+    if cells and len(failed) == len(cells):
+        raise AuditError(f"all {len(cells)} cells failed (first error: {failed[0].error}); "
+                         f"write_report({str(run_dir)!r}) lists them")  # fmt: skip

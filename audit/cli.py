@@ -139,6 +139,8 @@ def report(run_dir: Path) -> None:
 @click.option("--soft-fail", is_flag=True, help="Advisory gate: a failure (or no verdict) is reported, skipped in JUnit, and exits 0.")
 @click.option("--allow-lower-bound", is_flag=True,
               help="Judge a worst case not confirmed at full strength (--no-confirm, a budget not confirmed) as a lower bound.")  # fmt: skip
+@click.option("--allow-mismatch", is_flag=True,
+              help="Judge a run whose retraining does not reproduce the model you handed over (every output says so).")  # fmt: skip
 @click.option("--summary", "summary_file", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help='Append a markdown step summary (verdict, worst-case table, artifacts) to this file, e.g. "$GITHUB_STEP_SUMMARY".')  # fmt: skip
 @click.option("--junit", "junit_file", type=click.Path(dir_okay=False, path_type=Path), default=None,
@@ -146,10 +148,11 @@ def report(run_dir: Path) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print the result as one JSON object instead of text.")
 @_user_errors
 def gate(run_dir: Path, budget: float, max_drop: float, allow_incomplete: bool, confidence: float | None, soft_fail: bool,
-         allow_lower_bound: bool, summary_file: Path | None, junit_file: Path | None, as_json: bool) -> None:  # fmt: skip
+         allow_lower_bound: bool, allow_mismatch: bool, summary_file: Path | None, junit_file: Path | None,
+         as_json: bool) -> None:  # fmt: skip
     """Exit 0 when the recommended setting's worst-case drop at BUDGET is at most MAX-DROP, 1 when it is larger,
-    3 when there is no verdict (an incomplete run, or a worst case not confirmed at full strength); 0 either way
-    with --soft-fail. Writes JUnit XML (gate.xml)."""
+    3 when there is no verdict (an incomplete run, a worst case not confirmed at full strength, or an audited
+    model that does not match the one you handed over); 0 either way with --soft-fail. Writes JUnit XML (gate.xml)."""
     import json
 
     from audit.report.gate import gate as run_gate
@@ -165,7 +168,7 @@ def gate(run_dir: Path, budget: float, max_drop: float, allow_incomplete: bool, 
         if path is not None and not path.parent.is_dir():
             raise AuditError(f"{option}: no such directory: {path.parent}")
     result = run_gate(run_dir, budget, max_drop, allow_incomplete=allow_incomplete, confidence=confidence, soft_fail=soft_fail,
-                      junit=junit_file, allow_lower_bound=allow_lower_bound)  # fmt: skip
+                      junit=junit_file, allow_lower_bound=allow_lower_bound, allow_mismatch=allow_mismatch)  # fmt: skip
     name = json.loads((Path(run_dir) / "summary.json").read_text())["name"] if (Path(run_dir) / "summary.json").is_file() else Path(run_dir).name
     if summary_file is not None:
         with open(summary_file, "a", encoding="utf-8") as fh:  # GitHub collects what each step appends

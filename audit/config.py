@@ -126,6 +126,15 @@ class TrainingSpec(StrictModel):
     momentum: float | None = Field(None, ge=0, lt=1)
     epochs: int | None = Field(None, ge=1)
     batch_size: int | None = Field(None, ge=1)
+    #: the user's own training, ``package.module:function`` called as ``fn(model, x, y, *, seed)`` (and ``l2=ρ``
+    #: when it takes it) for every retraining of a torch victim; README: "Train as you train"
+    factory: str | None = None
+
+    @model_validator(mode="after")
+    def _factory(self) -> TrainingSpec:
+        if self.factory is not None and (":" not in self.factory or not all(self.factory.split(":", 1))):
+            raise ValueError(f"training.factory: expected 'package.module:function' (got {self.factory!r})")
+        return self
 
 
 class _RegisteredSpec(StrictModel):
@@ -242,6 +251,11 @@ class RecommendationSpec(StrictModel):
 
     target_budget: float | None = Field(None, gt=0, le=1)
     clean_tolerance: float = Field(1.0, ge=0)
+    #: how far the audit's clean retraining may score from the estimator handed over (points of accuracy;
+    #: a fraction of the MSE for regression) before the run gives no verdict; None: 1 point / 0.05
+    deployed_tolerance: float | None = Field(None, ge=0)
+    #: give the verdict although the audited model does not match the user's (every output says so)
+    allow_mismatch: bool = False
 
 
 class MinimaxSpec(StrictModel):
@@ -592,7 +606,12 @@ class AuditConfig(StrictModel):
         """Hash of everything that changes the grid's results (not the output directory, the executor, the declared
         system or the confirmation stage, whose cells have keys of their own)."""
         # confirm: the confirmation stage adds cells of its own keys and never changes a screening cell
-        payload = self.model_dump(mode="json", exclude={"output_dir", "executor", "system", "confirm"})
+        # recommendation.deployed_tolerance / allow_mismatch: whether a verdict is given, never a cell's numbers
+        exclude: dict[str, Any] = {"output_dir": True, "executor": True, "system": True, "confirm": True,
+                                   "recommendation": {"deployed_tolerance", "allow_mismatch"}}  # fmt: skip
+        payload = self.model_dump(mode="json", exclude=exclude)
+        if payload["training"].get("factory") is None:  # runs from before training.factory keep their fingerprint
+            payload["training"].pop("factory", None)
         return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
 
 

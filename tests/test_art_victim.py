@@ -1,19 +1,14 @@
 """A user's ART estimator is audited as deployed: its preprocessing, input shape and optimizer."""
 
-import json
-
 import numpy as np
 import pytest
 import torch
 from torch import nn
 
-from audit.config import DatasetSpec, ModelSpec, TrainingSpec, parse_config
+from audit.config import DatasetSpec, ModelSpec, TrainingSpec
 from audit.data import load_dataset
-from audit.grid import run_audit
 from audit.models import build_victim
 from audit.models.estimator import InputSpace
-from audit.report import write_report
-from tests.conftest import tiny_config
 
 CPU = torch.device("cpu")
 
@@ -52,19 +47,3 @@ def test_a_preprocessed_estimator_is_retrained_behind_its_preprocessing():
     art = fitted.to_art()
     np.testing.assert_array_equal(art.predict(d.x_test).argmax(1), fitted.predict(d.x_test))
     assert fitted.metric(d.x_test, d.y_test) > 80
-
-
-def test_report_says_how_the_users_model_compares_and_warns_when_it_differs(tmp_path):
-    d = load_dataset(DatasetSpec(name="digits"))
-    clf = _user_classifier()
-    clf.fit(d.x_train, d.y_train, nb_epochs=30, batch_size=64, verbose=False)
-    users = float(100 * np.mean(clf.predict(d.x_test).argmax(1) == d.y_test))
-    cfg = tiny_config(dataset={"name": "digits"}, candidates={"l2": [0.0]}, budgets=[0.1],
-                      attacks=[{"name": "label_flip", "id": "lf", "params": {"variant": "random"}}],
-                      training={"epochs": 1, "batch_size": 512, "optimizer": "sgd", "lr": 0.01})  # fmt: skip
-    run = run_audit(parse_config(cfg), model=clf, output_dir=tmp_path, progress=False)
-    write_report(run)
-    summary = json.loads((run / "summary.json").read_text())
-    assert summary["deployed_test_metric"] == pytest.approx(users)
-    html = (run / "report.html").read_text()
-    assert f"The model you handed over scores {users:.2f}" in html and "Your model" in html  # 1 SGD epoch is far from the user's fit

@@ -33,6 +33,9 @@ class RunPlan:
     #: (candidate key, defense key) settings the confirmation stage confirms (audit.grid.runner.run_confirmation)
     confirm_pairs: list[tuple[str, str]] = field(default_factory=list)
     confirming: bool = False  # the executors run the confirmation cells only (the grid is over: its failures are not retried each round)
+    #: the trivial predictor's test metric (majority class of D_train; its mean response): a model handed
+    #: over that does no better is an untrained architecture, not a deployed model to compare with
+    deployed_trivial_metric: float | None = None
     _seed_free: dict[str, bool] = field(default_factory=dict, repr=False)
 
     def fingerprint(self) -> str:
@@ -47,6 +50,14 @@ class RunPlan:
         numerics = self.numerics()
         payload = json.dumps([self.config.fingerprint(), training, self.victim.description, __version__, numerics], sort_keys=True)
         return hashlib.sha256(payload.encode()).hexdigest()[:16]
+
+    def deployed(self) -> dict[str, Any]:
+        """What the run knows of the model the user deploys (store meta ``deployed``, written at every
+        start: the tolerance and the acceptance of a mismatch are the latest run's, never a cell's)."""
+        rec = self.config.recommendation
+        return {"test_metric": self.deployed_test_metric, "trivial_metric": self.deployed_trivial_metric,
+                "tolerance": rec.deployed_tolerance, "allow_mismatch": rec.allow_mismatch,
+                "training": (self.victim.procedure or {}).get("train_fn")}  # fmt: skip
 
     def numerics(self) -> dict[str, Any]:
         """The settings a cell's numbers depend on besides the config: torch's thread count (CPU

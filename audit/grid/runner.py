@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import platform
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -52,8 +53,9 @@ from audit.grid.work import (
 )
 from audit.models import Victim, build_victim, resolve_device
 from audit.models.digest import model_digests
-from audit.models.estimator import deployed_metric
+from audit.models.estimator import deployed_metric, trivial_metric
 from audit.models.structure import is_convex_linear
+from audit.models.victim import MODEL_AXES
 from audit.seeding import seeded_init
 
 __all__ = ["RunPlan", "plan_audit", "run_audit", "run_plan", "run_local", "clean_train_seed", "poison_cache_key", "certified_objective",
@@ -79,18 +81,22 @@ def plan_audit(
     model: Any = None,
     dataset: Dataset | None = None,
     output_dir: str | Path | None = None,
+    train_fn: Callable[..., Any] | None = None,
+    fit_kwargs: dict[str, Any] | None = None,
 ) -> RunPlan:
     """Validate everything a run needs *before* anything is written to disk.
 
     ``model`` (an nn.Module, ART estimator or scikit-learn estimator) and ``dataset``
-    override the config's model and dataset (library API).
+    override the config's model and dataset (library API); ``train_fn`` and ``fit_kwargs``
+    are the user's training (:func:`audit.models.build_victim`).
     """
     device = resolve_device(config.device)
     data = dataset if dataset is not None else load_dataset(config.dataset)
     if any(spec.defense.reads_validation for spec in config.defenses):
         data = data.with_defense_validation(config.dataset.split.seed)  # selection never reuses a defense's points
     check_scorable(data, config.budgets)
-    victim = build_victim(config.model, config.training, data, device, model_obj=model)
+    victim = build_victim(config.model, config.training, data, device, model_obj=model, train_fn=train_fn, fit_kwargs=fit_kwargs)
+    _check_user_training(victim, config)
     if config.poisonability.enabled == "on" and not victim.builds_modules:
         raise AuditError("poisonability.enabled is 'on' but the victim is not a torch model (τ needs its logits)")
     if config.minimax is not None and not victim.builds_modules:
@@ -129,7 +135,21 @@ def plan_audit(
         threads = config.executor.cell_threads  # a Ray task's torch threads: the numbers depend on them
     deployed = deployed_metric(model, data.x_test, data.y_test, data.task) if model is not None else None
     digests = model_digests(victim, config.candidate_grid()[0], config.model, model)
-    return RunPlan(config, data, victim, device, run_dir, deployed, threads, digests)
+    plan = RunPlan(config, data, victim, device, run_dir, deployed, threads, digests)
+    plan.deployed_trivial_metric = trivial_metric(data.y_train, data.y_test, data.task) if deployed is not None else None
+    return plan
+
+
+def _check_user_training(victim: Victim, config: AuditConfig) -> None:
+    """A user's training function must take what the candidates vary: ρ (``l2``) or the whole ``hparams``."""
+    own = getattr(victim, "user_training", None)
+    if own is None or own.takes("hparams"):
+        return
+    varied = [axis for axis, values in config.candidates.items() if len(set(map(str, values))) > 1 and axis not in MODEL_AXES]
+    missing = [axis for axis in varied if axis != "l2" or not own.takes("l2")]
+    if missing:
+        raise AuditError(f"training.factory / train_fn: the candidates vary {', '.join(missing)} but {own.name} takes neither "
+                         f"{'l2 nor ' if 'l2' in missing else ''}hparams; add the keyword to its signature")  # fmt: skip
 
 
 def _convex(victim: Victim, hparams: dict[str, Any]) -> bool:
@@ -231,6 +251,7 @@ def _prepare_store(plan: RunPlan, restart: bool) -> Store:
     elif stored_digests is None:  # a run begun before the digests were recorded: the data of the cells still to run
         store.set_meta("data_sha256", data_digests)
         store.set_meta("model_sha256", plan.model_digests)
+    store.set_meta("deployed", plan.deployed())
     return store
 
 
@@ -242,13 +263,16 @@ def run_audit(
     output_dir: str | Path | None = None,
     restart: bool = False,
     progress: bool = True,
+    train_fn: Callable[..., Any] | None = None,
+    fit_kwargs: dict[str, Any] | None = None,
 ) -> Path:
     """Run (or resume) the audit a config describes and return its run directory.
 
     Finished cells in the run directory's store are read, not recomputed; failed cells
     are retried. The HTML report is written separately (:func:`audit.report.write_report`).
     """
-    return run_plan(plan_audit(config, model=model, dataset=dataset, output_dir=output_dir), restart=restart, progress=progress)
+    plan = plan_audit(config, model=model, dataset=dataset, output_dir=output_dir, train_fn=train_fn, fit_kwargs=fit_kwargs)
+    return run_plan(plan, restart=restart, progress=progress)
 
 
 def run_plan(plan: RunPlan, *, restart: bool = False, progress: bool = True) -> Path:

@@ -20,6 +20,7 @@ from audit.models.victim import (
     Fitted,
     SklearnVictim,
     TorchVictim,
+    UserTraining,
     Victim,
     reinitialise,
 )
@@ -44,19 +45,51 @@ def resolve_device(name: str) -> torch.device:
     return device
 
 
-def import_factory(spec: str) -> Callable[..., Any]:
-    """Import ``package.module:function``; the working directory is importable."""
+def import_factory(spec: str, field: str = "model.factory") -> Callable[..., Any]:
+    """Import ``package.module:function``; the working directory is importable. Errors name ``field``."""
     module_name, _, attr = spec.partition(":")
     if str(Path.cwd()) not in sys.path:
         sys.path.insert(0, str(Path.cwd()))
     try:
         module = importlib.import_module(module_name)
     except ImportError as err:
-        raise AuditError(f"model.factory: cannot import module {module_name!r} ({err})") from None
+        raise AuditError(f"{field}: cannot import module {module_name!r} ({err})") from None
     fn = getattr(module, attr, None)
     if not callable(fn):
-        raise AuditError(f"model.factory: {module_name!r} has no callable {attr!r}")
+        raise AuditError(f"{field}: {module_name!r} has no callable {attr!r}")
     return fn
+
+
+#: ``fit_kwargs`` (as a user passes them to ART's ``fit``) → the audit's training settings
+FIT_KWARGS = {"nb_epochs": "epochs", "epochs": "epochs", "batch_size": "batch_size"}
+
+
+def training_from_fit_kwargs(fit_kwargs: dict[str, Any]) -> dict[str, Any]:
+    """The training settings of ``fit_kwargs`` (``nb_epochs``, ``batch_size``: what the user passed
+    to ``estimator.fit``), checked: the audit retrains with them, so an unknown one is an error."""
+    out: dict[str, Any] = {}
+    for key, value in fit_kwargs.items():
+        if key not in FIT_KWARGS:
+            raise AuditError(f"fit_kwargs: {key!r} is not a setting the audit can retrain with; it takes "
+                             f"{', '.join(sorted(FIT_KWARGS))} (for anything else pass train_fn)")  # fmt: skip
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise AuditError(f"fit_kwargs: {key} must be a positive integer (got {value!r})")
+        out[FIT_KWARGS[key]] = int(value)
+    return out
+
+
+def user_training(spec: str | None, train_fn: Callable[..., Any] | None) -> UserTraining | None:
+    """The user's training function: ``train_fn`` (API) or ``training.factory`` (config); not both."""
+    if spec is not None and train_fn is not None:
+        raise AuditError("train_fn and training.factory both name a training function; give one")
+    if train_fn is not None:
+        if not callable(train_fn):
+            raise AuditError(f"train_fn: expected a callable fn(model, x, y, *, seed) (got {type(train_fn).__name__})")
+        name = f"{getattr(train_fn, '__module__', '?')}:{getattr(train_fn, '__qualname__', type(train_fn).__name__)}"
+        return UserTraining(train_fn, name)
+    if spec is not None:
+        return UserTraining(import_factory(spec, "training.factory"), spec)
+    return None
 
 
 def _call_factory(fn: Callable[..., Any], context: dict[str, Any]) -> Any:
@@ -136,13 +169,32 @@ def _with_user_optimizer(training: dict[str, Any], overrides: dict[str, Any], ob
     return out
 
 
-def build_victim(model_spec: Any, training_spec: Any, dataset: Any, device: torch.device, model_obj: Any = None) -> Victim:
-    """The victim a config describes on ``dataset``; ``model_obj`` overrides it (library API)."""
+def build_victim(model_spec: Any, training_spec: Any, dataset: Any, device: torch.device, model_obj: Any = None,
+                 train_fn: Callable[..., Any] | None = None, fit_kwargs: dict[str, Any] | None = None) -> Victim:  # fmt: skip
+    """The victim a config describes on ``dataset``; ``model_obj`` overrides it (library API).
+
+    ``fit_kwargs`` (``nb_epochs``, ``batch_size``, as passed to the user's ``estimator.fit``)
+    override the config's training; ``train_fn`` or ``training.factory`` replaces the audit's
+    training of a torch victim by the user's own (:class:`audit.models.victim.UserTraining`).
+    """
     name = model_spec.name
-    task, c, d = dataset.task, dataset.n_classes, dataset.n_features
     defaults = dict(TRAINING_DEFAULTS["user" if model_obj is not None else name])
     overrides = {k: v for k, v in training_spec.model_dump().items() if v is not None}
+    own = user_training(overrides.pop("factory", None), train_fn)
+    overrides.update(training_from_fit_kwargs(fit_kwargs or {}))
     training = {**defaults, **overrides}
+    victim = _build_victim(model_spec, dataset, device, model_obj, training, overrides)
+    if own is not None:
+        if not isinstance(victim, TorchVictim):
+            raise AuditError(f"train_fn / training.factory: only for a torch victim ({victim.description} trains with its own solver)")
+        victim.user_training = own
+    return victim
+
+
+def _build_victim(model_spec: Any, dataset: Any, device: torch.device, model_obj: Any, training: dict[str, Any],
+                  overrides: dict[str, Any]) -> Victim:  # fmt: skip
+    name = model_spec.name
+    task, c, d = dataset.task, dataset.n_classes, dataset.n_features
     input_shape = dataset.input_shape
     base = {"width": model_spec.width, "depth": model_spec.depth}
     base = {k: v for k, v in base.items() if v is not None}

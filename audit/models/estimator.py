@@ -204,6 +204,16 @@ def deployed_metric(estimator: Any, x: np.ndarray, y: np.ndarray, task: str) -> 
     return float(np.mean((pred - y) ** 2)) if pred.shape == y.shape else None
 
 
+def trivial_metric(y_train: np.ndarray, y_test: np.ndarray, task: str) -> float:
+    """The test metric of the trivial predictor: the majority class of the training labels
+    (accuracy %), or their mean response (MSE). A model handed over that does no better than
+    this is an untrained architecture, not a deployed model to compare the audit with."""
+    if task == "classification":
+        values, counts = np.unique(y_train, return_counts=True)
+        return float(100.0 * np.mean(y_test == values[counts.argmax()]))
+    return float(np.mean((y_test - float(np.mean(y_train))) ** 2))
+
+
 def as_art_estimator(estimator: Any) -> Any:
     """A raw scikit-learn model wrapped as ART would (``SklearnClassifier`` / ``ScikitlearnRegressor``); anything else as it is."""
     if not is_sklearn_estimator(estimator):

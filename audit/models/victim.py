@@ -5,7 +5,8 @@ Three kinds share one interface (:class:`Victim.fit` → :class:`Fitted`):
 * :class:`TorchVictim` — an ``nn.Module`` from the zoo or a user factory, or the module of
   an ART ``PyTorchClassifier`` (re-initialised behind the estimator's preprocessing and input
   shape, retrained with the audit's procedure and the estimator's own optimizer);
-  trained with :func:`audit.models.training.train`.
+  trained with :func:`audit.models.training.train`, or with the user's own training function
+  (:class:`UserTraining`, README: "Train as you train").
 * :class:`SklearnVictim` — scikit-learn ``LogisticRegression`` / ``Ridge`` retrained with
   their own solver; the L2 strength maps as ``C = 1/(ρ·n)`` (``2/(ρ·n)`` for two classes,
   ``C = inf`` at ρ = 0) and ``alpha = ρ·n`` (ridge loss ½(y − f)²), so both minimise the
@@ -36,7 +37,7 @@ from torch import nn
 
 from audit.errors import AuditError
 from audit.models.structure import is_convex_linear
-from audit.models.training import TrainConfig, TrainResult, data_loss, train
+from audit.models.training import TrainConfig, TrainResult, data_loss, full_objective_and_grad_norm, train
 from audit.seeding import seeded_init
 
 VictimKind = Literal["torch", "sklearn"]
@@ -78,8 +79,15 @@ class Fitted(ABC):
         """The model as an ART estimator."""
 
     def predict(self, x: np.ndarray) -> np.ndarray:
+        """Labels ``(n,)``, or predictions ``(n,)`` — a regressor's ``(n, 1)`` output flattened (left
+        as it was, it broadcast against ``y`` into an ``(n, n)`` difference and a wrong MSE)."""
         s = self.scores(x)
-        return s.argmax(axis=1) if self.task == "classification" else s
+        if self.task == "classification":
+            return s.argmax(axis=1)
+        s = np.asarray(s)
+        if s.ndim > 1 and int(np.prod(s.shape[1:])) != 1:
+            raise AuditError(f"a regression model must output one value per point (got shape {s.shape})")
+        return s.reshape(len(s))
 
     def metric(self, x: np.ndarray, y: np.ndarray) -> float:
         """Accuracy in percent (classification) or mean squared error (regression)."""
@@ -208,6 +216,45 @@ class Victim(ABC):
         raise AuditError(f"{self.description} is not a torch model: it cannot build modules")
 
 
+@dataclass(frozen=True)
+class UserTraining:
+    """The user's own training, used for every retraining of a torch victim instead of the audit's.
+
+    ``fn(model, x, y, *, seed)`` trains ``model`` (the fresh, seeded module the audit would
+    train: the user's module, behind an ART estimator's input shape and preprocessing) in place
+    on ``x`` ``(n, d)`` float32 and ``y`` ``(n,)`` (int64 labels or float32 responses), tensors on
+    the run's device. When its signature names ``l2`` it also gets the candidate's ρ (the
+    objective mean loss + (ρ/2)‖w‖² of docs: its penalty is the user's to apply), when it names
+    ``hparams`` the candidate's whole dict. ``name`` (``package.module:function`` or the
+    callable's qualified name) identifies it in the fingerprint and the report.
+    """
+
+    fn: Callable[..., Any]
+    name: str
+
+    def takes(self, argument: str) -> bool:
+        import inspect
+
+        try:
+            params = inspect.signature(self.fn).parameters
+        except (TypeError, ValueError):
+            return False
+        return argument in params or any(p.kind is p.VAR_KEYWORD for p in params.values())
+
+    def __call__(self, module: nn.Module, x: torch.Tensor, y: torch.Tensor, hparams: dict[str, Any], l2: float, seed: int) -> None:
+        extra: dict[str, Any] = {}
+        if self.takes("l2"):
+            extra["l2"] = l2
+        if self.takes("hparams"):
+            extra["hparams"] = dict(hparams)
+        try:
+            self.fn(module, x, y, seed=seed, **extra)
+        except AuditError:
+            raise
+        except Exception as err:  # the user's code: one line, not a traceback
+            raise AuditError(f"training.factory: {self.name}(model, x, y, seed=…) raised {type(err).__name__}: {err}") from None
+
+
 class TorchVictim(Victim):
     """A torch module factory plus the audit's training procedure.
 
@@ -232,6 +279,7 @@ class TorchVictim(Victim):
         training: dict[str, Any],
         device: torch.device,
         description: str,
+        user_training: UserTraining | None = None,
     ) -> None:
         self._build = build
         self.task = task
@@ -240,12 +288,15 @@ class TorchVictim(Victim):
         self.training = training
         self.device = device
         self.description = description
+        self.user_training = user_training
 
     kind: ClassVar[VictimKind] = "torch"
 
     @property
     def procedure(self) -> dict[str, Any]:
-        return self.training
+        if self.user_training is None:
+            return self.training
+        return {**self.training, "train_fn": self.user_training.name}
 
     def build(self, hparams: dict[str, Any]) -> nn.Module:
         return self._build(hparams)
@@ -257,7 +308,7 @@ class TorchVictim(Victim):
     def seed_free(self, hparams: dict[str, Any]) -> bool:
         """A convex linear model (one ``nn.Linear``) trained full batch: its objective has one
         minimiser (ρ > 0) and :meth:`fit` starts it at w = 0, so no seed enters training."""
-        if self.train_config(hparams).batch_size is not None:
+        if self.user_training is not None or self.train_config(hparams).batch_size is not None:
             return False
         with seeded_init(0):  # building initialises; the caller's generators stay as they were
             return is_convex_linear(self.build(hparams))
@@ -265,14 +316,24 @@ class TorchVictim(Victim):
     def fit(self, x: np.ndarray, y: np.ndarray, hparams: dict[str, Any], seed: int) -> FittedTorch:
         with seeded_init(seed):
             module = self.build(hparams).to(self.device)
-        if self.train_config(hparams).batch_size is None and is_convex_linear(module):
+        config = self.train_config(hparams)
+        if self.user_training is None and config.batch_size is None and is_convex_linear(module):
             with torch.no_grad():  # convex and full batch: start at w = 0, the seed plays no part
                 for p in module.parameters():
                     p.zero_()
         xt = torch.as_tensor(x, dtype=torch.float32, device=self.device)
         dtype = torch.long if self.task == "classification" else torch.float32
         yt = torch.as_tensor(y, dtype=dtype, device=self.device)
-        result: TrainResult = train(module, xt, yt, self.task, self.train_config(hparams), seed)
+        if self.user_training is None:
+            result: TrainResult = train(module, xt, yt, self.task, config, seed)
+        else:
+            with seeded_init(seed):  # whatever the user's training draws from the global generators is seeded too
+                module.train()
+                self.user_training(module, xt, yt, hparams, float(config.l2), seed)
+            module.eval()
+            final, grad_norm = full_objective_and_grad_norm(module, xt, yt, self.task, float(config.l2))
+            # the audit's objective at the user's solution; convergence to it is not the user's contract
+            result = TrainResult(0, final, grad_norm, bool(np.isfinite(final)))
         return FittedTorch(
             task=self.task,
             n_classes=self.n_classes,

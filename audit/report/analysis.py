@@ -52,6 +52,73 @@ class Strength:
     why: str
 
 
+MISMATCH = "no verdict: the audited model does not match yours"
+"""What every output says instead of a verdict when the audit's retraining is not the user's model (README: "Train as you train")."""
+
+
+@dataclass(frozen=True)
+class DeployedCheck:
+    """The estimator the user handed over against the audit's own clean retraining, on the test split.
+
+    ``value``: the user's model as handed over; ``audited``: the clean retraining closest to it
+    (candidate ``label``), whose retrainings over the run's seeds scored ``low``–``high``
+    (``n_seeds`` of them); ``gap``: how far ``value`` lies outside that range (0 inside: a faithful
+    retraining differs from the user's model by seed noise alone, 0.75 points on digits' 359 test
+    points), and ``limit``, in points of accuracy or as a fraction of the user's MSE. ``trained``:
+    the user's model beats the trivial predictor ``trivial`` (an untrained architecture handed over
+    is not compared). ``accepted``: the user accepted a mismatch
+    (``--allow-mismatch``), so the verdict is given about the audit's model and says so.
+    """
+
+    value: float
+    audited: float
+    label: str
+    gap: float
+    limit: float
+    higher_is_better: bool
+    trained: bool = True
+    accepted: bool = False
+    trivial: float | None = None
+    training: str | None = None
+    low: float = math.nan
+    high: float = math.nan
+    n_seeds: int = 1
+
+    @property
+    def matches(self) -> bool:
+        return not self.trained or self.gap <= self.limit
+
+    @property
+    def withheld(self) -> bool:
+        """No verdict: the audited model is not the user's and the user did not accept that."""
+        return not self.matches and not self.accepted
+
+    @property
+    def gap_text(self) -> str:
+        return f"{self.gap:.1f} points" if self.higher_is_better else f"{100 * self.gap:.0f} % of your MSE"
+
+    @property
+    def limit_text(self) -> str:
+        return f"{self.limit:g} point{'s' if self.limit != 1 else ''}" if self.higher_is_better else f"{100 * self.limit:g} %"
+
+    def sentence(self, metric: str) -> str:
+        """One line for every output: the comparison, and what it means for the verdict."""
+        shown = (lambda v: f"{v:.2f}") if self.higher_is_better else (lambda v: f"{v:.4g}")
+        if not self.trained:
+            return (f"the model handed over scores {shown(self.value)} test {metric}, no better than predicting "
+                    f"{'the majority class' if self.higher_is_better else 'the mean'} ({shown(self.trivial or 0.0)}): taken as an "
+                    "untrained architecture, not compared with the audit's retraining")  # fmt: skip
+        spread = f"{shown(self.low)}–{shown(self.high)} over {self.n_seeds} seeds" if self.n_seeds > 1 else shown(self.audited)
+        compared = (f"your model scores {shown(self.value)} test {metric} as handed over, the audit's clean retraining "
+                    f"{spread} ({self.label}), {self.gap_text} apart (tolerance {self.limit_text})")  # fmt: skip
+        if self.matches:
+            return f"the audited model matches yours: {compared}"
+        if self.accepted:
+            return f"MISMATCH ACCEPTED (allow_mismatch): the verdict is about the audit's retrained model, not yours — {compared}"
+        return (f"{MISMATCH} — {compared}; retrain as you train (fit_kwargs, train_fn, or training: epochs, batch_size, "
+                "factory) or accept the mismatch with --allow-mismatch")  # fmt: skip
+
+
 @dataclass
 class Analysis:
     """Everything the report, summary and gate read from a run."""
@@ -70,6 +137,7 @@ class Analysis:
     policies: list = field(default_factory=list)  # audit.grid.minimax.PolicyRow of the λ-under-attack stage
     clean_records: dict[tuple[str, int], dict[str, Any]] = field(default_factory=dict)  # (candidate, seed) → clean training record
     screened: list[CandidateSummary] = field(default_factory=list)  # every setting over the grid's attacks alone (no confirmation cells)
+    clean_tests: dict[tuple[str, int], float] = field(default_factory=dict)  # (candidate, seed) → clean retraining's test metric
 
     @property
     def confirmation(self) -> dict[str, Any]:
@@ -106,6 +174,33 @@ class Analysis:
                             "recommended setting have not finished")  # fmt: skip
         return Strength(True, "confirmed: every attack of the battery at its paper's settings and every seed" + narrowed,
                         f"{len(mine)} confirmation cells of the recommended setting at ε = {eps:g}")  # fmt: skip
+
+    def deployed(self, allow_mismatch: bool = False) -> DeployedCheck | None:
+        """The user's model against the audit's clean retraining (None: no trained model was handed
+        over, or no clean retraining finished). ``allow_mismatch`` accepts a mismatch (the gate's flag);
+        the run's own acceptance (``recommendation.allow_mismatch``, ``run --allow-mismatch``) counts too."""
+        stored = self.meta.get("deployed") or {}
+        value = stored.get("test_metric", self.meta.get("deployed_test_metric"))
+        ranges = []  # (distance of the user's value from a candidate's range over seeds, low, high, seeds, label)
+        for s in self.summaries:
+            tests = [t for (cand, _), t in self.clean_tests.items() if cand == s.key and t is not None and math.isfinite(t)]
+            tests = tests or ([s.clean_test] if s.clean_test is not None and math.isfinite(s.clean_test) else [])
+            if tests and value is not None:
+                ranges.append((max(min(tests) - value, value - max(tests), 0.0), min(tests), max(tests), len(tests), s.label))
+        if value is None or not ranges:
+            return None
+        distance, low, high, n_seeds, label = min(ranges, key=lambda r: r[0])
+        audited = min(max(value, low), high)  # the retraining nearest the user's model
+        tolerance = stored.get("tolerance")
+        if self.higher_is_better:
+            gap, limit = distance, 1.0 if tolerance is None else float(tolerance)
+        else:
+            gap, limit = distance / max(abs(value), 1e-12), 0.05 if tolerance is None else float(tolerance)
+        trivial = stored.get("trivial_metric")
+        trained = trivial is None or (value > trivial if self.higher_is_better else value < trivial)
+        return DeployedCheck(value, audited, label, gap, limit, self.higher_is_better, trained,
+                             bool(allow_mismatch or stored.get("allow_mismatch")), trivial, stored.get("training"),
+                             low, high, n_seeds)  # fmt: skip
 
     @property
     def attack_keys(self) -> list[str]:
@@ -216,7 +311,8 @@ def analyse(run_dir: str | Path) -> Analysis:
     rec = recommend(pairs, config.target_budget, config.recommendation.clean_tolerance, higher,
                     metric_name="accuracy" if higher else "MSE")  # fmt: skip
     records = {(cand, seed): record or {} for cand, seed, _, _, _, record in clean_rows}
-    analysis = Analysis(config, meta, cells, summaries, rec, defense, metric, higher, targets, pairs, samples, policies, records, screened)
+    analysis = Analysis(config, meta, cells, summaries, rec, defense, metric, higher, targets, pairs, samples, policies, records, screened,
+                        {(cand, seed): test for cand, seed, _, test, _, _ in clean_rows})  # fmt: skip
     rec.reason = f"{rec.reason} {confirmation_sentence(analysis)}"
     cost = defense_cost_sentence(analysis, defended_rows)
     if cost:

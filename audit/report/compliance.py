@@ -150,6 +150,7 @@ def build_document(a: Analysis, signing: Signing | None, key_fingerprint: str | 
         (f"Clean test {a.metric}", fmt(rec.clean_test) if rec else "n/a"),
         (f"Worst-case {drop} at ε = {_pct(target)}", f"{fmt(verdict_damage)} (95 % interval {_ci(verdict_ci)})"),
         ("Strength of the verdict", strength.text if strength.confirmed else f"{strength.text.upper()} — {strength.why}"),
+        ("Audited model", _deployed_words(a)),
         ("Attacks / defenses / budgets", f"{len(a.attack_keys)} / {len(cfg.defenses)} / {', '.join(_pct(b) for b in cfg.budgets)}"),
         ("Run", "complete" if done.complete else f"INCOMPLETE — {done.describe()}"),
         ("Signature", f"signed by {signing.signer} at {signing.signed_at}" if signing else "UNSIGNED"),
@@ -187,6 +188,8 @@ def build_document(a: Analysis, signing: Signing | None, key_fingerprint: str | 
             "verdict_damage": verdict_damage,
             "verdict_confirmed": strength.confirmed,
             "verdict_strength": strength.text,
+            "verdict_withheld": bool((check := a.deployed()) is not None and check.withheld),
+            "deployed_model": check.sentence(a.metric) if check is not None else None,
             "synthetic_data": bool(meta["dataset"].get("synthetic")),
             "signer": signing.signer if signing else None,
             "signed_at": signing.signed_at if signing else None,
@@ -365,7 +368,18 @@ def _statement(a: Analysis, ctx: dict[str, Any]) -> dict[str, Any]:
             + ("" if a.completeness().complete else " The run is INCOMPLETE (section 7): the statement covers its finished cells only.")
             + _strength_words(a)
         )
+        check = a.deployed()
+        if check is not None and not check.matches:  # the figures are of the audit's retraining, not the declared model
+            text = f"{check.sentence(a.metric).upper() if check.withheld else check.sentence(a.metric)}. " + text
     return _section("statement", "5. Declared accuracy and robustness (EU AI Act Art. 15(3))", [_p(text)])
+
+
+def _deployed_words(a: Analysis) -> str:
+    """The glance row on whether the audited model is the one the user handed over."""
+    check = a.deployed()
+    if check is None:
+        return "no trained estimator was handed over; the audit trains the configured model"
+    return check.sentence(a.metric).upper() if check.withheld else check.sentence(a.metric)
 
 
 def _strength_words(a: Analysis) -> str:
@@ -413,6 +427,9 @@ def _limitations(a: Analysis, ctx: dict[str, Any]) -> dict[str, Any]:
         items.append(f"Synthetic data: {a.meta['dataset']['synthetic']}")
     if ctx["profile"]["reduced"]:
         items.append(f"Reduced attack profile {cfg.profile!r} for the screen: " + "; ".join(ctx["profile"]["reduced"]) + ".")
+    check = a.deployed()
+    if check is not None and not check.matches:
+        items.append(f"Audited model: {check.sentence(a.metric)}.")
     strength = a.strength()
     if not strength.confirmed:
         items.append(f"Verdict not confirmed at full strength — {strength.text}: {strength.why}.")

@@ -76,6 +76,7 @@ class GateResult:
     cases: list[SettingCase] = field(default_factory=list)
     strength: str = ""  # "confirmed: …" or the lower-bound label (audit.report.analysis.Strength.text)
     confirmed: bool = False
+    deployed: str = ""  # the audited model against the user's (audit.report.analysis.DeployedCheck.sentence); "" when none was handed over
 
     @property
     def exit_code(self) -> int:
@@ -97,6 +98,7 @@ def gate(
     soft_fail: bool = False,
     junit: str | Path | None = None,
     allow_lower_bound: bool = False,
+    allow_mismatch: bool = False,
 ) -> GateResult:
     """Pass when the recommended setting's worst-case test damage at ``budget`` is at most ``max_drop``;
     writes the JUnit file ``junit`` (default ``RUN_DIR/gate.xml``).
@@ -112,6 +114,10 @@ def gate(
     budget the run did not confirm, an unfinished confirmation) is a lower bound on the damage and
     gets no verdict (exit 3) unless ``allow_lower_bound``; then it is judged and every output says
     "lower bound".
+
+    A run whose clean retraining does not reproduce the estimator the user handed over
+    (:meth:`Analysis.deployed`) audited another model: no verdict (exit 3) unless ``allow_mismatch``
+    (or the run's own ``recommendation.allow_mismatch``); then every output says "MISMATCH ACCEPTED".
     """
     if confidence is not None and not 0 < confidence < 1:
         raise AuditError(f"--confidence must be in (0, 1) (got {confidence:g})")
@@ -127,7 +133,14 @@ def gate(
         result = GateResult(False, f"the run is incomplete ({done.describe()}); finish it (run the same command again) "
                             "or pass --allow-incomplete to judge the finished cells", None, True, done.missing, done.failed,
                             soft_fail, budget, max_drop, judged, a.recommendation.label, cases)  # fmt: skip
-        _label(result, a, budget)
+        _label(result, a, budget, allow_mismatch)
+        atomic_write(junit_path, junit_xml(a.config.name, budget, result))
+        return result
+    check = a.deployed(allow_mismatch)
+    if check is not None and check.withheld:
+        result = GateResult(False, f"{check.sentence(a.metric)}; or pass --allow-mismatch to judge the audit's model", None, True,
+                            done.missing, done.failed, soft_fail, budget, max_drop, judged, a.recommendation.label, cases)  # fmt: skip
+        _label(result, a, budget, allow_mismatch)
         atomic_write(junit_path, junit_xml(a.config.name, budget, result))
         return result
     strength = a.strength(budget)
@@ -136,7 +149,7 @@ def gate(
                             "(run without --no-confirm, with this budget in confirm.budgets) or pass --allow-lower-bound to judge "
                             "it as a lower bound", None, True, done.missing, done.failed, soft_fail, budget, max_drop, judged,
                             a.recommendation.label, cases)  # fmt: skip
-        _label(result, a, budget)
+        _label(result, a, budget, allow_mismatch)
         atomic_write(junit_path, junit_xml(a.config.name, budget, result))
         return result
     rec = a.recommended()
@@ -157,20 +170,25 @@ def gate(
         )
         if not strength.confirmed:
             result.message = f"LOWER BOUND ({LOWER_BOUND}; {strength.why}) — {result.message}"
+        if check is not None and not check.matches:
+            result.message = f"{check.sentence(a.metric)} — {result.message}"
     result.soft, result.budget, result.max_drop, result.judged = soft_fail, budget, max_drop, judged
     result.setting, result.cases = a.recommendation.label, cases
     if not done.complete:
         result.message += f" — INCOMPLETE run judged on its finished cells only ({done.describe()})"
         result.missing, result.failed = done.missing, done.failed
-    _label(result, a, budget)
+    _label(result, a, budget, allow_mismatch)
     atomic_write(junit_path, junit_xml(a.config.name, budget, result))
     return result
 
 
-def _label(result: GateResult, a: Analysis, budget: float) -> None:
-    """Record on ``result`` whether the verdict at ``budget`` is confirmed or a lower bound."""
+def _label(result: GateResult, a: Analysis, budget: float, allow_mismatch: bool) -> None:
+    """Record on ``result`` whether the verdict at ``budget`` is confirmed or a lower bound, and whether
+    the audited model is the user's."""
     st = a.strength(budget)
     result.confirmed, result.strength = st.confirmed, st.text
+    check = a.deployed(allow_mismatch)
+    result.deployed = check.sentence(a.metric) if check is not None else ""
 
 
 def setting_cases(a: Analysis, budget: float, max_drop: float, confidence: float | None) -> list[SettingCase]:
@@ -223,7 +241,8 @@ def junit_xml(name: str, budget: float, result: GateResult) -> str:
         body, failures = f"<failure message={quoteattr(result.message)}>{escape(result.message)}</failure>", 1
     props = _properties({"cells_missing": result.missing, "cells_failed": result.failed, "verdict": result.verdict, "budget": budget,
                          "max_drop": result.max_drop, "judged": result.judged, "damage": result.damage, "setting": result.setting,
-                         "soft_fail": result.soft, "confirmed": result.confirmed, "strength": result.strength})  # fmt: skip
+                         "soft_fail": result.soft, "confirmed": result.confirmed, "strength": result.strength,
+                         "deployed_model": result.deployed})  # fmt: skip
     gate_suite = (f'<testsuite name={quoteattr("poison-audit " + name)} tests="1" failures="{failures}" errors="{errors}" '
                   f'skipped="{skipped}">{props}<testcase classname="poison-audit.report.gate" name={case}>{body}'
                   f"<system-out>{escape(result.message)}</system-out></testcase></testsuite>")  # fmt: skip
@@ -282,6 +301,8 @@ def step_summary(result: GateResult, run_dir: Path, name: str) -> str:
     advisory = " (advisory: --soft-fail, the job does not fail)" if result.soft and result.verdict != "pass" else ""
     lines = [f"## poison-audit gate — {md_escape(name)}", "", f"**{icon}**{advisory}: {md_escape(result.message)}", "",
              f"Strength of the verdict: **{md_escape(result.strength)}**", ""]  # fmt: skip
+    if result.deployed:
+        lines += [f"Audited model: {md_escape(result.deployed)}", ""]
     budgets = sorted({c.budget for c in result.cases})
     by_setting: dict[tuple[str, str], dict[float, SettingCase]] = {}
     for c in result.cases:
@@ -323,5 +344,6 @@ def result_json(result: GateResult, name: str) -> dict[str, Any]:
         "exit_code": result.exit_code, "soft_fail": result.soft, "message": result.message, "budget": result.budget,
         "max_drop": result.max_drop, "judged": result.judged, "damage": result.damage, "setting": result.setting,
         "cells_missing": result.missing, "cells_failed": result.failed, "confirmed": result.confirmed, "strength": result.strength,
+        "deployed_model": result.deployed or None,
         "cases": [asdict(c) for c in result.cases],
     })  # fmt: skip

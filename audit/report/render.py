@@ -203,16 +203,26 @@ def build_context(a: Analysis) -> dict[str, Any]:
 
 def _deployed(a: Analysis) -> dict[str, Any] | None:
     """The user's estimator as handed over against the audit's clean retraining closest to it
-    (DEVELOPERS: warn at the top when they differ by more than one point)."""
-    value = a.meta.get("deployed_test_metric")
-    clean = [(s.clean_test, s.label) for s in a.summaries if s.clean_test is not None and math.isfinite(s.clean_test)]
-    if value is None or not clean:
+    (:meth:`Analysis.deployed`): the header's no-verdict block, the accepted-mismatch line, the audited-row."""
+    check = a.deployed()
+    if check is None:
         return None
-    audited, label = min(clean, key=lambda c: abs(c[0] - value))
-    gap = abs(audited - value)
-    limit = 1.0 if a.higher_is_better else 0.05 * max(abs(value), 1e-12)  # one point of accuracy; 5 % of the MSE
-    return {"value": _fmt(value), "audited": _fmt(audited), "label": label, "differs": gap > limit,
-            "gap": f"{gap:.1f} points" if a.higher_is_better else f"{100 * gap / max(abs(value), 1e-12):.0f} % of the MSE"}  # fmt: skip
+    return {"value": _fmt(check.value) if a.higher_is_better else f"{check.value:.4g}",
+            "audited": _fmt(check.audited) if a.higher_is_better else f"{check.audited:.4g}", "label": check.label,
+            "differs": not check.matches, "withheld": check.withheld, "accepted": check.accepted and not check.matches,
+            "trained": check.trained, "gap": check.gap_text, "sentence": check.sentence(a.metric)}  # fmt: skip
+
+
+def deployed_json(a: Analysis) -> dict[str, Any] | None:
+    """summary.json's ``deployed``: the comparison that decides whether the run gives a verdict."""
+    check = a.deployed()
+    if check is None:
+        return None
+    return {"test_metric": check.value, "audited_test_metric": check.audited, "audited_setting": check.label,
+            "gap": check.gap, "tolerance": check.limit, "gap_unit": "points" if a.higher_is_better else "fraction of the MSE",
+            "trained": check.trained, "trivial_test_metric": check.trivial, "matches": check.matches,
+            "mismatch_accepted": check.accepted and not check.matches, "verdict_withheld": check.withheld,
+            "training": check.training or "the audit's procedure", "statement": check.sentence(a.metric)}  # fmt: skip
 
 
 def _fmt_ci(ci: tuple[float, float] | None) -> str:
@@ -303,7 +313,10 @@ def build_summary(a: Analysis) -> dict[str, Any]:
         "attacks": [{"key": s.key, "name": s.name, "params": s.params, "seeds": _seeds_run(a, s)} for s in a.config.attacks],
         "metric": {"name": a.metric, "higher_is_better": a.higher_is_better, "damage": a.unit},
         "target_budget": a.recommendation.target_budget,
-        "verdict": verdict_json(a),
+        # no verdict when the audited model is not the user's (README: "Train as you train"); "no_verdict" says why
+        "verdict": None if (check := a.deployed()) is not None and check.withheld else verdict_json(a),
+        "no_verdict": check.sentence(a.metric) if check is not None and check.withheld else None,
+        "deployed": deployed_json(a),
         "recommendation": {
             "strength": a.strength().text,
             "hyperparameters": rec.hparams if rec else None,
