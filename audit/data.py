@@ -402,6 +402,40 @@ def _check_labels(splits: dict[str, np.ndarray]) -> int:
     return c
 
 
+def check_dataset(data: object) -> Dataset:
+    """A dataset handed to ``run_audit`` checked as a loaded one is: the type, each split's shape,
+    numbers and finiteness, class labels in 0..c−1 with two or more classes, and the feature box."""
+    if not isinstance(data, Dataset):
+        kind = type(data).__name__
+        hint = " (a table: split it and build audit.data.Dataset from its numeric arrays)" if kind in ("DataFrame", "Series") else ""
+        raise AuditError(f"dataset: expected an audit.data.Dataset (got {kind}){hint}")
+    if data.task not in ("classification", "regression"):
+        raise AuditError(f"dataset: task must be 'classification' or 'regression' (got {data.task!r})")
+    arrays: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+    for part in ("train", "val", "test"):
+        try:
+            x, y = np.asarray(getattr(data, f"x_{part}")), np.asarray(getattr(data, f"y_{part}"))
+        except (TypeError, ValueError) as err:
+            raise AuditError(f"dataset: x_{part}/y_{part} are not arrays ({err})") from None
+        if not np.issubdtype(y.dtype, np.number):
+            raise AuditError(f"dataset: y_{part} must be numeric (got dtype {y.dtype}); map class names to 0..c−1")
+        _check_split(f"dataset x_{part}/y_{part}", x, y, None if part == "train" else int(np.prod(arrays["train"][0].shape[1:])))
+        arrays[part] = (x, y)
+    d = int(np.prod(arrays["train"][0].shape[1:]))
+    if data.task == "classification":
+        c = _check_labels({f"y_{p}": y for p, (_, y) in arrays.items()})
+        if data.n_classes is not None and data.n_classes < c:
+            raise AuditError(f"dataset: n_classes is {data.n_classes} but the labels reach {c - 1}")
+        if len(np.unique(arrays["train"][1])) < 2:
+            raise AuditError("dataset: y_train has a single class; an audit needs two or more")
+    lo, hi = np.asarray(data.lo, dtype=np.float64).reshape(-1), np.asarray(data.hi, dtype=np.float64).reshape(-1)
+    if lo.shape != (d,) or hi.shape != (d,):
+        raise AuditError(f"dataset: lo and hi must have one value per feature ({d}); got shapes {lo.shape} and {hi.shape}")
+    if not (np.all(np.isfinite(lo)) and np.all(np.isfinite(hi))) or np.any(lo > hi):
+        raise AuditError("dataset: the feature box lo/hi must be finite with lo ≤ hi")
+    return data
+
+
 class SplitSpec(StrictModel):
     """Validation and test parts of the pooled data (fractions in (0, 1) or counts ≥ 1), and the split seed.
 

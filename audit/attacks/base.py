@@ -449,15 +449,26 @@ class AuditAttack(ABC):
             raise TypeError(f"{who}.poison takes only (x, y); got extra {sorted(kwargs)}")
         if y is None:
             raise AuditError(f"{who}.poison needs the training labels y")
-        x = np.asarray(x, dtype=np.float32)
-        y = np.asarray(y)
+        try:
+            x = np.asarray(x, dtype=np.float32)
+            y = np.asarray(y)
+        except (TypeError, ValueError) as err:
+            raise AuditError(f"{who}.poison: x must be numeric features ({err}); encode categorical columns first") from None
         sample_shape = x.shape[1:]
         if x.ndim < 2 or len(y) != len(x):
             raise AuditError(f"{who}.poison: expected x (n, d) and y (n,) (or x (n, *input_shape), one-hot y (n, c)); got {x.shape} and {y.shape}")
+        expected = getattr(self._estimator, "input_shape", None)
+        if expected and int(np.prod(expected)) != int(np.prod(sample_shape)):
+            raise AuditError(f"{who}.poison: x has {int(np.prod(sample_shape))} features per point but the estimator's "
+                             f"input_shape {tuple(expected)} has {int(np.prod(expected))}")  # fmt: skip
         x = x.reshape(len(x), -1)
+        if not np.issubdtype(y.dtype, np.number) and not np.issubdtype(y.dtype, np.bool_):
+            raise AuditError(f"{who}.poison: y must be numeric class indices, one-hot rows or responses (got dtype {y.dtype})")
         y, one_hot = self._labels(y, who)
         if not np.all(np.isfinite(x)):
             raise AuditError(f"{who}.poison: x contains NaN or inf")
+        if self.is_classification and len(y) and len(np.unique(y)) < 2:
+            raise AuditError(f"{who}.poison: y has a single class ({int(y[0])}); poisoning a one-class training set means nothing")
         x_p, y_p = self._poison_flat(x, y)
         x_p = x_p.reshape(len(x_p), *sample_shape)
         if one_hot is not None:

@@ -31,7 +31,7 @@ import numpy as np
 import torch
 
 from audit.config import SCHEMA_VERSION, AuditConfig, candidate_label
-from audit.data import Dataset, load_dataset
+from audit.data import Dataset, check_dataset, load_dataset
 from audit.errors import AuditError
 from audit.grid.adaptive import resolve_adaptive
 from audit.grid.lock import LOCK_FILE, RunLock
@@ -91,7 +91,7 @@ def plan_audit(
     are the user's training (:func:`audit.models.build_victim`).
     """
     device = resolve_device(config.device)
-    data = dataset if dataset is not None else load_dataset(config.dataset)
+    data = check_dataset(dataset) if dataset is not None else load_dataset(config.dataset)
     if any(spec.defense.reads_validation for spec in config.defenses):
         data = data.with_defense_validation(config.dataset.split.seed)  # selection never reuses a defense's points
     check_scorable(data, config.budgets)
