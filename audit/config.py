@@ -495,15 +495,16 @@ class AuditConfig(StrictModel):
         return self
 
     # ------------------------------------------------------------------ derived
-    def resolved(self, task: str, victim_kind: str) -> AuditConfig:
+    def resolved(self, task: str, victim_kind: str | tuple[str, ...]) -> AuditConfig:
         """This config with its attacks made explicit under the profile: the profile's battery when
         the config lists none; each attack's parameters from the profile under its own ``params``;
         its seeds from the profile unless the config sets ``seeds`` (or the attack its ``seeds``).
 
         Idempotent (a resolved config resolves to itself), so a run's stored config reads back as
         what ran. Raises :class:`ValueError` when the battery has no attack for ``task`` and
-        ``victim_kind``.
+        ``victim_kind`` (a kind, or the kinds a victim can be attacked as: ``Victim.attack_kinds``).
         """
+        kinds = (victim_kind,) if isinstance(victim_kind, str) else tuple(victim_kind)
         settings = PROFILES[self.profile]
         if self.attacks:
             specs = self.attacks
@@ -512,7 +513,7 @@ class AuditConfig(StrictModel):
             specs = [
                 AttackSpec.model_construct(name=e.attack, id=e.id, params=dict(e.params), seeds=None)
                 for e in BATTERY
-                if task in registry[e.attack].tasks and victim_kind in registry[e.attack].victims
+                if task in registry[e.attack].tasks and set(kinds) & set(registry[e.attack].victims)
                 and not (e.attack in settings and settings[e.attack].skip)
             ]  # fmt: skip
             if not specs:
@@ -525,7 +526,7 @@ class AuditConfig(StrictModel):
             seeds = spec.seeds if spec.seeds is not None else (setting.seeds if setting and not own_seeds else None)
             out.append(AttackSpec.model_construct(name=spec.name, id=spec.key, params=params, seeds=seeds))
         registry = AttackSpec.registry()
-        applies = [e.id for e in BATTERY if task in registry[e.attack].tasks and victim_kind in registry[e.attack].victims]
+        applies = [e.id for e in BATTERY if task in registry[e.attack].tasks and set(kinds) & set(registry[e.attack].victims)]
         # every battery entry that applies (the paper profile skips none), or those of confirm.attacks that do
         wanted = applies if self.confirm.attacks is None else [i for i in applies if i in self.confirm.attacks]
         confirm = self.confirm.model_copy(update={"attacks": wanted})

@@ -183,5 +183,15 @@ def test_header_names_the_attacks_not_run_and_why(tmp_path):
     html = write_report(run).read_text()
     header = html[: html.index("</header>")]
     assert "Not run in this audit, so not part of its worst case:" in header
-    assert "TGDA (total gradient descent ascent) — needs a PyTorch victim" in header
     assert "StatP (statistical attack) — not in this config" in header
+    # a LogisticRegression has an exact torch surrogate: TGDA is left out by the profile, not by the victim
+    assert "TGDA (total gradient descent ascent) — left out by the quick profile" in header
+    assert "needs a PyTorch victim" not in header
+    from sklearn.linear_model import Lasso
+
+    lasso = tiny_config(name="lasso", budgets=[0.1], dataset={"name": "diabetes"}, model={"name": "ridge"}, candidates={"l2": [0.01]},
+                        attacks=[{"name": "statp"}], confirm=False)  # fmt: skip
+    run = run_audit(parse_config(lasso), model=Lasso(alpha=1e-3), output_dir=tmp_path, progress=False)
+    header = write_report(run).read_text()
+    header = header[: header.index("</header>")]
+    assert "needs a PyTorch victim or a scikit-learn LogisticRegression / Ridge" in header

@@ -158,21 +158,28 @@ def test_ctrl_c_exits_130_and_the_run_resumes(tmp_path):
 
 
 @pytest.mark.parametrize("axis, entry, kind, message", [
-    ("attacks", {"name": "tgda"}, "sklearn", r"attacks: 'tgda' needs a PyTorch model as the victim; this run's victim is a scikit-learn estimator"),
-    ("attacks", {"name": "gradient_canceling"}, "sklearn", r"attacks: 'gradient_canceling' needs a PyTorch model"),
+    ("attacks", {"name": "gradient_canceling"}, "lasso",
+     r"attacks: 'gradient_canceling' needs a PyTorch model as the victim; this run's victim is a scikit-learn estimator"),
+    ("attacks", {"name": "back_gradient"}, "lasso", r"attacks: 'back_gradient' needs a PyTorch model"),
     ("defenses", "influence_filter", "sklearn", r"defenses: 'influence_filter' needs a PyTorch model as the victim"),
     ("defenses", "roni", "torch", r"defenses: 'roni' needs a scikit-learn estimator as the victim; this run's victim is a PyTorch model"),
 ])  # fmt: skip
 def test_victim_kind_is_checked_at_plan_time(tmp_path, axis, entry, kind, message):
-    """An attack or defense that cannot work on the victim's kind is refused before anything is written."""
-    from sklearn.linear_model import LogisticRegression
+    """An attack or defense that cannot work on the victim's kind is refused before anything is written
+    (a Lasso has no torch surrogate; a LogisticRegression has one, so the white-box attacks take it)."""
+    from sklearn.linear_model import Lasso, LogisticRegression
 
     from audit.grid import plan_audit
 
     cfg = tiny_config(output_dir=str(tmp_path), **({"attacks": [entry]} if axis == "attacks" else {"defenses": ["none", entry]}))
+    if kind == "lasso":
+        cfg.update(dataset={"name": "diabetes"}, model={"name": "ridge"})
+    model = {"sklearn": LogisticRegression(max_iter=300), "lasso": Lasso()}.get(kind)
     with pytest.raises(AuditError, match=message):
-        plan_audit(parse_config(cfg), model=LogisticRegression(max_iter=300) if kind == "sklearn" else None)
+        plan_audit(parse_config(cfg), model=model)
     assert not any(tmp_path.iterdir())  # nothing written
+    if axis == "attacks":  # the surrogate of a LogisticRegression takes every white-box attack
+        plan_audit(parse_config(tiny_config(output_dir=str(tmp_path), attacks=[entry, {"name": "tgda"}])), model=LogisticRegression())
 
 
 def test_an_optimised_attack_warm_starts_from_its_poisons_at_the_smaller_budget(tmp_path):

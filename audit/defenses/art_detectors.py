@@ -48,8 +48,10 @@ def penultimate_classifier(fitted: Any, n_classes: int, input_shape: tuple[int, 
     """An ART PyTorchClassifier whose last (only) layer outputs the victim's penultimate features."""
     from art.estimators.classification import PyTorchClassifier
 
+    from audit.models.surrogate import SklearnSurrogate
+
     module = fitted.module
-    if module is None:
+    if module is None or isinstance(module, SklearnSurrogate):  # a scikit-learn model (its surrogate is for attacks)
         raise AuditError("activation_clustering and spectral_signature need a torch victim (they read activations); "
                          "use 'roni' for scikit-learn models")  # fmt: skip
     wrapped = nn.Sequential(OrderedDict(features=_Penultimate(module))).eval()

@@ -42,8 +42,10 @@ def _drop_top(scores: np.ndarray, k: int, keep: np.ndarray) -> np.ndarray:
 
 
 def _module_of(fitted: Any, name: str) -> torch.nn.Module:
+    from audit.models.surrogate import SklearnSurrogate
+
     module = fitted.module
-    if module is None:
+    if module is None or isinstance(module, SklearnSurrogate):  # a scikit-learn model (its surrogate is for attacks)
         raise AuditError(f"defense {name!r} needs a torch victim (it reads gradients); a scikit-learn model cannot serve it")
     return module
 

@@ -102,7 +102,7 @@ def plan_audit(
     if config.minimax is not None and not victim.builds_modules:
         raise AuditError("minimax: λ under attack needs a PyTorch victim (the back-gradient attack unrolls its training)")
     try:
-        config = config.resolved(data.task, victim.kind)  # the profile's battery and settings, explicit
+        config = config.resolved(data.task, victim.attack_kinds)  # the profile's battery and settings, explicit
     except ValueError as err:
         raise AuditError(str(err)) from None
     convex = victim.builds_modules and _convex(victim, config.candidate_grid()[0])
@@ -111,13 +111,13 @@ def plan_audit(
         cls = attack.attack
         if data.task not in cls.tasks:
             raise AuditError(f"attacks: {attack.name!r} does not apply to {data.task} (it supports {', '.join(cls.tasks)})")
-        _check_victim_kind("attacks", attack.name, cls.victims, victim.kind)
+        _check_victim_kind("attacks", attack.name, cls.victims, victim.attack_kinds)
     if "l1" in config.candidates and config.model.name not in ("lasso", "elastic_net") and (config.training.optimizer or "") != "fista":
         raise AuditError("candidates.l1: an L1 term needs model 'lasso' or 'elastic_net' (or training.optimizer 'fista')")
     for spec in config.defenses:
         if data.task not in spec.defense.tasks:
             raise AuditError(f"defenses: {spec.name!r} does not apply to {data.task} (it supports {', '.join(spec.defense.tasks)})")
-        _check_victim_kind("defenses", spec.name, spec.defense.victims, victim.kind)
+        _check_victim_kind("defenses", spec.name, spec.defense.victims, (victim.kind,))
     out = Path(output_dir if output_dir is not None else config.output_dir)
     if out.exists() and not out.is_dir():
         raise AuditError(f"output directory {out} exists and is a file")
@@ -179,11 +179,12 @@ def check_scorable(data: Dataset, budgets: list[float]) -> None:
 _KIND_NAMES = {"torch": "a PyTorch model", "sklearn": "a scikit-learn estimator"}
 
 
-def _check_victim_kind(axis: str, name: str, supported: tuple[str, ...], kind: str) -> None:
-    """Refuse, before anything runs, an attack or defense that cannot work on this kind of victim."""
-    if kind not in supported:
+def _check_victim_kind(axis: str, name: str, supported: tuple[str, ...], kinds: tuple[str, ...]) -> None:
+    """Refuse, before anything runs, an attack or defense that cannot work on this kind of victim
+    (``kinds``: what it can be attacked as, :attr:`audit.models.victim.Victim.attack_kinds`)."""
+    if not set(kinds) & set(supported):
         needs = " or ".join(_KIND_NAMES.get(k, k) for k in supported)
-        raise AuditError(f"{axis}: {name!r} needs {needs} as the victim; this run's victim is {_KIND_NAMES.get(kind, kind)}")
+        raise AuditError(f"{axis}: {name!r} needs {needs} as the victim; this run's victim is {_KIND_NAMES.get(kinds[0], kinds[0])}")
 
 
 def _prepare_store(plan: RunPlan, restart: bool) -> Store:
@@ -236,6 +237,7 @@ def _prepare_store(plan: RunPlan, restart: bool) -> Store:
                 "dataset": plan.dataset.describe(),
                 "victim": plan.victim.description,
                 "victim_kind": plan.victim.kind,
+                "victim_attack_kinds": list(plan.victim.attack_kinds),  # a scikit-learn model with a torch surrogate: both
                 "device": str(plan.device),
                 "device_name": torch.cuda.get_device_name(plan.device) if plan.device.type == "cuda" else platform.processor() or platform.machine(),
                 "versions": package_versions(),
@@ -328,7 +330,8 @@ def run_confirmation(plan: RunPlan, store: Store, progress: bool) -> None:
 
     cfg = plan.config
     store.set_meta("config", cfg.model_dump(mode="json"))  # confirm is outside the fingerprint: the stored config says how this run confirms
-    applies = [e.id for e in BATTERY if plan.dataset.task in ATTACKS[e.attack].tasks and plan.victim.kind in ATTACKS[e.attack].victims]
+    kinds = set(plan.victim.attack_kinds)
+    applies = [e.id for e in BATTERY if plan.dataset.task in ATTACKS[e.attack].tasks and kinds & set(ATTACKS[e.attack].victims)]
     state: dict[str, Any] = {"enabled": cfg.confirm.enabled, "budgets": cfg.confirm_budgets, "battery": list(cfg.confirm.attacks or []),
                              "left_out": [i for i in applies if i not in (cfg.confirm.attacks or [])],
                              "attacks": [key for key, _, _ in plan.all_axes()[len(plan.attack_axes()):]], "pairs": [], "rounds": [],

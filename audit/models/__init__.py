@@ -16,6 +16,7 @@ from torch import nn
 from audit.catalog import MODELS
 from audit.errors import AuditError
 from audit.models.estimator import InputSpace, differentiable_model, is_art_estimator, user_optimizer
+from audit.models.surrogate import check_sklearn_model
 from audit.models.victim import (
     Fitted,
     SklearnVictim,
@@ -25,9 +26,6 @@ from audit.models.victim import (
     reinitialise,
 )
 from audit.models.zoo import CNN, DEFAULT_WIDTH, MLP, TRAINING_DEFAULTS, LogReg, ReLU2, Ridge
-
-# scikit-learn estimators whose regularization maps onto ρ (audit.models.victim.sklearn_regularization).
-SKLEARN_SUPPORTED = {"classification": ("LogisticRegression",), "regression": ("Ridge", "Lasso", "ElasticNet")}
 
 __all__ = ["MODELS", "Fitted", "Victim", "build_victim", "resolve_device"]
 
@@ -143,14 +141,8 @@ def victim_from_object(
         build = (lambda hp: rebuild(hp)) if rebuild else (lambda hp: reinitialise(obj))
         return TorchVictim(build, task, n_classes, input_shape, training, device, f"torch module {type(obj).__name__}")
     if isinstance(obj, BaseEstimator):
-        kind = type(obj).__name__
-        supported = SKLEARN_SUPPORTED[task]
-        if kind not in supported:
-            raise AuditError(
-                f"model: scikit-learn {kind} is not supported for {task}; use {' or '.join(supported)} "
-                "(the L2 strength ρ must map onto its regularization parameter)"
-            )
-        return SklearnVictim(obj, task, n_classes, f"scikit-learn {kind}")
+        description, surrogate = check_sklearn_model(obj, task, n_classes)
+        return SklearnVictim(obj, task, n_classes, description, surrogate=surrogate)
     raise AuditError(f"model: expected an nn.Module, an ART estimator or a scikit-learn estimator (got {type(obj).__name__})")
 
 

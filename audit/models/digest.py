@@ -70,7 +70,13 @@ def handed_over_weights(model_obj: Any) -> str | None:
     module = model_obj if isinstance(model_obj, nn.Module) else getattr(model_obj, "model", None)
     if isinstance(module, nn.Module):
         return module_weights_digest(module)
-    fitted = [(k, np.asarray(getattr(model_obj, k))) for k in ("coef_", "intercept_") if hasattr(model_obj, k)]
+    from sklearn.pipeline import Pipeline
+
+    if isinstance(model_obj, Pipeline):  # every fitted step's statistics, named by step
+        fitted = [(f"{name}.{k}", np.asarray(getattr(step, k))) for name, step in model_obj.steps
+                  for k in ("coef_", "intercept_", "mean_", "scale_", "min_") if getattr(step, k, None) is not None]  # fmt: skip
+    else:
+        fitted = [(k, np.asarray(getattr(model_obj, k))) for k in ("coef_", "intercept_") if hasattr(model_obj, k)]
     return tensors_digest(fitted) if fitted else None
 
 

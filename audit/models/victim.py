@@ -7,8 +7,10 @@ Three kinds share one interface (:class:`Victim.fit` → :class:`Fitted`):
   shape, retrained with the audit's procedure and the estimator's own optimizer);
   trained with :func:`audit.models.training.train`, or with the user's own training function
   (:class:`UserTraining`, README: "Train as you train").
-* :class:`SklearnVictim` — scikit-learn ``LogisticRegression`` / ``Ridge`` retrained with
-  their own solver; the L2 strength maps as ``C = 1/(ρ·n)`` (``2/(ρ·n)`` for two classes,
+* :class:`SklearnVictim` — scikit-learn ``LogisticRegression`` / ``Ridge`` / ``Lasso`` /
+  ``ElasticNet``, bare or at the end of a ``Pipeline`` of scalers and polynomial features,
+  retrained whole with their own solver and, for the first two, attacked through their exact
+  torch surrogate (:mod:`audit.models.surrogate`); the L2 strength maps as ``C = 1/(ρ·n)`` (``2/(ρ·n)`` for two classes,
   ``C = inf`` at ρ = 0) and ``alpha = ρ·n`` (ridge loss ½(y − f)²), so both minimise the
   objective of DESIGN.md (:func:`sklearn_regularization`).
 
@@ -53,7 +55,8 @@ class Fitted(ABC):
     Attributes
     ----------
     module : nn.Module or None
-        The trained torch module; ``None`` for scikit-learn victims.
+        The trained torch module; for a scikit-learn victim its exact torch surrogate
+        (:mod:`audit.models.surrogate`), or ``None`` when it has none.
     cache : dict
         Objects derived from this model that attacks share (GradPC targets per ε_w, …).
     """
@@ -67,7 +70,8 @@ class Fitted(ABC):
     def require_module(self, who: str) -> nn.Module:
         """The torch module, or a one-line error naming ``who`` needs it."""
         if self.module is None:
-            raise AuditError(f"{who} needs a PyTorch victim (an nn.Module), not a scikit-learn estimator")
+            raise AuditError(f"{who} needs a PyTorch victim (an nn.Module) or a scikit-learn LogisticRegression / Ridge "
+                             "(bare or in a supported Pipeline), not this scikit-learn estimator")  # fmt: skip
         return self.module
 
     @abstractmethod
@@ -205,6 +209,12 @@ class Victim(ABC):
         """True when the seed cannot change what :meth:`fit` returns for ``hparams`` (then a grid
         cell whose attack and defense draw nothing random is computed at one seed only)."""
         return False
+
+    @property
+    def attack_kinds(self) -> tuple[str, ...]:
+        """The victim kinds whose attacks can attack this victim (``AuditAttack.victims``): its own
+        kind, and ``torch`` for a scikit-learn model with an exact torch surrogate."""
+        return (self.kind,)
 
     @property
     def builds_modules(self) -> bool:
@@ -385,15 +395,26 @@ _DETERMINISTIC_SOLVERS = ("lbfgs", "newton-cg", "newton-cholesky", "auto", "svd"
 
 
 class SklearnVictim(Victim):
-    """A scikit-learn ``LogisticRegression`` or ``Ridge``, refitted per candidate with its own solver."""
+    """A scikit-learn linear estimator, bare or at the end of a ``Pipeline``, refitted whole per
+    candidate with its own solver on the raw (clean or poisoned) data.
+
+    With ``surrogate`` (``LogisticRegression`` / ``Ridge`` behind supported transformers,
+    :mod:`audit.models.surrogate`) every fit also carries its exact torch surrogate as
+    :attr:`Fitted.module`, so the white-box attacks run against it (:attr:`attack_kinds`).
+    """
 
     kind: ClassVar[VictimKind] = "sklearn"
 
-    def __init__(self, estimator: Any, task: str, n_classes: int | None, description: str) -> None:
+    def __init__(self, estimator: Any, task: str, n_classes: int | None, description: str, surrogate: bool = False) -> None:
         self.estimator = estimator
         self.task = task
         self.n_classes = n_classes
         self.description = description
+        self.surrogate = surrogate
+
+    @property
+    def attack_kinds(self) -> tuple[str, ...]:
+        return ("sklearn", "torch") if self.surrogate else ("sklearn",)
 
     @property
     def procedure(self) -> None:
@@ -405,19 +426,26 @@ class SklearnVictim(Victim):
     def seed_free(self, hparams: dict[str, Any]) -> bool:
         """The seed reaches the estimator only as ``random_state``: seed-free without one, or with a
         solver that draws nothing (LogisticRegression's lbfgs/newton-*, Ridge's direct solvers)."""
-        params = self.estimator.get_params()
+        from audit.models.surrogate import final_step
+
+        params = final_step(self.estimator)[1].get_params()
         return "random_state" not in params or params.get("solver") in _DETERMINISTIC_SOLVERS
 
     def fit(self, x: np.ndarray, y: np.ndarray, hparams: dict[str, Any], seed: int) -> FittedSklearn:
         from sklearn.base import clone
 
+        from audit.models.surrogate import final_step, torch_surrogate
+
         est = clone(self.estimator)
+        prefix, last = final_step(est)
         n = len(y)
-        params = est.get_params()
-        est.set_params(**sklearn_regularization(type(est).__name__, self.n_classes, float(hparams.get("l2", 0.0)), float(hparams.get("l1", 0.0)), n))
+        params = last.get_params()
+        reg = sklearn_regularization(type(last).__name__, self.n_classes, float(hparams.get("l2", 0.0)), float(hparams.get("l1", 0.0)), n)
+        est.set_params(**{prefix + k: v for k, v in reg.items()})
         if "random_state" in params:
-            est.set_params(random_state=seed)
+            est.set_params(**{prefix + "random_state": seed})
         if "max_iter" in params and "epochs" in hparams:
-            est.set_params(max_iter=int(hparams["epochs"]))
-        est.fit(x, y)
-        return FittedSklearn(task=self.task, n_classes=self.n_classes, estimator=est)
+            est.set_params(**{prefix + "max_iter": int(hparams["epochs"])})
+        est.fit(x, y)  # the whole pipeline: its transformers refit on these (possibly poisoned) points
+        module = torch_surrogate(est, self.n_classes) if self.surrogate else None
+        return FittedSklearn(task=self.task, n_classes=self.n_classes, estimator=est, module=module)

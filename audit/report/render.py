@@ -34,8 +34,9 @@ SUMMARY_SCHEMA_VERSION = 1
 def _why_not_run(a: Analysis, name: str, cls: Any) -> str:
     """Why the registry's attack ``name`` is not in this run: the victim, the profile or the config."""
     kind = a.meta.get("victim_kind")
-    if kind and kind not in cls.victims:
-        return "needs a PyTorch victim"
+    kinds = a.meta.get("victim_attack_kinds") or ([kind] if kind else [])
+    if kinds and not set(kinds) & set(cls.victims):
+        return "needs a PyTorch victim or a scikit-learn LogisticRegression / Ridge (bare or in a supported Pipeline)"
     setting = PROFILES[a.config.profile].get(name)
     if setting is not None and setting.skip:
         return f"left out by the {a.config.profile} profile: {setting.skip}"

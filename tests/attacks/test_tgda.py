@@ -194,6 +194,8 @@ def test_tgda_errors():
 
     sk = build_victim(ModelSpec(name="logreg"), TrainingSpec(), d, torch.device("cpu"), model_obj=LogisticRegression(max_iter=300))
     sk_fitted = sk.fit(d.x_train, d.y_train, {"l2": 1e-3}, 0)
+    assert ATTACKS["tgda"].for_cell({}, AttackContext(d, sk, sk_fitted, {}, 0.1, seed=0)).module is sk_fitted.module  # its surrogate
+    sk_fitted.module = None  # a scikit-learn model without a torch surrogate
     with pytest.raises(AuditError, match="tgda needs a PyTorch victim"):
         ATTACKS["tgda"].for_cell({}, AttackContext(d, sk, sk_fitted, {}, 0.1, seed=0))
     with pytest.raises(AuditError, match="parameter 'leader_lr'"):
