@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 
 from audit.config import AuditConfig
+from audit.data import from_frame, is_table
 from audit.errors import AuditError
 from audit.grid.cells import apply_defense
 from audit.grid.runner import RunPlan, clean_train_seed, plan_audit, poison_cache_key, run_plan
@@ -123,11 +124,12 @@ class AuditResult(os.PathLike):
 
 def run_audit(config: AuditConfig, *, model: Any = None, dataset: Any = None, output_dir: str | Path | None = None,
               restart: bool = False, progress: bool = True, fit_kwargs: dict[str, Any] | None = None,
-              train_fn: Callable[..., Any] | None = None, allow_mismatch: bool | None = None) -> AuditResult:  # fmt: skip
+              train_fn: Callable[..., Any] | None = None, allow_mismatch: bool | None = None, label: str | None = None) -> AuditResult:  # fmt: skip
     """Run (or resume) the audit ``config`` describes and return its :class:`AuditResult`.
 
     ``model`` (an nn.Module, an ART estimator or a scikit-learn estimator) and ``dataset``
-    (an :class:`audit.data.Dataset`) override the config's. Finished cells are read, not
+    (an :class:`audit.data.Dataset`, or a pandas DataFrame with its ``label`` column: README
+    "Tables", split by the config's ``dataset.split``) override the config's. Finished cells are read, not
     recomputed. The HTML report is written by :func:`audit.report.write_report`.
 
     Train as you train (README): the audit retrains ``model`` for every cell, and a trained
@@ -138,6 +140,13 @@ def run_audit(config: AuditConfig, *, model: Any = None, dataset: Any = None, ou
     trains every retraining. ``allow_mismatch=True`` gives the verdict anyway, and every output
     says it is about the audit's model.
     """
+    if is_table(dataset):  # a DataFrame and its label column (README: "Tables")
+        if label is None:
+            raise AuditError("dataset: a DataFrame needs label='<the label column>'")
+        split = config.dataset.split
+        dataset = from_frame(dataset, label, task=config.dataset.task, val=split.val, test=split.test, seed=split.seed, name=config.name)
+    elif label is not None:
+        raise AuditError("label: only for a DataFrame dataset (a Dataset carries its labels)")
     if allow_mismatch is not None:
         rec = config.recommendation.model_copy(update={"allow_mismatch": bool(allow_mismatch)})
         config = config.model_copy(update={"recommendation": rec})

@@ -13,13 +13,113 @@ import hashlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 from pydantic import Field, model_validator
 
 from audit.errors import AuditError
 from audit.spec import StrictModel
+
+DomainKind = Literal["continuous", "integer", "binary", "onehot"]
+
+
+@dataclass(frozen=True)
+class FeatureDomain:
+    """What each feature of a real point can be (README: "Tables"): the attacker's poisons must be such points.
+
+    Attributes
+    ----------
+    kinds : tuple of str, one per flat column
+        ``continuous`` (any value in the box), ``integer`` (whole numbers), ``binary`` ({0, 1}) or
+        ``onehot`` (a column of a one-hot group).
+    groups : tuple of (name, categories, columns)
+        Each categorical feature: its name, its categories (from the training data) and the
+        columns of its one-hot group (exactly one of them is 1).
+    names : tuple of str
+        The column names after encoding (``colour=red`` for one-hot columns).
+    inferred : bool
+        True when read off the training data (integer-valued and {0, 1} columns, encoder groups);
+        the report says so.
+    """
+
+    kinds: tuple[str, ...]
+    groups: tuple[tuple[str, tuple[str, ...], tuple[int, ...]], ...] = ()
+    names: tuple[str, ...] = ()
+    inferred: bool = True
+
+    @classmethod
+    def infer(cls, x_train: np.ndarray, names: tuple[str, ...] = (),
+              groups: tuple[tuple[str, tuple[str, ...], tuple[int, ...]], ...] = ()) -> FeatureDomain:  # fmt: skip
+        """Columns in a one-hot ``group`` are ``onehot``; of the others, those whose training values are
+        all 0 or 1 are ``binary``, all whole numbers ``integer``, the rest ``continuous``."""
+        x = np.asarray(x_train, dtype=np.float64).reshape(len(x_train), -1)
+        kinds: list[str] = []
+        grouped = {j for _, _, cols in groups for j in cols}
+        for j in range(x.shape[1]):
+            column = x[:, j]
+            if j in grouped:
+                kinds.append("onehot")
+            elif np.all((column == 0) | (column == 1)):
+                kinds.append("binary")
+            elif np.all(column == np.round(column)):
+                kinds.append("integer")
+            else:
+                kinds.append("continuous")
+        return cls(tuple(kinds), tuple(groups), tuple(names))
+
+    @property
+    def discrete(self) -> bool:
+        """True when some column is not continuous (projection can change a poison)."""
+        return any(k != "continuous" for k in self.kinds)
+
+    def project(self, x: np.ndarray) -> tuple[np.ndarray, int]:
+        """``x`` (n, d) mapped into the domain, and how many rows changed: each one-hot group to the
+        one-hot row of its largest entry, integer columns rounded, binary ones thresholded at ½
+        (continuous columns as they are: the box has clipped them already)."""
+        out = np.array(x, dtype=np.float32, copy=True)
+        rows = np.arange(len(out))
+        for _, _, cols in self.groups:
+            idx = np.asarray(cols)
+            winner = idx[out[:, idx].argmax(axis=1)]
+            out[:, idx] = 0.0
+            out[rows, winner] = 1.0
+        kinds = np.asarray(self.kinds)
+        integer, binary = np.flatnonzero(kinds == "integer"), np.flatnonzero(kinds == "binary")
+        out[:, integer] = np.round(out[:, integer])
+        out[:, binary] = (out[:, binary] >= 0.5).astype(np.float32)
+        changed = int(np.any(out != np.asarray(x, dtype=np.float32), axis=1).sum()) if len(out) else 0
+        return out, changed
+
+    def contains(self, x: np.ndarray) -> bool:
+        """Whether every row of ``x`` (n, d) is a point of the domain (box aside)."""
+        projected, changed = self.project(x)
+        return changed == 0
+
+    def describe(self) -> dict[str, object]:
+        """For summary.json and the report: the columns of each kind and the categorical groups."""
+        names = self.names or tuple(f"x{j}" for j in range(len(self.kinds)))
+        of = {k: [names[j] for j, kind in enumerate(self.kinds) if kind == k] for k in ("integer", "binary")}
+        return {"source": "inferred from the training data" if self.inferred else "declared",
+                "continuous": sum(k == "continuous" for k in self.kinds), "integer": of["integer"], "binary": of["binary"],
+                "categorical": {name: list(categories) for name, categories, _ in self.groups}}  # fmt: skip
+
+    def sentence(self) -> str:
+        """One line for the report (:func:`domain_sentence`)."""
+        return domain_sentence(self.describe())
+
+
+def domain_sentence(described: dict[str, Any]) -> str:
+    """What each feature can be, and that poisons are kept inside it, from :meth:`FeatureDomain.describe`
+    (as a run's stored dataset description holds it)."""
+    parts = [f"{described['continuous']} continuous"]
+    for kind in ("integer", "binary"):
+        if described[kind]:
+            parts.append(f"{len(described[kind])} {kind} ({', '.join(described[kind])})")
+    for name, categories in described["categorical"].items():
+        parts.append(f"categorical {name} ({len(categories)} categories, one-hot)")
+    return (f"{'; '.join(parts)} — {described['source']}. Every poison is mapped into this domain (one-hot groups to their "
+            "largest entry, integers rounded, binary features thresholded), so it is a point your data could hold.")  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -53,6 +153,10 @@ class Dataset:
     notes: dict[str, str] = field(default_factory=dict)
     #: the part of D_val reserved for defenses that read it (see :meth:`with_defense_validation`); None: not split
     defense_val: tuple[np.ndarray, np.ndarray] | None = None
+    #: the class names of labels 0..c−1 (a table's string labels), None: the labels are their names
+    class_names: tuple[str, ...] | None = None
+    #: what each feature can be (a table's integer, binary and categorical columns); None: continuous in the box
+    domain: FeatureDomain | None = None
 
     def defense_validation(self) -> tuple[np.ndarray, np.ndarray]:
         """The validation points a defense may read: its own part of D_val when the audit split it, else all of D_val."""
@@ -100,6 +204,8 @@ class Dataset:
             "feature_box": [float(self.lo.min()), float(self.hi.max())],
             "n_val_defense": None if self.defense_val is None else len(self.defense_val[1]),
             "synthetic": self.notes.get("synthetic"),
+            "class_names": list(self.class_names) if self.class_names else None,
+            "domain": self.domain.describe() if self.domain is not None else None,
         }
 
 
@@ -407,7 +513,8 @@ def check_dataset(data: object) -> Dataset:
     numbers and finiteness, class labels in 0..c−1 with two or more classes, and the feature box."""
     if not isinstance(data, Dataset):
         kind = type(data).__name__
-        hint = " (a table: split it and build audit.data.Dataset from its numeric arrays)" if kind in ("DataFrame", "Series") else ""
+        table = kind in ("DataFrame", "Series")
+        hint = " (a table: pass it to audit.run_audit with label='<label column>', or build one with audit.data.from_frame)" if table else ""
         raise AuditError(f"dataset: expected an audit.data.Dataset (got {kind}){hint}")
     if data.task not in ("classification", "regression"):
         raise AuditError(f"dataset: task must be 'classification' or 'regression' (got {data.task!r})")
@@ -434,6 +541,85 @@ def check_dataset(data: object) -> Dataset:
     if not (np.all(np.isfinite(lo)) and np.all(np.isfinite(hi))) or np.any(lo > hi):
         raise AuditError("dataset: the feature box lo/hi must be finite with lo ≤ hi")
     return data
+
+
+def is_table(obj: object) -> bool:
+    """A pandas DataFrame (duck-typed: pandas is imported only when one is handed over)."""
+    return type(obj).__name__ == "DataFrame" and hasattr(obj, "columns") and hasattr(obj, "dtypes")
+
+
+def from_frame(frame: object, label: str, *, task: str | None = None, val: float = 0.2, test: float = 0.2, seed: int = 0,
+               name: str = "table") -> Dataset:  # fmt: skip
+    """A :class:`Dataset` from a pandas DataFrame with a label column (README: "Tables").
+
+    Numeric and boolean columns are features as they are; text and categorical columns are one-hot
+    encoded with the categories of the *training* split (a category seen only in validation or test
+    encodes as all zeros, as scikit-learn's ``OneHotEncoder(handle_unknown="ignore")``). Text labels
+    keep their names (``class_names``, sorted), numeric class labels become 0..c−1 in sorted order
+    with their values as names. The split is a seeded shuffle (``val``, ``test``: fractions or
+    counts); the feature box is the training range; the :class:`FeatureDomain` is inferred
+    (integer-valued and {0, 1} columns, the one-hot groups). Missing values are an error.
+    """
+    import pandas as pd
+
+    if not is_table(frame):
+        raise AuditError(f"dataset: expected a pandas DataFrame (got {type(frame).__name__})")
+    df: pd.DataFrame = frame  # checked above
+    if label not in df.columns:
+        raise AuditError(f"dataset: no label column {label!r}; columns: {', '.join(map(str, df.columns))}")
+    if len(df.columns) < 2:
+        raise AuditError("dataset: the table has no feature column besides the label")
+    missing = df.columns[df.isna().any()].tolist()
+    if missing:
+        raise AuditError(f"dataset: missing values in {', '.join(map(str, missing))}; fill or drop them first")
+    y_raw = df[label]
+    features = df.drop(columns=[label])
+    numeric_label = pd.api.types.is_numeric_dtype(y_raw) and not pd.api.types.is_bool_dtype(y_raw)
+    if task is None:
+        integral = numeric_label and bool(np.all(np.mod(y_raw.to_numpy(np.float64), 1) == 0))
+        task = "classification" if not numeric_label or (integral and y_raw.nunique() <= max(20, len(y_raw) // 10)) else "regression"
+    class_names: tuple[str, ...] | None = None
+    if task == "classification":
+        values = sorted(y_raw.unique().tolist(), key=lambda v: (str(type(v)), v))
+        class_names = tuple(str(v) for v in values)
+        code = {v: i for i, v in enumerate(values)}
+        y = np.array([code[v] for v in y_raw.tolist()], dtype=np.int64)
+    elif not numeric_label:
+        raise AuditError(f"dataset: label column {label!r} is not numeric, so it cannot be a regression response")
+    else:
+        y = y_raw.to_numpy(np.float32)
+    order = np.random.default_rng(seed).permutation(len(df))
+    n_val, n_test = (int(v) if v >= 1 else round(v * len(df)) for v in (val, test))
+    if n_val + n_test >= len(df):
+        raise AuditError(f"dataset: {n_val} validation + {n_test} test points leave no training data of {len(df)}")
+    parts = {"val": order[:n_val], "test": order[n_val : n_val + n_test], "train": order[n_val + n_test :]}
+    train = features.iloc[parts["train"]]
+    columns: list[np.ndarray] = []
+    names: list[str] = []
+    groups: list[tuple[str, tuple[str, ...], tuple[int, ...]]] = []
+    for column in features.columns:
+        series = features[column]
+        if pd.api.types.is_bool_dtype(series) or pd.api.types.is_numeric_dtype(series):
+            columns.append(series.to_numpy(np.float64)[:, None])
+            names.append(str(column))
+            continue
+        categories = tuple(sorted(map(str, train[column].unique())))
+        text = series.astype(str).to_numpy()
+        start = len(names)
+        columns.append(np.stack([(text == c).astype(np.float64) for c in categories], axis=1))
+        names += [f"{column}={c}" for c in categories]
+        groups.append((str(column), categories, tuple(range(start, len(names)))))
+    x = np.concatenate(columns, axis=1)
+    x_tr, y_tr = x[parts["train"]], y[parts["train"]]
+    if task == "classification" and len(np.unique(y_tr)) < 2:
+        raise AuditError("dataset: the training split has a single class; an audit needs two or more")
+    domain = FeatureDomain.infer(x_tr, tuple(names), tuple(groups))
+    f32 = np.float32
+    data = Dataset(name=name, task=task, x_train=x_tr.astype(f32), y_train=y_tr, x_val=x[parts["val"]].astype(f32), y_val=y[parts["val"]],
+                   x_test=x[parts["test"]].astype(f32), y_test=y[parts["test"]], lo=x_tr.min(axis=0).astype(f32),
+                   hi=x_tr.max(axis=0).astype(f32), n_classes=len(class_names) if class_names else None, class_names=class_names,
+                   domain=domain)  # fmt: skip
+    return check_dataset(data)
 
 
 class SplitSpec(StrictModel):

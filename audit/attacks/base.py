@@ -212,6 +212,7 @@ class AttackDiagnostics(Diagnostics):
 
     seconds: float | None = None
     n_poison: int | None = None
+    domain_projected: int | None = None  # poisons the feature domain changed (a table's discrete columns); None: no domain
 
 
 @dataclass
@@ -295,6 +296,9 @@ class AuditAttack(ABC):
         self.hi: Any = None if box is None else box[1]
         self.n_classes = int(n_classes) if isinstance(n_classes, np.integer) else n_classes
         self.init_poisons = self._validated_init(init_poisons, who)
+        #: what each feature of a real point can be (audit.data.FeatureDomain); poisons are mapped into it
+        #: after the box (:meth:`for_context` sets the dataset's); None: continuous features in the box
+        self.domain: Any = None
         self.diagnostics = self.Diagnostics()
 
     def _validated_init(self, init: tuple[Any, Any] | None, who: str) -> tuple[np.ndarray, np.ndarray] | None:
@@ -389,6 +393,14 @@ class AuditAttack(ABC):
     @abstractmethod
     def for_cell(cls, params: dict[str, Any], ctx: AttackContext) -> AuditAttack:
         """Build the attack for one grid cell from its configured parameters."""
+
+    @classmethod
+    def for_context(cls, params: dict[str, Any], ctx: AttackContext) -> AuditAttack:
+        """:meth:`for_cell`, with the poisons kept inside the dataset's feature domain (a table's
+        integer, binary and one-hot columns: README "Tables") — what the grid calls."""
+        attack = cls.for_cell(params, ctx)
+        attack.domain = getattr(ctx.dataset, "domain", None)
+        return attack
 
     @classmethod
     def seed_free(cls, params: dict[str, Any]) -> bool:
@@ -518,6 +530,9 @@ class AuditAttack(ABC):
         y_p = np.asarray(y_p)
         if self.box is not None:
             x_p = np.clip(x_p, self.lo, self.hi).astype(np.float32)
+        if self.domain is not None and self.domain.discrete and n_p:
+            x_p, changed = self.domain.project(x_p)  # a point the data could hold: one-hot groups, integers, binaries
+            self.diagnostics.setdefault("domain_projected", changed)
         assert x_p.shape == (n_p, x.shape[1]), f"{self.name}: poisons have shape {x_p.shape}, expected {(n_p, x.shape[1])}"
         assert y_p.shape == (n_p,), f"{self.name}: poison labels have shape {y_p.shape}"
         if self.n_classes is not None and n_p:

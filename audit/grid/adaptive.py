@@ -142,7 +142,7 @@ def _recraft(spec: AttackSpec, params: dict[str, Any], defense: DefenseSpec, ctx
     survivors = dataclasses.replace(ctx.dataset, x_train=x_kept, y_train=y_kept)
     want = min(OVERSAMPLE * k, len(y_kept))
     sub = AttackContext(survivors, ctx.victim, fitted, ctx.hparams, want / len(y_kept), seed)
-    x_new, y_new = spec.attack.for_cell(params, sub).poison(x_kept, y_kept)
+    x_new, y_new = spec.attack.for_context(params, sub).poison(x_kept, y_kept)
     x_new, y_new = np.asarray(x_new, x_stay.dtype), np.asarray(y_new, y_stay.dtype)
     if len(y_new) < k:
         raise AuditError(f"adaptive {spec.key}: a round crafted {len(y_new)} poisons to replace {k}")
@@ -208,7 +208,7 @@ def craft_adaptive(
 
     starts = []  # (name, x_p, y_p, attack diagnostics): the attack's own mode and its non-adaptive poisons
     if own or initial is None:
-        attack = spec.attack.for_cell(params, ctx)
+        attack = spec.attack.for_context(params, ctx)
         x_own, y_own = attack.poison(data.x_train, data.y_train)
         starts.append(("own_mode" if own else "crafted", x_own, y_own, attack.diagnostics.to_json()))
     if initial is not None:

@@ -48,7 +48,10 @@ class RunPlan:
         training = self.victim.procedure or {}
         # CPU numbers depend on torch's thread count (reduction order): a run resumes only under the same count
         numerics = self.numerics()
-        payload = json.dumps([self.config.fingerprint(), training, self.victim.description, __version__, numerics], sort_keys=True)
+        parts: list[Any] = [self.config.fingerprint(), training, self.victim.description, __version__, numerics]
+        if self.dataset.domain is not None:  # the poisons are mapped into the domain: another domain, other poisons
+            parts.append(self.dataset.domain.describe())
+        payload = json.dumps(parts, sort_keys=True)
         return hashlib.sha256(payload.encode()).hexdigest()[:16]
 
     def deployed(self) -> dict[str, Any]:

@@ -287,7 +287,7 @@ def craft_unit(plan: RunPlan, clean: CleanOutcome, attack_key: str, budget: floa
     try:
         ctx = AttackContext(plan.dataset, plan.victim, clean.fitted, hp, budget, derive_seed(clean.seed, clean.candidate, attack_key, budget),
                             start if spec.attack.warm_starts else None)  # fmt: skip
-        attack = spec.attack.for_cell(dict(spec.params), ctx)
+        attack = spec.attack.for_context(dict(spec.params), ctx)
         x_p, y_p = attack.poison(plan.dataset.x_train, plan.dataset.y_train)
         return Poisons(x_p, y_p, attack.diagnostics.to_json(), time.perf_counter() - t0)
     except Exception as err:

@@ -18,6 +18,7 @@ from jinja2 import Environment, FileSystemLoader, select_autoescape
 
 from audit.attacks import ATTACKS
 from audit.catalog import BATTERY, PROFILES
+from audit.data import domain_sentence
 from audit.grid.adaptive import adaptive_axes
 from audit.grid.lock import RunLock
 from audit.grid.store import Store
@@ -126,6 +127,7 @@ def build_context(a: Analysis) -> dict[str, Any]:
         "name": cfg.name,
         "generated": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
         "dataset": a.meta["dataset"],
+        "domain_sentence": domain_sentence(a.meta["dataset"]["domain"]) if a.meta["dataset"].get("domain") else None,
         "victim": a.meta.get("victim", ""),
         "training": _describe_training(a.meta.get("training")),
         "device": a.meta.get("device", ""),
