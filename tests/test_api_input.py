@@ -28,8 +28,12 @@ def _run(dataset, tmp_path):
 
 def test_run_audit_refuses_bad_datasets_with_one_line(data, tmp_path):
     pd = pytest.importorskip("pandas")
-    with pytest.raises(AuditError, match=r"dataset: expected an audit.data.Dataset \(got DataFrame\) \(a table"):
+    with pytest.raises(AuditError, match=r"dataset: a DataFrame needs label='<the label column>'"):  # README: Tables
         _run(pd.DataFrame(data.x_train), tmp_path)
+    from audit.grid import run_audit as grid_run_audit  # the grid's entry point takes a Dataset only, and says how to pass a table
+
+    with pytest.raises(AuditError, match=r"dataset: expected an audit.data.Dataset \(got DataFrame\) \(a table: pass it to audit.run_audit"):
+        grid_run_audit(parse_config(tiny_config(budgets=[0.1])), dataset=pd.DataFrame(data.x_train), output_dir=tmp_path, progress=False)
     x_val = data.x_val.copy()
     x_val[3, 2] = np.nan
     with pytest.raises(AuditError, match=r"dataset x_val/y_val: features contain NaN or inf \(1 values\)"):

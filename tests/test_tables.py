@@ -12,22 +12,11 @@ from audit.data import FeatureDomain, from_frame
 from audit.errors import AuditError
 
 pd = pytest.importorskip("pandas")
-
-
-def churn_table(n: int = 500, seed: int = 0):
-    """A mixed-type table: an integer, a continuous, a binary and two categorical columns; string labels."""
-    rng = np.random.default_rng(seed)
-    df = pd.DataFrame({
-        "tenure": rng.integers(0, 72, n), "monthly": rng.normal(70, 20, n).round(2), "senior": rng.integers(0, 2, n),
-        "contract": rng.choice(["month", "year", "two-year"], n), "payment": rng.choice(["card", "check", "transfer", "cash"], n),
-    })  # fmt: skip
-    logit = -1 + 0.04 * (40 - df.tenure) + 0.02 * (df.monthly - 70) + 1.2 * (df.contract == "month") + 0.5 * df.senior
-    df["churn"] = np.where(rng.random(n) < 1 / (1 + np.exp(-logit)), "churn", "stay")
-    return df
+from examples.tables import churn_table  # noqa: E402  (the example's mixed-type table, 1000 rows by default)
 
 
 def test_a_dataframe_becomes_a_dataset_with_its_domain_and_class_names():
-    df = churn_table()
+    df = churn_table(500)
     data = from_frame(df, "churn", val=0.2, test=0.2, seed=0)
     assert data.class_names == ("churn", "stay") and data.n_classes == 2
     assert data.n_features == 3 + 3 + 4  # tenure, monthly, senior, contract one-hot (3), payment one-hot (4)
@@ -81,7 +70,7 @@ def test_every_attack_keeps_its_poisons_in_the_domain_and_the_report_names_the_c
     from audit.grid.store import Store
     from audit.report import write_report
 
-    df = churn_table()
+    df = churn_table(500)
     cfg = parse_config({"name": "churn", "model": {"name": "logreg"}, "candidates": {"l2": [1e-2]}, "budgets": [0.05, 0.1],
                         "seeds": [0], "device": "cpu", "confirm": False,
                         "attacks": [{"name": "label_flip", "params": {"variant": "random"}, "id": "lf"}, {"name": "statp"},
