@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from audit.config import AuditConfig
-from audit.data import from_frame, is_table
+from audit.data import from_frame, is_table, with_domain
 from audit.errors import AuditError
 from audit.grid.cells import apply_defense
 from audit.grid.runner import RunPlan, clean_train_seed, plan_audit, poison_cache_key, run_plan
@@ -145,6 +145,7 @@ def run_audit(config: AuditConfig, *, model: Any = None, dataset: Any = None, ou
             raise AuditError("dataset: a DataFrame needs label='<the label column>'")
         split = config.dataset.split
         dataset = from_frame(dataset, label, task=config.dataset.task, val=split.val, test=split.test, seed=split.seed, name=config.name)
+        dataset = with_domain(dataset, config.dataset.domain)
     elif label is not None:
         raise AuditError("label: only for a DataFrame dataset (a Dataset carries its labels)")
     if allow_mismatch is not None:

@@ -613,6 +613,8 @@ class AuditConfig(StrictModel):
         payload = self.model_dump(mode="json", exclude=exclude)
         if payload["training"].get("factory") is None:  # runs from before training.factory keep their fingerprint
             payload["training"].pop("factory", None)
+        if payload["dataset"].get("domain") == "auto":  # likewise dataset.domain (a domain in force is in the plan's fingerprint)
+            payload["dataset"].pop("domain", None)
         return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
 
 

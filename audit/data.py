@@ -206,6 +206,7 @@ class Dataset:
             "synthetic": self.notes.get("synthetic"),
             "class_names": list(self.class_names) if self.class_names else None,
             "domain": self.domain.describe() if self.domain is not None else None,
+            "domain_relaxed": self.notes.get("domain") == "relaxed",
         }
 
 
@@ -434,8 +435,8 @@ def _read_csv(path: Path, label_column: str) -> tuple[np.ndarray, np.ndarray]:
     labels = [row[j] for row in body]
     try:
         x = np.array([[float(v) for k, v in enumerate(row) if k != j] for row in body])
-    except ValueError as err:
-        raise AuditError(f"{path}: feature columns must be numeric ({err})") from None
+    except ValueError:
+        raise _TextColumns() from None  # a table: one-hot encoded by from_frame
     try:
         y = np.array([float(v) for v in labels])
     except ValueError:
@@ -655,6 +656,9 @@ class DatasetSpec(StrictModel):
     n_samples: int | None = Field(None, ge=10)
     classes: list[int] | None = Field(None, min_length=2)  # keep these labels only, relabelled 0, 1, … in this order
     split: SplitSpec = SplitSpec()
+    #: what a poison's features may be (README: Tables): auto — a table's inferred domain; inferred — infer it for any
+    #: flat data; relaxed — continuous in the box, labelled in the report
+    domain: Literal["auto", "inferred", "relaxed"] = "auto"
 
     @model_validator(mode="after")
     def _known(self) -> DatasetSpec:
@@ -675,8 +679,42 @@ def load_dataset(spec: DatasetSpec) -> Dataset:
 
     Built-ins are split with ``spec.split`` (seeded); user ``.npz`` files keep their own
     val/test splits when present. Tabular built-ins are min-max scaled to [0, 1] with the
-    training split's range.
+    training split's range. A CSV with text feature columns is a table (:func:`from_frame`:
+    one-hot columns, class names, an inferred :class:`FeatureDomain`). ``spec.domain`` then
+    applies (:func:`with_domain`).
     """
+    try:
+        data = _load_dataset(spec)
+    except _TextColumns:
+        if spec.classes is not None or spec.n_samples is not None:
+            raise AuditError("dataset.classes / dataset.n_samples: not supported for a CSV with text columns; filter the file") from None
+        import pandas as pd
+
+        frame = pd.read_csv(spec.path or "", encoding="utf-8-sig")
+        split = spec.split
+        data = from_frame(frame, spec.label_column or "", task=spec.task, val=split.val, test=split.test, seed=split.seed,
+                          name=f"{spec.name}:{Path(spec.path or '').name}")  # fmt: skip
+    return with_domain(data, spec.domain)
+
+
+def with_domain(data: Dataset, mode: str) -> Dataset:
+    """``auto``: the dataset as loaded (a table's inferred domain, else continuous features); ``inferred``:
+    a domain inferred from the training split for any flat data; ``relaxed``: none — poisons may hold
+    values the data cannot (the report says so)."""
+    if mode == "relaxed":
+        return dataclasses.replace(data, domain=None, notes={**data.notes, "domain": "relaxed"})
+    if mode == "inferred" and data.domain is None:
+        if data.image_shape:
+            raise AuditError("dataset.domain: 'inferred' is for tabular data, not images")
+        return dataclasses.replace(data, domain=FeatureDomain.infer(data.x_train))
+    return data
+
+
+class _TextColumns(Exception):
+    """A CSV whose feature columns are not all numeric: read it as a table instead."""
+
+
+def _load_dataset(spec: DatasetSpec) -> Dataset:
     meta: dict = {}
     classes: list[str] | None = None
     task = spec.task

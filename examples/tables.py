@@ -39,26 +39,32 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--out", default="reports")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--domain", choices=("auto", "relaxed"), default="auto", help="relaxed: poisons not mapped into the domain")
     args = parser.parse_args()
     configure_threads(args.threads)
-    config = parse_config({"name": "tables-churn", "model": {"name": "logreg"}, "candidates": {"l2": [1e-3, 1e-2]},
+    config = parse_config({"name": f"tables-churn-{args.domain}", "model": {"name": "logreg"}, "candidates": {"l2": [1e-3, 1e-2]},
                            "budgets": [0.03, 0.1], "seeds": [0, 1, 2], "device": "cpu"})  # fmt: skip
+    config = config.model_copy(update={"dataset": config.dataset.model_copy(update={"domain": args.domain})})
     start = time.perf_counter()
     result = audit.run_audit(config, dataset=churn_table(), label="churn", output_dir=args.out, progress=False)
     print(f"audit: {time.perf_counter() - start:.0f} s")
     print("report:", write_report(result))
     data = result.plan.dataset
     print("classes:", data.class_names)
-    print("domain:", data.domain.sentence())
+    print("domain:", data.domain.sentence() if data.domain is not None else "relaxed (continuous in the box)")
     store = Store.open_existing(result.run_dir)
     try:
         keys = [str(np.load(p, allow_pickle=False)["key"]) for p in sorted(store.poison_dir.glob("*.npz"))]
-        feasible = sum(data.domain.contains(store.load_poisons(k)[0]) for k in keys)
+        table = data.domain or audit.data.from_frame(churn_table(), "churn").domain
+        feasible = sum(table.contains(store.load_poisons(k)[0]) for k in keys)
         moved = sum(store.load_poisons(k)[2].get("domain_projected", 0) for k in keys)
     finally:
         store.close()
     print(f"poison sets inside the domain: {feasible} of {len(keys)}; poisons the mapping changed: {moved}")
-    print("recommendation:", result.recommendation["label"], json.dumps(result.recommendation["worst_case_drop"]))
+    rec = result.recommendation
+    print("recommendation:", rec["label"], "worst-case test drop", json.dumps(rec["worst_case_drop"]), json.dumps(rec["worst_attack"]))
+    for row in result.summary["candidates"]:
+        print(" ", json.dumps(row["hyperparameters"]), json.dumps(row["worst_case_drop"]), json.dumps(row["worst_attack"]))
 
 
 if __name__ == "__main__":

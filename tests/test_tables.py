@@ -103,3 +103,48 @@ def test_every_attack_keeps_its_poisons_in_the_domain_and_the_report_names_the_c
     summary = json.loads((result.run_dir / "summary.json").read_text())
     assert summary["dataset"]["class_names"] == ["churn", "stay"]
     assert summary["dataset"]["domain"]["integer"] == ["tenure"] and summary["dataset"]["domain"]["binary"] == ["senior"]
+
+
+def test_a_csv_with_text_columns_through_a_yaml_config(tmp_path):
+    """A CSV with text feature columns and text labels is a table (before: refused); ``dataset.domain:
+    relaxed`` turns the mapping off and the report says the poisons may be impossible points."""
+    from click.testing import CliRunner
+
+    from audit.cli import cli
+    from audit.grid.store import Store
+    from tests.conftest import write_yaml
+
+    churn_table(300).to_csv(tmp_path / "churn.csv", index=False)
+    cfg = {"name": "csv", "dataset": {"name": "csv", "path": str(tmp_path / "churn.csv"), "label_column": "churn"},
+           "model": {"name": "logreg"}, "candidates": {"l2": [1e-2]}, "budgets": [0.1], "seeds": [0], "device": "cpu",
+           "confirm": False, "attacks": [{"name": "statp"}, {"name": "back_gradient", "params": {"iterations": 3}}]}  # fmt: skip
+    runs = {}
+    for mode in ("auto", "relaxed"):
+        path = write_yaml(tmp_path / f"{mode}.yaml", {**cfg, "name": mode, "dataset": {**cfg["dataset"], "domain": mode}})
+        out = CliRunner().invoke(cli, ["run", str(path), "--out", str(tmp_path / "out"), "--quiet"])
+        assert out.exit_code == 0, out.output
+        store = Store.open_existing(tmp_path / "out" / mode)
+        try:
+            runs[mode] = [store.load_poisons(str(np.load(p, allow_pickle=False)["key"]))[0] for p in sorted(store.poison_dir.glob("*.npz"))]
+        finally:
+            store.close()
+    data = from_frame(churn_table(300), "churn")
+    assert len(runs["auto"]) == 2 and all(data.domain.contains(x) for x in runs["auto"])
+    assert not all(data.domain.contains(x) for x in runs["relaxed"])  # StatP's Gaussian samples are not one-hot rows
+    auto = (tmp_path / "out" / "auto" / "report.html").read_text()
+    relaxed = (tmp_path / "out" / "relaxed" / "report.html").read_text()
+    assert "(0 = churn, 1 = stay)" in auto and "categorical payment (4 categories, one-hot)" in auto
+    assert "relaxed (dataset.domain: relaxed)" in relaxed and "relaxed (dataset.domain: relaxed)" not in auto
+
+
+def test_an_inferred_domain_for_flat_data(tmp_path):
+    """``dataset.domain: inferred`` reads the kinds off any flat data (an npz with an integer and a binary column)."""
+    from audit.config import DatasetSpec
+    from audit.data import load_dataset
+
+    rng = np.random.default_rng(0)
+    x = np.column_stack([rng.integers(0, 9, 200), rng.integers(0, 2, 200), rng.normal(size=200)]).astype(np.float32)
+    np.savez(tmp_path / "d.npz", x_train=x, y_train=(x[:, 2] > 0).astype(np.int64))
+    spec = {"name": "npz", "path": str(tmp_path / "d.npz")}
+    assert load_dataset(DatasetSpec(**spec)).domain is None  # auto: flat arrays stay continuous
+    assert load_dataset(DatasetSpec(**spec, domain="inferred")).domain.kinds == ("integer", "binary", "continuous")
