@@ -604,6 +604,11 @@ def from_frame(frame: object, label: str, *, task: str | None = None, val: float
             columns.append(series.to_numpy(np.float64)[:, None])
             names.append(str(column))
             continue
+        as_numbers = pd.to_numeric(series, errors="coerce")
+        if as_numbers.notna().any():  # numbers and text in one column: a data error, not categories
+            bad = series[as_numbers.isna()].iloc[0]
+            raise AuditError(f"dataset: column {column!r} mixes numbers and text (e.g. {bad!r}); fix the value, "
+                             "or make every value of a categorical column text")  # fmt: skip
         categories = tuple(sorted(map(str, train[column].unique())))
         text = series.astype(str).to_numpy()
         start = len(names)

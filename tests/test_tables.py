@@ -148,3 +148,10 @@ def test_an_inferred_domain_for_flat_data(tmp_path):
     spec = {"name": "npz", "path": str(tmp_path / "d.npz")}
     assert load_dataset(DatasetSpec(**spec)).domain is None  # auto: flat arrays stay continuous
     assert load_dataset(DatasetSpec(**spec, domain="inferred")).domain.kinds == ("integer", "binary", "continuous")
+
+
+def test_a_column_of_numbers_with_a_stray_word_is_an_error_not_categories():
+    df = churn_table(100).astype({"monthly": object})
+    df.loc[df.index[7], "monthly"] = "n/a"
+    with pytest.raises(AuditError, match=r"column 'monthly' mixes numbers and text \(e.g. 'n/a'\)"):
+        from_frame(df, "churn")
