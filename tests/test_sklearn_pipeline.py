@@ -191,7 +191,16 @@ def test_the_summary_names_the_pipeline_and_the_recommended_estimator_is_one(pip
     write_report(result.run_dir)
     summary = json.loads((result.run_dir / "summary.json").read_text())
     assert "Pipeline(StandardScaler → LogisticRegression)" in json.dumps(summary, ensure_ascii=False)
-    assert "Pipeline(StandardScaler → LogisticRegression)" in (result.run_dir / "report.html").read_text()
+    html = (result.run_dir / "report.html").read_text()
+    assert "Pipeline(StandardScaler → LogisticRegression)" in html
+    # the surrogate fixes the scaler the retraining refits: every output says the white-box damage may be a lower bound
+    assert summary["victim_caveats"] and "model the pipeline's StandardScaler at its clean fit" in summary["victim_caveats"][0]
+    assert "Possibly a lower bound: the white-box attacks" in html
+    from audit.report import gate
+
+    assert "possibly a lower bound: the white-box attacks" in gate(result.run_dir, budget=0.1, max_drop=50, allow_lower_bound=True).message
+    record = [p for p in result.export(formats=("md",)) if str(p).endswith(".md")]
+    assert record and "Possibly a lower bound: the white-box attacks" in record[0].read_text()
     art = result.recommended_estimator()
     data = result.plan.dataset
     assert isinstance(art.model, Pipeline)

@@ -238,6 +238,7 @@ def _prepare_store(plan: RunPlan, restart: bool) -> Store:
                 "victim": plan.victim.description,
                 "victim_kind": plan.victim.kind,
                 "victim_attack_kinds": list(plan.victim.attack_kinds),  # a scikit-learn model with a torch surrogate: both
+                "victim_caveats": plan.victim.caveats,  # said by the report, summary.json and the record
                 "device": str(plan.device),
                 "device_name": torch.cuda.get_device_name(plan.device) if plan.device.type == "cuda" else platform.processor() or platform.machine(),
                 "versions": package_versions(),

@@ -118,6 +118,13 @@ def pipeline_steps(estimator: Any) -> tuple[list[tuple[str, Any]], tuple[str | N
     return flat, (last_name, last)
 
 
+def fitted_steps(estimator: Any) -> list[str]:
+    """The transformers of a pipeline whose statistics are fitted on the training data (scalers; not
+    ``PolynomialFeatures``): the retraining refits them on poisoned data, the surrogate holds them fixed."""
+    transformers, _ = pipeline_steps(estimator)
+    return [type(step).__name__ for _, step in transformers if type(step).__name__ != "PolynomialFeatures"]
+
+
 def check_sklearn_model(estimator: Any, task: str, n_classes: int | None) -> tuple[str, bool]:
     """Check a scikit-learn estimator or pipeline the audit is handed; return ``(description, has_surrogate)``.
 

@@ -414,6 +414,7 @@ def _limitations(a: Analysis, ctx: dict[str, Any]) -> dict[str, Any]:
     if ctx["failed"]:
         items.append(f"{len(ctx['failed'])} cells failed (listed in report.html), e.g. {ctx['failed'][0]['error']}.")
     items += [f"Attack not run: {why}." for why in ctx["not_run_why"]]
+    items += [f"Possibly a lower bound: {caveat}." for caveat in a.meta.get("victim_caveats") or []]
     filters = [d.key for d in cfg.defenses if d.defense.filters]
     faced = {c.defense for c in a.cells if c.attack.endswith("~adaptive")}
     non_adaptive = [d for d in filters if d not in faced]

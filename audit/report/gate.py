@@ -174,6 +174,8 @@ def gate(
             result.message = f"{check.sentence(a.metric)} — {result.message}"
     result.soft, result.budget, result.max_drop, result.judged = soft_fail, budget, max_drop, judged
     result.setting, result.cases = a.recommendation.label, cases
+    if a.meta.get("victim_caveats"):  # e.g. a pipeline's scaler the white-box attacks hold fixed (report: the alert)
+        result.message += " — possibly a lower bound: " + "; ".join(a.meta["victim_caveats"])
     if not done.complete:
         result.message += f" — INCOMPLETE run judged on its finished cells only ({done.describe()})"
         result.missing, result.failed = done.missing, done.failed

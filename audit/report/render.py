@@ -192,6 +192,7 @@ def build_context(a: Analysis) -> dict[str, Any]:
         "n_retrains": len(retrains),
         "not_run": not_run,
         "not_run_why": not_run_why,
+        "victim_caveats": a.meta.get("victim_caveats") or [],
         "max_budget": f"{100 * max(budgets):g}%",
         "seeds": cfg.seeds,
         "fingerprint": a.meta.get("fingerprint", ""),
@@ -309,6 +310,7 @@ def build_summary(a: Analysis) -> dict[str, Any]:
         "fingerprint": a.meta.get("fingerprint"),
         "dataset": a.meta["dataset"],
         "victim": a.meta.get("victim"),
+        "victim_caveats": a.meta.get("victim_caveats") or [],  # e.g. a pipeline surrogate's fixed scaler: possibly a lower bound
         "deployed_test_metric": a.meta.get("deployed_test_metric"),  # the user's estimator as handed over (API runs)
         "completeness": {**vars(done := a.completeness()), "complete": done.complete},  # no verdict unless complete
         "device": a.meta.get("device"),
