@@ -15,7 +15,7 @@ import torch
 from click.testing import CliRunner
 from sklearn.datasets import load_breast_cancer, load_diabetes, load_wine
 from sklearn.decomposition import PCA
-from sklearn.linear_model import Lasso, LogisticRegression, Ridge
+from sklearn.linear_model import Lasso, LogisticRegression, Ridge, SGDClassifier
 from sklearn.pipeline import Pipeline, make_pipeline
 from sklearn.preprocessing import MaxAbsScaler, MinMaxScaler, PolynomialFeatures, StandardScaler
 from sklearn.svm import LinearSVC
@@ -45,6 +45,7 @@ def _probabilities(module: torch.nn.Module, x: np.ndarray) -> np.ndarray:
         lambda: make_pipeline(StandardScaler(with_mean=False), MinMaxScaler(clip=True), LogisticRegression(C=0.1)),
         lambda: Pipeline([("scale", make_pipeline(StandardScaler(), MaxAbsScaler())), ("skip", "passthrough"), ("lr", LogisticRegression())]),
         lambda: LogisticRegression(max_iter=5000),
+        lambda: make_pipeline(StandardScaler(), SGDClassifier(loss="log_loss", alpha=1e-3, random_state=0)),
     ],
 )
 def test_surrogate_probabilities_equal_the_pipelines(pipeline):
@@ -101,6 +102,8 @@ def test_the_attacks_view_of_validation_accuracy_is_the_pipelines_score():
         (LogisticRegression(class_weight="balanced"), "has class_weight"),
         (LogisticRegression(l1_ratio=0.5, solver="saga"), "has an L1 part"),
         (make_pipeline(StandardScaler(), LogisticRegression(solver="liblinear")), "uses solver 'liblinear'"),
+        (SGDClassifier(), "must use loss='log_loss' and penalty='l2' (got 'hinge', 'l2')"),
+        (SGDClassifier(loss="log_loss", class_weight="balanced"), "has class_weight"),
     ],
 )
 def test_unsupported_steps_are_one_line_errors(model, message):
@@ -233,3 +236,23 @@ def test_a_pipeline_from_a_yaml_factory_runs_the_default_battery(tmp_path, monke
     out = CliRunner().invoke(cli, ["run", str(write_yaml(tmp_path / "b.yaml", bad)), "--out", str(tmp_path / "out"), "--quiet"])
     assert out.exit_code == 2 and "pipeline step 'pca' (PCA) is not supported" in out.output
     assert not (tmp_path / "out" / "bad").exists()
+
+
+def test_sgd_classifier_maps_rho_and_faces_the_white_box_attacks(tmp_path):
+    """``SGDClassifier(log_loss)``: α = ρ/2 (``rho_of`` inverts it), more than two classes refused (one-vs-rest),
+    and a pipeline ending in it runs back-gradient and Gradient Canceling against its surrogate."""
+    from audit.api import run_audit
+    from audit.models.surrogate import rho_of
+
+    with pytest.raises(AuditError, match="fits 3 classes one-vs-rest"):
+        check_sklearn_model(SGDClassifier(loss="log_loss"), "classification", 3)
+    data = load_dataset(DatasetSpec(name="breast_cancer"))
+    pipeline = make_pipeline(StandardScaler(), SGDClassifier(loss="log_loss", random_state=0))
+    victim = build_victim(ModelSpec(name="logreg"), TrainingSpec(), data, CPU, model_obj=pipeline)
+    fitted = victim.fit(data.x_train, data.y_train, {"l2": 0.02}, 3)
+    assert fitted.estimator[-1].alpha == pytest.approx(0.01) and fitted.estimator[-1].random_state == 3
+    assert rho_of(fitted.estimator, len(data.y_train)) == pytest.approx(0.02)
+    assert np.abs(_probabilities(fitted.module, data.x_test) - fitted.estimator.predict_proba(data.x_test)).max() < 1e-3
+    result = run_audit(_pipeline_config("sgd", candidates={"l2": [0.02]}), model=pipeline, output_dir=tmp_path, progress=False)
+    cells = [c for c in stored_cells(result.run_dir) if c.status == "ok"]
+    assert {c.attack for c in cells} == {"lf_adv", "lf_random", "back_gradient", "gradient_canceling"}

@@ -16,6 +16,8 @@ The estimator's objective is the audit's (docs: mean loss + (ρ/2)‖W‖², bia
   vector ``v`` and intercept ``b`` become the rows ``[−v/2, v/2]``, ``[−b/2, b/2]``, whose
   softmax is ``sigmoid(v·x + b)`` and whose penalty is the binary one at ρ/2 (C = 2/(ρn),
   :func:`audit.models.victim.sklearn_regularization`).
+* ``SGDClassifier(loss="log_loss", penalty="l2")``, two classes only (more are fitted one-vs-rest):
+  as the binary logistic regression, with ``alpha = ρ/2``.
 * ``Ridge``: ``coef_`` (d′,), ``intercept_`` → ``nn.Linear(d′, 1)``, output squeezed to (n,).
 
 Anything else (another transformer, an estimator whose objective is not the audit's) is refused
@@ -35,7 +37,7 @@ from audit.errors import AuditError
 
 #: transformers the surrogate differentiates through, and the linear estimators it reproduces exactly
 SUPPORTED_STEPS = ("StandardScaler", "MinMaxScaler", "MaxAbsScaler", "PolynomialFeatures")
-SURROGATE_ESTIMATORS = {"classification": ("LogisticRegression",), "regression": ("Ridge",)}
+SURROGATE_ESTIMATORS = {"classification": ("LogisticRegression", "SGDClassifier"), "regression": ("Ridge",)}
 #: estimators the audit retrains with their own solver (ρ maps onto them) but attacks only black-box
 SOLVER_ONLY = {"classification": (), "regression": ("Lasso", "ElasticNet")}
 _LOGREG_SOLVERS = ("lbfgs", "newton-cg", "newton-cholesky", "sag", "saga")
@@ -153,6 +155,16 @@ def check_sklearn_model(estimator: Any, task: str, n_classes: int | None) -> tup
         if params.get("solver") not in _LOGREG_SOLVERS:
             raise AuditError(f"model: {where} uses solver {params.get('solver')!r}, which penalises the intercept "
                              f"(liblinear) or fits one-vs-rest; use one of {', '.join(_LOGREG_SOLVERS)}")  # fmt: skip
+    if kind == "SGDClassifier":
+        params = last.get_params()
+        if params.get("loss") != "log_loss" or params.get("penalty") != "l2":
+            raise AuditError(f"model: {where} must use loss='log_loss' and penalty='l2' (got {params.get('loss')!r}, "
+                             f"{params.get('penalty')!r}): the audit's objective is the L2-regularised logistic loss")  # fmt: skip
+        if params.get("class_weight") is not None:
+            raise AuditError(f"model: {where} has class_weight; the audit's objective weighs every point alike — leave class_weight=None")
+        if n_classes is not None and n_classes > 2:
+            raise AuditError(f"model: {where} fits {n_classes} classes one-vs-rest, not the softmax objective; "
+                             "use LogisticRegression for more than two classes")  # fmt: skip
     names = [type(s).__name__ for _, s in transformers] + [kind]
     description = f"scikit-learn Pipeline({' → '.join(names)})" if last_name else f"scikit-learn {kind}"
     return description, kind in SURROGATE_ESTIMATORS[task]
@@ -226,7 +238,7 @@ def _feature_map(step: Any) -> nn.Module:
 def rho_of(estimator: Any, n_train: int, n_classes: int | None = None) -> float:
     """The audit's ρ of a scikit-learn model's own regularization on ``n_train`` points: the inverse of
     :func:`audit.models.victim.sklearn_regularization` (``LogisticRegression``: ``ρ = 1/(C·n)``, two
-    classes ``2/(C·n)``; ``Ridge``: ``ρ = alpha/n``). Put it among the candidates to audit the
+    classes ``2/(C·n)``; ``SGDClassifier``: ``ρ = 2·alpha``; ``Ridge``: ``ρ = alpha/n``). Put it among the candidates to audit the
     setting you ship (``C = inf`` → 0)."""
     _, last = final_step(estimator)
     kind = type(last).__name__
@@ -236,4 +248,6 @@ def rho_of(estimator: Any, n_train: int, n_classes: int | None = None) -> float:
         return 0.0 if np.isinf(c) else (2.0 if classes == 2 else 1.0) / (c * n_train)
     if kind == "Ridge":
         return float(last.get_params()["alpha"]) / n_train
-    raise AuditError(f"rho_of: {kind} has no L2 strength that maps onto ρ (LogisticRegression or Ridge)")
+    if kind == "SGDClassifier":
+        return 2.0 * float(last.get_params()["alpha"])
+    raise AuditError(f"rho_of: {kind} has no L2 strength that maps onto ρ (LogisticRegression, SGDClassifier or Ridge)")

@@ -382,6 +382,7 @@ def sklearn_regularization(kind: str, n_classes: int | None, rho: float, l1: flo
       victim's loss depends only on ``v = w₁ − w₀`` and its penalty is smallest at
       ``w₁ = −w₀ = v/2``, i.e. ``(ρ/2)·‖v‖²/2``: binary logistic regression at ρ/2, so
       ``C = 2/(ρn)``. The two victims then have the same decision function.
+    * ``SGDClassifier(log_loss)``, 2 classes: ``mean ℓ + (α/2)‖v‖²`` against ``(ρ/4)‖v‖²``  ⇒  ``α = ρ/2``.
     * ``Ridge``: ``‖y − Xw‖² + α‖w‖²  ⇔  mean ½(y − f)² + (α/2n)‖w‖²  ⇒  α = ρn``.
     * ``Lasso``: ``(1/2n)‖y − Xw‖² + α‖w‖₁  ⇒  α = λ₁``.
     * ``ElasticNet``: ``α·r‖w‖₁ + ½α(1 − r)‖w‖²  ⇒  α = ρ + λ₁, r = λ₁/(ρ + λ₁)``.
@@ -389,6 +390,8 @@ def sklearn_regularization(kind: str, n_classes: int | None, rho: float, l1: flo
     if kind == "LogisticRegression":
         scale = 2.0 if n_classes == 2 else 1.0
         return {"C": np.inf if rho == 0 else scale / (rho * n)}
+    if kind == "SGDClassifier":  # mean log-loss + α/2‖v‖² on one binary vector v: the binary case above, α = ρ/2
+        return {"alpha": rho / 2}
     if kind == "Lasso":
         return {"alpha": l1}
     if kind == "ElasticNet":
