@@ -259,7 +259,8 @@ def clean_unit(plan: RunPlan, candidate: str, seed: int, reuse: CleanOutcome | N
         out.failure = Failure.of(err)
         return out
     out.fitted, out.metrics, out.points = clean, (clean_val, clean_test), clean_points
-    clean_record = {**clean.train_result, "metric_se": {"val": standard_error(clean_points[0]), "test": standard_error(clean_points[1])},
+    metric_se = accuracy_se if data.task == "classification" else standard_error
+    clean_record = {**clean.train_result, "metric_se": {"val": metric_se(clean_points[0]), "test": metric_se(clean_points[1])},
                     **certified_objective(clean, data, victim, hp, 0.0)}  # fmt: skip
     out.writes.put_clean(candidate, seed, clean_val, clean_test, time.perf_counter() - t0, clean_record)
     for defense_spec in cfg.defenses:
@@ -433,14 +434,39 @@ def standard_error(points: np.ndarray) -> float:
     return float(np.std(points, ddof=1) / np.sqrt(len(points))) if len(points) > 1 else 0.0
 
 
+def accuracy_se(points: np.ndarray) -> float:
+    """SE of an accuracy in points from per-point 0/100 scores, Agresti–Coull adjusted (two successes and two
+    failures added): never 0, so a model right on every point still gets an interval of width ~1/n."""
+    n = len(points)
+    k = float(np.sum(points > 50))
+    p = (k + 2) / (n + 4)
+    return float(100.0 * math.sqrt(p * (1 - p) / (n + 4)))
+
+
+def paired_drop_se(clean: np.ndarray, poisoned: np.ndarray) -> float:
+    """SE of an accuracy drop in points, paired on the same points, Agresti–Min adjusted (½ added to each of the
+    four agreement counts): with b points the clean model gets right and the poisoned wrong, c the other way,
+    ``SE = 100·√((b′ + c′) − (b′ − c′)²/n′)/n′`` with b′ = b + ½, c′ = c + ½, n′ = n + 2. Without the
+    adjustment a cell with no discordant point had SE 0 and the interval [0, 0]."""
+    b = float(np.sum((clean > 50) & (poisoned <= 50))) + 0.5
+    c = float(np.sum((clean <= 50) & (poisoned > 50))) + 0.5
+    n = len(clean) + 2.0
+    return float(100.0 * math.sqrt(max(b + c - (b - c) ** 2 / n, 0.0)) / n)
+
+
 def _paired_errors(clean_points: tuple[np.ndarray, np.ndarray], poisoned: Any, data: Dataset) -> dict[str, float]:
     """Standard errors of one cell's figures over the split's points: the poisoned metric, and the
-    drop, paired (the same points scored by the clean and the poisoned model)."""
+    drop, paired (the same points scored by the clean and the poisoned model). Accuracies use the
+    adjusted forms (:func:`accuracy_se`, :func:`paired_drop_se`); MSEs the plain SE of the mean."""
     out = {}
     for split, clean, (x, y) in (("val", clean_points[0], (data.x_val, data.y_val)), ("test", clean_points[1], (data.x_test, data.y_test))):
         points = poisoned.pointwise(x, y)
-        out[f"{split}_metric"] = standard_error(points)
-        out[f"{split}_drop"] = standard_error(clean - points)
+        if data.task == "classification":
+            out[f"{split}_metric"] = accuracy_se(points)
+            out[f"{split}_drop"] = paired_drop_se(clean, points)
+        else:
+            out[f"{split}_metric"] = standard_error(points)
+            out[f"{split}_drop"] = standard_error(clean - points)
     return out
 
 
