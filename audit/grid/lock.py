@@ -17,6 +17,7 @@ from pathlib import Path
 from types import TracebackType
 
 from audit.errors import AuditError
+from audit.paths import refuse_link
 
 LOCK_FILE = ".poison-audit.lock"
 
@@ -32,7 +33,8 @@ class RunLock:
     def __enter__(self) -> RunLock:
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+            refuse_link(self.path)  # truncated below: never a file elsewhere
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o644)
         except OSError as err:
             raise AuditError(f"cannot write to the run directory {self.path.parent}: {err.strerror or err}") from None
         try:

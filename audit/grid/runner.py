@@ -194,6 +194,7 @@ def _prepare_store(plan: RunPlan, restart: bool) -> Store:
     refused, never written into or cleaned. ``restart`` removes only what a previous run wrote.
     """
     store = Store(plan.run_dir)
+    store.refuse_links()  # before anything reads or writes them: never a store elsewhere
     fingerprint = plan.fingerprint()
     if store.path.is_file():
         if not is_run_directory(plan.run_dir):

@@ -24,6 +24,7 @@ import numpy as np
 from audit.attacks.base import SourcedDiagnostics
 from audit.errors import AuditError
 from audit.jsonio import D
+from audit.paths import own_dir, refuse_link
 from audit.seeding import derive_seed
 
 __all__ = ["STORE_FILE", "Store", "candidate_key", "PolicyRow", "cell_key", "derive_seed"]
@@ -168,6 +169,7 @@ def remove_run(run_dir: Path) -> None:
         for leftover in run_dir.glob(f".{name}.*.tmp"):
             leftover.unlink()
     poisons = run_dir / "poisons"
+    refuse_link(poisons)  # its files are deleted: never those of a folder elsewhere
     if poisons.is_dir():
         for path in [*poisons.glob("*.npz"), *poisons.glob("*.tmp")]:
             path.unlink()
@@ -207,11 +209,17 @@ class Store:
     @property
     def db(self) -> sqlite3.Connection:
         if self._db is None:
+            self.refuse_links()
             self._db = sqlite3.connect(self.path, timeout=30)
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=NORMAL")
             self._db.executescript(_SCHEMA)
         return self._db
+
+    def refuse_links(self) -> None:
+        """The store and its side files as links (or hard-linked files) are refused: SQLite writes them in place."""
+        for name in (STORE_FILE, STORE_FILE + "-wal", STORE_FILE + "-shm", STORE_FILE + "-journal"):
+            refuse_link(self.run_dir / name)
 
     def close(self) -> None:
         if self._db is not None:
@@ -357,7 +365,7 @@ class Store:
 
     def save_poisons(self, key: str, x: np.ndarray, y: np.ndarray, diagnostics: dict) -> None:
         """Atomic write: a temporary file in the same folder, renamed into place."""
-        self.poison_dir.mkdir(parents=True, exist_ok=True)
+        own_dir(self.poison_dir)
         fd, tmp = tempfile.mkstemp(dir=self.poison_dir, suffix=".tmp")
         try:
             with os.fdopen(fd, "wb") as fh:

@@ -25,6 +25,7 @@ from audit.errors import AuditError
 from audit.grid.lock import RunLock
 from audit.grid.store import Store
 from audit.jsonio import atomic_write, finite
+from audit.paths import own_dir
 from audit.report.analysis import Analysis, analyse, fmt
 from audit.report.compliance import build_document
 from audit.report.gate import md_escape
@@ -167,8 +168,7 @@ def export(run_dir: str | Path, formats: Sequence[str] = FORMATS, sign_key: Path
                 rendered[fmt_] = document_json(doc)
             else:
                 rendered[fmt_] = model_card(a, doc)
-        out = run_dir / OUT_DIR
-        out.mkdir(exist_ok=True)
+        out = own_dir(run_dir / OUT_DIR)  # never a folder elsewhere behind a link
         written = []
         for fmt_, content in rendered.items():
             atomic_write(out / FILES[fmt_], content)
