@@ -346,3 +346,29 @@ def test_model_digests_see_the_weights_handed_over():
     fitted.coef_[0, 0] += 1e-9
     assert digest is not None and handed_over_weights(fitted) != digest
     assert handed_over_weights(LogisticRegression()) is None  # not fitted: no weights
+
+
+def test_a_change_committed_into_the_wal_after_signing_fails_verify(run_dir, keys, tmp_path):
+    """Issue 33, defect 3: export folds the write-ahead log into the store before hashing it (no side file
+    is left), and a change committed into a fresh ``-wal`` afterwards — which the gate would read — fails
+    ``verify --public-key`` naming the file (before: exit 0, and the gate flipped)."""
+    import sys
+
+    run = tmp_path / "copy"
+    shutil.copytree(run_dir, run)
+    private, public, _ = keys
+    runner = CliRunner()
+    assert runner.invoke(cli, ["export", str(run), "--format", "md", "--sign-key", str(private), "--signer", "Q. Tester"]).exit_code == 0
+    assert not (run / "results.sqlite-wal").exists() or (run / "results.sqlite-wal").stat().st_size == 0
+    from audit.report import analyse
+
+    analyse(run)  # reading the store afterwards (as gate and report do) leaves the signed bytes as they were
+    assert runner.invoke(cli, ["verify", str(run), "--public-key", str(public)]).exit_code == 0
+    tamper = ("import os, sqlite3, sys\n"
+              "db = sqlite3.connect(sys.argv[1]); db.execute('PRAGMA journal_mode=WAL'); db.execute('PRAGMA wal_autocheckpoint=0')\n"
+              "db.execute('UPDATE cells SET poisoned_test = clean_test'); db.commit()\n"
+              "os._exit(0)  # no close: the change stays in the -wal\n")  # fmt: skip
+    subprocess.run([sys.executable, "-c", tamper, str(run / "results.sqlite")], check=True)
+    assert (run / "results.sqlite-wal").stat().st_size > 0
+    result = runner.invoke(cli, ["verify", str(run), "--public-key", str(public)])
+    assert result.exit_code != 0 and "results.sqlite-wal: store changes the manifest does not cover" in result.output

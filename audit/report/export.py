@@ -23,7 +23,7 @@ from jinja2 import Environment, FileSystemLoader, select_autoescape
 
 from audit.errors import AuditError
 from audit.grid.lock import RunLock
-from audit.grid.store import Store
+from audit.grid.store import Store, checkpoint
 from audit.jsonio import atomic_write, finite
 from audit.paths import own_dir
 from audit.report.analysis import Analysis, analyse, fmt
@@ -176,6 +176,7 @@ def export(run_dir: str | Path, formats: Sequence[str] = FORMATS, sign_key: Path
         for fmt_, name in FILES.items():
             if fmt_ not in rendered and (out / name).exists():
                 (out / name).unlink()
+        checkpoint(run_dir)  # the manifest hashes the whole store: no uncommitted -wal beside it
         manifest = build_manifest(run_dir, a.config.name, __version__, signing, private.public_key() if private is not None else None)
         written.append(write_manifest(run_dir, manifest, private))
         if private is not None:

@@ -222,6 +222,11 @@ def verify(run_dir: Path, public_key_path: Path | None = None) -> Verification:
         elif sha256_file(target) != entry.get("sha256"):
             result.problems.append(f"{rel}: changed (SHA-256 differs from the manifest)")
         result.checked += 1
+    for side in ("results.sqlite-wal", "results.sqlite-journal"):  # SQLite reads these with the store: not covered, not trusted
+        side_path = run_dir / side
+        if side_path.is_file() and side_path.stat().st_size > 0:
+            result.problems.append(f"{side}: store changes the manifest does not cover (the gate and report would read them); "
+                                   "export again to fold them in and sign what they say")  # fmt: skip
     added = [rel.as_posix() for rel in artifacts(run_dir) if rel.as_posix() not in listed]
     if added:
         result.notes.append(f"not in the manifest (written after it, not part of the record): {', '.join(added[:10])}"
