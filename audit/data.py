@@ -93,8 +93,7 @@ class FeatureDomain:
 
     def contains(self, x: np.ndarray) -> bool:
         """Whether every row of ``x`` (n, d) is a point of the domain (box aside)."""
-        projected, changed = self.project(x)
-        return changed == 0
+        return self.project(x)[1] == 0
 
     def describe(self) -> dict[str, object]:
         """For summary.json and the report: the columns of each kind and the categorical groups."""
@@ -222,14 +221,27 @@ def array_digest(*arrays: np.ndarray, names: list[str] | None = None) -> str:
 
 
 # --------------------------------------------------------------------------- splitting
+def split_indices(n: int, val: float, test: float, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``(train, val, test)`` row indices: a shuffle with ``seed`` cut into val/test (fractions rounded or counts;
+    train gets the rest)."""
+    order = np.random.default_rng(seed).permutation(n)
+    n_val, n_test = (int(v) if v >= 1 else round(v * n) for v in (val, test))
+    if n_val + n_test >= n:
+        raise AuditError(f"dataset: {n_val} validation + {n_test} test points leave no training data of {n}")
+    return order[n_val + n_test :], order[:n_val], order[n_val : n_val + n_test]
+
+
 def split_pool(x: np.ndarray, y: np.ndarray, val: float, test: float, seed: int) -> tuple[np.ndarray, ...]:
-    """Shuffle with ``seed`` and cut into train/val/test (fractions rounded or counts; train gets the rest)."""
-    order = np.random.default_rng(seed).permutation(len(y))
-    n_val, n_test = (int(v) if v >= 1 else round(v * len(y)) for v in (val, test))
-    if n_val + n_test >= len(y):
-        raise AuditError(f"dataset: {n_val} validation + {n_test} test points leave no training data of {len(y)}")
-    i_val, i_test, i_train = order[:n_val], order[n_val : n_val + n_test], order[n_val + n_test :]
+    """Shuffle with ``seed`` and cut into train/val/test (:func:`split_indices`)."""
+    i_train, i_val, i_test = split_indices(len(y), val, test, seed)
     return x[i_train], y[i_train], x[i_val], y[i_val], x[i_test], y[i_test]
+
+
+def looks_like_classes(y: np.ndarray) -> bool:
+    """The task a label column suggests when none is given: whole numbers with at most max(20, n/10)
+    distinct values are classes, anything else a regression response."""
+    integral = np.issubdtype(y.dtype, np.integer) or bool(np.all(np.mod(y, 1) == 0))
+    return integral and len(np.unique(y)) <= max(20, len(y) // 10)
 
 
 def _minmax_scale(parts: list[np.ndarray], reference: np.ndarray) -> list[np.ndarray]:
@@ -577,8 +589,7 @@ def from_frame(frame: object, label: str, *, task: str | None = None, val: float
     features = df.drop(columns=[label])
     numeric_label = pd.api.types.is_numeric_dtype(y_raw) and not pd.api.types.is_bool_dtype(y_raw)
     if task is None:
-        integral = numeric_label and bool(np.all(np.mod(y_raw.to_numpy(np.float64), 1) == 0))
-        task = "classification" if not numeric_label or (integral and y_raw.nunique() <= max(20, len(y_raw) // 10)) else "regression"
+        task = "classification" if not numeric_label or looks_like_classes(y_raw.to_numpy(np.float64)) else "regression"
     class_names: tuple[str, ...] | None = None
     if task == "classification":
         values = sorted(y_raw.unique().tolist(), key=lambda v: (str(type(v)), v))
@@ -589,11 +600,7 @@ def from_frame(frame: object, label: str, *, task: str | None = None, val: float
         raise AuditError(f"dataset: label column {label!r} is not numeric, so it cannot be a regression response")
     else:
         y = y_raw.to_numpy(np.float32)
-    order = np.random.default_rng(seed).permutation(len(df))
-    n_val, n_test = (int(v) if v >= 1 else round(v * len(df)) for v in (val, test))
-    if n_val + n_test >= len(df):
-        raise AuditError(f"dataset: {n_val} validation + {n_test} test points leave no training data of {len(df)}")
-    parts = {"val": order[:n_val], "test": order[n_val : n_val + n_test], "train": order[n_val + n_test :]}
+    parts = dict(zip(("train", "val", "test"), split_indices(len(df), val, test, seed)))  # as split_pool cuts arrays
     train = features.iloc[parts["train"]]
     columns: list[np.ndarray] = []
     names: list[str] = []
@@ -751,8 +758,7 @@ def _load_dataset(spec: DatasetSpec) -> Dataset:
             else:
                 x, y = _read_csv(path, spec.label_column or "")
         if task is None:
-            integral = np.issubdtype(y.dtype, np.integer) or np.all(np.mod(y, 1) == 0)
-            task = "classification" if integral and len(np.unique(y)) <= max(20, len(y) // 10) else "regression"
+            task = "classification" if looks_like_classes(y) else "regression"
 
     x = np.asarray(x)
     y = np.asarray(y)

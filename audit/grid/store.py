@@ -178,9 +178,9 @@ def remove_run(run_dir: Path) -> None:
 
 
 def checkpoint(run_dir: Path) -> None:
-    """Fold the store's write-ahead log into ``results.sqlite`` and leave no side file (call with the run's lock
-    held): what a manifest hashes is then the whole store — a change committed into a ``-wal`` the manifest did
-    not cover would otherwise pass ``verify`` while the gate reads it. One line when it cannot."""
+    """Fold the store's write-ahead log into ``results.sqlite`` and truncate it (call with the run's lock held):
+    what a manifest hashes is then the whole store — a change committed into a ``-wal`` the manifest did not
+    cover would otherwise pass ``verify`` while the gate reads it. One line when a non-empty log is left."""
     run_dir = Path(run_dir)
     store = Store(run_dir)
     store.refuse_links()

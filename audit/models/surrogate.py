@@ -146,12 +146,12 @@ def check_sklearn_model(estimator: Any, task: str, n_classes: int | None) -> tup
     if kind not in SURROGATE_ESTIMATORS[task] + SOLVER_ONLY[task]:
         raise AuditError(f"model: {where} is not supported for {task}; use {_final_list(task)} "
                          "(the L2 strength ρ must map onto its regularization parameter)")  # fmt: skip
+    if last.get_params().get("class_weight") is not None:
+        raise AuditError(f"model: {where} has class_weight; the audit's objective weighs every point alike — leave class_weight=None")
     if kind == "LogisticRegression":
         params = last.get_params()
         if float(params.get("l1_ratio") or 0.0) > 0 or params.get("penalty") in ("l1", "elasticnet"):
             raise AuditError(f"model: {where} has an L1 part (l1_ratio / penalty); the audit's objective is L2 only — use l1_ratio=0")
-        if params.get("class_weight") is not None:
-            raise AuditError(f"model: {where} has class_weight; the audit's objective weighs every point alike — leave class_weight=None")
         if params.get("solver") not in _LOGREG_SOLVERS:
             raise AuditError(f"model: {where} uses solver {params.get('solver')!r}, which penalises the intercept "
                              f"(liblinear) or fits one-vs-rest; use one of {', '.join(_LOGREG_SOLVERS)}")  # fmt: skip
@@ -160,8 +160,6 @@ def check_sklearn_model(estimator: Any, task: str, n_classes: int | None) -> tup
         if params.get("loss") != "log_loss" or params.get("penalty") != "l2":
             raise AuditError(f"model: {where} must use loss='log_loss' and penalty='l2' (got {params.get('loss')!r}, "
                              f"{params.get('penalty')!r}): the audit's objective is the L2-regularised logistic loss")  # fmt: skip
-        if params.get("class_weight") is not None:
-            raise AuditError(f"model: {where} has class_weight; the audit's objective weighs every point alike — leave class_weight=None")
         if n_classes is not None and n_classes > 2:
             raise AuditError(f"model: {where} fits {n_classes} classes one-vs-rest, not the softmax objective; "
                              "use LogisticRegression for more than two classes")  # fmt: skip
