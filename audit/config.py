@@ -309,6 +309,29 @@ class AdaptiveSpec(StrictModel):
     rounds: int = Field(2, ge=0, le=10)
 
 
+class ThreatSpec(StrictModel):
+    """What the attacker reads besides the training data (README: Threat model).
+
+    ``attacker_reads``: ``attacker_split`` (the default) — the attacks measure their objective on
+    D_att, a held-out sample of the distribution of their own, so the defender's selection split
+    D_val is never what an attacker optimised; ``validation`` — the papers' setting, where the
+    attacker reads D_val (for reproductions; every output labels it). ``attacker_split``: how much
+    is carved out as D_att when the data does not give ``x_att``/``y_att``: a fraction (or a count
+    ≥ 1) of the training portion when the audit splits the data itself (default 0.25), of D_val
+    when the user fixed the training split (default 0.5).
+    """
+
+    attacker_reads: Literal["attacker_split", "validation"] = "attacker_split"
+    attacker_split: float | None = Field(None, gt=0)
+
+    @field_validator("attacker_split")
+    @classmethod
+    def _share(cls, value: float | None) -> float | None:
+        if value is not None and value >= 1 and int(value) != value:
+            raise ValueError(f"a fraction in (0, 1) or a whole count ≥ 1 (got {value})")
+        return value
+
+
 CONFIRM_SUFFIX = "@paper"
 """What a confirmation attack's key ends with: ``back_gradient@paper`` is the battery's back-gradient
 at its paper's settings, run to confirm a verdict screened with a reduced profile."""
@@ -421,6 +444,7 @@ class AuditConfig(StrictModel):
     minimax: MinimaxSpec | None = None
     adaptive: AdaptiveSpec = AdaptiveSpec()
     confirm: ConfirmSpec = ConfirmSpec()
+    threat: ThreatSpec = ThreatSpec()
     executor: ExecutorSpec = ExecutorSpec()
     system: SystemSpec = SystemSpec()
 

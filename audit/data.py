@@ -121,6 +121,18 @@ def domain_sentence(described: dict[str, Any]) -> str:
             "largest entry, integers rounded, binary features thresholded), so it is a point your data could hold.")  # fmt: skip
 
 
+def attacker_sentence(described: dict[str, Any]) -> str:
+    """What the attacks read besides the training data, in words, from :meth:`Dataset.describe`'s entry
+    (None before the attacker's split existed: runs of older versions, which read D_val)."""
+    if described.get("attacker_reads") == "attacker_split":
+        return (f"D_att, {described['n_att']} points of the data's distribution ({described.get('attacker_split')}): the "
+                f"attacks optimise their objective there; none reads the {described['n_val']} validation points the "
+                "recommendation is chosen on, nor the test points it is stated on")  # fmt: skip
+    return ("the validation split — the papers' setting (threat.attacker_reads: validation): the recommendation is chosen "
+            "on the split the attacker optimised, so its validation damage overstates and favours the setting the attack "
+            "fitted worst; judge by the test figures")  # fmt: skip
+
+
 @dataclass(frozen=True)
 class Dataset:
     """Train/validation/test splits of one task, with the feature box.
@@ -156,6 +168,44 @@ class Dataset:
     class_names: tuple[str, ...] | None = None
     #: what each feature can be (a table's integer, binary and categorical columns); None: continuous in the box
     domain: FeatureDomain | None = None
+    #: D_att, the attacker's target set (README: Threat model): given with the data, or carved by
+    #: :meth:`with_attacker_split`; None: the attacks read D_val (the papers' setting)
+    x_att: np.ndarray | None = None
+    y_att: np.ndarray | None = None
+
+    def attacker_target(self) -> tuple[np.ndarray, np.ndarray]:
+        """The points an attack's objective is measured on: D_att, or D_val in the papers' setting
+        (``threat.attacker_reads: validation``) — never D_val otherwise, so selection is not on the attacker's split."""
+        if self.x_att is not None and self.y_att is not None:
+            return self.x_att, self.y_att
+        return self.x_val, self.y_val
+
+    def with_attacker_split(self, reads: str, fraction: float | None, seed: int) -> Dataset:
+        """A copy whose attacks target their own split D_att (``reads='attacker_split'``), or D_val (``'validation'``).
+
+        D_att is the data's own ``x_att``/``y_att`` when given; else it is carved, by a seeded shuffle
+        stratified by class, from the training portion when the audit split the data itself (built-ins,
+        CSV, an npz of training data only, a DataFrame: ``fraction`` default 0.25), or from D_val when the
+        user fixed the training split (an npz with its own splits, a :class:`Dataset` handed to the audit, or
+        any data when a trained model is handed over: ``fraction`` default 0.5) — the model the user deploys
+        is trained on all of their training split, so it is never cut.
+        ``fraction`` may be a count ≥ 1.
+        """
+        if reads == "validation":
+            return dataclasses.replace(self, x_att=None, y_att=None, notes={**self.notes, "attacker": "validation"})
+        if self.x_att is not None:
+            return dataclasses.replace(self, notes={**self.notes, "attacker": "given"})
+        source = "train" if self.notes.get("split_by") in ("audit", "frame") else "val"
+        x, y = (self.x_train, self.y_train) if source == "train" else (self.x_val, self.y_val)
+        share = fraction if fraction is not None else (0.25 if source == "train" else 0.5)
+        n_att = int(share) if share >= 1 else round(share * len(y))
+        if not 1 <= n_att < len(y):
+            raise AuditError(f"threat.attacker_split: {share:g} of the {len(y)} {'training' if source == 'train' else 'validation'} "
+                             "points leaves no attacker split or nothing of that split; change threat.attacker_split")  # fmt: skip
+        keep, att = _carve(y, n_att, seed, self.task == "classification")
+        notes = {**self.notes, "attacker": f"carved from {'training' if source == 'train' else 'validation'} ({n_att} points)"}
+        parts = {"x_att": x[att], "y_att": y[att], f"x_{source}": x[keep], f"y_{source}": y[keep]}
+        return dataclasses.replace(self, notes=notes, **parts)
 
     def defense_validation(self) -> tuple[np.ndarray, np.ndarray]:
         """The validation points a defense may read: its own part of D_val when the audit split it, else all of D_val."""
@@ -176,8 +226,10 @@ class Dataset:
     def digests(self) -> dict[str, str]:
         """SHA-256 of each split as loaded (features then labels, with their dtypes and shapes):
         ``train``, ``validation`` (the selection part when a defense reads its own part),
-        ``defense_validation`` when split, and ``test`` — what the compliance record identifies."""
+        ``defense_validation`` when split, ``attacker`` (D_att) when there is one, and ``test`` — what the compliance record identifies."""
         splits = {"train": (self.x_train, self.y_train), "validation": (self.x_val, self.y_val), "test": (self.x_test, self.y_test)}
+        if self.x_att is not None and self.y_att is not None:
+            splits["attacker"] = (self.x_att, self.y_att)
         if self.defense_val is not None:
             splits["defense_validation"] = self.defense_val
         return {name: array_digest(*arrays) for name, arrays in splits.items()}
@@ -202,6 +254,9 @@ class Dataset:
             "image_shape": list(self.image_shape) if self.image_shape else None,
             "feature_box": [float(self.lo.min()), float(self.hi.max())],
             "n_val_defense": None if self.defense_val is None else len(self.defense_val[1]),
+            "n_att": None if self.y_att is None else len(self.y_att),
+            "attacker_reads": "validation" if self.y_att is None else "attacker_split",
+            "attacker_split": self.notes.get("attacker"),
             "synthetic": self.notes.get("synthetic"),
             "class_names": list(self.class_names) if self.class_names else None,
             "domain": self.domain.describe() if self.domain is not None else None,
@@ -235,6 +290,18 @@ def split_pool(x: np.ndarray, y: np.ndarray, val: float, test: float, seed: int)
     """Shuffle with ``seed`` and cut into train/val/test (:func:`split_indices`)."""
     i_train, i_val, i_test = split_indices(len(y), val, test, seed)
     return x[i_train], y[i_train], x[i_val], y[i_val], x[i_test], y[i_test]
+
+
+def _carve(y: np.ndarray, n_out: int, seed: int, stratify: bool) -> tuple[np.ndarray, np.ndarray]:
+    """``(keep, out)``: sorted row indices, ``n_out`` of them set aside by a seeded shuffle, stratified by class
+    where every class has two or more rows and ``n_out`` holds one of each."""
+    from sklearn.model_selection import train_test_split
+
+    rows = np.arange(len(y))
+    counts = np.unique(y, return_counts=True)[1] if stratify else np.zeros(0)
+    strata = y if stratify and counts.min() >= 2 and len(counts) <= n_out <= len(y) - len(counts) else None
+    keep, out = train_test_split(rows, test_size=n_out, random_state=seed, stratify=strata)
+    return np.sort(keep), np.sort(out)
 
 
 def looks_like_classes(y: np.ndarray) -> bool:
@@ -398,7 +465,7 @@ BUILTIN: dict[str, tuple[Callable[[int], tuple[np.ndarray, np.ndarray, dict]], s
 }
 
 USER_FORMATS: dict[str, str] = {
-    "npz": ".npz with x_train, y_train [, x_val, y_val, x_test, y_test, lo, hi]",
+    "npz": ".npz with x_train, y_train [, x_val, y_val, x_test, y_test, x_att, y_att, lo, hi]",
     "csv": ".csv with a header; label_column names the label/response column, the rest are features",
     "image_folder": "folder of class sub-folders of images (png/jpg), all of one size",
 }
@@ -421,7 +488,7 @@ def _read_npz(path: Path) -> dict[str, np.ndarray]:
     for key in ("x_train", "y_train"):
         if key not in arrays:
             raise AuditError(f"{path}: missing array {key!r} (found {', '.join(sorted(arrays)) or 'none'})")
-    for a, b in (("x_val", "y_val"), ("x_test", "y_test")):
+    for a, b in (("x_val", "y_val"), ("x_test", "y_test"), ("x_att", "y_att")):
         if (a in arrays) != (b in arrays):
             raise AuditError(f"{path}: {a!r} and {b!r} must be given together")
     return arrays
@@ -532,7 +599,9 @@ def check_dataset(data: object) -> Dataset:
     if data.task not in ("classification", "regression"):
         raise AuditError(f"dataset: task must be 'classification' or 'regression' (got {data.task!r})")
     arrays: dict[str, tuple[np.ndarray, np.ndarray]] = {}
-    for part in ("train", "val", "test"):
+    if (data.x_att is None) != (data.y_att is None):
+        raise AuditError("dataset: x_att and y_att (the attacker's split) must be given together")
+    for part in ("train", "val", "test", *(("att",) if data.x_att is not None else ())):
         try:
             x, y = np.asarray(getattr(data, f"x_{part}")), np.asarray(getattr(data, f"y_{part}"))
         except (TypeError, ValueError) as err:
@@ -631,7 +700,7 @@ def from_frame(frame: object, label: str, *, task: str | None = None, val: float
     data = Dataset(name=name, task=task, x_train=x_tr.astype(f32), y_train=y_tr, x_val=x[parts["val"]].astype(f32), y_val=y[parts["val"]],
                    x_test=x[parts["test"]].astype(f32), y_test=y[parts["test"]], lo=x_tr.min(axis=0).astype(f32),
                    hi=x_tr.max(axis=0).astype(f32), n_classes=len(class_names) if class_names else None, class_names=class_names,
-                   domain=domain)  # fmt: skip
+                   domain=domain, notes={"split_by": "frame"})  # fmt: skip
     return check_dataset(data)
 
 
@@ -747,7 +816,7 @@ def _load_dataset(spec: DatasetSpec) -> Dataset:
             if spec.name == "npz":
                 given = _read_npz(path)
                 x, y = given.pop("x_train"), given.pop("y_train")
-                for key in ("y_train", *(k for k in ("y_val", "y_test") if k in given)):
+                for key in ("y_train", *(k for k in ("y_val", "y_test", "y_att") if k in given)):
                     labels = y if key == "y_train" else given[key]
                     if not np.issubdtype(labels.dtype, np.number) or np.issubdtype(labels.dtype, np.complexfloating):
                         raise AuditError(f"{path}: {key} must be numeric labels or responses (got dtype {labels.dtype})")
@@ -765,10 +834,15 @@ def _load_dataset(spec: DatasetSpec) -> Dataset:
     _check_split("x_train/y_train" if given or spec.name == "npz" else "data", x, y, None)
     d = int(np.prod(x.shape[1:]))
     x = x.reshape(len(x), d)
+    x_at = y_at = None
+    if "x_att" in given:  # the user's own attacker split (README: Threat model)
+        x_at, y_at = given.pop("x_att"), given.pop("y_att")
+        _check_split("x_att/y_att", x_at, y_at, d)
+        x_at = x_at.reshape(len(x_at), d)
     if spec.classes is not None:
         if task == "regression":
             raise AuditError("dataset.classes: only for classification data")
-        if given:
+        if given or x_at is not None:
             raise AuditError("dataset.classes: not supported for npz files with their own splits; filter the file")
         present = set(np.unique(y).tolist())
         missing = [c for c in spec.classes if c not in present]
@@ -809,13 +883,15 @@ def _load_dataset(spec: DatasetSpec) -> Dataset:
 
     n_classes = None
     if task == "classification":
-        n_classes = _check_labels({"y_train": y_tr, "y_val": y_va, "y_test": y_te})
+        n_classes = _check_labels({"y_train": y_tr, "y_val": y_va, "y_test": y_te, **({"y_att": y_at} if y_at is not None else {})})
         y_tr, y_va, y_te = (v.astype(np.int64) for v in (y_tr, y_va, y_te))
+        y_at = y_at.astype(np.int64) if y_at is not None else None
     else:
-        if meta.get("scale"):  # regression paper: features *and* response in [0, 1]
+        if meta.get("scale"):  # regression paper: features *and* response in [0, 1] (a pool split: no given D_att)
             y_tr, y_va, y_te = (v[:, None] for v in (y_tr, y_va, y_te))
             y_tr, y_va, y_te = (v[:, 0] for v in _minmax_scale([y_tr, y_va, y_te], y_tr))
         y_tr, y_va, y_te = (v.astype(np.float32) for v in (y_tr, y_va, y_te))
+        y_at = y_at.astype(np.float32) if y_at is not None else None
 
     if meta.get("scale"):
         x_tr, x_va, x_te = _minmax_scale([x_tr, x_va, x_te], x_tr)
@@ -840,6 +916,7 @@ def _load_dataset(spec: DatasetSpec) -> Dataset:
     notes = {"classes": ", ".join(classes)} if classes else {}
     if meta.get("synthetic"):
         notes["synthetic"] = meta["synthetic"]
+    notes["split_by"] = "user" if ("x_val" in given or "x_test" in given) else "audit"  # who chose the training split
     f32 = np.float32
     return Dataset(
         name=spec.name if spec.name in BUILTIN else f"{spec.name}:{Path(spec.path or '').name}",
@@ -855,4 +932,6 @@ def _load_dataset(spec: DatasetSpec) -> Dataset:
         n_classes=n_classes,
         image_shape=meta.get("image_shape"),
         notes=notes,
+        x_att=x_at.astype(f32) if x_at is not None else None,
+        y_att=y_at,
     )

@@ -95,3 +95,30 @@ class Diagnostics:
         """Read stored diagnostics back; fields this version does not declare are ignored (older/newer runs)."""
         names = {f.name for f in fields(cls)}
         return cls(**{k: v for k, v in (values or {}).items() if k in names})
+
+
+def pack_points(points: Any, task: str) -> dict[str, Any]:
+    """One split's per-point metric (:meth:`audit.models.victim.Fitted.pointwise`, shape (n,)) as JSON: a bit per
+    point for classification (correct or not), float32 squared errors for regression, base64 either way."""
+    import base64
+
+    import numpy as np
+
+    points = np.asarray(points)
+    if task == "classification":
+        return {"encoding": "bits", "n": len(points), "data": base64.b64encode(np.packbits(points > 0).tobytes()).decode()}
+    return {"encoding": "float32", "n": len(points), "data": base64.b64encode(points.astype("<f4").tobytes()).decode()}
+
+
+def unpack_points(packed: dict[str, Any]) -> Any:
+    """:func:`pack_points` reversed: shape (n,) float64, 100 × correct or the squared error; None when not recorded."""
+    import base64
+
+    import numpy as np
+
+    if not packed or "data" not in packed:
+        return None
+    raw = base64.b64decode(packed["data"])
+    if packed.get("encoding") == "bits":
+        return 100.0 * np.unpackbits(np.frombuffer(raw, np.uint8))[: int(packed["n"])].astype(np.float64)
+    return np.frombuffer(raw, "<f4").astype(np.float64)

@@ -35,6 +35,14 @@ def tiny_config(**overrides: Any) -> dict[str, Any]:
     return cfg
 
 
+def tiny_n_train() -> int:
+    """breast_cancer's training split as the audit trains on it: 341 points less the attacker's split D_att
+    (a quarter, carved under the default threat)."""
+    from audit.data import DatasetSpec, load_dataset
+
+    return len(load_dataset(DatasetSpec(name="breast_cancer")).with_attacker_split("attacker_split", None, 0).y_train)
+
+
 @pytest.fixture
 def tiny() -> dict[str, Any]:
     return tiny_config()

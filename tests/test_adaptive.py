@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from audit.catalog import PROFILES
 from audit.attacks import ATTACKS, AttackContext
+from audit.catalog import PROFILES
 from audit.config import AttackSpec, DatasetSpec, DefenseSpec, ModelSpec, TrainingSpec, parse_config
 from audit.data import load_dataset
 from audit.defenses import DEFENSES

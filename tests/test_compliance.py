@@ -58,8 +58,8 @@ def test_record_json_has_every_section_and_the_digests(run_dir):
     doc = json.loads((run_dir / "compliance" / "record.json").read_text())
     assert [s["id"] for s in doc["sections"]] == SECTIONS
     facts = doc["facts"]
-    data = load_dataset(DatasetSpec(name="breast_cancer"))
-    assert facts["data_sha256"] == data.digests() and set(facts["data_sha256"]) == {"train", "validation", "test"}
+    data = load_dataset(DatasetSpec(name="breast_cancer")).with_attacker_split("attacker_split", None, 0)
+    assert facts["data_sha256"] == data.digests() and set(facts["data_sha256"]) == {"train", "attacker", "validation", "test"}
     summary = json.loads((run_dir / "summary.json").read_text())
     assert facts["fingerprint"] == summary["fingerprint"]
     store = Store.open_existing(run_dir)

@@ -85,7 +85,8 @@ def test_a_confirmation_that_makes_the_pick_worse_confirms_the_runner_up_and_dec
     # fabricate: the pick's confirmation cells found far more damage; the runner-up is not confirmed yet
     db = sqlite3.connect(run_dir / "results.sqlite")
     with db:
-        db.execute("UPDATE cells SET poisoned_val = 0.0, poisoned_test = 0.0 WHERE attack LIKE '%@paper' AND candidate = ?", (pick[0],))
+        db.execute("UPDATE cells SET poisoned_val = 0.0, poisoned_test = 0.0, diagnostics = json_remove(diagnostics, '$.val_points') "
+                   "WHERE attack LIKE '%@paper' AND candidate = ?", (pick[0],))  # fmt: skip
         db.execute("DELETE FROM cells WHERE attack LIKE '%@paper' AND candidate != ?", (pick[0],))
         state = json.loads(db.execute("SELECT value FROM meta WHERE key = 'confirmation'").fetchone()[0])
         state.update(pairs=[pick], rounds=[{"recommended": pick, "confirmed": [pick]}], status="running",

@@ -14,6 +14,7 @@ from audit.errors import AuditError
 from audit.grid.minimax import lam_of, rho, select
 from audit.grid.runner import plan_audit, run_audit
 from audit.grid.store import Store
+from tests.conftest import tiny_n_train
 
 
 def minimax_config(tmp_path, **overrides):
@@ -55,7 +56,7 @@ def test_every_policy_budget_and_seed_is_stored(finished):
     cfg, run_dir = finished
     rows = _rows(run_dir)
     assert sorted((r.policy, r.budget) for r in rows) == sorted((p, e) for p in ("clean_cv", "retuned", "rmd") for e in (0.0, 0.05, 0.15))
-    n = 569 - round(0.2 * 569) - round(0.2 * 569)
+    n = tiny_n_train()
     for r in rows:
         n_total = n + round(r.budget * n)
         assert r.l2 == pytest.approx(math.exp(r.lam) / n_total)  # ρ = e^λ / N

@@ -110,10 +110,44 @@ def test_settings_tied_within_their_intervals_go_to_the_better_clean_accuracy():
     assert lo == pytest.approx(85.0 - 1.96 * 1.0, abs=1e-2) and hi == pytest.approx(85.0 + 1.96 * 1.0, abs=1e-2)
     rec = recommend(summaries, 0.1, tolerance=1.0)
     assert json.loads(rec.key) == {"l2": 0.0}
-    assert "ρ=0.01 has the best worst case by its point estimate, but ρ=0 is tied with it within the 95 % intervals" in rec.reason
+    assert "ρ=0.01 has the best worst case by its point estimate, but ρ=0 is tied with it — their 95 % intervals overlap (unpaired" in rec.reason
     tight, clean = _cells_with_se(table, 0.01)  # precise cells: no tie, the point estimate decides
     rec = recommend(aggregate(tight, clean, [{"l2": k} for k in table], ["a"], [0.1], [0], "none"), 0.1, tolerance=1.0)
     assert json.loads(rec.key) == {"l2": 0.01} and "tied" not in rec.reason
+
+
+def test_ties_are_paired_where_per_point_outcomes_are_recorded():
+    """Two settings scored on the same 1000 validation points: ρ=0.01 is right wherever ρ=0 is, and on 40 more.
+    Their unpaired intervals overlap (4 points apart, SE ≈ 1.3 each) but the paired difference (SE ≈ 0.62) is
+    not 0: ρ=0.01 wins although ρ=0 has the better clean accuracy. With the same outcomes they are tied."""
+    import numpy as np
+
+    from audit.jsonio import pack_points
+    from audit.report.recommend import paired_difference
+
+    rng = np.random.default_rng(0)
+    base = rng.random(1000) < 0.80
+    better = base.copy()
+    better[np.flatnonzero(~base)[:40]] = True
+    table = {0.0: (90.0, 91.0, {("a", 0.1): (100 * base.mean(), 80.0)}), 0.01: (89.5, 90.0, {("a", 0.1): (100 * better.mean(), 84.0)})}
+    for outcome_0, expected in ((base, {"l2": 0.01}), (better, {"l2": 0.0})):
+        cells, clean = _cells_with_se(table, 1.3)
+        for c, points in zip(cells, (outcome_0, better)):
+            c.diagnostics = json.dumps({**json.loads(c.diagnostics), "val_points": pack_points(100.0 * points, "classification")})
+            c.poisoned_val = 100 * points.mean()
+        summaries = aggregate(cells, clean, [{"l2": k} for k in table], ["a"], [0.1], [0], "none")
+        by = {s.hparams["l2"]: s for s in summaries}
+        lo0, hi0 = by[0.0].worst_val_ci[0.1]
+        lo1, _ = by[0.01].worst_val_ci[0.1]
+        rec = recommend(summaries, 0.1, tolerance=1.0)
+        assert json.loads(rec.key) == expected
+        if expected == {"l2": 0.01}:
+            assert lo1 <= hi0  # the unpaired intervals overlap: the old rule would have tied them and picked ρ=0
+            mean, se = paired_difference(by[0.01], by[0.0], 0.1)
+            assert mean == pytest.approx(4.0) and se == pytest.approx(100 * np.sqrt(0.04 * 0.96 / 999 * 1000) / np.sqrt(1000), rel=1e-3)
+            assert "tied" not in rec.reason
+        else:
+            assert "the 95 % interval of their paired difference (same validation points and seeds) contains 0" in rec.reason
 
 
 def test_paired_intervals_cover_the_true_drop_at_about_the_nominal_rate():

@@ -6,8 +6,8 @@ import xml.etree.ElementTree as ET
 import numpy as np
 import pytest
 
-from audit.errors import AuditError
 from audit.config import parse_config
+from audit.errors import AuditError
 from audit.grid.runner import run_audit
 from audit.report import templates_dir, write_report
 from audit.report.gate import gate

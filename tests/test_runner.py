@@ -15,7 +15,7 @@ from audit.config import parse_config
 from audit.defenses import Defense, DefenseResult
 from audit.errors import AuditError
 from audit.grid.runner import run_audit
-from tests.conftest import count_ok, tiny_config, write_yaml
+from tests.conftest import count_ok, tiny_config, tiny_n_train, write_yaml
 from tests.conftest import stored_cells as _cells
 from tests.ray_helpers import Exploding
 
@@ -26,8 +26,9 @@ def test_tiny_grid_fills_every_cell_once(tmp_path, tiny):
     assert len(cells) == 8 and {c.status for c in cells} == {"ok"}
     assert len({c.cell_key for c in cells}) == 8
     assert [c.position for c in cells] == list(range(8))
+    n = tiny_n_train()
     for c in cells:
-        assert c.n_poison == round(c.budget * 341) and c.poisons_removed == 0 and c.clean_removed == 0
+        assert c.n_poison == round(c.budget * n) and c.poisons_removed == 0 and c.clean_removed == 0
         assert c.device == "cpu" and c.seconds > 0
 
 
@@ -71,7 +72,7 @@ class _DropFlagged(Defense):
 
     def apply(self, x, y, victim, hparams):
         keep = np.ones(len(y), bool)
-        keep[len(y) - round(self.rate * 341) :] = False
+        keep[len(y) - round(self.rate * tiny_n_train()) :] = False
         return DefenseResult(keep=keep, diagnostics={"removed": int((~keep).sum())})
 
 

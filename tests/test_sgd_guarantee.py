@@ -65,7 +65,7 @@ def test_cells_of_a_convex_victim_under_a_modifying_attack_carry_the_guarantee(t
     from audit.config import parse_config
     from audit.grid.runner import run_audit
     from audit.report import write_report
-    from tests.conftest import stored_cells, tiny_config
+    from tests.conftest import stored_cells, tiny_config, tiny_n_train
 
     cfg = tiny_config(attacks=[{"name": "regime_c", "id": "flip", "params": {"variant": "random"}},
                                {"name": "label_flip", "id": "lf", "params": {"variant": "random"}}],
@@ -76,7 +76,7 @@ def test_cells_of_a_convex_victim_under_a_modifying_attack_carry_the_guarantee(t
     assert len(flips) == 2
     for c in flips:
         g = json.loads(c.diagnostics)["sgd_guarantee"]
-        assert 0 <= g["measured"] <= g["bound"] and g["zeta_sum"] > 0 and g["steps"] == 341
+        assert 0 <= g["measured"] <= g["bound"] and g["zeta_sum"] > 0 and g["steps"] == tiny_n_train()
     assert all("sgd_guarantee" not in json.loads(c.diagnostics) for c in cells if c.attack == "lf")  # injection: no pairing
     html = write_report(run).read_text()
     assert "SGD&#39;s guarantee" in html or "SGD's guarantee" in html

@@ -351,7 +351,8 @@ def auto_target(fitted: Any, data: Any, eps: float, l2: float, eps_w_grid: list[
     for eps_w in eps_w_grid:
         base, _ = target_by_gradpc(fitted, data, eps_w, steps)
         s, th = scale_to_budget(base, data.x_train, data.y_train, l2, data.n_classes, eps)
-        acc = module_metric(base, data.x_val, data.y_val, "classification")
+        x_att, y_att = data.attacker_target()  # the attacker's own split (D_val only in the papers' setting)
+        acc = module_metric(base, x_att, y_att, "classification")
         key = (acc, -s)
         if best is None or key < (best[0], best[1]):
             best = (acc, -s, base, {"target": "auto", "eps_w": eps_w, "scale": s, "target_tau_rho_2": th.tau_rho_2})

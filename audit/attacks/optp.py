@@ -131,7 +131,8 @@ class OptP(AuditAttack, PoisoningAttackWhiteBox):
     def for_cell(cls, params: dict[str, Any], ctx: AttackContext) -> OptP:
         data = ctx.dataset
         y_range = (float(data.y_train.min()), float(data.y_train.max()))
-        return cls(budget=ctx.budget, x_val=data.x_val, y_val=data.y_val, l2=ctx.victim.l2(ctx.hparams),
+        x_att, y_att = data.attacker_target()  # D_att (D_val only in the papers' setting)
+        return cls(budget=ctx.budget, x_val=x_att, y_val=y_att, l2=ctx.victim.l2(ctx.hparams),
                    l1=ctx.victim.l1(ctx.hparams), box=ctx.box, y_range=y_range, seed=ctx.seed, **params)  # fmt: skip
 
     # ------------------------------------------------------------------ objectives

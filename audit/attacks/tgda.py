@@ -258,7 +258,8 @@ class TGDA(AuditAttack, PoisoningAttackTransformer, PoisoningAttackWhiteBox):
         data = ctx.dataset
         if data.task != "classification":
             raise AuditError("tgda is a classification attack; use optp or statp for regression")
-        return cls(module, x_val=data.x_val, y_val=data.y_val, budget=ctx.budget, n_classes=data.n_classes, l2=ctx.l2,
+        x_att, y_att = data.attacker_target()  # D_att (D_val only in the papers' setting)
+        return cls(module, x_val=x_att, y_val=y_att, budget=ctx.budget, n_classes=data.n_classes, l2=ctx.l2,
                    box=ctx.box, image_shape=data.image_shape, seed=ctx.seed, **params)  # fmt: skip
 
     # ------------------------------------------------------------------ the generator

@@ -178,6 +178,7 @@ def _attack_summary(diag: BackGradientDiagnostics) -> dict[str, Any]:
 
 def _back_gradient(data: Any, fitted: Any, eps: float, l2: float, seed: int, params: dict[str, Any]) -> BackGradient:
     """The stage's back-gradient attack against ``fitted`` at budget ``eps``, with the victim's ρ ``l2``."""
-    return BackGradient(fitted.require_module("minimax"), x_val=data.x_val, y_val=data.y_val, budget=eps, task=data.task,
+    x_att, y_att = data.attacker_target()  # D_att (D_val only in the papers' setting)
+    return BackGradient(fitted.require_module("minimax"), x_val=x_att, y_val=y_att, budget=eps, task=data.task,
                         n_classes=data.n_classes, l2=l2, box=(data.lo, data.hi), y_range=_y_range(data), seed=seed,
                         **params)  # fmt: skip

@@ -21,6 +21,7 @@ profile may also run an attack at fewer seeds (``AttackSpec.seeds``).
 
 from __future__ import annotations
 
+import dataclasses
 import platform
 import time
 from collections.abc import Callable
@@ -92,6 +93,14 @@ def plan_audit(
     """
     device = resolve_device(config.device)
     data = check_dataset(dataset) if dataset is not None else load_dataset(config.dataset)
+    deployed = deployed_metric(model, data.x_test, data.y_test, data.task) if model is not None else None
+    if (dataset is not None and data.notes.get("split_by") != "frame") or deployed is not None:
+        # a Dataset handed over, or a trained model to compare with: the user trained on all of x_train, so D_att
+        # comes out of D_val (README: Four roles for the data)
+        data = dataclasses.replace(data, notes={**data.notes, "split_by": "user"})
+    check_scorable(data, config.budgets)  # as the data came (then again on what carving D_att leaves)
+    threat = config.threat
+    data = data.with_attacker_split(threat.attacker_reads, threat.attacker_split, config.dataset.split.seed)  # D_att: no attack reads D_val
     if any(spec.defense.reads_validation for spec in config.defenses):
         data = data.with_defense_validation(config.dataset.split.seed)  # selection never reuses a defense's points
     check_scorable(data, config.budgets)
@@ -133,7 +142,6 @@ def plan_audit(
             share = config.executor.gpus_per_cell
             raise AuditError(f"executor.gpus_per_cell is {share:g} but the run's device is the CPU; set device: cuda or leave it out")
         threads = config.executor.cell_threads  # a Ray task's torch threads: the numbers depend on them
-    deployed = deployed_metric(model, data.x_test, data.y_test, data.task) if model is not None else None
     digests = model_digests(victim, config.candidate_grid()[0], config.model, model)
     plan = RunPlan(config, data, victim, device, run_dir, deployed, threads, digests)
     plan.deployed_trivial_metric = trivial_metric(data.y_train, data.y_test, data.task) if deployed is not None else None

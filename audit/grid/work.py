@@ -38,7 +38,7 @@ from audit.grid.adaptive import craft_adaptive, is_adaptive
 from audit.grid.cells import GridCell, apply_defense
 from audit.grid.plan import RunPlan
 from audit.grid.store import Cell, Store, derive_seed
-from audit.jsonio import jsonable
+from audit.jsonio import jsonable, pack_points
 from audit.maths.certificate import regularised_clean_loss, regularised_clean_squared_loss
 from audit.maths.poisonability import box_threshold, gradpc_target, min_box_threshold, module_metric, tau_over_scalings, thresholds
 from audit.maths.sgd_guarantee import sgd_guarantee
@@ -361,6 +361,7 @@ def _defended_cell(
                                             spec.params)  # fmt: skip
             applied = apply_defense(defense, x_mix, y_mix, victim, hp, train_seed)
         poisoned, keep, defense_diag = applied
+        val_points = poisoned.pointwise(data.x_val, data.y_val)
         return Cell(
             **c.identity(),
             status="ok",
@@ -378,7 +379,9 @@ def _defended_cell(
                     "attack": attack_diag,
                     "defense": jsonable(defense_diag),
                     "retrain": poisoned.train_result,
-                    "se": _paired_errors(clean.points, poisoned, data),
+                    "se": _paired_errors(clean.points, poisoned, data, val_points),
+                    "val_points": pack_points(val_points, data.task),  # for paired ties between settings
+                    **_attacker_split_metrics(clean, poisoned, data),
                     **certified_objective(poisoned, data, victim, hp, c.budget),
                     **(sgd_certificate(clean, data, x_p, y_p, train_seed) if c.defense == "none" and _modifies(plan, c.attack) else {}),
                     **(extra or {}),
@@ -387,6 +390,14 @@ def _defended_cell(
         )
     except Exception as err:
         return failure_cell(c, Failure.of(err), str(plan.device))
+
+
+def _attacker_split_metrics(clean: CleanOutcome, poisoned: Any, data: Dataset) -> dict[str, Any]:
+    """``{"attacker_split": {"clean": …, "poisoned": …}}``: the metrics on D_att, the split the attack optimised
+    (its damage there is what it fitted; the verdict's is on D_test); ``{}`` in the papers' setting (no D_att)."""
+    if data.x_att is None or data.y_att is None or clean.fitted is None:
+        return {}
+    return {"attacker_split": {"clean": clean.fitted.metric(data.x_att, data.y_att), "poisoned": poisoned.metric(data.x_att, data.y_att)}}
 
 
 def sgd_certificate(clean: CleanOutcome, data: Dataset, x_p: np.ndarray, y_p: np.ndarray, seed: int) -> dict[str, Any]:
@@ -454,13 +465,13 @@ def paired_drop_se(clean: np.ndarray, poisoned: np.ndarray) -> float:
     return float(100.0 * math.sqrt(max(b + c - (b - c) ** 2 / n, 0.0)) / n)
 
 
-def _paired_errors(clean_points: tuple[np.ndarray, np.ndarray], poisoned: Any, data: Dataset) -> dict[str, float]:
+def _paired_errors(clean_points: tuple[np.ndarray, np.ndarray], poisoned: Any, data: Dataset, val_points: np.ndarray) -> dict[str, float]:
     """Standard errors of one cell's figures over the split's points: the poisoned metric, and the
     drop, paired (the same points scored by the clean and the poisoned model). Accuracies use the
-    adjusted forms (:func:`accuracy_se`, :func:`paired_drop_se`); MSEs the plain SE of the mean."""
+    adjusted forms (:func:`accuracy_se`, :func:`paired_drop_se`); MSEs the plain SE of the mean.
+    ``val_points``: the poisoned model's per-point metric on D_val, already computed."""
     out = {}
-    for split, clean, (x, y) in (("val", clean_points[0], (data.x_val, data.y_val)), ("test", clean_points[1], (data.x_test, data.y_test))):
-        points = poisoned.pointwise(x, y)
+    for split, clean, points in (("val", clean_points[0], val_points), ("test", clean_points[1], poisoned.pointwise(data.x_test, data.y_test))):
         if data.task == "classification":
             out[f"{split}_metric"] = accuracy_se(points)
             out[f"{split}_drop"] = paired_drop_se(clean, points)

@@ -467,12 +467,14 @@ def gradpc_target(fitted: Any, data: Any, eps_w: float, steps: int) -> tuple[nn.
     fitted : audit.models.Fitted
         A trained torch victim.
     data : audit.data.Dataset
-        Its dataset; GradPC ascends the loss on ``(x_val, y_val)``.
+        Its dataset; GradPC ascends the loss on the attacker's target set (``data.attacker_target()``: D_att,
+        or D_val in the papers' setting).
     eps_w, steps : float, int
         Relative parameter budget ‖Δ‖ ≤ ε_w‖θ‖ and the number of ascent steps.
     """
     key = ("gradpc", eps_w, steps)
     if key not in fitted.cache:
         module = fitted.require_module("GradPC")
-        fitted.cache[key] = gradpc(module, data.x_val, data.y_val, data.task, eps_w, steps=steps)
+        x_att, y_att = data.attacker_target()
+        fitted.cache[key] = gradpc(module, x_att, y_att, data.task, eps_w, steps=steps)
     return fitted.cache[key]

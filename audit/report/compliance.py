@@ -21,6 +21,7 @@ import time
 from typing import Any
 
 from audit.attacks import ATTACKS
+from audit.data import attacker_sentence
 from audit.report.analysis import Analysis, fmt
 from audit.report.integrity import Signing
 from audit.report.recommend import Z95, candidate_label
@@ -219,6 +220,7 @@ def _identification(a: Analysis, ctx: dict[str, Any], signing: Signing | None, k
             f"{ds['name']}: {ds['n_train']} training, {ds['n_val']} validation, {ds['n_test']} test points, "
             f"{ds['n_features']} features" + (", SYNTHETIC" if ds.get("synthetic") else ""),
         ),  # fmt: skip
+        ("The attacker reads", f"the training data and {attacker_sentence(ds)}"),
         ("Device", f"{meta.get('device')} ({meta.get('device_name', '')})"),
         ("Tool and packages", ", ".join(f"{k} {v}" for k, v in meta.get("versions", {}).items())),
         ("Signature", f"signed by {signing.signer} at {signing.signed_at} (Ed25519, key {key_fingerprint})" if signing else "unsigned"),
@@ -426,6 +428,8 @@ def _limitations(a: Analysis, ctx: dict[str, Any]) -> dict[str, Any]:
     items.append(f"Budgets covered: {', '.join(_pct(b) for b in cfg.budgets)} only; nothing is claimed between or above them.")
     if a.meta["dataset"].get("synthetic"):
         items.append(f"Synthetic data: {a.meta['dataset']['synthetic']}")
+    if a.meta["dataset"].get("attacker_reads") != "attacker_split":
+        items.append(f"The attacks read {attacker_sentence(a.meta['dataset'])}.")
     if ctx["profile"]["reduced"]:
         items.append(f"Reduced attack profile {cfg.profile!r} for the screen: " + "; ".join(ctx["profile"]["reduced"]) + ".")
     check = a.deployed()

@@ -19,8 +19,16 @@ S, since every seed is scored on the same points:
 ``SE² = s²_seeds / S + (mean_s SE_points,s)²``. Intervals are normal,
 ``mean ± z·SE`` (95 % by default). The worst case over attacks gets
 ``[max_a lower_a, max_a upper_a]``, which covers the true worst case whenever each attack's
-interval covers its own. Settings whose worst-case validation intervals at the target
-budget overlap the best one's are **tied**; the tie is broken by clean validation accuracy.
+interval covers its own.
+
+**Ties are paired.** Every candidate is scored on the same validation points at the same
+seeds, so two settings are compared by the *paired* difference of their worst-case
+validation metric at the target budget: per seed, the mean over points of the difference of
+the two worst attacks' per-point outcomes; its SE is :func:`combined_se` over the seeds
+(seed variation of the difference plus the points' paired SE). A setting is **tied** with the
+best one when the 95 % interval of that difference contains 0; the tie is broken by clean
+validation accuracy. Cells stored before the per-point outcomes were recorded fall back to
+overlapping unpaired intervals (and the reason says so).
 """
 
 from __future__ import annotations
@@ -35,6 +43,7 @@ import numpy as np
 
 from audit.config import candidate_label
 from audit.grid.store import Cell
+from audit.jsonio import unpack_points
 
 __all__ = ["AttackStats", "CandidateSummary", "Recommendation", "aggregate", "candidate_label", "pair_id", "recommend"]
 
@@ -84,6 +93,8 @@ class AttackStats:
     damage_test_se: float = 0.0
     damage_val_se: float = 0.0
     poisoned_val_se: float = 0.0
+    #: the damage on D_att, the split the attack optimised (None: the attack read D_val, or an older run)
+    damage_att: float | None = None
 
 
 @dataclass
@@ -111,6 +122,9 @@ class CandidateSummary:
     worst_val_ci: dict[float, tuple[float, float]] = field(default_factory=dict)
     #: (attack, ε', ε) where the attack's measured test damage at ε is below its damage at ε' < ε beyond both intervals
     falls: set[tuple[str, float, float]] = field(default_factory=set)
+    #: per budget: seed → the per-point validation metric, shape (n_val,), of the worst attack (:attr:`worst_attack`),
+    #: for paired ties; a budget is absent where a cell was stored without them
+    worst_val_points: dict[float, dict[int, np.ndarray]] = field(default_factory=dict, repr=False)
 
     @property
     def pair(self) -> str:
@@ -192,17 +206,22 @@ def aggregate(
                     damage_test_se=combined_se([_f(c.clean_test) - _f(c.poisoned_test) for c in rows], [e.get("test_drop", 0.0) for e in se]),
                     damage_val_se=combined_se([_f(c.clean_val) - _f(c.poisoned_val) for c in rows], [e.get("val_drop", 0.0) for e in se]),
                     poisoned_val_se=combined_se([_f(v) for v in pv], [e.get("val_metric", 0.0) for e in se]),
+                    damage_att=_damage_att(rows, sign),
                 )
         for i, eps in enumerate(budgets):
             # monotone in ε: an attacker with budget ε can do what one with ε' < ε did, so the worst case at ε is over
             # every attack at every budget up to ε; one from a smaller budget is named with it ("bg (at ε = 0.03)")
-            per_attack = {(a if e == eps else f"{a} (at ε = {e:g})"): summary.stats[(a, e, defense)]
-                          for e in budgets[: i + 1] for a in attacks if (a, e, defense) in summary.stats}  # fmt: skip
+            names = {(a if e == eps else f"{a} (at ε = {e:g})"): (a, e)
+                     for e in budgets[: i + 1] for a in attacks if (a, e, defense) in summary.stats}  # fmt: skip
+            per_attack = {name: summary.stats[(a, e, defense)] for name, (a, e) in names.items()}
             if not any((a, eps, defense) in summary.stats for a in attacks):
                 continue
             summary.falls.update(_falls(summary.stats, attacks, budgets[: i + 1], defense))
             worst = max(per_attack, key=lambda a: per_attack[a].damage_val)
             summary.worst_attack[eps] = worst
+            points = _val_points(ok, key, *names[worst], defense)
+            if points is not None:
+                summary.worst_val_points[eps] = points
             summary.worst_val[eps] = per_attack[worst].poisoned_val
             summary.worst_damage_val[eps] = per_attack[worst].damage_val
             worst_t = max(per_attack, key=lambda a: per_attack[a].damage_test)
@@ -223,6 +242,51 @@ def aggregate(
             summary.label = f"{summary.label} + {defense}"
         out.append(summary)
     return out
+
+
+def _damage_att(rows: list[Cell], sign: float) -> float | None:
+    """Mean damage on D_att over ``rows`` (each cell's ``attacker_split`` record); None unless every cell has one."""
+    att = [json.loads(c.diagnostics or "{}").get("attacker_split") for c in rows]
+    if not att or any(not a for a in att):
+        return None
+    return sign * _mean([a["clean"] - a["poisoned"] for a in att])
+
+
+def _val_points(cells: list[Cell], key: str, attack: str, eps: float, defense: str) -> dict[int, np.ndarray] | None:
+    """Seed → per-point validation metric of one (candidate, attack, budget, defense); None if any cell lacks them."""
+    out = {}
+    for c in cells:
+        if c.candidate == key and c.attack == attack and c.budget == eps and c.defense == defense:
+            points = unpack_points(json.loads(c.diagnostics or "{}").get("val_points") or {})
+            if points is None:
+                return None
+            out[c.seed] = points
+    return out or None
+
+
+def paired_difference(a: CandidateSummary, b: CandidateSummary, eps: float) -> tuple[float, float] | None:
+    """``(mean, SE)`` of ``a``'s worst-case validation metric minus ``b``'s at ``eps``, paired over the seeds both
+    ran and the validation points (module docstring); None when either lacks per-point outcomes."""
+    pa, pb = a.worst_val_points.get(eps), b.worst_val_points.get(eps)
+    seeds = sorted(set(pa or {}) & set(pb or {}))
+    if pa is None or pb is None or not seeds or any(len(pa[s]) != len(pb[s]) for s in seeds):
+        return None
+    diffs = [pa[s] - pb[s] for s in seeds]
+    per_seed = [float(np.mean(d)) for d in diffs]
+    point_se = [float(np.std(d, ddof=1) / math.sqrt(len(d))) if len(d) > 1 else 0.0 for d in diffs]
+    return float(np.mean(per_seed)), combined_se(per_seed, point_se)
+
+
+def _tied(s: CandidateSummary, best: CandidateSummary, eps: float, sign: float) -> tuple[bool, bool]:
+    """``(tied, paired)``: whether ``s`` is tied with ``best`` at ``eps`` — the 95 % interval of their paired
+    difference contains 0 — and whether the paired test applied (else: overlapping unpaired intervals)."""
+    if s is best:
+        return True, True
+    paired = paired_difference(s, best, eps)
+    if paired is None:
+        return _overlap(_signed_ci(s, eps, sign), _signed_ci(best, eps, sign)), False
+    mean, se = paired
+    return abs(mean) <= Z95 * se, True
 
 
 def _falls(stats: dict[tuple[str, float, str], AttackStats], attacks: list[str], budgets: list[float], defense: str) -> set[tuple[str, float, float]]:
@@ -266,10 +330,12 @@ def recommend(
                               [], target_budget, tolerance)  # fmt: skip
     best_clean = max(sign * s.clean_val for s in scored)
     eligible = [s for s in scored if sign * s.clean_val >= best_clean - tolerance]
-    # best worst case by its point estimate; settings whose 95 % intervals overlap it are tied,
+    # best worst case by its point estimate; settings whose paired difference with it is not significant are tied,
     # and among the tied the better clean validation metric wins (then the earlier in the grid)
     best = max(eligible, key=lambda s: (sign * s.worst_val[target_budget], sign * s.clean_val, -summaries.index(s)))
-    tied = [s for s in eligible if _overlap(_signed_ci(s, target_budget, sign), _signed_ci(best, target_budget, sign))]
+    tests = {id(s): _tied(s, best, target_budget, sign) for s in eligible}
+    tied = [s for s in eligible if tests[id(s)][0]]
+    paired = all(p for _, p in tests.values())
     pick = max(tied, key=lambda s: (sign * s.clean_val, sign * s.worst_val[target_budget], -summaries.index(s)))
     unit = (" point" if tolerance == 1 else " points") if higher_is_better else ""
     best_clean_s = max(scored, key=lambda s: sign * s.clean_val)
@@ -285,12 +351,14 @@ def recommend(
     if others:
         lo, hi = pick.worst_val_ci.get(target_budget, (math.nan, math.nan))
         names = ", ".join(s.label for s in others)
+        rule = ("the 95 % interval of their paired difference (same validation points and seeds) contains 0" if paired else
+                "their 95 % intervals overlap (unpaired: cells stored without per-point outcomes)")  # fmt: skip
         if best is not pick:
-            parts.append(f"{best.label} has the best worst case by its point estimate, but {pick.label} is tied with it within the "
-                         f"95 % intervals (its worst case {f(lo)}–{f(hi)}; tied: {names}) and has the better clean validation "
+            parts.append(f"{best.label} has the best worst case by its point estimate, but {pick.label} is tied with it — "
+                         f"{rule} (its worst case {f(lo)}–{f(hi)}; tied: {names}) — and has the better clean validation "
                          f"{metric_name}, which breaks the tie.")  # fmt: skip
         else:
-            parts.append(f"Its worst case ({f(lo)}–{f(hi)}, 95 %) is tied within the intervals with {names}; it has the "
+            parts.append(f"Its worst case ({f(lo)}–{f(hi)}, 95 %) is tied with {names} — {rule}; it has the "
                          f"best clean validation {metric_name} among them.")  # fmt: skip
     if most_robust is not pick and most_robust not in tied:
         parts.append(

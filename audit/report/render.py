@@ -18,7 +18,7 @@ from jinja2 import Environment, FileSystemLoader, select_autoescape
 
 from audit.attacks import ATTACKS
 from audit.catalog import BATTERY, PROFILES
-from audit.data import domain_sentence
+from audit.data import attacker_sentence, domain_sentence
 from audit.grid.adaptive import adaptive_axes
 from audit.grid.lock import RunLock
 from audit.grid.store import Store
@@ -109,6 +109,7 @@ def build_context(a: Analysis) -> dict[str, Any]:
                     "poisoned": _fmt(st.poisoned_test) if st else "n/a",
                     "std": _fmt(st.poisoned_test_std) if st else "n/a",
                     "damage": _fmt(st.damage_test) if st else "n/a",
+                    "damage_att": _fmt(st.damage_att) if st and st.damage_att is not None else "n/a",
                     "ci": _fmt_ci((st.damage_test - Z95 * st.damage_test_se, st.damage_test + Z95 * st.damage_test_se)) if st else "",
                     "seeds": st.n_seeds if st else 0, "seconds": _fmt(st.seconds, 1) if st else "n/a",
                 })  # fmt: skip
@@ -128,6 +129,7 @@ def build_context(a: Analysis) -> dict[str, Any]:
         "generated": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
         "dataset": a.meta["dataset"],
         "domain_sentence": domain_sentence(a.meta["dataset"]["domain"]) if a.meta["dataset"].get("domain") else None,
+        "attacker_sentence": attacker_sentence(a.meta["dataset"]),
         "victim": a.meta.get("victim", ""),
         "training": _describe_training(a.meta.get("training")),
         "device": a.meta.get("device", ""),
@@ -349,6 +351,8 @@ def build_summary(a: Analysis) -> dict[str, Any]:
                 "poisoned_metric": c.poisoned_test,
                 "clean_val_metric": c.clean_val,
                 "poisoned_val_metric": c.poisoned_val,
+                # D_att, the split the attack optimised: {"clean", "poisoned"} (null: the attack read D_val)
+                "attacker_split_metric": json.loads(c.diagnostics or "{}").get("attacker_split"),
                 "drop": None if c.status != "ok" else sign * (c.clean_test - c.poisoned_test),
                 "drop_se": c.recorded("se").get("test_drop") if c.status == "ok" else None,
                 "n_poison": c.n_poison,

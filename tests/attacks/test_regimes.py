@@ -16,7 +16,7 @@ from audit.grid.runner import run_audit
 from audit.models import build_victim
 from audit.models.zoo import ReLU2
 from audit.report import write_report
-from tests.conftest import stored_cells, tiny_config
+from tests.conftest import stored_cells, tiny_config, tiny_n_train
 
 
 @pytest.fixture(scope="module")
@@ -134,7 +134,7 @@ def test_a_grid_of_widths_under_the_regimes_runs_and_counts_the_changed_points(t
     run = run_audit(parse_config(cfg), output_dir=tmp_path, progress=False)
     cells = stored_cells(run)
     assert cells and all(c.status == "ok" for c in cells), [c.error for c in cells if c.status != "ok"]
-    n = len(load_dataset(DatasetSpec(name="breast_cancer")).y_train)
+    n = tiny_n_train()
     for c in cells:
         if c.attack == "b":
             assert c.n_poison >= 0.9 * n  # every point perturbed
