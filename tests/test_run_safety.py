@@ -42,7 +42,7 @@ def test_gate_gives_no_verdict_on_an_incomplete_run(runner, tmp_path):
     assert props["cells_missing"] == "4"
     assert runner.invoke(cli, ["report", str(run_dir)]).exit_code == 0
     summary = json.loads((run_dir / "summary.json").read_text())
-    assert summary["completeness"] == {"planned": 8, "finished": 4, "failed": 0, "missing": 4, "complete": False}
+    assert summary["completeness"] == {"planned": 8, "finished": 4, "failed": 0, "missing": 4, "corrupt": [], "complete": False}
     assert "Provisional — incomplete run — Recommendation" in (run_dir / "report.html").read_text()
 
 

@@ -14,26 +14,32 @@ from audit.attacks.base import SourcedDiagnostics
 from audit.config import AuditConfig
 from audit.grid.adaptive import MINMAX, SANITISER_DEFENSES, adaptive_axes, adaptive_key, filtering_defenses
 from audit.grid.confirm import confirm_attack_keys, is_confirmation
-from audit.grid.store import Store
+from audit.grid.store import Store, cell_key
 from audit.models.training import lambda_from_rho
 from audit.report.recommend import Z95, AttackStats, CandidateSummary, Recommendation, aggregate, pair_id, recommend
 
 
 @dataclass(frozen=True)
 class Completeness:
-    """Planned cells of a run (or of one budget): finished, failed and not run."""
+    """Planned cells of a run (or of one budget): finished, failed and not run; ``corrupt``: one line per stored
+    row that does not match the run's plan or holds an impossible metric (:func:`check_cells`)."""
 
     planned: int
     finished: int
     failed: int
     missing: int
+    corrupt: list[str] = field(default_factory=list)
 
     @property
     def complete(self) -> bool:
-        return self.failed == 0 and self.missing == 0 and self.finished == self.planned
+        return self.failed == 0 and self.missing == 0 and self.finished == self.planned and not self.corrupt
 
     def describe(self) -> str:
-        return f"{self.finished} of {self.planned} cells finished, {self.failed} failed, {self.missing} not run"
+        text = f"{self.finished} of {self.planned} cells finished, {self.failed} failed, {self.missing} not run"
+        if self.corrupt:
+            more = f" and {len(self.corrupt) - 1} more" if len(self.corrupt) > 1 else ""
+            text += f"; CORRUPT STORE: {len(self.corrupt)} stored rows do not match the plan ({self.corrupt[0]}{more})"
+        return text
 
 
 LOWER_BOUND = "lower bound: reduced-strength attacks, not confirmed"
@@ -138,6 +144,7 @@ class Analysis:
     clean_records: dict[tuple[str, int], dict[str, Any]] = field(default_factory=dict)  # (candidate, seed) → clean training record
     screened: list[CandidateSummary] = field(default_factory=list)  # every setting over the grid's attacks alone (no confirmation cells)
     clean_tests: dict[tuple[str, int], float] = field(default_factory=dict)  # (candidate, seed) → clean retraining's test metric
+    corrupt: list[str] = field(default_factory=list)  # stored rows that match no planned cell (check_cells); left out of every figure
 
     @property
     def confirmation(self) -> dict[str, Any]:
@@ -213,7 +220,15 @@ class Analysis:
 
     def completeness(self, budget: float | None = None) -> Completeness:
         """How many planned cells finished, failed or never ran (at ``budget`` only, when given): the grid's,
-        and the confirmation cells the stage planned."""
+        and the confirmation cells the stage planned, matched to the stored rows by key one-to-one; the rows
+        that match no planned cell or hold impossible metrics are ``corrupt`` (the run is then not complete)."""
+        planned_keys = planned_cell_keys(self.meta, self.config)
+        if planned_keys is not None:
+            keys = [k for k in planned_keys if budget is None or json.loads(k)[2] == budget]
+            by_key = {c.cell_key: c.status for c in self.cells}
+            ok, failed = sum(by_key.get(k) == "ok" for k in keys), sum(by_key.get(k) == "failed" for k in keys)
+            return Completeness(len(keys), ok, failed, len(keys) - ok - failed, list(self.corrupt))
+        # a run from before the store kept its seed plan: counted against the planned total
         cells = [c for c in self.cells if (budget is None or c.budget == budget) and not is_confirmation(c.attack)]
         total = int(self.meta.get("total_cells", len(cells)))
         if budget is not None:
@@ -225,12 +240,64 @@ class Analysis:
         total += len(planned)
         ok += sum(status.get(k) == "ok" for k in planned)
         failed += sum(status.get(k) == "failed" for k in planned)
-        return Completeness(total, ok, failed, max(total - ok - failed, 0))
+        return Completeness(total, ok, failed, max(total - ok - failed, 0), list(self.corrupt))
 
     def recommended(self) -> CandidateSummary | None:
         """The recommended (candidate, defense) setting's summary."""
         want = pair_id(self.recommendation.key, self.recommendation.defense) if self.recommendation.key else None
         return next((s for s in self.pairs if s.pair == want), None)
+
+
+def planned_cell_keys(meta: dict[str, Any], config: AuditConfig) -> set[str] | None:
+    """Every cell key the run planned: the grid's (its stored ``cell_seeds`` × the budgets) and the confirmation
+    cells the stage planned; None for a run whose store predates ``cell_seeds``."""
+    seeds = meta.get("cell_seeds")
+    if seeds is None:
+        return None
+    keys: set[str] = set()
+    for triple, planned in seeds.items():
+        candidate, attack, defense = json.loads(triple)
+        keys.update(cell_key(candidate, attack, eps, defense, s) for eps in config.budgets for s in planned)
+    keys.update((meta.get("confirmation") or {}).get("cells", []))
+    return keys
+
+
+def _cell_problem(cell: Any, planned: set[str] | None, task: str) -> str | None:
+    """Why a stored row cannot be trusted, or None: its identity fields must give its key, the key must be
+    planned, and a finished cell's four metrics must be finite numbers in range (accuracy in [0, 100], MSE ≥ 0)."""
+    try:
+        key = cell_key(cell.candidate, cell.attack, float(cell.budget), cell.defense, int(cell.seed))
+    except (TypeError, ValueError):
+        return "its candidate, attack, budget, defense or seed cannot be read"
+    if key != cell.cell_key:
+        return f"its fields (attack {cell.attack!r}, ε = {cell.budget}, defense {cell.defense!r}, seed {cell.seed}) do not match its key"
+    if planned is not None and cell.cell_key not in planned:
+        return "the run never planned it"
+    if cell.status not in ("ok", "failed"):
+        return f"unknown status {cell.status!r}"
+    if cell.status == "ok":
+        for name in ("clean_val", "clean_test", "poisoned_val", "poisoned_test"):
+            value = getattr(cell, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+                return f"{name} is {value!r}, not a finite number"
+            if value < 0 or (task == "classification" and value > 100):
+                return f"{name} is {value!r}, outside {'[0, 100]' if task == 'classification' else '[0, ∞)'}"
+    return None
+
+
+def check_cells(cells: list[Any], meta: dict[str, Any], config: AuditConfig) -> tuple[list[Any], list[str]]:
+    """The stored rows that match the run's plan one-to-one, and one line per row that does not (named by its key
+    and why): the gate gives no verdict on a store with such rows and no figure uses them."""
+    planned = planned_cell_keys(meta, config)
+    task = meta.get("dataset", {}).get("task", "classification")
+    valid, corrupt = [], []
+    for c in cells:
+        problem = _cell_problem(c, planned, task)
+        if problem is None:
+            valid.append(c)
+        else:
+            corrupt.append(f"cell {str(c.cell_key)[:160]}: {problem}")
+    return valid, corrupt
 
 
 def attack_keys(config: AuditConfig) -> list[str]:
@@ -289,6 +356,7 @@ def analyse(run_dir: str | Path) -> Analysis:
         policies = store.policy_rows()
     finally:
         store.close()
+    cells, corrupt = check_cells(cells, meta, config)  # a row that matches no planned cell is never a figure
     task = meta["dataset"]["task"]
     higher = task == "classification"
     metric = "accuracy (%)" if higher else "MSE"
@@ -312,7 +380,7 @@ def analyse(run_dir: str | Path) -> Analysis:
                     metric_name="accuracy" if higher else "MSE")  # fmt: skip
     records = {(cand, seed): record or {} for cand, seed, _, _, _, record in clean_rows}
     analysis = Analysis(config, meta, cells, summaries, rec, defense, metric, higher, targets, pairs, samples, policies, records, screened,
-                        {(cand, seed): test for cand, seed, _, test, _, _ in clean_rows})  # fmt: skip
+                        {(cand, seed): test for cand, seed, _, test, _, _ in clean_rows}, corrupt)  # fmt: skip
     rec.reason = f"{rec.reason} {confirmation_sentence(analysis)}"
     cost = defense_cost_sentence(analysis, defended_rows)
     if cost:

@@ -129,6 +129,13 @@ def gate(
     done = a.completeness()
     judged = "worst-case" if confidence is None else f"upper {100 * confidence:g} % bound of the worst-case"
     cases = setting_cases(a, budget, max_drop, confidence)
+    if done.corrupt:  # no flag judges a store that does not match its plan
+        result = GateResult(False, f"no verdict: the result store does not match the run's plan ({done.describe()}); rerun "
+                            "with --restart", None, True, done.missing, done.failed, soft_fail, budget, max_drop, judged,
+                            a.recommendation.label, cases)  # fmt: skip
+        _label(result, a, budget, allow_mismatch)
+        atomic_write(junit_path, junit_xml(a.config.name, budget, result))
+        return result
     if not done.complete and not allow_incomplete:
         result = GateResult(False, f"the run is incomplete ({done.describe()}); finish it (run the same command again) "
                             "or pass --allow-incomplete to judge the finished cells", None, True, done.missing, done.failed,

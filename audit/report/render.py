@@ -202,6 +202,7 @@ def build_context(a: Analysis) -> dict[str, Any]:
         "config_yaml": yaml.safe_dump(a.meta["config"], sort_keys=False),
         "task": task,
         "complete": a.completeness().complete,
+        "corrupt": a.corrupt,
         "deployed": _deployed(a),
         **{section.name: section.build(a) for section in SECTIONS},
     }

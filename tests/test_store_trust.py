@@ -1,0 +1,81 @@
+"""A store is trusted only when it matches its plan (issue 33, defect 4 and 13): the gate matches finished rows
+to the planned cell keys one-to-one and validates every metric it reads."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import sqlite3
+
+import pytest
+from click.testing import CliRunner
+
+from audit.cli import cli
+from audit.config import parse_config
+from audit.grid.runner import run_audit
+from audit.report.analysis import analyse, planned_cell_keys
+from tests.conftest import stored_cells, tiny_config
+
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory):
+    out = tmp_path_factory.mktemp("trust")
+    run_dir = run_audit(parse_config(tiny_config(name="trust")), output_dir=out, progress=False)
+    return run_dir
+
+
+def _gate(run_dir, *extra):
+    return CliRunner().invoke(cli, ["gate", str(run_dir), "--budget", "0.1", "--max-drop", "100", *extra])
+
+
+def _worst(run_dir):
+    cells = [c for c in stored_cells(run_dir) if c.budget == 0.1]
+    return max(cells, key=lambda c: c.clean_test - c.poisoned_test)
+
+
+TAMPERS = {
+    "attack renamed": "UPDATE cells SET attack = 'lf_other', cell_key = replace(cell_key, '\"lf_adv\"', '\"lf_other\"') WHERE cell_key = :key",
+    "attack renamed, key kept": "UPDATE cells SET attack = 'lf_random' WHERE cell_key = :key",
+    "budget changed": "UPDATE cells SET budget = 0.3 WHERE cell_key = :key",
+    "defense changed": "UPDATE cells SET defense = 'loss_filter' WHERE cell_key = :key",
+    "deleted, another duplicated under its key": (
+        "DELETE FROM cells WHERE cell_key = :key; INSERT INTO cells SELECT :key, position, candidate, attack, budget, defense, seed, "
+        "status, clean_val, clean_test, poisoned_val, poisoned_test, n_poison, poisons_removed, clean_removed, seconds, device, error, "
+        "diagnostics, finished_at FROM cells WHERE cell_key != :key LIMIT 1"
+    ),
+    "NULL metric": "UPDATE cells SET poisoned_test = NULL WHERE cell_key = :key",
+    "text metric": "UPDATE cells SET poisoned_test = 'oops' WHERE cell_key = :key",
+    "accuracy out of range": "UPDATE cells SET poisoned_test = 150.0 WHERE cell_key = :key",
+}
+
+
+def test_the_planned_keys_are_the_grids_cells(finished):
+    a = analyse(finished)
+    assert planned_cell_keys(a.meta, a.config) == {c.cell_key for c in stored_cells(finished)}
+    assert len(planned_cell_keys(a.meta, a.config)) == a.meta["total_cells"]
+    assert _gate(finished).exit_code == 0 and a.completeness().complete
+
+
+@pytest.mark.parametrize("how", list(TAMPERS))
+def test_a_store_that_does_not_match_its_plan_gets_no_verdict(finished, tmp_path, how):
+    """Each tampering that once passed the gate (the worst cell renamed, moved to another budget or defense, or
+    deleted with another row copied under its key; a NULL, text or impossible metric): exit 3, naming the cell,
+    even with --allow-incomplete; the report renders and says so."""
+    run_dir = tmp_path / "run"
+    shutil.copytree(finished, run_dir)
+    worst = _worst(run_dir)
+    db = sqlite3.connect(run_dir / "results.sqlite")
+    with db:
+        for statement in TAMPERS[how].split("; "):
+            db.execute(statement, {"key": worst.cell_key})
+    db.close()
+    for extra in ((), ("--allow-incomplete",)):
+        out = _gate(run_dir, *extra)
+        assert out.exit_code == 3, (how, out.output)
+        assert "CORRUPT STORE" in out.output and "does not match the run's plan" in out.output, out.output
+    summary_out = CliRunner().invoke(cli, ["report", str(run_dir)])
+    assert summary_out.exit_code in (0, 4) and "Traceback" not in summary_out.output
+    html = (run_dir / "report.html").read_text()
+    assert "The result store does not match the run" in html
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["completeness"]["complete"] is False and summary["completeness"]["corrupt"]
