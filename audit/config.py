@@ -70,6 +70,9 @@ def candidate_label(hparams: dict[str, Any]) -> str:
                      for k, v in hparams.items())  # fmt: skip
 
 
+FLOAT32_MAX = 3.4028234663852886e38
+
+
 def _check_axis_value(axis: str, value: Any) -> float | int:
     if isinstance(value, str):  # "1e-4" from JSON, or YAML 1.1's reading of it: a number like every other field's
         try:
@@ -81,6 +84,8 @@ def _check_axis_value(axis: str, value: Any) -> float | int:
         raise ValueError(f"candidates.{axis}: values must be finite numbers (got {value!r})")
     if axis == "l2" and value < 0:
         raise ValueError(f"candidates.l2: ρ must be ≥ 0 (got {value})")
+    if axis in ("l2", "l1") and value > FLOAT32_MAX:  # the objective is computed in float32
+        raise ValueError(f"candidates.{axis}: {value:g} is beyond float32's range (≤ {FLOAT32_MAX:.3g}) the training computes in")
     if axis == "l1" and value < 0:
         raise ValueError(f"candidates.l1: λ₁ must be ≥ 0 (got {value})")
     if axis in ("width", "depth", "epochs", "batch_size"):
@@ -495,8 +500,8 @@ class AuditConfig(StrictModel):
     @field_validator("seeds")
     @classmethod
     def _seeds(cls, value: list[int]) -> list[int]:
-        if len(set(value)) != len(value) or any(s < 0 for s in value):
-            raise ValueError(f"seeds: expected distinct integers ≥ 0 (got {value!r})")
+        if len(set(value)) != len(value) or any(not 0 <= s < 2**63 for s in value):
+            raise ValueError(f"seeds: expected distinct integers in 0..2⁶³−1 (got {str(value)[:80]})")
         return value
 
     @model_validator(mode="after")
@@ -659,8 +664,27 @@ def parse_config(data: dict[str, Any] | None, source: str = "config", shallow: b
         raise AuditError(f"{source}: {first_error(err)}") from None
 
 
+#: a config needs no more: a document with more aliases is refused before anything expands them (an alias bomb)
+MAX_ALIASES = 100
+MAX_CONFIG_BYTES = 1_000_000
+
+
+class _YamlLimit(yaml.YAMLError):
+    def __init__(self, problem: str) -> None:
+        super().__init__(problem)
+        self.problem = problem
+
+
 class _ConfigLoader(yaml.SafeLoader):
-    """PyYAML's safe loader with YAML 1.2 floats: ``1e-4`` is a number (YAML 1.1 needs ``1.0e-4``)."""
+    """PyYAML's safe loader with YAML 1.2 floats: ``1e-4`` is a number (YAML 1.1 needs ``1.0e-4``), and at most
+    :data:`MAX_ALIASES` aliases."""
+
+    def compose_node(self, parent: Any, index: Any) -> Any:
+        if self.check_event(yaml.AliasEvent):
+            self.aliases_seen = getattr(self, "aliases_seen", 0) + 1
+            if self.aliases_seen > MAX_ALIASES:
+                raise _YamlLimit(f"more than {MAX_ALIASES} aliases (*name); a config needs none of that size")
+        return super().compose_node(parent, index)
 
 
 _ConfigLoader.yaml_implicit_resolvers = {k: list(v) for k, v in yaml.SafeLoader.yaml_implicit_resolvers.items()}
@@ -674,8 +698,12 @@ def load_config(path: str | Path, shallow: bool = False) -> AuditConfig:
     path = Path(path)
     if not path.is_file():
         raise AuditError(f"config file not found: {path}")
+    if path.stat().st_size > MAX_CONFIG_BYTES:
+        raise AuditError(f"{path}: {path.stat().st_size} bytes; a config is at most {MAX_CONFIG_BYTES} bytes")
     try:
         data = yaml.load(path.read_text(encoding="utf-8-sig"), Loader=_ConfigLoader)
+    except RecursionError:
+        raise AuditError(f"{path}: YAML nested too deeply to read") from None
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""

@@ -508,6 +508,8 @@ def _read_csv(path: Path, label_column: str) -> tuple[np.ndarray, np.ndarray]:
     if label_column not in header:
         raise AuditError(f"{path}: no column {label_column!r}; columns: {', '.join(header)}")
     j = header.index(label_column)
+    if len(header) < 2:
+        raise AuditError(f"{path}: the only column is the label column {label_column!r}; there are no features")
     for i, row in enumerate(body, start=2):
         if len(row) != len(header):
             raise AuditError(f"{path}: line {i} has {len(row)} fields, the header has {len(header)}")
@@ -524,6 +526,10 @@ def _read_csv(path: Path, label_column: str) -> tuple[np.ndarray, np.ndarray]:
     return x, y
 
 
+#: the most pixels one image of an image folder may have (4096²): a small file can decode to gigabytes
+MAX_IMAGE_PIXELS = 4096 * 4096
+
+
 def _read_image_folder(path: Path) -> tuple[np.ndarray, np.ndarray, tuple[int, ...], list[str]]:
     from PIL import Image, UnidentifiedImageError
 
@@ -535,9 +541,12 @@ def _read_image_folder(path: Path) -> tuple[np.ndarray, np.ndarray, tuple[int, .
         files = sorted(f for f in (path / name).iterdir() if f.suffix.lower() in (".png", ".jpg", ".jpeg", ".bmp"))
         for f in files:
             try:
-                with Image.open(f) as im:
+                with Image.open(f) as im:  # lazy: the header only, so the size is checked before decoding
+                    if im.size[0] * im.size[1] > MAX_IMAGE_PIXELS:
+                        raise AuditError(f"{f}: {im.size[0]} × {im.size[1]} pixels, more than the {MAX_IMAGE_PIXELS} an "
+                                         "image may have here; downscale the images")  # fmt: skip
                     images.append(np.asarray(im.convert("L") if im.mode in ("L", "1", "P") else im.convert("RGB")))
-            except (UnidentifiedImageError, OSError) as err:
+            except (UnidentifiedImageError, OSError, Image.DecompressionBombError) as err:
                 raise AuditError(f"{f}: cannot read image ({err})") from None
             labels.append(c)
     if not images:
@@ -567,20 +576,30 @@ def _check_split(name: str, x: np.ndarray, y: np.ndarray, d: int | None) -> None
         raise AuditError(f"{name}: x has {int(np.prod(x.shape[1:]))} features, the training split has {d}")
     if not np.issubdtype(x.dtype, np.number):
         raise AuditError(f"{name}: features must be numeric (got dtype {x.dtype})")
+    if np.iscomplexobj(x) or np.iscomplexobj(y):
+        raise AuditError(f"{name}: features and labels must be real numbers (got dtype {x.dtype if np.iscomplexobj(x) else y.dtype})")
     if not np.all(np.isfinite(x)):
         raise AuditError(f"{name}: features contain NaN or inf ({int((~np.isfinite(x)).sum())} values)")
     if not np.all(np.isfinite(y.astype(np.float64))):
         raise AuditError(f"{name}: labels contain NaN or inf")
+    top = float(np.finfo(np.float32).max)
+    if np.issubdtype(x.dtype, np.floating) and float(np.abs(x).max(initial=0.0)) > top:  # the audit computes in float32
+        raise AuditError(f"{name}: features reach {float(np.abs(x).max()):.3g}, beyond float32's range (±{top:.3g}) the audit "
+                         "computes in; rescale them")  # fmt: skip
 
 
 def _check_labels(splits: dict[str, np.ndarray]) -> int:
-    """Integer class labels in 0..c-1 with c = max training label + 1; returns c."""
+    """Integer class labels 0..c−1, every one present in the training split (c = the number of distinct training labels); returns c."""
     for name, y in splits.items():
         if not np.all(np.equal(np.mod(y, 1), 0)):
             raise AuditError(f"{name}: classification labels must be integers (got e.g. {y[np.mod(y, 1) != 0][0]})")
-    c = int(splits["y_train"].max()) + 1
-    if c < 2:
-        raise AuditError(f"y_train: need at least two classes (labels found: {sorted(set(splits['y_train'].tolist()))})")
+    present = np.unique(splits["y_train"])
+    if len(present) < 2:
+        raise AuditError(f"y_train: need at least two classes (labels found: {present.tolist()})")
+    c = len(present)
+    if int(present[0]) != 0 or int(present[-1]) != c - 1:  # never a class count from the largest label: {0, 10⁶} is two classes
+        raise AuditError(f"y_train: class labels must be 0..c−1, each present in the training split; found {c} labels from "
+                         f"{present[0]:g} to {present[-1]:g} — map them to 0..{c - 1} (e.g. numpy.unique(y, return_inverse=True))")  # fmt: skip
     for name, y in splits.items():
         bad = y[(y < 0) | (y >= c)]
         if len(bad):

@@ -41,6 +41,12 @@ def _npz_cases() -> dict[str, dict]:
         "lo_above_hi": {"x_train": GOOD_X, "y_train": GOOD_Y, "lo": np.ones(4), "hi": np.zeros(4)},
         "lo_wrong_shape": {"x_train": GOOD_X, "y_train": GOOD_Y, "lo": np.zeros(3), "hi": np.ones(3)},
         "single_class": {"x_train": GOOD_X, "y_train": np.zeros(60, int)},
+        # issue 33: labels that would make a huge or phantom class, features the tool cannot compute in
+        "labels_0_and_1e6": {"x_train": GOOD_X, "y_train": np.where(GOOD_Y > 0, 1_000_000, 0)},
+        "labels_1_to_k": {"x_train": GOOD_X, "y_train": GOOD_Y + 1},
+        "labels_uint64_huge": {"x_train": GOOD_X, "y_train": np.where(GOOD_Y > 0, np.uint64(2**63 - 2), np.uint64(0))},
+        "x_complex": {"x_train": GOOD_X.astype(np.complex64) * (1 + 1j), "y_train": GOOD_Y},
+        "x_beyond_float32": {"x_train": GOOD_X.astype(np.float64) * 1e300, "y_train": GOOD_Y},
     }
 
 
@@ -54,6 +60,7 @@ def _csv_cases() -> dict[str, str]:
         "ragged": "label,a,b\n" + "\n".join(rows[:30]) + "\n1,0.5\n",
         "nan_feature": "label,a,b\n" + "\n".join(rows[:30]) + "\n1,nan,0.5\n",
         "binary_garbage": "\x00\x01\x02\xff\xfe",
+        "only_the_label_column": "label\n" + "\n".join(str(i % 2) for i in range(60)) + "\n",
     }
 
 
@@ -72,7 +79,7 @@ def _write(kind: str, name: str, root: Path) -> Path:
     return path
 
 
-IMAGE_CASES = ("empty_folder", "one_class", "not_images", "mixed_sizes", "files_at_top")
+IMAGE_CASES = ("empty_folder", "one_class", "not_images", "mixed_sizes", "files_at_top", "decompression_bomb")
 
 
 def _image_case(name: str, path: Path) -> None:
@@ -97,6 +104,10 @@ def _image_case(name: str, path: Path) -> None:
     elif name == "files_at_top":
         for i in range(10):
             save(path / f"{i}.png")
+    elif name == "decompression_bomb":  # issue 33: a few kB on disk, 25 million pixels decoded
+        for c in ("a", "b"):
+            save(path / c / "0.png")
+        Image.new("1", (5000, 5000)).save(path / "a" / "1.png")
 
 
 DATA_CASES = [("npz", n) for n in _npz_cases()] + [("csv", n) for n in _csv_cases()] + [("image_folder", n) for n in IMAGE_CASES]
@@ -133,6 +144,16 @@ CONFIG_CASES = {
     "tabs": "name: x\n\tbudgets: [0.1]\n",
     "device_bogus": "device: tpu9\n",
     "lbfgs_batch": "training: {optimizer: lbfgs, batch_size: 10}\n",
+    # issue 33: inputs that exhausted the machine or left a traceback
+    "yaml_alias_bomb": "a: &a [x, x, x, x, x, x, x, x, x, x]\nb: &b [*a, *a, *a, *a, *a, *a, *a, *a, *a, *a]\n"
+                       "c: &c [*b, *b, *b, *b, *b, *b, *b, *b, *b, *b]\nd: &d [*c, *c, *c, *c, *c, *c, *c, *c, *c, *c]\n"
+                       "e: &e [*d, *d, *d, *d, *d, *d, *d, *d, *d, *d]\nf: &f [*e, *e, *e, *e, *e, *e, *e, *e, *e, *e]\n"
+                       "system: {name: *f}\n",
+    "yaml_deeply_nested": "name: " + "[" * 5000 + "]" * 5000 + "\n",
+    "seed_above_int64": "seeds: [18446744073709551617]\n",
+    "l2_huge": "candidates: {l2: [1.0e+308]}\n",
+    "width_huge": "model: {name: mlp}\ncandidates: {width: [1000000000000]}\n",
+    "factory_path_traversal": "model: {name: user, factory: '../../x:f'}\n",
 }
 
 CLI_CASES = {

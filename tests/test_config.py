@@ -79,7 +79,7 @@ def test_fingerprint_ignores_output_dir_but_not_budgets():
         ({"candidates": {"l2": [0.1, -1e-3]}}, "candidates.l2: ρ must be ≥ 0 (got -0.001)"),
         ({"candidates": {"dropout": [0.1]}}, "unknown axis 'dropout'; valid: l2, l1, width"),
         ({"candidates": {"width": [8.5]}}, "candidates.width: must be an integer ≥ 1 (got 8.5)"),
-        ({"seeds": [0, 0]}, "seeds: expected distinct integers ≥ 0"),
+        ({"seeds": [0, 0]}, "seeds: expected distinct integers in 0..2⁶³−1"),
         ({"device": "tpu"}, "device: Input should be 'auto', 'cpu' or 'cuda' (got 'tpu')"),
         ({"colour": "red"}, "colour: Extra inputs are not permitted"),
         ({"attacks": [{"name": "label_flip", "params": {"variant": "sideways"}}]}, "attacks.label_flip.params: variant"),

@@ -385,3 +385,37 @@ def test_config_mistakes_are_reported_before_torch_and_art_load(tmp_path, text, 
     result = subprocess.run([sys.executable, "-c", code, str(path)], capture_output=True, text=True, timeout=60)
     assert result.stdout.strip() == "exit 2 False False", result.stdout + result.stderr
     assert message in result.stderr and len(result.stderr.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("never", ["zero_bytes", "no_tables"])
+def test_a_store_killed_right_after_its_creation_is_replaced_on_resume(runner, tmp_path, never):
+    """Issue 33, defect 10: a 0-byte store (or an SQLite file with no tables) once made resume and --restart both
+    refuse the directory; it held nothing, so a resume replaces it. A store with content is still refused."""
+    run_dir = tmp_path / "reports" / "tiny"
+    run_dir.mkdir(parents=True)
+    if never == "zero_bytes":
+        (run_dir / "results.sqlite").write_bytes(b"")
+    else:
+        sqlite3.connect(run_dir / "results.sqlite").close()
+    assert _run(runner, tmp_path, tiny_config()).exit_code == 0
+    assert json.loads((run_dir / "summary.json").read_text())["completeness"]["complete"]
+    foreign = tmp_path / "foreign" / "tiny"
+    foreign.mkdir(parents=True)
+    (foreign / "results.sqlite").write_text("someone's data")
+    out = runner.invoke(cli, ["run", str(write_yaml(tmp_path / "f.yaml", tiny_config())), "--out", str(tmp_path / "foreign"), "--quiet"])
+    assert out.exit_code == 2 and (foreign / "results.sqlite").read_text() == "someone's data"
+
+
+def test_a_resume_removes_the_half_written_poisons_a_kill_left(runner, tmp_path):
+    """Issue 33, defect 15: poisons/*.tmp of a killed save stayed forever; a resume removes them, keeps every
+    finished poison file, and leaves a link named *.tmp alone."""
+    assert _run(runner, tmp_path, tiny_config()).exit_code == 0
+    poisons = tmp_path / "reports" / "tiny" / "poisons"
+    finished = sorted(p.name for p in poisons.glob("*.npz"))
+    (poisons / "tmpa1b2c3.tmp").write_bytes(b"half a poison")
+    outside = tmp_path / "outside.tmp"
+    outside.write_text("keep")
+    (poisons / "link.tmp").symlink_to(outside)
+    assert _run(runner, tmp_path, tiny_config()).exit_code == 0
+    assert not (poisons / "tmpa1b2c3.tmp").exists() and sorted(p.name for p in poisons.glob("*.npz")) == finished
+    assert outside.read_text() == "keep"

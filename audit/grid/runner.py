@@ -22,6 +22,7 @@ profile may also run an attack at fewer seeds (``AttackSpec.seeds``).
 from __future__ import annotations
 
 import dataclasses
+import os
 import platform
 import time
 from collections.abc import Callable
@@ -37,7 +38,17 @@ from audit.errors import AuditError
 from audit.grid.adaptive import resolve_adaptive
 from audit.grid.lock import LOCK_FILE, RunLock
 from audit.grid.plan import RunPlan
-from audit.grid.store import RUN_FILES, STORE_FILE, Store, candidate_key, derive_seed, is_run_directory, remove_run
+from audit.grid.store import (
+    RUN_FILES,
+    STORE_FILE,
+    Store,
+    candidate_key,
+    clean_temporaries,
+    derive_seed,
+    is_run_directory,
+    never_started,
+    remove_run,
+)
 from audit.grid.work import (
     CleanOutcome,
     Poisons,
@@ -57,6 +68,7 @@ from audit.models.digest import model_digests
 from audit.models.estimator import deployed_metric, trivial_metric
 from audit.models.structure import is_convex_linear
 from audit.models.victim import MODEL_AXES
+from audit.paths import refuse_link
 from audit.seeding import seeded_init
 
 __all__ = ["RunPlan", "plan_audit", "run_audit", "run_plan", "run_local", "clean_train_seed", "poison_cache_key", "certified_objective",
@@ -104,6 +116,7 @@ def plan_audit(
     if any(spec.defense.reads_validation for spec in config.defenses):
         data = data.with_defense_validation(config.dataset.split.seed)  # selection never reuses a defense's points
     check_scorable(data, config.budgets)
+    check_model_size(config, data)
     victim = build_victim(config.model, config.training, data, device, model_obj=model, train_fn=train_fn, fit_kwargs=fit_kwargs)
     _check_user_training(victim, config)
     if config.poisonability.enabled == "on" and not victim.builds_modules:
@@ -146,6 +159,24 @@ def plan_audit(
     plan = RunPlan(config, data, victim, device, run_dir, deployed, threads, digests)
     plan.deployed_trivial_metric = trivial_metric(data.y_train, data.y_test, data.task) if deployed is not None else None
     return plan
+
+
+def check_model_size(config: AuditConfig, data: Dataset) -> None:
+    """Refuse, before anything is allocated, a fully connected network whose parameters — with their gradients and
+    two optimizer moments, 16 bytes each — would take more than half of this machine's memory."""
+    if config.model.name not in ("mlp", "relu2"):
+        return
+    total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    d, c = data.n_features, data.n_classes or 1
+    for width in config.candidates.get("width", [config.model.width]):
+        for depth in config.candidates.get("depth", [config.model.depth]):
+            if width is None:
+                continue
+            params = d * width + (int(depth) - 1) * width * width + width * c
+            if 16 * params > total / 2:
+                raise AuditError(f"model: width {width:g} × depth {depth} on {d} features is {params:.3g} parameters, ≈ "
+                                 f"{16 * params / 2**30:.3g} GiB with gradients and optimizer state; this machine has "
+                                 f"{total / 2**30:.0f} GiB — use a smaller width")  # fmt: skip
 
 
 def _check_user_training(victim: Victim, config: AuditConfig) -> None:
@@ -204,6 +235,12 @@ def _prepare_store(plan: RunPlan, restart: bool) -> Store:
     store = Store(plan.run_dir)
     store.refuse_links()  # before anything reads or writes them: never a store elsewhere
     fingerprint = plan.fingerprint()
+    if never_started(plan.run_dir):  # killed right after creating the store: nothing in it to keep
+        store.close()
+        for name in (STORE_FILE, *(STORE_FILE + side for side in ("-wal", "-shm", "-journal"))):
+            refuse_link(plan.run_dir / name)
+            (plan.run_dir / name).unlink(missing_ok=True)
+        store = Store(plan.run_dir)
     if store.path.is_file():
         if not is_run_directory(plan.run_dir):
             raise AuditError(f"{store.path} is not a readable poison-audit store; move it away or choose another name/output directory")
@@ -227,6 +264,7 @@ def _prepare_store(plan: RunPlan, restart: bool) -> Store:
             remove_run(plan.run_dir)
             store = Store(plan.run_dir)
     plan.run_dir.mkdir(parents=True, exist_ok=True)
+    clean_temporaries(plan.run_dir)  # a killed run's half-written poisons; finished ones are kept
     data_digests = plan.dataset.digests()
     stored_digests = store.meta("data_sha256")
     if stored_digests is not None and stored_digests != data_digests:

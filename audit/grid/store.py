@@ -158,6 +158,33 @@ def is_run_directory(run_dir: Path) -> bool:
         return False
 
 
+def never_started(run_dir: Path) -> bool:
+    """True when ``run_dir``'s store was created but never initialised — 0 bytes, or an SQLite file with no tables
+    (a run killed right after creating it): nothing in it can be lost, so a resume replaces it."""
+    path = run_dir / STORE_FILE
+    if not path.is_file() or path.is_symlink():
+        return False
+    if path.stat().st_size == 0:
+        return True
+    try:
+        with sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=30) as db:
+            return db.execute("SELECT COUNT(*) FROM sqlite_master").fetchone()[0] == 0
+    except sqlite3.Error:
+        return False
+
+
+def clean_temporaries(run_dir: Path) -> int:
+    """Remove the temporary files interrupted writes left in ``poisons/`` (``*.tmp``, never a link); returns how many."""
+    poisons = run_dir / "poisons"
+    refuse_link(poisons)
+    if not poisons.is_dir():
+        return 0
+    leftovers = [p for p in poisons.glob("*.tmp") if p.is_file() and not p.is_symlink()]
+    for path in leftovers:
+        path.unlink()
+    return len(leftovers)
+
+
 def remove_run(run_dir: Path) -> None:
     """Delete what a run wrote in ``run_dir`` — its store, cached poisons, report, summary and gate file,
     and temporary files of interrupted writes — never anything else; an empty ``poisons/`` goes too."""

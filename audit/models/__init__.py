@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib
 import inspect
 import os
+import re
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -46,6 +47,9 @@ def resolve_device(name: str) -> torch.device:
 def import_factory(spec: str, field: str = "model.factory") -> Callable[..., Any]:
     """Import ``package.module:function``; the working directory is importable. Errors name ``field``."""
     module_name, _, attr = spec.partition(":")
+    dotted = r"[A-Za-z_]\w*(\.[A-Za-z_]\w*)*"
+    if not re.fullmatch(dotted, module_name) or not re.fullmatch(r"[A-Za-z_]\w*", attr):
+        raise AuditError(f"{field}: expected package.module:function with Python names (got {spec[:80]!r})")
     if str(Path.cwd()) not in sys.path:
         sys.path.insert(0, str(Path.cwd()))
     try:
