@@ -44,7 +44,9 @@ def _cases():
     for name, cls in sorted(DEFENSES.items()):
         for task in cls.tasks:
             for kind in cls.victims:
-                yield pytest.param(name, task, kind, id=f"{name}-{task}-{kind}")
+                # RONI refits once per point, twice here (27 s); tests/test_art_detectors.py runs it in the default suite
+                marks = [pytest.mark.slow] if name == "roni" else []
+                yield pytest.param(name, task, kind, id=f"{name}-{task}-{kind}", marks=marks)
 
 
 @pytest.mark.parametrize("name, task, kind", list(_cases()))

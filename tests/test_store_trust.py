@@ -73,6 +73,8 @@ def test_a_store_that_does_not_match_its_plan_gets_no_verdict(finished, tmp_path
         out = _gate(run_dir, *extra)
         assert out.exit_code == 3, (how, out.output)
         assert "CORRUPT STORE" in out.output and "does not match the run's plan" in out.output, out.output
+    if how not in ("attack renamed", "text metric"):
+        return  # the report of two cases is enough (a report takes a second)
     summary_out = CliRunner().invoke(cli, ["report", str(run_dir)])
     assert summary_out.exit_code in (0, 4) and "Traceback" not in summary_out.output
     html = (run_dir / "report.html").read_text()
