@@ -81,3 +81,24 @@ def test_a_store_that_does_not_match_its_plan_gets_no_verdict(finished, tmp_path
     assert "The result store does not match the run" in html
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["completeness"]["complete"] is False and summary["completeness"]["corrupt"]
+
+
+def test_the_interval_says_what_it_covers(finished, tmp_path):
+    """Issue 32: summary.json's ``intervals`` once always said seed variation was included; now it states the
+    scope of this run — one seed here, so test points only — and the verdict and the report repeat it."""
+    from audit.report import write_report
+
+    write_report(finished)
+    summary = json.loads((finished / "summary.json").read_text())
+    scope = summary["recommendation"]["intervals_scope"]
+    assert scope["seeds"] == 1 and scope["splits"] == 1 and scope["covers"] == ["test points"]
+    assert summary["recommendation"]["intervals"] == summary["verdict"]["intervals"] == scope["text"]
+    assert "at one seed of one data split; it does not cover split-to-split variation" in scope["text"]
+    assert "seed variation (its worst attack ran at one seed)" in scope["text"]
+    assert scope["text"] in (finished / "report.html").read_text()
+    seeded = [{"name": "label_flip", "id": "lf_random", "params": {"variant": "random"}}]  # the max-loss flip is seed-free: one seed
+    cfg = tiny_config(name="two", seeds=[0, 1], budgets=[0.1], attacks=seeded, confirm={"attacks": ["label_flip_random"]})
+    two = run_audit(parse_config(cfg), output_dir=tmp_path, progress=False)
+    write_report(two)
+    scope = json.loads((two / "summary.json").read_text())["recommendation"]["intervals_scope"]
+    assert scope["seeds"] == 2 and scope["covers"] == ["test points", "seeds"] and "and 2 seeds of one data split" in scope["text"]

@@ -242,6 +242,24 @@ class Analysis:
         failed += sum(status.get(k) == "failed" for k in planned)
         return Completeness(total, ok, failed, max(total - ok - failed, 0), list(self.corrupt))
 
+    def interval_scope(self, budget: float | None = None) -> dict[str, Any]:
+        """What the recommended setting's worst-case interval at ``budget`` (default: the target) covers: the
+        test points, the seeds its worst attack ran at, one data split; ``text`` says it in words, naming what
+        it does not cover (split-to-split variation; seed variation when that attack ran at one seed)."""
+        eps = self.recommendation.target_budget if budget is None else budget
+        rec, n_test = self.recommended(), int(self.meta.get("dataset", {}).get("n_test") or 0)
+        name = rec.worst_attack_test.get(eps) if rec is not None else None
+        seeds = 0
+        if rec is not None and name is not None:
+            attack, _, at = name.partition(" (at ε = ")
+            stats = rec.stats.get((attack, float(at.rstrip(")")) if at else eps, rec.defense))
+            seeds = stats.n_seeds if stats is not None else 0
+        covers = ["test points"] + (["seeds"] if seeds > 1 else [])
+        missing = ["split-to-split variation (one data split)"] + (["seed variation (its worst attack ran at one seed)"] if seeds <= 1 else [])
+        text = (f"95 % normal interval over the {n_test} test points" + (f" and {seeds} seeds" if seeds > 1 else " at one seed") +
+                f" of one data split; it does not cover {' or '.join(missing)}")  # fmt: skip
+        return {"splits": 1, "seeds": seeds, "test_points": n_test, "covers": covers, "not_covered": missing, "text": text}
+
     def recommended(self) -> CandidateSummary | None:
         """The recommended (candidate, defense) setting's summary."""
         want = pair_id(self.recommendation.key, self.recommendation.defense) if self.recommendation.key else None

@@ -203,6 +203,7 @@ def build_context(a: Analysis) -> dict[str, Any]:
         "task": task,
         "complete": a.completeness().complete,
         "corrupt": a.corrupt,
+        "interval_scope": a.interval_scope()["text"],
         "deployed": _deployed(a),
         **{section.name: section.build(a) for section in SECTIONS},
     }
@@ -289,6 +290,7 @@ def verdict_json(a: Analysis) -> dict[str, Any]:
         "strength": st.text,
         "why": st.why,
         "per_budget": {str(e): {"confirmed": (b := a.strength(e)).confirmed, "strength": b.text, "why": b.why} for e in a.config.budgets},
+        "intervals": a.interval_scope()["text"],
         "confirmation": {
             "enabled": bool(conf.get("enabled", False)),
             "budgets": conf.get("budgets", []),
@@ -336,7 +338,8 @@ def build_summary(a: Analysis) -> dict[str, Any]:
             "worst_case_drop_val": {str(e): v for e, v in rec.worst_damage_val.items()} if rec else {},
             "worst_case_drop_ci95": {str(e): list(v) for e, v in rec.worst_damage_test_ci.items()} if rec else {},
             "worst_attack": {str(e): v for e, v in rec.worst_attack_test.items()} if rec else {},  # the attack whose test drop is shown
-            "intervals": "95 % normal: seed variation plus the test split's paired sampling error (see audit.report.recommend)",
+            "intervals": (scope := a.interval_scope())["text"],  # what the interval covers, for this run (audit.report.recommend)
+            "intervals_scope": scope,
             "reason": a.recommendation.reason,
         },
         "candidates": [_setting(a, s) for s in a.summaries],  # without a defense
