@@ -8,8 +8,10 @@ Ctrl-C exits 130 and the same command resumes.
 
 from __future__ import annotations
 
+import errno
 import functools
 import math
+import sqlite3
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -32,8 +34,22 @@ def _user_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
         except AuditError as err:
             click.echo(f"error: {err}", err=True)
             sys.exit(2)
+        except (OSError, sqlite3.OperationalError) as err:
+            if not _disk_full(err):
+                raise
+            where = getattr(err, "filename", None) or "the run directory's device"
+            click.echo(f"error: no space left on {where} ({err}); finished cells are stored — free space and run the same "
+                       "command again", err=True)  # fmt: skip
+            sys.exit(2)
 
     return wrapper
+
+
+def _disk_full(err: BaseException) -> bool:
+    """A full disk or quota, as the OS (ENOSPC, EDQUOT) or SQLite ("database or disk is full") reports it."""
+    if isinstance(err, sqlite3.OperationalError):
+        return "disk is full" in str(err)
+    return getattr(err, "errno", None) in (errno.ENOSPC, errno.EDQUOT)
 
 
 class _OneLineGroup(click.Group):

@@ -419,3 +419,33 @@ def test_a_resume_removes_the_half_written_poisons_a_kill_left(runner, tmp_path)
     assert _run(runner, tmp_path, tiny_config()).exit_code == 0
     assert not (poisons / "tmpa1b2c3.tmp").exists() and sorted(p.name for p in poisons.glob("*.npz")) == finished
     assert outside.read_text() == "keep"
+
+
+@pytest.mark.parametrize("error", ["sqlite", "oserror"])
+def test_a_full_disk_is_one_line_and_the_run_resumes(runner, tmp_path, monkeypatch, error):
+    """Issue 33, defect 11: a full disk during `run` was a traceback (sqlite3.OperationalError), exit 1. Now one
+    line naming the cause, exit 2; the cells stored before are kept and the same command finishes the run."""
+    import errno
+
+    from audit.grid.store import Store
+
+    put = Store.put_cell
+    calls = []
+
+    def full_after_three(self, cell):
+        calls.append(cell)
+        if len(calls) > 3:
+            if error == "sqlite":
+                raise sqlite3.OperationalError("database or disk is full")
+            raise OSError(errno.ENOSPC, "No space left on device", str(self.path))
+        put(self, cell)
+
+    monkeypatch.setattr(Store, "put_cell", full_after_three)
+    out = _run(runner, tmp_path, tiny_config())
+    assert out.exit_code == 2 and "Traceback" not in out.output, out.output
+    lines = [line for line in out.output.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: no space left on "), out.output
+    monkeypatch.setattr(Store, "put_cell", put)
+    assert _run(runner, tmp_path, tiny_config()).exit_code == 0
+    summary = json.loads((tmp_path / "reports" / "tiny" / "summary.json").read_text())
+    assert summary["completeness"]["finished"] == 8
