@@ -105,7 +105,7 @@ class ModelSpec(StrictModel):
     name: str
     factory: str | None = None
     width: int | None = Field(None, ge=1)
-    depth: int = Field(2, ge=1)
+    depth: int = Field(2, ge=1, le=1000)
 
     @model_validator(mode="after")
     def _known(self) -> ModelSpec:
@@ -127,9 +127,9 @@ class TrainingSpec(StrictModel):
     """
 
     optimizer: Literal["lbfgs", "fista", "sgd", "adam"] | None = None
-    lr: float | None = Field(None, gt=0)
+    lr: float | None = Field(None, gt=0, le=1e6)
     momentum: float | None = Field(None, ge=0, lt=1)
-    epochs: int | None = Field(None, ge=1)
+    epochs: int | None = Field(None, ge=1, le=1_000_000)  # bounded: a typo of 10¹² would run for ever
     batch_size: int | None = Field(None, ge=1)
     #: the user's own training, ``package.module:function`` called as ``fn(model, x, y, *, seed)`` (and ``l2=ρ``
     #: when it takes it) for every retraining of a torch victim; README: "Train as you train"
@@ -239,7 +239,7 @@ class PoisonabilitySpec(StrictModel):
 
     enabled: Literal["auto", "on", "off"] = "auto"
     eps_w: list[float] = Field(default_factory=lambda: [0.1, 0.5, 1.0], min_length=1)
-    gradpc_steps: int = Field(100, ge=1)
+    gradpc_steps: int = Field(100, ge=1, le=1_000_000)
 
     @field_validator("eps_w")
     @classmethod

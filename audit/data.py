@@ -732,7 +732,7 @@ class SplitSpec(StrictModel):
 
     val: float = Field(0.2, gt=0)
     test: float = Field(0.2, gt=0)
-    seed: int = 0
+    seed: int = Field(0, ge=0, lt=2**63)
 
     @model_validator(mode="after")
     def _leave_training_data(self) -> SplitSpec:

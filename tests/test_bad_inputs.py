@@ -154,6 +154,9 @@ CONFIG_CASES = {
     "l2_huge": "candidates: {l2: [1.0e+308]}\n",
     "width_huge": "model: {name: mlp}\ncandidates: {width: [1000000000000]}\n",
     "factory_path_traversal": "model: {name: user, factory: '../../x:f'}\n",
+    "split_larger_than_the_data": "dataset: {name: breast_cancer, split: {val: 1.0e+30}}\n",
+    "attacker_split_larger_than_the_data": "dataset: {name: breast_cancer}\nthreat: {attacker_split: 1.0e+30}\n",
+    "epochs_huge": "training: {epochs: 1000000000000}\n",
 }
 
 CLI_CASES = {
@@ -241,3 +244,47 @@ def test_the_catalogue_is_large():
     total = len(DATA_CASES) + len(CONFIG_CASES) + len(CLI_CASES)
     assert total >= 80, total
     assert len(set(itertools.chain(CONFIG_CASES, CLI_CASES))) == len(CONFIG_CASES) + len(CLI_CASES)
+
+
+def _config_leaves(model, prefix=()):
+    """Every field path of the config model, nested sections included (attacks/defenses have their own catalogue)."""
+    from pydantic import BaseModel
+
+    for name, f in model.model_fields.items():
+        args = (*getattr(f.annotation, "__args__", ()), f.annotation)
+        sub = next((a for a in args if isinstance(a, type) and issubclass(a, BaseModel)), None)
+        if sub is not None and name not in ("attacks", "defenses"):
+            yield from _config_leaves(sub, (*prefix, name))
+        yield (*prefix, name)
+
+
+SWEEP_VALUES = {"wrong_type": {"a": [1]}, "empty_string": "", "empty_list": [], "huge": 10**30, "negative": -1, "nan": float("nan")}
+#: huge values a config may hold on purpose (all of the data, full batch, every candidate eligible) or that the plan
+#: refuses with the data in hand (a split or attacker share larger than the data, a network larger than memory)
+ACCEPTED_HUGE = {"dataset.n_samples", "dataset.split.val", "dataset.split.test", "model.width", "training.batch_size",
+                 "recommendation.clean_tolerance", "recommendation.deployed_tolerance", "threat.attacker_split"}  # fmt: skip
+
+
+def test_every_config_key_takes_a_wrong_type_an_empty_a_huge_and_a_negative_value_in_one_line():
+    """Issue 33's generated sweep: for every config key, a wrong type, an empty string or list, 10³⁰, −1 and NaN give a
+    one-line error — never a traceback — or are a value the key may take; a huge or negative value accepted by a key
+    not listed above fails this test, so a new field gets its bounds."""
+    from audit.config import AuditConfig, parse_config
+    from audit.errors import AuditError
+
+    accepted = []
+    for path in _config_leaves(AuditConfig):
+        for label, value in SWEEP_VALUES.items():
+            cfg = tiny_config()
+            node = cfg
+            for key in path[:-1]:
+                node = node.setdefault(key, {})
+            node[path[-1]] = value
+            try:
+                parse_config(cfg)
+            except AuditError as err:
+                assert "\n" not in str(err) and len(str(err)) < 400, (path, label, str(err)[:200])
+            else:
+                if label in ("huge", "negative"):
+                    accepted.append(".".join(path))
+    assert set(accepted) <= ACCEPTED_HUGE, sorted(set(accepted) - ACCEPTED_HUGE)
