@@ -372,3 +372,15 @@ def test_a_change_committed_into_the_wal_after_signing_fails_verify(run_dir, key
     assert (run / "results.sqlite-wal").stat().st_size > 0
     result = runner.invoke(cli, ["verify", str(run), "--public-key", str(public)])
     assert result.exit_code != 0 and "results.sqlite-wal: store changes the manifest does not cover" in result.output
+
+
+def test_every_attack_has_its_capability_and_a_modifying_attack_is_not_called_injection():
+    """Issue 34, item 1: the regimes (training-set modification) were described as "data injection" in the signed
+    record, for want of an entry."""
+    from audit.attacks import ATTACKS
+    from audit.report.compliance import CAPABILITY
+
+    assert set(ATTACKS) <= set(CAPABILITY)
+    for name, cls in ATTACKS.items():
+        assert ("modification" in CAPABILITY[name]) == cls.modifies, name
+        assert ("injection" in CAPABILITY[name] or "injects" in CAPABILITY[name]) != cls.modifies, name

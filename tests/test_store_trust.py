@@ -102,3 +102,36 @@ def test_the_interval_says_what_it_covers(finished, tmp_path):
     write_report(two)
     scope = json.loads((two / "summary.json").read_text())["recommendation"]["intervals_scope"]
     assert scope["seeds"] == 2 and scope["covers"] == ["test points", "seeds"] and "and 2 seeds of one data split" in scope["text"]
+
+
+def test_a_documented_gradient_canceling_box_setting_runs_through_a_config(tmp_path):
+    """Issue 34, item 2: ``box: data | none`` (README's attack table) failed every GC cell with "got multiple values
+    for keyword argument 'box'". Through a YAML config and the CLI: both run; ``data`` keeps every poison in the
+    feature box, ``none`` (the paper's unbounded setting) leaves some outside it."""
+    import numpy as np
+
+    from audit.config import AuditConfig
+    from audit.grid.store import Store
+    from audit.grid.work import poison_cache_key
+    from tests.conftest import write_yaml
+
+    attacks = [{"name": "gradient_canceling", "id": f"gc_{b}", "params": {"box": b, "epochs": 30}} for b in ("data", "none")]
+    cfg = tiny_config(name="box", attacks=attacks, candidates={"l2": [0.01]}, budgets=[0.1], confirm=False)
+    out = CliRunner().invoke(cli, ["run", str(write_yaml(tmp_path / "box.yaml", cfg)), "--out", str(tmp_path), "--quiet"])
+    assert out.exit_code == 0, out.output
+    run_dir = tmp_path / "box"
+    assert {c.status for c in stored_cells(run_dir)} == {"ok"}
+    store = Store.open_existing(run_dir)
+    try:
+        config, fingerprint = AuditConfig.model_validate(store.meta("config")), store.meta("fingerprint")
+        poisons = {c.attack: store.load_poisons(poison_cache_key(c.candidate, c.attack, dict(config.attack_spec(c.attack).params),
+                                                                 c.budget, c.seed, fingerprint))
+                   for c in stored_cells(run_dir)}  # fmt: skip
+    finally:
+        store.close()
+    assert all(p is not None for p in poisons.values()), "poisons cached under the cell's key"
+    data = analyse(run_dir).meta["dataset"]
+    lo, hi = data["feature_box"]
+    x_data, x_none = poisons["gc_data"][0], poisons["gc_none"][0]
+    assert x_data.min() >= lo - 1e-6 and x_data.max() <= hi + 1e-6
+    assert x_none.min() < lo - 1e-3 or x_none.max() > hi + 1e-3

@@ -256,8 +256,10 @@ class GradientCanceling(AuditAttack, PoisoningAttackWhiteBox):
         else:
             target, origin = auto_target(fitted, data, ctx.budget, l2, p.eps_w_grid, p.gradpc_steps)
         box = ctx.box if p.box == "data" else None
+        own = {k: v for k, v in params.items() if k != "box"}  # ``box`` names the setting ("data" | "none"); the array is passed
         attack = cls(module, target_model=target, budget=ctx.budget, task=data.task, l2=l2, box=box, seed=ctx.seed,
-                     n_classes=data.n_classes, **params)  # fmt: skip
+                     n_classes=data.n_classes, **own)  # fmt: skip
+        attack.params = attack.params.model_copy(update={"box": p.box})  # the setting the cell ran under, as configured
         attack.diagnostics.update(origin)
         attack.diagnostics.target_val_metric = module_metric(attack.target, data.x_val, data.y_val, data.task)
         attack.diagnostics.target_test_metric = module_metric(attack.target, data.x_test, data.y_test, data.task)

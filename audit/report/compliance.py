@@ -38,6 +38,10 @@ CAPABILITY = {
     "back_gradient": "injects points with optimised features in the feature box and chosen labels (data injection)",
     "tgda": "injects generated points whose labels follow the clean data (clean-label data injection)",
     "minmax": "injects the feasible points of largest loss inside the defense's region (data injection)",
+    "regime_a": "modifies a fraction ε of the training points in place: features perturbed inside the feature box (or a radius), "
+    "labels kept (training-set modification, clean label)",
+    "regime_b": "modifies every training point in place by at most ε·‖x‖, labels kept (training-set modification, clean label)",
+    "regime_c": "flips training labels in place, each with probability ε (training-set modification, label noise)",
 }
 
 #: the instruments and provisions the record answers, and the sections that answer them
@@ -108,7 +112,8 @@ def _knowledge(attack_key: str, a: Analysis) -> tuple[str, str]:
         knowledge = "black-box: the training data only (no model, no gradients)"
     if adaptive:
         knowledge += "; adaptive: also the defense and its parameters (filter in the loop)"
-    return knowledge, CAPABILITY.get(name, "data injection")
+    fallback = "modifies training points in place (training-set modification)" if cls is not None and cls.modifies else "data injection"
+    return knowledge, CAPABILITY.get(name, fallback)
 
 
 def _pct(eps: float) -> str:
