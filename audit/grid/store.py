@@ -110,7 +110,7 @@ class Cell:
         return json.loads(self.candidate)
 
     def recorded(self, part: str) -> dict[str, Any]:
-        """The stored JSON of one part of the diagnostics: ``attack``, ``defense`` or ``retrain``."""
+        """One part of the stored diagnostics (``attack``, ``defense``, ``retrain``, ``se``, ``attacker_split``, …); {} when absent."""
         return json.loads(self.diagnostics or "{}").get(part) or {}
 
     def attack_diagnostics(self, kind: type[D]) -> D:

@@ -248,12 +248,7 @@ class Analysis:
         it does not cover (split-to-split variation; seed variation when that attack ran at one seed)."""
         eps = self.recommendation.target_budget if budget is None else budget
         rec, n_test = self.recommended(), int(self.meta.get("dataset", {}).get("n_test") or 0)
-        name = rec.worst_attack_test.get(eps) if rec is not None else None
-        seeds = 0
-        if rec is not None and name is not None:
-            attack, _, at = name.partition(" (at ε = ")
-            stats = rec.stats.get((attack, float(at.rstrip(")")) if at else eps, rec.defense))
-            seeds = stats.n_seeds if stats is not None else 0
+        seeds = rec.worst_test_seeds.get(eps, 0) if rec is not None else 0
         covers = ["test points"] + (["seeds"] if seeds > 1 else [])
         missing = ["split-to-split variation (one data split)"] + (["seed variation (its worst attack ran at one seed)"] if seeds <= 1 else [])
         text = (f"95 % normal interval over the {n_test} test points" + (f" and {seeds} seeds" if seeds > 1 else " at one seed") +

@@ -125,6 +125,8 @@ class CandidateSummary:
     #: per budget: seed → the per-point validation metric, shape (n_val,), of the worst attack (:attr:`worst_attack`),
     #: for paired ties; a budget is absent where a cell was stored without them
     worst_val_points: dict[float, dict[int, np.ndarray]] = field(default_factory=dict, repr=False)
+    #: per budget: the seeds the attack of :attr:`worst_attack_test` ran at (what the worst case's interval covers)
+    worst_test_seeds: dict[float, int] = field(default_factory=dict)
 
     @property
     def pair(self) -> str:
@@ -228,6 +230,7 @@ def aggregate(
             summary.worst_test[eps] = per_attack[worst_t].poisoned_test
             summary.worst_damage_test[eps] = per_attack[worst_t].damage_test
             summary.worst_attack_test[eps] = worst_t
+            summary.worst_test_seeds[eps] = per_attack[worst_t].n_seeds
             stats = per_attack.values()
             summary.worst_damage_test_ci[eps] = (max(s.damage_test - Z95 * s.damage_test_se for s in stats),
                                                  max(s.damage_test + Z95 * s.damage_test_se for s in stats))  # fmt: skip
@@ -246,7 +249,7 @@ def aggregate(
 
 def _damage_att(rows: list[Cell], sign: float) -> float | None:
     """Mean damage on D_att over ``rows`` (each cell's ``attacker_split`` record); None unless every cell has one."""
-    att = [json.loads(c.diagnostics or "{}").get("attacker_split") for c in rows]
+    att = [c.recorded("attacker_split") for c in rows]
     if not att or any(not a for a in att):
         return None
     return sign * _mean([a["clean"] - a["poisoned"] for a in att])
@@ -257,7 +260,7 @@ def _val_points(cells: list[Cell], key: str, attack: str, eps: float, defense: s
     out = {}
     for c in cells:
         if c.candidate == key and c.attack == attack and c.budget == eps and c.defense == defense:
-            points = unpack_points(json.loads(c.diagnostics or "{}").get("val_points") or {})
+            points = unpack_points(c.recorded("val_points"))
             if points is None:
                 return None
             out[c.seed] = points

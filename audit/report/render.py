@@ -356,7 +356,7 @@ def build_summary(a: Analysis) -> dict[str, Any]:
                 "clean_val_metric": c.clean_val,
                 "poisoned_val_metric": c.poisoned_val,
                 # D_att, the split the attack optimised: {"clean", "poisoned"} (null: the attack read D_val)
-                "attacker_split_metric": json.loads(c.diagnostics or "{}").get("attacker_split"),
+                "attacker_split_metric": c.recorded("attacker_split") or None,
                 "drop": None if c.status != "ok" else sign * (c.clean_test - c.poisoned_test),
                 "drop_se": c.recorded("se").get("test_drop") if c.status == "ok" else None,
                 "n_poison": c.n_poison,
