@@ -83,7 +83,7 @@ class AuditResult(os.PathLike):
             raise AuditError("the audit recommends nothing yet: name the candidate (hyperparameters=...)")
         seed = cfg.seeds[0] if seed is None else seed
         key = poison_cache_key(candidate_key(hp), spec.key, spec.params, float(budget), seed, self.plan.fingerprint())
-        store = Store.open_existing(self.run_dir)
+        store = Store.open_existing(self.run_dir, read_only=True)
         try:
             found = store.load_poisons(key)
         finally:
@@ -159,7 +159,7 @@ def run_audit(config: AuditConfig, *, model: Any = None, dataset: Any = None, ou
 
 def _raise_when_nothing_finished(run_dir: Path) -> None:
     """Every cell failed: the CLI's exit 4, as an error (the run directory keeps the failures for the report)."""
-    store = Store.open_existing(run_dir)
+    store = Store.open_existing(run_dir, read_only=True)
     try:
         cells = store.cells()
     finally:

@@ -128,12 +128,14 @@ def run(config: Path | None, output_dir: Path | None, restart: bool, quiet: bool
 
 @cli.command()
 @click.argument("run_dir", type=click.Path(path_type=Path))
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Write report.html and summary.json into this directory instead (RUN_DIR is then only read).")  # fmt: skip
 @_user_errors
-def report(run_dir: Path) -> None:
+def report(run_dir: Path, out: Path | None) -> None:
     """Re-render RUN_DIR's report.html and summary.json from its store (no recomputation)."""
     from audit.report import write_report
 
-    click.echo(f"report: {write_report(run_dir)}")
+    click.echo(f"report: {write_report(run_dir, out)}")
 
 
 @cli.command()

@@ -288,3 +288,30 @@ def test_every_config_key_takes_a_wrong_type_an_empty_a_huge_and_a_negative_valu
                 if label in ("huge", "negative"):
                     accepted.append(".".join(path))
     assert set(accepted) <= ACCEPTED_HUGE, sorted(set(accepted) - ACCEPTED_HUGE)
+
+
+def test_every_attack_and_defense_parameter_refuses_a_huge_count_and_a_non_finite_real_in_one_line():
+    """Issue 33: the registries' parameters are bounded like the config's keys — 10¹² iterations (which would never end),
+    ±inf and 1e40 (beyond float32, where the cells compute) are one-line errors through a config, for every registered
+    attack and defense and every numeric field; 10⁶ stays a count a user may ask for."""
+    import typing
+
+    from audit.attacks import ATTACKS
+    from audit.config import parse_config
+    from audit.defenses import DEFENSES
+    from audit.errors import AuditError
+
+    checked = 0
+    for axis, registry in (("attacks", ATTACKS), ("defenses", DEFENSES)):
+        for name, cls in sorted(registry.items()):
+            for field, info in cls.Params.model_fields.items():
+                kinds = {a for a in (*typing.get_args(info.annotation), info.annotation) if a in (int, float)}
+                cases = ([10**12] if int in kinds and field not in cls.Params.large_counts else []) + (
+                    [float("inf"), -float("inf"), 1e40] if float in kinds else [])  # fmt: skip
+                for value in cases:
+                    with pytest.raises(AuditError) as err:
+                        parse_config({**tiny_config(), axis: [{"name": name, "params": {field: value}}]})
+                    assert "\n" not in str(err.value) and f"params: {field}" in str(err.value), (name, field, str(err.value))
+                    checked += 1
+    assert checked > 60, checked
+    parse_config({**tiny_config(), "attacks": [{"name": "back_gradient", "params": {"iterations": 10**6}}]})

@@ -4,8 +4,10 @@ to the planned cell keys one-to-one and validates every metric it reads."""
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import sqlite3
+from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
@@ -108,7 +110,6 @@ def test_a_documented_gradient_canceling_box_setting_runs_through_a_config(tmp_p
     """Issue 34, item 2: ``box: data | none`` (README's attack table) failed every GC cell with "got multiple values
     for keyword argument 'box'". Through a YAML config and the CLI: both run; ``data`` keeps every poison in the
     feature box, ``none`` (the paper's unbounded setting) leaves some outside it."""
-    import numpy as np
 
     from audit.config import AuditConfig
     from audit.grid.store import Store
@@ -135,3 +136,43 @@ def test_a_documented_gradient_canceling_box_setting_runs_through_a_config(tmp_p
     x_data, x_none = poisons["gc_data"][0], poisons["gc_none"][0]
     assert x_data.min() >= lo - 1e-6 and x_data.max() <= hi + 1e-6
     assert x_none.min() < lo - 1e-3 or x_none.max() > hi + 1e-3
+
+
+def _snapshot(run_dir):
+    return {p.relative_to(run_dir): p.read_bytes() for p in sorted(run_dir.rglob("*")) if p.is_file()}
+
+
+def test_a_read_only_run_directory_is_gated_and_reported_with_the_outputs_elsewhere(finished, tmp_path, monkeypatch):
+    """Issue 33, defect 12: a run directory this process cannot write (a read-only mount, another user's) can still be
+    gated with --junit elsewhere and reported with --out. Root ignores permissions, so the mount is simulated where the
+    tool meets it: ``os.access`` says the directory is not writable and SQLite refuses to open the store for writing
+    (it cannot create its ``-shm`` file there), as it does on a read-only file system; nothing in the directory changes."""
+    run_dir = tmp_path / "ro"
+    shutil.copytree(finished, run_dir)
+    before = _snapshot(run_dir)
+    real_access, real_connect = os.access, sqlite3.connect
+
+    def access(path, mode, *args, **kwargs):
+        inside = Path(path).resolve() == run_dir.resolve() or run_dir.resolve() in Path(path).resolve().parents
+        return False if inside and mode & os.W_OK else real_access(path, mode, *args, **kwargs)
+
+    def connect(database, *args, **kwargs):
+        text = str(database)
+        if str(run_dir.resolve()) in text or str(run_dir) in text:
+            if not (kwargs.get("uri") and ("immutable=1" in text or "mode=ro" in text)):
+                raise sqlite3.OperationalError("unable to open database file")
+        return real_connect(database, *args, **kwargs)
+
+    monkeypatch.setattr(os, "access", access)
+    monkeypatch.setattr(sqlite3, "connect", connect)
+    out = tmp_path / "outputs"
+    out.mkdir()
+    gated = _gate(run_dir, "--junit", str(out / "gate.xml"))
+    assert gated.exit_code == 0 and gated.output.startswith("PASS"), gated.output
+    assert "<testsuite" in (out / "gate.xml").read_text()
+    reported = CliRunner().invoke(cli, ["report", str(run_dir), "--out", str(out)])
+    assert reported.exit_code == 0, reported.output
+    assert json.loads((out / "summary.json").read_text())["name"] == "trust" and (out / "report.html").stat().st_size > 10_000
+    assert _snapshot(run_dir) == before
+    refused = CliRunner().invoke(cli, ["report", str(run_dir), "--out", str(tmp_path / "missing")])
+    assert refused.exit_code == 2 and "no such directory" in refused.output

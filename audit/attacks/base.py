@@ -37,7 +37,7 @@ from audit.jsonio import Diagnostics
 from audit.models.estimator import as_art_estimator, clip_values, differentiable_model, infer_task
 from audit.models.structure import last_linear
 from audit.seeding import generators, preserved_global_rng
-from audit.spec import StrictModel
+from audit.spec import BoundedParams
 
 
 def _torch_requirements() -> tuple[Any, ...]:
@@ -51,8 +51,8 @@ TORCH_REQUIREMENTS: tuple[Any, ...] = _torch_requirements()
 TORCH_NEEDS = "a PyTorch model (an ART PyTorch estimator or an nn.Module)"
 
 
-class AttackParams(StrictModel):
-    """Base of attack parameter models: unknown keys are errors."""
+class AttackParams(BoundedParams):
+    """Base of attack parameter models: unknown keys are errors, counts and reals bounded (:class:`BoundedParams`)."""
 
 
 @dataclass

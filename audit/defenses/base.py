@@ -25,7 +25,7 @@ from pydantic import ValidationError
 
 from audit.errors import AuditError
 from audit.jsonio import Diagnostics
-from audit.spec import StrictModel
+from audit.spec import BoundedParams
 
 
 @dataclass
@@ -35,8 +35,8 @@ class CertificateDiagnostics(Diagnostics):
     certified_accuracy: float | None = None
 
 
-class DefenseParams(StrictModel):
-    """Base of defense parameter models: unknown keys are errors."""
+class DefenseParams(BoundedParams):
+    """Base of defense parameter models: unknown keys are errors, counts and reals bounded (:class:`BoundedParams`)."""
 
 
 @dataclass

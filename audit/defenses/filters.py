@@ -85,8 +85,10 @@ class InfluenceParams(DefenseParams):
 
 
 class SeverParams(DefenseParams):
+    large_counts: ClassVar[frozenset[str]] = frozenset({"max_params"})
+
     rounds: int = Field(2, ge=1)
-    max_params: int = Field(100_000, ge=1)
+    max_params: int = Field(100_000, ge=1, le=10**10)  # a parameter count, not an iteration count
 
 
 class LossFilter(Defense):

@@ -229,17 +229,19 @@ def checkpoint(run_dir: Path) -> None:
 class Store:
     """SQLite store of one run directory."""
 
-    def __init__(self, run_dir: str | Path) -> None:
+    def __init__(self, run_dir: str | Path, read_only: bool = False) -> None:
         self.run_dir = Path(run_dir)
         self.path = self.run_dir / STORE_FILE
         self.poison_dir = self.run_dir / "poisons"
+        self.read_only = read_only
         self._db: sqlite3.Connection | None = None
 
     # ------------------------------------------------------------------ lifecycle
     @classmethod
-    def open_existing(cls, run_dir: str | Path) -> Store:
-        """Open a finished or interrupted run for reading; a clear error when it is not one."""
-        store = cls(run_dir)
+    def open_existing(cls, run_dir: str | Path, read_only: bool = False) -> Store:
+        """Open a finished or interrupted run for reading; a clear error when it is not one. ``read_only``:
+        never write (gate, report and the analysis), so a run directory on a read-only mount can be read."""
+        store = cls(run_dir, read_only)
         if not store.run_dir.is_dir():
             raise AuditError(f"run directory not found: {store.run_dir}")
         if not store.path.is_file():
@@ -259,11 +261,26 @@ class Store:
     def db(self) -> sqlite3.Connection:
         if self._db is None:
             self.refuse_links()
+            if self.read_only and not os.access(self.run_dir, os.W_OK):
+                self._db = self._read_only_connection()
+                return self._db
             self._db = sqlite3.connect(self.path, timeout=30)
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=NORMAL")
             self._db.executescript(_SCHEMA)
         return self._db
+
+    def _read_only_connection(self) -> sqlite3.Connection:
+        """A connection that writes nothing, for a run directory this process cannot write (a read-only mount, a
+        directory another user owns; README: Run directory). SQLite cannot create its shared-memory file there, so a
+        store with no write-ahead log is opened ``immutable`` (nothing can change it: nobody can write the
+        directory); one with a log needs the ``-shm`` file its writer left and is opened ``mode=ro``."""
+        wal = self.run_dir / (STORE_FILE + "-wal")
+        flag = "mode=ro" if wal.is_file() and wal.stat().st_size else "immutable=1"
+        try:
+            return sqlite3.connect(f"{self.path.resolve().as_uri()}?{flag}", uri=True, timeout=30)
+        except sqlite3.Error as err:
+            raise AuditError(f"{self.path}: cannot read the store in a directory this process cannot write ({err})") from None
 
     def refuse_links(self) -> None:
         """The store and its side files as links (or hard-linked files) are refused: SQLite writes them in place."""

@@ -356,7 +356,7 @@ def confirmation_targets(run_dir: str | Path) -> tuple[tuple[str, str] | None, l
 
 def analyse(run_dir: str | Path) -> Analysis:
     """Read a run directory's store and aggregate it (no recomputation)."""
-    store = Store.open_existing(run_dir)
+    store = Store.open_existing(run_dir, read_only=True)
     try:
         meta = store.all_meta()
         cells = store.cells()

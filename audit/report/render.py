@@ -7,6 +7,7 @@ temporary name and renamed, so a crash never leaves a half-written report behind
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import time
@@ -19,6 +20,7 @@ from jinja2 import Environment, FileSystemLoader, select_autoescape
 from audit.attacks import ATTACKS
 from audit.catalog import BATTERY, PROFILES
 from audit.data import attacker_sentence, domain_sentence
+from audit.errors import AuditError
 from audit.grid.adaptive import adaptive_axes
 from audit.grid.lock import RunLock
 from audit.grid.store import Store
@@ -424,17 +426,22 @@ def _adaptive_summary(a: Analysis) -> dict[str, Any]:
     }
 
 
-def write_report(run_dir: str | Path) -> Path:
-    """Render ``report.html`` and ``summary.json`` from the store; returns the HTML path."""
+def write_report(run_dir: str | Path, out: str | Path | None = None) -> Path:
+    """Render ``report.html`` and ``summary.json`` from the store into ``out`` (default: the run directory, under its
+    lock; elsewhere the run directory is only read, so a read-only one can be reported); returns the HTML path."""
     run_dir = Path(run_dir)
-    Store.open_existing(run_dir).close()  # a one-line error, and no lock file, where there is no run
-    with RunLock(run_dir, "report"):
+    Store.open_existing(run_dir, read_only=True).close()  # a one-line error, and no lock file, where there is no run
+    target = run_dir if out is None else Path(out)
+    if out is not None and not target.is_dir():
+        raise AuditError(f"--out: no such directory: {target}")
+    inside = target.resolve() == run_dir.resolve()
+    with RunLock(run_dir, "report") if inside else contextlib.nullcontext():
         analysis = analyse(run_dir)
         html = render_html(build_context(analysis))
-        atomic_write(run_dir / "summary.json", json.dumps(finite(build_summary(analysis)), indent=2, allow_nan=False,
-                                                           default=_json_default))  # fmt: skip
-        atomic_write(run_dir / "report.html", html)
-    return run_dir / "report.html"
+        atomic_write(target / "summary.json", json.dumps(finite(build_summary(analysis)), indent=2, allow_nan=False,
+                                                          default=_json_default))  # fmt: skip
+        atomic_write(target / "report.html", html)
+    return target / "report.html"
 
 
 def _setting(a: Analysis, s: Any) -> dict[str, Any]:
