@@ -44,13 +44,15 @@ failure, doubles after a first trial that gained), and the poisons start from fl
 validation *and* training points (``starts``; each runs ``start_screen`` iterations, the
 better continues) — Demontis et al. 2019 / SecML's pgd-ls, with all poisons moved together.
 Measured against SecML 0.15.6 in ``examples/benchmarks/peer_secml.py``. Networks, ρ = 0 and
-``hypergradient: unrolled`` keep the paper's RMD and fixed steps (the ``quick`` and
-``standard`` profiles pin ``unrolled``: their settings were measured with it).
+``hypergradient: unrolled`` keep the paper's RMD and fixed steps. ``implicit`` holds parameters
+that replace these where the hypergradient resolves to implicit, so one profile setting reduces
+both forms: the ``quick`` profile runs the unrolled attack at T = 30, η = 0.5 (the same η·T),
+α = 4, 5 iterations, and the implicit one at 50 iterations, 5-iteration start screens and looser
+solves (``inner_tol`` 1e-5, ``cg_tol`` 1e-4); ``standard`` runs the implicit attack at the paper's
+settings (measured against these defaults in ``examples/benchmarks/profile_strength.py``).
 
 Defaults: the paper's MNIST '0' vs '8' settings (Table 2): T = 150, η = 0.10, α = 0.99,
-β = 0.80, 100 outer iterations, Φ(λ) = [−8, log 200]. The ``quick`` profile takes T = 30,
-η = 0.5 (the same η·T), α = 4 and 5 iterations (measured against these defaults in
-``examples/benchmarks/profile_strength.py``).
+β = 0.80, 100 outer iterations, Φ(λ) = [−8, log 200].
 """
 
 from __future__ import annotations
@@ -65,7 +67,7 @@ from typing import Any, ClassVar, Literal
 import numpy as np
 import torch
 from art.attacks.attack import PoisoningAttackWhiteBox
-from pydantic import Field, model_validator
+from pydantic import Field, ValidationError, model_validator
 
 from audit.attacks.base import (
     TORCH_NEEDS,
@@ -87,6 +89,7 @@ from audit.maths.linear_solve import CG, Matvec
 from audit.maths.regions import SANITISERS, project_many, sanitiser_level, sanitiser_region
 from audit.models.training import data_loss, lambda_shift
 from audit.seeding import seeded_init
+from audit.spec import first_error
 
 PAPER_L2_RANGE = (-8.0, math.log(200.0))
 PAPER_CLEAN_WARM_START = math.log(5.0)
@@ -127,14 +130,30 @@ class BackGradientParams(AttackParams):
     # stop a run once the objective gained less than stall_gain (relative) over its last stall_window iterations (0: never)
     stall_gain: float = Field(0.0, ge=0)
     stall_window: int = Field(10, ge=1)
+    # parameters that replace these where the hypergradient resolves to implicit (a convex victim with ρ > 0): a
+    # profile's reduction differs between the implicit attack and the unrolled one it keeps for networks and ρ = 0
+    implicit: dict[str, Any] | None = None
 
     @model_validator(mode="after")
     def _range(self) -> BackGradientParams:
         if not self.l2_range[0] < self.l2_range[1]:
             raise ValueError(f"l2_range must be (low, high) with low < high (got {self.l2_range})")
+        if self.implicit is not None:
+            if {"implicit", "hypergradient"} & set(self.implicit):
+                raise ValueError("implicit: may not set 'implicit' or 'hypergradient' (it applies once the hypergradient is implicit)")
+            self.for_implicit()  # its values are back-gradient parameters too
         if self.starts is not None and (not self.starts or len(set(self.starts)) != len(self.starts)):
             raise ValueError(f"starts: one or both of 'validation', 'training', without repeats (got {list(self.starts)})")
         return self
+
+    def for_implicit(self) -> BackGradientParams:
+        """These parameters where the hypergradient is implicit: ``implicit``'s values in place of their own."""
+        if not self.implicit:
+            return self
+        try:
+            return BackGradientParams.model_validate({**self.model_dump(exclude={"implicit"}), **self.implicit})
+        except ValidationError as err:
+            raise ValueError(f"implicit: {first_error(err)}") from None
 
 
 def flipped_labels(y: np.ndarray, n_classes: int, losses: np.ndarray | None) -> np.ndarray:
@@ -331,6 +350,8 @@ class BackGradient(AuditAttack, PoisoningAttackWhiteBox):
         """Fix the hypergradient, step rule and starts for this run; the dtype to work in (float64 for
         the implicit form's exact solves, else the victim's)."""
         self._mode = self.hypergradient_mode()
+        if self._mode == "implicit":
+            self.params = self.params.for_implicit()
         self._rule, self._starts = self.step_rule_and_starts()
         return torch.float64 if self._mode == "implicit" else None
 

@@ -328,3 +328,25 @@ def test_a_stalled_run_stops_early_and_says_so(gaussian_setting):
     # a 50 % gain over every 3 iterations cannot last: the run stops long before its 40 iterations, never above the full run
     assert stalled.diagnostics["iterations"] < full.diagnostics["iterations"]
     assert stalled.diagnostics["objective_final"] <= full.diagnostics["objective_final"] + 1e-12
+
+
+def test_implicit_overrides_apply_only_where_the_hypergradient_is_implicit(gaussian_setting):
+    """A profile's ``implicit`` block (the quick profile's reduction for convex victims) replaces the parameters of an
+    implicit run and leaves an unrolled one (a network, ρ = 0) as it is; the same run with the values given directly
+    gives the same poisons."""
+    from audit.models.zoo import MLP
+
+    x, y, xv, yv, model = gaussian_setting
+    overridden = _implicit(gaussian_setting, iterations=3, implicit={"iterations": 6, "starts": ["training"]})
+    direct = _implicit(gaussian_setting, iterations=6, starts=("training",))
+    x_o, _ = overridden.poison(x, y)
+    x_d, _ = direct.poison(x, y)
+    assert np.array_equal(x_o, x_d) and overridden.diagnostics["start"] == "training"
+    assert overridden.diagnostics["iterations"] == direct.diagnostics["iterations"] > 3
+    box = np.full(2, 9.5, np.float32)
+    net = BackGradient(MLP(2, 2, width=4, depth=1), x_val=xv, y_val=yv, budget=0.1, task="classification", n_classes=2, l2=0.01,
+                       box=(-box, box), seed=0, iterations=3, inner_steps=5, implicit={"iterations": 6})  # fmt: skip
+    net.poison(x, y)
+    assert net.hypergradient_mode() == "unrolled" and net.diagnostics["iterations"] <= 3
+    with pytest.raises(ValueError, match="implicit: may not set 'implicit' or 'hypergradient'"):
+        _implicit(gaussian_setting, implicit={"hypergradient": "unrolled"})
