@@ -187,7 +187,7 @@ def gate(run_dir: Path, budget: float, max_drop: float, allow_incomplete: bool, 
             raise AuditError(f"{option}: no such directory: {path.parent}")
     result = run_gate(run_dir, budget, max_drop, allow_incomplete=allow_incomplete, confidence=confidence, soft_fail=soft_fail,
                       junit=junit_file, allow_lower_bound=allow_lower_bound, allow_mismatch=allow_mismatch)  # fmt: skip
-    name = json.loads((Path(run_dir) / "summary.json").read_text())["name"] if (Path(run_dir) / "summary.json").is_file() else Path(run_dir).name
+    name = _run_name(run_dir)
     if summary_file is not None:
         with open(summary_file, "a", encoding="utf-8") as fh:  # GitHub collects what each step appends
             fh.write(step_summary(result, Path(run_dir), name) + "\n")
@@ -198,6 +198,18 @@ def gate(run_dir: Path, budget: float, max_drop: float, allow_incomplete: bool, 
         click.echo(("ADVISORY " if result.soft and not result.passed else "") + label + result.message)
         click.echo(f"junit: {junit_file or Path(run_dir) / 'gate.xml'}")
     sys.exit(result.exit_code)
+
+
+def _run_name(run_dir: Path) -> str:
+    """The run's name from its store (summary.json is an output the gate does not trust: it may be stale or replaced)."""
+    from audit.grid.store import Store
+
+    store = Store.open_existing(run_dir, read_only=True)
+    try:
+        config = store.meta("config")
+    finally:
+        store.close()
+    return str(config.get("name")) if isinstance(config, dict) and config.get("name") else Path(run_dir).name
 
 
 @cli.command()

@@ -14,6 +14,7 @@ import os
 import sqlite3
 import tempfile
 import time
+import zipfile
 from collections.abc import Collection, Iterator
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
@@ -226,6 +227,18 @@ def checkpoint(run_dir: Path) -> None:
         raise AuditError(f"{run_dir}: {', '.join(left)} still holds store changes after a checkpoint; close whatever uses the store and export again")
 
 
+def _read_poison_file(path: Path) -> dict[str, Any] | None:
+    """A cached poison set's arrays and strings, or None where ``path`` is missing, a link, or not a poison file
+    this tool wrote (truncated, replaced, tampered): never unpickled, never a traceback."""
+    if path.is_symlink() or not path.is_file():
+        return None
+    try:
+        with np.load(path, allow_pickle=False) as npz:
+            return {"x": npz["x"], "y": npz["y"], "key": str(npz["key"]), "diagnostics": str(npz["diagnostics"])}
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile):
+        return None
+
+
 class Store:
     """SQLite store of one run directory."""
 
@@ -404,29 +417,31 @@ class Store:
         return self.poison_dir / (hashlib.sha256(key.encode()).hexdigest()[:24] + ".npz")
 
     def load_poisons(self, key: str) -> tuple[np.ndarray, np.ndarray, dict] | None:
-        path = self._poison_path(key)
-        if not path.is_file():
-            return None
-        with np.load(path, allow_pickle=False) as npz:
-            if str(npz["key"]) != key:
-                return None
-            return npz["x"], npz["y"], json.loads(str(npz["diagnostics"]))
+        found = _read_poison_file(self._poison_path(key))
+        if found is None or found["key"] != key:
+            return None  # a miss: the attack crafts again and the save replaces the file
+        return found["x"], found["y"], json.loads(found["diagnostics"])
 
     def poison_samples(self, attacks: Collection[str], k: int = 8) -> list[dict[str, Any]]:
         """The first ``k`` poisons of every cached poison set made by one of ``attacks`` (attack keys
         whose diagnostics record their source points, such as TGDA's), with the parsed cache key."""
         out = []
         for path in sorted(self.poison_dir.glob("*.npz")) if self.poison_dir.is_dir() else []:
-            with np.load(path, allow_pickle=False) as npz:
-                candidate, attack, _params, budget, seed, fingerprint = json.loads(str(npz["key"]))
+            found = _read_poison_file(path)
+            if found is None:
+                continue
+            try:
+                candidate, attack, _params, budget, seed, fingerprint = json.loads(found["key"])
                 if attack not in attacks:
                     continue
-                diagnostics = SourcedDiagnostics.from_json(json.loads(str(npz["diagnostics"])))
-                if not diagnostics.source_examples:
-                    continue
-                out.append({"candidate": candidate, "attack": attack, "budget": budget, "seed": seed,
-                            "fingerprint": fingerprint, "x": npz["x"][:k], "y": npz["y"][:k],
-                            "source": diagnostics.source_examples[:k], "diagnostics": diagnostics})  # fmt: skip
+                diagnostics = SourcedDiagnostics.from_json(json.loads(found["diagnostics"]))
+            except (ValueError, TypeError, KeyError):
+                continue  # not a poison set this version wrote: no sample from it
+            if not diagnostics.source_examples:
+                continue
+            out.append({"candidate": candidate, "attack": attack, "budget": budget, "seed": seed,
+                        "fingerprint": fingerprint, "x": found["x"][:k], "y": found["y"][:k],
+                        "source": diagnostics.source_examples[:k], "diagnostics": diagnostics})  # fmt: skip
         return out
 
     def save_poisons(self, key: str, x: np.ndarray, y: np.ndarray, diagnostics: dict) -> None:
