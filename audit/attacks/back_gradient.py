@@ -276,7 +276,8 @@ class BackGradient(AuditAttack, PoisoningAttackWhiteBox):
         return torch.as_tensor(x, dtype=dtype, device=ref.device), torch.as_tensor(y, dtype=label, device=ref.device)
 
     def initial_weights(self, model: FlatModel) -> torch.Tensor:
-        """``w_0`` of the unrolled run: zeros for a linear model, else a fresh seeded initialisation."""
+        """``w_0`` of the unrolled run (and the implicit run's first Newton start): zeros for a linear model, else a
+        fresh seeded initialisation, in the run's dtype (float64 for the implicit form)."""
         from audit.models.structure import is_convex_linear
         from audit.models.victim import reinitialise
 
@@ -284,7 +285,7 @@ class BackGradient(AuditAttack, PoisoningAttackWhiteBox):
         if kind == "zeros" or (kind == "auto" and is_convex_linear(self.module)):
             return torch.zeros_like(model.reg_mask)
         with seeded_init(self.seed):
-            return FlatModel.of(reinitialise(self.module)).flat()
+            return FlatModel.of(reinitialise(self.module)).flat().to(model.reg_mask)
 
     def _clones(self, x: np.ndarray, y: np.ndarray, idx: np.ndarray, dtype: torch.dtype | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """Points ``idx`` of ``(x, y)`` with flipped labels (classification) or boundary responses (regression)."""
