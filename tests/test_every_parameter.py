@@ -211,3 +211,16 @@ def test_every_regression_parameter_runs_through_a_config_into_a_cell(tmp_path):
     cells = _audit(tmp_path, "diabetes", "ridge", attacks, defenses)
     assert {c.attack for c in cells} == {a["id"] for a in attacks} and {c.defense for c in cells} == {d["id"] for d in defenses}
     assert json.loads(cells[0].candidate) == {"l2": 0.01}
+
+
+def test_every_parameter_is_documented_in_the_readme():
+    """The README's attack and defense tables name every parameter of every registered attack and defense."""
+    import re
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    missing = []
+    for name, cls in sorted({**ATTACKS, **DEFENSES}.items()):
+        rows = " ".join(line for line in readme.splitlines() if re.match(rf"\| (`[a-z_]+`, )*`{name}`[ ,|]", line))
+        assert rows, f"README has no table row for {name}"
+        missing += [f"{name}.{f}" for f in cls.Params.model_fields if not re.search(rf"`{f}[`: ]", rows)]
+    assert not missing, missing
