@@ -135,8 +135,10 @@ def _variants(name: str, cls: type) -> list[tuple[str, dict[str, Any]]]:
     return out
 
 
-def _audit(tmp_path: Path, dataset: str, model: str, attacks: list[dict], defenses: list[dict] | None = None) -> list:
-    cfg = {"name": "params", "dataset": {"name": dataset}, "model": {"name": model}, "candidates": {"l2": [0.01]}, "budgets": [0.1],
+def _audit(tmp_path: Path, dataset: str | dict, model: str, attacks: list[dict], defenses: list[dict] | None = None) -> list:
+    tmp_path.mkdir(parents=True, exist_ok=True)
+    data = dataset if isinstance(dataset, dict) else {"name": dataset}
+    cfg = {"name": "params", "dataset": data, "model": {"name": model}, "candidates": {"l2": [0.01]}, "budgets": [0.1],
            "seeds": [0], "device": "cpu", "attacks": attacks, "confirm": False, "adaptive": {"enabled": "off"},
            "poisonability": {"enabled": "off"}}  # fmt: skip
     if defenses:
@@ -182,11 +184,18 @@ def test_every_attack_parameter_runs_through_a_config_into_a_cell(tmp_path, name
     assert {c.attack for c in cells} == {e["id"] for e in entries}
 
 
+IMAGE_ONLY = {"tgda:generator=conv"}  # the convolutional generator needs image data: run on a slice of mnist5k
+
+
 @pytest.mark.slow
 def test_every_tgda_parameter_runs_through_a_config_into_a_cell(tmp_path):
     entries = _entries("tgda", "")
-    cells = _audit(tmp_path, "breast_cancer", "logreg", entries)
-    assert {c.attack for c in cells} == {e["id"] for e in entries}
+    flat = [e for e in entries if e["id"] not in IMAGE_ONLY]
+    cells = _audit(tmp_path / "flat", "breast_cancer", "logreg", flat)
+    assert {c.attack for c in cells} == {e["id"] for e in flat}
+    images = [e for e in entries if e["id"] in IMAGE_ONLY]
+    cells = _audit(tmp_path / "images", {"name": "mnist5k", "n_samples": 600}, "logreg", images)
+    assert {c.attack for c in cells} == IMAGE_ONLY
 
 
 def test_every_defense_parameter_runs_through_a_config_into_a_cell(tmp_path):
