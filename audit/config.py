@@ -552,6 +552,10 @@ class AuditConfig(StrictModel):
         for spec in specs:
             setting = settings.get(spec.name)
             params = {**(setting.params if setting else {}), **spec.params}
+            nested = params.get("implicit") if setting and "implicit" not in spec.params else None
+            if isinstance(nested, dict):  # the config's own values win over the profile's implicit ones too
+                kept = {k: v for k, v in nested.items() if k not in spec.params}
+                params = {k: v for k, v in params.items() if k != "implicit"} | ({"implicit": kept} if kept else {})
             seeds = spec.seeds if spec.seeds is not None else (setting.seeds if setting and not own_seeds else None)
             out.append(AttackSpec.model_construct(name=spec.name, id=spec.key, params=params, seeds=seeds))
         registry = AttackSpec.registry()

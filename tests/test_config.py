@@ -21,7 +21,11 @@ def test_the_default_battery_is_every_attack_that_applies_and_the_profile_sets_i
     ids = [a.key for a in quick.attacks]
     assert ids == ["label_flip_random", "label_flip_adversarial", "statp", "gradient_canceling", "back_gradient"]  # TGDA: skipped by quick
     bg = quick.attack_spec("back_gradient")
-    assert bg.params == {"iterations": 5, "step": 4.0, "inner_steps": 30, "inner_lr": 0.5, "hypergradient": "unrolled"} and bg.seeds == 1
+    assert bg.params == {"iterations": 5, "step": 4.0, "inner_steps": 30, "inner_lr": 0.5,
+                         "implicit": {"iterations": 50, "step": 0.99, "start_screen": 5, "inner_tol": 1e-5, "cg_tol": 1e-4}} and bg.seeds == 1
+    # a config's own value wins over the profile's, the implicit one included
+    own = parse_config({"attacks": [{"name": "back_gradient", "params": {"iterations": 3, "cg_tol": 1e-3}}]}).resolved("classification", "torch")
+    assert own.attacks[0].params["iterations"] == 3 and own.attacks[0].params["implicit"] == {"step": 0.99, "start_screen": 5, "inner_tol": 1e-5}
     assert quick.attack_seeds(bg) == [0]
     assert quick.resolved("classification", "torch") == quick  # idempotent: a stored config reads back as what ran
     paper = AuditConfig(profile="paper").resolved("classification", "torch")

@@ -116,7 +116,8 @@ class BackGradientParams(AttackParams):
     region_margin: float = Field(1e-4, ge=0, lt=1)
     evade: Literal["none", "loss_filter"] = "none"  # defense-aware: keep the poisons' training loss under the loss filter's cut
     evade_rate: float | None = Field(None, gt=0, le=1)  # the filter's assumed poison rate (None: ε)
-    evade_weight: float = Field(0.01, gt=0)  # μ of the penalty (measured: examples/benchmarks/README.md)
+    # μ of the penalty; None: 0.01 for the unrolled attack, 1.0 for the implicit one (measured: examples/benchmarks/README.md)
+    evade_weight: float | None = Field(None, gt=0)
     hypergradient: Literal["auto", "implicit", "unrolled"] = "auto"  # auto: implicit for a convex linear victim with ρ > 0
     step_rule: Literal["auto", "line_search", "paper"] = "auto"  # paper: x ← Π(x + α·u) unconditionally; auto: line search when implicit
     starts: tuple[Literal["validation", "training"], ...] | None = None  # flipped clones of these, best kept; None: both when implicit
@@ -306,9 +307,11 @@ class BackGradient(AuditAttack, PoisoningAttackWhiteBox):
         ``k = round(N − N/(1 + r))`` highest training losses of the N = n + m points (r: its assumed
         rate), so a poison whose loss under the trained model stays below the k-th largest clean loss
         survives; ``c`` is the 2k-th largest (a margin for the retrained model differing from the
-        unrolled ``w_T``), held fixed in the gradient. μ = ``evade_weight``."""
+        unrolled ``w_T``), held fixed in the gradient. μ = ``evade_weight`` (default 0.01 unrolled, 1.0 implicit: the
+        implicit attack's objective at the retrained optimum needs the larger weight to move poisons under the cut)."""
         p = self.params
         rate = p.evade_rate if p.evade_rate is not None else self.budget
+        weight = p.evade_weight if p.evade_weight is not None else (1.0 if self._mode == "implicit" else 0.01)
         total = len(yt) + n_poison
         k = min(len(yt), max(1, 2 * int(round(total - total / (1 + rate)))))
 
@@ -318,7 +321,7 @@ class BackGradient(AuditAttack, PoisoningAttackWhiteBox):
                 cut = torch.topk(clean, k).values[-1]
             labels = y_fixed if y_p is None else y_p
             own = data_loss(model(w, x_p), labels, self.task, reduction="none")  # type: ignore[arg-type]  # torch stubs
-            return -p.evade_weight * torch.relu(own - cut).mean()
+            return -weight * torch.relu(own - cut).mean()
 
         return penalty
 
