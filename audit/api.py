@@ -23,7 +23,7 @@ from audit.data import from_frame, is_table, with_domain
 from audit.errors import AuditError
 from audit.grid.cells import apply_defense
 from audit.grid.runner import RunPlan, clean_train_seed, plan_audit, poison_cache_key, run_plan
-from audit.grid.store import Store, candidate_key
+from audit.grid.store import Store, candidate_key, stored_cells
 from audit.report.analysis import analyse
 from audit.report.render import build_summary
 
@@ -159,11 +159,7 @@ def run_audit(config: AuditConfig, *, model: Any = None, dataset: Any = None, ou
 
 def _raise_when_nothing_finished(run_dir: Path) -> None:
     """Every cell failed: the CLI's exit 4, as an error (the run directory keeps the failures for the report)."""
-    store = Store.open_existing(run_dir, read_only=True)
-    try:
-        cells = store.cells()
-    finally:
-        store.close()
+    cells = stored_cells(run_dir)
     failed = [c for c in cells if c.status == "failed"]
     if cells and len(failed) == len(cells):
         raise AuditError(f"all {len(cells)} cells failed (first error: {failed[0].error}); "

@@ -59,13 +59,9 @@ def chromium_path() -> str | None:
 
 def stored_cells(run_dir: Path) -> list:
     """The cells of a run directory's store, in grid order."""
-    from audit.grid.store import Store
+    from audit.grid.store import stored_cells as read
 
-    store = Store.open_existing(run_dir)
-    try:
-        return store.cells()
-    finally:
-        store.close()
+    return read(run_dir)
 
 
 def count_ok(db: Path) -> int:

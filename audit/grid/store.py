@@ -227,6 +227,15 @@ def checkpoint(run_dir: Path) -> None:
         raise AuditError(f"{run_dir}: {', '.join(left)} still holds store changes after a checkpoint; close whatever uses the store and export again")
 
 
+def stored_cells(run_dir: str | Path) -> list[Cell]:
+    """The cells of a run directory's store, in grid order, read without writing (a one-line error where there is no run)."""
+    store = Store.open_existing(run_dir, read_only=True)
+    try:
+        return store.cells()
+    finally:
+        store.close()
+
+
 def _read_poison_file(path: Path) -> dict[str, Any] | None:
     """A cached poison set's arrays and strings, or None where ``path`` is missing, a link, or not a poison file
     this tool wrote (truncated, replaced, tampered): never unpickled, never a traceback."""

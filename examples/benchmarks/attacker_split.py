@@ -25,7 +25,7 @@ import torch
 
 from audit.api import run_audit
 from audit.config import parse_config
-from audit.grid.store import Store
+from audit.grid.store import stored_cells
 
 
 def run(threat: str, out: str) -> list[dict]:
@@ -49,11 +49,7 @@ def run(threat: str, out: str) -> list[dict]:
     }  # fmt: skip
     t0 = time.perf_counter()
     result = run_audit(parse_config(cfg), output_dir=out, progress=False)
-    store = Store.open_existing(result.run_dir)
-    try:
-        cells = store.cells()
-    finally:
-        store.close()
+    cells = stored_cells(result.run_dir)
     rows = []
     for c in cells:
         att = json.loads(c.diagnostics or "{}").get("attacker_split")

@@ -31,7 +31,7 @@ import torch
 
 from audit.api import run_audit
 from audit.config import parse_config
-from audit.grid.store import Store
+from audit.grid.store import stored_cells
 
 
 def audit_cells(dataset: str, label: str, rhos: list[float], budgets: list[float], seed: int, profile: str,
@@ -55,11 +55,7 @@ def audit_cells(dataset: str, label: str, rhos: list[float], budgets: list[float
     t0 = time.perf_counter()
     result = run_audit(parse_config(cfg), output_dir=tempfile.mkdtemp(), progress=False)
     wall = time.perf_counter() - t0
-    store = Store.open_existing(result.run_dir)
-    try:
-        cells = store.cells()
-    finally:
-        store.close()
+    cells = stored_cells(result.run_dir)
     rows = []
     for c in cells:
         if c.status != "ok" or c.clean_test is None or c.poisoned_test is None:
