@@ -85,12 +85,12 @@ def test_filter_in_the_loop_never_does_less_than_the_attack_it_starts_from(cance
     rounds = diag["adaptive"]["rounds"]
     fitted, keep, _ = applied  # the kept round's defended model, as the grid cell would retrain it
     kept = next(r for r in rounds if r["round"] == diag["adaptive"]["kept_round"])
-    assert fitted.metric(data.x_val, data.y_val) == kept["val_metric"] and diag["adaptive"]["start"] == "non_adaptive"
+    assert fitted.metric(*data.attacker_target()) == kept["att_metric"] and diag["adaptive"]["start"] == "non_adaptive"
     assert keep.shape == (len(data.y_train) + len(y_p),)
     assert len(y_p) == len(y0) and not diag["adaptive"]["own_mode"] and 1 <= len(rounds) <= 3
     assert rounds[0]["removed"] > 0.5 * len(y0)  # the filter catches most flips the first time
-    assert diag["adaptive"]["kept_round"] == int(np.argmin([r["val_metric"] for r in rounds]))
-    assert rounds[diag["adaptive"]["kept_round"]]["val_metric"] <= rounds[0]["val_metric"]
+    assert diag["adaptive"]["kept_round"] == int(np.argmin([r["att_metric"] for r in rounds]))
+    assert rounds[diag["adaptive"]["kept_round"]]["att_metric"] <= rounds[0]["att_metric"]
     # re-crafting against the survivors' model gives poisons the filter keeps more of
     assert min(r["removed"] for r in rounds[1:]) < rounds[0]["removed"]
 

@@ -181,3 +181,31 @@ def test_every_output_names_the_attack_whose_number_it_prints(tmp_path):
     record = (plan.run_dir / "compliance" / "record.json").read_text()
     assert "lf_adv" in record and "[" in record
     assert not re.search(r"\d+\.\d+ \[[^\]]*\] lf_random", record)  # no test drop is named after the validation argmax
+
+
+def test_the_adaptive_attacker_judges_its_rounds_on_its_own_split(tmp_path):
+    """The filter-in-the-loop attacker keeps the round whose defended model does worst on D_att — it never scores on
+    D_val (the recommendation's split): with D_val replaced by noise, or by points of another width that no model can
+    score, its poisons and rounds are the same."""
+    from audit.attacks import AttackContext
+    from audit.config import AttackSpec, DefenseSpec
+    from audit.grid.adaptive import craft_adaptive
+
+    config = parse_config(tiny_config(candidates={"l2": [0.01]}, confirm=False, defenses=["loss_filter"]))
+    plan = plan_audit(config, output_dir=tmp_path)
+    data, victim, hp = plan.dataset, plan.victim, {"l2": 0.01}
+    clean = victim.fit(data.x_train, data.y_train, hp, 0)
+    spec = AttackSpec(name="label_flip", id="lf_adv", params={"variant": "adversarial"})
+
+    def adaptive(d: Dataset):
+        ctx = AttackContext(d, victim, clean, hp, 0.1, 5)
+        return craft_adaptive(spec, DefenseSpec(name="loss_filter"), ctx, 2, 11, 0, None)[:3]
+
+    x0, y0, diag0 = adaptive(data)
+    wide = dataclasses.replace(data, x_val=np.zeros((len(data.y_val), data.x_val.shape[1] + 3), np.float32))
+    for other in (_corrupted(data, "val"), wide):
+        x1, y1, diag1 = adaptive(other)
+        np.testing.assert_array_equal(x1, x0)
+        np.testing.assert_array_equal(y1, y0)
+        assert diag1["adaptive"] == diag0["adaptive"]
+    assert diag0["adaptive"]["rounds"][0]["att_metric"] >= 0

@@ -16,8 +16,9 @@ cells ``(h, a~adaptive, ε, d, s)``, whose poisons are crafted knowing ``d``:
    survivors as the attacker's training set — twice as many candidates as were removed, of
    which the ones the filter accepts (beside the survivors) replace them; repeat (a round that
    gains nothing does not stop the loop: the next, from other survivors, may). Of the rounds'
-   poison sets the attacker keeps the one whose defended model has the worst validation
-   metric (the attacker knows ``D_val``, DESIGN.md threat model).
+   poison sets the attacker keeps the one whose defended model has the worst metric on the
+   attacker's own split D_att (README: Four roles for the data; D_val only in the papers' setting,
+   ``threat.attacker_reads: validation``) — never on the split the recommendation is chosen on.
 
 Min-max (convex victims, sanitisers in the grid) also runs against no defense: its poisons are
 then the box's, and its diagnostics carry the certified bound of the feature box alone, the
@@ -189,7 +190,8 @@ def craft_adaptive(
         ``attack``: the first crafting's diagnostics (the attack's ``Diagnostics``); ``adaptive``:
         whether the attack has its own mode (``own_mode``), which start the rounds took (``start``:
         ``own_mode``, ``non_adaptive`` or ``crafted``), per round the poisons the filter removed and
-        the defended model's validation metric (round 0 once per start), and the round kept.
+        the defended model's metric on the attacker's split (``att_metric``; round 0 once per start), and the
+        round kept.
     applied : (fitted, keep, defense diagnostics)
         :func:`audit.grid.cells.apply_defense` of the kept round — what the grid cell would
         recompute from these poisons (same defense seed and training seed).
@@ -199,12 +201,14 @@ def craft_adaptive(
     sign = 1.0 if data.task == "classification" else -1.0  # the defender wants a high accuracy, a low MSE
     n = len(data.y_train)
 
+    x_att, y_att = data.attacker_target()  # D_att: the attacker judges its rounds where it may look (D_val in the papers' setting)
+
     def behind(x_p: np.ndarray, y_p: np.ndarray) -> tuple[float, tuple[Any, np.ndarray, Any]]:
-        """The defended model's validation metric on ``D_tr ∪ (x_p, y_p)``, and the defense's result."""
+        """The defended model's metric on the attacker's split after ``D_tr ∪ (x_p, y_p)``, and the defense's result."""
         x_mix, y_mix = np.concatenate([data.x_train, x_p]), np.concatenate([data.y_train, y_p])
         cell_defense = defense.defense.for_cell(ctx.budget, defense_seed, data, defense.params)
         applied = apply_defense(cell_defense, x_mix, y_mix, victim, ctx.hparams, train_seed)
-        return float(applied[0].metric(data.x_val, data.y_val)), applied
+        return float(applied[0].metric(x_att, y_att)), applied
 
     starts = []  # (name, x_p, y_p, attack diagnostics): the attack's own mode and its non-adaptive poisons
     if own or initial is None:
@@ -215,7 +219,7 @@ def craft_adaptive(
         starts.append(("non_adaptive", *initial))
     scored = [(behind(x, y), name, x, y, diag) for name, x, y, diag in starts]
     (val, applied), start, x_p, y_p, first = min(scored, key=lambda t: sign * t[0][0])  # the stronger start behind the filter
-    history: list[dict[str, Any]] = [{"round": 0, "start": name, "removed": int((~a[1][n:]).sum()), "val_metric": v}
+    history: list[dict[str, Any]] = [{"round": 0, "start": name, "removed": int((~a[1][n:]).sum()), "att_metric": v}
                                      for (v, a), name, *_ in scored]  # fmt: skip
     history = [h for h in history if h["start"] == start] + [h for h in history if h["start"] != start]
     best: tuple[int, float, np.ndarray, np.ndarray, tuple[Any, np.ndarray, Any]] = (0, val, x_p, y_p, applied)
@@ -228,7 +232,7 @@ def craft_adaptive(
         x_p, y_p = _recraft(spec, params, defense, ctx, fitted, x_mix[keep], y_mix[keep], x_p[~removed], y_p[~removed],
                             int(removed.sum()), defense_seed, derive_seed(ctx.seed, "round", r))  # fmt: skip
         val, applied = behind(x_p, y_p)
-        history.append({"round": r, "removed": int((~applied[1][n:]).sum()), "val_metric": val})
+        history.append({"round": r, "removed": int((~applied[1][n:]).sum()), "att_metric": val})
         if sign * val < sign * best[1]:
             best = (r, val, x_p, y_p, applied)
     return best[2], best[3], {"attack": first, "adaptive": {"own_mode": own, "start": start, "rounds": history, "kept_round": best[0]}}, best[4]
