@@ -202,3 +202,16 @@ def test_an_attack_that_ran_only_in_the_confirmation_is_not_called_not_run(tmp_p
     header = html[: html.index("</header>")]
     assert "StatP" not in header.split("Not run in this audit")[-1].split("</p>")[0]
     assert "statp@paper" in html  # in the screened-and-confirmed section
+
+
+def test_a_confirming_back_gradient_starts_from_the_screens_poisons_and_never_ends_below_them(tmp_path):
+    """The paper-strength back-gradient of the confirmation takes the screen's poisons of the same cell as one more
+    start (the paper's own starts still run): its attacker's objective never ends below the screen's."""
+    screen = {"name": "back_gradient", "id": "back_gradient", "params": {"hypergradient": "implicit", "iterations": 3}}
+    cfg = tiny_config(attacks=[screen], candidates={"l2": [0.01]}, budgets=[0.1], confirm={"attacks": ["back_gradient"]})
+    run_dir = run_audit(parse_config(cfg), output_dir=tmp_path, progress=False)
+    cells = {c.attack: c for c in stored_cells(run_dir)}
+    grid, paper = cells["back_gradient"].recorded("attack"), cells["back_gradient@paper"].recorded("attack")
+    assert paper["warm_start"] == paper["n_poison"] == grid["n_poison"]
+    assert paper["objective_final"] >= grid["objective_final"] - 1e-9
+    assert paper["starts"]["warm"][0] >= grid["objective_final"] - 1e-9  # the warm start begins where the screen ended

@@ -432,8 +432,8 @@ class BackGradient(AuditAttack, PoisoningAttackWhiteBox):
         With one start and no screen this is the paper's single run with restarts.
 
         ``warm``: poisons of this batch from ``init_poisons`` (the smaller budget's, possibly fewer than
-        ``size``): one more start, ``warm``, those poisons completed by clones of the first start's pool
-        (never restarted: its poisons were optimised already)."""
+        ``size``, or the screen's of the same cell, as many): one more start, ``warm``, those poisons completed
+        by clones of the first start's pool (never restarted: its poisons were optimised already)."""
         p = self.params
         names = (["warm"] if warm is not None else []) + list(self._starts)
         screen = min(p.start_screen, p.iterations) if len(names) > 1 else p.iterations
@@ -443,9 +443,12 @@ class BackGradient(AuditAttack, PoisoningAttackWhiteBox):
             if name == "warm":
                 assert warm is not None
                 order, k = orders[self._starts[0]], size - len(warm[0])
-                idx, order[:] = np.array(order[:k]), order[k:] + order[:k]
-                x_new, y_new = self._clones(*pools[self._starts[0]], idx, xt.dtype)
-                x_p, y_p = torch.cat([warm[0], x_new]), torch.cat([warm[1], y_new])
+                if k > 0:  # fewer poisons than the batch (a smaller budget's): completed by fresh clones
+                    idx, order[:] = np.array(order[:k], dtype=np.int64), order[k:] + order[:k]
+                    x_new, y_new = self._clones(*pools[self._starts[0]], idx, xt.dtype)
+                    x_p, y_p = torch.cat([warm[0], x_new]), torch.cat([warm[1], y_new])
+                else:  # as many as the batch (the screen's poisons of the same cell)
+                    x_p, y_p = warm[0][:size], warm[1][:size]
                 run = self._ascend(xt, yt, fixed_x, fixed_y, xv, yv, x_p, y_p, log_l2, screen, fresh=False)
                 run["start"] = name
                 by_start[name] = run["best"]

@@ -31,7 +31,7 @@ import numpy as np
 import torch
 
 from audit.attacks import AttackContext
-from audit.config import AuditConfig, DefenseSpec
+from audit.config import CONFIRM_SUFFIX, AuditConfig, DefenseSpec
 from audit.data import Dataset
 from audit.errors import AuditError
 from audit.grid.adaptive import craft_adaptive, is_adaptive
@@ -204,7 +204,10 @@ def plan_work(plan: RunPlan, store: Store, fingerprint: str) -> tuple[list[Group
             key = poison_cache_key(cand, attack_key, spec.params, eps, seed, fingerprint)
             pjob = PoisonJob(attack_key, eps, key, _cached(store, key), defense_cells)
             smaller = [b for b in budgets_of(plan, attack_key) if b < eps]
-            if pjob.cached is None and spec.attack.warm_starts and smaller:
+            screened = _screened_poisons(plan, store, cand, attack_key, eps, seed, fingerprint) if pjob.cached is None else None
+            if screened is not None and spec.attack.warm_starts:
+                pjob.warm_cached = screened  # a confirmation starts where the screen's attack ended (never below it)
+            elif pjob.cached is None and spec.attack.warm_starts and smaller:
                 if (attack_key, smaller[-1]) in by_poison:
                     pjob.warm = (attack_key, smaller[-1])
                 else:
@@ -225,6 +228,18 @@ def plan_work(plan: RunPlan, store: Store, fingerprint: str) -> tuple[list[Group
             adaptive_jobs.append(job)
         jobs.append(GroupJob(cand, seed, pending, poison_jobs, adaptive_jobs, reuse))
     return jobs, sum(c.key in done for c in cells)
+
+
+def _screened_poisons(plan: RunPlan, store: Store, cand: str, attack_key: str, eps: float, seed: int, fingerprint: str) -> Poisons | None:
+    """For a confirmation attack (``<id>@paper``), the screen's poisons of the same battery entry at the same candidate,
+    budget and seed, where the grid ran it and cached them: the paper-strength attack takes them as one more start,
+    so its objective never ends below the screen's. None for any other attack or where there are none."""
+    if not attack_key.endswith(CONFIRM_SUFFIX):
+        return None
+    grid = next((a for a in plan.config.attacks if a.key == attack_key.removesuffix(CONFIRM_SUFFIX)), None)
+    if grid is None or eps not in plan.config.budgets or seed not in plan.config.attack_seeds(grid):
+        return None
+    return _cached(store, poison_cache_key(cand, grid.key, grid.params, eps, seed, fingerprint))
 
 
 def budgets_of(plan: RunPlan, attack_key: str) -> list[float]:
