@@ -315,3 +315,35 @@ def test_every_attack_and_defense_parameter_refuses_a_huge_count_and_a_non_finit
                     checked += 1
     assert checked > 60, checked
     parse_config({**tiny_config(), "attacks": [{"name": "back_gradient", "params": {"iterations": 10**6}}]})
+
+
+class _Payload:
+    """Unpickling this touches a file: proof that a loader unpickled it."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        from pathlib import Path
+
+        return (Path.touch, (Path(self.marker),))
+
+
+def test_a_pickled_target_is_never_unpickled_and_is_one_line(tmp_path):
+    """Issue 33, defect 16: ``threshold --target`` on a pickle (a whole module, or a state dict carrying an object whose
+    unpickling runs code) is one line on stderr and exit 2 — no warning before it, and the payload never runs."""
+    import subprocess
+    import sys
+
+    import torch
+
+    marker = tmp_path / "unpickled"
+    torch.save(torch.nn.Linear(30, 2), tmp_path / "module.pt")
+    torch.save({"linear.weight": _Payload(str(marker)), "linear.bias": torch.zeros(2)}, tmp_path / "payload.pt")
+    for name in ("module.pt", "payload.pt"):
+        proc = subprocess.run([sys.executable, "-m", "audit", "threshold", "--dataset", "breast_cancer", "--target", str(tmp_path / name)],
+                              capture_output=True, text=True, timeout=120)  # fmt: skip
+        lines = [line for line in (proc.stdout + proc.stderr).splitlines() if line.strip()]
+        assert proc.returncode == 2 and len(lines) == 1 and lines[0].startswith("error: --target"), (name, proc.stdout, proc.stderr)
+        assert "Warning" not in proc.stderr
+    assert not marker.exists()
