@@ -176,3 +176,38 @@ def test_a_read_only_run_directory_is_gated_and_reported_with_the_outputs_elsewh
     assert _snapshot(run_dir) == before
     refused = CliRunner().invoke(cli, ["report", str(run_dir), "--out", str(tmp_path / "missing")])
     assert refused.exit_code == 2 and "no such directory" in refused.output
+
+
+def test_a_plan_edited_after_the_start_gets_no_verdict_and_fails_verify(finished, tmp_path):
+    """Issue 33: the grid's plan is digested when the run starts (``plan_digest``) and every reader checks it; the
+    manifest records the whole plan's digest and ``verify`` checks the store against it. A tamperer who drops a
+    planned cell together with its row — which once left a consistent, smaller store — gets no verdict (exit 3)
+    and, even after rewriting the store's hash in an unsigned manifest, a failed verify."""
+    from audit.report.integrity import sha256_file
+
+    run_dir = tmp_path / "run"
+    shutil.copytree(finished, run_dir)
+    assert CliRunner().invoke(cli, ["export", str(run_dir), "--format", "md"]).exit_code == 0
+    manifest = json.loads((run_dir / "manifest.json").read_text())
+    assert len(manifest["plan_digest"]) == 64
+    assert CliRunner().invoke(cli, ["verify", str(run_dir)]).exit_code == 0
+    worst = _worst(run_dir)
+    db = sqlite3.connect(run_dir / "results.sqlite")
+    with db:
+        seeds = json.loads(db.execute("SELECT value FROM meta WHERE key = 'cell_seeds'").fetchone()[0])
+        triple = json.dumps([worst.candidate, worst.attack, worst.defense])
+        seeds[triple] = [s for s in seeds[triple] if s != worst.seed]
+        db.execute("UPDATE meta SET value = ? WHERE key = 'cell_seeds'", (json.dumps(seeds),))
+        db.execute("DELETE FROM cells WHERE attack = ? AND candidate = ? AND defense = ? AND seed = ?",
+                   (worst.attack, worst.candidate, worst.defense, worst.seed))  # fmt: skip
+        db.execute("UPDATE meta SET value = ? WHERE key = 'total_cells'", (json.dumps(len(stored_cells(finished)) - 2),))
+    db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    db.close()
+    out = _gate(run_dir, "--allow-incomplete")
+    assert out.exit_code == 3 and "the stored plan" in out.output, out.output
+    for entry in manifest["files"]:
+        if entry["path"] == "results.sqlite":
+            entry["sha256"], entry["bytes"] = sha256_file(run_dir / "results.sqlite"), (run_dir / "results.sqlite").stat().st_size
+    (run_dir / "manifest.json").write_text(json.dumps(manifest))
+    verified = CliRunner().invoke(cli, ["verify", str(run_dir)])
+    assert verified.exit_code == 1 and "not the plan the manifest records" in verified.output, verified.output

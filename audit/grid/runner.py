@@ -45,8 +45,10 @@ from audit.grid.store import (
     candidate_key,
     clean_temporaries,
     derive_seed,
+    grid_plan,
     is_run_directory,
     never_started,
+    plan_digest,
     remove_run,
 )
 from audit.grid.work import (
@@ -292,6 +294,7 @@ def _prepare_store(plan: RunPlan, restart: bool) -> Store:
                 "created": time.time(),
                 "total_cells": len(plan.cells()),
                 "cell_seeds": plan.seed_plan(),
+                "plan_digest": plan_digest(grid_plan(plan.seed_plan(), plan.config.budgets)),  # checked by every reader
                 "deployed_test_metric": plan.deployed_test_metric,
                 "threads": plan.numerics()["threads"],
                 "data_sha256": data_digests,

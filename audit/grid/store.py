@@ -81,6 +81,31 @@ def cell_key(candidate: str, attack: str, budget: float, defense: str, seed: int
     return json.dumps([json.loads(candidate), attack, budget, defense, seed], sort_keys=True)
 
 
+def plan_digest(keys: set[str] | list[str]) -> str:
+    """SHA-256 of a plan: its cell keys (candidate, attack, budget, defense, seed each), sorted, as JSON."""
+    return hashlib.sha256(json.dumps(sorted(keys), separators=(",", ":")).encode()).hexdigest()
+
+
+def grid_plan(seed_plan: dict[str, list[int]], budgets: list[float]) -> set[str]:
+    """The grid's cell keys from a stored seed plan (``cell_seeds``) and the budgets."""
+    keys: set[str] = set()
+    for triple, planned in seed_plan.items():
+        candidate, attack, defense = json.loads(triple)
+        keys.update(cell_key(candidate, attack, eps, defense, s) for eps in budgets for s in planned)
+    return keys
+
+
+def stored_plan(meta: dict[str, Any]) -> set[str] | None:
+    """Every cell key a stored run planned, from its metadata alone: the grid's (``cell_seeds`` × the config's budgets)
+    and the confirmation cells the stage planned; None for a run whose store predates ``cell_seeds``."""
+    seeds = meta.get("cell_seeds")
+    if seeds is None:
+        return None
+    keys = grid_plan(seeds, [float(b) for b in meta["config"]["budgets"]])
+    keys.update((meta.get("confirmation") or {}).get("cells", []))
+    return keys
+
+
 @dataclass
 class Cell:
     """One row of the grid's results."""

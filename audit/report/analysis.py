@@ -14,7 +14,7 @@ from audit.attacks.base import SourcedDiagnostics
 from audit.config import AuditConfig
 from audit.grid.adaptive import MINMAX, SANITISER_DEFENSES, adaptive_axes, adaptive_key, filtering_defenses
 from audit.grid.confirm import confirm_attack_keys, is_confirmation
-from audit.grid.store import Store, cell_key
+from audit.grid.store import Store, cell_key, grid_plan, plan_digest
 from audit.models.training import lambda_from_rho
 from audit.report.recommend import Z95, AttackStats, CandidateSummary, Recommendation, aggregate, pair_id, recommend
 
@@ -267,10 +267,7 @@ def planned_cell_keys(meta: dict[str, Any], config: AuditConfig) -> set[str] | N
     seeds = meta.get("cell_seeds")
     if seeds is None:
         return None
-    keys: set[str] = set()
-    for triple, planned in seeds.items():
-        candidate, attack, defense = json.loads(triple)
-        keys.update(cell_key(candidate, attack, eps, defense, s) for eps in config.budgets for s in planned)
+    keys = grid_plan(seeds, config.budgets)
     keys.update((meta.get("confirmation") or {}).get("cells", []))
     return keys
 
@@ -304,6 +301,9 @@ def check_cells(cells: list[Any], meta: dict[str, Any], config: AuditConfig) -> 
     planned = planned_cell_keys(meta, config)
     task = meta.get("dataset", {}).get("task", "classification")
     valid, corrupt = [], []
+    recorded = meta.get("plan_digest")  # the grid's plan as the run started (stores before it have none)
+    if recorded is not None and meta.get("cell_seeds") is not None and plan_digest(grid_plan(meta["cell_seeds"], config.budgets)) != recorded:
+        corrupt.append("the stored plan: its cells do not match the digest recorded when the run started")
     for c in cells:
         problem = _cell_problem(c, planned, task)
         if problem is None:

@@ -23,10 +23,10 @@ from jinja2 import Environment, FileSystemLoader, select_autoescape
 
 from audit.errors import AuditError
 from audit.grid.lock import RunLock
-from audit.grid.store import Store, checkpoint
+from audit.grid.store import Store, checkpoint, plan_digest
 from audit.jsonio import atomic_write, finite
 from audit.paths import own_dir
-from audit.report.analysis import Analysis, analyse, fmt
+from audit.report.analysis import Analysis, analyse, fmt, planned_cell_keys
 from audit.report.compliance import build_document
 from audit.report.gate import md_escape
 from audit.report.integrity import (
@@ -177,7 +177,9 @@ def export(run_dir: str | Path, formats: Sequence[str] = FORMATS, sign_key: Path
             if fmt_ not in rendered and (out / name).exists():
                 (out / name).unlink()
         checkpoint(run_dir)  # the manifest hashes the whole store: no uncommitted -wal beside it
-        manifest = build_manifest(run_dir, a.config.name, __version__, signing, private.public_key() if private is not None else None)
+        planned = planned_cell_keys(a.meta, a.config)
+        manifest = build_manifest(run_dir, a.config.name, __version__, signing, private.public_key() if private is not None else None,
+                                  plan_digest(planned) if planned is not None else None)  # fmt: skip
         written.append(write_manifest(run_dir, manifest, private))
         if private is not None:
             written.append(run_dir / "manifest.sig")

@@ -141,15 +141,17 @@ def generate_key(path: Path) -> tuple[Path, Path]:
     return path, public
 
 
-def build_manifest(run_dir: Path, name: str, tool_version: str, signing: Signing | None, public_key: Any = None) -> dict[str, Any]:
-    """The manifest of ``run_dir`` now: every artifact's size and SHA-256, and the signature block."""
+def build_manifest(run_dir: Path, name: str, tool_version: str, signing: Signing | None, public_key: Any = None,
+                   plan: str | None = None) -> dict[str, Any]:  # fmt: skip
+    """The manifest of ``run_dir`` now: every artifact's size and SHA-256, the digest of the run's plan (every planned
+    cell key: :func:`audit.grid.store.plan_digest`), and the signature block."""
     files = [{"path": rel.as_posix(), "bytes": (run_dir / rel).stat().st_size, "sha256": sha256_file(run_dir / rel)} for rel in artifacts(run_dir)]
     signature = None
     if signing is not None:
         signature = {"algorithm": "Ed25519", "signer": signing.signer, "signed_at": signing.signed_at,
                      "public_key": public_pem(public_key), "key_fingerprint": key_fingerprint(public_key), "file": SIGNATURE}  # fmt: skip
     return {"schema_version": MANIFEST_SCHEMA_VERSION, "run": name, "tool": f"poison-audit {tool_version}", "created": utc_now(),
-            "hash": "SHA-256", "files": files, "signature": signature}  # fmt: skip
+            "hash": "SHA-256", "plan_digest": plan, "files": files, "signature": signature}  # fmt: skip
 
 
 def write_manifest(run_dir: Path, manifest: dict[str, Any], private_key: Any = None) -> Path:
@@ -222,6 +224,9 @@ def verify(run_dir: Path, public_key_path: Path | None = None) -> Verification:
         elif sha256_file(target) != entry.get("sha256"):
             result.problems.append(f"{rel}: changed (SHA-256 differs from the manifest)")
         result.checked += 1
+    problem = _plan_problem(run_dir, manifest.get("plan_digest"))
+    if problem:
+        result.problems.append(problem)
     for side in ("results.sqlite-wal", "results.sqlite-journal"):  # SQLite reads these with the store: not covered, not trusted
         side_path = run_dir / side
         if side_path.is_file() and side_path.stat().st_size > 0:
@@ -263,3 +268,29 @@ def verify(run_dir: Path, public_key_path: Path | None = None) -> Verification:
         result.notes.append(f"signature valid under the key the manifest embeds ({block.get('key_fingerprint')}); "
                             "pass --public-key to check it is the signer's")  # fmt: skip
     return result
+
+
+def _plan_problem(run_dir: Path, recorded: Any) -> str | None:
+    """Why the store's plan (every planned cell key) is not the one the manifest records, or None (also when the
+    manifest records none, from before plans were digested, or the store cannot be read: its file check says so)."""
+    if not isinstance(recorded, str):
+        return None
+    import sqlite3
+
+    from audit.grid.store import STORE_FILE, plan_digest, stored_plan
+
+    path, wal = run_dir / STORE_FILE, run_dir / (STORE_FILE + "-wal")
+    if path.is_symlink() or not path.is_file() or (wal.is_file() and wal.stat().st_size):
+        return None  # the file checks report these; a connection would fold the log into the signed store
+    try:  # immutable: verify never writes, and a connection that checkpointed would change what it checks
+        db = sqlite3.connect(f"{path.resolve().as_uri()}?immutable=1", uri=True)
+        try:
+            meta = {k: (v if k == "schema_version" else json.loads(v)) for k, v in db.execute("SELECT key, value FROM meta")}
+        finally:
+            db.close()
+        planned = stored_plan(meta)
+    except Exception:  # an unreadable store is reported by its SHA-256 line
+        return None
+    if planned is None or plan_digest(planned) != recorded:
+        return "the store's plan (its planned cells) is not the plan the manifest records"
+    return None
