@@ -95,13 +95,13 @@ def grid_plan(seed_plan: dict[str, list[int]], budgets: list[float]) -> set[str]
     return keys
 
 
-def stored_plan(meta: dict[str, Any]) -> set[str] | None:
-    """Every cell key a stored run planned, from its metadata alone: the grid's (``cell_seeds`` × the config's budgets)
+def stored_plan(meta: dict[str, Any], budgets: list[float] | None = None) -> set[str] | None:
+    """Every cell key a stored run planned: the grid's (``cell_seeds`` × ``budgets``, by default the stored config's)
     and the confirmation cells the stage planned; None for a run whose store predates ``cell_seeds``."""
     seeds = meta.get("cell_seeds")
     if seeds is None:
         return None
-    keys = grid_plan(seeds, [float(b) for b in meta["config"]["budgets"]])
+    keys = grid_plan(seeds, budgets if budgets is not None else [float(b) for b in meta["config"]["budgets"]])
     keys.update((meta.get("confirmation") or {}).get("cells", []))
     return keys
 

@@ -14,7 +14,7 @@ from audit.attacks.base import SourcedDiagnostics
 from audit.config import AuditConfig
 from audit.grid.adaptive import MINMAX, SANITISER_DEFENSES, adaptive_axes, adaptive_key, filtering_defenses
 from audit.grid.confirm import confirm_attack_keys, is_confirmation
-from audit.grid.store import Store, cell_key, grid_plan, plan_digest
+from audit.grid.store import Store, cell_key, grid_plan, plan_digest, stored_plan
 from audit.models.training import lambda_from_rho
 from audit.report.recommend import Z95, AttackStats, CandidateSummary, Recommendation, aggregate, pair_id, recommend
 
@@ -264,12 +264,7 @@ class Analysis:
 def planned_cell_keys(meta: dict[str, Any], config: AuditConfig) -> set[str] | None:
     """Every cell key the run planned: the grid's (its stored ``cell_seeds`` × the budgets) and the confirmation
     cells the stage planned; None for a run whose store predates ``cell_seeds``."""
-    seeds = meta.get("cell_seeds")
-    if seeds is None:
-        return None
-    keys = grid_plan(seeds, config.budgets)
-    keys.update((meta.get("confirmation") or {}).get("cells", []))
-    return keys
+    return stored_plan(meta, config.budgets)
 
 
 def _cell_problem(cell: Any, planned: set[str] | None, task: str) -> str | None:
