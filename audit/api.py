@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from audit.config import AuditConfig
-from audit.data import from_frame, is_table, with_domain
+from audit.data import Dataset, from_frame, is_table, with_domain
 from audit.errors import AuditError
 from audit.grid.cells import apply_defense
 from audit.grid.runner import RunPlan, clean_train_seed, plan_audit, poison_cache_key, run_plan
@@ -140,18 +140,24 @@ def run_audit(config: AuditConfig, *, model: Any = None, dataset: Any = None, ou
     trains every retraining. ``allow_mismatch=True`` gives the verdict anyway, and every output
     says it is about the audit's model.
     """
+    resplit: Callable[[int], Dataset] | None = None
     if is_table(dataset):  # a DataFrame and its label column (README: "Tables")
         if label is None:
             raise AuditError("dataset: a DataFrame needs label='<the label column>'")
-        split = config.dataset.split
-        dataset = from_frame(dataset, label, task=config.dataset.task, val=split.val, test=split.test, seed=split.seed, name=config.name)
-        dataset = with_domain(dataset, config.dataset.domain)
+        frame, split = dataset, config.dataset.split
+
+        def split_frame(seed: int) -> Dataset:  # the frame split with another seed (config splits)
+            data = from_frame(frame, label, task=config.dataset.task, val=split.val, test=split.test, seed=seed, name=config.name)
+            return with_domain(data, config.dataset.domain)
+
+        dataset, resplit = split_frame(split.seed), split_frame
     elif label is not None:
         raise AuditError("label: only for a DataFrame dataset (a Dataset carries its labels)")
     if allow_mismatch is not None:
         rec = config.recommendation.model_copy(update={"allow_mismatch": bool(allow_mismatch)})
         config = config.model_copy(update={"recommendation": rec})
-    plan = plan_audit(config, model=model, dataset=dataset, output_dir=output_dir, train_fn=train_fn, fit_kwargs=fit_kwargs)
+    plan = plan_audit(config, model=model, dataset=dataset, output_dir=output_dir, train_fn=train_fn, fit_kwargs=fit_kwargs,
+                      resplit=resplit)  # fmt: skip
     result = AuditResult(run_plan(plan, restart=restart, progress=progress), plan)
     _raise_when_nothing_finished(result.run_dir)
     return result

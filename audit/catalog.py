@@ -28,6 +28,11 @@ seed; ``standard`` and ``quick`` are labelled reductions whose strength relative
 is measured in ``examples/benchmarks/profile_strength.py`` (README: the profile table)."""
 
 
+PROFILE_SPLITS: dict[str, int] = {"quick": 1, "standard": 3, "paper": 3}
+"""How many draws of the data's partition (config ``splits``) each profile runs when the config sets none:
+the split-to-split variation is part of what ``standard`` and ``paper`` intervals cover (README: Repeated splits)."""
+
+
 @dataclass(frozen=True)
 class BatteryEntry:
     """One attack of the default battery: the id its cells are stored under, the registry name and

@@ -19,7 +19,7 @@ import numpy as np
 import yaml
 from pydantic import Field, ValidationError, ValidationInfo, field_validator, model_serializer, model_validator
 
-from audit.catalog import BATTERY, MODELS, PROFILES
+from audit.catalog import BATTERY, MODELS, PROFILE_SPLITS, PROFILES
 from audit.data import DatasetSpec, SplitSpec
 from audit.errors import AuditError
 from audit.spec import StrictModel, first_error
@@ -442,6 +442,9 @@ class AuditConfig(StrictModel):
     budgets: list[float] = Field(default_factory=lambda: [0.03, 0.1, 0.3], min_length=1)
     defenses: list[DefenseSpec] = Field(default_factory=lambda: [DefenseSpec.model_construct(name="none", id=None, params={})], min_length=1)
     seeds: list[int] = Field(default_factory=lambda: [0, 1, 2], min_length=1)
+    #: how many draws of the train/attacker/validation/test partition the grid runs on (README: Repeated splits);
+    #: None: the profile's (audit.catalog.PROFILE_SPLITS). Data whose split the user fixed runs on that one split.
+    splits: int | None = Field(None, ge=1, le=100)
     device: Literal["auto", "cpu", "cuda"] = "auto"
     output_dir: str = "reports"
     recommendation: RecommendationSpec = RecommendationSpec()
@@ -563,7 +566,8 @@ class AuditConfig(StrictModel):
         # every battery entry that applies (the paper profile skips none), or those of confirm.attacks that do
         wanted = applies if self.confirm.attacks is None else [i for i in applies if i in self.confirm.attacks]
         confirm = self.confirm.model_copy(update={"attacks": wanted})
-        resolved = self.model_copy(update={"attacks": out, "confirm": confirm})
+        splits = self.splits if self.splits is not None else PROFILE_SPLITS[self.profile]
+        resolved = self.model_copy(update={"attacks": out, "confirm": confirm, "splits": splits})
         if resolved.minimax is not None:
             resolved.minimax_attack()
         return resolved
@@ -646,6 +650,8 @@ class AuditConfig(StrictModel):
         payload = self.model_dump(mode="json", exclude=exclude)
         if payload["training"].get("factory") is None:  # runs from before training.factory keep their fingerprint
             payload["training"].pop("factory", None)
+        if payload.get("splits") in (None, 1):  # likewise one split (the runs from before repeated splits)
+            payload.pop("splits", None)
         if payload["dataset"].get("domain") == "auto":  # likewise dataset.domain (a domain in force is in the plan's fingerprint)
             payload["dataset"].pop("domain", None)
         return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]

@@ -143,7 +143,8 @@ def test_ties_are_paired_where_per_point_outcomes_are_recorded():
         assert json.loads(rec.key) == expected
         if expected == {"l2": 0.01}:
             assert lo1 <= hi0  # the unpaired intervals overlap: the old rule would have tied them and picked ρ=0
-            mean, se = paired_difference(by[0.01], by[0.0], 0.1)
+            est = paired_difference(by[0.01], by[0.0], 0.1)
+            mean, se = est.mean, est.se
             assert mean == pytest.approx(4.0) and se == pytest.approx(100 * np.sqrt(0.04 * 0.96 / 999 * 1000) / np.sqrt(1000), rel=1e-3)
             assert "tied" not in rec.reason
         else:

@@ -119,7 +119,7 @@ def test_lasso_pipeline_is_retrained_but_attacked_black_box_only():
 
 def _pipeline_config(name: str, **extra):
     return parse_config({"name": name, "profile": "paper", "dataset": {"name": "breast_cancer"}, "model": {"name": "logreg"},
-                         "candidates": {"l2": [1e-3, 1e-2]}, "budgets": [0.1], "seeds": [0], "device": "cpu", "confirm": False,
+                         "candidates": {"l2": [1e-3, 1e-2]}, "budgets": [0.1], "seeds": [0], "splits": 1, "device": "cpu", "confirm": False,
                          "attacks": [{"name": "label_flip", "id": "lf_adv", "params": {"variant": "adversarial"}},
                                      {"name": "label_flip", "id": "lf_random", "params": {"variant": "random"}},
                                      {"name": "back_gradient"}, {"name": "gradient_canceling"}], **extra})  # fmt: skip

@@ -43,7 +43,7 @@ TAMPERS = {
     "deleted, another duplicated under its key": (
         "DELETE FROM cells WHERE cell_key = :key; INSERT INTO cells SELECT :key, position, candidate, attack, budget, defense, seed, "
         "status, clean_val, clean_test, poisoned_val, poisoned_test, n_poison, poisons_removed, clean_removed, seconds, device, error, "
-        "diagnostics, finished_at FROM cells WHERE cell_key != :key LIMIT 1"
+        "diagnostics, finished_at, split FROM cells WHERE cell_key != :key LIMIT 1"
     ),
     "NULL metric": "UPDATE cells SET poisoned_test = NULL WHERE cell_key = :key",
     "text metric": "UPDATE cells SET poisoned_test = 'oops' WHERE cell_key = :key",

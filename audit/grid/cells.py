@@ -20,7 +20,7 @@ class GridCell:
     Attributes
     ----------
     position : int
-        Index in the deterministic run order (candidate → seed → attack → budget → defense).
+        Index in the deterministic run order (candidate → split → seed → attack → budget → defense).
     candidate : str
         Canonical JSON of the hyperparameters ``h``.
     attack, defense : str
@@ -29,6 +29,8 @@ class GridCell:
         ε.
     seed : int
         The user's seed ``s``; the cell's own seeds derive from it.
+    split : int
+        Which draw of the data's partition the cell runs on (``splits``; 0: the configured split).
     """
 
     position: int
@@ -37,11 +39,12 @@ class GridCell:
     budget: float
     defense: str
     seed: int
+    split: int = 0
 
     @property
     def key(self) -> str:
         """The key the cell's result is stored under."""
-        return cell_key(self.candidate, self.attack, self.budget, self.defense, self.seed)
+        return cell_key(self.candidate, self.attack, self.budget, self.defense, self.seed, self.split)
 
     @property
     def hparams(self) -> dict[str, Any]:
@@ -50,7 +53,7 @@ class GridCell:
     def identity(self) -> dict[str, Any]:
         """The fields that name this cell in its stored row (:class:`audit.grid.store.Cell`)."""
         return {"cell_key": self.key, "position": self.position, "candidate": self.candidate, "attack": self.attack,
-                "budget": self.budget, "defense": self.defense, "seed": self.seed}  # fmt: skip
+                "budget": self.budget, "defense": self.defense, "seed": self.seed, "split": self.split}  # fmt: skip
 
 
 def apply_defense(defense: Defense, x: np.ndarray, y: np.ndarray, victim: Any, hparams: dict[str, Any],

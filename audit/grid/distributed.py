@@ -135,15 +135,15 @@ class _Submitter:
 
     def __init__(self, ray: Any, task: Any, plan_ref: Any, numerics: dict[str, Any], device: str, waiting: dict[Any, tuple[str, Any]]):
         self.ray, self.task, self.plan_ref, self.numerics, self.device, self.waiting = ray, task, plan_ref, numerics, device, waiting
-        self.cleans: dict[tuple[str, int], Any] = {}
+        self.cleans: dict[tuple[str, int, int], Any] = {}
 
     def _submit(self, kind: str, *args: Any) -> Any:
         return self.task.remote(kind, self.numerics, self.device, self.plan_ref, *args)
 
     def group(self, group: GroupJob) -> None:
-        reuse = self.cleans.get((group.candidate, group.reuse_seed)) if group.reuse_seed is not None else None
-        clean = self._submit("clean", group.candidate, group.seed, reuse)
-        self.cleans[group.candidate, group.seed] = clean
+        reuse = self.cleans.get((group.candidate, group.split, group.reuse_seed)) if group.reuse_seed is not None else None
+        clean = self._submit("clean", group.candidate, group.seed, reuse, group.split)
+        self.cleans[group.candidate, group.split, group.seed] = clean
         self.waiting[clean] = ("clean", group)
         crafted: dict[tuple[str, float], Any] = {}
         for job in group.poison_jobs:

@@ -36,7 +36,27 @@ class RunPlan:
     #: the trivial predictor's test metric (majority class of D_train; its mean response): a model handed
     #: over that does no better is an untrained architecture, not a deployed model to compare with
     deployed_trivial_metric: float | None = None
+    #: the data of splits 1, 2, … (``splits``: the partition re-drawn; :attr:`dataset` is split 0, the configured one)
+    resplits: list[Dataset] = field(default_factory=list, repr=False)
+    #: why the run has fewer splits than the config asks for (the user fixed the split); None: as asked
+    splits_note: str | None = None
     _seed_free: dict[str, bool] = field(default_factory=dict, repr=False)
+
+    @property
+    def n_splits(self) -> int:
+        """How many draws of the data's partition the grid runs on."""
+        return 1 + len(self.resplits)
+
+    def data(self, split: int = 0) -> Dataset:
+        """The data of ``split`` (0: :attr:`dataset`)."""
+        return self.dataset if split == 0 else self.resplits[split - 1]
+
+    def splits_record(self) -> dict[str, Any]:
+        """Store meta ``splits``: how many were asked for and run, why fewer, and each split's data seed."""
+        asked = self.config.splits or 1
+        return {"requested": asked, "run": self.n_splits, "note": self.splits_note,
+                "seeds": [int(self.data(j).notes.get("split_seed", "0")) for j in range(self.n_splits)],
+                "data_sha256": [self.data(j).digests() for j in range(1, self.n_splits)]}  # splits 1…: split 0's is data_sha256  # fmt: skip
 
     def fingerprint(self) -> str:
         """The config's fingerprint plus what the code resolved it to (training procedure, version):
@@ -78,7 +98,7 @@ class RunPlan:
         return self.attack_axes() + confirm_axes(self.config)
 
     def cells(self) -> list[GridCell]:
-        """All cells in run order: the grid's (candidate → seed → attack → budget → defense; the adaptive
+        """All cells in run order: the grid's (candidate → split → seed → attack → budget → defense; the adaptive
         attackers after the grid's attacks), each at the seeds :meth:`cell_seeds` gives it, then the
         confirmation cells of :attr:`confirm_pairs` (:meth:`confirmation_cells`)."""
         grid = self.grid_cells()
@@ -89,18 +109,19 @@ class RunPlan:
         return self.confirmation_cells(len(self.grid_cells())) if self.confirming else self.cells()
 
     def confirmation_cells(self, start: int = 0) -> list[GridCell]:
-        """The confirmation cells of :attr:`confirm_pairs`, in setting order → seed → attack → budget, at
+        """The confirmation cells of :attr:`confirm_pairs`, in setting order → split → seed → attack → budget, at
         the confirming budgets, positions from ``start``."""
         out: list[GridCell] = []
         axes = confirm_axes(self.config)
         for cand, defense in self.confirm_pairs:
             hp = json.loads(cand)
             seeds = {key: self.cell_seeds(hp, spec, defense) for key, spec, defenses in axes if defense in defenses}
-            for seed in self.config.seeds:
-                for key in seeds:
-                    for eps in self.config.confirm_budgets:
-                        if seed in seeds[key]:
-                            out.append(GridCell(start + len(out), cand, key, eps, defense, seed))
+            for split in range(self.n_splits):
+                for seed in self.config.seeds:
+                    for key in seeds:
+                        for eps in self.config.confirm_budgets:
+                            if seed in seeds[key]:
+                                out.append(GridCell(start + len(out), cand, key, eps, defense, seed, split))
         return out
 
     def grid_cells(self) -> list[GridCell]:
@@ -110,12 +131,13 @@ class RunPlan:
         for hp in self.config.candidate_grid():
             cand = candidate_key(hp)
             seeds = {(key, d): self.cell_seeds(hp, spec, d) for key, spec, defenses in axes for d in defenses}
-            for seed in self.config.seeds:
-                for key, _, defenses in axes:
-                    for eps in self.config.budgets:
-                        for defense in defenses:
-                            if seed in seeds[key, defense]:
-                                out.append(GridCell(len(out), cand, key, eps, defense, seed))
+            for split in range(self.n_splits):
+                for seed in self.config.seeds:
+                    for key, _, defenses in axes:
+                        for eps in self.config.budgets:
+                            for defense in defenses:
+                                if seed in seeds[key, defense]:
+                                    out.append(GridCell(len(out), cand, key, eps, defense, seed, split))
         return out
 
     def cell_seeds(self, hp: dict[str, Any], attack: AttackSpec, defense: str) -> list[int]:

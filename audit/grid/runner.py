@@ -1,8 +1,8 @@
 """The audit grid (DESIGN.md protocol) with a resumable store.
 
-Order is deterministic: candidate → seed → attack → budget → defense. For each
-``(h, s)`` the victim is trained once on ``D_tr`` (clean metric); for each
-``(h, a, ε, s)`` the attack crafts poisons once (cached on disk and reused by every
+Order is deterministic: candidate → split → seed → attack → budget → defense. For each
+``(h, j, s)`` the victim is trained once on split j's ``D_tr`` (clean metric); for each
+``(h, j, a, ε, s)`` the attack crafts poisons once (cached on disk and reused by every
 defense); for each defense the mixed set is filtered or robustly trained and the victim
 retrained from scratch with the same procedure, seed and ``h``.
 
@@ -98,11 +98,13 @@ def plan_audit(
     output_dir: str | Path | None = None,
     train_fn: Callable[..., Any] | None = None,
     fit_kwargs: dict[str, Any] | None = None,
+    resplit: Callable[[int], Dataset] | None = None,
 ) -> RunPlan:
     """Validate everything a run needs *before* anything is written to disk.
 
     ``model`` (an nn.Module, ART estimator or scikit-learn estimator) and ``dataset``
-    override the config's model and dataset (library API); ``train_fn`` and ``fit_kwargs``
+    override the config's model and dataset (library API); ``resplit(seed)``: ``dataset`` split again with
+    another seed (a DataFrame's), for the config's ``splits``; ``train_fn`` and ``fit_kwargs``
     are the user's training (:func:`audit.models.build_victim`).
     """
     device = resolve_device(config.device)
@@ -112,12 +114,8 @@ def plan_audit(
         # a Dataset handed over, or a trained model to compare with: the user trained on all of x_train, so D_att
         # comes out of D_val (README: Four roles for the data)
         data = dataclasses.replace(data, notes={**data.notes, "split_by": "user"})
-    check_scorable(data, config.budgets)  # as the data came (then again on what carving D_att leaves)
-    threat = config.threat
-    data = data.with_attacker_split(threat.attacker_reads, threat.attacker_split, config.dataset.split.seed)  # D_att: no attack reads D_val
-    if any(spec.defense.reads_validation for spec in config.defenses):
-        data = data.with_defense_validation(config.dataset.split.seed)  # selection never reuses a defense's points
-    check_scorable(data, config.budgets)
+    seed = config.dataset.split.seed
+    data = _roles(config, data, seed)
     check_model_size(config, data)
     victim = build_victim(config.model, config.training, data, device, model_obj=model, train_fn=train_fn, fit_kwargs=fit_kwargs)
     _check_user_training(victim, config)
@@ -160,7 +158,47 @@ def plan_audit(
     digests = model_digests(victim, config.candidate_grid()[0], config.model, model)
     plan = RunPlan(config, data, victim, device, run_dir, deployed, threads, digests)
     plan.deployed_trivial_metric = trivial_metric(data.y_train, data.y_test, data.task) if deployed is not None else None
+    plan.resplits, plan.splits_note = _resplits(config, data, resplit if dataset is not None else None)
     return plan
+
+
+def _roles(config: AuditConfig, data: Dataset, seed: int) -> Dataset:
+    """``data`` with its four roles (README: Four roles for the data): D_att carved (no attack reads D_val), the
+    defenses' own part of D_val where one reads it, each part checked scorable."""
+    check_scorable(data, config.budgets)  # as the data came (then again on what carving D_att leaves)
+    threat = config.threat
+    data = data.with_attacker_split(threat.attacker_reads, threat.attacker_split, seed)
+    if any(spec.defense.reads_validation for spec in config.defenses):
+        data = data.with_defense_validation(seed)  # selection never reuses a defense's points
+    check_scorable(data, config.budgets)
+    return dataclasses.replace(data, notes={**data.notes, "split_seed": str(seed)})
+
+
+def split_seed(seed: int, split: int) -> int:
+    """The data seed of split ``split``: the configured ``dataset.split.seed`` for split 0, a derived one after."""
+    return seed if split == 0 else derive_seed(seed, "split", split)
+
+
+def _resplits(config: AuditConfig, data: Dataset, resplit: Callable[[int], Dataset] | None) -> tuple[list[Dataset], str | None]:
+    """The data of splits 1 … k−1 (``config.splits`` = k): the partition re-drawn with :func:`split_seed` — the config's
+    dataset loaded again, or ``resplit`` (the API's DataFrame) — and the reason when there are none although k > 1."""
+    k = config.splits or 1
+    if k == 1:
+        return [], None
+    if data.notes.get("split_by") == "user":
+        return [], (f"splits: {k} asked for, 1 run — the split is the user's (an npz with its own validation/test "
+                    "split, a Dataset handed over, or a trained model), so the interval cannot cover split-to-split variation")  # fmt: skip
+    base = config.dataset.split.seed
+    out = []
+    for j in range(1, k):
+        seed = split_seed(base, j)
+        if resplit is not None:
+            raw = resplit(seed)
+        else:
+            spec = config.dataset
+            raw = load_dataset(spec.model_copy(update={"split": spec.split.model_copy(update={"seed": seed})}))
+        out.append(_roles(config, raw, seed))
+    return out, None
 
 
 def check_model_size(config: AuditConfig, data: Dataset) -> None:
@@ -294,7 +332,8 @@ def _prepare_store(plan: RunPlan, restart: bool) -> Store:
                 "created": time.time(),
                 "total_cells": len(plan.cells()),
                 "cell_seeds": plan.seed_plan(),
-                "plan_digest": plan_digest(grid_plan(plan.seed_plan(), plan.config.budgets)),  # checked by every reader
+                "splits": plan.splits_record(),  # before plan_digest: the grid's keys depend on the number of splits
+                "plan_digest": plan_digest(grid_plan(plan.seed_plan(), plan.config.budgets, plan.n_splits)),  # checked by every reader
                 "deployed_test_metric": plan.deployed_test_metric,
                 "threads": plan.numerics()["threads"],
                 "data_sha256": data_digests,
@@ -429,11 +468,11 @@ def run_local(plan: RunPlan, store: Store, progress: bool) -> None:
     jobs, finished = plan_work(plan, store, fingerprint)
     bar = tqdm(total=len(plan.work_cells()), initial=finished, disable=not progress, unit="cell", desc=f"audit {plan.config.name}",
                dynamic_ncols=True)  # fmt: skip
-    first: dict[tuple[str, int], CleanOutcome] = {}
+    first: dict[tuple[str, int, int], CleanOutcome] = {}
     for group in jobs:
-        reuse = first.get((group.candidate, group.reuse_seed)) if group.reuse_seed is not None else None
-        clean = clean_unit(plan, group.candidate, group.seed, reuse)
-        first[group.candidate, group.seed] = clean
+        reuse = first.get((group.candidate, group.split, group.reuse_seed)) if group.reuse_seed is not None else None
+        clean = clean_unit(plan, group.candidate, group.seed, reuse, group.split)
+        first[group.candidate, group.split, group.seed] = clean
         if clean.failure is not None:
             for c in group.cells:
                 store.put_cell(failure_cell(c, clean.failure, device))

@@ -30,25 +30,25 @@ from audit.seeding import derive_seed
 
 __all__ = ["STORE_FILE", "Store", "candidate_key", "PolicyRow", "cell_key", "derive_seed"]
 
-STORE_SCHEMA_VERSION = 1
+STORE_SCHEMA_VERSION = 2  # 2: every per-model table has a ``split`` column (repeated splits); 1 is read and migrated
 STORE_FILE = "results.sqlite"
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS clean (
     candidate TEXT NOT NULL, seed INTEGER NOT NULL,
-    val_metric REAL, test_metric REAL, seconds REAL, train TEXT,
-    PRIMARY KEY (candidate, seed)
+    val_metric REAL, test_metric REAL, seconds REAL, train TEXT, split INTEGER NOT NULL DEFAULT 0,
+    PRIMARY KEY (candidate, split, seed)
 );
 CREATE TABLE IF NOT EXISTS clean_defended (
     candidate TEXT NOT NULL, seed INTEGER NOT NULL, defense TEXT NOT NULL,
-    val_metric REAL, test_metric REAL, clean_removed INTEGER, error TEXT,
-    PRIMARY KEY (candidate, seed, defense)
+    val_metric REAL, test_metric REAL, clean_removed INTEGER, error TEXT, split INTEGER NOT NULL DEFAULT 0,
+    PRIMARY KEY (candidate, split, seed, defense)
 );
 CREATE TABLE IF NOT EXISTS targets (
     candidate TEXT NOT NULL, seed INTEGER NOT NULL, eps_w REAL NOT NULL,
-    val_metric REAL, test_metric REAL, threshold TEXT, gradpc TEXT,
-    PRIMARY KEY (candidate, seed, eps_w)
+    val_metric REAL, test_metric REAL, threshold TEXT, gradpc TEXT, split INTEGER NOT NULL DEFAULT 0,
+    PRIMARY KEY (candidate, split, seed, eps_w)
 );
 CREATE TABLE IF NOT EXISTS policies (
     base TEXT NOT NULL, policy TEXT NOT NULL, budget REAL NOT NULL, seed INTEGER NOT NULL,
@@ -61,14 +61,21 @@ CREATE TABLE IF NOT EXISTS cells (
     defense TEXT NOT NULL, seed INTEGER NOT NULL, status TEXT NOT NULL,
     clean_val REAL, clean_test REAL, poisoned_val REAL, poisoned_test REAL,
     n_poison INTEGER, poisons_removed INTEGER, clean_removed INTEGER,
-    seconds REAL, device TEXT, error TEXT, diagnostics TEXT, finished_at REAL
+    seconds REAL, device TEXT, error TEXT, diagnostics TEXT, finished_at REAL, split INTEGER NOT NULL DEFAULT 0
 );
 """
+
+#: the tables schema 1 keyed without a split, with their schema-1 columns (:meth:`Store._migrate`)
+_SPLIT_TABLES = {
+    "clean": "candidate, seed, val_metric, test_metric, seconds, train",
+    "clean_defended": "candidate, seed, defense, val_metric, test_metric, clean_removed, error",
+    "targets": "candidate, seed, eps_w, val_metric, test_metric, threshold, gradpc",
+}
 
 CELL_COLUMNS = (
     "cell_key", "position", "candidate", "attack", "budget", "defense", "seed", "status",
     "clean_val", "clean_test", "poisoned_val", "poisoned_test", "n_poison", "poisons_removed",
-    "clean_removed", "seconds", "device", "error", "diagnostics", "finished_at",
+    "clean_removed", "seconds", "device", "error", "diagnostics", "finished_at", "split",
 )  # fmt: skip
 
 
@@ -77,8 +84,11 @@ def candidate_key(hparams: dict[str, Any]) -> str:
     return json.dumps(hparams, sort_keys=True)
 
 
-def cell_key(candidate: str, attack: str, budget: float, defense: str, seed: int) -> str:
-    return json.dumps([json.loads(candidate), attack, budget, defense, seed], sort_keys=True)
+def cell_key(candidate: str, attack: str, budget: float, defense: str, seed: int, split: int = 0) -> str:
+    """The key a cell is stored under; the split index is part of it from the second split on (a one-split
+    run's keys are those of the versions before repeated splits)."""
+    parts: list[Any] = [json.loads(candidate), attack, budget, defense, seed]
+    return json.dumps(parts + [split] if split else parts, sort_keys=True)
 
 
 def plan_digest(keys: set[str] | list[str]) -> str:
@@ -86,13 +96,18 @@ def plan_digest(keys: set[str] | list[str]) -> str:
     return hashlib.sha256(json.dumps(sorted(keys), separators=(",", ":")).encode()).hexdigest()
 
 
-def grid_plan(seed_plan: dict[str, list[int]], budgets: list[float]) -> set[str]:
-    """The grid's cell keys from a stored seed plan (``cell_seeds``) and the budgets."""
+def grid_plan(seed_plan: dict[str, list[int]], budgets: list[float], splits: int = 1) -> set[str]:
+    """The grid's cell keys from a stored seed plan (``cell_seeds``), the budgets and the number of splits."""
     keys: set[str] = set()
     for triple, planned in seed_plan.items():
         candidate, attack, defense = json.loads(triple)
-        keys.update(cell_key(candidate, attack, eps, defense, s) for eps in budgets for s in planned)
+        keys.update(cell_key(candidate, attack, eps, defense, s, j) for j in range(splits) for eps in budgets for s in planned)
     return keys
+
+
+def stored_splits(meta: dict[str, Any]) -> int:
+    """How many splits of the data a stored run ran (meta ``splits``; 1 for runs from before repeated splits)."""
+    return int((meta.get("splits") or {}).get("run", 1))
 
 
 def stored_plan(meta: dict[str, Any], budgets: list[float] | None = None) -> set[str] | None:
@@ -101,7 +116,7 @@ def stored_plan(meta: dict[str, Any], budgets: list[float] | None = None) -> set
     seeds = meta.get("cell_seeds")
     if seeds is None:
         return None
-    keys = grid_plan(seeds, budgets if budgets is not None else [float(b) for b in meta["config"]["budgets"]])
+    keys = grid_plan(seeds, budgets if budgets is not None else [float(b) for b in meta["config"]["budgets"]], stored_splits(meta))
     keys.update((meta.get("confirmation") or {}).get("cells", []))
     return keys
 
@@ -130,6 +145,12 @@ class Cell:
     error: str | None = None
     diagnostics: str | None = None
     finished_at: float | None = None
+    split: int = 0  # which draw of the data's partition (repeated splits; 0: the configured split)
+
+    @property
+    def repeat(self) -> tuple[int, int]:
+        """``(split, seed)``: the repeat this cell belongs to (the unit intervals vary over)."""
+        return (self.split, self.seed)
 
     @property
     def hparams(self) -> dict[str, Any]:
@@ -261,6 +282,10 @@ def stored_cells(run_dir: str | Path) -> list[Cell]:
         store.close()
 
 
+def _columns(db: sqlite3.Connection, table: str) -> set[str]:
+    return {r[1] for r in db.execute(f"PRAGMA table_info({table})")}
+
+
 def _read_poison_file(path: Path) -> dict[str, Any] | None:
     """A cached poison set's arrays and strings, or None where ``path`` is missing, a link, or not a poison file
     this tool wrote (truncated, replaced, tampered): never unpickled, never a traceback."""
@@ -300,8 +325,8 @@ class Store:
             raise AuditError(f"{store.path} is not a readable poison-audit store ({err})") from None
         if version is None:
             raise AuditError(f"{store.path}: no run metadata (the run never got past its start)")
-        if int(version) != STORE_SCHEMA_VERSION:
-            raise AuditError(f"{store.path}: store schema {version}, this version reads {STORE_SCHEMA_VERSION}")
+        if int(version) not in (1, STORE_SCHEMA_VERSION):
+            raise AuditError(f"{store.path}: store schema {version}, this version reads 1 and {STORE_SCHEMA_VERSION}")
         return store
 
     @property
@@ -314,8 +339,33 @@ class Store:
             self._db = sqlite3.connect(self.path, timeout=30)
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=NORMAL")
-            self._db.executescript(_SCHEMA)
+            if not self.read_only:  # a reader never changes the file (a signed run's hash): it reads schema 1 as it is
+                self._migrate(self._db)
+                self._db.executescript(_SCHEMA)
         return self._db
+
+    @staticmethod
+    def _migrate(db: sqlite3.Connection) -> None:
+        """Bring a schema-1 store (no ``split`` column: every row is of split 0) to the current schema, in one transaction."""
+        tables = {r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+        if "cells" not in tables or "split" in _columns(db, "cells"):
+            return
+        script = ["BEGIN", "ALTER TABLE cells ADD COLUMN split INTEGER NOT NULL DEFAULT 0"]
+        script += [f"ALTER TABLE {t} RENAME TO {t}_v1" for t in _SPLIT_TABLES if t in tables]
+        script += [_SCHEMA]
+        for table, columns in _SPLIT_TABLES.items():
+            if table in tables:
+                script += [f"INSERT INTO {table} ({columns}, split) SELECT {columns}, 0 FROM {table}_v1", f"DROP TABLE {table}_v1"]
+        script += [f"INSERT OR REPLACE INTO meta VALUES ('schema_version', '{STORE_SCHEMA_VERSION}')", "COMMIT"]
+        try:
+            db.executescript(";\n".join(script))
+        except sqlite3.Error:
+            db.rollback()
+            raise
+
+    def _split(self, table: str) -> str:
+        """The ``split`` column of ``table``, or ``0`` in a schema-1 store read as it is (every row of split 0)."""
+        return "split" if "split" in _columns(self.db, table) else "0"
 
     def _read_only_connection(self) -> sqlite3.Connection:
         """A connection that writes nothing, for a run directory this process cannot write (a read-only mount, a
@@ -378,54 +428,48 @@ class Store:
             )
 
     def cells(self) -> list[Cell]:
-        rows = self.db.execute(f"SELECT {', '.join(CELL_COLUMNS)} FROM cells ORDER BY position").fetchall()
+        columns = ", ".join(CELL_COLUMNS).replace(", split", f", {self._split('cells')}")
+        rows = self.db.execute(f"SELECT {columns} FROM cells ORDER BY position").fetchall()
         return [Cell(*row) for row in rows]
 
     # ------------------------------------------------------------------ clean models
-    def put_clean(self, candidate: str, seed: int, val: float, test: float, seconds: float, train: dict) -> None:
+    def put_clean(self, candidate: str, seed: int, val: float, test: float, seconds: float, train: dict, split: int = 0) -> None:
         with self.db:
             self.db.execute(
-                "INSERT OR REPLACE INTO clean VALUES (?, ?, ?, ?, ?, ?)",
-                (candidate, seed, val, test, seconds, json.dumps(train)),
+                "INSERT OR REPLACE INTO clean VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (candidate, seed, val, test, seconds, json.dumps(train), split),
             )
 
-    def clean_rows(self) -> Iterator[tuple[str, int, float, float, float, dict]]:
-        for cand, seed, val, test, sec, train in self.db.execute("SELECT * FROM clean ORDER BY rowid"):
-            yield cand, seed, val, test, sec, json.loads(train)
+    def clean_rows(self) -> Iterator[tuple[str, int, float, float, float, dict, int]]:
+        """``(candidate, seed, val, test, seconds, training record, split)`` of every clean model."""
+        query = f"SELECT {_SPLIT_TABLES['clean']}, {self._split('clean')} FROM clean ORDER BY rowid"
+        for cand, seed, val, test, sec, train, split in self.db.execute(query):
+            yield cand, seed, val, test, sec, json.loads(train), split
 
     # ------------------------------------------------------------------ defenses on clean data
     def put_clean_defended(self, candidate: str, seed: int, defense: str, val: float | None, test: float | None,
-                           removed: int | None, error: str | None = None) -> None:  # fmt: skip
+                           removed: int | None, error: str | None = None, split: int = 0) -> None:  # fmt: skip
         with self.db:
-            self.db.execute("INSERT OR REPLACE INTO clean_defended VALUES (?, ?, ?, ?, ?, ?, ?)",
-                            (candidate, seed, defense, val, test, removed, error))  # fmt: skip
+            self.db.execute("INSERT OR REPLACE INTO clean_defended VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                            (candidate, seed, defense, val, test, removed, error, split))  # fmt: skip
 
-    def clean_defended_rows(self) -> list[tuple[str, int, str, float | None, float | None, int | None, str | None]]:
-        return list(self.db.execute("SELECT * FROM clean_defended ORDER BY rowid"))
+    def clean_defended_rows(self) -> list[tuple[str, int, str, float | None, float | None, int | None, str | None, int]]:
+        """``(candidate, seed, defense, val, test, clean points removed, error, split)`` of every defense on clean data."""
+        query = f"SELECT {_SPLIT_TABLES['clean_defended']}, {self._split('clean_defended')} FROM clean_defended ORDER BY rowid"
+        return list(self.db.execute(query))
 
     # ------------------------------------------------------------------ poisonability targets
     def put_target(self, candidate: str, seed: int, eps_w: float, val: float, test: float, threshold: dict,
-                   gradpc: dict) -> None:  # fmt: skip
+                   gradpc: dict, split: int = 0) -> None:  # fmt: skip
         with self.db:
             self.db.execute(
-                "INSERT OR REPLACE INTO targets VALUES (?, ?, ?, ?, ?, ?, ?)",
-                (candidate, seed, eps_w, val, test, json.dumps(threshold), json.dumps(gradpc)),
+                "INSERT OR REPLACE INTO targets VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                (candidate, seed, eps_w, val, test, json.dumps(threshold), json.dumps(gradpc), split),
             )
-
-    def copy_targets(self, candidate: str, from_seed: int, to_seed: int) -> bool:
-        """Store ``from_seed``'s targets of ``candidate`` under ``to_seed`` too (a seed-free victim's
-        clean model, hence its targets, is the same at every seed); False when there are none."""
-        with self.db:
-            cursor = self.db.execute(
-                "INSERT OR REPLACE INTO targets SELECT candidate, ?, eps_w, val_metric, test_metric, threshold, gradpc FROM targets "
-                "WHERE candidate = ? AND seed = ?",
-                (to_seed, candidate, from_seed),
-            )
-        return cursor.rowcount > 0
 
     def target_rows(self) -> list[dict[str, Any]]:
-        rows = self.db.execute("SELECT * FROM targets ORDER BY rowid").fetchall()
-        keys = ("candidate", "seed", "eps_w", "val_metric", "test_metric", "threshold", "gradpc")
+        rows = self.db.execute(f"SELECT {_SPLIT_TABLES['targets']}, {self._split('targets')} FROM targets ORDER BY rowid").fetchall()
+        keys = ("candidate", "seed", "eps_w", "val_metric", "test_metric", "threshold", "gradpc", "split")
         out = [dict(zip(keys, r)) for r in rows]
         for r in out:
             r["threshold"], r["gradpc"] = json.loads(r["threshold"]), json.loads(r["gradpc"])

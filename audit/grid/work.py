@@ -46,10 +46,13 @@ from audit.models import Victim
 from audit.models.structure import convex_linear_layer, is_convex_linear, is_linear_model
 
 
-def poison_cache_key(candidate: str, attack_key: str, params: dict[str, Any], budget: float, seed: int, fingerprint: str) -> str:
+def poison_cache_key(candidate: str, attack_key: str, params: dict[str, Any], budget: float, seed: int, fingerprint: str,
+                     split: int = 0) -> str:  # fmt: skip
     """The key a cell's poisons are cached under: they depend on the candidate, the attack and its
-    parameters, ε, the seed and the run's fingerprint, not on the defense (every defense sees the same poisons)."""
-    return json.dumps([candidate, attack_key, params, budget, seed, fingerprint], sort_keys=True)
+    parameters, ε, the seed, the split (from the second on) and the run's fingerprint, not on the defense
+    (every defense sees the same poisons)."""
+    parts: list[Any] = [candidate, attack_key, params, budget, seed, fingerprint]
+    return json.dumps(parts + [split] if split else parts, sort_keys=True)
 
 
 def clean_train_seed(seed: int) -> int:
@@ -93,7 +96,8 @@ class StoreWrites:
         self.calls.append(("put_target", args))
 
     def copy_targets(self, other: StoreWrites, seed: int) -> bool:
-        """``other``'s targets again under ``seed`` (a seed-free victim: the same clean model at every seed); False when it has none."""
+        """``other``'s targets again under ``seed`` (a seed-free victim: the same clean model at every seed of a split);
+        False when it has none."""
         targets = [args for name, args in other.calls if name == "put_target"]
         for args in targets:
             self.put_target(args[0], seed, *args[2:])
@@ -106,11 +110,12 @@ class StoreWrites:
 
 @dataclass
 class CleanOutcome:
-    """The clean stage of one ``(h, s)``: the fitted clean model (None when it failed), its metrics
+    """The clean stage of one ``(h, j, s)``: the fitted clean model (None when it failed), its metrics
     and per-point scores (for paired standard errors), and the store writes."""
 
     candidate: str
     seed: int
+    split: int = 0
     fitted: Any = None
     metrics: tuple[float, float] = (math.nan, math.nan)
     points: tuple[np.ndarray, np.ndarray] | None = None
@@ -165,8 +170,8 @@ class AdaptiveJob:
 
 @dataclass
 class GroupJob:
-    """What is left of one ``(h, s)``: its clean stage, poison jobs and adaptive cells.
-    ``reuse_seed``: a seed-free candidate's earlier group whose clean model this one reuses."""
+    """What is left of one ``(h, j, s)``: its clean stage, poison jobs and adaptive cells.
+    ``reuse_seed``: a seed-free candidate's earlier group (of the same split) whose clean model this one reuses."""
 
     candidate: str
     seed: int
@@ -174,6 +179,7 @@ class GroupJob:
     poison_jobs: list[PoisonJob]
     adaptive_jobs: list[AdaptiveJob]
     reuse_seed: int | None = None
+    split: int = 0
 
 
 def plan_work(plan: RunPlan, store: Store, fingerprint: str) -> tuple[list[GroupJob], int]:
@@ -181,19 +187,19 @@ def plan_work(plan: RunPlan, store: Store, fingerprint: str) -> tuple[list[Group
     cfg = plan.config
     cells = plan.work_cells()
     done = store.finished_keys()
-    groups: dict[tuple[str, int], list[GridCell]] = {}
+    groups: dict[tuple[str, int, int], list[GridCell]] = {}
     for c in cells:
-        groups.setdefault((c.candidate, c.seed), []).append(c)
-    first_seed: dict[str, int] = {}  # seed-free victims: the candidate's first group run now fits its one clean model
+        groups.setdefault((c.candidate, c.split, c.seed), []).append(c)
+    first_seed: dict[tuple[str, int], int] = {}  # seed-free victims: the first group of (h, j) run now fits its one clean model
     jobs = []
-    for (cand, seed), group in groups.items():
+    for (cand, split, seed), group in groups.items():
         pending = [c for c in group if c.key not in done]
         if not pending:
             continue
         hp = json.loads(cand)
-        reuse = first_seed.get(cand) if plan.seed_free(hp) else None
+        reuse = first_seed.get((cand, split)) if plan.seed_free(hp) else None
         if plan.seed_free(hp) and reuse is None:
-            first_seed[cand] = seed
+            first_seed[cand, split] = seed
         by_poison: dict[tuple[str, float], list[GridCell]] = {}
         for c in pending:
             if not is_adaptive(c.attack):
@@ -201,36 +207,37 @@ def plan_work(plan: RunPlan, store: Store, fingerprint: str) -> tuple[list[Group
         poison_jobs = []
         for (attack_key, eps), defense_cells in by_poison.items():
             spec = cfg.attack_spec(attack_key)
-            key = poison_cache_key(cand, attack_key, spec.params, eps, seed, fingerprint)
+            key = poison_cache_key(cand, attack_key, spec.params, eps, seed, fingerprint, split)
             pjob = PoisonJob(attack_key, eps, key, _cached(store, key), defense_cells)
             smaller = [b for b in budgets_of(plan, attack_key) if b < eps]
-            screened = _screened_poisons(plan, store, cand, attack_key, eps, seed, fingerprint) if pjob.cached is None else None
+            screened = _screened_poisons(plan, store, cand, attack_key, eps, seed, fingerprint, split) if pjob.cached is None else None
             if screened is not None and spec.attack.warm_starts:
                 pjob.warm_cached = screened  # a confirmation starts where the screen's attack ended (never below it)
             elif pjob.cached is None and spec.attack.warm_starts and smaller:
                 if (attack_key, smaller[-1]) in by_poison:
                     pjob.warm = (attack_key, smaller[-1])
                 else:
-                    pjob.warm_cached = _cached(store, poison_cache_key(cand, attack_key, spec.params, smaller[-1], seed, fingerprint))
+                    pjob.warm_cached = _cached(store, poison_cache_key(cand, attack_key, spec.params, smaller[-1], seed, fingerprint, split))
             poison_jobs.append(pjob)
         adaptive_jobs = []
         grid_keys = {a.key for a in cfg.attacks} | {a.key for a in cfg.confirmation_attacks()}  # attacks with non-adaptive cells
         for c in (c for c in pending if is_adaptive(c.attack)):
             axis_key, spec, _ = next(axis for axis in plan.all_axes() if axis[0] == c.attack)
             setting = {"params": spec.params, "defense": cfg.defense_spec(c.defense).model_dump(mode="json"), "rounds": cfg.adaptive.rounds}
-            job = AdaptiveJob(c, poison_cache_key(cand, axis_key, setting, c.budget, seed, fingerprint), None)
+            job = AdaptiveJob(c, poison_cache_key(cand, axis_key, setting, c.budget, seed, fingerprint, split), None)
             job.cached = _cached(store, job.key)
             if job.cached is None and spec.key in grid_keys:
                 if (spec.key, c.budget) in by_poison:
                     job.initial_job = (spec.key, c.budget)
                 else:
-                    job.initial = _cached(store, poison_cache_key(cand, spec.key, spec.params, c.budget, seed, fingerprint))
+                    job.initial = _cached(store, poison_cache_key(cand, spec.key, spec.params, c.budget, seed, fingerprint, split))
             adaptive_jobs.append(job)
-        jobs.append(GroupJob(cand, seed, pending, poison_jobs, adaptive_jobs, reuse))
+        jobs.append(GroupJob(cand, seed, pending, poison_jobs, adaptive_jobs, reuse, split))
     return jobs, sum(c.key in done for c in cells)
 
 
-def _screened_poisons(plan: RunPlan, store: Store, cand: str, attack_key: str, eps: float, seed: int, fingerprint: str) -> Poisons | None:
+def _screened_poisons(plan: RunPlan, store: Store, cand: str, attack_key: str, eps: float, seed: int, fingerprint: str,
+                      split: int = 0) -> Poisons | None:  # fmt: skip
     """For a confirmation attack (``<id>@paper``), the screen's poisons of the same battery entry at the same candidate,
     budget and seed, where the grid ran it and cached them: the paper-strength attack takes them as one more start,
     so its objective never ends below the screen's. None for any other attack or where there are none."""
@@ -239,7 +246,7 @@ def _screened_poisons(plan: RunPlan, store: Store, cand: str, attack_key: str, e
     grid = next((a for a in plan.config.attacks if a.key == attack_key.removesuffix(CONFIRM_SUFFIX)), None)
     if grid is None or eps not in plan.config.budgets or seed not in plan.config.attack_seeds(grid):
         return None
-    return _cached(store, poison_cache_key(cand, grid.key, grid.params, eps, seed, fingerprint))
+    return _cached(store, poison_cache_key(cand, grid.key, grid.params, eps, seed, fingerprint, split))
 
 
 def budgets_of(plan: RunPlan, attack_key: str) -> list[float]:
@@ -253,17 +260,17 @@ def _cached(store: Store, key: str) -> Poisons | None:
 
 
 # ---------------------------------------------------------------------------------------------- the units
-def clean_unit(plan: RunPlan, candidate: str, seed: int, reuse: CleanOutcome | None = None) -> CleanOutcome:
-    """The clean stage of ``(h, s)``: train on ``D_tr`` (or take ``reuse``'s model, a seed-free
-    candidate's), score it, apply each defense to clean data, compute the poisonability targets.
+def clean_unit(plan: RunPlan, candidate: str, seed: int, reuse: CleanOutcome | None = None, split: int = 0) -> CleanOutcome:
+    """The clean stage of ``(h, j, s)``: train on split j's ``D_tr`` (or take ``reuse``'s model, a seed-free
+    candidate's of the same split), score it, apply each defense to clean data, compute the poisonability targets.
 
     Never raises: a failed fit is the outcome's ``failure`` (every cell of the group then fails
     with it); a defense or threshold that fails on clean data is recorded as such.
     """
-    cfg, data, victim = plan.config, plan.dataset, plan.victim
+    cfg, data, victim = plan.config, plan.data(split), plan.victim
     hp = json.loads(candidate)
     train_seed = clean_train_seed(seed)
-    out = CleanOutcome(candidate, seed)
+    out = CleanOutcome(candidate, seed, split)
     reused = reuse if reuse is not None and reuse.failure is None else None
     t0 = time.perf_counter()
     try:
@@ -277,17 +284,17 @@ def clean_unit(plan: RunPlan, candidate: str, seed: int, reuse: CleanOutcome | N
     metric_se = accuracy_se if data.task == "classification" else standard_error
     clean_record = {**clean.train_result, "metric_se": {"val": metric_se(clean_points[0]), "test": metric_se(clean_points[1])},
                     **certified_objective(clean, data, victim, hp, 0.0)}  # fmt: skip
-    out.writes.put_clean(candidate, seed, clean_val, clean_test, time.perf_counter() - t0, clean_record)
+    out.writes.put_clean(candidate, seed, clean_val, clean_test, time.perf_counter() - t0, clean_record, split)
     for defense_spec in cfg.defenses:
         if defense_spec.name != "none":
-            record_clean_defense(out.writes, plan, victim, hp, candidate, seed, train_seed, defense_spec)
+            record_clean_defense(out.writes, plan, victim, hp, candidate, seed, train_seed, defense_spec, split)
     if reused is not None and out.writes.copy_targets(reused.writes, seed):
         pass  # the same clean model: the same targets and thresholds
     elif wants_thresholds(cfg, data, clean):
         try:
-            record_thresholds(out.writes, cfg, data, victim, clean, hp, candidate, seed)
+            record_thresholds(out.writes, cfg, data, victim, clean, hp, candidate, seed, split)
         except Exception as err:  # τ is diagnostic: record why it is missing, keep auditing
-            out.writes.put_target(candidate, seed, -1.0, math.nan, math.nan, {"error": f"{type(err).__name__}: {err}"}, {})
+            out.writes.put_target(candidate, seed, -1.0, math.nan, math.nan, {"error": f"{type(err).__name__}: {err}"}, {}, split)
     return out
 
 
@@ -301,10 +308,11 @@ def craft_unit(plan: RunPlan, clean: CleanOutcome, attack_key: str, budget: floa
     t0 = time.perf_counter()
     start = (warm.x, warm.y) if warm is not None and warm.failure is None and warm.x is not None and warm.y is not None else None
     try:
-        ctx = AttackContext(plan.dataset, plan.victim, clean.fitted, hp, budget, derive_seed(clean.seed, clean.candidate, attack_key, budget),
+        data = plan.data(clean.split)
+        ctx = AttackContext(data, plan.victim, clean.fitted, hp, budget, derive_seed(clean.seed, clean.candidate, attack_key, budget),
                             start if spec.attack.warm_starts else None)  # fmt: skip
         attack = spec.attack.for_context(dict(spec.params), ctx)
-        x_p, y_p = attack.poison(plan.dataset.x_train, plan.dataset.y_train)
+        x_p, y_p = attack.poison(data.x_train, data.y_train)
         return Poisons(x_p, y_p, attack.diagnostics.to_json(), time.perf_counter() - t0)
     except Exception as err:
         return Poisons(failure=Failure.of(err))
@@ -332,7 +340,8 @@ def adaptive_unit(plan: RunPlan, clean: CleanOutcome, job: AdaptiveJob, initial:
         if job.cached is not None:
             x_p, y_p, diagnostics, applied, crafted = job.cached.x, job.cached.y, job.cached.diagnostics, None, None
         else:
-            ctx = AttackContext(plan.dataset, plan.victim, clean.fitted, hp, c.budget, derive_seed(c.seed, c.candidate, key, c.budget, c.defense))
+            seed = derive_seed(c.seed, c.candidate, key, c.budget, c.defense)
+            ctx = AttackContext(plan.data(c.split), plan.victim, clean.fitted, hp, c.budget, seed)
             defense_seed = derive_seed(c.seed, c.candidate, c.attack, c.budget, c.defense)
             start = initial.as_tuple if initial is not None else None
             x_p, y_p, diagnostics, applied = craft_adaptive(spec, defense, ctx, cfg.adaptive.rounds, defense_seed, clean_train_seed(c.seed), start)
@@ -357,7 +366,7 @@ def _defended_cell(
 ) -> Cell:
     """Apply the cell's defense to ``D_tr`` plus the poisons, retrain and return the cell's row; ``applied``:
     that defense's result already computed on these very poisons (the adaptive stage's kept round)."""
-    data, victim = plan.dataset, plan.victim
+    data, victim = plan.data(c.split), plan.victim
     hp, train_seed = json.loads(c.candidate), clean_train_seed(c.seed)
     assert clean.points is not None
     t0 = time.perf_counter()
@@ -497,16 +506,16 @@ def _paired_errors(clean_points: tuple[np.ndarray, np.ndarray], poisoned: Any, d
 
 
 def record_clean_defense(writes: StoreWrites, plan: RunPlan, victim: Victim, hp: dict, cand: str, seed: int, train_seed: int,
-                         spec: DefenseSpec) -> None:  # fmt: skip
-    """What a defense costs on clean data: apply it to D_tr alone (assumed rate = the target budget), retrain."""
-    data, rate = plan.dataset, plan.config.target_budget
+                         spec: DefenseSpec, split: int = 0) -> None:  # fmt: skip
+    """What a defense costs on clean data: apply it to split j's D_tr alone (assumed rate = the target budget), retrain."""
+    data, rate = plan.data(split), plan.config.target_budget
     try:
         defense = spec.defense.for_cell(rate, derive_seed(seed, cand, "clean", spec.key), data, spec.params)
         fitted, keep, _ = apply_defense(defense, data.x_train, data.y_train, victim, hp, train_seed)
         writes.put_clean_defended(cand, seed, spec.key, fitted.metric(data.x_val, data.y_val),
-                                  fitted.metric(data.x_test, data.y_test), int((~keep).sum()))  # fmt: skip
+                                  fitted.metric(data.x_test, data.y_test), int((~keep).sum()), None, split)  # fmt: skip
     except Exception as err:  # recorded; the pair is then not eligible for the recommendation
-        writes.put_clean_defended(cand, seed, spec.key, None, None, None, f"{type(err).__name__}: {err}")
+        writes.put_clean_defended(cand, seed, spec.key, None, None, None, f"{type(err).__name__}: {err}", split)
 
 
 def wants_thresholds(cfg: AuditConfig, data: Dataset, fitted: Any) -> bool:
@@ -521,12 +530,12 @@ def wants_thresholds(cfg: AuditConfig, data: Dataset, fitted: Any) -> bool:
 
 
 def record_thresholds(writes: StoreWrites, cfg: AuditConfig, data: Dataset, victim: Victim, fitted: Any, hp: dict,
-                      cand: str, seed: int) -> None:  # fmt: skip
+                      cand: str, seed: int, split: int = 0) -> None:  # fmt: skip
     """GradPC targets at the configured ε_w and their τ for one (candidate, seed); also the clean model (ε_w = 0)."""
     l2 = victim.l2(hp)
     clean_th = thresholds(fitted.require_module("poisonability"), data.x_train, data.y_train, data.task, l2, data.n_classes)
     writes.put_target(cand, seed, 0.0, fitted.metric(data.x_val, data.y_val), fitted.metric(data.x_test, data.y_test),
-                      clean_th.as_dict(), {})  # fmt: skip
+                      clean_th.as_dict(), {}, split)  # fmt: skip
     for eps_w in cfg.poisonability.eps_w:
         target, result = gradpc_target(fitted, data, eps_w, cfg.poisonability.gradpc_steps)
         th = thresholds(target, data.x_train, data.y_train, data.task, l2, data.n_classes).as_dict()
@@ -540,4 +549,4 @@ def record_thresholds(writes: StoreWrites, cfg: AuditConfig, data: Dataset, vict
                           box_same_predictions_scale=same[0])  # fmt: skip
         metric = lambda x, y: module_metric(target, x, y, data.task)  # noqa: E731
         writes.put_target(cand, seed, eps_w, metric(data.x_val, data.y_val), metric(data.x_test, data.y_test),
-                          th, result.__dict__)  # fmt: skip
+                          th, result.__dict__, split)  # fmt: skip

@@ -14,7 +14,7 @@ from audit.attacks.base import SourcedDiagnostics
 from audit.config import AuditConfig
 from audit.grid.adaptive import MINMAX, SANITISER_DEFENSES, adaptive_axes, adaptive_key, filtering_defenses
 from audit.grid.confirm import confirm_attack_keys, is_confirmation
-from audit.grid.store import Store, cell_key, grid_plan, plan_digest, stored_plan
+from audit.grid.store import Store, cell_key, grid_plan, plan_digest, stored_plan, stored_splits
 from audit.models.training import lambda_from_rho
 from audit.report.recommend import Z95, AttackStats, CandidateSummary, Recommendation, aggregate, pair_id, recommend
 
@@ -244,13 +244,26 @@ class Analysis:
 
     def interval_scope(self, budget: float | None = None) -> dict[str, Any]:
         """What the recommended setting's worst-case interval at ``budget`` (default: the target) covers: the
-        test points, the seeds its worst attack ran at, one data split; ``text`` says it in words, naming what
-        it does not cover (split-to-split variation; seed variation when that attack ran at one seed)."""
+        data splits, the seeds of the worst case's attacks, the test points; ``text`` says it in words, naming what
+        it does not cover (split-to-split variation on one split; seed variation when the worst attack ran at one seed)."""
         eps = self.recommendation.target_budget if budget is None else budget
         rec, n_test = self.recommended(), int(self.meta.get("dataset", {}).get("n_test") or 0)
-        seeds = rec.worst_test_seeds.get(eps, 0) if rec is not None else 0
+        repeats = rec.worst_test_seeds.get(eps, 0) if rec is not None else 0
+        est = rec.worst_damage_test_est.get(eps) if rec is not None else None
+        splits = int(est.df) + 1 if est is not None and not math.isinf(est.df) else 1
+        if splits >= 2:
+            seeds = repeats // splits
+            covers = ["splits", "test points"] + (["seeds"] if seeds > 1 else [])
+            missing = [] if seeds > 1 else ["seed variation on a split beyond what re-drawn training data brings (one seed per split)"]
+            text = (f"95 % t-interval ({splits - 1} degrees of freedom) over {splits} draws of the data split of the worst-of-attacks "
+                    f"damage on each split ({seeds} seed{'s' if seeds != 1 else ''} per split, {n_test} test points each), the "
+                    "between-split variance corrected for overlapping training sets (Nadeau & Bengio) plus the test points' "
+                    "variance" + (f"; it does not cover {missing[0]}" if missing else ""))  # fmt: skip
+            return {"splits": splits, "seeds": seeds, "test_points": n_test, "covers": covers, "not_covered": missing, "text": text}
+        seeds = repeats
         covers = ["test points"] + (["seeds"] if seeds > 1 else [])
-        missing = ["split-to-split variation (one data split)"] + (["seed variation (its worst attack ran at one seed)"] if seeds <= 1 else [])
+        why = (self.meta.get("splits") or {}).get("note") or "one data split: splits: 1"
+        missing = [f"split-to-split variation ({why})"] + (["seed variation (its worst attack ran at one seed)"] if seeds <= 1 else [])
         text = (f"95 % normal interval over the {n_test} test points" + (f" and {seeds} seeds" if seeds > 1 else " at one seed") +
                 f" of one data split; it does not cover {' or '.join(missing)}")  # fmt: skip
         return {"splits": 1, "seeds": seeds, "test_points": n_test, "covers": covers, "not_covered": missing, "text": text}
@@ -271,11 +284,12 @@ def _cell_problem(cell: Any, planned: set[str] | None, task: str) -> str | None:
     """Why a stored row cannot be trusted, or None: its identity fields must give its key, the key must be
     planned, and a finished cell's four metrics must be finite numbers in range (accuracy in [0, 100], MSE ≥ 0)."""
     try:
-        key = cell_key(cell.candidate, cell.attack, float(cell.budget), cell.defense, int(cell.seed))
+        key = cell_key(cell.candidate, cell.attack, float(cell.budget), cell.defense, int(cell.seed), int(cell.split))
     except (TypeError, ValueError):
-        return "its candidate, attack, budget, defense or seed cannot be read"
+        return "its candidate, attack, budget, defense, seed or split cannot be read"
     if key != cell.cell_key:
-        return f"its fields (attack {cell.attack!r}, ε = {cell.budget}, defense {cell.defense!r}, seed {cell.seed}) do not match its key"
+        return (f"its fields (attack {cell.attack!r}, ε = {cell.budget}, defense {cell.defense!r}, seed {cell.seed}, split {cell.split}) "
+                "do not match its key")  # fmt: skip
     if planned is not None and cell.cell_key not in planned:
         return "the run never planned it"
     if cell.status not in ("ok", "failed"):
@@ -297,7 +311,8 @@ def check_cells(cells: list[Any], meta: dict[str, Any], config: AuditConfig) -> 
     task = meta.get("dataset", {}).get("task", "classification")
     valid, corrupt = [], []
     recorded = meta.get("plan_digest")  # the grid's plan as the run started (stores before it have none)
-    if recorded is not None and meta.get("cell_seeds") is not None and plan_digest(grid_plan(meta["cell_seeds"], config.budgets)) != recorded:
+    seeds = meta.get("cell_seeds")
+    if recorded is not None and seeds is not None and plan_digest(grid_plan(seeds, config.budgets, stored_splits(meta))) != recorded:
         corrupt.append("the stored plan: its cells do not match the digest recorded when the run started")
     for c in cells:
         problem = _cell_problem(c, planned, task)
@@ -370,25 +385,28 @@ def analyse(run_dir: str | Path) -> Analysis:
     metric = "accuracy (%)" if higher else "MSE"
     defense = "none" if "none" in config.defense_keys else config.defense_keys[0]
     planned, attack_budgets = confirmation_plan(meta, config)
+    described = meta["dataset"]
+    n_splits, share = stored_splits(meta), float(described.get("n_test") or 0) / max(float(described.get("n_train") or 1), 1.0)
     summaries = aggregate(
         cells, clean_rows, config.candidate_grid(), attack_keys(config), config.budgets, config.seeds,
-        defense, higher_is_better=higher, planned=planned, attack_budgets=attack_budgets,
+        defense, higher_is_better=higher, planned=planned, attack_budgets=attack_budgets, splits=n_splits, test_share=share,
     )  # fmt: skip
     # every (candidate, defense) setting; a defended setting's clean metric is the defense run on clean data
     pairs: list[CandidateSummary] = []
     screened: list[CandidateSummary] = []
     for d in config.defense_keys:
-        rows: list[Any] = clean_rows if d == "none" else [(c, s, v, t, 0.0, {}) for c, s, dd, v, t, _, err in defended_rows
+        rows: list[Any] = clean_rows if d == "none" else [(c, s, v, t, 0.0, {}, j) for c, s, dd, v, t, _, err, j in defended_rows
                                                if dd == d and v is not None]  # fmt: skip
-        pairs += aggregate(cells, rows, config.candidate_grid(), attack_keys(config), config.budgets,
-                           config.seeds, d, higher_is_better=higher, planned=planned, attack_budgets=attack_budgets)  # fmt: skip
+        pairs += aggregate(cells, rows, config.candidate_grid(), attack_keys(config), config.budgets, config.seeds, d,
+                           higher_is_better=higher, planned=planned, attack_budgets=attack_budgets, splits=n_splits, test_share=share)  # fmt: skip
         screened += aggregate(cells, rows, config.candidate_grid(), grid_attack_keys(config), config.budgets,
-                              config.seeds, d, higher_is_better=higher, planned=planned)  # fmt: skip
+                              config.seeds, d, higher_is_better=higher, planned=planned, splits=n_splits, test_share=share)  # fmt: skip
     rec = recommend(pairs, config.target_budget, config.recommendation.clean_tolerance, higher,
                     metric_name="accuracy" if higher else "MSE")  # fmt: skip
-    records = {(cand, seed): record or {} for cand, seed, _, _, _, record in clean_rows}
+    # the clean retrainings of split 0 (the configured split: the one a model handed over is compared on)
+    records = {(cand, seed): record or {} for cand, seed, _, _, _, record, split in clean_rows if split == 0}
     analysis = Analysis(config, meta, cells, summaries, rec, defense, metric, higher, targets, pairs, samples, policies, records, screened,
-                        {(cand, seed): test for cand, seed, _, test, _, _ in clean_rows}, corrupt)  # fmt: skip
+                        {(cand, seed): test for cand, seed, _, test, _, _, split in clean_rows if split == 0}, corrupt)  # fmt: skip
     rec.reason = f"{rec.reason} {confirmation_sentence(analysis)}"
     cost = defense_cost_sentence(analysis, defended_rows)
     if cost:

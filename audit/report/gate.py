@@ -202,13 +202,12 @@ def _label(result: GateResult, a: Analysis, budget: float, allow_mismatch: bool)
 
 def setting_cases(a: Analysis, budget: float, max_drop: float, confidence: float | None) -> list[SettingCase]:
     """Every (setting, budget) of the run with its figures; the recommended setting at ``budget`` is the gated case."""
-    z = z_of(confidence) if confidence is not None else None
     rec = a.recommended()
     cases = []
     for p in a.pairs:
         for eps in a.config.budgets:
             damage = p.worst_damage_test.get(eps)
-            judged = _upper(p, eps, z) if z is not None else damage
+            judged = _upper(p, eps, confidence) if confidence is not None else damage
             gated = rec is not None and p.pair == rec.pair and eps == budget
             if judged is None or not math.isfinite(judged):
                 status = "no finished cells"
@@ -223,11 +222,17 @@ def setting_cases(a: Analysis, budget: float, max_drop: float, confidence: float
     return cases
 
 
-def _upper(p: CandidateSummary, eps: float, z: float) -> float | None:
-    """``max_a damage_a + z·SE_a`` over the attacks of a setting at ``eps`` and the budgets below it (the worst case is
-    monotone in ε, :func:`audit.report.recommend.aggregate`); None without finished cells at ``eps``."""
+def _upper(p: CandidateSummary, eps: float, confidence: float) -> float | None:
+    """The upper end of the worst case's interval at ``confidence``: over k ≥ 2 splits the worst-of-attacks statistic's
+    own (t, k − 1 degrees of freedom); on one split ``max_a damage_a + z·SE_a`` over the attacks of a setting at ``eps``
+    and the budgets below it (the worst case is monotone in ε, :func:`audit.report.recommend.aggregate`); None without
+    finished cells at ``eps``."""
     if not any(e == eps and d == p.defense for (_, e, d) in p.stats):
         return None
+    est = p.worst_damage_test_est.get(eps)
+    if est is not None and not math.isinf(est.df):
+        return est.upper(confidence)
+    z = z_of(confidence)
     values = [st.damage_test + z * st.damage_test_se for (_, e, d), st in p.stats.items() if e <= eps and d == p.defense]
     return max(values) if values else None
 

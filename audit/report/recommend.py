@@ -56,6 +56,31 @@ def z_of(confidence: float) -> float:
     return NormalDist().inv_cdf(0.5 + confidence / 2)
 
 
+def quantile(confidence: float, df: float = math.inf) -> float:
+    """The two-sided quantile at ``confidence``: normal (``df`` infinite) or Student's t with ``df`` degrees of freedom."""
+    if math.isinf(df):
+        return z_of(confidence)
+    from scipy.stats import t
+
+    return float(t.ppf(0.5 + confidence / 2, df))
+
+
+@dataclass(frozen=True)
+class Estimate:
+    """A mean over repeats with its standard error and the degrees of freedom of its quantile (inf: normal)."""
+
+    mean: float
+    se: float
+    df: float = math.inf
+
+    def interval(self, confidence: float = 0.95) -> tuple[float, float]:
+        q = quantile(confidence, self.df)
+        return (self.mean - q * self.se, self.mean + q * self.se)
+
+    def upper(self, confidence: float) -> float:
+        return self.interval(confidence)[1]
+
+
 def combined_se(values: list[float], point_ses: list[float]) -> float:
     """SE of the mean over seeds: seed variation plus the evaluation split's sampling, counted once (module docstring)."""
     seeds = float(np.var(values, ddof=1)) / len(values) if len(values) > 1 else 0.0
@@ -95,6 +120,12 @@ class AttackStats:
     poisoned_val_se: float = 0.0
     #: the damage on D_att, the split the attack optimised (None: the attack read D_val, or an older run)
     damage_att: float | None = None
+    df: float = math.inf  # degrees of freedom of the intervals' quantile (k − 1 over k ≥ 2 splits; inf: normal)
+    n_splits: int = 1
+
+    def damage_test_ci(self, confidence: float = 0.95) -> tuple[float, float]:
+        """The interval of :attr:`damage_test` at ``confidence``."""
+        return Estimate(self.damage_test, self.damage_test_se, self.df).interval(confidence)
 
 
 @dataclass
@@ -122,11 +153,17 @@ class CandidateSummary:
     worst_val_ci: dict[float, tuple[float, float]] = field(default_factory=dict)
     #: (attack, ε', ε) where the attack's measured test damage at ε is below its damage at ε' < ε beyond both intervals
     falls: set[tuple[str, float, float]] = field(default_factory=set)
-    #: per budget: seed → the per-point validation metric, shape (n_val,), of the worst attack (:attr:`worst_attack`),
+    #: per budget: repeat (split, seed) → the per-point validation metric, shape (n_val,), of the worst attack on its split,
     #: for paired ties; a budget is absent where a cell was stored without them
-    worst_val_points: dict[float, dict[int, np.ndarray]] = field(default_factory=dict, repr=False)
-    #: per budget: the seeds the attack of :attr:`worst_attack_test` ran at (what the worst case's interval covers)
+    worst_val_points: dict[float, dict[tuple[int, int], np.ndarray]] = field(default_factory=dict, repr=False)
+    #: per budget: the repeats (split × seed) of the worst case's attacks (what the worst case's interval covers)
     worst_test_seeds: dict[float, int] = field(default_factory=dict)
+    #: per budget: the worst case's test damage as an estimate (mean, SE, degrees of freedom): the gate's upper bound
+    worst_damage_test_est: dict[float, Estimate] = field(default_factory=dict)
+    #: per budget, over k ≥ 2 splits: split → the attack worst on it (the worst case is the mean of those)
+    worst_attack_splits: dict[float, dict[str, str]] = field(default_factory=dict)
+    n_splits: int = 1
+    test_share: float = 0.0  # n_test / n_train of a split (the corrected between-split variance, across_splits)
 
     @property
     def pair(self) -> str:
@@ -152,7 +189,7 @@ class Recommendation:
 
 def aggregate(
     cells: list[Cell],
-    clean_rows: list[tuple[str, int, float, float, float, dict]],
+    clean_rows: list[tuple[Any, ...]],
     candidates: list[dict[str, Any]],
     attacks: list[str],
     budgets: list[float],
@@ -161,90 +198,201 @@ def aggregate(
     higher_is_better: bool = True,
     planned: dict[str, list[int]] | None = None,
     attack_budgets: dict[str, list[float]] | None = None,
+    splits: int = 1,
+    test_share: float = 0.0,
 ) -> list[CandidateSummary]:
-    """Means over seeds of every (candidate, attack, budget) for ``defense``, and the worst case over attacks.
+    """Means over repeats (split × seed) of every (candidate, attack, budget) for ``defense``, and the worst case over attacks.
 
-    ``planned`` (the run's ``cell_seeds``: ``json([candidate, attack, defense])`` → seeds) says at
-    which seeds each cell was planned — a profile runs some attacks at fewer seeds, and a cell no
-    seed can change runs at one —; without it every cell is expected at every seed of ``seeds``.
-    ``attack_budgets``: the budgets an attack runs at where not every one (the confirmation stage's).
+    ``clean_rows``: ``(candidate, seed, val, test, seconds, record[, split])``. ``planned`` (the run's ``cell_seeds``:
+    ``json([candidate, attack, defense])`` → seeds) says at which seeds each cell was planned — a profile runs some
+    attacks at fewer seeds, and a cell no seed can change runs at one —; without it every cell is expected at every
+    seed of ``seeds``; each on ``splits`` splits. ``attack_budgets``: the budgets an attack runs at where not every one
+    (the confirmation stage's). ``test_share``: n_test / n_train of a split, for the corrected between-split variance
+    (:func:`across_splits`).
     """
     sign = 1.0 if higher_is_better else -1.0
     ok = [c for c in cells if c.status == "ok"]
-    clean_by, clean_se = {}, {}
-    for cand, seed, val, test, _, record in clean_rows:
-        clean_by[(cand, seed)] = (val, test)
-        clean_se[(cand, seed)] = (record or {}).get("metric_se") or {}
+    clean_by: dict[tuple[str, int, int], tuple[float, float]] = {}
+    clean_se: dict[tuple[str, int, int], dict[str, float]] = {}
+    for row in clean_rows:
+        cand, seed, val, test, _, record = row[:6]
+        split = row[6] if len(row) > 6 else 0
+        clean_by[(cand, split, seed)] = (val, test)
+        clean_se[(cand, split, seed)] = (record or {}).get("metric_se") or {}
     out = []
     for hp in candidates:
         key = json.dumps(hp, sort_keys=True)
-        cv = [clean_by[(key, s)][0] for s in seeds if (key, s) in clean_by]
-        ct = [clean_by[(key, s)][1] for s in seeds if (key, s) in clean_by]
+        repeats = [r for r in clean_by if r[0] == key and r[2] in seeds]
+        cv = [clean_by[r][0] for r in repeats]
+        ct = [clean_by[r][1] for r in repeats]
         summary = CandidateSummary(key, hp, candidate_label(hp), _mean(cv), _mean(ct), _std(ct))
-        ses = [clean_se[(key, s)] for s in seeds if (key, s) in clean_se]
+        summary.test_share = test_share
         if cv:
-            summary.clean_val_se = combined_se(cv, [e.get("val", 0.0) for e in ses])
-            summary.clean_test_se = combined_se(ct, [e.get("test", 0.0) for e in ses])
+            summary.clean_val_se = across_splits(_by_split([(r[1], clean_by[r][0], clean_se[r].get("val", 0.0)) for r in repeats]), test_share).se
+            summary.clean_test_se = across_splits(_by_split([(r[1], clean_by[r][1], clean_se[r].get("test", 0.0)) for r in repeats]), test_share).se
         for attack in attacks:
             for eps in (attack_budgets or {}).get(attack, budgets):
                 rows = [c for c in ok if c.candidate == key and c.attack == attack and c.budget == eps and c.defense == defense]
                 expected = (planned or {}).get(json.dumps([key, attack, defense]), seeds)
-                summary.missing += max(len(expected) - len(rows), 0)
-                if not rows:
-                    continue
-                pv = [c.poisoned_val for c in rows]
-                pt = [c.poisoned_test for c in rows]
-                se = [c.recorded("se") for c in rows]  # {} for cells stored before the audit recorded them
-                summary.stats[(attack, eps, defense)] = AttackStats(
-                    poisoned_val=_mean(pv),
-                    poisoned_test=_mean(pt),
-                    poisoned_test_std=_std(pt),
-                    damage_test=sign * _mean([_f(c.clean_test) - _f(c.poisoned_test) for c in rows]),
-                    damage_val=sign * _mean([_f(c.clean_val) - _f(c.poisoned_val) for c in rows]),
-                    n_seeds=len(rows),
-                    seconds=_mean([c.seconds for c in rows]),
-                    poisons_removed=_mean([_f(c.poisons_removed) / max(_f(c.n_poison), 1) for c in rows]),
-                    clean_removed=_mean([_f(c.clean_removed) for c in rows]),
-                    damage_test_se=combined_se([_f(c.clean_test) - _f(c.poisoned_test) for c in rows], [e.get("test_drop", 0.0) for e in se]),
-                    damage_val_se=combined_se([_f(c.clean_val) - _f(c.poisoned_val) for c in rows], [e.get("val_drop", 0.0) for e in se]),
-                    poisoned_val_se=combined_se([_f(v) for v in pv], [e.get("val_metric", 0.0) for e in se]),
-                    damage_att=_damage_att(rows, sign),
-                )
+                summary.missing += max(len(expected) * splits - len(rows), 0)
+                if rows:
+                    summary.stats[(attack, eps, defense)] = _attack_stats(rows, sign, test_share)
         for i, eps in enumerate(budgets):
             # monotone in ε: an attacker with budget ε can do what one with ε' < ε did, so the worst case at ε is over
             # every attack at every budget up to ε; one from a smaller budget is named with it ("bg (at ε = 0.03)")
             names = {(a if e == eps else f"{a} (at ε = {e:g})"): (a, e)
                      for e in budgets[: i + 1] for a in attacks if (a, e, defense) in summary.stats}  # fmt: skip
-            per_attack = {name: summary.stats[(a, e, defense)] for name, (a, e) in names.items()}
             if not any((a, eps, defense) in summary.stats for a in attacks):
                 continue
             summary.falls.update(_falls(summary.stats, attacks, budgets[: i + 1], defense))
-            worst = max(per_attack, key=lambda a: per_attack[a].damage_val)
-            summary.worst_attack[eps] = worst
-            points = _val_points(ok, key, *names[worst], defense)
-            if points is not None:
-                summary.worst_val_points[eps] = points
-            summary.worst_val[eps] = per_attack[worst].poisoned_val
-            summary.worst_damage_val[eps] = per_attack[worst].damage_val
-            worst_t = max(per_attack, key=lambda a: per_attack[a].damage_test)
-            summary.worst_test[eps] = per_attack[worst_t].poisoned_test
-            summary.worst_damage_test[eps] = per_attack[worst_t].damage_test
-            summary.worst_attack_test[eps] = worst_t
-            summary.worst_test_seeds[eps] = per_attack[worst_t].n_seeds
-            stats = per_attack.values()
-            summary.worst_damage_test_ci[eps] = (max(s.damage_test - Z95 * s.damage_test_se for s in stats),
-                                                 max(s.damage_test + Z95 * s.damage_test_se for s in stats))  # fmt: skip
-            summary.worst_damage_val_ci[eps] = (max(s.damage_val - Z95 * s.damage_val_se for s in stats),
-                                                max(s.damage_val + Z95 * s.damage_val_se for s in stats))  # fmt: skip
-            # the worst poisoned validation metric (lower is worse for accuracy): the min over attacks, per end
-            level = [(sign * s.poisoned_val, s.poisoned_val_se) for s in stats]
-            summary.worst_val_ci[eps] = tuple(sorted((sign * min(m - Z95 * e for m, e in level),
-                                                      sign * min(m + Z95 * e for m, e in level))))  # type: ignore[assignment]  # a pair  # fmt: skip
+            rows_of = {name: [c for c in ok if c.candidate == key and c.attack == a and c.budget == e and c.defense == defense]
+                       for name, (a, e) in names.items()}  # fmt: skip
+            _worst_case(summary, eps, names, rows_of, sign, test_share, defense)
+        summary.n_splits = len({r[1] for r in repeats}) or 1
         summary.defense = defense
         if defense != "none":
             summary.label = f"{summary.label} + {defense}"
         out.append(summary)
     return out
+
+
+def _by_split(values: list[tuple[int, float, float]]) -> dict[int, tuple[float, float]]:
+    """``(split, value, point SE)`` of each repeat → split → (mean over its seeds, :func:`combined_se` over them)."""
+    grouped: dict[int, list[tuple[float, float]]] = {}
+    for split, value, se in values:
+        grouped.setdefault(split, []).append((float(value), float(se)))
+    return {j: (_mean([v for v, _ in vs]), combined_se([v for v, _ in vs], [e for _, e in vs])) for j, vs in sorted(grouped.items())}
+
+
+def _split_stat(rows: list[Cell], value: Any, se_key: str) -> dict[int, tuple[float, float]]:
+    """Split → (mean of ``value(cell)`` over its seeds, SE over seeds and points) of one attack's cells."""
+    return _by_split([(c.split, value(c), c.recorded("se").get(se_key, 0.0)) for c in rows])
+
+
+def _attack_stats(rows: list[Cell], sign: float, test_share: float) -> AttackStats:
+    """One (candidate, attack, budget, defense) over its repeats (split × seed)."""
+    pv = [_f(c.poisoned_val) for c in rows]
+    pt = [_f(c.poisoned_test) for c in rows]
+    dmg_test = across_splits(_split_stat(rows, lambda c: sign * (_f(c.clean_test) - _f(c.poisoned_test)), "test_drop"), test_share)
+    dmg_val = across_splits(_split_stat(rows, lambda c: sign * (_f(c.clean_val) - _f(c.poisoned_val)), "val_drop"), test_share)
+    level_val = across_splits(_split_stat(rows, lambda c: _f(c.poisoned_val), "val_metric"), test_share)
+    return AttackStats(
+        poisoned_val=_mean(pv),
+        poisoned_test=_mean(pt),
+        poisoned_test_std=_std(pt),
+        damage_test=dmg_test.mean,
+        damage_val=dmg_val.mean,
+        n_seeds=len(rows),
+        seconds=_mean([c.seconds for c in rows]),
+        poisons_removed=_mean([_f(c.poisons_removed) / max(_f(c.n_poison), 1) for c in rows]),
+        clean_removed=_mean([_f(c.clean_removed) for c in rows]),
+        damage_test_se=dmg_test.se,
+        damage_val_se=dmg_val.se,
+        poisoned_val_se=level_val.se,
+        damage_att=_damage_att(rows, sign),
+        df=dmg_test.df,
+        n_splits=len({c.split for c in rows}),
+    )
+
+
+def _worst_case(summary: CandidateSummary, eps: float, names: dict[str, tuple[str, float]], rows_of: dict[str, list[Cell]],
+                sign: float, test_share: float, defense: str) -> None:  # fmt: skip
+    """The worst case over attacks at ``eps`` (``names``: each attack, or an attack at a smaller budget, by its label).
+
+    One split: the worst attack's mean over seeds, interval ``[max_a lower_a, max_a upper_a]`` (it covers the
+    true worst case whenever each attack's interval covers its own). Several splits: the worst-of-attacks
+    statistic itself — per split the worst attack's mean over seeds, then its mean over splits with the
+    corrected between-split interval (:func:`across_splits`); the attack named is the one worst on most splits.
+    """
+    per_attack = {name: summary.stats[(a, e, defense)] for name, (a, e) in names.items()}
+    splits = sorted({c.split for rows in rows_of.values() for c in rows})
+    if len(splits) <= 1:
+        worst = max(per_attack, key=lambda a: per_attack[a].damage_val)
+        worst_t = max(per_attack, key=lambda a: per_attack[a].damage_test)
+        stats = per_attack.values()
+        summary.worst_attack[eps] = worst
+        summary.worst_val[eps] = per_attack[worst].poisoned_val
+        summary.worst_damage_val[eps] = per_attack[worst].damage_val
+        summary.worst_test[eps] = per_attack[worst_t].poisoned_test
+        summary.worst_damage_test[eps] = per_attack[worst_t].damage_test
+        summary.worst_attack_test[eps] = worst_t
+        summary.worst_test_seeds[eps] = per_attack[worst_t].n_seeds
+        summary.worst_damage_test_est[eps] = Estimate(per_attack[worst_t].damage_test, per_attack[worst_t].damage_test_se)
+        summary.worst_damage_test_ci[eps] = (max(s.damage_test - Z95 * s.damage_test_se for s in stats),
+                                             max(s.damage_test + Z95 * s.damage_test_se for s in stats))  # fmt: skip
+        summary.worst_damage_val_ci[eps] = (max(s.damage_val - Z95 * s.damage_val_se for s in stats),
+                                            max(s.damage_val + Z95 * s.damage_val_se for s in stats))  # fmt: skip
+        # the worst poisoned validation metric (lower is worse for accuracy): the min over attacks, per end
+        level = [(sign * s.poisoned_val, s.poisoned_val_se) for s in stats]
+        summary.worst_val_ci[eps] = tuple(sorted((sign * min(m - Z95 * e for m, e in level),
+                                                  sign * min(m + Z95 * e for m, e in level))))  # type: ignore[assignment]  # a pair  # fmt: skip
+        points = _val_points(rows_of[worst])
+        if points is not None:
+            summary.worst_val_points[eps] = points
+        return
+    split_of = {name: {j: [c for c in rows if c.split == j] for j in splits} for name, rows in rows_of.items()}
+
+    def per_split(value: Any, se_key: str) -> dict[str, dict[int, tuple[float, float]]]:
+        return {name: _split_stat(rows, value, se_key) for name, rows in rows_of.items()}
+
+    dmg_test = per_split(lambda c: sign * (_f(c.clean_test) - _f(c.poisoned_test)), "test_drop")
+    dmg_val = per_split(lambda c: sign * (_f(c.clean_val) - _f(c.poisoned_val)), "val_drop")
+    lvl_test = per_split(lambda c: _f(c.poisoned_test), "test_metric")
+    lvl_val = per_split(lambda c: _f(c.poisoned_val), "val_metric")
+    worst_tj = {j: max((n for n in dmg_test if j in dmg_test[n]), key=lambda n: dmg_test[n][j][0]) for j in splits}
+    worst_vj = {j: max((n for n in dmg_val if j in dmg_val[n]), key=lambda n: dmg_val[n][j][0]) for j in splits}
+    est_t = across_splits({j: dmg_test[worst_tj[j]][j] for j in splits}, test_share)
+    est_dv = across_splits({j: dmg_val[worst_vj[j]][j] for j in splits}, test_share)
+    est_v = across_splits({j: lvl_val[worst_vj[j]][j] for j in splits}, test_share)
+    summary.worst_attack[eps] = _most_often(worst_vj, per_attack, "damage_val")
+    summary.worst_attack_test[eps] = _most_often(worst_tj, per_attack, "damage_test")
+    summary.worst_attack_splits[eps] = {str(j): worst_tj[j] for j in splits}
+    summary.worst_val[eps] = est_v.mean
+    summary.worst_damage_val[eps] = est_dv.mean
+    summary.worst_test[eps] = _mean([lvl_test[worst_tj[j]][j][0] for j in splits])
+    summary.worst_damage_test[eps] = est_t.mean
+    summary.worst_test_seeds[eps] = sum(len(split_of[worst_tj[j]][j]) for j in splits)
+    summary.worst_damage_test_est[eps] = est_t
+    summary.worst_damage_test_ci[eps] = est_t.interval()
+    summary.worst_damage_val_ci[eps] = est_dv.interval()
+    summary.worst_val_ci[eps] = est_v.interval()
+    by_repeat: dict[tuple[int, int], np.ndarray] = {}
+    for j in splits:
+        found = _val_points(split_of[worst_vj[j]][j])
+        if found is None:
+            return
+        by_repeat.update(found)
+    summary.worst_val_points[eps] = by_repeat
+
+
+def _most_often(by_split: dict[int, str], per_attack: dict[str, AttackStats], field: str) -> str:
+    """The attack worst on most splits (ties: the larger mean ``field``)."""
+    counts = {n: list(by_split.values()).count(n) for n in set(by_split.values())}
+    return max(counts, key=lambda n: (counts[n], getattr(per_attack[n], field)))
+
+
+def across_splits(per_split: dict[int, tuple[float, float]], test_share: float = 0.0) -> Estimate:
+    """A statistic over repeats from its per-split means and within-split SEs (``split → (mean, SE)``).
+
+    One split: its mean and SE (seeds and test points: :func:`combined_se`), normal quantiles. k ≥ 2 splits: the
+    mean of the split means; its variance is the between-split variance corrected for the overlap of the training
+    sets of random re-splits (Nadeau & Bengio 2003, "Inference for the generalization error", the corrected
+    resampled t: ``(1/k + n_test/n_train)·s²``), with Student's t at k − 1 degrees of freedom. Each split mean
+    carries its own test points' noise, so ``s²`` already covers them and they are not added again (the coverage
+    simulation, ``tests/test_split_coverage.py``, measured 96–97 % at nominal 95 % that way and 100 % with both
+    added). Where ``s²`` degenerates to 0 — every split gives the same figure, as an attack that changes no test
+    point does — the test points' adjusted variance (mean within-split SE² / k) stands in, so no interval is [m, m].
+    """
+    if not per_split:
+        return Estimate(math.nan, 0.0)
+    if len(per_split) == 1:
+        mean, se = next(iter(per_split.values()))
+        return Estimate(mean, se)
+    means = [m for m, _ in per_split.values()]
+    k = len(means)
+    between = (1.0 / k + test_share) * float(np.var(means, ddof=1))
+    within = float(np.mean([se**2 for _, se in per_split.values()])) / k
+    return Estimate(float(np.mean(means)), math.sqrt(between if between > 0 else within), float(k - 1))
 
 
 def _damage_att(rows: list[Cell], sign: float) -> float | None:
@@ -255,29 +403,27 @@ def _damage_att(rows: list[Cell], sign: float) -> float | None:
     return sign * _mean([a["clean"] - a["poisoned"] for a in att])
 
 
-def _val_points(cells: list[Cell], key: str, attack: str, eps: float, defense: str) -> dict[int, np.ndarray] | None:
-    """Seed → per-point validation metric of one (candidate, attack, budget, defense); None if any cell lacks them."""
+def _val_points(cells: list[Cell]) -> dict[tuple[int, int], np.ndarray] | None:
+    """Repeat (split, seed) → per-point validation metric of one attack's cells; None if any cell lacks them."""
     out = {}
     for c in cells:
-        if c.candidate == key and c.attack == attack and c.budget == eps and c.defense == defense:
-            points = unpack_points(c.recorded("val_points"))
-            if points is None:
-                return None
-            out[c.seed] = points
+        points = unpack_points(c.recorded("val_points"))
+        if points is None:
+            return None
+        out[c.repeat] = points
     return out or None
 
 
-def paired_difference(a: CandidateSummary, b: CandidateSummary, eps: float) -> tuple[float, float] | None:
-    """``(mean, SE)`` of ``a``'s worst-case validation metric minus ``b``'s at ``eps``, paired over the seeds both
-    ran and the validation points (module docstring); None when either lacks per-point outcomes."""
+def paired_difference(a: CandidateSummary, b: CandidateSummary, eps: float) -> Estimate | None:
+    """``a``'s worst-case validation metric minus ``b``'s at ``eps``, paired over the repeats (split, seed) both ran and
+    the validation points (module docstring), as an :class:`Estimate`; None when either lacks per-point outcomes."""
     pa, pb = a.worst_val_points.get(eps), b.worst_val_points.get(eps)
-    seeds = sorted(set(pa or {}) & set(pb or {}))
-    if pa is None or pb is None or not seeds or any(len(pa[s]) != len(pb[s]) for s in seeds):
+    repeats = sorted(set(pa or {}) & set(pb or {}))
+    if pa is None or pb is None or not repeats or any(len(pa[r]) != len(pb[r]) for r in repeats):
         return None
-    diffs = [pa[s] - pb[s] for s in seeds]
-    per_seed = [float(np.mean(d)) for d in diffs]
-    point_se = [float(np.std(d, ddof=1) / math.sqrt(len(d))) if len(d) > 1 else 0.0 for d in diffs]
-    return float(np.mean(per_seed)), combined_se(per_seed, point_se)
+    diffs = {r: pa[r] - pb[r] for r in repeats}
+    point_se = {r: float(np.std(d, ddof=1) / math.sqrt(len(d))) if len(d) > 1 else 0.0 for r, d in diffs.items()}
+    return across_splits(_by_split([(r[0], float(np.mean(diffs[r])), point_se[r]) for r in repeats]), a.test_share)
 
 
 def _tied(s: CandidateSummary, best: CandidateSummary, eps: float, sign: float) -> tuple[bool, bool]:
@@ -288,8 +434,8 @@ def _tied(s: CandidateSummary, best: CandidateSummary, eps: float, sign: float) 
     paired = paired_difference(s, best, eps)
     if paired is None:
         return _overlap(_signed_ci(s, eps, sign), _signed_ci(best, eps, sign)), False
-    mean, se = paired
-    return abs(mean) <= Z95 * se, True
+    lo, hi = paired.interval()
+    return lo <= 0.0 <= hi, True
 
 
 def _falls(stats: dict[tuple[str, float, str], AttackStats], attacks: list[str], budgets: list[float], defense: str) -> set[tuple[str, float, float]]:

@@ -112,7 +112,7 @@ def build_context(a: Analysis) -> dict[str, Any]:
                     "std": _fmt(st.poisoned_test_std) if st else "n/a",
                     "damage": _fmt(st.damage_test) if st else "n/a",
                     "damage_att": _fmt(st.damage_att) if st and st.damage_att is not None else "n/a",
-                    "ci": _fmt_ci((st.damage_test - Z95 * st.damage_test_se, st.damage_test + Z95 * st.damage_test_se)) if st else "",
+                    "ci": _fmt_ci(st.damage_test_ci()) if st else "",
                     "seeds": st.n_seeds if st else 0, "seconds": _fmt(st.seconds, 1) if st else "n/a",
                 })  # fmt: skip
     verdict_damage = rec.worst_damage_test.get(target) if rec else None
@@ -389,7 +389,7 @@ def _adaptive_summary(a: Analysis) -> dict[str, Any]:
     def stats(st: Any) -> dict[str, Any] | None:
         if st is None:
             return None
-        return {"damage": st.damage_test, "damage_ci95": [st.damage_test - Z95 * st.damage_test_se, st.damage_test + Z95 * st.damage_test_se],
+        return {"damage": st.damage_test, "damage_ci95": list(st.damage_test_ci()),
                 "damage_val": st.damage_val, "poisons_survived": 1.0 - st.poisons_removed, "clean_removed": st.clean_removed}  # fmt: skip
 
     series = bracket_series(a)

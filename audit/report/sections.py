@@ -38,7 +38,7 @@ from audit.report.analysis import (
     width_series,
 )
 from audit.report.analysis import fmt as _fmt
-from audit.report.recommend import Z95, aggregate, candidate_label
+from audit.report.recommend import aggregate, candidate_label
 
 
 def poisonability_context(a: Analysis) -> dict[str, Any] | None:
@@ -250,11 +250,7 @@ def adaptive_context(a: Analysis) -> dict[str, Any] | None:
         return None
 
     def damage(st: Any) -> str:
-        return (
-            f"{_fmt(st.damage_test)} ({_fmt(st.damage_test - Z95 * st.damage_test_se)}–{_fmt(st.damage_test + Z95 * st.damage_test_se)})"
-            if st
-            else "n/a"
-        )
+        return f"{_fmt(st.damage_test)} ({'–'.join(_fmt(v) for v in st.damage_test_ci())})" if st else "n/a"
 
     table = [{
         "defense": r.defense, "budget": f"{100 * r.budget:g}%",
