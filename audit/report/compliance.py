@@ -315,7 +315,7 @@ def _results(a: Analysis, ctx: dict[str, Any]) -> dict[str, Any]:
     blocks: list[dict[str, Any] | None] = [
         _p(
             f"Worst case over the attacks of the test {ctx['unit']} per setting (hyperparameters × defense) and budget, mean over "
-            "seeds, with its 95 % interval (seed variation and the test split's sampling error) and the attack that achieved it. "
+            f"seeds, with its 95 % interval and the attack that achieved it. What the interval covers: {a.interval_scope()['text']}. "
             "The worst case is a lower bound on what an attacker could do: stronger attacks may exist."
         ),
         _table(["Setting (hyperparameters + defense)", f"Clean test {a.metric}"] + [f"ε = {_pct(e)}" for e in budgets], rows),
@@ -460,7 +460,9 @@ def _test_log(a: Analysis, exported_at: str, signing: Signing | None) -> dict[st
     rows = [[iso(a.meta.get("created")), "run", "run started (store created)", "", ""]]
     for c in sorted(a.cells, key=lambda c: (c.finished_at or 0.0, c.position)):
         metric = fmt(c.poisoned_test) if c.status == "ok" else (c.error or "")
-        where = f"{candidate_label(c.hparams)} · {c.attack} · ε {_pct(c.budget)} · {c.defense} · seed {c.seed}"
+        where = f"{candidate_label(c.hparams)} · {c.attack} · ε {_pct(c.budget)} · {c.defense} · seed {c.seed}" + (
+            f" · split {c.split}" if c.split else ""
+        )
         rows.append([iso(c.finished_at), "cell", where, c.status, metric])
     rows.append([exported_at, "export", "this record generated", "", ""])
     if signing is not None:

@@ -107,8 +107,9 @@ def gate(
     — ``refused``, exit code 3 — because its worst case may be among the missing cells. With
     ``allow_incomplete`` the finished cells are judged and the message and the JUnit file say
     how many cells were missing. With ``confidence`` (e.g. 0.95) the gate judges the upper end
-    of the worst-case drop's two-sided interval at that level (``max_a damage_a + z·SE_a``,
-    :mod:`audit.report.recommend`) instead of the point estimate. ``soft_fail``: an advisory gate.
+    of the worst-case drop's two-sided interval at that level (one split: ``max_a damage_a + z·SE_a``; k ≥ 2 splits: the
+    worst-of-attacks statistic's t-interval, :func:`audit.report.recommend.across_splits`) instead of the point estimate.
+    ``soft_fail``: an advisory gate.
 
     A verdict that was not confirmed at full strength (:meth:`Analysis.strength`: ``--no-confirm``, a
     budget the run did not confirm, an unfinished confirmation) is a lower bound on the damage and

@@ -48,6 +48,16 @@ def _why_not_run(a: Analysis, name: str, cls: Any) -> str:
     return "not in this config"
 
 
+def splits_sentence(meta: dict[str, Any]) -> str:
+    """How many draws of the train/attacker/validation/test partition the run ran on, in words (README: Repeated splits)."""
+    record = meta.get("splits") or {}
+    k = int(record.get("run", 1))
+    if k > 1:
+        return (f"{k} draws of the partition (data seeds {', '.join(map(str, record.get('seeds') or []))}; the first is dataset.split.seed): "
+                "every cell ran on each, and the worst case is the mean over splits of each split's worst attack")  # fmt: skip
+    return record.get("note") or "one (dataset.split.seed): intervals cannot cover split-to-split variation (splits: k re-draws it)"
+
+
 def _seeds_run(a: Analysis, spec: Any) -> str:
     """At which seeds an attack's cells ran: all, the first k (profile or config), or once (no seed can change them)."""
     planned: dict[str, list[int]] = a.meta.get("cell_seeds") or {}
@@ -199,6 +209,7 @@ def build_context(a: Analysis) -> dict[str, Any]:
         "victim_caveats": a.meta.get("victim_caveats") or [],
         "max_budget": f"{100 * max(budgets):g}%",
         "seeds": cfg.seeds,
+        "splits": {"text": splits_sentence(a.meta)},
         "fingerprint": a.meta.get("fingerprint", ""),
         "versions": a.meta.get("versions", {}),
         "config_yaml": yaml.safe_dump(a.meta["config"], sort_keys=False),
@@ -353,6 +364,7 @@ def build_summary(a: Analysis) -> dict[str, Any]:
                 "budget": c.budget,
                 "defense": c.defense,
                 "seed": c.seed,
+                "split": c.split,
                 "clean_metric": c.clean_test,
                 "poisoned_metric": c.poisoned_test,
                 "clean_val_metric": c.clean_val,
