@@ -215,5 +215,7 @@ def test_adjusted_paired_intervals_cover_at_the_nominal_rate_and_never_degenerat
             covered_plain += abs(drop - true_drop) <= Z95 * standard_error(clean - poisoned)
         assert low <= covered / reps <= high, (n, covered / reps)
     assert degenerate_plain > 300  # the case the adjustment is for: the plain SE was 0 in many draws
-    assert paired_drop_se(np.full(500, 100.0), np.full(500, 100.0)) == pytest.approx(100 / 502)
+    # no discordant point: the exact interval, ±(1 − 0.025^(1/n)) — at that discordance rate, 0 of n is a 2.5 % event
+    half = Z95 * paired_drop_se(np.full(500, 100.0), np.full(500, 100.0)) / 100
+    assert (1 - half) ** 500 == pytest.approx(0.025, rel=1e-6) and half * 500 == pytest.approx(3.68, abs=0.01)
     assert accuracy_se(np.full(500, 100.0)) > 0

@@ -482,10 +482,16 @@ def paired_drop_se(clean: np.ndarray, poisoned: np.ndarray) -> float:
     """SE of an accuracy drop in points, paired on the same points, Agresti–Min adjusted (½ added to each of the
     four agreement counts): with b points the clean model gets right and the poisoned wrong, c the other way,
     ``SE = 100·√((b′ + c′) − (b′ − c′)²/n′)/n′`` with b′ = b + ½, c′ = c + ½, n′ = n + 2. Without the
-    adjustment a cell with no discordant point had SE 0 and the interval [0, 0]."""
-    b = float(np.sum((clean > 50) & (poisoned <= 50))) + 0.5
-    c = float(np.sum((clean <= 50) & (poisoned > 50))) + 0.5
-    n = len(clean) + 2.0
+    adjustment a cell with no discordant point had SE 0 and the interval [0, 0].
+
+    With no discordant point at all the SE is the exact one instead: the drop lies within ±π of 0, π the
+    discordance rate, whose exact (Clopper–Pearson) 97.5 % upper bound after 0 discordant of n is
+    ``1 − 0.025^(1/n)``; the SE returned is that bound / 1.96 (in points), so ``drop ± 1.96·SE`` is the exact interval."""
+    b = float(np.sum((clean > 50) & (poisoned <= 50)))
+    c = float(np.sum((clean <= 50) & (poisoned > 50)))
+    if b + c == 0 and len(clean):
+        return float(100.0 * (1.0 - 0.025 ** (1.0 / len(clean))) / 1.959963984540054)
+    b, c, n = b + 0.5, c + 0.5, len(clean) + 2.0
     return float(100.0 * math.sqrt(max(b + c - (b - c) ** 2 / n, 0.0)) / n)
 
 

@@ -262,7 +262,7 @@ class Analysis:
             return {"splits": splits, "seeds": seeds, "test_points": n_test, "covers": covers, "not_covered": missing, "text": text}
         seeds = repeats
         covers = ["test points"] + (["seeds"] if seeds > 1 else [])
-        why = (self.meta.get("splits") or {}).get("note") or "one data split: splits: 1"
+        why = (self.meta.get("splits") or {}).get("note") or "the run has one split; splits: k re-draws it"
         missing = [f"split-to-split variation ({why})"] + (["seed variation (its worst attack ran at one seed)"] if seeds <= 1 else [])
         text = (f"95 % normal interval over the {n_test} test points" + (f" and {seeds} seeds" if seeds > 1 else " at one seed") +
                 f" of one data split; it does not cover {' or '.join(missing)}")  # fmt: skip
