@@ -302,7 +302,8 @@ def _worst_case(summary: CandidateSummary, eps: float, names: dict[str, tuple[st
     One split: the worst attack's mean over seeds, interval ``[max_a lower_a, max_a upper_a]`` (it covers the
     true worst case whenever each attack's interval covers its own). Several splits: the worst-of-attacks
     statistic itself — per split the worst attack's mean over seeds, then its mean over splits with the
-    corrected between-split interval (:func:`across_splits`); the attack named is the one worst on most splits.
+    corrected between-split interval (:func:`across_splits`); the attacks named are those worst on some split,
+    with how many (:func:`_most_often`).
     """
     per_attack = {name: summary.stats[(a, e, defense)] for name, (a, e) in names.items()}
     splits = sorted({c.split for rows in rows_of.values() for c in rows})
@@ -366,9 +367,14 @@ def _worst_case(summary: CandidateSummary, eps: float, names: dict[str, tuple[st
 
 
 def _most_often(by_split: dict[int, str], per_attack: dict[str, AttackStats], field: str) -> str:
-    """The attack worst on most splits (ties: the larger mean ``field``)."""
+    """The attack(s) behind a worst case over splits: one name where the same attack was worst on every split (the
+    figure is then that attack's mean), else each with the number of splits it was worst on, most often first
+    (ties: the larger mean ``field``) — "back_gradient on 2 of 3 splits, tgda on 1"."""
     counts = {n: list(by_split.values()).count(n) for n in set(by_split.values())}
-    return max(counts, key=lambda n: (counts[n], getattr(per_attack[n], field)))
+    order = sorted(counts, key=lambda n: (counts[n], getattr(per_attack[n], field)), reverse=True)
+    if len(order) == 1:
+        return order[0]
+    return ", ".join(f"{n} on {counts[n]}" + (f" of {len(by_split)} splits" if i == 0 else "") for i, n in enumerate(order))
 
 
 def across_splits(per_split: dict[int, tuple[float, float]], test_share: float = 0.0) -> Estimate:
