@@ -196,14 +196,15 @@ def test_the_summary_names_the_pipeline_and_the_recommended_estimator_is_one(pip
     assert "Pipeline(StandardScaler → LogisticRegression)" in json.dumps(summary, ensure_ascii=False)
     html = (result.run_dir / "report.html").read_text()
     assert "Pipeline(StandardScaler → LogisticRegression)" in html
-    # the surrogate fixes the scaler the retraining refits: every output says the white-box damage may be a lower bound
+    # GC and TGDA fix the scaler the retraining refits: every output says their damage may be a lower bound
     assert summary["victim_caveats"] and "model the pipeline's StandardScaler at its clean fit" in summary["victim_caveats"][0]
-    assert "Possibly a lower bound: the white-box attacks" in html
+    assert "back-gradient models the refit exactly" in summary["victim_caveats"][0]
+    assert "Possibly a lower bound: Gradient Canceling and TGDA" in html
     from audit.report import gate
 
-    assert "possibly a lower bound: the white-box attacks" in gate(result.run_dir, budget=0.1, max_drop=50, allow_lower_bound=True).message
+    assert "possibly a lower bound: Gradient Canceling and TGDA" in gate(result.run_dir, budget=0.1, max_drop=50, allow_lower_bound=True).message
     record = [p for p in result.export(formats=("md",)) if str(p).endswith(".md")]
-    assert record and "Possibly a lower bound: the white-box attacks" in record[0].read_text()
+    assert record and "Possibly a lower bound: Gradient Canceling and TGDA" in record[0].read_text()
     art = result.recommended_estimator()
     data = result.plan.dataset
     assert isinstance(art.model, Pipeline)
@@ -256,3 +257,44 @@ def test_sgd_classifier_maps_rho_and_faces_the_white_box_attacks(tmp_path):
     result = run_audit(_pipeline_config("sgd", candidates={"l2": [0.02]}), model=pipeline, output_dir=tmp_path, progress=False)
     cells = [c for c in stored_cells(result.run_dir) if c.status == "ok"]
     assert {c.attack for c in cells} == {"lf_adv", "lf_random", "back_gradient", "gradient_canceling"}
+
+
+@pytest.mark.parametrize("scaler", [StandardScaler, MaxAbsScaler])
+def test_back_gradient_differentiates_the_scaler_refit_on_the_poisoned_data(scaler):
+    """refit_scalers (issue 31): the implicit back-gradient's objective is the attacker's loss of the pipeline *refit*
+    by scikit-learn on D_tr ∪ D_p (the scaler too), and its hypergradient matches central finite differences of that
+    objective — through the scaler's statistics, which move with the poisons. With the scaler held at its clean fit the
+    objective differs from the refit pipeline's (the model the attack used to describe)."""
+    from sklearn.metrics import log_loss
+
+    from audit.attacks.back_gradient import _Implicit, _refit_objectives
+    from audit.maths.hypergrad import FlatModel, functional_objective, validation_loss
+    from audit.maths.linear_solve import CG
+
+    x, y = load_breast_cancer(return_X_y=True)
+    rng = np.random.default_rng(0)
+    idx = rng.permutation(len(y))
+    tr, att = idx[:300], idx[300:450]
+    rho, m = 0.01, 15
+    pipe = make_pipeline(scaler(), LogisticRegression(C=2 / (rho * 300), max_iter=5000)).fit(x[tr], y[tr])
+    module = torch_surrogate(pipe, 2).double()
+    model = FlatModel.of(module)
+    xt, yt, xa, ya = (torch.tensor(v) for v in (x[tr], y[tr], x[att], y[att]))
+    x_p = xt[:m] * torch.tensor(rng.uniform(1.1, 1.5, (m, 1)))  # distinct values: no tie at a maximum
+    y_p = 1 - yt[:m]
+    inner = functional_objective(model, xt, yt, "classification", y_p)
+    outer = validation_loss(model, xa, ya, "classification")
+    refit_inner, zero, refit_outer = _refit_objectives(module, xt, inner, outer, None)
+    oracle = _Implicit(module, refit_inner, zero, model.flat(), refit_outer, xt, yt, y_p, 1e-11, CG(1e-12, 2000), xt)
+    log_rho = torch.tensor(np.log(rho))
+    value = oracle.evaluate([x_p, log_rho]).value
+    refit = make_pipeline(scaler(), LogisticRegression(C=2 / (rho * (300 + m)), max_iter=20000, tol=1e-10))
+    refit.fit(np.r_[x[tr], x_p.numpy()], np.r_[y[tr], y_p.numpy()])
+    assert value == pytest.approx(log_loss(y[att], refit.predict_proba(x[att])), rel=1e-5)
+    grad = oracle.gradient([x_p, log_rho]).grads[0]
+    direction = torch.tensor(rng.standard_normal((m, x.shape[1]))) * xt.abs().mean(0)
+    h = 1e-5
+    fd = (oracle.evaluate([x_p + h * direction, log_rho]).value - oracle.evaluate([x_p - h * direction, log_rho]).value) / (2 * h)
+    assert float((grad * direction).sum()) == pytest.approx(fd, rel=1e-4)
+    fixed = _Implicit(module, inner, outer, model.flat(), None, xt, yt, y_p, 1e-11, CG(1e-12, 2000))
+    assert abs(fixed.evaluate([x_p, log_rho]).value - value) > 1e-3  # the fixed scaler describes another model

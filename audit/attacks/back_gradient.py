@@ -87,6 +87,7 @@ from audit.maths.hypergrad import FlatModel, Inner, Outer, functional_objective,
 from audit.maths.implicit import LinearERM, implicit_hypergradient, newton_cg
 from audit.maths.linear_solve import CG, Matvec
 from audit.maths.regions import SANITISERS, project_many, sanitiser_level, sanitiser_region
+from audit.models.surrogate import refits, refitted
 from audit.models.training import data_loss, lambda_shift
 from audit.seeding import seeded_init
 from audit.spec import first_error
@@ -131,6 +132,9 @@ class BackGradientParams(AttackParams):
     # stop a run once the objective gained less than stall_gain (relative) over its last stall_window iterations (0: never)
     stall_gain: float = Field(0.0, ge=0)
     stall_window: int = Field(10, ge=1)
+    # a scikit-learn pipeline's scalers (StandardScaler, MinMaxScaler, MaxAbsScaler) modelled as refit on the poisoned training
+    # set, as every retraining refits them (implicit hypergradient); False: held at their clean fit
+    refit_scalers: bool = True
     # parameters that replace these where the hypergradient resolves to implicit (a convex victim with ρ > 0): a
     # profile's reduction differs between the implicit attack and the unrolled one it keeps for networks and ρ = 0
     implicit: dict[str, Any] | None = None
@@ -482,12 +486,12 @@ class BackGradient(AuditAttack, PoisoningAttackWhiteBox):
         return best_run
 
     def _oracle(self, model: FlatModel, inner: Inner, outer: Outer, explicit: Inner | None, x_clean: torch.Tensor,
-                y_clean: torch.Tensor, y_poison: torch.Tensor | None) -> _Unrolled | _Implicit:  # fmt: skip
+                y_clean: torch.Tensor, y_poison: torch.Tensor | None, refit: torch.Tensor | None = None) -> _Unrolled | _Implicit:  # fmt: skip
         p = self.params
         w0 = self.initial_weights(model)
         if self._mode == "implicit":
             return _Implicit(model.module, inner, outer, w0, explicit, x_clean, y_clean, y_poison, p.inner_tol,
-                             CG(p.cg_tol, p.cg_max_iter))  # fmt: skip
+                             CG(p.cg_tol, p.cg_max_iter), refit)  # fmt: skip
         return _Unrolled(inner, outer, w0, p.inner_steps, p.inner_lr, p.checkpoint_every, explicit)
 
     def _ascend(self, xt: torch.Tensor, yt: torch.Tensor, fixed_x: torch.Tensor, fixed_y: torch.Tensor,
@@ -515,13 +519,16 @@ class BackGradient(AuditAttack, PoisoningAttackWhiteBox):
             x_p = project_many(self._region, x_p, y_p, lo, hi, iterations=50)
         learn_response = self.task == "regression" and p.optimize_response
         inner = functional_objective(model, xt, yt, self.task, None if learn_response else y_p, fixed_x, fixed_y)
+        refit = torch.cat([xt, fixed_x]) if self._mode == "implicit" and p.refit_scalers and refits(module) else None
         shift = lambda_shift(len(xt) + len(fixed_x) + len(x_p))  # log ρ = λ − log N
         low, high = p.l2_range[0] - shift, p.l2_range[1] - shift
         lam = min(max(log_l2, low), high) if p.learn_l2 else log_l2
         lam_t = lambda: torch.tensor(lam if math.isfinite(lam) else -1e4, dtype=xt.dtype, device=xt.device)  # noqa: E731
         evade = self._loss_cut_penalty(model, xt, yt, len(x_p) + len(fixed_x), None if learn_response else y_p) if p.evade != "none" else None
+        if refit is not None:  # the objectives of the pipeline refit on D_tr ∪ D_p: the scalers' statistics move with the poisons
+            inner, outer, evade = _refit_objectives(module, refit, inner, outer, evade)
         oracle = self._oracle(model, inner, outer, evade, torch.cat([xt, fixed_x]), torch.cat([yt, fixed_y]),
-                              None if learn_response else y_p)  # fmt: skip
+                              None if learn_response else y_p, refit)  # fmt: skip
         hypers = lambda x_p, y_p: [x_p, lam_t()] + ([y_p] if learn_response else [])  # noqa: E731
 
         def moved(x_p: torch.Tensor, y_p: torch.Tensor, grads: tuple[torch.Tensor, ...], alpha: float) -> tuple[torch.Tensor, torch.Tensor]:
@@ -640,10 +647,13 @@ class _Implicit:
     :class:`LinearERM` on the layer's inputs, minimised by truncated Newton warm-started from the last
     accepted model; ``H v = ∇A`` is solved by CG on its closed-form Hessian-vector products,
     warm-started from the last ``v``; the mixed partial ``−∇_h⟨∇_w L, v⟩`` is one autograd product.
+    ``refit``: the clean training points (raw) a pipeline's scalers are refit on together with the poisons
+    (:func:`_refit_objectives`); the layer's inputs are then computed under those statistics at every retraining.
     """
 
     def __init__(self, module: torch.nn.Module, inner: Inner, outer: Outer, w0: torch.Tensor, explicit: Inner | None,
-                 x_clean: torch.Tensor, y_clean: torch.Tensor, y_poison: torch.Tensor | None, tol: float, solver: CG) -> None:  # fmt: skip
+                 x_clean: torch.Tensor, y_clean: torch.Tensor, y_poison: torch.Tensor | None, tol: float, solver: CG,
+                 refit: torch.Tensor | None = None) -> None:  # fmt: skip
         from audit.models.structure import convex_linear_layer
 
         layer = convex_linear_layer(module)
@@ -654,6 +664,7 @@ class _Implicit:
         self.v: torch.Tensor | None = None
         self.stored_states: int | None = None
         self.evaluations = 0
+        self.refit = refit
 
     def _features(self, x: torch.Tensor) -> torch.Tensor:
         """The linear layer's inputs for ``x`` (a forward hook: any parameter-free preprocessing applied)."""
@@ -669,7 +680,11 @@ class _Implicit:
     def _problem(self, hypers: list[torch.Tensor]) -> LinearERM:
         x_p, log_l2 = hypers[0], hypers[1]
         y_p = hypers[2] if len(hypers) > 2 else self.y_poison
-        phi = torch.cat([self.phi_clean, self._features(x_p)])
+        if self.refit is not None:  # the pipeline refit on D_tr ∪ D_p: every input moves with the scalers' statistics
+            with refitted(self.module, torch.cat([self.refit, x_p.detach()])):
+                phi = torch.cat([self._features(self.refit), self._features(x_p)])
+        else:
+            phi = torch.cat([self.phi_clean, self._features(x_p)])
         labels = torch.cat([self.y_clean, y_p])  # type: ignore[list-item]  # torch stubs
         return LinearERM(phi, labels, float(torch.exp(log_l2)), self.layer.out_features, self.layer.bias is not None)
 
@@ -687,6 +702,26 @@ class _Implicit:
         r = implicit_hypergradient(self.inner, self.outer, at.w, hypers, self.solver, self.explicit, self.v, at.hvp)
         self.v = r.solve.x
         return _Point(r.outer, at.w, at.inner, r.stationarity, r.grads)
+
+
+def _refit_objectives(module: torch.nn.Module, x_train: torch.Tensor, inner: Inner, outer: Outer,
+                      explicit: Inner | None) -> tuple[Inner, Outer, Inner]:  # fmt: skip
+    """The training objective and the attacker's of a pipeline whose scalers are refit on ``x_train`` ∪ the poisons
+    (:func:`audit.models.surrogate.refitted`), as its retraining refits them. The attacker's objective then reads
+    the poisons directly (the statistics its inputs are scaled with move with them), so it becomes the explicit
+    term of the implicit hypergradient (:func:`audit.maths.implicit.implicit_hypergradient`: ``∇_h E`` joins the
+    result) and the plain outer term is 0."""
+
+    def refit_inner(w: torch.Tensor, x_p: torch.Tensor, log_l2: torch.Tensor, y_p: torch.Tensor | None = None) -> torch.Tensor:
+        with refitted(module, torch.cat([x_train, x_p])):
+            return inner(w, x_p, log_l2, y_p)
+
+    def refit_outer(w: torch.Tensor, x_p: torch.Tensor, log_l2: torch.Tensor, y_p: torch.Tensor | None = None) -> torch.Tensor:
+        with refitted(module, torch.cat([x_train, x_p])):
+            value = outer(w)
+            return value if explicit is None else value + explicit(w, x_p, log_l2, y_p)
+
+    return refit_inner, lambda w: (w * 0.0).sum(), refit_outer
 
 
 def learn_log_l2(module: Any, x: np.ndarray, y: np.ndarray, x_val: np.ndarray, y_val: np.ndarray, task: str,

@@ -27,6 +27,8 @@ model than the one the user ships.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import numpy as np
@@ -44,13 +46,43 @@ _LOGREG_SOLVERS = ("lbfgs", "newton-cg", "newton-cholesky", "sag", "saga")
 
 
 class Affine(nn.Module):
-    """``x · scale + shift`` per feature (a fitted scaler), optionally clamped to ``clip``; no parameters."""
+    """``x · scale + shift`` per feature (a fitted scaler), optionally clamped to ``clip``; no parameters.
 
-    def __init__(self, scale: np.ndarray, shift: np.ndarray, clip: tuple[float, float] | None = None) -> None:
+    ``refit`` says how the scaler is fitted, so :meth:`statistics` can fit it again in torch on other data
+    (the poisoned training set, differentiably in the poisons: :func:`refitted`): ``{"kind": "standard",
+    "with_mean", "with_std"}``, ``{"kind": "minmax", "range": (a, b)}`` or ``{"kind": "maxabs"}``.
+    """
+
+    def __init__(self, scale: np.ndarray, shift: np.ndarray, clip: tuple[float, float] | None = None,
+                 refit: dict[str, Any] | None = None) -> None:  # fmt: skip
         super().__init__()
         self.register_buffer("scale", torch.as_tensor(np.asarray(scale, np.float64), dtype=torch.float32))
         self.register_buffer("shift", torch.as_tensor(np.asarray(shift, np.float64), dtype=torch.float32))
         self.clip = clip
+        self.refit = refit
+
+    def statistics(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(scale, shift)`` of this scaler fitted on ``x`` (n, d) as scikit-learn fits it (a constant feature's
+        scale is 1, as ``sklearn.preprocessing._data._handle_zeros_in_scale`` makes it); differentiable in ``x``."""
+        assert self.refit is not None, "a scaler without its fitting rule"
+        kind = self.refit["kind"]
+        tiny = 10 * torch.finfo(x.dtype).eps
+
+        def nonzero(v: torch.Tensor) -> torch.Tensor:
+            return torch.where(v < tiny, torch.ones_like(v), v)
+
+        if kind == "standard":
+            mean = x.mean(0) if self.refit["with_mean"] else torch.zeros_like(x[0])
+            std = nonzero(x.var(0, unbiased=False).sqrt()) if self.refit["with_std"] else torch.ones_like(x[0])
+            return 1.0 / std, -mean / std
+        if kind == "minmax":
+            a, b = self.refit["range"]
+            low = x.amin(0)
+            scale = (b - a) / nonzero(x.amax(0) - low)
+            return scale, a - low * scale
+        if kind == "maxabs":
+            return 1.0 / nonzero(x.abs().amax(0)), torch.zeros_like(x[0])
+        raise ValueError(f"unknown scaler kind {kind!r}")
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = x * self.scale.to(x.dtype) + self.shift.to(x.dtype)  # type: ignore[operator]  # buffers set in __init__
@@ -98,6 +130,34 @@ class SklearnSurrogate(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = self.linear(self.features(x.flatten(1)))
         return out.squeeze(-1) if self.regression else out
+
+
+def refits(module: nn.Module) -> bool:
+    """Whether ``module`` holds a scaler fitted on the training data (a pipeline surrogate's; :func:`refitted` refits it)."""
+    return any(isinstance(m, Affine) and m.refit is not None for m in module.modules())
+
+
+@contextmanager
+def refitted(module: nn.Module, x_train: torch.Tensor) -> Iterator[None]:
+    """Within the block, every fitted scaler of ``module`` (a :class:`SklearnSurrogate`) holds the statistics a refit on
+    ``x_train`` (n, d) gives — each fitted on what reaches it, in pipeline order — as tensors that depend on
+    ``x_train``: a model trained and scored inside the block is the pipeline refit on those points, and autograd
+    differentiates it through the scalers' statistics (the poisons move the mean and the spread). Restored after."""
+    saved: list[tuple[Affine, torch.Tensor, torch.Tensor]] = []
+    features = getattr(module, "features", None)
+    try:
+        if isinstance(features, nn.Sequential):
+            h = x_train.flatten(1)
+            for step in features:
+                if isinstance(step, Affine) and step.refit is not None:
+                    scale, shift = step.statistics(h)
+                    saved.append((step, step.scale, step.shift))  # type: ignore[arg-type]  # buffers set in __init__
+                    step.scale, step.shift = scale, shift
+                h = step(h)
+        yield
+    finally:
+        for step, scale, shift in saved:
+            step.scale, step.shift = scale, shift
 
 
 def pipeline_steps(estimator: Any) -> tuple[list[tuple[str, Any]], tuple[str | None, Any]]:
@@ -222,12 +282,13 @@ def _feature_map(step: Any) -> nn.Module:
         d = int(step.n_features_in_)
         scale = step.scale_ if step.scale_ is not None else np.ones(d)
         mean = step.mean_ if step.mean_ is not None and step.with_mean else np.zeros(d)
-        return Affine(1.0 / np.asarray(scale), -np.asarray(mean) / np.asarray(scale))
+        refit = {"kind": "standard", "with_mean": bool(step.with_mean), "with_std": bool(step.with_std)}
+        return Affine(1.0 / np.asarray(scale), -np.asarray(mean) / np.asarray(scale), refit=refit)
     if kind == "MinMaxScaler":
-        clip = tuple(float(v) for v in step.feature_range) if step.clip else None
-        return Affine(step.scale_, step.min_, clip)  # type: ignore[arg-type]  # a (lo, hi) pair
+        feature_range = tuple(float(v) for v in step.feature_range)
+        return Affine(step.scale_, step.min_, feature_range if step.clip else None, {"kind": "minmax", "range": feature_range})  # type: ignore[arg-type]  # a (lo, hi) pair
     if kind == "MaxAbsScaler":
-        return Affine(1.0 / np.asarray(step.scale_), np.zeros(len(step.scale_)))
+        return Affine(1.0 / np.asarray(step.scale_), np.zeros(len(step.scale_)), refit={"kind": "maxabs"})
     if kind == "PolynomialFeatures":
         return Polynomial(step.powers_)
     raise AuditError(f"model: pipeline step {kind} is not supported; supported steps: {', '.join(SUPPORTED_STEPS)}")
