@@ -66,6 +66,7 @@ VALUES: dict[str, dict[str, dict[str, Any]]] = {
         "stall_gain": {"stall_gain": 0.1, "stall_window": 1},
         "stall_window": {"stall_window": 2},
         "implicit": {"implicit": {"iterations": 1}},
+        "refit_scalers": {"refit_scalers": False},  # a no-op without a pipeline; its effect: tests/test_sklearn_pipeline.py
     },
     "gradient_canceling": {
         "target_eps": {"target": "label_flip", "target_eps": 0.5},
@@ -81,6 +82,8 @@ VALUES: dict[str, dict[str, dict[str, Any]]] = {
         "region_margin": {"region": "sphere", "region_margin": 0.01},
         "gradpc_steps": {"gradpc_steps": 20},
         "log_every": {"log_every": 5},
+        "relabel_every": {"labels": "choose", "relabel_every": 5},
+        "relabel_until": {"labels": "choose", "relabel_until": 0.5},
     },
     "label_flip": {},
     "regime_a": {"radius": {"radius": 0.5}, "overall": {"overall": 1.0}, "steps": {"steps": 4}},

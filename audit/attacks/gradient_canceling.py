@@ -64,6 +64,11 @@ class GCParams(AttackParams):
     region_margin: float = Field(1e-4, ge=0, lt=1)
     gradpc_steps: int = Field(100, ge=1)
     log_every: int = Field(10, ge=1)
+    # poison labels: "fixed" as sampled (Algorithm 1), or "choose": every relabel_every epochs each poison takes the label
+    # that most reduces ‖g(χ)‖ given the others (exact on the last linear layer), until relabel_until of the epochs
+    labels: Literal["fixed", "choose"] = "fixed"
+    relabel_every: int = Field(20, ge=1)
+    relabel_until: float = Field(0.8, gt=0, le=1)
 
 
 def flat_norm(tensors: list[torch.Tensor]) -> float:
@@ -141,6 +146,7 @@ class GradientCancelingDiagnostics(AttackDiagnostics):
     relative_residual: float | None = None
     converged: bool | None = None
     loop_seconds: float | None = None
+    relabelled: int | None = None  # labels: choose — poison labels changed over the run (None: labels fixed)
 
     def origin(self) -> str:
         """One line saying which target the attack aimed at."""
@@ -303,8 +309,15 @@ class GradientCanceling(AuditAttack, PoisoningAttackWhiteBox):
         curve: list[tuple[int, float]] = []
         start = time.perf_counter()
         g_norm = math.nan
+        relabelled = 0
+        choose = p.labels == "choose" and self.task == "classification"
         for epoch in self.progress(range(p.epochs + 1), "epochs"):
             r = cancel_residual(self.target, z.detach(), labels, self.task, g_mu, reg, n, p.batch_size)
+            if choose and epoch and epoch % p.relabel_every == 0 and epoch <= p.relabel_until * p.epochs:
+                labels, changed = choose_labels(self.target, z.detach(), labels, r, n, int(self.n_classes or int(task.y.max()) + 1))
+                if changed:
+                    relabelled += changed
+                    r = cancel_residual(self.target, z.detach(), labels, self.task, g_mu, reg, n, p.batch_size)
             if epoch % p.log_every == 0 or epoch == p.epochs:  # the host reads ‖g(χ)‖ only here: no per-step device sync
                 g_norm = float(flat_norm_tensor(r)) / (1 + eps)  # ‖g(χ)‖, χ the mixed distribution
                 curve.append((epoch, g_norm))
@@ -334,8 +347,47 @@ class GradientCanceling(AuditAttack, PoisoningAttackWhiteBox):
             relative_residual=g_norm * (1 + eps) / max(g0, 1e-30),
             converged=bool(math.isfinite(g_norm) and g_norm * (1 + eps) <= 1e-3 * max(g0, 1e-30)),
             loop_seconds=time.perf_counter() - start,
+            relabelled=relabelled if choose else None,
         )
         return z.detach().cpu().numpy(), labels.cpu().numpy()
+
+
+def choose_labels(module: nn.Module, z: torch.Tensor, labels: torch.Tensor, r: list[torch.Tensor], n: int,
+                  n_classes: int) -> tuple[torch.Tensor, int]:  # fmt: skip
+    """Each poison's label re-chosen to make the residual ``r`` (:func:`cancel_residual`) smallest, given the others.
+
+    On the module's last ``nn.Linear`` (the whole model for softmax regression; for a network its output layer,
+    on its input features) a poison's contribution to ``r`` is ``c_j(y) = (p_j − e_y) φ̃_jᵀ / n`` — ``p_j`` the
+    softmax output, ``φ̃_j = [φ_j, 1]`` the layer's input (with the bias) — so the squared norm of the layer's
+    part of ``r`` with poison j relabelled ``y`` is, in closed form, ``‖R₋ⱼ‖² + (2/n)(p_j − e_y)ᵀR₋ⱼφ̃_j +
+    ‖p_j − e_y‖²‖φ̃_j‖²/n²`` with ``R₋ⱼ = R − c_j(y_j)``. One Gauss–Seidel pass: poisons in order, each taking its
+    best label and ``R`` updated at once. Returns the new labels (m,) and how many changed. The other layers'
+    part of ``r`` (a network's) is not in the score; it is recomputed by the caller after the pass.
+    """
+    layer = [m for m in module.modules() if isinstance(m, nn.Linear)][-1]
+    seen: list[torch.Tensor] = []
+    handle = layer.register_forward_hook(lambda _m, args, _out: seen.append(args[0].detach()))
+    try:
+        with torch.no_grad():
+            probs = torch.softmax(module(z), dim=1).double()
+    finally:
+        handle.remove()
+    phi = seen[0].reshape(len(z), -1).double()
+    names = {id(q): i for i, q in enumerate(module.parameters())}
+    big = r[names[id(layer.weight)]].detach().double()
+    if layer.bias is not None:
+        phi = torch.cat([phi, torch.ones(len(z), 1, dtype=phi.dtype, device=phi.device)], dim=1)
+        big = torch.cat([big, r[names[id(layer.bias)]].detach().double().reshape(-1, 1)], dim=1)
+    eye = torch.eye(n_classes, dtype=phi.dtype, device=phi.device)
+    new = labels.clone()
+    for j in range(len(z)):
+        diff = probs[j] - eye  # (c, c): row y is p_j − e_y
+        without = big - torch.outer(diff[new[j]], phi[j]) / n
+        score = 2.0 / n * (diff @ (without @ phi[j])) + diff.pow(2).sum(1) * phi[j].pow(2).sum() / n**2
+        best = int(torch.argmin(score))
+        new[j] = best
+        big = without + torch.outer(diff[best], phi[j]) / n
+    return new, int((new != labels).sum())
 
 
 def auto_target(fitted: Any, data: Any, eps: float, l2: float, eps_w_grid: list[float], steps: int) -> tuple[nn.Module, dict]:
