@@ -41,10 +41,11 @@ from audit.attacks.base import (
     torch_module,
 )
 from audit.errors import AuditError
+from audit.maths.poisonability import SCALES, box_threshold, module_metric, scale_output_layer, scale_to_budget, thresholds
 from audit.maths.poisonability import gradpc_target as target_by_gradpc
-from audit.maths.poisonability import module_metric, scale_output_layer, scale_to_budget, thresholds
 from audit.maths.regions import SANITISERS, project_many, sanitiser_level, sanitiser_region
 from audit.models.estimator import InputSpace, infer_task, is_art_estimator
+from audit.models.structure import is_linear_model
 from audit.models.training import data_loss
 
 
@@ -67,6 +68,10 @@ class GCParams(AttackParams):
     # poison labels: "fixed" as sampled (Algorithm 1), or "choose": every relabel_every epochs each poison takes the label
     # that most reduces ‖g(χ)‖ given the others (exact on the last linear layer), until relabel_until of the epochs
     labels: Literal["fixed", "choose"] = "fixed"
+    # target auto: which threshold decides whether a target is within reach — "unbounded": τ_ρ(2) (poisons anywhere, the
+    # paper's; default: "box" measured no stronger, examples/benchmarks/README.md), "box": the box-aware τ (poisons in the
+    # feature box; linear targets, with box: data)
+    reach: Literal["box", "unbounded"] = "unbounded"
     relabel_every: int = Field(20, ge=1)
     relabel_until: float = Field(0.8, gt=0, le=1)
 
@@ -146,6 +151,8 @@ class GradientCancelingDiagnostics(AttackDiagnostics):
     relative_residual: float | None = None
     converged: bool | None = None
     loop_seconds: float | None = None
+    reach: str | None = None  # target auto: "box" (judged by the box-aware τ) or why not (None: unbounded τ)
+    target_tau_box: float | None = None  # the chosen target's box-aware τ (reach: box)
     relabelled: int | None = None  # labels: choose — poison labels changed over the run (None: labels fixed)
 
     def origin(self) -> str:
@@ -260,7 +267,8 @@ class GradientCanceling(AuditAttack, PoisoningAttackWhiteBox):
         elif p.target == "label_flip":
             target, origin = target_by_label_flip(ctx, p.target_eps)
         else:
-            target, origin = auto_target(fitted, data, ctx.budget, l2, p.eps_w_grid, p.gradpc_steps)
+            in_box = p.reach == "box" and p.box == "data" and ctx.box is not None
+            target, origin = auto_target(fitted, data, ctx.budget, l2, p.eps_w_grid, p.gradpc_steps, ctx.box if in_box else None)
         box = ctx.box if p.box == "data" else None
         own = {k: v for k, v in params.items() if k != "box"}  # ``box`` names the setting ("data" | "none"); the array is passed
         attack = cls(module, target_model=target, budget=ctx.budget, task=data.task, l2=l2, box=box, seed=ctx.seed,
@@ -390,14 +398,27 @@ def choose_labels(module: nn.Module, z: torch.Tensor, labels: torch.Tensor, r: l
     return new, int((new != labels).sum())
 
 
-def auto_target(fitted: Any, data: Any, eps: float, l2: float, eps_w_grid: list[float], steps: int) -> tuple[nn.Module, dict]:
+def auto_target(fitted: Any, data: Any, eps: float, l2: float, eps_w_grid: list[float], steps: int,
+                box: tuple[Any, Any] | None = None) -> tuple[nn.Module, dict]:  # fmt: skip
     """The most damaging target the necessary condition does not rule out at budget ``eps``.
 
     For every ε_w of the grid a GradPC target is built (cached per fitted victim), its output
     layer scaled to the largest ``s ≤ 1`` with ``τ_ρ(2) ≤ ε`` (same predictions, smaller τ),
-    and the one with the lowest validation accuracy wins (ties: the larger scale). The
-    attacker knows D_tr, so it can compute τ (threat model of DESIGN.md).
+    and the one with the lowest accuracy on the attacker's split wins (ties: the larger scale). The
+    attacker knows D_tr, so it can compute τ (README: threat model).
+
+    ``box`` (lo, hi) and a linear target: reach is judged by the **box-aware** threshold instead
+    (:func:`audit.maths.poisonability.box_threshold`, necessary for poisons inside the box): each target's scale is
+    the largest of :data:`~audit.maths.poisonability.SCALES` whose box τ ≤ ε, and a target with no such scale is not
+    chosen — an unbounded τ ≤ ε says nothing when the poisons must stay in the box. Where no target of the grid is
+    within the box's reach, the unbounded choice is taken and the origin says so (``reach: unreachable``).
     """
+    if box is not None and data.task == "classification" and is_linear_model(fitted.require_module("gradient_canceling")):
+        found = _box_target(fitted, data, eps, l2, eps_w_grid, steps, box)
+        if found is not None:
+            return found
+        target, origin = auto_target(fitted, data, eps, l2, eps_w_grid, steps)
+        return target, {**origin, "reach": "unreachable: no target of the grid has a box-aware τ ≤ ε; the unbounded choice"}
     if data.task != "classification":
         target, result = target_by_gradpc(fitted, data, max(eps_w_grid), steps)
         return target, {"target": "gradpc", "eps_w": max(eps_w_grid), "note": "squared loss: τ = 0, no scaling needed"}
@@ -411,6 +432,28 @@ def auto_target(fitted: Any, data: Any, eps: float, l2: float, eps_w_grid: list[
         if best is None or key < (best[0], best[1]):
             best = (acc, -s, base, {"target": "auto", "eps_w": eps_w, "scale": s, "target_tau_rho_2": th.tau_rho_2})
     assert best is not None
+    return scale_output_layer(best[2], -best[1]), best[3]
+
+
+def _box_target(fitted: Any, data: Any, eps: float, l2: float, eps_w_grid: list[float], steps: int,
+                box: tuple[Any, Any]) -> tuple[nn.Module, dict] | None:  # fmt: skip
+    """:func:`auto_target` judged by the box-aware threshold; None when no target of the grid is within the box's reach."""
+    lo, hi = (np.broadcast_to(np.asarray(b, dtype=np.float64).reshape(-1), (data.n_features,)) for b in box)
+    x_att, y_att = data.attacker_target()
+    best: tuple[float, float, nn.Module, dict] | None = None
+    for eps_w in eps_w_grid:
+        base, _ = target_by_gradpc(fitted, data, eps_w, steps)
+        acc = module_metric(base, x_att, y_att, "classification")
+        if best is not None and acc > best[0]:
+            continue  # cannot win: the scale keeps the predictions
+        for s in (1.0, *sorted(SCALES, reverse=True)):  # the largest reachable scale
+            th = box_threshold(scale_output_layer(base, s), data.x_train, data.y_train, l2, lo, hi, data.n_classes)
+            if th.tau is not None and th.tau <= eps:
+                if best is None or (acc, -s) < (best[0], best[1]):
+                    best = (acc, -s, base, {"target": "auto", "eps_w": eps_w, "scale": s, "reach": "box", "target_tau_box": th.tau})
+                break
+    if best is None:
+        return None
     return scale_output_layer(best[2], -best[1]), best[3]
 
 

@@ -166,3 +166,30 @@ def test_label_choosing_gc_reaches_a_smaller_residual_than_fixed_labels():
         residual[labels] = attack.diagnostics.relative_residual
         assert (attack.diagnostics.relabelled or 0) > 0 if labels == "choose" else attack.diagnostics.relabelled is None
     assert residual["choose"] < residual["fixed"] - 0.05, residual
+
+
+def test_the_auto_target_in_the_box_is_one_the_box_aware_threshold_allows(tmp_path):
+    """target: auto with box: data (reach: box) picks a target whose box-aware τ — recomputed here on the attack's own
+    target — is ≤ ε; reach: unbounded judges by τ_ρ(2) as the paper does and says nothing of the box."""
+    import json
+
+    from audit.attacks.base import AttackContext
+    from audit.config import parse_config
+    from audit.grid.runner import plan_audit
+    from audit.grid.work import clean_unit
+    from audit.maths.poisonability import box_threshold
+
+    plan = plan_audit(parse_config({"name": "gc", "dataset": {"name": "breast_cancer"}, "model": {"name": "logreg"},
+                                    "candidates": {"l2": [0.01]}, "budgets": [0.1], "seeds": [0], "device": "cpu"}), output_dir=tmp_path)  # fmt: skip
+    clean = clean_unit(plan, json.dumps({"l2": 0.01}), 0)
+    data = plan.dataset
+    for reach in ("box", "unbounded"):
+        ctx = AttackContext(data, plan.victim, clean.fitted, {"l2": 0.01}, 0.1, 0)
+        attack = GradientCanceling.for_cell({"epochs": 1, "gradpc_steps": 20, "reach": reach}, ctx)
+        d = attack.diagnostics
+        if reach == "box":
+            assert d.reach == "box" and d.target_tau_box is not None and d.target_tau_box <= 0.1
+            again = box_threshold(attack.target, data.x_train, data.y_train, 0.01, data.lo, data.hi, data.n_classes)
+            assert again.tau is not None and again.tau == pytest.approx(d.target_tau_box, rel=1e-5) and again.tau <= 0.1
+        else:
+            assert d.reach is None and d.target_tau_rho_2 is not None and d.target_tau_rho_2 <= 0.1
