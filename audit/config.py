@@ -45,7 +45,7 @@ __all__ = [
 SCHEMA_VERSION = 1
 
 # Hyperparameter axes a candidate grid may span, with their validators.
-# l2 is ρ of DESIGN.md: objective = mean loss + (ρ/2)·‖w‖² over weights (biases free).
+# l2 is ρ (README: How the audit works, the objective): objective = mean loss + (ρ/2)·‖w‖² over weights (biases free).
 AXES: dict[str, str] = {
     "l2": "L2 strength ρ ≥ 0 (mean loss + ρ/2·‖w‖², biases unregularized)",
     "l1": "L1 strength λ₁ ≥ 0 (+ λ₁‖w‖₁; lasso and elastic_net)",

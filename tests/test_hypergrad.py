@@ -68,7 +68,7 @@ def test_checkpointed_reverse_equals_stored(every):
 
 
 def test_penalty_is_on_weights_only():
-    """L = mean loss + (e^λ/2)‖W‖²: the bias is not penalised (DESIGN.md)."""
+    """L = mean loss + (e^λ/2)‖W‖²: the bias is not penalised (README: How the audit works, the objective)."""
     model = FlatModel.of(LogReg(2, 2).double())
     x, y = torch.zeros(4, 2, dtype=torch.float64), torch.tensor([0, 1, 0, 1])
     inner = functional_objective(model, x, y, "classification", y[:0])

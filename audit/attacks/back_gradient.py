@@ -6,7 +6,7 @@ steps of full-batch gradient descent (step ``η``) on ``D_tr ∪ D_p`` with the 
     L(w) = (1/N)·[Σ loss + (e^λ/2)‖w‖²] = mean loss + (ρ/2)‖w‖²,   ρ = e^λ / N
 
 (weights only; biases free; N = clean points + poisons in the objective). ``λ`` is the
-paper's *log* L2 strength on a *summed* loss; the audit's ρ of DESIGN.md (mean loss) is
+paper's *log* L2 strength on a *summed* loss; the audit's ρ (mean loss; README: How the audit works) is
 ``e^λ/N``. The paper's loss must be the sum: with a mean loss its GD (η = 0.1, Table 2)
 diverges at its own λ = log 200 (ρ = 200, η·ρ = 20 > 2; measured), with a sum it is stable.
 λ ranges, starting points and reported λ_RMD are in the paper's units; the unrolled run

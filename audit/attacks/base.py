@@ -57,7 +57,7 @@ class AttackParams(BoundedParams):
 
 @dataclass
 class AttackContext:
-    """What the grid hands an attack for one cell ``(h, a, ε, s)`` (DESIGN.md protocol step 2)."""
+    """What the grid hands an attack for one cell ``(h, a, ε, s)`` (README: How the audit works)."""
 
     dataset: Any  # audit.data.Dataset
     victim: Any  # audit.models.Victim
@@ -436,7 +436,7 @@ class AuditAttack(ABC):
         return self.n_classes is not None
 
     def n_poison(self, n_train: int) -> int:
-        """``round(ε·n_tr)`` points are added (DESIGN.md threat model); a modifying attack returns all ``n_tr``."""
+        """``round(ε·n_tr)`` points are added (README: How the audit works); a modifying attack returns all ``n_tr``."""
         return n_train if self.modifies else int(round(self.budget * n_train))
 
     @final

@@ -2,7 +2,7 @@
 
 Given a target model ``W``, find ``n_p = ε·n`` poisons so that retraining on the mixed set
 lands on ``W``: minimise ``L = ½‖g(μ) + ε·g(ν̂) + (1 + ε)·ρ·W_reg‖²`` (eq. 33; the last term
-is DESIGN.md's L2 extension, zero at ρ = 0) over the poison features, labels fixed.
+is the audit's L2 extension (README: Poisonability thresholds), zero at ρ = 0) over the poison features, labels fixed.
 
 The gradient for poison ``z_j`` is eq. (34): ``∂L/∂z_j = (1/n)·∇_z∇_W ℓ(z_j; W)·r`` with
 ``r = g(μ) + ε·g(ν̂) + (1 + ε)ρW``. All poisons are updated together: one double-backward

@@ -15,7 +15,7 @@ variable optimization"), differentiating the outer objective through the trained
   updated together, features in the box and responses in the response range.
 
 ``init: best`` and ``objective: best`` run all four combinations and keep the poisons that
-raise the validation MSE most (the attacker holds D_val, DESIGN.md).
+raise the validation MSE most (D_att under the default threat, D_val in the papers': README, Four roles for the data).
 """
 
 from __future__ import annotations

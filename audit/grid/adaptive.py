@@ -1,7 +1,7 @@
 """The adaptive stage: every filtering defense of the grid against attackers that know it (issue 15).
 
 A defense judged only against attacks that ignore it gets credit it has not earned: the
-attacker of the threat model knows the training procedure (DESIGN.md), and a filter is part
+attacker of the threat model knows the training procedure (README: How the audit works), and a filter is part
 of it (Carlini & Wagner 2017; Tramèr et al. 2020). For each filtering defense ``d``
 (:attr:`audit.defenses.Defense.filters`) and each adaptive attacker ``a`` the grid gets the
 cells ``(h, a~adaptive, ε, d, s)``, whose poisons are crafted knowing ``d``:

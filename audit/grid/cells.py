@@ -15,7 +15,7 @@ from audit.jsonio import Diagnostics
 
 @dataclass(frozen=True)
 class GridCell:
-    """One cell ``(h, a, ε, d, s)`` of the grid, in run order (DESIGN.md protocol).
+    """One cell ``(h, a, ε, d, s)`` of the grid, in run order (README: How the audit works).
 
     Attributes
     ----------

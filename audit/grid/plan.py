@@ -1,4 +1,4 @@
-"""A validated audit: config, data, victim and device, and the cells it plans (DESIGN.md protocol)."""
+"""A validated audit: config, data, victim and device, and the cells it plans (README: How the audit works)."""
 
 from __future__ import annotations
 

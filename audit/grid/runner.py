@@ -1,4 +1,4 @@
-"""The audit grid (DESIGN.md protocol) with a resumable store.
+"""The audit grid (README: How the audit works) with a resumable store.
 
 Order is deterministic: candidate → split → seed → attack → budget → defense. For each
 ``(h, j, s)`` the victim is trained once on split j's ``D_tr`` (clean metric); for each

@@ -1,6 +1,6 @@
 """The grid's work as units that never touch the store: each returns what is to be written.
 
-An audit is a grid of independent retrainings (DESIGN.md protocol). :func:`plan_work` reads
+An audit is a grid of independent retrainings (README: How the audit works). :func:`plan_work` reads
 the store once and lays the unfinished part out as :class:`GroupJob` s — one per ``(h, s)``
 with pending cells — each holding its :class:`PoisonJob` s (one per ``(h, a, ε, s)``, shared
 by every defense cell of it) and :class:`AdaptiveJob` s. Four pure units do the computing:

@@ -178,7 +178,7 @@ def functional_objective(model: FlatModel, x_clean: torch.Tensor, y_clean: torch
                          x_fixed: torch.Tensor | None = None, y_fixed: torch.Tensor | None = None) -> Inner:  # fmt: skip
     """``L(w, x_p, λ[, y_p])`` = mean loss over clean ∪ fixed poisons ∪ ``(x_p, y_p)`` + (e^λ/2)‖w‖².
 
-    ``λ`` is the log L2 strength: ``ρ = e^λ`` is the audit's ρ of DESIGN.md. With
+    ``λ`` is the log L2 strength: ``ρ = e^λ`` is the audit's ρ (README: How the audit works, the objective). With
     ``y_poison`` given the poison labels are fixed (classification); without it ``y_p`` is
     the fourth argument and is differentiated too (regression's response optimisation).
     ``x_fixed, y_fixed``: poisons already placed (earlier batches), held constant.

@@ -10,8 +10,8 @@ principal branch).
 * networks: the same on the last layer with penultimate features ``φ(x)`` in place of
   ``x`` — Theorem 4, eq. (A.16)/(A.17) with A = I — a necessary condition;
 * squared loss: ``τ = 0`` (Example 1, poisonable at any ε);
-* L2 strength ρ (DESIGN.md): ``τ_ρ = (a + ρ‖W‖²)/(κ − ρ‖W‖²)`` for ``ρ‖W‖² < κ``; when
-  ``ρ‖W‖² ≥ κ`` no budget reaches a target with ``a + ρ‖W‖² > 0`` (DESIGN.md says "any
+* L2 strength ρ (README: How the audit works, the objective): ``τ_ρ = (a + ρ‖W‖²)/(κ − ρ‖W‖²)`` for ``ρ‖W‖² < κ``; when
+  ``ρ‖W‖² ≥ κ`` no budget reaches a target with ``a + ρ‖W‖² > 0`` (a first reading said "any
   target"; those with ``a + ρ‖W‖² ≤ 0``, such as the clean model itself, stay reachable at
   small ε); ``‖W‖²`` over the regularized weights of the layer the condition uses.
 

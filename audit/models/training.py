@@ -1,6 +1,6 @@
 """The one seeded training procedure: pretraining, attacks' inner loops and retraining use it.
 
-Objective (DESIGN.md): mean loss over the training set + (ρ/2)·‖w‖², where ‖w‖² runs over
+Objective (README: How the audit works, the objective): mean loss over the training set + (ρ/2)·‖w‖², where ‖w‖² runs over
 weights only (parameters with more than one dimension); biases are unregularized.
 Classification uses softmax cross-entropy, regression ½(y − f(x))².
 """
@@ -45,7 +45,7 @@ class TrainResult:
 
 
 def rho_from_lambda(lam: float, n: int) -> float:
-    """The audit's ρ of the paper's λ on ``n`` training points: ρ = e^λ / N (DESIGN.md, units of λ).
+    """The audit's ρ of the paper's λ on ``n`` training points: ρ = e^λ / N (README: How the audit works, the objective; λ's units).
 
     carnerero-cano-2021 puts (e^λ/2)‖w‖² on a *summed* loss; the audit's objective is the
     mean loss + (ρ/2)‖w‖², so dividing by N gives ρ = e^λ / N.
@@ -84,7 +84,7 @@ def data_loss(output: torch.Tensor, y: torch.Tensor, task: str, reduction: str =
 
 
 def objective(module: nn.Module, x: torch.Tensor, y: torch.Tensor, task: str, l2: float, l1: float = 0.0) -> torch.Tensor:
-    """Mean loss + (ρ/2)·‖w‖² (DESIGN.md) [+ λ₁‖w‖₁ for lasso / elastic net]."""
+    """Mean loss + (ρ/2)·‖w‖² (README: How the audit works) [+ λ₁‖w‖₁ for lasso / elastic net]."""
     value = data_loss(module(x), y, task)
     if l2:
         value = value + 0.5 * l2 * l2_norm_sq(module).to(value.device)

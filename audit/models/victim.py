@@ -12,7 +12,7 @@ Three kinds share one interface (:class:`Victim.fit` → :class:`Fitted`):
   retrained whole with their own solver and, for the first two, attacked through their exact
   torch surrogate (:mod:`audit.models.surrogate`); the L2 strength maps as ``C = 1/(ρ·n)`` (``2/(ρ·n)`` for two classes,
   ``C = inf`` at ρ = 0) and ``alpha = ρ·n`` (ridge loss ½(y − f)²), so both minimise the
-  objective of DESIGN.md (:func:`sklearn_regularization`).
+  objective (README: How the audit works) (:func:`sklearn_regularization`).
 
 Every fitted victim exports an ART estimator (:meth:`Fitted.to_art`).
 
@@ -196,7 +196,7 @@ class Victim(ABC):
         """The training defaults the run resolved (config ← model defaults), for the fingerprint and the report."""
 
     def l2(self, hparams: dict[str, Any]) -> float:
-        """ρ of the objective mean loss + (ρ/2)‖w‖² this victim trains with for ``hparams`` (DESIGN.md)."""
+        """ρ of the objective mean loss + (ρ/2)‖w‖² this victim trains with for ``hparams`` (README: How the audit works)."""
         config = self.train_config(hparams)
         return float(config.l2) if config is not None else float(hparams.get("l2", 0.0))
 

@@ -1,6 +1,6 @@
 """Aggregate the grid and pick the hyperparameters to deploy.
 
-Selection uses the trusted validation split only (DESIGN.md): for each candidate, the
+Selection uses the trusted validation split only (README: How the audit works, the recommendation): for each candidate, the
 clean validation metric and the worst case over attacks of the poisoned validation
 metric, per budget (means over seeds; monotone in the budget: the worst case at ε is over every attack at every budget up to
 ε). Among candidates whose clean validation accuracy
