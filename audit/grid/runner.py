@@ -500,10 +500,6 @@ def run_local(plan: RunPlan, store: Store, progress: bool) -> None:
     bar.close()
 
 
-def is_run_dir(path: Path) -> bool:
-    return (path / STORE_FILE).is_file()
-
-
 def minimax_bases(cfg: AuditConfig) -> list[dict[str, Any]]:
     """The candidates with their ρ left out (λ is what the policies choose), without repeats, in grid order."""
     out: list[dict[str, Any]] = []
