@@ -195,3 +195,21 @@ def test_the_implicit_attacks_evasion_keeps_poisons_and_damage_behind_the_loss_f
         kept[evade] = keep[n:].mean()
         drop[evade] = clean.metric(data.x_test, data.y_test) - victim.fit(x_all[keep], y_all[keep], hp, 0).metric(data.x_test, data.y_test)
     assert kept["loss_filter"] >= kept["none"] + 0.15 and drop["loss_filter"] >= drop["none"] + 2.0, (kept, drop)
+
+
+def test_the_adaptive_stage_sweeps_the_evasion_weight_and_keeps_the_most_damaging(cancer):
+    """Against the loss filter the adaptive back-gradient crafts at μ × {1, 0.1, 10} (each a start of its own) and
+    rounds continue from the start that did most damage on D_att behind the filter; a config that fixes μ is not swept."""
+    data, victim = cancer
+    hp = {"l2": 1e-3}
+    clean = victim.fit(data.x_train, data.y_train, hp, 0)
+    ctx = AttackContext(data, victim, clean, hp, 0.1, 5)
+    defense = DefenseSpec(name="loss_filter")
+    spec = AttackSpec(name="back_gradient", id="bg", params=BG_QUICK)
+    _, _, diag, _ = craft_adaptive(spec, defense, ctx, 0, 11, 0, None)
+    starts = {r["start"]: r["att_metric"] for r in diag["adaptive"]["rounds"] if r["round"] == 0}
+    assert set(starts) == {f"own_mode (evade_scale {s:g})" for s in (1, 0.1, 10)}
+    assert diag["adaptive"]["start"] == min(starts, key=starts.get)  # the lowest defended accuracy on D_att
+    fixed = AttackSpec(name="back_gradient", id="bg", params={**BG_QUICK, "evade_weight": 0.5})
+    _, _, diag, _ = craft_adaptive(fixed, defense, ctx, 0, 11, 0, None)
+    assert [r["start"] for r in diag["adaptive"]["rounds"]] == ["own_mode"]

@@ -55,6 +55,7 @@ VALUES: dict[str, dict[str, dict[str, Any]]] = {
         "region_margin": {"region": "sphere", "region_margin": 0.01},
         "evade_rate": {"evade": "loss_filter", "evade_rate": 0.2},
         "evade_weight": {"evade": "loss_filter", "evade_weight": 0.1},
+        "evade_scale": {"evade": "loss_filter", "evade_scale": 10.0},
         "starts": {"starts": ["training"]},
         "inner_tol": {"inner_tol": 1e-5},
         "cg_tol": {"cg_tol": 1e-4},

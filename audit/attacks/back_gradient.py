@@ -119,6 +119,7 @@ class BackGradientParams(AttackParams):
     evade_rate: float | None = Field(None, gt=0, le=1)  # the filter's assumed poison rate (None: ε)
     # μ of the penalty; None: 0.01 for the unrolled attack, 1.0 for the implicit one (measured: examples/benchmarks/README.md)
     evade_weight: float | None = Field(None, gt=0)
+    evade_scale: float = Field(1.0, gt=0)  # multiplies the default μ (when evade_weight is None): the adaptive stage's sweep
     hypergradient: Literal["auto", "implicit", "unrolled"] = "auto"  # auto: implicit for a convex linear victim with ρ > 0
     step_rule: Literal["auto", "line_search", "paper"] = "auto"  # paper: x ← Π(x + α·u) unconditionally; auto: line search when implicit
     starts: tuple[Literal["validation", "training"], ...] | None = None  # flipped clones of these, best kept; None: both when implicit
@@ -159,6 +160,10 @@ class BackGradientParams(AttackParams):
             return BackGradientParams.model_validate({**self.model_dump(exclude={"implicit"}), **self.implicit})
         except ValidationError as err:
             raise ValueError(f"implicit: {first_error(err)}") from None
+
+
+#: the evasion weights the adaptive stage tries against the loss filter, as multiples of the default μ
+EVADE_SCALES = (1.0, 0.1, 10.0)
 
 
 def flipped_labels(y: np.ndarray, n_classes: int, losses: np.ndarray | None) -> np.ndarray:
@@ -265,6 +270,15 @@ class BackGradient(AuditAttack, PoisoningAttackWhiteBox):
         return None
 
     @classmethod
+    def against_sweep(cls, own: dict[str, Any], params: dict[str, Any]) -> list[dict[str, Any]]:
+        """The loss filter's evasion at μ × {1, 0.1, 10} (:data:`EVADE_SCALES`) unless the config set μ: the best weight
+        differs from problem to problem (examples/benchmarks/README.md, "The adaptive stage"), so the adaptive stage
+        keeps whichever does the most damage behind the filter."""
+        if own.get("evade") == "loss_filter" and "evade_weight" not in params and "evade_scale" not in params:
+            return [{**own, "evade_scale": scale} for scale in EVADE_SCALES]
+        return [own]
+
+    @classmethod
     def for_cell(cls, params: dict[str, Any], ctx: AttackContext) -> BackGradient:
         module = ctx.fitted.require_module("back_gradient")
         data = ctx.dataset
@@ -315,7 +329,7 @@ class BackGradient(AuditAttack, PoisoningAttackWhiteBox):
         implicit attack's objective at the retrained optimum needs the larger weight to move poisons under the cut)."""
         p = self.params
         rate = p.evade_rate if p.evade_rate is not None else self.budget
-        weight = p.evade_weight if p.evade_weight is not None else (1.0 if self._mode == "implicit" else 0.01)
+        weight = p.evade_weight if p.evade_weight is not None else p.evade_scale * (1.0 if self._mode == "implicit" else 0.01)
         total = len(yt) + n_poison
         k = min(len(yt), max(1, 2 * int(round(total - total / (1 + rate)))))
 

@@ -416,6 +416,12 @@ class AuditAttack(ABC):
         adaptive stage then puts the filter in the loop, :mod:`audit.grid.adaptive`)."""
         return None
 
+    @classmethod
+    def against_sweep(cls, own: dict[str, Any], params: dict[str, Any]) -> list[dict[str, Any]]:
+        """The settings of the defense-aware mode the adaptive stage tries (each one start, the most damaging kept):
+        ``own`` (:meth:`against`'s) alone, unless the attack sweeps a weight the config (``params``) did not fix."""
+        return [own]
+
     @property
     def box(self) -> tuple[Any, Any] | None:
         """The feature box ``(lo, hi)`` the poisons are clipped to, or None (unbounded)."""

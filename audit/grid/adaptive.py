@@ -122,10 +122,13 @@ def adaptive_axes(config: AuditConfig) -> list[tuple[str, AttackSpec, list[str]]
     return [(adaptive_key(a), attacker_spec(config, a), attacker_defenses(config, a)) for a in config.adaptive.attacks or []]
 
 
-def adaptive_params(spec: AttackSpec, defense: DefenseSpec, rate: float) -> tuple[dict[str, Any], bool]:
-    """The attack's parameters against ``defense`` and whether they are its own defense-aware mode."""
+def adaptive_params(spec: AttackSpec, defense: DefenseSpec, rate: float) -> tuple[list[dict[str, Any]], bool]:
+    """The attack's parameters against ``defense`` — one setting per variant of its defense-aware mode it sweeps
+    (:meth:`AuditAttack.against_sweep`) — and whether they are its own defense-aware mode."""
     own = spec.attack.against(defense.name, defense.params, rate)
-    return ({**spec.params, **own}, True) if own is not None else (dict(spec.params), False)
+    if own is None:
+        return [dict(spec.params)], False
+    return [{**spec.params, **variant} for variant in spec.attack.against_sweep(own, dict(spec.params))], True
 
 
 OVERSAMPLE = 2  # candidates crafted per removed poison in a filter-in-the-loop round
@@ -197,7 +200,7 @@ def craft_adaptive(
         recompute from these poisons (same defense seed and training seed).
     """
     data, victim = ctx.dataset, ctx.victim
-    params, own = adaptive_params(spec, defense, ctx.budget)
+    settings, own = adaptive_params(spec, defense, ctx.budget)
     sign = 1.0 if data.task == "classification" else -1.0  # the defender wants a high accuracy, a low MSE
     n = len(data.y_train)
 
@@ -210,15 +213,20 @@ def craft_adaptive(
         applied = apply_defense(cell_defense, x_mix, y_mix, victim, ctx.hparams, train_seed)
         return float(applied[0].metric(x_att, y_att)), applied
 
-    starts = []  # (name, x_p, y_p, attack diagnostics): the attack's own mode and its non-adaptive poisons
+    starts = []  # (name, x_p, y_p, attack diagnostics): the attack's own mode (each setting it sweeps) and its non-adaptive poisons
+    named = {}
     if own or initial is None:
-        attack = spec.attack.for_context(params, ctx)
-        x_own, y_own = attack.poison(data.x_train, data.y_train)
-        starts.append(("own_mode" if own else "crafted", x_own, y_own, attack.diagnostics.to_json()))
+        for params in settings:
+            name = ("own_mode" if own else "crafted") + (f" (evade_scale {params['evade_scale']:g})" if len(settings) > 1 else "")
+            attack = spec.attack.for_context(params, ctx)
+            x_own, y_own = attack.poison(data.x_train, data.y_train)
+            starts.append((name, x_own, y_own, attack.diagnostics.to_json()))
+            named[name] = params
     if initial is not None:
         starts.append(("non_adaptive", *initial))
     scored = [(behind(x, y), name, x, y, diag) for name, x, y, diag in starts]
     (val, applied), start, x_p, y_p, first = min(scored, key=lambda t: sign * t[0][0])  # the stronger start behind the filter
+    params = named.get(start, settings[0])  # the rounds recraft with the winning setting
     history: list[dict[str, Any]] = [{"round": 0, "start": name, "removed": int((~a[1][n:]).sum()), "att_metric": v}
                                      for (v, a), name, *_ in scored]  # fmt: skip
     history = [h for h in history if h["start"] == start] + [h for h in history if h["start"] != start]
