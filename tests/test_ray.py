@@ -68,11 +68,13 @@ def _summary_numbers(run_dir: Path) -> dict:
 
 
 def test_ray_gives_the_local_executors_numbers(tmp_path, cluster, one_thread):
-    cfg = tiny_config(defenses=["none", "loss_filter"], seeds=[0, 1])
+    # two seeds on two splits (one candidate: as many cells as two candidates on one split): every unit kind, per split
+    cfg = tiny_config(defenses=["none", "loss_filter"], seeds=[0, 1], splits=2, candidates={"l2": [0.01]})
     local = run_audit(parse_config(cfg), output_dir=tmp_path / "local", progress=False)
     distributed = run_audit(parse_config({**cfg, "executor": {"kind": "ray"}}), output_dir=tmp_path / "ray", progress=False)
     a, b = stored_cells(local), stored_cells(distributed)
     assert {c.status for c in a} == {"ok"} and any(is_adaptive(c.attack) for c in a)  # the adaptive stage's units too
+    assert {c.split for c in a} == {0, 1}
     assert _numbers(a) == _numbers(b)
     assert _summary_numbers(local) == _summary_numbers(distributed)
     assert sorted(p.name for p in (local / "poisons").iterdir()) == sorted(p.name for p in (distributed / "poisons").iterdir())

@@ -442,7 +442,8 @@ class Store:
 
     def clean_rows(self) -> Iterator[tuple[str, int, float, float, float, dict, int]]:
         """``(candidate, seed, val, test, seconds, training record, split)`` of every clean model."""
-        query = f"SELECT {_SPLIT_TABLES['clean']}, {self._split('clean')} FROM clean ORDER BY rowid"
+        # a fixed order (not the order the rows were written in, which a parallel executor changes): means are bit-equal
+        query = f"SELECT {_SPLIT_TABLES['clean']}, {self._split('clean')} AS split_ FROM clean ORDER BY candidate, split_, seed"
         for cand, seed, val, test, sec, train, split in self.db.execute(query):
             yield cand, seed, val, test, sec, json.loads(train), split
 
@@ -455,7 +456,8 @@ class Store:
 
     def clean_defended_rows(self) -> list[tuple[str, int, str, float | None, float | None, int | None, str | None, int]]:
         """``(candidate, seed, defense, val, test, clean points removed, error, split)`` of every defense on clean data."""
-        query = f"SELECT {_SPLIT_TABLES['clean_defended']}, {self._split('clean_defended')} FROM clean_defended ORDER BY rowid"
+        query = (f"SELECT {_SPLIT_TABLES['clean_defended']}, {self._split('clean_defended')} AS split_ FROM clean_defended "
+                 "ORDER BY candidate, split_, seed, defense")  # fmt: skip
         return list(self.db.execute(query))
 
     # ------------------------------------------------------------------ poisonability targets
@@ -468,7 +470,8 @@ class Store:
             )
 
     def target_rows(self) -> list[dict[str, Any]]:
-        rows = self.db.execute(f"SELECT {_SPLIT_TABLES['targets']}, {self._split('targets')} FROM targets ORDER BY rowid").fetchall()
+        query = f"SELECT {_SPLIT_TABLES['targets']}, {self._split('targets')} AS split_ FROM targets ORDER BY candidate, split_, seed, eps_w"
+        rows = self.db.execute(query).fetchall()
         keys = ("candidate", "seed", "eps_w", "val_metric", "test_metric", "threshold", "gradpc", "split")
         out = [dict(zip(keys, r)) for r in rows]
         for r in out:

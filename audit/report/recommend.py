@@ -222,7 +222,7 @@ def aggregate(
     out = []
     for hp in candidates:
         key = json.dumps(hp, sort_keys=True)
-        repeats = [r for r in clean_by if r[0] == key and r[2] in seeds]
+        repeats = sorted(r for r in clean_by if r[0] == key and r[2] in seeds)  # (split, seed) order, whatever order rows came in
         cv = [clean_by[r][0] for r in repeats]
         ct = [clean_by[r][1] for r in repeats]
         summary = CandidateSummary(key, hp, candidate_label(hp), _mean(cv), _mean(ct), _std(ct))
