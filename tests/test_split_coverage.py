@@ -3,7 +3,7 @@
 A seeded synthetic population — two Gaussian classes in 5 dimensions with 5 % label noise — whose accuracy
 for any linear classifier is exact (normal CDFs), so the true expected damage of each attack, and the true
 expected worst-of-attacks damage ``E[max_a D_a]`` for a training set of the audit's size, are Monte Carlo
-means over 4000 fresh training sets with no test-point noise at all. Each simulated audit draws one dataset
+means over 2000 fresh training sets with no test-point noise at all. Each simulated audit draws one dataset
 of 3000 points, re-splits it k = 3 times (1800 train / 600 validation / 600 test), trains the victim (linear
 discriminant analysis, closed form) clean and under four attacks, stores the cells as the grid does (with the
 per-cell paired standard errors of :mod:`audit.grid.work`) and aggregates them with
@@ -76,7 +76,7 @@ def _attacks(x: np.ndarray, y: np.ndarray, rng: np.random.Generator) -> dict[str
     return out
 
 
-def _truth(rng: np.random.Generator, draws: int = 4000) -> tuple[float, dict[str, float]]:
+def _truth(rng: np.random.Generator, draws: int = 2000) -> tuple[float, dict[str, float]]:
     """``E[max_a D_a]`` and each ``E[D_a]`` for a fresh training set of the audit's size, on the population."""
     worst, each = [], {a: [] for a in ATTACKS}
     for _ in range(draws):
