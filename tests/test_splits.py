@@ -151,3 +151,16 @@ def test_a_store_written_before_repeated_splits_is_read_as_it_is_and_migrated_on
         assert db.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()[0] == "2"
         assert "split" in {r[1] for r in db.execute("PRAGMA table_info(clean)")}
     assert {c.cell_key: c.poisoned_test for c in stored_cells(again)} == before
+
+
+def test_the_confirmation_runs_on_every_split(tmp_path):
+    """A grid attack run at fewer seeds than the run's is confirmed at paper strength on each split and seed (the
+    confirmation's cell keys carry the split: reading them back once crashed the stage on a second split)."""
+    cfg = tiny_config(splits=2, seeds=[0, 1], candidates={"l2": [0.01]}, budgets=[0.1],
+                      attacks=[{"name": "label_flip", "id": "label_flip_random", "params": {"variant": "random"}, "seeds": 1}],
+                      confirm={"attacks": ["label_flip_random"]})  # fmt: skip
+    run = run_audit(parse_config(cfg), output_dir=tmp_path, progress=False)
+    confirming = [c for c in stored_cells(run) if c.attack.endswith("@paper")]
+    assert {(c.split, c.seed) for c in confirming} == {(0, 0), (0, 1), (1, 0), (1, 1)}
+    a = analyse(run)
+    assert a.strength().confirmed and a.recommended().n_splits == 2

@@ -512,7 +512,7 @@ class Store:
             if found is None:
                 continue
             try:
-                candidate, attack, _params, budget, seed, fingerprint = json.loads(found["key"])
+                candidate, attack, _params, budget, seed, fingerprint = json.loads(found["key"])[:6]  # then a split index, from split 1 on
                 if attack not in attacks:
                     continue
                 diagnostics = SourcedDiagnostics.from_json(json.loads(found["diagnostics"]))

@@ -257,8 +257,8 @@ class Analysis:
             missing = [] if seeds > 1 else ["seed variation on a split beyond what re-drawn training data brings (one seed per split)"]
             text = (f"95 % t-interval ({splits - 1} degrees of freedom) over {splits} draws of the data split of the worst-of-attacks "
                     f"damage on each split ({seeds} seed{'s' if seeds != 1 else ''} per split, {n_test} test points each), the "
-                    "between-split variance corrected for overlapping training sets (Nadeau & Bengio) plus the test points' "
-                    "variance" + (f"; it does not cover {missing[0]}" if missing else ""))  # fmt: skip
+                    "between-split variance corrected for overlapping training sets (Nadeau & Bengio), which carries each split's "
+                    "test-point noise" + (f"; it does not cover {missing[0]}" if missing else ""))  # fmt: skip
             return {"splits": splits, "seeds": seeds, "test_points": n_test, "covers": covers, "not_covered": missing, "text": text}
         seeds = repeats
         covers = ["test points"] + (["seeds"] if seeds > 1 else [])
@@ -343,7 +343,7 @@ def confirmation_plan(meta: dict[str, Any], config: AuditConfig) -> tuple[dict[s
             for d in config.defense_keys:
                 planned[json.dumps([json.dumps(hp, sort_keys=True), key, d])] = []
     for cell in (meta.get("confirmation") or {}).get("cells", []):
-        hp, key, _, d, seed = json.loads(cell)
+        hp, key, _, d, seed = json.loads(cell)[:5]  # a split index follows from the second split on
         seeds = planned.setdefault(json.dumps([json.dumps(hp, sort_keys=True), key, d]), [])
         if seed not in seeds:
             seeds.append(seed)
