@@ -75,7 +75,10 @@ def test_the_worst_case_is_the_mean_over_splits_of_each_splits_worst_attack(thre
     scope = summary["recommendation"]["intervals_scope"]
     assert scope["splits"] == 3 and "splits" in scope["covers"] and "over 3 draws of the data split" in scope["text"]
     assert summary["recommendation"]["worst_case_drop_ci95"][str(eps)] == pytest.approx([lo, hi])
-    assert "over 3 draws of the data split" in (run / "report.html").read_text()
+    by_split = summary["recommendation"]["worst_case_drop_by_split"][str(eps)]
+    assert [r["drop"] for r in by_split] == pytest.approx(per_split) and {r["split"] for r in by_split} == {0, 1, 2}
+    html = (run / "report.html").read_text()
+    assert "over 3 draws of the data split" in html and "worst case at ε = 10% per split: " in html
     strict = gate(run, eps, max_drop=hi - 0.01, confidence=0.95)
     assert not strict.passed and strict.damage == pytest.approx(hi)
     assert gate(run, eps, max_drop=hi + 0.01, confidence=0.95).passed

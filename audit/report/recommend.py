@@ -162,6 +162,8 @@ class CandidateSummary:
     worst_damage_test_est: dict[float, Estimate] = field(default_factory=dict)
     #: per budget, over k ≥ 2 splits: split → the attack worst on it (the worst case is the mean of those)
     worst_attack_splits: dict[float, dict[str, str]] = field(default_factory=dict)
+    #: per budget, over k ≥ 2 splits: split → the worst attack's test damage on it (mean over its seeds)
+    worst_damage_test_splits: dict[float, dict[str, float]] = field(default_factory=dict)
     n_splits: int = 1
     test_share: float = 0.0  # n_test / n_train of a split (the corrected between-split variance, across_splits)
 
@@ -348,6 +350,7 @@ def _worst_case(summary: CandidateSummary, eps: float, names: dict[str, tuple[st
     summary.worst_attack[eps] = _most_often(worst_vj, per_attack, "damage_val")
     summary.worst_attack_test[eps] = _most_often(worst_tj, per_attack, "damage_test")
     summary.worst_attack_splits[eps] = {str(j): worst_tj[j] for j in splits}
+    summary.worst_damage_test_splits[eps] = {str(j): dmg_test[worst_tj[j]][j][0] for j in splits}
     summary.worst_val[eps] = est_v.mean
     summary.worst_damage_val[eps] = est_dv.mean
     summary.worst_test[eps] = _mean([lvl_test[worst_tj[j]][j][0] for j in splits])
