@@ -19,13 +19,17 @@ S, since every seed is scored on the same points:
 ``SE² = s²_seeds / S + (mean_s SE_points,s)²``. Intervals are normal,
 ``mean ± z·SE`` (95 % by default). The worst case over attacks gets
 ``[max_a lower_a, max_a upper_a]``, which covers the true worst case whenever each attack's
-interval covers its own.
+interval covers its own. That is the rule on one data split. Over k ≥ 2 splits (config ``splits``)
+each split gets the rule above, the worst case is the worst-of-attacks figure per split averaged over
+splits, and every interval is Student's t on the corrected between-split variance
+(:func:`across_splits`).
 
 **Ties are paired.** Every candidate is scored on the same validation points at the same
 seeds, so two settings are compared by the *paired* difference of their worst-case
-validation metric at the target budget: per seed, the mean over points of the difference of
-the two worst attacks' per-point outcomes; its SE is :func:`combined_se` over the seeds
-(seed variation of the difference plus the points' paired SE). A setting is **tied** with the
+validation metric at the target budget: per repeat (split, seed), the mean over points of the
+difference of the two worst attacks' per-point outcomes; its SE is :func:`combined_se` over the
+seeds of a split (seed variation of the difference plus the points' paired SE), combined over
+splits by :func:`across_splits`. A setting is **tied** with the
 best one when the 95 % interval of that difference contains 0; the tie is broken by clean
 validation accuracy. Cells stored before the per-point outcomes were recorded fall back to
 overlapping unpaired intervals (and the reason says so).
