@@ -167,3 +167,24 @@ def test_the_confirmation_runs_on_every_split(tmp_path):
     assert {(c.split, c.seed) for c in confirming} == {(0, 0), (0, 1), (1, 0), (1, 1)}
     a = analyse(run)
     assert a.strength().confirmed and a.recommended().n_splits == 2
+
+
+def test_a_dataframe_handed_to_the_api_is_split_again(tmp_path):
+    """``run_audit(config, dataset=frame, label=...)`` with ``splits: 2``: the frame itself is split again (other
+    training rows, the text column one-hot encoded again), not the first split's arrays reused."""
+    import pandas as pd
+    from sklearn.datasets import load_breast_cancer
+
+    from audit import run_audit as api_run
+
+    x, y = load_breast_cancer(return_X_y=True)
+    frame = pd.DataFrame(x[:, :5], columns=[f"f{i}" for i in range(5)])
+    frame["kind"] = np.where(x[:, 7] > np.median(x[:, 7]), "high", "low")
+    frame["label"] = np.where(y == 1, "benign", "malignant")
+    cfg = parse_config(tiny_config(name="frame", splits=2, candidates={"l2": [0.01]}, budgets=[0.1],
+                                   attacks=[{"name": "label_flip", "id": "lf_adv", "params": {"variant": "adversarial"}}]))  # fmt: skip
+    result = api_run(cfg, dataset=frame, label="label", output_dir=tmp_path, progress=False)
+    meta = analyse(result.run_dir).meta
+    assert meta["splits"]["run"] == 2 and meta["splits"]["note"] is None
+    assert meta["splits"]["data_sha256"][0]["train"] != meta["data_sha256"]["train"]
+    assert {c.split for c in stored_cells(result.run_dir)} == {0, 1}
