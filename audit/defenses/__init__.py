@@ -2,7 +2,7 @@
 
 from audit.defenses.art_detectors import ActivationClustering, Roni, SpectralSignature
 from audit.defenses.base import Defense, DefenseResult, NoDefense
-from audit.defenses.dpa import DeepPartitionAggregation
+from audit.defenses.dpa import DeepPartitionAggregation, FiniteAggregation
 from audit.defenses.filters import InfluenceFilter, LossFilter, Sever
 from audit.defenses.robust_regression import Huber, Ransac, Trim
 from audit.defenses.sanitizers import AcceptanceRegion, SlabDefense, SphereDefense, SphereSlabDefense
@@ -21,6 +21,7 @@ DEFENSES: dict[str, type[Defense]] = {
         SpectralSignature,
         Roni,
         DeepPartitionAggregation,
+        FiniteAggregation,
         Trim,
         Huber,
         Ransac,
