@@ -66,6 +66,9 @@ class Defense(ABC):
     def __init__(self, rate: float, seed: int) -> None:
         self.rate = rate
         self.seed = seed
+        # the victim's training seed of the cell, set by the grid before apply (the same for the clean training set and
+        # every poisoned one of a repeat): a defense that trains victims itself seeds them from it
+        self.train_seed: int | None = None
 
     @classmethod
     def validate_params(cls, params: dict[str, Any] | None) -> DefenseParams:

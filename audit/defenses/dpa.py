@@ -22,6 +22,8 @@ with ``r ≥ round(ε·n)``, and ``certified_curves`` give it at every radius ``
 from __future__ import annotations
 
 import hashlib
+import json
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal
 
@@ -118,16 +120,21 @@ class FAParams(DefenseParams):
     spread: int = Field(8, ge=1)
 
 
+#: the learners of the last ensembles trained in this process, by (data and buckets, candidate, seed, victim)
+_TRAINED: OrderedDict[tuple[Any, ...], list[Fitted]] = OrderedDict()
+
+
 class PartitionEnsemble(Defense):
     """The contract shared by the partition defenses: bucket by hash, train one victim per learner on its buckets
-    (seed ``seed + i``), aggregate, certify. Subclasses say which buckets each learner reads and which certificates
-    their learners support."""
+    (:meth:`learners`), aggregate, certify (:meth:`certify`). ``spread`` is the number of buckets a learner reads
+    (Finite Aggregation's d; 1 for DPA) and ``aggregation`` how the learners decide (``vote`` or ``runoff``)."""
 
     draws_randomness: ClassVar[bool] = False
     tasks: ClassVar[tuple[str, ...]] = ("classification",)
     Diagnostics = PartitionDiagnostics
     certifies: ClassVar[bool] = True
     victims: ClassVar[tuple[str, ...]] = ("torch",)
+    certificates: ClassVar[tuple[str, ...]] = ("dpa", "roe")  # what its learners certify (the first: its own vote)
 
     def __init__(self, rate: float, seed: int, partitions: int = 50, spread: int = 1, aggregation: str = "vote",
                  evaluation: tuple[np.ndarray, np.ndarray] | None = None, n_clean: int | None = None) -> None:  # fmt: skip
@@ -146,11 +153,35 @@ class PartitionEnsemble(Defense):
         """``{certificate: (prediction, radius)}`` of the learners' scores ``raw`` (K, n, c); the first is the
         ensemble's own aggregation."""
         top = top_class(raw)
-        if len(offsets) > 1:
-            return {"fa": fa_radius(top, offsets, n_classes)}
-        vote = dpa_radius(vote_table(top, n_classes))
-        roe = roe_radius(raw)
-        return {"roe": roe, "dpa": vote} if self.aggregation == "runoff" else {"dpa": vote, "roe": roe}
+        compute = {"dpa": lambda: dpa_radius(vote_table(top, n_classes)), "roe": lambda: roe_radius(raw),
+                   "fa": lambda: fa_radius(top, offsets, n_classes)}  # fmt: skip
+        own = "roe" if self.aggregation == "runoff" else self.certificates[0]
+        return {name: compute[name]() for name in (own, *[c for c in self.certificates if c != own])}
+
+    def learners(self, x: np.ndarray, y: np.ndarray, bucket: np.ndarray, reads: np.ndarray, victim: Any,
+                 hparams: dict[str, Any]) -> list[Fitted]:  # fmt: skip
+        """One victim per row of ``reads`` (the buckets it trains on), learner ``i`` seeded ``s + i`` — ``s`` the cell's
+        training seed, so the ensemble on a poisoned set differs from the clean one only by the poisons, as the
+        certificate assumes. The same buckets, data, candidate and seed give the same learners, so they are trained
+        once: ``dpa`` with either aggregation and ``fa`` with ``spread: 1`` share them (:data:`_TRAINED`)."""
+        base = self.train_seed if self.train_seed is not None else self.seed
+        digest = hashlib.sha256(np.ascontiguousarray(x).tobytes() + np.ascontiguousarray(y).tobytes() + reads.tobytes()).hexdigest()
+        key = (digest, len(reads), json.dumps(hparams, sort_keys=True, default=str), base, id(victim))
+        if key in _TRAINED:
+            _TRAINED.move_to_end(key)
+            return _TRAINED[key]
+        counts = np.bincount(bucket, minlength=int(reads.max()) + 1)
+        groups = np.split(np.argsort(bucket, kind="stable"), np.cumsum(counts)[:-1])  # the points of each bucket, in order
+        members = []
+        for i, row in enumerate(reads):
+            idx = np.sort(np.concatenate([groups[h] for h in row]))
+            if len(idx) == 0:
+                raise AuditError(f"{self.name}: learner {i} of {len(reads)} has no training point; use fewer partitions")
+            members.append(victim.fit(x[idx], y[idx], hparams, base + i))
+        _TRAINED[key] = members
+        while len(_TRAINED) > 2:
+            _TRAINED.popitem(last=False)
+        return members
 
     def apply(self, x: np.ndarray, y: np.ndarray, victim: Any, hparams: dict[str, Any]) -> DefenseResult:
         from art.estimators.classification import DeepPartitionEnsemble
@@ -163,12 +194,7 @@ class PartitionEnsemble(Defense):
         offsets = spread_offsets(k, self.spread, 0)
         rows = np.concatenate([x, y.reshape(-1, 1).astype(x.dtype)], axis=1)
         bucket = np.array([partition_of(r, k * self.spread) for r in rows])
-        members = []
-        for i, reads in enumerate(fa_training_buckets(k, offsets)):
-            idx = np.flatnonzero(np.isin(bucket, reads))
-            if len(idx) == 0:
-                raise AuditError(f"{self.name}: learner {i} of {k * self.spread} has no training point; use fewer partitions")
-            members.append(victim.fit(x[idx], y[idx], hparams, self.seed + i))
+        members = self.learners(x, y, bucket, fa_training_buckets(k, offsets), victim, hparams)
         ensemble = DeepPartitionEnsemble([m.to_art() for m in members], ensemble_size=len(members), channels_first=True)
         fitted = FittedEnsemble(task="classification", n_classes=c, members=members, art_ensemble=ensemble, aggregation=self.aggregation)
         diagnostics = PartitionDiagnostics(partitions=k, partitions_asked=self.partitions, learners=len(members), spread=self.spread,
@@ -210,6 +236,7 @@ class FiniteAggregation(PartitionEnsemble):
     name: ClassVar[str] = "fa"
     description: ClassVar[str] = "finite aggregation (Wang, Levine & Feizi 2022): k·d learners, each on d of k·d hash buckets, certified radius"
     Params = FAParams
+    certificates: ClassVar[tuple[str, ...]] = ("fa",)
 
     def __init__(self, rate: float, seed: int, partitions: int = 50, spread: int = 8,
                  evaluation: tuple[np.ndarray, np.ndarray] | None = None, n_clean: int | None = None) -> None:  # fmt: skip

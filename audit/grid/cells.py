@@ -71,6 +71,7 @@ def apply_defense(defense: Defense, x: np.ndarray, y: np.ndarray, victim: Any, h
     diagnostics : audit.jsonio.Diagnostics
         The defense's own diagnostics (its class's ``Diagnostics``).
     """
+    defense.train_seed = train_seed
     result = defense.apply(x, y, victim, hparams)
     keep = np.ones(len(y), bool) if result.keep is None else np.asarray(result.keep, bool)
     assert keep.shape == (len(y),), f"{defense.name}: keep-mask of shape {keep.shape}, expected {(len(y),)}"

@@ -43,6 +43,7 @@ CREATE TABLE IF NOT EXISTS clean (
 CREATE TABLE IF NOT EXISTS clean_defended (
     candidate TEXT NOT NULL, seed INTEGER NOT NULL, defense TEXT NOT NULL,
     val_metric REAL, test_metric REAL, clean_removed INTEGER, error TEXT, split INTEGER NOT NULL DEFAULT 0,
+    diagnostics TEXT,
     PRIMARY KEY (candidate, split, seed, defense)
 );
 CREATE TABLE IF NOT EXISTS targets (
@@ -348,6 +349,9 @@ class Store:
     def _migrate(db: sqlite3.Connection) -> None:
         """Bring a schema-1 store (no ``split`` column: every row is of split 0) to the current schema, in one transaction."""
         tables = {r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+        if "clean_defended" in tables and "diagnostics" not in _columns(db, "clean_defended"):  # added within schema 2
+            with db:
+                db.execute("ALTER TABLE clean_defended ADD COLUMN diagnostics TEXT")
         if "cells" not in tables or "split" in _columns(db, "cells"):
             return
         script = ["BEGIN", "ALTER TABLE cells ADD COLUMN split INTEGER NOT NULL DEFAULT 0"]
@@ -449,10 +453,23 @@ class Store:
 
     # ------------------------------------------------------------------ defenses on clean data
     def put_clean_defended(self, candidate: str, seed: int, defense: str, val: float | None, test: float | None,
-                           removed: int | None, error: str | None = None, split: int = 0) -> None:  # fmt: skip
+                           removed: int | None, error: str | None = None, split: int = 0,
+                           diagnostics: dict[str, Any] | None = None) -> None:  # fmt: skip
         with self.db:
-            self.db.execute("INSERT OR REPLACE INTO clean_defended VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                            (candidate, seed, defense, val, test, removed, error, split))  # fmt: skip
+            self.db.execute(
+                "INSERT OR REPLACE INTO clean_defended (candidate, seed, defense, val_metric, test_metric, clean_removed, error, split, "
+                "diagnostics) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (candidate, seed, defense, val, test, removed, error, split, None if diagnostics is None else json.dumps(diagnostics)),
+            )
+
+    def clean_defended_diagnostics(self) -> list[tuple[str, int, int, str, dict[str, Any]]]:
+        """``(candidate, split, seed, defense, diagnostics)`` of every defense run on clean data that recorded its
+        diagnostics (the certificates' curves, …); none in a store written before they were kept."""
+        if "diagnostics" not in _columns(self.db, "clean_defended"):
+            return []
+        query = (f"SELECT candidate, {self._split('clean_defended')} AS split_, seed, defense, diagnostics FROM clean_defended "
+                 "WHERE diagnostics IS NOT NULL ORDER BY candidate, split_, seed, defense")  # fmt: skip
+        return [(c, j, s, d, json.loads(diag)) for c, j, s, d, diag in self.db.execute(query)]
 
     def clean_defended_rows(self) -> list[tuple[str, int, str, float | None, float | None, int | None, str | None, int]]:
         """``(candidate, seed, defense, val, test, clean points removed, error, split)`` of every defense on clean data."""

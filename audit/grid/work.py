@@ -517,9 +517,9 @@ def record_clean_defense(writes: StoreWrites, plan: RunPlan, victim: Victim, hp:
     data, rate = plan.data(split), plan.config.target_budget
     try:
         defense = spec.defense.for_cell(rate, derive_seed(seed, cand, "clean", spec.key), data, spec.params)
-        fitted, keep, _ = apply_defense(defense, data.x_train, data.y_train, victim, hp, train_seed)
+        fitted, keep, diagnostics = apply_defense(defense, data.x_train, data.y_train, victim, hp, train_seed)
         writes.put_clean_defended(cand, seed, spec.key, fitted.metric(data.x_val, data.y_val),
-                                  fitted.metric(data.x_test, data.y_test), int((~keep).sum()), None, split)  # fmt: skip
+                                  fitted.metric(data.x_test, data.y_test), int((~keep).sum()), None, split, jsonable(diagnostics))  # fmt: skip
     except Exception as err:  # recorded; the pair is then not eligible for the recommendation
         writes.put_clean_defended(cand, seed, spec.key, None, None, None, f"{type(err).__name__}: {err}", split)
 

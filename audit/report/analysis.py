@@ -145,6 +145,8 @@ class Analysis:
     screened: list[CandidateSummary] = field(default_factory=list)  # every setting over the grid's attacks alone (no confirmation cells)
     clean_tests: dict[tuple[str, int], float] = field(default_factory=dict)  # (candidate, seed) → clean retraining's test metric
     corrupt: list[str] = field(default_factory=list)  # stored rows that match no planned cell (check_cells); left out of every figure
+    # (candidate, split, seed, defense, diagnostics) of each defense run on clean data (the certificates' curves, …)
+    clean_defended: list[tuple[str, int, int, str, dict[str, Any]]] = field(default_factory=list)
 
     @property
     def confirmation(self) -> dict[str, Any]:
@@ -372,6 +374,7 @@ def analyse(run_dir: str | Path) -> Analysis:
         cells = store.cells()
         clean_rows = list(store.clean_rows())
         defended_rows = store.clean_defended_rows()
+        defended_diagnostics = store.clean_defended_diagnostics()
         targets = store.target_rows()
         config = AuditConfig.model_validate(meta["config"])
         sourced = [s.key for s in config.attacks if issubclass(s.attack.Diagnostics, SourcedDiagnostics)]
@@ -406,7 +409,8 @@ def analyse(run_dir: str | Path) -> Analysis:
     # the clean retrainings of split 0 (the configured split: the one a model handed over is compared on)
     records = {(cand, seed): record or {} for cand, seed, _, _, _, record, split in clean_rows if split == 0}
     analysis = Analysis(config, meta, cells, summaries, rec, defense, metric, higher, targets, pairs, samples, policies, records, screened,
-                        {(cand, seed): test for cand, seed, _, test, _, _, split in clean_rows if split == 0}, corrupt)  # fmt: skip
+                        {(cand, seed): test for cand, seed, _, test, _, _, split in clean_rows if split == 0}, corrupt,
+                        defended_diagnostics)  # fmt: skip
     rec.reason = f"{rec.reason} {confirmation_sentence(analysis)}"
     cost = defense_cost_sentence(analysis, defended_rows)
     if cost:
@@ -886,3 +890,54 @@ def width_sentence(a: Analysis) -> str:
     if rec is not None and "width" in rec.hparams:
         text += f". The recommended width {rec.hparams['width']} was chosen, like every hyperparameter, on the validation split"
     return text + "."
+
+
+@dataclass(frozen=True)
+class CertifiedSeries:
+    """What a certifying defense proves beside what the attacks found, for one candidate.
+
+    ``curves``: per certificate (``dpa``, ``roe``, ``fa``) the certified accuracy (%) of the ensemble trained on the
+    clean training set at radius ``r = 0, 1, …`` (list index; insertions or removals), the mean over repeats.
+    ``empirical``: per budget ``(ε, changes m = round(ε·n) — twice that for an attack that modifies points —, the
+    defended test accuracy under the worst attack found,
+    that attack, the certified accuracy at m of the defense's own certificate)`` — the accuracy an attack of m points
+    reached can be no lower than what is certified at m, so the gap between them is what is neither proven nor found.
+    """
+
+    candidate: str
+    defense: str
+    certificate: str
+    curves: dict[str, list[float]]
+    repeats: int
+    empirical: list[tuple[float, int, float, str, float]]
+
+
+def certified_series(a: Analysis) -> list[CertifiedSeries]:
+    """One :class:`CertifiedSeries` per (candidate, certifying defense) that recorded its curves on clean data."""
+    grouped: dict[tuple[str, str], list[dict[str, Any]]] = {}
+    for cand, _split, _seed, defense, diagnostics in a.clean_defended:
+        if diagnostics.get("certified_curves"):
+            grouped.setdefault((cand, defense), []).append(diagnostics)
+    n = int(a.meta["dataset"].get("n_train") or 0)
+    out = []
+    for (cand, defense), runs in grouped.items():
+        names = list(runs[0]["certified_curves"])
+        curves = {}
+        for name in names:
+            rows = [r["certified_curves"].get(name, []) for r in runs]
+            length = max(len(r) for r in rows)
+            curves[name] = [float(np.mean([r[i] if i < len(r) else 0.0 for r in rows])) for i in range(length)]
+        summary = next((p for p in a.pairs if p.key == cand and p.defense == defense), None)
+        own = runs[0].get("certificate") or names[0]
+        empirical = []
+        for eps in a.config.budgets:
+            if summary is None or eps not in summary.worst_test or not math.isfinite(summary.worst_test[eps]):
+                continue
+            attack = summary.worst_attack_test.get(eps, "")
+            spec = next((sp for sp in a.config.attacks if sp.key == attack.split(" (")[0].split("@")[0].split("~")[0]), None)
+            # an inserted point is one change; a modified point is two (one removal, one insertion)
+            m = int(round(eps * n)) * (2 if spec is not None and spec.attack.modifies else 1)
+            certified = curves[own][m] if m < len(curves[own]) else 0.0
+            empirical.append((eps, m, summary.worst_test[eps], attack, certified))
+        out.append(CertifiedSeries(cand, defense, own, curves, len(runs), empirical))
+    return out

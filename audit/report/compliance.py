@@ -330,6 +330,15 @@ def _results(a: Analysis, ctx: dict[str, Any]) -> dict[str, Any]:
                              [[r["attack"], r["budget"], r["defense"], r["poisoned"], r["damage"], r["poisons_removed"], r["clean_removed"],
                                r["certified"] or "—"] for r in section["rows"]]))  # fmt: skip
         blocks.append(_figure(section.get("svg", ""), "Poisoned test metric per defense, recommended hyperparameters."))
+    certified = ctx.get("certified")
+    if certified:
+        blocks.append(_p("Certified accuracy of the partition ensembles (DPA, Levine & Feizi 2021; its run-off, Rezaei et al. 2023; Finite "
+                         "Aggregation, Wang et al. 2022): on the clean training set, the share of test points predicted correctly whose "
+                         "prediction provably no such number of inserted or removed training points can change — a floor under any "
+                         "attack of that size — beside the defended accuracy under the worst attack found."))  # fmt: skip
+        blocks.append(_table(["Setting", "Budget", "Accuracy under the worst attack found (%)", "Certified accuracy (%)", "Found − certified"],
+                             [[r["setting"], r["budget"], r["found"], r["certified"], r["gap"]] for r in certified["rows"]]))  # fmt: skip
+        blocks.append(_figure(certified["svg"], "Certified accuracy against the radius (poisoned points); × the worst attack found."))
     adaptive = ctx.get("adaptive")
     if adaptive and adaptive["rows"]:
         blocks.append(_p("Filtering defenses against an adaptive attacker who knows the defense (worst non-adaptive vs adaptive damage, "

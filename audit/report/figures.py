@@ -292,3 +292,37 @@ def width_curves(widths: list[int], clean: list[float], clean_ci: list[float], s
     ax.legend(fontsize=7, frameon=False, loc="best")
     fig.tight_layout()
     return _to_svg(fig)
+
+
+#: the certificates' names in figures and tables
+CERTIFICATE_LABELS = {"dpa": "DPA (Levine & Feizi 2021)", "roe": "DPA + run-off (Rezaei et al. 2023)", "fa": "Finite Aggregation (Wang et al. 2022)"}
+
+
+def certified_curves(panels: list[dict[str, Any]]) -> str:
+    """Certified accuracy (%) against the radius (poisoned points), one panel per (candidate, defense): a step
+    line per certificate and, at each budget's point count, the defended accuracy under the worst attack found
+    (which no valid certificate may exceed). Each panel: ``{"title", "curves": {name: [acc at r = 0, 1, …]},
+    "empirical": [(points, accuracy)]}``."""
+    n = len(panels)
+    cols = min(n, 3)
+    rows = math.ceil(n / cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 3.2 * rows), squeeze=False, sharey=True)
+    for i, panel in enumerate(panels):
+        ax = axes[i // cols][i % cols]
+        for k, (name, curve) in enumerate(panel["curves"].items()):
+            ax.step(range(len(curve)), curve, where="post", linestyle=LINESTYLES[k % len(LINESTYLES)], lw=1.4,
+                    label=CERTIFICATE_LABELS.get(name, name))  # fmt: skip
+        if panel["empirical"]:
+            xs, ys = zip(*panel["empirical"])
+            ax.plot(xs, ys, "kx", ms=7, mew=1.6, label="worst attack found (defended)")
+        ax.set_title(panel["title"], fontsize=9)
+        ax.set_xlabel("radius r (poisoned points)")
+        if i % cols == 0:
+            ax.set_ylabel("accuracy (%)")
+        ax.set_ylim(0, 100)
+        ax.grid(alpha=0.3)
+    for j in range(n, rows * cols):
+        axes[j // cols][j % cols].axis("off")
+    axes[0][0].legend(fontsize=7, loc="best", frameon=False)
+    fig.tight_layout()
+    return _to_svg(fig)

@@ -26,7 +26,7 @@ from audit.grid.lock import RunLock
 from audit.grid.store import Store
 from audit.jsonio import atomic_write, finite
 from audit.report import figures
-from audit.report.analysis import Analysis, adaptive_rows, analyse, bracket_series, confirmed_rows, threshold_table
+from audit.report.analysis import Analysis, adaptive_rows, analyse, bracket_series, certified_series, confirmed_rows, threshold_table
 from audit.report.analysis import fmt as _fmt
 from audit.report.recommend import Z95, candidate_label
 from audit.report.sections import SECTIONS
@@ -410,6 +410,22 @@ def build_summary(a: Analysis) -> dict[str, Any]:
         ],  # fmt: skip
         "minimax": [r.as_dict() for r in a.policies],
         "adaptive": _adaptive_summary(a),
+        # per (candidate, certifying defense): certified accuracy (%) at radius r = list index (insertions or removals) on
+        # the clean training set, per certificate, and at each budget the worst attack's defended accuracy beside it
+        "certified": [
+            {
+                "hyperparameters": json.loads(s.candidate),
+                "defense": s.defense,
+                "certificate": s.certificate,
+                "repeats": s.repeats,
+                "curves": s.curves,
+                "at_budgets": [
+                    {"budget": eps, "changes": m, "attacked_accuracy": acc, "worst_attack": attack, "certified_accuracy": cert}
+                    for eps, m, acc, attack, cert in s.empirical
+                ],
+            }
+            for s in certified_series(a)
+        ],  # fmt: skip
     }
 
 

@@ -30,6 +30,7 @@ from audit.report.analysis import (
     Analysis,
     adaptive_rows,
     bracket_series,
+    certified_series,
     minimax_sentence,
     policy_series,
     threshold_table,
@@ -335,6 +336,27 @@ def sgd_guarantee_context(a: Analysis) -> dict[str, Any] | None:
     return {"rows": rows, "sentence": f"The measured excess risk is within SGD's guarantee in {held} of {total} cells."}
 
 
+def certified_context(a: Analysis) -> dict[str, Any] | None:
+    """*Certified accuracy*: per candidate and certifying defense, each certificate's certified accuracy against the
+    radius on the clean training set, beside the defended accuracy under the worst attack found at each budget."""
+    series = certified_series(a)
+    if not series:
+        return None
+    panels, rows, violated = [], [], 0
+    for s in series:
+        title = f"{candidate_label(json.loads(s.candidate))} · {s.defense}"
+        panels.append({"title": title, "curves": s.curves, "empirical": [(m, acc) for _, m, acc, _, _ in s.empirical]})
+        for eps, m, acc, attack, certified in s.empirical:
+            at = {name: (curve[m] if m < len(curve) else 0.0) for name, curve in s.curves.items()}
+            violated += acc < certified - 1e-9
+            rows.append({"setting": title, "budget": f"{100 * eps:g}% ({m} points)", "found": f"{_fmt(acc)} ({attack})",
+                         "certified": " · ".join(f"{figures.CERTIFICATE_LABELS.get(k, k).split(' (')[0]} {_fmt(v)}" for k, v in at.items()),
+                         "gap": _fmt(acc - certified)})  # fmt: skip
+    repeats = sorted({s.repeats for s in series})
+    return {"svg": figures.certified_curves(panels), "rows": rows, "violated": violated,
+            "repeats": " or ".join(str(r) for r in repeats)}  # fmt: skip
+
+
 @dataclass(frozen=True)
 class Section:
     """One optional part of the report: the template variable ``name`` and the function that fills it."""
@@ -351,4 +373,5 @@ SECTIONS: tuple[Section, ...] = (
     Section("minimax", minimax_context),
     Section("width", width_context),
     Section("sgd_guarantee", sgd_guarantee_context),
+    Section("certified", certified_context),
 )
