@@ -95,7 +95,7 @@ def test_finite_aggregation_is_sound_against_brute_force_and_dpa_at_spread_one()
             assert prediction[0] == plurality(tops, c)
             assert 0 <= radius[0] <= truth
             tight, total = tight + (radius[0] == truth), total + 1
-    assert tight / total > 0.5
+    assert tight / total > 0.8  # measured: 45 of 45 (two buckets sharing a learner would make it loose)
     tops = rng.integers(0, 4, size=(300, 9))
     np.testing.assert_array_equal(fa_radius(tops, spread_offsets(9, 1, 0), 4)[1], dpa_radius(vote_table(tops, 4))[1])
 
@@ -128,7 +128,7 @@ def test_run_off_radius_is_sound_against_brute_force(c: int, cap: int, learners:
             tight, total = tight + (radius[0] == truth), total + 1
         if c == 2:  # two classes: the run-off is the vote
             assert radius[0] == dpa_radius(vote_table(scores.argmax(axis=2).T, c))[1][0]
-    assert tight / total > 0.8
+    assert tight / total > 0.8  # measured: 46 of 47 below the cap
 
 
 def test_run_off_against_dpa_on_the_same_learners() -> None:
@@ -215,3 +215,62 @@ def test_no_poisoning_within_the_certified_radius_changes_a_certified_prediction
             assert not np.any(moved & (radius[name] >= m)), (name, m)
             changed_below += int(np.any(moved))
     assert changed_below > 10
+
+
+def test_batched_softmax_matches_each_learner_alone_and_autograd() -> None:
+    """The batched objective, gradient and Hessian-vector product of K learners equal, learner by learner, the
+    closed-form single problem (:class:`LinearERM`) on that learner's points, and autograd."""
+    import torch
+
+    from audit.maths.batched import BatchedSoftmax, batched_newton_cg
+    from audit.maths.implicit import LinearERM
+
+    g = torch.Generator().manual_seed(0)
+    k, n_max, d, c = 4, 9, 5, 3
+    phi = torch.randn(k, n_max, d, generator=g, dtype=torch.float64)
+    labels = torch.randint(0, c, (k, n_max), generator=g)
+    sizes = [9, 6, 3, 7]
+    mask = torch.zeros(k, n_max, dtype=torch.float64)
+    for i, n in enumerate(sizes):
+        mask[i, :n] = 1.0
+    problem = BatchedSoftmax(phi, labels, mask, 0.05, c)
+    w = torch.randn(k, c * (d + 1), generator=g, dtype=torch.float64)
+    u = torch.randn(k, c * (d + 1), generator=g, dtype=torch.float64)
+    values, grads, hvps = problem.value(w), problem.grad(w), problem.hvp(w)(u)
+    for i, n in enumerate(sizes):
+        alone = LinearERM(phi[i, :n], labels[i, :n], 0.05, c)
+        torch.testing.assert_close(values[i], alone.value(w[i]))
+        torch.testing.assert_close(grads[i], alone.grad(w[i]))
+        torch.testing.assert_close(hvps[i], alone.hvp(w[i])(u[i]))
+    wv = w.clone().requires_grad_(True)
+    (auto,) = torch.autograd.grad(problem.value(wv).sum(), wv)
+    torch.testing.assert_close(auto, grads)
+    fit = batched_newton_cg(problem, torch.zeros_like(w), tol=1e-10)
+    assert float(fit.grad_norm.max()) <= 1e-10
+    for i, n in enumerate(sizes):  # each learner's own minimiser: its gradient alone is zero there
+        assert float(LinearERM(phi[i, :n], labels[i, :n], 0.05, c).grad(fit.w[i]).norm()) <= 1e-10
+
+
+def test_batched_learners_are_the_learners_the_victim_trains_one_at_a_time() -> None:
+    """breast_cancer softmax regression, 10 partitions: the batched learners' objectives equal the victim's own
+    L-BFGS fits to 1e-6 and the ensembles predict alike on the test set (measured: all 114 points)."""
+    import torch
+
+    from audit.config import DatasetSpec, ModelSpec, TrainingSpec
+    from audit.data import load_dataset
+    from audit.defenses.dpa import DeepPartitionAggregation
+    from audit.models import build_victim
+
+    data = load_dataset(DatasetSpec(name="breast_cancer"))
+    victim = build_victim(ModelSpec(name="logreg"), TrainingSpec(epochs=100), data, torch.device("cpu"))
+    runs = {}
+    for batched in (True, False):
+        dpa = DeepPartitionAggregation(0.0, 0, partitions=10, evaluation=(data.x_test, data.y_test), n_clean=len(data.y_train),
+                                       batched=batched)  # fmt: skip
+        runs[batched] = dpa.apply(data.x_train, data.y_train, victim, {"l2": 1e-2})
+    for fast, slow in zip(runs[True].fitted.members, runs[False].fitted.members):
+        assert fast.train_result["batched"] and fast.train_result["converged"]
+        assert fast.train_result["objective"] == pytest.approx(slow.train_result["objective"], abs=1e-6)  # measured 2.8e-8
+    agree = np.mean(runs[True].fitted.predict(data.x_test) == runs[False].fitted.predict(data.x_test))
+    assert agree >= 0.99
+    assert runs[True].diagnostics["certified_curves"]["dpa"][:3] == pytest.approx(runs[False].diagnostics["certified_curves"]["dpa"][:3], abs=1.0)

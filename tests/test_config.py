@@ -76,7 +76,7 @@ def test_fingerprint_ignores_output_dir_but_not_budgets():
         ({"dataset": {"name": "mnist60k"}}, "unknown dataset 'mnist60k'; valid: breast_cancer, cifar10_synthetic, diabetes"),
         ({"model": {"name": "resnet"}}, "unknown model 'resnet'; valid: cnn, elastic_net, lasso, logreg, mlp, relu2, ridge, user"),
         ({"attacks": [{"name": "tgdaa"}]}, "unknown attack 'tgdaa'; valid: back_gradient, gradient_canceling, label_flip, minmax, optp, regime_a, regime_b, regime_c, statp, tgda"),
-        ({"defenses": ["sever2"]}, "unknown defense 'sever2'; valid: activation_clustering, dpa, huber, influence_filter"),
+        ({"defenses": ["sever2"]}, "unknown defense 'sever2'; valid: activation_clustering, dpa, fa, huber, influence_filter"),
         ({"budgets": [0.1, 1.7]}, "budgets[1]: the poison budget ε must be in (0, 1] (got 1.7)"),
         ({"budgets": [0.0]}, "budgets[0]: the poison budget ε must be in (0, 1] (got 0.0)"),
         ({"budgets": ["a lot"]}, "budgets[0]: Input should be a valid number"),

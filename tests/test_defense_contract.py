@@ -98,4 +98,4 @@ def test_defense_params_reach_the_defense():
 def test_defense_facts_are_declared():
     assert {n for n, c in DEFENSES.items() if c.reads_validation} == {"influence_filter", "roni"}
     assert {n for n, c in DEFENSES.items() if c.designed_for_backdoors} == {"activation_clustering", "spectral_signature", "roni"}
-    assert {n for n, c in DEFENSES.items() if c.certifies} == {"dpa"}
+    assert {n for n, c in DEFENSES.items() if c.certifies} == {"dpa", "fa"}

@@ -28,10 +28,12 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal
 
 import numpy as np
+import torch
 from pydantic import Field
 
 from audit.defenses.base import CertificateDiagnostics, Defense, DefenseParams, DefenseResult
 from audit.errors import AuditError
+from audit.maths.batched import BatchedSoftmax, batched_newton_cg
 from audit.maths.certificates import (
     certified_curve,
     dpa_radius,
@@ -42,7 +44,9 @@ from audit.maths.certificates import (
     top_class,
     vote_table,
 )
-from audit.models.victim import Fitted
+from audit.models.structure import convex_linear_layer, is_convex_linear
+from audit.models.victim import Fitted, FittedTorch
+from audit.seeding import seeded_init
 
 
 def partition_of(row: np.ndarray, k: int) -> int:
@@ -113,11 +117,70 @@ DPADiagnostics = PartitionDiagnostics
 class DPAParams(DefenseParams):
     partitions: int = Field(50, ge=2)
     aggregation: Literal["vote", "runoff"] = "vote"
+    # a convex softmax-regression victim (L-BFGS, ρ > 0): every learner to its minimiser in one batch on the run's device
+    batched: bool = True
 
 
 class FAParams(DefenseParams):
     partitions: int = Field(50, ge=2)
     spread: int = Field(8, ge=1)
+    batched: bool = True
+
+
+def batchable(victim: Any, hparams: dict[str, Any]) -> float | None:
+    """ρ when every learner of ``victim`` is the unique minimiser of a softmax regression's objective — the audit's own
+    full-batch L-BFGS training of one ``nn.Linear`` with ρ > 0, no L1 term, no user training — else None."""
+    if getattr(victim, "user_training", None) is not None or getattr(victim, "task", None) != "classification" or not hasattr(victim, "train_config"):
+        return None
+    config = victim.train_config(hparams)
+    if config is None or config.optimizer != "lbfgs" or config.batch_size is not None or config.l1 or not config.l2 > 0:
+        return None
+    with seeded_init(0):
+        return float(config.l2) if is_convex_linear(victim.build(hparams)) else None
+
+
+def fit_batched(victim: Any, hparams: dict[str, Any], x: np.ndarray, y: np.ndarray, parts: list[np.ndarray],
+                tol: float = 1e-7) -> list[Fitted]:  # fmt: skip
+    """Every learner of a convex softmax-regression victim trained at once (:func:`audit.maths.batched.batched_newton_cg`)
+    on the points ``parts[i]`` each reads, to ``‖∇L_i‖ ≤ tol`` in float64; the same minimisers the victim's own
+    training approaches one learner at a time (``tests/test_certificates.py`` compares them)."""
+    rho, device, c = float(victim.train_config(hparams).l2), victim.device, int(victim.n_classes)
+    with seeded_init(0):
+        modules = [victim.build(hparams) for _ in parts]
+    layer = convex_linear_layer(modules[0])
+    assert layer is not None
+    seen: list[torch.Tensor] = []
+    handle = layer.register_forward_hook(lambda _m, args, _out: seen.append(args[0].detach()))
+    try:
+        with torch.no_grad():
+            modules[0](torch.as_tensor(x, dtype=torch.float32))
+    finally:
+        handle.remove()
+    phi_all = seen[0].reshape(len(x), layer.in_features).double().to(device)
+    n_max = max(len(p) for p in parts)
+    index = torch.zeros((len(parts), n_max), dtype=torch.long)
+    mask = torch.zeros((len(parts), n_max), dtype=torch.float64)
+    for i, idx in enumerate(parts):
+        index[i, : len(idx)] = torch.as_tensor(idx)
+        mask[i, : len(idx)] = 1.0
+    index, mask = index.to(device), mask.to(device)
+    problem = BatchedSoftmax(phi_all[index], torch.as_tensor(y, device=device)[index].long(), mask, rho, c)
+    fit = batched_newton_cg(problem, torch.zeros((len(parts), c * (layer.in_features + 1)), dtype=torch.float64, device=device), tol)
+    weights, biases = problem.split(fit.w)
+    members: list[Fitted] = []
+    for i, module in enumerate(modules):
+        own = convex_linear_layer(module)
+        assert own is not None
+        with torch.no_grad():
+            own.weight.copy_(weights[i].float().reshape(own.weight.shape))
+            if own.bias is not None:
+                own.bias.copy_(biases[i].float())
+        module.to(device).eval()
+        result = {"steps": int(fit.steps[i]), "objective": float(fit.value[i]), "grad_norm": float(fit.grad_norm[i]),
+                  "converged": bool(fit.grad_norm[i] <= victim.train_config(hparams).grad_tol), "batched": True}  # fmt: skip
+        members.append(FittedTorch(task="classification", n_classes=c, train_result=result, module=module, device=device,
+                                   input_shape=victim.input_shape))  # fmt: skip
+    return members
 
 
 #: the learners of the last ensembles trained in this process, by (data and buckets, candidate, seed, victim)
@@ -137,11 +200,12 @@ class PartitionEnsemble(Defense):
     certificates: ClassVar[tuple[str, ...]] = ("dpa", "roe")  # what its learners certify (the first: its own vote)
 
     def __init__(self, rate: float, seed: int, partitions: int = 50, spread: int = 1, aggregation: str = "vote",
-                 evaluation: tuple[np.ndarray, np.ndarray] | None = None, n_clean: int | None = None) -> None:  # fmt: skip
+                 evaluation: tuple[np.ndarray, np.ndarray] | None = None, n_clean: int | None = None,
+                 batched: bool = True) -> None:  # fmt: skip
         super().__init__(rate, seed)
         if partitions < 2:
             raise AuditError(f"{self.name} partitions must be ≥ 2 (got {partitions})")
-        self.partitions, self.spread, self.aggregation = partitions, spread, aggregation
+        self.partitions, self.spread, self.aggregation, self.batched = partitions, spread, aggregation, batched
         self.evaluation = evaluation
         self.n_clean = n_clean
 
@@ -166,18 +230,21 @@ class PartitionEnsemble(Defense):
         once: ``dpa`` with either aggregation and ``fa`` with ``spread: 1`` share them (:data:`_TRAINED`)."""
         base = self.train_seed if self.train_seed is not None else self.seed
         digest = hashlib.sha256(np.ascontiguousarray(x).tobytes() + np.ascontiguousarray(y).tobytes() + reads.tobytes()).hexdigest()
-        key = (digest, len(reads), json.dumps(hparams, sort_keys=True, default=str), base, id(victim))
+        key = (digest, len(reads), json.dumps(hparams, sort_keys=True, default=str), base, id(victim), self.batched)
         if key in _TRAINED:
             _TRAINED.move_to_end(key)
             return _TRAINED[key]
         counts = np.bincount(bucket, minlength=int(reads.max()) + 1)
         groups = np.split(np.argsort(bucket, kind="stable"), np.cumsum(counts)[:-1])  # the points of each bucket, in order
-        members = []
-        for i, row in enumerate(reads):
-            idx = np.sort(np.concatenate([groups[h] for h in row]))
+        parts = [np.sort(np.concatenate([groups[h] for h in row])) for row in reads]
+        for i, idx in enumerate(parts):
             if len(idx) == 0:
                 raise AuditError(f"{self.name}: learner {i} of {len(reads)} has no training point; use fewer partitions")
-            members.append(victim.fit(x[idx], y[idx], hparams, base + i))
+        batch = batchable(victim, hparams) if self.batched else None
+        if batch is not None:
+            members: list[Fitted] = list(fit_batched(victim, hparams, x, y, parts))
+        else:
+            members = [victim.fit(x[idx], y[idx], hparams, base + i) for i, idx in enumerate(parts)]
         _TRAINED[key] = members
         while len(_TRAINED) > 2:
             _TRAINED.popitem(last=False)
@@ -226,8 +293,9 @@ class DeepPartitionAggregation(PartitionEnsemble):
     Params = DPAParams
 
     def __init__(self, rate: float, seed: int, partitions: int = 50, aggregation: str = "vote",
-                 evaluation: tuple[np.ndarray, np.ndarray] | None = None, n_clean: int | None = None) -> None:  # fmt: skip
-        super().__init__(rate, seed, partitions, 1, aggregation, evaluation, n_clean)
+                 evaluation: tuple[np.ndarray, np.ndarray] | None = None, n_clean: int | None = None,
+                 batched: bool = True) -> None:  # fmt: skip
+        super().__init__(rate, seed, partitions, 1, aggregation, evaluation, n_clean, batched)
 
 
 class FiniteAggregation(PartitionEnsemble):
@@ -239,5 +307,6 @@ class FiniteAggregation(PartitionEnsemble):
     certificates: ClassVar[tuple[str, ...]] = ("fa",)
 
     def __init__(self, rate: float, seed: int, partitions: int = 50, spread: int = 8,
-                 evaluation: tuple[np.ndarray, np.ndarray] | None = None, n_clean: int | None = None) -> None:  # fmt: skip
-        super().__init__(rate, seed, partitions, spread, "vote", evaluation, n_clean)
+                 evaluation: tuple[np.ndarray, np.ndarray] | None = None, n_clean: int | None = None,
+                 batched: bool = True) -> None:  # fmt: skip
+        super().__init__(rate, seed, partitions, spread, "vote", evaluation, n_clean, batched)
