@@ -40,6 +40,8 @@ def test_dpa_trains_members_with_the_victims_procedure_and_certifies():
     result = DeepPartitionAggregation.for_cell(0.01, 0, d).apply(d.x_train, d.y_train, victim, {"l2": 1e-3})
     diag = result.diagnostics
     assert diag["partitions"] == len(d.y_train) // 20 and sum(diag["partition_sizes"]) == len(d.y_train)
+    raw, k = result.fitted.raw_scores(d.x_test), len(result.fitted.members)  # ART weighs each member's raw output by 1/k
+    np.testing.assert_allclose(raw / k, result.fitted.art_ensemble.predict(d.x_test.astype(np.float32), raw=True), rtol=1e-5, atol=1e-6)
     votes = result.fitted.votes(d.x_test)
     assert (votes.sum(axis=1) == diag["partitions"]).all()
     _, radius = certificate(votes)

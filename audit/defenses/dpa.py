@@ -68,8 +68,10 @@ class FittedEnsemble(Fitted):
     aggregation: str = "vote"
 
     def raw_scores(self, x: np.ndarray) -> np.ndarray:
-        """Every learner's scores, shape (K, n, c)."""
-        return np.asarray(self.art_ensemble.predict(x.astype(np.float32), raw=True))
+        """Every learner's scores, shape (K, n, c): ART's ``DeepPartitionEnsemble.predict(x, raw=True)`` without its
+        1/K weight per member (orders within a learner, all the votes and the run-off read, are the same), computed
+        by each learner directly — ART's per-member data loader cost 41 of 196 s at 1200 learners on 5000 points."""
+        return np.stack([member.scores(x.astype(np.float32)) for member in self.members])
 
     def votes(self, x: np.ndarray) -> np.ndarray:
         """Votes per class (n, c): each learner's top class."""
