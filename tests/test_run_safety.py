@@ -279,13 +279,19 @@ def test_kill_9_loses_nothing_and_resumes_to_the_same_summary(tmp_path, moment, 
     os.kill(victim.pid, signal.SIGKILL)
     victim.wait()
     stored = _cells_stored(run_dir)
+    finished: dict[str, float] = {}
     if moment == "mid_grid":
         assert 4 <= stored < 12, stored  # killed inside the grid
+        assert not (run_dir / "report.html").exists()
+        with sqlite3.connect(run_dir / "results.sqlite") as db:
+            finished = dict(db.execute("SELECT cell_key, finished_at FROM cells WHERE status = 'ok'"))
     resumed = subprocess.run([*command, str(tmp_path / "killed")], env=env, capture_output=True, text=True, timeout=120)
     assert resumed.returncode == 0, resumed.stderr
     with sqlite3.connect(run_dir / "results.sqlite") as db:
         keys = [k for (k,) in db.execute("SELECT cell_key FROM cells")]
+        after = dict(db.execute("SELECT cell_key, finished_at FROM cells"))
     assert len(keys) == len(set(keys)) == 12  # every cell exactly once
+    assert all(after[k] == t for k, t in finished.items()), "a cell finished before the kill was recomputed"
     got = json.loads((run_dir / "summary.json").read_text())
     assert _comparable(got) == _comparable(uninterrupted)
 

@@ -110,8 +110,10 @@ def test_bad_input_writes_nothing(tmp_path):
         run_audit(parse_config(tiny_config()), output_dir=blocker, progress=False)
 
 
+@pytest.mark.slow
 def test_kill_9_mid_grid_then_resume(tmp_path):
-    """A subprocess killed with SIGKILL mid-grid; the re-run completes it with every cell exactly once."""
+    """A subprocess killed with SIGKILL mid-grid; the re-run completes it with every cell exactly once (`slow`: 21 s;
+    tests/test_run_safety.py's mid-grid kill checks the same — once, not recomputed, the same summary — in 13 s)."""
     cfg = tiny_config(candidates={"l2": [0.0, 1e-3, 1e-2, 1e-1]}, seeds=[0, 1], training={"epochs": 400})
     path = write_yaml(tmp_path / "audit.yaml", cfg)
     run_dir = tmp_path / "out" / "tiny"
