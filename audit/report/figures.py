@@ -29,6 +29,22 @@ def _style(i: int) -> dict[str, Any]:
     return {"linestyle": LINESTYLES[i % len(LINESTYLES)], "marker": MARKERS[i % len(MARKERS)]}
 
 
+def _panels(n: int) -> tuple[plt.Figure, Any, int]:
+    """A figure of ``n`` panels, at most three a row, sharing the y axis: the figure, its axes grid and the columns."""
+    cols = min(n, 3)
+    fig, axes = plt.subplots(math.ceil(n / cols), cols, figsize=(4.2 * cols, 3.2 * math.ceil(n / cols)), squeeze=False, sharey=True)
+    return fig, axes, cols
+
+
+def _finish_panels(fig: plt.Figure, axes: Any, n: int, cols: int) -> str:
+    """Blank the unused panels, a legend in the first, tight layout: the SVG."""
+    for j in range(n, axes.shape[0] * cols):
+        axes[j // cols][j % cols].axis("off")
+    axes[0][0].legend(fontsize=7, loc="best", frameon=False)
+    fig.tight_layout()
+    return _to_svg(fig)
+
+
 def _to_svg(fig: plt.Figure) -> str:
     buf = io.StringIO()
     fig.savefig(buf, format="svg", bbox_inches="tight", metadata={"Date": None})
@@ -49,9 +65,7 @@ def budget_curves(
 ) -> str:
     """Test metric against budget (ε = 0 is the clean model), one panel per attack, one line per candidate."""
     n = len(attacks)
-    cols = min(n, 3)
-    rows = math.ceil(n / cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 3.2 * rows), squeeze=False, sharey=True)
+    fig, axes, cols = _panels(n)
     colors = plt.cm.viridis(np.linspace(0, 0.9, max(len(summaries), 1)))
     xs = [0.0, *budgets]
     for i, attack in enumerate(attacks):
@@ -69,11 +83,7 @@ def budget_curves(
         if i % cols == 0:
             ax.set_ylabel(f"test {metric}")
         ax.grid(alpha=0.3)
-    for j in range(n, rows * cols):
-        axes[j // cols][j % cols].axis("off")
-    axes[0][0].legend(fontsize=7, loc="best", frameon=False)
-    fig.tight_layout()
-    return _to_svg(fig)
+    return _finish_panels(fig, axes, n, cols)
 
 
 def worst_case_heatmap(summaries: list[CandidateSummary], budgets: list[float], unit: str) -> str:
@@ -304,9 +314,7 @@ def certified_curves(panels: list[dict[str, Any]]) -> str:
     (which no valid certificate may exceed). Each panel: ``{"title", "curves": {name: [acc at r = 0, 1, …]},
     "empirical": [(points, accuracy)]}``."""
     n = len(panels)
-    cols = min(n, 3)
-    rows = math.ceil(n / cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 3.2 * rows), squeeze=False, sharey=True)
+    fig, axes, cols = _panels(n)
     for i, panel in enumerate(panels):
         ax = axes[i // cols][i % cols]
         for k, (name, curve) in enumerate(panel["curves"].items()):
@@ -321,8 +329,4 @@ def certified_curves(panels: list[dict[str, Any]]) -> str:
             ax.set_ylabel("accuracy (%)")
         ax.set_ylim(0, 100)
         ax.grid(alpha=0.3)
-    for j in range(n, rows * cols):
-        axes[j // cols][j % cols].axis("off")
-    axes[0][0].legend(fontsize=7, loc="best", frameon=False)
-    fig.tight_layout()
-    return _to_svg(fig)
+    return _finish_panels(fig, axes, n, cols)
