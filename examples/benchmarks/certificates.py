@@ -25,7 +25,7 @@ import torch
 
 from audit.config import DatasetSpec, ModelSpec, TrainingSpec
 from audit.data import load_dataset
-from audit.defenses.dpa import DeepPartitionAggregation, FiniteAggregation
+from audit.defenses.dpa import DeepPartitionAggregation, FiniteAggregation, batchable
 from audit.maths.certificates import certified_curve, dpa_radius, roe_radius, top_class, vote_table
 from audit.models import build_victim
 from audit.threads import configure_threads
@@ -68,7 +68,7 @@ def main() -> None:
         "n_test": len(y_t),
         "partitions": k,
         "threads": args.threads,
-        "training": "one at a time" if args.sequential else "batched",
+        "training": "batched" if not args.sequential and batchable(victim, hp) is not None else "one at a time",
     }
     for name, (p, r) in {"dpa": (p_dpa, r_dpa), "roe": (p_roe, r_roe)}.items():
         row = {**base, "certificate": name, "learners": k, "points_per_learner": round(len(y) / k), "seconds": round(seconds, 1),
