@@ -174,7 +174,7 @@ class CentroidVictim:
 
 
 def test_no_poisoning_within_the_certified_radius_changes_a_certified_prediction() -> None:
-    """Seeded tiny problem, real partition ensembles (DPA, its run-off, FA at d = 2) retrained on every
+    """Seeded tiny problem, real partition ensembles (DPA, its run-off, FA at d = 2 and its run-off) retrained on every
     perturbation: each single removal of a training point, and sets of 2 or 3 removals and far-out insertions.
     A test point whose radius is at least the number of changes keeps its prediction; the perturbations are
     strong enough to change some prediction whose radius is smaller."""
@@ -191,11 +191,12 @@ def test_no_poisoning_within_the_certified_radius_changes_a_certified_prediction
         "dpa": DeepPartitionAggregation(0.0, 0, partitions=4, evaluation=(x_test, y_test), n_clean=80),
         "roe": DeepPartitionAggregation(0.0, 0, partitions=4, aggregation="runoff", evaluation=(x_test, y_test), n_clean=80),
         "fa": FiniteAggregation(0.0, 0, partitions=4, spread=2, evaluation=(x_test, y_test), n_clean=80),
+        "fa_roe": FiniteAggregation(0.0, 0, partitions=4, spread=2, aggregation="runoff", evaluation=(x_test, y_test), n_clean=80),
     }
     base = {name: e.apply(x, y, victim, {}) for name, e in ensembles.items()}
     radius = {}
     for name, result in base.items():
-        offsets = spread_offsets(4, 2, 0) if name == "fa" else np.zeros(1, dtype=np.int64)
+        offsets = spread_offsets(4, 2, 0) if name.startswith("fa") else np.zeros(1, dtype=np.int64)
         certificates = ensembles[name].certify(result.fitted.raw_scores(x_test), 4, offsets, 3)
         radius[name] = certificates[result.diagnostics["certificate"]][1]
         assert radius[name].max() >= 2  # the test reaches radii above one change
@@ -274,3 +275,40 @@ def test_batched_learners_are_the_learners_the_victim_trains_one_at_a_time() -> 
     agree = np.mean(runs[True].fitted.predict(data.x_test) == runs[False].fitted.predict(data.x_test))
     assert agree >= 0.99
     assert runs[True].diagnostics["certified_curves"]["dpa"][:3] == pytest.approx(runs[False].diagnostics["certified_curves"]["dpa"][:3], abs=1.0)
+
+
+def brute_fa_roe_radius(scores: list[np.ndarray], c: int, reached: list[list[int]], max_r: int) -> int:
+    """Every ranking of every learner reached by every choice of up to ``max_r`` corrupted buckets."""
+    rankings = [np.array(p, dtype=float) for p in itertools.permutations(range(c))]
+    base = runoff(scores, c)
+    for r in range(1, max_r + 1):
+        for chosen in itertools.combinations(range(len(reached)), r):
+            hit = sorted({i for b in chosen for i in reached[b]})
+            for new in itertools.product(rankings, repeat=len(hit)):
+                s = list(scores)
+                for i, v in zip(hit, new):
+                    s[i] = v
+                if runoff(s, c) != base:
+                    return r - 1
+    return max_r
+
+
+def test_run_off_over_finite_aggregation_is_sound_against_brute_force() -> None:
+    from audit.maths.certificates import fa_roe_radius
+
+    rng = np.random.default_rng(10)
+    tight = total = 0
+    for k, d, c in ((4, 2, 3), (3, 2, 3), (2, 3, 3)):
+        for _ in range(12):
+            offsets = spread_offsets(k, d, int(rng.integers(1 << 30)))
+            scores = rng.normal(size=c) * 1.5 + rng.normal(size=(k * d, 1, c)) * rng.uniform(0.3, 1.2)
+            reached = [[(h + s) % (k * d) for s in offsets] for h in range(k * d)]
+            prediction, radius = fa_roe_radius(scores, offsets)
+            per = [scores[i, 0] for i in range(k * d)]
+            assert prediction[0] == runoff(per, c)
+            cap = 3
+            truth = brute_fa_roe_radius(per, c, reached, cap)
+            assert radius[0] <= truth or truth == cap
+            if truth < cap:
+                tight, total = tight + (radius[0] == truth), total + 1
+    assert total >= 20 and tight / total > 0.8  # measured: tight on every draw (radii 0–2)

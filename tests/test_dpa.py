@@ -86,7 +86,7 @@ def test_certified_curves_through_a_config_into_report_and_summary(tmp_path):
 
     defenses = ["none", {"name": "dpa", "id": "roe", "params": {"aggregation": "runoff", "partitions": 10}},
                 {"name": "fa", "id": "fa1", "params": {"partitions": 10, "spread": 1}},
-                {"name": "fa", "id": "fa2", "params": {"partitions": 5, "spread": 2}}]  # fmt: skip
+                {"name": "fa", "id": "fa2", "params": {"partitions": 5, "spread": 2, "aggregation": "runoff"}}]  # fmt: skip
     cfg = tiny_config(defenses=defenses, attacks=[{"name": "label_flip", "id": "lf", "params": {"variant": "adversarial"}}],
                       candidates={"l2": [1e-3]}, budgets=[0.01, 0.03], confirm=False)  # fmt: skip
     result = CliRunner().invoke(cli, ["run", str(write_yaml(tmp_path / "audit.yaml", cfg)), "--out", str(tmp_path / "out"), "--quiet"])
@@ -98,7 +98,7 @@ def test_certified_curves_through_a_config_into_report_and_summary(tmp_path):
     assert set(entries) == {"roe", "fa1", "fa2"}
     assert set(entries["roe"]["curves"]) == {"roe", "dpa"} and entries["roe"]["certificate"] == "roe"
     assert entries["fa1"]["curves"]["fa"] == entries["roe"]["curves"]["dpa"]
-    assert entries["fa2"]["curves"]["fa"][0] > 50
+    assert entries["fa2"]["curves"]["fa"][0] > 50 and entries["fa2"]["certificate"] == "fa_roe"
     for e in entries.values():
         assert [b["budget"] for b in e["at_budgets"]] == [0.01, 0.03]
         for b in e["at_budgets"]:

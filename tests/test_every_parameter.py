@@ -114,7 +114,7 @@ VALUES: dict[str, dict[str, dict[str, Any]]] = {
     "minmax": {"quantile": {"quantile": 0.9}, "margin": {"margin": 0.01}, "lr": {"lr": 0.1}, "bound_rounds": {"bound_rounds": 5}},
     # defenses
     "dpa": {"partitions": {"partitions": 10}, "aggregation": {"aggregation": "runoff"}, "batched": {"batched": False}},
-    "fa": {"partitions": {"partitions": 5}, "spread": {"spread": 2}, "batched": {"batched": False}},
+    "fa": {"partitions": {"partitions": 5}, "spread": {"spread": 2}, "aggregation": {"aggregation": "runoff"}, "batched": {"batched": False}},
     "influence_filter": {"damping": {"damping": 0.1}, "cg_iter": {"cg_iter": 50}, "cg_tol": {"cg_tol": 1e-4}},
     "sever": {"rounds": {"rounds": 1}, "max_params": {"max_params": 1000}},
     "sphere": {"quantile": {"quantile": 0.9}},

@@ -13,6 +13,7 @@ and gives their outputs. ART has no certify method, so the certificates are comp
 * ``fa`` (Wang, Levine & Feizi 2022): ``k·d`` buckets, learner ``i`` trains on ``d`` of them
   (:func:`~audit.maths.certificates.fa_training_buckets`), so each point reaches ``d`` learners and the
   vote is certified by the sum of the corrupted buckets' powers; ``spread: 1`` is DPA, learner for learner.
+  ``aggregation: runoff`` is FA+ROE (the run-off over FA's learners; certificates ``fa`` and ``fa_roe``).
 
 A prediction with radius ``r ≥ m`` cannot change under any ``m`` inserted or removed training
 points, so *certified accuracy at budget ε* is the share of test points predicted correctly
@@ -38,6 +39,7 @@ from audit.maths.certificates import (
     certified_curve,
     dpa_radius,
     fa_radius,
+    fa_roe_radius,
     fa_training_buckets,
     roe_radius,
     spread_offsets,
@@ -126,6 +128,7 @@ class DPAParams(DefenseParams):
 class FAParams(DefenseParams):
     partitions: int = Field(50, ge=2)
     spread: int = Field(8, ge=1)
+    aggregation: Literal["vote", "runoff"] = "vote"
     batched: bool = True
 
 
@@ -199,7 +202,7 @@ class PartitionEnsemble(Defense):
     Diagnostics = PartitionDiagnostics
     certifies: ClassVar[bool] = True
     victims: ClassVar[tuple[str, ...]] = ("torch",)
-    certificates: ClassVar[tuple[str, ...]] = ("dpa", "roe")  # what its learners certify (the first: its own vote)
+    certificates: ClassVar[tuple[str, ...]] = ("dpa", "roe")  # what its learners certify: (its vote's, its run-off's)
 
     def __init__(self, rate: float, seed: int, partitions: int = 50, spread: int = 1, aggregation: str = "vote",
                  evaluation: tuple[np.ndarray, np.ndarray] | None = None, n_clean: int | None = None,
@@ -220,8 +223,8 @@ class PartitionEnsemble(Defense):
         ensemble's own aggregation."""
         top = top_class(raw)
         compute = {"dpa": lambda: dpa_radius(vote_table(top, n_classes)), "roe": lambda: roe_radius(raw),
-                   "fa": lambda: fa_radius(top, offsets, n_classes)}  # fmt: skip
-        own = "roe" if self.aggregation == "runoff" else self.certificates[0]
+                   "fa": lambda: fa_radius(top, offsets, n_classes), "fa_roe": lambda: fa_roe_radius(raw, offsets)}  # fmt: skip
+        own = self.certificates[1] if self.aggregation == "runoff" else self.certificates[0]
         return {name: compute[name]() for name in (own, *[c for c in self.certificates if c != own])}
 
     def learners(self, x: np.ndarray, y: np.ndarray, bucket: np.ndarray, reads: np.ndarray, victim: Any,
@@ -301,14 +304,16 @@ class DeepPartitionAggregation(PartitionEnsemble):
 
 
 class FiniteAggregation(PartitionEnsemble):
-    """Finite Aggregation: ``k·d`` learners, each on ``d`` of ``k·d`` hash buckets; plurality vote, FA's radius."""
+    """Finite Aggregation: ``k·d`` learners, each on ``d`` of ``k·d`` hash buckets; plurality vote or run-off, FA's and
+    FA+ROE's radius."""
 
     name: ClassVar[str] = "fa"
-    description: ClassVar[str] = "finite aggregation (Wang, Levine & Feizi 2022): k·d learners, each on d of k·d hash buckets, certified radius"
+    description: ClassVar[str] = ("finite aggregation (Wang, Levine & Feizi 2022): k·d learners, each on d of k·d hash buckets, certified "
+                                  "radius; aggregation: runoff is Run-off Election over the same learners")  # fmt: skip
     Params = FAParams
-    certificates: ClassVar[tuple[str, ...]] = ("fa",)
+    certificates: ClassVar[tuple[str, ...]] = ("fa", "fa_roe")
 
-    def __init__(self, rate: float, seed: int, partitions: int = 50, spread: int = 8,
+    def __init__(self, rate: float, seed: int, partitions: int = 50, spread: int = 8, aggregation: str = "vote",
                  evaluation: tuple[np.ndarray, np.ndarray] | None = None, n_clean: int | None = None,
                  batched: bool = True) -> None:  # fmt: skip
-        super().__init__(rate, seed, partitions, spread, "vote", evaluation, n_clean, batched)
+        super().__init__(rate, seed, partitions, spread, aggregation, evaluation, n_clean, batched)

@@ -151,6 +151,69 @@ def roe_radius(scores: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return winner, radius
 
 
+def _buckets_within(power: np.ndarray, gap: np.ndarray) -> np.ndarray:
+    """Per point, the most buckets whose largest powers sum to at most ``gap``: ``power`` (n, B), ``gap`` (n,)."""
+    spent = np.cumsum(-np.sort(-power, axis=1), axis=1)
+    return (spent <= gap[:, None]).sum(axis=1)
+
+
+def fa_roe_radius(scores: np.ndarray, offsets: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Prediction and radius of Run-off Election over Finite Aggregation's learners (Rezaei et al. 2023, FA+ROE).
+
+    The cases of :func:`roe_radius`, each bounded by buckets: a corrupted bucket changes the ``d`` learners it reaches,
+    so a gap closes only if the corrupted buckets' largest *powers* (what their learners can move it by, as in
+    :func:`fa_radius`) exceed it. (2a) the run-off to the same rival: power ``Σ 2·1[learner prefers the winner]``;
+    (2b) a third class passing the loser in round one *and* beating the winner: both bounds must be met; (1) the
+    winner leaves the top two — for ``m1`` two classes ``a, b`` must pass it, so the corrupted buckets must exceed
+    ``g_a`` by ``a``'s power, ``g_b`` by ``b``'s and ``g_a + g_b + 1`` by the power on their sum (a learner moves the
+    sum by ``1 + 2·1[f = m1] − 1[f = a] − 1[f = b]`` at most). Each condition is necessary, so the radius — the least
+    over cases of the buckets they need, less one — is sound. ``scores`` (k·d, n, c); ``offsets`` (d,).
+    """
+    scores = np.asarray(scores)
+    total, n, c = scores.shape
+    top = top_class(scores)  # (n, K)
+    votes = vote_table(top, c)
+    margins = pairwise_margins(scores)
+    reached = (np.arange(total)[:, None] + np.asarray(offsets)[None, :]) % total  # (kd, d)
+    rows = np.arange(n)
+    order = np.lexsort((np.broadcast_to(np.arange(c), (n, c)), -votes), axis=1)
+    m1, m2 = order[:, 0], order[:, 1]
+    m1_wins = margins[rows, m1, m2] - (m2 < m1) >= 0
+    winner, loser = np.where(m1_wins, m1, m2), np.where(m1_wins, m2, m1)
+    gap = lambda a, x: votes[rows, a] - votes[rows, x] - (x < a)  # noqa: E731
+    run = lambda a, x: margins[rows, a, x] - (x < a)  # noqa: E731
+
+    def buckets(term: np.ndarray) -> np.ndarray:
+        """Per-learner terms (n, K) → per-bucket powers (n, kd)."""
+        return term[:, reached].sum(axis=2)
+
+    def pair_power(a: np.ndarray, x: np.ndarray) -> np.ndarray:
+        return buckets(1 + (top == a[:, None]).astype(np.int64) - (top == x[:, None]))
+
+    def prefers(a: np.ndarray, x: np.ndarray) -> np.ndarray:
+        sa, sx = scores[:, rows, a].T, scores[:, rows, x].T  # (n, K)
+        return (sa > sx) | ((sa == sx) & (a < x)[:, None])
+
+    radius = _buckets_within(buckets(2 * prefers(winner, loser).astype(np.int64)), run(winner, loser))  # (2a)
+    for m3 in range(c):
+        other = (m3 != m1) & (m3 != m2)
+        if not np.any(other):
+            continue
+        m3s = np.full(n, m3)
+        # (1) the winner leaves the top two
+        g_a, g_b = gap(m1, m2), gap(m1, m3s)
+        summed = buckets(1 + 2 * (top == m1[:, None]).astype(np.int64) - (top == m2[:, None]) - (top == m3))
+        out_m1 = np.maximum(np.maximum(_buckets_within(pair_power(m1, m2), g_a), _buckets_within(pair_power(m1, m3s), g_b)),
+                            _buckets_within(summed, g_a + g_b + 1))  # fmt: skip
+        out_m2 = _buckets_within(pair_power(m2, m3s), gap(m2, m3s))
+        out = np.where(m1_wins, out_m1, out_m2)
+        # (2b) m3 passes the loser in round one and beats the winner in the run-off
+        swap = np.maximum(_buckets_within(pair_power(loser, m3s), gap(loser, m3s)),
+                          _buckets_within(buckets(2 * prefers(winner, m3s).astype(np.int64)), run(winner, m3s)))  # fmt: skip
+        radius = np.where(other, np.minimum(radius, np.minimum(out, swap)), radius)
+    return winner, radius
+
+
 def certified_curve(prediction: np.ndarray, radius: np.ndarray, y: np.ndarray, radii: np.ndarray) -> np.ndarray:
     """Certified accuracy (%) at each radius of ``radii``: the share of points predicted correctly with radius ≥ r."""
     correct = np.asarray(prediction) == np.asarray(y)

@@ -305,7 +305,12 @@ def width_curves(widths: list[int], clean: list[float], clean_ci: list[float], s
 
 
 #: the certificates' names in figures and tables
-CERTIFICATE_LABELS = {"dpa": "DPA (Levine & Feizi 2021)", "roe": "DPA + run-off (Rezaei et al. 2023)", "fa": "Finite Aggregation (Wang et al. 2022)"}
+CERTIFICATE_LABELS = {
+    "dpa": "DPA (Levine & Feizi 2021)",
+    "roe": "DPA + run-off (Rezaei et al. 2023)",
+    "fa": "Finite Aggregation (Wang et al. 2022)",
+    "fa_roe": "FA + run-off (Rezaei et al. 2023)",
+}
 
 
 def certified_curves(panels: list[dict[str, Any]]) -> str:
