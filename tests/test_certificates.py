@@ -58,17 +58,8 @@ def brute_vote_radius(tops: list[int], c: int, groups: list[list[int]]) -> int:
 
 
 def brute_roe_radius(scores: list[np.ndarray], c: int, max_r: int) -> int:
-    rankings = [np.array(p, dtype=float) for p in itertools.permutations(range(c))]
-    base = runoff(scores, c)
-    for r in range(1, max_r + 1):
-        for chosen in itertools.combinations(range(len(scores)), r):
-            for new in itertools.product(rankings, repeat=r):
-                s = list(scores)
-                for i, v in zip(chosen, new):
-                    s[i] = v
-                if runoff(s, c) != base:
-                    return r - 1
-    return max_r
+    """The run-off's radius by brute force: every ranking of every choice of up to ``max_r`` corrupted learners."""
+    return brute_fa_roe_radius(scores, c, [[i] for i in range(len(scores))], max_r)
 
 
 def test_dpa_radius_is_exact_against_brute_force() -> None:

@@ -115,8 +115,6 @@ class PartitionDiagnostics(CertificateDiagnostics):
     certified_curves: dict[str, list[float]] | None = None
 
 
-DPADiagnostics = PartitionDiagnostics
-
 
 class DPAParams(DefenseParams):
     partitions: int = Field(50, ge=2)
