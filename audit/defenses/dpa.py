@@ -115,7 +115,6 @@ class PartitionDiagnostics(CertificateDiagnostics):
     certified_curves: dict[str, list[float]] | None = None
 
 
-
 class DPAParams(DefenseParams):
     partitions: int = Field(50, ge=2)
     aggregation: Literal["vote", "runoff"] = "vote"
