@@ -60,6 +60,7 @@ VALUES: dict[str, dict[str, dict[str, Any]]] = {
         "inner_tol": {"inner_tol": 1e-5},
         "cg_tol": {"cg_tol": 1e-4},
         "cg_max_iter": {"cg_max_iter": 50},
+        "precondition": {"precondition": "none"},
         "ls_shrink": {"ls_shrink": 0.3},
         "ls_grow": {"ls_grow": 1.5},
         "ls_tries": {"ls_tries": 3},

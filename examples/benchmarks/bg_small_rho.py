@@ -28,20 +28,21 @@ def main() -> None:
     parser.add_argument("--rho", type=float, default=1e-4)
     parser.add_argument("--variants", default='{"quick": {}, "cg50": {"cg_max_iter": 50}}')
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--budgets", type=float, nargs="+", default=[0.03, 0.1, 0.3])
     args = parser.parse_args()
     configure_threads(args.threads)
     quick = json.loads(json.dumps(dict(PROFILES["quick"]["back_gradient"].params)))
     for name, extra in json.loads(args.variants).items():
         params = {**quick, "implicit": {**quick["implicit"], **extra}}
         cfg = {"name": "bg-small-rho", "dataset": {"name": "mnist5k"}, "model": {"name": "logreg"}, "candidates": {"l2": [args.rho]},
-               "budgets": [0.03, 0.1, 0.3], "seeds": [0], "device": "cpu", "confirm": False, "splits": 1,
+               "budgets": args.budgets, "seeds": [0], "device": "cpu", "confirm": False, "splits": 1,
                "attacks": [{"name": "back_gradient", "id": "bg", "params": params}]}  # fmt: skip
         with tempfile.TemporaryDirectory() as out:
             plan = plan_audit(parse_config(cfg), output_dir=out)
             candidate = json.dumps({"l2": args.rho})
             clean = clean_unit(plan, candidate, 0)
             warm = None
-            for eps in (0.03, 0.1, 0.3):
+            for eps in args.budgets:
                 start = time.perf_counter()
                 poisons = craft_unit(plan, clean, "bg", eps, warm)
                 seconds = time.perf_counter() - start
