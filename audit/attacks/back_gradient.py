@@ -85,7 +85,7 @@ from audit.attacks.base import (
 )
 from audit.errors import AuditError
 from audit.maths.hypergrad import FlatModel, Inner, Outer, functional_objective, rmd, unroll, validation_loss
-from audit.maths.implicit import LinearERM, gram_matrix, implicit_hypergradient, newton_cg
+from audit.maths.implicit import LinearERM, gram_eigh, gram_matrix, implicit_hypergradient, newton_cg
 from audit.maths.linear_solve import CG, Matvec
 from audit.maths.regions import SANITISERS, project_many, sanitiser_level, sanitiser_region
 from audit.models.surrogate import refits, refitted
@@ -659,6 +659,10 @@ class _Unrolled:
         return _Point(r.outer, r.w_final, r.inner_final, None, r.grads)
 
 
+#: retrainings between refreshes of the preconditioner's Gram eigendecomposition (the poisons move little in between)
+GRAM_REFRESH = 10
+
+
 class _Implicit:
     """``A(w*)`` at the optimum of the convex training objective and its exact implicit hypergradients.
 
@@ -688,6 +692,8 @@ class _Implicit:
         bias = self.layer.bias is not None
         # the clean points' part of the preconditioner's Gram matrix, kept (the poisons' part is added per retraining)
         self.gram_clean = gram_matrix(self.phi_clean, bias) if precondition and refit is None else None
+        self.gram_eigh: tuple[torch.Tensor, torch.Tensor] | None = None
+        self.gram_age = 0
 
     def _features(self, x: torch.Tensor) -> torch.Tensor:
         """The linear layer's inputs for ``x`` (a forward hook: any parameter-free preprocessing applied)."""
@@ -710,10 +716,11 @@ class _Implicit:
             phi = torch.cat([self.phi_clean, self._features(x_p)])
         labels = torch.cat([self.y_clean, y_p])  # type: ignore[list-item]  # torch stubs
         bias = self.layer.bias is not None
-        gram = None
-        if self.gram_clean is not None:
-            gram = (self.gram_clean + gram_matrix(phi[len(self.phi_clean) :], bias)) / len(phi)
-        return LinearERM(phi, labels, float(torch.exp(log_l2)), self.layer.out_features, bias, gram)
+        if self.precondition and (self.gram_eigh is None or self.gram_age >= GRAM_REFRESH):
+            gram = gram_matrix(phi, bias) if self.gram_clean is None else self.gram_clean + gram_matrix(phi[len(self.phi_clean) :], bias)
+            self.gram_eigh, self.gram_age = gram_eigh(gram / len(phi)), 0
+        self.gram_age += 1
+        return LinearERM(phi, labels, float(torch.exp(log_l2)), self.layer.out_features, bias, self.gram_eigh)
 
     def evaluate(self, hypers: list[torch.Tensor]) -> _Point:
         self.evaluations += 1

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Protocol
 
 import torch
@@ -126,9 +126,10 @@ class LinearERM:
     n_out : int
         ``c``.
     bias : bool
-    gram : tensor, shape (d + 1, d + 1) or (d, d) without a bias, optional
-        ``G = (1/N) Σ φ̃_i φ̃_iᵀ`` when the caller has it (e.g. the clean points' part kept, the poisons' added):
-        :meth:`preconditioner` then skips the ``N·d²`` product.
+    gram_eigh : (values, vectors), optional
+        The eigendecomposition (:func:`gram_eigh`) :meth:`preconditioner` uses for ``G``; default: ``G`` of ``phi``,
+        computed on first use. A caller retraining on slowly moving poisons may pass a recent problem's (a
+        preconditioner only has to be close: the solves' tolerances do not change).
     """
 
     phi: torch.Tensor
@@ -136,8 +137,7 @@ class LinearERM:
     rho: float
     n_out: int
     bias: bool = True
-    gram: torch.Tensor | None = None
-    _gram: tuple[torch.Tensor, torch.Tensor] | None = field(default=None, init=False, repr=False)
+    gram_eigh: tuple[torch.Tensor, torch.Tensor] | None = None
 
     def _split(self, w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
         c, d = self.n_out, self.phi.shape[1]
@@ -207,14 +207,9 @@ class LinearERM:
         36–94 (docs: examples/benchmarks/README.md, "Back-gradient at a small ρ").
         """
         c, d = self.n_out, self.phi.shape[1]
-        if self._gram is None:
-            gram = self.gram if self.gram is not None else gram_matrix(self.phi, self.bias) / len(self.phi)
-            try:
-                values, vectors = torch.linalg.eigh(gram.float())
-            except torch.linalg.LinAlgError:  # float32's eigensolver can fail on many repeated (zero) eigenvalues
-                values, vectors = torch.linalg.eigh(gram)
-            self._gram = values.to(gram.dtype), vectors.to(gram.dtype)
-        lg, v = self._gram
+        if self.gram_eigh is None:
+            self.gram_eigh = gram_eigh(gram_matrix(self.phi, self.bias) / len(self.phi))
+        lg, v = self.gram_eigh
         if self.labels.dtype == torch.long:
             p = torch.softmax(self._logits(w), dim=1)
             ls, u = torch.linalg.eigh(torch.diag(p.mean(0)) - p.T @ p / len(p))
@@ -235,6 +230,16 @@ def gram_matrix(phi: torch.Tensor, bias: bool) -> torch.Tensor:
     """``Σ_i φ̃_i φ̃_iᵀ`` with ``φ̃_i = [φ_i, 1]`` (``φ_i`` without a bias): shape (d + 1, d + 1) or (d, d); ``phi`` (N, d)."""
     tilde = torch.cat([phi, torch.ones_like(phi[:, :1])], 1) if bias else phi
     return tilde.T @ tilde
+
+
+def gram_eigh(gram: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Eigenvalues and eigenvectors of a symmetric ``gram`` (k, k), computed in float32 (twice as fast) and returned
+    in ``gram``'s precision; float64 where float32's eigensolver fails (many repeated zero eigenvalues: constant pixels)."""
+    try:
+        values, vectors = torch.linalg.eigh(gram.float())
+    except torch.linalg.LinAlgError:
+        values, vectors = torch.linalg.eigh(gram)
+    return values.to(gram.dtype), vectors.to(gram.dtype)
 
 
 def newton_cg(problem: Smooth, w0: torch.Tensor, tol: float = 1e-8, max_iter: int = 50,
