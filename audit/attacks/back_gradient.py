@@ -85,9 +85,10 @@ from audit.attacks.base import (
 )
 from audit.errors import AuditError
 from audit.maths.hypergrad import FlatModel, Inner, Outer, functional_objective, rmd, unroll, validation_loss
-from audit.maths.implicit import LinearERM, gram_eigh, gram_matrix, implicit_hypergradient, newton_cg
+from audit.maths.implicit import GramCache, LinearERM, gram_matrix, implicit_hypergradient, newton_cg
 from audit.maths.linear_solve import CG, Matvec
 from audit.maths.regions import SANITISERS, project_many, sanitiser_level, sanitiser_region
+from audit.models.structure import convex_linear_layer, layer_inputs
 from audit.models.surrogate import refits, refitted
 from audit.models.training import data_loss, lambda_shift
 from audit.seeding import seeded_init
@@ -659,10 +660,6 @@ class _Unrolled:
         return _Point(r.outer, r.w_final, r.inner_final, None, r.grads)
 
 
-#: retrainings between refreshes of the preconditioner's Gram eigendecomposition (the poisons move little in between)
-GRAM_REFRESH = 10
-
-
 class _Implicit:
     """``A(w*)`` at the optimum of the convex training objective and its exact implicit hypergradients.
 
@@ -677,7 +674,6 @@ class _Implicit:
     def __init__(self, module: torch.nn.Module, inner: Inner, outer: Outer, w0: torch.Tensor, explicit: Inner | None,
                  x_clean: torch.Tensor, y_clean: torch.Tensor, y_poison: torch.Tensor | None, tol: float, solver: CG,
                  refit: torch.Tensor | None = None, precondition: bool = False) -> None:  # fmt: skip
-        from audit.models.structure import convex_linear_layer
 
         layer = convex_linear_layer(module)
         assert layer is not None, "hypergradient_mode() admits implicit only for a convex linear victim"
@@ -689,22 +685,14 @@ class _Implicit:
         self.evaluations = 0
         self.refit = refit
         self.precondition = precondition
-        bias = self.layer.bias is not None
-        # the clean points' part of the preconditioner's Gram matrix, kept (the poisons' part is added per retraining)
-        self.gram_clean = gram_matrix(self.phi_clean, bias) if precondition and refit is None else None
-        self.gram_eigh: tuple[torch.Tensor, torch.Tensor] | None = None
-        self.gram_age = 0
+        # the preconditioner's Gram eigendecomposition, refreshed every few retrainings; the clean points' part kept
+        # (a pipeline refit moves every point's inputs: then recomputed whole)
+        clean = gram_matrix(self.phi_clean, self.layer.bias is not None) if precondition and refit is None else None
+        self.gram = GramCache(clean=clean, n_clean=len(self.phi_clean)) if precondition else None
 
     def _features(self, x: torch.Tensor) -> torch.Tensor:
-        """The linear layer's inputs for ``x`` (a forward hook: any parameter-free preprocessing applied)."""
-        seen: list[torch.Tensor] = []
-        handle = self.layer.register_forward_hook(lambda _m, args, _out: seen.append(args[0].detach()))
-        try:
-            with torch.no_grad():
-                self.module(x)
-        finally:
-            handle.remove()
-        return seen[0].reshape(len(x), self.layer.in_features)
+        """The linear layer's inputs for ``x`` (any parameter-free preprocessing applied)."""
+        return layer_inputs(self.module, self.layer, x)
 
     def _problem(self, hypers: list[torch.Tensor]) -> LinearERM:
         x_p, log_l2 = hypers[0], hypers[1]
@@ -716,11 +704,8 @@ class _Implicit:
             phi = torch.cat([self.phi_clean, self._features(x_p)])
         labels = torch.cat([self.y_clean, y_p])  # type: ignore[list-item]  # torch stubs
         bias = self.layer.bias is not None
-        if self.precondition and (self.gram_eigh is None or self.gram_age >= GRAM_REFRESH):
-            gram = gram_matrix(phi, bias) if self.gram_clean is None else self.gram_clean + gram_matrix(phi[len(self.phi_clean) :], bias)
-            self.gram_eigh, self.gram_age = gram_eigh(gram / len(phi)), 0
-        self.gram_age += 1
-        return LinearERM(phi, labels, float(torch.exp(log_l2)), self.layer.out_features, bias, self.gram_eigh)
+        eigh = None if self.gram is None else self.gram(phi, bias)
+        return LinearERM(phi, labels, float(torch.exp(log_l2)), self.layer.out_features, bias, eigh)
 
     def evaluate(self, hypers: list[torch.Tensor]) -> _Point:
         self.evaluations += 1

@@ -242,6 +242,29 @@ def gram_eigh(gram: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return values.to(gram.dtype), vectors.to(gram.dtype)
 
 
+@dataclass
+class GramCache:
+    """``G``'s eigendecomposition for :meth:`LinearERM.preconditioner`, shared by a sequence of problems whose data
+    move little from one to the next (an attack's retrainings, TGDA's leader steps) and refreshed every ``every``
+    uses: a preconditioner only has to be close, the solves' tolerances do not change. ``clean``: ``Σ φ̃ φ̃ᵀ`` of
+    the first ``n_clean`` rows, which every problem shares (computed once; a refresh adds the other rows' part).
+    """
+
+    every: int = 10
+    clean: torch.Tensor | None = None
+    n_clean: int = 0
+    _eigh: tuple[torch.Tensor, torch.Tensor] | None = None
+    _age: int = 0
+
+    def __call__(self, phi: torch.Tensor, bias: bool) -> tuple[torch.Tensor, torch.Tensor]:
+        """The decomposition to precondition the problem on ``phi`` (N, d) with: a refreshed or a recent one."""
+        if self._eigh is None or self._age >= self.every:
+            gram = gram_matrix(phi, bias) if self.clean is None else self.clean + gram_matrix(phi[self.n_clean :], bias)
+            self._eigh, self._age = gram_eigh(gram / len(phi)), 0
+        self._age += 1
+        return self._eigh
+
+
 def newton_cg(problem: Smooth, w0: torch.Tensor, tol: float = 1e-8, max_iter: int = 50,
               cg_max_iter: int = 200, precondition: Callable[[torch.Tensor], Matvec] | None = None) -> Minimised:  # fmt: skip
     """``argmin_w`` of a convex :class:`Smooth` objective by truncated Newton (Nash 1984; liblinear's

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import torch
 from torch import nn
 
 
@@ -32,3 +33,17 @@ def convex_linear_layer(module: nn.Module) -> nn.Linear | None:
 def is_convex_linear(module: nn.Module) -> bool:
     """True when every parameter belongs to one ``nn.Linear`` (logistic / linear regression)."""
     return convex_linear_layer(module) is not None
+
+
+def layer_inputs(module: nn.Module, layer: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """What ``layer`` receives when ``module`` runs on ``x`` (any preprocessing before it applied), shape (n, in_features),
+    without gradients (a forward hook)."""
+    seen: list[torch.Tensor] = []
+    handle = layer.register_forward_hook(lambda _m, args, _out: seen.append(args[0].detach()))
+    try:
+        with torch.no_grad():
+            module(x)
+    finally:
+        handle.remove()
+    width = getattr(layer, "in_features", None)
+    return seen[0].reshape(len(x), -1 if width is None else width)
