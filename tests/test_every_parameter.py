@@ -102,6 +102,7 @@ VALUES: dict[str, dict[str, dict[str, Any]]] = {
         "cg_max_iter": {"cg_max_iter": 10},
         "cg_tol": {"cg_tol": 0.1},
         "damping": {"damping": 0.1},
+        "precondition": {"precondition": "kfac"},
         "generator_width": {"generator_width": 16},
         "pretrain": {"pretrain": False},
         "pretrain_epochs": {"pretrain_epochs": 2},

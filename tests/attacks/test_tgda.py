@@ -10,7 +10,7 @@ from torch import nn
 from torch.func import functional_call
 
 from audit.attacks import ATTACKS, AttackContext
-from audit.attacks.tgda import TGDA, is_convex_linear, total_derivative
+from audit.attacks.tgda import TGDA, LinearCurvature, is_convex_linear, total_derivative
 from audit.config import DatasetSpec, ModelSpec, TrainingSpec
 from audit.data import load_dataset
 from audit.errors import AuditError
@@ -106,6 +106,24 @@ def test_total_derivative_matches_finite_difference_of_best_response(formulation
     analytic = float(sum((g * u).sum() for g, u in zip(grads, direction)))
     assert abs(analytic) > 1e-6
     assert analytic == pytest.approx(fd, rel=1e-5, abs=1e-9)
+
+
+@pytest.mark.parametrize("damping", [0.0, 0.2])
+def test_closed_form_and_preconditioned_solves_give_the_double_backward_total_derivative(damping):
+    """A convex linear follower's total derivative through LinearERM's Hessian-vector product, with and without the
+    K-FAC preconditioner, equals the double-backward one (the same solve to 1e-12), damping included."""
+    *_, l2, x, y, x_src, y_src, x_val, y_val, gen, follower = _small_game()
+    # off the best response (TGDA's follower is mid-descent): the Hessian is not the optimum's
+    with torch.no_grad():
+        for q in follower.parameters():
+            q += 0.3 * torch.randn(q.shape, generator=torch.Generator().manual_seed(5), dtype=q.dtype)
+    args = (follower, gen, x, y, x_src, y_src, x_val, y_val, l2, "non_zero_sum", CG(1e-12, 500), damping)
+    reference, _ = total_derivative(*args)
+    for precondition in (False, True):
+        grads, cg = total_derivative(*args, LinearCurvature(follower, precondition))
+        assert cg.converged
+        for g, h in zip(grads, reference):
+            torch.testing.assert_close(g, h, rtol=1e-8, atol=1e-11)
 
 
 def test_generators_stay_in_the_box_and_reconstruct_after_pretraining():
