@@ -190,6 +190,19 @@ class LinearCurvature:
         m_inv = None if self.gram is None else dataclasses.replace(problem, rho=l2 + damping).preconditioner(w)
         return hvp, m_inv
 
+    @torch.no_grad()
+    def descend(self, x: torch.Tensor, y: torch.Tensor, l2: float, lr: float, steps: int) -> None:
+        """``steps`` of ``w ← w − lr·∇_w f`` on ``(x, y)`` (eq. 16) with f's closed-form gradient, in place."""
+        problem = LinearERM(layer_inputs(self.module, self.layer, x), y, l2, self.layer.out_features, self.layer.bias is not None)
+        params = list(self.module.parameters())
+        w = flat([q.detach() for q in params])
+        for _ in range(steps):
+            w = w - lr * problem.grad(w)
+        offset = 0
+        for q in params:
+            q.copy_(w[offset : offset + q.numel()].reshape(q.shape))
+            offset += q.numel()
+
 
 @dataclass
 class TGDADiagnostics(SourcedDiagnostics):
@@ -411,6 +424,9 @@ class TGDA(AuditAttack, PoisoningAttackTransformer, PoisoningAttackWhiteBox):
                 with torch.no_grad():
                     for q, q0 in zip(w_params, w_pre):
                         q.copy_(q0)
+            if linear is not None:  # the same steps with f's closed-form gradient
+                linear.descend(x_mix, y_mix, self.l2, p.follower_lr, p.follower_steps)
+                return
             for _ in range(p.follower_steps):  # eq. (16)
                 grads = torch.autograd.grad(objective(follower, x_mix, y_mix, "classification", self.l2), w_params)
                 with torch.no_grad():

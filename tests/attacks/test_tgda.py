@@ -124,6 +124,16 @@ def test_closed_form_and_preconditioned_solves_give_the_double_backward_total_de
         assert cg.converged
         for g, h in zip(grads, reference):
             torch.testing.assert_close(g, h, rtol=1e-8, atol=1e-11)
+    # the follower's descent steps (eq. 16) in closed form: the autograd steps' weights
+    by_autograd, by_closed_form = copy.deepcopy(follower), copy.deepcopy(follower)
+    for _ in range(5):
+        grads = torch.autograd.grad(objective(by_autograd, x, y, "classification", l2), list(by_autograd.parameters()))
+        with torch.no_grad():
+            for q, g in zip(by_autograd.parameters(), grads):
+                q -= 0.7 * g
+    LinearCurvature(by_closed_form, False).descend(x, y, l2, 0.7, 5)
+    for a, b in zip(by_autograd.parameters(), by_closed_form.parameters()):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
 
 
 def test_generators_stay_in_the_box_and_reconstruct_after_pretraining():
