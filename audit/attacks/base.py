@@ -1,4 +1,4 @@
-"""The one contract every attack of the audit keeps (STYLE.md §1, foolbox's attack base).
+"""The one contract every attack of the audit keeps (docs/architecture.md; as foolbox's attack base).
 
 :class:`AuditAttack` is an abstract base that owns
 
@@ -258,7 +258,7 @@ class AuditAttack(ABC):
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
         if "poison" in cls.__dict__:
-            raise TypeError(f"{cls.__name__} must not override poison(); implement _run (STYLE.md §1)")
+            raise TypeError(f"{cls.__name__} must not override poison(); implement _run (docs/architecture.md, 'Adding an attack')")
         # ART's list of what set_params may change: the common arguments and every declared parameter
         cls.attack_params = [*AuditAttack.COMMON_PARAMS, *cls.Params.model_fields]
 

@@ -1,4 +1,4 @@
-"""Defense registry. One contract (README: Architecture): see :mod:`audit.defenses.base`."""
+"""Defense registry. One contract (docs/architecture.md): see :mod:`audit.defenses.base`."""
 
 from audit.defenses.art_detectors import ActivationClustering, Roni, SpectralSignature
 from audit.defenses.base import Defense, DefenseResult, NoDefense

@@ -1,4 +1,4 @@
-"""Linear solvers as injectable callables (torchopt's ``linear_solve``; STYLE.md §3).
+"""Linear solvers as injectable callables (as torchopt's ``linear_solve``; docs/architecture.md, "Layers").
 
 A solver is called as ``solve(matvec, b, x0=None) -> SolveResult``, where ``matvec`` applies
 a square operator ``A`` (shape ``(d,) → (d,)``, typically a damped Hessian-vector product)
