@@ -584,12 +584,12 @@ class AuditConfig(StrictModel):
         return 0.1 if 0.1 in self.budgets else self.budgets[-1]
 
     def minimax_attack(self) -> AttackSpec | None:
-        """The back-gradient attack the minimax stage uses (None when the stage is off)."""
+        """The attack the minimax stage uses, one whose class ``supports_minimax`` (back-gradient; None when the stage is off)."""
         if self.minimax is None:
             return None
         wanted = self.minimax.attack
         for spec in self.attacks:
-            if spec.name == "back_gradient" and (wanted is None or spec.key == wanted):
+            if spec.attack.supports_minimax and (wanted is None or spec.key == wanted):
                 return spec
         if wanted is None:
             raise ValueError("minimax: needs a back_gradient attack in attacks (its parameters craft the poisons)")

@@ -378,9 +378,13 @@ def test_every_attack_has_its_capability_and_a_modifying_attack_is_not_called_in
     """Issue 34, item 1: the regimes (training-set modification) were described as "data injection" in the signed
     record, for want of an entry."""
     from audit.attacks import ATTACKS
-    from audit.report.compliance import CAPABILITY
+    from audit.attacks.base import AuditAttack, ThreatModel
 
-    assert set(ATTACKS) <= set(CAPABILITY)
     for name, cls in ATTACKS.items():
-        assert ("modification" in CAPABILITY[name]) == cls.modifies, name
-        assert ("injection" in CAPABILITY[name] or "injects" in CAPABILITY[name]) != cls.modifies, name
+        capability = cls.threat.capability
+        assert ("modification" in capability) == cls.modifies, name
+        assert ("injection" in capability or "injects" in capability) != cls.modifies, name
+        assert cls.threat.white_box == ("white-box" in cls.description), name  # the description says the same
+    with pytest.raises(TypeError, match="must declare threat = ThreatModel"):
+        type("Undeclared", (ATTACKS["statp"],), {"name": "undeclared", "threat": None})
+    assert isinstance(AuditAttack.__dict__.get("threat", ThreatModel(True, "")), ThreatModel)

@@ -78,6 +78,7 @@ from audit.attacks.base import (
     AttackParams,
     AuditAttack,
     PoisonInput,
+    ThreatModel,
     check_l2,
     task_and_classes,
     torch_module,
@@ -238,6 +239,9 @@ class BackGradient(AuditAttack, PoisoningAttackWhiteBox):
     name: ClassVar[str] = "back_gradient"
     title: ClassVar[str] = "back-gradient (reverse-mode differentiation)"
     description: ClassVar[str] = "back-gradient: poisons by reverse-mode hypergradient ascent through T GD steps, white-box"
+    threat = ThreatModel(white_box=True, capability="injects points with optimised features in the feature box and chosen labels (data injection)")
+    adaptive: ClassVar[bool] = True  # the adaptive stage re-crafts it against a filter by default
+    supports_minimax: ClassVar[bool] = True  # learn_l2: λ learned under attack (the minimax stage)
     Params = BackGradientParams
     victims: ClassVar[tuple[str, ...]] = ("torch",)
     params: BackGradientParams

@@ -206,6 +206,24 @@ def check_n_classes(n_classes: Any, who: str) -> int:
     return n_classes
 
 
+WHITE_BOX = "white-box: training data, model family, training procedure and hyperparameters; not the test set"
+BLACK_BOX = "black-box: the training data and the clean model's predictions (no parameters, no gradients); not the test set"
+
+
+@dataclass(frozen=True)
+class ThreatModel:
+    """What an attack's attacker knows and can do, in NIST AI 100-2 E2025's terms (the compliance record prints it;
+    docs/threat-model.md). ``capability``: what it does to the training set, in words — "injects …" for an attack
+    that adds points, "modifies …" (training-set modification) for one that :attr:`AuditAttack.modifies` it."""
+
+    white_box: bool
+    capability: str
+
+    @property
+    def knowledge(self) -> str:
+        return WHITE_BOX if self.white_box else BLACK_BOX
+
+
 @dataclass
 class AttackDiagnostics(Diagnostics):
     """What every attack reports: its wall time and the number of poisons; subclasses add their own fields."""
@@ -228,10 +246,11 @@ class SourcedDiagnostics(AttackDiagnostics):
 class AuditAttack(ABC):
     """Abstract base that gives an ART poisoning attack the audit's contract. Put it first in the bases.
 
-    Class-level facts a subclass declares: ``name`` (registry key), ``title``, ``description``,
-    ``Params``, ``Diagnostics`` (the dataclass of what a run reports), ``tasks``
-    (``classification`` and/or ``regression``) and ``victims`` (the victim kinds it needs:
-    ``torch`` for attacks that differentiate through the model).
+    Class-level facts a subclass declares: ``name`` (registry key), ``title``, ``description``, ``threat``
+    (:class:`ThreatModel`: knowledge and capability, for the compliance record), ``Params``, ``Diagnostics`` (the
+    dataclass of what a run reports), ``tasks`` (``classification`` and/or ``regression``), ``victims`` (the victim
+    kinds it needs: ``torch`` for attacks that differentiate through the model), and where they apply
+    ``adaptive``, ``supports_minimax``, ``warm_starts`` and ``modifies``.
     """
 
     name: ClassVar[str]
@@ -242,6 +261,14 @@ class AuditAttack(ABC):
     diagnostics: AttackDiagnostics
     tasks: ClassVar[tuple[str, ...]] = ("classification",)
     victims: ClassVar[tuple[str, ...]] = ("torch", "sklearn")  # the victim kinds it can attack (Victim.kind)
+    threat: ClassVar[ThreatModel]
+
+    #: True for an attack the adaptive stage re-crafts by default against a filtering defense (its own defense-aware
+    #: mode, :meth:`against`, or the filter in the loop); others join it when ``adaptive.attacks`` lists them
+    adaptive: ClassVar[bool] = False
+
+    #: True for an attack the minimax stage can craft with (it learns λ under attack: ``learn_l2``)
+    supports_minimax: ClassVar[bool] = False
 
     #: True for an optimised attack that can start from given poisons (``init_poisons``): the grid hands it its own
     #: poisons at the next smaller budget, so its objective does not fall as ε grows (docs: README, "Monotone in the budget")
@@ -259,6 +286,10 @@ class AuditAttack(ABC):
         super().__init_subclass__(**kwargs)
         if "poison" in cls.__dict__:
             raise TypeError(f"{cls.__name__} must not override poison(); implement _run (docs/architecture.md, 'Adding an attack')")
+        if "name" in cls.__dict__ and not isinstance(getattr(cls, "threat", None), ThreatModel):
+            raise TypeError(
+                f"{cls.__name__} must declare threat = ThreatModel(white_box=..., capability=...) (docs/architecture.md, 'Adding an attack')"
+            )
         # ART's list of what set_params may change: the common arguments and every declared parameter
         cls.attack_params = [*AuditAttack.COMMON_PARAMS, *cls.Params.model_fields]
 

@@ -36,6 +36,7 @@ from audit.attacks.base import (
     AttackParams,
     AuditAttack,
     PoisonInput,
+    ThreatModel,
     check_l2,
     task_and_classes,
     torch_module,
@@ -192,6 +193,8 @@ class GradientCanceling(AuditAttack, PoisoningAttackWhiteBox):
     name: ClassVar[str] = "gradient_canceling"
     title: ClassVar[str] = "Gradient Canceling"
     description: ClassVar[str] = "Gradient Canceling towards a GradPC (or given) target model, white-box"
+    threat = ThreatModel(white_box=True, capability="injects points with optimised features in the feature box and chosen labels (data injection)")
+    adaptive: ClassVar[bool] = True  # the adaptive stage re-crafts it against a filter by default
     Params = GCParams
     victims: ClassVar[tuple[str, ...]] = ("torch",)
     params: GCParams

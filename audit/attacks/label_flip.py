@@ -19,7 +19,7 @@ from typing import Any, ClassVar, Literal
 import numpy as np
 from art.attacks.attack import PoisoningAttackBlackBox
 
-from audit.attacks.base import AttackContext, AttackDiagnostics, AttackParams, AuditAttack, PoisonInput, task_and_classes
+from audit.attacks.base import AttackContext, AttackDiagnostics, AttackParams, AuditAttack, PoisonInput, ThreatModel, task_and_classes
 from audit.errors import AuditError
 from audit.models.estimator import as_art_estimator
 
@@ -83,6 +83,7 @@ class LabelFlip(AuditAttack, PoisoningAttackBlackBox):
     name: ClassVar[str] = "label_flip"
     title: ClassVar[str] = "label flip (random / adversarial)"
     description: ClassVar[str] = "copies of training points with flipped labels (random or max-loss), black-box"
+    threat = ThreatModel(white_box=False, capability="injects copies of training points with labels it chooses (label control; features unchanged)")
     Params = LabelFlipParams
     params: LabelFlipParams
     Diagnostics = LabelFlipDiagnostics

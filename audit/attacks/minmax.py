@@ -34,6 +34,7 @@ from audit.attacks.base import (
     AttackParams,
     AuditAttack,
     PoisonInput,
+    ThreatModel,
     check_l2,
     task_and_classes,
     torch_module,
@@ -87,7 +88,8 @@ class MinMax(AuditAttack, PoisoningAttackWhiteBox):
 
     name: ClassVar[str] = "minmax"
     title: ClassVar[str] = "min-max (online learning, Steinhardt et al. 2017)"
-    description: ClassVar[str] = "min-max: the feasible point of largest loss each round, inside the sphere/slab region (convex victims)"
+    description: ClassVar[str] = "min-max: the feasible point of largest loss each round, inside the sphere/slab region (convex victims), white-box"
+    threat = ThreatModel(white_box=True, capability="injects the feasible points of largest loss inside the defense's region (data injection)")
     Params = MinMaxParams
     params: MinMaxParams
     Diagnostics = MinMaxDiagnostics

@@ -29,7 +29,7 @@ import torch
 from art.attacks.attack import PoisoningAttackWhiteBox
 from pydantic import Field
 
-from audit.attacks.base import AttackContext, AttackDiagnostics, AttackParams, AuditAttack, PoisonInput
+from audit.attacks.base import AttackContext, AttackDiagnostics, AttackParams, AuditAttack, PoisonInput, ThreatModel
 from audit.errors import AuditError
 
 
@@ -107,6 +107,7 @@ class OptP(AuditAttack, PoisoningAttackWhiteBox):
     name: ClassVar[str] = "optp"
     title: ClassVar[str] = "optimization attack on (x, y)"
     description: ClassVar[str] = "optimization attack on (x, y) through the trained linear model (regression, white-box)"
+    threat = ThreatModel(white_box=True, capability="injects points with optimised features and responses in the feature box (data injection)")
     Params = OptPParams
     params: OptPParams
     Diagnostics = OptPDiagnostics

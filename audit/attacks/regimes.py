@@ -42,6 +42,7 @@ from audit.attacks.base import (
     AttackParams,
     AuditAttack,
     PoisonInput,
+    ThreatModel,
     task_and_classes,
     torch_module,
 )
@@ -203,6 +204,11 @@ class RegimeA(_Perturbation):
     name: ClassVar[str] = "regime_a"
     title: ClassVar[str] = "Regime A: few points, large perturbation (clean label)"
     description: ClassVar[str] = "Wang et al. 2021 regime A: a fraction ε of the points moved anywhere in the box (PGD), labels kept, white-box"
+    threat = ThreatModel(
+        white_box=True,
+        capability="modifies a fraction ε of the training points in place: features perturbed inside the feature box (or a radius), "
+        "labels kept (training-set modification, clean label)",
+    )
     Params = RegimeAParams
     params: RegimeAParams
 
@@ -237,6 +243,10 @@ class RegimeB(_Perturbation):
     name: ClassVar[str] = "regime_b"
     title: ClassVar[str] = "Regime B: every point, small perturbation (clean label)"
     description: ClassVar[str] = "Wang et al. 2021 regime B: every point moved by ‖δ‖ ≤ ε‖x‖ up the clean loss (PGD), labels kept, white-box"
+    threat = ThreatModel(
+        white_box=True,
+        capability="modifies every training point in place by at most ε·‖x‖, labels kept (training-set modification, clean label)",
+    )
     Params = RegimeBParams
     params: RegimeBParams
 
@@ -262,6 +272,10 @@ class RegimeC(AuditAttack, PoisoningAttackBlackBox):
     name: ClassVar[str] = "regime_c"
     title: ClassVar[str] = "Regime C: labels flipped with probability β"
     description: ClassVar[str] = "Wang et al. 2021 regime C: each label flipped with probability ε (random, or the max-loss points), black-box"
+    threat = ThreatModel(
+        white_box=False,
+        capability="flips training labels in place, each with probability ε (training-set modification, label noise)",
+    )
     modifies: ClassVar[bool] = True
     Params = RegimeCParams
     params: RegimeCParams

@@ -18,7 +18,7 @@ from typing import Any, ClassVar
 import numpy as np
 from art.attacks.attack import PoisoningAttackBlackBox
 
-from audit.attacks.base import AttackContext, AttackDiagnostics, AttackParams, AuditAttack, PoisonInput, task_and_classes
+from audit.attacks.base import AttackContext, AttackDiagnostics, AttackParams, AuditAttack, PoisonInput, ThreatModel, task_and_classes
 from audit.attacks.label_flip import losses_from_predictions
 from audit.errors import AuditError
 from audit.models.estimator import clip_values, infer_task
@@ -73,6 +73,7 @@ class StatP(AuditAttack, PoisoningAttackBlackBox):
     name: ClassVar[str] = "statp"
     title: ClassVar[str] = "StatP (statistical attack)"
     description: ClassVar[str] = "statistical attack: Gaussian samples rounded to box corners, loss-maximising response (black-box)"
+    threat = ThreatModel(white_box=False, capability="injects points with features in the feature box and labels it chooses (data injection)")
     Params = StatPParams
     params: StatPParams
     Diagnostics = StatPDiagnostics

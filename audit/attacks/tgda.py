@@ -51,6 +51,7 @@ from audit.attacks.base import (
     AuditAttack,
     PoisonInput,
     SourcedDiagnostics,
+    ThreatModel,
     check_l2,
     task_and_classes,
     torch_module,
@@ -261,6 +262,7 @@ class TGDA(AuditAttack, PoisoningAttackTransformer, PoisoningAttackWhiteBox):
     name: ClassVar[str] = "tgda"
     title: ClassVar[str] = "TGDA (total gradient descent ascent)"
     description: ClassVar[str] = "TGDA: generator trained by total gradient ascent against the retrained model, white-box, clean-label"
+    threat = ThreatModel(white_box=True, capability="injects generated points whose labels follow the clean data (clean-label data injection)")
     Params = TGDAParams
     victims: ClassVar[tuple[str, ...]] = ("torch",)
     params: TGDAParams

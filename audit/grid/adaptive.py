@@ -44,7 +44,6 @@ from audit.seeding import derive_seed
 
 ADAPTIVE_SUFFIX = "~adaptive"
 MINMAX = "minmax"
-GRADIENT_ATTACKS = ("gradient_canceling", "back_gradient")  # adapted by default (filter in the loop, or their own mode)
 SANITISER_DEFENSES = ("sphere", "slab", "sphere_slab")
 
 
@@ -81,7 +80,7 @@ def resolve_adaptive(config: AuditConfig, task: str, victim_kind: str, convex: b
         return config.model_copy(update={"adaptive": spec.model_copy(update={"attacks": []})}) if spec.attacks is None else config
     keys = [a.key for a in config.attacks if not a.attack.modifies]  # the adaptive stage re-crafts injected poisons only
     if spec.attacks is None:
-        chosen = [a.key for a in config.attacks if a.name in GRADIENT_ATTACKS] or keys
+        chosen = [a.key for a in config.attacks if a.attack.adaptive] or keys  # the attack classes' ``adaptive``
         sanitised = any(config.defense_spec(d).name in SANITISER_DEFENSES for d in filtering_defenses(config))
         if convex and task == "classification" and victim_kind == "torch" and sanitised and n_classes == 2 and MINMAX not in chosen:
             chosen.append(MINMAX)

@@ -14,7 +14,7 @@ the cells are ordinary cells of the store: resumable, cached, run by either exec
 from __future__ import annotations
 
 from audit.config import CONFIRM_SUFFIX, AttackSpec, AuditConfig
-from audit.grid.adaptive import ADAPTIVE_SUFFIX, GRADIENT_ATTACKS, adaptive_key, filtering_defenses
+from audit.grid.adaptive import ADAPTIVE_SUFFIX, adaptive_key, filtering_defenses
 
 __all__ = ["CONFIRM_SUFFIX", "confirm_attack_keys", "confirm_axes", "is_confirmation"]
 
@@ -38,7 +38,7 @@ def confirm_axes(config: AuditConfig) -> list[tuple[str, AttackSpec, list[str]]]
         return axes
     adapted_names = {config.attack_spec(k).name for k in config.adaptive.attacks or [] if any(a.key == k for a in config.attacks)}
     for s in specs:
-        if not s.attack.modifies and (s.name in GRADIENT_ATTACKS or s.name in adapted_names):
+        if not s.attack.modifies and (s.attack.adaptive or s.name in adapted_names):
             axes.append((adaptive_key(s.key), s, filters))
     return axes
 

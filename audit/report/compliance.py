@@ -29,21 +29,6 @@ from audit.report.render import build_context
 
 DOCUMENT_SCHEMA_VERSION = 1
 
-#: NIST AI 100-2 E2025 attacker capability of each attack (all: availability poisoning by data injection)
-CAPABILITY = {
-    "label_flip": "injects copies of training points with labels it chooses (label control; features unchanged)",
-    "statp": "injects points with features in the feature box and labels it chooses (data injection)",
-    "optp": "injects points with optimised features and responses in the feature box (data injection)",
-    "gradient_canceling": "injects points with optimised features in the feature box and chosen labels (data injection)",
-    "back_gradient": "injects points with optimised features in the feature box and chosen labels (data injection)",
-    "tgda": "injects generated points whose labels follow the clean data (clean-label data injection)",
-    "minmax": "injects the feasible points of largest loss inside the defense's region (data injection)",
-    "regime_a": "modifies a fraction ε of the training points in place: features perturbed inside the feature box (or a radius), "
-    "labels kept (training-set modification, clean label)",
-    "regime_b": "modifies every training point in place by at most ε·‖x‖, labels kept (training-set modification, clean label)",
-    "regime_c": "flips training labels in place, each with probability ε (training-set modification, label noise)",
-}
-
 #: the instruments and provisions the record answers, and the sections that answer them
 REGULATION_MAP = [
     ("EU AI Act (Reg. 2024/1689)", "Art. 15(3)", "declare accuracy levels and the relevant metrics", "5, 4"),
@@ -99,21 +84,17 @@ def config_digest(config: dict[str, Any]) -> str:
 
 
 def _knowledge(attack_key: str, a: Analysis) -> tuple[str, str]:
-    """(NIST knowledge, capability) of a cell's attack key (``x~adaptive``: the attacker also knows the defense)."""
+    """(NIST knowledge, capability) of a cell's attack key from its class's :class:`audit.attacks.base.ThreatModel`
+    (``x~adaptive``: the attacker also knows the defense)."""
     base = attack_key.split("~", 1)[0]
-    adaptive = attack_key.endswith("~adaptive")
     spec = next((s for s in a.config.attacks if s.key == base), None)
-    name = spec.name if spec is not None else base
-    cls = ATTACKS.get(name)
-    white = cls is not None and ("white-box" in cls.description or name == "minmax")
-    if white:
-        knowledge = "white-box: training data, model family, training procedure and hyperparameters; not the test set"
-    else:
-        knowledge = "black-box: the training data only (no model, no gradients)"
-    if adaptive:
+    cls = ATTACKS.get(spec.name if spec is not None else base)
+    if cls is None:  # a stored run's attack that is no longer registered: say only what the key says
+        return "unknown (the attack is not registered in this version)", "unknown"
+    knowledge = cls.threat.knowledge
+    if attack_key.endswith("~adaptive"):
         knowledge += "; adaptive: also the defense and its parameters (filter in the loop)"
-    fallback = "modifies training points in place (training-set modification)" if cls is not None and cls.modifies else "data injection"
-    return knowledge, CAPABILITY.get(name, fallback)
+    return knowledge, cls.threat.capability
 
 
 def _pct(eps: float) -> str:

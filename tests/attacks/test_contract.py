@@ -139,10 +139,12 @@ def test_base_enforces_the_contract():
     from art.attacks.attack import PoisoningAttackBlackBox
 
     from audit.attacks import AuditAttack
+    from audit.attacks.base import ThreatModel
 
     class NoRun(AuditAttack, PoisoningAttackBlackBox):
         name = "no_run"
         description = "missing its algorithm"
+        threat = ThreatModel(white_box=False, capability="injects nothing")
         _estimator_requirements = ()
 
         @classmethod
