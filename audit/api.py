@@ -92,8 +92,9 @@ class AuditResult(os.PathLike):
             raise AuditError(f"no poisons stored for {attack} at ε = {budget:g}, seed {seed}, candidate {json.dumps(hp, sort_keys=True)}")
         return found[0], found[1]
 
-    def export(self, formats: tuple[str, ...] = ("pdf", "md", "json", "card"), sign_key: str | Path | None = None,
-               signer: str | None = None) -> list[Path]:  # fmt: skip
+    def export(
+        self, formats: tuple[str, ...] = ("pdf", "md", "json", "card"), sign_key: str | Path | None = None, signer: str | None = None
+    ) -> list[Path]:
         """The compliance record (``RUN_DIR/compliance/``) and the run's manifest, signed with an Ed25519
         key when ``sign_key`` is given (:func:`audit.report.export.export`); returns the files written."""
         from audit.report.export import export
@@ -122,9 +123,19 @@ class AuditResult(os.PathLike):
         return fitted.to_art(clip_values=clip_values)
 
 
-def run_audit(config: AuditConfig, *, model: Any = None, dataset: Any = None, output_dir: str | Path | None = None,
-              restart: bool = False, progress: bool = True, fit_kwargs: dict[str, Any] | None = None,
-              train_fn: Callable[..., Any] | None = None, allow_mismatch: bool | None = None, label: str | None = None) -> AuditResult:  # fmt: skip
+def run_audit(
+    config: AuditConfig,
+    *,
+    model: Any = None,
+    dataset: Any = None,
+    output_dir: str | Path | None = None,
+    restart: bool = False,
+    progress: bool = True,
+    fit_kwargs: dict[str, Any] | None = None,
+    train_fn: Callable[..., Any] | None = None,
+    allow_mismatch: bool | None = None,
+    label: str | None = None,
+) -> AuditResult:
     """Run (or resume) the audit ``config`` describes and return its :class:`AuditResult`.
 
     ``model`` (an nn.Module, an ART estimator or a scikit-learn estimator) and ``dataset``
@@ -156,8 +167,7 @@ def run_audit(config: AuditConfig, *, model: Any = None, dataset: Any = None, ou
     if allow_mismatch is not None:
         rec = config.recommendation.model_copy(update={"allow_mismatch": bool(allow_mismatch)})
         config = config.model_copy(update={"recommendation": rec})
-    plan = plan_audit(config, model=model, dataset=dataset, output_dir=output_dir, train_fn=train_fn, fit_kwargs=fit_kwargs,
-                      resplit=resplit)  # fmt: skip
+    plan = plan_audit(config, model=model, dataset=dataset, output_dir=output_dir, train_fn=train_fn, fit_kwargs=fit_kwargs, resplit=resplit)
     result = AuditResult(run_plan(plan, restart=restart, progress=progress), plan)
     _raise_when_nothing_finished(result.run_dir)
     return result
@@ -168,5 +178,4 @@ def _raise_when_nothing_finished(run_dir: Path) -> None:
     cells = stored_cells(run_dir)
     failed = [c for c in cells if c.status == "failed"]
     if cells and len(failed) == len(cells):
-        raise AuditError(f"all {len(cells)} cells failed (first error: {failed[0].error}); "
-                         f"write_report({str(run_dir)!r}) lists them")  # fmt: skip
+        raise AuditError(f"all {len(cells)} cells failed (first error: {failed[0].error}); write_report({str(run_dir)!r}) lists them")

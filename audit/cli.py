@@ -38,8 +38,7 @@ def _user_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
             if not _disk_full(err):
                 raise
             where = getattr(err, "filename", None) or "the run directory's device"
-            click.echo(f"error: no space left on {where} ({err}); finished cells are stored — free space and run the same "
-                       "command again", err=True)  # fmt: skip
+            click.echo(f"error: no space left on {where} ({err}); finished cells are stored — free space and run the same command again", err=True)
             sys.exit(2)
 
     return wrapper
@@ -56,8 +55,9 @@ class _OneLineGroup(click.Group):
     """click's group, but a usage mistake is one line (``error: …``, exit 2) instead of usage + hint + error,
     and Ctrl-C at any moment exits 130 (click would say "Aborted!" and exit 1)."""
 
-    def main(self, args: Any = None, prog_name: str | None = None, complete_var: str | None = None, standalone_mode: bool = True,
-             **extra: Any) -> Any:  # fmt: skip
+    def main(
+        self, args: Any = None, prog_name: str | None = None, complete_var: str | None = None, standalone_mode: bool = True, **extra: Any
+    ) -> Any:
         try:
             return super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
         except (KeyboardInterrupt, click.exceptions.Abort):
@@ -79,17 +79,40 @@ def cli() -> None:
 @click.option("--out", "output_dir", type=click.Path(path_type=Path), help="Output directory (overrides the config's output_dir).")
 @click.option("--restart", is_flag=True, help="Discard a previous run of a different config in the same run directory.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
-@click.option("--threads", type=click.IntRange(min=1), default=None,
-              help="CPU threads for torch (default: the CPUs this process may use). Part of the run's fingerprint.")  # fmt: skip
-@click.option("--profile", type=click.Choice(["quick", "standard", "paper"]), default=None,
-              help="How hard the attacks work (overrides the config's profile; default quick). README: Profiles.")  # fmt: skip
-@click.option("--executor", type=click.Choice(["local", "ray"]), default=None,
-              help="Where the cells run (overrides the config's executor.kind; ray needs the [ray] extra). README: Scale out.")  # fmt: skip
-@click.option("--no-confirm", is_flag=True,
-              help="Skip the confirmation stage (confirm: false): the verdict is then a labelled lower bound. README: The verdict.")  # fmt: skip
+@click.option(
+    "--threads",
+    type=click.IntRange(min=1),
+    default=None,
+    help="CPU threads for torch (default: the CPUs this process may use). Part of the run's fingerprint.",
+)
+@click.option(
+    "--profile",
+    type=click.Choice(["quick", "standard", "paper"]),
+    default=None,
+    help="How hard the attacks work (overrides the config's profile; default quick). README: Profiles.",
+)
+@click.option(
+    "--executor",
+    type=click.Choice(["local", "ray"]),
+    default=None,
+    help="Where the cells run (overrides the config's executor.kind; ray needs the [ray] extra). README: Scale out.",
+)
+@click.option(
+    "--no-confirm",
+    is_flag=True,
+    help="Skip the confirmation stage (confirm: false): the verdict is then a labelled lower bound. README: The verdict.",
+)
 @_user_errors
-def run(config: Path | None, output_dir: Path | None, restart: bool, quiet: bool, threads: int | None, profile: str | None,
-        executor: str | None, no_confirm: bool) -> None:  # fmt: skip
+def run(
+    config: Path | None,
+    output_dir: Path | None,
+    restart: bool,
+    quiet: bool,
+    threads: int | None,
+    profile: str | None,
+    executor: str | None,
+    no_confirm: bool,
+) -> None:
     """Run (or resume) the audit CONFIG describes; without CONFIG, the embedded default audit."""
     from audit.config import AuditConfig, load_config
     from audit.threads import configure_threads
@@ -128,8 +151,12 @@ def run(config: Path | None, output_dir: Path | None, restart: bool, quiet: bool
 
 @cli.command()
 @click.argument("run_dir", type=click.Path(path_type=Path))
-@click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=None,
-              help="Write report.html and summary.json into this directory instead (RUN_DIR is then only read).")  # fmt: skip
+@click.option(
+    "--out",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="Write report.html and summary.json into this directory instead (RUN_DIR is then only read).",
+)
 @_user_errors
 def report(run_dir: Path, out: Path | None) -> None:
     """Re-render RUN_DIR's report.html and summary.json from its store (no recomputation)."""
@@ -152,22 +179,50 @@ def report(run_dir: Path, out: Path | None) -> None:
 @click.option(
     "--allow-incomplete", is_flag=True, help="Judge a run with missing or failed cells on its finished cells (the message says how many are missing)."
 )
-@click.option("--confidence", type=float, default=None,
-              help="Judge the upper end of the worst-case drop's interval at this level (e.g. 0.95), not the point estimate.")  # fmt: skip
+@click.option(
+    "--confidence",
+    type=float,
+    default=None,
+    help="Judge the upper end of the worst-case drop's interval at this level (e.g. 0.95), not the point estimate.",
+)
 @click.option("--soft-fail", is_flag=True, help="Advisory gate: a failure (or no verdict) is reported, skipped in JUnit, and exits 0.")
-@click.option("--allow-lower-bound", is_flag=True,
-              help="Judge a worst case not confirmed at full strength (--no-confirm, a budget not confirmed) as a lower bound.")  # fmt: skip
-@click.option("--allow-mismatch", is_flag=True,
-              help="Judge a run whose retraining does not reproduce the model you handed over (every output says so).")  # fmt: skip
-@click.option("--summary", "summary_file", type=click.Path(dir_okay=False, path_type=Path), default=None,
-              help='Append a markdown step summary (verdict, worst-case table, artifacts) to this file, e.g. "$GITHUB_STEP_SUMMARY".')  # fmt: skip
-@click.option("--junit", "junit_file", type=click.Path(dir_okay=False, path_type=Path), default=None,
-              help="Where the JUnit XML goes (default RUN_DIR/gate.xml).")  # fmt: skip
+@click.option(
+    "--allow-lower-bound",
+    is_flag=True,
+    help="Judge a worst case not confirmed at full strength (--no-confirm, a budget not confirmed) as a lower bound.",
+)
+@click.option(
+    "--allow-mismatch", is_flag=True, help="Judge a run whose retraining does not reproduce the model you handed over (every output says so)."
+)
+@click.option(
+    "--summary",
+    "summary_file",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help='Append a markdown step summary (verdict, worst-case table, artifacts) to this file, e.g. "$GITHUB_STEP_SUMMARY".',
+)
+@click.option(
+    "--junit",
+    "junit_file",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="Where the JUnit XML goes (default RUN_DIR/gate.xml).",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the result as one JSON object instead of text.")
 @_user_errors
-def gate(run_dir: Path, budget: float, max_drop: float, allow_incomplete: bool, confidence: float | None, soft_fail: bool,
-         allow_lower_bound: bool, allow_mismatch: bool, summary_file: Path | None, junit_file: Path | None,
-         as_json: bool) -> None:  # fmt: skip
+def gate(
+    run_dir: Path,
+    budget: float,
+    max_drop: float,
+    allow_incomplete: bool,
+    confidence: float | None,
+    soft_fail: bool,
+    allow_lower_bound: bool,
+    allow_mismatch: bool,
+    summary_file: Path | None,
+    junit_file: Path | None,
+    as_json: bool,
+) -> None:
     """Exit 0 when the recommended setting's worst-case drop at BUDGET is at most MAX-DROP, 1 when it is larger,
     3 when there is no verdict (an incomplete run, a worst case not confirmed at full strength, or an audited
     model that does not match the one you handed over); 0 either way with --soft-fail. Writes JUnit XML (gate.xml)."""
@@ -185,8 +240,17 @@ def gate(run_dir: Path, budget: float, max_drop: float, allow_incomplete: bool, 
     for option, path in (("--summary", summary_file), ("--junit", junit_file)):
         if path is not None and not path.parent.is_dir():
             raise AuditError(f"{option}: no such directory: {path.parent}")
-    result = run_gate(run_dir, budget, max_drop, allow_incomplete=allow_incomplete, confidence=confidence, soft_fail=soft_fail,
-                      junit=junit_file, allow_lower_bound=allow_lower_bound, allow_mismatch=allow_mismatch)  # fmt: skip
+    result = run_gate(
+        run_dir,
+        budget,
+        max_drop,
+        allow_incomplete=allow_incomplete,
+        confidence=confidence,
+        soft_fail=soft_fail,
+        junit=junit_file,
+        allow_lower_bound=allow_lower_bound,
+        allow_mismatch=allow_mismatch,
+    )
     name = _run_name(run_dir)
     if summary_file is not None:
         with open(summary_file, "a", encoding="utf-8") as fh:  # GitHub collects what each step appends
@@ -214,10 +278,19 @@ def _run_name(run_dir: Path) -> str:
 
 @cli.command()
 @click.argument("run_dir", type=click.Path(path_type=Path))
-@click.option("--format", "formats", type=click.Choice(["pdf", "md", "json", "card"]), multiple=True,
-              help="Which documents (repeat the option; default all): the record as PDF, markdown, JSON, and a model-card snippet.")  # fmt: skip
-@click.option("--sign-key", type=click.Path(dir_okay=False, path_type=Path), default=None,
-              help="Sign the manifest with this Ed25519 private key (PEM; if encrypted, its password in $POISON_AUDIT_KEY_PASSWORD).")  # fmt: skip
+@click.option(
+    "--format",
+    "formats",
+    type=click.Choice(["pdf", "md", "json", "card"]),
+    multiple=True,
+    help="Which documents (repeat the option; default all): the record as PDF, markdown, JSON, and a model-card snippet.",
+)
+@click.option(
+    "--sign-key",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="Sign the manifest with this Ed25519 private key (PEM; if encrypted, its password in $POISON_AUDIT_KEY_PASSWORD).",
+)
 @click.option("--signer", default=None, help="Who signs (name, role), shown in the record; default: the config's system.responsible.")
 @_user_errors
 def export(run_dir: Path, formats: tuple[str, ...], sign_key: Path | None, signer: str | None) -> None:
@@ -234,8 +307,12 @@ def export(run_dir: Path, formats: tuple[str, ...], sign_key: Path | None, signe
 
 @cli.command()
 @click.argument("run_dir", type=click.Path(path_type=Path))
-@click.option("--public-key", type=click.Path(dir_okay=False, path_type=Path), default=None,
-              help="The signer's Ed25519 public key (PEM): the signature must be by this key.")  # fmt: skip
+@click.option(
+    "--public-key",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="The signer's Ed25519 public key (PEM): the signature must be by this key.",
+)
 @_user_errors
 def verify(run_dir: Path, public_key: Path | None) -> None:
     """Recompute the SHA-256 of every file RUN_DIR's manifest lists and check its signature; exit 1 on any mismatch."""
@@ -266,11 +343,21 @@ def keygen(key_file: Path) -> None:
 
 
 @cli.command()
-@click.option("--dataset", "dataset_name", default="mnist5k", show_default=True,
-              help="A built-in dataset (see `poison-audit list`) or your data: a .npz, a .csv (with --label-column) or an image folder.")  # fmt: skip
+@click.option(
+    "--dataset",
+    "dataset_name",
+    default="mnist5k",
+    show_default=True,
+    help="A built-in dataset (see `poison-audit list`) or your data: a .npz, a .csv (with --label-column) or an image folder.",
+)
 @click.option("--label-column", default=None, help="For a .csv --dataset: the column holding the labels.")
-@click.option("--config", "config_file", type=click.Path(dir_okay=False, path_type=Path), default=None,
-              help="Take the dataset, model and training procedure from an audit config instead.")  # fmt: skip
+@click.option(
+    "--config",
+    "config_file",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="Take the dataset, model and training procedure from an audit config instead.",
+)
 @click.option("--model", "model_name", default="logreg", show_default=True, help="logreg, mlp or cnn.")
 @click.option("--l2", type=float, default=0.0, show_default=True, help="L2 strength ρ of the victim's objective.")
 @click.option("--width", type=int, default=None, help="Width of an mlp/cnn victim.")
@@ -280,8 +367,19 @@ def keygen(key_file: Path) -> None:
 @click.option("--save-target", type=click.Path(dir_okay=False, path_type=Path), help="Write the GradPC target's state dict here.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of text.")
 @_user_errors
-def threshold(dataset_name: str, label_column: str | None, config_file: Path | None, model_name: str, l2: float, width: int | None,
-              seed: int, target_file: Path | None, eps_w: float | None, save_target: Path | None, as_json: bool) -> None:  # fmt: skip
+def threshold(
+    dataset_name: str,
+    label_column: str | None,
+    config_file: Path | None,
+    model_name: str,
+    l2: float,
+    width: int | None,
+    seed: int,
+    target_file: Path | None,
+    eps_w: float | None,
+    save_target: Path | None,
+    as_json: bool,
+) -> None:
     """How much poison any attack needs to reach a target model (τ), without running an attack."""
     import json
 
@@ -300,11 +398,23 @@ def threshold(dataset_name: str, label_column: str | None, config_file: Path | N
 
         cfg = load_config(config_file)
         dataset_name, model_name = cfg.dataset.path or cfg.dataset.name, cfg.model.name
-        report = compute_threshold_report(dataset_name, model_name, l2, width, seed, target_file, eps_w, save_target,
-                                          dataset_spec=cfg.dataset, model_spec=cfg.model, training=cfg.training)  # fmt: skip
+        report = compute_threshold_report(
+            dataset_name,
+            model_name,
+            l2,
+            width,
+            seed,
+            target_file,
+            eps_w,
+            save_target,
+            dataset_spec=cfg.dataset,
+            model_spec=cfg.model,
+            training=cfg.training,
+        )
     else:
-        report = compute_threshold_report(dataset_name, model_name, l2, width, seed, target_file, eps_w, save_target,
-                                          dataset_spec=dataset_spec_for(dataset_name, label_column))  # fmt: skip
+        report = compute_threshold_report(
+            dataset_name, model_name, l2, width, seed, target_file, eps_w, save_target, dataset_spec=dataset_spec_for(dataset_name, label_column)
+        )
     if as_json:
         click.echo(json.dumps(report, indent=2, allow_nan=False, default=str))
         return

@@ -58,16 +58,14 @@ AXES: dict[str, str] = {
 }
 
 
-SYMBOLS = {"l2": "ρ", "l1": "λ₁", "width": "width", "depth": "depth", "epochs": "epochs", "lr": "lr", "batch_size": "batch",
-           "momentum": "momentum"}  # fmt: skip
+SYMBOLS = {"l2": "ρ", "l1": "λ₁", "width": "width", "depth": "depth", "epochs": "epochs", "lr": "lr", "batch_size": "batch", "momentum": "momentum"}
 
 
 def candidate_label(hparams: dict[str, Any]) -> str:
     """Short human label, e.g. ``ρ=1e-3, width=64``."""
     if not hparams:
         return "default"
-    return ", ".join(f"{SYMBOLS.get(k, k)}={v:g}" if isinstance(v, float) else f"{SYMBOLS.get(k, k)}={v}"
-                     for k, v in hparams.items())  # fmt: skip
+    return ", ".join(f"{SYMBOLS.get(k, k)}={v:g}" if isinstance(v, float) else f"{SYMBOLS.get(k, k)}={v}" for k, v in hparams.items())
 
 
 FLOAT32_MAX = 3.4028234663852886e38
@@ -298,7 +296,7 @@ class MinimaxSpec(StrictModel):
 
 
 class AdaptiveSpec(StrictModel):
-    """The adaptive stage (issue 15): every filtering defense of the grid also faces attackers that know it.
+    """The adaptive stage: every filtering defense of the grid also faces attackers that know it.
 
     ``attacks``: ids of the grid's attacks to adapt, and ``minmax`` (the min-max attack of
     Steinhardt et al. 2017, convex victims); None: the default set — the grid's gradient
@@ -373,7 +371,7 @@ class ConfirmSpec(StrictModel):
 
 
 class ExecutorSpec(StrictModel):
-    """Where the grid's cells run (issue 20); it never changes a number, so it is not in the fingerprint.
+    """Where the grid's cells run; it never changes a number, so it is not in the fingerprint.
 
     ``local`` (the default): one process, cells in run order. ``ray``: the coordinator plans the
     cells, submits the unfinished ones as Ray tasks and alone writes the store
@@ -400,7 +398,7 @@ class ExecutorSpec(StrictModel):
 
 
 class SystemSpec(StrictModel):
-    """The AI system the audit is for, as the user declares it (issue 17): what the compliance record
+    """The AI system the audit is for, as the user declares it: what the compliance record
     (``poison-audit export``) names in its identification section. Free text, escaped wherever it is
     shown; it never changes a number, so it is not in the fingerprint.
 
@@ -545,9 +543,10 @@ class AuditConfig(StrictModel):
             specs = [
                 AttackSpec.model_construct(name=e.attack, id=e.id, params=dict(e.params), seeds=None)
                 for e in BATTERY
-                if task in registry[e.attack].tasks and set(kinds) & set(registry[e.attack].victims)
+                if task in registry[e.attack].tasks
+                and set(kinds) & set(registry[e.attack].victims)
                 and not (e.attack in settings and settings[e.attack].skip)
-            ]  # fmt: skip
+            ]
             if not specs:
                 raise ValueError(f"profile {self.profile!r}: no attack of the battery applies to {task} with this victim")
         own_seeds = "seeds" in self.model_fields_set  # seeds the config chose are run by every attack
@@ -645,8 +644,13 @@ class AuditConfig(StrictModel):
         system or the confirmation stage, whose cells have keys of their own)."""
         # confirm: the confirmation stage adds cells of its own keys and never changes a screening cell
         # recommendation.deployed_tolerance / allow_mismatch: whether a verdict is given, never a cell's numbers
-        exclude: dict[str, Any] = {"output_dir": True, "executor": True, "system": True, "confirm": True,
-                                   "recommendation": {"deployed_tolerance", "allow_mismatch"}}  # fmt: skip
+        exclude: dict[str, Any] = {
+            "output_dir": True,
+            "executor": True,
+            "system": True,
+            "confirm": True,
+            "recommendation": {"deployed_tolerance", "allow_mismatch"},
+        }
         payload = self.model_dump(mode="json", exclude=exclude)
         if payload["training"].get("factory") is None:  # runs from before training.factory keep their fingerprint
             payload["training"].pop("factory", None)

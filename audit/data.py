@@ -49,8 +49,9 @@ class FeatureDomain:
     inferred: bool = True
 
     @classmethod
-    def infer(cls, x_train: np.ndarray, names: tuple[str, ...] = (),
-              groups: tuple[tuple[str, tuple[str, ...], tuple[int, ...]], ...] = ()) -> FeatureDomain:  # fmt: skip
+    def infer(
+        cls, x_train: np.ndarray, names: tuple[str, ...] = (), groups: tuple[tuple[str, tuple[str, ...], tuple[int, ...]], ...] = ()
+    ) -> FeatureDomain:
         """Columns in a one-hot ``group`` are ``onehot``; of the others, those whose training values are
         all 0 or 1 are ``binary``, all whole numbers ``integer``, the rest ``continuous``."""
         x = np.asarray(x_train, dtype=np.float64).reshape(len(x_train), -1)
@@ -99,9 +100,13 @@ class FeatureDomain:
         """For summary.json and the report: the columns of each kind and the categorical groups."""
         names = self.names or tuple(f"x{j}" for j in range(len(self.kinds)))
         of = {k: [names[j] for j, kind in enumerate(self.kinds) if kind == k] for k in ("integer", "binary")}
-        return {"source": "inferred from the training data" if self.inferred else "declared",
-                "continuous": sum(k == "continuous" for k in self.kinds), "integer": of["integer"], "binary": of["binary"],
-                "categorical": {name: list(categories) for name, categories, _ in self.groups}}  # fmt: skip
+        return {
+            "source": "inferred from the training data" if self.inferred else "declared",
+            "continuous": sum(k == "continuous" for k in self.kinds),
+            "integer": of["integer"],
+            "binary": of["binary"],
+            "categorical": {name: list(categories) for name, categories, _ in self.groups},
+        }
 
     def sentence(self) -> str:
         """One line for the report (:func:`domain_sentence`)."""
@@ -117,20 +122,26 @@ def domain_sentence(described: dict[str, Any]) -> str:
             parts.append(f"{len(described[kind])} {kind} ({', '.join(described[kind])})")
     for name, categories in described["categorical"].items():
         parts.append(f"categorical {name} ({len(categories)} categories, one-hot)")
-    return (f"{'; '.join(parts)} — {described['source']}. Every poison is mapped into this domain (one-hot groups to their "
-            "largest entry, integers rounded, binary features thresholded), so it is a point your data could hold.")  # fmt: skip
+    return (
+        f"{'; '.join(parts)} — {described['source']}. Every poison is mapped into this domain (one-hot groups to their "
+        "largest entry, integers rounded, binary features thresholded), so it is a point your data could hold."
+    )
 
 
 def attacker_sentence(described: dict[str, Any]) -> str:
     """What the attacks read besides the training data, in words, from :meth:`Dataset.describe`'s entry
     (None before the attacker's split existed: runs of older versions, which read D_val)."""
     if described.get("attacker_reads") == "attacker_split":
-        return (f"D_att, {described['n_att']} points of the data's distribution ({described.get('attacker_split')}): the "
-                f"attacks optimise their objective there; none reads the {described['n_val']} validation points the "
-                "recommendation is chosen on, nor the test points it is stated on")  # fmt: skip
-    return ("the validation split — the papers' setting (threat.attacker_reads: validation): the recommendation is chosen "
-            "on the split the attacker optimised, so its validation damage overstates and favours the setting the attack "
-            "fitted worst; judge by the test figures")  # fmt: skip
+        return (
+            f"D_att, {described['n_att']} points of the data's distribution ({described.get('attacker_split')}): the "
+            f"attacks optimise their objective there; none reads the {described['n_val']} validation points the "
+            "recommendation is chosen on, nor the test points it is stated on"
+        )
+    return (
+        "the validation split — the papers' setting (threat.attacker_reads: validation): the recommendation is chosen "
+        "on the split the attacker optimised, so its validation damage overstates and favours the setting the attack "
+        "fitted worst; judge by the test figures"
+    )
 
 
 @dataclass(frozen=True)
@@ -200,8 +211,10 @@ class Dataset:
         share = fraction if fraction is not None else (0.25 if source == "train" else 0.5)
         n_att = int(share) if share >= 1 else round(share * len(y))
         if not 1 <= n_att < len(y):
-            raise AuditError(f"threat.attacker_split: {share:g} of the {len(y)} {'training' if source == 'train' else 'validation'} "
-                             "points leaves no attacker split or nothing of that split; change threat.attacker_split")  # fmt: skip
+            raise AuditError(
+                f"threat.attacker_split: {share:g} of the {len(y)} {'training' if source == 'train' else 'validation'} "
+                "points leaves no attacker split or nothing of that split; change threat.attacker_split"
+            )
         keep, att = _carve(y, n_att, seed, self.task == "classification")
         notes = {**self.notes, "attacker": f"carved from {'training' if source == 'train' else 'validation'} ({n_att} points)"}
         parts = {"x_att": x[att], "y_att": y[att], f"x_{source}": x[keep], f"y_{source}": y[keep]}
@@ -220,8 +233,7 @@ class Dataset:
         order = np.random.default_rng(seed).permutation(len(self.y_val))
         cut = len(order) // 2
         mine, theirs = np.sort(order[cut:]), np.sort(order[:cut])
-        return dataclasses.replace(self, x_val=self.x_val[mine], y_val=self.y_val[mine],
-                                   defense_val=(self.x_val[theirs], self.y_val[theirs]))  # fmt: skip
+        return dataclasses.replace(self, x_val=self.x_val[mine], y_val=self.y_val[mine], defense_val=(self.x_val[theirs], self.y_val[theirs]))
 
     def digests(self) -> dict[str, str]:
         """SHA-256 of each split as loaded (features then labels, with their dtypes and shapes):
@@ -371,7 +383,7 @@ def _gaussian(rng_seed: int) -> tuple[np.ndarray, np.ndarray, dict]:
     return x, y, {}
 
 
-# --------------------------------------------------------------------------- paper-scale synthetic data (issue 20)
+# --------------------------------------------------------------------------- paper-scale synthetic data
 #: the label every report of a run on these carries: they keep the papers' shapes and cost, not their numbers
 SYNTHETIC_NOTE = "synthetic data at a paper's size and shape (no download here): times and memory carry over, accuracies and damage do not"
 
@@ -384,8 +396,11 @@ def _mnist60k_synthetic(rng_seed: int) -> tuple[np.ndarray, np.ndarray, dict]:
     seed: the dataset is the same whatever the split seed."""
     x5, y5, meta = _mnist5k(rng_seed)
     images = _jitter(np.asarray(x5, np.float32).reshape(-1, 1, 28, 28), copies=14, seed=20_000)
-    return images.reshape(len(images), -1), np.tile(np.asarray(y5), 14), {
-        **meta, "split": (5000, 5000), "synthetic": f"mnist60k_synthetic — mnist5k under affine + elastic jitter; {SYNTHETIC_NOTE}"}  # fmt: skip
+    return (
+        images.reshape(len(images), -1),
+        np.tile(np.asarray(y5), 14),
+        {**meta, "split": (5000, 5000), "synthetic": f"mnist60k_synthetic — mnist5k under affine + elastic jitter; {SYNTHETIC_NOTE}"},
+    )
 
 
 def _jitter(images: np.ndarray, copies: int, seed: int, chunk: int = 5000) -> np.ndarray:
@@ -448,8 +463,16 @@ def _cifar10_synthetic(rng_seed: int) -> tuple[np.ndarray, np.ndarray, dict]:
         smooth = F.interpolate(torch.randn(m, 3, 8, 8, generator=g), size=(32, 32), mode="bilinear", align_corners=False)
         images = 0.5 + 0.18 * images + 0.2 * smooth + 0.1 * torch.randn(m, 3, 32, 32, generator=g)
         out[start : start + m] = images.clamp_(0, 1).reshape(m, -1).numpy()
-    return out, y.numpy(), {"image_shape": (3, 32, 32), "box": (0.0, 1.0), "split": (5000, 5000),
-                            "synthetic": f"cifar10_synthetic — class templates with shift, mirror and noise; {SYNTHETIC_NOTE}"}  # fmt: skip
+    return (
+        out,
+        y.numpy(),
+        {
+            "image_shape": (3, 32, 32),
+            "box": (0.0, 1.0),
+            "split": (5000, 5000),
+            "synthetic": f"cifar10_synthetic — class templates with shift, mirror and noise; {SYNTHETIC_NOTE}",
+        },
+    )
 
 
 BUILTIN: dict[str, tuple[Callable[[int], tuple[np.ndarray, np.ndarray, dict]], str]] = {
@@ -543,8 +566,9 @@ def _read_image_folder(path: Path) -> tuple[np.ndarray, np.ndarray, tuple[int, .
             try:
                 with Image.open(f) as im:  # lazy: the header only, so the size is checked before decoding
                     if im.size[0] * im.size[1] > MAX_IMAGE_PIXELS:
-                        raise AuditError(f"{f}: {im.size[0]} × {im.size[1]} pixels, more than the {MAX_IMAGE_PIXELS} an "
-                                         "image may have here; downscale the images")  # fmt: skip
+                        raise AuditError(
+                            f"{f}: {im.size[0]} × {im.size[1]} pixels, more than the {MAX_IMAGE_PIXELS} an image may have here; downscale the images"
+                        )
                     images.append(np.asarray(im.convert("L") if im.mode in ("L", "1", "P") else im.convert("RGB")))
             except (UnidentifiedImageError, OSError, Image.DecompressionBombError) as err:
                 raise AuditError(f"{f}: cannot read image ({err})") from None
@@ -584,8 +608,9 @@ def _check_split(name: str, x: np.ndarray, y: np.ndarray, d: int | None) -> None
         raise AuditError(f"{name}: labels contain NaN or inf")
     top = float(np.finfo(np.float32).max)
     if np.issubdtype(x.dtype, np.floating) and float(np.abs(x).max(initial=0.0)) > top:  # the audit computes in float32
-        raise AuditError(f"{name}: features reach {float(np.abs(x).max()):.3g}, beyond float32's range (±{top:.3g}) the audit "
-                         "computes in; rescale them")  # fmt: skip
+        raise AuditError(
+            f"{name}: features reach {float(np.abs(x).max()):.3g}, beyond float32's range (±{top:.3g}) the audit computes in; rescale them"
+        )
 
 
 def _check_labels(splits: dict[str, np.ndarray]) -> int:
@@ -598,8 +623,10 @@ def _check_labels(splits: dict[str, np.ndarray]) -> int:
         raise AuditError(f"y_train: need at least two classes (labels found: {present.tolist()})")
     c = len(present)
     if int(present[0]) != 0 or int(present[-1]) != c - 1:  # never a class count from the largest label: {0, 10⁶} is two classes
-        raise AuditError(f"y_train: class labels must be 0..c−1, each present in the training split; found {c} labels from "
-                         f"{present[0]:g} to {present[-1]:g} — map them to 0..{c - 1} (e.g. numpy.unique(y, return_inverse=True))")  # fmt: skip
+        raise AuditError(
+            f"y_train: class labels must be 0..c−1, each present in the training split; found {c} labels from "
+            f"{present[0]:g} to {present[-1]:g} — map them to 0..{c - 1} (e.g. numpy.unique(y, return_inverse=True))"
+        )
     for name, y in splits.items():
         bad = y[(y < 0) | (y >= c)]
         if len(bad):
@@ -649,8 +676,9 @@ def is_table(obj: object) -> bool:
     return type(obj).__name__ == "DataFrame" and hasattr(obj, "columns") and hasattr(obj, "dtypes")
 
 
-def from_frame(frame: object, label: str, *, task: str | None = None, val: float = 0.2, test: float = 0.2, seed: int = 0,
-               name: str = "table") -> Dataset:  # fmt: skip
+def from_frame(
+    frame: object, label: str, *, task: str | None = None, val: float = 0.2, test: float = 0.2, seed: int = 0, name: str = "table"
+) -> Dataset:
     """A :class:`Dataset` from a pandas DataFrame with a label column (README: "Tables").
 
     Numeric and boolean columns are features as they are; text and categorical columns are one-hot
@@ -702,8 +730,9 @@ def from_frame(frame: object, label: str, *, task: str | None = None, val: float
         as_numbers = pd.to_numeric(series, errors="coerce")
         if as_numbers.notna().any():  # numbers and text in one column: a data error, not categories
             bad = series[as_numbers.isna()].iloc[0]
-            raise AuditError(f"dataset: column {column!r} mixes numbers and text (e.g. {bad!r}); fix the value, "
-                             "or make every value of a categorical column text")  # fmt: skip
+            raise AuditError(
+                f"dataset: column {column!r} mixes numbers and text (e.g. {bad!r}); fix the value, or make every value of a categorical column text"
+            )
         categories = tuple(sorted(map(str, train[column].unique())))
         text = series.astype(str).to_numpy()
         start = len(names)
@@ -716,10 +745,22 @@ def from_frame(frame: object, label: str, *, task: str | None = None, val: float
         raise AuditError("dataset: the training split has a single class; an audit needs two or more")
     domain = FeatureDomain.infer(x_tr, tuple(names), tuple(groups))
     f32 = np.float32
-    data = Dataset(name=name, task=task, x_train=x_tr.astype(f32), y_train=y_tr, x_val=x[parts["val"]].astype(f32), y_val=y[parts["val"]],
-                   x_test=x[parts["test"]].astype(f32), y_test=y[parts["test"]], lo=x_tr.min(axis=0).astype(f32),
-                   hi=x_tr.max(axis=0).astype(f32), n_classes=len(class_names) if class_names else None, class_names=class_names,
-                   domain=domain, notes={"split_by": "frame"})  # fmt: skip
+    data = Dataset(
+        name=name,
+        task=task,
+        x_train=x_tr.astype(f32),
+        y_train=y_tr,
+        x_val=x[parts["val"]].astype(f32),
+        y_val=y[parts["val"]],
+        x_test=x[parts["test"]].astype(f32),
+        y_test=y[parts["test"]],
+        lo=x_tr.min(axis=0).astype(f32),
+        hi=x_tr.max(axis=0).astype(f32),
+        n_classes=len(class_names) if class_names else None,
+        class_names=class_names,
+        domain=domain,
+        notes={"split_by": "frame"},
+    )
     return check_dataset(data)
 
 
@@ -792,8 +833,15 @@ def load_dataset(spec: DatasetSpec) -> Dataset:
 
         frame = pd.read_csv(spec.path or "", encoding="utf-8-sig")
         split = spec.split
-        data = from_frame(frame, spec.label_column or "", task=spec.task, val=split.val, test=split.test, seed=split.seed,
-                          name=f"{spec.name}:{Path(spec.path or '').name}")  # fmt: skip
+        data = from_frame(
+            frame,
+            spec.label_column or "",
+            task=spec.task,
+            val=split.val,
+            test=split.test,
+            seed=split.seed,
+            name=f"{spec.name}:{Path(spec.path or '').name}",
+        )
     return with_domain(data, spec.domain)
 
 
@@ -922,8 +970,10 @@ def _load_dataset(spec: DatasetSpec) -> Dataset:
             lo = np.broadcast_to(np.asarray(given["lo"], dtype=np.float64).reshape(-1), (d,)).copy()
             hi = np.broadcast_to(np.asarray(given["hi"], dtype=np.float64).reshape(-1), (d,)).copy()
         except ValueError:
-            raise AuditError(f"dataset: lo and hi must be scalars or have one value per feature ({d}); got shapes "
-                             f"{np.shape(given['lo'])} and {np.shape(given['hi'])}") from None  # fmt: skip
+            raise AuditError(
+                f"dataset: lo and hi must be scalars or have one value per feature ({d}); got shapes "
+                f"{np.shape(given['lo'])} and {np.shape(given['hi'])}"
+            ) from None
         if not (np.all(np.isfinite(lo)) and np.all(np.isfinite(hi))):
             raise AuditError("dataset: the feature box lo/hi must be finite")
         if np.any(lo > hi):

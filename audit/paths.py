@@ -23,11 +23,12 @@ def refuse_link(path: Path) -> None:
     except FileNotFoundError:
         return
     if stat.S_ISLNK(st.st_mode):
-        raise AuditError(f"{path} is a symbolic link; poison-audit never writes, truncates or deletes through a link "
-                         "(it could reach outside the run directory): remove the link")  # fmt: skip
+        raise AuditError(
+            f"{path} is a symbolic link; poison-audit never writes, truncates or deletes through a link "
+            "(it could reach outside the run directory): remove the link"
+        )
     if stat.S_ISREG(st.st_mode) and st.st_nlink > 1:
-        raise AuditError(f"{path} has {st.st_nlink} hard links; poison-audit never writes into a file shared with another "
-                         "path: remove this one")  # fmt: skip
+        raise AuditError(f"{path} has {st.st_nlink} hard links; poison-audit never writes into a file shared with another path: remove this one")
 
 
 def own_dir(path: Path) -> Path:

@@ -27,11 +27,11 @@ multiclass: the class of largest loss under the clean model); labels stay fixed.
 clone's response and are optimised with the features (response variable optimisation).
 When the first ``patience`` iterations gain less than ``min_gain`` (relative) the run is
 stuck: it restarts from other validation points, drawn without duplicates (footnote 4).
-Against a sphere/slab sanitiser (``region``, issue 15) Π_box becomes the projection onto the
+Against a sphere/slab sanitiser (``region``) Π_box becomes the projection onto the
 sanitiser's acceptance region ∩ the box, the region fitted on the clean training set as the
 oracle defense fits it (Koh, Steinhardt & Liang 2022, §4: a constrained attack survives the filter).
 
-**Convex victims (issue 21).** For one ``nn.Linear`` (logistic, softmax, ridge regression)
+**Convex victims.** For one ``nn.Linear`` (logistic, softmax, ridge regression)
 with ρ > 0 — or a learned λ — ``hypergradient: auto`` takes the *implicit* form instead of the
 unrolled run: the victim is retrained to its optimum on ``D_tr ∪ D_p`` (truncated Newton on the
 closed-form objective, warm-started from the last model), ``H v = ∇_w A`` is solved by CG and
@@ -252,10 +252,22 @@ class BackGradient(AuditAttack, PoisoningAttackWhiteBox):
     estimator_needs = TORCH_NEEDS
     warm_starts: ClassVar[bool] = True
 
-    def __init__(self, estimator: Any, *, x_val: np.ndarray, y_val: np.ndarray, budget: float, task: str | None = None,
-                 n_classes: int | None = None, l2: float = 0.0, box: tuple[Any, Any] | None = None,
-                 y_range: tuple[float, float] | None = None, seed: int = 0, init_poisons: tuple[Any, Any] | None = None,
-                 **params: Any) -> None:  # fmt: skip
+    def __init__(
+        self,
+        estimator: Any,
+        *,
+        x_val: np.ndarray,
+        y_val: np.ndarray,
+        budget: float,
+        task: str | None = None,
+        n_classes: int | None = None,
+        l2: float = 0.0,
+        box: tuple[Any, Any] | None = None,
+        y_range: tuple[float, float] | None = None,
+        seed: int = 0,
+        init_poisons: tuple[Any, Any] | None = None,
+        **params: Any,
+    ) -> None:
         module = torch_module(estimator, "BackGradient")
         task, n_classes = task_and_classes(estimator, task, n_classes, "BackGradient")
         super().__init__(estimator, budget=budget, seed=seed, box=box, n_classes=n_classes, init_poisons=init_poisons, **params)
@@ -293,8 +305,20 @@ class BackGradient(AuditAttack, PoisoningAttackWhiteBox):
         data = ctx.dataset
         y_range = (float(data.y_train.min()), float(data.y_train.max())) if data.task == "regression" else None
         x_att, y_att = data.attacker_target()  # D_att (D_val only in the papers' setting)
-        return cls(module, x_val=x_att, y_val=y_att, budget=ctx.budget, task=data.task, n_classes=data.n_classes,
-                   l2=ctx.l2, box=ctx.box, y_range=y_range, seed=ctx.seed, init_poisons=ctx.warm_start, **params)  # fmt: skip
+        return cls(
+            module,
+            x_val=x_att,
+            y_val=y_att,
+            budget=ctx.budget,
+            task=data.task,
+            n_classes=data.n_classes,
+            l2=ctx.l2,
+            box=ctx.box,
+            y_range=y_range,
+            seed=ctx.seed,
+            init_poisons=ctx.warm_start,
+            **params,
+        )
 
     # ------------------------------------------------------------------ pieces
     def _tensors(self, x: np.ndarray, y: np.ndarray, dtype: torch.dtype | None = None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -328,8 +352,9 @@ class BackGradient(AuditAttack, PoisoningAttackWhiteBox):
         lo, hi = self.y_range
         return self._tensors(x0, np.where(y0 - lo >= hi - y0, lo, hi).astype(np.float32), dtype)
 
-    def _loss_cut_penalty(self, model: FlatModel, xt: torch.Tensor, yt: torch.Tensor, n_poison: int,
-                          y_fixed: torch.Tensor | None) -> Callable[..., torch.Tensor]:  # fmt: skip
+    def _loss_cut_penalty(
+        self, model: FlatModel, xt: torch.Tensor, yt: torch.Tensor, n_poison: int, y_fixed: torch.Tensor | None
+    ) -> Callable[..., torch.Tensor]:
         """``E(w, x_p, λ[, y_p]) = −μ·mean_j max(0, ℓ(w; x_j, y_j) − c(w))``: the loss filter drops the
         ``k = round(N − N/(1 + r))`` highest training losses of the N = n + m points (r: its assumed
         rate), so a poison whose loss under the trained model stays below the k-th largest clean loss
@@ -361,8 +386,10 @@ class BackGradient(AuditAttack, PoisoningAttackWhiteBox):
         p = self.params
         convex = is_convex_linear(self.module)
         if p.hypergradient == "implicit" and not convex:
-            raise AuditError("BackGradient: hypergradient 'implicit' needs a convex victim (one nn.Linear: logistic, softmax "
-                             "or ridge regression); this model is not — use 'unrolled'")  # fmt: skip
+            raise AuditError(
+                "BackGradient: hypergradient 'implicit' needs a convex victim (one nn.Linear: logistic, softmax "
+                "or ridge regression); this model is not — use 'unrolled'"
+            )
         if p.hypergradient != "auto":
             return p.hypergradient
         return "implicit" if convex and (self.l2 > 0 or p.learn_l2) else "unrolled"
@@ -446,14 +473,23 @@ class BackGradient(AuditAttack, PoisoningAttackWhiteBox):
         )
         if p.learn_l2:
             shift = lambda_shift(n_total)  # reported in the paper's λ = log(ρ·N)
-            self.diagnostics.update(lambda_rmd=log_l2 + shift, l2_rmd=math.exp(log_l2),
-                                    lambda_curve=[v + shift for r in runs for v in r["l2_curve"]])  # fmt: skip
+            self.diagnostics.update(lambda_rmd=log_l2 + shift, l2_rmd=math.exp(log_l2), lambda_curve=[v + shift for r in runs for v in r["l2_curve"]])
         return fixed_x.float().cpu().numpy(), fixed_y.cpu().numpy()
 
-    def _optimise_batch(self, xt: torch.Tensor, yt: torch.Tensor, fixed_x: torch.Tensor, fixed_y: torch.Tensor,
-                        xv: torch.Tensor, yv: torch.Tensor, size: int, pools: dict[str, tuple[np.ndarray, np.ndarray]],
-                        orders: dict[str, list[int]], log_l2: float,
-                        warm: tuple[torch.Tensor, torch.Tensor] | None = None) -> dict[str, Any]:  # fmt: skip
+    def _optimise_batch(
+        self,
+        xt: torch.Tensor,
+        yt: torch.Tensor,
+        fixed_x: torch.Tensor,
+        fixed_y: torch.Tensor,
+        xv: torch.Tensor,
+        yv: torch.Tensor,
+        size: int,
+        pools: dict[str, tuple[np.ndarray, np.ndarray]],
+        orders: dict[str, list[int]],
+        log_l2: float,
+        warm: tuple[torch.Tensor, torch.Tensor] | None = None,
+    ) -> dict[str, Any]:
         """One batch: every start (flipped validation / training points) runs ``start_screen`` iterations,
         each restarted from other points while stuck; the best continues for the remaining iterations.
         With one start and no screen this is the paper's single run with restarts.
@@ -495,8 +531,20 @@ class BackGradient(AuditAttack, PoisoningAttackWhiteBox):
                     break
         assert best_run is not None
         if screen < p.iterations and not best_run["stuck"] and not best_run["converged"]:
-            rest = self._ascend(xt, yt, fixed_x, fixed_y, xv, yv, best_run["x"], best_run["y"], best_run["log_l2"],
-                                p.iterations - screen, best_run["alpha"], fresh=False)  # fmt: skip
+            rest = self._ascend(
+                xt,
+                yt,
+                fixed_x,
+                fixed_y,
+                xv,
+                yv,
+                best_run["x"],
+                best_run["y"],
+                best_run["log_l2"],
+                p.iterations - screen,
+                best_run["alpha"],
+                fresh=False,
+            )
             if p.learn_l2 or rest["best"] >= best_run["best"]:
                 rest["curve"] = best_run["curve"] + rest["curve"]
                 rest["iterations"] += best_run["iterations"]
@@ -508,18 +556,51 @@ class BackGradient(AuditAttack, PoisoningAttackWhiteBox):
         best_run["by_start"] = by_start
         return best_run
 
-    def _oracle(self, model: FlatModel, inner: Inner, outer: Outer, explicit: Inner | None, x_clean: torch.Tensor,
-                y_clean: torch.Tensor, y_poison: torch.Tensor | None, refit: torch.Tensor | None = None) -> _Unrolled | _Implicit:  # fmt: skip
+    def _oracle(
+        self,
+        model: FlatModel,
+        inner: Inner,
+        outer: Outer,
+        explicit: Inner | None,
+        x_clean: torch.Tensor,
+        y_clean: torch.Tensor,
+        y_poison: torch.Tensor | None,
+        refit: torch.Tensor | None = None,
+    ) -> _Unrolled | _Implicit:
         p = self.params
         w0 = self.initial_weights(model)
         if self._mode == "implicit":
-            return _Implicit(model.module, inner, outer, w0, explicit, x_clean, y_clean, y_poison, p.inner_tol,
-                             CG(p.cg_tol, p.cg_max_iter), refit, p.precondition == "kfac")  # fmt: skip
+            return _Implicit(
+                model.module,
+                inner,
+                outer,
+                w0,
+                explicit,
+                x_clean,
+                y_clean,
+                y_poison,
+                p.inner_tol,
+                CG(p.cg_tol, p.cg_max_iter),
+                refit,
+                p.precondition == "kfac",
+            )
         return _Unrolled(inner, outer, w0, p.inner_steps, p.inner_lr, p.checkpoint_every, explicit)
 
-    def _ascend(self, xt: torch.Tensor, yt: torch.Tensor, fixed_x: torch.Tensor, fixed_y: torch.Tensor,
-                xv: torch.Tensor, yv: torch.Tensor, x_p: torch.Tensor, y_p: torch.Tensor, log_l2: float,
-                iterations: int | None = None, alpha: float | None = None, fresh: bool = True) -> dict[str, Any]:  # fmt: skip
+    def _ascend(
+        self,
+        xt: torch.Tensor,
+        yt: torch.Tensor,
+        fixed_x: torch.Tensor,
+        fixed_y: torch.Tensor,
+        xv: torch.Tensor,
+        yv: torch.Tensor,
+        x_p: torch.Tensor,
+        y_p: torch.Tensor,
+        log_l2: float,
+        iterations: int | None = None,
+        alpha: float | None = None,
+        fresh: bool = True,
+    ) -> dict[str, Any]:
         """Projected hypergradient ascent on one batch of poisons (and descent on λ with ``learn_l2``).
 
         ``fresh``: the run starts from clones, so a run that gains less than ``min_gain`` in its first
@@ -550,8 +631,7 @@ class BackGradient(AuditAttack, PoisoningAttackWhiteBox):
         evade = self._loss_cut_penalty(model, xt, yt, len(x_p) + len(fixed_x), None if learn_response else y_p) if p.evade != "none" else None
         if refit is not None:  # the objectives of the pipeline refit on D_tr ∪ D_p: the scalers' statistics move with the poisons
             inner, outer, evade = _refit_objectives(module, refit, inner, outer, evade)
-        oracle = self._oracle(model, inner, outer, evade, torch.cat([xt, fixed_x]), torch.cat([yt, fixed_y]),
-                              None if learn_response else y_p, refit)  # fmt: skip
+        oracle = self._oracle(model, inner, outer, evade, torch.cat([xt, fixed_x]), torch.cat([yt, fixed_y]), None if learn_response else y_p, refit)
         hypers = lambda x_p, y_p: [x_p, lam_t()] + ([y_p] if learn_response else [])  # noqa: E731
 
         def moved(x_p: torch.Tensor, y_p: torch.Tensor, grads: tuple[torch.Tensor, ...], alpha: float) -> tuple[torch.Tensor, torch.Tensor]:
@@ -610,7 +690,7 @@ class BackGradient(AuditAttack, PoisoningAttackWhiteBox):
                 at = None
             result = oracle.gradient(hypers(x_p, y_p), at)
         else:
-            if self._rule != "paper":  # the paper's rule ends on an unevaluated step (kept so: the same numbers as before)
+            if self._rule != "paper":  # the paper's rule ends on an unevaluated step
                 curve.append(result.value)
                 if result.value > best[0]:
                     best = (result.value, x_p, y_p)
@@ -619,11 +699,22 @@ class BackGradient(AuditAttack, PoisoningAttackWhiteBox):
         value = result.value if p.learn_l2 else best[0]
         # RMD's stored states and inner loss at the returned poisons (the line search's last point is its best)
         final = oracle.gradient(hypers(*chosen)) if self._rule == "paper" and not p.learn_l2 else None
-        return {"x": chosen[0].detach(), "y": chosen[1].detach(), "best": value, "curve": curve, "stuck": stuck,
-                "converged": converged, "alpha": alpha,
-                "iterations": len(curve), "log_l2": lam, "l2_curve": l2_curve, "stored_states": oracle.stored_states,
-                "inner": (final or result).inner, "stationarity": (final or result).stationarity,
-                "evaluations": oracle.evaluations}  # fmt: skip
+        return {
+            "x": chosen[0].detach(),
+            "y": chosen[1].detach(),
+            "best": value,
+            "curve": curve,
+            "stuck": stuck,
+            "converged": converged,
+            "alpha": alpha,
+            "iterations": len(curve),
+            "log_l2": lam,
+            "l2_curve": l2_curve,
+            "stored_states": oracle.stored_states,
+            "inner": (final or result).inner,
+            "stationarity": (final or result).stationarity,
+            "evaluations": oracle.evaluations,
+        }
 
 
 @dataclass
@@ -643,8 +734,7 @@ class _Point:
 class _Unrolled:
     """``A(w_T)`` after ``T`` gradient steps from ``w_0`` and its hypergradients by reverse mode (RMD)."""
 
-    def __init__(self, inner: Inner, outer: Outer, w0: torch.Tensor, steps: int, lr: float, checkpoint: int | None,
-                 explicit: Inner | None) -> None:  # fmt: skip
+    def __init__(self, inner: Inner, outer: Outer, w0: torch.Tensor, steps: int, lr: float, checkpoint: int | None, explicit: Inner | None) -> None:
         self.inner, self.outer, self.w0, self.steps, self.lr = inner, outer, w0, steps, lr
         self.checkpoint, self.explicit = checkpoint, explicit
         self.stored_states: int | None = None
@@ -675,9 +765,21 @@ class _Implicit:
     (:func:`_refit_objectives`); the layer's inputs are then computed under those statistics at every retraining.
     """
 
-    def __init__(self, module: torch.nn.Module, inner: Inner, outer: Outer, w0: torch.Tensor, explicit: Inner | None,
-                 x_clean: torch.Tensor, y_clean: torch.Tensor, y_poison: torch.Tensor | None, tol: float, solver: CG,
-                 refit: torch.Tensor | None = None, precondition: bool = False) -> None:  # fmt: skip
+    def __init__(
+        self,
+        module: torch.nn.Module,
+        inner: Inner,
+        outer: Outer,
+        w0: torch.Tensor,
+        explicit: Inner | None,
+        x_clean: torch.Tensor,
+        y_clean: torch.Tensor,
+        y_poison: torch.Tensor | None,
+        tol: float,
+        solver: CG,
+        refit: torch.Tensor | None = None,
+        precondition: bool = False,
+    ) -> None:
 
         layer = convex_linear_layer(module)
         assert layer is not None, "hypergradient_mode() admits implicit only for a convex linear victim"
@@ -729,8 +831,9 @@ class _Implicit:
         return _Point(r.outer, at.w, at.inner, r.stationarity, r.grads)
 
 
-def _refit_objectives(module: torch.nn.Module, x_train: torch.Tensor, inner: Inner, outer: Outer,
-                      explicit: Inner | None) -> tuple[Inner, Outer, Inner]:  # fmt: skip
+def _refit_objectives(
+    module: torch.nn.Module, x_train: torch.Tensor, inner: Inner, outer: Outer, explicit: Inner | None
+) -> tuple[Inner, Outer, Inner]:
     """The training objective and the attacker's of a pipeline whose scalers are refit on ``x_train`` ∪ the poisons
     (:func:`audit.models.surrogate.refitted`), as its retraining refits them. The attacker's objective then reads
     the poisons directly (the statistics its inputs are scaled with move with them), so it becomes the explicit
@@ -749,10 +852,23 @@ def _refit_objectives(module: torch.nn.Module, x_train: torch.Tensor, inner: Inn
     return refit_inner, lambda w: (w * 0.0).sum(), refit_outer
 
 
-def learn_log_l2(module: Any, x: np.ndarray, y: np.ndarray, x_val: np.ndarray, y_val: np.ndarray, task: str,
-                 iterations: int = 50, inner_steps: int = 150, inner_lr: float = 0.1, lr: float = 0.8,
-                 l2_range: tuple[float, float] = PAPER_L2_RANGE, init: float = PAPER_CLEAN_WARM_START,
-                 init_weights: str = "auto", seed: int = 0, hypergradient: str = "auto") -> tuple[float, list[float]]:  # fmt: skip
+def learn_log_l2(
+    module: Any,
+    x: np.ndarray,
+    y: np.ndarray,
+    x_val: np.ndarray,
+    y_val: np.ndarray,
+    task: str,
+    iterations: int = 50,
+    inner_steps: int = 150,
+    inner_lr: float = 0.1,
+    lr: float = 0.8,
+    l2_range: tuple[float, float] = PAPER_L2_RANGE,
+    init: float = PAPER_CLEAN_WARM_START,
+    init_weights: str = "auto",
+    seed: int = 0,
+    hypergradient: str = "auto",
+) -> tuple[float, list[float]]:
     """λ learned by hypergradient descent on clean data (the paper's T_λ iterations from log 5).
 
     λ, ``init`` and ``l2_range`` are the paper's λ = log(ρ·n). ``hypergradient``: ``∂A/∂λ`` by
@@ -760,9 +876,20 @@ def learn_log_l2(module: Any, x: np.ndarray, y: np.ndarray, x_val: np.ndarray, y
     through ``inner_steps`` GD steps. Returns the final λ and its curve.
     """
     n_classes = None if task == "regression" else int(np.max(y) + 1)
-    attack = BackGradient(module, x_val=x_val, y_val=y_val, budget=1.0, task=task, n_classes=n_classes, seed=seed,
-                          inner_steps=inner_steps, inner_lr=inner_lr, init_weights=init_weights, learn_l2=True,
-                          hypergradient=hypergradient)  # fmt: skip
+    attack = BackGradient(
+        module,
+        x_val=x_val,
+        y_val=y_val,
+        budget=1.0,
+        task=task,
+        n_classes=n_classes,
+        seed=seed,
+        inner_steps=inner_steps,
+        inner_lr=inner_lr,
+        init_weights=init_weights,
+        learn_l2=True,
+        hypergradient=hypergradient,
+    )
     dtype = attack._resolve()
     xt, yt = attack._tensors(np.asarray(x, np.float32), y, dtype)
     xv, yv = attack._tensors(attack.x_val, attack.y_val, dtype)

@@ -508,8 +508,10 @@ class AuditAttack(ABC):
             raise AuditError(f"{who}.poison: expected x (n, d) and y (n,) (or x (n, *input_shape), one-hot y (n, c)); got {x.shape} and {y.shape}")
         expected = getattr(self._estimator, "input_shape", None)
         if expected and int(np.prod(expected)) != int(np.prod(sample_shape)):
-            raise AuditError(f"{who}.poison: x has {int(np.prod(sample_shape))} features per point but the estimator's "
-                             f"input_shape {tuple(expected)} has {int(np.prod(expected))}")  # fmt: skip
+            raise AuditError(
+                f"{who}.poison: x has {int(np.prod(sample_shape))} features per point but the estimator's "
+                f"input_shape {tuple(expected)} has {int(np.prod(expected))}"
+            )
         x = x.reshape(len(x), -1)
         if not np.issubdtype(y.dtype, np.number) and not np.issubdtype(y.dtype, np.bool_):
             raise AuditError(f"{who}.poison: y must be numeric class indices, one-hot rows or responses (got dtype {y.dtype})")

@@ -98,9 +98,15 @@ def mean_gradient(module: nn.Module, x: torch.Tensor, y: torch.Tensor, task: str
 
 
 def cancel_residual(
-    module: nn.Module, z: torch.Tensor, labels: torch.Tensor, task: str, g_mu: list[torch.Tensor],
-    reg: list[torch.Tensor], n: int, batch_size: int | None,
-) -> list[torch.Tensor]:  # fmt: skip
+    module: nn.Module,
+    z: torch.Tensor,
+    labels: torch.Tensor,
+    task: str,
+    g_mu: list[torch.Tensor],
+    reg: list[torch.Tensor],
+    n: int,
+    batch_size: int | None,
+) -> list[torch.Tensor]:
     """``r = g(μ) + ε·g(ν̂) + (1 + ε)ρW``, with ``ε·g(ν̂) = (1/n) Σ_j ∇_W ℓ(z_j; W)``."""
     params = list(module.parameters())
     r = [gm + rg for gm, rg in zip(g_mu, reg)]
@@ -113,9 +119,14 @@ def cancel_residual(
 
 
 def cancel_gradient(
-    module: nn.Module, z: torch.Tensor, labels: torch.Tensor, task: str, r: list[torch.Tensor], n: int,
+    module: nn.Module,
+    z: torch.Tensor,
+    labels: torch.Tensor,
+    task: str,
+    r: list[torch.Tensor],
+    n: int,
     batch_size: int | None,
-) -> torch.Tensor:  # fmt: skip
+) -> torch.Tensor:
     """eq. (34) for every poison at once: ``∂L/∂z_j = (1/n)∇_z∇_W ℓ(z_j; W)·r`` (r held fixed)."""
     params = list(module.parameters())
     out = torch.zeros_like(z)
@@ -274,14 +285,12 @@ class GradientCanceling(AuditAttack, PoisoningAttackWhiteBox):
             target, origin = auto_target(fitted, data, ctx.budget, l2, p.eps_w_grid, p.gradpc_steps, ctx.box if in_box else None)
         box = ctx.box if p.box == "data" else None
         own = {k: v for k, v in params.items() if k != "box"}  # ``box`` names the setting ("data" | "none"); the array is passed
-        attack = cls(module, target_model=target, budget=ctx.budget, task=data.task, l2=l2, box=box, seed=ctx.seed,
-                     n_classes=data.n_classes, **own)  # fmt: skip
+        attack = cls(module, target_model=target, budget=ctx.budget, task=data.task, l2=l2, box=box, seed=ctx.seed, n_classes=data.n_classes, **own)
         attack.params = attack.params.model_copy(update={"box": p.box})  # the setting the cell ran under, as configured
         attack.diagnostics.update(origin)
         attack.diagnostics.target_val_metric = module_metric(attack.target, data.x_val, data.y_val, data.task)
         attack.diagnostics.target_test_metric = module_metric(attack.target, data.x_test, data.y_test, data.task)
-        attack.diagnostics.threshold = thresholds(attack.target, data.x_train, data.y_train, data.task, l2,
-                                                     data.n_classes).as_dict()  # fmt: skip
+        attack.diagnostics.threshold = thresholds(attack.target, data.x_train, data.y_train, data.task, l2, data.n_classes).as_dict()
         return attack
 
     @property
@@ -363,8 +372,9 @@ class GradientCanceling(AuditAttack, PoisoningAttackWhiteBox):
         return z.detach().cpu().numpy(), labels.cpu().numpy()
 
 
-def choose_labels(module: nn.Module, z: torch.Tensor, labels: torch.Tensor, r: list[torch.Tensor], n: int,
-                  n_classes: int) -> tuple[torch.Tensor, int]:  # fmt: skip
+def choose_labels(
+    module: nn.Module, z: torch.Tensor, labels: torch.Tensor, r: list[torch.Tensor], n: int, n_classes: int
+) -> tuple[torch.Tensor, int]:
     """Each poison's label re-chosen to make the residual ``r`` (:func:`cancel_residual`) smallest, given the others.
 
     On the module's last ``nn.Linear`` (the whole model for softmax regression; for a network its output layer,
@@ -401,8 +411,9 @@ def choose_labels(module: nn.Module, z: torch.Tensor, labels: torch.Tensor, r: l
     return new, int((new != labels).sum())
 
 
-def auto_target(fitted: Any, data: Any, eps: float, l2: float, eps_w_grid: list[float], steps: int,
-                box: tuple[Any, Any] | None = None) -> tuple[nn.Module, dict]:  # fmt: skip
+def auto_target(
+    fitted: Any, data: Any, eps: float, l2: float, eps_w_grid: list[float], steps: int, box: tuple[Any, Any] | None = None
+) -> tuple[nn.Module, dict]:
     """The most damaging target the necessary condition does not rule out at budget ``eps``.
 
     For every ε_w of the grid a GradPC target is built (cached per fitted victim), its output
@@ -438,8 +449,9 @@ def auto_target(fitted: Any, data: Any, eps: float, l2: float, eps_w_grid: list[
     return scale_output_layer(best[2], -best[1]), best[3]
 
 
-def _box_target(fitted: Any, data: Any, eps: float, l2: float, eps_w_grid: list[float], steps: int,
-                box: tuple[Any, Any]) -> tuple[nn.Module, dict] | None:  # fmt: skip
+def _box_target(
+    fitted: Any, data: Any, eps: float, l2: float, eps_w_grid: list[float], steps: int, box: tuple[Any, Any]
+) -> tuple[nn.Module, dict] | None:
     """:func:`auto_target` judged by the box-aware threshold; None when no target of the grid is within the box's reach."""
     lo, hi = (np.broadcast_to(np.asarray(b, dtype=np.float64).reshape(-1), (data.n_features,)) for b in box)
     x_att, y_att = data.attacker_target()

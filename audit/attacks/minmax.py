@@ -99,9 +99,19 @@ class MinMax(AuditAttack, PoisoningAttackWhiteBox):
     _estimator_requirements = TORCH_REQUIREMENTS
     estimator_needs = "softmax regression or ridge: a PyTorch model whose parameters all belong to one nn.Linear"
 
-    def __init__(self, estimator: Any, *, budget: float, n_classes: int | None = None, l2: float = 0.0,
-                 box: tuple[Any, Any] | None = None, task: str | None = None, y_range: tuple[float, float] | None = None,
-                 seed: int = 0, **params: Any) -> None:  # fmt: skip
+    def __init__(
+        self,
+        estimator: Any,
+        *,
+        budget: float,
+        n_classes: int | None = None,
+        l2: float = 0.0,
+        box: tuple[Any, Any] | None = None,
+        task: str | None = None,
+        y_range: tuple[float, float] | None = None,
+        seed: int = 0,
+        **params: Any,
+    ) -> None:
         module = torch_module(estimator, "MinMax")
         linear = convex_linear_layer(module)
         if linear is None:
@@ -140,8 +150,9 @@ class MinMax(AuditAttack, PoisoningAttackWhiteBox):
         module = ctx.fitted.require_module("minmax")
         data = ctx.dataset
         y_range = (float(data.y_train.min()), float(data.y_train.max())) if data.task == "regression" else None
-        return cls(module, budget=ctx.budget, n_classes=data.n_classes, l2=ctx.l2, box=ctx.box, task=data.task, y_range=y_range,
-                   seed=ctx.seed, **params)  # fmt: skip
+        return cls(
+            module, budget=ctx.budget, n_classes=data.n_classes, l2=ctx.l2, box=ctx.box, task=data.task, y_range=y_range, seed=ctx.seed, **params
+        )
 
     def _run(self, task: PoisonInput) -> tuple[np.ndarray, np.ndarray]:
         if self.task == "regression":
@@ -164,8 +175,14 @@ class MinMax(AuditAttack, PoisoningAttackWhiteBox):
         lo = None if self.lo is None else np.broadcast_to(self.lo, (x.shape[1],)).astype(np.float64)
         hi = None if self.hi is None else np.broadcast_to(self.hi, (x.shape[1],)).astype(np.float64)
         result = online_minmax(x, y, c, region.shrunk(p.margin), lo, hi, self.l2, task.n_poison, w, b, p.lr, p.bound_rounds)
-        self.diagnostics.update(bound=result.bound, bound_round=result.bound_round, max_gap=result.max_gap, defense=p.defense,
-                                quantile=level, clean_loss_initial=float(softmax_loss(w, b, x, y).mean()))  # fmt: skip
+        self.diagnostics.update(
+            bound=result.bound,
+            bound_round=result.bound_round,
+            max_gap=result.max_gap,
+            defense=p.defense,
+            quantile=level,
+            clean_loss_initial=float(softmax_loss(w, b, x, y).mean()),
+        )
         return result.x.reshape((task.n_poison, *task.x.shape[1:])), result.y
 
     def _run_ridge(self, task: PoisonInput) -> tuple[np.ndarray, np.ndarray]:
@@ -180,6 +197,11 @@ class MinMax(AuditAttack, PoisoningAttackWhiteBox):
         b = float(self.linear.bias.detach().double().cpu().numpy().reshape(-1)[0]) if self.linear.bias is not None else 0.0
         assert self.y_range is not None
         result = online_minmax_ridge(x, task.y.astype(np.float64), lo, hi, self.y_range, self.l2, task.n_poison, w, b, p.lr, p.bound_rounds)
-        self.diagnostics.update(bound=result.bound, bound_round=result.bound_round, max_gap=0.0, defense="none",
-                                clean_loss_initial=float(squared_loss(w, b, x, task.y.astype(np.float64)).mean()))  # fmt: skip
+        self.diagnostics.update(
+            bound=result.bound,
+            bound_round=result.bound_round,
+            max_gap=0.0,
+            defense="none",
+            clean_loss_initial=float(squared_loss(w, b, x, task.y.astype(np.float64)).mean()),
+        )
         return result.x.reshape((task.n_poison, *task.x.shape[1:])).astype(np.float32), result.y.astype(np.float32)

@@ -52,8 +52,9 @@ def ista_step(x: torch.Tensor, l2: float) -> float:
     return 1.0 / (float(torch.linalg.eigvalsh(a.T @ a / len(a)).max()) + l2)
 
 
-def inner_solution(x: torch.Tensor, y: torch.Tensor, l2: float, l1: float, theta0: torch.Tensor,
-                   unroll_steps: int, step: float | None = None) -> torch.Tensor:  # fmt: skip
+def inner_solution(
+    x: torch.Tensor, y: torch.Tensor, l2: float, l1: float, theta0: torch.Tensor, unroll_steps: int, step: float | None = None
+) -> torch.Tensor:
     """θ = (w, b) minimising mean ½(y − θᵀx̃)² + (ρ/2)‖w‖² + λ₁‖w‖₁ (differentiable in x and y).
 
     With an L1 term the solution is ``unroll_steps`` ISTA steps of size ``step`` (held
@@ -115,9 +116,20 @@ class OptP(AuditAttack, PoisoningAttackWhiteBox):
     tasks: ClassVar[tuple[str, ...]] = ("regression",)
     _estimator_requirements = ()
 
-    def __init__(self, estimator: Any = None, *, budget: float, x_val: np.ndarray, y_val: np.ndarray, l2: float = 0.0,
-                 l1: float = 0.0, box: tuple[Any, Any] | None = None, y_range: tuple[float, float] = (0.0, 1.0),
-                 seed: int = 0, **params: Any) -> None:  # fmt: skip
+    def __init__(
+        self,
+        estimator: Any = None,
+        *,
+        budget: float,
+        x_val: np.ndarray,
+        y_val: np.ndarray,
+        l2: float = 0.0,
+        l1: float = 0.0,
+        box: tuple[Any, Any] | None = None,
+        y_range: tuple[float, float] = (0.0, 1.0),
+        seed: int = 0,
+        **params: Any,
+    ) -> None:
         super().__init__(estimator, budget=budget, seed=seed, box=box, **params)
         if l2 < 0 or l1 < 0:
             raise AuditError(f"OptP: regularization strengths must be ≥ 0 (got l2={l2}, l1={l1})")
@@ -133,15 +145,24 @@ class OptP(AuditAttack, PoisoningAttackWhiteBox):
         data = ctx.dataset
         y_range = (float(data.y_train.min()), float(data.y_train.max()))
         x_att, y_att = data.attacker_target()  # D_att (D_val only in the papers' setting)
-        return cls(budget=ctx.budget, x_val=x_att, y_val=y_att, l2=ctx.victim.l2(ctx.hparams),
-                   l1=ctx.victim.l1(ctx.hparams), box=ctx.box, y_range=y_range, seed=ctx.seed, **params)  # fmt: skip
+        return cls(
+            budget=ctx.budget,
+            x_val=x_att,
+            y_val=y_att,
+            l2=ctx.victim.l2(ctx.hparams),
+            l1=ctx.victim.l1(ctx.hparams),
+            box=ctx.box,
+            y_range=y_range,
+            seed=ctx.seed,
+            **params,
+        )
 
     # ------------------------------------------------------------------ objectives
-    def objective_value(self, x_c: torch.Tensor, y_c: torch.Tensor, x: torch.Tensor, y: torch.Tensor,
-                        which: str, theta0: torch.Tensor, step: float | None = None) -> torch.Tensor:  # fmt: skip
+    def objective_value(
+        self, x_c: torch.Tensor, y_c: torch.Tensor, x: torch.Tensor, y: torch.Tensor, which: str, theta0: torch.Tensor, step: float | None = None
+    ) -> torch.Tensor:
         """W_tr or W_val of the model trained on D_tr ∪ {(x_c, y_c)} (differentiable in x_c, y_c)."""
-        theta = inner_solution(torch.cat([x, x_c]), torch.cat([y, y_c]), self.l2, self.l1, theta0,
-                               self.params.unroll_steps, step)  # fmt: skip
+        theta = inner_solution(torch.cat([x, x_c]), torch.cat([y, y_c]), self.l2, self.l1, theta0, self.params.unroll_steps, step)
         xs, ys = (x, y) if which == "train" else (torch.as_tensor(self.x_val), torch.as_tensor(self.y_val))
         return ((_augment(xs) @ theta - ys) ** 2).mean()
 
@@ -166,8 +187,7 @@ class OptP(AuditAttack, PoisoningAttackWhiteBox):
             x_c, y_c, value, iters = self._ascend(xt[idx].clone(), y_c.clone(), xt, yt, which, theta0, lo, hi)
             with torch.no_grad():
                 w_val = float(self.objective_value(x_c, y_c, xt, yt, "val", theta0))
-            runs.append({"init": init, "objective": which, "value": value, "w_val": w_val, "iterations": iters,
-                         "x": x_c, "y": y_c})  # fmt: skip
+            runs.append({"init": init, "objective": which, "value": value, "w_val": w_val, "iterations": iters, "x": x_c, "y": y_c})
         best = max(runs, key=lambda r: r["w_val"])
         self.diagnostics.update(
             chosen={"init": best["init"], "objective": best["objective"]},
@@ -175,8 +195,17 @@ class OptP(AuditAttack, PoisoningAttackWhiteBox):
         )
         return best["x"].numpy(), best["y"].numpy().astype(np.float32)
 
-    def _ascend(self, x_c: torch.Tensor, y_c: torch.Tensor, x: torch.Tensor, y: torch.Tensor, which: str,
-                theta0: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, float, int]:  # fmt: skip
+    def _ascend(
+        self,
+        x_c: torch.Tensor,
+        y_c: torch.Tensor,
+        x: torch.Tensor,
+        y: torch.Tensor,
+        which: str,
+        theta0: torch.Tensor,
+        lo: torch.Tensor,
+        hi: torch.Tensor,
+    ) -> tuple[torch.Tensor, torch.Tensor, float, int]:
         p = self.params
         y_lo, y_hi = self.y_range
         span = float(torch.max(hi - lo).clamp(max=1e6)) if torch.isfinite(hi - lo).all() else 1.0

@@ -115,8 +115,9 @@ class _Perturbation(AuditAttack, PoisoningAttackWhiteBox):
     _estimator_requirements = TORCH_REQUIREMENTS
     estimator_needs = TORCH_NEEDS
 
-    def __init__(self, estimator: Any, *, budget: float, box: tuple[Any, Any] | None = None, seed: int = 0,
-                 n_classes: int | None = None, **params: Any) -> None:  # fmt: skip
+    def __init__(
+        self, estimator: Any, *, budget: float, box: tuple[Any, Any] | None = None, seed: int = 0, n_classes: int | None = None, **params: Any
+    ) -> None:
         self.module = torch_module(estimator, type(self).__name__)
         _, n_classes = task_and_classes(estimator, "classification", n_classes, type(self).__name__)
         super().__init__(estimator, budget=budget, seed=seed, box=box, n_classes=n_classes, **params)
@@ -142,8 +143,9 @@ class _Perturbation(AuditAttack, PoisoningAttackWhiteBox):
         y = torch.as_tensor(task.y[idx], device=device, dtype=torch.long)
         lo = hi = None
         if self.box is not None:
-            lo, hi = (torch.as_tensor(np.broadcast_to(np.asarray(b, np.float32), task.x.shape[1:]).copy(), device=device, dtype=dtype)
-                      for b in self.box)  # fmt: skip
+            lo, hi = (
+                torch.as_tensor(np.broadcast_to(np.asarray(b, np.float32), task.x.shape[1:]).copy(), device=device, dtype=dtype) for b in self.box
+            )
         norms = x.norm(dim=1)
         radius = self._radius(norms)
         module = self.module.eval()
@@ -169,10 +171,18 @@ class _Perturbation(AuditAttack, PoisoningAttackWhiteBox):
                 out[idx] = (task.x[idx] + (out[idx] - task.x[idx]) * (limit / total) * (1 - 1e-6)).astype(np.float32)
         delta = np.linalg.norm(out[idx].astype(np.float64) - task.x[idx], axis=1)
         rel = delta / np.maximum(np.linalg.norm(task.x[idx].astype(np.float64), axis=1), 1e-12)
-        self.diagnostics.update(regime=self.name, n_modified=int(np.sum(delta > 0)), max_delta=float(delta.max(initial=0.0)),
-                                max_relative_delta=float(rel.max(initial=0.0)), overall_delta=float(delta.sum()),
-                                overall_relative_delta=float(rel.sum()), n_flipped=0, flip_rate=0.0,
-                                clean_loss_before=before, clean_loss_after=after)  # fmt: skip
+        self.diagnostics.update(
+            regime=self.name,
+            n_modified=int(np.sum(delta > 0)),
+            max_delta=float(delta.max(initial=0.0)),
+            max_relative_delta=float(rel.max(initial=0.0)),
+            overall_delta=float(delta.sum()),
+            overall_relative_delta=float(rel.sum()),
+            n_flipped=0,
+            flip_rate=0.0,
+            clean_loss_before=before,
+            clean_loss_after=after,
+        )
         return out, task.y
 
 
@@ -308,6 +318,7 @@ class RegimeC(AuditAttack, PoisoningAttackBlackBox):
             idx = np.argsort(-flipped_loss, kind="stable")[:k]
             new[idx] = best[idx]
         flipped = int(np.sum(new != y))
-        self.diagnostics.update(regime=self.name, n_modified=flipped, n_flipped=flipped, flip_rate=flipped / max(n, 1),
-                                max_delta=0.0, overall_delta=0.0)  # fmt: skip
+        self.diagnostics.update(
+            regime=self.name, n_modified=flipped, n_flipped=flipped, flip_rate=flipped / max(n, 1), max_delta=0.0, overall_delta=0.0
+        )
         return x, new

@@ -112,8 +112,9 @@ class StatP(AuditAttack, PoisoningAttackBlackBox):
     def for_cell(cls, params: dict[str, Any], ctx: AttackContext) -> StatP:
         data = ctx.dataset
         y_range = (float(data.y_train.min()), float(data.y_train.max())) if data.task == "regression" else (0.0, 1.0)
-        return cls(ctx.fitted.to_art(), budget=ctx.budget, box=ctx.box, task=data.task, y_range=y_range,
-                   n_classes=data.n_classes, seed=ctx.seed, **params)  # fmt: skip
+        return cls(
+            ctx.fitted.to_art(), budget=ctx.budget, box=ctx.box, task=data.task, y_range=y_range, n_classes=data.n_classes, seed=ctx.seed, **params
+        )
 
     def _run(self, task: PoisonInput) -> tuple[np.ndarray, np.ndarray]:
         x, y, n_poison, rng = task.x, task.y, task.n_poison, task.rng

@@ -121,10 +121,20 @@ def leader_step_size(alpha: float | None, total_steps: int) -> float:
 
 
 def total_derivative(
-    follower: nn.Module, gen: nn.Module, x_clean: torch.Tensor, y_clean: torch.Tensor, x_src: torch.Tensor,
-    y_src: torch.Tensor, x_l: torch.Tensor, y_l: torch.Tensor, l2: float, formulation: str = "non_zero_sum",
-    solve: LinearSolver | None = None, damping: float = 0.0, linear: LinearCurvature | None = None,
-) -> tuple[list[torch.Tensor], SolveResult]:  # fmt: skip
+    follower: nn.Module,
+    gen: nn.Module,
+    x_clean: torch.Tensor,
+    y_clean: torch.Tensor,
+    x_src: torch.Tensor,
+    y_src: torch.Tensor,
+    x_l: torch.Tensor,
+    y_l: torch.Tensor,
+    l2: float,
+    formulation: str = "non_zero_sum",
+    solve: LinearSolver | None = None,
+    damping: float = 0.0,
+    linear: LinearCurvature | None = None,
+) -> tuple[list[torch.Tensor], SolveResult]:
     """``D_θ ℓ`` at the follower's current weights (eq. 15–17), one tensor per generator parameter.
 
     f is the mean loss over ``(x_clean, y_clean) ∪ (L_θ(x_src, y_src), y_src)`` plus
@@ -314,8 +324,18 @@ class TGDA(AuditAttack, PoisoningAttackTransformer, PoisoningAttackWhiteBox):
         if data.task != "classification":
             raise AuditError("tgda is a classification attack; use optp or statp for regression")
         x_att, y_att = data.attacker_target()  # D_att (D_val only in the papers' setting)
-        return cls(module, x_val=x_att, y_val=y_att, budget=ctx.budget, n_classes=data.n_classes, l2=ctx.l2,
-                   box=ctx.box, image_shape=data.image_shape, seed=ctx.seed, **params)  # fmt: skip
+        return cls(
+            module,
+            x_val=x_att,
+            y_val=y_att,
+            budget=ctx.budget,
+            n_classes=data.n_classes,
+            l2=ctx.l2,
+            box=ctx.box,
+            image_shape=data.image_shape,
+            seed=ctx.seed,
+            **params,
+        )
 
     # ------------------------------------------------------------------ the generator
     def _generator(self, x: torch.Tensor, y: torch.Tensor) -> nn.Module:
@@ -325,22 +345,33 @@ class TGDA(AuditAttack, PoisoningAttackTransformer, PoisoningAttackWhiteBox):
         lo = torch.as_tensor(self.lo if self.lo is not None else x.min(0).values.cpu(), dtype=dtype)
         hi = torch.as_tensor(self.hi if self.hi is not None else x.max(0).values.cpu(), dtype=dtype)
         with seeded_init(p.pretrain_seed):
-            gen = build_generator(p.generator, x.shape[1], int(self.n_classes or 2), lo, hi, self.image_shape,
-                                  p.generator_width).to(device=device, dtype=dtype)  # fmt: skip
+            gen = build_generator(p.generator, x.shape[1], int(self.n_classes or 2), lo, hi, self.image_shape, p.generator_width).to(
+                device=device, dtype=dtype
+            )
         if not p.pretrain or p.pretrain_epochs == 0:
             self.diagnostics.pretrain = {"epochs": 0}
             return gen
         digest = hashlib.sha256()
         for t in (x, y, lo, hi):
             digest.update(t.detach().cpu().numpy().tobytes())
-        key = "|".join([digest.hexdigest(), type(gen).__name__, str(p.generator_width), str(p.pretrain_epochs),
-                        str(p.pretrain_lr), str(p.pretrain_batch_size), str(p.pretrain_seed), str(device), str(dtype)])  # fmt: skip
+        key = "|".join(
+            [
+                digest.hexdigest(),
+                type(gen).__name__,
+                str(p.generator_width),
+                str(p.pretrain_epochs),
+                str(p.pretrain_lr),
+                str(p.pretrain_batch_size),
+                str(p.pretrain_seed),
+                str(device),
+                str(dtype),
+            ]
+        )
         cached = key in _PRETRAINED
         if not cached:
             start = time.perf_counter()
             result = pretrain_generator(gen, x, y, p.pretrain_epochs, p.pretrain_lr, p.pretrain_batch_size, p.pretrain_seed)
-            info = {"epochs": result.epochs, "mse_initial": result.mse_initial, "mse_final": result.mse_final,
-                    "seconds": time.perf_counter() - start}  # fmt: skip
+            info = {"epochs": result.epochs, "mse_initial": result.mse_initial, "mse_final": result.mse_final, "seconds": time.perf_counter() - start}
             while len(_PRETRAINED) >= _PRETRAINED_MAX:
                 _PRETRAINED.pop(next(iter(_PRETRAINED)))
             _PRETRAINED[key] = ({k: v.detach().clone() for k, v in gen.state_dict().items()}, info)
@@ -437,8 +468,21 @@ class TGDA(AuditAttack, PoisoningAttackTransformer, PoisoningAttackWhiteBox):
 
         def leader_step(clean_idx: torch.Tensor, p_idx: torch.Tensor, val_idx: torch.Tensor) -> None:
             nonlocal cg_converged
-            grads, cg = total_derivative(follower, gen, xt[clean_idx], yt[clean_idx], x_src[p_idx], y_src[p_idx],
-                                         xl[val_idx], yl[val_idx], self.l2, p.formulation, solve, p.damping, linear)  # fmt: skip
+            grads, cg = total_derivative(
+                follower,
+                gen,
+                xt[clean_idx],
+                yt[clean_idx],
+                x_src[p_idx],
+                y_src[p_idx],
+                xl[val_idx],
+                yl[val_idx],
+                self.l2,
+                p.formulation,
+                solve,
+                p.damping,
+                linear,
+            )
             cg_iters.append(cg.n_iter)
             cg_residuals.append(cg.residual)
             cg_converged += int(cg.converged)
@@ -491,8 +535,9 @@ class TGDA(AuditAttack, PoisoningAttackTransformer, PoisoningAttackWhiteBox):
         return x_p.float().cpu().numpy(), y_src.cpu().numpy()
 
     @torch.no_grad()
-    def _log(self, epoch: int, follower: nn.Module, xv: torch.Tensor, yv: torch.Tensor, iters: list[int],
-             residuals: list[float], start: float) -> dict[str, float]:  # fmt: skip
+    def _log(
+        self, epoch: int, follower: nn.Module, xv: torch.Tensor, yv: torch.Tensor, iters: list[int], residuals: list[float], start: float
+    ) -> dict[str, float]:
         out = torch.cat([follower(xv[i : i + 4096]) for i in range(0, len(yv), 4096)])
         recent = slice(-max(1, min(len(iters), 50)), None)
         return {

@@ -52,12 +52,14 @@ def penultimate_classifier(fitted: Any, n_classes: int, input_shape: tuple[int, 
 
     module = fitted.module
     if module is None or isinstance(module, SklearnSurrogate):  # a scikit-learn model (its surrogate is for attacks)
-        raise AuditError("activation_clustering and spectral_signature need a torch victim (they read activations); "
-                         "use 'roni' for scikit-learn models")  # fmt: skip
+        raise AuditError(
+            "activation_clustering and spectral_signature need a torch victim (they read activations); use 'roni' for scikit-learn models"
+        )
     wrapped = nn.Sequential(OrderedDict(features=_Penultimate(module))).eval()
     device = next(module.parameters()).device
-    return PyTorchClassifier(wrapped, nn.CrossEntropyLoss(), input_shape=input_shape, nb_classes=n_classes,
-                             device_type="gpu" if device.type == "cuda" else "cpu")  # fmt: skip
+    return PyTorchClassifier(
+        wrapped, nn.CrossEntropyLoss(), input_shape=input_shape, nb_classes=n_classes, device_type="gpu" if device.type == "cuda" else "cpu"
+    )
 
 
 def _one_hot(y: np.ndarray, c: int) -> np.ndarray:
@@ -110,8 +112,7 @@ class ActivationClustering(_PenultimateDetector):
         from art.defences.detector.poison import ActivationDefence
 
         detector = ActivationDefence(classifier, x, y_onehot)
-        return detector.detect_poison(nb_clusters=2, reduce="PCA", nb_dims=min(10, x.shape[1]),
-                                      cluster_analysis="smaller")[1]  # fmt: skip
+        return detector.detect_poison(nb_clusters=2, reduce="PCA", nb_dims=min(10, x.shape[1]), cluster_analysis="smaller")[1]
 
 
 class SpectralSignature(_PenultimateDetector):
@@ -124,8 +125,7 @@ class SpectralSignature(_PenultimateDetector):
         from art.defences.detector.poison import SpectralSignatureDefense
 
         share = self.rate / (1 + self.rate)  # poisons / (clean + poisons)
-        detector = SpectralSignatureDefense(classifier, x, y_onehot, expected_pp_poison=share, batch_size=512,
-                                            eps_multiplier=1.5)  # fmt: skip
+        detector = SpectralSignatureDefense(classifier, x, y_onehot, expected_pp_poison=share, batch_size=512, eps_multiplier=1.5)
         return detector.detect_poison()[1]
 
 
@@ -151,8 +151,10 @@ class Roni(_ArtDetector):
         from art.defences.detector.poison import RONIDefense
 
         if victim.kind != "sklearn":
-            raise AuditError("roni needs a scikit-learn victim (it refits the model once per point); "
-                             "use activation_clustering or spectral_signature for torch models")  # fmt: skip
+            raise AuditError(
+                "roni needs a scikit-learn victim (it refits the model once per point); "
+                "use activation_clustering or spectral_signature for torch models"
+            )
         if self.validation is None:
             raise AuditError("roni needs the validation split (the grid passes it)")
         fitted = victim.fit(x, y, hparams, self.seed)

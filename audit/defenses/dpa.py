@@ -141,8 +141,7 @@ def batchable(victim: Any, hparams: dict[str, Any]) -> float | None:
         return float(config.l2) if is_convex_linear(victim.build(hparams)) else None
 
 
-def fit_batched(victim: Any, hparams: dict[str, Any], x: np.ndarray, y: np.ndarray, parts: list[np.ndarray],
-                tol: float = 1e-7) -> list[Fitted]:  # fmt: skip
+def fit_batched(victim: Any, hparams: dict[str, Any], x: np.ndarray, y: np.ndarray, parts: list[np.ndarray], tol: float = 1e-7) -> list[Fitted]:
     """Every learner of a convex softmax-regression victim trained at once (:func:`audit.maths.batched.batched_newton_cg`)
     on the points ``parts[i]`` each reads, to ``‖∇L_i‖ ≤ tol`` in float64; the same minimisers the victim's own
     training approaches one learner at a time (``tests/test_certificates.py`` compares them)."""
@@ -178,10 +177,16 @@ def fit_batched(victim: Any, hparams: dict[str, Any], x: np.ndarray, y: np.ndarr
             if own.bias is not None:
                 own.bias.copy_(biases[i].float())
         module.to(device).eval()
-        result = {"steps": int(fit.steps[i]), "objective": float(fit.value[i]), "grad_norm": float(fit.grad_norm[i]),
-                  "converged": bool(fit.grad_norm[i] <= victim.train_config(hparams).grad_tol), "batched": True}  # fmt: skip
-        members.append(FittedTorch(task="classification", n_classes=c, train_result=result, module=module, device=device,
-                                   input_shape=victim.input_shape))  # fmt: skip
+        result = {
+            "steps": int(fit.steps[i]),
+            "objective": float(fit.value[i]),
+            "grad_norm": float(fit.grad_norm[i]),
+            "converged": bool(fit.grad_norm[i] <= victim.train_config(hparams).grad_tol),
+            "batched": True,
+        }
+        members.append(
+            FittedTorch(task="classification", n_classes=c, train_result=result, module=module, device=device, input_shape=victim.input_shape)
+        )
     return members
 
 
@@ -201,9 +206,17 @@ class PartitionEnsemble(Defense):
     victims: ClassVar[tuple[str, ...]] = ("torch",)
     certificates: ClassVar[tuple[str, ...]] = ("dpa", "roe")  # what its learners certify: (its vote's, its run-off's)
 
-    def __init__(self, rate: float, seed: int, partitions: int = 50, spread: int = 1, aggregation: str = "vote",
-                 evaluation: tuple[np.ndarray, np.ndarray] | None = None, n_clean: int | None = None,
-                 batched: bool = True) -> None:  # fmt: skip
+    def __init__(
+        self,
+        rate: float,
+        seed: int,
+        partitions: int = 50,
+        spread: int = 1,
+        aggregation: str = "vote",
+        evaluation: tuple[np.ndarray, np.ndarray] | None = None,
+        n_clean: int | None = None,
+        batched: bool = True,
+    ) -> None:
         super().__init__(rate, seed)
         if partitions < 2:
             raise AuditError(f"{self.name} partitions must be ≥ 2 (got {partitions})")
@@ -219,13 +232,16 @@ class PartitionEnsemble(Defense):
         """``{certificate: (prediction, radius)}`` of the learners' scores ``raw`` (K, n, c); the first is the
         ensemble's own aggregation."""
         top = top_class(raw)
-        compute = {"dpa": lambda: dpa_radius(vote_table(top, n_classes)), "roe": lambda: roe_radius(raw),
-                   "fa": lambda: fa_radius(top, offsets, n_classes), "fa_roe": lambda: fa_roe_radius(raw, offsets)}  # fmt: skip
+        compute = {
+            "dpa": lambda: dpa_radius(vote_table(top, n_classes)),
+            "roe": lambda: roe_radius(raw),
+            "fa": lambda: fa_radius(top, offsets, n_classes),
+            "fa_roe": lambda: fa_roe_radius(raw, offsets),
+        }
         own = self.certificates[1] if self.aggregation == "runoff" else self.certificates[0]
         return {name: compute[name]() for name in (own, *[c for c in self.certificates if c != own])}
 
-    def learners(self, x: np.ndarray, y: np.ndarray, bucket: np.ndarray, reads: np.ndarray, victim: Any,
-                 hparams: dict[str, Any]) -> list[Fitted]:  # fmt: skip
+    def learners(self, x: np.ndarray, y: np.ndarray, bucket: np.ndarray, reads: np.ndarray, victim: Any, hparams: dict[str, Any]) -> list[Fitted]:
         """One victim per row of ``reads`` (the buckets it trains on), learner ``i`` seeded ``s + i`` — ``s`` the cell's
         training seed, so the ensemble on a poisoned set differs from the clean one only by the poisons, as the
         certificate assumes. The same buckets, data, candidate and seed give the same learners, so they are trained
@@ -266,15 +282,21 @@ class PartitionEnsemble(Defense):
         members = self.learners(x, y, bucket, fa_training_buckets(k, offsets), victim, hparams)
         ensemble = DeepPartitionEnsemble([m.to_art() for m in members], ensemble_size=len(members), channels_first=True)
         fitted = FittedEnsemble(task="classification", n_classes=c, members=members, art_ensemble=ensemble, aggregation=self.aggregation)
-        diagnostics = PartitionDiagnostics(partitions=k, partitions_asked=self.partitions, learners=len(members), spread=self.spread,
-                                           partition_sizes=np.bincount(bucket, minlength=k * self.spread).tolist())  # fmt: skip
+        diagnostics = PartitionDiagnostics(
+            partitions=k,
+            partitions_asked=self.partitions,
+            learners=len(members),
+            spread=self.spread,
+            partition_sizes=np.bincount(bucket, minlength=k * self.spread).tolist(),
+        )
         if self.evaluation is not None:
             x_e, y_e = self.evaluation
             certificates = self.certify(fitted.raw_scores(x_e), k, offsets, c)
             own, (prediction, radius) = next(iter(certificates.items()))
             budget = int(round(self.rate * (self.n_clean or len(y) / (1 + self.rate))))
-            curves = {name: [round(float(v), 3) for v in certified_curve(p, r, y_e, np.arange(int(r.max()) + 2))]
-                      for name, (p, r) in certificates.items()}  # fmt: skip
+            curves = {
+                name: [round(float(v), 3) for v in certified_curve(p, r, y_e, np.arange(int(r.max()) + 2))] for name, (p, r) in certificates.items()
+            }
             diagnostics.update(
                 certificate=own,
                 certified_budget_points=budget,
@@ -290,13 +312,22 @@ class DeepPartitionAggregation(PartitionEnsemble):
     """DPA: ``k`` victims on hash partitions, plurality vote or run-off, DPA's and ROE's radius per test point."""
 
     name: ClassVar[str] = "dpa"
-    description: ClassVar[str] = ("deep partition aggregation (ART DeepPartitionEnsemble) with a certified radius per test point; "
-                                  "aggregation: runoff is Run-off Election over the same learners")  # fmt: skip
+    description: ClassVar[str] = (
+        "deep partition aggregation (ART DeepPartitionEnsemble) with a certified radius per test point; "
+        "aggregation: runoff is Run-off Election over the same learners"
+    )
     Params = DPAParams
 
-    def __init__(self, rate: float, seed: int, partitions: int = 50, aggregation: str = "vote",
-                 evaluation: tuple[np.ndarray, np.ndarray] | None = None, n_clean: int | None = None,
-                 batched: bool = True) -> None:  # fmt: skip
+    def __init__(
+        self,
+        rate: float,
+        seed: int,
+        partitions: int = 50,
+        aggregation: str = "vote",
+        evaluation: tuple[np.ndarray, np.ndarray] | None = None,
+        n_clean: int | None = None,
+        batched: bool = True,
+    ) -> None:
         super().__init__(rate, seed, partitions, 1, aggregation, evaluation, n_clean, batched)
 
 
@@ -305,12 +336,22 @@ class FiniteAggregation(PartitionEnsemble):
     FA+ROE's radius."""
 
     name: ClassVar[str] = "fa"
-    description: ClassVar[str] = ("finite aggregation (Wang, Levine & Feizi 2022): k·d learners, each on d of k·d hash buckets, certified "
-                                  "radius; aggregation: runoff is Run-off Election over the same learners")  # fmt: skip
+    description: ClassVar[str] = (
+        "finite aggregation (Wang, Levine & Feizi 2022): k·d learners, each on d of k·d hash buckets, certified "
+        "radius; aggregation: runoff is Run-off Election over the same learners"
+    )
     Params = FAParams
     certificates: ClassVar[tuple[str, ...]] = ("fa", "fa_roe")
 
-    def __init__(self, rate: float, seed: int, partitions: int = 50, spread: int = 8, aggregation: str = "vote",
-                 evaluation: tuple[np.ndarray, np.ndarray] | None = None, n_clean: int | None = None,
-                 batched: bool = True) -> None:  # fmt: skip
+    def __init__(
+        self,
+        rate: float,
+        seed: int,
+        partitions: int = 50,
+        spread: int = 8,
+        aggregation: str = "vote",
+        evaluation: tuple[np.ndarray, np.ndarray] | None = None,
+        n_clean: int | None = None,
+        batched: bool = True,
+    ) -> None:
         super().__init__(rate, seed, partitions, spread, aggregation, evaluation, n_clean, batched)

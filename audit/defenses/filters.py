@@ -122,8 +122,15 @@ class InfluenceFilter(Defense):
     victims: ClassVar[tuple[str, ...]] = ("torch",)
     description: ClassVar[str] = "influence filter: drop the ε fraction most harmful to the validation loss (H⁻¹ by CG)"
 
-    def __init__(self, rate: float, seed: int, damping: float = 0.01, cg_iter: int = 200, cg_tol: float = 1e-6,
-                 validation: tuple[np.ndarray, np.ndarray] | None = None) -> None:  # fmt: skip
+    def __init__(
+        self,
+        rate: float,
+        seed: int,
+        damping: float = 0.01,
+        cg_iter: int = 200,
+        cg_tol: float = 1e-6,
+        validation: tuple[np.ndarray, np.ndarray] | None = None,
+    ) -> None:
         super().__init__(rate, seed)
         self.damping, self.cg_iter, self.cg_tol = damping, cg_iter, cg_tol
         self.validation = validation
@@ -149,7 +156,7 @@ class InfluenceFilter(Defense):
         grads = per_sample_gradients(module, xt, yt, task)
         scores = (-(grads @ solve.x)).detach().cpu().numpy()  # harm of up-weighting z_i on L_val
         keep = _drop_top(scores, _n_remove(self.rate, len(y)), np.ones(len(y), bool))
-        return DefenseResult(keep=keep, diagnostics=InfluenceDiagnostics(solve.n_iter, solve.residual, solve.converged))  # fmt: skip
+        return DefenseResult(keep=keep, diagnostics=InfluenceDiagnostics(solve.n_iter, solve.residual, solve.converged))
 
 
 def top_right_singular_vector(a: torch.Tensor, tol: float = 1e-12, max_iter: int = 1000) -> torch.Tensor:

@@ -59,8 +59,7 @@ class Trim(Defense):
     description: ClassVar[str] = "TRIM (Jagielski et al. 2018): fit on the n lowest-residual points, re-select, repeat"
     tasks: ClassVar[tuple[str, ...]] = ("regression",)
 
-    def __init__(self, rate: float, seed: int, n_keep: int | None = None, max_iter: int = 100, rtol: float = 1e-6,
-                 restarts: int = 1) -> None:  # fmt: skip
+    def __init__(self, rate: float, seed: int, n_keep: int | None = None, max_iter: int = 100, rtol: float = 1e-6, restarts: int = 1) -> None:
         super().__init__(rate, seed)
         if restarts < 1:
             raise AuditError(f"TRIM restarts must be ≥ 1 (got {restarts})")
@@ -81,8 +80,9 @@ class Trim(Defense):
         keep[subset] = True
         return DefenseResult(keep=keep, diagnostics=TrimDiagnostics(len(losses), converged, losses, n, self.restarts, [r[1][-1] for r in runs]))
 
-    def _one_start(self, x: np.ndarray, y: np.ndarray, n: int, victim: Any, hparams: dict[str, Any],
-                   rng: np.random.Generator) -> tuple[np.ndarray, list[float], bool]:  # fmt: skip
+    def _one_start(
+        self, x: np.ndarray, y: np.ndarray, n: int, victim: Any, hparams: dict[str, Any], rng: np.random.Generator
+    ) -> tuple[np.ndarray, list[float], bool]:
         subset = np.sort(rng.choice(len(y), size=n, replace=False))  # line 3: random initial subset
         fitted = victim.fit(x[subset], y[subset], hparams, self.seed)
         previous = np.inf

@@ -55,8 +55,15 @@ class _Sanitiser(Defense):
     tasks: ClassVar[tuple[str, ...]] = ("classification",)
     draws_randomness: ClassVar[bool] = False
 
-    def __init__(self, rate: float, seed: int, quantile: float | None = None, centroids: str = "oracle",
-                 clean: tuple[np.ndarray, np.ndarray] | None = None, n_classes: int | None = None) -> None:  # fmt: skip
+    def __init__(
+        self,
+        rate: float,
+        seed: int,
+        quantile: float | None = None,
+        centroids: str = "oracle",
+        clean: tuple[np.ndarray, np.ndarray] | None = None,
+        n_classes: int | None = None,
+    ) -> None:
         super().__init__(rate, seed)
         self.quantile = quantile
         self.centroid_source = centroids

@@ -1,4 +1,4 @@
-"""The adaptive stage: every filtering defense of the grid against attackers that know it (issue 15).
+"""The adaptive stage: every filtering defense of the grid against attackers that know it.
 
 A defense judged only against attacks that ignore it gets credit it has not earned: the
 attacker of the threat model knows the training procedure (README: How the audit works), and a filter is part
@@ -133,9 +133,20 @@ def adaptive_params(spec: AttackSpec, defense: DefenseSpec, rate: float) -> tupl
 OVERSAMPLE = 2  # candidates crafted per removed poison in a filter-in-the-loop round
 
 
-def _recraft(spec: AttackSpec, params: dict[str, Any], defense: DefenseSpec, ctx: AttackContext, fitted: Any,
-             x_kept: np.ndarray, y_kept: np.ndarray, x_stay: np.ndarray, y_stay: np.ndarray, k: int, defense_seed: int,
-             seed: int) -> tuple[np.ndarray, np.ndarray]:  # fmt: skip
+def _recraft(
+    spec: AttackSpec,
+    params: dict[str, Any],
+    defense: DefenseSpec,
+    ctx: AttackContext,
+    fitted: Any,
+    x_kept: np.ndarray,
+    y_kept: np.ndarray,
+    x_stay: np.ndarray,
+    y_stay: np.ndarray,
+    k: int,
+    defense_seed: int,
+    seed: int,
+) -> tuple[np.ndarray, np.ndarray]:
     """One filter-in-the-loop round: craft ``OVERSAMPLE·k`` candidates against ``fitted`` (the model
     trained on what survived, ``x_kept``) with the survivors as the training set, put them all
     through the filter beside the survivors and keep ``k`` of them, those it accepts first.
@@ -226,8 +237,7 @@ def craft_adaptive(
     scored = [(behind(x, y), name, x, y, diag) for name, x, y, diag in starts]
     (val, applied), start, x_p, y_p, first = min(scored, key=lambda t: sign * t[0][0])  # the stronger start behind the filter
     params = named.get(start, settings[0])  # the rounds recraft with the winning setting
-    history: list[dict[str, Any]] = [{"round": 0, "start": name, "removed": int((~a[1][n:]).sum()), "att_metric": v}
-                                     for (v, a), name, *_ in scored]  # fmt: skip
+    history: list[dict[str, Any]] = [{"round": 0, "start": name, "removed": int((~a[1][n:]).sum()), "att_metric": v} for (v, a), name, *_ in scored]
     history = [h for h in history if h["start"] == start] + [h for h in history if h["start"] != start]
     best: tuple[int, float, np.ndarray, np.ndarray, tuple[Any, np.ndarray, Any]] = (0, val, x_p, y_p, applied)
     for r in range(1, rounds + 1):
@@ -236,8 +246,20 @@ def craft_adaptive(
         if not removed.any():
             break
         x_mix, y_mix = np.concatenate([data.x_train, x_p]), np.concatenate([data.y_train, y_p])
-        x_p, y_p = _recraft(spec, params, defense, ctx, fitted, x_mix[keep], y_mix[keep], x_p[~removed], y_p[~removed],
-                            int(removed.sum()), defense_seed, derive_seed(ctx.seed, "round", r))  # fmt: skip
+        x_p, y_p = _recraft(
+            spec,
+            params,
+            defense,
+            ctx,
+            fitted,
+            x_mix[keep],
+            y_mix[keep],
+            x_p[~removed],
+            y_p[~removed],
+            int(removed.sum()),
+            defense_seed,
+            derive_seed(ctx.seed, "round", r),
+        )
         val, applied = behind(x_p, y_p)
         history.append({"round": r, "removed": int((~applied[1][n:]).sum()), "att_metric": val})
         if sign * val < sign * best[1]:

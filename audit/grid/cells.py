@@ -52,12 +52,21 @@ class GridCell:
 
     def identity(self) -> dict[str, Any]:
         """The fields that name this cell in its stored row (:class:`audit.grid.store.Cell`)."""
-        return {"cell_key": self.key, "position": self.position, "candidate": self.candidate, "attack": self.attack,
-                "budget": self.budget, "defense": self.defense, "seed": self.seed, "split": self.split}  # fmt: skip
+        return {
+            "cell_key": self.key,
+            "position": self.position,
+            "candidate": self.candidate,
+            "attack": self.attack,
+            "budget": self.budget,
+            "defense": self.defense,
+            "seed": self.seed,
+            "split": self.split,
+        }
 
 
-def apply_defense(defense: Defense, x: np.ndarray, y: np.ndarray, victim: Any, hparams: dict[str, Any],
-                  train_seed: int) -> tuple[Any, np.ndarray, Diagnostics]:  # fmt: skip
+def apply_defense(
+    defense: Defense, x: np.ndarray, y: np.ndarray, victim: Any, hparams: dict[str, Any], train_seed: int
+) -> tuple[Any, np.ndarray, Diagnostics]:
     """Run ``defense`` on ``(x, y)`` and train the model it yields.
 
     A filter's keep-mask selects the points the victim is retrained on with its own

@@ -102,8 +102,14 @@ def run_ray(plan: RunPlan, store: Store, progress: bool) -> None:
     waiting: dict[Any, tuple[str, Any]] = {}
     try:
         jobs, finished = plan_work(plan, store, plan.fingerprint())
-        bar = tqdm(total=len(plan.work_cells()), initial=finished, disable=not progress, unit="cell", desc=f"audit {plan.config.name} (ray)",
-                   dynamic_ncols=True)  # fmt: skip
+        bar = tqdm(
+            total=len(plan.work_cells()),
+            initial=finished,
+            disable=not progress,
+            unit="cell",
+            desc=f"audit {plan.config.name} (ray)",
+            dynamic_ncols=True,
+        )
         task = ray.remote(_unit).options(num_cpus=spec.cpus_per_cell, num_gpus=gpu_share(plan), max_retries=spec.retries)
         submit = _Submitter(ray, task, ray.put(plan), plan.numerics(), str(plan.device), waiting)
         for group in jobs:

@@ -52,13 +52,13 @@ def select(scores: list[float], grid: list[float], higher_is_better: bool) -> fl
     return grid[best]
 
 
-def cv_lambda(victim: Any, x: np.ndarray, y: np.ndarray, hp: dict[str, Any], grid: list[float], folds: int, seed: int,
-              higher_is_better: bool) -> tuple[float, list[float]]:  # fmt: skip
+def cv_lambda(
+    victim: Any, x: np.ndarray, y: np.ndarray, hp: dict[str, Any], grid: list[float], folds: int, seed: int, higher_is_better: bool
+) -> tuple[float, list[float]]:
     """λ_CLEAN: mean validation metric of ``folds``-fold CV on clean data for every λ of ``grid``."""
     from sklearn.model_selection import KFold, StratifiedKFold
 
-    splitter = StratifiedKFold(folds, shuffle=True, random_state=seed) if higher_is_better else \
-        KFold(folds, shuffle=True, random_state=seed)  # fmt: skip
+    splitter = StratifiedKFold(folds, shuffle=True, random_state=seed) if higher_is_better else KFold(folds, shuffle=True, random_state=seed)
     splits = list(splitter.split(x, y))
     scores = []
     for lam in grid:
@@ -70,8 +70,17 @@ def cv_lambda(victim: Any, x: np.ndarray, y: np.ndarray, hp: dict[str, Any], gri
     return select(scores, grid, higher_is_better), scores
 
 
-def retune_lambda(victim: Any, x: np.ndarray, y: np.ndarray, x_val: np.ndarray, y_val: np.ndarray, hp: dict[str, Any],
-                  grid: list[float], seed: int, higher_is_better: bool) -> tuple[float, list[float], Any]:  # fmt: skip
+def retune_lambda(
+    victim: Any,
+    x: np.ndarray,
+    y: np.ndarray,
+    x_val: np.ndarray,
+    y_val: np.ndarray,
+    hp: dict[str, Any],
+    grid: list[float],
+    seed: int,
+    higher_is_better: bool,
+) -> tuple[float, list[float], Any]:
     """λ chosen on the trusted validation set after training on ``(x, y)`` at every λ of ``grid``; with its model."""
     fits = [victim.fit(x, y, {**hp, "l2": rho(lam, len(y))}, seed) for lam in grid]
     scores = [f.metric(x_val, y_val) for f in fits]
@@ -93,9 +102,18 @@ class PolicySettings:
     retune_grid: list[float]
 
 
-def policy_rows(data: Any, victim: Any, hp: dict[str, Any], budgets: list[float], seed: int, base: str,
-                settings: PolicySettings, train_seed: int, attack_seed: Callable[[str, float], int],
-                done: dict[tuple[str, float], PolicyRow]) -> Iterator[PolicyRow]:  # fmt: skip
+def policy_rows(
+    data: Any,
+    victim: Any,
+    hp: dict[str, Any],
+    budgets: list[float],
+    seed: int,
+    base: str,
+    settings: PolicySettings,
+    train_seed: int,
+    attack_seed: Callable[[str, float], int],
+    done: dict[tuple[str, float], PolicyRow],
+) -> Iterator[PolicyRow]:
     """Yield the ``clean_cv``, ``retuned`` and ``rmd`` rows of one (base candidate, seed), skipping ``done`` ones.
 
     ``done`` maps (policy, budget) to rows already stored (resume): λ_CLEAN and the clean λ_RMD
@@ -107,8 +125,19 @@ def policy_rows(data: Any, victim: Any, hp: dict[str, Any], budgets: list[float]
 
     def row(policy: str, eps: float, lam: float, fitted: Any, start: float, diag: dict[str, Any]) -> PolicyRow:
         n_total = n + int(round(eps * n))
-        return PolicyRow(base, policy, eps, seed, lam, rho(lam, n_total), weight_norm_sq(fitted), fitted.metric(xv, yv),
-                         fitted.metric(data.x_test, data.y_test), time.perf_counter() - start, diag)  # fmt: skip
+        return PolicyRow(
+            base,
+            policy,
+            eps,
+            seed,
+            lam,
+            rho(lam, n_total),
+            weight_norm_sq(fitted),
+            fitted.metric(xv, yv),
+            fitted.metric(data.x_test, data.y_test),
+            time.perf_counter() - start,
+            diag,
+        )
 
     # ε = 0: λ_CLEAN by CV, λ re-tuned on D_val, λ_RMD learned on clean data
     if ("clean_cv", 0.0) not in done:
@@ -126,10 +155,23 @@ def policy_rows(data: Any, victim: Any, hp: dict[str, Any], budgets: list[float]
         start = time.perf_counter()
         template = victim.fit(x, y, {**hp, "l2": rho(settings.warm_start, n)}, train_seed)
         p = settings.attack_params
-        lam, curve = learn_log_l2(template.module, x, y, xv, yv, data.task, settings.clean_iterations,
-                                  p.get("inner_steps", 150), p.get("inner_lr", 0.1), settings.l2_lr, settings.l2_range,
-                                  settings.warm_start, p.get("init_weights", "auto"), train_seed,
-                                  p.get("hypergradient", "auto"))  # fmt: skip
+        lam, curve = learn_log_l2(
+            template.module,
+            x,
+            y,
+            xv,
+            yv,
+            data.task,
+            settings.clean_iterations,
+            p.get("inner_steps", 150),
+            p.get("inner_lr", 0.1),
+            settings.l2_lr,
+            settings.l2_range,
+            settings.warm_start,
+            p.get("init_weights", "auto"),
+            train_seed,
+            p.get("hypergradient", "auto"),
+        )
         fitted = victim.fit(x, y, {**hp, "l2": rho(lam, n)}, train_seed)
         done[("rmd", 0.0)] = r = row("rmd", 0.0, lam, fitted, start, {"lambda_curve": curve})
         yield r
@@ -140,8 +182,7 @@ def policy_rows(data: Any, victim: Any, hp: dict[str, Any], budgets: list[float]
             start = time.perf_counter()
             clean_model = clean_model or victim.fit(x, y, {**hp, "l2": rho(lam_clean, n)}, train_seed)
             n_total = n + int(round(eps * n))
-            attack = _back_gradient(data, clean_model, eps, rho(lam_clean, n_total), attack_seed("clean_cv", eps),
-                                    settings.attack_params)  # fmt: skip
+            attack = _back_gradient(data, clean_model, eps, rho(lam_clean, n_total), attack_seed("clean_cv", eps), settings.attack_params)
             x_p, y_p = attack.poison(x, y)
             x_mix, y_mix = np.concatenate([x, x_p]), np.concatenate([y, y_p])
             crafted = time.perf_counter() - start
@@ -154,8 +195,7 @@ def policy_rows(data: Any, victim: Any, hp: dict[str, Any], budgets: list[float]
         if ("rmd", eps) not in done:
             start = time.perf_counter()
             template = victim.fit(x, y, {**hp, "l2": rho(lam_rmd0, n)}, train_seed)
-            params = {**settings.attack_params, "learn_l2": True, "l2_init": lam_rmd0, "l2_range": settings.l2_range,
-                      "l2_lr": settings.l2_lr}  # fmt: skip
+            params = {**settings.attack_params, "learn_l2": True, "l2_init": lam_rmd0, "l2_range": settings.l2_range, "l2_lr": settings.l2_lr}
             attack = _back_gradient(data, template, eps, 0.0, attack_seed("rmd", eps), params)
             x_p, y_p = attack.poison(x, y)
             if attack.diagnostics.lambda_rmd is None:
@@ -163,8 +203,7 @@ def policy_rows(data: Any, victim: Any, hp: dict[str, Any], budgets: list[float]
             lam = float(attack.diagnostics.lambda_rmd)
             x_mix, y_mix = np.concatenate([x, x_p]), np.concatenate([y, y_p])
             fitted = victim.fit(x_mix, y_mix, {**hp, "l2": rho(lam, len(y_mix))}, train_seed)
-            yield row("rmd", eps, lam, fitted, start, {**_attack_summary(attack.diagnostics),
-                                                       "lambda_curve": attack.diagnostics.lambda_curve})  # fmt: skip
+            yield row("rmd", eps, lam, fitted, start, {**_attack_summary(attack.diagnostics), "lambda_curve": attack.diagnostics.lambda_curve})
 
 
 def _y_range(data: Any) -> tuple[float, float] | None:
@@ -179,6 +218,16 @@ def _attack_summary(diag: BackGradientDiagnostics) -> dict[str, Any]:
 def _back_gradient(data: Any, fitted: Any, eps: float, l2: float, seed: int, params: dict[str, Any]) -> BackGradient:
     """The stage's back-gradient attack against ``fitted`` at budget ``eps``, with the victim's ρ ``l2``."""
     x_att, y_att = data.attacker_target()  # D_att (D_val only in the papers' setting)
-    return BackGradient(fitted.require_module("minimax"), x_val=x_att, y_val=y_att, budget=eps, task=data.task,
-                        n_classes=data.n_classes, l2=l2, box=(data.lo, data.hi), y_range=_y_range(data), seed=seed,
-                        **params)  # fmt: skip
+    return BackGradient(
+        fitted.require_module("minimax"),
+        x_val=x_att,
+        y_val=y_att,
+        budget=eps,
+        task=data.task,
+        n_classes=data.n_classes,
+        l2=l2,
+        box=(data.lo, data.hi),
+        y_range=_y_range(data),
+        seed=seed,
+        **params,
+    )

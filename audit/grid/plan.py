@@ -54,9 +54,13 @@ class RunPlan:
     def splits_record(self) -> dict[str, Any]:
         """Store meta ``splits``: how many were asked for and run, why fewer, and each split's data seed."""
         asked = self.config.splits or 1
-        return {"requested": asked, "run": self.n_splits, "note": self.splits_note,
-                "seeds": [int(self.data(j).notes.get("split_seed", "0")) for j in range(self.n_splits)],
-                "data_sha256": [self.data(j).digests() for j in range(1, self.n_splits)]}  # splits 1…: split 0's is data_sha256  # fmt: skip
+        return {
+            "requested": asked,
+            "run": self.n_splits,
+            "note": self.splits_note,
+            "seeds": [int(self.data(j).notes.get("split_seed", "0")) for j in range(self.n_splits)],
+            "data_sha256": [self.data(j).digests() for j in range(1, self.n_splits)],
+        }  # splits 1…: split 0's is data_sha256
 
     def fingerprint(self) -> str:
         """The config's fingerprint plus what the code resolved it to (training procedure, version):
@@ -78,9 +82,13 @@ class RunPlan:
         """What the run knows of the model the user deploys (store meta ``deployed``, written at every
         start: the tolerance and the acceptance of a mismatch are the latest run's, never a cell's)."""
         rec = self.config.recommendation
-        return {"test_metric": self.deployed_test_metric, "trivial_metric": self.deployed_trivial_metric,
-                "tolerance": rec.deployed_tolerance, "allow_mismatch": rec.allow_mismatch,
-                "training": (self.victim.procedure or {}).get("train_fn")}  # fmt: skip
+        return {
+            "test_metric": self.deployed_test_metric,
+            "trivial_metric": self.deployed_trivial_metric,
+            "tolerance": rec.deployed_tolerance,
+            "allow_mismatch": rec.allow_mismatch,
+            "training": (self.victim.procedure or {}).get("train_fn"),
+        }
 
     def numerics(self) -> dict[str, Any]:
         """The settings a cell's numbers depend on besides the config: torch's thread count (CPU

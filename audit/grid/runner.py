@@ -73,8 +73,17 @@ from audit.models.victim import MODEL_AXES
 from audit.paths import refuse_link
 from audit.seeding import seeded_init
 
-__all__ = ["RunPlan", "plan_audit", "run_audit", "run_plan", "run_local", "clean_train_seed", "poison_cache_key", "certified_objective",
-           "standard_error"]  # fmt: skip
+__all__ = [
+    "RunPlan",
+    "plan_audit",
+    "run_audit",
+    "run_plan",
+    "run_local",
+    "clean_train_seed",
+    "poison_cache_key",
+    "certified_objective",
+    "standard_error",
+]
 
 
 def package_versions() -> dict[str, str]:
@@ -186,8 +195,10 @@ def _resplits(config: AuditConfig, data: Dataset, resplit: Callable[[int], Datas
     if k == 1:
         return [], None
     if data.notes.get("split_by") == "user":
-        return [], (f"splits: {k} asked for, 1 run — the split is the user's (an npz with its own validation/test "
-                    "split, a Dataset handed over, or a trained model), so the interval cannot cover split-to-split variation")  # fmt: skip
+        return [], (
+            f"splits: {k} asked for, 1 run — the split is the user's (an npz with its own validation/test "
+            "split, a Dataset handed over, or a trained model), so the interval cannot cover split-to-split variation"
+        )
     base = config.dataset.split.seed
     out = []
     for j in range(1, k):
@@ -214,9 +225,11 @@ def check_model_size(config: AuditConfig, data: Dataset) -> None:
                 continue
             params = d * width + (int(depth) - 1) * width * width + width * c
             if 16 * params > total / 2:
-                raise AuditError(f"model: width {width:g} × depth {depth} on {d} features is {params:.3g} parameters, ≈ "
-                                 f"{16 * params / 2**30:.3g} GiB with gradients and optimizer state; this machine has "
-                                 f"{total / 2**30:.0f} GiB — use a smaller width")  # fmt: skip
+                raise AuditError(
+                    f"model: width {width:g} × depth {depth} on {d} features is {params:.3g} parameters, ≈ "
+                    f"{16 * params / 2**30:.3g} GiB with gradients and optimizer state; this machine has "
+                    f"{total / 2**30:.0f} GiB — use a smaller width"
+                )
 
 
 def _check_user_training(victim: Victim, config: AuditConfig) -> None:
@@ -227,8 +240,10 @@ def _check_user_training(victim: Victim, config: AuditConfig) -> None:
     varied = [axis for axis, values in config.candidates.items() if len(set(map(str, values))) > 1 and axis not in MODEL_AXES]
     missing = [axis for axis in varied if axis != "l2" or not own.takes("l2")]
     if missing:
-        raise AuditError(f"training.factory / train_fn: the candidates vary {', '.join(missing)} but {own.name} takes neither "
-                         f"{'l2 nor ' if 'l2' in missing else ''}hparams; add the keyword to its signature")  # fmt: skip
+        raise AuditError(
+            f"training.factory / train_fn: the candidates vary {', '.join(missing)} but {own.name} takes neither "
+            f"{'l2 nor ' if 'l2' in missing else ''}hparams; add the keyword to its signature"
+        )
 
 
 def _convex(victim: Victim, hparams: dict[str, Any]) -> bool:
@@ -422,10 +437,17 @@ def run_confirmation(plan: RunPlan, store: Store, progress: bool) -> None:
     store.set_meta("config", cfg.model_dump(mode="json"))  # confirm is outside the fingerprint: the stored config says how this run confirms
     kinds = set(plan.victim.attack_kinds)
     applies = [e.id for e in BATTERY if plan.dataset.task in ATTACKS[e.attack].tasks and kinds & set(ATTACKS[e.attack].victims)]
-    state: dict[str, Any] = {"enabled": cfg.confirm.enabled, "budgets": cfg.confirm_budgets, "battery": list(cfg.confirm.attacks or []),
-                             "left_out": [i for i in applies if i not in (cfg.confirm.attacks or [])],
-                             "attacks": [key for key, _, _ in plan.all_axes()[len(plan.attack_axes()):]], "pairs": [], "rounds": [],
-                             "cells": [], "status": "done"}  # fmt: skip
+    state: dict[str, Any] = {
+        "enabled": cfg.confirm.enabled,
+        "budgets": cfg.confirm_budgets,
+        "battery": list(cfg.confirm.attacks or []),
+        "left_out": [i for i in applies if i not in (cfg.confirm.attacks or [])],
+        "attacks": [key for key, _, _ in plan.all_axes()[len(plan.attack_axes()) :]],
+        "pairs": [],
+        "rounds": [],
+        "cells": [],
+        "status": "done",
+    }
     if not cfg.confirm.enabled or not cfg.confirmation_attacks():  # off, or the grid ran the confirming battery itself
         store.set_meta(CONFIRMATION_META, state)
         return
@@ -466,8 +488,9 @@ def run_local(plan: RunPlan, store: Store, progress: bool) -> None:
 
     fingerprint, device = plan.fingerprint(), str(plan.device)
     jobs, finished = plan_work(plan, store, fingerprint)
-    bar = tqdm(total=len(plan.work_cells()), initial=finished, disable=not progress, unit="cell", desc=f"audit {plan.config.name}",
-               dynamic_ncols=True)  # fmt: skip
+    bar = tqdm(
+        total=len(plan.work_cells()), initial=finished, disable=not progress, unit="cell", desc=f"audit {plan.config.name}", dynamic_ncols=True
+    )
     first: dict[tuple[str, int, int], CleanOutcome] = {}
     for group in jobs:
         reuse = first.get((group.candidate, group.split, group.reuse_seed)) if group.reuse_seed is not None else None
@@ -524,8 +547,9 @@ def run_minimax(plan: RunPlan, store: Store, progress: bool = True) -> None:
     cfg = plan.config
     spec, attack = cfg.minimax, cfg.minimax_attack()
     assert spec is not None and attack is not None
-    settings = PolicySettings(dict(attack.params), spec.l2_range, spec.l2_lr, spec.clean_iterations, spec.warm_start,
-                              spec.cv_folds, list(spec.cv_grid), spec.retune())  # fmt: skip
+    settings = PolicySettings(
+        dict(attack.params), spec.l2_range, spec.l2_lr, spec.clean_iterations, spec.warm_start, spec.cv_folds, list(spec.cv_grid), spec.retune()
+    )
     stored = store.policy_rows()
     errors: dict[str, str] = {}
     for base in minimax_bases(cfg):
@@ -537,12 +561,13 @@ def run_minimax(plan: RunPlan, store: Store, progress: bool = True) -> None:
                 continue
             attack_seed = lambda policy, eps: derive_seed(seed, key, "minimax", policy, eps)  # noqa: E731
             try:
-                for row in policy_rows(plan.dataset, plan.victim, base, cfg.budgets, seed, key, settings,
-                                       clean_train_seed(seed), attack_seed, done):  # fmt: skip
+                for row in policy_rows(plan.dataset, plan.victim, base, cfg.budgets, seed, key, settings, clean_train_seed(seed), attack_seed, done):
                     store.put_policy(row)
                     if progress:
-                        print(f"minimax {row.policy} ε={row.budget:g} seed {seed}: λ={row.lam:.2f} "
-                              f"metric {row.test_metric:.2f} ({row.seconds:.0f} s)", file=sys.stderr)  # fmt: skip
+                        print(
+                            f"minimax {row.policy} ε={row.budget:g} seed {seed}: λ={row.lam:.2f} metric {row.test_metric:.2f} ({row.seconds:.0f} s)",
+                            file=sys.stderr,
+                        )
             except Exception as err:  # noqa: BLE001 - the grid's results stand; the report says what failed
                 message = f"{type(err).__name__}: {err}".splitlines()[0]
                 errors[f"{candidate_label(base)}, seed {seed}"] = message

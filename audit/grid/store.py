@@ -74,10 +74,28 @@ _SPLIT_TABLES = {
 }
 
 CELL_COLUMNS = (
-    "cell_key", "position", "candidate", "attack", "budget", "defense", "seed", "status",
-    "clean_val", "clean_test", "poisoned_val", "poisoned_test", "n_poison", "poisons_removed",
-    "clean_removed", "seconds", "device", "error", "diagnostics", "finished_at", "split",
-)  # fmt: skip
+    "cell_key",
+    "position",
+    "candidate",
+    "attack",
+    "budget",
+    "defense",
+    "seed",
+    "status",
+    "clean_val",
+    "clean_test",
+    "poisoned_val",
+    "poisoned_test",
+    "n_poison",
+    "poisons_removed",
+    "clean_removed",
+    "seconds",
+    "device",
+    "error",
+    "diagnostics",
+    "finished_at",
+    "split",
+)
 
 
 def candidate_key(hparams: dict[str, Any]) -> str:
@@ -452,9 +470,18 @@ class Store:
             yield cand, seed, val, test, sec, json.loads(train), split
 
     # ------------------------------------------------------------------ defenses on clean data
-    def put_clean_defended(self, candidate: str, seed: int, defense: str, val: float | None, test: float | None,
-                           removed: int | None, error: str | None = None, split: int = 0,
-                           diagnostics: dict[str, Any] | None = None) -> None:  # fmt: skip
+    def put_clean_defended(
+        self,
+        candidate: str,
+        seed: int,
+        defense: str,
+        val: float | None,
+        test: float | None,
+        removed: int | None,
+        error: str | None = None,
+        split: int = 0,
+        diagnostics: dict[str, Any] | None = None,
+    ) -> None:
         with self.db:
             self.db.execute(
                 "INSERT OR REPLACE INTO clean_defended (candidate, seed, defense, val_metric, test_metric, clean_removed, error, split, "
@@ -467,19 +494,22 @@ class Store:
         diagnostics (the certificates' curves, …); none in a store written before they were kept."""
         if "diagnostics" not in _columns(self.db, "clean_defended"):
             return []
-        query = (f"SELECT candidate, {self._split('clean_defended')} AS split_, seed, defense, diagnostics FROM clean_defended "
-                 "WHERE diagnostics IS NOT NULL ORDER BY candidate, split_, seed, defense")  # fmt: skip
+        query = (
+            f"SELECT candidate, {self._split('clean_defended')} AS split_, seed, defense, diagnostics FROM clean_defended "
+            "WHERE diagnostics IS NOT NULL ORDER BY candidate, split_, seed, defense"
+        )
         return [(c, j, s, d, json.loads(diag)) for c, j, s, d, diag in self.db.execute(query)]
 
     def clean_defended_rows(self) -> list[tuple[str, int, str, float | None, float | None, int | None, str | None, int]]:
         """``(candidate, seed, defense, val, test, clean points removed, error, split)`` of every defense on clean data."""
-        query = (f"SELECT {_SPLIT_TABLES['clean_defended']}, {self._split('clean_defended')} AS split_ FROM clean_defended "
-                 "ORDER BY candidate, split_, seed, defense")  # fmt: skip
+        query = (
+            f"SELECT {_SPLIT_TABLES['clean_defended']}, {self._split('clean_defended')} AS split_ FROM clean_defended "
+            "ORDER BY candidate, split_, seed, defense"
+        )
         return list(self.db.execute(query))
 
     # ------------------------------------------------------------------ poisonability targets
-    def put_target(self, candidate: str, seed: int, eps_w: float, val: float, test: float, threshold: dict,
-                   gradpc: dict, split: int = 0) -> None:  # fmt: skip
+    def put_target(self, candidate: str, seed: int, eps_w: float, val: float, test: float, threshold: dict, gradpc: dict, split: int = 0) -> None:
         with self.db:
             self.db.execute(
                 "INSERT OR REPLACE INTO targets VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
@@ -501,9 +531,20 @@ class Store:
         with self.db:
             self.db.execute(
                 "INSERT OR REPLACE INTO policies VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (row.base, row.policy, row.budget, row.seed, row.lam, row.l2, row.norm_w2, row.val_metric,
-                 row.test_metric, row.seconds, json.dumps(row.diagnostics)),
-            )  # fmt: skip
+                (
+                    row.base,
+                    row.policy,
+                    row.budget,
+                    row.seed,
+                    row.lam,
+                    row.l2,
+                    row.norm_w2,
+                    row.val_metric,
+                    row.test_metric,
+                    row.seconds,
+                    json.dumps(row.diagnostics),
+                ),
+            )
 
     def policy_rows(self) -> list[Any]:
         rows = self.db.execute("SELECT * FROM policies ORDER BY rowid").fetchall()
@@ -537,9 +578,19 @@ class Store:
                 continue  # not a poison set this version wrote: no sample from it
             if not diagnostics.source_examples:
                 continue
-            out.append({"candidate": candidate, "attack": attack, "budget": budget, "seed": seed,
-                        "fingerprint": fingerprint, "x": found["x"][:k], "y": found["y"][:k],
-                        "source": diagnostics.source_examples[:k], "diagnostics": diagnostics})  # fmt: skip
+            out.append(
+                {
+                    "candidate": candidate,
+                    "attack": attack,
+                    "budget": budget,
+                    "seed": seed,
+                    "fingerprint": fingerprint,
+                    "x": found["x"][:k],
+                    "y": found["y"][:k],
+                    "source": diagnostics.source_examples[:k],
+                    "diagnostics": diagnostics,
+                }
+            )
         return out
 
     def save_poisons(self, key: str, x: np.ndarray, y: np.ndarray, diagnostics: dict) -> None:

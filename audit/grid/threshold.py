@@ -34,9 +34,20 @@ def dataset_spec_for(dataset: str, label_column: str | None) -> DatasetSpec:
     raise AuditError(f"--dataset: unknown dataset {dataset!r}; valid: {', '.join(sorted(BUILTIN))}, or a .npz, a .csv or an image folder")
 
 
-def compute_threshold_report(dataset_name: str, model_name: str, l2: float, width: int | None, seed: int,
-                             target_file: Any, eps_w: float | None, save_target: Any, *, dataset_spec: DatasetSpec | None = None,
-                             model_spec: ModelSpec | None = None, training: TrainingSpec | None = None) -> dict[str, Any]:  # fmt: skip
+def compute_threshold_report(
+    dataset_name: str,
+    model_name: str,
+    l2: float,
+    width: int | None,
+    seed: int,
+    target_file: Any,
+    eps_w: float | None,
+    save_target: Any,
+    *,
+    dataset_spec: DatasetSpec | None = None,
+    model_spec: ModelSpec | None = None,
+    training: TrainingSpec | None = None,
+) -> dict[str, Any]:
     """Train the clean model, build or load the target and compute τ (``poison-audit threshold``).
 
     Keys of the returned dict (also the ``--json`` output): dataset, model, l2, seed, target
@@ -69,11 +80,17 @@ def compute_threshold_report(dataset_name: str, model_name: str, l2: float, widt
         target = copy.deepcopy(clean)
         expected = target.state_dict()
         missing, unexpected = sorted(set(expected) - set(state)), sorted(set(state) - set(expected))
-        shapes = [f"{k} {tuple(state[k].shape)} vs {tuple(v.shape)}" for k, v in expected.items()
-                  if k in state and hasattr(state[k], "shape") and tuple(state[k].shape) != tuple(v.shape)]  # fmt: skip
+        shapes = [
+            f"{k} {tuple(state[k].shape)} vs {tuple(v.shape)}"
+            for k, v in expected.items()
+            if k in state and hasattr(state[k], "shape") and tuple(state[k].shape) != tuple(v.shape)
+        ]
         if missing or unexpected or shapes:
-            parts = [f"missing keys {missing}" if missing else "", f"unexpected keys {unexpected}" if unexpected else "",
-                     f"shapes differ: {'; '.join(shapes)}" if shapes else ""]  # fmt: skip
+            parts = [
+                f"missing keys {missing}" if missing else "",
+                f"unexpected keys {unexpected}" if unexpected else "",
+                f"shapes differ: {'; '.join(shapes)}" if shapes else "",
+            ]
             raise AuditError(f"--target: cannot load {path} as a state dict of {model_name}: {', '.join(p for p in parts if p)}")
         target.load_state_dict(state)
         description = f"state dict {path}"
@@ -88,9 +105,16 @@ def compute_threshold_report(dataset_name: str, model_name: str, l2: float, widt
         saved = str(save_target)
     th = thresholds(target, data.x_train, data.y_train, data.task, l2, data.n_classes)
     return {
-        "dataset": dataset_name, "model": model_name, "l2": l2, "seed": seed, "target": description,
-        "clean_val": fitted.metric(data.x_val, data.y_val), "clean_test": fitted.metric(data.x_test, data.y_test),
+        "dataset": dataset_name,
+        "model": model_name,
+        "l2": l2,
+        "seed": seed,
+        "target": description,
+        "clean_val": fitted.metric(data.x_val, data.y_val),
+        "clean_test": fitted.metric(data.x_test, data.y_test),
         "target_val": module_metric(target, data.x_val, data.y_val, data.task),
         "target_test": module_metric(target, data.x_test, data.y_test, data.task),
-        "gradpc": record, "saved_target": saved, "threshold": th.as_dict(),
-    }  # fmt: skip
+        "gradpc": record,
+        "saved_target": saved,
+        "threshold": th.as_dict(),
+    }

@@ -46,8 +46,7 @@ from audit.models import Victim
 from audit.models.structure import convex_linear_layer, is_convex_linear, is_linear_model
 
 
-def poison_cache_key(candidate: str, attack_key: str, params: dict[str, Any], budget: float, seed: int, fingerprint: str,
-                     split: int = 0) -> str:  # fmt: skip
+def poison_cache_key(candidate: str, attack_key: str, params: dict[str, Any], budget: float, seed: int, fingerprint: str, split: int = 0) -> str:
     """The key a cell's poisons are cached under: they depend on the candidate, the attack and its
     parameters, ε, the seed, the split (from the second on) and the run's fingerprint, not on the defense
     (every defense sees the same poisons)."""
@@ -236,8 +235,9 @@ def plan_work(plan: RunPlan, store: Store, fingerprint: str) -> tuple[list[Group
     return jobs, sum(c.key in done for c in cells)
 
 
-def _screened_poisons(plan: RunPlan, store: Store, cand: str, attack_key: str, eps: float, seed: int, fingerprint: str,
-                      split: int = 0) -> Poisons | None:  # fmt: skip
+def _screened_poisons(
+    plan: RunPlan, store: Store, cand: str, attack_key: str, eps: float, seed: int, fingerprint: str, split: int = 0
+) -> Poisons | None:
     """For a confirmation attack (``<id>@paper``), the screen's poisons of the same battery entry at the same candidate,
     budget and seed, where the grid ran it and cached them: the paper-strength attack takes them as one more start,
     so its objective never ends below the screen's. None for any other attack or where there are none."""
@@ -282,8 +282,11 @@ def clean_unit(plan: RunPlan, candidate: str, seed: int, reuse: CleanOutcome | N
         return out
     out.fitted, out.metrics, out.points = clean, (clean_val, clean_test), clean_points
     metric_se = accuracy_se if data.task == "classification" else standard_error
-    clean_record = {**clean.train_result, "metric_se": {"val": metric_se(clean_points[0]), "test": metric_se(clean_points[1])},
-                    **certified_objective(clean, data, victim, hp, 0.0)}  # fmt: skip
+    clean_record = {
+        **clean.train_result,
+        "metric_se": {"val": metric_se(clean_points[0]), "test": metric_se(clean_points[1])},
+        **certified_objective(clean, data, victim, hp, 0.0),
+    }
     out.writes.put_clean(candidate, seed, clean_val, clean_test, time.perf_counter() - t0, clean_record, split)
     for defense_spec in cfg.defenses:
         if defense_spec.name != "none":
@@ -309,8 +312,15 @@ def craft_unit(plan: RunPlan, clean: CleanOutcome, attack_key: str, budget: floa
     start = (warm.x, warm.y) if warm is not None and warm.failure is None and warm.x is not None and warm.y is not None else None
     try:
         data = plan.data(clean.split)
-        ctx = AttackContext(data, plan.victim, clean.fitted, hp, budget, derive_seed(clean.seed, clean.candidate, attack_key, budget),
-                            start if spec.attack.warm_starts else None)  # fmt: skip
+        ctx = AttackContext(
+            data,
+            plan.victim,
+            clean.fitted,
+            hp,
+            budget,
+            derive_seed(clean.seed, clean.candidate, attack_key, budget),
+            start if spec.attack.warm_starts else None,
+        )
         attack = spec.attack.for_context(dict(spec.params), ctx)
         x_p, y_p = attack.poison(data.x_train, data.y_train)
         return Poisons(x_p, y_p, attack.diagnostics.to_json(), time.perf_counter() - t0)
@@ -381,8 +391,7 @@ def _defended_cell(
             is_poison = np.r_[np.zeros(len(data.y_train), bool), np.ones(len(y_p), bool)]
         if applied is None:
             spec = plan.config.defense_spec(c.defense)
-            defense = spec.defense.for_cell(c.budget, derive_seed(c.seed, c.candidate, c.attack, c.budget, c.defense), data,
-                                            spec.params)  # fmt: skip
+            defense = spec.defense.for_cell(c.budget, derive_seed(c.seed, c.candidate, c.attack, c.budget, c.defense), data, spec.params)
             applied = apply_defense(defense, x_mix, y_mix, victim, hp, train_seed)
         poisoned, keep, defense_diag = applied
         val_points = poisoned.pointwise(data.x_val, data.y_val)
@@ -410,7 +419,7 @@ def _defended_cell(
                     **(sgd_certificate(clean, data, x_p, y_p, train_seed) if c.defense == "none" and _modifies(plan, c.attack) else {}),
                     **(extra or {}),
                 }
-            ),  # fmt: skip
+            ),
         )
     except Exception as err:
         return failure_cell(c, Failure.of(err), str(plan.device))
@@ -511,15 +520,25 @@ def _paired_errors(clean_points: tuple[np.ndarray, np.ndarray], poisoned: Any, d
     return out
 
 
-def record_clean_defense(writes: StoreWrites, plan: RunPlan, victim: Victim, hp: dict, cand: str, seed: int, train_seed: int,
-                         spec: DefenseSpec, split: int = 0) -> None:  # fmt: skip
+def record_clean_defense(
+    writes: StoreWrites, plan: RunPlan, victim: Victim, hp: dict, cand: str, seed: int, train_seed: int, spec: DefenseSpec, split: int = 0
+) -> None:
     """What a defense costs on clean data: apply it to split j's D_tr alone (assumed rate = the target budget), retrain."""
     data, rate = plan.data(split), plan.config.target_budget
     try:
         defense = spec.defense.for_cell(rate, derive_seed(seed, cand, "clean", spec.key), data, spec.params)
         fitted, keep, diagnostics = apply_defense(defense, data.x_train, data.y_train, victim, hp, train_seed)
-        writes.put_clean_defended(cand, seed, spec.key, fitted.metric(data.x_val, data.y_val),
-                                  fitted.metric(data.x_test, data.y_test), int((~keep).sum()), None, split, jsonable(diagnostics))  # fmt: skip
+        writes.put_clean_defended(
+            cand,
+            seed,
+            spec.key,
+            fitted.metric(data.x_val, data.y_val),
+            fitted.metric(data.x_test, data.y_test),
+            int((~keep).sum()),
+            None,
+            split,
+            jsonable(diagnostics),
+        )
     except Exception as err:  # recorded; the pair is then not eligible for the recommendation
         writes.put_clean_defended(cand, seed, spec.key, None, None, None, f"{type(err).__name__}: {err}", split)
 
@@ -535,13 +554,13 @@ def wants_thresholds(cfg: AuditConfig, data: Dataset, fitted: Any) -> bool:
     return torch_model and (data.task == "classification" or setting == "on")
 
 
-def record_thresholds(writes: StoreWrites, cfg: AuditConfig, data: Dataset, victim: Victim, fitted: Any, hp: dict,
-                      cand: str, seed: int, split: int = 0) -> None:  # fmt: skip
+def record_thresholds(
+    writes: StoreWrites, cfg: AuditConfig, data: Dataset, victim: Victim, fitted: Any, hp: dict, cand: str, seed: int, split: int = 0
+) -> None:
     """GradPC targets at the configured ε_w and their τ for one (candidate, seed); also the clean model (ε_w = 0)."""
     l2 = victim.l2(hp)
     clean_th = thresholds(fitted.require_module("poisonability"), data.x_train, data.y_train, data.task, l2, data.n_classes)
-    writes.put_target(cand, seed, 0.0, fitted.metric(data.x_val, data.y_val), fitted.metric(data.x_test, data.y_test),
-                      clean_th.as_dict(), {}, split)  # fmt: skip
+    writes.put_target(cand, seed, 0.0, fitted.metric(data.x_val, data.y_val), fitted.metric(data.x_test, data.y_test), clean_th.as_dict(), {}, split)
     for eps_w in cfg.poisonability.eps_w:
         target, result = gradpc_target(fitted, data, eps_w, cfg.poisonability.gradpc_steps)
         th = thresholds(target, data.x_train, data.y_train, data.task, l2, data.n_classes).as_dict()
@@ -551,8 +570,12 @@ def record_thresholds(writes: StoreWrites, cfg: AuditConfig, data: Dataset, vict
             if is_linear_model(target):  # poisons inside the feature box: the box-aware threshold (exact for two classes)
                 box = box_threshold(target, data.x_train, data.y_train, l2, data.lo, data.hi, data.n_classes)
                 same = min_box_threshold(target, data.x_train, data.y_train, l2, data.lo, data.hi, data.n_classes)
-                th.update(tau_box=box.tau, tau_box_exact=box.exact, kappa_box=box.kappa_box, tau_box_same_predictions=same[1].tau,
-                          box_same_predictions_scale=same[0])  # fmt: skip
+                th.update(
+                    tau_box=box.tau,
+                    tau_box_exact=box.exact,
+                    kappa_box=box.kappa_box,
+                    tau_box_same_predictions=same[1].tau,
+                    box_same_predictions_scale=same[0],
+                )
         metric = lambda x, y: module_metric(target, x, y, data.task)  # noqa: E731
-        writes.put_target(cand, seed, eps_w, metric(data.x_val, data.y_val), metric(data.x_test, data.y_test),
-                          th, result.__dict__, split)  # fmt: skip
+        writes.put_target(cand, seed, eps_w, metric(data.x_val, data.y_val), metric(data.x_test, data.y_test), th, result.__dict__, split)

@@ -17,8 +17,9 @@ def flat(tensors: list[torch.Tensor] | tuple[torch.Tensor, ...]) -> torch.Tensor
     return torch.cat([t.reshape(-1) for t in tensors])
 
 
-def objective_hvp(module: nn.Module, x: torch.Tensor, y: torch.Tensor, task: str, l2: float,
-                  damping: float = 0.0, chunk: int = 4096) -> Callable[[torch.Tensor], torch.Tensor]:  # fmt: skip
+def objective_hvp(
+    module: nn.Module, x: torch.Tensor, y: torch.Tensor, task: str, l2: float, damping: float = 0.0, chunk: int = 4096
+) -> Callable[[torch.Tensor], torch.Tensor]:
     """``v ↦ (∇²f + damping·I) v`` for f = mean loss + (ρ/2)‖w‖² over ``(x, y)``, by double backward (chunked)."""
     params = [p for p in module.parameters() if p.requires_grad]
     weight_ids = {id(p) for p in regularized_weights(module)}
@@ -51,8 +52,9 @@ def mean_gradient(module: nn.Module, x: torch.Tensor, y: torch.Tensor, task: str
     return total / len(y)
 
 
-def per_sample_gradients(module: nn.Module, x: torch.Tensor, y: torch.Tensor, task: str, last_layer_only: bool = False,
-                         chunk: int = 1024) -> torch.Tensor:  # fmt: skip
+def per_sample_gradients(
+    module: nn.Module, x: torch.Tensor, y: torch.Tensor, task: str, last_layer_only: bool = False, chunk: int = 1024
+) -> torch.Tensor:
     """Per-sample loss gradients, shape (n, p), vectorised with ``torch.func`` (vmap of grad).
 
     ``last_layer_only`` restricts them to the output layer (``linear`` / ``head`` / last

@@ -96,8 +96,7 @@ class BatchedFit:
     steps: torch.Tensor
 
 
-def _batched_cg(problem: BatchedSoftmax, w: torch.Tensor, b: torch.Tensor, tol: torch.Tensor, max_iter: int,
-                compact_every: int = 20) -> torch.Tensor:  # fmt: skip
+def _batched_cg(problem: BatchedSoftmax, w: torch.Tensor, b: torch.Tensor, tol: torch.Tensor, max_iter: int, compact_every: int = 20) -> torch.Tensor:
     """CG for every learner's system ``H_i x_i = b_i`` (``H_i`` at ``w_i``) at once, each stopping at
     ``‖r_i‖ ≤ tol_i·‖b_i‖`` or on non-positive curvature; every ``compact_every`` iterations the batch shrinks to the
     learners still iterating, so the slowest few do not carry the finished ones' cost."""
@@ -130,8 +129,7 @@ def _batched_cg(problem: BatchedSoftmax, w: torch.Tensor, b: torch.Tensor, tol: 
     return x
 
 
-def batched_newton_cg(problem: BatchedSoftmax, w0: torch.Tensor, tol: float = 1e-8, max_iter: int = 100,
-                      cg_max_iter: int = 500) -> BatchedFit:  # fmt: skip
+def batched_newton_cg(problem: BatchedSoftmax, w0: torch.Tensor, tol: float = 1e-8, max_iter: int = 100, cg_max_iter: int = 500) -> BatchedFit:
     """Every learner's minimiser by truncated Newton, independently (module docstring): per learner, CG to the
     relative residual ``min(0.5, √‖∇‖)``, Armijo backtracking along its own direction, stop at ``‖∇‖ ≤ tol``."""
     w = w0.detach().clone()

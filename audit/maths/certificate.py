@@ -72,9 +72,20 @@ def _gradient(w: np.ndarray, b: np.ndarray, x: np.ndarray, y: np.ndarray) -> tup
     return p.T @ x / len(y), p.mean(axis=0)
 
 
-def online_minmax(x: np.ndarray, y: np.ndarray, n_classes: int, region: AcceptanceRegion, lo: np.ndarray | None,
-                  hi: np.ndarray | None, l2: float, n_poison: int, w0: np.ndarray, b0: np.ndarray,
-                  lr: float | None = None, rounds: int | None = None) -> MinMaxResult:  # fmt: skip
+def online_minmax(
+    x: np.ndarray,
+    y: np.ndarray,
+    n_classes: int,
+    region: AcceptanceRegion,
+    lo: np.ndarray | None,
+    hi: np.ndarray | None,
+    l2: float,
+    n_poison: int,
+    w0: np.ndarray,
+    b0: np.ndarray,
+    lr: float | None = None,
+    rounds: int | None = None,
+) -> MinMaxResult:
     """Algorithm 1 from ``(w0, b0)`` (usually the clean model): the poisons are the points of the
     first ``n_poison`` rounds; ``rounds`` (≥ n_poison; default n_poison) continues the descent on U
     to tighten the bound U* = min_t U(θ_t) (every θ_t gives a valid bound).
@@ -158,9 +169,19 @@ def worst_box_point(w: np.ndarray, b: float, lo: np.ndarray, hi: np.ndarray, y_l
     return (top, y_lo, 0.5 * up**2) if up >= down else (bottom, y_hi, 0.5 * down**2)
 
 
-def online_minmax_ridge(x: np.ndarray, y: np.ndarray, lo: np.ndarray, hi: np.ndarray, y_range: tuple[float, float], l2: float,
-                        n_poison: int, w0: np.ndarray, b0: float, lr: float | None = None,
-                        rounds: int | None = None) -> MinMaxResult:  # fmt: skip
+def online_minmax_ridge(
+    x: np.ndarray,
+    y: np.ndarray,
+    lo: np.ndarray,
+    hi: np.ndarray,
+    y_range: tuple[float, float],
+    l2: float,
+    n_poison: int,
+    w0: np.ndarray,
+    b0: float,
+    lr: float | None = None,
+    rounds: int | None = None,
+) -> MinMaxResult:
     """Algorithm 1 for ridge regression with poisons in the feature box × response range (no sanitiser).
 
     The same certificate as for softmax regression (module docstring, eq. 5) with the squared

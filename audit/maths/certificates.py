@@ -203,13 +203,16 @@ def fa_roe_radius(scores: np.ndarray, offsets: np.ndarray) -> tuple[np.ndarray, 
         # (1) the winner leaves the top two
         g_a, g_b = gap(m1, m2), gap(m1, m3s)
         summed = buckets(1 + 2 * (top == m1[:, None]).astype(np.int64) - (top == m2[:, None]) - (top == m3))
-        out_m1 = np.maximum(np.maximum(_buckets_within(pair_power(m1, m2), g_a), _buckets_within(pair_power(m1, m3s), g_b)),
-                            _buckets_within(summed, g_a + g_b + 1))  # fmt: skip
+        out_m1 = np.maximum(
+            np.maximum(_buckets_within(pair_power(m1, m2), g_a), _buckets_within(pair_power(m1, m3s), g_b)), _buckets_within(summed, g_a + g_b + 1)
+        )
         out_m2 = _buckets_within(pair_power(m2, m3s), gap(m2, m3s))
         out = np.where(m1_wins, out_m1, out_m2)
         # (2b) m3 passes the loser in round one and beats the winner in the run-off
-        swap = np.maximum(_buckets_within(pair_power(loser, m3s), gap(loser, m3s)),
-                          _buckets_within(buckets(2 * prefers(winner, m3s).astype(np.int64)), run(winner, m3s)))  # fmt: skip
+        swap = np.maximum(
+            _buckets_within(pair_power(loser, m3s), gap(loser, m3s)),
+            _buckets_within(buckets(2 * prefers(winner, m3s).astype(np.int64)), run(winner, m3s)),
+        )
         radius = np.where(other, np.minimum(radius, np.minimum(out, swap)), radius)
     return winner, radius
 

@@ -49,8 +49,9 @@ class RMDResult:
     inner_final: float
 
 
-def unroll(inner: Inner, w0: torch.Tensor, hypers: Sequence[torch.Tensor], steps: int, lr: float,
-           keep_every: int = 1) -> tuple[torch.Tensor, dict[int, torch.Tensor]]:  # fmt: skip
+def unroll(
+    inner: Inner, w0: torch.Tensor, hypers: Sequence[torch.Tensor], steps: int, lr: float, keep_every: int = 1
+) -> tuple[torch.Tensor, dict[int, torch.Tensor]]:
     """``steps`` GD steps from ``w0``; returns ``w_T`` and the states ``w_t`` kept at multiples of ``keep_every``."""
     w = w0.detach()
     hypers = [h.detach() for h in hypers]
@@ -65,8 +66,7 @@ def unroll(inner: Inner, w0: torch.Tensor, hypers: Sequence[torch.Tensor], steps
     return w, kept
 
 
-def _reverse_step(inner: Inner, w: torch.Tensor, hypers: Sequence[torch.Tensor],
-                  dw: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:  # fmt: skip
+def _reverse_step(inner: Inner, w: torch.Tensor, hypers: Sequence[torch.Tensor], dw: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
     """``(∇²_w L) dw`` and ``(∇_h ∇_w L)ᵀ dw`` at ``w`` by double backward (Pearlmutter, eq. 3)."""
     w_var = w.detach().requires_grad_(True)
     h_vars = [h.detach().requires_grad_(True) for h in hypers]
@@ -76,8 +76,16 @@ def _reverse_step(inner: Inner, w: torch.Tensor, hypers: Sequence[torch.Tensor],
     return out[0], [torch.zeros_like(h) if o is None else o for h, o in zip(hypers, out[1:])]
 
 
-def rmd(inner: Inner, outer: Outer, w0: torch.Tensor, hypers: Sequence[torch.Tensor], steps: int, lr: float,
-        checkpoint_every: int | None = None, explicit: Inner | None = None) -> RMDResult:  # fmt: skip
+def rmd(
+    inner: Inner,
+    outer: Outer,
+    w0: torch.Tensor,
+    hypers: Sequence[torch.Tensor],
+    steps: int,
+    lr: float,
+    checkpoint_every: int | None = None,
+    explicit: Inner | None = None,
+) -> RMDResult:
     """Hypergradients of ``A(w_T)`` with respect to ``hypers`` by reverse-mode differentiation (Algorithm 1).
 
     With ``explicit`` the objective is ``A(w_T) + E(w_T, h)``: ``E``'s own gradient in ``h`` starts
@@ -146,8 +154,7 @@ class FlatModel:
     def of(cls, module: nn.Module) -> FlatModel:
         named = [(n, p) for n, p in module.named_parameters()]
         ref = named[0][1]
-        mask = torch.cat([torch.full((p.numel(),), 1.0 if p.ndim > 1 else 0.0, dtype=ref.dtype, device=ref.device)
-                          for _, p in named])  # fmt: skip
+        mask = torch.cat([torch.full((p.numel(),), 1.0 if p.ndim > 1 else 0.0, dtype=ref.dtype, device=ref.device) for _, p in named])
         return cls(module, [n for n, _ in named], [p.shape for _, p in named], mask)
 
     def flat(self) -> torch.Tensor:
@@ -173,9 +180,15 @@ class FlatModel:
         return self.module
 
 
-def functional_objective(model: FlatModel, x_clean: torch.Tensor, y_clean: torch.Tensor, task: str,
-                         y_poison: torch.Tensor | None = None,
-                         x_fixed: torch.Tensor | None = None, y_fixed: torch.Tensor | None = None) -> Inner:  # fmt: skip
+def functional_objective(
+    model: FlatModel,
+    x_clean: torch.Tensor,
+    y_clean: torch.Tensor,
+    task: str,
+    y_poison: torch.Tensor | None = None,
+    x_fixed: torch.Tensor | None = None,
+    y_fixed: torch.Tensor | None = None,
+) -> Inner:
     """``L(w, x_p, λ[, y_p])`` = mean loss over clean ∪ fixed poisons ∪ ``(x_p, y_p)`` + (e^λ/2)‖w‖².
 
     ``λ`` is the log L2 strength: ``ρ = e^λ`` is the audit's ρ (README: How the audit works, the objective). With

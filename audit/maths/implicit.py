@@ -1,4 +1,4 @@
-"""Implicit hypergradients at the optimum of a convex training objective (issue 21; Koh & Liang 2017, Biggio et al. 2012).
+"""Implicit hypergradients at the optimum of a convex training objective (Koh & Liang 2017, Biggio et al. 2012).
 
 For a victim trained to the minimiser ``w*(h)`` of a strongly convex objective ``L(w, h)``
 (``h``: the poisons' features, the log L2 strength λ, …), the optimality condition
@@ -38,9 +38,16 @@ class ImplicitResult:
     stationarity: float
 
 
-def implicit_hypergradient(inner: Inner, outer: Outer, w: torch.Tensor, hypers: Sequence[torch.Tensor],
-                           solver: LinearSolver | None = None, explicit: Inner | None = None,
-                           v0: torch.Tensor | None = None, hvp: Matvec | None = None) -> ImplicitResult:  # fmt: skip
+def implicit_hypergradient(
+    inner: Inner,
+    outer: Outer,
+    w: torch.Tensor,
+    hypers: Sequence[torch.Tensor],
+    solver: LinearSolver | None = None,
+    explicit: Inner | None = None,
+    v0: torch.Tensor | None = None,
+    hvp: Matvec | None = None,
+) -> ImplicitResult:
     """``dA/dh`` at the minimiser ``w`` of ``inner(w, *hypers)`` (module docstring).
 
     Parameters
@@ -265,8 +272,14 @@ class GramCache:
         return self._eigh
 
 
-def newton_cg(problem: Smooth, w0: torch.Tensor, tol: float = 1e-8, max_iter: int = 50,
-              cg_max_iter: int = 200, precondition: Callable[[torch.Tensor], Matvec] | None = None) -> Minimised:  # fmt: skip
+def newton_cg(
+    problem: Smooth,
+    w0: torch.Tensor,
+    tol: float = 1e-8,
+    max_iter: int = 50,
+    cg_max_iter: int = 200,
+    precondition: Callable[[torch.Tensor], Matvec] | None = None,
+) -> Minimised:
     """``argmin_w`` of a convex :class:`Smooth` objective by truncated Newton (Nash 1984; liblinear's
     TRON for logistic regression is its trust-region form): each step solves ``H d = −∇`` by CG on
     Hessian-vector products to the relative residual ``η = min(0.5, √‖∇‖)`` (Eisenstat & Walker's

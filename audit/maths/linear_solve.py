@@ -48,9 +48,6 @@ class SolveResult:
     method: str = "cg"
 
 
-CGResult = SolveResult  # the name the first wave used
-
-
 class LinearSolver(Protocol):
     """``solve(matvec, b, x0=None) -> SolveResult``; settings are fixed at construction."""
 
@@ -60,9 +57,15 @@ class LinearSolver(Protocol):
     def __call__(self, matvec: Matvec, b: torch.Tensor, x0: torch.Tensor | None = None) -> SolveResult: ...
 
 
-def conjugate_gradient(matvec: Matvec, b: torch.Tensor, tol: float = 1e-6, max_iter: int = 100,
-                       x0: torch.Tensor | None = None, check_every: int | None = None,
-                       precondition: Matvec | None = None) -> SolveResult:  # fmt: skip
+def conjugate_gradient(
+    matvec: Matvec,
+    b: torch.Tensor,
+    tol: float = 1e-6,
+    max_iter: int = 100,
+    x0: torch.Tensor | None = None,
+    check_every: int | None = None,
+    precondition: Matvec | None = None,
+) -> SolveResult:
     """Solve ``A x = b`` for symmetric positive definite ``A`` given as ``matvec``; stops at ``‖r‖ ≤ tol·‖b‖``.
 
     Hestenes & Stiefel (1952): at most ``max_iter`` matvecs; stops early, and says so, on a
@@ -115,8 +118,7 @@ def conjugate_gradient(matvec: Matvec, b: torch.Tensor, tol: float = 1e-6, max_i
     return SolveResult(x, int(n_iter), residual, residual <= tol, stop)
 
 
-def _cg_host(matvec: Matvec, b: torch.Tensor, tol: float, max_iter: int, x0: torch.Tensor | None,
-             precondition: Matvec | None = None) -> SolveResult:  # fmt: skip
+def _cg_host(matvec: Matvec, b: torch.Tensor, tol: float, max_iter: int, x0: torch.Tensor | None, precondition: Matvec | None = None) -> SolveResult:
     """:func:`conjugate_gradient` reading its scalars on the host every iteration (the same iterates)."""
     m_inv = precondition or (lambda u: u)
     x = torch.zeros_like(b) if x0 is None else x0.clone()

@@ -140,8 +140,7 @@ def eps_upper(a: float, r: float, k: float) -> float | None:
     return None
 
 
-def thresholds(module: nn.Module, x: np.ndarray, y: np.ndarray, task: str, l2: float = 0.0,
-               n_classes: int | None = None) -> Threshold:  # fmt: skip
+def thresholds(module: nn.Module, x: np.ndarray, y: np.ndarray, task: str, l2: float = 0.0, n_classes: int | None = None) -> Threshold:
     """τ of target ``module`` against the clean training set ``(x, y)`` (one pass, no training).
 
     Parameters
@@ -154,8 +153,9 @@ def thresholds(module: nn.Module, x: np.ndarray, y: np.ndarray, task: str, l2: f
         ρ of the victim's objective; 0 gives the paper's τ.
     """
     if task == "regression":  # Example 1: l'(t, y) = t − y spans ℝ, so a = −∞, b = ∞
-        return Threshold("squared", "exact (Example 1): squared loss is poisonable at any ε", None, 0.0, l2, 0.0,
-                         None, None, 0.0, 0.0, 0.0, 0.0, False)  # fmt: skip
+        return Threshold(
+            "squared", "exact (Example 1): squared loss is poisonable at any ε", None, 0.0, l2, 0.0, None, None, 0.0, 0.0, 0.0, 0.0, False
+        )
     device = next(module.parameters()).device
     module.eval()
     xt = torch.as_tensor(x, dtype=torch.float32, device=device)
@@ -173,11 +173,21 @@ def thresholds(module: nn.Module, x: np.ndarray, y: np.ndarray, task: str, l2: f
     else:
         condition = "necessary only: last layer on penultimate features (Theorem 4, eq. A.16)"
     return Threshold(
-        loss="cross_entropy", condition=condition, n_classes=c, a=a, l2=l2, w_norm_sq=w_sq,
-        kappa_2=k2, kappa_c=kc, tau_2=a / k2, tau_c=a / kc,
-        tau_rho_2=tau_rho(a, r, k2), tau_rho_c=tau_rho(a, r, kc), unreachable=tau_rho(a, r, kc) is None,
+        loss="cross_entropy",
+        condition=condition,
+        n_classes=c,
+        a=a,
+        l2=l2,
+        w_norm_sq=w_sq,
+        kappa_2=k2,
+        kappa_c=kc,
+        tau_2=a / k2,
+        tau_c=a / kc,
+        tau_rho_2=tau_rho(a, r, k2),
+        tau_rho_c=tau_rho(a, r, kc),
+        unreachable=tau_rho(a, r, kc) is None,
         eps_upper_2=eps_upper(a, r, k2),
-    )  # fmt: skip
+    )
 
 
 @torch.no_grad()
@@ -278,8 +288,9 @@ def scale_output_layer(module: nn.Module, s: float) -> nn.Module:
     return out
 
 
-def scale_to_budget(module: nn.Module, x: np.ndarray, y: np.ndarray, l2: float, n_classes: int | None, eps: float,
-                    iters: int = 30) -> tuple[float, Threshold]:  # fmt: skip
+def scale_to_budget(
+    module: nn.Module, x: np.ndarray, y: np.ndarray, l2: float, n_classes: int | None, eps: float, iters: int = 30
+) -> tuple[float, Threshold]:
     """Largest output-layer scale ``s ∈ (0, 1]`` with ``τ_ρ(2)(s) ≤ eps`` (bisection on log s)."""
 
     def th(s: float) -> Threshold:
@@ -363,8 +374,9 @@ def _feasible(s: float, k: float, q: float) -> tuple[float, float]:
     return lower, upper
 
 
-def box_threshold(module: nn.Module, x: np.ndarray, y: np.ndarray, l2: float, lo: np.ndarray, hi: np.ndarray,
-                  n_classes: int | None = None) -> BoxThreshold:  # fmt: skip
+def box_threshold(
+    module: nn.Module, x: np.ndarray, y: np.ndarray, l2: float, lo: np.ndarray, hi: np.ndarray, n_classes: int | None = None
+) -> BoxThreshold:
     """The box-aware poisonability threshold of a linear target (derivation in the module docstring, eq. B1–B4).
 
     With ``a = ⟨W, g(μ)⟩``, ``r = ρ‖W‖²``, ``λ = ε/(1+ε)`` and the poisons' values of
@@ -418,8 +430,9 @@ SCALES = tuple(float(s) for s in np.logspace(-3.0, 0.0, 61))
 T = TypeVar("T")
 
 
-def _min_over_scalings(module: nn.Module, scales: tuple[float, ...], threshold: Callable[[nn.Module], T],
-                       tau: Callable[[T], float | None]) -> tuple[float, T]:  # fmt: skip
+def _min_over_scalings(
+    module: nn.Module, scales: tuple[float, ...], threshold: Callable[[nn.Module], T], tau: Callable[[T], float | None]
+) -> tuple[float, T]:
     """The scale s ∈ {1} ∪ ``scales`` whose output-layer-scaled target has the smallest τ (None counts as +∞)."""
 
     def key(t: T) -> float:
@@ -434,8 +447,9 @@ def _min_over_scalings(module: nn.Module, scales: tuple[float, ...], threshold: 
     return best_s, best
 
 
-def tau_over_scalings(module: nn.Module, x: np.ndarray, y: np.ndarray, l2: float, n_classes: int | None,
-                      scales: tuple[float, ...] = SCALES) -> tuple[float, Threshold]:  # fmt: skip
+def tau_over_scalings(
+    module: nn.Module, x: np.ndarray, y: np.ndarray, l2: float, n_classes: int | None, scales: tuple[float, ...] = SCALES
+) -> tuple[float, Threshold]:
     """The smallest τ_ρ(2) among targets with the *same predictions*: the output layer (weights and
     bias) scaled by ``s ∈ (0, 1]`` keeps every argmax, while ``a = E⟨h, p − y⟩`` and ``ρ‖W‖²`` change.
 
@@ -450,8 +464,16 @@ def tau_over_scalings(module: nn.Module, x: np.ndarray, y: np.ndarray, l2: float
     return _min_over_scalings(module, scales, lambda m: thresholds(m, x, y, "classification", l2, n_classes), lambda t: t.tau_rho_2)
 
 
-def min_box_threshold(module: nn.Module, x: np.ndarray, y: np.ndarray, l2: float, lo: np.ndarray, hi: np.ndarray,
-                      n_classes: int | None, scales: tuple[float, ...] = SCALES[::3]) -> tuple[float, BoxThreshold]:  # fmt: skip
+def min_box_threshold(
+    module: nn.Module,
+    x: np.ndarray,
+    y: np.ndarray,
+    l2: float,
+    lo: np.ndarray,
+    hi: np.ndarray,
+    n_classes: int | None,
+    scales: tuple[float, ...] = SCALES[::3],
+) -> tuple[float, BoxThreshold]:
     """The box-aware threshold minimised over the prediction-equivalent targets (output layer × s), as
     :func:`tau_over_scalings` does for the unbounded one; unlike that one it need not vanish as ``s → 0``
     (``a`` and ``κ_box`` shrink together)."""

@@ -169,8 +169,7 @@ class LinearMax:
     bound: float
 
 
-def max_linear(q: np.ndarray, region: AcceptanceRegion, y: int, lo: np.ndarray | None, hi: np.ndarray | None,
-               refine: int = 30) -> LinearMax:  # fmt: skip
+def max_linear(q: np.ndarray, region: AcceptanceRegion, y: int, lo: np.ndarray | None, hi: np.ndarray | None, refine: int = 30) -> LinearMax:
     """Maximise ``⟨q, x⟩`` over class ``y``'s region ∩ the box (module docstring: the dual).
 
     Parameters
@@ -263,8 +262,9 @@ def fit_region(x: np.ndarray, y: np.ndarray, n_classes: int, level: float, spher
     return AcceptanceRegion(mu, radii, directions, widths)
 
 
-def project_many(region: AcceptanceRegion, x: torch.Tensor, y: torch.Tensor, lo: torch.Tensor | None, hi: torch.Tensor | None,
-                 iterations: int = 50) -> torch.Tensor:  # fmt: skip
+def project_many(
+    region: AcceptanceRegion, x: torch.Tensor, y: torch.Tensor, lo: torch.Tensor | None, hi: torch.Tensor | None, iterations: int = 50
+) -> torch.Tensor:
     """Each row of ``x`` (m, d) onto its label's region ∩ the box (labels ``y`` (m,)): Dykstra's
     alternating projections, vectorised over the rows, then scaled towards μ_y until exactly
     inside the ball and slab and clipped to the box (as :meth:`AcceptanceRegion.project`)."""

@@ -72,8 +72,10 @@ def training_from_fit_kwargs(fit_kwargs: dict[str, Any]) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for key, value in fit_kwargs.items():
         if key not in FIT_KWARGS:
-            raise AuditError(f"fit_kwargs: {key!r} is not a setting the audit can retrain with; it takes "
-                             f"{', '.join(sorted(FIT_KWARGS))} (for anything else pass train_fn)")  # fmt: skip
+            raise AuditError(
+                f"fit_kwargs: {key!r} is not a setting the audit can retrain with; it takes "
+                f"{', '.join(sorted(FIT_KWARGS))} (for anything else pass train_fn)"
+            )
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise AuditError(f"fit_kwargs: {key} must be a positive integer (got {value!r})")
         out[FIT_KWARGS[key]] = int(value)
@@ -165,8 +167,15 @@ def _with_user_optimizer(training: dict[str, Any], overrides: dict[str, Any], ob
     return out
 
 
-def build_victim(model_spec: Any, training_spec: Any, dataset: Any, device: torch.device, model_obj: Any = None,
-                 train_fn: Callable[..., Any] | None = None, fit_kwargs: dict[str, Any] | None = None) -> Victim:  # fmt: skip
+def build_victim(
+    model_spec: Any,
+    training_spec: Any,
+    dataset: Any,
+    device: torch.device,
+    model_obj: Any = None,
+    train_fn: Callable[..., Any] | None = None,
+    fit_kwargs: dict[str, Any] | None = None,
+) -> Victim:
     """The victim a config describes on ``dataset``; ``model_obj`` overrides it (library API).
 
     ``fit_kwargs`` (``nb_epochs``, ``batch_size``, as passed to the user's ``estimator.fit``)
@@ -187,8 +196,7 @@ def build_victim(model_spec: Any, training_spec: Any, dataset: Any, device: torc
     return victim
 
 
-def _build_victim(model_spec: Any, dataset: Any, device: torch.device, model_obj: Any, training: dict[str, Any],
-                  overrides: dict[str, Any]) -> Victim:  # fmt: skip
+def _build_victim(model_spec: Any, dataset: Any, device: torch.device, model_obj: Any, training: dict[str, Any], overrides: dict[str, Any]) -> Victim:
     name = model_spec.name
     task, c, d = dataset.task, dataset.n_classes, dataset.n_features
     input_shape = dataset.input_shape

@@ -1,4 +1,4 @@
-"""SHA-256 of a model's definition and weights, for the compliance record (issue 17).
+"""SHA-256 of a model's definition and weights, for the compliance record.
 
 What "the model" is depends on how the audit got it: a zoo model is defined by its
 architecture (the module's ``repr``); a user factory by its source file too; an object handed to
@@ -73,8 +73,12 @@ def handed_over_weights(model_obj: Any) -> str | None:
     from sklearn.pipeline import Pipeline
 
     if isinstance(model_obj, Pipeline):  # every fitted step's statistics, named by step
-        fitted = [(f"{name}.{k}", np.asarray(getattr(step, k))) for name, step in model_obj.steps
-                  for k in ("coef_", "intercept_", "mean_", "scale_", "min_") if getattr(step, k, None) is not None]  # fmt: skip
+        fitted = [
+            (f"{name}.{k}", np.asarray(getattr(step, k)))
+            for name, step in model_obj.steps
+            for k in ("coef_", "intercept_", "mean_", "scale_", "min_")
+            if getattr(step, k, None) is not None
+        ]
     else:
         fitted = [(k, np.asarray(getattr(model_obj, k))) for k in ("coef_", "intercept_") if hasattr(model_obj, k)]
     return tensors_digest(fitted) if fitted else None

@@ -48,8 +48,9 @@ class InputSpace(nn.Module):
     user's module; the standardisation is a pair of buffers.
     """
 
-    def __init__(self, model: nn.Module, input_shape: tuple[int, ...] | None = None, mean: Any = None,
-                 std: Any = None, steps: tuple[Any, ...] = ()) -> None:  # fmt: skip
+    def __init__(
+        self, model: nn.Module, input_shape: tuple[int, ...] | None = None, mean: Any = None, std: Any = None, steps: tuple[Any, ...] = ()
+    ) -> None:
         super().__init__()
         self.model = model
         self.input_shape = tuple(input_shape) if input_shape else None

@@ -87,8 +87,7 @@ class ConvGenerator(nn.Module):
         Channels of the first convolution (default 16; then 2× and 4×).
     """
 
-    def __init__(self, image_shape: tuple[int, ...], n_classes: int, lo: torch.Tensor, hi: torch.Tensor,
-                 width: int | None = None) -> None:  # fmt: skip
+    def __init__(self, image_shape: tuple[int, ...], n_classes: int, lo: torch.Tensor, hi: torch.Tensor, width: int | None = None) -> None:
         super().__init__()
         channels, height, wide = image_shape
         k = width or 16
@@ -126,8 +125,9 @@ class ConvGenerator(nn.Module):
         return self.box(self.logits(x, y))
 
 
-def build_generator(kind: str, n_features: int, n_classes: int, lo: torch.Tensor, hi: torch.Tensor,
-                    image_shape: tuple[int, ...] | None, width: int | None = None) -> nn.Module:  # fmt: skip
+def build_generator(
+    kind: str, n_features: int, n_classes: int, lo: torch.Tensor, hi: torch.Tensor, image_shape: tuple[int, ...] | None, width: int | None = None
+) -> nn.Module:
     """``kind``: ``dense``, ``conv`` or ``auto`` (conv for images of at least 8×8, dense otherwise)."""
     if kind == "auto":
         kind = "conv" if image_shape is not None and len(image_shape) == 3 and min(image_shape[1:]) >= 8 else "dense"
@@ -156,8 +156,7 @@ def reconstruction_mse(gen: nn.Module, x: torch.Tensor, y: torch.Tensor, chunk: 
     return total / max(x.numel(), 1)
 
 
-def pretrain_generator(gen: nn.Module, x: torch.Tensor, y: torch.Tensor, epochs: int, lr: float, batch_size: int,
-                       seed: int) -> PretrainResult:  # fmt: skip
+def pretrain_generator(gen: nn.Module, x: torch.Tensor, y: torch.Tensor, epochs: int, lr: float, batch_size: int, seed: int) -> PretrainResult:
     """Train ``gen`` in place to reconstruct ``x`` from ``[x; y]`` (Adam, seeded mini-batches).
 
     The loss is the cross-entropy between σ(logits) and ``x`` scaled to [0, 1] (the usual

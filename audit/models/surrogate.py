@@ -53,8 +53,7 @@ class Affine(nn.Module):
     "with_mean", "with_std"}``, ``{"kind": "minmax", "range": (a, b)}`` or ``{"kind": "maxabs"}``.
     """
 
-    def __init__(self, scale: np.ndarray, shift: np.ndarray, clip: tuple[float, float] | None = None,
-                 refit: dict[str, Any] | None = None) -> None:  # fmt: skip
+    def __init__(self, scale: np.ndarray, shift: np.ndarray, clip: tuple[float, float] | None = None, refit: dict[str, Any] | None = None) -> None:
         super().__init__()
         self.register_buffer("scale", torch.as_tensor(np.asarray(scale, np.float64), dtype=torch.float32))
         self.register_buffer("shift", torch.as_tensor(np.asarray(shift, np.float64), dtype=torch.float32))
@@ -199,13 +198,15 @@ def check_sklearn_model(estimator: Any, task: str, n_classes: int | None) -> tup
     for name, step in transformers:
         kind = type(step).__name__
         if kind not in SUPPORTED_STEPS:
-            raise AuditError(f"model: pipeline step {name!r} ({kind}) is not supported; supported steps: "
-                             f"{', '.join(SUPPORTED_STEPS)}, then {_final_list(task)}")  # fmt: skip
+            raise AuditError(
+                f"model: pipeline step {name!r} ({kind}) is not supported; supported steps: {', '.join(SUPPORTED_STEPS)}, then {_final_list(task)}"
+            )
     kind = type(last).__name__
     where = f"pipeline step {last_name!r} ({kind})" if last_name else f"scikit-learn {kind}"
     if kind not in SURROGATE_ESTIMATORS[task] + SOLVER_ONLY[task]:
-        raise AuditError(f"model: {where} is not supported for {task}; use {_final_list(task)} "
-                         "(the L2 strength ρ must map onto its regularization parameter)")  # fmt: skip
+        raise AuditError(
+            f"model: {where} is not supported for {task}; use {_final_list(task)} (the L2 strength ρ must map onto its regularization parameter)"
+        )
     if last.get_params().get("class_weight") is not None:
         raise AuditError(f"model: {where} has class_weight; the audit's objective weighs every point alike — leave class_weight=None")
     if kind == "LogisticRegression":
@@ -213,16 +214,21 @@ def check_sklearn_model(estimator: Any, task: str, n_classes: int | None) -> tup
         if float(params.get("l1_ratio") or 0.0) > 0 or params.get("penalty") in ("l1", "elasticnet"):
             raise AuditError(f"model: {where} has an L1 part (l1_ratio / penalty); the audit's objective is L2 only — use l1_ratio=0")
         if params.get("solver") not in _LOGREG_SOLVERS:
-            raise AuditError(f"model: {where} uses solver {params.get('solver')!r}, which penalises the intercept "
-                             f"(liblinear) or fits one-vs-rest; use one of {', '.join(_LOGREG_SOLVERS)}")  # fmt: skip
+            raise AuditError(
+                f"model: {where} uses solver {params.get('solver')!r}, which penalises the intercept "
+                f"(liblinear) or fits one-vs-rest; use one of {', '.join(_LOGREG_SOLVERS)}"
+            )
     if kind == "SGDClassifier":
         params = last.get_params()
         if params.get("loss") != "log_loss" or params.get("penalty") != "l2":
-            raise AuditError(f"model: {where} must use loss='log_loss' and penalty='l2' (got {params.get('loss')!r}, "
-                             f"{params.get('penalty')!r}): the audit's objective is the L2-regularised logistic loss")  # fmt: skip
+            raise AuditError(
+                f"model: {where} must use loss='log_loss' and penalty='l2' (got {params.get('loss')!r}, "
+                f"{params.get('penalty')!r}): the audit's objective is the L2-regularised logistic loss"
+            )
         if n_classes is not None and n_classes > 2:
-            raise AuditError(f"model: {where} fits {n_classes} classes one-vs-rest, not the softmax objective; "
-                             "use LogisticRegression for more than two classes")  # fmt: skip
+            raise AuditError(
+                f"model: {where} fits {n_classes} classes one-vs-rest, not the softmax objective; use LogisticRegression for more than two classes"
+            )
     names = [type(s).__name__ for _, s in transformers] + [kind]
     description = f"scikit-learn Pipeline({' → '.join(names)})" if last_name else f"scikit-learn {kind}"
     return description, kind in SURROGATE_ESTIMATORS[task]

@@ -70,8 +70,10 @@ class Fitted(ABC):
     def require_module(self, who: str) -> nn.Module:
         """The torch module, or a one-line error naming ``who`` needs it."""
         if self.module is None:
-            raise AuditError(f"{who} needs a PyTorch victim (an nn.Module) or a scikit-learn LogisticRegression / Ridge "
-                             "(bare or in a supported Pipeline), not this scikit-learn estimator")  # fmt: skip
+            raise AuditError(
+                f"{who} needs a PyTorch victim (an nn.Module) or a scikit-learn LogisticRegression / Ridge "
+                "(bare or in a supported Pipeline), not this scikit-learn estimator"
+            )
         return self.module
 
     @abstractmethod
@@ -431,14 +433,16 @@ class SklearnVictim(Victim):
         refit = fitted_steps(self.estimator)
         if not self.surrogate or not refit:
             return []
-        return [f"Gradient Canceling and TGDA model the pipeline's {', '.join(refit)} at its clean fit, while every retraining "
-                "refits it on the poisoned data, so their damage may be a lower bound of what an attacker that models the refit "
-                "would do; back-gradient models the refit exactly (refit_scalers: true, its default: the scalers' statistics "
-                "move with the poisons in its hypergradient). Measured on breast_cancer's raw features (ρ = 0.03, ε = 10 %): "
-                "back-gradient modelling the refit reaches a higher attacker's objective than with the scaler fixed on every seed "
-                "and 2.6–4.4 test points against 2.6–5.3; on the same data standardised once it does 14.0–14.9 — the refit "
-                "itself caps what 10 % of points can do (examples/benchmarks/README.md); the worst case is over every "
-                "attack, label flips and StatP included"]  # fmt: skip
+        return [
+            f"Gradient Canceling and TGDA model the pipeline's {', '.join(refit)} at its clean fit, while every retraining "
+            "refits it on the poisoned data, so their damage may be a lower bound of what an attacker that models the refit "
+            "would do; back-gradient models the refit exactly (refit_scalers: true, its default: the scalers' statistics "
+            "move with the poisons in its hypergradient). Measured on breast_cancer's raw features (ρ = 0.03, ε = 10 %): "
+            "back-gradient modelling the refit reaches a higher attacker's objective than with the scaler fixed on every seed "
+            "and 2.6–4.4 test points against 2.6–5.3; on the same data standardised once it does 14.0–14.9 — the refit "
+            "itself caps what 10 % of points can do (examples/benchmarks/README.md); the worst case is over every "
+            "attack, label flips and StatP included"
+        ]
 
     @property
     def procedure(self) -> None:

@@ -111,18 +111,24 @@ class DeployedCheck:
         """One line for every output: the comparison, and what it means for the verdict."""
         shown = (lambda v: f"{v:.2f}") if self.higher_is_better else (lambda v: f"{v:.4g}")
         if not self.trained:
-            return (f"the model handed over scores {shown(self.value)} test {metric}, no better than predicting "
-                    f"{'the majority class' if self.higher_is_better else 'the mean'} ({shown(self.trivial or 0.0)}): taken as an "
-                    "untrained architecture, not compared with the audit's retraining")  # fmt: skip
+            return (
+                f"the model handed over scores {shown(self.value)} test {metric}, no better than predicting "
+                f"{'the majority class' if self.higher_is_better else 'the mean'} ({shown(self.trivial or 0.0)}): taken as an "
+                "untrained architecture, not compared with the audit's retraining"
+            )
         spread = f"{shown(self.low)}–{shown(self.high)} over {self.n_seeds} seeds" if self.n_seeds > 1 else shown(self.audited)
-        compared = (f"your model scores {shown(self.value)} test {metric} as handed over, the audit's clean retraining "
-                    f"{spread} ({self.label}), {self.gap_text} apart (tolerance {self.limit_text})")  # fmt: skip
+        compared = (
+            f"your model scores {shown(self.value)} test {metric} as handed over, the audit's clean retraining "
+            f"{spread} ({self.label}), {self.gap_text} apart (tolerance {self.limit_text})"
+        )
         if self.matches:
             return f"the audited model matches yours: {compared}"
         if self.accepted:
             return f"MISMATCH ACCEPTED (allow_mismatch): the verdict is about the audit's retrained model, not yours — {compared}"
-        return (f"{MISMATCH} — {compared}; retrain as you train (fit_kwargs, train_fn, or training: epochs, batch_size, "
-                "factory) or accept the mismatch with --allow-mismatch")  # fmt: skip
+        return (
+            f"{MISMATCH} — {compared}; retrain as you train (fit_kwargs, train_fn, or training: epochs, batch_size, "
+            "factory) or accept the mismatch with --allow-mismatch"
+        )
 
 
 @dataclass
@@ -160,8 +166,11 @@ class Analysis:
         left_out = conf.get("left_out") or []
         narrowed = f" (confirm.attacks leaves out {', '.join(left_out)})" if left_out else ""
         if not cfg.confirmation_attacks():
-            return Strength(True, "confirmed: the grid itself ran every attack of the battery at its paper's settings and every seed" + narrowed,
-                            "no attack of the grid was reduced, so its screen is the confirmation")  # fmt: skip
+            return Strength(
+                True,
+                "confirmed: the grid itself ran every attack of the battery at its paper's settings and every seed" + narrowed,
+                "no attack of the grid was reduced, so its screen is the confirmation",
+            )
         rec = self.recommendation
         if rec.key is None:
             return Strength(False, LOWER_BOUND, "nothing is recommended yet")
@@ -179,10 +188,16 @@ class Analysis:
         done = {c.cell_key for c in self.cells if c.status == "ok"}
         missing = [k for k in mine if k not in done]
         if missing:
-            return Strength(False, LOWER_BOUND, f"confirmation incomplete: {len(missing)} of {len(mine)} confirmation cells of the "
-                            "recommended setting have not finished")  # fmt: skip
-        return Strength(True, "confirmed: every attack of the battery at its paper's settings and every seed" + narrowed,
-                        f"{len(mine)} confirmation cells of the recommended setting at ε = {eps:g}")  # fmt: skip
+            return Strength(
+                False,
+                LOWER_BOUND,
+                f"confirmation incomplete: {len(missing)} of {len(mine)} confirmation cells of the recommended setting have not finished",
+            )
+        return Strength(
+            True,
+            "confirmed: every attack of the battery at its paper's settings and every seed" + narrowed,
+            f"{len(mine)} confirmation cells of the recommended setting at ε = {eps:g}",
+        )
 
     def deployed(self, allow_mismatch: bool = False) -> DeployedCheck | None:
         """The user's model against the audit's clean retraining (None: no trained model was handed
@@ -207,9 +222,21 @@ class Analysis:
             gap, limit = distance / max(abs(value), 1e-12), 0.05 if tolerance is None else float(tolerance)
         trivial = stored.get("trivial_metric")
         trained = trivial is None or (value > trivial if self.higher_is_better else value < trivial)
-        return DeployedCheck(value, audited, label, gap, limit, self.higher_is_better, trained,
-                             bool(allow_mismatch or stored.get("allow_mismatch")), trivial, stored.get("training"),
-                             low, high, n_seeds)  # fmt: skip
+        return DeployedCheck(
+            value,
+            audited,
+            label,
+            gap,
+            limit,
+            self.higher_is_better,
+            trained,
+            bool(allow_mismatch or stored.get("allow_mismatch")),
+            trivial,
+            stored.get("training"),
+            low,
+            high,
+            n_seeds,
+        )
 
     @property
     def attack_keys(self) -> list[str]:
@@ -257,17 +284,22 @@ class Analysis:
             seeds = repeats // splits
             covers = ["splits", "test points"] + (["seeds"] if seeds > 1 else [])
             missing = [] if seeds > 1 else ["seed variation on a split beyond what re-drawn training data brings (one seed per split)"]
-            text = (f"95 % t-interval ({splits - 1} degrees of freedom) over {splits} draws of the data split of the worst-of-attacks "
-                    f"damage on each split ({seeds} seed{'s' if seeds != 1 else ''} per split, {n_test} test points each), the "
-                    "between-split variance corrected for overlapping training sets (Nadeau & Bengio), which carries each split's "
-                    "test-point noise" + (f"; it does not cover {missing[0]}" if missing else ""))  # fmt: skip
+            text = (
+                f"95 % t-interval ({splits - 1} degrees of freedom) over {splits} draws of the data split of the worst-of-attacks "
+                f"damage on each split ({seeds} seed{'s' if seeds != 1 else ''} per split, {n_test} test points each), the "
+                "between-split variance corrected for overlapping training sets (Nadeau & Bengio), which carries each split's "
+                "test-point noise" + (f"; it does not cover {missing[0]}" if missing else "")
+            )
             return {"splits": splits, "seeds": seeds, "test_points": n_test, "covers": covers, "not_covered": missing, "text": text}
         seeds = repeats
         covers = ["test points"] + (["seeds"] if seeds > 1 else [])
         why = (self.meta.get("splits") or {}).get("note") or "the run has one split; splits: k re-draws it"
         missing = [f"split-to-split variation ({why})"] + (["seed variation (its worst attack ran at one seed)"] if seeds <= 1 else [])
-        text = (f"95 % normal interval over the {n_test} test points" + (f" and {seeds} seeds" if seeds > 1 else " at one seed") +
-                f" of one data split; it does not cover {' or '.join(missing)}")  # fmt: skip
+        text = (
+            f"95 % normal interval over the {n_test} test points"
+            + (f" and {seeds} seeds" if seeds > 1 else " at one seed")
+            + f" of one data split; it does not cover {' or '.join(missing)}"
+        )
         return {"splits": 1, "seeds": seeds, "test_points": n_test, "covers": covers, "not_covered": missing, "text": text}
 
     def recommended(self) -> CandidateSummary | None:
@@ -290,8 +322,10 @@ def _cell_problem(cell: Any, planned: set[str] | None, task: str) -> str | None:
     except (TypeError, ValueError):
         return "its candidate, attack, budget, defense, seed or split cannot be read"
     if key != cell.cell_key:
-        return (f"its fields (attack {cell.attack!r}, ε = {cell.budget}, defense {cell.defense!r}, seed {cell.seed}, split {cell.split}) "
-                "do not match its key")  # fmt: skip
+        return (
+            f"its fields (attack {cell.attack!r}, ε = {cell.budget}, defense {cell.defense!r}, seed {cell.seed}, split {cell.split}) "
+            "do not match its key"
+        )
     if planned is not None and cell.cell_key not in planned:
         return "the run never planned it"
     if cell.status not in ("ok", "failed"):
@@ -391,26 +425,75 @@ def analyse(run_dir: str | Path) -> Analysis:
     described = meta["dataset"]
     n_splits, share = stored_splits(meta), float(described.get("n_test") or 0) / max(float(described.get("n_train") or 1), 1.0)
     summaries = aggregate(
-        cells, clean_rows, config.candidate_grid(), attack_keys(config), config.budgets, config.seeds,
-        defense, higher_is_better=higher, planned=planned, attack_budgets=attack_budgets, splits=n_splits, test_share=share,
-    )  # fmt: skip
+        cells,
+        clean_rows,
+        config.candidate_grid(),
+        attack_keys(config),
+        config.budgets,
+        config.seeds,
+        defense,
+        higher_is_better=higher,
+        planned=planned,
+        attack_budgets=attack_budgets,
+        splits=n_splits,
+        test_share=share,
+    )
     # every (candidate, defense) setting; a defended setting's clean metric is the defense run on clean data
     pairs: list[CandidateSummary] = []
     screened: list[CandidateSummary] = []
     for d in config.defense_keys:
-        rows: list[Any] = clean_rows if d == "none" else [(c, s, v, t, 0.0, {}, j) for c, s, dd, v, t, _, err, j in defended_rows
-                                               if dd == d and v is not None]  # fmt: skip
-        pairs += aggregate(cells, rows, config.candidate_grid(), attack_keys(config), config.budgets, config.seeds, d,
-                           higher_is_better=higher, planned=planned, attack_budgets=attack_budgets, splits=n_splits, test_share=share)  # fmt: skip
-        screened += aggregate(cells, rows, config.candidate_grid(), grid_attack_keys(config), config.budgets,
-                              config.seeds, d, higher_is_better=higher, planned=planned, splits=n_splits, test_share=share)  # fmt: skip
-    rec = recommend(pairs, config.target_budget, config.recommendation.clean_tolerance, higher,
-                    metric_name="accuracy" if higher else "MSE")  # fmt: skip
+        rows: list[Any] = (
+            clean_rows if d == "none" else [(c, s, v, t, 0.0, {}, j) for c, s, dd, v, t, _, err, j in defended_rows if dd == d and v is not None]
+        )
+        pairs += aggregate(
+            cells,
+            rows,
+            config.candidate_grid(),
+            attack_keys(config),
+            config.budgets,
+            config.seeds,
+            d,
+            higher_is_better=higher,
+            planned=planned,
+            attack_budgets=attack_budgets,
+            splits=n_splits,
+            test_share=share,
+        )
+        screened += aggregate(
+            cells,
+            rows,
+            config.candidate_grid(),
+            grid_attack_keys(config),
+            config.budgets,
+            config.seeds,
+            d,
+            higher_is_better=higher,
+            planned=planned,
+            splits=n_splits,
+            test_share=share,
+        )
+    rec = recommend(pairs, config.target_budget, config.recommendation.clean_tolerance, higher, metric_name="accuracy" if higher else "MSE")
     # the clean retrainings of split 0 (the configured split: the one a model handed over is compared on)
     records = {(cand, seed): record or {} for cand, seed, _, _, _, record, split in clean_rows if split == 0}
-    analysis = Analysis(config, meta, cells, summaries, rec, defense, metric, higher, targets, pairs, samples, policies, records, screened,
-                        {(cand, seed): test for cand, seed, _, test, _, _, split in clean_rows if split == 0}, corrupt,
-                        defended_diagnostics)  # fmt: skip
+    analysis = Analysis(
+        config,
+        meta,
+        cells,
+        summaries,
+        rec,
+        defense,
+        metric,
+        higher,
+        targets,
+        pairs,
+        samples,
+        policies,
+        records,
+        screened,
+        {(cand, seed): test for cand, seed, _, test, _, _, split in clean_rows if split == 0},
+        corrupt,
+        defended_diagnostics,
+    )
     rec.reason = f"{rec.reason} {confirmation_sentence(analysis)}"
     cost = defense_cost_sentence(analysis, defended_rows)
     if cost:
@@ -464,9 +547,17 @@ def confirmed_rows(a: Analysis) -> list[ConfirmedRow]:
             continue
         screen = screened.get(pid)
         for eps in conf.get("budgets", []):
-            out.append(ConfirmedRow(full.label, eps, screen.worst_damage_test.get(eps) if screen else None,
-                                    screen.worst_attack_test.get(eps) if screen else None, full.worst_damage_test.get(eps),
-                                    full.worst_attack_test.get(eps), rec is not None and rec.pair == pid))  # fmt: skip
+            out.append(
+                ConfirmedRow(
+                    full.label,
+                    eps,
+                    screen.worst_damage_test.get(eps) if screen else None,
+                    screen.worst_attack_test.get(eps) if screen else None,
+                    full.worst_damage_test.get(eps),
+                    full.worst_attack_test.get(eps),
+                    rec is not None and rec.pair == pid,
+                )
+            )
     return sorted(out, key=lambda r: not r.recommended)
 
 
@@ -483,8 +574,10 @@ def confirmation_sentence(a: Analysis) -> str:
     r = rows[0]
     unit = " points" if a.higher_is_better else ""
     ratio = f", {r.ratio:.2f}× the screen's" if r.ratio is not None else ""
-    text = (f"Verdict {st.text}: worst case at ε = {eps:g} {fmt(r.confirmed)}{unit} on test ({r.confirmed_attack}{ratio}; "
-            f"the screen found {fmt(r.screened)} with {r.screened_attack}).")  # fmt: skip
+    text = (
+        f"Verdict {st.text}: worst case at ε = {eps:g} {fmt(r.confirmed)}{unit} on test ({r.confirmed_attack}{ratio}; "
+        f"the screen found {fmt(r.screened)} with {r.screened_attack})."
+    )
     rounds = a.confirmation.get("rounds", [])
     first = rounds[0]["recommended"] if rounds else None
     if first is not None and a.recommendation.key is not None and first != [a.recommendation.key, a.recommendation.defense]:
@@ -517,16 +610,22 @@ def defense_cost_sentence(a: Analysis, defended_rows: list) -> str:
         effect = f"{'raises' if delta > 0 else 'lowers'} validation accuracy by {fmt(abs(delta))} points"
     else:
         effect = f"{'lowers' if delta > 0 else 'raises'} validation MSE by {fmt(abs(delta))}"
-    text = (f"On clean data the defense {rec.defense} {effect} ({fmt(chosen.clean_val)} with it, "
-            f"{fmt(plain.clean_val)} without; test {fmt(chosen.clean_test)} vs {fmt(plain.clean_test)}) and drops "
-            f"{np.mean(removed):.0f} clean training points on average.")  # fmt: skip
+    text = (
+        f"On clean data the defense {rec.defense} {effect} ({fmt(chosen.clean_val)} with it, "
+        f"{fmt(plain.clean_val)} without; test {fmt(chosen.clean_test)} vs {fmt(plain.clean_test)}) and drops "
+        f"{np.mean(removed):.0f} clean training points on average."
+    )
     if a.config.defense_spec(rec.defense).defense.reads_validation:
         if a.meta["dataset"].get("n_val_defense"):
-            text += (f" {rec.defense} reads its own {a.meta['dataset']['n_val_defense']} validation points; the "
-                     f"{a.meta['dataset']['n_val']} used to choose it are separate.")  # fmt: skip
+            text += (
+                f" {rec.defense} reads its own {a.meta['dataset']['n_val_defense']} validation points; the "
+                f"{a.meta['dataset']['n_val']} used to choose it are separate."
+            )
         else:
-            text += (f" {rec.defense} itself selects points with the validation split, so its validation figures are "
-                     "optimistic: judge it by the test figures.")  # fmt: skip
+            text += (
+                f" {rec.defense} itself selects points with the validation split, so its validation figures are "
+                "optimistic: judge it by the test figures."
+            )
     return text
 
 
@@ -552,20 +651,31 @@ def threshold_table(a: Analysis) -> list[dict[str, Any]]:
                 values = [x[key] for x in th if x.get(key) is not None]
                 return float(np.mean(values)) if len(values) == len(th) and values else None
 
-            rows.append({
-                "key": s.key, "label": s.label, "eps_w": eps_w,
-                "val": float(np.mean([t["val_metric"] for t in group])),
-                "test": float(np.mean([t["test_metric"] for t in group])),
-                "tau_2": mean("tau_2"), "tau_c": mean("tau_c"), "tau_rho_2": mean("tau_rho_2"),
-                "tau_rho_c": mean("tau_rho_c"),
-                "unreachable": sum(bool(x.get("unreachable")) for x in th), "seeds": len(group),
-                "condition": th[0].get("condition", ""), "w_norm_sq": mean("w_norm_sq"),
-                "tau_same_predictions": min((x["tau_rho_2_same_predictions"] for x in th if x.get("tau_rho_2_same_predictions") is not None),
-                                            default=None),
-                "scale": max((x.get("same_predictions_scale") or 1.0 for x in th), default=1.0),
-                "tau_box": mean("tau_box"), "tau_box_same_predictions": mean("tau_box_same_predictions"),
-                "tau_box_exact": all(x.get("tau_box_exact") for x in th), "has_box": any("kappa_box" in x for x in th),
-            })  # fmt: skip
+            rows.append(
+                {
+                    "key": s.key,
+                    "label": s.label,
+                    "eps_w": eps_w,
+                    "val": float(np.mean([t["val_metric"] for t in group])),
+                    "test": float(np.mean([t["test_metric"] for t in group])),
+                    "tau_2": mean("tau_2"),
+                    "tau_c": mean("tau_c"),
+                    "tau_rho_2": mean("tau_rho_2"),
+                    "tau_rho_c": mean("tau_rho_c"),
+                    "unreachable": sum(bool(x.get("unreachable")) for x in th),
+                    "seeds": len(group),
+                    "condition": th[0].get("condition", ""),
+                    "w_norm_sq": mean("w_norm_sq"),
+                    "tau_same_predictions": min(
+                        (x["tau_rho_2_same_predictions"] for x in th if x.get("tau_rho_2_same_predictions") is not None), default=None
+                    ),
+                    "scale": max((x.get("same_predictions_scale") or 1.0 for x in th), default=1.0),
+                    "tau_box": mean("tau_box"),
+                    "tau_box_same_predictions": mean("tau_box_same_predictions"),
+                    "tau_box_exact": all(x.get("tau_box_exact") for x in th),
+                    "has_box": any("kappa_box" in x for x in th),
+                }
+            )
     return rows
 
 
@@ -584,9 +694,11 @@ def tau_sentence(a: Analysis) -> str:
         if same is not None and (r["tau_rho_2"] is None or same < r["tau_rho_2"]):
             tau += f", but {_tau_words(same)} for the same predictions (output layer × {r['scale']:.2g})"
         parts.append(f"{r['label']}: {tau}")
-    return (f"Poisonability: the GradPC target at ε_w = {eps_w:g} (relative parameter change) needs "
-            f"ε ≥ τ to be reached as a parameter vector — {'; '.join(parts)}. A threshold speaks about one "
-            "parameter vector with poisons anywhere in feature space; it does not bound the damage to predictions.")  # fmt: skip
+    return (
+        f"Poisonability: the GradPC target at ε_w = {eps_w:g} (relative parameter change) needs "
+        f"ε ≥ τ to be reached as a parameter vector — {'; '.join(parts)}. A threshold speaks about one "
+        "parameter vector with poisons anywhere in feature space; it does not bound the damage to predictions."
+    )
 
 
 def _tau_words(tau: float) -> str:
@@ -613,9 +725,13 @@ def policy_series(a: Analysis) -> dict[str, Any] | None:
             rows = [r for r in a.policies if r.policy == policy and r.budget == eps]
             if not rows:
                 continue
-            for key, values in (("error", [to_error(r.test_metric) for r in rows]), ("lam", [r.lam for r in rows]),
-                                ("l2", [r.l2 for r in rows]), ("norm", [r.norm_w2 for r in rows]),
-                                ("val", [r.val_metric for r in rows])):  # fmt: skip
+            for key, values in (
+                ("error", [to_error(r.test_metric) for r in rows]),
+                ("lam", [r.lam for r in rows]),
+                ("l2", [r.l2 for r in rows]),
+                ("norm", [r.norm_w2 for r in rows]),
+                ("val", [r.val_metric for r in rows]),
+            ):
                 out[key].setdefault(label, {})[eps] = float(np.mean(values))
             out["error_std"].setdefault(label, {})[eps] = float(np.std([to_error(r.test_metric) for r in rows]))
     for s in a.summaries:  # fixed λ: the grid's cells of the same attack
@@ -639,8 +755,10 @@ def minimax_sentence(a: Analysis, series: dict[str, Any]) -> str:
     lo_eps, hi_eps = min(rmd), max(rmd)
     rho = series["l2"][POLICY_LABELS["rmd"]]
     trend = "grows" if rmd[hi_eps] > rmd[lo_eps] + 0.05 else ("falls" if rmd[hi_eps] < rmd[lo_eps] - 0.05 else "stays flat")
-    text = (f"λ under attack (minimax): λ_RMD {trend} from {rmd[lo_eps]:.2f} at ε = {lo_eps:g} to {rmd[hi_eps]:.2f} at "
-            f"ε = {hi_eps:g} (ρ {rho[lo_eps]:.3g} → {rho[hi_eps]:.3g})")  # fmt: skip
+    text = (
+        f"λ under attack (minimax): λ_RMD {trend} from {rmd[lo_eps]:.2f} at ε = {lo_eps:g} to {rmd[hi_eps]:.2f} at "
+        f"ε = {hi_eps:g} (ρ {rho[lo_eps]:.3g} → {rho[hi_eps]:.3g})"
+    )
     if trend == "grows":
         text += ": raise the L2 strength as the expected poisoning grows, re-tuning it on trusted data"
     target = a.recommendation.target_budget
@@ -650,9 +768,11 @@ def minimax_sentence(a: Analysis, series: dict[str, Any]) -> str:
     if rec is not None and attack is not None and rmd_val is not None and st is not None and "l2" in rec.hparams:
         sign = 1.0 if a.higher_is_better else -1.0
         better = sign * (rmd_val - st.poisoned_val) > 0
-        text += (f". Against {attack.key} at ε = {target:g}, learning λ under attack "
-                 f"{'beats' if better else 'does not beat'} the recommended fixed {rec.label} on the validation split "
-                 f"({fmt(rmd_val)} vs {fmt(st.poisoned_val)})")  # fmt: skip
+        text += (
+            f". Against {attack.key} at ε = {target:g}, learning λ under attack "
+            f"{'beats' if better else 'does not beat'} the recommended fixed {rec.label} on the validation split "
+            f"({fmt(rmd_val)} vs {fmt(st.poisoned_val)})"
+        )
         if better:
             text += f": deploy ρ re-tuned under attack (≈ {series['l2'][POLICY_LABELS['rmd']][target]:.3g} at this budget)"
     errors = {label: pts[target] for label, pts in series["error"].items() if target in pts}
@@ -660,12 +780,14 @@ def minimax_sentence(a: Analysis, series: dict[str, Any]) -> str:
         unit = " %" if a.higher_is_better else ""
         name = "test error" if a.higher_is_better else "test MSE"
         others = ", ".join(f"{k} {fmt(v)}{unit}" for k, v in errors.items() if k != POLICY_LABELS["rmd"])
-        text += (f". At ε = {target:g} the defender that learns λ under attack has {name} "
-                 f"{fmt(errors[POLICY_LABELS['rmd']])}{unit} against {others} (test figures, not used to choose)")  # fmt: skip
+        text += (
+            f". At ε = {target:g} the defender that learns λ under attack has {name} "
+            f"{fmt(errors[POLICY_LABELS['rmd']])}{unit} against {others} (test figures, not used to choose)"
+        )
     return text + "."
 
 
-# ---------------------------------------------------------------------------- the adaptive stage (issue 15)
+# ---------------------------------------------------------------------------- the adaptive stage
 @dataclass(frozen=True)
 class AdaptiveRow:
     """One filtering defense at one budget, for one candidate: the worst non-adaptive and the worst
@@ -744,25 +866,39 @@ def adaptive_sentence(a: Analysis) -> str:
     weakened = [r for r in rows if r.verdict == "weakened"]
     parts = []
     if broken:
-        what = "; ".join(f"behind {r.defense} {r.adaptive_attack} does {fmt(r.adaptive.damage_val)}{unit} of validation damage against "
-                         f"{fmt(r.undefended.damage_val) if r.undefended else 'n/a'} with no defense"
-                         + (" (the non-adaptive attacks already matched no defense)" if r.plain and r.undefended
-                            and r.plain.damage_val >= r.undefended.damage_val else "")
-                         for r in broken if r.adaptive)  # fmt: skip
-        parts.append(f"Against an attacker who knows it, the defense{'s' if len(broken) > 1 else ''} {', '.join(r.defense for r in broken)} "
-                     f"{'are' if len(broken) > 1 else 'is'} broken at ε = {target:g}: {what}.")  # fmt: skip
+        what = "; ".join(
+            f"behind {r.defense} {r.adaptive_attack} does {fmt(r.adaptive.damage_val)}{unit} of validation damage against "
+            f"{fmt(r.undefended.damage_val) if r.undefended else 'n/a'} with no defense"
+            + (
+                " (the non-adaptive attacks already matched no defense)"
+                if r.plain and r.undefended and r.plain.damage_val >= r.undefended.damage_val
+                else ""
+            )
+            for r in broken
+            if r.adaptive
+        )
+        parts.append(
+            f"Against an attacker who knows it, the defense{'s' if len(broken) > 1 else ''} {', '.join(r.defense for r in broken)} "
+            f"{'are' if len(broken) > 1 else 'is'} broken at ε = {target:g}: {what}."
+        )
     if unproven:
-        parts.append(f"Behind {', '.join(r.defense for r in unproven)} the adaptive attackers' damage cannot be told from no defense's "
-                     "(95 % intervals overlap): no protection is shown against an attacker who knows the defense.")  # fmt: skip
+        parts.append(
+            f"Behind {', '.join(r.defense for r in unproven)} the adaptive attackers' damage cannot be told from no defense's "
+            "(95 % intervals overlap): no protection is shown against an attacker who knows the defense."
+        )
     if weakened:
-        parts.append(f"{', '.join(r.defense for r in weakened)} lose{'s' if len(weakened) == 1 else ''} ground against the adaptive "
-                     "attacker (damage above the non-adaptive attacks' beyond the 95 % intervals) but still beat no defense.")  # fmt: skip
+        parts.append(
+            f"{', '.join(r.defense for r in weakened)} lose{'s' if len(weakened) == 1 else ''} ground against the adaptive "
+            "attacker (damage above the non-adaptive attacks' beyond the 95 % intervals) but still beat no defense."
+        )
     held = [r.defense for r in rows if r.verdict == "holds"]
     if held:
         parts.append(f"{', '.join(held)} held against the adaptive attackers run (it proves no more than that).")
     if a.recommendation.defense in {r.defense for r in broken + unproven}:
-        parts.append(f"The recommended defense {a.recommendation.defense} is among them: its worst case (over the adaptive attackers "
-                     "too) is still the best within the intervals, but do not count on the filter itself.")  # fmt: skip
+        parts.append(
+            f"The recommended defense {a.recommendation.defense} is among them: its worst case (over the adaptive attackers "
+            "too) is still the best within the intervals, but do not count on the filter itself."
+        )
     return " ".join(parts)
 
 
@@ -794,8 +930,11 @@ def bracket_series(a: Analysis, key: str | None = None) -> dict[str, Any] | None
                 best = max(by_attack, key=lambda k: np.mean(by_attack[k]))
                 found[eps], attack[eps] = float(np.mean(by_attack[best])), best
             want = a.config.defense_spec(d).name  # a bound certifies the defense whose region it was run in
-            bounds = [diag.get("bound") for diag in (json.loads(c.diagnostics or "{}").get("attack", {}) for c in minmax
-                                                     if c.defense == d and c.budget == eps) if diag.get("defense") == want]  # fmt: skip
+            bounds = [
+                diag.get("bound")
+                for diag in (json.loads(c.diagnostics or "{}").get("attack", {}) for c in minmax if c.defense == d and c.budget == eps)
+                if diag.get("defense") == want
+            ]
             bounds = [b for b in bounds if b is not None and math.isfinite(b)]
             if bounds:
                 bound[eps] = float(np.mean(bounds))
@@ -843,8 +982,18 @@ def width_series(a: Analysis) -> list[WidthPoint] | None:
                 poisoned[(attack, eps)] = (st.poisoned_test, Z95 * st.poisoned_test_std / math.sqrt(max(st.n_seeds, 1)))
         worst_attack = s.worst_attack_test.get(target)
         worst = s.stats.get((worst_attack, target, a.defense)) if worst_attack else None
-        points.append(WidthPoint(int(s.hparams["width"]), s.label, s.clean_test, Z95 * s.clean_test_se, poisoned, s.worst_test.get(target),
-                                 s.worst_damage_test.get(target), worst.damage_test_se if worst else None))  # fmt: skip
+        points.append(
+            WidthPoint(
+                int(s.hparams["width"]),
+                s.label,
+                s.clean_test,
+                Z95 * s.clean_test_se,
+                poisoned,
+                s.worst_test.get(target),
+                s.worst_damage_test.get(target),
+                worst.damage_test_se if worst else None,
+            )
+        )
     return sorted(points, key=lambda p: p.width) if len(points) >= 2 else None
 
 
@@ -878,12 +1027,16 @@ def width_sentence(a: Analysis) -> str:
         return ""
     target, best = a.recommendation.target_budget, found["best"]
     unit = " %" if a.higher_is_better else ""
-    text = (f"Width under attack: at ε = {target:g} the worst-case test {'accuracy' if a.higher_is_better else 'MSE'} is best at width "
-            f"{best.width} ({fmt(best.worst_test)}{unit}, clean {fmt(best.clean)}{unit})")  # fmt: skip
+    text = (
+        f"Width under attack: at ε = {target:g} the worst-case test {'accuracy' if a.higher_is_better else 'MSE'} is best at width "
+        f"{best.width} ({fmt(best.worst_test)}{unit}, clean {fmt(best.clean)}{unit})"
+    )
     if found["grows"]:
         calm, grows = found["calm"], found["grows"]
-        text += (f"; wider networks are damaged more again (width {', '.join(str(p.width) for p in grows)}: damage "
-                 f"{', '.join(fmt(p.worst_damage) for p in grows)} vs {fmt(calm.worst_damage)} at width {calm.width})")  # fmt: skip
+        text += (
+            f"; wider networks are damaged more again (width {', '.join(str(p.width) for p in grows)}: damage "
+            f"{', '.join(fmt(p.worst_damage) for p in grows)} vs {fmt(calm.worst_damage)} at width {calm.width})"
+        )
         if found["interior"]:
             text += " — the inverted U of Wang, Mianjy & Arora (2021)"
     rec = a.recommended()

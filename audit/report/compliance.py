@@ -1,4 +1,4 @@
-"""The compliance record of a run (issue 17): one document, built once from the store, that the
+"""The compliance record of a run: one document, built once from the store, that the
 markdown, JSON and PDF exports render (:mod:`audit.report.export`).
 
 A document is a list of sections; a section a list of blocks — ``p`` (paragraph), ``list``,
@@ -125,7 +125,7 @@ def build_document(a: Analysis, signing: Signing | None, key_fingerprint: str | 
                 _p("Which section of this record answers which provision. The record documents a test; it is not by itself a conformity assessment."),
                 _table(["Instrument", "Provision", "What it asks", "Sections"], [list(r) for r in REGULATION_MAP]),
             ],
-        ),  # fmt: skip
+        ),
         _test_log(a, exported_at, signing),
         _integrity(signing, key_fingerprint),
     ]
@@ -171,7 +171,7 @@ def build_document(a: Analysis, signing: Signing | None, key_fingerprint: str | 
                 "clean_test": rec.clean_test if rec else None,
                 "worst_case_damage": {str(e): v for e, v in rec.worst_damage_test.items()} if rec else {},
                 "worst_case_damage_ci95": {str(e): list(v) for e, v in rec.worst_damage_test_ci.items()} if rec else {},
-            },  # fmt: skip
+            },
             "verdict_damage": verdict_damage,
             "verdict_confirmed": strength.confirmed,
             "verdict_strength": strength.text,
@@ -205,7 +205,7 @@ def _identification(a: Analysis, ctx: dict[str, Any], signing: Signing | None, k
             "Dataset",
             f"{ds['name']}: {ds['n_train']} training, {ds['n_val']} validation, {ds['n_test']} test points, "
             f"{ds['n_features']} features" + (", SYNTHETIC" if ds.get("synthetic") else ""),
-        ),  # fmt: skip
+        ),
         ("The attacker reads", f"the training data and {attacker_sentence(ds)}"),
         ("Device", f"{meta.get('device')} ({meta.get('device_name', '')})"),
         ("Tool and packages", ", ".join(f"{k} {v}" for k, v in meta.get("versions", {}).items())),
@@ -218,16 +218,24 @@ def _identification(a: Analysis, ctx: dict[str, Any], signing: Signing | None, k
     else:
         digests.append(["data", "not recorded (the run was started by a version before the compliance pack)"])
     model = meta.get("model_sha256")
-    names = {"definition": "model definition (architecture / estimator parameters)", "initial_weights": "model initial weights (seed 0)",
-             "factory_source": "model factory source file", "handed_over_weights": "model weights as handed over"}  # fmt: skip
+    names = {
+        "definition": "model definition (architecture / estimator parameters)",
+        "initial_weights": "model initial weights (seed 0)",
+        "factory_source": "model factory source file",
+        "handed_over_weights": "model weights as handed over",
+    }
     if model:
         digests += [[names.get(k, k), v] for k, v in model.items()]
     elif model is None:
         digests.append(["model", "not recorded (the run was started by a version before the compliance pack)"])
-    return _section("identification", "1. Identification", [
-        _kv(items),
-        _table(["What", "SHA-256"], digests, "Digests identify exactly what was tested; the manifest (section 10) covers the run's files."),
-    ])  # fmt: skip
+    return _section(
+        "identification",
+        "1. Identification",
+        [
+            _kv(items),
+            _table(["What", "SHA-256"], digests, "Digests identify exactly what was tested; the manifest (section 10) covers the run's files."),
+        ],
+    )
 
 
 def _scope(a: Analysis) -> dict[str, Any]:
@@ -237,43 +245,68 @@ def _scope(a: Analysis) -> dict[str, Any]:
         knowledge, capability = _knowledge(key, a)
         rows.append([key, knowledge, capability])
     budgets = ", ".join(_pct(b) for b in cfg.budgets)
-    return _section("scope", "2. Scope and threat model", [
-        _p("Attack class (NIST AI 100-2 E2025): availability poisoning — indiscriminate degradation of the model's performance on "
-           "all inputs — by data injection during training (MITRE ATLAS AML.T0020, Poison Training Data). The attacker adds "
-           f"n_p = round(ε·n_train) points to the clean training set at each budget ε ∈ {{{budgets}}} of the training set, "
-           "then the model is trained from scratch on the union with the audited procedure. The test set is never seen by an attacker; "
-           "the defender selects hyperparameters and defenses on a trusted validation set."),
-        _p("Out of scope: targeted and backdoor poisoning, attacks at inference time (evasion), privacy attacks, and modification or "
-           "deletion of existing training points."),
-        _table(["Attack", "Attacker knowledge", "Attacker capability"], rows, "Per attack, in NIST AI 100-2 terms."),
-    ])  # fmt: skip
+    return _section(
+        "scope",
+        "2. Scope and threat model",
+        [
+            _p(
+                "Attack class (NIST AI 100-2 E2025): availability poisoning — indiscriminate degradation of the model's performance on "
+                "all inputs — by data injection during training (MITRE ATLAS AML.T0020, Poison Training Data). The attacker adds "
+                f"n_p = round(ε·n_train) points to the clean training set at each budget ε ∈ {{{budgets}}} of the training set, "
+                "then the model is trained from scratch on the union with the audited procedure. The test set is never seen by an attacker; "
+                "the defender selects hyperparameters and defenses on a trusted validation set."
+            ),
+            _p(
+                "Out of scope: targeted and backdoor poisoning, attacks at inference time (evasion), privacy attacks, and modification or "
+                "deletion of existing training points."
+            ),
+            _table(["Attack", "Attacker knowledge", "Attacker capability"], rows, "Per attack, in NIST AI 100-2 terms."),
+        ],
+    )
 
 
 def _methods(a: Analysis, ctx: dict[str, Any]) -> dict[str, Any]:
     cfg = a.config
-    attacks = [[s.key, s.name, json.dumps(s.params, sort_keys=True), next((x["seeds"] for x in ctx["attacks"] if x["key"] == s.key), "")]
-               for s in cfg.attacks]  # fmt: skip
+    attacks = [
+        [s.key, s.name, json.dumps(s.params, sort_keys=True), next((x["seeds"] for x in ctx["attacks"] if x["key"] == s.key), "")]
+        for s in cfg.attacks
+    ]
     defenses = [[d.key, d.name, json.dumps(d.params, sort_keys=True), d.defense.description] for d in cfg.defenses]
     grid = [[axis, ", ".join(str(v) for v in values)] for axis, values in cfg.candidates.items()]
     seconds = sum(c.seconds or 0.0 for c in a.cells)
     reduced = ctx["profile"]["reduced"]
     profile = cfg.profile + (f" (reduced: {'; '.join(reduced)})" if reduced else " (the papers' full settings)" if cfg.profile == "paper" else "")
     adaptive = [k for k in a.attack_keys if k.endswith("~adaptive")]
-    return _section("methods", "3. Methods", [
-        _p("Protocol per cell (hyperparameters h, attack a, budget ε, defense d, seed s): train with h on the clean training set; craft "
-           "the poisons against that model; apply the defense to the union; retrain from scratch with the same procedure; score the "
-           "clean and the poisoned model on the held-out test set. Damage is the "
-           + ("test-accuracy drop in points." if a.higher_is_better else "increase of the test MSE.")),
-        _kv([("Profile", profile), ("Seeds", ", ".join(map(str, cfg.seeds))), ("Budgets", ", ".join(_pct(b) for b in cfg.budgets)),
-             ("Adaptive attackers", ", ".join(adaptive) + f" ({cfg.adaptive.rounds} filter-in-the-loop rounds)" if adaptive else "none"),
-             ("Cells", f"{len(a.cells)} recorded of {a.meta.get('total_cells', len(a.cells))} planned"),
-             ("Compute time", f"{seconds:.0f} s in finished and failed cells on {a.meta.get('device')} "
-                              f"({a.meta.get('threads', 'n/a')} torch thread(s) per cell)"),
-             ("Run fingerprint", str(a.meta.get("fingerprint")))]),  # fmt: skip
-        _table(["Hyperparameter", "Candidate values"], grid, "The hyperparameter grid the defender chooses from."),
-        _table(["Attack", "Algorithm", "Parameters", "Seeds run"], attacks),
-        _table(["Defense", "Name", "Parameters", "What it does"], defenses),
-    ])  # fmt: skip
+    return _section(
+        "methods",
+        "3. Methods",
+        [
+            _p(
+                "Protocol per cell (hyperparameters h, attack a, budget ε, defense d, seed s): train with h on the clean training set; craft "
+                "the poisons against that model; apply the defense to the union; retrain from scratch with the same procedure; score the "
+                "clean and the poisoned model on the held-out test set. Damage is the "
+                + ("test-accuracy drop in points." if a.higher_is_better else "increase of the test MSE.")
+            ),
+            _kv(
+                [
+                    ("Profile", profile),
+                    ("Seeds", ", ".join(map(str, cfg.seeds))),
+                    ("Budgets", ", ".join(_pct(b) for b in cfg.budgets)),
+                    ("Adaptive attackers", ", ".join(adaptive) + f" ({cfg.adaptive.rounds} filter-in-the-loop rounds)" if adaptive else "none"),
+                    ("Cells", f"{len(a.cells)} recorded of {a.meta.get('total_cells', len(a.cells))} planned"),
+                    (
+                        "Compute time",
+                        f"{seconds:.0f} s in finished and failed cells on {a.meta.get('device')} "
+                        f"({a.meta.get('threads', 'n/a')} torch thread(s) per cell)",
+                    ),
+                    ("Run fingerprint", str(a.meta.get("fingerprint"))),
+                ]
+            ),
+            _table(["Hyperparameter", "Candidate values"], grid, "The hyperparameter grid the defender chooses from."),
+            _table(["Attack", "Algorithm", "Parameters", "Seeds run"], attacks),
+            _table(["Defense", "Name", "Parameters", "What it does"], defenses),
+        ],
+    )
 
 
 def _ci(ci: tuple[float, float] | None) -> str:
@@ -305,37 +338,79 @@ def _results(a: Analysis, ctx: dict[str, Any]) -> dict[str, Any]:
     ]
     section = ctx.get("defenses_section")
     if section:
-        blocks.append(_p("What each defense buys and costs, for the recommended hyperparameters: poisoned test metric and damage, the "
-                         "share of poisons removed, and the clean points it removed (its cost on clean data is in the table above)."))  # fmt: skip
-        blocks.append(_table(["Attack", "ε", "Defense", f"Poisoned {a.metric}", "Damage", "Poisons removed", "Clean removed", "Certified"],
-                             [[r["attack"], r["budget"], r["defense"], r["poisoned"], r["damage"], r["poisons_removed"], r["clean_removed"],
-                               r["certified"] or "—"] for r in section["rows"]]))  # fmt: skip
+        blocks.append(
+            _p(
+                "What each defense buys and costs, for the recommended hyperparameters: poisoned test metric and damage, the "
+                "share of poisons removed, and the clean points it removed (its cost on clean data is in the table above)."
+            )
+        )
+        blocks.append(
+            _table(
+                ["Attack", "ε", "Defense", f"Poisoned {a.metric}", "Damage", "Poisons removed", "Clean removed", "Certified"],
+                [
+                    [
+                        r["attack"],
+                        r["budget"],
+                        r["defense"],
+                        r["poisoned"],
+                        r["damage"],
+                        r["poisons_removed"],
+                        r["clean_removed"],
+                        r["certified"] or "—",
+                    ]
+                    for r in section["rows"]
+                ],
+            )
+        )
         blocks.append(_figure(section.get("svg", ""), "Poisoned test metric per defense, recommended hyperparameters."))
     certified = ctx.get("certified")
     if certified:
-        blocks.append(_p("Certified accuracy of the partition ensembles (DPA, Levine & Feizi 2021; its run-off, Rezaei et al. 2023; Finite "
-                         "Aggregation, Wang et al. 2022): on the clean training set, the share of test points predicted correctly whose "
-                         "prediction provably no such number of inserted or removed training points can change — a floor under any "
-                         "attack of that size — beside the defended accuracy under the worst attack found."))  # fmt: skip
-        blocks.append(_table(["Setting", "Budget", "Accuracy under the worst attack found (%)", "Certified accuracy (%)", "Found − certified"],
-                             [[r["setting"], r["budget"], r["found"], r["certified"], r["gap"]] for r in certified["rows"]]))  # fmt: skip
+        blocks.append(
+            _p(
+                "Certified accuracy of the partition ensembles (DPA, Levine & Feizi 2021; its run-off, Rezaei et al. 2023; Finite "
+                "Aggregation, Wang et al. 2022): on the clean training set, the share of test points predicted correctly whose "
+                "prediction provably no such number of inserted or removed training points can change — a floor under any "
+                "attack of that size — beside the defended accuracy under the worst attack found."
+            )
+        )
+        blocks.append(
+            _table(
+                ["Setting", "Budget", "Accuracy under the worst attack found (%)", "Certified accuracy (%)", "Found − certified"],
+                [[r["setting"], r["budget"], r["found"], r["certified"], r["gap"]] for r in certified["rows"]],
+            )
+        )
         blocks.append(_figure(certified["svg"], "Certified accuracy against the radius (poisoned points); × the worst attack found."))
     adaptive = ctx.get("adaptive")
     if adaptive and adaptive["rows"]:
-        blocks.append(_p("Filtering defenses against an adaptive attacker who knows the defense (worst non-adaptive vs adaptive damage, "
-                         "recommended hyperparameters)."))  # fmt: skip
-        blocks.append(_table(["Defense", "ε", "Non-adaptive damage", "Adaptive damage", "Poisons surviving (adaptive)", "Verdict"],
-                             [[r["defense"], r["budget"], r["plain"], r["adaptive"], r["adaptive_survived"], r["verdict"]]
-                              for r in adaptive["rows"]]))  # fmt: skip
+        blocks.append(
+            _p(
+                "Filtering defenses against an adaptive attacker who knows the defense (worst non-adaptive vs adaptive damage, "
+                "recommended hyperparameters)."
+            )
+        )
+        blocks.append(
+            _table(
+                ["Defense", "ε", "Non-adaptive damage", "Adaptive damage", "Poisons surviving (adaptive)", "Verdict"],
+                [[r["defense"], r["budget"], r["plain"], r["adaptive"], r["adaptive_survived"], r["verdict"]] for r in adaptive["rows"]],
+            )
+        )
         if adaptive.get("bracket_rows"):
-            blocks.append(_table(["Defense", "ε", "Worst objective found", "Certified upper bound"],
-                                 [[r["defense"], r["budget"], r["found"], r["bound"]] for r in adaptive["bracket_rows"]],
-                                 "Certificates (Steinhardt et al. 2017): no attack in the region pushes the objective above the bound."))  # fmt: skip
+            blocks.append(
+                _table(
+                    ["Defense", "ε", "Worst objective found", "Certified upper bound"],
+                    [[r["defense"], r["budget"], r["found"], r["bound"]] for r in adaptive["bracket_rows"]],
+                    "Certificates (Steinhardt et al. 2017): no attack in the region pushes the objective above the bound.",
+                )
+            )
     pois = ctx.get("poisonability")
     if pois and pois.get("thresholds"):
-        blocks.append(_table(["Candidate", "Target", "τ(2)", "τ(c)", "τ_ρ(2)", "τ_ρ(c)"],
-                             [[r["label"], r["eps_w"], r["tau_2"], r["tau_c"], r["tau_rho_2"], r["tau_rho_c"]] for r in pois["thresholds"]],
-                             "Poisonability thresholds τ (Lu et al.): the budget any attack needs to reach the target model."))  # fmt: skip
+        blocks.append(
+            _table(
+                ["Candidate", "Target", "τ(2)", "τ(c)", "τ_ρ(2)", "τ_ρ(c)"],
+                [[r["label"], r["eps_w"], r["tau_2"], r["tau_c"], r["tau_rho_2"], r["tau_rho_c"]] for r in pois["thresholds"]],
+                "Poisonability thresholds τ (Lu et al.): the budget any attack needs to reach the target model.",
+            )
+        )
     return _section("results", "4. Results", blocks)
 
 
@@ -351,8 +426,9 @@ def _statement(a: Analysis, ctx: dict[str, Any]) -> dict[str, Any]:
         clean_ci = (rec.clean_test - Z95 * rec.clean_test_se, rec.clean_test + Z95 * rec.clean_test_se)
         per_budget = "; ".join(
             f"ε = {_pct(e)}: {fmt(rec.worst_damage_test[e])} (95 % interval {_ci(rec.worst_damage_test_ci.get(e))})"
-            for e in cfg.budgets if e in rec.worst_damage_test
-        )  # fmt: skip
+            for e in cfg.budgets
+            if e in rec.worst_damage_test
+        )
         unit = "points of accuracy" if a.higher_is_better else "MSE"
         text = (
             f"Declared for {who}, deployed as {a.recommendation.label} with defense {a.recommendation.defense}: test {metric} "
@@ -384,21 +460,32 @@ def _strength_words(a: Analysis) -> str:
     st = a.strength()
     if st.confirmed:
         return f" The figure at ε = {_pct(a.recommendation.target_budget)} is {st.text}."
-    return (f" The figure at ε = {_pct(a.recommendation.target_budget)} is a {st.text.upper()} ({st.why}): the attacks ran at "
-            "reduced strength and the true degradation may be considerably larger.")  # fmt: skip
+    return (
+        f" The figure at ε = {_pct(a.recommendation.target_budget)} is a {st.text.upper()} ({st.why}): the attacks ran at "
+        "reduced strength and the true degradation may be considerably larger."
+    )
 
 
 def _mitigations(a: Analysis, ctx: dict[str, Any]) -> dict[str, Any]:
     rec = a.recommended()
     target = a.recommendation.target_budget
-    severity = {"ok": "low (≤ 2 points)", "warn": "moderate (2–5 points)", "bad": "high (> 5 points)", "info": "see the MSE increase",
-                "unknown": "unknown (no finished cells)"}[ctx["severity"]]  # fmt: skip
-    items = [f"Hyperparameters chosen on the trusted validation set: {a.recommendation.label}.",
-             f"Defense deployed: {a.recommendation.defense}" + (" (a training-data sanitiser, ATLAS AML.M0007)."
-                                                                if a.recommendation.defense != "none" else ".")]  # fmt: skip
+    severity = {
+        "ok": "low (≤ 2 points)",
+        "warn": "moderate (2–5 points)",
+        "bad": "high (> 5 points)",
+        "info": "see the MSE increase",
+        "unknown": "unknown (no finished cells)",
+    }[ctx["severity"]]
+    items = [
+        f"Hyperparameters chosen on the trusted validation set: {a.recommendation.label}.",
+        f"Defense deployed: {a.recommendation.defense}"
+        + (" (a training-data sanitiser, ATLAS AML.M0007)." if a.recommendation.defense != "none" else "."),
+    ]
     items.append(a.recommendation.reason)
-    residual = (f"Residual risk at ε = {_pct(target)}: worst measured {ctx['unit']} {fmt(rec.worst_damage_test.get(target)) if rec else 'n/a'} "
-                f"— {severity}. Above the largest budget tested ({ctx['max_budget']}) nothing was measured.")  # fmt: skip
+    residual = (
+        f"Residual risk at ε = {_pct(target)}: worst measured {ctx['unit']} {fmt(rec.worst_damage_test.get(target)) if rec else 'n/a'} "
+        f"— {severity}. Above the largest budget tested ({ctx['max_budget']}) nothing was measured."
+    )
     return _section("mitigations", "6. Mitigations and residual risk", [_list(items), _p(residual)])
 
 
@@ -457,19 +544,27 @@ def _test_log(a: Analysis, exported_at: str, signing: Signing | None) -> dict[st
     rows.append([exported_at, "export", "this record generated", "", ""])
     if signing is not None:
         rows.append([signing.signed_at, "signature", f"manifest signed by {signing.signer}", "", ""])
-    return _section("test_log", "9. Test log", [
-        _p("Every cell of the run with the time its result was recorded (UTC), its status and its poisoned test metric (or error)."),
-        _table(["Time (UTC)", "Event", "What", "Status", f"Poisoned {a.metric}"], rows, dense=True),
-    ])  # fmt: skip
+    return _section(
+        "test_log",
+        "9. Test log",
+        [
+            _p("Every cell of the run with the time its result was recorded (UTC), its status and its poisoned test metric (or error)."),
+            _table(["Time (UTC)", "Event", "What", "Status", f"Poisoned {a.metric}"], rows, dense=True),
+        ],
+    )
 
 
 def _integrity(signing: Signing | None, key_fingerprint: str | None) -> dict[str, Any]:
-    how = ("manifest.json lists every file of the run directory (report, summary, store, poisons, gate results and this record) with "
-           "its size and SHA-256. `poison-audit verify RUN_DIR --public-key KEY.pub` recomputes every hash and checks the signature; "
-           "it exits 1 on any mismatch.")  # fmt: skip
+    how = (
+        "manifest.json lists every file of the run directory (report, summary, store, poisons, gate results and this record) with "
+        "its size and SHA-256. `poison-audit verify RUN_DIR --public-key KEY.pub` recomputes every hash and checks the signature; "
+        "it exits 1 on any mismatch."
+    )
     if signing is None:
         state = "UNSIGNED: no key was given to `poison-audit export --sign-key`. The hashes show whether files changed, not who wrote them."
     else:
-        state = (f"Signed by {signing.signer} at {signing.signed_at} with Ed25519 key {key_fingerprint}; the signature of manifest.json "
-                 "is in manifest.sig.")  # fmt: skip
+        state = (
+            f"Signed by {signing.signer} at {signing.signed_at} with Ed25519 key {key_fingerprint}; the signature of manifest.json "
+            "is in manifest.sig."
+        )
     return _section("integrity", "10. Integrity and signature", [_p(how), _p(state)])

@@ -1,5 +1,5 @@
 """``poison-audit export``: the compliance record as PDF, markdown and JSON, a model-card snippet,
-and the run's manifest, optionally signed (issue 17).
+and the run's manifest, optionally signed.
 
 The record is :func:`audit.report.compliance.build_document`; this module only renders it.
 Markdown escapes every character that is markup (``<`` ``>`` ``&`` and markdown's own), the
@@ -46,8 +46,12 @@ FILES = {"pdf": "record.pdf", "md": "record.md", "json": "record.json", "card": 
 
 def render_markdown(doc: dict[str, Any]) -> str:
     """The record as GitHub-flavoured markdown (figures are named; they are in the PDF and report.html)."""
-    out = [f"# {md_escape(doc['title'])}", "",
-           f"Exported {md_escape(doc['exported_at'])} · " + ("signed (section 10)" if doc["signed"] else "**UNSIGNED**"), ""]  # fmt: skip
+    out = [
+        f"# {md_escape(doc['title'])}",
+        "",
+        f"Exported {md_escape(doc['exported_at'])} · " + ("signed (section 10)" if doc["signed"] else "**UNSIGNED**"),
+        "",
+    ]
     out += _md_block({"kind": "kv", "items": doc["glance"]}) + [""]
     for section in doc["sections"]:
         out += [f"## {md_escape(section['title'])}", ""]
@@ -77,8 +81,13 @@ def _md_block(block: dict[str, Any]) -> list[str]:
 
 def document_json(doc: dict[str, Any]) -> str:
     """The record for machines: the same sections, figures by caption only (their SVG is in the PDF)."""
-    plain = {**doc, "sections": [{**s, "blocks": [({k: v for k, v in b.items() if k != "svg"} if b["kind"] == "figure" else b) for b in s["blocks"]]}
-                                 for s in doc["sections"]]}  # fmt: skip
+    plain = {
+        **doc,
+        "sections": [
+            {**s, "blocks": [({k: v for k, v in b.items() if k != "svg"} if b["kind"] == "figure" else b) for b in s["blocks"]]}
+            for s in doc["sections"]
+        ],
+    }
     return json.dumps(finite(plain), indent=2, allow_nan=False, default=str) + "\n"
 
 
@@ -116,8 +125,10 @@ def model_card(a: Analysis, doc: dict[str, Any]) -> str:
         for eps in a.config.budgets:
             if eps in rec.worst_damage_test:
                 lo, hi = rec.worst_damage_test_ci.get(eps, (float("nan"), float("nan")))
-                lines.append(f"| {100 * eps:g} % | {fmt(rec.worst_damage_test[eps])} | {fmt(lo)} to {fmt(hi)} | "
-                             f"{md_escape(rec.worst_attack_test.get(eps, ''))} |")  # fmt: skip
+                lines.append(
+                    f"| {100 * eps:g} % | {fmt(rec.worst_damage_test[eps])} | {fmt(lo)} to {fmt(hi)} | "
+                    f"{md_escape(rec.worst_attack_test.get(eps, ''))} |"
+                )
         lines.append("")
     lines += [
         f"- **Threat model:** availability poisoning by data injection (NIST AI 100-2 E2025; MITRE ATLAS AML.T0020); "
@@ -178,8 +189,14 @@ def export(run_dir: str | Path, formats: Sequence[str] = FORMATS, sign_key: Path
                 (out / name).unlink()
         checkpoint(run_dir)  # the manifest hashes the whole store: no uncommitted -wal beside it
         planned = planned_cell_keys(a.meta, a.config)
-        manifest = build_manifest(run_dir, a.config.name, __version__, signing, private.public_key() if private is not None else None,
-                                  plan_digest(planned) if planned is not None else None)  # fmt: skip
+        manifest = build_manifest(
+            run_dir,
+            a.config.name,
+            __version__,
+            signing,
+            private.public_key() if private is not None else None,
+            plan_digest(planned) if planned is not None else None,
+        )
         written.append(write_manifest(run_dir, manifest, private))
         if private is not None:
             written.append(run_dir / "manifest.sig")

@@ -15,8 +15,16 @@ import numpy as np  # noqa: E402
 
 from audit.report.recommend import CandidateSummary  # noqa: E402
 
-plt.rcParams.update({"text.parse_math": False, "svg.hashsalt": "poison-audit", "svg.fonttype": "none", "font.size": 9,
-                     "axes.spines.top": False, "axes.spines.right": False})  # fmt: skip
+plt.rcParams.update(
+    {
+        "text.parse_math": False,
+        "svg.hashsalt": "poison-audit",
+        "svg.fonttype": "none",
+        "font.size": 9,
+        "axes.spines.top": False,
+        "axes.spines.right": False,
+    }
+)
 
 
 #: line styles and markers that tell lines apart in black and white (the compliance PDF is printed)
@@ -92,8 +100,9 @@ def worst_case_heatmap(summaries: list[CandidateSummary], budgets: list[float], 
     fig, ax = plt.subplots(figsize=(1.2 * len(budgets) + 2.6, 0.42 * len(summaries) + 1.2))
     finite = data[np.isfinite(data)]
     vmax = float(finite.max()) if finite.size else 1.0
-    im = ax.imshow(np.nan_to_num(data, nan=0.0), cmap="Reds", vmin=min(0.0, float(finite.min()) if finite.size else 0.0),
-                   vmax=max(vmax, 1e-9), aspect="auto")  # fmt: skip
+    im = ax.imshow(
+        np.nan_to_num(data, nan=0.0), cmap="Reds", vmin=min(0.0, float(finite.min()) if finite.size else 0.0), vmax=max(vmax, 1e-9), aspect="auto"
+    )
     for i in range(data.shape[0]):
         for j in range(data.shape[1]):
             value = data[i, j]
@@ -175,8 +184,7 @@ def poison_grid(clean: np.ndarray, poisons: np.ndarray, image_shape: tuple[int, 
     return _to_svg(poison_grid_figure(clean, poisons, image_shape, lo, hi))
 
 
-def poison_grid_figure(clean: np.ndarray, poisons: np.ndarray, image_shape: tuple[int, ...], lo: float,
-                       hi: float) -> plt.Figure:  # fmt: skip
+def poison_grid_figure(clean: np.ndarray, poisons: np.ndarray, image_shape: tuple[int, ...], lo: float, hi: float) -> plt.Figure:
     """The figure of :func:`poison_grid`: one column per point, rows clean / poison / |change|."""
     k = len(poisons)
     fig, axes = plt.subplots(3, k, figsize=(1.1 * k, 3.6), squeeze=False)
@@ -196,8 +204,7 @@ def poison_grid_figure(clean: np.ndarray, poisons: np.ndarray, image_shape: tupl
         change = np.abs(poisons[j] - clean[j])
         show(axes[0][j], clean[j], cmap="gray", vmin=lo, vmax=hi)
         show(axes[1][j], poisons[j], cmap="gray", vmin=lo, vmax=hi)
-        show(axes[2][j], change if channels == 1 else change.reshape(image_shape).max(axis=0).reshape(-1),
-             cmap="magma", vmin=0, vmax=hi - lo)  # fmt: skip
+        show(axes[2][j], change if channels == 1 else change.reshape(image_shape).max(axis=0).reshape(-1), cmap="magma", vmin=0, vmax=hi - lo)
         axes[2][j].set_xlabel(f"max {change.max():.2f}", fontsize=7)
     for row, label in enumerate(("clean", "poison", "|change|")):
         axes[row][0].set_ylabel(label, fontsize=8)
@@ -205,14 +212,14 @@ def poison_grid_figure(clean: np.ndarray, poisons: np.ndarray, image_shape: tupl
     return fig
 
 
-def policy_curves(error: dict[str, dict[float, float]], lam: dict[str, dict[float, float]],
-                  norm: dict[str, dict[float, float]], metric: str) -> str:  # fmt: skip
+def policy_curves(error: dict[str, dict[float, float]], lam: dict[str, dict[float, float]], norm: dict[str, dict[float, float]], metric: str) -> str:
     """λ under attack (carnerero-cano-2021, Fig. 2) as SVG: see :func:`policy_figure`."""
     return _to_svg(policy_figure(error, lam, norm, metric))
 
 
-def policy_figure(error: dict[str, dict[float, float]], lam: dict[str, dict[float, float]],
-                  norm: dict[str, dict[float, float]], metric: str) -> plt.Figure:  # fmt: skip
+def policy_figure(
+    error: dict[str, dict[float, float]], lam: dict[str, dict[float, float]], norm: dict[str, dict[float, float]], metric: str
+) -> plt.Figure:
     """Three panels over the poisoning fraction: test ``metric`` per defender policy (Fig. 2 a–c),
     λ per policy that learns it, and ‖w‖² of the retrained models (Fig. 2 d–f). Keys: budget ε (0 = clean)."""
     fig, axes = plt.subplots(1, 3, figsize=(12.6, 3.3))
@@ -223,8 +230,7 @@ def policy_figure(error: dict[str, dict[float, float]], lam: dict[str, dict[floa
         for label, points in series.items():
             xs = sorted(points)
             style = {"lw": 2.4} if "RMD" in label else {"lw": 1.2}
-            ax.plot([100 * x for x in xs], [points[x] for x in xs], marker="o", ms=3,
-                    color=colors[labels.index(label) % 10], label=label, **style)  # fmt: skip
+            ax.plot([100 * x for x in xs], [points[x] for x in xs], marker="o", ms=3, color=colors[labels.index(label) % 10], label=label, **style)
         ax.set_xlabel("poisoning fraction ε (%)")
         ax.set_ylabel(ylabel)
         ax.grid(alpha=0.3)
@@ -240,8 +246,9 @@ def adaptive_bars(rows: list[dict], unit: str) -> str:
     worst adaptive one, with the undefended worst case as a line. ``rows``: [{"defense", "budget"
     (label), "plain", "adaptive", "undefended"}] (floats or NaN)."""
     budgets = list(dict.fromkeys(r["budget"] for r in rows))
-    fig, axes = plt.subplots(1, len(budgets), figsize=(max(3.2, 0.9 * len({r["defense"] for r in rows}) + 1.6) * len(budgets), 3.0),
-                             squeeze=False, sharey=True)  # fmt: skip
+    fig, axes = plt.subplots(
+        1, len(budgets), figsize=(max(3.2, 0.9 * len({r["defense"] for r in rows}) + 1.6) * len(budgets), 3.0), squeeze=False, sharey=True
+    )
     for ax, budget in zip(axes[0], budgets):
         mine = [r for r in rows if r["budget"] == budget]
         xs = np.arange(len(mine))
@@ -280,8 +287,9 @@ def bracket(series: dict, budgets: list[float]) -> str:
     return _to_svg(fig)
 
 
-def width_curves(widths: list[int], clean: list[float], clean_ci: list[float], series: dict[str, tuple[list[float], list[float]]],
-                 metric: str, best: int | None) -> str:  # fmt: skip
+def width_curves(
+    widths: list[int], clean: list[float], clean_ci: list[float], series: dict[str, tuple[list[float], list[float]]], metric: str, best: int | None
+) -> str:
     """Test metric against width (log scale): the clean model and one line per ``attack @ ε`` with a
     95 % band over seeds; ``best``: the width of the best worst case, marked (Wang et al. 2021, §5)."""
     fig, ax = plt.subplots(figsize=(6.4, 3.6))
@@ -323,8 +331,9 @@ def certified_curves(panels: list[dict[str, Any]]) -> str:
     for i, panel in enumerate(panels):
         ax = axes[i // cols][i % cols]
         for k, (name, curve) in enumerate(panel["curves"].items()):
-            ax.step(range(len(curve)), curve, where="post", linestyle=LINESTYLES[k % len(LINESTYLES)], lw=1.4,
-                    label=CERTIFICATE_LABELS.get(name, name))  # fmt: skip
+            ax.step(
+                range(len(curve)), curve, where="post", linestyle=LINESTYLES[k % len(LINESTYLES)], lw=1.4, label=CERTIFICATE_LABELS.get(name, name)
+            )
         if panel["empirical"]:
             xs, ys = zip(*panel["empirical"])
             ax.plot(xs, ys, "kx", ms=7, mew=1.6, label="worst attack found (defended)")

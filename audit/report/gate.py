@@ -1,6 +1,6 @@
 """The CI gate: pass when the recommended setting's worst case at a budget is within bounds.
 
-Outputs for CI systems (issue 17): JUnit XML (``gate.xml``: a ``gate`` suite with the verdict and
+Outputs for CI systems: JUnit XML (``gate.xml``: a ``gate`` suite with the verdict and
 a ``settings`` suite with one case per (setting, budget) and its figures as properties), a
 GitHub step summary (markdown, under 1 MB), and a JSON result. In soft-fail mode (an advisory
 gate) a failure is reported as skipped and the exit code is 0.
@@ -33,8 +33,17 @@ SUMMARY_LIMIT = 1_000_000
 SUMMARY_ROWS = 60  # settings listed in the step summary's table (the worst first); the rest are counted
 GATE_JSON_SCHEMA_VERSION = 1
 #: the artifacts of a run a CI job uploads (named in the step summary when they exist)
-ARTIFACT_NAMES = ("report.html", "summary.json", "gate.xml", "compliance/record.pdf", "compliance/record.md", "compliance/record.json",
-                  "compliance/model_card.md", "manifest.json", "manifest.sig")  # fmt: skip
+ARTIFACT_NAMES = (
+    "report.html",
+    "summary.json",
+    "gate.xml",
+    "compliance/record.pdf",
+    "compliance/record.md",
+    "compliance/record.json",
+    "compliance/model_card.md",
+    "manifest.json",
+    "manifest.sig",
+)
 
 
 @dataclass
@@ -131,32 +140,79 @@ def gate(
     judged = "worst-case" if confidence is None else f"upper {100 * confidence:g} % bound of the worst-case"
     cases = setting_cases(a, budget, max_drop, confidence)
     if done.corrupt:  # no flag judges a store that does not match its plan
-        result = GateResult(False, f"no verdict: the result store does not match the run's plan ({done.describe()}); rerun "
-                            "with --restart", None, True, done.missing, done.failed, soft_fail, budget, max_drop, judged,
-                            a.recommendation.label, cases)  # fmt: skip
+        result = GateResult(
+            False,
+            f"no verdict: the result store does not match the run's plan ({done.describe()}); rerun with --restart",
+            None,
+            True,
+            done.missing,
+            done.failed,
+            soft_fail,
+            budget,
+            max_drop,
+            judged,
+            a.recommendation.label,
+            cases,
+        )
         _label(result, a, budget, allow_mismatch)
         atomic_write(junit_path, junit_xml(a.config.name, budget, result))
         return result
     if not done.complete and not allow_incomplete:
-        result = GateResult(False, f"the run is incomplete ({done.describe()}); finish it (run the same command again) "
-                            "or pass --allow-incomplete to judge the finished cells", None, True, done.missing, done.failed,
-                            soft_fail, budget, max_drop, judged, a.recommendation.label, cases)  # fmt: skip
+        result = GateResult(
+            False,
+            f"the run is incomplete ({done.describe()}); finish it (run the same command again) "
+            "or pass --allow-incomplete to judge the finished cells",
+            None,
+            True,
+            done.missing,
+            done.failed,
+            soft_fail,
+            budget,
+            max_drop,
+            judged,
+            a.recommendation.label,
+            cases,
+        )
         _label(result, a, budget, allow_mismatch)
         atomic_write(junit_path, junit_xml(a.config.name, budget, result))
         return result
     check = a.deployed(allow_mismatch)
     if check is not None and check.withheld:
-        result = GateResult(False, f"{check.sentence(a.metric)}; or pass --allow-mismatch to judge the audit's model", None, True,
-                            done.missing, done.failed, soft_fail, budget, max_drop, judged, a.recommendation.label, cases)  # fmt: skip
+        result = GateResult(
+            False,
+            f"{check.sentence(a.metric)}; or pass --allow-mismatch to judge the audit's model",
+            None,
+            True,
+            done.missing,
+            done.failed,
+            soft_fail,
+            budget,
+            max_drop,
+            judged,
+            a.recommendation.label,
+            cases,
+        )
         _label(result, a, budget, allow_mismatch)
         atomic_write(junit_path, junit_xml(a.config.name, budget, result))
         return result
     strength = a.strength(budget)
     if not strength.confirmed and not allow_lower_bound:
-        result = GateResult(False, f"no verdict: the worst case at ε = {budget:g} is a {LOWER_BOUND} ({strength.why}); confirm it "
-                            "(run without --no-confirm, with this budget in confirm.budgets) or pass --allow-lower-bound to judge "
-                            "it as a lower bound", None, True, done.missing, done.failed, soft_fail, budget, max_drop, judged,
-                            a.recommendation.label, cases)  # fmt: skip
+        result = GateResult(
+            False,
+            f"no verdict: the worst case at ε = {budget:g} is a {LOWER_BOUND} ({strength.why}); confirm it "
+            "(run without --no-confirm, with this budget in confirm.budgets) or pass --allow-lower-bound to judge "
+            "it as a lower bound",
+            None,
+            True,
+            done.missing,
+            done.failed,
+            soft_fail,
+            budget,
+            max_drop,
+            judged,
+            a.recommendation.label,
+            cases,
+        )
         _label(result, a, budget, allow_mismatch)
         atomic_write(junit_path, junit_xml(a.config.name, budget, result))
         return result
@@ -218,8 +274,23 @@ def setting_cases(a: Analysis, budget: float, max_drop: float, confidence: float
                 status = "failed" if gated else "over the limit (not gated)"
             ci = p.worst_damage_test_ci.get(eps)
             seeds = max((st.n_seeds for (_, e, _), st in p.stats.items() if e == eps), default=0)
-            cases.append(SettingCase(p.label, p.defense, p.hparams, eps, p.clean_test, damage, list(ci) if ci else None, judged,
-                                     p.worst_attack_test.get(eps), seeds, rec is not None and p.pair == rec.pair, gated, status))  # fmt: skip
+            cases.append(
+                SettingCase(
+                    p.label,
+                    p.defense,
+                    p.hparams,
+                    eps,
+                    p.clean_test,
+                    damage,
+                    list(ci) if ci else None,
+                    judged,
+                    p.worst_attack_test.get(eps),
+                    seeds,
+                    rec is not None and p.pair == rec.pair,
+                    gated,
+                    status,
+                )
+            )
     return cases
 
 
@@ -254,32 +325,61 @@ def junit_xml(name: str, budget: float, result: GateResult) -> str:
         body, skipped = f"<skipped message={quoteattr(soft + result.message)}/>", 1
     else:
         body, failures = f"<failure message={quoteattr(result.message)}>{escape(result.message)}</failure>", 1
-    props = _properties({"cells_missing": result.missing, "cells_failed": result.failed, "verdict": result.verdict, "budget": budget,
-                         "max_drop": result.max_drop, "judged": result.judged, "damage": result.damage, "setting": result.setting,
-                         "soft_fail": result.soft, "confirmed": result.confirmed, "strength": result.strength,
-                         "deployed_model": result.deployed})  # fmt: skip
-    gate_suite = (f'<testsuite name={quoteattr("poison-audit " + name)} tests="1" failures="{failures}" errors="{errors}" '
-                  f'skipped="{skipped}">{props}<testcase classname="poison-audit.report.gate" name={case}>{body}'
-                  f"<system-out>{escape(result.message)}</system-out></testcase></testsuite>")  # fmt: skip
+    props = _properties(
+        {
+            "cells_missing": result.missing,
+            "cells_failed": result.failed,
+            "verdict": result.verdict,
+            "budget": budget,
+            "max_drop": result.max_drop,
+            "judged": result.judged,
+            "damage": result.damage,
+            "setting": result.setting,
+            "soft_fail": result.soft,
+            "confirmed": result.confirmed,
+            "strength": result.strength,
+            "deployed_model": result.deployed,
+        }
+    )
+    gate_suite = (
+        f'<testsuite name={quoteattr("poison-audit " + name)} tests="1" failures="{failures}" errors="{errors}" '
+        f'skipped="{skipped}">{props}<testcase classname="poison-audit.report.gate" name={case}>{body}'
+        f"<system-out>{escape(result.message)}</system-out></testcase></testsuite>"
+    )
     rows, skipped_settings, failed_settings = [], 0, 0
     for c in result.cases:
         label = c.setting  # a defended setting's label names its defense ("ρ=0.01 + loss_filter")
-        props = _properties({"setting": c.setting, "defense": c.defense, "hyperparameters": json.dumps(c.hyperparameters, sort_keys=True),
-                             "budget": c.budget, "clean_test": c.clean_test, "worst_case_damage": c.damage,
-                             "worst_case_damage_ci95_low": c.damage_ci95[0] if c.damage_ci95 else None,
-                             "worst_case_damage_ci95_high": c.damage_ci95[1] if c.damage_ci95 else None, "judged": c.judged,
-                             "worst_attack": c.worst_attack, "seeds": c.seeds, "recommended": c.recommended, "gated": c.gated,
-                             "status": c.status})  # fmt: skip
+        props = _properties(
+            {
+                "setting": c.setting,
+                "defense": c.defense,
+                "hyperparameters": json.dumps(c.hyperparameters, sort_keys=True),
+                "budget": c.budget,
+                "clean_test": c.clean_test,
+                "worst_case_damage": c.damage,
+                "worst_case_damage_ci95_low": c.damage_ci95[0] if c.damage_ci95 else None,
+                "worst_case_damage_ci95_high": c.damage_ci95[1] if c.damage_ci95 else None,
+                "judged": c.judged,
+                "worst_attack": c.worst_attack,
+                "seeds": c.seeds,
+                "recommended": c.recommended,
+                "gated": c.gated,
+                "status": c.status,
+            }
+        )
         reason = f"{c.status}: {fmt(c.judged)} vs {result.max_drop:g} allowed" if c.judged is not None else c.status
         inner = ""
         if c.status == "failed" and not result.soft:  # the gated case: the verdict, seen per setting
             inner, failed_settings = f"<failure message={quoteattr(reason)}>{escape(result.message)}</failure>", failed_settings + 1
         elif c.status != "passed":
             inner, skipped_settings = f"<skipped message={quoteattr((soft if c.gated else '') + reason)}/>", skipped_settings + 1
-        rows.append(f'<testcase classname={quoteattr("poison-audit.settings")} name={quoteattr(f"{label} at eps={c.budget:g}")}>'
-                    f"{props}{inner}</testcase>")  # fmt: skip
-    settings_suite = (f'<testsuite name={quoteattr("poison-audit " + name + " settings")} tests="{len(result.cases)}" '
-                      f'failures="{failed_settings}" errors="0" skipped="{skipped_settings}">{"".join(rows)}</testsuite>')  # fmt: skip
+        rows.append(
+            f"<testcase classname={quoteattr('poison-audit.settings')} name={quoteattr(f'{label} at eps={c.budget:g}')}>{props}{inner}</testcase>"
+        )
+    settings_suite = (
+        f'<testsuite name={quoteattr("poison-audit " + name + " settings")} tests="{len(result.cases)}" '
+        f'failures="{failed_settings}" errors="0" skipped="{skipped_settings}">{"".join(rows)}</testsuite>'
+    )
     return f'<?xml version="1.0" encoding="utf-8"?>\n<testsuites>{gate_suite}{settings_suite}</testsuites>\n'
 
 
@@ -314,16 +414,27 @@ def step_summary(result: GateResult, run_dir: Path, name: str) -> str:
     :data:`SUMMARY_ROWS`), and the names of the artifacts to open; always under :data:`SUMMARY_LIMIT` bytes."""
     icon = {"pass": "✅ PASS", "fail": "❌ FAIL", "no verdict": "⚠️ NO VERDICT"}[result.verdict]
     advisory = " (advisory: --soft-fail, the job does not fail)" if result.soft and result.verdict != "pass" else ""
-    lines = [f"## poison-audit gate — {md_escape(name)}", "", f"**{icon}**{advisory}: {md_escape(result.message)}", "",
-             f"Strength of the verdict: **{md_escape(result.strength)}**", ""]  # fmt: skip
+    lines = [
+        f"## poison-audit gate — {md_escape(name)}",
+        "",
+        f"**{icon}**{advisory}: {md_escape(result.message)}",
+        "",
+        f"Strength of the verdict: **{md_escape(result.strength)}**",
+        "",
+    ]
     if result.deployed:
         lines += [f"Audited model: {md_escape(result.deployed)}", ""]
     budgets = sorted({c.budget for c in result.cases})
     by_setting: dict[tuple[str, str], dict[float, SettingCase]] = {}
     for c in result.cases:
         by_setting.setdefault((c.setting, c.defense), {})[c.budget] = c
-    order = sorted(by_setting.items(), key=lambda kv: (not any(c.recommended for c in kv[1].values()),
-                                                      -max((c.damage if c.damage is not None else -math.inf) for c in kv[1].values())))  # fmt: skip
+    order = sorted(
+        by_setting.items(),
+        key=lambda kv: (
+            not any(c.recommended for c in kv[1].values()),
+            -max((c.damage if c.damage is not None else -math.inf) for c in kv[1].values()),
+        ),
+    )
     header = ["Setting", "Clean test"] + [f"ε = {100 * b:g} %" for b in budgets]
     lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for (setting, _), cells in order[:SUMMARY_ROWS]:
@@ -341,8 +452,12 @@ def step_summary(result: GateResult, run_dir: Path, name: str) -> str:
         lines.append("| " + " | ".join(row) + " |")
     if len(order) > SUMMARY_ROWS:
         lines.append(f"\n… and {len(order) - SUMMARY_ROWS} more settings (summary.json lists them all).")
-    lines += ["", f"Worst-case damage (95 % interval) per setting and budget; the limit is {result.max_drop:g} at ε = {result.budget:g} "
-              f"({md_escape(result.judged)}). ⚠️: over the limit but not gated.", ""]  # fmt: skip
+    lines += [
+        "",
+        f"Worst-case damage (95 % interval) per setting and budget; the limit is {result.max_drop:g} at ε = {result.budget:g} "
+        f"({md_escape(result.judged)}). ⚠️: over the limit but not gated.",
+        "",
+    ]
     present = [n for n in ARTIFACT_NAMES if (run_dir / n).is_file()]
     if present:
         lines += ["Artifacts: " + ", ".join(f"`{n}`" for n in present), ""]
@@ -354,11 +469,25 @@ def step_summary(result: GateResult, run_dir: Path, name: str) -> str:
 
 def result_json(result: GateResult, name: str) -> dict[str, Any]:
     """The gate's result for machines (``poison-audit gate --json``)."""
-    return finite({
-        "schema_version": GATE_JSON_SCHEMA_VERSION, "run": name, "verdict": result.verdict, "passed": result.passed,
-        "exit_code": result.exit_code, "soft_fail": result.soft, "message": result.message, "budget": result.budget,
-        "max_drop": result.max_drop, "judged": result.judged, "damage": result.damage, "setting": result.setting,
-        "cells_missing": result.missing, "cells_failed": result.failed, "confirmed": result.confirmed, "strength": result.strength,
-        "deployed_model": result.deployed or None,
-        "cases": [asdict(c) for c in result.cases],
-    })  # fmt: skip
+    return finite(
+        {
+            "schema_version": GATE_JSON_SCHEMA_VERSION,
+            "run": name,
+            "verdict": result.verdict,
+            "passed": result.passed,
+            "exit_code": result.exit_code,
+            "soft_fail": result.soft,
+            "message": result.message,
+            "budget": result.budget,
+            "max_drop": result.max_drop,
+            "judged": result.judged,
+            "damage": result.damage,
+            "setting": result.setting,
+            "cells_missing": result.missing,
+            "cells_failed": result.failed,
+            "confirmed": result.confirmed,
+            "strength": result.strength,
+            "deployed_model": result.deployed or None,
+            "cases": [asdict(c) for c in result.cases],
+        }
+    )

@@ -1,4 +1,4 @@
-"""A run's manifest (SHA-256 of every artifact), its Ed25519 signature, and their verification (issue 17).
+"""A run's manifest (SHA-256 of every artifact), its Ed25519 signature, and their verification.
 
 ``manifest.json`` lists every file of the run directory — report, summary, store, poisons, gate
 results, the compliance documents — with its size and SHA-256, and, when it was signed, who
@@ -141,17 +141,32 @@ def generate_key(path: Path) -> tuple[Path, Path]:
     return path, public
 
 
-def build_manifest(run_dir: Path, name: str, tool_version: str, signing: Signing | None, public_key: Any = None,
-                   plan: str | None = None) -> dict[str, Any]:  # fmt: skip
+def build_manifest(
+    run_dir: Path, name: str, tool_version: str, signing: Signing | None, public_key: Any = None, plan: str | None = None
+) -> dict[str, Any]:
     """The manifest of ``run_dir`` now: every artifact's size and SHA-256, the digest of the run's plan (every planned
     cell key: :func:`audit.grid.store.plan_digest`), and the signature block."""
     files = [{"path": rel.as_posix(), "bytes": (run_dir / rel).stat().st_size, "sha256": sha256_file(run_dir / rel)} for rel in artifacts(run_dir)]
     signature = None
     if signing is not None:
-        signature = {"algorithm": "Ed25519", "signer": signing.signer, "signed_at": signing.signed_at,
-                     "public_key": public_pem(public_key), "key_fingerprint": key_fingerprint(public_key), "file": SIGNATURE}  # fmt: skip
-    return {"schema_version": MANIFEST_SCHEMA_VERSION, "run": name, "tool": f"poison-audit {tool_version}", "created": utc_now(),
-            "hash": "SHA-256", "plan_digest": plan, "files": files, "signature": signature}  # fmt: skip
+        signature = {
+            "algorithm": "Ed25519",
+            "signer": signing.signer,
+            "signed_at": signing.signed_at,
+            "public_key": public_pem(public_key),
+            "key_fingerprint": key_fingerprint(public_key),
+            "file": SIGNATURE,
+        }
+    return {
+        "schema_version": MANIFEST_SCHEMA_VERSION,
+        "run": name,
+        "tool": f"poison-audit {tool_version}",
+        "created": utc_now(),
+        "hash": "SHA-256",
+        "plan_digest": plan,
+        "files": files,
+        "signature": signature,
+    }
 
 
 def write_manifest(run_dir: Path, manifest: dict[str, Any], private_key: Any = None) -> Path:
@@ -230,12 +245,16 @@ def verify(run_dir: Path, public_key_path: Path | None = None) -> Verification:
     for side in ("results.sqlite-wal", "results.sqlite-journal"):  # SQLite reads these with the store: not covered, not trusted
         side_path = run_dir / side
         if side_path.is_file() and side_path.stat().st_size > 0:
-            result.problems.append(f"{side}: store changes the manifest does not cover (the gate and report would read them); "
-                                   "export again to fold them in and sign what they say")  # fmt: skip
+            result.problems.append(
+                f"{side}: store changes the manifest does not cover (the gate and report would read them); "
+                "export again to fold them in and sign what they say"
+            )
     added = [rel.as_posix() for rel in artifacts(run_dir) if rel.as_posix() not in listed]
     if added:
-        result.notes.append(f"not in the manifest (written after it, not part of the record): {', '.join(added[:10])}"
-                            + (f" and {len(added) - 10} more" if len(added) > 10 else ""))  # fmt: skip
+        result.notes.append(
+            f"not in the manifest (written after it, not part of the record): {', '.join(added[:10])}"
+            + (f" and {len(added) - 10} more" if len(added) > 10 else "")
+        )
     block = manifest.get("signature")
     sig_path = run_dir / SIGNATURE
     if block is None:
@@ -265,8 +284,9 @@ def verify(run_dir: Path, public_key_path: Path | None = None) -> Verification:
         result.problems.append(f"the signature does not verify under {who}")
         return result
     if expected is None:
-        result.notes.append(f"signature valid under the key the manifest embeds ({block.get('key_fingerprint')}); "
-                            "pass --public-key to check it is the signer's")  # fmt: skip
+        result.notes.append(
+            f"signature valid under the key the manifest embeds ({block.get('key_fingerprint')}); pass --public-key to check it is the signer's"
+        )
     return result
 
 

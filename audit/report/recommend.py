@@ -246,13 +246,16 @@ def aggregate(
         for i, eps in enumerate(budgets):
             # monotone in ε: an attacker with budget ε can do what one with ε' < ε did, so the worst case at ε is over
             # every attack at every budget up to ε; one from a smaller budget is named with it ("bg (at ε = 0.03)")
-            names = {(a if e == eps else f"{a} (at ε = {e:g})"): (a, e)
-                     for e in budgets[: i + 1] for a in attacks if (a, e, defense) in summary.stats}  # fmt: skip
+            names = {
+                (a if e == eps else f"{a} (at ε = {e:g})"): (a, e) for e in budgets[: i + 1] for a in attacks if (a, e, defense) in summary.stats
+            }
             if not any((a, eps, defense) in summary.stats for a in attacks):
                 continue
             summary.falls.update(_falls(summary.stats, attacks, budgets[: i + 1], defense))
-            rows_of = {name: [c for c in ok if c.candidate == key and c.attack == a and c.budget == e and c.defense == defense]
-                       for name, (a, e) in names.items()}  # fmt: skip
+            rows_of = {
+                name: [c for c in ok if c.candidate == key and c.attack == a and c.budget == e and c.defense == defense]
+                for name, (a, e) in names.items()
+            }
             _worst_case(summary, eps, names, rows_of, sign, test_share, defense)
         summary.n_splits = len({r[1] for r in repeats}) or 1
         summary.defense = defense
@@ -301,8 +304,15 @@ def _attack_stats(rows: list[Cell], sign: float, test_share: float) -> AttackSta
     )
 
 
-def _worst_case(summary: CandidateSummary, eps: float, names: dict[str, tuple[str, float]], rows_of: dict[str, list[Cell]],
-                sign: float, test_share: float, defense: str) -> None:  # fmt: skip
+def _worst_case(
+    summary: CandidateSummary,
+    eps: float,
+    names: dict[str, tuple[str, float]],
+    rows_of: dict[str, list[Cell]],
+    sign: float,
+    test_share: float,
+    defense: str,
+) -> None:
     """The worst case over attacks at ``eps`` (``names``: each attack, or an attack at a smaller budget, by its label).
 
     One split: the worst attack's mean over seeds, interval ``[max_a lower_a, max_a upper_a]`` (it covers the
@@ -325,14 +335,17 @@ def _worst_case(summary: CandidateSummary, eps: float, names: dict[str, tuple[st
         summary.worst_attack_test[eps] = worst_t
         summary.worst_test_seeds[eps] = per_attack[worst_t].n_seeds
         summary.worst_damage_test_est[eps] = Estimate(per_attack[worst_t].damage_test, per_attack[worst_t].damage_test_se)
-        summary.worst_damage_test_ci[eps] = (max(s.damage_test - Z95 * s.damage_test_se for s in stats),
-                                             max(s.damage_test + Z95 * s.damage_test_se for s in stats))  # fmt: skip
-        summary.worst_damage_val_ci[eps] = (max(s.damage_val - Z95 * s.damage_val_se for s in stats),
-                                            max(s.damage_val + Z95 * s.damage_val_se for s in stats))  # fmt: skip
+        summary.worst_damage_test_ci[eps] = (
+            max(s.damage_test - Z95 * s.damage_test_se for s in stats),
+            max(s.damage_test + Z95 * s.damage_test_se for s in stats),
+        )
+        summary.worst_damage_val_ci[eps] = (
+            max(s.damage_val - Z95 * s.damage_val_se for s in stats),
+            max(s.damage_val + Z95 * s.damage_val_se for s in stats),
+        )
         # the worst poisoned validation metric (lower is worse for accuracy): the min over attacks, per end
         level = [(sign * s.poisoned_val, s.poisoned_val_se) for s in stats]
-        summary.worst_val_ci[eps] = tuple(sorted((sign * min(m - Z95 * e for m, e in level),
-                                                  sign * min(m + Z95 * e for m, e in level))))  # type: ignore[assignment]  # a pair  # fmt: skip
+        summary.worst_val_ci[eps] = tuple(sorted((sign * min(m - Z95 * e for m, e in level), sign * min(m + Z95 * e for m, e in level))))  # type: ignore[assignment]  # a pair
         points = _val_points(rows_of[worst])
         if points is not None:
             summary.worst_val_points[eps] = points
@@ -488,8 +501,9 @@ def recommend(
     f = "{:.2f}".format if higher_is_better else "{:.4g}".format
     scored = [s for s in summaries if target_budget in s.worst_val and math.isfinite(s.clean_val)]
     if not scored:
-        return Recommendation(None, "none", f"No candidate has finished cells at ε = {target_budget:g}; nothing to recommend.",
-                              [], target_budget, tolerance)  # fmt: skip
+        return Recommendation(
+            None, "none", f"No candidate has finished cells at ε = {target_budget:g}; nothing to recommend.", [], target_budget, tolerance
+        )
     best_clean = max(sign * s.clean_val for s in scored)
     eligible = [s for s in scored if sign * s.clean_val >= best_clean - tolerance]
     # best worst case by its point estimate; settings whose paired difference with it is not significant are tied,
@@ -513,15 +527,21 @@ def recommend(
     if others:
         lo, hi = pick.worst_val_ci.get(target_budget, (math.nan, math.nan))
         names = ", ".join(s.label for s in others)
-        rule = ("the 95 % interval of their paired difference (same validation points and seeds) contains 0" if paired else
-                "their 95 % intervals overlap (unpaired: cells stored without per-point outcomes)")  # fmt: skip
+        rule = (
+            "the 95 % interval of their paired difference (same validation points and seeds) contains 0"
+            if paired
+            else "their 95 % intervals overlap (unpaired: cells stored without per-point outcomes)"
+        )
         if best is not pick:
-            parts.append(f"{best.label} has the best worst case by its point estimate, but {pick.label} is tied with it — "
-                         f"{rule} (its worst case {f(lo)}–{f(hi)}; tied: {names}) — and has the better clean validation "
-                         f"{metric_name}, which breaks the tie.")  # fmt: skip
+            parts.append(
+                f"{best.label} has the best worst case by its point estimate, but {pick.label} is tied with it — "
+                f"{rule} (its worst case {f(lo)}–{f(hi)}; tied: {names}) — and has the better clean validation "
+                f"{metric_name}, which breaks the tie."
+            )
         else:
-            parts.append(f"Its worst case ({f(lo)}–{f(hi)}, 95 %) is tied with {names} — {rule}; it has the "
-                         f"best clean validation {metric_name} among them.")  # fmt: skip
+            parts.append(
+                f"Its worst case ({f(lo)}–{f(hi)}, 95 %) is tied with {names} — {rule}; it has the best clean validation {metric_name} among them."
+            )
     if most_robust is not pick and most_robust not in tied:
         parts.append(
             f"{most_robust.label} holds up better under attack ({f(most_robust.worst_val[target_budget])}) but its clean "
@@ -535,5 +555,13 @@ def recommend(
     )
     if pick.missing:
         parts.append(f"{pick.missing} of its cells are missing or failed, so its worst case is over fewer runs.")
-    return Recommendation(pick.key, pick.label, " ".join(parts), [s.pair for s in eligible], target_budget, tolerance,
-                          pick.defense, [pick.pair, *(s.pair for s in tied if s is not pick)])  # fmt: skip
+    return Recommendation(
+        pick.key,
+        pick.label,
+        " ".join(parts),
+        [s.pair for s in eligible],
+        target_budget,
+        tolerance,
+        pick.defense,
+        [pick.pair, *(s.pair for s in tied if s is not pick)],
+    )

@@ -52,8 +52,10 @@ def _by_split(rec: Any) -> dict[str, list[dict[str, Any]]]:
     """Per budget, over k ≥ 2 splits, each split's worst-of-attacks test damage and its attack (the worst case is their mean)."""
     if rec is None:
         return {}
-    return {str(e): [{"split": int(j), "drop": v, "attack": rec.worst_attack_splits[e][j]} for j, v in per.items()]
-            for e, per in rec.worst_damage_test_splits.items()}  # fmt: skip
+    return {
+        str(e): [{"split": int(j), "drop": v, "attack": rec.worst_attack_splits[e][j]} for j, v in per.items()]
+        for e, per in rec.worst_damage_test_splits.items()
+    }
 
 
 def _per_split_sentence(a: Analysis) -> str:
@@ -70,8 +72,10 @@ def splits_sentence(meta: dict[str, Any]) -> str:
     record = meta.get("splits") or {}
     k = int(record.get("run", 1))
     if k > 1:
-        return (f"{k} draws of the partition (data seeds {', '.join(map(str, record.get('seeds') or []))}; the first is dataset.split.seed): "
-                "every cell ran on each, and the worst case is the mean over splits of each split's worst attack")  # fmt: skip
+        return (
+            f"{k} draws of the partition (data seeds {', '.join(map(str, record.get('seeds') or []))}; the first is dataset.split.seed): "
+            "every cell ran on each, and the worst case is the mean over splits of each split's worst attack"
+        )
     return record.get("note") or "one (dataset.split.seed): intervals cannot cover split-to-split variation (splits: k re-draws it)"
 
 
@@ -114,34 +118,47 @@ def build_context(a: Analysis) -> dict[str, Any]:
         mine = [r for c, r in retrains if c.candidate == s.key and r]
         bad = [r for r in mine if not r.get("converged", True)]
         if bad:
-            by_candidate.append({"label": s.label, "bad": len(bad), "total": len(mine),
-                                 "max_grad": f"{max(r['grad_norm'] for r in bad):.1e}"})  # fmt: skip
+            by_candidate.append({"label": s.label, "bad": len(bad), "total": len(mine), "max_grad": f"{max(r['grad_norm'] for r in bad):.1e}"})
     unregularized = any(s.hparams.get("l2", None) == 0 for s in a.summaries) and a.higher_is_better
     rows = []
     for s in a.summaries:
-        rows.append({
-            "label": s.label,
-            "recommended": s.key == a.recommendation.key,
-            "eligible": s.pair in a.recommendation.eligible,
-            "clean_val": _fmt(s.clean_val),
-            "clean_test": _fmt(s.clean_test),
-            "budgets": [{"worst_val": _fmt(s.worst_val.get(e)), "damage": _fmt(s.worst_damage_test.get(e)),
-                         "ci": _fmt_ci(s.worst_damage_test_ci.get(e)), "attack": s.worst_attack_test.get(e, "n/a")} for e in budgets],
-        })  # fmt: skip
+        rows.append(
+            {
+                "label": s.label,
+                "recommended": s.key == a.recommendation.key,
+                "eligible": s.pair in a.recommendation.eligible,
+                "clean_val": _fmt(s.clean_val),
+                "clean_test": _fmt(s.clean_test),
+                "budgets": [
+                    {
+                        "worst_val": _fmt(s.worst_val.get(e)),
+                        "damage": _fmt(s.worst_damage_test.get(e)),
+                        "ci": _fmt_ci(s.worst_damage_test_ci.get(e)),
+                        "attack": s.worst_attack_test.get(e, "n/a"),
+                    }
+                    for e in budgets
+                ],
+            }
+        )
     detail = []
     for s in a.summaries:
         for attack in attacks:
             for eps in budgets:
                 st = s.stats.get((attack, eps, a.defense))
-                detail.append({
-                    "candidate": s.label, "attack": attack, "budget": f"{100 * eps:g}%",
-                    "poisoned": _fmt(st.poisoned_test) if st else "n/a",
-                    "std": _fmt(st.poisoned_test_std) if st else "n/a",
-                    "damage": _fmt(st.damage_test) if st else "n/a",
-                    "damage_att": _fmt(st.damage_att) if st and st.damage_att is not None else "n/a",
-                    "ci": _fmt_ci(st.damage_test_ci()) if st else "",
-                    "seeds": st.n_seeds if st else 0, "seconds": _fmt(st.seconds, 1) if st else "n/a",
-                })  # fmt: skip
+                detail.append(
+                    {
+                        "candidate": s.label,
+                        "attack": attack,
+                        "budget": f"{100 * eps:g}%",
+                        "poisoned": _fmt(st.poisoned_test) if st else "n/a",
+                        "std": _fmt(st.poisoned_test_std) if st else "n/a",
+                        "damage": _fmt(st.damage_test) if st else "n/a",
+                        "damage_att": _fmt(st.damage_att) if st and st.damage_att is not None else "n/a",
+                        "ci": _fmt_ci(st.damage_test_ci()) if st else "",
+                        "seeds": st.n_seeds if st else 0,
+                        "seconds": _fmt(st.seconds, 1) if st else "n/a",
+                    }
+                )
     verdict_damage = rec.worst_damage_test.get(target) if rec else None
     task = a.meta["dataset"]["task"]
     confirmed_keys = {c.attack for c in a.cells}
@@ -181,12 +198,10 @@ def build_context(a: Analysis) -> dict[str, Any]:
             f"({_fmt(p.stats[(k, e0, p.defense)].damage_test)})"
             for p in a.pairs
             for k, e0, e1 in sorted(p.falls)
-        ],  # fmt: skip
+        ],
         "confirmation": _confirmation_context(a),
         "budgets": [f"{100 * b:g}%" for b in budgets],
-        "attacks": [
-            {"key": s.key, "name": s.name, "params": json.dumps(s.params, sort_keys=True), "seeds": _seeds_run(a, s)} for s in cfg.attacks
-        ],  # fmt: skip
+        "attacks": [{"key": s.key, "name": s.name, "params": json.dumps(s.params, sort_keys=True), "seeds": _seeds_run(a, s)} for s in cfg.attacks],
         "one_seed": [s.key for s in cfg.attacks if len(cfg.attack_seeds(s)) == 1 and len(cfg.seeds) > 1],
         "profile": {
             "name": cfg.profile,
@@ -212,13 +227,13 @@ def build_context(a: Analysis) -> dict[str, Any]:
                 "error": c.error,
             }
             for c in failed
-        ],  # fmt: skip
+        ],
         "progress": {"done": done, "total": total, "missing": max(total - done - len(failed), 0)},
         "not_converged": not_converged,
         "not_converged_by_candidate": by_candidate,
         "diverged": [
             {"candidate": candidate_label(c.hparams), "attack": c.attack, "budget": f"{100 * c.budget:g}%", "seed": c.seed} for c in diverged
-        ],  # fmt: skip
+        ],
         "unregularized": unregularized,
         "n_retrains": len(retrains),
         "not_run": not_run,
@@ -245,10 +260,17 @@ def _deployed(a: Analysis) -> dict[str, Any] | None:
     check = a.deployed()
     if check is None:
         return None
-    return {"value": _fmt(check.value) if a.higher_is_better else f"{check.value:.4g}",
-            "audited": _fmt(check.audited) if a.higher_is_better else f"{check.audited:.4g}", "label": check.label,
-            "differs": not check.matches, "withheld": check.withheld, "accepted": check.accepted and not check.matches,
-            "trained": check.trained, "gap": check.gap_text, "sentence": check.sentence(a.metric)}  # fmt: skip
+    return {
+        "value": _fmt(check.value) if a.higher_is_better else f"{check.value:.4g}",
+        "audited": _fmt(check.audited) if a.higher_is_better else f"{check.audited:.4g}",
+        "label": check.label,
+        "differs": not check.matches,
+        "withheld": check.withheld,
+        "accepted": check.accepted and not check.matches,
+        "trained": check.trained,
+        "gap": check.gap_text,
+        "sentence": check.sentence(a.metric),
+    }
 
 
 def deployed_json(a: Analysis) -> dict[str, Any] | None:
@@ -256,11 +278,21 @@ def deployed_json(a: Analysis) -> dict[str, Any] | None:
     check = a.deployed()
     if check is None:
         return None
-    return {"test_metric": check.value, "audited_test_metric": check.audited, "audited_setting": check.label,
-            "gap": check.gap, "tolerance": check.limit, "gap_unit": "points" if a.higher_is_better else "fraction of the MSE",
-            "trained": check.trained, "trivial_test_metric": check.trivial, "matches": check.matches,
-            "mismatch_accepted": check.accepted and not check.matches, "verdict_withheld": check.withheld,
-            "training": check.training or "the audit's procedure", "statement": check.sentence(a.metric)}  # fmt: skip
+    return {
+        "test_metric": check.value,
+        "audited_test_metric": check.audited,
+        "audited_setting": check.label,
+        "gap": check.gap,
+        "tolerance": check.limit,
+        "gap_unit": "points" if a.higher_is_better else "fraction of the MSE",
+        "trained": check.trained,
+        "trivial_test_metric": check.trivial,
+        "matches": check.matches,
+        "mismatch_accepted": check.accepted and not check.matches,
+        "verdict_withheld": check.withheld,
+        "training": check.training or "the audit's procedure",
+        "statement": check.sentence(a.metric),
+    }
 
 
 def _fmt_ci(ci: tuple[float, float] | None) -> str:
@@ -282,8 +314,7 @@ def _describe_training(training: dict[str, Any] | None) -> str:
     elif training.get("optimizer") == "lbfgs":
         how = f"L-BFGS (strong Wolfe), at most {training.get('epochs')} iterations, {batch}"
     else:
-        how = (f"{training.get('optimizer')} lr {training.get('lr')}, momentum {training.get('momentum')}, "
-               f"{training.get('epochs')} epochs, {batch}")  # fmt: skip
+        how = f"{training.get('optimizer')} lr {training.get('lr')}, momentum {training.get('momentum')}, {training.get('epochs')} epochs, {batch}"
     return how + "; objective: mean loss + ρ/2·‖w‖² over weights (biases unregularized); candidate axes override"
 
 
@@ -303,12 +334,27 @@ def render_html(context: dict[str, Any]) -> str:
 def _confirmation_context(a: Analysis) -> dict[str, Any]:
     """The report's "Screened and confirmed" table: per confirmed setting and budget, the two worst cases and their ratio."""
     conf = a.confirmation
-    rows = [{"label": r.label, "budget": f"{100 * r.budget:g}%", "screened": _fmt(r.screened), "screened_attack": r.screened_attack or "n/a",
-             "confirmed": _fmt(r.confirmed), "confirmed_attack": r.confirmed_attack or "n/a",
-             "ratio": f"{r.ratio:.2f}×" if r.ratio is not None else "n/a", "recommended": r.recommended} for r in confirmed_rows(a)]  # fmt: skip
-    return {"enabled": bool(conf.get("enabled", False)), "attacks": conf.get("attacks", []), "left_out": conf.get("left_out", []),
-            "budgets": [f"{100 * b:g}%" for b in conf.get("budgets", [])], "rows": rows,
-            "full_grid": not a.config.confirmation_attacks()}  # fmt: skip
+    rows = [
+        {
+            "label": r.label,
+            "budget": f"{100 * r.budget:g}%",
+            "screened": _fmt(r.screened),
+            "screened_attack": r.screened_attack or "n/a",
+            "confirmed": _fmt(r.confirmed),
+            "confirmed_attack": r.confirmed_attack or "n/a",
+            "ratio": f"{r.ratio:.2f}×" if r.ratio is not None else "n/a",
+            "recommended": r.recommended,
+        }
+        for r in confirmed_rows(a)
+    ]
+    return {
+        "enabled": bool(conf.get("enabled", False)),
+        "attacks": conf.get("attacks", []),
+        "left_out": conf.get("left_out", []),
+        "budgets": [f"{100 * b:g}%" for b in conf.get("budgets", [])],
+        "rows": rows,
+        "full_grid": not a.config.confirmation_attacks(),
+    }
 
 
 def verdict_json(a: Analysis) -> dict[str, Any]:
@@ -407,7 +453,7 @@ def build_summary(a: Analysis) -> dict[str, Any]:
             {k: r[k] for k in ("label", "eps_w", "val", "test", "tau_2", "tau_c", "tau_rho_2", "tau_rho_c", "unreachable", "seeds", "condition")}
             | {"hyperparameters": json.loads(r["key"])}
             for r in threshold_table(a)
-        ],  # fmt: skip
+        ],
         "minimax": [r.as_dict() for r in a.policies],
         "adaptive": _adaptive_summary(a),
         # per (candidate, certifying defense): certified accuracy (%) at radius r = list index (insertions or removals) on
@@ -425,7 +471,7 @@ def build_summary(a: Analysis) -> dict[str, Any]:
                 ],
             }
             for s in certified_series(a)
-        ],  # fmt: skip
+        ],
     }
 
 
@@ -436,8 +482,13 @@ def _adaptive_summary(a: Analysis) -> dict[str, Any]:
     def stats(st: Any) -> dict[str, Any] | None:
         if st is None:
             return None
-        return {"damage": st.damage_test, "damage_ci95": list(st.damage_test_ci()),
-                "damage_val": st.damage_val, "poisons_survived": 1.0 - st.poisons_removed, "clean_removed": st.clean_removed}  # fmt: skip
+        return {
+            "damage": st.damage_test,
+            "damage_ci95": list(st.damage_test_ci()),
+            "damage_val": st.damage_val,
+            "poisons_survived": 1.0 - st.poisons_removed,
+            "clean_removed": st.clean_removed,
+        }
 
     series = bracket_series(a)
     return {
@@ -455,7 +506,7 @@ def _adaptive_summary(a: Analysis) -> dict[str, Any]:
                 "undefended": stats(r.undefended),
             }
             for r in adaptive_rows(a)
-        ],  # fmt: skip
+        ],
         "bracket": None
         if series is None
         else {
@@ -469,7 +520,7 @@ def _adaptive_summary(a: Analysis) -> dict[str, Any]:
                 }
                 for d, s in series["defenses"].items()
             },
-        },  # fmt: skip
+        },
     }
 
 
@@ -485,23 +536,26 @@ def write_report(run_dir: str | Path, out: str | Path | None = None) -> Path:
     with RunLock(run_dir, "report") if inside else contextlib.nullcontext():
         analysis = analyse(run_dir)
         html = render_html(build_context(analysis))
-        atomic_write(target / "summary.json", json.dumps(finite(build_summary(analysis)), indent=2, allow_nan=False,
-                                                          default=_json_default))  # fmt: skip
+        atomic_write(target / "summary.json", json.dumps(finite(build_summary(analysis)), indent=2, allow_nan=False, default=_json_default))
         atomic_write(target / "report.html", html)
     return target / "report.html"
 
 
 def _setting(a: Analysis, s: Any) -> dict[str, Any]:
     """One setting of summary.json: clean metrics, worst case per budget, eligibility."""
-    return {"hyperparameters": s.hparams, "clean_val": s.clean_val, "clean_test": s.clean_test,
-            "clean_test_ci95": [s.clean_test - Z95 * s.clean_test_se, s.clean_test + Z95 * s.clean_test_se],
-            "worst_case_val": {str(e): v for e, v in s.worst_val.items()},
-            "worst_case_val_ci95": {str(e): list(v) for e, v in s.worst_val_ci.items()},
-            "worst_case_drop": {str(e): v for e, v in s.worst_damage_test.items()},
-            "worst_case_drop_ci95": {str(e): list(v) for e, v in s.worst_damage_test_ci.items()},
-            "worst_attack": {str(e): v for e, v in s.worst_attack_test.items()},
-            "damage_falls": [{"attack": k, "from_budget": e0, "budget": e1} for k, e0, e1 in sorted(s.falls)],
-            "eligible": s.pair in a.recommendation.eligible}  # fmt: skip
+    return {
+        "hyperparameters": s.hparams,
+        "clean_val": s.clean_val,
+        "clean_test": s.clean_test,
+        "clean_test_ci95": [s.clean_test - Z95 * s.clean_test_se, s.clean_test + Z95 * s.clean_test_se],
+        "worst_case_val": {str(e): v for e, v in s.worst_val.items()},
+        "worst_case_val_ci95": {str(e): list(v) for e, v in s.worst_val_ci.items()},
+        "worst_case_drop": {str(e): v for e, v in s.worst_damage_test.items()},
+        "worst_case_drop_ci95": {str(e): list(v) for e, v in s.worst_damage_test_ci.items()},
+        "worst_attack": {str(e): v for e, v in s.worst_attack_test.items()},
+        "damage_falls": [{"attack": k, "from_budget": e0, "budget": e1} for k, e0, e1 in sorted(s.falls)],
+        "eligible": s.pair in a.recommendation.eligible,
+    }
 
 
 def _json_default(value: Any) -> Any:

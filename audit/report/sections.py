@@ -52,13 +52,23 @@ def poisonability_context(a: Analysis) -> dict[str, Any] | None:
     def fmt_tau(v: float | None) -> str:
         return "unreachable" if v is None else ("any ε > 0" if v <= 0 else f"{v:.3g}")
 
-    rows = [{**r, "eps_w": "clean model" if r["eps_w"] == 0 else f"{r['eps_w']:g}", "val": _fmt(r["val"]),
-             "test": _fmt(r["test"]), "tau_2": fmt_tau(r["tau_2"]), "tau_c": fmt_tau(r["tau_c"]),
-             "tau_rho_2": fmt_tau(r["tau_rho_2"]), "tau_rho_c": fmt_tau(r["tau_rho_c"]),
-             "tau_same": "" if r["eps_w"] == 0 else f"{fmt_tau(r.get('tau_same_predictions'))} (× {r.get('scale', 1.0):.2g})",
-             "tau_box": "" if r["eps_w"] == 0 or not r.get("has_box")
-             else f"{fmt_tau(r['tau_box'])}; same predictions {fmt_tau(r['tau_box_same_predictions'])}{'' if r['tau_box_exact'] else ' (bound)'}"}
-            for r in table]  # fmt: skip
+    rows = [
+        {
+            **r,
+            "eps_w": "clean model" if r["eps_w"] == 0 else f"{r['eps_w']:g}",
+            "val": _fmt(r["val"]),
+            "test": _fmt(r["test"]),
+            "tau_2": fmt_tau(r["tau_2"]),
+            "tau_c": fmt_tau(r["tau_c"]),
+            "tau_rho_2": fmt_tau(r["tau_rho_2"]),
+            "tau_rho_c": fmt_tau(r["tau_rho_c"]),
+            "tau_same": "" if r["eps_w"] == 0 else f"{fmt_tau(r.get('tau_same_predictions'))} (× {r.get('scale', 1.0):.2g})",
+            "tau_box": ""
+            if r["eps_w"] == 0 or not r.get("has_box")
+            else f"{fmt_tau(r['tau_box'])}; same predictions {fmt_tau(r['tau_box_same_predictions'])}{'' if r['tau_box_exact'] else ' (bound)'}",
+        }
+        for r in table
+    ]
     out: dict[str, Any] = {"thresholds": rows, "errors": errors, "gc": []}
     for key in gc_keys:
         series: list[dict[str, Any]] = []
@@ -69,29 +79,35 @@ def poisonability_context(a: Analysis) -> dict[str, Any] | None:
             damage = {e: s.stats[(key, e, a.defense)].damage_test for e in a.config.budgets if (key, e, a.defense) in s.stats}
             series.append({"label": s.label, "damage": damage, "taus": taus})
             for eps in a.config.budgets:
-                cells = [c for c in a.cells if c.status == "ok" and c.candidate == s.key and c.attack == key
-                         and c.budget == eps and c.defense == a.defense]  # fmt: skip
+                cells = [
+                    c for c in a.cells if c.status == "ok" and c.candidate == s.key and c.attack == key and c.budget == eps and c.defense == a.defense
+                ]
                 if not cells:
                     continue
                 diags = [c.attack_diagnostics(GradientCancelingDiagnostics) for c in cells]
                 th = [d.threshold or {} for d in diags]
-                used.append({
-                    "label": s.label, "budget": f"{100 * eps:g}%",
-                    "origin": ", ".join(sorted({d.origin() for d in diags})),
-                    "target_test": _fmt(_mean([d.target_test_metric for d in diags])),
-                    "tau_rho_2": fmt_tau(None if any(t.get("tau_rho_2") is None for t in th) else float(np.mean([t["tau_rho_2"] for t in th]))),
-                    "residual": _fmt(_mean([d.relative_residual for d in diags]), 3),
-                    "damage": _fmt(damage.get(eps)),
-                })  # fmt: skip
+                used.append(
+                    {
+                        "label": s.label,
+                        "budget": f"{100 * eps:g}%",
+                        "origin": ", ".join(sorted({d.origin() for d in diags})),
+                        "target_test": _fmt(_mean([d.target_test_metric for d in diags])),
+                        "tau_rho_2": fmt_tau(None if any(t.get("tau_rho_2") is None for t in th) else float(np.mean([t["tau_rho_2"] for t in th]))),
+                        "residual": _fmt(_mean([d.relative_residual for d in diags]), 3),
+                        "damage": _fmt(damage.get(eps)),
+                    }
+                )
                 curve = diags[0].g_chi_curve or []
                 g0 = curve[0][1] if curve else 1.0
                 curves.setdefault(eps, []).append((s.label, [(e, v / max(g0, 1e-30)) for e, v in curve]))
-        out["gc"].append({
-            "key": key,
-            "drop_svg": figures.gc_drop_vs_budget(series, a.config.budgets, a.unit),
-            "curves_svg": figures.gc_learning_curves(curves) if curves else "",
-            "used": used,
-        })  # fmt: skip
+        out["gc"].append(
+            {
+                "key": key,
+                "drop_svg": figures.gc_drop_vs_budget(series, a.config.budgets, a.unit),
+                "curves_svg": figures.gc_learning_curves(curves) if curves else "",
+                "used": used,
+            }
+        )
     return out
 
 
@@ -110,14 +126,17 @@ def defense_section(a: Analysis) -> dict[str, Any] | None:
     panels: dict[str, dict[str, dict[float, float]]] = {}
     hp = [json.loads(a.recommendation.key)]
     for d in a.config.defense_keys:
-        summary = aggregate(a.cells, [], hp, [s.key for s in a.config.attacks], a.config.budgets, a.config.seeds, d,
-                            a.higher_is_better)[0]  # fmt: skip
+        summary = aggregate(a.cells, [], hp, [s.key for s in a.config.attacks], a.config.budgets, a.config.seeds, d, a.higher_is_better)[0]
         for (attack, eps, _), st in summary.stats.items():
             panels.setdefault(attack, {}).setdefault(d, {})[eps] = st.poisoned_test
     backdoor = [d.key for d in a.config.defenses if d.defense.designed_for_backdoors]
-    return {"rows": rows, "svg": figures.defense_curves(panels, rec.clean_test, a.config.budgets, a.metric),
-            "ratio": not a.higher_is_better, "backdoor": backdoor,
-            "certifies": [d.key for d in a.config.defenses if d.defense.certifies]}  # fmt: skip
+    return {
+        "rows": rows,
+        "svg": figures.defense_curves(panels, rec.clean_test, a.config.budgets, a.metric),
+        "ratio": not a.higher_is_better,
+        "backdoor": backdoor,
+        "certifies": [d.key for d in a.config.defenses if d.defense.certifies],
+    }
 
 
 def defense_rows(a: Analysis) -> list[dict[str, Any]]:
@@ -129,22 +148,30 @@ def defense_rows(a: Analysis) -> list[dict[str, Any]]:
     hp = [json.loads(a.recommendation.key)]
     attacks = a.attack_keys  # the adaptive attackers' rows too
     rows = []
-    per_defense = {d: aggregate(a.cells, [], hp, attacks, a.config.budgets, a.config.seeds, d, a.higher_is_better, a.meta.get("cell_seeds"))[0]
-                   for d in a.config.defense_keys}  # fmt: skip
+    per_defense = {
+        d: aggregate(a.cells, [], hp, attacks, a.config.budgets, a.config.seeds, d, a.higher_is_better, a.meta.get("cell_seeds"))[0]
+        for d in a.config.defense_keys
+    }
     for attack in attacks:
         for eps in a.config.budgets:
             for d, summary in per_defense.items():
                 st = summary.stats.get((attack, eps, d))
                 if st is None:
                     continue
-                rows.append({
-                    "attack": attack, "budget": f"{100 * eps:g}%", "defense": d,
-                    "poisoned": _fmt(st.poisoned_test), "damage": _fmt(st.damage_test),
-                    "ratio": f"×{st.poisoned_test / clean:.2f}" if clean else "n/a",
-                    "poisons_removed": f"{100 * st.poisons_removed:.0f}%", "clean_removed": f"{st.clean_removed:.1f}",
-                    "seconds": _fmt(st.seconds, 2),
-                    "certified": _certified(a, hp[0], attack, eps, d),
-                })  # fmt: skip
+                rows.append(
+                    {
+                        "attack": attack,
+                        "budget": f"{100 * eps:g}%",
+                        "defense": d,
+                        "poisoned": _fmt(st.poisoned_test),
+                        "damage": _fmt(st.damage_test),
+                        "ratio": f"×{st.poisoned_test / clean:.2f}" if clean else "n/a",
+                        "poisons_removed": f"{100 * st.poisons_removed:.0f}%",
+                        "clean_removed": f"{st.clean_removed:.1f}",
+                        "seconds": _fmt(st.seconds, 2),
+                        "certified": _certified(a, hp[0], attack, eps, d),
+                    }
+                )
     return rows
 
 
@@ -153,8 +180,11 @@ def _certified(a: Analysis, hparams: dict[str, Any], attack: str, eps: float, de
     if not a.config.defense_spec(defense).defense.certifies:
         return ""
     key = json.dumps(hparams, sort_keys=True)
-    values = [c.defense_diagnostics(CertificateDiagnostics).certified_accuracy for c in a.cells
-              if c.status == "ok" and c.candidate == key and c.attack == attack and c.budget == eps and c.defense == defense]  # fmt: skip
+    values = [
+        c.defense_diagnostics(CertificateDiagnostics).certified_accuracy
+        for c in a.cells
+        if c.status == "ok" and c.candidate == key and c.attack == attack and c.budget == eps and c.defense == defense
+    ]
     mean = _mean(values)
     return "n/a" if math.isnan(mean) else f"{mean:.1f}"
 
@@ -178,10 +208,19 @@ def poison_samples_context(a: Analysis) -> dict[str, Any] | None:
         if not isinstance(d, SourcedDiagnostics) or not d.source_examples:
             continue
         tgda = d if isinstance(d, TGDADiagnostics) else TGDADiagnostics()  # the leader's solves, when the attack has them
-        rows.append({"attack": c.attack, "candidate": candidate_label(c.hparams), "budget": f"{100 * c.budget:g}%",
-                     "seed": c.seed, "max_change": f"{_nan(d.max_change):.3f}", "mean_change": f"{_nan(d.mean_change):.4f}",
-                     "pretrain_mse": f"{_nan((tgda.pretrain or {}).get('mse_final')):.4f}",
-                     "cg": f"{100 * _nan(tgda.cg_converged_fraction):.0f}%", "seconds": f"{_nan(d.seconds):.0f}"})  # fmt: skip
+        rows.append(
+            {
+                "attack": c.attack,
+                "candidate": candidate_label(c.hparams),
+                "budget": f"{100 * c.budget:g}%",
+                "seed": c.seed,
+                "max_change": f"{_nan(d.max_change):.3f}",
+                "mean_change": f"{_nan(d.mean_change):.4f}",
+                "pretrain_mse": f"{_nan((tgda.pretrain or {}).get('mse_final')):.4f}",
+                "cg": f"{100 * _nan(tgda.cg_converged_fraction):.0f}%",
+                "seconds": f"{_nan(d.seconds):.0f}",
+            }
+        )
     grids = []
     note = ""
     if image_shape:
@@ -197,11 +236,16 @@ def poison_samples_context(a: Analysis) -> dict[str, Any] | None:
                 rec = [s for s in mine if s["candidate"] == a.recommendation.key]
                 pick = min(rec or mine, key=lambda s: (s["candidate"], s["seed"]))
                 clean = data.x_train[np.asarray(pick["source"], dtype=int)]
-                grids.append({
-                    "attack": attack, "budget": f"{100 * top:g}%", "candidate": candidate_label(json.loads(pick["candidate"])),
-                    "seed": pick["seed"], "max_change": f"{float(np.abs(pick['x'] - clean).max()):.3f}",
-                    "svg": figures.poison_grid(clean, pick["x"], tuple(image_shape), float(data.lo.min()), float(data.hi.max())),
-                })  # fmt: skip
+                grids.append(
+                    {
+                        "attack": attack,
+                        "budget": f"{100 * top:g}%",
+                        "candidate": candidate_label(json.loads(pick["candidate"])),
+                        "seed": pick["seed"],
+                        "max_change": f"{float(np.abs(pick['x'] - clean).max()):.3f}",
+                        "svg": figures.poison_grid(clean, pick["x"], tuple(image_shape), float(data.lo.min()), float(data.hi.max())),
+                    }
+                )
     return {"rows": rows, "grids": grids, "note": note}
 
 
@@ -220,12 +264,26 @@ def minimax_context(a: Analysis) -> dict[str, Any] | None:
     for label in POLICY_LABELS.values():
         if label not in series["error"]:
             continue
-        rows.append({"policy": label, "cells": [
-            {"error": _fmt(series["error"][label].get(e)), "std": _fmt(series["error_std"][label].get(e)),
-             "lam": _fmt(series["lam"][label].get(e)), "l2": f"{series['l2'][label][e]:.3g}" if e in series["l2"][label] else "n/a",
-             "norm": _fmt(series["norm"][label].get(e))} for e in budgets]})  # fmt: skip
-    fixed = [{"policy": label, "cells": [{"error": _fmt(pts.get(e))} for e in budgets]}
-             for label, pts in series["error"].items() if label.startswith("fixed")]  # fmt: skip
+        rows.append(
+            {
+                "policy": label,
+                "cells": [
+                    {
+                        "error": _fmt(series["error"][label].get(e)),
+                        "std": _fmt(series["error_std"][label].get(e)),
+                        "lam": _fmt(series["lam"][label].get(e)),
+                        "l2": f"{series['l2'][label][e]:.3g}" if e in series["l2"][label] else "n/a",
+                        "norm": _fmt(series["norm"][label].get(e)),
+                    }
+                    for e in budgets
+                ],
+            }
+        )
+    fixed = [
+        {"policy": label, "cells": [{"error": _fmt(pts.get(e))} for e in budgets]}
+        for label, pts in series["error"].items()
+        if label.startswith("fixed")
+    ]
     metric = "error (%)" if a.higher_is_better else "MSE"
     expected = 3 * (len(a.config.budgets) + 1) * len(a.config.seeds)
     return {
@@ -242,7 +300,7 @@ def minimax_context(a: Analysis) -> dict[str, Any] | None:
 
 
 def adaptive_context(a: Analysis) -> dict[str, Any] | None:
-    """Defenses under an adaptive attacker (issue 15): per filtering defense and budget, for the
+    """Defenses under an adaptive attacker: per filtering defense and budget, for the
     recommended candidate, the worst non-adaptive and adaptive damage side by side, the poisons that
     survived and the clean points removed; the bracket for convex victims."""
     rows = adaptive_rows(a)
@@ -253,25 +311,46 @@ def adaptive_context(a: Analysis) -> dict[str, Any] | None:
     def damage(st: Any) -> str:
         return f"{_fmt(st.damage_test)} ({'–'.join(_fmt(v) for v in st.damage_test_ci())})" if st else "n/a"
 
-    table = [{
-        "defense": r.defense, "budget": f"{100 * r.budget:g}%",
-        "plain": damage(r.plain), "plain_attack": r.plain_attack or "n/a",
-        "plain_survived": f"{100 * (1 - r.plain.poisons_removed):.0f}%" if r.plain else "n/a",
-        "adaptive": damage(r.adaptive), "adaptive_attack": r.adaptive_attack or "n/a",
-        "adaptive_survived": f"{100 * (1 - r.adaptive.poisons_removed):.0f}%" if r.adaptive else "n/a",
-        "clean_removed": f"{r.adaptive.clean_removed:.1f}" if r.adaptive else "n/a",
-        "undefended": damage(r.undefended), "verdict": r.verdict,
-    } for r in rows]  # fmt: skip
-    bars = [{"defense": r.defense, "budget": f"{100 * r.budget:g}%", "plain": _nan(r.plain.damage_test if r.plain else None),
-             "adaptive": _nan(r.adaptive.damage_test if r.adaptive else None),
-             "undefended": _nan(r.undefended.damage_test if r.undefended else None)} for r in rows]  # fmt: skip
+    table = [
+        {
+            "defense": r.defense,
+            "budget": f"{100 * r.budget:g}%",
+            "plain": damage(r.plain),
+            "plain_attack": r.plain_attack or "n/a",
+            "plain_survived": f"{100 * (1 - r.plain.poisons_removed):.0f}%" if r.plain else "n/a",
+            "adaptive": damage(r.adaptive),
+            "adaptive_attack": r.adaptive_attack or "n/a",
+            "adaptive_survived": f"{100 * (1 - r.adaptive.poisons_removed):.0f}%" if r.adaptive else "n/a",
+            "clean_removed": f"{r.adaptive.clean_removed:.1f}" if r.adaptive else "n/a",
+            "undefended": damage(r.undefended),
+            "verdict": r.verdict,
+        }
+        for r in rows
+    ]
+    bars = [
+        {
+            "defense": r.defense,
+            "budget": f"{100 * r.budget:g}%",
+            "plain": _nan(r.plain.damage_test if r.plain else None),
+            "adaptive": _nan(r.adaptive.damage_test if r.adaptive else None),
+            "undefended": _nan(r.undefended.damage_test if r.undefended else None),
+        }
+        for r in rows
+    ]
     bracket_rows = []
     if series is not None:
         for d, s in series["defenses"].items():
             for eps in a.config.budgets:
                 if eps in s["found"] or eps in s["bound"]:
-                    bracket_rows.append({"defense": d, "budget": f"{100 * eps:g}%", "found": _fmt(s["found"].get(eps), 4),
-                                         "attack": s["attack"].get(eps, "n/a"), "bound": _fmt(s["bound"].get(eps), 4)})  # fmt: skip
+                    bracket_rows.append(
+                        {
+                            "defense": d,
+                            "budget": f"{100 * eps:g}%",
+                            "found": _fmt(s["found"].get(eps), 4),
+                            "attack": s["attack"].get(eps, "n/a"),
+                            "bound": _fmt(s["bound"].get(eps), 4),
+                        }
+                    )
     return {
         "rows": table,
         "svg": figures.adaptive_bars(bars, a.unit) if bars else "",
@@ -297,14 +376,22 @@ def width_context(a: Analysis) -> dict[str, Any] | None:
         values = [p.poisoned.get((attack, eps), (math.nan, 0.0)) for p in points]
         series[f"{attack} @ ε = {100 * eps:g}%"] = ([v[0] for v in values], [v[1] for v in values])
     best, rec = found.get("best"), a.recommended()
-    rows = [{"width": p.width, "clean": f"{_fmt(p.clean)} ± {_fmt(p.clean_ci)}",
-             "cells": [f"{_fmt(p.poisoned[k][0])} ± {_fmt(p.poisoned[k][1])}" if k in p.poisoned else "n/a" for k in keys],
-             "worst": _fmt(p.worst_test), "damage": _fmt(p.worst_damage), "best": best is not None and p.width == best.width,
-             "grows": any(g.width == p.width for g in found.get("grows", []))} for p in points]  # fmt: skip
+    rows = [
+        {
+            "width": p.width,
+            "clean": f"{_fmt(p.clean)} ± {_fmt(p.clean_ci)}",
+            "cells": [f"{_fmt(p.poisoned[k][0])} ± {_fmt(p.poisoned[k][1])}" if k in p.poisoned else "n/a" for k in keys],
+            "worst": _fmt(p.worst_test),
+            "damage": _fmt(p.worst_damage),
+            "best": best is not None and p.width == best.width,
+            "grows": any(g.width == p.width for g in found.get("grows", [])),
+        }
+        for p in points
+    ]
     return {
         "svg": figures.width_curves(
             [p.width for p in points], [p.clean for p in points], [p.clean_ci for p in points], series, a.metric, best.width if best else None
-        ),  # fmt: skip
+        ),
         "columns": [f"{attack} @ {100 * eps:g}%" for attack, eps in keys],
         "rows": rows,
         "sentence": width_sentence(a),
@@ -327,11 +414,21 @@ def sgd_guarantee_context(a: Analysis) -> dict[str, Any] | None:
     for (cand, attack, eps), gs in sorted(groups.items(), key=lambda kv: (kv[0][0], kv[0][1], kv[0][2])):
         ok = sum(g["measured"] <= g["bound"] for g in gs)
         held += ok
-        rows.append({"candidate": candidate_label(json.loads(cand)), "attack": attack, "budget": f"{100 * eps:g}%",
-                     "bound": f"{np.mean([g['bound'] for g in gs]):.3g}", "measured": f"{np.mean([g['measured'] for g in gs]):.3g}",
-                     "zeta": f"{np.mean([g['zeta_sum'] / g['steps'] for g in gs]):.3g}", "d": f"{gs[0]['radius']:.3g}",
-                     "g": f"{gs[0]['g']:.3g}", "b": f"{np.mean([g['b'] for g in gs]):.3g}", "steps": gs[0]["steps"],
-                     "held": f"{ok} of {len(gs)}"})  # fmt: skip
+        rows.append(
+            {
+                "candidate": candidate_label(json.loads(cand)),
+                "attack": attack,
+                "budget": f"{100 * eps:g}%",
+                "bound": f"{np.mean([g['bound'] for g in gs]):.3g}",
+                "measured": f"{np.mean([g['measured'] for g in gs]):.3g}",
+                "zeta": f"{np.mean([g['zeta_sum'] / g['steps'] for g in gs]):.3g}",
+                "d": f"{gs[0]['radius']:.3g}",
+                "g": f"{gs[0]['g']:.3g}",
+                "b": f"{np.mean([g['b'] for g in gs]):.3g}",
+                "steps": gs[0]["steps"],
+                "held": f"{ok} of {len(gs)}",
+            }
+        )
     total = sum(len(gs) for gs in groups.values())
     return {"rows": rows, "sentence": f"The measured excess risk is within SGD's guarantee in {held} of {total} cells."}
 
@@ -349,12 +446,17 @@ def certified_context(a: Analysis) -> dict[str, Any] | None:
         for eps, m, acc, attack, certified in s.empirical:
             at = {name: (curve[m] if m < len(curve) else 0.0) for name, curve in s.curves.items()}
             violated += acc < certified - 1e-9
-            rows.append({"setting": title, "budget": f"{100 * eps:g}% ({m} points)", "found": f"{_fmt(acc)} ({attack})",
-                         "certified": " · ".join(f"{figures.CERTIFICATE_LABELS.get(k, k).split(' (')[0]} {_fmt(v)}" for k, v in at.items()),
-                         "gap": _fmt(acc - certified)})  # fmt: skip
+            rows.append(
+                {
+                    "setting": title,
+                    "budget": f"{100 * eps:g}% ({m} points)",
+                    "found": f"{_fmt(acc)} ({attack})",
+                    "certified": " · ".join(f"{figures.CERTIFICATE_LABELS.get(k, k).split(' (')[0]} {_fmt(v)}" for k, v in at.items()),
+                    "gap": _fmt(acc - certified),
+                }
+            )
     repeats = sorted({s.repeats for s in series})
-    return {"svg": figures.certified_curves(panels), "rows": rows, "violated": violated,
-            "repeats": " or ".join(str(r) for r in repeats)}  # fmt: skip
+    return {"svg": figures.certified_curves(panels), "rows": rows, "violated": violated, "repeats": " or ".join(str(r) for r in repeats)}
 
 
 @dataclass(frozen=True)
