@@ -1,8 +1,9 @@
-"""The names of the built-in models, with a line each: what a config may name (no heavy imports, so a
-config can be checked before torch is loaded)."""
+"""What a config may name and the constants it defaults to, without heavy imports (a config is checked before torch
+is loaded): the built-in models, the minimax paper's constants, the profiles and the default battery."""
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -17,6 +18,15 @@ MODELS: dict[str, str] = {
     "elastic_net": "linear regression with L1 (`l1`) and L2 (`l2`) terms, trained by FISTA",
     "user": "your factory `package.module:function` returning an nn.Module, an ART PyTorchClassifier or a scikit-learn LogisticRegression/Ridge",
 }
+
+
+# ---------------------------------------------------------------------------- the minimax paper's constants
+PAPER_L2_RANGE: tuple[float, float] = (-8.0, math.log(200.0))
+"""carnerero-cano-2021's range of λ (log of the L2 strength on the summed loss; ρ = e^λ/N), Table 2 / C.2."""
+PAPER_L2_LR: float = 0.8
+"""β, the step of λ's descent in the minimax (Algorithm 1)."""
+PAPER_CLEAN_WARM_START: float = math.log(5.0)
+"""λ's start on clean data (the paper's MNIST setting)."""
 
 
 # ---------------------------------------------------------------------------- profiles and the battery

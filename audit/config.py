@@ -19,7 +19,7 @@ import numpy as np
 import yaml
 from pydantic import Field, ValidationError, ValidationInfo, field_validator, model_serializer, model_validator
 
-from audit.catalog import BATTERY, MODELS, PROFILE_SPLITS, PROFILES
+from audit.catalog import BATTERY, MODELS, PAPER_CLEAN_WARM_START, PAPER_L2_LR, PAPER_L2_RANGE, PROFILE_SPLITS, PROFILES
 from audit.data import DatasetSpec, SplitSpec
 from audit.errors import AuditError
 from audit.spec import StrictModel, first_error
@@ -270,10 +270,10 @@ class MinimaxSpec(StrictModel):
     """
 
     attack: str | None = None
-    l2_range: tuple[float, float] = (-8.0, math.log(200.0))
-    l2_lr: float = Field(0.8, gt=0)
+    l2_range: tuple[float, float] = PAPER_L2_RANGE
+    l2_lr: float = Field(PAPER_L2_LR, gt=0)
     clean_iterations: int = Field(50, ge=1)
-    warm_start: float = math.log(5.0)
+    warm_start: float = PAPER_CLEAN_WARM_START
     cv_folds: int = Field(5, ge=2)
     cv_grid: list[float] = Field(default_factory=lambda: [float(v) for v in range(-8, 2)], min_length=1)
     retune_grid: list[float] | None = Field(None, min_length=1)

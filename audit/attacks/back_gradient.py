@@ -84,6 +84,7 @@ from audit.attacks.base import (
     torch_module,
     validation_set,
 )
+from audit.catalog import PAPER_CLEAN_WARM_START, PAPER_L2_LR, PAPER_L2_RANGE
 from audit.errors import AuditError
 from audit.maths.hypergrad import FlatModel, Inner, Outer, functional_objective, rmd, unroll, validation_loss
 from audit.maths.implicit import GramCache, LinearERM, gram_matrix, implicit_hypergradient, newton_cg
@@ -94,9 +95,6 @@ from audit.models.surrogate import refits, refitted
 from audit.models.training import data_loss, lambda_shift
 from audit.seeding import seeded_init
 from audit.spec import first_error
-
-PAPER_L2_RANGE = (-8.0, math.log(200.0))
-PAPER_CLEAN_WARM_START = math.log(5.0)
 
 
 class BackGradientParams(AttackParams):
@@ -112,7 +110,7 @@ class BackGradientParams(AttackParams):
     init_weights: Literal["auto", "zeros", "random"] = "auto"
     optimize_response: bool = True
     learn_l2: bool = False  # the minimax of eq. (1): λ descends while the poisons ascend
-    l2_lr: float = Field(0.8, gt=0)  # β
+    l2_lr: float = Field(PAPER_L2_LR, gt=0)  # β
     l2_range: tuple[float, float] = PAPER_L2_RANGE  # Φ(λ), the paper's λ = log(ρ·N)
     l2_init: float | None = None  # λ to start the minimax from; None: the victim's ρ (λ = log 5 if ρ = 0)
     region: Literal["none", "sphere", "slab", "sphere_slab"] = "none"  # defense-aware: stay where that sanitiser accepts
@@ -862,7 +860,7 @@ def learn_log_l2(
     iterations: int = 50,
     inner_steps: int = 150,
     inner_lr: float = 0.1,
-    lr: float = 0.8,
+    lr: float = PAPER_L2_LR,
     l2_range: tuple[float, float] = PAPER_L2_RANGE,
     init: float = PAPER_CLEAN_WARM_START,
     init_weights: str = "auto",

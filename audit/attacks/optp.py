@@ -149,7 +149,7 @@ class OptP(AuditAttack, PoisoningAttackWhiteBox):
             budget=ctx.budget,
             x_val=x_att,
             y_val=y_att,
-            l2=ctx.victim.l2(ctx.hparams),
+            l2=ctx.l2,
             l1=ctx.victim.l1(ctx.hparams),
             box=ctx.box,
             y_range=y_range,

@@ -27,10 +27,7 @@ import numpy as np
 
 from audit.attacks.back_gradient import BackGradient, BackGradientDiagnostics, learn_log_l2
 from audit.grid.store import PolicyRow
-from audit.models.training import l2_norm_sq, lambda_from_rho, rho_from_lambda
-
-rho = rho_from_lambda  # the paper's λ → the audit's ρ (one conversion, in audit.models.training)
-lam_of = lambda_from_rho
+from audit.models.training import l2_norm_sq, rho_from_lambda
 
 POLICIES: dict[str, str] = {
     "fixed": "λ fixed in advance (each candidate ρ)",
@@ -64,7 +61,7 @@ def cv_lambda(
     for lam in grid:
         fold_scores = []
         for train_idx, held_idx in splits:
-            fitted = victim.fit(x[train_idx], y[train_idx], {**hp, "l2": rho(lam, len(train_idx))}, seed)
+            fitted = victim.fit(x[train_idx], y[train_idx], {**hp, "l2": rho_from_lambda(lam, len(train_idx))}, seed)
             fold_scores.append(fitted.metric(x[held_idx], y[held_idx]))
         scores.append(float(np.mean(fold_scores)))
     return select(scores, grid, higher_is_better), scores
@@ -82,7 +79,7 @@ def retune_lambda(
     higher_is_better: bool,
 ) -> tuple[float, list[float], Any]:
     """λ chosen on the trusted validation set after training on ``(x, y)`` at every λ of ``grid``; with its model."""
-    fits = [victim.fit(x, y, {**hp, "l2": rho(lam, len(y))}, seed) for lam in grid]
+    fits = [victim.fit(x, y, {**hp, "l2": rho_from_lambda(lam, len(y))}, seed) for lam in grid]
     scores = [f.metric(x_val, y_val) for f in fits]
     lam = select(scores, grid, higher_is_better)
     return lam, scores, fits[grid.index(lam)]
@@ -131,7 +128,7 @@ def policy_rows(
             eps,
             seed,
             lam,
-            rho(lam, n_total),
+            rho_from_lambda(lam, n_total),
             weight_norm_sq(fitted),
             fitted.metric(xv, yv),
             fitted.metric(data.x_test, data.y_test),
@@ -143,7 +140,7 @@ def policy_rows(
     if ("clean_cv", 0.0) not in done:
         start = time.perf_counter()
         lam, scores = cv_lambda(victim, x, y, hp, settings.cv_grid, settings.cv_folds, train_seed, higher)
-        fitted = victim.fit(x, y, {**hp, "l2": rho(lam, n)}, train_seed)
+        fitted = victim.fit(x, y, {**hp, "l2": rho_from_lambda(lam, n)}, train_seed)
         done[("clean_cv", 0.0)] = r = row("clean_cv", 0.0, lam, fitted, start, {"grid": settings.cv_grid, "cv": scores})
         yield r
     if ("retuned", 0.0) not in done:
@@ -153,7 +150,7 @@ def policy_rows(
         yield r
     if ("rmd", 0.0) not in done:
         start = time.perf_counter()
-        template = victim.fit(x, y, {**hp, "l2": rho(settings.warm_start, n)}, train_seed)
+        template = victim.fit(x, y, {**hp, "l2": rho_from_lambda(settings.warm_start, n)}, train_seed)
         p = settings.attack_params
         lam, curve = learn_log_l2(
             template.module,
@@ -172,7 +169,7 @@ def policy_rows(
             train_seed,
             p.get("hypergradient", "auto"),
         )
-        fitted = victim.fit(x, y, {**hp, "l2": rho(lam, n)}, train_seed)
+        fitted = victim.fit(x, y, {**hp, "l2": rho_from_lambda(lam, n)}, train_seed)
         done[("rmd", 0.0)] = r = row("rmd", 0.0, lam, fitted, start, {"lambda_curve": curve})
         yield r
     lam_clean, lam_rmd0 = done[("clean_cv", 0.0)].lam, done[("rmd", 0.0)].lam
@@ -180,21 +177,21 @@ def policy_rows(
     for eps in budgets:
         if ("clean_cv", eps) not in done or ("retuned", eps) not in done:
             start = time.perf_counter()
-            clean_model = clean_model or victim.fit(x, y, {**hp, "l2": rho(lam_clean, n)}, train_seed)
+            clean_model = clean_model or victim.fit(x, y, {**hp, "l2": rho_from_lambda(lam_clean, n)}, train_seed)
             n_total = n + int(round(eps * n))
-            attack = _back_gradient(data, clean_model, eps, rho(lam_clean, n_total), attack_seed("clean_cv", eps), settings.attack_params)
+            attack = _back_gradient(data, clean_model, eps, rho_from_lambda(lam_clean, n_total), attack_seed("clean_cv", eps), settings.attack_params)
             x_p, y_p = attack.poison(x, y)
             x_mix, y_mix = np.concatenate([x, x_p]), np.concatenate([y, y_p])
             crafted = time.perf_counter() - start
             diag = _attack_summary(attack.diagnostics)
-            fitted = victim.fit(x_mix, y_mix, {**hp, "l2": rho(lam_clean, n_total)}, train_seed)
+            fitted = victim.fit(x_mix, y_mix, {**hp, "l2": rho_from_lambda(lam_clean, n_total)}, train_seed)
             yield row("clean_cv", eps, lam_clean, fitted, start, diag)
             start = time.perf_counter() - crafted  # the re-tuned defender faces the same poisons
             lam, scores, fitted = retune_lambda(victim, x_mix, y_mix, xv, yv, hp, settings.retune_grid, train_seed, higher)
             yield row("retuned", eps, lam, fitted, start, {**diag, "grid": settings.retune_grid, "val": scores})
         if ("rmd", eps) not in done:
             start = time.perf_counter()
-            template = victim.fit(x, y, {**hp, "l2": rho(lam_rmd0, n)}, train_seed)
+            template = victim.fit(x, y, {**hp, "l2": rho_from_lambda(lam_rmd0, n)}, train_seed)
             params = {**settings.attack_params, "learn_l2": True, "l2_init": lam_rmd0, "l2_range": settings.l2_range, "l2_lr": settings.l2_lr}
             attack = _back_gradient(data, template, eps, 0.0, attack_seed("rmd", eps), params)
             x_p, y_p = attack.poison(x, y)
@@ -202,7 +199,7 @@ def policy_rows(
                 raise RuntimeError("back-gradient with learn_l2 reported no λ (lambda_rmd)")
             lam = float(attack.diagnostics.lambda_rmd)
             x_mix, y_mix = np.concatenate([x, x_p]), np.concatenate([y, y_p])
-            fitted = victim.fit(x_mix, y_mix, {**hp, "l2": rho(lam, len(y_mix))}, train_seed)
+            fitted = victim.fit(x_mix, y_mix, {**hp, "l2": rho_from_lambda(lam, len(y_mix))}, train_seed)
             yield row("rmd", eps, lam, fitted, start, {**_attack_summary(attack.diagnostics), "lambda_curve": attack.diagnostics.lambda_curve})
 
 
