@@ -567,7 +567,7 @@ def record_thresholds(
         if data.task == "classification":  # the same predictions, another parameter vector: the smallest τ of the ray sW
             scale, scaled = tau_over_scalings(target, data.x_train, data.y_train, l2, data.n_classes)
             th.update(tau_rho_2_same_predictions=scaled.tau_rho_2, same_predictions_scale=scale)
-            if is_linear_model(target):  # poisons inside the feature box: the box-aware threshold (exact for two classes)
+            if is_linear_model(target):  # poisons inside the feature box: the box-aware (necessary) threshold
                 box = box_threshold(target, data.x_train, data.y_train, l2, data.lo, data.hi, data.n_classes)
                 same = min_box_threshold(target, data.x_train, data.y_train, l2, data.lo, data.hi, data.n_classes)
                 th.update(

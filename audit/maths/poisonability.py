@@ -36,8 +36,13 @@ box × labels, so a solution exists iff ``(1−λ)a + λm ≤ −r ≤ (1−λ)a
 so t ranges over an interval over the box (per label). φ decreases to its minimum
 ``−W(1/e) = −κ₂`` at ``t* = 1 + W(1/e)``, then rises to 0⁻; as ``t → −∞`` it grows without
 bound. Hence ``m = −κ₂`` if t* lies in the interval, else φ at the nearer end, and ``M`` is φ
-at an end — exact, so for binary logistic regression (B1)–(B2) are necessary and sufficient
-inside the box as (eq. 20) is outside it.
+at an end — exact. (B1)–(B2) are then exactly the stationarity condition *projected on W*; they are
+still only necessary: the full condition ``g(μ) + ε·E_ν∇ℓ + (1 + ε)ρW_reg = 0`` has a component per
+parameter, and in the box the poisons' gradients ``(p − e_y) ⊗ [x; 1]`` may not reach the other
+directions at that budget (unboxed, x's freedom does: eq. 20's sufficiency). Measured on ``or2d``
+(ρ = 0.01, GradPC ε_w = 0.3, output × 0.1): box-aware τ = 0.222, while a brute-force LP over a
+300 × 300 grid of the box × both labels finds the full condition feasible only from ε ≈ 0.35
+(examples/benchmarks/README.md, "Gradient Canceling choosing its poisons' labels").
 
 (B4) c ≥ 3 logits: ``q = Σ_k p_k d_k`` with ``d_k = h_k − h_y`` (``d_y = 0``) is a convex
 combination of the ``d_k``, and unboxed ``q ≥ −κ_c``; with the box bounds ``[l_k, u_k]`` of
@@ -322,7 +327,8 @@ class BoxThreshold:
     in the box (exact for binary logistic regression, a valid outer bound otherwise);
     ``kappa_box = −m`` replaces the unbounded ``κ``. ``tau`` is the smallest budget meeting
     both conditions of :func:`box_threshold` (None: unreachable at any budget), ``eps_upper``
-    the largest (None: no upper limit). ``exact`` says whether m and M are exact.
+    the largest (None: no upper limit). ``exact`` says whether m and M are exact; ``tau`` is a necessary
+    budget either way (the projected condition, module docstring (B3)), never a sufficient one.
     """
 
     m: float
