@@ -190,6 +190,60 @@ def test_a_target_reachable_in_the_box_is_reached_when_gc_chooses_labels():
     assert residual["choose"] < 0.2 and residual["fixed"] > residual["choose"] + 0.25, residual
 
 
+def _least_violation(target: nn.Linear, x: np.ndarray, y: np.ndarray, l2: float, lo, hi, eps: float, n: int = 100) -> float:
+    """Brute force: min over poison distributions ν on an n × n grid of the 2-d box × both labels of the L1 violation of
+    the full stationarity condition g(μ) + ε·E_ν∇ℓ + (1 + ε)ρW_reg = 0 (an LP), × ε/‖g(μ)‖₂."""
+    from scipy.optimize import linprog
+
+    w, b = target.weight.detach().double().numpy(), target.bias.detach().double().numpy()
+
+    def grads(points, labels):
+        z = points @ w.T + b
+        p = np.exp(z - z.max(1, keepdims=True))
+        p /= p.sum(1, keepdims=True)
+        p[np.arange(len(labels)), labels] -= 1
+        return np.einsum("nk,nj->nkj", p, np.concatenate([points, np.ones((len(points), 1))], 1)).reshape(len(points), -1)
+
+    g_mu = grads(x.astype(np.float64), y).mean(0)
+    reg = np.concatenate([np.append(l2 * w[k], 0.0) for k in range(len(w))])
+    axes = np.meshgrid(np.linspace(lo[0], hi[0], n), np.linspace(lo[1], hi[1], n))
+    grid = np.stack([a.ravel() for a in axes], 1)
+    cols = np.concatenate([grads(grid, np.full(len(grid), c)) for c in range(len(w))])
+    a_eq = np.vstack([cols.T, np.ones(len(cols))])
+    b_eq = np.append(-(g_mu + (1 + eps) * reg) / eps, 1.0)
+    m = len(b_eq)
+    cost = np.concatenate([np.zeros(len(cols)), np.ones(2 * m)])
+    result = linprog(cost, A_eq=np.hstack([a_eq, np.eye(m), -np.eye(m)]), b_eq=b_eq, bounds=(0, None), method="highs")
+    return float(result.fun) * eps / float(np.linalg.norm(g_mu))
+
+
+def test_in_box_gc_reaches_a_target_where_brute_force_says_it_is_reachable_and_the_box_threshold_is_only_necessary():
+    """or2d, ρ = 0.01, a GradPC target × 0.1: the box-aware τ says 0.222; the brute force (an LP of the full condition)
+    finds the target out of reach at ε = 0.25 and reachable at 0.4 (0.35 on a finer grid: examples/benchmarks/README.md);
+    label-choosing GC stays away at 0.25 and reaches it at 0.4. So τ_box is necessary only, and GC is as strong as the
+    brute force on both sides of the transition."""
+    from audit.config import ModelSpec, TrainingSpec
+    from audit.maths.poisonability import box_threshold, gradpc_target
+    from audit.models import build_victim
+
+    d = load_dataset(DatasetSpec(name="or2d"))
+    victim = build_victim(ModelSpec(name="logreg"), TrainingSpec(), d, CPU)
+    clean = victim.fit(d.x_train, d.y_train, {"l2": 0.01}, 0)
+    target = scale_output_layer(gradpc_target(clean, d, 0.3, 100)[0], 0.1)
+    linear = next(m for m in target.modules() if isinstance(m, nn.Linear))
+    tau_box = box_threshold(target, d.x_train, d.y_train, 0.01, d.lo, d.hi, 2).tau
+    assert tau_box is not None and 0.15 < tau_box < 0.25
+    residual = {}
+    for eps in (0.25, 0.4):
+        attack = GradientCanceling(clean.module, target_model=target, budget=eps, task="classification", l2=0.01, seed=0,
+                                   n_classes=2, box=(d.lo, d.hi), labels="choose")  # fmt: skip
+        attack.poison(d.x_train, d.y_train)
+        residual[eps] = attack.diagnostics.relative_residual
+    assert _least_violation(linear, d.x_train, d.y_train, 0.01, d.lo, d.hi, 0.25) > 0.1  # out of reach above τ_box
+    assert _least_violation(linear, d.x_train, d.y_train, 0.01, d.lo, d.hi, 0.4) < 1e-6
+    assert residual[0.25] > 0.1 and residual[0.4] < 0.03, residual
+
+
 def test_the_auto_target_in_the_box_is_one_the_box_aware_threshold_allows(tmp_path):
     """target: auto with box: data (reach: box) picks a target whose box-aware τ — recomputed here on the attack's own
     target — is ≤ ε; reach: unbounded judges by τ_ρ(2) as the paper does and says nothing of the box."""
