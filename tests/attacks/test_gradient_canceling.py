@@ -190,6 +190,22 @@ def test_a_target_reachable_in_the_box_is_reached_when_gc_chooses_labels():
     assert residual["choose"] < 0.2 and residual["fixed"] > residual["choose"] + 0.25, residual
 
 
+def test_target_multiple_sets_the_flip_targets_fraction_from_the_budget():
+    from audit.attacks import AttackContext
+    from audit.config import ModelSpec, TrainingSpec
+    from audit.models import build_victim
+
+    d = load_dataset(DatasetSpec(name="wine"))
+    victim = build_victim(ModelSpec(name="logreg"), TrainingSpec(), d, CPU)
+    clean = victim.fit(d.x_train, d.y_train, {"l2": 1e-3}, 0)
+    for budget, expected in ((0.05, 0.15), (0.4, 1.0)):  # min(1, 3ε)
+        attack = GradientCanceling.for_cell({"target": "label_flip", "target_multiple": 3.0, "epochs": 5},
+                                            AttackContext(d, victim, clean, {"l2": 1e-3}, budget, 0))  # fmt: skip
+        assert attack.diagnostics.target_eps == pytest.approx(expected)
+    with pytest.raises(AuditError, match="target_multiple sets the label-flip target's fraction; it needs target: label_flip"):
+        GradientCanceling.for_cell({"target_multiple": 3.0}, AttackContext(d, victim, clean, {"l2": 1e-3}, 0.1, 0))
+
+
 def _least_violation(target: nn.Linear, x: np.ndarray, y: np.ndarray, l2: float, lo, hi, eps: float, n: int = 100) -> float:
     """Brute force: min over poison distributions ν on an n × n grid of the 2-d box × both labels of the L1 violation of
     the full stationarity condition g(μ) + ε·E_ν∇ℓ + (1 + ε)ρW_reg = 0 (an LP), × ε/‖g(μ)‖₂."""
