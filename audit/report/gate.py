@@ -16,10 +16,10 @@ from __future__ import annotations
 import json
 import math
 import re
+import xml.etree.ElementTree as ET
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
-from xml.sax.saxutils import escape, quoteattr
 
 from audit.errors import AuditError
 from audit.jsonio import atomic_write, finite
@@ -310,22 +310,13 @@ def _upper(p: CandidateSummary, eps: float, confidence: float) -> float | None:
 
 
 def junit_xml(name: str, budget: float, result: GateResult) -> str:
-    """JUnit XML as CI systems read it (testsuites/testsuite/testcase with failure, error, skipped, properties)."""
-    case = quoteattr(f"worst-case damage at eps={budget:g}")
+    """JUnit XML as CI systems read it (testsuites/testsuite/testcase with failure, error, skipped, properties),
+    built with :mod:`xml.etree.ElementTree` (every text and attribute escaped by it)."""
     soft = "advisory gate (--soft-fail): "
-    failures = errors = skipped = 0
-    if result.refused:  # no verdict: a JUnit error, not a failure
-        if result.soft:
-            body, skipped = f"<skipped message={quoteattr(soft + result.message)}/>", 1
-        else:
-            body, errors = f'<error type="incomplete" message={quoteattr(result.message)}>{escape(result.message)}</error>', 1
-    elif result.passed:
-        body = ""
-    elif result.soft:
-        body, skipped = f"<skipped message={quoteattr(soft + result.message)}/>", 1
-    else:
-        body, failures = f"<failure message={quoteattr(result.message)}>{escape(result.message)}</failure>", 1
-    props = _properties(
+    root = ET.Element("testsuites")
+    gate = ET.SubElement(root, "testsuite", name="poison-audit " + name, tests="1", failures="0", errors="0", skipped="0")
+    _properties(
+        gate,
         {
             "cells_missing": result.missing,
             "cells_failed": result.failed,
@@ -339,17 +330,27 @@ def junit_xml(name: str, budget: float, result: GateResult) -> str:
             "confirmed": result.confirmed,
             "strength": result.strength,
             "deployed_model": result.deployed,
-        }
+        },
     )
-    gate_suite = (
-        f'<testsuite name={quoteattr("poison-audit " + name)} tests="1" failures="{failures}" errors="{errors}" '
-        f'skipped="{skipped}">{props}<testcase classname="poison-audit.report.gate" name={case}>{body}'
-        f"<system-out>{escape(result.message)}</system-out></testcase></testsuite>"
-    )
-    rows, skipped_settings, failed_settings = [], 0, 0
+    case = ET.SubElement(gate, "testcase", classname="poison-audit.report.gate", name=f"worst-case damage at eps={budget:g}")
+    if result.refused or not result.passed:  # no verdict: a JUnit error, not a failure; --soft-fail: skipped
+        if result.soft:
+            ET.SubElement(case, "skipped", message=soft + result.message)
+            gate.set("skipped", "1")
+        elif result.refused:
+            ET.SubElement(case, "error", type="incomplete", message=result.message).text = result.message
+            gate.set("errors", "1")
+        else:
+            ET.SubElement(case, "failure", message=result.message).text = result.message
+            gate.set("failures", "1")
+    ET.SubElement(case, "system-out").text = result.message
+    settings = ET.SubElement(root, "testsuite", name="poison-audit " + name + " settings", tests=str(len(result.cases)))
+    failed_settings = skipped_settings = 0
     for c in result.cases:
         label = c.setting  # a defended setting's label names its defense ("ρ=0.01 + loss_filter")
-        props = _properties(
+        row = ET.SubElement(settings, "testcase", classname="poison-audit.settings", name=f"{label} at eps={c.budget:g}")
+        _properties(
+            row,
             {
                 "setting": c.setting,
                 "defense": c.defense,
@@ -365,27 +366,25 @@ def junit_xml(name: str, budget: float, result: GateResult) -> str:
                 "recommended": c.recommended,
                 "gated": c.gated,
                 "status": c.status,
-            }
+            },
         )
         reason = f"{c.status}: {fmt(c.judged)} vs {result.max_drop:g} allowed" if c.judged is not None else c.status
-        inner = ""
         if c.status == "failed" and not result.soft:  # the gated case: the verdict, seen per setting
-            inner, failed_settings = f"<failure message={quoteattr(reason)}>{escape(result.message)}</failure>", failed_settings + 1
+            ET.SubElement(row, "failure", message=reason).text = result.message
+            failed_settings += 1
         elif c.status != "passed":
-            inner, skipped_settings = f"<skipped message={quoteattr((soft if c.gated else '') + reason)}/>", skipped_settings + 1
-        rows.append(
-            f"<testcase classname={quoteattr('poison-audit.settings')} name={quoteattr(f'{label} at eps={c.budget:g}')}>{props}{inner}</testcase>"
-        )
-    settings_suite = (
-        f'<testsuite name={quoteattr("poison-audit " + name + " settings")} tests="{len(result.cases)}" '
-        f'failures="{failed_settings}" errors="0" skipped="{skipped_settings}">{"".join(rows)}</testsuite>'
-    )
-    return f'<?xml version="1.0" encoding="utf-8"?>\n<testsuites>{gate_suite}{settings_suite}</testsuites>\n'
+            ET.SubElement(row, "skipped", message=(soft if c.gated else "") + reason)
+            skipped_settings += 1
+    settings.set("failures", str(failed_settings))
+    settings.set("errors", "0")
+    settings.set("skipped", str(skipped_settings))
+    return '<?xml version="1.0" encoding="utf-8"?>\n' + ET.tostring(root, encoding="unicode") + "\n"
 
 
-def _properties(values: dict[str, Any]) -> str:
-    items = "".join(f"<property name={quoteattr(k)} value={quoteattr(_prop(v))}/>" for k, v in values.items())
-    return f"<properties>{items}</properties>"
+def _properties(parent: ET.Element, values: dict[str, Any]) -> None:
+    props = ET.SubElement(parent, "properties")
+    for k, v in values.items():
+        ET.SubElement(props, "property", name=k, value=_prop(v))
 
 
 def _prop(value: Any) -> str:
