@@ -18,7 +18,7 @@ import zipfile
 from collections.abc import Collection, Iterator
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -138,6 +138,43 @@ def stored_plan(meta: dict[str, Any], budgets: list[float] | None = None) -> set
     keys = grid_plan(seeds, budgets if budgets is not None else [float(b) for b in meta["config"]["budgets"]], stored_splits(meta))
     keys.update((meta.get("confirmation") or {}).get("cells", []))
     return keys
+
+
+class CleanRow(NamedTuple):
+    """One clean model of the store: its candidate (canonical JSON), seed, metrics on D_val and D_test, training time,
+    training record and split."""
+
+    candidate: str
+    seed: int
+    val: float
+    test: float
+    seconds: float
+    record: dict[str, Any]
+    split: int = 0
+
+
+class DefendedRow(NamedTuple):
+    """One defense run on clean data: its candidate, seed, defense key, metrics (None when it failed), clean points
+    removed, error and split."""
+
+    candidate: str
+    seed: int
+    defense: str
+    val: float | None
+    test: float | None
+    removed: int | None
+    error: str | None
+    split: int = 0
+
+
+class DefendedDiagnostics(NamedTuple):
+    """A defense's diagnostics on clean data (the certificates' curves, …)."""
+
+    candidate: str
+    split: int
+    seed: int
+    defense: str
+    diagnostics: dict[str, Any]
 
 
 @dataclass
@@ -462,12 +499,12 @@ class Store:
                 (candidate, seed, val, test, seconds, json.dumps(train), split),
             )
 
-    def clean_rows(self) -> Iterator[tuple[str, int, float, float, float, dict, int]]:
-        """``(candidate, seed, val, test, seconds, training record, split)`` of every clean model."""
+    def clean_rows(self) -> Iterator[CleanRow]:
+        """Every clean model, as a :class:`CleanRow`."""
         # a fixed order (not the order the rows were written in, which a parallel executor changes): means are bit-equal
         query = f"SELECT {_SPLIT_TABLES['clean']}, {self._split('clean')} AS split_ FROM clean ORDER BY candidate, split_, seed"
         for cand, seed, val, test, sec, train, split in self.db.execute(query):
-            yield cand, seed, val, test, sec, json.loads(train), split
+            yield CleanRow(cand, seed, val, test, sec, json.loads(train), split)
 
     # ------------------------------------------------------------------ defenses on clean data
     def put_clean_defended(
@@ -489,24 +526,24 @@ class Store:
                 (candidate, seed, defense, val, test, removed, error, split, None if diagnostics is None else json.dumps(diagnostics)),
             )
 
-    def clean_defended_diagnostics(self) -> list[tuple[str, int, int, str, dict[str, Any]]]:
-        """``(candidate, split, seed, defense, diagnostics)`` of every defense run on clean data that recorded its
-        diagnostics (the certificates' curves, …); none in a store written before they were kept."""
+    def clean_defended_diagnostics(self) -> list[DefendedDiagnostics]:
+        """Every defense run on clean data that recorded its diagnostics (the certificates' curves, …); none in a store
+        written before they were kept."""
         if "diagnostics" not in _columns(self.db, "clean_defended"):
             return []
         query = (
             f"SELECT candidate, {self._split('clean_defended')} AS split_, seed, defense, diagnostics FROM clean_defended "
             "WHERE diagnostics IS NOT NULL ORDER BY candidate, split_, seed, defense"
         )
-        return [(c, j, s, d, json.loads(diag)) for c, j, s, d, diag in self.db.execute(query)]
+        return [DefendedDiagnostics(c, j, s, d, json.loads(diag)) for c, j, s, d, diag in self.db.execute(query)]
 
-    def clean_defended_rows(self) -> list[tuple[str, int, str, float | None, float | None, int | None, str | None, int]]:
-        """``(candidate, seed, defense, val, test, clean points removed, error, split)`` of every defense on clean data."""
+    def clean_defended_rows(self) -> list[DefendedRow]:
+        """Every defense run on clean data, as a :class:`DefendedRow`."""
         query = (
             f"SELECT {_SPLIT_TABLES['clean_defended']}, {self._split('clean_defended')} AS split_ FROM clean_defended "
             "ORDER BY candidate, split_, seed, defense"
         )
-        return list(self.db.execute(query))
+        return [DefendedRow(*row) for row in self.db.execute(query)]
 
     # ------------------------------------------------------------------ poisonability targets
     def put_target(self, candidate: str, seed: int, eps_w: float, val: float, test: float, threshold: dict, gradpc: dict, split: int = 0) -> None:

@@ -14,7 +14,7 @@ from audit.attacks.base import SourcedDiagnostics
 from audit.config import AuditConfig
 from audit.grid.adaptive import MINMAX, SANITISER_DEFENSES, adaptive_axes, adaptive_key, filtering_defenses
 from audit.grid.confirm import confirm_attack_keys, is_confirmation
-from audit.grid.store import Store, cell_key, grid_plan, plan_digest, stored_plan, stored_splits
+from audit.grid.store import CleanRow, DefendedDiagnostics, Store, cell_key, grid_plan, plan_digest, stored_plan, stored_splits
 from audit.models.training import lambda_from_rho
 from audit.report.recommend import Z95, AttackStats, CandidateSummary, Recommendation, aggregate, pair_id, recommend
 
@@ -152,7 +152,7 @@ class Analysis:
     clean_tests: dict[tuple[str, int], float] = field(default_factory=dict)  # (candidate, seed) → clean retraining's test metric
     corrupt: list[str] = field(default_factory=list)  # stored rows that match no planned cell (check_cells); left out of every figure
     # (candidate, split, seed, defense, diagnostics) of each defense run on clean data (the certificates' curves, …)
-    clean_defended: list[tuple[str, int, int, str, dict[str, Any]]] = field(default_factory=list)
+    clean_defended: list[DefendedDiagnostics] = field(default_factory=list)
 
     @property
     def confirmation(self) -> dict[str, Any]:
@@ -443,7 +443,13 @@ def analyse(run_dir: str | Path) -> Analysis:
     screened: list[CandidateSummary] = []
     for d in config.defense_keys:
         rows: list[Any] = (
-            clean_rows if d == "none" else [(c, s, v, t, 0.0, {}, j) for c, s, dd, v, t, _, err, j in defended_rows if dd == d and v is not None]
+            clean_rows
+            if d == "none"
+            else [
+                CleanRow(r.candidate, r.seed, r.val, math.nan if r.test is None else r.test, 0.0, {}, r.split)
+                for r in defended_rows
+                if r.defense == d and r.val is not None
+            ]
         )
         pairs += aggregate(
             cells,
@@ -474,7 +480,7 @@ def analyse(run_dir: str | Path) -> Analysis:
         )
     rec = recommend(pairs, config.target_budget, config.recommendation.clean_tolerance, higher, metric_name="accuracy" if higher else "MSE")
     # the clean retrainings of split 0 (the configured split: the one a model handed over is compared on)
-    records = {(cand, seed): record or {} for cand, seed, _, _, _, record, split in clean_rows if split == 0}
+    records = {(r.candidate, r.seed): r.record or {} for r in clean_rows if r.split == 0}
     analysis = Analysis(
         config,
         meta,
@@ -490,7 +496,7 @@ def analyse(run_dir: str | Path) -> Analysis:
         policies,
         records,
         screened,
-        {(cand, seed): test for cand, seed, _, test, _, _, split in clean_rows if split == 0},
+        {(r.candidate, r.seed): r.test for r in clean_rows if r.split == 0},
         corrupt,
         defended_diagnostics,
     )
@@ -601,7 +607,7 @@ def defense_cost_sentence(a: Analysis, defended_rows: list) -> str:
         return "No defense is recommended: none of those run improved the worst case enough within the clean tolerance."
     plain = next((s for s in a.pairs if s.key == rec.key and s.defense == "none"), None)
     chosen = a.recommended()
-    removed = [r[5] for r in defended_rows if r[0] == rec.key and r[2] == rec.defense and r[5] is not None]
+    removed = [r.removed for r in defended_rows if r.candidate == rec.key and r.defense == rec.defense and r.removed is not None]
     if plain is None or chosen is None:
         return ""
     sign = 1.0 if a.higher_is_better else -1.0
@@ -1068,9 +1074,9 @@ class CertifiedSeries:
 def certified_series(a: Analysis) -> list[CertifiedSeries]:
     """One :class:`CertifiedSeries` per (candidate, certifying defense) that recorded its curves on clean data."""
     grouped: dict[tuple[str, str], list[dict[str, Any]]] = {}
-    for cand, _split, _seed, defense, diagnostics in a.clean_defended:
-        if diagnostics.get("certified_curves"):
-            grouped.setdefault((cand, defense), []).append(diagnostics)
+    for row in a.clean_defended:
+        if row.diagnostics.get("certified_curves"):
+            grouped.setdefault((row.candidate, row.defense), []).append(row.diagnostics)
     n = int(a.meta["dataset"].get("n_train") or 0)
     out = []
     for (cand, defense), runs in grouped.items():

@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from statistics import NormalDist
 from typing import Any
@@ -46,7 +47,7 @@ from typing import Any
 import numpy as np
 
 from audit.config import candidate_label
-from audit.grid.store import Cell
+from audit.grid.store import Cell, CleanRow
 from audit.jsonio import unpack_points
 
 __all__ = ["AttackStats", "CandidateSummary", "Recommendation", "aggregate", "candidate_label", "pair_id", "recommend"]
@@ -195,7 +196,7 @@ class Recommendation:
 
 def aggregate(
     cells: list[Cell],
-    clean_rows: list[tuple[Any, ...]],
+    clean_rows: Sequence[CleanRow | tuple[Any, ...]],
     candidates: list[dict[str, Any]],
     attacks: list[str],
     budgets: list[float],
@@ -209,7 +210,8 @@ def aggregate(
 ) -> list[CandidateSummary]:
     """Means over repeats (split × seed) of every (candidate, attack, budget) for ``defense``, and the worst case over attacks.
 
-    ``clean_rows``: ``(candidate, seed, val, test, seconds, record[, split])``. ``planned`` (the run's ``cell_seeds``:
+    ``clean_rows``: :class:`audit.grid.store.CleanRow` (or its plain tuple ``(candidate, seed, val, test, seconds,
+    record[, split])``). ``planned`` (the run's ``cell_seeds``:
     ``json([candidate, attack, defense])`` → seeds) says at which seeds each cell was planned — a profile runs some
     attacks at fewer seeds, and a cell no seed can change runs at one —; without it every cell is expected at every
     seed of ``seeds``; each on ``splits`` splits. ``attack_budgets``: the budgets an attack runs at where not every one
@@ -220,11 +222,9 @@ def aggregate(
     ok = [c for c in cells if c.status == "ok"]
     clean_by: dict[tuple[str, int, int], tuple[float, float]] = {}
     clean_se: dict[tuple[str, int, int], dict[str, float]] = {}
-    for row in clean_rows:
-        cand, seed, val, test, _, record = row[:6]
-        split = row[6] if len(row) > 6 else 0
-        clean_by[(cand, split, seed)] = (val, test)
-        clean_se[(cand, split, seed)] = (record or {}).get("metric_se") or {}
+    for row in (r if isinstance(r, CleanRow) else CleanRow(*r) for r in clean_rows):
+        clean_by[(row.candidate, row.split, row.seed)] = (row.val, row.test)
+        clean_se[(row.candidate, row.split, row.seed)] = (row.record or {}).get("metric_se") or {}
     out = []
     for hp in candidates:
         key = json.dumps(hp, sort_keys=True)
