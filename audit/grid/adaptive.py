@@ -121,6 +121,12 @@ def adaptive_axes(config: AuditConfig) -> list[tuple[str, AttackSpec, list[str]]
     return [(adaptive_key(a), attacker_spec(config, a), attacker_defenses(config, a)) for a in config.adaptive.attacks or []]
 
 
+def grid_axes(config: AuditConfig) -> list[tuple[str, AttackSpec, list[str]]]:
+    """``(cell attack key, attack spec, defense keys)`` of the grid: each attack against every defense, then each
+    adaptive attacker against the defenses it adapts to — what the screen's worst case is over."""
+    return [(a.key, a, list(config.defense_keys)) for a in config.attacks] + adaptive_axes(config)
+
+
 def adaptive_params(spec: AttackSpec, defense: DefenseSpec, rate: float) -> tuple[list[dict[str, Any]], bool]:
     """The attack's parameters against ``defense`` — one setting per variant of its defense-aware mode it sweeps
     (:meth:`AuditAttack.against_sweep`) — and whether they are its own defense-aware mode."""

@@ -14,7 +14,7 @@ the cells are ordinary cells of the store: resumable, cached, run by either exec
 from __future__ import annotations
 
 from audit.config import CONFIRM_SUFFIX, AttackSpec, AuditConfig
-from audit.grid.adaptive import ADAPTIVE_SUFFIX, adaptive_key, filtering_defenses
+from audit.grid.adaptive import ADAPTIVE_SUFFIX, adaptive_key, filtering_defenses, grid_axes
 
 __all__ = ["CONFIRM_SUFFIX", "confirm_attack_keys", "confirm_axes", "is_confirmation"]
 
@@ -41,6 +41,11 @@ def confirm_axes(config: AuditConfig) -> list[tuple[str, AttackSpec, list[str]]]
         if not s.attack.modifies and (s.attack.adaptive or s.name in adapted_names):
             axes.append((adaptive_key(s.key), s, filters))
     return axes
+
+
+def all_axes(config: AuditConfig) -> list[tuple[str, AttackSpec, list[str]]]:
+    """The grid's axes (:func:`audit.grid.adaptive.grid_axes`), then the confirmation stage's: every attack key a cell may have."""
+    return grid_axes(config) + confirm_axes(config)
 
 
 def confirm_attack_keys(config: AuditConfig) -> list[str]:

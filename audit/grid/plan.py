@@ -11,9 +11,9 @@ import torch
 
 from audit.config import AttackSpec, AuditConfig
 from audit.data import Dataset
-from audit.grid.adaptive import adaptive_axes
+from audit.grid.adaptive import grid_axes
 from audit.grid.cells import GridCell
-from audit.grid.confirm import confirm_axes
+from audit.grid.confirm import all_axes, confirm_axes
 from audit.grid.store import candidate_key
 from audit.models import Victim
 
@@ -99,11 +99,11 @@ class RunPlan:
     def attack_axes(self) -> list[tuple[str, AttackSpec, list[str]]]:
         """``(cell attack key, attack spec, defense keys)``: each grid attack against every defense,
         then each adaptive attacker against the defenses it adapts to (:mod:`audit.grid.adaptive`)."""
-        return [(a.key, a, self.config.defense_keys) for a in self.config.attacks] + adaptive_axes(self.config)
+        return grid_axes(self.config)
 
     def all_axes(self) -> list[tuple[str, AttackSpec, list[str]]]:
         """:meth:`attack_axes` and the confirmation stage's (:func:`audit.grid.confirm.confirm_axes`): every attack key a cell may have."""
-        return self.attack_axes() + confirm_axes(self.config)
+        return all_axes(self.config)
 
     def cells(self) -> list[GridCell]:
         """All cells in run order: the grid's (candidate → split → seed → attack → budget → defense; the adaptive

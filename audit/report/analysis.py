@@ -12,8 +12,8 @@ import numpy as np
 
 from audit.attacks.base import SourcedDiagnostics
 from audit.config import AuditConfig
-from audit.grid.adaptive import MINMAX, SANITISER_DEFENSES, adaptive_axes, adaptive_key, filtering_defenses
-from audit.grid.confirm import confirm_attack_keys, is_confirmation
+from audit.grid.adaptive import MINMAX, SANITISER_DEFENSES, adaptive_axes, adaptive_key, filtering_defenses, grid_axes
+from audit.grid.confirm import all_axes, confirm_attack_keys, is_confirmation
 from audit.grid.store import CleanRow, DefendedDiagnostics, Store, cell_key, grid_plan, plan_digest, stored_plan, stored_splits
 from audit.models.training import lambda_from_rho
 from audit.report.recommend import Z95, AttackStats, CandidateSummary, Recommendation, aggregate, pair_id, recommend
@@ -361,12 +361,12 @@ def check_cells(cells: list[Any], meta: dict[str, Any], config: AuditConfig) -> 
 
 def attack_keys(config: AuditConfig) -> list[str]:
     """The attack keys of a stored (resolved) config's cells: grid attacks, adaptive attackers, then the confirmation stage's."""
-    return grid_attack_keys(config) + confirm_attack_keys(config)
+    return [key for key, _, _ in all_axes(config)]
 
 
 def grid_attack_keys(config: AuditConfig) -> list[str]:
     """The grid's attack keys: its attacks, then its adaptive attackers (what the screen's worst case is over)."""
-    return [a.key for a in config.attacks] + [key for key, _, _ in adaptive_axes(config)]
+    return [key for key, _, _ in grid_axes(config)]
 
 
 def confirmation_plan(meta: dict[str, Any], config: AuditConfig) -> tuple[dict[str, list[int]], dict[str, list[float]]]:
