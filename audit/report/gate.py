@@ -139,83 +139,35 @@ def gate(
     done = a.completeness()
     judged = "worst-case" if confidence is None else f"upper {100 * confidence:g} % bound of the worst-case"
     cases = setting_cases(a, budget, max_drop, confidence)
+
+    def finish(result: GateResult) -> GateResult:
+        _label(result, a, budget, allow_mismatch)
+        atomic_write(junit_path, junit_xml(a.config.name, budget, result))
+        return result
+
+    def refuse(message: str) -> GateResult:
+        """No verdict (exit 3): the reason, and everything the JUnit file and the step summary report beside it."""
+        refused = GateResult(False, message, None, refused=True, missing=done.missing, failed=done.failed, soft=soft_fail)
+        refused.budget, refused.max_drop, refused.judged, refused.setting, refused.cases = budget, max_drop, judged, a.recommendation.label, cases
+        return finish(refused)
+
     if done.corrupt:  # no flag judges a store that does not match its plan
-        result = GateResult(
-            False,
-            f"no verdict: the result store does not match the run's plan ({done.describe()}); rerun with --restart",
-            None,
-            True,
-            done.missing,
-            done.failed,
-            soft_fail,
-            budget,
-            max_drop,
-            judged,
-            a.recommendation.label,
-            cases,
-        )
-        _label(result, a, budget, allow_mismatch)
-        atomic_write(junit_path, junit_xml(a.config.name, budget, result))
-        return result
+        return refuse(f"no verdict: the result store does not match the run's plan ({done.describe()}); rerun with --restart")
     if not done.complete and not allow_incomplete:
-        result = GateResult(
-            False,
+        return refuse(
             f"the run is incomplete ({done.describe()}); finish it (run the same command again) "
-            "or pass --allow-incomplete to judge the finished cells",
-            None,
-            True,
-            done.missing,
-            done.failed,
-            soft_fail,
-            budget,
-            max_drop,
-            judged,
-            a.recommendation.label,
-            cases,
+            "or pass --allow-incomplete to judge the finished cells"
         )
-        _label(result, a, budget, allow_mismatch)
-        atomic_write(junit_path, junit_xml(a.config.name, budget, result))
-        return result
     check = a.deployed(allow_mismatch)
     if check is not None and check.withheld:
-        result = GateResult(
-            False,
-            f"{check.sentence(a.metric)}; or pass --allow-mismatch to judge the audit's model",
-            None,
-            True,
-            done.missing,
-            done.failed,
-            soft_fail,
-            budget,
-            max_drop,
-            judged,
-            a.recommendation.label,
-            cases,
-        )
-        _label(result, a, budget, allow_mismatch)
-        atomic_write(junit_path, junit_xml(a.config.name, budget, result))
-        return result
+        return refuse(f"{check.sentence(a.metric)}; or pass --allow-mismatch to judge the audit's model")
     strength = a.strength(budget)
     if not strength.confirmed and not allow_lower_bound:
-        result = GateResult(
-            False,
+        return refuse(
             f"no verdict: the worst case at ε = {budget:g} is a {LOWER_BOUND} ({strength.why}); confirm it "
             "(run without --no-confirm, with this budget in confirm.budgets) or pass --allow-lower-bound to judge "
-            "it as a lower bound",
-            None,
-            True,
-            done.missing,
-            done.failed,
-            soft_fail,
-            budget,
-            max_drop,
-            judged,
-            a.recommendation.label,
-            cases,
+            "it as a lower bound"
         )
-        _label(result, a, budget, allow_mismatch)
-        atomic_write(junit_path, junit_xml(a.config.name, budget, result))
-        return result
     rec = a.recommended()
     gated = next((c for c in cases if c.gated), None)
     damage = gated.judged if gated is not None else None
@@ -243,9 +195,7 @@ def gate(
     if not done.complete:
         result.message += f" — INCOMPLETE run judged on its finished cells only ({done.describe()})"
         result.missing, result.failed = done.missing, done.failed
-    _label(result, a, budget, allow_mismatch)
-    atomic_write(junit_path, junit_xml(a.config.name, budget, result))
-    return result
+    return finish(result)
 
 
 def _label(result: GateResult, a: Analysis, budget: float, allow_mismatch: bool) -> None:
