@@ -302,18 +302,12 @@ class BackGradient(AuditAttack, PoisoningAttackWhiteBox):
         module = ctx.fitted.require_module("back_gradient")
         data = ctx.dataset
         y_range = (float(data.y_train.min()), float(data.y_train.max())) if data.task == "regression" else None
-        x_att, y_att = data.attacker_target()  # D_att (D_val only in the papers' setting)
         return cls(
             module,
-            x_val=x_att,
-            y_val=y_att,
-            budget=ctx.budget,
+            **ctx.optimiser_arguments(),
             task=data.task,
             n_classes=data.n_classes,
-            l2=ctx.l2,
-            box=ctx.box,
             y_range=y_range,
-            seed=ctx.seed,
             init_poisons=ctx.warm_start,
             **params,
         )

@@ -79,6 +79,12 @@ class AttackContext:
         """The dataset's feature box ``(lo, hi)``."""
         return self.dataset.lo, self.dataset.hi
 
+    def optimiser_arguments(self) -> dict[str, Any]:
+        """The keyword arguments an attack that optimises a loss on the attacker's target set takes from a cell:
+        ``x_val``/``y_val`` = D_att (D_val only in the papers' setting), ``budget``, ``l2``, ``box`` and ``seed``."""
+        x_att, y_att = self.dataset.attacker_target()
+        return {"x_val": x_att, "y_val": y_att, "budget": self.budget, "l2": self.l2, "box": self.box, "seed": self.seed}
+
 
 @dataclass
 class PoisonInput:

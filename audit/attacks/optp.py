@@ -144,18 +144,7 @@ class OptP(AuditAttack, PoisoningAttackWhiteBox):
     def for_cell(cls, params: dict[str, Any], ctx: AttackContext) -> OptP:
         data = ctx.dataset
         y_range = (float(data.y_train.min()), float(data.y_train.max()))
-        x_att, y_att = data.attacker_target()  # D_att (D_val only in the papers' setting)
-        return cls(
-            budget=ctx.budget,
-            x_val=x_att,
-            y_val=y_att,
-            l2=ctx.l2,
-            l1=ctx.victim.l1(ctx.hparams),
-            box=ctx.box,
-            y_range=y_range,
-            seed=ctx.seed,
-            **params,
-        )
+        return cls(**ctx.optimiser_arguments(), l1=ctx.victim.l1(ctx.hparams), y_range=y_range, **params)
 
     # ------------------------------------------------------------------ objectives
     def objective_value(

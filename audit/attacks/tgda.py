@@ -323,19 +323,7 @@ class TGDA(AuditAttack, PoisoningAttackTransformer, PoisoningAttackWhiteBox):
         data = ctx.dataset
         if data.task != "classification":
             raise AuditError("tgda is a classification attack; use optp or statp for regression")
-        x_att, y_att = data.attacker_target()  # D_att (D_val only in the papers' setting)
-        return cls(
-            module,
-            x_val=x_att,
-            y_val=y_att,
-            budget=ctx.budget,
-            n_classes=data.n_classes,
-            l2=ctx.l2,
-            box=ctx.box,
-            image_shape=data.image_shape,
-            seed=ctx.seed,
-            **params,
-        )
+        return cls(module, **ctx.optimiser_arguments(), n_classes=data.n_classes, image_shape=data.image_shape, **params)
 
     # ------------------------------------------------------------------ the generator
     def _generator(self, x: torch.Tensor, y: torch.Tensor) -> nn.Module:
