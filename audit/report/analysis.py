@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -451,33 +452,10 @@ def analyse(run_dir: str | Path) -> Analysis:
                 if r.defense == d and r.val is not None
             ]
         )
-        pairs += aggregate(
-            cells,
-            rows,
-            config.candidate_grid(),
-            attack_keys(config),
-            config.budgets,
-            config.seeds,
-            d,
-            higher_is_better=higher,
-            planned=planned,
-            attack_budgets=attack_budgets,
-            splits=n_splits,
-            test_share=share,
-        )
-        screened += aggregate(
-            cells,
-            rows,
-            config.candidate_grid(),
-            grid_attack_keys(config),
-            config.budgets,
-            config.seeds,
-            d,
-            higher_is_better=higher,
-            planned=planned,
-            splits=n_splits,
-            test_share=share,
-        )
+        over = partial(aggregate, cells, rows, config.candidate_grid())  # the confirmed figures, then the screen's alone
+        common = {"higher_is_better": higher, "planned": planned, "splits": n_splits, "test_share": share}
+        pairs += over(attack_keys(config), config.budgets, config.seeds, d, attack_budgets=attack_budgets, **common)
+        screened += over(grid_attack_keys(config), config.budgets, config.seeds, d, **common)
     rec = recommend(pairs, config.target_budget, config.recommendation.clean_tolerance, higher, metric_name="accuracy" if higher else "MSE")
     # the clean retrainings of split 0 (the configured split: the one a model handed over is compared on)
     records = {(r.candidate, r.seed): r.record or {} for r in clean_rows if r.split == 0}
