@@ -11,7 +11,8 @@ from click.testing import CliRunner
 from audit.cli import cli
 from audit.config import parse_config
 from audit.errors import AuditError
-from audit.grid.minimax import lam_of, rho, select
+from audit.grid.minimax import select
+from audit.models.training import lambda_from_rho, rho_from_lambda
 from audit.grid.runner import plan_audit, run_audit
 from audit.grid.store import Store
 from tests.conftest import tiny_n_train
@@ -101,8 +102,8 @@ def test_report_section_summary_and_recommendation(finished):
 
 
 def test_helpers():
-    assert rho(lam_of(0.01, 500), 500) == pytest.approx(0.01)
-    assert lam_of(0.0, 10) == -math.inf
+    assert rho_from_lambda(lambda_from_rho(0.01, 500), 500) == pytest.approx(0.01)
+    assert lambda_from_rho(0.0, 10) == -math.inf
     assert select([90.0, 95.0, 95.0], [-1.0, 0.0, 1.0], True) == 1.0  # ties → the larger λ
     assert select([0.3, 0.1, 0.2], [-1.0, 0.0, 1.0], False) == 0.0  # lower MSE is better
 
