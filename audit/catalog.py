@@ -113,7 +113,8 @@ PROFILES: dict[str, dict[str, ProfileSetting]] = {
             },
             seeds=1,
             strength="back-gradient: convex victims (implicit) 50 iterations, 5-iteration start screens, looser solves: 86–97 % of the "
-            "paper setting's damage at 21–57 s against 54–151 s per cell (mnist5k LR, ρ = 1e-3/1e-2, ε = 3–30 %; breast_cancer 93–103 %); "
+            "paper setting's damage (mnist5k LR, ρ = 1e-3/1e-2, ε = 3–30 %; breast_cancer 93–103 %); 18–33 s per such cell against the paper "
+            "setting's 41–47 s (ρ = 1e-2, ε = 10 %) with the K-FAC solves (2-core CPU); "
             "networks and ρ = 0 (unrolled) 5 iterations, α = 4, T = 30, η = 0.5",
         ),
         "tgda": ProfileSetting(
