@@ -67,27 +67,20 @@ from typing import Any, ClassVar, Literal
 
 import numpy as np
 import torch
-from art.attacks.attack import PoisoningAttackWhiteBox
 from pydantic import Field, ValidationError, model_validator
 
 from audit.attacks.base import (
-    TORCH_NEEDS,
-    TORCH_REQUIREMENTS,
     AttackContext,
     AttackDiagnostics,
     AttackParams,
-    AuditAttack,
     PoisonInput,
     ThreatModel,
-    check_l2,
-    task_and_classes,
-    torch_module,
-    validation_set,
+    TorchAttack,
 )
 from audit.catalog import PAPER_CLEAN_WARM_START, PAPER_L2_LR, PAPER_L2_RANGE
 from audit.errors import AuditError
 from audit.maths.hypergrad import FlatModel, Inner, Outer, functional_objective, rmd, unroll, validation_loss
-from audit.maths.implicit import GramCache, LinearERM, gram_matrix, implicit_hypergradient, newton_cg
+from audit.maths.implicit import GramCache, LinearERM, SparseRows, gram_matrix, implicit_hypergradient, newton_cg
 from audit.maths.linear_solve import CG, Matvec
 from audit.maths.regions import SANITISERS, project_many, sanitiser_level, sanitiser_region
 from audit.models.structure import convex_linear_layer, layer_inputs
@@ -205,7 +198,7 @@ class BackGradientDiagnostics(AttackDiagnostics):
     warm_start: int | None = None  # poisons taken from init_poisons (the smaller budget's) as one more start
 
 
-class BackGradient(AuditAttack, PoisoningAttackWhiteBox):
+class BackGradient(TorchAttack):
     """The back-gradient (RMD) poisoning attack as an ART white-box poisoning attack.
 
     Parameters
@@ -241,42 +234,16 @@ class BackGradient(AuditAttack, PoisoningAttackWhiteBox):
     adaptive: ClassVar[bool] = True  # the adaptive stage re-crafts it against a filter by default
     supports_minimax: ClassVar[bool] = True  # learn_l2: λ learned under attack (the minimax stage)
     Params = BackGradientParams
-    victims: ClassVar[tuple[str, ...]] = ("torch",)
     params: BackGradientParams
     Diagnostics = BackGradientDiagnostics
     diagnostics: BackGradientDiagnostics
     tasks: ClassVar[tuple[str, ...]] = ("classification", "regression")
-    _estimator_requirements = TORCH_REQUIREMENTS
-    estimator_needs = TORCH_NEEDS
     warm_starts: ClassVar[bool] = True
+    uses_validation: ClassVar[bool] = True
 
-    def __init__(
-        self,
-        estimator: Any,
-        *,
-        x_val: np.ndarray,
-        y_val: np.ndarray,
-        budget: float,
-        task: str | None = None,
-        n_classes: int | None = None,
-        l2: float = 0.0,
-        box: tuple[Any, Any] | None = None,
-        y_range: tuple[float, float] | None = None,
-        seed: int = 0,
-        init_poisons: tuple[Any, Any] | None = None,
-        **params: Any,
-    ) -> None:
-        module = torch_module(estimator, "BackGradient")
-        task, n_classes = task_and_classes(estimator, task, n_classes, "BackGradient")
-        super().__init__(estimator, budget=budget, seed=seed, box=box, n_classes=n_classes, init_poisons=init_poisons, **params)
-        self.module = module
-        check_l2(l2, "BackGradient")
-        x_val, y_val = validation_set(x_val, y_val, "BackGradient")
-        self.task = task
-        self.x_val = x_val
-        self.y_val = np.asarray(y_val, dtype=np.int64 if task == "classification" else np.float32)
-        self.l2 = float(l2)
-        self.y_range = y_range if y_range is not None else (float(np.min(y_val)), float(np.max(y_val)))
+    def __init__(self, estimator: Any, *, y_range: tuple[float, float] | None = None, **kwargs: Any) -> None:
+        super().__init__(estimator, **kwargs)
+        self.y_range = y_range if y_range is not None else (float(np.min(self.y_val)), float(np.max(self.y_val)))
 
     @classmethod
     def against(cls, defense: str, defense_params: dict[str, Any], rate: float) -> dict[str, Any] | None:
@@ -787,6 +754,8 @@ class _Implicit:
         # (a pipeline refit moves every point's inputs: then recomputed whole)
         clean = gram_matrix(self.phi_clean, self.layer.bias is not None) if precondition and refit is None else None
         self.gram = GramCache(clean=clean, n_clean=len(self.phi_clean)) if precondition else None
+        # mostly-zero clean inputs (images) multiply as a sparse matrix; a refit moves them all, so they stay dense
+        self.sparse = SparseRows.of(self.phi_clean) if refit is None else None
 
     def _features(self, x: torch.Tensor) -> torch.Tensor:
         """The linear layer's inputs for ``x`` (any parameter-free preprocessing applied)."""
@@ -803,7 +772,8 @@ class _Implicit:
         labels = torch.cat([self.y_clean, y_p])  # type: ignore[list-item]  # torch stubs
         bias = self.layer.bias is not None
         eigh = None if self.gram is None else self.gram(phi, bias)
-        return LinearERM(phi, labels, float(torch.exp(log_l2)), self.layer.out_features, bias, eigh)
+        sparse = self.sparse if self.refit is None else None
+        return LinearERM(phi, labels, float(torch.exp(log_l2)), self.layer.out_features, bias, eigh, sparse)
 
     def evaluate(self, hypers: list[torch.Tensor]) -> _Point:
         self.evaluations += 1

@@ -19,6 +19,7 @@ Diagnostics go to ``self.diagnostics``, an instance of the class's ``Diagnostics
 
 from __future__ import annotations
 
+import inspect
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Iterator
@@ -29,6 +30,7 @@ from typing import Any, ClassVar, final
 
 import numpy as np
 import torch
+from art.attacks.attack import PoisoningAttackWhiteBox
 from pydantic import ValidationError
 from torch import nn
 
@@ -311,7 +313,6 @@ class AuditAttack(ABC):
         init_poisons: tuple[Any, Any] | None = None,
         **params: Any,
     ) -> None:
-        from art.attacks.attack import PoisoningAttackWhiteBox
         from art.exceptions import EstimatorError
 
         who = type(self).__name__
@@ -589,3 +590,90 @@ class AuditAttack(ABC):
     @abstractmethod
     def _run(self, task: PoisonInput) -> tuple[np.ndarray, np.ndarray]:
         """The algorithm: return ``task.n_poison`` features and labels (clipping happens afterwards)."""
+
+
+class TorchAttack(AuditAttack, PoisoningAttackWhiteBox):
+    """Base of the white-box attacks that differentiate a PyTorch victim (back-gradient, TGDA, Gradient Canceling,
+    min-max, the perturbation regimes): it owns their shared prelude so that a subclass takes only its own arguments.
+
+    ``Attack(estimator, *, budget, task=None, n_classes=None, l2=0.0, box=None, seed=0, x_val=None, y_val=None,
+    init_poisons=None, **params)``: ``estimator`` an ART PyTorch estimator or an ``nn.Module`` (kept as
+    ``self.module``, in the estimator's input space: :func:`torch_module`); the task and number of classes given
+    or read from it (:func:`task_and_classes`; the class's only task when it has one); ``l2`` the defender's ρ
+    (``self.l2``, ≥ 0); and, for a class that :attr:`uses_validation`, the attacker's set ``x_val`` (m, d),
+    ``y_val`` (m,) (``self.x_val``, ``self.y_val``: long labels or float32 responses).
+    """
+
+    victims: ClassVar[tuple[str, ...]] = ("torch",)
+    _estimator_requirements = TORCH_REQUIREMENTS
+    estimator_needs: ClassVar[str] = TORCH_NEEDS
+
+    #: True for an attack whose objective is a loss on a validation (attacker's) set: ``x_val``/``y_val`` required
+    uses_validation: ClassVar[bool] = False
+
+    module: nn.Module
+    task: str
+    l2: float
+    x_val: np.ndarray
+    y_val: np.ndarray
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if "__init__" in cls.__dict__:
+            cls.__init__.__signature__ = _joined_signature(cls)  # type: ignore[attr-defined]
+
+    def __init__(
+        self,
+        estimator: Any,
+        *,
+        budget: float,
+        task: str | None = None,
+        n_classes: int | None = None,
+        l2: float = 0.0,
+        box: tuple[Any, Any] | None = None,
+        seed: int = 0,
+        x_val: Any = None,
+        y_val: Any = None,
+        init_poisons: tuple[Any, Any] | None = None,
+        **params: Any,
+    ) -> None:
+        who = type(self).__name__
+        module = torch_module(estimator, who)
+        if task is None and len(self.tasks) == 1:
+            task = self.tasks[0]
+        task, n_classes = task_and_classes(estimator, task, n_classes, who)
+        super().__init__(estimator, budget=budget, seed=seed, box=box, n_classes=n_classes, init_poisons=init_poisons, **params)
+        check_l2(l2, who)
+        self.module, self.task, self.l2 = module, task, float(l2)
+        if self.uses_validation:
+            if x_val is None or y_val is None:
+                raise AuditError(f"{who} needs a validation set x_val (m, d), y_val (m,): the attacker's objective is a loss on it")
+            x_val, y_val = validation_set(x_val, y_val, who)
+            self.x_val = x_val
+            self.y_val = np.asarray(y_val, dtype=np.int64 if task == "classification" else np.float32)
+        elif x_val is not None or y_val is not None:
+            raise TypeError(f"{who} takes no validation set (x_val, y_val)")
+
+
+def _joined_signature(cls: type[TorchAttack]) -> inspect.Signature:
+    """The signature a subclass's ``__init__(self, estimator, *, its own, **kwargs)`` really has: its own keyword-only
+    parameters followed by those of :class:`TorchAttack` it passes ``**kwargs`` on to — ``x_val``/``y_val`` (required)
+    only where it :attr:`~TorchAttack.uses_validation`, ``init_poisons`` only where it
+    :attr:`~AuditAttack.warm_starts` — so that ``help()``, ``inspect`` and the contract tests see every argument."""
+    mine = inspect.signature(cls.__init__)
+    if not any(p.kind is p.VAR_KEYWORD for p in mine.parameters.values()):
+        return mine
+    kept = [p for p in mine.parameters.values() if p.kind is not p.VAR_KEYWORD]
+    names = {p.name for p in kept}
+    for p in inspect.signature(TorchAttack.__init__).parameters.values():
+        if p.kind is not p.KEYWORD_ONLY or p.name in names:
+            continue
+        if p.name in ("x_val", "y_val"):
+            if not cls.uses_validation:
+                continue
+            p = p.replace(default=inspect.Parameter.empty)
+        if p.name == "init_poisons" and not cls.warm_starts:
+            continue
+        kept.append(p)
+    kept += [p for p in inspect.signature(TorchAttack.__init__).parameters.values() if p.kind is p.VAR_KEYWORD]
+    return mine.replace(parameters=kept)

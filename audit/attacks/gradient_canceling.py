@@ -24,28 +24,23 @@ from typing import Any, ClassVar, Literal
 
 import numpy as np
 import torch
-from art.attacks.attack import PoisoningAttackWhiteBox
 from pydantic import Field
 from torch import nn
 
 from audit.attacks.base import (
-    TORCH_NEEDS,
-    TORCH_REQUIREMENTS,
     AttackContext,
     AttackDiagnostics,
     AttackParams,
-    AuditAttack,
     PoisonInput,
     ThreatModel,
-    check_l2,
-    task_and_classes,
+    TorchAttack,
     torch_module,
 )
 from audit.errors import AuditError
 from audit.maths.poisonability import SCALES, box_threshold, module_metric, scale_output_layer, scale_to_budget, thresholds
 from audit.maths.poisonability import gradpc_target as target_by_gradpc
 from audit.maths.regions import SANITISERS, project_many, sanitiser_level, sanitiser_region
-from audit.models.estimator import InputSpace, infer_task, is_art_estimator
+from audit.models.estimator import InputSpace, is_art_estimator
 from audit.models.structure import is_linear_model
 from audit.models.training import data_loss
 
@@ -181,7 +176,7 @@ class GradientCancelingDiagnostics(AttackDiagnostics):
         return f"file {self.path or ''}"
 
 
-class GradientCanceling(AuditAttack, PoisoningAttackWhiteBox):
+class GradientCanceling(TorchAttack):
     """Gradient Canceling as an ART white-box poisoning attack.
 
     Parameters
@@ -210,32 +205,14 @@ class GradientCanceling(AuditAttack, PoisoningAttackWhiteBox):
     threat = ThreatModel(white_box=True, capability="injects points with optimised features in the feature box and chosen labels (data injection)")
     adaptive: ClassVar[bool] = True  # the adaptive stage re-crafts it against a filter by default
     Params = GCParams
-    victims: ClassVar[tuple[str, ...]] = ("torch",)
     params: GCParams
     Diagnostics = GradientCancelingDiagnostics
     diagnostics: GradientCancelingDiagnostics
     tasks: ClassVar[tuple[str, ...]] = ("classification", "regression")
-    _estimator_requirements = TORCH_REQUIREMENTS
-    estimator_needs = TORCH_NEEDS
 
-    def __init__(
-        self,
-        estimator: Any,
-        *,
-        target_model: Any,
-        budget: float,
-        task: str | None = None,
-        l2: float = 0.0,
-        box: tuple[Any, Any] | None = None,
-        seed: int = 0,
-        n_classes: int | None = None,
-        **params: Any,
-    ) -> None:
-        module = torch_module(estimator, "GradientCanceling")
-        if task is None and n_classes is None and infer_task(estimator) is None:
-            task = "classification"
-        task, n_classes = task_and_classes(estimator, task, n_classes, "GradientCanceling")
-        super().__init__(estimator, budget=budget, seed=seed, box=box, n_classes=n_classes, **params)
+    def __init__(self, estimator: Any, *, target_model: Any, **kwargs: Any) -> None:
+        super().__init__(estimator, **kwargs)
+        module = self.module
         raw = module.model if isinstance(module, InputSpace) else module
         target = target_model
         if isinstance(target, dict):
@@ -251,13 +228,10 @@ class GradientCanceling(AuditAttack, PoisoningAttackWhiteBox):
             raise AuditError(
                 f"GradientCanceling: target must be an nn.Module, an ART PyTorch estimator or a state dict (got {type(target).__name__})"
             )
-        check_l2(l2, "GradientCanceling")
         target = copy.deepcopy(target)  # the caller's module is never switched to eval or given gradients
         if isinstance(module, InputSpace) and not isinstance(target, InputSpace):
             target = module.around(target)  # the target in the victim's input space (its preprocessing)
         self.target = target.eval()
-        self.task = task
-        self.l2 = float(l2)
         self._check_params()
 
     @classmethod

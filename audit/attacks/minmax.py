@@ -24,19 +24,15 @@ from typing import Any, ClassVar, Literal
 
 import numpy as np
 import torch
-from art.attacks.attack import PoisoningAttackWhiteBox
 from pydantic import Field
 
 from audit.attacks.base import (
-    TORCH_REQUIREMENTS,
     AttackContext,
     AttackDiagnostics,
     AttackParams,
-    AuditAttack,
     PoisonInput,
     ThreatModel,
-    check_l2,
-    task_and_classes,
+    TorchAttack,
     torch_module,
 )
 from audit.errors import AuditError
@@ -66,7 +62,7 @@ class MinMaxDiagnostics(AttackDiagnostics):
     quantile: float | None = None
 
 
-class MinMax(AuditAttack, PoisoningAttackWhiteBox):
+class MinMax(TorchAttack):
     """The online-learning min-max attack as an ART white-box poisoning attack.
 
     Parameters
@@ -95,40 +91,21 @@ class MinMax(AuditAttack, PoisoningAttackWhiteBox):
     Diagnostics = MinMaxDiagnostics
     diagnostics: MinMaxDiagnostics
     tasks: ClassVar[tuple[str, ...]] = ("classification", "regression")
-    victims: ClassVar[tuple[str, ...]] = ("torch",)
-    _estimator_requirements = TORCH_REQUIREMENTS
     estimator_needs = "softmax regression or ridge: a PyTorch model whose parameters all belong to one nn.Linear"
 
-    def __init__(
-        self,
-        estimator: Any,
-        *,
-        budget: float,
-        n_classes: int | None = None,
-        l2: float = 0.0,
-        box: tuple[Any, Any] | None = None,
-        task: str | None = None,
-        y_range: tuple[float, float] | None = None,
-        seed: int = 0,
-        **params: Any,
-    ) -> None:
-        module = torch_module(estimator, "MinMax")
-        linear = convex_linear_layer(module)
+    def __init__(self, estimator: Any, *, task: str | None = None, y_range: tuple[float, float] | None = None, **kwargs: Any) -> None:
+        linear = convex_linear_layer(torch_module(estimator, "MinMax"))
         if linear is None:
             raise AuditError("MinMax needs softmax regression or ridge (every parameter in one nn.Linear); this model has other layers")
-        task, n_classes = task_and_classes(estimator, task or ("regression" if linear.out_features == 1 else "classification"), n_classes, "MinMax")
+        task = task or ("regression" if linear.out_features == 1 else "classification")
         if task == "regression":
-            params.setdefault("defense", "none")  # no sanitiser for regression: the box
-        super().__init__(estimator, budget=budget, seed=seed, box=box, n_classes=n_classes, **params)
-        check_l2(l2, "MinMax")
-        if task == "regression" and self.params.defense != "none":
+            kwargs.setdefault("defense", "none")  # no sanitiser for regression: the box
+        super().__init__(estimator, task=task, **kwargs)
+        if self.task == "regression" and self.params.defense != "none":
             raise AuditError(f"MinMax: defense {self.params.defense!r} is a classifier's sanitiser; for ridge use defense 'none' (the box)")
-        if task == "regression" and y_range is None:
+        if self.task == "regression" and y_range is None:
             raise AuditError("MinMax: ridge needs the response range y_range = (low, high) the poisons' responses lie in")
-        self.module = module
         self.linear = linear
-        self.l2 = float(l2)
-        self.task = task
         self.y_range = y_range
 
     @classmethod

@@ -30,21 +30,19 @@ from typing import Any, ClassVar, Literal
 
 import numpy as np
 import torch
-from art.attacks.attack import PoisoningAttackBlackBox, PoisoningAttackWhiteBox
+from art.attacks.attack import PoisoningAttackBlackBox
 from pydantic import Field
 from torch import nn
 
 from audit.attacks.base import (
-    TORCH_NEEDS,
-    TORCH_REQUIREMENTS,
     AttackContext,
     AttackDiagnostics,
     AttackParams,
     AuditAttack,
     PoisonInput,
     ThreatModel,
+    TorchAttack,
     task_and_classes,
-    torch_module,
 )
 from audit.attacks.label_flip import max_loss_flips
 from audit.errors import AuditError
@@ -105,22 +103,15 @@ def input_pgd(
     return (x0 + delta).detach()
 
 
-class _Perturbation(AuditAttack, PoisoningAttackWhiteBox):
+class _Perturbation(TorchAttack):
     """Regimes A and B: clean-label perturbations by PGD against the clean model (white-box)."""
 
     modifies: ClassVar[bool] = True
-    victims: ClassVar[tuple[str, ...]] = ("torch",)
     Diagnostics = RegimeDiagnostics
     diagnostics: RegimeDiagnostics
-    _estimator_requirements = TORCH_REQUIREMENTS
-    estimator_needs = TORCH_NEEDS
 
-    def __init__(
-        self, estimator: Any, *, budget: float, box: tuple[Any, Any] | None = None, seed: int = 0, n_classes: int | None = None, **params: Any
-    ) -> None:
-        self.module = torch_module(estimator, type(self).__name__)
-        _, n_classes = task_and_classes(estimator, "classification", n_classes, type(self).__name__)
-        super().__init__(estimator, budget=budget, seed=seed, box=box, n_classes=n_classes, **params)
+    def __init__(self, estimator: Any, **kwargs: Any) -> None:
+        super().__init__(estimator, **kwargs)
         self._check_params()
 
     @classmethod

@@ -39,23 +39,17 @@ from typing import Any, ClassVar, Literal
 
 import numpy as np
 import torch
-from art.attacks.attack import PoisoningAttackTransformer, PoisoningAttackWhiteBox
+from art.attacks.attack import PoisoningAttackTransformer
 from pydantic import Field
 from torch import nn
 
 from audit.attacks.base import (
-    TORCH_NEEDS,
-    TORCH_REQUIREMENTS,
     AttackContext,
     AttackParams,
-    AuditAttack,
     PoisonInput,
     SourcedDiagnostics,
     ThreatModel,
-    check_l2,
-    task_and_classes,
-    torch_module,
-    validation_set,
+    TorchAttack,
 )
 from audit.errors import AuditError
 from audit.maths.autodiff import flat, objective_hvp
@@ -234,7 +228,7 @@ class TGDADiagnostics(SourcedDiagnostics):
     loop_seconds: float | None = None
 
 
-class TGDA(AuditAttack, PoisoningAttackTransformer, PoisoningAttackWhiteBox):
+class TGDA(TorchAttack, PoisoningAttackTransformer):
     """The TGDA attack as an ART white-box poisoning attack.
 
     Parameters
@@ -274,41 +268,20 @@ class TGDA(AuditAttack, PoisoningAttackTransformer, PoisoningAttackWhiteBox):
     description: ClassVar[str] = "TGDA: generator trained by total gradient ascent against the retrained model, white-box, clean-label"
     threat = ThreatModel(white_box=True, capability="injects generated points whose labels follow the clean data (clean-label data injection)")
     Params = TGDAParams
-    victims: ClassVar[tuple[str, ...]] = ("torch",)
     params: TGDAParams
     Diagnostics = TGDADiagnostics
     diagnostics: TGDADiagnostics
-    _estimator_requirements = TORCH_REQUIREMENTS
-    estimator_needs = TORCH_NEEDS
+    uses_validation: ClassVar[bool] = True
 
     def __init__(
-        self,
-        estimator: Any,
-        *,
-        x_val: np.ndarray,
-        y_val: np.ndarray,
-        budget: float,
-        n_classes: int | None = None,
-        l2: float = 0.0,
-        box: tuple[Any, Any] | None = None,
-        image_shape: tuple[int, ...] | None = None,
-        seed: int = 0,
-        linear_solver: LinearSolver | None = None,
-        **params: Any,
+        self, estimator: Any, *, image_shape: tuple[int, ...] | None = None, linear_solver: LinearSolver | None = None, **kwargs: Any
     ) -> None:
-        _, n_classes = task_and_classes(estimator, "classification", n_classes, "TGDA")
-        super().__init__(estimator, budget=budget, seed=seed, box=box, n_classes=n_classes, **params)
+        super().__init__(estimator, **kwargs)
         if linear_solver is not None and not callable(linear_solver):
             raise AuditError(f"The 'linear_solver' parameter of TGDA must be a solver of audit.maths.linear_solve. Got {linear_solver!r} instead.")
         self.linear_solver = linear_solver
-        module = torch_module(estimator, "TGDA")
-        check_l2(l2, "TGDA")
-        x_val, y_val = validation_set(x_val, y_val, "TGDA")
         if image_shape is None and len(getattr(estimator, "input_shape", ()) or ()) == 3:
             image_shape = tuple(estimator.input_shape)  # an ART CNN: the conv generator under generator: auto
-        self.module = module
-        self.x_val, self.y_val = x_val, np.asarray(y_val, dtype=np.int64)
-        self.l2 = float(l2)
         self.image_shape = tuple(image_shape) if image_shape else None
         self.generator: nn.Module | None = None
         self._check_params()

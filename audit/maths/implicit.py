@@ -17,6 +17,7 @@ not grow with the number of training steps. It is the exact gradient only at the
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
@@ -137,6 +138,8 @@ class LinearERM:
         The eigendecomposition (:func:`gram_eigh`) :meth:`preconditioner` uses for ``G``; default: ``G`` of ``phi``,
         computed on first use. A caller retraining on slowly moving poisons may pass a recent problem's (a
         preconditioner only has to be close: the solves' tolerances do not change).
+    sparse : SparseRows, optional
+        The first rows of ``phi`` in compressed form (:class:`SparseRows`): the products with them are sparse ones.
     """
 
     phi: torch.Tensor
@@ -145,6 +148,7 @@ class LinearERM:
     n_out: int
     bias: bool = True
     gram_eigh: tuple[torch.Tensor, torch.Tensor] | None = None
+    sparse: SparseRows | None = None
 
     def _split(self, w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
         c, d = self.n_out, self.phi.shape[1]
@@ -153,9 +157,23 @@ class LinearERM:
     def _join(self, gw: torch.Tensor, gb: torch.Tensor) -> torch.Tensor:
         return torch.cat([gw.reshape(-1), gb]) if self.bias else gw.reshape(-1)
 
+    def _times(self, weight: torch.Tensor) -> torch.Tensor:
+        """``Φ Wᵀ``: shape (N, c) for ``weight`` (c, d)."""
+        if self.sparse is None:
+            return self.phi @ weight.T
+        k = self.sparse.n_rows
+        return torch.cat([self.sparse.rows @ weight.T, self.phi[k:] @ weight.T])
+
+    def _transposed_times(self, r: torch.Tensor) -> torch.Tensor:
+        """``Rᵀ Φ``: shape (c, d) for ``r`` (N, c)."""
+        if self.sparse is None:
+            return r.T @ self.phi
+        k = self.sparse.n_rows
+        return (self.sparse.columns @ r[:k]).T + r[k:].T @ self.phi[k:]
+
     def _logits(self, w: torch.Tensor) -> torch.Tensor:
         weight, b = self._split(w)
-        z = self.phi @ weight.T
+        z = self._times(weight)
         return z if b is None else z + b
 
     def _residual(self, z: torch.Tensor) -> torch.Tensor:
@@ -178,7 +196,7 @@ class LinearERM:
     def grad(self, w: torch.Tensor) -> torch.Tensor:
         weight, _ = self._split(w)
         r = self._residual(self._logits(w)) / len(self.phi)
-        return self._join(r.T @ self.phi + self.rho * weight, r.sum(0))
+        return self._join(self._transposed_times(r) + self.rho * weight, r.sum(0))
 
     def hvp(self, w: torch.Tensor) -> Matvec:
         n = len(self.phi)
@@ -191,7 +209,7 @@ class LinearERM:
                 pdz = p * dz
                 dz = pdz - p * pdz.sum(1, keepdim=True)
             dz = dz / n
-            return self._join(dz.T @ self.phi + self.rho * du, dz.sum(0))
+            return self._join(self._transposed_times(dz) + self.rho * du, dz.sum(0))
 
         return matvec
 
@@ -233,6 +251,32 @@ class LinearERM:
         return apply
 
 
+@dataclass(frozen=True)
+class SparseRows:
+    """Rows of a mostly-zero design (images: MNIST's pixels are 81 % zeros) kept in compressed sparse row form, for
+    :class:`LinearERM`'s products: ``rows`` (k, d) and ``columns``, its transpose (d, k), both CSR, so that ``Φ Wᵀ``
+    and ``Rᵀ Φ`` are each one sparse × dense product. Measured on mnist5k's 3000 × 784 float64 pixels, 2 threads:
+    0.8–1.0 ms for the pair against 1.7–1.8 ms dense, equal to 4e-13.
+    """
+
+    rows: torch.Tensor
+    columns: torch.Tensor
+
+    @property
+    def n_rows(self) -> int:
+        return int(self.rows.shape[0])
+
+    @classmethod
+    def of(cls, phi: torch.Tensor, max_density: float = 0.5) -> SparseRows | None:
+        """``phi`` (k, d) compressed when at most ``max_density`` of its entries are non-zero (and on the CPU: the
+        dense GPU product is the faster one); else None."""
+        if phi.device.type != "cpu" or phi.numel() == 0 or float((phi != 0).double().mean()) > max_density:
+            return None
+        with warnings.catch_warnings():  # torch calls its sparse CSR support beta
+            warnings.simplefilter("ignore", UserWarning)
+            return cls(phi.to_sparse_csr(), phi.T.contiguous().to_sparse_csr())
+
+
 def gram_matrix(phi: torch.Tensor, bias: bool) -> torch.Tensor:
     """``Σ_i φ̃_i φ̃_iᵀ`` with ``φ̃_i = [φ_i, 1]`` (``φ_i`` without a bias): shape (d + 1, d + 1) or (d, d); ``phi`` (N, d)."""
     tilde = torch.cat([phi, torch.ones_like(phi[:, :1])], 1) if bias else phi
@@ -241,12 +285,16 @@ def gram_matrix(phi: torch.Tensor, bias: bool) -> torch.Tensor:
 
 def gram_eigh(gram: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Eigenvalues and eigenvectors of a symmetric ``gram`` (k, k), computed in float32 (twice as fast) and returned
-    in ``gram``'s precision; float64 where float32's eigensolver fails (many repeated zero eigenvalues: constant pixels)."""
+    in ``gram``'s precision; in ``gram``'s own precision where float32's eigensolver fails (many repeated zero
+    eigenvalues: constant pixels), which it does either by raising or by returning NaN without a word (seen on
+    MNIST '0' vs '8' with poisons: every value and vector NaN, and the preconditioned CG then NaN)."""
     try:
         values, vectors = torch.linalg.eigh(gram.float())
+        if bool(torch.isfinite(values).all()) and bool(torch.isfinite(vectors).all()):
+            return values.to(gram.dtype), vectors.to(gram.dtype)
     except torch.linalg.LinAlgError:
-        values, vectors = torch.linalg.eigh(gram)
-    return values.to(gram.dtype), vectors.to(gram.dtype)
+        pass
+    return torch.linalg.eigh(gram)
 
 
 @dataclass

@@ -2,10 +2,14 @@
 
 mnist5k softmax regression, one candidate ρ (default 1e-4: the ill-conditioned cells that are half of the default
 audit's screen), ε = 3 / 10 / 30 % in order (each warm-started from the smaller budget's poisons, as the grid does),
-seed 0, attacker's own split. Each variant replaces keys of the quick profile's ``implicit`` block. Printed per cell:
-test accuracy drop, the attacker's objective at the returned poisons, seconds, retrainings.
+seed 0, attacker's own split. Each variant replaces keys of the profile's (``--profile``, default quick) ``implicit``
+block; the key ``"dense": true`` (not a parameter) turns off the sparse products of mostly-zero inputs
+(:class:`audit.maths.implicit.SparseRows`), to time the two against each other. Printed per cell: test accuracy drop,
+the attacker's objective at the returned poisons, seconds, retrainings.
 
     OMP_NUM_THREADS=2 python examples/benchmarks/bg_small_rho.py --rho 1e-4 --variants '{"quick": {}, "cg50": {"cg_max_iter": 50}}'
+    OMP_NUM_THREADS=2 python examples/benchmarks/bg_small_rho.py --profile paper --rho 1e-2 --budgets 0.1 \
+        --variants '{"sparse": {}, "dense": {"dense": true}}'
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ import json
 import tempfile
 import time
 
+from audit.attacks import back_gradient
 from audit.catalog import PROFILES
 from audit.config import parse_config
 from audit.grid.cells import GridCell
@@ -29,13 +34,18 @@ def main() -> None:
     parser.add_argument("--variants", default='{"quick": {}, "cg50": {"cg_max_iter": 50}}')
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--budgets", type=float, nargs="+", default=[0.03, 0.1, 0.3])
+    parser.add_argument("--profile", choices=sorted(PROFILES), default="quick")
     args = parser.parse_args()
     configure_threads(args.threads)
-    quick = json.loads(json.dumps(dict(PROFILES["quick"]["back_gradient"].params)))
+    spec = PROFILES[args.profile].get("back_gradient")
+    base = json.loads(json.dumps(dict(spec.params))) if spec is not None else {}
+    base.setdefault("implicit", {})
+    sparse_rows = back_gradient.SparseRows.of
     for name, extra in json.loads(args.variants).items():
-        params = {**quick, "implicit": {**quick["implicit"], **extra}}
+        back_gradient.SparseRows.of = (lambda phi, max_density=0.5: None) if extra.pop("dense", False) else sparse_rows  # type: ignore[method-assign]
+        params = {**base, "implicit": {**base["implicit"], **extra}}
         cfg = {"name": "bg-small-rho", "dataset": {"name": "mnist5k"}, "model": {"name": "logreg"}, "candidates": {"l2": [args.rho]},
-               "budgets": args.budgets, "seeds": [0], "device": "cpu", "confirm": False, "splits": 1,
+               "budgets": args.budgets, "seeds": [0], "device": "cpu", "confirm": False, "splits": 1, "profile": args.profile,
                "attacks": [{"name": "back_gradient", "id": "bg", "params": params}]}  # fmt: skip
         with tempfile.TemporaryDirectory() as out:
             plan = plan_audit(parse_config(cfg), output_dir=out)
@@ -50,7 +60,7 @@ def main() -> None:
                 warm = poisons
                 cell = defense_unit(plan, clean, GridCell(0, candidate, "bg", eps, "none", 0), poisons)
                 assert cell.clean_test is not None and cell.poisoned_test is not None
-                print(json.dumps({"variant": name, "rho": args.rho, "eps": eps, "drop": round(cell.clean_test - cell.poisoned_test, 2),
+                print(json.dumps({"variant": name, "profile": args.profile, "rho": args.rho, "eps": eps, "drop": round(cell.clean_test - cell.poisoned_test, 2),
                                   "objective": round(poisons.diagnostics["objective_final"], 4), "seconds": round(seconds, 1),
                                   "retrainings": poisons.diagnostics.get("evaluations")}), flush=True)  # fmt: skip
 
