@@ -1,5 +1,6 @@
-"""What a config may name and the constants it defaults to, without heavy imports (a config is checked before torch
-is loaded): the built-in models, the minimax paper's constants, the profiles and the default battery."""
+"""What a config may name and the constants it defaults to, without heavy imports: the built-in models, the minimax
+paper's constants, the profiles' names and splits, the form of a profile's setting (each attack class declares its
+own, ``AuditAttack.profiles``) and the default battery's order."""
 
 from __future__ import annotations
 
@@ -80,46 +81,3 @@ class ProfileSetting:
     seeds: int | None = None
     skip: str | None = None
     strength: str | None = None  # the reduction's measured damage against the paper setting's (the report prints it)
-
-
-PROFILES: dict[str, dict[str, ProfileSetting]] = {
-    "paper": {},
-    "standard": {
-        "back_gradient": ProfileSetting(
-            {"iterations": 20, "step": 2.0, "inner_steps": 50, "inner_lr": 0.3, "implicit": {"iterations": 100, "step": 0.99}},
-            strength="back-gradient: convex victims (implicit) at the paper's settings, the same poisons (100 % of its damage); "
-            "networks and ρ = 0 (unrolled) 20 iterations, α = 2, T = 50, η = 0.3: 96–106 % of the paper's unrolled damage (mnist5k LR)",
-        ),
-        "tgda": ProfileSetting(
-            {"epochs": 100},
-            seeds=1,
-            strength="TGDA, 100 of 200 epochs at seed 0: 67–80 % of the paper setting's damage, 42–68 s against 91–124 s (mnist5k LR, ε = 10 %)",
-        ),
-    },
-    "quick": {
-        "label_flip": ProfileSetting(seeds=1),
-        "statp": ProfileSetting(seeds=1),
-        "optp": ProfileSetting(seeds=1),
-        "gradient_canceling": ProfileSetting(
-            {"epochs": 300}, seeds=1, strength="GC at 300 epochs: 92–109 % of the 1000-epoch damage, 2.2 s against 3.1 s (mnist5k LR, ε = 3–30 %)"
-        ),
-        "back_gradient": ProfileSetting(
-            {
-                "iterations": 5,
-                "step": 4.0,
-                "inner_steps": 30,
-                "inner_lr": 0.5,
-                "implicit": {"iterations": 50, "step": 0.99, "start_screen": 5, "inner_tol": 1e-5, "cg_tol": 1e-4},
-            },
-            seeds=1,
-            strength="back-gradient: convex victims (implicit) 50 iterations, 5-iteration start screens, looser solves: 86–97 % of the "
-            "paper setting's damage (mnist5k LR, ρ = 1e-3/1e-2, ε = 3–30 %; breast_cancer 93–103 %); 18–33 s per such cell against the paper "
-            "setting's 41–47 s (ρ = 1e-2, ε = 10 %) with the K-FAC solves (2-core CPU); "
-            "networks and ρ = 0 (unrolled) 5 iterations, α = 4, T = 30, η = 0.5",
-        ),
-        "tgda": ProfileSetting(
-            skip="its generator game takes 1.5–2 min per cell on a 2-core CPU (mnist5k LR, 200 epochs); --profile standard or paper runs it"
-        ),
-    },
-}
-"""Per profile, the setting of each attack by registry name (absent: the attack's defaults, every seed)."""

@@ -19,7 +19,7 @@ import numpy as np
 import yaml
 from pydantic import Field, ValidationError, ValidationInfo, field_validator, model_serializer, model_validator
 
-from audit.catalog import BATTERY, MODELS, PAPER_CLEAN_WARM_START, PAPER_L2_LR, PAPER_L2_RANGE, PROFILE_SPLITS, PROFILES
+from audit.catalog import BATTERY, MODELS, PAPER_CLEAN_WARM_START, PAPER_L2_LR, PAPER_L2_RANGE, PROFILE_SPLITS
 from audit.data import DatasetSpec, SplitSpec
 from audit.errors import AuditError
 from audit.spec import StrictModel, first_error
@@ -435,7 +435,7 @@ class AuditConfig(StrictModel):
     model: ModelSpec = Field(default_factory=lambda: ModelSpec(name="logreg"))
     training: TrainingSpec = TrainingSpec()
     candidates: dict[str, list[Any]] = Field(default_factory=lambda: {"l2": [0.0, 1e-4, 1e-3, 1e-2, 1e-1]})
-    profile: Literal["quick", "standard", "paper"] = "quick"  # audit.catalog.PROFILES
+    profile: Literal["quick", "standard", "paper"] = "quick"  # audit.catalog.PROFILE_NAMES; each attack's AuditAttack.profiles
     attacks: list[AttackSpec] = Field(default_factory=list)  # empty: the profile's battery (see resolved)
     budgets: list[float] = Field(default_factory=lambda: [0.03, 0.1, 0.3], min_length=1)
     defenses: list[DefenseSpec] = Field(default_factory=lambda: [DefenseSpec.model_construct(name="none", id=None, params={})], min_length=1)
@@ -535,7 +535,9 @@ class AuditConfig(StrictModel):
         ``victim_kind`` (a kind, or the kinds a victim can be attacked as: ``Victim.attack_kinds``).
         """
         kinds = (victim_kind,) if isinstance(victim_kind, str) else tuple(victim_kind)
-        settings = PROFILES[self.profile]
+        from audit.attacks import profile_settings
+
+        settings = profile_settings(self.profile)
         if self.attacks:
             specs = self.attacks
         else:

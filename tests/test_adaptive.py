@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from audit.attacks import ATTACKS, AttackContext
-from audit.catalog import PROFILES
+from audit.attacks import BackGradient
 from audit.config import AttackSpec, DatasetSpec, DefenseSpec, ModelSpec, TrainingSpec, parse_config
 from audit.data import load_dataset
 from audit.defenses import DEFENSES
@@ -22,7 +22,7 @@ from tests.conftest import tiny_config
 CPU = torch.device("cpu")
 # the quick profile's unrolled back-gradient (5 iterations; networks and ρ = 0), pinned: these tests measure the unrolled
 # evasion (the implicit attack's has its own test below)
-BG_QUICK = {**{k: v for k, v in PROFILES["quick"]["back_gradient"].params.items() if k != "implicit"}, "hypergradient": "unrolled"}
+BG_QUICK = {**{k: v for k, v in BackGradient.profiles["quick"].params.items() if k != "implicit"}, "hypergradient": "unrolled"}
 
 
 @pytest.fixture(scope="module")
@@ -188,7 +188,7 @@ def test_the_implicit_attacks_evasion_keeps_poisons_and_damage_behind_the_loss_f
     defense = DEFENSES["loss_filter"].for_cell(0.1, 0, data, {})
     n, kept, drop = len(data.y_train), {}, {}
     for evade in ("none", "loss_filter"):
-        params = {**PROFILES["quick"]["back_gradient"].params, "evade": evade}
+        params = {**BackGradient.profiles["quick"].params, "evade": evade}
         x_p, y_p = ATTACKS["back_gradient"].for_cell(params, AttackContext(data, victim, clean, hp, 0.1, 3)).poison(data.x_train, data.y_train)
         x_all, y_all = np.concatenate([data.x_train, x_p]), np.concatenate([data.y_train, y_p])
         keep = defense.apply(x_all, y_all, victim, hp).keep

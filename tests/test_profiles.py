@@ -7,7 +7,8 @@ import pytest
 import torch
 
 from audit.attacks import AttackContext, LabelFlip
-from audit.catalog import BATTERY, PROFILE_NAMES, PROFILES
+from audit.attacks import profile_settings
+from audit.catalog import BATTERY, PROFILE_NAMES
 from audit.config import AuditConfig, DatasetSpec, ModelSpec, TrainingSpec, parse_config
 from audit.data import load_dataset
 from audit.grid import plan_audit, run_audit
@@ -21,11 +22,20 @@ CPU = torch.device("cpu")
 def test_the_profile_table_names_real_attacks_and_valid_parameters():
     from audit.attacks import ATTACKS
 
-    assert set(PROFILES) == set(PROFILE_NAMES) == {"quick", "standard", "paper"}
+    assert set(PROFILE_NAMES) == {"quick", "standard", "paper"}
+    assert profile_settings("paper") == {}  # paper is every attack's defaults
     assert {e.attack for e in BATTERY} <= set(ATTACKS)
-    for settings in PROFILES.values():
-        for name, setting in settings.items():
-            ATTACKS[name].Params.model_validate(dict(setting.params))  # a typo in the table fails here
+    for profile in PROFILE_NAMES:
+        for name, setting in profile_settings(profile).items():
+            ATTACKS[name].Params.model_validate(dict(setting.params))  # a typo in a class's profiles fails here
+
+
+def test_an_attack_class_may_reduce_itself_only_under_the_reduced_profiles():
+    from audit.attacks.label_flip import LabelFlip
+    from audit.catalog import ProfileSetting
+
+    with pytest.raises(TypeError, match=r"Bad.profiles: \['paper'\] are not reduced profiles \(quick, standard; paper is the defaults\)"):
+        type("Bad", (LabelFlip,), {"profiles": {"paper": ProfileSetting(seeds=1)}})
 
 
 def test_the_embedded_default_audit_plans_every_attack_of_the_quick_battery():

@@ -9,10 +9,18 @@ from audit.attacks.optp import OptP
 from audit.attacks.regimes import RegimeA, RegimeB, RegimeC
 from audit.attacks.statp import StatP
 from audit.attacks.tgda import TGDA
+from audit.catalog import ProfileSetting
 
 ATTACKS: dict[str, type[AuditAttack]] = {
     cls.name: cls for cls in (LabelFlip, GradientCanceling, StatP, OptP, TGDA, BackGradient, MinMax, RegimeA, RegimeB, RegimeC)
 }
+
+
+def profile_settings(profile: str) -> dict[str, ProfileSetting]:
+    """How each registered attack runs under ``profile`` (``quick``, ``standard`` or ``paper``), by registry name: the
+    attack classes' own :attr:`AuditAttack.profiles` entries (an attack absent runs at its defaults at every seed)."""
+    return {name: cls.profiles[profile] for name, cls in ATTACKS.items() if profile in cls.profiles}
+
 
 __all__ = [
     "ATTACKS",
@@ -29,4 +37,5 @@ __all__ = [
     "RegimeC",
     "StatP",
     "TGDA",
+    "profile_settings",
 ]

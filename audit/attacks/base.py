@@ -22,7 +22,7 @@ from __future__ import annotations
 import inspect
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import cached_property
@@ -34,6 +34,7 @@ from art.attacks.attack import PoisoningAttackWhiteBox
 from pydantic import ValidationError
 from torch import nn
 
+from audit.catalog import PROFILE_NAMES, ProfileSetting
 from audit.errors import AuditError
 from audit.jsonio import Diagnostics
 from audit.models.estimator import as_art_estimator, clip_values, differentiable_model, infer_task
@@ -46,6 +47,10 @@ def _torch_requirements() -> tuple[Any, ...]:
     from art.estimators.pytorch import PyTorchEstimator
 
     return ((PyTorchEstimator, nn.Module),)  # ART's form: the estimator inherits from one of these
+
+
+#: the profiles an attack class may reduce itself under (``paper`` runs every attack at its defaults)
+REDUCED_PROFILES: tuple[str, ...] = tuple(p for p in PROFILE_NAMES if p != "paper")
 
 
 #: ART ``_estimator_requirements`` of the white-box attacks that differentiate the model
@@ -286,6 +291,15 @@ class AuditAttack(ABC):
     #: ``poison(x, y)`` returns the whole poisoned training set and the grid trains on it in place of D_tr ∪ D_p
     modifies: ClassVar[bool] = False
 
+    #: how the attack runs under the reduced profiles (``quick``, ``standard``; absent: its defaults at every seed).
+    #: ``paper`` is always the defaults. A reduction states its measured strength against the paper setting
+    #: (``ProfileSetting.strength``, printed next to the verdict) or why the profile's battery leaves it out (``skip``)
+    profiles: ClassVar[Mapping[str, ProfileSetting]] = {}
+
+    #: small settings the contract tests (tests/attacks/test_contract.py) run the attack with, each on every task and
+    #: victim kind it claims: a few iterations, one entry per code path worth exercising
+    smoke_params: ClassVar[tuple[Mapping[str, Any], ...]] = ({},)
+
     COMMON_PARAMS: ClassVar[tuple[str, ...]] = ("budget", "seed", "box", "verbose")
     attack_params: list[str]  # ART's settable names, filled per class (common ones + Params fields)
     estimator: Any  # ART's property: the estimator the attack was built with (kept for black-box ones too)
@@ -297,6 +311,11 @@ class AuditAttack(ABC):
         if "name" in cls.__dict__ and not isinstance(getattr(cls, "threat", None), ThreatModel):
             raise TypeError(
                 f"{cls.__name__} must declare threat = ThreatModel(white_box=..., capability=...) (docs/architecture.md, 'Adding an attack')"
+            )
+        unknown = set(cls.profiles) - set(REDUCED_PROFILES)
+        if unknown:
+            raise TypeError(
+                f"{cls.__name__}.profiles: {sorted(unknown)} are not reduced profiles ({', '.join(REDUCED_PROFILES)}; paper is the defaults)"
             )
         # ART's list of what set_params may change: the common arguments and every declared parameter
         cls.attack_params = [*AuditAttack.COMMON_PARAMS, *cls.Params.model_fields]

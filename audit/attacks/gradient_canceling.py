@@ -18,6 +18,7 @@ from __future__ import annotations
 import copy
 import math
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar, Literal
@@ -36,6 +37,7 @@ from audit.attacks.base import (
     TorchAttack,
     torch_module,
 )
+from audit.catalog import ProfileSetting
 from audit.errors import AuditError
 from audit.maths.poisonability import SCALES, box_threshold, module_metric, scale_output_layer, scale_to_budget, thresholds
 from audit.maths.poisonability import gradpc_target as target_by_gradpc
@@ -203,6 +205,16 @@ class GradientCanceling(TorchAttack):
     title: ClassVar[str] = "Gradient Canceling"
     description: ClassVar[str] = "Gradient Canceling towards a GradPC (or given) target model, white-box"
     threat = ThreatModel(white_box=True, capability="injects points with optimised features in the feature box and chosen labels (data injection)")
+    profiles: ClassVar[Mapping[str, ProfileSetting]] = {
+        "quick": ProfileSetting(
+            {"epochs": 300}, seeds=1, strength="GC at 300 epochs: 92–109 % of the 1000-epoch damage, 2.2 s against 3.1 s (mnist5k LR, ε = 3–30 %)"
+        )
+    }
+    smoke_params: ClassVar[tuple[Mapping[str, Any], ...]] = (
+        {"epochs": 20, "eps_w_grid": [0.1, 0.5]},
+        {"epochs": 5, "target": "gradpc", "eps_w": 0.5, "batch_size": 7},
+        {"epochs": 5, "target": "label_flip", "target_eps": 0.5},
+    )
     adaptive: ClassVar[bool] = True  # the adaptive stage re-crafts it against a filter by default
     Params = GCParams
     params: GCParams

@@ -13,6 +13,7 @@ touched, so they are always inside the feature box.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar, Literal
 
@@ -20,6 +21,7 @@ import numpy as np
 from art.attacks.attack import PoisoningAttackBlackBox
 
 from audit.attacks.base import AttackContext, AttackDiagnostics, AttackParams, AuditAttack, PoisonInput, ThreatModel, task_and_classes
+from audit.catalog import ProfileSetting
 from audit.errors import AuditError
 from audit.models.estimator import as_art_estimator
 
@@ -84,6 +86,8 @@ class LabelFlip(AuditAttack, PoisoningAttackBlackBox):
     title: ClassVar[str] = "label flip (random / adversarial)"
     description: ClassVar[str] = "copies of training points with flipped labels (random or max-loss), black-box"
     threat = ThreatModel(white_box=False, capability="injects copies of training points with labels it chooses (label control; features unchanged)")
+    profiles: ClassVar[Mapping[str, ProfileSetting]] = {"quick": ProfileSetting(seeds=1)}
+    smoke_params: ClassVar[tuple[Mapping[str, Any], ...]] = ({"variant": "random"}, {"variant": "adversarial"})
     Params = LabelFlipParams
     params: LabelFlipParams
     Diagnostics = LabelFlipDiagnostics

@@ -19,6 +19,7 @@ the poisons in the feature box × the training responses' range, and its exact i
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar, Literal
 
@@ -86,6 +87,11 @@ class MinMax(TorchAttack):
     title: ClassVar[str] = "min-max (online learning, Steinhardt et al. 2017)"
     description: ClassVar[str] = "min-max: the feasible point of largest loss each round, inside the sphere/slab region (convex victims), white-box"
     threat = ThreatModel(white_box=True, capability="injects the feasible points of largest loss inside the defense's region (data injection)")
+    smoke_params: ClassVar[tuple[Mapping[str, Any], ...]] = (
+        {"defense": "sphere_slab"},
+        {"defense": "slab", "quantile": 0.9},
+        {"defense": "none", "bound_rounds": 50},
+    )
     Params = MinMaxParams
     params: MinMaxParams
     Diagnostics = MinMaxDiagnostics

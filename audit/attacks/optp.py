@@ -21,6 +21,7 @@ raise the validation MSE most (D_att under the default threat, D_val in the pape
 from __future__ import annotations
 
 import itertools
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar, Literal
 
@@ -30,6 +31,7 @@ from art.attacks.attack import PoisoningAttackWhiteBox
 from pydantic import Field
 
 from audit.attacks.base import AttackContext, AttackDiagnostics, AttackParams, AuditAttack, PoisonInput, ThreatModel
+from audit.catalog import ProfileSetting
 from audit.errors import AuditError
 
 
@@ -109,6 +111,8 @@ class OptP(AuditAttack, PoisoningAttackWhiteBox):
     title: ClassVar[str] = "optimization attack on (x, y)"
     description: ClassVar[str] = "optimization attack on (x, y) through the trained linear model (regression, white-box)"
     threat = ThreatModel(white_box=True, capability="injects points with optimised features and responses in the feature box (data injection)")
+    profiles: ClassVar[Mapping[str, ProfileSetting]] = {"quick": ProfileSetting(seeds=1)}
+    smoke_params: ClassVar[tuple[Mapping[str, Any], ...]] = ({"iterations": 5}, {"iterations": 3, "init": "boundary_flip", "objective": "train"})
     Params = OptPParams
     params: OptPParams
     Diagnostics = OptPDiagnostics

@@ -25,6 +25,7 @@ the text available to this project does not contain; it is not implemented.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar, Literal
 
@@ -211,6 +212,7 @@ class RegimeA(_Perturbation):
         "labels kept (training-set modification, clean label)",
     )
     Params = RegimeAParams
+    smoke_params: ClassVar[tuple[Mapping[str, Any], ...]] = ({"steps": 3}, {"steps": 3, "radius": 0.5, "selection": "max_loss"})
     params: RegimeAParams
 
     def _chosen(self, task: PoisonInput) -> np.ndarray:
@@ -249,6 +251,7 @@ class RegimeB(_Perturbation):
         capability="modifies every training point in place by at most ε·‖x‖, labels kept (training-set modification, clean label)",
     )
     Params = RegimeBParams
+    smoke_params: ClassVar[tuple[Mapping[str, Any], ...]] = ({"steps": 3},)
     params: RegimeBParams
 
     def _chosen(self, task: PoisonInput) -> np.ndarray:
@@ -279,6 +282,7 @@ class RegimeC(AuditAttack, PoisoningAttackBlackBox):
     )
     modifies: ClassVar[bool] = True
     Params = RegimeCParams
+    smoke_params: ClassVar[tuple[Mapping[str, Any], ...]] = ({"variant": "random"}, {"variant": "adversarial"})
     params: RegimeCParams
     Diagnostics = RegimeDiagnostics
     diagnostics: RegimeDiagnostics

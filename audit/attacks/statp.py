@@ -12,6 +12,7 @@ with the largest loss under the clean model (queried through the estimator's pre
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -20,6 +21,7 @@ from art.attacks.attack import PoisoningAttackBlackBox
 
 from audit.attacks.base import AttackContext, AttackDiagnostics, AttackParams, AuditAttack, PoisonInput, ThreatModel, task_and_classes
 from audit.attacks.label_flip import losses_from_predictions
+from audit.catalog import ProfileSetting
 from audit.errors import AuditError
 from audit.models.estimator import clip_values, infer_task
 
@@ -74,6 +76,7 @@ class StatP(AuditAttack, PoisoningAttackBlackBox):
     title: ClassVar[str] = "StatP (statistical attack)"
     description: ClassVar[str] = "statistical attack: Gaussian samples rounded to box corners, loss-maximising response (black-box)"
     threat = ThreatModel(white_box=False, capability="injects points with features in the feature box and labels it chooses (data injection)")
+    profiles: ClassVar[Mapping[str, ProfileSetting]] = {"quick": ProfileSetting(seeds=1)}
     Params = StatPParams
     params: StatPParams
     Diagnostics = StatPDiagnostics

@@ -17,8 +17,8 @@ from typing import Any
 import yaml
 from jinja2 import Environment, FileSystemLoader, select_autoescape
 
-from audit.attacks import ATTACKS
-from audit.catalog import BATTERY, PROFILES
+from audit.attacks import ATTACKS, profile_settings
+from audit.catalog import BATTERY
 from audit.data import attacker_sentence, domain_sentence
 from audit.errors import AuditError
 from audit.grid.adaptive import adaptive_axes
@@ -40,7 +40,7 @@ def _why_not_run(a: Analysis, name: str, cls: Any) -> str:
     kinds = a.meta.get("victim_attack_kinds") or ([kind] if kind else [])
     if kinds and not set(kinds) & set(cls.victims):
         return "needs a PyTorch victim or a scikit-learn LogisticRegression / Ridge (bare or in a supported Pipeline)"
-    setting = PROFILES[a.config.profile].get(name)
+    setting = profile_settings(a.config.profile).get(name)
     if setting is not None and setting.skip:
         return f"left out by the {a.config.profile} profile: {setting.skip}"
     if name not in {e.attack for e in BATTERY}:
@@ -102,6 +102,7 @@ def templates_dir() -> Path:
 def build_context(a: Analysis) -> dict[str, Any]:
     """The plain dict the template renders."""
     cfg = a.config
+    settings = profile_settings(cfg.profile)
     budgets = cfg.budgets
     # the attacks with cells behind the defense shown: the grid's, and adaptive ones that ran there (min-max against none)
     attacks = [k for k in a.attack_keys if any((k, e, a.defense) in s.stats for s in a.summaries for e in budgets)] or [s.key for s in cfg.attacks]
@@ -205,11 +206,7 @@ def build_context(a: Analysis) -> dict[str, Any]:
         "one_seed": [s.key for s in cfg.attacks if len(cfg.attack_seeds(s)) == 1 and len(cfg.seeds) > 1],
         "profile": {
             "name": cfg.profile,
-            "reduced": [
-                f"{s.key}: {PROFILES[cfg.profile][s.name].strength}"
-                for s in cfg.attacks
-                if s.name in PROFILES[cfg.profile] and PROFILES[cfg.profile][s.name].strength
-            ],
+            "reduced": [f"{s.key}: {settings[s.name].strength}" for s in cfg.attacks if s.name in settings and settings[s.name].strength],
         },
         "defenses": cfg.defense_keys,
         "defense_shown": a.defense,

@@ -20,7 +20,7 @@ import tempfile
 import time
 
 from audit.attacks import back_gradient
-from audit.catalog import PROFILES
+from audit.catalog import PROFILE_NAMES
 from audit.config import parse_config
 from audit.grid.cells import GridCell
 from audit.grid.runner import plan_audit
@@ -34,10 +34,10 @@ def main() -> None:
     parser.add_argument("--variants", default='{"quick": {}, "cg50": {"cg_max_iter": 50}}')
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--budgets", type=float, nargs="+", default=[0.03, 0.1, 0.3])
-    parser.add_argument("--profile", choices=sorted(PROFILES), default="quick")
+    parser.add_argument("--profile", choices=PROFILE_NAMES, default="quick")
     args = parser.parse_args()
     configure_threads(args.threads)
-    spec = PROFILES[args.profile].get("back_gradient")
+    spec = back_gradient.BackGradient.profiles.get(args.profile)
     base = json.loads(json.dumps(dict(spec.params))) if spec is not None else {}
     base.setdefault("implicit", {})
     sparse_rows = back_gradient.SparseRows.of

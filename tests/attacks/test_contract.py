@@ -15,25 +15,6 @@ from audit.errors import AuditError
 from audit.models import build_victim
 
 # One default parameter set per attack for the contract test (extend when an attack lands).
-CONTRACT_PARAMS = {
-    "label_flip": [{"variant": "random"}, {"variant": "adversarial"}],
-    "gradient_canceling": [
-        {"epochs": 20, "eps_w_grid": [0.1, 0.5]},
-        {"epochs": 5, "target": "gradpc", "eps_w": 0.5, "batch_size": 7},
-        {"epochs": 5, "target": "label_flip", "target_eps": 0.5},
-    ],
-    "statp": [{}],
-    "optp": [{"iterations": 5}, {"iterations": 3, "init": "boundary_flip", "objective": "train"}],
-    "back_gradient": [
-        {"iterations": 2, "inner_steps": 10},
-        {"iterations": 2, "inner_steps": 8, "batch_size": 5, "learn_l2": True, "checkpoint_every": 3},
-    ],
-    "tgda": [{"epochs": 2, "pretrain_epochs": 2, "cg_max_iter": 5, "follower_steps": 2, "batch_size": 40}],
-    "minmax": [{"defense": "sphere_slab"}, {"defense": "slab", "quantile": 0.9}, {"defense": "none", "bound_rounds": 50}],
-    "regime_a": [{"steps": 3}, {"steps": 3, "radius": 0.5, "selection": "max_loss"}],
-    "regime_b": [{"steps": 3}],
-    "regime_c": [{"variant": "random"}, {"variant": "adversarial"}],
-}
 
 
 SETTINGS = {"classification": ("wine", "logreg"), "regression": ("diabetes", "ridge")}
@@ -58,7 +39,7 @@ def _setting(task, kind="torch"):
 def _cases():
     for name, cls in sorted(ATTACKS.items()):
         for task in cls.tasks:
-            for params in CONTRACT_PARAMS.get(name, [{}]):
+            for params in map(dict, ATTACKS[name].smoke_params):
                 if task == "regression" and params.get("target") == "label_flip":
                     continue  # a label-flip target model exists for classification only
                 if task == "regression" and params.get("defense", "none") != "none":
@@ -87,8 +68,13 @@ def test_contract_on_a_scikit_learn_victim(name, params, task):
     np.testing.assert_array_equal(y_p, y_q)
 
 
-def test_every_attack_has_contract_params():
-    assert set(CONTRACT_PARAMS) == set(ATTACKS), "add the new attack to CONTRACT_PARAMS"
+@pytest.mark.parametrize("name", sorted(ATTACKS))
+def test_every_attacks_smoke_params_are_valid_parameters(name):
+    """The settings the contract runs (the class's ``smoke_params``) are settings its ``Params`` accept."""
+    cls = ATTACKS[name]
+    assert cls.smoke_params, f"{name} declares no smoke_params"
+    for params in cls.smoke_params:
+        cls.Params.model_validate(dict(params))
 
 
 @pytest.mark.parametrize("name, params, task", list(_cases()))
@@ -122,7 +108,7 @@ def test_contract(name, params, task, budget):
 @pytest.mark.parametrize("name", sorted(ATTACKS))
 def test_contract_rejects_bad_input(name):
     d, victim, fitted = _setting(ATTACKS[name].tasks[0])
-    params = CONTRACT_PARAMS.get(name, [{}])[0]
+    params = dict(ATTACKS[name].smoke_params[0])
     attack = ATTACKS[name].for_cell(params, AttackContext(d, victim, fitted, {}, 0.1, seed=0))
     with pytest.raises(AuditError, match=r"expected x \(n, d\) and y \(n,\)"):
         attack.poison(d.x_train, d.y_train[:-1])
