@@ -13,7 +13,7 @@ import hashlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import numpy as np
 from pydantic import Field, model_validator
@@ -111,6 +111,72 @@ class FeatureDomain:
     def sentence(self) -> str:
         """One line for the report (:func:`domain_sentence`)."""
         return domain_sentence(self.describe())
+
+
+@dataclass(frozen=True)
+class TableColumns:
+    """The columns of a table (:func:`from_frame`) and where each sits in the audit's flat encoding, so that flat rows
+    — clean points or poisons — can be written back as the table a user's own pipeline reads (README: "Tables").
+
+    Attributes
+    ----------
+    columns : tuple of (name, flat columns, categories)
+        In the table's order: a numeric column has one flat column and no categories; a categorical one its one-hot
+        group's flat columns and its categories (the training split's, sorted, as text).
+    """
+
+    columns: tuple[tuple[str, tuple[int, ...], tuple[str, ...]], ...]
+
+    #: what a categorical cell holds where its one-hot group is all zeros (a category the training split lacks)
+    UNSEEN: ClassVar[str] = "<unseen category>"
+
+    @classmethod
+    def of(cls, domain: FeatureDomain | None) -> TableColumns | None:
+        """The table's columns from a :class:`FeatureDomain` with names (a :func:`from_frame` dataset's); else None."""
+        if domain is None or not domain.names:
+            return None
+        grouped = {cols[0]: (name, cols, categories) for name, categories, cols in domain.groups}
+        inside = {j for _, _, cols in domain.groups for j in cols}
+        columns: list[tuple[str, tuple[int, ...], tuple[str, ...]]] = []
+        for j, name in enumerate(domain.names):
+            if j in grouped:
+                group, cols, categories = grouped[j]
+                columns.append((group, tuple(cols), tuple(categories)))
+            elif j not in inside:
+                columns.append((name, (j,), ()))
+        return cls(tuple(columns))
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        return tuple(name for name, _, _ in self.columns)
+
+    def flat(self, name: str) -> tuple[tuple[int, ...], tuple[str, ...]]:
+        """``(flat columns, categories)`` of the column ``name``."""
+        for column, cols, categories in self.columns:
+            if column == name:
+                return cols, categories
+        raise KeyError(name)
+
+    def decode(self, x: np.ndarray) -> Any:
+        """Flat rows ``x`` (n, d) as a pandas DataFrame of the table's columns: numbers as float64, each categorical
+        cell the category of its group's largest entry (:attr:`UNSEEN` where the group is all zeros)."""
+        import pandas as pd
+
+        x = np.asarray(x).reshape(len(x), -1)
+        data: dict[str, Any] = {}
+        for name, cols, categories in self.columns:
+            if not categories:
+                data[name] = x[:, cols[0]].astype(np.float64)
+                continue
+            block = x[:, list(cols)]
+            labels = np.asarray(categories, dtype=object)[block.argmax(axis=1)]
+            data[name] = np.where(block.max(axis=1) > 0, labels, self.UNSEEN)
+        return pd.DataFrame(data, columns=list(self.names))
+
+    def has_unseen(self, x: np.ndarray) -> list[str]:
+        """The categorical columns some row of ``x`` (n, d) holds no training category in (an all-zero group)."""
+        x = np.asarray(x).reshape(len(x), -1)
+        return [name for name, cols, categories in self.columns if categories and bool(np.any(x[:, list(cols)].max(axis=1) <= 0))]
 
 
 def domain_sentence(described: dict[str, Any]) -> str:

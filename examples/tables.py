@@ -1,11 +1,13 @@
 """Audit a model on a table: a pandas DataFrame with integer, binary and text columns and text labels.
 
-    python examples/tables.py [--out reports] [--threads 2]
+    python examples/tables.py [--out reports] [--threads 2] [--model logreg|pipeline]
 
 The table is synthetic (customer churn: tenure, monthly charge, senior, contract, payment →
 "churn" / "stay"). The audit one-hot encodes the text columns, keeps the class names, infers
 each column's domain and keeps every poison inside it; the script checks that, then prints
-what the report says of the domain.
+what the report says of the domain. ``--model pipeline`` audits the model as a scikit-learn user ships it instead:
+``ColumnTransformer(StandardScaler on the numbers, OneHotEncoder on the text) → LogisticRegression``, fitted by the
+user on the training rows with text labels and handed over fitted (README: "Tables", "A pipeline that reads the table").
 """
 
 from __future__ import annotations
@@ -35,22 +37,47 @@ def churn_table(n: int = 1000, seed: int = 0) -> pd.DataFrame:
     return df
 
 
+def shipped_pipeline(df: pd.DataFrame, rho: float) -> object:
+    """The user's model: numbers standardised, text one-hot, logistic regression at C = 2/(ρn) (the audit's ρ), fitted
+    on the rows of the table the audit trains on (its default split) with the text labels."""
+    from sklearn.compose import ColumnTransformer
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import OneHotEncoder, StandardScaler
+
+    from audit.data import split_indices
+
+    train = df.iloc[split_indices(len(df), 0.2, 0.2, 0)[0]]
+    columns = ColumnTransformer([
+        ("numbers", StandardScaler(), ["tenure", "monthly", "senior"]),
+        ("text", OneHotEncoder(handle_unknown="ignore"), ["contract", "payment"]),
+    ])  # fmt: skip
+    pipeline = make_pipeline(columns, LogisticRegression(C=2 / (rho * len(train)), max_iter=5000))
+    return pipeline.fit(train.drop(columns=["churn"]), train["churn"])
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--out", default="reports")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--domain", choices=("auto", "relaxed"), default="auto", help="relaxed: poisons not mapped into the domain")
+    parser.add_argument("--model", choices=("logreg", "pipeline"), default="logreg", help="pipeline: the user's ColumnTransformer → LogisticRegression")
     args = parser.parse_args()
     configure_threads(args.threads)
-    config = parse_config({"name": f"tables-churn-{args.domain}", "model": {"name": "logreg"}, "candidates": {"l2": [1e-3, 1e-2]},
+    config = parse_config({"name": f"tables-churn-{args.domain}-{args.model}", "model": {"name": "logreg"}, "candidates": {"l2": [1e-3, 1e-2]},
                            "budgets": [0.03, 0.1], "seeds": [0, 1, 2], "device": "cpu"})  # fmt: skip
     config = config.model_copy(update={"dataset": config.dataset.model_copy(update={"domain": args.domain})})
+    model = shipped_pipeline(churn_table(), rho=1e-2) if args.model == "pipeline" else None
     start = time.perf_counter()
-    result = audit.run_audit(config, dataset=churn_table(), label="churn", output_dir=args.out, progress=False)
+    result = audit.run_audit(config, model=model, dataset=churn_table(), label="churn", output_dir=args.out, progress=False)
     print(f"audit: {time.perf_counter() - start:.0f} s")
     print("report:", write_report(result))
     data = result.plan.dataset
     print("classes:", data.class_names)
+    print("model:", result.summary.get("victim") or result.plan.victim.description)
+    deployed = result.summary.get("deployed")
+    if deployed:
+        print("your model:", deployed["statement"])
     print("domain:", data.domain.sentence() if data.domain is not None else "relaxed (continuous in the box)")
     store = Store.open_existing(result.run_dir)
     try:

@@ -97,15 +97,17 @@ def test_width_benchmark_smoke(tmp_path):
     assert (tmp_path / "width_mnist5k_smoke.png").stat().st_size > 10_000
 
 
-@pytest.mark.slow  # 30–40 s each on 2 cores: the README's scikit-learn and table examples, as a user runs them
+@pytest.mark.slow  # 30–50 s each on 2 cores: the README's scikit-learn and table examples, as a user runs them
 @pytest.mark.parametrize(("script", "expect"), [
     ("sklearn_pipeline.py", "gate: "),
     ("tables.py", r"poison sets inside the domain: (\d+) of \1;"),  # every one
+    ("tables.py --model pipeline", r"your model: the audited model matches yours(.|\n)*poison sets inside the domain: (\d+) of \2;"),
 ])  # fmt: skip
 def test_the_scikit_learn_and_table_examples_run(tmp_path, script, expect):
     import re
 
-    proc = subprocess.run([sys.executable, str(EXAMPLES / script), "--out", str(tmp_path / "reports")],
+    name, *extra = script.split()
+    proc = subprocess.run([sys.executable, str(EXAMPLES / name), *extra, "--out", str(tmp_path / "reports")],
                           capture_output=True, text=True, timeout=600, cwd=tmp_path)  # fmt: skip
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
     assert re.search(expect, proc.stdout) and "report: " in proc.stdout, proc.stdout[-2000:]

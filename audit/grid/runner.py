@@ -33,7 +33,7 @@ import numpy as np
 import torch
 
 from audit.config import SCHEMA_VERSION, AuditConfig, candidate_label
-from audit.data import Dataset, check_dataset, load_dataset
+from audit.data import Dataset, TableColumns, check_dataset, load_dataset
 from audit.errors import AuditError
 from audit.grid.adaptive import resolve_adaptive
 from audit.grid.lock import LOCK_FILE, RunLock
@@ -69,6 +69,7 @@ from audit.models import Victim, build_victim, resolve_device
 from audit.models.digest import model_digests
 from audit.models.estimator import deployed_metric, trivial_metric
 from audit.models.structure import is_convex_linear
+from audit.models.surrogate import with_table
 from audit.models.victim import MODEL_AXES
 from audit.paths import refuse_link
 from audit.seeding import seeded_init
@@ -118,7 +119,9 @@ def plan_audit(
     """
     device = resolve_device(config.device)
     data = check_dataset(dataset) if dataset is not None else load_dataset(config.dataset)
-    deployed = deployed_metric(model, data.x_test, data.y_test, data.task) if model is not None else None
+    if model is not None:  # a scikit-learn pipeline that selects a table's columns by name reads the table's rows
+        model = with_table(model, TableColumns.of(data.domain))
+    deployed = deployed_metric(model, data.x_test, data.y_test, data.task, data.class_names) if model is not None else None
     if (dataset is not None and data.notes.get("split_by") != "frame") or deployed is not None:
         # a Dataset handed over, or a trained model to compare with: the user trained on all of x_train, so D_att
         # comes out of D_val (README: Four roles for the data)

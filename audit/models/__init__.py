@@ -11,13 +11,15 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
 from audit.catalog import MODELS
+from audit.data import TableColumns
 from audit.errors import AuditError
 from audit.models.estimator import InputSpace, differentiable_model, is_art_estimator, user_optimizer
-from audit.models.surrogate import check_sklearn_model
+from audit.models.surrogate import check_sklearn_model, check_table_pipeline, check_unseen_categories, with_table
 from audit.models.victim import (
     Fitted,
     SklearnVictim,
@@ -118,11 +120,13 @@ def victim_from_object(
     training: dict[str, Any],
     device: torch.device,
     rebuild: Callable[[dict[str, Any]], Any] | None = None,
+    table: TableColumns | None = None,
 ) -> Victim:
     """Wrap what a user handed over — nn.Module, ART estimator or scikit-learn estimator — as a victim.
 
     ``rebuild(hparams)`` re-creates the object for a candidate (user factories with a width
-    axis); without it, modules are re-initialised copies of ``obj``.
+    axis); without it, modules are re-initialised copies of ``obj``. ``table``: the columns of the table the data
+    came from, for a scikit-learn pipeline that selects columns by name (:func:`audit.models.surrogate.with_table`).
     """
     from sklearn.base import BaseEstimator
 
@@ -147,6 +151,7 @@ def victim_from_object(
         build = (lambda hp: rebuild(hp)) if rebuild else (lambda hp: reinitialise(obj))
         return TorchVictim(build, task, n_classes, input_shape, training, device, f"torch module {type(obj).__name__}")
     if isinstance(obj, BaseEstimator):
+        obj = with_table(obj, table)
         description, surrogate = check_sklearn_model(obj, task, n_classes)
         return SklearnVictim(obj, task, n_classes, description, surrogate=surrogate)
     raise AuditError(f"model: expected an nn.Module, an ART estimator or a scikit-learn estimator (got {type(obj).__name__})")
@@ -203,17 +208,22 @@ def _build_victim(model_spec: Any, dataset: Any, device: torch.device, model_obj
     base = {"width": model_spec.width, "depth": model_spec.depth}
     base = {k: v for k, v in base.items() if v is not None}
 
-    if model_obj is not None:
-        return victim_from_object(model_obj, task, c, input_shape, _with_user_optimizer(training, overrides, model_obj), device)
-    if name == "user":
-        fn = import_factory(model_spec.factory)
+    table = TableColumns.of(getattr(dataset, "domain", None))
+    if model_obj is not None or name == "user":
+        rebuild: Callable[[dict[str, Any]], Any] | None = None
+        if model_obj is None:
+            fn = import_factory(model_spec.factory)
 
-        def rebuild(hp: dict[str, Any]) -> Any:
-            ctx = {"input_shape": input_shape, "n_features": d, "n_classes": c, **base, **hp}
-            return _call_factory(fn, ctx)
+            def rebuild(hp: dict[str, Any]) -> Any:
+                ctx = {"input_shape": input_shape, "n_features": d, "n_classes": c, **base, **hp}
+                return _call_factory(fn, ctx)
 
-        first = rebuild({})
-        return victim_from_object(first, task, c, input_shape, _with_user_optimizer(training, overrides, first), device, rebuild=rebuild)
+            model_obj = rebuild({})
+        victim = victim_from_object(model_obj, task, c, input_shape, _with_user_optimizer(training, overrides, model_obj), device, rebuild, table)
+        if isinstance(victim, SklearnVictim):
+            check_table_pipeline(victim.estimator, table, dataset.x_train)
+            check_unseen_categories(victim.estimator, table, np.concatenate([dataset.x_val, dataset.x_test]))
+        return victim
 
     if name == "relu2" and (task != "classification" or c != 2):
         raise AuditError(f"model: 'relu2' is a binary classifier but dataset {dataset.name!r} has {c or 'no'} classes; keep two (dataset.classes)")

@@ -72,16 +72,27 @@ def handed_over_weights(model_obj: Any) -> str | None:
         return module_weights_digest(module)
     from sklearn.pipeline import Pipeline
 
-    if isinstance(model_obj, Pipeline):  # every fitted step's statistics, named by step
+    if isinstance(model_obj, Pipeline):  # every fitted step's statistics, named by step (a ColumnTransformer's by branch)
+        steps: list[tuple[str, Any]] = []
+        for name, step in model_obj.steps:
+            steps.append((name, step))
+            for branch, inner in getattr(step, "named_transformers_", {}).items():
+                chain = inner.steps if isinstance(inner, Pipeline) else [("", inner)]
+                steps += [(f"{name}.{branch}.{sub}".rstrip("."), t) for sub, t in chain]
         fitted = [
-            (f"{name}.{k}", np.asarray(getattr(step, k)))
-            for name, step in model_obj.steps
-            for k in ("coef_", "intercept_", "mean_", "scale_", "min_")
+            (f"{name}.{k}", _statistic(getattr(step, k)) if k == "categories_" else np.asarray(getattr(step, k)))
+            for name, step in steps
+            for k in ("coef_", "intercept_", "mean_", "scale_", "min_", "categories_")
             if getattr(step, k, None) is not None
         ]
     else:
         fitted = [(k, np.asarray(getattr(model_obj, k))) for k in ("coef_", "intercept_") if hasattr(model_obj, k)]
     return tensors_digest(fitted) if fitted else None
+
+
+def _statistic(categories: Any) -> np.ndarray:
+    """A one-hot encoder's categories (a list of object arrays) as one text array: its bytes, not pointers, are hashed."""
+    return np.array(["\x1f".join(map(str, column)) for column in categories], dtype=str)
 
 
 def _factory_file(factory: str) -> Path | None:

@@ -166,12 +166,13 @@ def user_optimizer(estimator: Any) -> tuple[type[torch.optim.Optimizer], dict[st
     return type(opt), hyper
 
 
-def deployed_metric(estimator: Any, x: np.ndarray, y: np.ndarray, task: str) -> float | None:
+def deployed_metric(estimator: Any, x: np.ndarray, y: np.ndarray, task: str, class_names: tuple[str, ...] | None = None) -> float | None:
     """The test metric of the estimator exactly as the user handed it over (accuracy % or MSE).
 
     ART estimators are asked through ``predict`` (their preprocessing and input shape apply),
     scikit-learn estimators only when fitted, modules through ``forward``. None when it cannot
-    predict yet (an unfitted scikit-learn model) or predicts something of the wrong shape.
+    predict yet (an unfitted scikit-learn model) or predicts something of the wrong shape. A model fitted on a
+    table's text labels predicts names: ``class_names`` (the dataset's, index = class) maps them to classes.
     """
     try:
         if is_art_estimator(estimator):
@@ -200,6 +201,9 @@ def deployed_metric(estimator: Any, x: np.ndarray, y: np.ndarray, task: str) -> 
         return None
     if task == "classification":
         labels = pred.argmax(axis=1) if pred.ndim == 2 and pred.shape[1] > 1 else pred.reshape(-1)
+        if class_names and not np.issubdtype(labels.dtype, np.number):
+            index = {name: k for k, name in enumerate(class_names)}
+            labels = np.array([index.get(str(v), -1) for v in labels])
         return float(100.0 * np.mean(labels == y)) if labels.shape == y.shape else None
     pred = pred.reshape(-1)
     return float(np.mean((pred - y) ** 2)) if pred.shape == y.shape else None

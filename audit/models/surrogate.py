@@ -20,6 +20,10 @@ The estimator's objective is the audit's (docs: mean loss + (ρ/2)‖W‖², bia
   as the binary logistic regression, with ``alpha = ρ/2``.
 * ``Ridge``: ``coef_`` (d′,), ``intercept_`` → ``nn.Linear(d′, 1)``, output squeezed to (n,).
 
+A ``ColumnTransformer`` (scalers on numeric columns, ``OneHotEncoder`` on categorical ones, passthrough, drop) becomes
+a :class:`ColumnMap` on the audit's flat encoding; one that selects a table's columns by name runs behind a
+:class:`TableDecoder` step the audit puts first (:func:`with_table`), which writes the flat rows back as the table.
+
 Anything else (another transformer, an estimator whose objective is not the audit's) is refused
 with the step's name and the supported list: a surrogate that is not exact would attack another
 model than the one the user ships.
@@ -33,12 +37,18 @@ from typing import Any
 
 import numpy as np
 import torch
+from sklearn.base import BaseEstimator, TransformerMixin
 from torch import nn
 
+from audit.data import TableColumns
 from audit.errors import AuditError
 
 #: transformers the surrogate differentiates through, and the linear estimators it reproduces exactly
-SUPPORTED_STEPS = ("StandardScaler", "MinMaxScaler", "MaxAbsScaler", "PolynomialFeatures")
+SUPPORTED_STEPS = ("StandardScaler", "MinMaxScaler", "MaxAbsScaler", "PolynomialFeatures", "ColumnTransformer")
+#: what a ColumnTransformer may apply to its columns (scalers, alone or in a Pipeline, to numeric columns; the
+#: one-hot encoder to categorical ones; passthrough and drop)
+COLUMN_STEPS = ("StandardScaler", "MinMaxScaler", "MaxAbsScaler", "OneHotEncoder", "passthrough", "drop")
+_SCALERS = ("StandardScaler", "MinMaxScaler", "MaxAbsScaler")
 SURROGATE_ESTIMATORS = {"classification": ("LogisticRegression", "SGDClassifier"), "regression": ("Ridge",)}
 #: estimators the audit retrains with their own solver (ρ maps onto them) but attacks only black-box
 SOLVER_ONLY = {"classification": (), "regression": ("Lasso", "ElasticNet")}
@@ -111,6 +121,73 @@ class Polynomial(nn.Module):
         return padded[:, self.index].prod(dim=-1)  # type: ignore[index]  # buffer set in __init__
 
 
+class ColumnMap(nn.Module):
+    """A fitted ``ColumnTransformer``: each branch maps its columns of the input, the outputs side by side in the
+    transformer's output order. ``branches``: ``(input columns, module)`` pairs; a one-hot encoder's branch is the
+    identity on its group's flat columns (the audit encodes categorical columns one-hot already, :class:`TableColumns`)."""
+
+    def __init__(self, branches: list[tuple[list[int], nn.Module]]) -> None:
+        super().__init__()
+        self.maps = nn.ModuleList([module for _, module in branches])
+        for k, (columns, _) in enumerate(branches):
+            self.register_buffer(f"columns{k}", torch.as_tensor(columns, dtype=torch.long))
+
+    def inputs(self, x: torch.Tensor) -> Iterator[tuple[nn.Module, torch.Tensor]]:
+        """Each branch's module and the columns of ``x`` (n, d) it reads."""
+        for k, module in enumerate(self.maps):
+            yield module, x[:, getattr(self, f"columns{k}")]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.cat([module(part) for module, part in self.inputs(x)], dim=1)
+
+
+class TableDecoder(TransformerMixin, BaseEstimator):
+    """The step the audit puts before a pipeline that reads a pandas table (a ``ColumnTransformer`` selecting columns by
+    name): it writes the audit's flat rows back as that table (:meth:`audit.data.TableColumns.decode`), so every
+    retraining fits — and every score asks — the user's own pipeline on table rows, poisons included."""
+
+    def __init__(self, table: TableColumns | None = None) -> None:
+        self.table = table
+
+    def fit(self, x: Any, y: Any = None) -> TableDecoder:
+        return self
+
+    def transform(self, x: Any) -> Any:
+        assert self.table is not None
+        return self.table.decode(np.asarray(x))
+
+    def __sklearn_is_fitted__(self) -> bool:
+        return True
+
+
+def reads_table(estimator: Any) -> bool:
+    """Whether a scikit-learn estimator or pipeline holds a ``ColumnTransformer`` that selects columns by name (it then
+    needs the table, :class:`TableDecoder`)."""
+    transformers, _ = pipeline_steps(estimator)
+    for _, step in transformers:
+        if type(step).__name__ == "ColumnTransformer":
+            specs = [columns for _, _, columns in step.transformers]
+            if any(isinstance(c, str) or (isinstance(c, (list, tuple)) and c and isinstance(c[0], str)) or callable(c) for c in specs):
+                return True
+    return False
+
+
+def with_table(estimator: Any, table: TableColumns | None) -> Any:
+    """``estimator`` as the audit runs it: a pipeline that reads a table by column names gets a :class:`TableDecoder`
+    first (a one-line error when the data is not a table); anything else as it is."""
+    if not reads_table(estimator) or isinstance(pipeline_steps(estimator)[0][0][1], TableDecoder):
+        return estimator
+    if table is None:
+        raise AuditError(
+            "model: the pipeline's ColumnTransformer selects columns by name; hand the audit the table itself "
+            "(run_audit(config, model=pipeline, dataset=frame, label=...)), with dataset.domain auto or inferred"
+        )
+    from sklearn.pipeline import Pipeline
+
+    steps = list(estimator.steps) if isinstance(estimator, Pipeline) else [("model", estimator)]
+    return Pipeline([("table", TableDecoder(table)), *steps])
+
+
 class SklearnSurrogate(nn.Module):
     """A fitted scikit-learn linear pipeline as a torch module: ``linear(features(x))``.
 
@@ -145,18 +222,28 @@ def refitted(module: nn.Module, x_train: torch.Tensor) -> Iterator[None]:
     saved: list[tuple[Affine, torch.Tensor, torch.Tensor]] = []
     features = getattr(module, "features", None)
     try:
-        if isinstance(features, nn.Sequential):
-            h = x_train.flatten(1)
-            for step in features:
-                if isinstance(step, Affine) and step.refit is not None:
-                    scale, shift = step.statistics(h)
-                    saved.append((step, step.scale, step.shift))  # type: ignore[arg-type]  # buffers set in __init__
-                    step.scale, step.shift = scale, shift
-                h = step(h)
+        if isinstance(features, nn.Module):
+            _refit(features, x_train.flatten(1), saved)
         yield
     finally:
         for step, scale, shift in saved:
             step.scale, step.shift = scale, shift
+
+
+def _refit(step: nn.Module, h: torch.Tensor, saved: list[tuple[Affine, torch.Tensor, torch.Tensor]]) -> None:
+    """Refit every scaler in ``step`` on ``h`` (what reaches it), in pipeline order: a sequence step by step, a
+    column map branch by branch on its columns; the previous statistics appended to ``saved``."""
+    if isinstance(step, Affine) and step.refit is not None:
+        scale, shift = step.statistics(h)
+        saved.append((step, step.scale, step.shift))  # type: ignore[arg-type]  # buffers set in __init__
+        step.scale, step.shift = scale, shift
+    elif isinstance(step, nn.Sequential):
+        for sub in step:
+            _refit(sub, h, saved)
+            h = sub(h)
+    elif isinstance(step, ColumnMap):
+        for sub, part in step.inputs(h):
+            _refit(sub, part, saved)
 
 
 def pipeline_steps(estimator: Any) -> tuple[list[tuple[str, Any]], tuple[str | None, Any]]:
@@ -183,7 +270,14 @@ def fitted_steps(estimator: Any) -> list[str]:
     """The transformers of a pipeline whose statistics are fitted on the training data (scalers; not
     ``PolynomialFeatures``): the retraining refits them on poisoned data, the surrogate holds them fixed."""
     transformers, _ = pipeline_steps(estimator)
-    return [type(step).__name__ for _, step in transformers if type(step).__name__ != "PolynomialFeatures"]
+    out: list[str] = []
+    for _, step in transformers:
+        kind = type(step).__name__
+        if kind == "ColumnTransformer":
+            out += [type(t).__name__ for _, branch, _ in step.transformers if not isinstance(branch, str) for t in _chain(branch)]
+        elif kind in _SCALERS:
+            out.append(kind)
+    return [k for k in out if k in _SCALERS]
 
 
 def check_sklearn_model(estimator: Any, task: str, n_classes: int | None) -> tuple[str, bool]:
@@ -195,12 +289,16 @@ def check_sklearn_model(estimator: Any, task: str, n_classes: int | None) -> tup
     penalised intercept).
     """
     transformers, (last_name, last) = pipeline_steps(estimator)
-    for name, step in transformers:
+    for position, (name, step) in enumerate(transformers):
         kind = type(step).__name__
+        if isinstance(step, TableDecoder) and position == 0:
+            continue
         if kind not in SUPPORTED_STEPS:
             raise AuditError(
                 f"model: pipeline step {name!r} ({kind}) is not supported; supported steps: {', '.join(SUPPORTED_STEPS)}, then {_final_list(task)}"
             )
+        if kind == "ColumnTransformer":
+            _check_column_transformer(name, step)
     kind = type(last).__name__
     where = f"pipeline step {last_name!r} ({kind})" if last_name else f"scikit-learn {kind}"
     if kind not in SURROGATE_ESTIMATORS[task] + SOLVER_ONLY[task]:
@@ -229,9 +327,171 @@ def check_sklearn_model(estimator: Any, task: str, n_classes: int | None) -> tup
             raise AuditError(
                 f"model: {where} fits {n_classes} classes one-vs-rest, not the softmax objective; use LogisticRegression for more than two classes"
             )
-    names = [type(s).__name__ for _, s in transformers] + [kind]
+    names = [_step_name(s) for _, s in transformers if not isinstance(s, TableDecoder)] + [kind]
     description = f"scikit-learn Pipeline({' → '.join(names)})" if last_name else f"scikit-learn {kind}"
     return description, kind in SURROGATE_ESTIMATORS[task]
+
+
+def _step_name(step: Any) -> str:
+    """A transformer's name for the description: a ColumnTransformer with its branches' (``ColumnTransformer[StandardScaler,
+    OneHotEncoder]``)."""
+    kind = type(step).__name__
+    if kind != "ColumnTransformer":
+        return kind
+    inner = [t if isinstance(t, str) else " → ".join(type(u).__name__ for u in _chain(t)) for _, t, _ in step.transformers]
+    return f"{kind}[{', '.join(inner)}]"
+
+
+def _chain(step: Any) -> list[Any]:
+    """A transformer, or the steps of a Pipeline of transformers (a ColumnTransformer branch)."""
+    from sklearn.pipeline import Pipeline
+
+    return [t for _, t in step.steps if t is not None and t != "passthrough"] if isinstance(step, Pipeline) else [step]
+
+
+def _check_column_transformer(name: str, step: Any) -> None:
+    """A ColumnTransformer's branches and remainder: scalers (alone or in a Pipeline), OneHotEncoder, passthrough or
+    drop; a one-hot encoder with the categories of the data (``categories='auto'``) and no infrequent-category
+    grouping. Which columns each branch reads is checked when the surrogate is built (:func:`torch_surrogate`)."""
+    supported = ", ".join(COLUMN_STEPS)
+    branches = [(branch, t) for branch, t, _ in step.transformers] + [("remainder", step.remainder)]
+    for branch, transformer in branches:
+        if isinstance(transformer, str):
+            if transformer not in ("passthrough", "drop"):
+                raise AuditError(f"model: ColumnTransformer {name!r} branch {branch!r} is {transformer!r}; use passthrough or drop")
+            continue
+        chain = _chain(transformer)
+        kinds = [type(t).__name__ for t in chain]
+        if any(k not in COLUMN_STEPS for k in kinds) or ("OneHotEncoder" in kinds and len(kinds) > 1):
+            raise AuditError(
+                f"model: ColumnTransformer {name!r} branch {branch!r} ({' → '.join(kinds)}) is not supported; "
+                f"supported: {supported} (scalers may be chained in a Pipeline, the encoder alone)"
+            )
+        if kinds == ["OneHotEncoder"]:
+            params = chain[0].get_params()
+            if params.get("categories") != "auto" or params.get("min_frequency") is not None or params.get("max_categories") is not None:
+                raise AuditError(
+                    f"model: ColumnTransformer {name!r} branch {branch!r}: OneHotEncoder must take the data's categories "
+                    "(categories='auto', no min_frequency / max_categories): the audit encodes the same categories one-hot"
+                )
+
+
+def _column_map(step: Any, table: TableColumns | None) -> ColumnMap:
+    """A fitted ColumnTransformer as a :class:`ColumnMap` on the audit's flat encoding (of a table when ``table``:
+    columns selected by name; else by position in the flat features)."""
+    names = getattr(step, "feature_names_in_", None)
+    order = sorted(((sl.start, branch) for branch, sl in step.output_indices_.items() if sl.stop > sl.start))
+    fitted = {branch: transformer for branch, transformer, _ in step.transformers_}
+    out: list[tuple[list[int], nn.Module]] = []
+    for _, branch in order:
+        transformer = fitted[branch]
+        positions = list(step._transformer_to_input_indices[branch])  # noqa: SLF001  # the only record of a branch's input columns
+        columns = [str(names[i]) for i in positions] if names is not None else [str(i) for i in positions]
+        identity = isinstance(transformer, str) or (type(transformer).__name__ == "FunctionTransformer" and transformer.func is None)
+        chain = [] if identity else _chain(transformer)  # passthrough: scikit-learn fits it as an identity FunctionTransformer
+        kinds = [type(t).__name__ for t in chain]
+        if kinds == ["OneHotEncoder"]:
+            out.append((_one_hot_columns(branch, chain[0], columns, table), nn.Identity()))
+            continue
+        flat: list[int] = []
+        for column in columns:
+            if table is None:
+                flat.append(int(column))
+                continue
+            cols, categories = table.flat(column)
+            if categories:
+                raise AuditError(
+                    f"model: ColumnTransformer branch {branch!r} gets the categorical column {column!r} "
+                    f"({' → '.join(kinds) or 'passthrough'}); encode it with OneHotEncoder"
+                )
+            flat.append(cols[0])
+        if any(k not in _SCALERS for k in kinds):
+            raise AuditError(f"model: ColumnTransformer branch {branch!r} ({' → '.join(kinds)}) is not supported on these columns")
+        out.append((flat, nn.Sequential(*[_feature_map(t) for t in chain]) if chain else nn.Identity()))
+    return ColumnMap(out)
+
+
+def _one_hot_columns(branch: str, encoder: Any, columns: list[str], table: TableColumns | None) -> list[int]:
+    """The flat columns a fitted OneHotEncoder's output is, in its order: per encoded column, its group's columns in the
+    encoder's category order, less the category it drops."""
+    if table is None:
+        raise AuditError(f"model: ColumnTransformer branch {branch!r} one-hot encodes numeric columns; the audit needs them as text (a table)")
+    flat: list[int] = []
+    drop = getattr(encoder, "drop_idx_", None)
+    for k, column in enumerate(columns):
+        cols, categories = table.flat(column)
+        if not categories:
+            raise AuditError(
+                f"model: ColumnTransformer branch {branch!r} one-hot encodes the numeric column {column!r}; make it text (categorical) in the table"
+            )
+        where = {category: j for j, category in enumerate(categories)}
+        dropped = None if drop is None or drop[k] is None else int(drop[k])
+        for j, category in enumerate(encoder.categories_[k]):
+            if j == dropped:
+                continue
+            if str(category) not in where:
+                raise AuditError(f"model: OneHotEncoder of {column!r} has a category {category!r} the training split lacks")
+            flat.append(cols[where[str(category)]])
+    return flat
+
+
+def check_table_pipeline(estimator: Any, table: TableColumns | None, x_train: np.ndarray) -> None:
+    """Before any cell runs: each ColumnTransformer of ``estimator`` fitted alone on the training rows ``x_train`` (n, d)
+    written back as the table, and mapped onto the flat encoding (:func:`_column_map`), so that a branch given columns
+    it cannot take is a one-line error naming it, not a failed cell. Columns named in the spec are checked first (a
+    scaler on a categorical column would otherwise fail inside scikit-learn)."""
+    from sklearn.base import clone
+
+    if table is None:
+        return
+    rows = table.decode(x_train)
+    for name, step in pipeline_steps(estimator)[0]:
+        if type(step).__name__ != "ColumnTransformer":
+            continue
+        specs = [(branch, transformer, [columns] if isinstance(columns, str) else columns) for branch, transformer, columns in step.transformers]
+        taken = {c for _, _, columns in specs if isinstance(columns, (list, tuple)) for c in columns}
+        specs.append(("remainder", step.remainder, [c for c in table.names if c not in taken]))  # what no branch names
+        for branch, transformer, columns in specs:
+            named = list(columns) if isinstance(columns, (list, tuple)) else []
+            kinds = [] if isinstance(transformer, str) else [type(t).__name__ for t in _chain(transformer)]
+            for column in (c for c in named if isinstance(c, str)):
+                if column not in table.names:
+                    raise AuditError(
+                        f"model: ColumnTransformer branch {branch!r} selects {column!r}, not a column of the table ({', '.join(table.names)})"
+                    )
+                categorical = bool(table.flat(column)[1])
+                if categorical and kinds != ["OneHotEncoder"] and transformer != "drop":
+                    raise AuditError(
+                        f"model: ColumnTransformer branch {branch!r} gets the categorical column {column!r} "
+                        f"({' → '.join(kinds) or transformer}); encode it with OneHotEncoder"
+                    )
+        try:
+            fitted = clone(step).fit(rows)
+        except ValueError as err:
+            raise AuditError(f"model: ColumnTransformer {name!r} cannot be fitted on the table ({str(err).splitlines()[0]})") from None
+        _column_map(fitted, table)
+
+
+def check_unseen_categories(estimator: Any, table: TableColumns | None, x: np.ndarray) -> None:
+    """A one-line error when rows ``x`` (n, d) hold a category the training split lacks (validation, attacker's or test
+    points) in a column the pipeline one-hot encodes with ``handle_unknown='error'``: scikit-learn would refuse to
+    score them (the audit encodes such a category as all zeros, as ``handle_unknown='ignore'`` does)."""
+    if table is None:
+        return
+    unseen = set(table.has_unseen(x))
+    for _, step in pipeline_steps(estimator)[0]:
+        if type(step).__name__ != "ColumnTransformer":
+            continue
+        for branch, transformer, columns in step.transformers:
+            if type(transformer).__name__ != "OneHotEncoder" or transformer.get_params().get("handle_unknown") != "error":
+                continue
+            named = [columns] if isinstance(columns, str) else list(columns) if isinstance(columns, (list, tuple)) else []
+            hit = sorted(unseen & {str(c) for c in named})
+            if hit:
+                raise AuditError(
+                    f"model: ColumnTransformer branch {branch!r} one-hot encodes {', '.join(map(repr, hit))} with handle_unknown='error', but "
+                    "validation or test rows hold categories the training split lacks; use OneHotEncoder(handle_unknown='ignore')"
+                )
 
 
 def _final_list(task: str) -> str:
@@ -252,7 +512,15 @@ def torch_surrogate(fitted: Any, n_classes: int | None) -> SklearnSurrogate:
     ``predict(x)``. Float32 buffers and weights, as the audit's other victims.
     """
     transformers, (_, last) = pipeline_steps(fitted)
-    features = [_feature_map(step) for _, step in transformers]
+    table: TableColumns | None = None
+    features: list[nn.Module] = []
+    for _, step in transformers:
+        if isinstance(step, TableDecoder):
+            table = step.table
+        elif type(step).__name__ == "ColumnTransformer":
+            features.append(_column_map(step, table))
+        else:
+            features.append(_feature_map(step))
     coef = np.atleast_2d(np.asarray(last.coef_, dtype=np.float64))
     intercept = np.atleast_1d(np.asarray(getattr(last, "intercept_", 0.0), dtype=np.float64))
     fit_intercept = bool(last.get_params().get("fit_intercept", True))
