@@ -15,7 +15,7 @@ import torch
 from click.testing import CliRunner
 from sklearn.datasets import load_breast_cancer, load_diabetes, load_wine
 from sklearn.decomposition import PCA
-from sklearn.linear_model import Lasso, LogisticRegression, Ridge, SGDClassifier
+from sklearn.linear_model import Lasso, LogisticRegression, Ridge, RidgeClassifier, SGDClassifier
 from sklearn.pipeline import Pipeline, make_pipeline
 from sklearn.preprocessing import MaxAbsScaler, MinMaxScaler, PolynomialFeatures, StandardScaler
 from sklearn.svm import LinearSVC
@@ -97,8 +97,9 @@ def test_the_attacks_view_of_validation_accuracy_is_the_pipelines_score():
     ("model", "message"),
     [
         (make_pipeline(PCA(5), LogisticRegression()), "pipeline step 'pca' (PCA) is not supported; supported steps: StandardScaler, MinMaxScaler"),
-        (make_pipeline(StandardScaler(), LinearSVC()),
-         "pipeline step 'linearsvc' (LinearSVC) is not supported for classification; use LogisticRegression"),
+        (make_pipeline(StandardScaler(), RidgeClassifier()),
+         "pipeline step 'ridgeclassifier' (RidgeClassifier) is not supported for classification; use LogisticRegression"),
+        (make_pipeline(StandardScaler(), LinearSVC(loss="hinge")), "must use loss='squared_hinge'"),
         (LogisticRegression(class_weight="balanced"), "has class_weight"),
         (LogisticRegression(l1_ratio=0.5, solver="saga"), "has an L1 part"),
         (make_pipeline(StandardScaler(), LogisticRegression(solver="liblinear")), "uses solver 'liblinear'"),

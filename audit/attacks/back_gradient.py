@@ -85,7 +85,7 @@ from audit.maths.linear_solve import CG, Matvec
 from audit.maths.regions import SANITISERS, project_many, sanitiser_level, sanitiser_region
 from audit.models.structure import convex_linear_layer, layer_inputs
 from audit.models.surrogate import refits, refitted
-from audit.models.training import data_loss, lambda_shift
+from audit.models.training import data_loss, lambda_shift, loss_kind
 from audit.seeding import seeded_init
 from audit.spec import first_error
 
@@ -353,10 +353,10 @@ class BackGradient(TorchAttack):
 
         def penalty(w: torch.Tensor, x_p: torch.Tensor, log_l2: torch.Tensor, y_p: torch.Tensor | None = None) -> torch.Tensor:
             with torch.no_grad():
-                clean = data_loss(model(w, xt), yt, self.task, reduction="none")
+                clean = data_loss(model(w, xt), yt, self.task, reduction="none", kind=loss_kind(model))
                 cut = torch.topk(clean, k).values[-1]
             labels = y_fixed if y_p is None else y_p
-            own = data_loss(model(w, x_p), labels, self.task, reduction="none")  # type: ignore[arg-type]  # torch stubs
+            own = data_loss(model(w, x_p), labels, self.task, reduction="none", kind=loss_kind(model))  # type: ignore[arg-type]  # torch stubs
             return -weight * torch.relu(own - cut).mean()
 
         return penalty
@@ -798,7 +798,7 @@ class _Implicit:
         bias = self.layer.bias is not None
         eigh = None if self.gram is None else self.gram(phi, bias)
         sparse = self.sparse if self.refit is None else None
-        return LinearERM(phi, labels, float(torch.exp(log_l2)), self.layer.out_features, bias, eigh, sparse)
+        return LinearERM(phi, labels, float(torch.exp(log_l2)), self.layer.out_features, bias, eigh, sparse, loss_kind(self.module))
 
     def evaluate(self, hypers: list[torch.Tensor]) -> _Point:
         self.evaluations += 1

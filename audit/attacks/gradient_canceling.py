@@ -44,7 +44,7 @@ from audit.maths.poisonability import gradpc_target as target_by_gradpc
 from audit.maths.regions import SANITISERS, project_many, sanitiser_level, sanitiser_region
 from audit.models.estimator import InputSpace, is_art_estimator
 from audit.models.structure import is_linear_model
-from audit.models.training import data_loss
+from audit.models.training import data_loss, loss_kind
 
 
 class GCParams(AttackParams):
@@ -91,7 +91,7 @@ def mean_gradient(module: nn.Module, x: torch.Tensor, y: torch.Tensor, task: str
     params = list(module.parameters())
     total = [torch.zeros_like(p) for p in params]
     for start in range(0, len(y), chunk):
-        loss = data_loss(module(x[start : start + chunk]), y[start : start + chunk], task, reduction="sum")
+        loss = data_loss(module(x[start : start + chunk]), y[start : start + chunk], task, reduction="sum", kind=loss_kind(module))
         for t, g in zip(total, torch.autograd.grad(loss, params)):
             t += g
     return [t / len(y) for t in total]
@@ -112,7 +112,7 @@ def cancel_residual(
     r = [gm + rg for gm, rg in zip(g_mu, reg)]
     step = batch_size or len(labels)
     for start in range(0, len(labels), step):
-        loss = data_loss(module(z[start : start + step]), labels[start : start + step], task, reduction="sum")
+        loss = data_loss(module(z[start : start + step]), labels[start : start + step], task, reduction="sum", kind=loss_kind(module))
         for acc, g in zip(r, torch.autograd.grad(loss, params)):
             acc += g / n
     return r
@@ -133,7 +133,7 @@ def cancel_gradient(
     step = batch_size or len(labels)
     for start in range(0, len(labels), step):
         zb = z[start : start + step].detach().requires_grad_(True)
-        loss = data_loss(module(zb), labels[start : start + step], task, reduction="sum")
+        loss = data_loss(module(zb), labels[start : start + step], task, reduction="sum", kind=loss_kind(module))
         grads = torch.autograd.grad(loss, params, create_graph=True)
         inner = sum((g * ri.detach()).sum() for g, ri in zip(grads, r)) / n
         out[start : start + step] = torch.autograd.grad(inner, zb)[0]  # type: ignore[arg-type]  # torch/numpy stubs
@@ -305,6 +305,14 @@ class GradientCanceling(TorchAttack):
         yt = task.y_t
         labels = yt[torch.as_tensor(idx, device=device)]
         z = xt[torch.as_tensor(idx, device=device)].clone()
+        if self.task == "classification" and loss_kind(self.target) == "squared_hinge":
+            # a hinge is flat where the margin holds: a sampled point that the target classifies with margin has zero
+            # gradient in both W and z, so Algorithm 1 could never move it; each poison starts with the label of
+            # largest loss under the target instead (its margin violated, its gradient live)
+            with torch.no_grad():
+                out = self.target(z)
+                t = 2.0 * torch.eye(out.shape[1], dtype=out.dtype, device=device)[:, None, :] - 1.0  # (label, 1, output)
+                labels = (1.0 - t * out[None]).clamp_min(0).pow(2).sum(2).argmax(0)
         lo = None if self.lo is None else task.tensor(self.lo, torch.float32)
         hi = None if self.hi is None else task.tensor(self.hi, torch.float32)
         for q in self.target.parameters():
@@ -422,6 +430,11 @@ def auto_target(
     chosen — an unbounded τ ≤ ε says nothing when the poisons must stay in the box. Where no target of the grid is
     within the box's reach, the unbounded choice is taken and the origin says so (``reach: unreachable``).
     """
+    if data.task == "classification" and loss_kind(fitted.require_module("gradient_canceling")) == "squared_hinge":
+        # τ (eq. 20, 29) is the cross-entropy's; the squared hinge's loss gradient is unbounded in x, as the squared
+        # loss's is, so τ = 0 without a box and the most damaging GradPC target is taken unscaled
+        target, result = target_by_gradpc(fitted, data, max(eps_w_grid), steps)
+        return target, {"target": "gradpc", "eps_w": max(eps_w_grid), "note": "squared hinge (linear SVM): τ = 0 unbounded, no scaling"}
     if box is not None and data.task == "classification" and is_linear_model(fitted.require_module("gradient_canceling")):
         found = _box_target(fitted, data, eps, l2, eps_w_grid, steps, box)
         if found is not None:
@@ -480,7 +493,7 @@ def target_by_label_flip(ctx: AttackContext, target_eps: float) -> tuple[nn.Modu
         raise AuditError("gradient_canceling target 'label_flip' needs a classification task")
     key = ("label_flip", target_eps)
     if key not in fitted.cache:
-        flip = LabelFlip(fitted.to_art(), budget=target_eps, n_classes=data.n_classes, seed=ctx.seed, variant="adversarial")
+        flip = LabelFlip(fitted.query_art(), budget=target_eps, n_classes=data.n_classes, seed=ctx.seed, variant="adversarial")
         x_p, y_p = flip.poison(data.x_train, data.y_train)
         seed = int(ctx.seed) % (2**31)
         poisoned = ctx.victim.fit(np.concatenate([data.x_train, x_p]), np.concatenate([data.y_train, y_p]), ctx.hparams, seed)

@@ -296,7 +296,7 @@ class RegimeC(AuditAttack, PoisoningAttackBlackBox):
 
     @classmethod
     def for_cell(cls, params: dict[str, Any], ctx: AttackContext) -> RegimeC:
-        estimator = ctx.fitted.to_art() if params.get("variant") == "adversarial" else None
+        estimator = ctx.fitted.query_art() if params.get("variant") == "adversarial" else None
         return cls(estimator, budget=ctx.budget, n_classes=ctx.dataset.n_classes, seed=ctx.seed, **params)
 
     def _run(self, task: PoisonInput) -> tuple[np.ndarray, np.ndarray]:

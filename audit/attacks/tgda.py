@@ -59,7 +59,7 @@ from audit.maths.implicit import GramCache, LinearERM
 from audit.maths.linear_solve import CG, LinearSolver, Matvec, SolveResult, make_solver
 from audit.models.generators import build_generator, pretrain_generator
 from audit.models.structure import convex_linear_layer, is_convex_linear, layer_inputs
-from audit.models.training import data_loss, objective
+from audit.models.training import data_loss, loss_kind, objective
 from audit.seeding import seeded_init
 
 
@@ -150,7 +150,7 @@ def total_derivative(
     if formulation == "zero_sum":  # ℓ = f (Table 5)
         rhs = flat(torch.autograd.grad(objective(follower, x_mix, y_mix, "classification", l2), w_params))
     else:
-        rhs = flat(torch.autograd.grad(data_loss(follower(x_l), y_l, "classification"), w_params))
+        rhs = flat(torch.autograd.grad(data_loss(follower(x_l), y_l, "classification", kind=loss_kind(follower)), w_params))
     solve = solve or CG(1e-2, 64)
     if linear is None:
         hvp = objective_hvp(follower, x_mix, y_mix, "classification", l2, damping=damping)
@@ -161,12 +161,12 @@ def total_derivative(
     cg = solve(hvp, rhs.detach())
     v = cg.x.detach()
     # −∇_θ ⟨∇_w f, v⟩: only the poisons' part of f depends on θ
-    loss_p = data_loss(follower(gen(x_src, y_src)), y_src, "classification", reduction="sum") / n_mix
+    loss_p = data_loss(follower(gen(x_src, y_src)), y_src, "classification", reduction="sum", kind=loss_kind(follower)) / n_mix
     g_w = torch.autograd.grad(loss_p, w_params, create_graph=True)
     implicit = torch.autograd.grad(flat(g_w) @ v, theta, allow_unused=True)
     grads = [torch.zeros_like(q) if g is None else -g for q, g in zip(theta, implicit)]
     if formulation == "zero_sum":  # ℓ = f also depends on θ directly
-        loss_p = data_loss(follower(gen(x_src, y_src)), y_src, "classification", reduction="sum") / n_mix
+        loss_p = data_loss(follower(gen(x_src, y_src)), y_src, "classification", reduction="sum", kind=loss_kind(follower)) / n_mix
         direct = torch.autograd.grad(loss_p, theta, allow_unused=True)
         grads = [g if d is None else g + d for g, d in zip(grads, direct)]
     return [g.detach() for g in grads], cg
@@ -191,7 +191,7 @@ class LinearCurvature:
         bias = self.layer.bias is not None
         w = flat([q.detach() for q in self.module.parameters()])
         eigh = None if self.gram is None else self.gram(phi, bias)
-        problem = LinearERM(phi, y, l2, self.layer.out_features, bias, eigh)
+        problem = LinearERM(phi, y, l2, self.layer.out_features, bias, eigh, loss=loss_kind(self.module))
         h = problem.hvp(w)
         hvp = h if damping == 0 else (lambda u: h(u) + damping * u)
         m_inv = None if self.gram is None else dataclasses.replace(problem, rho=l2 + damping).preconditioner(w)
@@ -200,7 +200,9 @@ class LinearCurvature:
     @torch.no_grad()
     def descend(self, x: torch.Tensor, y: torch.Tensor, l2: float, lr: float, steps: int) -> None:
         """``steps`` of ``w ← w − lr·∇_w f`` on ``(x, y)`` (eq. 16) with f's closed-form gradient, in place."""
-        problem = LinearERM(layer_inputs(self.module, self.layer, x), y, l2, self.layer.out_features, self.layer.bias is not None)
+        problem = LinearERM(
+            layer_inputs(self.module, self.layer, x), y, l2, self.layer.out_features, self.layer.bias is not None, loss=loss_kind(self.module)
+        )
         params = list(self.module.parameters())
         w = flat([q.detach() for q in params])
         for _ in range(steps):
@@ -518,7 +520,7 @@ class TGDA(TorchAttack, PoisoningAttackTransformer):
         recent = slice(-max(1, min(len(iters), 50)), None)
         return {
             "epoch": epoch,
-            "val_loss": float(data_loss(out, yv, "classification")),
+            "val_loss": float(data_loss(out, yv, "classification", kind=loss_kind(self.module))),
             "val_accuracy": float(100.0 * (out.argmax(1) == yv).double().mean()),
             "cg_iterations": float(np.mean(iters[recent])) if iters else 0.0,
             "cg_residual": float(np.median(residuals[recent])) if residuals else 0.0,

@@ -43,7 +43,8 @@ from audit.maths.certificate import regularised_clean_loss, regularised_clean_sq
 from audit.maths.poisonability import box_threshold, gradpc_target, min_box_threshold, module_metric, tau_over_scalings, thresholds
 from audit.maths.sgd_guarantee import sgd_guarantee
 from audit.models import Victim
-from audit.models.structure import convex_linear_layer, is_convex_linear, is_linear_model
+from audit.models.structure import convex_linear_layer, is_convex_linear, is_linear_model, layer_inputs
+from audit.models.training import loss_kind
 
 
 def poison_cache_key(candidate: str, attack_key: str, params: dict[str, Any], budget: float, seed: int, fingerprint: str, split: int = 0) -> str:
@@ -460,13 +461,17 @@ def certified_objective(fitted: Any, data: Dataset, victim: Victim, hp: dict[str
     in a cell — the quantity the min-max certificate bounds (:mod:`audit.maths.certificate`, eq. 5),
     so the report can put each attack beside the bound; ``{}`` for any other victim."""
     module = fitted.module
-    if module is None or not is_convex_linear(module):
-        return {}
+    if module is None or not is_convex_linear(module) or (data.task == "classification" and loss_kind(module) != "cross_entropy"):
+        return {}  # the bound is the softmax's and ridge's (a linear SVM's squared hinge has none here)
     layer = convex_linear_layer(module)
     assert layer is not None
     w = layer.weight.detach().double().cpu().numpy()
     b = layer.bias.detach().double().cpu().numpy() if layer.bias is not None else np.zeros(len(w))
-    x = data.x_train.reshape(len(data.x_train), -1).astype(np.float64)
+    # the layer's own inputs: a pipeline's scalers or an ART estimator's preprocessing applied (the raw features were
+    # used here before, which gave a scaled pipeline's weights the wrong inputs)
+    ref = next(module.parameters())
+    flat = torch.as_tensor(data.x_train.reshape(len(data.x_train), -1), dtype=ref.dtype, device=ref.device)
+    x = layer_inputs(module, layer, flat).double().cpu().numpy()
     if data.task == "regression":  # ridge: the squared loss (audit.maths.certificate.online_minmax_ridge)
         y = data.y_train.astype(np.float64)
         return {"clean_objective": regularised_clean_squared_loss(w.reshape(-1), float(b[0]), x, y, victim.l2(hp), budget)}

@@ -10,7 +10,7 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-from audit.models.training import data_loss, regularized_weights
+from audit.models.training import data_loss, loss_kind, regularized_weights
 
 
 def flat(tensors: list[torch.Tensor] | tuple[torch.Tensor, ...]) -> torch.Tensor:
@@ -28,7 +28,7 @@ def objective_hvp(
     def matvec(v: torch.Tensor) -> torch.Tensor:
         out = torch.zeros_like(v)
         for start in range(0, n, chunk):
-            loss = data_loss(module(x[start : start + chunk]), y[start : start + chunk], task, reduction="sum") / n
+            loss = data_loss(module(x[start : start + chunk]), y[start : start + chunk], task, reduction="sum", kind=loss_kind(module)) / n
             grads = torch.autograd.grad(loss, params, create_graph=True)
             out += flat(torch.autograd.grad(flat(grads) @ v, params))
         offset = 0
@@ -47,7 +47,7 @@ def mean_gradient(module: nn.Module, x: torch.Tensor, y: torch.Tensor, task: str
     params = [p for p in module.parameters() if p.requires_grad]
     total = torch.zeros(sum(p.numel() for p in params), device=x.device, dtype=next(module.parameters()).dtype)
     for start in range(0, len(y), chunk):
-        loss = data_loss(module(x[start : start + chunk]), y[start : start + chunk], task, reduction="sum")
+        loss = data_loss(module(x[start : start + chunk]), y[start : start + chunk], task, reduction="sum", kind=loss_kind(module))
         total += flat(torch.autograd.grad(loss, params))
     return total / len(y)
 
@@ -74,9 +74,11 @@ def per_sample_gradients(
     fixed = {k: v.detach() for k, v in names.items() if k not in chosen}
     buffers = dict(module.named_buffers())
 
+    kind = loss_kind(module)
+
     def loss_one(params: dict, xi: torch.Tensor, yi: torch.Tensor) -> torch.Tensor:
         out = functional_call(module, {**params, **fixed, **buffers}, (xi.unsqueeze(0),))
-        return data_loss(out, yi.unsqueeze(0), task)
+        return data_loss(out, yi.unsqueeze(0), task, kind=kind)
 
     per_example = vmap(grad(loss_one), in_dims=(None, 0, 0))
     rows = []

@@ -30,7 +30,7 @@ import torch
 from torch import nn
 from torch.func import functional_call
 
-from audit.models.training import data_loss
+from audit.models.training import data_loss, loss_kind
 
 Inner = Callable[..., torch.Tensor]  # L(w, *h) → scalar
 Outer = Callable[[torch.Tensor], torch.Tensor]  # A(w) → scalar
@@ -198,16 +198,20 @@ def functional_objective(
     """
     if x_fixed is not None and len(x_fixed):
         x_clean, y_clean = torch.cat([x_clean, x_fixed]), torch.cat([y_clean, y_fixed])  # type: ignore[list-item]  # torch/numpy stubs
+    kind = loss_kind(model)
 
     def inner(w: torch.Tensor, x_p: torch.Tensor, log_l2: torch.Tensor, y_p: torch.Tensor | None = None) -> torch.Tensor:
         labels = y_poison if y_p is None else y_p
         out = model(w, torch.cat([x_clean, x_p]))
-        loss = data_loss(out, torch.cat([y_clean, labels]), task)  # type: ignore[list-item]  # torch/numpy stubs
+        loss = data_loss(out, torch.cat([y_clean, labels]), task, kind=kind)  # type: ignore[list-item]  # torch/numpy stubs
         return loss + 0.5 * torch.exp(log_l2) * (model.reg_mask * w * w).sum()
 
     return inner
 
 
 def validation_loss(model: FlatModel, x_val: torch.Tensor, y_val: torch.Tensor, task: str) -> Outer:
-    """``A(w)``: the mean loss on the validation set (what the indiscriminate attacker maximises)."""
+    """``A(w)``: the mean loss on the validation set (what the indiscriminate attacker maximises): the cross-entropy of
+    the outputs for every classifier — a linear SVM's decision values too, whose own squared hinge grows with the
+    square of a margin's violation, so ascending it pushes a few points ever further instead of flipping many
+    (measured: examples/benchmarks/README.md, "Linear SVMs") — and the squared loss for regression."""
     return lambda w: data_loss(model(w, x_val), y_val, task)

@@ -118,8 +118,11 @@ class Smooth(Protocol):
 class LinearERM:
     """``L(W, b) = (1/N) Σ_i ℓ(W φ_i + b, y_i) + (ρ/2)‖W‖²`` for one ``nn.Linear`` in closed form.
 
-    ``ℓ`` is the cross-entropy of a softmax over the ``c`` outputs (``labels`` long) or ``½(f − y)²``
-    (``c = 1``, ``labels`` float), the audit's :func:`audit.models.training.data_loss`. Flat weights
+    ``ℓ`` is the cross-entropy of a softmax over the ``c`` outputs (``labels`` long), the one-vs-rest squared hinge
+    ``Σ_k max(0, 1 − t_k z_k)²`` (``loss="squared_hinge"``: a linear SVM; ``t_k = ±1``) or ``½(f − y)²`` (``c = 1``,
+    ``labels`` float), the audit's :func:`audit.models.training.data_loss`. The squared hinge is once
+    differentiable; its Hessian is the generalised one (``2`` on the outputs whose margin is active, 0 elsewhere),
+    exact wherever no margin sits exactly at 1, as for scikit-learn's own Newton solver of this loss (liblinear). Flat weights
     are ``[W.ravel() (c·d), b (c)]``, ``nn.Linear``'s parameter order (``bias=False``: ``W`` only).
     Gradient ``(1/N)(P − Y)ᵀΦ + ρW``; the Hessian-vector product along ``(U, u_b)`` is
     ``(1/N) dPᵀΦ + ρU`` with ``dZ = ΦUᵀ + u_b`` and ``dP = P⊙dZ − P⊙Σ_k(P⊙dZ)`` (softmax
@@ -140,6 +143,8 @@ class LinearERM:
         preconditioner only has to be close: the solves' tolerances do not change).
     sparse : SparseRows, optional
         The first rows of ``phi`` in compressed form (:class:`SparseRows`): the products with them are sparse ones.
+    loss : str
+        ``cross_entropy`` or ``squared_hinge`` for long labels (:func:`audit.models.training.loss_kind`).
     """
 
     phi: torch.Tensor
@@ -149,6 +154,7 @@ class LinearERM:
     bias: bool = True
     gram_eigh: tuple[torch.Tensor, torch.Tensor] | None = None
     sparse: SparseRows | None = None
+    loss: str = "cross_entropy"
 
     def _split(self, w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
         c, d = self.n_out, self.phi.shape[1]
@@ -176,8 +182,19 @@ class LinearERM:
         z = self._times(weight)
         return z if b is None else z + b
 
+    @property
+    def _hinge(self) -> bool:
+        return self.labels.dtype == torch.long and self.loss == "squared_hinge"
+
+    def _signs(self, z: torch.Tensor) -> torch.Tensor:
+        """``t`` (N, c): +1 at each point's class, −1 elsewhere (the one-vs-rest targets of the squared hinge)."""
+        return 2.0 * torch.nn.functional.one_hot(self.labels, z.shape[1]).to(z.dtype) - 1.0
+
     def _residual(self, z: torch.Tensor) -> torch.Tensor:
-        """``∂ℓ/∂z`` per point: ``P − Y`` or ``f − y``."""
+        """``∂ℓ/∂z`` per point: ``P − Y``, ``−2t⊙max(0, 1 − t⊙z)`` or ``f − y``."""
+        if self._hinge:
+            t = self._signs(z)
+            return -2.0 * t * (1.0 - t * z).clamp_min(0)
         if self.labels.dtype == torch.long:
             r = torch.softmax(z, dim=1)
             r[torch.arange(len(z)), self.labels] -= 1.0
@@ -187,11 +204,18 @@ class LinearERM:
     def value(self, w: torch.Tensor) -> torch.Tensor:
         weight, _ = self._split(w)
         z = self._logits(w)
-        if self.labels.dtype == torch.long:
+        if self._hinge:
+            loss = (1.0 - self._signs(z) * z).clamp_min(0).pow(2).sum(1).mean()
+        elif self.labels.dtype == torch.long:
             loss = (torch.logsumexp(z, dim=1) - z.gather(1, self.labels.reshape(-1, 1))[:, 0]).mean()
         else:
             loss = 0.5 * (z[:, 0] - self.labels).pow(2).mean()
         return loss + 0.5 * self.rho * weight.pow(2).sum()
+
+    def _active(self, w: torch.Tensor) -> torch.Tensor:
+        """The squared hinge's curvature per point and output, (N, c): 2 where the margin is active (``t z < 1``)."""
+        z = self._logits(w)
+        return 2.0 * ((self._signs(z) * z) < 1.0).to(z.dtype)
 
     def grad(self, w: torch.Tensor) -> torch.Tensor:
         weight, _ = self._split(w)
@@ -200,7 +224,8 @@ class LinearERM:
 
     def hvp(self, w: torch.Tensor) -> Matvec:
         n = len(self.phi)
-        p = torch.softmax(self._logits(w), dim=1) if self.labels.dtype == torch.long else None
+        p = torch.softmax(self._logits(w), dim=1) if self.labels.dtype == torch.long and not self._hinge else None
+        active = self._active(w) if self._hinge else None
 
         def matvec(u: torch.Tensor) -> torch.Tensor:
             du, _ = self._split(u)
@@ -208,6 +233,8 @@ class LinearERM:
             if p is not None:
                 pdz = p * dz
                 dz = pdz - p * pdz.sum(1, keepdim=True)
+            elif active is not None:
+                dz = active * dz
             dz = dz / n
             return self._join(self._transposed_times(dz) + self.rho * du, dz.sum(0))
 
@@ -235,7 +262,9 @@ class LinearERM:
         if self.gram_eigh is None:
             self.gram_eigh = gram_eigh(gram_matrix(self.phi, self.bias) / len(self.phi))
         lg, v = self.gram_eigh
-        if self.labels.dtype == torch.long:
+        if self._hinge:  # the outputs are uncoupled: S̄ is diagonal, the mean active curvature per output
+            ls, u = self._active(w).mean(0), torch.eye(c, dtype=w.dtype, device=w.device)
+        elif self.labels.dtype == torch.long:
             p = torch.softmax(self._logits(w), dim=1)
             ls, u = torch.linalg.eigh(torch.diag(p.mean(0)) - p.T @ p / len(p))
         else:

@@ -67,7 +67,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from audit.models.structure import is_linear_model, last_linear
-from audit.models.training import data_loss
+from audit.models.training import data_loss, loss_kind
 
 
 def kappa(c: int) -> float:
@@ -252,7 +252,7 @@ def gradpc(
     yv = torch.as_tensor(y_val, dtype=torch.long if task == "classification" else torch.float32, device=device)
 
     def val_loss() -> torch.Tensor:
-        return data_loss(target(xv), yv, task)
+        return data_loss(target(xv), yv, task, kind=loss_kind(target))
 
     with torch.no_grad():
         clean_loss = float(val_loss())

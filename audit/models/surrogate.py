@@ -18,6 +18,11 @@ The estimator's objective is the audit's (docs: mean loss + (ρ/2)‖W‖², bia
   :func:`audit.models.victim.sklearn_regularization`).
 * ``SGDClassifier(loss="log_loss", penalty="l2")``, two classes only (more are fitted one-vs-rest):
   as the binary logistic regression, with ``alpha = ρ/2``.
+* ``LinearSVC(loss="squared_hinge", penalty="l2")`` (one-vs-rest): the module declares ``loss = "squared_hinge"``
+  (:func:`audit.models.training.loss_kind`) and outputs the decision values; liblinear penalises the intercept, so
+  the input gets a constant column ``intercept_scaling`` (:class:`Constant`) and the intercept becomes its weight in
+  ``nn.Linear(d′ + 1, c, bias=False)``. Two classes: scikit-learn's ``w`` becomes the rows ``[−w, w]``
+  (C = 1/(ρn), :func:`audit.models.victim.sklearn_regularization`).
 * ``Ridge``: ``coef_`` (d′,), ``intercept_`` → ``nn.Linear(d′, 1)``, output squeezed to (n,).
 
 A ``ColumnTransformer`` (scalers on numeric columns, ``OneHotEncoder`` on categorical ones, passthrough, drop) becomes
@@ -49,7 +54,7 @@ SUPPORTED_STEPS = ("StandardScaler", "MinMaxScaler", "MaxAbsScaler", "Polynomial
 #: one-hot encoder to categorical ones; passthrough and drop)
 COLUMN_STEPS = ("StandardScaler", "MinMaxScaler", "MaxAbsScaler", "OneHotEncoder", "passthrough", "drop")
 _SCALERS = ("StandardScaler", "MinMaxScaler", "MaxAbsScaler")
-SURROGATE_ESTIMATORS = {"classification": ("LogisticRegression", "SGDClassifier"), "regression": ("Ridge",)}
+SURROGATE_ESTIMATORS = {"classification": ("LogisticRegression", "SGDClassifier", "LinearSVC"), "regression": ("Ridge",)}
 #: estimators the audit retrains with their own solver (ρ maps onto them) but attacks only black-box
 SOLVER_ONLY = {"classification": (), "regression": ("Lasso", "ElasticNet")}
 _LOGREG_SOLVERS = ("lbfgs", "newton-cg", "newton-cholesky", "sag", "saga")
@@ -119,6 +124,17 @@ class Polynomial(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         padded = torch.cat([x, torch.ones(len(x), 1, dtype=x.dtype, device=x.device)], dim=1)
         return padded[:, self.index].prod(dim=-1)  # type: ignore[index]  # buffer set in __init__
+
+
+class Constant(nn.Module):
+    """``[x, value]``: a constant input column, whose weight is a penalised intercept (liblinear's ``intercept_scaling``)."""
+
+    def __init__(self, value: float) -> None:
+        super().__init__()
+        self.value = float(value)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.cat([x, torch.full((len(x), 1), self.value, dtype=x.dtype, device=x.device)], dim=1)
 
 
 class ColumnMap(nn.Module):
@@ -197,11 +213,12 @@ class SklearnSurrogate(nn.Module):
     (:func:`audit.models.structure.convex_linear_layer`).
     """
 
-    def __init__(self, features: list[nn.Module], linear: nn.Linear, regression: bool) -> None:
+    def __init__(self, features: list[nn.Module], linear: nn.Linear, regression: bool, loss: str = "cross_entropy") -> None:
         super().__init__()
         self.features = nn.Sequential(*features)
         self.linear = linear
         self.regression = regression
+        self.loss = loss  # the classification loss it is trained with (audit.models.training.loss_kind)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = self.linear(self.features(x.flatten(1)))
@@ -315,6 +332,14 @@ def check_sklearn_model(estimator: Any, task: str, n_classes: int | None) -> tup
             raise AuditError(
                 f"model: {where} uses solver {params.get('solver')!r}, which penalises the intercept "
                 f"(liblinear) or fits one-vs-rest; use one of {', '.join(_LOGREG_SOLVERS)}"
+            )
+    if kind == "LinearSVC":
+        params = last.get_params()
+        if params.get("loss") != "squared_hinge" or params.get("penalty") != "l2" or params.get("multi_class", "ovr") != "ovr":
+            raise AuditError(
+                f"model: {where} must use loss='squared_hinge', penalty='l2' and one-vs-rest (got {params.get('loss')!r}, "
+                f"{params.get('penalty')!r}, {params.get('multi_class', 'ovr')!r}): the hinge is not differentiable, and the "
+                "attacks model the L2-regularised squared hinge"
             )
     if kind == "SGDClassifier":
         params = last.get_params()
@@ -525,6 +550,8 @@ def torch_surrogate(fitted: Any, n_classes: int | None) -> SklearnSurrogate:
     intercept = np.atleast_1d(np.asarray(getattr(last, "intercept_", 0.0), dtype=np.float64))
     fit_intercept = bool(last.get_params().get("fit_intercept", True))
     d = coef.shape[1]
+    if type(last).__name__ == "LinearSVC":
+        return _svm_surrogate(features, last, coef, intercept, fit_intercept, int(n_classes or 2))
     if type(last).__name__ == "Ridge":
         linear = nn.Linear(d, 1, bias=fit_intercept)
         weight, bias = coef.reshape(1, d), intercept.reshape(1)
@@ -549,6 +576,30 @@ def torch_surrogate(fitted: Any, n_classes: int | None) -> SklearnSurrogate:
     return SklearnSurrogate(features, linear, regression=type(last).__name__ == "Ridge").eval()
 
 
+def _svm_surrogate(features: list[nn.Module], last: Any, coef: np.ndarray, intercept: np.ndarray, fit_intercept: bool, c: int) -> SklearnSurrogate:
+    """A fitted ``LinearSVC`` behind ``features``: decision values from ``nn.Linear(d′ [+ 1], c, bias=False)`` on the
+    features with a constant column ``intercept_scaling`` appended (the penalised intercept is its weight); two classes
+    as the rows ``[−w, w]``; a class missing from the fit gets the decision value −30 (no fit: never predicted)."""
+    scaling = float(last.get_params().get("intercept_scaling", 1.0))
+    rows = np.concatenate([coef, (intercept / scaling)[:, None]], axis=1) if fit_intercept else coef
+    classes = np.asarray(last.classes_).astype(int)
+    if len(classes) == 2:
+        rows = np.concatenate([-rows, rows])
+    width = rows.shape[1]
+    weight = np.zeros((c, width))
+    weight[classes] = rows
+    missing = np.setdiff1d(np.arange(c), classes)
+    if len(missing):
+        if not fit_intercept:
+            raise AuditError("model: LinearSVC without an intercept, fitted on fewer classes than the data has: no exact surrogate")
+        weight[missing, -1] = -30.0 / scaling
+    linear = nn.Linear(width, c, bias=False)
+    with torch.no_grad():
+        linear.weight.copy_(torch.as_tensor(weight, dtype=torch.float32))
+    extra = [Constant(scaling)] if fit_intercept else []
+    return SklearnSurrogate([*features, *extra], linear, regression=False, loss="squared_hinge").eval()
+
+
 def _feature_map(step: Any) -> nn.Module:
     """One fitted transformer as a parameter-free module (its fitted statistics as buffers)."""
     kind = type(step).__name__
@@ -571,7 +622,8 @@ def _feature_map(step: Any) -> nn.Module:
 def rho_of(estimator: Any, n_train: int, n_classes: int | None = None) -> float:
     """The audit's ρ of a scikit-learn model's own regularization on ``n_train`` points: the inverse of
     :func:`audit.models.victim.sklearn_regularization` (``LogisticRegression``: ``ρ = 1/(C·n)``, two
-    classes ``2/(C·n)``; ``SGDClassifier``: ``ρ = 2·alpha``; ``Ridge``: ``ρ = alpha/n``). Put it among the candidates to audit the
+    classes ``2/(C·n)``; ``SGDClassifier``: ``ρ = 2·alpha``; ``LinearSVC``: ``ρ = 1/(C·n)``; ``Ridge``: ``ρ = alpha/n``).
+    Put it among the candidates to audit the
     setting you ship (``C = inf`` → 0)."""
     _, last = final_step(estimator)
     kind = type(last).__name__
@@ -583,4 +635,6 @@ def rho_of(estimator: Any, n_train: int, n_classes: int | None = None) -> float:
         return float(last.get_params()["alpha"]) / n_train
     if kind == "SGDClassifier":
         return 2.0 * float(last.get_params()["alpha"])
-    raise AuditError(f"rho_of: {kind} has no L2 strength that maps onto ρ (LogisticRegression, SGDClassifier or Ridge)")
+    if kind == "LinearSVC":
+        return 1.0 / (float(last.get_params()["C"]) * n_train)
+    raise AuditError(f"rho_of: {kind} has no L2 strength that maps onto ρ (LogisticRegression, SGDClassifier, LinearSVC or Ridge)")

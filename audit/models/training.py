@@ -2,7 +2,8 @@
 
 Objective (README: How the audit works, the objective): mean loss over the training set + (ρ/2)·‖w‖², where ‖w‖² runs over
 weights only (parameters with more than one dimension); biases are unregularized.
-Classification uses softmax cross-entropy, regression ½(y − f(x))².
+Classification uses softmax cross-entropy, regression ½(y − f(x))²; a linear SVM's surrogate (scikit-learn's
+``LinearSVC``) declares the one-vs-rest squared hinge instead (:func:`loss_kind`).
 """
 
 from __future__ import annotations
@@ -75,17 +76,38 @@ def l2_norm_sq(module: nn.Module) -> torch.Tensor:
     return sum((p.pow(2).sum() for p in weights), start)
 
 
-def data_loss(output: torch.Tensor, y: torch.Tensor, task: str, reduction: str = "mean") -> torch.Tensor:
-    """Cross-entropy for classification, ½(y − f)² for regression."""
-    if task == "classification":
+#: the classification losses a module can be trained with (:func:`loss_kind`)
+CLASSIFICATION_LOSSES = ("cross_entropy", "squared_hinge")
+
+
+def loss_kind(module: Any) -> str:
+    """The classification loss ``module`` (an ``nn.Module`` or a :class:`audit.maths.hypergrad.FlatModel` of one) is
+    trained with: its ``loss`` attribute where it declares one (``squared_hinge``: the surrogate of a ``LinearSVC``),
+    else ``cross_entropy``."""
+    return str(getattr(getattr(module, "module", module), "loss", "cross_entropy"))
+
+
+def squared_hinge(output: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """One-vs-rest squared hinge per point, shape (n,): ``Σ_k max(0, 1 − t_k f_k)²`` with ``t_k = +1`` for the point's
+    class and −1 for the others (scikit-learn's ``LinearSVC``, ``loss="squared_hinge"``, one binary problem per output)."""
+    t = 2.0 * F.one_hot(y, output.shape[1]).to(output.dtype) - 1.0
+    return (1.0 - t * output).clamp_min(0).pow(2).sum(1)
+
+
+def data_loss(output: torch.Tensor, y: torch.Tensor, task: str, reduction: str = "mean", kind: str = "cross_entropy") -> torch.Tensor:
+    """Cross-entropy (``kind``: or the one-vs-rest squared hinge) for classification, ½(y − f)² for regression."""
+    if task == "classification" and kind == "cross_entropy":
         return F.cross_entropy(output, y, reduction=reduction)
-    per_sample = 0.5 * (output.reshape(-1) - y.reshape(-1)).pow(2)
+    if task == "classification":
+        per_sample = squared_hinge(output, y)
+    else:
+        per_sample = 0.5 * (output.reshape(-1) - y.reshape(-1)).pow(2)
     return {"mean": per_sample.mean, "sum": per_sample.sum}.get(reduction, lambda: per_sample)()
 
 
 def objective(module: nn.Module, x: torch.Tensor, y: torch.Tensor, task: str, l2: float, l1: float = 0.0) -> torch.Tensor:
     """Mean loss + (ρ/2)·‖w‖² (README: How the audit works) [+ λ₁‖w‖₁ for lasso / elastic net]."""
-    value = data_loss(module(x), y, task)
+    value = data_loss(module(x), y, task, kind=loss_kind(module))
     if l2:
         value = value + 0.5 * l2 * l2_norm_sq(module).to(value.device)
     if l1:
@@ -142,7 +164,7 @@ def full_objective_and_grad_norm(module: nn.Module, x: torch.Tensor, y: torch.Te
     n = len(y)
     for start in range(0, n, chunk):
         xb, yb = x[start : start + chunk], y[start : start + chunk]
-        part = data_loss(module(xb), yb, task, reduction="sum") / n
+        part = data_loss(module(xb), yb, task, reduction="sum", kind=loss_kind(module)) / n
         for g, d in zip(grads, torch.autograd.grad(part, params, allow_unused=True)):
             if d is not None:
                 g += d

@@ -39,7 +39,7 @@ from torch import nn
 
 from audit.errors import AuditError
 from audit.models.structure import is_convex_linear
-from audit.models.training import TrainConfig, TrainResult, data_loss, full_objective_and_grad_norm, train
+from audit.models.training import TrainConfig, TrainResult, data_loss, full_objective_and_grad_norm, loss_kind, train
 from audit.seeding import seeded_init
 
 VictimKind = Literal["torch", "sklearn"]
@@ -83,6 +83,10 @@ class Fitted(ABC):
     @abstractmethod
     def to_art(self, clip_values: tuple[float, float] | None = None) -> Any:
         """The model as an ART estimator."""
+
+    def query_art(self) -> Any:
+        """The model as an ART estimator a black-box attacker queries for per-label scores (:meth:`to_art`)."""
+        return self.to_art()
 
     def predict(self, x: np.ndarray) -> np.ndarray:
         """Labels ``(n,)``, or predictions ``(n,)`` — a regressor's ``(n, 1)`` output flattened (left
@@ -155,16 +159,43 @@ class FittedTorch(Fitted):
 class FittedSklearn(Fitted):
     estimator: Any = None
 
+    @property
+    def margins(self) -> bool:
+        """A classifier with decision values and no probabilities (``LinearSVC``)."""
+        return self.task == "classification" and not hasattr(self.estimator, "predict_proba")
+
     def scores(self, x: np.ndarray) -> np.ndarray:
+        """Probabilities (n, c), or a margin classifier's decision values (n, c) (two classes: ``[−f, f]``; a class
+        the fit never saw: −30), or predictions (n,)."""
         if self.task == "classification":
-            proba = self.estimator.predict_proba(x)
-            full = np.zeros((len(x), self.n_classes or proba.shape[1]))
-            full[:, self.estimator.classes_.astype(int)] = proba
+            classes = self.estimator.classes_.astype(int)
+            if self.margins:
+                f = np.asarray(self.estimator.decision_function(x), dtype=np.float64)
+                values = np.stack([-f, f], axis=1) if f.ndim == 1 else f
+                full = np.full((len(x), self.n_classes or values.shape[1]), -30.0)
+            else:
+                values = self.estimator.predict_proba(x)
+                full = np.zeros((len(x), self.n_classes or values.shape[1]))
+            full[:, classes] = values
             return full
         return self.estimator.predict(x)
 
     def class_losses(self, x: np.ndarray) -> np.ndarray:
-        return -np.log(np.clip(self.scores(x), 1e-12, None))
+        """−log p per label, or a margin classifier's one-vs-rest squared hinge per label (its training loss)."""
+        s = self.scores(x)
+        if not self.margins:
+            return -np.log(np.clip(s, 1e-12, None))
+        c = s.shape[1]
+        t = 2.0 * np.eye(c)[None, :, :] - 1.0  # (1, label, output)
+        return (np.clip(1.0 - t * s[:, None, :], 0, None) ** 2).sum(axis=2)
+
+    def query_art(self) -> Any:
+        """An ART estimator a black-box attacker queries for per-label scores: :meth:`to_art`, except for a margin
+        classifier, which ART answers with one-hot labels only — then its exact surrogate, whose ``predict`` gives the
+        decision values (a label's loss grows as its margin falls)."""
+        if not self.margins or self.module is None:
+            return self.to_art()
+        return FittedTorch(task=self.task, n_classes=self.n_classes, module=self.module).to_art()
 
     def to_art(self, clip_values: tuple[float, float] | None = None) -> Any:
         if self.task == "classification":
@@ -361,7 +392,7 @@ class TorchVictim(Victim):
         )
 
     def loss(self, module: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        return data_loss(module(x), y, self.task)
+        return data_loss(module(x), y, self.task, kind=loss_kind(module))
 
 
 def reinitialise(module: nn.Module) -> nn.Module:
@@ -385,6 +416,9 @@ def sklearn_regularization(kind: str, n_classes: int | None, rho: float, l1: flo
       ``w₁ = −w₀ = v/2``, i.e. ``(ρ/2)·‖v‖²/2``: binary logistic regression at ρ/2, so
       ``C = 2/(ρn)``. The two victims then have the same decision function.
     * ``SGDClassifier(log_loss)``, 2 classes: ``mean ℓ + (α/2)‖v‖²`` against ``(ρ/4)‖v‖²``  ⇒  ``α = ρ/2``.
+    * ``LinearSVC`` (squared hinge, one-vs-rest; liblinear penalises the intercept, so the surrogate's is a weight):
+      each output's ``½‖w_k‖² + C·Σ max(0, 1 − t w_k·x̃)²  ⇔  mean ℓ + 1/(2Cn)‖w_k‖²  ⇒  C = 1/(ρn)``, two classes
+      too (the torch victim's two rows are ``[−w, w]`` at its optimum, twice the binary objective). ρ > 0.
     * ``Ridge``: ``‖y − Xw‖² + α‖w‖²  ⇔  mean ½(y − f)² + (α/2n)‖w‖²  ⇒  α = ρn``.
     * ``Lasso``: ``(1/2n)‖y − Xw‖² + α‖w‖₁  ⇒  α = λ₁``.
     * ``ElasticNet``: ``α·r‖w‖₁ + ½α(1 − r)‖w‖²  ⇒  α = ρ + λ₁, r = λ₁/(ρ + λ₁)``.
@@ -394,6 +428,10 @@ def sklearn_regularization(kind: str, n_classes: int | None, rho: float, l1: flo
         return {"C": np.inf if rho == 0 else scale / (rho * n)}
     if kind == "SGDClassifier":  # mean log-loss + α/2‖v‖² on one binary vector v: the binary case above, α = ρ/2
         return {"alpha": rho / 2}
+    if kind == "LinearSVC":
+        if rho <= 0:
+            raise AuditError("LinearSVC needs ρ > 0 (C = 1/(ρn); scikit-learn has no C = ∞); give candidates l2 > 0")
+        return {"C": 1.0 / (rho * n)}
     if kind == "Lasso":
         return {"alpha": l1}
     if kind == "ElasticNet":
