@@ -40,6 +40,7 @@ from audit.errors import AuditError
 from audit.maths.certificate import online_minmax, online_minmax_ridge, softmax_loss, squared_loss
 from audit.maths.regions import SANITISERS, AcceptanceRegion, class_centroids, sanitiser_level, sanitiser_region
 from audit.models.structure import convex_linear_layer
+from audit.models.training import loss_kind
 
 
 class MinMaxParams(AttackParams):
@@ -103,6 +104,8 @@ class MinMax(TorchAttack):
         linear = convex_linear_layer(torch_module(estimator, "MinMax"))
         if linear is None:
             raise AuditError("MinMax needs softmax regression or ridge (every parameter in one nn.Linear); this model has other layers")
+        if loss_kind(torch_module(estimator, "MinMax")) != "cross_entropy":
+            raise AuditError("MinMax needs softmax regression or ridge; this model trains with another loss (a linear SVM's squared hinge)")
         task = task or ("regression" if linear.out_features == 1 else "classification")
         if task == "regression":
             kwargs.setdefault("defense", "none")  # no sanitiser for regression: the box
