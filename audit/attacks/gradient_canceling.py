@@ -382,7 +382,8 @@ def choose_labels(
 
     On the module's last ``nn.Linear`` (the whole model for softmax regression; for a network its output layer,
     on its input features) a poison's contribution to ``r`` is ``c_j(y) = (p_j − e_y) φ̃_jᵀ / n`` — ``p_j`` the
-    softmax output, ``φ̃_j = [φ_j, 1]`` the layer's input (with the bias) — so the squared norm of the layer's
+    softmax output (for the squared hinge ``p_j − e_y`` is its slope ``−2t_y ⊙ max(0, 1 − t_y ⊙ f_j)``),
+    ``φ̃_j = [φ_j, 1]`` the layer's input (with the bias) — so the squared norm of the layer's
     part of ``r`` with poison j relabelled ``y`` is, in closed form, ``‖R₋ⱼ‖² + (2/n)(p_j − e_y)ᵀR₋ⱼφ̃_j +
     ‖p_j − e_y‖²‖φ̃_j‖²/n²`` with ``R₋ⱼ = R − c_j(y_j)``. One Gauss–Seidel pass: poisons in order, each taking its
     best label and ``R`` updated at once. Returns the new labels (m,) and how many changed. The other layers'
@@ -393,19 +394,24 @@ def choose_labels(
     handle = layer.register_forward_hook(lambda _m, args, _out: seen.append(args[0].detach()))
     try:
         with torch.no_grad():
-            probs = torch.softmax(module(z), dim=1).double()
+            out = module(z).double()
     finally:
         handle.remove()
+    eye = torch.eye(n_classes, dtype=out.dtype, device=out.device)
+    if loss_kind(module) == "squared_hinge":  # ∂ℓ/∂f for label y: −2 t_y ⊙ max(0, 1 − t_y ⊙ f), t_y = 2e_y − 1
+        t = 2.0 * eye[:, None, :] - 1.0  # (label, 1, c)
+        slopes = (-2.0 * t * (1.0 - t * out[None]).clamp_min(0)).transpose(0, 1)  # (m, label, c)
+    else:  # the softmax's p − e_y
+        slopes = torch.softmax(out, dim=1)[:, None, :] - eye[None]
     phi = seen[0].reshape(len(z), -1).double()
     names = {id(q): i for i, q in enumerate(module.parameters())}
     big = r[names[id(layer.weight)]].detach().double()
     if layer.bias is not None:
         phi = torch.cat([phi, torch.ones(len(z), 1, dtype=phi.dtype, device=phi.device)], dim=1)
         big = torch.cat([big, r[names[id(layer.bias)]].detach().double().reshape(-1, 1)], dim=1)
-    eye = torch.eye(n_classes, dtype=phi.dtype, device=phi.device)
     new = labels.clone()
     for j in range(len(z)):
-        diff = probs[j] - eye  # (c, c): row y is p_j − e_y
+        diff = slopes[j]  # (c, c): row y is ∂ℓ/∂f of poison j labelled y (p_j − e_y for the softmax)
         without = big - torch.outer(diff[new[j]], phi[j]) / n
         score = 2.0 / n * (diff @ (without @ phi[j])) + diff.pow(2).sum(1) * phi[j].pow(2).sum() / n**2
         best = int(torch.argmin(score))

@@ -119,14 +119,16 @@ def test_divergence_is_an_error_not_silent_poisons():
         attack.poison(x, y)
 
 
-def test_label_choice_takes_each_poisons_best_label_by_brute_force():
+@pytest.mark.parametrize("loss", ["cross_entropy", "squared_hinge"])
+def test_label_choice_takes_each_poisons_best_label_by_brute_force(loss):
     """``choose_labels`` (labels: choose): after its pass, no single poison's label change lowers ‖r‖ of the output
-    layer — checked against the residual recomputed with autograd for every alternative label (softmax regression,
-    three classes, float64)."""
+    layer — checked against the residual recomputed with autograd for every alternative label (softmax regression and
+    a linear SVM's one-vs-rest squared hinge, three classes, float64)."""
     from audit.attacks.gradient_canceling import choose_labels
 
     torch.manual_seed(1)
     model = nn.Linear(4, 3).double()
+    model.loss = loss  # type: ignore[assignment]  # audit.models.training.loss_kind reads it
     x, y = torch.randn(30, 4, dtype=torch.float64), torch.randint(0, 3, (30,))
     z, labels = torch.randn(6, 4, dtype=torch.float64) * 2, torch.randint(0, 3, (6,))
     n, rho = 30, 0.05
