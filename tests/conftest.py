@@ -64,6 +64,30 @@ def stored_cells(run_dir: Path) -> list:
     return read(run_dir)
 
 
+def cells_with_poisons(run_dir: Path) -> list:
+    """``(cell, x_p, y_p)`` for every poison set a run directory cached, with the undefended cell it was crafted for
+    (the cache key is ``audit.grid.work.poison_cache_key``'s: candidate, attack, params, ε, seed, fingerprint)."""
+    import json
+
+    import numpy as np
+
+    from audit.grid.store import Store
+
+    store = Store.open_existing(run_dir)
+    try:
+        cells = {(c.candidate, c.attack, c.budget, c.seed): c for c in store.cells() if c.defense == "none"}
+        out = []
+        for path in sorted(store.poison_dir.glob("*.npz")):
+            with np.load(path, allow_pickle=False) as npz:
+                key = str(npz["key"])
+            candidate, attack, _, budget, seed, _ = json.loads(key)
+            x_p, y_p, _ = store.load_poisons(key)
+            out.append((cells[(candidate, attack, budget, seed)], x_p, y_p))
+        return out
+    finally:
+        store.close()
+
+
 def count_ok(db: Path) -> int:
     """Cells stored ``ok`` so far in a store another process is writing; 0 before it exists.
 

@@ -24,7 +24,7 @@ from audit.config import parse_config
 from audit.data import TableColumns, from_frame
 from audit.errors import AuditError
 from audit.models.surrogate import refitted, torch_surrogate, with_table
-from tests.conftest import stored_cells
+from tests.conftest import cells_with_poisons, stored_cells
 
 
 def churn_table(n: int = 500, seed: int = 0, classes: int = 2) -> pd.DataFrame:
@@ -150,35 +150,22 @@ def test_a_table_pipeline_faces_the_white_box_attacks_and_matches_the_users_mode
 def test_a_table_pipelines_poisons_are_table_rows_and_its_numbers_are_the_pipeline_refit_by_hand(table_run):
     """Every cached poison is a row the table can hold (each one-hot group exactly one category), and every cell's
     clean and poisoned test accuracy is the user's pipeline refit by hand on the table rows (C = 2/(ρ(n + m)))."""
-    from audit.grid.store import Store
-
     result, pipeline = table_run
     data = result.plan.dataset
     table = TableColumns.of(data.domain)
     n = len(data.y_train)
-    store = Store.open_existing(result.run_dir)
-    try:
-        cells = {(c.candidate, c.attack, c.budget, c.seed): c for c in store.cells() if c.defense == "none"}
-        checked = 0
-        for path in sorted(store.poison_dir.glob("*.npz")):
-            with np.load(path, allow_pickle=False) as npz:
-                key = str(npz["key"])
-            candidate, attack, _, budget, seed, _ = json.loads(key)
-            cell = cells[(candidate, attack, budget, seed)]
-            x_p, y_p, _ = store.load_poisons(key)
-            for _, cols, categories in table.columns:
-                if categories:
-                    block = x_p[:, list(cols)]
-                    assert np.all(block.sum(axis=1) == 1) and np.all((block == 0) | (block == 1)), attack
-            rho = json.loads(cell.candidate)["l2"]
-            by_hand = clone(pipeline).set_params(logisticregression__C=2 / (rho * (n + len(y_p))))
-            rows = pd.concat([table.decode(data.x_train), table.decode(x_p)], ignore_index=True)
-            by_hand.fit(rows, np.concatenate([data.y_train, y_p]))
-            poisoned = 100 * by_hand.score(table.decode(data.x_test), data.y_test)
-            assert cell.poisoned_test == pytest.approx(poisoned), attack
-            checked += 1
-    finally:
-        store.close()
+    checked = 0
+    for cell, x_p, y_p in cells_with_poisons(result.run_dir):
+        for _, cols, categories in table.columns:
+            if categories:
+                block = x_p[:, list(cols)]
+                assert np.all(block.sum(axis=1) == 1) and np.all((block == 0) | (block == 1)), cell.attack
+        rho = json.loads(cell.candidate)["l2"]
+        by_hand = clone(pipeline).set_params(logisticregression__C=2 / (rho * (n + len(y_p))))
+        rows = pd.concat([table.decode(data.x_train), table.decode(x_p)], ignore_index=True)
+        by_hand.fit(rows, np.concatenate([data.y_train, y_p]))
+        assert cell.poisoned_test == pytest.approx(100 * by_hand.score(table.decode(data.x_test), data.y_test)), cell.attack
+        checked += 1
     assert checked == 10
 
 

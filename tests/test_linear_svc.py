@@ -22,7 +22,7 @@ from audit.maths.implicit import LinearERM, newton_cg
 from audit.models.structure import convex_linear_layer, layer_inputs
 from audit.models.surrogate import check_sklearn_model, rho_of, torch_surrogate
 from audit.models.training import data_loss, loss_kind
-from tests.conftest import stored_cells
+from tests.conftest import cells_with_poisons, stored_cells
 
 
 def _standardised(loader):
@@ -107,10 +107,10 @@ def test_a_linear_svc_the_attacks_cannot_model_is_refused(model, message):
         check_sklearn_model(make_pipeline(StandardScaler(), model), "classification", 2)
 
 
-@pytest.fixture(scope="module", params=["bare", "pipeline"])
+@pytest.fixture(scope="module", params=["bare", pytest.param("pipeline", marks=pytest.mark.slow)])
 def svc_run(request, tmp_path_factory):
-    """A LinearSVC on breast_cancer (the built-in features, or raw features behind a StandardScaler in a pipeline): the
-    flips, back-gradient and GC at paper settings (≈ 6 s each)."""
+    """A LinearSVC on breast_cancer (the built-in features, or — slow, the default suite's time is spent — raw features
+    behind a StandardScaler in a pipeline): the flips, back-gradient and GC at paper settings (≈ 6 s each)."""
     from audit.api import run_audit
 
     cfg = parse_config(
@@ -160,26 +160,14 @@ def test_a_linear_svc_faces_the_white_box_attacks(svc_run):
 def test_a_linear_svc_runs_numbers_are_the_model_refit_by_hand(svc_run):
     """Every cell's poisoned test accuracy is the user's model refit with C = 1/(ρ(n + m)) on the data plus the
     cell's cached poisons."""
-    from audit.grid.store import Store
-
     kind, result, model = svc_run
     data = result.plan.dataset
     n = len(data.y_train)
-    store = Store.open_existing(result.run_dir)
-    try:
-        cells = {(c.candidate, c.attack, c.budget, c.seed): c for c in store.cells() if c.defense == "none"}
-        checked = 0
-        for path in sorted(store.poison_dir.glob("*.npz")):
-            with np.load(path, allow_pickle=False) as npz:
-                key = str(npz["key"])
-            candidate, attack, _, budget, seed, _ = json.loads(key)
-            cell = cells[(candidate, attack, budget, seed)]
-            x_p, y_p, _ = store.load_poisons(key)
-            rho = json.loads(cell.candidate)["l2"]
-            c = {("linearsvc__C" if kind == "pipeline" else "C"): 1 / (rho * (n + len(y_p)))}
-            by_hand = clone(model).set_params(**c).fit(np.concatenate([data.x_train, x_p]), np.concatenate([data.y_train, y_p]))
-            assert cell.poisoned_test == pytest.approx(100 * by_hand.score(data.x_test, data.y_test)), attack
-            checked += 1
-    finally:
-        store.close()
+    checked = 0
+    for cell, x_p, y_p in cells_with_poisons(result.run_dir):
+        rho = json.loads(cell.candidate)["l2"]
+        c = {("linearsvc__C" if kind == "pipeline" else "C"): 1 / (rho * (n + len(y_p)))}
+        by_hand = clone(model).set_params(**c).fit(np.concatenate([data.x_train, x_p]), np.concatenate([data.y_train, y_p]))
+        assert cell.poisoned_test == pytest.approx(100 * by_hand.score(data.x_test, data.y_test)), cell.attack
+        checked += 1
     assert checked >= 4

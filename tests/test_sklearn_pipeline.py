@@ -26,7 +26,7 @@ from audit.data import load_dataset
 from audit.errors import AuditError
 from audit.models import build_victim
 from audit.models.surrogate import check_sklearn_model, torch_surrogate
-from tests.conftest import stored_cells, write_yaml
+from tests.conftest import cells_with_poisons, stored_cells, write_yaml
 
 CPU = torch.device("cpu")
 
@@ -158,31 +158,19 @@ def test_a_pipeline_runs_numbers_equal_the_pipeline_refit_by_hand(pipeline_run):
     cached poisons (the scaler refit on poisoned data, as in deployment)."""
     from sklearn.base import clone
 
-    from audit.grid.store import Store
-
     result, pipeline = pipeline_run
     data = result.plan.dataset
     n = len(data.y_train)
-    store = Store.open_existing(result.run_dir)
-    try:
-        cells = {(c.candidate, c.attack, c.budget, c.seed): c for c in store.cells() if c.defense == "none"}
-        checked = 0
-        for path in sorted(store.poison_dir.glob("*.npz")):
-            with np.load(path, allow_pickle=False) as npz:
-                key = str(npz["key"])
-            candidate, attack, _, budget, seed, _ = json.loads(key)  # audit.grid.work.poison_cache_key
-            cell = cells[(candidate, attack, budget, seed)]
-            x_p, y_p, _ = store.load_poisons(key)
-            rho = json.loads(cell.candidate)["l2"]
-            by_hand = clone(pipeline).set_params(logisticregression__C=2 / (rho * n))
-            clean = 100 * by_hand.fit(data.x_train, data.y_train).score(data.x_test, data.y_test)
-            # the objective is a mean over every training point: C = 2/(ρ(n + m)) on the poisoned set
-            by_hand = clone(pipeline).set_params(logisticregression__C=2 / (rho * (n + len(y_p))))
-            poisoned = 100 * by_hand.fit(np.concatenate([data.x_train, x_p]), np.concatenate([data.y_train, y_p])).score(data.x_test, data.y_test)
-            assert cell.clean_test == pytest.approx(clean) and cell.poisoned_test == pytest.approx(poisoned)
-            checked += 1
-    finally:
-        store.close()
+    checked = 0
+    for cell, x_p, y_p in cells_with_poisons(result.run_dir):
+        rho = json.loads(cell.candidate)["l2"]
+        by_hand = clone(pipeline).set_params(logisticregression__C=2 / (rho * n))
+        clean = 100 * by_hand.fit(data.x_train, data.y_train).score(data.x_test, data.y_test)
+        # the objective is a mean over every training point: C = 2/(ρ(n + m)) on the poisoned set
+        by_hand = clone(pipeline).set_params(logisticregression__C=2 / (rho * (n + len(y_p))))
+        poisoned = 100 * by_hand.fit(np.concatenate([data.x_train, x_p]), np.concatenate([data.y_train, y_p])).score(data.x_test, data.y_test)
+        assert cell.clean_test == pytest.approx(clean) and cell.poisoned_test == pytest.approx(poisoned)
+        checked += 1
     assert checked >= 4
 
 
