@@ -73,6 +73,7 @@ VALUES: dict[str, dict[str, dict[str, Any]]] = {
     "gradient_canceling": {
         "target_eps": {"target": "label_flip", "target_eps": 0.5},
         "target_multiple": {"target": "label_flip", "target_multiple": 3.0, "labels": "choose"},
+        "refit_scalers": {"refit_scalers": True},  # a no-op without a pipeline; its effect: tests/test_sklearn_pipeline.py
         "eps_w": {"target": "gradpc", "eps_w": 0.5},
         "eps_w_grid": {"eps_w_grid": [0.5, 1.0]},
         "target_file": {"target": "file", "target_file": TARGET_FILE},

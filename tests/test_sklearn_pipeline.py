@@ -185,7 +185,7 @@ def test_the_summary_names_the_pipeline_and_the_recommended_estimator_is_one(pip
     assert "Pipeline(StandardScaler → LogisticRegression)" in json.dumps(summary, ensure_ascii=False)
     html = (result.run_dir / "report.html").read_text()
     assert "Pipeline(StandardScaler → LogisticRegression)" in html
-    # GC and TGDA fix the scaler the retraining refits: every output says their damage may be a lower bound
+    # GC (by default) and TGDA fix the scaler the retraining refits: every output says their damage may be a lower bound
     assert summary["victim_caveats"] and "model the pipeline's StandardScaler at its clean fit" in summary["victim_caveats"][0]
     assert "back-gradient models the refit exactly" in summary["victim_caveats"][0]
     assert "Possibly a lower bound: Gradient Canceling and TGDA" in html
@@ -287,3 +287,45 @@ def test_back_gradient_differentiates_the_scaler_refit_on_the_poisoned_data(scal
     assert float((grad * direction).sum()) == pytest.approx(fd, rel=1e-4)
     fixed = _Implicit(module, inner, outer, model.flat(), None, xt, yt, y_p, 1e-11, CG(1e-12, 2000))
     assert abs(fixed.evaluate([x_p, log_rho]).value - value) > 1e-3  # the fixed scaler describes another model
+
+
+def test_gradient_canceling_models_the_scaler_refit_on_the_poisoned_data():
+    """refit_scalers for GC (issue 31): the residual ``r`` of a StandardScaler → LogisticRegression surrogate, with the
+    scaler refit on D_tr ∪ D_p, is the gradient of the training objective at the target's weights on features scaled by
+    scikit-learn's own refit; ``∂½‖r‖²/∂z`` matches central differences; with the scaler fixed ``r`` differs."""
+    from audit.attacks.gradient_canceling import cancel_residual, mean_gradient, refit_residual
+
+    x, y = load_breast_cancer(return_X_y=True)
+    rng = np.random.default_rng(1)
+    idx = rng.permutation(len(y))[:200]
+    rho, m, n = 0.01, 12, 200
+    pipe = make_pipeline(StandardScaler(), LogisticRegression(C=2 / (rho * n), max_iter=5000)).fit(x[idx], y[idx])
+    module = torch_surrogate(pipe, 2).double()
+    xt, yt = torch.tensor(x[idx]), torch.tensor(y[idx])
+    z = (xt[:m] * torch.tensor(rng.uniform(1.2, 1.6, (m, 1)))).requires_grad_(True)
+    labels = 1 - yt[:m]
+    reg = [(1 + m / n) * rho * p.detach() if p.ndim > 1 else torch.zeros_like(p) for p in module.parameters()]
+    r = refit_residual(module, xt, yt, z, labels, "classification", reg, n)
+    # by hand: the scaler refit by scikit-learn on x ∪ z, the target's layer on those features, autograd of its loss
+    scaler = StandardScaler().fit(np.r_[x[idx], z.detach().numpy()])
+    layer = torch.nn.Linear(30, 2).double()
+    layer.load_state_dict(module.linear.state_dict())
+    feats = torch.tensor(scaler.transform(np.r_[x[idx], z.detach().numpy()]))
+    loss = torch.nn.functional.cross_entropy(layer(feats), torch.cat([yt, labels]), reduction="sum") / n
+    by_hand = torch.autograd.grad(loss, list(layer.parameters()))
+    for ours, theirs, extra in zip(r, by_hand, reg):
+        torch.testing.assert_close(ours.detach(), theirs + extra, rtol=1e-7, atol=1e-10)
+    half = 0.5 * sum((t * t).sum() for t in r)
+    grad = torch.autograd.grad(half, z)[0]
+    direction = torch.tensor(rng.standard_normal((m, 30))) * xt.abs().mean(0)
+    h = 1e-6
+
+    def value(point):
+        rr = refit_residual(module, xt, yt, point, labels, "classification", reg, n)
+        return float(0.5 * sum((t.detach() * t.detach()).sum() for t in rr))
+
+    fd = (value(z.detach() + h * direction) - value(z.detach() - h * direction)) / (2 * h)
+    assert float((grad * direction).sum()) == pytest.approx(fd, rel=1e-4)
+    g_mu = mean_gradient(module, xt, yt, "classification")
+    fixed = cancel_residual(module, z.detach(), labels, "classification", g_mu, reg, n, None)
+    assert max(float((a.detach() - b).abs().max()) for a, b in zip(r, fixed)) > 1e-3

@@ -1,8 +1,8 @@
-"""Back-gradient against a scikit-learn pipeline whose scaler is refit on the poisoned data (issue 31).
+"""Back-gradient or Gradient Canceling against a scikit-learn pipeline whose scaler is refit on the poisoned data (issue 31).
 
 StandardScaler → LogisticRegression on breast_cancer's **raw** features (examples/sklearn_pipeline.py's
-split), ρ = 0.03, ε = 10 %, back-gradient at its paper settings (implicit hypergradient, line search),
-seeds 0–2, no defense. Three attackers, same split, same seeds:
+split), ρ = 0.03, ε = 10 %, back-gradient (``--attack``, default; implicit hypergradient, line search) or
+Gradient Canceling at its paper settings, seeds 0–2, no defense. Three attackers, same split, same seeds:
 
 - ``refit``: the default — the attack models the scaler refit on D_tr ∪ D_p (``refit_scalers: true``);
 - ``fixed``: the scaler held at its clean fit (``refit_scalers: false``, the attack before);
@@ -12,6 +12,7 @@ seeds 0–2, no defense. Three attackers, same split, same seeds:
 Every retraining is the user's pipeline refit by scikit-learn. Printed: test accuracy drop per seed.
 
     OMP_NUM_THREADS=2 python examples/benchmarks/pipeline_refit.py [--mode refit fixed standardised] [--scaler standard|minmax]
+        [--attack back_gradient|gradient_canceling]
 """
 
 from __future__ import annotations
@@ -46,7 +47,7 @@ def standardised(data: Dataset) -> Dataset:
                    lo=scale(data.lo), hi=scale(data.hi), n_classes=2)  # fmt: skip
 
 
-def run(mode: str, scaler: str, out: str) -> dict:
+def run(mode: str, scaler: str, out: str, attack: str = "back_gradient") -> dict:
     data = raw_breast_cancer()
     steps = [] if mode == "standardised" else [SCALERS[scaler]()]
     model = make_pipeline(*steps, LogisticRegression(max_iter=5000))
@@ -54,13 +55,13 @@ def run(mode: str, scaler: str, out: str) -> dict:
         data = standardised(data)
     config = parse_config({"name": f"refit-{mode}", "candidates": {"l2": [0.03]}, "budgets": [0.1], "seeds": [0, 1, 2], "device": "cpu",
                            "profile": "paper", "splits": 1, "confirm": False,
-                           "attacks": [{"name": "back_gradient", "id": "bg", "params": {"refit_scalers": mode == "refit"}}]})  # fmt: skip
+                           "attacks": [{"name": attack, "id": "a", "params": {"refit_scalers": mode == "refit"}}]})  # fmt: skip
     start = time.perf_counter()
     result = run_audit(config, model=model, dataset=data, output_dir=out, progress=False)
     seconds = time.perf_counter() - start
     cells = sorted(stored_cells(result.run_dir), key=lambda c: c.seed)
     drops = [round(c.clean_test - c.poisoned_test, 2) for c in cells if c.status == "ok"]
-    return {"mode": mode, "scaler": scaler, "drops": drops, "mean": round(float(np.mean(drops)), 2), "seconds": round(seconds, 1),
+    return {"attack": attack, "mode": mode, "scaler": scaler, "drops": drops, "mean": round(float(np.mean(drops)), 2), "seconds": round(seconds, 1),
             "clean": round(float(cells[0].clean_test), 2)}  # fmt: skip
 
 
@@ -69,11 +70,12 @@ def main() -> None:
     parser.add_argument("--mode", nargs="+", default=["refit", "fixed", "standardised"])
     parser.add_argument("--scaler", default="standard", choices=list(SCALERS))
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--attack", default="back_gradient", choices=["back_gradient", "gradient_canceling"])
     args = parser.parse_args()
     configure_threads(args.threads)
     with tempfile.TemporaryDirectory() as out:
         for mode in args.mode:
-            print(json.dumps(run(mode, args.scaler, out)), flush=True)
+            print(json.dumps(run(mode, args.scaler, out, args.attack)), flush=True)
 
 
 if __name__ == "__main__":
