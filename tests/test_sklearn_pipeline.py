@@ -102,7 +102,6 @@ def test_the_attacks_view_of_validation_accuracy_is_the_pipelines_score():
         (make_pipeline(StandardScaler(), LinearSVC(loss="hinge")), "must use loss='squared_hinge'"),
         (LogisticRegression(class_weight="balanced"), "has class_weight"),
         (LogisticRegression(l1_ratio=0.5, solver="saga"), "has an L1 part"),
-        (make_pipeline(StandardScaler(), LogisticRegression(solver="liblinear")), "uses solver 'liblinear'"),
         (SGDClassifier(), "must use loss='log_loss' and penalty='l2' (got 'hinge', 'l2')"),
         (SGDClassifier(loss="log_loss", class_weight="balanced"), "has class_weight"),
     ],
@@ -329,3 +328,26 @@ def test_gradient_canceling_models_the_scaler_refit_on_the_poisoned_data():
     g_mu = mean_gradient(module, xt, yt, "classification")
     fixed = cancel_residual(module, z.detach(), labels, "classification", g_mu, reg, n, None)
     assert max(float((a.detach() - b).abs().max()) for a, b in zip(r, fixed)) > 1e-3
+
+
+def test_liblinear_logistic_regression_has_an_exact_surrogate_for_two_classes():
+    """``solver="liblinear"`` penalises the intercept: the surrogate appends a constant column whose weight is the
+    intercept (as for LinearSVC). Probabilities equal ``predict_proba``; minimising the audit's objective at ρ from zero
+    lands on liblinear's weights at C = 2/(ρn); more than two classes (one-vs-rest) are refused in one line."""
+    from audit.maths.implicit import LinearERM, newton_cg
+    from audit.models.structure import convex_linear_layer, layer_inputs
+
+    x, y = load_breast_cancer(return_X_y=True)
+    x = StandardScaler().fit_transform(x)
+    rho, n = 0.01, len(y)
+    fitted = LogisticRegression(solver="liblinear", C=2 / (rho * n), intercept_scaling=2.0, tol=1e-12, max_iter=10000).fit(x, y)
+    assert np.abs(_probabilities(torch_surrogate(fitted, 2), x) - fitted.predict_proba(x)).max() < 1e-5
+    module = torch_surrogate(fitted, 2).double()
+    layer = convex_linear_layer(module)
+    phi = layer_inputs(module, layer, torch.as_tensor(x))
+    found = newton_cg(LinearERM(phi, torch.as_tensor(y), rho, 2, bias=False), torch.zeros(layer.weight.numel(), dtype=torch.float64), tol=1e-10)
+    theirs = layer.weight.detach().reshape(-1)
+    assert float((found.w - theirs).norm() / theirs.norm()) < 1e-4
+    check_sklearn_model(make_pipeline(StandardScaler(), LogisticRegression(solver="liblinear")), "classification", 2)
+    with pytest.raises(AuditError, match="uses solver 'liblinear', which fits 3 classes one-vs-rest"):
+        check_sklearn_model(make_pipeline(StandardScaler(), LogisticRegression(solver="liblinear")), "classification", 3)

@@ -11,8 +11,9 @@ clean fit (the module handed to it is the surrogate of the clean fit).
 
 The estimator's objective is the audit's (docs: mean loss + (ρ/2)‖W‖², biases free):
 
-* ``LogisticRegression`` (lbfgs, newton-cg, newton-cholesky, sag or saga; no L1 part, no class
-  weights). Multinomial: ``coef_`` (c, d′) is the softmax layer. Two classes: scikit-learn's one
+* ``LogisticRegression`` (lbfgs, newton-cg, newton-cholesky, sag or saga; liblinear for two classes, its
+  penalised intercept the weight of a constant column as for ``LinearSVC`` below; no L1 part, no class weights).
+  Multinomial: ``coef_`` (c, d′) is the softmax layer. Two classes: scikit-learn's one
   vector ``v`` and intercept ``b`` become the rows ``[−v/2, v/2]``, ``[−b/2, b/2]``, whose
   softmax is ``sigmoid(v·x + b)`` and whose penalty is the binary one at ρ/2 (C = 2/(ρn),
   :func:`audit.models.victim.sklearn_regularization`).
@@ -328,11 +329,14 @@ def check_sklearn_model(estimator: Any, task: str, n_classes: int | None) -> tup
         params = last.get_params()
         if float(params.get("l1_ratio") or 0.0) > 0 or params.get("penalty") in ("l1", "elasticnet"):
             raise AuditError(f"model: {where} has an L1 part (l1_ratio / penalty); the audit's objective is L2 only — use l1_ratio=0")
-        if params.get("solver") not in _LOGREG_SOLVERS:
+        if params.get("solver") == "liblinear" and n_classes is not None and n_classes > 2:
             raise AuditError(
-                f"model: {where} uses solver {params.get('solver')!r}, which penalises the intercept "
-                f"(liblinear) or fits one-vs-rest; use one of {', '.join(_LOGREG_SOLVERS)}"
+                f"model: {where} uses solver 'liblinear', which fits {n_classes} classes one-vs-rest, not the softmax objective; "
+                f"use one of {', '.join(_LOGREG_SOLVERS)}"
             )
+        if params.get("solver") not in (*_LOGREG_SOLVERS, "liblinear"):
+            solvers = ", ".join(_LOGREG_SOLVERS)
+            raise AuditError(f"model: {where} uses solver {params.get('solver')!r}; use one of {solvers} or liblinear (two classes)")
     if kind == "LinearSVC":
         params = last.get_params()
         if params.get("loss") != "squared_hinge" or params.get("penalty") != "l2" or params.get("multi_class", "ovr") != "ovr":
@@ -552,6 +556,8 @@ def torch_surrogate(fitted: Any, n_classes: int | None) -> SklearnSurrogate:
     d = coef.shape[1]
     if type(last).__name__ == "LinearSVC":
         return _svm_surrogate(features, last, coef, intercept, fit_intercept, int(n_classes or 2))
+    if type(last).__name__ == "LogisticRegression" and last.get_params().get("solver") == "liblinear" and fit_intercept:
+        return _liblinear_logistic_surrogate(features, last, coef, intercept, int(n_classes or 2))
     if type(last).__name__ == "Ridge":
         linear = nn.Linear(d, 1, bias=fit_intercept)
         weight, bias = coef.reshape(1, d), intercept.reshape(1)
@@ -598,6 +604,21 @@ def _svm_surrogate(features: list[nn.Module], last: Any, coef: np.ndarray, inter
         linear.weight.copy_(torch.as_tensor(weight, dtype=torch.float32))
     extra = [Constant(scaling)] if fit_intercept else []
     return SklearnSurrogate([*features, *extra], linear, regression=False, loss="squared_hinge").eval()
+
+
+def _liblinear_logistic_surrogate(features: list[nn.Module], last: Any, coef: np.ndarray, intercept: np.ndarray, c: int) -> SklearnSurrogate:
+    """A binary ``LogisticRegression(solver="liblinear")``: liblinear penalises the intercept, so, as for ``LinearSVC``,
+    a constant column ``intercept_scaling`` is appended and the intercept is its weight; the rows ``[−v̄/2, v̄/2]`` of
+    ``v̄ = [coef, intercept / intercept_scaling]`` in ``nn.Linear(d′ + 1, 2, bias=False)`` (C = 2/(ρn), as the other solvers)."""
+    scaling = float(last.get_params().get("intercept_scaling", 1.0))
+    full = np.concatenate([coef, (intercept / scaling)[:, None]], axis=1)
+    classes = np.asarray(last.classes_).astype(int)
+    if len(classes) != 2 or c != 2:
+        raise AuditError("model: LogisticRegression(solver='liblinear') is supported for two classes (more are fitted one-vs-rest)")
+    linear = nn.Linear(full.shape[1], 2, bias=False)
+    with torch.no_grad():
+        linear.weight.copy_(torch.as_tensor(np.concatenate([-full / 2, full / 2]), dtype=torch.float32))
+    return SklearnSurrogate([*features, Constant(scaling)], linear, regression=False).eval()
 
 
 def _feature_map(step: Any) -> nn.Module:
