@@ -145,6 +145,10 @@ def test_a_table_pipeline_faces_the_white_box_attacks_and_matches_the_users_mode
     deployed = summary["deployed"]  # the user's fit (table rows, text labels) scored and matched by the audit's retraining
     assert not summary.get("no_verdict") and deployed["trained"] and deployed["matches"], deployed
     assert deployed["test_metric"] > deployed["trivial_test_metric"] + 10, deployed
+    art = result.recommended_estimator()  # the user's pipeline refit at the recommended ρ, reading flat rows as the table
+    data = result.plan.dataset
+    assert type(art.model.steps[0][1]).__name__ == "TableDecoder"
+    assert np.array_equal(art.predict(data.x_test).argmax(1), art.model.predict(data.x_test))
 
 
 def test_a_table_pipelines_poisons_are_table_rows_and_its_numbers_are_the_pipeline_refit_by_hand(table_run):

@@ -151,6 +151,8 @@ def test_a_linear_svc_faces_the_white_box_attacks(svc_run):
     assert bg["hypergradient"] == "implicit"
     name = "LinearSVC" if kind == "bare" else "Pipeline(StandardScaler → LinearSVC)"
     assert name in json.dumps(result.summary, ensure_ascii=False)
+    art = result.recommended_estimator()  # ART's wrapper of the refit LinearSVC
+    assert np.array_equal(art.predict(result.plan.dataset.x_test).argmax(1), art.model.predict(result.plan.dataset.x_test))
     if kind == "bare":
         for rho in (1e-3, 1e-2):
             drops = {c.attack: c.clean_test - c.poisoned_test for c in cells if json.loads(c.candidate)["l2"] == rho}
