@@ -153,6 +153,10 @@ def test_a_linear_svc_faces_the_white_box_attacks(svc_run):
     assert name in json.dumps(result.summary, ensure_ascii=False)
     art = result.recommended_estimator()  # ART's wrapper of the refit LinearSVC
     assert np.array_equal(art.predict(result.plan.dataset.x_test).argmax(1), art.model.predict(result.plan.dataset.x_test))
+    gc = [json.loads(c.diagnostics)["attack"] for c in cells if c.attack == "gradient_canceling"]
+    assert all(d["target"] == "label_flip" and d["target_eps"] == pytest.approx(0.1) for d in gc), gc
+    # its poisons kept on active margins: off the plateau where a held margin contributes nothing (residual exactly 1)
+    assert all(d["relative_residual"] < 0.5 for d in gc), [d["relative_residual"] for d in gc]
     if kind == "bare":
         for rho in (1e-3, 1e-2):
             drops = {c.attack: c.clean_test - c.poisoned_test for c in cells if json.loads(c.candidate)["l2"] == rho}
@@ -173,3 +177,26 @@ def test_a_linear_svc_runs_numbers_are_the_model_refit_by_hand(svc_run):
         assert cell.poisoned_test == pytest.approx(100 * by_hand.score(data.x_test, data.y_test)), cell.attack
         checked += 1
     assert checked >= 4
+
+
+def test_hinge_poisons_are_kept_on_active_margins_inside_the_box():
+    """``keep_margins_active``: after it, every poison's own-class output is at most 1 − slack (its squared hinge
+    active, its gradient live) where the box allows it, and points already there do not move."""
+    from audit.attacks.gradient_canceling import keep_margins_active
+
+    x, y = _standardised(load_breast_cancer)
+    fitted = LinearSVC(C=1.0, max_iter=20000).fit(x, y)
+    module = torch_surrogate(fitted, 2)
+    z = torch.as_tensor(x[:40], dtype=torch.float32)
+    labels = torch.as_tensor(y[:40])
+    lo, hi = torch.as_tensor(x.min(0), dtype=torch.float32), torch.as_tensor(x.max(0), dtype=torch.float32)
+    with torch.no_grad():
+        before = module(z)[torch.arange(40), labels]
+    moved = keep_margins_active(module, z, labels, lo, hi)
+    with torch.no_grad():
+        after = module(moved)[torch.arange(40), labels]
+    assert bool((before > 0.9).any()), "some points start with a held margin"
+    assert bool((after <= 0.9 + 1e-4).all()), after.max()
+    assert bool((moved >= lo - 1e-6).all() and (moved <= hi + 1e-6).all())
+    still = before <= 0.9
+    assert torch.equal(moved[still], z[still])
