@@ -797,8 +797,7 @@ class _Implicit:
         labels = torch.cat([self.y_clean, y_p])  # type: ignore[list-item]  # torch stubs
         bias = self.layer.bias is not None
         eigh = None if self.gram is None else self.gram(phi, bias)
-        sparse = self.sparse if self.refit is None else None
-        return LinearERM(phi, labels, float(torch.exp(log_l2)), self.layer.out_features, bias, eigh, sparse, loss_kind(self.module))
+        return LinearERM(phi, labels, float(torch.exp(log_l2)), self.layer.out_features, bias, eigh, self.sparse, loss_kind(self.module))
 
     def evaluate(self, hypers: list[torch.Tensor]) -> _Point:
         self.evaluations += 1

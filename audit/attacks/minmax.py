@@ -101,10 +101,11 @@ class MinMax(TorchAttack):
     estimator_needs = "softmax regression or ridge: a PyTorch model whose parameters all belong to one nn.Linear"
 
     def __init__(self, estimator: Any, *, task: str | None = None, y_range: tuple[float, float] | None = None, **kwargs: Any) -> None:
-        linear = convex_linear_layer(torch_module(estimator, "MinMax"))
+        module = torch_module(estimator, "MinMax")
+        linear = convex_linear_layer(module)
         if linear is None:
             raise AuditError("MinMax needs softmax regression or ridge (every parameter in one nn.Linear); this model has other layers")
-        if loss_kind(torch_module(estimator, "MinMax")) != "cross_entropy":
+        if loss_kind(module) != "cross_entropy":
             raise AuditError("MinMax needs softmax regression or ridge; this model trains with another loss (a linear SVM's squared hinge)")
         task = task or ("regression" if linear.out_features == 1 else "classification")
         if task == "regression":
