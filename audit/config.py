@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 import numpy as np
 import yaml
-from pydantic import Field, ValidationError, ValidationInfo, field_validator, model_serializer, model_validator
+from pydantic import Field, PrivateAttr, ValidationError, ValidationInfo, field_validator, model_serializer, model_validator
 
 from audit.catalog import BATTERY, MODELS, PAPER_CLEAN_WARM_START, PAPER_L2_LR, PAPER_L2_RANGE, PROFILE_SPLITS
 from audit.data import DatasetSpec, SplitSpec
@@ -443,6 +443,8 @@ class AuditConfig(StrictModel):
     #: how many draws of the train/attacker/validation/test partition the grid runs on (README: Repeated splits);
     #: None: the profile's (audit.catalog.PROFILE_SPLITS). Data whose split the user fixed runs on that one split.
     splits: int | None = Field(None, ge=1, le=100)
+    #: attack and defense specs by key (:meth:`_spec_index`), with the lists they were built from
+    _specs: tuple[tuple[Any, ...], dict[str, AttackSpec], dict[str, DefenseSpec]] | None = PrivateAttr(None)
     device: Literal["auto", "cpu", "cuda"] = "auto"
     output_dir: str = "reports"
     recommendation: RecommendationSpec = RecommendationSpec()
@@ -603,8 +605,17 @@ class AuditConfig(StrictModel):
 
     def attack_spec(self, key: str) -> AttackSpec:
         """The attack spec stored under ``key`` (a grid attack's, or a confirmation attack's)."""
-        found = next((a for a in self.attacks if a.key == key), None)
-        return found if found is not None else next(a for a in self.confirmation_attacks() if a.key == key)
+        return self._spec_index()[0][key]
+
+    def _spec_index(self) -> tuple[dict[str, AttackSpec], dict[str, DefenseSpec]]:
+        """Attack specs (the grid's, then the confirmation stage's) and defense specs by key, built once per
+        set of the lists they come from: a copy with other lists (``model_copy(update=…)``) builds its own."""
+        sources = (self.attacks, self.defenses, self.confirm, self.confirm.attacks, self.seeds)
+        cached = self._specs
+        if cached is None or len(cached[0]) != len(sources) or any(a is not b for a, b in zip(cached[0], sources)):
+            attacks = {a.key: a for a in [*self.confirmation_attacks(), *self.attacks]}  # a grid key wins
+            cached = self._specs = (sources, attacks, {d.key: d for d in self.defenses})
+        return cached[1], cached[2]
 
     @property
     def confirm_budgets(self) -> list[float]:
@@ -634,7 +645,7 @@ class AuditConfig(StrictModel):
 
     def defense_spec(self, key: str) -> DefenseSpec:
         """The defense spec stored under ``key``."""
-        return next(d for d in self.defenses if d.key == key)
+        return self._spec_index()[1][key]
 
     def candidate_grid(self) -> list[dict[str, Any]]:
         """Cartesian product of the candidate axes, in config order (deterministic)."""

@@ -250,6 +250,11 @@ class Dataset:
     x_att: np.ndarray | None = None
     y_att: np.ndarray | None = None
 
+    @property
+    def response_range(self) -> tuple[float, float] | None:
+        """``(min, max)`` of the training responses (regression: the range poisons' responses are kept in); None for a classifier."""
+        return (float(self.y_train.min()), float(self.y_train.max())) if self.task == "regression" else None
+
     def attacker_target(self) -> tuple[np.ndarray, np.ndarray]:
         """The points an attack's objective is measured on: D_att, or D_val in the papers' setting
         (``threat.attacker_reads: validation``) — never D_val otherwise, so selection is not on the attacker's split."""

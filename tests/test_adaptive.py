@@ -6,8 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from audit.attacks import ATTACKS, AttackContext
-from audit.attacks import BackGradient
+from audit.attacks import ATTACKS, AttackContext, BackGradient
 from audit.config import AttackSpec, DatasetSpec, DefenseSpec, ModelSpec, TrainingSpec, parse_config
 from audit.data import load_dataset
 from audit.defenses import DEFENSES
@@ -53,7 +52,7 @@ def test_the_plan_adds_adaptive_attackers_against_the_filters_only():
     assert (adaptive_key("bg"), "none") not in cells and (adaptive_key("bg"), "dpa") not in cells  # DPA trains an ensemble, not a filter
     assert {d for a, d in cells if a == adaptive_key("minmax")} == {"none", "loss_filter", "sphere_slab"}  # none: the box's bound
     planned = plan.seed_plan()
-    cand = plan.cells()[0].candidate
+    cand = plan.cells()[0].candidate.key
     assert planned[json.dumps([cand, adaptive_key("bg"), "none"])] == []  # not planned, so not counted missing
     assert plan_audit(plan.config).config.adaptive == plan.config.adaptive  # resolving twice changes nothing
 
@@ -77,7 +76,7 @@ def test_filter_in_the_loop_never_does_less_than_the_attack_it_starts_from(cance
     hp = {"l2": 1e-3}
     clean = victim.fit(data.x_train, data.y_train, hp, 0)
     spec = AttackSpec(name="label_flip", id="lf_adv", params={"variant": "adversarial"})
-    ctx = AttackContext(data, victim, clean, hp, 0.1, 5)
+    ctx = AttackContext.of(data, victim, clean, hp, 0.1, 5)
     attack = ATTACKS["label_flip"].for_cell(dict(spec.params), ctx)
     x0, y0 = attack.poison(data.x_train, data.y_train)
     defense = DefenseSpec(name="loss_filter")
@@ -145,7 +144,7 @@ def test_an_adaptive_cell_recomputed_from_its_cached_poisons_gives_the_same_numb
 
 
 def test_the_verdict_reads_the_intervals():
-    from audit.report.analysis import _verdict
+    from audit.report.aggregation import _verdict
     from audit.report.recommend import AttackStats
 
     def st(damage, se):
@@ -169,7 +168,7 @@ def test_loss_filter_aware_back_gradient_keeps_more_poisons_under_the_cut():
     defense = DEFENSES["loss_filter"].for_cell(0.1, 0, data, {})
     n, survived = len(data.y_train), {}
     for evade in ("none", "loss_filter"):
-        ctx = AttackContext(data, victim, clean, hp, 0.1, 3)
+        ctx = AttackContext.of(data, victim, clean, hp, 0.1, 3)
         params = {**BG_QUICK, "evade": evade, "evade_weight": 1.0}
         x_p, y_p = ATTACKS["back_gradient"].for_cell(params, ctx).poison(data.x_train, data.y_train)
         keep = defense.apply(np.concatenate([data.x_train, x_p]), np.concatenate([data.y_train, y_p]), victim, hp).keep
@@ -189,7 +188,7 @@ def test_the_implicit_attacks_evasion_keeps_poisons_and_damage_behind_the_loss_f
     n, kept, drop = len(data.y_train), {}, {}
     for evade in ("none", "loss_filter"):
         params = {**BackGradient.profiles["quick"].params, "evade": evade}
-        x_p, y_p = ATTACKS["back_gradient"].for_cell(params, AttackContext(data, victim, clean, hp, 0.1, 3)).poison(data.x_train, data.y_train)
+        x_p, y_p = ATTACKS["back_gradient"].for_cell(params, AttackContext.of(data, victim, clean, hp, 0.1, 3)).poison(data.x_train, data.y_train)
         x_all, y_all = np.concatenate([data.x_train, x_p]), np.concatenate([data.y_train, y_p])
         keep = defense.apply(x_all, y_all, victim, hp).keep
         kept[evade] = keep[n:].mean()
@@ -203,7 +202,7 @@ def test_the_adaptive_stage_sweeps_the_evasion_weight_and_keeps_the_most_damagin
     data, victim = cancer
     hp = {"l2": 1e-3}
     clean = victim.fit(data.x_train, data.y_train, hp, 0)
-    ctx = AttackContext(data, victim, clean, hp, 0.1, 5)
+    ctx = AttackContext.of(data, victim, clean, hp, 0.1, 5)
     defense = DefenseSpec(name="loss_filter")
     spec = AttackSpec(name="back_gradient", id="bg", params=BG_QUICK)
     _, _, diag, _ = craft_adaptive(spec, defense, ctx, 0, 11, 0, None)

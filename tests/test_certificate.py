@@ -72,7 +72,7 @@ def test_the_bound_holds_for_every_attack_of_the_audit_in_the_box(cancer, budget
     quick = {"back_gradient": {"iterations": 5, "step": 4.0, "inner_steps": 30, "inner_lr": 0.5}, "gradient_canceling": {"epochs": 300}}
     for name, params in [("label_flip", {"variant": "adversarial"}), ("label_flip", {"variant": "random"}), ("statp", {}),
                          ("gradient_canceling", quick["gradient_canceling"]), ("back_gradient", quick["back_gradient"])]:  # fmt: skip
-        ctx = AttackContext(data, victim, clean, hp, budget, 5)
+        ctx = AttackContext.of(data, victim, clean, hp, budget, 5)
         poison_sets[f"{name}{params.get('variant', '')}"] = ATTACKS[name].for_cell(dict(params), ctx).poison(data.x_train, data.y_train)
     damage = {}
     for label, (x_p, y_p) in poison_sets.items():
@@ -94,7 +94,7 @@ def test_min_max_poisons_survive_the_oracle_sphere_slab_that_removes_label_flips
     mixed_y = np.concatenate([data.y_train, result.y])
     kept = defense.apply(mixed_x, mixed_y, victim, hp).keep[len(data.y_train) :]
     assert kept.all()  # inside the region by construction, after float32 rounding too
-    ctx = AttackContext(data, victim, clean, hp, 0.1, 5)
+    ctx = AttackContext.of(data, victim, clean, hp, 0.1, 5)
     x_f, y_f = ATTACKS["label_flip"].for_cell({"variant": "adversarial"}, ctx).poison(data.x_train, data.y_train)
     flips_kept = defense.apply(np.concatenate([data.x_train, x_f]), np.concatenate([data.y_train, y_f]), victim, hp).keep[len(data.y_train) :]
     assert flips_kept.mean() < 0.5  # the non-adaptive flip is mostly caught: the filter does its job against it
@@ -147,7 +147,7 @@ def test_region_aware_attacks_survive_sphere_slab_and_break_it(cancer, name, par
     defense = DEFENSES["sphere_slab"].for_cell(0.1, 0, data, {})
     n, out = len(data.y_train), {}
     for region in ("none", "sphere_slab"):
-        ctx = AttackContext(data, victim, clean, hp, 0.1, 3)
+        ctx = AttackContext.of(data, victim, clean, hp, 0.1, 3)
         x_p, y_p = ATTACKS[name].for_cell({**params, "region": region}, ctx).poison(data.x_train, data.y_train)
         x_mix, y_mix = np.concatenate([data.x_train, x_p]), np.concatenate([data.y_train, y_p])
         keep = defense.apply(x_mix, y_mix, victim, hp).keep
@@ -198,7 +198,7 @@ def test_the_ridge_bound_holds_for_every_regression_attack_in_the_box(diabetes, 
     quick = {"back_gradient": {"iterations": 5, "step": 4.0, "inner_steps": 30, "inner_lr": 0.5}, "optp": {"iterations": 20}}
     sets, bound = {}, None
     for name, params in [("minmax", {}), ("statp", {}), ("optp", quick["optp"]), ("back_gradient", quick["back_gradient"])]:
-        attack = ATTACKS[name].for_cell(dict(params), AttackContext(data, victim, clean, hp, budget, 5))
+        attack = ATTACKS[name].for_cell(dict(params), AttackContext.of(data, victim, clean, hp, budget, 5))
         sets[name] = attack.poison(data.x_train, data.y_train)
         if name == "minmax":
             bound = attack.diagnostics.bound
@@ -215,4 +215,4 @@ def test_min_max_refuses_a_sanitiser_for_ridge(diabetes):
     data, victim = diabetes
     clean = victim.fit(data.x_train, data.y_train, {"l2": 1e-3}, 0)
     with pytest.raises(AuditError, match="defense 'sphere_slab' is a classifier's sanitiser; for ridge use defense 'none'"):
-        ATTACKS["minmax"].for_cell({"defense": "sphere_slab"}, AttackContext(data, victim, clean, {"l2": 1e-3}, 0.1, 0))
+        ATTACKS["minmax"].for_cell({"defense": "sphere_slab"}, AttackContext.of(data, victim, clean, {"l2": 1e-3}, 0.1, 0))

@@ -21,7 +21,8 @@ from audit.errors import AuditError
 from audit.grid.runner import run_audit
 from audit.grid.store import Store
 from audit.report.compliance import REGULATION_MAP, config_digest
-from audit.report.export import export, md_escape, render_html
+from audit.report.export import export, render_html
+from audit.report.templating import md_escape
 from audit.report.gate import SUMMARY_LIMIT, gate, step_summary
 from audit.report.integrity import MANIFEST, SIGNATURE
 from tests.conftest import tiny_config
@@ -289,11 +290,11 @@ def test_step_summary_of_a_1000_cell_run_stays_under_1_mb(tmp_path):
     store = _prepare_store(plan, restart=False)
     rng = np.random.default_rng(0)
     try:
-        for cand in {c.candidate for c in plan.cells()}:
+        for cand in {c.candidate.key for c in plan.cells()}:
             for seed in cfg.seeds:
                 store.put_clean(cand, seed, 95.0 + rng.random(), 95.0 + rng.random(), 0.1, {})
         for cell in plan.cells():
-            store.put_cell(Cell(cell.key, cell.position, cell.candidate, cell.attack, cell.budget, cell.defense, cell.seed, "ok",
+            store.put_cell(Cell(cell.key, cell.position, cell.candidate.key, cell.attack, cell.budget, cell.defense, cell.seed, "ok",
                                 95.0, 95.0, 90.0 - rng.random(), 90.0 - 10 * rng.random(), 10, 0, 0, 0.01, "cpu"))  # fmt: skip
     finally:
         store.close()

@@ -16,7 +16,8 @@ from audit.errors import AuditError
 from audit.grid.runner import run_audit
 from audit.grid.store import Store
 from audit.report import write_report
-from audit.report.analysis import LOWER_BOUND, analyse
+from audit.report.aggregation import LOWER_BOUND
+from audit.report.analysis import analyse
 from audit.report.gate import gate, step_summary
 from tests.conftest import stored_cells, tiny_config, write_yaml
 

@@ -68,7 +68,7 @@ def test_trim_brings_diabetes_mse_back_below_undefended():
     undefended, trimmed = [], []
     for seed in (0, 1, 2):
         clean = victim.fit(d.x_train, d.y_train, {"l2": 1e-3}, seed)
-        x_p, y_p = StatP.for_cell({}, AttackContext(d, victim, clean, {"l2": 1e-3}, 0.2, seed)).poison(d.x_train, d.y_train)
+        x_p, y_p = StatP.for_cell({}, AttackContext.of(d, victim, clean, {"l2": 1e-3}, 0.2, seed)).poison(d.x_train, d.y_train)
         x_mix, y_mix = np.concatenate([d.x_train, x_p]), np.concatenate([d.y_train, y_p])
         undefended.append(victim.fit(x_mix, y_mix, {"l2": 1e-3}, seed).metric(d.x_test, d.y_test))
         keep = Trim(rate=0.2, seed=seed).apply(x_mix, y_mix, victim, {"l2": 1e-3}).keep

@@ -24,7 +24,7 @@ from audit.data import load_dataset
 from audit.errors import AuditError
 from audit.models import build_victim
 from audit.report import write_report
-from audit.report.analysis import MISMATCH
+from audit.report.aggregation import MISMATCH
 from audit.report.export import export
 from tests.conftest import tiny_config, write_yaml
 

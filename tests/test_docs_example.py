@@ -49,7 +49,7 @@ def test_the_worked_example_keeps_the_attack_contract(far_flip):
     data = load_dataset(DatasetSpec(name="wine"))
     victim = build_victim(ModelSpec(name="logreg"), TrainingSpec(epochs=100), data, torch.device("cpu"))
     fitted = victim.fit(data.x_train, data.y_train, {"l2": 0.01}, 0)
-    ctx = AttackContext(data, victim, fitted, {"l2": 0.01}, 0.1, seed=0)
+    ctx = AttackContext.of(data, victim, fitted, {"l2": 0.01}, 0.1, seed=0)
     x, y = data.x_train, data.y_train
     x_before = x.copy()
     x_p, y_p = far_flip.for_cell({}, ctx).poison(x, y)

@@ -36,7 +36,7 @@ def test_tgda_runs_on_cuda_in_the_box_and_repeats_exactly():
     victim = build_victim(ModelSpec(name="mlp", width=64), TrainingSpec(epochs=5), d, torch.device("cuda"))
     fitted = victim.fit(d.x_train, d.y_train, {"l2": 1e-3}, 0)
     params = {"epochs": 3, "pretrain_epochs": 3, "cg_max_iter": 8, "batch_size": 300}
-    runs = [ATTACKS["tgda"].for_cell(params, AttackContext(d, victim, fitted, {"l2": 1e-3}, 0.1, 0)) for _ in range(2)]
+    runs = [ATTACKS["tgda"].for_cell(params, AttackContext.of(d, victim, fitted, {"l2": 1e-3}, 0.1, 0)) for _ in range(2)]
     (x1, y1), (x2, y2) = (r.poison(d.x_train, d.y_train) for r in runs)
     assert np.all(x1 >= d.lo) and np.all(x1 <= d.hi)
     np.testing.assert_array_equal(x1, x2)
@@ -56,7 +56,7 @@ def test_back_gradient_minimax_runs_on_cuda_and_repeats_exactly():
     victim = build_victim(ModelSpec(name="mlp", width=32), TrainingSpec(epochs=5), d, torch.device("cuda"))
     fitted = victim.fit(d.x_train, d.y_train, {"l2": 1e-3}, 0)
     params = {"iterations": 3, "inner_steps": 20, "learn_l2": True, "checkpoint_every": 6}
-    runs = [ATTACKS["back_gradient"].for_cell(params, AttackContext(d, victim, fitted, {"l2": 1e-3}, 0.1, 0)) for _ in range(2)]
+    runs = [ATTACKS["back_gradient"].for_cell(params, AttackContext.of(d, victim, fitted, {"l2": 1e-3}, 0.1, 0)) for _ in range(2)]
     (x1, y1), (x2, y2) = (r.poison(d.x_train, d.y_train) for r in runs)
     assert np.all(x1 >= d.lo) and np.all(x1 <= d.hi)
     np.testing.assert_array_equal(x1, x2)

@@ -73,7 +73,7 @@ def test_convex_full_batch_training_is_seed_free_and_so_is_the_max_loss_flip():
     a, b = victim.fit(data.x_train, data.y_train, hp, 1), victim.fit(data.x_train, data.y_train, hp, 987)
     for p, q in zip(a.module.parameters(), b.module.parameters()):
         assert torch.equal(p, q)  # bitwise: the seed played no part
-    poisons = [LabelFlip.for_cell({"variant": "adversarial"}, AttackContext(data, victim, a, hp, 0.1, s)).poison(data.x_train, data.y_train)
+    poisons = [LabelFlip.for_cell({"variant": "adversarial"}, AttackContext.of(data, victim, a, hp, 0.1, s)).poison(data.x_train, data.y_train)
                for s in (3, 4)]  # fmt: skip
     assert np.array_equal(poisons[0][0], poisons[1][0]) and np.array_equal(poisons[0][1], poisons[1][1])
     assert LabelFlip.seed_free({"variant": "adversarial"}) and not LabelFlip.seed_free({"variant": "random"})

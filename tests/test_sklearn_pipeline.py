@@ -255,7 +255,8 @@ def test_back_gradient_differentiates_the_scaler_refit_on_the_poisoned_data(scal
     objective differs from the refit pipeline's (the model the attack used to describe)."""
     from sklearn.metrics import log_loss
 
-    from audit.attacks.back_gradient import _Implicit, _refit_objectives
+    from audit.attacks.back_gradient.hypergradients import Implicit as _Implicit
+    from audit.attacks.back_gradient.objectives import refit_objectives as _refit_objectives
     from audit.maths.hypergrad import FlatModel, functional_objective, validation_loss
     from audit.maths.linear_solve import CG
 

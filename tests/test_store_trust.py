@@ -15,7 +15,8 @@ from click.testing import CliRunner
 from audit.cli import cli
 from audit.config import parse_config
 from audit.grid.runner import run_audit
-from audit.report.analysis import analyse, planned_cell_keys
+from audit.report.analysis import analyse
+from audit.report.reading import planned_cell_keys
 from tests.conftest import stored_cells, tiny_config
 
 

@@ -36,8 +36,7 @@ def _corrupted(data: Dataset, which: str, seed: int = 7) -> Dataset:
 
 
 def _poisons(plan, budget: float = 0.1) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-    candidate = json.dumps({"l2": 0.01})
-    clean = clean_unit(plan, candidate, 0)
+    clean = clean_unit(plan, plan.candidate(json.dumps({"l2": 0.01})), 0)
     assert clean.failure is None
     out = {}
     for spec in plan.config.attacks:
@@ -145,7 +144,8 @@ def test_every_output_names_the_attack_whose_number_it_prints(tmp_path):
     sentence names lf_random beside the validation figure."""
     from audit.grid.runner import _prepare_store
     from audit.grid.store import Cell
-    from audit.report.export import export, md_escape
+    from audit.report.export import export
+    from audit.report.templating import md_escape
     from audit.report.gate import gate, junit_xml, step_summary
 
     cfg = parse_config(tiny_config(name="labels", adaptive={"enabled": "off"}, confirm=False))
@@ -154,11 +154,11 @@ def test_every_output_names_the_attack_whose_number_it_prints(tmp_path):
     # (poisoned_val, poisoned_test): validation worst is lf_random, test worst is lf_adv, for every setting and budget
     figures = {"lf_random": (70.0, 88.0), "lf_adv": (85.0, 75.0)}
     try:
-        for cand in {c.candidate for c in plan.cells()}:
+        for cand in {c.candidate.key for c in plan.cells()}:
             store.put_clean(cand, 0, 95.0, 95.0, 0.1, {})
         for c in plan.cells():
             pv, pt = figures[c.attack]
-            store.put_cell(Cell(c.key, c.position, c.candidate, c.attack, c.budget, c.defense, c.seed, "ok",
+            store.put_cell(Cell(c.key, c.position, c.candidate.key, c.attack, c.budget, c.defense, c.seed, "ok",
                                 95.0, 95.0, pv - 10 * c.budget, pt - 10 * c.budget, 10, 0, 0, 0.01, "cpu"))  # fmt: skip
     finally:
         store.close()
@@ -198,7 +198,7 @@ def test_the_adaptive_attacker_judges_its_rounds_on_its_own_split(tmp_path):
     spec = AttackSpec(name="label_flip", id="lf_adv", params={"variant": "adversarial"})
 
     def adaptive(d: Dataset):
-        ctx = AttackContext(d, victim, clean, hp, 0.1, 5)
+        ctx = AttackContext.of(d, victim, clean, hp, 0.1, 5)
         return craft_adaptive(spec, DefenseSpec(name="loss_filter"), ctx, 2, 11, 0, None)[:3]
 
     x0, y0, diag0 = adaptive(data)

@@ -26,7 +26,7 @@ from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import cached_property
-from typing import Any, ClassVar, final
+from typing import TYPE_CHECKING, Any, ClassVar, final
 
 import numpy as np
 import torch
@@ -37,10 +37,15 @@ from torch import nn
 from audit.catalog import PROFILE_NAMES, ProfileSetting
 from audit.errors import AuditError
 from audit.jsonio import Diagnostics
+from audit.models.candidate import Candidate
 from audit.models.estimator import as_art_estimator, clip_values, differentiable_model, infer_task
 from audit.models.structure import last_linear
 from audit.seeding import generators, preserved_global_rng
 from audit.spec import BoundedParams
+
+if TYPE_CHECKING:
+    from audit.data import Dataset
+    from audit.models import Fitted, Victim
 
 
 def _torch_requirements() -> tuple[Any, ...]:
@@ -64,22 +69,39 @@ class AttackParams(BoundedParams):
 
 @dataclass
 class AttackContext:
-    """What the grid hands an attack for one cell ``(h, a, ε, s)`` (README: How the audit works)."""
+    """What the grid hands an attack for one cell ``(h, a, ε, s)`` (docs/architecture.md: what a run does).
 
-    dataset: Any  # audit.data.Dataset
-    victim: Any  # audit.models.Victim
-    fitted: Any  # audit.models.Fitted trained with h on D_tr
-    hparams: dict[str, Any]
+    Build one from a plain dict of hyperparameters with :meth:`of`; the grid passes the
+    :class:`~audit.models.Candidate` it planned."""
+
+    dataset: Dataset
+    victim: Victim
+    fitted: Fitted  # trained with h on D_tr
+    candidate: Candidate  # h, with the ρ (``candidate.rho``) and λ₁ the victim trains with
     budget: float
     seed: int
     #: the same attack's poisons at the grid's next smaller budget, ``(x_p, y_p)``, for an attack that
     #: :attr:`AuditAttack.warm_starts` (its objective at ε then starts where ε' < ε ended); None: a cold start
     warm_start: tuple[np.ndarray, np.ndarray] | None = None
 
+    @classmethod
+    def of(
+        cls,
+        dataset: Dataset,
+        victim: Victim,
+        fitted: Fitted,
+        hparams: Mapping[str, Any],
+        budget: float,
+        seed: int,
+        warm_start: tuple[np.ndarray, np.ndarray] | None = None,
+    ) -> AttackContext:
+        """The context of a cell whose hyperparameters are ``hparams`` (their candidate built here)."""
+        return cls(dataset, victim, fitted, Candidate.of(victim, hparams), budget, seed, warm_start)
+
     @property
-    def l2(self) -> float:
-        """The ρ the victim trains with for this cell's hyperparameters."""
-        return float(self.victim.l2(self.hparams))
+    def hparams(self) -> dict[str, Any]:
+        """The candidate's hyperparameters (what :meth:`Victim.fit` takes)."""
+        return self.candidate.hparams
 
     @property
     def box(self) -> tuple[np.ndarray, np.ndarray]:
@@ -88,9 +110,9 @@ class AttackContext:
 
     def optimiser_arguments(self) -> dict[str, Any]:
         """The keyword arguments an attack that optimises a loss on the attacker's target set takes from a cell:
-        ``x_val``/``y_val`` = D_att (D_val only in the papers' setting), ``budget``, ``l2``, ``box`` and ``seed``."""
+        ``x_val``/``y_val`` = D_att (D_val only in the papers' setting), ``budget``, ``l2`` (ρ), ``box`` and ``seed``."""
         x_att, y_att = self.dataset.attacker_target()
-        return {"x_val": x_att, "y_val": y_att, "budget": self.budget, "l2": self.l2, "box": self.box, "seed": self.seed}
+        return {"x_val": x_att, "y_val": y_att, "budget": self.budget, "l2": self.candidate.rho, "box": self.box, "seed": self.seed}
 
 
 @dataclass

@@ -310,7 +310,7 @@ class GradientCanceling(TorchAttack):
         module = fitted.require_module("gradient_canceling")
         p = GCParams.model_validate(params)
         data = ctx.dataset
-        l2 = ctx.l2
+        l2 = ctx.candidate.rho
         if p.target == "file":
             if not p.target_file or not Path(p.target_file).is_file():
                 raise AuditError(f"gradient_canceling.target_file not found: {p.target_file}")

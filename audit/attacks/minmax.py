@@ -136,9 +136,17 @@ class MinMax(TorchAttack):
     def for_cell(cls, params: dict[str, Any], ctx: AttackContext) -> MinMax:
         module = ctx.fitted.require_module("minmax")
         data = ctx.dataset
-        y_range = (float(data.y_train.min()), float(data.y_train.max())) if data.task == "regression" else None
+        y_range = data.response_range
         return cls(
-            module, budget=ctx.budget, n_classes=data.n_classes, l2=ctx.l2, box=ctx.box, task=data.task, y_range=y_range, seed=ctx.seed, **params
+            module,
+            budget=ctx.budget,
+            n_classes=data.n_classes,
+            l2=ctx.candidate.rho,
+            box=ctx.box,
+            task=data.task,
+            y_range=y_range,
+            seed=ctx.seed,
+            **params,
         )
 
     def _run(self, task: PoisonInput) -> tuple[np.ndarray, np.ndarray]:

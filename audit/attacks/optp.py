@@ -146,9 +146,8 @@ class OptP(AuditAttack, PoisoningAttackWhiteBox):
 
     @classmethod
     def for_cell(cls, params: dict[str, Any], ctx: AttackContext) -> OptP:
-        data = ctx.dataset
-        y_range = (float(data.y_train.min()), float(data.y_train.max()))
-        return cls(**ctx.optimiser_arguments(), l1=ctx.victim.l1(ctx.hparams), y_range=y_range, **params)
+        y_range = (float(ctx.dataset.y_train.min()), float(ctx.dataset.y_train.max()))  # OptP attacks regression only
+        return cls(**ctx.optimiser_arguments(), l1=ctx.candidate.l1, y_range=y_range, **params)
 
     # ------------------------------------------------------------------ objectives
     def objective_value(

@@ -114,7 +114,7 @@ class StatP(AuditAttack, PoisoningAttackBlackBox):
     @classmethod
     def for_cell(cls, params: dict[str, Any], ctx: AttackContext) -> StatP:
         data = ctx.dataset
-        y_range = (float(data.y_train.min()), float(data.y_train.max())) if data.task == "regression" else (0.0, 1.0)
+        y_range = data.response_range or (0.0, 1.0)
         return cls(
             ctx.fitted.to_art(), budget=ctx.budget, box=ctx.box, task=data.task, y_range=y_range, n_classes=data.n_classes, seed=ctx.seed, **params
         )

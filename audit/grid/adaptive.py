@@ -161,7 +161,7 @@ def _recraft(
     """
     survivors = dataclasses.replace(ctx.dataset, x_train=x_kept, y_train=y_kept)
     want = min(OVERSAMPLE * k, len(y_kept))
-    sub = AttackContext(survivors, ctx.victim, fitted, ctx.hparams, want / len(y_kept), seed)
+    sub = AttackContext(survivors, ctx.victim, fitted, ctx.candidate, want / len(y_kept), seed)
     x_new, y_new = spec.attack.for_context(params, sub).poison(x_kept, y_kept)
     x_new, y_new = np.asarray(x_new, x_stay.dtype), np.asarray(y_new, y_stay.dtype)
     if len(y_new) < k:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from typing import Any
 
@@ -11,6 +10,7 @@ import numpy as np
 from audit.defenses import Defense
 from audit.grid.store import cell_key
 from audit.jsonio import Diagnostics
+from audit.models import Candidate
 
 
 @dataclass(frozen=True)
@@ -21,8 +21,8 @@ class GridCell:
     ----------
     position : int
         Index in the deterministic run order (candidate → split → seed → attack → budget → defense).
-    candidate : str
-        Canonical JSON of the hyperparameters ``h``.
+    candidate : audit.models.Candidate
+        The hyperparameters ``h`` with the ρ the victim trains with (stored under ``candidate.key``).
     attack, defense : str
         The attack's and the defense's keys (their config ids).
     budget : float
@@ -34,7 +34,7 @@ class GridCell:
     """
 
     position: int
-    candidate: str
+    candidate: Candidate
     attack: str
     budget: float
     defense: str
@@ -44,18 +44,14 @@ class GridCell:
     @property
     def key(self) -> str:
         """The key the cell's result is stored under."""
-        return cell_key(self.candidate, self.attack, self.budget, self.defense, self.seed, self.split)
-
-    @property
-    def hparams(self) -> dict[str, Any]:
-        return json.loads(self.candidate)
+        return cell_key(self.candidate.key, self.attack, self.budget, self.defense, self.seed, self.split)
 
     def identity(self) -> dict[str, Any]:
         """The fields that name this cell in its stored row (:class:`audit.grid.store.Cell`)."""
         return {
             "cell_key": self.key,
             "position": self.position,
-            "candidate": self.candidate,
+            "candidate": self.candidate.key,
             "attack": self.attack,
             "budget": self.budget,
             "defense": self.defense,

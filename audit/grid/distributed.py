@@ -41,6 +41,7 @@ from audit.grid.work import (
     failure_cell,
     plan_work,
 )
+from audit.models import Candidate
 from audit.threads import available_cpus
 
 RAY_EXTRA = 'pip install -e ".[ray]"'
@@ -141,7 +142,7 @@ class _Submitter:
 
     def __init__(self, ray: Any, task: Any, plan_ref: Any, numerics: dict[str, Any], device: str, waiting: dict[Any, tuple[str, Any]]):
         self.ray, self.task, self.plan_ref, self.numerics, self.device, self.waiting = ray, task, plan_ref, numerics, device, waiting
-        self.cleans: dict[tuple[str, int, int], Any] = {}
+        self.cleans: dict[tuple[Candidate, int, int], Any] = {}
 
     def _submit(self, kind: str, *args: Any) -> Any:
         return self.task.remote(kind, self.numerics, self.device, self.plan_ref, *args)

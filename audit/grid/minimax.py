@@ -203,10 +203,6 @@ def policy_rows(
             yield row("rmd", eps, lam, fitted, start, {**_attack_summary(attack.diagnostics), "lambda_curve": attack.diagnostics.lambda_curve})
 
 
-def _y_range(data: Any) -> tuple[float, float] | None:
-    return (float(data.y_train.min()), float(data.y_train.max())) if data.task == "regression" else None
-
-
 def _attack_summary(diag: BackGradientDiagnostics) -> dict[str, Any]:
     keys = ("objective_initial", "objective_final", "iterations", "restarts", "seconds_per_iteration", "n_poison")
     return {k: v for k, v in diag.to_json().items() if k in keys}
@@ -224,7 +220,7 @@ def _back_gradient(data: Any, fitted: Any, eps: float, l2: float, seed: int, par
         n_classes=data.n_classes,
         l2=l2,
         box=(data.lo, data.hi),
-        y_range=_y_range(data),
+        y_range=data.response_range,
         seed=seed,
         **params,
     )

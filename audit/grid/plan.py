@@ -14,8 +14,7 @@ from audit.data import Dataset
 from audit.grid.adaptive import grid_axes
 from audit.grid.cells import GridCell
 from audit.grid.confirm import all_axes, confirm_axes
-from audit.grid.store import candidate_key
-from audit.models import Victim
+from audit.models import Candidate, Victim
 
 
 @dataclass
@@ -41,6 +40,21 @@ class RunPlan:
     #: why the run has fewer splits than the config asks for (the user fixed the split); None: as asked
     splits_note: str | None = None
     _seed_free: dict[str, bool] = field(default_factory=dict, repr=False)
+    _candidates: dict[str, Candidate] = field(default_factory=dict, repr=False)
+
+    def candidates(self) -> list[Candidate]:
+        """The config's candidate grid in config order, each built once (its ρ worked out by the victim here only)."""
+        if not self._candidates:
+            for hp in self.config.candidate_grid():
+                cand = Candidate.of(self.victim, hp)
+                self._candidates[cand.key] = cand
+        return list(self._candidates.values())
+
+    def candidate(self, key: str) -> Candidate:
+        """The candidate stored under ``key`` (:attr:`Candidate.key`)."""
+        if not self._candidates:
+            self.candidates()
+        return self._candidates[key]
 
     @property
     def n_splits(self) -> int:
@@ -121,9 +135,9 @@ class RunPlan:
         the confirming budgets, positions from ``start``."""
         out: list[GridCell] = []
         axes = confirm_axes(self.config)
-        for cand, defense in self.confirm_pairs:
-            hp = json.loads(cand)
-            seeds = {key: self.cell_seeds(hp, spec, defense) for key, spec, defenses in axes if defense in defenses}
+        for key_, defense in self.confirm_pairs:
+            cand = self.candidate(key_)
+            seeds = {key: self.cell_seeds(cand, spec, defense) for key, spec, defenses in axes if defense in defenses}
             for split in range(self.n_splits):
                 for seed in self.config.seeds:
                     for key in seeds:
@@ -136,9 +150,8 @@ class RunPlan:
         """The grid's cells in run order (see :meth:`cells`)."""
         out: list[GridCell] = []
         axes = self.attack_axes()
-        for hp in self.config.candidate_grid():
-            cand = candidate_key(hp)
-            seeds = {(key, d): self.cell_seeds(hp, spec, d) for key, spec, defenses in axes for d in defenses}
+        for cand in self.candidates():
+            seeds = {(key, d): self.cell_seeds(cand, spec, d) for key, spec, defenses in axes for d in defenses}
             for split in range(self.n_splits):
                 for seed in self.config.seeds:
                     for key, _, defenses in axes:
@@ -148,14 +161,14 @@ class RunPlan:
                                     out.append(GridCell(len(out), cand, key, eps, defense, seed, split))
         return out
 
-    def cell_seeds(self, hp: dict[str, Any], attack: AttackSpec, defense: str) -> list[int]:
-        """The seeds an (attack, defense) runs at for candidate ``hp``: the attack's seeds (profile or
+    def cell_seeds(self, cand: Candidate, attack: AttackSpec, defense: str) -> list[int]:
+        """The seeds an (attack, defense) runs at for candidate ``cand``: the attack's seeds (profile or
         config), or only the first when no seed can change the cell — training seed-free
         (:meth:`Victim.seed_free`), the attack's poisons too (:meth:`AuditAttack.seed_free`) and the
         defense drawing nothing of its own."""
         seeds = self.config.attack_seeds(attack)
         deterministic = (
-            self.seed_free(hp) and attack.attack.seed_free(attack.params) and not self.config.defense_spec(defense).defense.draws_randomness
+            self.seed_free(cand) and attack.attack.seed_free(attack.params) and not self.config.defense_spec(defense).defense.draws_randomness
         )
         return seeds[:1] if deterministic else seeds
 
@@ -163,15 +176,14 @@ class RunPlan:
         """``json([candidate, attack, defense])`` → the seeds its cells run at (stored for the report,
         which counts a setting's missing cells against it); see :func:`planned_seeds`."""
         return {
-            json.dumps([candidate_key(hp), key, d]): self.cell_seeds(hp, spec, d) if d in defenses else []
-            for hp in self.config.candidate_grid()
+            json.dumps([cand.key, key, d]): self.cell_seeds(cand, spec, d) if d in defenses else []
+            for cand in self.candidates()
             for key, spec, defenses in self.attack_axes()
             for d in self.config.defense_keys
         }
 
-    def seed_free(self, hp: dict[str, Any]) -> bool:
-        """Whether the victim's training for ``hp`` is seed-free (cached per candidate)."""
-        key = candidate_key(hp)
-        if key not in self._seed_free:
-            self._seed_free[key] = self.victim.seed_free(hp)
-        return self._seed_free[key]
+    def seed_free(self, cand: Candidate) -> bool:
+        """Whether the victim's training for ``cand`` is seed-free (cached per candidate)."""
+        if cand.key not in self._seed_free:
+            self._seed_free[cand.key] = self.victim.seed_free(cand.hparams)
+        return self._seed_free[cand.key]

@@ -55,7 +55,6 @@ from audit.grid.work import (
     CleanOutcome,
     Poisons,
     adaptive_unit,
-    certified_objective,
     clean_train_seed,
     clean_unit,
     craft_unit,
@@ -65,7 +64,7 @@ from audit.grid.work import (
     poison_cache_key,
     standard_error,
 )
-from audit.models import Victim, build_victim, resolve_device
+from audit.models import Candidate, Victim, build_victim, resolve_device
 from audit.models.digest import model_digests
 from audit.models.estimator import deployed_metric, trivial_metric
 from audit.models.structure import is_convex_linear
@@ -82,7 +81,6 @@ __all__ = [
     "run_local",
     "clean_train_seed",
     "poison_cache_key",
-    "certified_objective",
     "standard_error",
 ]
 
@@ -494,7 +492,7 @@ def run_local(plan: RunPlan, store: Store, progress: bool) -> None:
     bar = tqdm(
         total=len(plan.work_cells()), initial=finished, disable=not progress, unit="cell", desc=f"audit {plan.config.name}", dynamic_ncols=True
     )
-    first: dict[tuple[str, int, int], CleanOutcome] = {}
+    first: dict[tuple[Candidate, int, int], CleanOutcome] = {}
     for group in jobs:
         reuse = first.get((group.candidate, group.split, group.reuse_seed)) if group.reuse_seed is not None else None
         clean = clean_unit(plan, group.candidate, group.seed, reuse, group.split)

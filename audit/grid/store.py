@@ -25,6 +25,7 @@ import numpy as np
 from audit.attacks.base import SourcedDiagnostics
 from audit.errors import AuditError
 from audit.jsonio import D
+from audit.models.candidate import candidate_key
 from audit.paths import own_dir, refuse_link
 from audit.seeding import derive_seed
 
@@ -96,11 +97,6 @@ CELL_COLUMNS = (
     "finished_at",
     "split",
 )
-
-
-def candidate_key(hparams: dict[str, Any]) -> str:
-    """Canonical JSON of a candidate, the key it is stored under."""
-    return json.dumps(hparams, sort_keys=True)
 
 
 def cell_key(candidate: str, attack: str, budget: float, defense: str, seed: int, split: int = 0) -> str:

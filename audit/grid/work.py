@@ -28,7 +28,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-import torch
 
 from audit.attacks import AttackContext
 from audit.config import CONFIRM_SUFFIX, AuditConfig, DefenseSpec
@@ -39,12 +38,11 @@ from audit.grid.cells import GridCell, apply_defense
 from audit.grid.plan import RunPlan
 from audit.grid.store import Cell, Store, derive_seed
 from audit.jsonio import jsonable, pack_points
-from audit.maths.certificate import regularised_clean_loss, regularised_clean_squared_loss
-from audit.maths.poisonability import box_threshold, gradpc_target, min_box_threshold, module_metric, tau_over_scalings, thresholds
-from audit.maths.sgd_guarantee import sgd_guarantee
-from audit.models import Victim
-from audit.models.structure import convex_linear_layer, is_convex_linear, is_linear_model, layer_inputs
-from audit.models.training import loss_kind
+from audit.maths.certificate import certified_objective
+from audit.maths.poisonability import gradpc_target, module_metric, target_thresholds, thresholds
+from audit.maths.sgd_guarantee import sgd_certificate as maths_sgd_certificate
+from audit.models import Candidate
+from audit.models.structure import is_convex_linear
 
 
 def poison_cache_key(candidate: str, attack_key: str, params: dict[str, Any], budget: float, seed: int, fingerprint: str, split: int = 0) -> str:
@@ -113,7 +111,7 @@ class CleanOutcome:
     """The clean stage of one ``(h, j, s)``: the fitted clean model (None when it failed), its metrics
     and per-point scores (for paired standard errors), and the store writes."""
 
-    candidate: str
+    candidate: Candidate
     seed: int
     split: int = 0
     fitted: Any = None
@@ -173,7 +171,7 @@ class GroupJob:
     """What is left of one ``(h, j, s)``: its clean stage, poison jobs and adaptive cells.
     ``reuse_seed``: a seed-free candidate's earlier group (of the same split) whose clean model this one reuses."""
 
-    candidate: str
+    candidate: Candidate
     seed: int
     cells: list[GridCell]
     poison_jobs: list[PoisonJob]
@@ -187,18 +185,17 @@ def plan_work(plan: RunPlan, store: Store, fingerprint: str) -> tuple[list[Group
     cfg = plan.config
     cells = plan.work_cells()
     done = store.finished_keys()
-    groups: dict[tuple[str, int, int], list[GridCell]] = {}
+    groups: dict[tuple[Candidate, int, int], list[GridCell]] = {}
     for c in cells:
         groups.setdefault((c.candidate, c.split, c.seed), []).append(c)
-    first_seed: dict[tuple[str, int], int] = {}  # seed-free victims: the first group of (h, j) run now fits its one clean model
+    first_seed: dict[tuple[Candidate, int], int] = {}  # seed-free victims: the first group of (h, j) run now fits its one clean model
     jobs = []
     for (cand, split, seed), group in groups.items():
         pending = [c for c in group if c.key not in done]
         if not pending:
             continue
-        hp = json.loads(cand)
-        reuse = first_seed.get((cand, split)) if plan.seed_free(hp) else None
-        if plan.seed_free(hp) and reuse is None:
+        reuse = first_seed.get((cand, split)) if plan.seed_free(cand) else None
+        if plan.seed_free(cand) and reuse is None:
             first_seed[cand, split] = seed
         by_poison: dict[tuple[str, float], list[GridCell]] = {}
         for c in pending:
@@ -207,7 +204,7 @@ def plan_work(plan: RunPlan, store: Store, fingerprint: str) -> tuple[list[Group
         poison_jobs = []
         for (attack_key, eps), defense_cells in by_poison.items():
             spec = cfg.attack_spec(attack_key)
-            key = poison_cache_key(cand, attack_key, spec.params, eps, seed, fingerprint, split)
+            key = poison_cache_key(cand.key, attack_key, spec.params, eps, seed, fingerprint, split)
             pjob = PoisonJob(attack_key, eps, key, _cached(store, key), defense_cells)
             smaller = [b for b in budgets_of(plan, attack_key) if b < eps]
             screened = _screened_poisons(plan, store, cand, attack_key, eps, seed, fingerprint, split) if pjob.cached is None else None
@@ -217,27 +214,27 @@ def plan_work(plan: RunPlan, store: Store, fingerprint: str) -> tuple[list[Group
                 if (attack_key, smaller[-1]) in by_poison:
                     pjob.warm = (attack_key, smaller[-1])
                 else:
-                    pjob.warm_cached = _cached(store, poison_cache_key(cand, attack_key, spec.params, smaller[-1], seed, fingerprint, split))
+                    pjob.warm_cached = _cached(store, poison_cache_key(cand.key, attack_key, spec.params, smaller[-1], seed, fingerprint, split))
             poison_jobs.append(pjob)
         adaptive_jobs = []
         grid_keys = {a.key for a in cfg.attacks} | {a.key for a in cfg.confirmation_attacks()}  # attacks with non-adaptive cells
         for c in (c for c in pending if is_adaptive(c.attack)):
             axis_key, spec, _ = next(axis for axis in plan.all_axes() if axis[0] == c.attack)
             setting = {"params": spec.params, "defense": cfg.defense_spec(c.defense).model_dump(mode="json"), "rounds": cfg.adaptive.rounds}
-            job = AdaptiveJob(c, poison_cache_key(cand, axis_key, setting, c.budget, seed, fingerprint, split), None)
+            job = AdaptiveJob(c, poison_cache_key(cand.key, axis_key, setting, c.budget, seed, fingerprint, split), None)
             job.cached = _cached(store, job.key)
             if job.cached is None and spec.key in grid_keys:
                 if (spec.key, c.budget) in by_poison:
                     job.initial_job = (spec.key, c.budget)
                 else:
-                    job.initial = _cached(store, poison_cache_key(cand, spec.key, spec.params, c.budget, seed, fingerprint, split))
+                    job.initial = _cached(store, poison_cache_key(cand.key, spec.key, spec.params, c.budget, seed, fingerprint, split))
             adaptive_jobs.append(job)
         jobs.append(GroupJob(cand, seed, pending, poison_jobs, adaptive_jobs, reuse, split))
     return jobs, sum(c.key in done for c in cells)
 
 
 def _screened_poisons(
-    plan: RunPlan, store: Store, cand: str, attack_key: str, eps: float, seed: int, fingerprint: str, split: int = 0
+    plan: RunPlan, store: Store, cand: Candidate, attack_key: str, eps: float, seed: int, fingerprint: str, split: int = 0
 ) -> Poisons | None:
     """For a confirmation attack (``<id>@paper``), the screen's poisons of the same battery entry at the same candidate,
     budget and seed, where the grid ran it and cached them: the paper-strength attack takes them as one more start,
@@ -247,7 +244,7 @@ def _screened_poisons(
     grid = next((a for a in plan.config.attacks if a.key == attack_key.removesuffix(CONFIRM_SUFFIX)), None)
     if grid is None or eps not in plan.config.budgets or seed not in plan.config.attack_seeds(grid):
         return None
-    return _cached(store, poison_cache_key(cand, grid.key, grid.params, eps, seed, fingerprint, split))
+    return _cached(store, poison_cache_key(cand.key, grid.key, grid.params, eps, seed, fingerprint, split))
 
 
 def budgets_of(plan: RunPlan, attack_key: str) -> list[float]:
@@ -261,7 +258,7 @@ def _cached(store: Store, key: str) -> Poisons | None:
 
 
 # ---------------------------------------------------------------------------------------------- the units
-def clean_unit(plan: RunPlan, candidate: str, seed: int, reuse: CleanOutcome | None = None, split: int = 0) -> CleanOutcome:
+def clean_unit(plan: RunPlan, candidate: Candidate, seed: int, reuse: CleanOutcome | None = None, split: int = 0) -> CleanOutcome:
     """The clean stage of ``(h, j, s)``: train on split j's ``D_tr`` (or take ``reuse``'s model, a seed-free
     candidate's of the same split), score it, apply each defense to clean data, compute the poisonability targets.
 
@@ -269,13 +266,12 @@ def clean_unit(plan: RunPlan, candidate: str, seed: int, reuse: CleanOutcome | N
     with it); a defense or threshold that fails on clean data is recorded as such.
     """
     cfg, data, victim = plan.config, plan.data(split), plan.victim
-    hp = json.loads(candidate)
     train_seed = clean_train_seed(seed)
     out = CleanOutcome(candidate, seed, split)
     reused = reuse if reuse is not None and reuse.failure is None else None
     t0 = time.perf_counter()
     try:
-        clean = reused.fitted if reused is not None else victim.fit(data.x_train, data.y_train, hp, train_seed)
+        clean = reused.fitted if reused is not None else victim.fit(data.x_train, data.y_train, candidate.hparams, train_seed)
         clean_val, clean_test = clean.metric(data.x_val, data.y_val), clean.metric(data.x_test, data.y_test)
         clean_points = (clean.pointwise(data.x_val, data.y_val), clean.pointwise(data.x_test, data.y_test))
     except Exception as err:  # the whole (h, s) group fails; the audit goes on
@@ -286,19 +282,19 @@ def clean_unit(plan: RunPlan, candidate: str, seed: int, reuse: CleanOutcome | N
     clean_record = {
         **clean.train_result,
         "metric_se": {"val": metric_se(clean_points[0]), "test": metric_se(clean_points[1])},
-        **certified_objective(clean, data, victim, hp, 0.0),
+        **_certified_objective(clean, data, candidate, 0.0),
     }
-    out.writes.put_clean(candidate, seed, clean_val, clean_test, time.perf_counter() - t0, clean_record, split)
+    out.writes.put_clean(candidate.key, seed, clean_val, clean_test, time.perf_counter() - t0, clean_record, split)
     for defense_spec in cfg.defenses:
         if defense_spec.name != "none":
-            record_clean_defense(out.writes, plan, victim, hp, candidate, seed, train_seed, defense_spec, split)
+            record_clean_defense(out.writes, plan, candidate, seed, train_seed, defense_spec, split)
     if reused is not None and out.writes.copy_targets(reused.writes, seed):
         pass  # the same clean model: the same targets and thresholds
     elif wants_thresholds(cfg, data, clean):
         try:
-            record_thresholds(out.writes, cfg, data, victim, clean, hp, candidate, seed, split)
+            record_thresholds(out.writes, cfg, data, clean, candidate, seed, split)
         except Exception as err:  # τ is diagnostic: record why it is missing, keep auditing
-            out.writes.put_target(candidate, seed, -1.0, math.nan, math.nan, {"error": f"{type(err).__name__}: {err}"}, {}, split)
+            out.writes.put_target(candidate.key, seed, -1.0, math.nan, math.nan, {"error": f"{type(err).__name__}: {err}"}, {}, split)
     return out
 
 
@@ -308,7 +304,6 @@ def craft_unit(plan: RunPlan, clean: CleanOutcome, attack_key: str, budget: floa
     if clean.failure is not None:
         return Poisons(failure=clean.failure)
     spec = plan.config.attack_spec(attack_key)
-    hp = json.loads(clean.candidate)
     t0 = time.perf_counter()
     start = (warm.x, warm.y) if warm is not None and warm.failure is None and warm.x is not None and warm.y is not None else None
     try:
@@ -317,9 +312,9 @@ def craft_unit(plan: RunPlan, clean: CleanOutcome, attack_key: str, budget: floa
             data,
             plan.victim,
             clean.fitted,
-            hp,
+            clean.candidate,
             budget,
-            derive_seed(clean.seed, clean.candidate, attack_key, budget),
+            derive_seed(clean.seed, clean.candidate.key, attack_key, budget),
             start if spec.attack.warm_starts else None,
         )
         attack = spec.attack.for_context(dict(spec.params), ctx)
@@ -345,15 +340,14 @@ def adaptive_unit(plan: RunPlan, clean: CleanOutcome, job: AdaptiveJob, initial:
         return failure_cell(c, clean.failure, str(plan.device)), None
     key, spec, _ = next(axis for axis in plan.all_axes() if axis[0] == c.attack)
     defense = cfg.defense_spec(c.defense)
-    hp = json.loads(c.candidate)
     t0 = time.perf_counter()
     try:
         if job.cached is not None:
             x_p, y_p, diagnostics, applied, crafted = job.cached.x, job.cached.y, job.cached.diagnostics, None, None
         else:
-            seed = derive_seed(c.seed, c.candidate, key, c.budget, c.defense)
-            ctx = AttackContext(plan.data(c.split), plan.victim, clean.fitted, hp, c.budget, seed)
-            defense_seed = derive_seed(c.seed, c.candidate, c.attack, c.budget, c.defense)
+            seed = derive_seed(c.seed, c.candidate.key, key, c.budget, c.defense)
+            ctx = AttackContext(plan.data(c.split), plan.victim, clean.fitted, c.candidate, c.budget, seed)
+            defense_seed = derive_seed(c.seed, c.candidate.key, c.attack, c.budget, c.defense)
             start = initial.as_tuple if initial is not None else None
             x_p, y_p, diagnostics, applied = craft_adaptive(spec, defense, ctx, cfg.adaptive.rounds, defense_seed, clean_train_seed(c.seed), start)
             crafted = Poisons(x_p, y_p, diagnostics)
@@ -378,7 +372,7 @@ def _defended_cell(
     """Apply the cell's defense to ``D_tr`` plus the poisons, retrain and return the cell's row; ``applied``:
     that defense's result already computed on these very poisons (the adaptive stage's kept round)."""
     data, victim = plan.data(c.split), plan.victim
-    hp, train_seed = json.loads(c.candidate), clean_train_seed(c.seed)
+    train_seed = clean_train_seed(c.seed)
     assert clean.points is not None
     t0 = time.perf_counter()
     try:
@@ -392,8 +386,8 @@ def _defended_cell(
             is_poison = np.r_[np.zeros(len(data.y_train), bool), np.ones(len(y_p), bool)]
         if applied is None:
             spec = plan.config.defense_spec(c.defense)
-            defense = spec.defense.for_cell(c.budget, derive_seed(c.seed, c.candidate, c.attack, c.budget, c.defense), data, spec.params)
-            applied = apply_defense(defense, x_mix, y_mix, victim, hp, train_seed)
+            defense = spec.defense.for_cell(c.budget, derive_seed(c.seed, c.candidate.key, c.attack, c.budget, c.defense), data, spec.params)
+            applied = apply_defense(defense, x_mix, y_mix, victim, c.candidate.hparams, train_seed)
         poisoned, keep, defense_diag = applied
         val_points = poisoned.pointwise(data.x_val, data.y_val)
         return Cell(
@@ -416,7 +410,7 @@ def _defended_cell(
                     "se": _paired_errors(clean.points, poisoned, data, val_points),
                     "val_points": pack_points(val_points, data.task),  # for paired ties between settings
                     **_attacker_split_metrics(clean, poisoned, data),
-                    **certified_objective(poisoned, data, victim, hp, c.budget),
+                    **_certified_objective(poisoned, data, c.candidate, c.budget),
                     **(sgd_certificate(clean, data, x_p, y_p, train_seed) if c.defense == "none" and _modifies(plan, c.attack) else {}),
                     **(extra or {}),
                 }
@@ -437,14 +431,12 @@ def _attacker_split_metrics(clean: CleanOutcome, poisoned: Any, data: Dataset) -
 def sgd_certificate(clean: CleanOutcome, data: Dataset, x_p: np.ndarray, y_p: np.ndarray, seed: int) -> dict[str, Any]:
     """Theorem 2.2 of Wang et al. (2021) for a softmax-regression victim and an attack that modifies the
     training set: ``{"sgd_guarantee": …}`` — the bound on projected SGD's excess clean risk on this
-    poisoned oracle and the excess risk measured (:mod:`audit.maths.sgd_guarantee`); ``{}`` otherwise.
-    ``W`` is the ball of twice the clean model's norm (weights and bias), T one pass (n steps)."""
+    poisoned oracle and the excess risk measured (:func:`audit.maths.sgd_guarantee.sgd_certificate`); ``{}`` otherwise."""
     module = clean.fitted.module if clean.fitted is not None else None
     if module is None or data.task != "classification" or data.n_classes is None or not is_convex_linear(module):
         return {}
-    radius = 2.0 * float(torch.cat([p.detach().flatten() for p in module.parameters()]).norm().cpu())
     try:
-        g = sgd_guarantee(data.x_train, data.y_train, x_p, y_p, data.n_classes, max(radius, 1e-3), len(data.y_train), seed)
+        g = maths_sgd_certificate(module, data.x_train, data.y_train, x_p, y_p, data.n_classes, seed)
     except Exception as err:  # a certificate that cannot be computed never fails the cell it describes
         return {"sgd_guarantee": {"error": f"{type(err).__name__}: {err}"}}
     return {"sgd_guarantee": g.as_dict()}
@@ -456,26 +448,11 @@ def _modifies(plan: RunPlan, attack_key: str) -> bool:
 
 
 # ---------------------------------------------------------------------------------------------- what the units compute
-def certified_objective(fitted: Any, data: Dataset, victim: Victim, hp: dict[str, Any], budget: float) -> dict[str, float]:
-    """For softmax regression and ridge: ``{"clean_objective": L_c(θ̂) + (1 + ε)(ρ/2)‖Ŵ‖²}`` of the model trained
-    in a cell — the quantity the min-max certificate bounds (:mod:`audit.maths.certificate`, eq. 5),
-    so the report can put each attack beside the bound; ``{}`` for any other victim."""
-    module = fitted.module
-    if module is None or not is_convex_linear(module) or (data.task == "classification" and loss_kind(module) != "cross_entropy"):
-        return {}  # the bound is the softmax's and ridge's (a linear SVM's squared hinge has none here)
-    layer = convex_linear_layer(module)
-    assert layer is not None
-    w = layer.weight.detach().double().cpu().numpy()
-    b = layer.bias.detach().double().cpu().numpy() if layer.bias is not None else np.zeros(len(w))
-    # the layer's own inputs: a pipeline's scalers or an ART estimator's preprocessing applied (the raw features were
-    # used here before, which gave a scaled pipeline's weights the wrong inputs)
-    ref = next(module.parameters())
-    flat = torch.as_tensor(data.x_train.reshape(len(data.x_train), -1), dtype=ref.dtype, device=ref.device)
-    x = layer_inputs(module, layer, flat).double().cpu().numpy()
-    if data.task == "regression":  # ridge: the squared loss (audit.maths.certificate.online_minmax_ridge)
-        y = data.y_train.astype(np.float64)
-        return {"clean_objective": regularised_clean_squared_loss(w.reshape(-1), float(b[0]), x, y, victim.l2(hp), budget)}
-    return {"clean_objective": regularised_clean_loss(w, b, x, data.y_train, victim.l2(hp), budget)}
+def _certified_objective(fitted: Any, data: Dataset, cand: Candidate, budget: float) -> dict[str, float]:
+    """``{"clean_objective": …}`` of the model trained in a cell for softmax regression and ridge
+    (:func:`audit.maths.certificate.certified_objective`), so the report can put each attack beside the bound; ``{}`` otherwise."""
+    value = certified_objective(fitted.module, data.x_train, data.y_train, data.task, cand.rho, budget)
+    return {} if value is None else {"clean_objective": value}
 
 
 def standard_error(points: np.ndarray) -> float:
@@ -525,16 +502,14 @@ def _paired_errors(clean_points: tuple[np.ndarray, np.ndarray], poisoned: Any, d
     return out
 
 
-def record_clean_defense(
-    writes: StoreWrites, plan: RunPlan, victim: Victim, hp: dict, cand: str, seed: int, train_seed: int, spec: DefenseSpec, split: int = 0
-) -> None:
+def record_clean_defense(writes: StoreWrites, plan: RunPlan, cand: Candidate, seed: int, train_seed: int, spec: DefenseSpec, split: int = 0) -> None:
     """What a defense costs on clean data: apply it to split j's D_tr alone (assumed rate = the target budget), retrain."""
     data, rate = plan.data(split), plan.config.target_budget
     try:
-        defense = spec.defense.for_cell(rate, derive_seed(seed, cand, "clean", spec.key), data, spec.params)
-        fitted, keep, diagnostics = apply_defense(defense, data.x_train, data.y_train, victim, hp, train_seed)
+        defense = spec.defense.for_cell(rate, derive_seed(seed, cand.key, "clean", spec.key), data, spec.params)
+        fitted, keep, diagnostics = apply_defense(defense, data.x_train, data.y_train, plan.victim, cand.hparams, train_seed)
         writes.put_clean_defended(
-            cand,
+            cand.key,
             seed,
             spec.key,
             fitted.metric(data.x_val, data.y_val),
@@ -545,7 +520,7 @@ def record_clean_defense(
             jsonable(diagnostics),
         )
     except Exception as err:  # recorded; the pair is then not eligible for the recommendation
-        writes.put_clean_defended(cand, seed, spec.key, None, None, None, f"{type(err).__name__}: {err}", split)
+        writes.put_clean_defended(cand.key, seed, spec.key, None, None, None, f"{type(err).__name__}: {err}", split)
 
 
 def wants_thresholds(cfg: AuditConfig, data: Dataset, fitted: Any) -> bool:
@@ -559,28 +534,15 @@ def wants_thresholds(cfg: AuditConfig, data: Dataset, fitted: Any) -> bool:
     return torch_model and (data.task == "classification" or setting == "on")
 
 
-def record_thresholds(
-    writes: StoreWrites, cfg: AuditConfig, data: Dataset, victim: Victim, fitted: Any, hp: dict, cand: str, seed: int, split: int = 0
-) -> None:
-    """GradPC targets at the configured ε_w and their τ for one (candidate, seed); also the clean model (ε_w = 0)."""
-    l2 = victim.l2(hp)
-    clean_th = thresholds(fitted.require_module("poisonability"), data.x_train, data.y_train, data.task, l2, data.n_classes)
-    writes.put_target(cand, seed, 0.0, fitted.metric(data.x_val, data.y_val), fitted.metric(data.x_test, data.y_test), clean_th.as_dict(), {}, split)
+def record_thresholds(writes: StoreWrites, cfg: AuditConfig, data: Dataset, fitted: Any, cand: Candidate, seed: int, split: int = 0) -> None:
+    """GradPC targets at the configured ε_w and their thresholds (:func:`audit.maths.poisonability.target_thresholds`)
+    for one (candidate, seed); also the clean model's (ε_w = 0)."""
+    clean_th = thresholds(fitted.require_module("poisonability"), data.x_train, data.y_train, data.task, cand.rho, data.n_classes)
+    writes.put_target(
+        cand.key, seed, 0.0, fitted.metric(data.x_val, data.y_val), fitted.metric(data.x_test, data.y_test), clean_th.as_dict(), {}, split
+    )
     for eps_w in cfg.poisonability.eps_w:
         target, result = gradpc_target(fitted, data, eps_w, cfg.poisonability.gradpc_steps)
-        th = thresholds(target, data.x_train, data.y_train, data.task, l2, data.n_classes).as_dict()
-        if data.task == "classification":  # the same predictions, another parameter vector: the smallest τ of the ray sW
-            scale, scaled = tau_over_scalings(target, data.x_train, data.y_train, l2, data.n_classes)
-            th.update(tau_rho_2_same_predictions=scaled.tau_rho_2, same_predictions_scale=scale)
-            if is_linear_model(target):  # poisons inside the feature box: the box-aware (necessary) threshold
-                box = box_threshold(target, data.x_train, data.y_train, l2, data.lo, data.hi, data.n_classes)
-                same = min_box_threshold(target, data.x_train, data.y_train, l2, data.lo, data.hi, data.n_classes)
-                th.update(
-                    tau_box=box.tau,
-                    tau_box_exact=box.exact,
-                    kappa_box=box.kappa_box,
-                    tau_box_same_predictions=same[1].tau,
-                    box_same_predictions_scale=same[0],
-                )
+        th = target_thresholds(target, data.x_train, data.y_train, data.task, cand.rho, data.n_classes, data.lo, data.hi)
         metric = lambda x, y: module_metric(target, x, y, data.task)  # noqa: E731
-        writes.put_target(cand, seed, eps_w, metric(data.x_val, data.y_val), metric(data.x_test, data.y_test), th, result.__dict__, split)
+        writes.put_target(cand.key, seed, eps_w, metric(data.x_val, data.y_val), metric(data.x_test, data.y_test), th, result.__dict__, split)

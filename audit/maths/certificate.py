@@ -31,9 +31,13 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import numpy as np
+import torch
 from scipy.special import logsumexp
+from torch import nn
 
 from audit.maths.regions import AcceptanceRegion, max_linear
+from audit.models.structure import convex_linear_layer, is_convex_linear, layer_inputs
+from audit.models.training import loss_kind
 
 
 @dataclass
@@ -216,3 +220,36 @@ def online_minmax_ridge(
         w = w - lr * (x.T @ residual / n + eps * rp * xp + (1.0 + eps) * l2 * w)
         b = b - lr * (float(residual.mean()) + eps * rp)
     return result
+
+
+def certified_objective(module: nn.Module | None, x: np.ndarray, y: np.ndarray, task: str, l2: float, eps: float) -> float | None:
+    """``L_c(θ̂) + (1 + ε)(ρ/2)‖Ŵ‖²`` of a trained softmax regression or ridge model — the quantity the
+    min-max certificate bounds (eq. 5) — on its clean training set; None for any other model (a linear SVM's
+    squared hinge has no bound here).
+
+    Parameters
+    ----------
+    module : torch.nn.Module or None
+        The trained model; its one linear layer's inputs are computed by the model's own fixed layers
+        (a pipeline's scalers, an ART estimator's preprocessing), never taken as the raw features.
+    x : ndarray, shape (n, ...)
+        The clean training features ``D_c``.
+    y : ndarray, shape (n,)
+        Class indices (classification) or responses (regression: the squared loss, as ridge trains).
+    task : str
+        ``classification`` or ``regression``.
+    l2, eps : float
+        ρ and ε.
+    """
+    if module is None or not is_convex_linear(module) or (task == "classification" and loss_kind(module) != "cross_entropy"):
+        return None
+    layer = convex_linear_layer(module)
+    assert layer is not None
+    w = layer.weight.detach().double().cpu().numpy()
+    b = layer.bias.detach().double().cpu().numpy() if layer.bias is not None else np.zeros(len(w))
+    ref = next(module.parameters())
+    flat = torch.as_tensor(x.reshape(len(x), -1), dtype=ref.dtype, device=ref.device)
+    inputs = layer_inputs(module, layer, flat).double().cpu().numpy()
+    if task == "regression":
+        return regularised_clean_squared_loss(w.reshape(-1), float(b[0]), inputs, y.astype(np.float64), l2, eps)
+    return regularised_clean_loss(w, b, inputs, y, l2, eps)

@@ -506,3 +506,30 @@ def gradpc_target(fitted: Any, data: Any, eps_w: float, steps: int) -> tuple[nn.
         x_att, y_att = data.attacker_target()
         fitted.cache[key] = gradpc(module, x_att, y_att, data.task, eps_w, steps=steps)
     return fitted.cache[key]
+
+
+def target_thresholds(
+    target: nn.Module, x: np.ndarray, y: np.ndarray, task: str, l2: float, n_classes: int | None, lo: np.ndarray, hi: np.ndarray
+) -> dict[str, Any]:
+    """Every threshold of one target model, as stored (:attr:`Threshold.as_dict` plus): for a classifier the smallest
+    τ_ρ(2) over the target's prediction-equivalent scalings sW (:func:`tau_over_scalings`), and for a linear one the
+    box-aware (necessary) threshold for poisons inside ``[lo, hi]`` (:func:`box_threshold`, eq. B3) and its minimum
+    over the scalings (:func:`min_box_threshold`).
+
+    ``x`` (n, d), ``y`` (n,): the clean training set; ``l2``: ρ the victim trains with."""
+    th = thresholds(target, x, y, task, l2, n_classes).as_dict()
+    if task != "classification":
+        return th
+    scale, scaled = tau_over_scalings(target, x, y, l2, n_classes)
+    th.update(tau_rho_2_same_predictions=scaled.tau_rho_2, same_predictions_scale=scale)
+    if is_linear_model(target):
+        box = box_threshold(target, x, y, l2, lo, hi, n_classes)
+        same = min_box_threshold(target, x, y, l2, lo, hi, n_classes)
+        th.update(
+            tau_box=box.tau,
+            tau_box_exact=box.exact,
+            kappa_box=box.kappa_box,
+            tau_box_same_predictions=same[1].tau,
+            box_same_predictions_scale=same[0],
+        )
+    return th

@@ -117,3 +117,12 @@ def sgd_guarantee(
     f_star = _F_STAR[key]
     measured = float(_risk_and_grad(w_bar, xc, yc)[0]) - f_star
     return Guarantee(bound, measured, radius, g_bound, b, zeta_sum, steps, f_star)
+
+
+def sgd_certificate(
+    module: torch.nn.Module, x: np.ndarray, y: np.ndarray, x_tilde: np.ndarray, y_tilde: np.ndarray, n_classes: int, seed: int
+) -> Guarantee:
+    """Theorem 2.2 for a trained softmax-regression model and a poisoned copy ``(x_tilde, y_tilde)`` of its training set:
+    ``W`` the ball of twice ``module``'s norm (weights and bias, at least 1e-3), T one pass (n steps); see :func:`sgd_guarantee`."""
+    radius = 2.0 * float(torch.cat([p.detach().flatten() for p in module.parameters()]).norm().cpu())
+    return sgd_guarantee(x, y, x_tilde, y_tilde, n_classes, max(radius, 1e-3), len(y), seed)

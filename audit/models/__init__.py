@@ -18,6 +18,7 @@ from torch import nn
 from audit.catalog import MODELS
 from audit.data import TableColumns
 from audit.errors import AuditError
+from audit.models.candidate import Candidate, candidate_key
 from audit.models.estimator import InputSpace, differentiable_model, is_art_estimator, user_optimizer
 from audit.models.surrogate import check_sklearn_model, check_table_pipeline, check_unseen_categories, with_table
 from audit.models.victim import (
@@ -30,7 +31,7 @@ from audit.models.victim import (
 )
 from audit.models.zoo import CNN, DEFAULT_WIDTH, MLP, TRAINING_DEFAULTS, LogReg, ReLU2, Ridge
 
-__all__ = ["MODELS", "Fitted", "Victim", "build_victim", "resolve_device"]
+__all__ = ["MODELS", "Candidate", "Fitted", "Victim", "build_victim", "candidate_key", "resolve_device"]
 
 
 def resolve_device(name: str) -> torch.device:

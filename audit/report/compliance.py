@@ -22,10 +22,11 @@ from typing import Any
 
 from audit.attacks import ATTACKS
 from audit.data import attacker_sentence
-from audit.report.analysis import Analysis, fmt
+from audit.report.aggregation import Analysis
 from audit.report.integrity import Signing
 from audit.report.recommend import Z95, candidate_label
 from audit.report.render import build_context
+from audit.report.wording import fmt
 
 DOCUMENT_SCHEMA_VERSION = 1
 

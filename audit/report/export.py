@@ -19,16 +19,14 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from jinja2 import Environment, FileSystemLoader, select_autoescape
-
 from audit.errors import AuditError
 from audit.grid.lock import RunLock
 from audit.grid.store import Store, checkpoint, plan_digest
 from audit.jsonio import atomic_write, finite
 from audit.paths import own_dir
-from audit.report.analysis import Analysis, analyse, fmt, planned_cell_keys
+from audit.report.aggregation import Analysis
+from audit.report.analysis import analyse
 from audit.report.compliance import build_document
-from audit.report.gate import md_escape
 from audit.report.integrity import (
     Signing,
     build_manifest,
@@ -37,46 +35,27 @@ from audit.report.integrity import (
     utc_now,
     write_manifest,
 )
-from audit.report.render import templates_dir, write_report
+from audit.report.reading import planned_cell_keys
+from audit.report.render import write_report
+from audit.report.templating import html_environment, templates_dir
+from audit.report.templating import render_markdown as markdown
+from audit.report.wording import fmt
 
 FORMATS = ("pdf", "md", "json", "card")
 OUT_DIR = "compliance"
 FILES = {"pdf": "record.pdf", "md": "record.md", "json": "record.json", "card": "model_card.md"}
 
 
+BLOCK_KINDS = ("p", "list", "kv", "table", "figure")
+
+
 def render_markdown(doc: dict[str, Any]) -> str:
-    """The record as GitHub-flavoured markdown (figures are named; they are in the PDF and report.html)."""
-    out = [
-        f"# {md_escape(doc['title'])}",
-        "",
-        f"Exported {md_escape(doc['exported_at'])} · " + ("signed (section 10)" if doc["signed"] else "**UNSIGNED**"),
-        "",
-    ]
-    out += _md_block({"kind": "kv", "items": doc["glance"]}) + [""]
-    for section in doc["sections"]:
-        out += [f"## {md_escape(section['title'])}", ""]
-        for block in section["blocks"]:
-            out += _md_block(block) + [""]
-    return "\n".join(out).rstrip() + "\n"
-
-
-def _md_block(block: dict[str, Any]) -> list[str]:
-    kind = block["kind"]
-    if kind == "p":
-        return [md_escape(block["text"])]
-    if kind == "list":
-        return [f"- {md_escape(item)}" for item in block["items"]]
-    if kind == "kv":
-        return [f"- **{md_escape(k)}:** {md_escape(v)}" for k, v in block["items"]]
-    if kind == "table":
-        lines = ["| " + " | ".join(md_escape(c) for c in block["columns"]) + " |", "|" + "---|" * len(block["columns"])]
-        lines += ["| " + " | ".join(md_escape(v) for v in row) + " |" for row in block["rows"]]
-        if block.get("caption"):
-            lines += ["", f"*{md_escape(block['caption'])}*"]
-        return lines
-    if kind == "figure":
-        return [f"*Figure (in record.pdf and report.html): {md_escape(block['caption'])}*"]
-    raise ValueError(f"unknown block kind {kind!r}")
+    """The record as GitHub-flavoured markdown (``templates/record.md.j2``; figures are named, they are in the PDF and
+    report.html)."""
+    unknown = sorted({b["kind"] for s in doc["sections"] for b in s["blocks"]} - set(BLOCK_KINDS))
+    if unknown:
+        raise ValueError(f"unknown block kind {unknown[0]!r}")
+    return markdown("record.md.j2", doc=doc).rstrip() + "\n"
 
 
 def document_json(doc: dict[str, Any]) -> str:
@@ -93,9 +72,8 @@ def document_json(doc: dict[str, Any]) -> str:
 
 def render_html(doc: dict[str, Any]) -> str:
     """The HTML behind the PDF (autoescaped; only the package's own SVG figures are inserted as markup)."""
-    env = Environment(loader=FileSystemLoader(templates_dir()), autoescape=select_autoescape(["html", "j2"]))
     css = (templates_dir() / "compliance.css").read_text(encoding="utf-8")
-    return env.get_template("compliance.html.j2").render(doc=doc, css=css)
+    return html_environment().get_template("compliance.html.j2").render(doc=doc, css=css)
 
 
 def render_pdf(doc: dict[str, Any]) -> bytes:
@@ -114,33 +92,39 @@ def render_pdf(doc: dict[str, Any]) -> bytes:
 
 def model_card(a: Analysis, doc: dict[str, Any]) -> str:
     """The "Evaluation → Robustness to data poisoning" part of a model card (Hugging Face model cards,
-    Google's Model Card Toolkit ``considerations``/``quantitative_analysis``), as markdown."""
+    Google's Model Card Toolkit ``considerations``/``quantitative_analysis``), as markdown (``templates/model_card.md.j2``)."""
     facts = doc["facts"]
     rec = a.recommended()
-    lines = ["## Evaluation", "", "### Robustness to data poisoning", ""]
-    statement = next(s for s in doc["sections"] if s["id"] == "statement")["blocks"][0]["text"]
-    lines += [md_escape(statement), ""]
-    if rec is not None:
-        lines += ["| Poison budget ε | Worst-case " + md_escape(facts["damage"]) + " | 95 % interval | Worst attack |", "|---|---|---|---|"]
-        for eps in a.config.budgets:
-            if eps in rec.worst_damage_test:
-                lo, hi = rec.worst_damage_test_ci.get(eps, (float("nan"), float("nan")))
-                lines.append(
-                    f"| {100 * eps:g} % | {fmt(rec.worst_damage_test[eps])} | {fmt(lo)} to {fmt(hi)} | "
-                    f"{md_escape(rec.worst_attack_test.get(eps, ''))} |"
-                )
-        lines.append("")
-    lines += [
-        f"- **Threat model:** availability poisoning by data injection (NIST AI 100-2 E2025; MITRE ATLAS AML.T0020); "
-        f"attacks: {md_escape(', '.join(a.attack_keys))}.",
-        f"- **Mitigation:** {md_escape(a.recommendation.label)}, defense {md_escape(a.recommendation.defense)}.",
-        f"- **Data:** {md_escape(a.meta['dataset']['name'])}" + (" (synthetic)" if facts["synthetic_data"] else "") + ".",
-        f"- **Record:** poison-audit run {md_escape(a.config.name)}, fingerprint {md_escape(facts['fingerprint'])}, "
-        f"exported {md_escape(doc['exported_at'])}, " + ("signed (see manifest.json)" if doc["signed"] else "unsigned") + ".",
-    ]
-    if not facts["complete"]:
-        lines.append("- **Incomplete run:** the figures cover the finished cells only.")
-    return "\n".join(lines) + "\n"
+    rows = []
+    for eps in a.config.budgets if rec is not None else []:
+        if rec is not None and eps in rec.worst_damage_test:
+            lo, hi = rec.worst_damage_test_ci.get(eps, (float("nan"), float("nan")))
+            rows.append(
+                {
+                    "budget": f"{100 * eps:g} %",
+                    "damage": fmt(rec.worst_damage_test[eps]),
+                    "low": fmt(lo),
+                    "high": fmt(hi),
+                    "attack": rec.worst_attack_test.get(eps, ""),
+                }
+            )
+    return markdown(
+        "model_card.md.j2",
+        statement=next(s for s in doc["sections"] if s["id"] == "statement")["blocks"][0]["text"],
+        damage=facts["damage"],
+        rows=rows,
+        table=rec is not None,
+        attacks=a.attack_keys,
+        mitigation=a.recommendation.label,
+        defense=a.recommendation.defense,
+        dataset=a.meta["dataset"]["name"],
+        synthetic=facts["synthetic_data"],
+        run=a.config.name,
+        fingerprint=facts["fingerprint"],
+        exported_at=doc["exported_at"],
+        signed=doc["signed"],
+        complete=facts["complete"],
+    )
 
 
 def export(run_dir: str | Path, formats: Sequence[str] = FORMATS, sign_key: Path | None = None, signer: str | None = None) -> list[Path]:

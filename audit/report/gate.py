@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import json
 import math
-import re
 import xml.etree.ElementTree as ET
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -23,8 +22,11 @@ from typing import Any
 
 from audit.errors import AuditError
 from audit.jsonio import atomic_write, finite
-from audit.report.analysis import LOWER_BOUND, Analysis, analyse, fmt
+from audit.report.aggregation import LOWER_BOUND, Analysis
+from audit.report.analysis import analyse
 from audit.report.recommend import CandidateSummary, z_of
+from audit.report.templating import render_markdown
+from audit.report.wording import fmt
 
 #: exit codes of ``poison-audit gate``
 EXIT_PASS, EXIT_FAIL, EXIT_INCOMPLETE = 0, 1, 3
@@ -347,32 +349,9 @@ def _prop(value: Any) -> str:
     return str(value)
 
 
-_MD_SPECIAL = re.compile(r"([\\`*_\[\]{}|#~!])")
-
-
-def md_escape(text: Any) -> str:
-    """One line of markdown that renders as the literal text: HTML's ``& < >`` as entities, markdown's
-    punctuation backslash-escaped, line breaks as spaces (a value never starts a heading or a table row)."""
-    s = str(text).replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
-    s = _MD_SPECIAL.sub(r"\\\1", s)
-    return re.sub(r"\s*[\r\n]+\s*", " ", s)
-
-
 def step_summary(result: GateResult, run_dir: Path, name: str) -> str:
-    """The GitHub step summary: the verdict, the worst-case table (worst settings first, at most
-    :data:`SUMMARY_ROWS`), and the names of the artifacts to open; always under :data:`SUMMARY_LIMIT` bytes."""
-    icon = {"pass": "✅ PASS", "fail": "❌ FAIL", "no verdict": "⚠️ NO VERDICT"}[result.verdict]
-    advisory = " (advisory: --soft-fail, the job does not fail)" if result.soft and result.verdict != "pass" else ""
-    lines = [
-        f"## poison-audit gate — {md_escape(name)}",
-        "",
-        f"**{icon}**{advisory}: {md_escape(result.message)}",
-        "",
-        f"Strength of the verdict: **{md_escape(result.strength)}**",
-        "",
-    ]
-    if result.deployed:
-        lines += [f"Audited model: {md_escape(result.deployed)}", ""]
+    """The GitHub step summary (``templates/gate_summary.md.j2``): the verdict, the worst-case table (worst settings
+    first, at most :data:`SUMMARY_ROWS`), and the names of the artifacts to open; always under :data:`SUMMARY_LIMIT` bytes."""
     budgets = sorted({c.budget for c in result.cases})
     by_setting: dict[tuple[str, str], dict[float, SettingCase]] = {}
     for c in result.cases:
@@ -384,12 +363,10 @@ def step_summary(result: GateResult, run_dir: Path, name: str) -> str:
             -max((c.damage if c.damage is not None else -math.inf) for c in kv[1].values()),
         ),
     )
-    header = ["Setting", "Clean test"] + [f"ε = {100 * b:g} %" for b in budgets]
-    lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    rows = []
     for (setting, _), cells in order[:SUMMARY_ROWS]:
         first = next(iter(cells.values()))
-        mark = " (recommended)" if first.recommended else ""
-        row = [f"{md_escape(setting)}{mark}", fmt(first.clean_test)]
+        row = [f"{setting}{' (recommended)' if first.recommended else ''}", fmt(first.clean_test)]
         for b in budgets:
             case = cells.get(b)
             if case is None or case.damage is None:
@@ -398,19 +375,23 @@ def step_summary(result: GateResult, run_dir: Path, name: str) -> str:
             ci = f" ({fmt(case.damage_ci95[0])}–{fmt(case.damage_ci95[1])})" if case.damage_ci95 else ""
             flag = " ❌" if case.status == "failed" else (" ⚠️" if case.status.startswith("over") else "")
             row.append(f"{fmt(case.damage)}{ci}{flag}")
-        lines.append("| " + " | ".join(row) + " |")
-    if len(order) > SUMMARY_ROWS:
-        lines.append(f"\n… and {len(order) - SUMMARY_ROWS} more settings (summary.json lists them all).")
-    lines += [
-        "",
-        f"Worst-case damage (95 % interval) per setting and budget; the limit is {result.max_drop:g} at ε = {result.budget:g} "
-        f"({md_escape(result.judged)}). ⚠️: over the limit but not gated.",
-        "",
-    ]
-    present = [n for n in ARTIFACT_NAMES if (run_dir / n).is_file()]
-    if present:
-        lines += ["Artifacts: " + ", ".join(f"`{n}`" for n in present), ""]
-    text = "\n".join(lines)
+        rows.append(row)
+    text = render_markdown(
+        "gate_summary.md.j2",
+        name=name,
+        icon={"pass": "✅ PASS", "fail": "❌ FAIL", "no verdict": "⚠️ NO VERDICT"}[result.verdict],
+        advisory=" (advisory: --soft-fail, the job does not fail)" if result.soft and result.verdict != "pass" else "",
+        message=result.message,
+        strength=result.strength,
+        deployed=result.deployed,
+        header=["Setting", "Clean test"] + [f"ε = {100 * b:g} %" for b in budgets],
+        rows=rows,
+        more=max(len(order) - SUMMARY_ROWS, 0),
+        limit=f"{result.max_drop:g}",
+        budget=f"{result.budget:g}",
+        judged=result.judged,
+        artifacts=[n for n in ARTIFACT_NAMES if (run_dir / n).is_file()],
+    )
     if len(text.encode("utf-8")) > SUMMARY_LIMIT:  # a pathological name length; cut at a line, say so
         text = text.encode("utf-8")[: SUMMARY_LIMIT - 200].decode("utf-8", "ignore").rsplit("\n", 1)[0] + "\n\n… (cut at 1 MB)\n"
     return text

@@ -15,7 +15,6 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from jinja2 import Environment, FileSystemLoader, select_autoescape
 
 from audit.attacks import ATTACKS, profile_settings
 from audit.catalog import BATTERY
@@ -26,10 +25,12 @@ from audit.grid.lock import RunLock
 from audit.grid.store import Store
 from audit.jsonio import atomic_write, finite
 from audit.report import figures
-from audit.report.analysis import Analysis, adaptive_rows, analyse, bracket_series, certified_series, confirmed_rows, threshold_table
-from audit.report.analysis import fmt as _fmt
+from audit.report.aggregation import Analysis, adaptive_rows, bracket_series, certified_series, confirmed_rows, threshold_table
+from audit.report.analysis import analyse
 from audit.report.recommend import Z95, candidate_label
 from audit.report.sections import SECTIONS
+from audit.report.templating import html_environment
+from audit.report.wording import fmt as _fmt
 
 SUMMARY_SCHEMA_VERSION = 1
 
@@ -89,14 +90,6 @@ def _seeds_run(a: Analysis, spec: Any) -> str:
     if len(wanted) < len(a.config.seeds):
         return f"seed{'s' if len(wanted) > 1 else ''} {', '.join(map(str, wanted))} of {len(a.config.seeds)}"
     return "every seed"
-
-
-def templates_dir() -> Path:
-    """Templates shipped in the wheel (``audit/templates``) or, from a checkout, the repository's ``templates/``."""
-    packaged = Path(__file__).resolve().parents[1] / "templates"
-    if (packaged / "report.html.j2").is_file():
-        return packaged
-    return Path(__file__).resolve().parents[2] / "templates"
 
 
 def build_context(a: Analysis) -> dict[str, Any]:
@@ -324,8 +317,7 @@ def _severity(damage: float | None, higher_is_better: bool) -> str:
 
 
 def render_html(context: dict[str, Any]) -> str:
-    env = Environment(loader=FileSystemLoader(templates_dir()), autoescape=select_autoescape(["html", "j2"]))
-    return env.get_template("report.html.j2").render(**context)
+    return html_environment().get_template("report.html.j2").render(**context)
 
 
 def _confirmation_context(a: Analysis) -> dict[str, Any]:
@@ -433,7 +425,7 @@ def build_summary(a: Analysis) -> dict[str, Any]:
                 "poisoned_val_metric": c.poisoned_val,
                 # D_att, the split the attack optimised: {"clean", "poisoned"} (null: the attack read D_val)
                 "attacker_split_metric": c.recorded("attacker_split") or None,
-                "drop": None if c.status != "ok" else sign * (c.clean_test - c.poisoned_test),
+                "drop": None if c.status != "ok" or c.clean_test is None or c.poisoned_test is None else sign * (c.clean_test - c.poisoned_test),
                 "drop_se": c.recorded("se").get("test_drop") if c.status == "ok" else None,
                 "n_poison": c.n_poison,
                 "poisons_removed": c.poisons_removed,

@@ -25,21 +25,20 @@ from audit.data import load_dataset
 from audit.defenses.base import CertificateDiagnostics
 from audit.grid.adaptive import adaptive_axes
 from audit.report import figures
-from audit.report.analysis import (
+from audit.report.aggregation import (
     POLICY_LABELS,
     Analysis,
     adaptive_rows,
     bracket_series,
     certified_series,
-    minimax_sentence,
     policy_series,
     threshold_table,
     width_findings,
-    width_sentence,
     width_series,
 )
-from audit.report.analysis import fmt as _fmt
 from audit.report.recommend import aggregate, candidate_label
+from audit.report.wording import fmt as _fmt
+from audit.report.wording import minimax_sentence, width_sentence
 
 
 def poisonability_context(a: Analysis) -> dict[str, Any] | None:

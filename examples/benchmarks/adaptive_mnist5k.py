@@ -66,7 +66,7 @@ def box_bracket(run_dir: Path, task: str, budgets: list[float], rounds: int = 30
     cells = [c for c in analyse(run_dir).cells if c.status == "ok" and c.defense == "none"]
     out = {}
     for eps in budgets:
-        attack = MinMax.for_cell({"defense": "none", "bound_rounds": rounds}, AttackContext(data, victim, clean, hp, eps, 0))
+        attack = MinMax.for_cell({"defense": "none", "bound_rounds": rounds}, AttackContext.of(data, victim, clean, hp, eps, 0))
         start = time.perf_counter()
         attack.poison(data.x_train, data.y_train)
         found = {c.attack: json.loads(c.diagnostics or "{}").get("clean_objective") for c in cells if c.budget == eps}

@@ -19,12 +19,13 @@ import json
 import tempfile
 import time
 
-from audit.attacks import back_gradient
+from audit.attacks.back_gradient import BackGradient
 from audit.catalog import PROFILE_NAMES
 from audit.config import parse_config
 from audit.grid.cells import GridCell
 from audit.grid.runner import plan_audit
 from audit.grid.work import clean_unit, craft_unit, defense_unit
+from audit.maths.implicit import SparseRows
 from audit.threads import configure_threads
 
 
@@ -37,19 +38,19 @@ def main() -> None:
     parser.add_argument("--profile", choices=PROFILE_NAMES, default="quick")
     args = parser.parse_args()
     configure_threads(args.threads)
-    spec = back_gradient.BackGradient.profiles.get(args.profile)
+    spec = BackGradient.profiles.get(args.profile)
     base = json.loads(json.dumps(dict(spec.params))) if spec is not None else {}
     base.setdefault("implicit", {})
-    sparse_rows = back_gradient.SparseRows.of
+    sparse_rows = SparseRows.of
     for name, extra in json.loads(args.variants).items():
-        back_gradient.SparseRows.of = (lambda phi, max_density=0.5: None) if extra.pop("dense", False) else sparse_rows  # type: ignore[method-assign]
+        SparseRows.of = (lambda phi, max_density=0.5: None) if extra.pop("dense", False) else sparse_rows  # type: ignore[method-assign]
         params = {**base, "implicit": {**base["implicit"], **extra}}
         cfg = {"name": "bg-small-rho", "dataset": {"name": "mnist5k"}, "model": {"name": "logreg"}, "candidates": {"l2": [args.rho]},
                "budgets": args.budgets, "seeds": [0], "device": "cpu", "confirm": False, "splits": 1, "profile": args.profile,
                "attacks": [{"name": "back_gradient", "id": "bg", "params": params}]}  # fmt: skip
         with tempfile.TemporaryDirectory() as out:
             plan = plan_audit(parse_config(cfg), output_dir=out)
-            candidate = json.dumps({"l2": args.rho})
+            candidate = plan.candidate(json.dumps({"l2": args.rho}))
             clean = clean_unit(plan, candidate, 0)
             warm = None
             for eps in args.budgets:

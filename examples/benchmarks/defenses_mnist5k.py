@@ -37,7 +37,7 @@ def main() -> None:
         for eps in (0.03, 0.1):
             attacks = {
                 "label_flip_adversarial": LabelFlip(clean.to_art(), budget=eps, n_classes=10, seed=seed, variant="adversarial"),
-                "gradient_canceling": GradientCanceling.for_cell({}, AttackContext(data, victim, clean, hp, eps, seed)),
+                "gradient_canceling": GradientCanceling.for_cell({}, AttackContext.of(data, victim, clean, hp, eps, seed)),
             }
             for name, attack in attacks.items():
                 x_p, y_p = attack.poison(data.x_train, data.y_train)

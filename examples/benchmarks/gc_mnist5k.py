@@ -33,7 +33,7 @@ def run(model: str, eps: float, attack: str, box: str, args: argparse.Namespace,
     clean_acc = clean.metric(data.x_test, data.y_test)
     start = time.perf_counter()
     if attack == "gc":
-        gc = GradientCanceling.for_cell({"epochs": args.epochs, "box": box}, AttackContext(data, victim, clean, hp, eps, args.seed))
+        gc = GradientCanceling.for_cell({"epochs": args.epochs, "box": box}, AttackContext.of(data, victim, clean, hp, eps, args.seed))
         x_p, y_p = gc.poison(data.x_train, data.y_train)
         diag = gc.diagnostics
         extra = {"target_test": diag["target_test_metric"], "relative_residual": diag["relative_residual"],

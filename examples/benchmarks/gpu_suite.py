@@ -85,7 +85,7 @@ def run_cell(part: str, data: Any, device: torch.device, smoke: bool) -> dict[st
     t0 = time.perf_counter()
     clean = victim.fit(data.x_train, data.y_train, hp, clean_train_seed(0))
     clean_seconds = time.perf_counter() - t0
-    ctx = AttackContext(data, victim, clean, hp, eps, 0)
+    ctx = AttackContext.of(data, victim, clean, hp, eps, 0)
     t0 = time.perf_counter()
     x_p, y_p = spec.attack.for_cell(params, ctx).poison(data.x_train, data.y_train)
     attack_seconds = time.perf_counter() - t0

@@ -48,7 +48,7 @@ def main() -> None:
     out.mkdir(parents=True, exist_ok=True)
     print(f"mnist5k classes {args.classes or 'all'}: {n} training points, clean test {base:.2f} %, torch threads {torch.get_num_threads()}")
     for eps in args.eps:
-        ctx = AttackContext(data, victim, clean, hp, eps, 0)
+        ctx = AttackContext.of(data, victim, clean, hp, eps, 0)
         attacks = {
             "label_flip_adversarial": LabelFlip.for_cell({"variant": "adversarial"}, ctx),
             "minmax": MinMax.for_cell({"bound_rounds": args.bound_rounds}, ctx),

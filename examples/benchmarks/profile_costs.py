@@ -42,7 +42,7 @@ def main() -> None:
     import numpy as np
 
     for name, params in SETTINGS:
-        ctx = AttackContext(data, victim, clean, hp, args.eps, seed=1)
+        ctx = AttackContext.of(data, victim, clean, hp, args.eps, seed=1)
         start = time.perf_counter()
         x_p, y_p = ATTACKS[name].for_cell(dict(params), ctx).poison(data.x_train, data.y_train)
         seconds = time.perf_counter() - start

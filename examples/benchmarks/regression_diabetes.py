@@ -39,7 +39,7 @@ def main() -> None:
             for eps in (0.05, 0.1, 0.2):
                 for name, cls in (("statp", StatP), ("optp", OptP)):
                     start = time.perf_counter()
-                    x_p, y_p = cls.for_cell({}, AttackContext(data, victim, clean, hp, eps, seed)).poison(data.x_train, data.y_train)
+                    x_p, y_p = cls.for_cell({}, AttackContext.of(data, victim, clean, hp, eps, seed)).poison(data.x_train, data.y_train)
                     seconds = time.perf_counter() - start
                     x_mix, y_mix = np.concatenate([data.x_train, x_p]), np.concatenate([data.y_train, y_p])
                     for defense in ("none", "trim", "huber", "ransac"):

@@ -122,7 +122,7 @@ def measure(args: argparse.Namespace, n: int, step: str) -> dict:
             seconds = time.perf_counter() - t0
         return step_row(n, step, seconds, mem)
     clean = victim.fit(part.x_train, part.y_train, hp, clean_train_seed(0))
-    ctx = AttackContext(part, victim, clean, hp, args.eps, 0)
+    ctx = AttackContext.of(part, victim, clean, hp, args.eps, 0)
     if step in ATTACKS:
         cfg = AuditConfig(profile="standard" if step == "tgda" else "quick", training=training).resolved(part.task, "torch")
         spec = cfg.attack_spec(step)

@@ -80,7 +80,7 @@ def main() -> None:
     victim = build_victim(ModelSpec(name="logreg"), TrainingSpec(), data, device)
     hp = {"l2": 1e-2}
     clean = victim.fit(data.x_train, data.y_train, hp, clean_train_seed(0))
-    ctx = AttackContext(data, victim, clean, hp, 0.03, 0)
+    ctx = AttackContext.of(data, victim, clean, hp, 0.03, 0)
     paper = {s.key: s for s in AuditConfig(profile="paper").resolved(data.task, "torch").attacks}
 
     def attack(key: str, **params):

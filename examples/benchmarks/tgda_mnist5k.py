@@ -40,7 +40,7 @@ def run(model: str, eps: float, seed: int, attack: str, args: argparse.Namespace
     if attack == "tgda":
         params = {k: v for k, v in {"epochs": args.epochs, "cg_max_iter": args.cg_max_iter, "leader_lr": args.leader_lr,
                                     "generator": args.generator, "precondition": args.precondition}.items() if v is not None}  # fmt: skip
-        tgda = TGDA.for_cell(params, AttackContext(data, victim, clean, hp, eps, seed))
+        tgda = TGDA.for_cell(params, AttackContext.of(data, victim, clean, hp, eps, seed))
         x_p, y_p = tgda.poison(data.x_train, data.y_train)
         d = tgda.diagnostics
         if args.save_grid:

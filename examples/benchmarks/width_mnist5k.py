@@ -65,7 +65,7 @@ def one_width(job: tuple[int, int, str, list]) -> list[dict]:
              "val": clean.metric(data.x_val, data.y_val), "seconds": time.perf_counter() - t0}]  # fmt: skip
     for name, budget in conditions:
         t0 = time.perf_counter()
-        ctx = AttackContext(data, victim, clean, {}, budget, derive_seed(seed, str(width), name, budget))
+        ctx = AttackContext.of(data, victim, clean, {}, budget, derive_seed(seed, str(width), name, budget))
         attack = ATTACKS[name].for_cell(dict(PARAMS[name]), ctx)
         x_p, y_p = attack.poison(data.x_train, data.y_train)
         poisoned = victim.fit(x_p, y_p, {}, seed)

@@ -58,7 +58,7 @@ def _sklearn_cases():
 def test_contract_on_a_scikit_learn_victim(name, params, task):
     """Every attack that claims scikit-learn victims runs on one: shapes, box, determinism."""
     d, victim, fitted = _setting(task, "sklearn")
-    ctx = AttackContext(d, victim, fitted, {"l2": 0.01}, 0.1, seed=3)
+    ctx = AttackContext.of(d, victim, fitted, {"l2": 0.01}, 0.1, seed=3)
     x_p, y_p = ATTACKS[name].for_cell(params, ctx).poison(d.x_train, d.y_train)
     n_p = len(d.y_train) if ATTACKS[name].modifies else round(0.1 * len(d.y_train))
     assert x_p.shape == (n_p, d.n_features) and y_p.shape == (n_p,)
@@ -81,7 +81,7 @@ def test_every_attacks_smoke_params_are_valid_parameters(name):
 @pytest.mark.parametrize("budget", [0.05, 0.3])
 def test_contract(name, params, task, budget):
     d, victim, fitted = _setting(task)
-    attack = ATTACKS[name].for_cell(params, AttackContext(d, victim, fitted, {"l2": 0.01}, budget, seed=3))
+    attack = ATTACKS[name].for_cell(params, AttackContext.of(d, victim, fitted, {"l2": 0.01}, budget, seed=3))
     assert isinstance(attack, PoisoningAttack)
     x_in, y_in = d.x_train.copy(), d.y_train.copy()
     torch_state, numpy_state = torch.get_rng_state(), np.random.get_state()
@@ -99,7 +99,7 @@ def test_contract(name, params, task, budget):
     assert isinstance(attack.diagnostics, ATTACKS[name].Diagnostics)  # typed, as the class declares
     stored = json.loads(json.dumps(attack.diagnostics.to_json()))
     assert ATTACKS[name].Diagnostics.from_json(stored).to_json() == stored  # stored as JSON and read back
-    again = ATTACKS[name].for_cell(params, AttackContext(d, victim, fitted, {"l2": 0.01}, budget, seed=3))
+    again = ATTACKS[name].for_cell(params, AttackContext.of(d, victim, fitted, {"l2": 0.01}, budget, seed=3))
     x_q, y_q = again.poison(d.x_train, d.y_train)
     np.testing.assert_array_equal(x_p, x_q)  # same seed, same poisons
     np.testing.assert_array_equal(y_p, y_q)
@@ -109,7 +109,7 @@ def test_contract(name, params, task, budget):
 def test_contract_rejects_bad_input(name):
     d, victim, fitted = _setting(ATTACKS[name].tasks[0])
     params = dict(ATTACKS[name].smoke_params[0])
-    attack = ATTACKS[name].for_cell(params, AttackContext(d, victim, fitted, {}, 0.1, seed=0))
+    attack = ATTACKS[name].for_cell(params, AttackContext.of(d, victim, fitted, {}, 0.1, seed=0))
     with pytest.raises(AuditError, match=r"expected x \(n, d\) and y \(n,\)"):
         attack.poison(d.x_train, d.y_train[:-1])
     bad = d.x_train.copy()
@@ -117,7 +117,7 @@ def test_contract_rejects_bad_input(name):
     with pytest.raises(AuditError, match="x contains NaN or inf"):
         attack.poison(bad, d.y_train)
     with pytest.raises(AuditError, match=r"budget' parameter of .* must be a float in \(0, 1\]. Got 1.7 instead"):
-        ATTACKS[name].for_cell(params, AttackContext(d, victim, fitted, {}, 1.7, seed=0))
+        ATTACKS[name].for_cell(params, AttackContext.of(d, victim, fitted, {}, 1.7, seed=0))
 
 
 def test_base_enforces_the_contract():

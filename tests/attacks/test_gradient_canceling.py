@@ -183,7 +183,7 @@ def test_a_target_reachable_in_the_box_is_reached_when_gc_chooses_labels():
     d = load_dataset(DatasetSpec(name="wine"))
     victim = build_victim(ModelSpec(name="logreg"), TrainingSpec(), d, CPU)
     clean = victim.fit(d.x_train, d.y_train, {"l2": 1e-3}, 0)
-    ctx = AttackContext(d, victim, clean, {"l2": 1e-3}, 0.1, 0)
+    ctx = AttackContext.of(d, victim, clean, {"l2": 1e-3}, 0.1, 0)
     residual = {}
     for labels in ("fixed", "choose"):
         attack = GradientCanceling.for_cell({"target": "label_flip", "target_eps": 0.1, "labels": labels}, ctx)
@@ -202,10 +202,10 @@ def test_target_multiple_sets_the_flip_targets_fraction_from_the_budget():
     clean = victim.fit(d.x_train, d.y_train, {"l2": 1e-3}, 0)
     for budget, expected in ((0.05, 0.15), (0.4, 1.0)):  # min(1, 3ε)
         attack = GradientCanceling.for_cell({"target": "label_flip", "target_multiple": 3.0, "epochs": 5},
-                                            AttackContext(d, victim, clean, {"l2": 1e-3}, budget, 0))  # fmt: skip
+                                            AttackContext.of(d, victim, clean, {"l2": 1e-3}, budget, 0))  # fmt: skip
         assert attack.diagnostics.target_eps == pytest.approx(expected)
     with pytest.raises(AuditError, match="target_multiple sets the label-flip target's fraction; it needs target: label_flip"):
-        GradientCanceling.for_cell({"target_multiple": 3.0}, AttackContext(d, victim, clean, {"l2": 1e-3}, 0.1, 0))
+        GradientCanceling.for_cell({"target_multiple": 3.0}, AttackContext.of(d, victim, clean, {"l2": 1e-3}, 0.1, 0))
 
 
 def _least_violation(target: nn.Linear, x: np.ndarray, y: np.ndarray, l2: float, lo, hi, eps: float, n: int = 100) -> float:
@@ -275,10 +275,10 @@ def test_the_auto_target_in_the_box_is_one_the_box_aware_threshold_allows(tmp_pa
 
     plan = plan_audit(parse_config({"name": "gc", "dataset": {"name": "breast_cancer"}, "model": {"name": "logreg"},
                                     "candidates": {"l2": [0.01]}, "budgets": [0.1], "seeds": [0], "device": "cpu"}), output_dir=tmp_path)  # fmt: skip
-    clean = clean_unit(plan, json.dumps({"l2": 0.01}), 0)
+    clean = clean_unit(plan, plan.candidate(json.dumps({"l2": 0.01})), 0)
     data = plan.dataset
     for reach in ("box", "unbounded"):
-        ctx = AttackContext(data, plan.victim, clean.fitted, {"l2": 0.01}, 0.1, 0)
+        ctx = AttackContext.of(data, plan.victim, clean.fitted, {"l2": 0.01}, 0.1, 0)
         attack = GradientCanceling.for_cell({"epochs": 1, "gradpc_steps": 20, "reach": reach}, ctx)
         d = attack.diagnostics
         if reach == "box":

@@ -80,7 +80,7 @@ def test_optp_is_at_least_as_strong_as_statp_on_diabetes(diabetes):
     for seed in (0, 1, 2):
         clean = victim.fit(d.x_train, d.y_train, {"l2": 1e-3}, seed)
         for name, cls in (("statp", StatP), ("optp", OptP)):
-            x_p, y_p = cls.for_cell({}, AttackContext(d, victim, clean, {"l2": 1e-3}, 0.2, seed)).poison(d.x_train, d.y_train)
+            x_p, y_p = cls.for_cell({}, AttackContext.of(d, victim, clean, {"l2": 1e-3}, 0.2, seed)).poison(d.x_train, d.y_train)
             poisoned = victim.fit(np.concatenate([d.x_train, x_p]), np.concatenate([d.y_train, y_p]), {"l2": 1e-3}, seed)
             ratios[name].append(poisoned.metric(d.x_test, d.y_test) / clean.metric(d.x_test, d.y_test))
     assert np.mean(ratios["statp"]) >= 1.5

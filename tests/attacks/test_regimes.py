@@ -63,7 +63,7 @@ def test_relu2_refuses_more_than_two_classes():
 
 def _poison(name, params, setting, budget):
     d, victim, fitted = setting
-    attack = ATTACKS[name].for_cell(params, AttackContext(d, victim, fitted, {}, budget, seed=4))
+    attack = ATTACKS[name].for_cell(params, AttackContext.of(d, victim, fitted, {}, budget, seed=4))
     x, y = attack.poison(d.x_train, d.y_train)
     return attack, x, y
 
@@ -145,7 +145,8 @@ def test_a_grid_of_widths_under_the_regimes_runs_and_counts_the_changed_points(t
             assert c.poisons_removed == 0 and c.clean_removed == 0
     html = write_report(run).read_text()
     assert "Width under attack" in html and html.count("<svg") >= 3
-    from audit.report.analysis import analyse, width_series
+    from audit.report.aggregation import width_series
+    from audit.report.analysis import analyse
 
     a = analyse(run)
     points = width_series(a)
@@ -156,7 +157,7 @@ def test_a_grid_of_widths_under_the_regimes_runs_and_counts_the_changed_points(t
 def test_width_findings_mark_the_peak_and_the_widths_where_damage_grows_again():
     from types import SimpleNamespace
 
-    from audit.report.analysis import WidthPoint, width_findings
+    from audit.report.aggregation import WidthPoint, width_findings
 
     damage = {16: 9.0, 64: 4.0, 256: 1.0, 1024: 1.4, 4096: 6.0, 16384: 8.0}
     points = [WidthPoint(w, f"width={w}", 95.0, 0.5, {}, 95.0 - d, d, 0.5) for w, d in damage.items()]

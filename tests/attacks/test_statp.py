@@ -22,7 +22,7 @@ def diabetes():
 
 def test_points_on_box_corners_with_boundary_responses(diabetes):
     d, victim, fitted = diabetes
-    attack = StatP.for_cell({}, AttackContext(d, victim, fitted, {"l2": 1e-3}, 0.2, seed=1))
+    attack = StatP.for_cell({}, AttackContext.of(d, victim, fitted, {"l2": 1e-3}, 0.2, seed=1))
     assert isinstance(attack, PoisoningAttackBlackBox)
     x_p, y_p = attack.poison(d.x_train, d.y_train)
     assert x_p.shape == (round(0.2 * len(d.y_train)), d.n_features)
@@ -43,7 +43,7 @@ def test_classification_variant_labels_maximise_the_loss():
     d = load_dataset(DatasetSpec(name="wine"))
     victim = build_victim(ModelSpec(name="logreg"), TrainingSpec(epochs=100), d, CPU)
     fitted = victim.fit(d.x_train, d.y_train, {}, 0)
-    x_p, y_p = StatP.for_cell({}, AttackContext(d, victim, fitted, {}, 0.3, seed=0)).poison(d.x_train, d.y_train)
+    x_p, y_p = StatP.for_cell({}, AttackContext.of(d, victim, fitted, {}, 0.3, seed=0)).poison(d.x_train, d.y_train)
     assert np.all((x_p == 0) | (x_p == 1))
     np.testing.assert_array_equal(y_p, fitted.class_losses(x_p).argmax(1))
 
@@ -55,7 +55,7 @@ def test_statp_raises_test_mse_on_diabetes():
     ratios = []
     for seed in (0, 1, 2):
         clean = victim.fit(d.x_train, d.y_train, {"l2": 1e-3}, seed)
-        x_p, y_p = StatP.for_cell({}, AttackContext(d, victim, clean, {"l2": 1e-3}, 0.2, seed)).poison(d.x_train, d.y_train)
+        x_p, y_p = StatP.for_cell({}, AttackContext.of(d, victim, clean, {"l2": 1e-3}, 0.2, seed)).poison(d.x_train, d.y_train)
         poisoned = victim.fit(np.concatenate([d.x_train, x_p]), np.concatenate([d.y_train, y_p]), {"l2": 1e-3}, seed)
         ratios.append(poisoned.metric(d.x_test, d.y_test) / clean.metric(d.x_test, d.y_test))
     assert np.mean(ratios) >= 1.5, ratios

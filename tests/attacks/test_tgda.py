@@ -173,7 +173,7 @@ FAST = {"epochs": 3, "pretrain_epochs": 3, "cg_max_iter": 10, "follower_steps": 
 
 def test_poisons_are_clean_label_in_the_box_and_transform_reproduces_them():
     d, victim, fitted = _digits()
-    attack = ATTACKS["tgda"].for_cell(FAST, AttackContext(d, victim, fitted, {"l2": 1e-3}, 0.05, seed=4))
+    attack = ATTACKS["tgda"].for_cell(FAST, AttackContext.of(d, victim, fitted, {"l2": 1e-3}, 0.05, seed=4))
     x_p, y_p = attack.poison(d.x_train, d.y_train)
     src = np.asarray(attack.diagnostics["source_examples"])
     assert len(src) == 8 and len(set(src.tolist())) == 8
@@ -192,7 +192,7 @@ def test_tgda_raises_the_validation_loss_it_attacks():
     d, victim, fitted = _digits()
 
     def val_loss(params):
-        attack = ATTACKS["tgda"].for_cell(params, AttackContext(d, victim, fitted, {"l2": 1e-3}, 0.1, seed=0))
+        attack = ATTACKS["tgda"].for_cell(params, AttackContext.of(d, victim, fitted, {"l2": 1e-3}, 0.1, seed=0))
         x_p, y_p = attack.poison(d.x_train, d.y_train)
         poisoned = victim.fit(np.concatenate([d.x_train, x_p]), np.concatenate([d.y_train, y_p]), {"l2": 1e-3}, 0)
         return float(np.mean(poisoned.class_losses(d.x_val)[np.arange(len(d.y_val)), d.y_val]))
@@ -207,7 +207,7 @@ def test_tgda_raises_the_validation_loss_it_attacks():
                                     {"pretrain": False}, {"generator": "dense"}, {"solver": "normal", "damping": 0.01}])  # fmt: skip
 def test_ablation_switches_run_and_change_the_poisons(option):
     d, victim, fitted = _digits()
-    ctx = AttackContext(d, victim, fitted, {"l2": 1e-3}, 0.05, seed=1)
+    ctx = AttackContext.of(d, victim, fitted, {"l2": 1e-3}, 0.05, seed=1)
     x_ref, _ = ATTACKS["tgda"].for_cell(FAST, ctx).poison(d.x_train, d.y_train)
     attack = ATTACKS["tgda"].for_cell({**FAST, **option}, ctx)
     x_p, y_p = attack.poison(d.x_train, d.y_train)
@@ -222,26 +222,26 @@ def test_tgda_errors():
 
     sk = build_victim(ModelSpec(name="logreg"), TrainingSpec(), d, torch.device("cpu"), model_obj=LogisticRegression(max_iter=300))
     sk_fitted = sk.fit(d.x_train, d.y_train, {"l2": 1e-3}, 0)
-    assert ATTACKS["tgda"].for_cell({}, AttackContext(d, sk, sk_fitted, {}, 0.1, seed=0)).module is sk_fitted.module  # its surrogate
+    assert ATTACKS["tgda"].for_cell({}, AttackContext.of(d, sk, sk_fitted, {}, 0.1, seed=0)).module is sk_fitted.module  # its surrogate
     sk_fitted.module = None  # a scikit-learn model without a torch surrogate
     with pytest.raises(AuditError, match="tgda needs a PyTorch victim"):
-        ATTACKS["tgda"].for_cell({}, AttackContext(d, sk, sk_fitted, {}, 0.1, seed=0))
+        ATTACKS["tgda"].for_cell({}, AttackContext.of(d, sk, sk_fitted, {}, 0.1, seed=0))
     with pytest.raises(AuditError, match="parameter 'leader_lr'"):
-        ATTACKS["tgda"].for_cell({"leader_lr": -1}, AttackContext(d, victim, fitted, {}, 0.1, seed=0))
+        ATTACKS["tgda"].for_cell({"leader_lr": -1}, AttackContext.of(d, victim, fitted, {}, 0.1, seed=0))
     with pytest.raises(AuditError, match="needs a validation set"):
         TGDA(fitted.module, x_val=d.x_val, y_val=d.y_val[:-1], budget=0.1, n_classes=10)
     flat_data = load_dataset(DatasetSpec(name="wine"))
     wine_victim = build_victim(ModelSpec(name="logreg"), TrainingSpec(), flat_data, torch.device("cpu"))
     wine_fitted = wine_victim.fit(flat_data.x_train, flat_data.y_train, {}, 0)
     with pytest.raises(AuditError, match="generator 'conv' needs image data"):
-        ATTACKS["tgda"].for_cell({"generator": "conv"}, AttackContext(flat_data, wine_victim, wine_fitted, {}, 0.1, seed=0))
-    attack = ATTACKS["tgda"].for_cell(FAST, AttackContext(d, victim, fitted, {}, 0.1, seed=0))
+        ATTACKS["tgda"].for_cell({"generator": "conv"}, AttackContext.of(flat_data, wine_victim, wine_fitted, {}, 0.1, seed=0))
+    attack = ATTACKS["tgda"].for_cell(FAST, AttackContext.of(d, victim, fitted, {}, 0.1, seed=0))
     with pytest.raises(AuditError, match="call poison"):
         attack.transform(d.x_val, d.y_val)
     diabetes = load_dataset(DatasetSpec(name="diabetes"))
     ridge = build_victim(ModelSpec(name="ridge"), TrainingSpec(), diabetes, torch.device("cpu"))
     with pytest.raises(AuditError, match="tgda is a classification attack"):
-        ATTACKS["tgda"].for_cell({}, AttackContext(diabetes, ridge, ridge.fit(diabetes.x_train, diabetes.y_train, {}, 0), {}, 0.1, 0))
+        ATTACKS["tgda"].for_cell({}, AttackContext.of(diabetes, ridge, ridge.fit(diabetes.x_train, diabetes.y_train, {}, 0), {}, 0.1, 0))
 
 
 @pytest.mark.slow
@@ -254,7 +254,7 @@ def test_tgda_beats_the_papers_label_flip_on_mnist5k_logreg():
     drops = {"tgda": [], "label_flip": []}
     for seed in (0, 1, 2):
         clean = victim.fit(d.x_train, d.y_train, hp, seed)
-        ctx = AttackContext(d, victim, clean, hp, 0.03, seed)
+        ctx = AttackContext.of(d, victim, clean, hp, 0.03, seed)
         for name, params in (("tgda", {}), ("label_flip", {"variant": "random", "mapping": "reverse"})):
             x_p, y_p = ATTACKS[name].for_cell(params, ctx).poison(d.x_train, d.y_train)
             poisoned = victim.fit(np.concatenate([d.x_train, x_p]), np.concatenate([d.y_train, y_p]), hp, seed)
