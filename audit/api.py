@@ -24,6 +24,7 @@ from audit.errors import AuditError
 from audit.grid.cells import apply_defense
 from audit.grid.runner import RunPlan, clean_train_seed, plan_audit, poison_cache_key, run_plan
 from audit.grid.store import Store, candidate_key, stored_cells
+from audit.models import Candidate
 from audit.report.analysis import analyse
 from audit.report.render import build_summary
 
@@ -119,7 +120,7 @@ class AuditResult(os.PathLike):
         else:
             spec = cfg.defense_spec(rec["defense"])
             defense = spec.defense.for_cell(cfg.target_budget, seed, data, spec.params)
-            fitted = apply_defense(defense, data.x_train, data.y_train, victim, hp, seed)[0]
+            fitted = apply_defense(defense, data.x_train, data.y_train, victim, Candidate.of(victim, hp), seed)[0]
         return fitted.to_art(clip_values=clip_values)
 
 

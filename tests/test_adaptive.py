@@ -14,7 +14,7 @@ from audit.errors import AuditError
 from audit.grid import run_audit
 from audit.grid.adaptive import adaptive_key, craft_adaptive
 from audit.grid.runner import plan_audit
-from audit.models import build_victim
+from audit.models import Candidate, build_victim
 from audit.report import analyse, write_report
 from tests.conftest import tiny_config
 
@@ -171,7 +171,7 @@ def test_loss_filter_aware_back_gradient_keeps_more_poisons_under_the_cut():
         ctx = AttackContext.of(data, victim, clean, hp, 0.1, 3)
         params = {**BG_QUICK, "evade": evade, "evade_weight": 1.0}
         x_p, y_p = ATTACKS["back_gradient"].for_cell(params, ctx).poison(data.x_train, data.y_train)
-        keep = defense.apply(np.concatenate([data.x_train, x_p]), np.concatenate([data.y_train, y_p]), victim, hp).keep
+        keep = defense.apply(np.concatenate([data.x_train, x_p]), np.concatenate([data.y_train, y_p]), victim, Candidate.of(victim, hp)).keep
         survived[evade] = keep[n:].mean()
     assert survived["loss_filter"] >= 0.6 and survived["none"] <= 0.4
 
@@ -190,7 +190,7 @@ def test_the_implicit_attacks_evasion_keeps_poisons_and_damage_behind_the_loss_f
         params = {**BackGradient.profiles["quick"].params, "evade": evade}
         x_p, y_p = ATTACKS["back_gradient"].for_cell(params, AttackContext.of(data, victim, clean, hp, 0.1, 3)).poison(data.x_train, data.y_train)
         x_all, y_all = np.concatenate([data.x_train, x_p]), np.concatenate([data.y_train, y_p])
-        keep = defense.apply(x_all, y_all, victim, hp).keep
+        keep = defense.apply(x_all, y_all, victim, Candidate.of(victim, hp)).keep
         kept[evade] = keep[n:].mean()
         drop[evade] = clean.metric(data.x_test, data.y_test) - victim.fit(x_all[keep], y_all[keep], hp, 0).metric(data.x_test, data.y_test)
     assert kept["loss_filter"] >= kept["none"] + 0.15 and drop["loss_filter"] >= drop["none"] + 2.0, (kept, drop)

@@ -9,7 +9,7 @@ from audit.config import DatasetSpec, ModelSpec, TrainingSpec
 from audit.data import load_dataset
 from audit.defenses import ActivationClustering, Roni, SpectralSignature
 from audit.errors import AuditError
-from audit.models import build_victim
+from audit.models import Candidate, build_victim
 
 CPU = torch.device("cpu")
 
@@ -23,17 +23,17 @@ def _mixed(n_samples=None):
 def test_activation_clustering_on_the_mlp_penultimate_layer_finds_flipped_copies():
     d, x, y, n = _mixed()
     victim = build_victim(ModelSpec(name="mlp", width=16), TrainingSpec(epochs=20, batch_size=64), d, CPU)
-    result = ActivationClustering(0.1, 0).apply(x, y, victim, {"l2": 1e-3})
+    result = ActivationClustering(0.1, 0).apply(x, y, victim, Candidate.of(victim, {"l2": 1e-3}))
     assert result.keep.shape == (len(y),)
     assert (~result.keep[n:]).mean() >= 0.7  # measured 0.91 (24 clean points flagged)
-    again = ActivationClustering(0.1, 0).apply(x, y, victim, {"l2": 1e-3})
+    again = ActivationClustering(0.1, 0).apply(x, y, victim, Candidate.of(victim, {"l2": 1e-3}))
     np.testing.assert_array_equal(result.keep, again.keep)  # seeded
 
 
 def test_spectral_signature_flags_the_expected_share():
     d, x, y, n = _mixed()
     victim = build_victim(ModelSpec(name="logreg"), TrainingSpec(epochs=100), d, CPU)
-    result = SpectralSignature(0.1, 0).apply(x, y, victim, {"l2": 1e-3})
+    result = SpectralSignature(0.1, 0).apply(x, y, victim, Candidate.of(victim, {"l2": 1e-3}))
     flagged = int((~result.keep).sum())
     # per class ⌊1.5 · share · n_class⌋ points: about 1.5 × the expected poison count in all
     assert 0.8 * 1.5 * (len(y) - n) <= flagged <= 1.5 * (len(y) - n) + 2
@@ -46,7 +46,7 @@ def test_neural_detectors_refuse_scikit_learn_victims():
     sk = build_victim(ModelSpec(name="logreg"), TrainingSpec(), d, CPU, model_obj=LogisticRegression(max_iter=500))
     for cls in (ActivationClustering, SpectralSignature):
         with pytest.raises(AuditError, match="need a torch victim .* use 'roni' for scikit-learn models"):
-            cls(0.1, 0).apply(x, y, sk, {"l2": 1e-3})
+            cls(0.1, 0).apply(x, y, sk, Candidate.of(sk, {"l2": 1e-3}))
 
 
 def test_roni_runs_for_scikit_learn_and_refuses_torch():
@@ -54,8 +54,8 @@ def test_roni_runs_for_scikit_learn_and_refuses_torch():
 
     d, x, y, _ = _mixed(n_samples=120)
     sk = build_victim(ModelSpec(name="logreg"), TrainingSpec(), d, CPU, model_obj=LogisticRegression(max_iter=500))
-    result = Roni.for_cell(0.1, 0, d).apply(x, y, sk, {"l2": 1e-3})
+    result = Roni.for_cell(0.1, 0, d).apply(x, y, sk, Candidate.of(sk, {"l2": 1e-3}))
     assert result.keep.shape == (len(y),) and result.keep.dtype == bool
     torch_victim = build_victim(ModelSpec(name="logreg"), TrainingSpec(epochs=50), d, CPU)
     with pytest.raises(AuditError, match="roni needs a scikit-learn victim"):
-        Roni.for_cell(0.1, 0, d).apply(x, y, torch_victim, {})
+        Roni.for_cell(0.1, 0, d).apply(x, y, torch_victim, Candidate.of(torch_victim, {}))

@@ -10,7 +10,7 @@ from audit.data import load_dataset
 from audit.defenses import DEFENSES
 from audit.maths.certificate import online_minmax, softmax_loss
 from audit.maths.regions import AcceptanceRegion, class_centroids, max_linear, slab_directions
-from audit.models import build_victim
+from audit.models import Candidate, build_victim
 
 CPU = torch.device("cpu")
 
@@ -92,11 +92,12 @@ def test_min_max_poisons_survive_the_oracle_sphere_slab_that_removes_label_flips
     result = online_minmax(data.x_train, data.y_train, 2, region.shrunk(1e-4), data.lo, data.hi, hp["l2"], m, *_weights(clean))
     mixed_x = np.concatenate([data.x_train, result.x.astype(np.float32)])
     mixed_y = np.concatenate([data.y_train, result.y])
-    kept = defense.apply(mixed_x, mixed_y, victim, hp).keep[len(data.y_train) :]
+    kept = defense.apply(mixed_x, mixed_y, victim, Candidate.of(victim, hp)).keep[len(data.y_train) :]
     assert kept.all()  # inside the region by construction, after float32 rounding too
     ctx = AttackContext.of(data, victim, clean, hp, 0.1, 5)
     x_f, y_f = ATTACKS["label_flip"].for_cell({"variant": "adversarial"}, ctx).poison(data.x_train, data.y_train)
-    flips_kept = defense.apply(np.concatenate([data.x_train, x_f]), np.concatenate([data.y_train, y_f]), victim, hp).keep[len(data.y_train) :]
+    mixed = np.concatenate([data.x_train, x_f]), np.concatenate([data.y_train, y_f])
+    flips_kept = defense.apply(*mixed, victim, Candidate.of(victim, hp)).keep[len(data.y_train) :]
     assert flips_kept.mean() < 0.5  # the non-adaptive flip is mostly caught: the filter does its job against it
     assert result.max_gap < 1e-6
 
@@ -150,7 +151,7 @@ def test_region_aware_attacks_survive_sphere_slab_and_break_it(cancer, name, par
         ctx = AttackContext.of(data, victim, clean, hp, 0.1, 3)
         x_p, y_p = ATTACKS[name].for_cell({**params, "region": region}, ctx).poison(data.x_train, data.y_train)
         x_mix, y_mix = np.concatenate([data.x_train, x_p]), np.concatenate([data.y_train, y_p])
-        keep = defense.apply(x_mix, y_mix, victim, hp).keep
+        keep = defense.apply(x_mix, y_mix, victim, Candidate.of(victim, hp)).keep
         out[region] = (keep[n:].mean(), base - victim.fit(x_mix[keep], y_mix[keep], hp, 0).metric(data.x_test, data.y_test))
     assert out["sphere_slab"][0] >= 0.9 and out["none"][0] < plain_survival  # the defense-aware poisons pass the filter, the plain ones do not
     assert out["sphere_slab"][1] > out["none"][1] + margin  # and behind the filter they do more damage

@@ -22,6 +22,7 @@ from audit.maths.certificates import (
     spread_offsets,
     vote_table,
 )
+from audit.models import Candidate
 
 
 def plurality(tops: list[int], c: int) -> int:
@@ -184,7 +185,7 @@ def test_no_poisoning_within_the_certified_radius_changes_a_certified_prediction
         "fa": FiniteAggregation(0.0, 0, partitions=4, spread=2, evaluation=(x_test, y_test), n_clean=80),
         "fa_roe": FiniteAggregation(0.0, 0, partitions=4, spread=2, aggregation="runoff", evaluation=(x_test, y_test), n_clean=80),
     }
-    base = {name: e.apply(x, y, victim, {}) for name, e in ensembles.items()}
+    base = {name: e.apply(x, y, victim, Candidate("{}", {}, 0.0)) for name, e in ensembles.items()}
     radius = {}
     for name, result in base.items():
         offsets = spread_offsets(4, 2, 0) if name.startswith("fa") else np.zeros(1, dtype=np.int64)
@@ -203,7 +204,7 @@ def test_no_poisoning_within_the_certified_radius_changes_a_certified_prediction
     changed_below = 0
     for x_p, y_p, m in perturbations:
         for name, e in ensembles.items():
-            moved = e.apply(x_p, y_p, victim, {}).fitted.predict(x_test) != prediction[name]
+            moved = e.apply(x_p, y_p, victim, Candidate("{}", {}, 0.0)).fitted.predict(x_test) != prediction[name]
             assert not np.any(moved & (radius[name] >= m)), (name, m)
             changed_below += int(np.any(moved))
     assert changed_below > 10
@@ -259,7 +260,7 @@ def test_batched_learners_are_the_learners_the_victim_trains_one_at_a_time() -> 
     for batched in (True, False):
         dpa = DeepPartitionAggregation(0.0, 0, partitions=10, evaluation=(data.x_test, data.y_test), n_clean=len(data.y_train),
                                        batched=batched)  # fmt: skip
-        runs[batched] = dpa.apply(data.x_train, data.y_train, victim, {"l2": 1e-2})
+        runs[batched] = dpa.apply(data.x_train, data.y_train, victim, Candidate.of(victim, {"l2": 1e-2}))
     for fast, slow in zip(runs[True].fitted.members, runs[False].fitted.members):
         assert fast.train_result["batched"] and fast.train_result["converged"]
         assert fast.train_result["objective"] == pytest.approx(slow.train_result["objective"], abs=1e-6)  # measured 2.8e-8

@@ -22,9 +22,9 @@ from audit.grid.runner import run_audit
 from audit.grid.store import Store
 from audit.report.compliance import REGULATION_MAP, config_digest
 from audit.report.export import export, render_html
-from audit.report.templating import md_escape
 from audit.report.gate import SUMMARY_LIMIT, gate, step_summary
 from audit.report.integrity import MANIFEST, SIGNATURE
+from audit.report.templating import md_escape
 from tests.conftest import tiny_config
 
 HOSTILE = '<script>alert("pwn")</script> \'quoted\' & <b>bold</b>\n# not a heading | pipe'

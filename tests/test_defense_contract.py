@@ -14,7 +14,7 @@ from audit.defenses import DEFENSES
 from audit.defenses.base import CertificateDiagnostics
 from audit.errors import AuditError
 from audit.grid.cells import apply_defense
-from audit.models import build_victim
+from audit.models import Candidate, build_victim
 
 SETTINGS = {"classification": ("wine", "logreg", LogisticRegression(max_iter=500)), "regression": ("diabetes", "ridge", Ridge())}
 _CACHE: dict = {}
@@ -56,7 +56,7 @@ def test_defense_contract(name, task, kind):
     x_in, y_in = x.copy(), y.copy()
     cls = DEFENSES[name]
     hp = {"l2": 0.01}
-    fitted, keep, diag = apply_defense(cls.for_cell(0.1, 5, d), x, y, victim, hp, 0)
+    fitted, keep, diag = apply_defense(cls.for_cell(0.1, 5, d), x, y, victim, Candidate.of(victim, hp), 0)
     assert keep.dtype == bool and keep.shape == (len(y),)
     np.testing.assert_array_equal(x, x_in)  # the mixed set is not modified
     np.testing.assert_array_equal(y, y_in)
@@ -66,7 +66,7 @@ def test_defense_contract(name, task, kind):
         assert issubclass(cls.Diagnostics, CertificateDiagnostics)
     metric = fitted.metric(d.x_test, d.y_test)
     assert np.isfinite(metric)
-    again, keep2, _ = apply_defense(cls.for_cell(0.1, 5, d), x, y, victim, hp, 0)
+    again, keep2, _ = apply_defense(cls.for_cell(0.1, 5, d), x, y, victim, Candidate.of(victim, hp), 0)
     np.testing.assert_array_equal(keep, keep2)  # same seed, same decision
     assert again.metric(d.x_test, d.y_test) == pytest.approx(metric)
 

@@ -9,7 +9,7 @@ from audit.data import load_dataset
 from audit.defenses import DEFENSES, Huber, NoDefense, Ransac, Trim
 from audit.errors import AuditError
 from audit.grid.runner import run_audit
-from audit.models import build_victim
+from audit.models import Candidate, build_victim
 from audit.models.victim import TorchVictim
 from tests.conftest import stored_cells, tiny_config
 
@@ -32,7 +32,7 @@ def test_trim_recovers_the_clean_coefficients():
     victim = TorchVictim(lambda hp: nn.Linear(3, 1), "regression", None, (3,), LINEAR, CPU, "linear")
     naive = victim.fit(x, y, {}, 0).module.weight.detach().numpy().ravel()
     assert np.abs(naive - w).max() > 0.2  # the planted poison moves plain least squares (measured 0.26)
-    result = Trim(rate=0.2, seed=0).apply(x, y, victim, {})
+    result = Trim(rate=0.2, seed=0).apply(x, y, victim, Candidate.of(victim, {}))
     kept = victim.fit(x[result.keep], y[result.keep], {}, 0).module.weight.detach().numpy().ravel()
     np.testing.assert_allclose(kept, w, atol=0.05)
     assert result.keep[:n].sum() == n and result.keep[n:].sum() == 0  # every poison out, every clean point kept
@@ -43,9 +43,9 @@ def test_trim_recovers_the_clean_coefficients():
 def test_trim_with_known_n_and_errors():
     x, y, _, n = _planted()
     victim = TorchVictim(lambda hp: nn.Linear(3, 1), "regression", None, (3,), LINEAR, CPU, "linear")
-    assert Trim(rate=0.5, seed=1, n_keep=n).apply(x, y, victim, {}).keep.sum() == n
+    assert Trim(rate=0.5, seed=1, n_keep=n).apply(x, y, victim, Candidate.of(victim, {})).keep.sum() == n
     with pytest.raises(AuditError, match="number of points to keep must be in 1..240"):
-        Trim(rate=0.2, seed=0, n_keep=500).apply(x, y, victim, {})
+        Trim(rate=0.2, seed=0, n_keep=500).apply(x, y, victim, Candidate.of(victim, {}))
 
 
 @pytest.mark.parametrize("cls", [Huber, Ransac])
@@ -53,7 +53,7 @@ def test_robust_baselines_beat_least_squares_on_planted_outliers(cls):
     x, y, w, _ = _planted()
     victim = TorchVictim(lambda hp: nn.Linear(3, 1), "regression", None, (3,), LINEAR, CPU, "linear")
     naive_err = np.abs(victim.fit(x, y, {}, 0).module.weight.detach().numpy().ravel() - w).max()
-    result = cls(rate=0.2, seed=0).apply(x, y, victim, {"l2": 0.0})
+    result = cls(rate=0.2, seed=0).apply(x, y, victim, Candidate.of(victim, {"l2": 0.0}))
     est = result.fitted.estimator
     coef = est.estimator_.coef_ if hasattr(est, "estimator_") else est.coef_
     robust_err = np.abs(coef - w).max()
@@ -71,7 +71,7 @@ def test_trim_brings_diabetes_mse_back_below_undefended():
         x_p, y_p = StatP.for_cell({}, AttackContext.of(d, victim, clean, {"l2": 1e-3}, 0.2, seed)).poison(d.x_train, d.y_train)
         x_mix, y_mix = np.concatenate([d.x_train, x_p]), np.concatenate([d.y_train, y_p])
         undefended.append(victim.fit(x_mix, y_mix, {"l2": 1e-3}, seed).metric(d.x_test, d.y_test))
-        keep = Trim(rate=0.2, seed=seed).apply(x_mix, y_mix, victim, {"l2": 1e-3}).keep
+        keep = Trim(rate=0.2, seed=seed).apply(x_mix, y_mix, victim, Candidate.of(victim, {"l2": 1e-3})).keep
         trimmed.append(victim.fit(x_mix[keep], y_mix[keep], {"l2": 1e-3}, seed).metric(d.x_test, d.y_test))
     assert np.mean(trimmed) <= 0.75 * np.mean(undefended), (trimmed, undefended)
 

@@ -7,7 +7,7 @@ from audit.data import load_dataset
 from audit.defenses.dpa import DeepPartitionAggregation, certificate, partition_of
 from audit.errors import AuditError
 from audit.grid.runner import run_audit
-from audit.models import build_victim
+from audit.models import Candidate, build_victim
 from tests.conftest import stored_cells, tiny_config
 
 CPU = torch.device("cpu")
@@ -37,7 +37,7 @@ def test_partition_is_a_deterministic_function_of_the_point():
 def test_dpa_trains_members_with_the_victims_procedure_and_certifies():
     d = load_dataset(DatasetSpec(name="breast_cancer"))
     victim = build_victim(ModelSpec(name="logreg"), TrainingSpec(epochs=100), d, CPU)
-    result = DeepPartitionAggregation.for_cell(0.01, 0, d).apply(d.x_train, d.y_train, victim, {"l2": 1e-3})
+    result = DeepPartitionAggregation.for_cell(0.01, 0, d).apply(d.x_train, d.y_train, victim, Candidate.of(victim, {"l2": 1e-3}))
     diag = result.diagnostics
     assert diag["partitions"] == len(d.y_train) // 20 and sum(diag["partition_sizes"]) == len(d.y_train)
     raw, k = result.fitted.raw_scores(d.x_test), len(result.fitted.members)  # ART weighs each member's raw output by 1/k
@@ -57,7 +57,7 @@ def test_dpa_refuses_scikit_learn_victims():
     d = load_dataset(DatasetSpec(name="breast_cancer"))
     sk = build_victim(ModelSpec(name="logreg"), TrainingSpec(), d, CPU, model_obj=LogisticRegression())
     with pytest.raises(AuditError, match="dpa needs a torch victim"):
-        DeepPartitionAggregation(0.1, 0).apply(d.x_train, d.y_train, sk, {})
+        DeepPartitionAggregation(0.1, 0).apply(d.x_train, d.y_train, sk, Candidate.of(sk, {}))
 
 
 def test_dpa_in_the_grid_and_report(tmp_path):

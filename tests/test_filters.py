@@ -8,7 +8,7 @@ from audit.defenses import DEFENSES, InfluenceFilter, LossFilter, Sever
 from audit.defenses.filters import sever_scores
 from audit.errors import AuditError
 from audit.grid.runner import run_audit
-from audit.models import build_victim
+from audit.models import Candidate, build_victim
 from tests.conftest import stored_cells, tiny_config, tiny_n_train
 
 CPU = torch.device("cpu")
@@ -46,7 +46,7 @@ def planted():
 def test_filters_remove_planted_poisons(planted, cls):
     d, victim, x, y, n = planted
     defense = cls.for_cell(0.1, 0, d)
-    result = defense.apply(x, y, victim, {"l2": 1e-3})
+    result = defense.apply(x, y, victim, Candidate.of(victim, {"l2": 1e-3}))
     removed = ~result.keep
     recall = removed[n:].mean()
     assert removed.sum() == round(len(y) - len(y) / 1.1)
@@ -55,7 +55,7 @@ def test_filters_remove_planted_poisons(planted, cls):
 
 def test_influence_filter_reports_its_cg_solve(planted):
     d, victim, x, y, _ = planted
-    result = InfluenceFilter.for_cell(0.1, 0, d).apply(x, y, victim, {"l2": 1e-3})
+    result = InfluenceFilter.for_cell(0.1, 0, d).apply(x, y, victim, Candidate.of(victim, {"l2": 1e-3}))
     assert result.diagnostics["cg_converged"] and result.diagnostics["cg_iterations"] > 0
 
 
@@ -65,8 +65,8 @@ def test_filters_need_a_torch_victim(planted):
     d, _, x, y, _ = planted
     sk = build_victim(ModelSpec(name="logreg"), TrainingSpec(), d, CPU, model_obj=LogisticRegression(max_iter=500))
     with pytest.raises(AuditError, match="needs a torch victim"):
-        Sever(0.1, 0).apply(x, y, sk, {"l2": 1e-3})
-    LossFilter(0.1, 0).apply(x, y, sk, {"l2": 1e-3})  # the loss filter only needs predictions
+        Sever(0.1, 0).apply(x, y, sk, Candidate.of(sk, {"l2": 1e-3}))
+    LossFilter(0.1, 0).apply(x, y, sk, Candidate.of(sk, {"l2": 1e-3}))  # the loss filter only needs predictions
 
 
 def test_filters_in_the_grid(tmp_path):

@@ -4,6 +4,7 @@ import pytest
 
 from audit.config import parse_config
 from audit.grid.runner import run_audit
+from audit.models import Candidate
 from tests.conftest import stored_cells as _cells
 from tests.conftest import tiny_config
 
@@ -81,7 +82,7 @@ def test_partition_learners_train_as_one_batch_on_cuda_as_on_the_cpu():
         for device in ("cpu", "cuda"):
             victim = build_victim(ModelSpec(name="logreg"), TrainingSpec(epochs=100), d, torch.device(device))
             defense = cls(0.0, 0, evaluation=(d.x_test, d.y_test), n_clean=len(d.y_train), **params)
-            runs.append(defense.apply(d.x_train, d.y_train, victim, {"l2": 1e-3}))
+            runs.append(defense.apply(d.x_train, d.y_train, victim, Candidate.of(victim, {"l2": 1e-3})))
         cpu, gpu = runs
         objectives = [(a.train_result["objective"], b.train_result["objective"]) for a, b in zip(cpu.fitted.members, gpu.fitted.members)]
         assert max(abs(a - b) for a, b in objectives) <= 1e-6

@@ -6,8 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from audit.attacks import AttackContext, LabelFlip
-from audit.attacks import profile_settings
+from audit.attacks import AttackContext, LabelFlip, profile_settings
 from audit.catalog import BATTERY, PROFILE_NAMES
 from audit.config import AuditConfig, DatasetSpec, ModelSpec, TrainingSpec, parse_config
 from audit.data import load_dataset

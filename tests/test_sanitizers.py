@@ -5,6 +5,7 @@ import pytest
 
 from audit.defenses import DEFENSES
 from audit.maths.regions import AcceptanceRegion, class_centroids, slab_directions
+from audit.models import Candidate
 
 
 def _blobs(seed=0, n=400, d=2):
@@ -27,7 +28,7 @@ def test_oracle_thresholds_keep_the_quantile_of_clean_points_and_drop_far_poison
     poisons_x = np.r_[far, [[-5.0, -5.0]]]  # the last one lies along the class-1 → class-0 line, beyond class 0
     poisons_y = np.array([0, 1, 1])
     mixed_x, mixed_y = np.r_[x, poisons_x], np.r_[y, poisons_y]
-    result = defense.apply(mixed_x, mixed_y, victim=None, hparams={})
+    result = defense.apply(mixed_x, mixed_y, victim=None, candidate=Candidate("{}", {}, 0.0))
     kept_clean = result.keep[: len(y)]
     tests = 2 if name == "sphere_slab" else 1  # each test rejects 10 % of the clean points; together at most 20 % (union bound)
     for k in (0, 1):
@@ -43,7 +44,7 @@ def test_the_default_quantile_follows_the_assumed_poison_rate():
     x, y = _blobs()
     defense = DEFENSES["sphere"].for_cell(0.25, 0, _Data(x, y), {})
     assert defense.level() == pytest.approx(0.8)
-    kept = defense.apply(x, y, victim=None, hparams={}).keep
+    kept = defense.apply(x, y, victim=None, candidate=Candidate("{}", {}, 0.0)).keep
     assert kept.mean() == pytest.approx(0.8, abs=0.02)
 
 
@@ -53,8 +54,9 @@ def test_data_centroids_move_with_the_poisons_oracle_ones_do_not():
     mixed_x, mixed_y = np.r_[x, cluster], np.r_[y, np.zeros(150, int)]
     oracle = DEFENSES["sphere"].for_cell(0.3, 0, _Data(x, y), {"quantile": 0.95})
     data = DEFENSES["sphere"].for_cell(0.3, 0, _Data(x, y), {"quantile": 0.95, "centroids": "data"})
-    assert not oracle.apply(mixed_x, mixed_y, None, {}).keep[len(y) :].any()
-    assert data.apply(mixed_x, mixed_y, None, {}).keep[len(y) :].all()  # the dragged centroid accepts them: why oracle is the default
+    assert not oracle.apply(mixed_x, mixed_y, None, Candidate("{}", {}, 0.0)).keep[len(y) :].any()
+    # the dragged centroid accepts them: why oracle is the default
+    assert data.apply(mixed_x, mixed_y, None, Candidate("{}", {}, 0.0)).keep[len(y) :].all()
 
 
 def test_projection_is_the_nearest_feasible_point_against_a_brute_force_grid():

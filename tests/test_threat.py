@@ -145,8 +145,8 @@ def test_every_output_names_the_attack_whose_number_it_prints(tmp_path):
     from audit.grid.runner import _prepare_store
     from audit.grid.store import Cell
     from audit.report.export import export
-    from audit.report.templating import md_escape
     from audit.report.gate import gate, junit_xml, step_summary
+    from audit.report.templating import md_escape
 
     cfg = parse_config(tiny_config(name="labels", adaptive={"enabled": "off"}, confirm=False))
     plan = plan_audit(cfg, output_dir=tmp_path)

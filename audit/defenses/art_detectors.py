@@ -29,6 +29,7 @@ from torch import nn
 from audit.defenses.base import Defense, DefenseResult
 from audit.errors import AuditError
 from audit.jsonio import Diagnostics
+from audit.models.candidate import Candidate
 from audit.seeding import numpy_global_seed
 
 
@@ -93,8 +94,8 @@ class _PenultimateDetector(_ArtDetector):
     def _detect(self, classifier: Any, x: np.ndarray, y_onehot: np.ndarray) -> list[int]:
         raise NotImplementedError
 
-    def apply(self, x: np.ndarray, y: np.ndarray, victim: Any, hparams: dict[str, Any]) -> DefenseResult:
-        fitted = victim.fit(x, y, hparams, self.seed)
+    def apply(self, x: np.ndarray, y: np.ndarray, victim: Any, candidate: Candidate) -> DefenseResult:
+        fitted = victim.fit(x, y, candidate.hparams, self.seed)
         c = int(victim.n_classes)
         with numpy_global_seed(self.seed):  # ART's KMeans/PCA draw from numpy's global generator
             is_clean = self._detect(penultimate_classifier(fitted, c, (x.shape[1],)), x, _one_hot(y, c))
@@ -147,7 +148,7 @@ class Roni(_ArtDetector):
     def from_dataset(cls, dataset: Any) -> dict[str, Any]:
         return {"validation": dataset.defense_validation()}
 
-    def apply(self, x: np.ndarray, y: np.ndarray, victim: Any, hparams: dict[str, Any]) -> DefenseResult:
+    def apply(self, x: np.ndarray, y: np.ndarray, victim: Any, candidate: Candidate) -> DefenseResult:
         from art.defences.detector.poison import RONIDefense
 
         if victim.kind != "sklearn":
@@ -157,7 +158,7 @@ class Roni(_ArtDetector):
             )
         if self.validation is None:
             raise AuditError("roni needs the validation split (the grid passes it)")
-        fitted = victim.fit(x, y, hparams, self.seed)
+        fitted = victim.fit(x, y, candidate.hparams, self.seed)
         c = int(victim.n_classes)
         x_val, y_val = self.validation
 

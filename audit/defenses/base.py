@@ -25,6 +25,7 @@ from pydantic import ValidationError
 
 from audit.errors import AuditError
 from audit.jsonio import Diagnostics
+from audit.models.candidate import Candidate
 from audit.spec import BoundedParams
 
 
@@ -92,8 +93,9 @@ class Defense(ABC):
         return {}
 
     @abstractmethod
-    def apply(self, x: np.ndarray, y: np.ndarray, victim: Any, hparams: dict[str, Any]) -> DefenseResult:
-        """Filter or robustly train on the mixed set ``(x, y)`` (clean points first, poisons last)."""
+    def apply(self, x: np.ndarray, y: np.ndarray, victim: Any, candidate: Candidate) -> DefenseResult:
+        """Filter or robustly train on the mixed set ``(x, y)`` (clean points first, poisons last); ``victim`` trains with
+        ``candidate.hparams`` (its ρ: ``candidate.rho``)."""
 
 
 class NoDefense(Defense):
@@ -104,5 +106,5 @@ class NoDefense(Defense):
     draws_randomness: ClassVar[bool] = False
     filters: ClassVar[bool] = False
 
-    def apply(self, x: np.ndarray, y: np.ndarray, victim: Any, hparams: dict[str, Any]) -> DefenseResult:
+    def apply(self, x: np.ndarray, y: np.ndarray, victim: Any, candidate: Candidate) -> DefenseResult:
         return DefenseResult(keep=np.ones(len(y), dtype=bool))

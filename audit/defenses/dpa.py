@@ -23,7 +23,6 @@ with ``r ≥ round(ε·n)``, and ``certified_curves`` give it at every radius ``
 from __future__ import annotations
 
 import hashlib
-import json
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal
@@ -46,6 +45,7 @@ from audit.maths.certificates import (
     top_class,
     vote_table,
 )
+from audit.models.candidate import Candidate
 from audit.models.structure import convex_linear_layer, is_convex_linear
 from audit.models.victim import Fitted, FittedTorch
 from audit.seeding import seeded_init
@@ -129,25 +129,25 @@ class FAParams(DefenseParams):
     batched: bool = True
 
 
-def batchable(victim: Any, hparams: dict[str, Any]) -> float | None:
+def batchable(victim: Any, candidate: Candidate) -> float | None:
     """ρ when every learner of ``victim`` is the unique minimiser of a softmax regression's objective — the audit's own
     full-batch L-BFGS training of one ``nn.Linear`` with ρ > 0, no L1 term, no user training — else None."""
     if getattr(victim, "user_training", None) is not None or getattr(victim, "task", None) != "classification" or not hasattr(victim, "train_config"):
         return None
-    config = victim.train_config(hparams)
+    config = victim.train_config(candidate.hparams)
     if config is None or config.optimizer != "lbfgs" or config.batch_size is not None or config.l1 or not config.l2 > 0:
         return None
     with seeded_init(0):
-        return float(config.l2) if is_convex_linear(victim.build(hparams)) else None
+        return candidate.rho if is_convex_linear(victim.build(candidate.hparams)) else None
 
 
-def fit_batched(victim: Any, hparams: dict[str, Any], x: np.ndarray, y: np.ndarray, parts: list[np.ndarray], tol: float = 1e-7) -> list[Fitted]:
+def fit_batched(victim: Any, candidate: Candidate, x: np.ndarray, y: np.ndarray, parts: list[np.ndarray], tol: float = 1e-7) -> list[Fitted]:
     """Every learner of a convex softmax-regression victim trained at once (:func:`audit.maths.batched.batched_newton_cg`)
     on the points ``parts[i]`` each reads, to ``‖∇L_i‖ ≤ tol`` in float64; the same minimisers the victim's own
     training approaches one learner at a time (``tests/test_certificates.py`` compares them)."""
-    rho, device, c = float(victim.train_config(hparams).l2), victim.device, int(victim.n_classes)
+    rho, device, c = candidate.rho, victim.device, int(victim.n_classes)
     with seeded_init(0):
-        modules = [victim.build(hparams) for _ in parts]
+        modules = [victim.build(candidate.hparams) for _ in parts]
     layer = convex_linear_layer(modules[0])
     assert layer is not None
     seen: list[torch.Tensor] = []
@@ -181,7 +181,7 @@ def fit_batched(victim: Any, hparams: dict[str, Any], x: np.ndarray, y: np.ndarr
             "steps": int(fit.steps[i]),
             "objective": float(fit.value[i]),
             "grad_norm": float(fit.grad_norm[i]),
-            "converged": bool(fit.grad_norm[i] <= victim.train_config(hparams).grad_tol),
+            "converged": bool(fit.grad_norm[i] <= victim.train_config(candidate.hparams).grad_tol),
             "batched": True,
         }
         members.append(
@@ -241,14 +241,14 @@ class PartitionEnsemble(Defense):
         own = self.certificates[1] if self.aggregation == "runoff" else self.certificates[0]
         return {name: compute[name]() for name in (own, *[c for c in self.certificates if c != own])}
 
-    def learners(self, x: np.ndarray, y: np.ndarray, bucket: np.ndarray, reads: np.ndarray, victim: Any, hparams: dict[str, Any]) -> list[Fitted]:
+    def learners(self, x: np.ndarray, y: np.ndarray, bucket: np.ndarray, reads: np.ndarray, victim: Any, candidate: Candidate) -> list[Fitted]:
         """One victim per row of ``reads`` (the buckets it trains on), learner ``i`` seeded ``s + i`` — ``s`` the cell's
         training seed, so the ensemble on a poisoned set differs from the clean one only by the poisons, as the
         certificate assumes. The same buckets, data, candidate and seed give the same learners, so they are trained
         once: ``dpa`` with either aggregation and ``fa`` with ``spread: 1`` share them (:data:`_TRAINED`)."""
         base = self.train_seed if self.train_seed is not None else self.seed
         digest = hashlib.sha256(np.ascontiguousarray(x).tobytes() + np.ascontiguousarray(y).tobytes() + reads.tobytes()).hexdigest()
-        key = (digest, len(reads), json.dumps(hparams, sort_keys=True, default=str), base, id(victim), self.batched)
+        key = (digest, len(reads), candidate.key, base, id(victim), self.batched)
         if key in _TRAINED:
             _TRAINED.move_to_end(key)
             return _TRAINED[key]
@@ -258,17 +258,17 @@ class PartitionEnsemble(Defense):
         for i, idx in enumerate(parts):
             if len(idx) == 0:
                 raise AuditError(f"{self.name}: learner {i} of {len(reads)} has no training point; use fewer partitions")
-        batch = batchable(victim, hparams) if self.batched else None
+        batch = batchable(victim, candidate) if self.batched else None
         if batch is not None:
-            members: list[Fitted] = list(fit_batched(victim, hparams, x, y, parts))
+            members: list[Fitted] = list(fit_batched(victim, candidate, x, y, parts))
         else:
-            members = [victim.fit(x[idx], y[idx], hparams, base + i) for i, idx in enumerate(parts)]
+            members = [victim.fit(x[idx], y[idx], candidate.hparams, base + i) for i, idx in enumerate(parts)]
         _TRAINED[key] = members
         while len(_TRAINED) > 2:
             _TRAINED.popitem(last=False)
         return members
 
-    def apply(self, x: np.ndarray, y: np.ndarray, victim: Any, hparams: dict[str, Any]) -> DefenseResult:
+    def apply(self, x: np.ndarray, y: np.ndarray, victim: Any, candidate: Candidate) -> DefenseResult:
         from art.estimators.classification import DeepPartitionEnsemble
 
         if not victim.builds_modules:
@@ -279,7 +279,7 @@ class PartitionEnsemble(Defense):
         offsets = spread_offsets(k, self.spread, 0)
         rows = np.concatenate([x, y.reshape(-1, 1).astype(x.dtype)], axis=1)
         bucket = np.array([partition_of(r, k * self.spread) for r in rows])
-        members = self.learners(x, y, bucket, fa_training_buckets(k, offsets), victim, hparams)
+        members = self.learners(x, y, bucket, fa_training_buckets(k, offsets), victim, candidate)
         ensemble = DeepPartitionEnsemble([m.to_art() for m in members], ensemble_size=len(members), channels_first=True)
         fitted = FittedEnsemble(task="classification", n_classes=c, members=members, art_ensemble=ensemble, aggregation=self.aggregation)
         diagnostics = PartitionDiagnostics(

@@ -26,6 +26,7 @@ from audit.errors import AuditError
 from audit.jsonio import Diagnostics
 from audit.maths.autodiff import mean_gradient, objective_hvp, per_sample_gradients
 from audit.maths.linear_solve import CG
+from audit.models.candidate import Candidate
 
 
 def _n_remove(rate: float, n_total: int) -> int:
@@ -101,8 +102,8 @@ class LossFilter(Defense):
     Diagnostics = RemovedDiagnostics
     description: ClassVar[str] = "loss filter: drop the ε fraction with the largest training loss, retrain"
 
-    def apply(self, x: np.ndarray, y: np.ndarray, victim: Any, hparams: dict[str, Any]) -> DefenseResult:
-        fitted = victim.fit(x, y, hparams, self.seed)
+    def apply(self, x: np.ndarray, y: np.ndarray, victim: Any, candidate: Candidate) -> DefenseResult:
+        fitted = victim.fit(x, y, candidate.hparams, self.seed)
         if victim.task == "classification":
             scores = fitted.class_losses(x)[np.arange(len(y)), y.astype(int)]
         else:
@@ -142,15 +143,15 @@ class InfluenceFilter(Defense):
     def from_dataset(cls, dataset: Any) -> dict[str, Any]:
         return {"validation": dataset.defense_validation()}
 
-    def apply(self, x: np.ndarray, y: np.ndarray, victim: Any, hparams: dict[str, Any]) -> DefenseResult:
+    def apply(self, x: np.ndarray, y: np.ndarray, victim: Any, candidate: Candidate) -> DefenseResult:
         if self.validation is None:
             raise AuditError("influence_filter needs the validation split (the grid passes it)")
-        fitted = victim.fit(x, y, hparams, self.seed)
+        fitted = victim.fit(x, y, candidate.hparams, self.seed)
         module = _module_of(fitted, self.name)
         task = victim.task
         xt, yt = _tensors(fitted, x, y, task)
         xv, yv = _tensors(fitted, *self.validation, task)
-        l2 = victim.l2(hparams)
+        l2 = candidate.rho
         g_val = mean_gradient(module, xv, yv, task)
         solve = CG(self.cg_tol, self.cg_iter)(objective_hvp(module, xt, yt, task, l2, self.damping), g_val)
         grads = per_sample_gradients(module, xt, yt, task)
@@ -202,14 +203,14 @@ class Sever(Defense):
         self.rounds = rounds
         self.max_params = max_params
 
-    def apply(self, x: np.ndarray, y: np.ndarray, victim: Any, hparams: dict[str, Any]) -> DefenseResult:
+    def apply(self, x: np.ndarray, y: np.ndarray, victim: Any, candidate: Candidate) -> DefenseResult:
         total = _n_remove(self.rate, len(y))
         keep = np.ones(len(y), bool)
         shares = [total // self.rounds + (1 if r < total % self.rounds else 0) for r in range(self.rounds)]
         last_layer = None
         for share in shares:
             idx = np.flatnonzero(keep)
-            fitted = victim.fit(x[idx], y[idx], hparams, self.seed)
+            fitted = victim.fit(x[idx], y[idx], candidate.hparams, self.seed)
             module = _module_of(fitted, self.name)
             last_layer = sum(p.numel() for p in module.parameters()) > self.max_params
             xt, yt = _tensors(fitted, x, y, victim.task)

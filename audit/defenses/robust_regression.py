@@ -21,6 +21,7 @@ from pydantic import Field
 from audit.defenses.base import Defense, DefenseParams, DefenseResult
 from audit.errors import AuditError
 from audit.jsonio import Diagnostics
+from audit.models.candidate import Candidate
 from audit.models.victim import FittedSklearn
 
 
@@ -68,30 +69,30 @@ class Trim(Defense):
         self.rtol = rtol
         self.restarts = restarts
 
-    def apply(self, x: np.ndarray, y: np.ndarray, victim: Any, hparams: dict[str, Any]) -> DefenseResult:
+    def apply(self, x: np.ndarray, y: np.ndarray, victim: Any, candidate: Candidate) -> DefenseResult:
         n_total = len(y)
         n = self.n_keep if self.n_keep is not None else int(round(n_total / (1 + self.rate)))
         if not 0 < n <= n_total:
             raise AuditError(f"TRIM: the number of points to keep must be in 1..{n_total} (got {n})")
         rng = np.random.default_rng(self.seed)
-        runs = [self._one_start(x, y, n, victim, hparams, rng) for _ in range(self.restarts)]
+        runs = [self._one_start(x, y, n, victim, candidate, rng) for _ in range(self.restarts)]
         subset, losses, converged = min(runs, key=lambda r: r[1][-1])  # lowest trimmed loss over the starts
         keep = np.zeros(n_total, dtype=bool)
         keep[subset] = True
         return DefenseResult(keep=keep, diagnostics=TrimDiagnostics(len(losses), converged, losses, n, self.restarts, [r[1][-1] for r in runs]))
 
     def _one_start(
-        self, x: np.ndarray, y: np.ndarray, n: int, victim: Any, hparams: dict[str, Any], rng: np.random.Generator
+        self, x: np.ndarray, y: np.ndarray, n: int, victim: Any, candidate: Candidate, rng: np.random.Generator
     ) -> tuple[np.ndarray, list[float], bool]:
         subset = np.sort(rng.choice(len(y), size=n, replace=False))  # line 3: random initial subset
-        fitted = victim.fit(x[subset], y[subset], hparams, self.seed)
+        fitted = victim.fit(x[subset], y[subset], candidate.hparams, self.seed)
         previous = np.inf
         losses: list[float] = []
         converged = False
         for iteration in range(1, self.max_iter + 1):
             residual = (fitted.predict(x).reshape(-1) - y) ** 2
             subset = np.sort(np.argsort(residual, kind="stable")[:n])  # line 8: n lowest residuals
-            fitted = victim.fit(x[subset], y[subset], hparams, self.seed)  # line 9
+            fitted = victim.fit(x[subset], y[subset], candidate.hparams, self.seed)  # line 9
             loss = float(np.mean((fitted.predict(x[subset]).reshape(-1) - y[subset]) ** 2))  # line 10
             losses.append(loss)
             if iteration > 1 and abs(loss - previous) <= self.rtol * max(abs(previous), 1e-30):  # line 11
@@ -108,8 +109,8 @@ class _SklearnRobust(Defense):
     def _estimator(self, rho: float, n: int, d: int) -> Any:
         raise NotImplementedError
 
-    def apply(self, x: np.ndarray, y: np.ndarray, victim: Any, hparams: dict[str, Any]) -> DefenseResult:
-        rho = victim.l2(hparams)
+    def apply(self, x: np.ndarray, y: np.ndarray, victim: Any, candidate: Candidate) -> DefenseResult:
+        rho = candidate.rho
         import warnings
 
         with warnings.catch_warnings():

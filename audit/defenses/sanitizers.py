@@ -29,6 +29,7 @@ from pydantic import Field
 from audit.defenses.base import Defense, DefenseParams, DefenseResult
 from audit.jsonio import Diagnostics
 from audit.maths.regions import AcceptanceRegion, sanitiser_level, sanitiser_region
+from audit.models.candidate import Candidate
 
 
 class SanitiserParams(DefenseParams):
@@ -88,7 +89,7 @@ class _Sanitiser(Defense):
         c = int(self.n_classes or int(max(np.max(ref_y), np.max(y)) + 1))
         return sanitiser_region(self.name, ref_x, ref_y, c, self.rate, self.quantile)
 
-    def apply(self, x: np.ndarray, y: np.ndarray, victim: Any, hparams: dict[str, Any]) -> DefenseResult:
+    def apply(self, x: np.ndarray, y: np.ndarray, victim: Any, candidate: Candidate) -> DefenseResult:
         flat = np.asarray(x).reshape(len(x), -1)
         keep = self.region(flat, y).accepts(flat, y)
         diag = SanitiserDiagnostics(removed=int((~keep).sum()), quantile=self.level(), centroids=self.centroid_source)

@@ -168,7 +168,7 @@ def _recraft(
         raise AuditError(f"adaptive {spec.key}: a round crafted {len(y_new)} poisons to replace {k}")
     trial = defense.defense.for_cell(ctx.budget, defense_seed, ctx.dataset, defense.params)
     x_try, y_try = np.concatenate([ctx.dataset.x_train, x_stay, x_new]), np.concatenate([ctx.dataset.y_train, y_stay, y_new])
-    accepted = np.asarray(trial.apply(x_try, y_try, ctx.victim, ctx.hparams).keep, bool)[-len(y_new) :]
+    accepted = np.asarray(trial.apply(x_try, y_try, ctx.victim, ctx.candidate).keep, bool)[-len(y_new) :]
     pick = np.argsort(~accepted, kind="stable")[:k]  # accepted candidates first, in crafting order
     return np.concatenate([x_stay, x_new[pick]]), np.concatenate([y_stay, y_new[pick]])
 
@@ -226,7 +226,7 @@ def craft_adaptive(
         """The defended model's metric on the attacker's split after ``D_tr ∪ (x_p, y_p)``, and the defense's result."""
         x_mix, y_mix = np.concatenate([data.x_train, x_p]), np.concatenate([data.y_train, y_p])
         cell_defense = defense.defense.for_cell(ctx.budget, defense_seed, data, defense.params)
-        applied = apply_defense(cell_defense, x_mix, y_mix, victim, ctx.hparams, train_seed)
+        applied = apply_defense(cell_defense, x_mix, y_mix, victim, ctx.candidate, train_seed)
         return float(applied[0].metric(x_att, y_att)), applied
 
     starts = []  # (name, x_p, y_p, attack diagnostics): the attack's own mode (each setting it sweeps) and its non-adaptive poisons

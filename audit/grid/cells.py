@@ -61,12 +61,12 @@ class GridCell:
 
 
 def apply_defense(
-    defense: Defense, x: np.ndarray, y: np.ndarray, victim: Any, hparams: dict[str, Any], train_seed: int
+    defense: Defense, x: np.ndarray, y: np.ndarray, victim: Any, candidate: Candidate, train_seed: int
 ) -> tuple[Any, np.ndarray, Diagnostics]:
     """Run ``defense`` on ``(x, y)`` and train the model it yields.
 
     A filter's keep-mask selects the points the victim is retrained on with its own
-    procedure, ``hparams`` and ``train_seed``; a robust trainer's model is used as it is (its
+    procedure, ``candidate.hparams`` and ``train_seed``; a robust trainer's model is used as it is (its
     mask, if any, only counts what it treated as outliers).
 
     Returns
@@ -77,8 +77,8 @@ def apply_defense(
         The defense's own diagnostics (its class's ``Diagnostics``).
     """
     defense.train_seed = train_seed
-    result = defense.apply(x, y, victim, hparams)
+    result = defense.apply(x, y, victim, candidate)
     keep = np.ones(len(y), bool) if result.keep is None else np.asarray(result.keep, bool)
     assert keep.shape == (len(y),), f"{defense.name}: keep-mask of shape {keep.shape}, expected {(len(y),)}"
-    fitted = result.fitted if result.fitted is not None else victim.fit(x[keep], y[keep], hparams, train_seed)
+    fitted = result.fitted if result.fitted is not None else victim.fit(x[keep], y[keep], candidate.hparams, train_seed)
     return fitted, keep, result.diagnostics

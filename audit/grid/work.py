@@ -387,7 +387,7 @@ def _defended_cell(
         if applied is None:
             spec = plan.config.defense_spec(c.defense)
             defense = spec.defense.for_cell(c.budget, derive_seed(c.seed, c.candidate.key, c.attack, c.budget, c.defense), data, spec.params)
-            applied = apply_defense(defense, x_mix, y_mix, victim, c.candidate.hparams, train_seed)
+            applied = apply_defense(defense, x_mix, y_mix, victim, c.candidate, train_seed)
         poisoned, keep, defense_diag = applied
         val_points = poisoned.pointwise(data.x_val, data.y_val)
         return Cell(
@@ -507,7 +507,7 @@ def record_clean_defense(writes: StoreWrites, plan: RunPlan, cand: Candidate, se
     data, rate = plan.data(split), plan.config.target_budget
     try:
         defense = spec.defense.for_cell(rate, derive_seed(seed, cand.key, "clean", spec.key), data, spec.params)
-        fitted, keep, diagnostics = apply_defense(defense, data.x_train, data.y_train, plan.victim, cand.hparams, train_seed)
+        fitted, keep, diagnostics = apply_defense(defense, data.x_train, data.y_train, plan.victim, cand, train_seed)
         writes.put_clean_defended(
             cand.key,
             seed,

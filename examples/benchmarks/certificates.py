@@ -27,7 +27,7 @@ from audit.config import DatasetSpec, ModelSpec, TrainingSpec
 from audit.data import load_dataset
 from audit.defenses.dpa import DeepPartitionAggregation, FiniteAggregation, batchable
 from audit.maths.certificates import certified_curve, dpa_radius, roe_radius, top_class, vote_table
-from audit.models import build_victim
+from audit.models import Candidate, build_victim
 from audit.threads import configure_threads
 
 
@@ -54,7 +54,7 @@ def main() -> None:
     start = time.perf_counter()
     dpa = DeepPartitionAggregation(0.0, 0, **common)
     dpa.train_seed = 0
-    result = dpa.apply(x, y, victim, hp)
+    result = dpa.apply(x, y, victim, Candidate.of(victim, hp))
     seconds = time.perf_counter() - start
     raw = result.fitted.raw_scores(x_t)
     p_dpa, r_dpa = dpa_radius(vote_table(top_class(raw), int(data.n_classes)))
@@ -86,7 +86,7 @@ def main() -> None:
         start = time.perf_counter()
         fa = FiniteAggregation(0.0, 0, spread=d, **common)
         fa.train_seed = 0
-        out = fa.apply(x, y, victim, hp)
+        out = fa.apply(x, y, victim, Candidate.of(victim, hp))
         seconds = time.perf_counter() - start
         for name in ("fa", "fa_roe"):
             curve = out.diagnostics["certified_curves"][name]

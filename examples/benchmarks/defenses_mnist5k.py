@@ -22,7 +22,7 @@ from audit.attacks import AttackContext, GradientCanceling, LabelFlip
 from audit.config import DatasetSpec, ModelSpec, TrainingSpec
 from audit.data import load_dataset
 from audit.defenses import DEFENSES
-from audit.models import build_victim
+from audit.models import Candidate, build_victim
 
 
 def main() -> None:
@@ -45,7 +45,7 @@ def main() -> None:
                 n = len(data.y_train)
                 for defense in ("none", "loss_filter", "influence_filter", "sever", "activation_clustering", "spectral_signature", "dpa"):
                     start = time.perf_counter()
-                    result = DEFENSES[defense].for_cell(eps, seed, data).apply(x_mix, y_mix, victim, hp)
+                    result = DEFENSES[defense].for_cell(eps, seed, data).apply(x_mix, y_mix, victim, Candidate.of(victim, hp))
                     if result.fitted is not None:
                         poisoned = result.fitted
                         keep = result.keep if result.keep is not None else np.ones(len(y_mix), bool)

@@ -28,7 +28,7 @@ from audit.config import DatasetSpec, ModelSpec, TrainingSpec
 from audit.data import load_dataset
 from audit.defenses import DEFENSES
 from audit.maths.certificate import softmax_loss
-from audit.models import build_victim
+from audit.models import Candidate, build_victim
 
 
 def main() -> None:
@@ -59,7 +59,7 @@ def main() -> None:
             seconds = time.perf_counter() - start
             x_mix, y_mix = np.concatenate([data.x_train, x_p]), np.concatenate([data.y_train, y_p])
             for defense in ("none", "sphere_slab"):
-                keep = DEFENSES[defense].for_cell(eps, 0, data, {}).apply(x_mix, y_mix, victim, hp).keep
+                keep = DEFENSES[defense].for_cell(eps, 0, data, {}).apply(x_mix, y_mix, victim, Candidate.of(victim, hp)).keep
                 poisoned = victim.fit(x_mix[keep], y_mix[keep], hp, 0)
                 w = poisoned.module.linear.weight.detach().double().numpy()
                 b = poisoned.module.linear.bias.detach().double().numpy()

@@ -22,7 +22,7 @@ from audit.attacks import AttackContext, OptP, StatP
 from audit.config import DatasetSpec, ModelSpec, TrainingSpec
 from audit.data import load_dataset
 from audit.defenses import DEFENSES
-from audit.models import build_victim
+from audit.models import Candidate, build_victim
 
 
 def main() -> None:
@@ -44,7 +44,7 @@ def main() -> None:
                     x_mix, y_mix = np.concatenate([data.x_train, x_p]), np.concatenate([data.y_train, y_p])
                     for defense in ("none", "trim", "huber", "ransac"):
                         t0 = time.perf_counter()
-                        result = DEFENSES[defense](rate=eps, seed=seed).apply(x_mix, y_mix, victim, hp)
+                        result = DEFENSES[defense](rate=eps, seed=seed).apply(x_mix, y_mix, victim, Candidate.of(victim, hp))
                         fitted = result.fitted or victim.fit(x_mix[result.keep], y_mix[result.keep], hp, seed)
                         row = {"model": model, "seed": seed, "eps": eps, "attack": name, "defense": defense,
                                "clean_mse": clean_mse, "mse": fitted.metric(data.x_test, data.y_test),

@@ -38,7 +38,7 @@ from audit.config import AuditConfig, DatasetSpec, DefenseSpec, ModelSpec, Train
 from audit.data import Dataset, load_dataset
 from audit.grid.cells import apply_defense
 from audit.grid.work import clean_train_seed
-from audit.models import build_victim
+from audit.models import Candidate, build_victim
 
 ATTACKS = ("label_flip_adversarial", "statp", "gradient_canceling", "back_gradient", "tgda")
 
@@ -144,7 +144,7 @@ def measure(args: argparse.Namespace, n: int, step: str) -> dict:
             victim.fit(x_mix, y_mix, hp, clean_train_seed(0))
         else:
             loss_filter = DefenseSpec(name="loss_filter")
-            apply_defense(loss_filter.defense.for_cell(args.eps, 0, part, loss_filter.params), x_mix, y_mix, victim, hp, clean_train_seed(0))
+            apply_defense(loss_filter.defense.for_cell(args.eps, 0, part, loss_filter.params), x_mix, y_mix, victim, Candidate.of(victim, hp), clean_train_seed(0))
         seconds = time.perf_counter() - t0
     return step_row(n, step, seconds, mem)
 
