@@ -16,12 +16,30 @@ from pathlib import Path
 from typing import Any, ClassVar, Literal
 
 import numpy as np
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from audit.errors import AuditError
 from audit.spec import StrictModel
 
 DomainKind = Literal["continuous", "integer", "binary", "onehot"]
+
+
+#: the kinds a feature may be declared as (``dataset.domain.columns``); ``levels:<L>`` is the grid k/L (pixels: L = 255)
+DECLARABLE_KINDS = ("continuous", "integer", "binary", "levels:<L>")
+
+
+def levels_of(kind: str) -> int | None:
+    """L of a ``levels:<L>`` kind (values k/L, k whole), else None."""
+    return int(kind.split(":", 1)[1]) if kind.startswith("levels:") else None
+
+
+def check_kind(kind: str, where: str) -> str:
+    """``kind`` if it is a declarable kind, else a one-line error naming ``where`` and the valid kinds."""
+    if kind in ("continuous", "integer", "binary"):
+        return kind
+    if kind.startswith("levels:") and kind.split(":", 1)[1].isdigit() and 1 <= int(kind.split(":", 1)[1]) <= 65535:
+        return kind
+    raise AuditError(f"{where}: unknown feature kind {kind!r}; valid: continuous, integer, binary, levels:<L> (values k/L, e.g. levels:255)")
 
 
 @dataclass(frozen=True)
@@ -31,8 +49,9 @@ class FeatureDomain:
     Attributes
     ----------
     kinds : tuple of str, one per flat column
-        ``continuous`` (any value in the box), ``integer`` (whole numbers), ``binary`` ({0, 1}) or
-        ``onehot`` (a column of a one-hot group).
+        ``continuous`` (any value in the box), ``integer`` (whole numbers), ``binary`` ({0, 1}),
+        ``levels:<L>`` (multiples of 1/L: pixel levels k/255 with L = 255) or ``onehot`` (a column of a
+        one-hot group).
     groups : tuple of (name, categories, columns)
         Each categorical feature: its name, its categories (from the training data) and the
         columns of its one-hot group (exactly one of them is 1).
@@ -40,7 +59,7 @@ class FeatureDomain:
         The column names after encoding (``colour=red`` for one-hot columns).
     inferred : bool
         True when read off the training data (integer-valued and {0, 1} columns, encoder groups);
-        the report says so.
+        False when some kind was declared (``dataset.domain``). The report says which.
     """
 
     kinds: tuple[str, ...]
@@ -69,6 +88,47 @@ class FeatureDomain:
                 kinds.append("continuous")
         return cls(tuple(kinds), tuple(groups), tuple(names))
 
+    def declared(self, columns: dict[str, str], x_train: np.ndarray, default: str = "inferred") -> FeatureDomain:
+        """This domain with the kinds of ``columns`` (column name, or ``x<j>`` for column j) declared; every other
+        column keeps its inferred kind (``default: inferred``) or becomes ``continuous``. One-line errors for an
+        unknown column, a one-hot group's column, or a kind the training data contradicts (a value that is not a
+        whole number, not 0 or 1, not on the k/L grid)."""
+        names = self.names or tuple(f"x{j}" for j in range(len(self.kinds)))
+        index = {name: j for j, name in enumerate(names)} | {f"x{j}": j for j in range(len(self.kinds))}
+        kinds = list(self.kinds) if default == "inferred" else ["onehot" if k == "onehot" else "continuous" for k in self.kinds]
+        x = np.asarray(x_train, dtype=np.float64).reshape(len(x_train), -1)
+        for name, kind in columns.items():
+            where = f"dataset.domain.columns.{name}"
+            if name not in index:
+                shown = ", ".join(list(names)[:8]) + (", …" if len(names) > 8 else "")
+                raise AuditError(f"{where}: no such column; the columns are {shown} (or x0 … x{len(self.kinds) - 1})")
+            j = index[name]
+            if self.kinds[j] == "onehot":
+                raise AuditError(f"{where}: the column is part of a categorical feature's one-hot group; its categories are its domain")
+            kind = check_kind(kind, where)
+            column, steps = x[:, j], levels_of(kind)
+            bad = {
+                "integer": ~np.isclose(column, np.round(column), rtol=0, atol=1e-6),
+                "binary": ~np.isin(column, (0.0, 1.0)),
+                "continuous": np.zeros(len(column), bool),
+            }.get(kind)
+            if steps is not None:
+                bad = ~np.isclose(column * steps, np.round(column * steps), rtol=0, atol=1e-3)
+            assert bad is not None
+            if bad.any():
+                raise AuditError(f"{where}: declared {kind} but the training data holds {float(column[bad][0])!r}")
+            kinds[j] = kind
+        return FeatureDomain(tuple(kinds), self.groups, self.names, inferred=False)
+
+    @classmethod
+    def pixels(cls, x_train: np.ndarray, steps: int = 255) -> FeatureDomain:
+        """Every feature a pixel level k/``steps`` in [0, 1] (images scaled by 1/255); a one-line error for data outside [0, 1]."""
+        x = np.asarray(x_train, dtype=np.float64).reshape(len(x_train), -1)
+        if x.min() < 0 or x.max() > 1:
+            span = f"[{x.min():.3g}, {x.max():.3g}]"
+            raise AuditError(f"dataset.domain: 'pixels' needs features in [0, 1] (pixel levels k/{steps}); these range over {span}")
+        return cls(tuple([f"levels:{steps}"] * x.shape[1]), inferred=False)
+
     @property
     def discrete(self) -> bool:
         """True when some column is not continuous (projection can change a poison)."""
@@ -76,8 +136,8 @@ class FeatureDomain:
 
     def project(self, x: np.ndarray) -> tuple[np.ndarray, int]:
         """``x`` (n, d) mapped into the domain, and how many rows changed: each one-hot group to the
-        one-hot row of its largest entry, integer columns rounded, binary ones thresholded at ½
-        (continuous columns as they are: the box has clipped them already)."""
+        one-hot row of its largest entry, integer columns rounded, binary ones thresholded at ½, ``levels:L``
+        ones to the nearest k/L (continuous columns as they are: the box has clipped them already)."""
         out = np.array(x, dtype=np.float32, copy=True)
         rows = np.arange(len(out))
         for _, _, cols in self.groups:
@@ -89,8 +149,19 @@ class FeatureDomain:
         integer, binary = np.flatnonzero(kinds == "integer"), np.flatnonzero(kinds == "binary")
         out[:, integer] = np.round(out[:, integer])
         out[:, binary] = (out[:, binary] >= 0.5).astype(np.float32)
+        for steps, where in self.level_columns().items():
+            out[:, where] = (np.round(out[:, where].astype(np.float64) * steps) / steps).astype(np.float32)
         changed = int(np.any(out != np.asarray(x, dtype=np.float32), axis=1).sum()) if len(out) else 0
         return out, changed
+
+    def level_columns(self) -> dict[int, np.ndarray]:
+        """L → the ``levels:L`` columns."""
+        out: dict[int, list[int]] = {}
+        for j, kind in enumerate(self.kinds):
+            steps = levels_of(kind)
+            if steps is not None:
+                out.setdefault(steps, []).append(j)
+        return {steps: np.asarray(cols) for steps, cols in out.items()}
 
     def contains(self, x: np.ndarray) -> bool:
         """Whether every row of ``x`` (n, d) is a point of the domain (box aside)."""
@@ -100,12 +171,14 @@ class FeatureDomain:
         """For summary.json and the report: the columns of each kind and the categorical groups."""
         names = self.names or tuple(f"x{j}" for j in range(len(self.kinds)))
         of = {k: [names[j] for j, kind in enumerate(self.kinds) if kind == k] for k in ("integer", "binary")}
+        levels = {str(steps): [names[j] for j in cols] for steps, cols in self.level_columns().items()}
         return {
-            "source": "inferred from the training data" if self.inferred else "declared",
+            "source": "inferred from the training data" if self.inferred else "declared (dataset.domain)",
             "continuous": sum(k == "continuous" for k in self.kinds),
             "integer": of["integer"],
             "binary": of["binary"],
             "categorical": {name: list(categories) for name, categories, _ in self.groups},
+            **({"levels": levels} if levels else {}),
         }
 
     def sentence(self) -> str:
@@ -188,9 +261,13 @@ def domain_sentence(described: dict[str, Any]) -> str:
             parts.append(f"{len(described[kind])} {kind} ({', '.join(described[kind])})")
     for name, categories in described["categorical"].items():
         parts.append(f"categorical {name} ({len(categories)} categories, one-hot)")
+    for steps, columns in (described.get("levels") or {}).items():
+        shown = ", ".join(columns[:6]) + (f", … ({len(columns)} columns)" if len(columns) > 6 else "")
+        parts.append(f"{len(columns)} on levels k/{steps} ({shown})")
     return (
         f"{'; '.join(parts)} — {described['source']}. Every poison is mapped into this domain (one-hot groups to their "
-        "largest entry, integers rounded, binary features thresholded), so it is a point your data could hold."
+        "largest entry, integers and levels rounded, binary features thresholded, then refined on the attacker's objective "
+        "where the attack has one), so it is a point your data could hold."
     )
 
 
@@ -245,6 +322,9 @@ class Dataset:
     class_names: tuple[str, ...] | None = None
     #: what each feature can be (a table's integer, binary and categorical columns); None: continuous in the box
     domain: FeatureDomain | None = None
+    #: under ``dataset.domain: relaxed``, the domain the data has (a table's): each undefended cell also reports the
+    #: damage of its poisons mapped into it, beside the relaxed poisons' own (None: not relaxed, or no such domain)
+    relaxed_domain: FeatureDomain | None = None
     #: D_att, the attacker's target set (README: Threat model): given with the data, or carved by
     #: :meth:`with_attacker_split`; None: the attacks read D_val (the papers' setting)
     x_att: np.ndarray | None = None
@@ -858,6 +938,25 @@ class SplitSpec(StrictModel):
         return self
 
 
+class DomainSpec(StrictModel):
+    """Declared feature kinds (``dataset.domain: {columns: {age: integer, smoker: binary}}``): each named column (a
+    table's column name, or ``x<j>`` for flat column j) is ``continuous``, ``integer``, ``binary`` or ``levels:<L>``;
+    the others keep the kind inferred from the training data (``default: inferred``) or are ``continuous``."""
+
+    columns: dict[str, str] = Field(min_length=1)
+    default: Literal["inferred", "continuous"] = "inferred"
+
+    @field_validator("columns")
+    @classmethod
+    def _kinds(cls, value: dict[str, str]) -> dict[str, str]:
+        for name, kind in value.items():
+            try:
+                check_kind(str(kind), f"columns.{name}")
+            except AuditError as err:
+                raise ValueError(str(err)) from None
+        return value
+
+
 class DatasetSpec(StrictModel):
     """A built-in dataset by name, or user data (``npz``, ``csv``, ``image_folder``) from ``path``."""
 
@@ -869,8 +968,19 @@ class DatasetSpec(StrictModel):
     classes: list[int] | None = Field(None, min_length=2)  # keep these labels only, relabelled 0, 1, … in this order
     split: SplitSpec = SplitSpec()
     #: what a poison's features may be (README: Tables): auto — a table's inferred domain; inferred — infer it for any
-    #: flat data; relaxed — continuous in the box, labelled in the report
-    domain: Literal["auto", "inferred", "relaxed"] = "auto"
+    #: flat data; pixels — every feature a level k/255 in [0, 1]; relaxed — continuous in the box, labelled in the
+    #: report; or a declaration of some columns' kinds (:class:`DomainSpec`)
+    domain: Literal["auto", "inferred", "pixels", "relaxed"] | DomainSpec = "auto"
+
+    @field_validator("domain", mode="before")
+    @classmethod
+    def _domain(cls, value: Any) -> Any:
+        """A mapping is a declaration (:class:`DomainSpec`, its own error); anything else one of the named modes."""
+        if isinstance(value, dict):
+            return DomainSpec.model_validate(value)
+        if isinstance(value, str) and value not in ("auto", "inferred", "pixels", "relaxed"):
+            raise ValueError(f"must be auto, inferred, pixels, relaxed or a declaration {{columns: {{name: kind}}}} (got {value!r})")
+        return value
 
     @model_validator(mode="after")
     def _known(self) -> DatasetSpec:
@@ -916,12 +1026,18 @@ def load_dataset(spec: DatasetSpec) -> Dataset:
     return with_domain(data, spec.domain)
 
 
-def with_domain(data: Dataset, mode: str) -> Dataset:
+def with_domain(data: Dataset, mode: str | DomainSpec) -> Dataset:
     """``auto``: the dataset as loaded (a table's inferred domain, else continuous features); ``inferred``:
-    a domain inferred from the training split for any flat data; ``relaxed``: none — poisons may hold
-    values the data cannot (the report says so)."""
+    a domain inferred from the training split for any flat data; ``pixels``: every feature a level k/255;
+    ``relaxed``: none — poisons may hold values the data cannot (the report says so); a :class:`DomainSpec`:
+    its columns' kinds declared over the inferred domain (:meth:`FeatureDomain.declared`)."""
+    if isinstance(mode, DomainSpec):
+        base = data.domain if data.domain is not None else FeatureDomain.infer(data.x_train)
+        return dataclasses.replace(data, domain=base.declared(mode.columns, data.x_train, mode.default))
     if mode == "relaxed":
-        return dataclasses.replace(data, domain=None, notes={**data.notes, "domain": "relaxed"})
+        return dataclasses.replace(data, domain=None, relaxed_domain=data.domain, notes={**data.notes, "domain": "relaxed"})
+    if mode == "pixels":
+        return dataclasses.replace(data, domain=FeatureDomain.pixels(data.x_train))
     if mode == "inferred" and data.domain is None:
         if data.image_shape:
             raise AuditError("dataset.domain: 'inferred' is for tabular data, not images")

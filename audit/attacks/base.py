@@ -34,6 +34,7 @@ from art.attacks.attack import PoisoningAttackWhiteBox
 from pydantic import ValidationError
 from torch import nn
 
+from audit.attacks.feasible import Value, ValueAndGradient, refine
 from audit.catalog import PROFILE_NAMES, ProfileSetting
 from audit.errors import AuditError
 from audit.jsonio import Diagnostics
@@ -266,6 +267,8 @@ class AttackDiagnostics(Diagnostics):
     seconds: float | None = None
     n_poison: int | None = None
     domain_projected: int | None = None  # poisons the feature domain changed (a table's discrete columns); None: no domain
+    #: the attacker's objective at the rounded poisons and at the refined ones, moves made, evaluations spent (feasible.refine)
+    domain_refined: dict[str, float] | None = None
 
 
 @dataclass
@@ -618,8 +621,7 @@ class AuditAttack(ABC):
         if self.box is not None:
             x_p = np.clip(x_p, self.lo, self.hi).astype(np.float32)
         if self.domain is not None and self.domain.discrete and n_p:
-            x_p, changed = self.domain.project(x_p)  # a point the data could hold: one-hot groups, integers, binaries
-            self.diagnostics.setdefault("domain_projected", changed)
+            x_p = self._into_domain(x, y, x_p, y_p)
         assert x_p.shape == (n_p, x.shape[1]), f"{self.name}: poisons have shape {x_p.shape}, expected {(n_p, x.shape[1])}"
         assert y_p.shape == (n_p,), f"{self.name}: poison labels have shape {y_p.shape}"
         if self.n_classes is not None and n_p:
@@ -627,6 +629,31 @@ class AuditAttack(ABC):
         self.diagnostics.setdefault("seconds", time.perf_counter() - start)
         self.diagnostics.setdefault("n_poison", n_p)
         return x_p, y_p.astype(y.dtype)
+
+    def _into_domain(self, x: np.ndarray, y: np.ndarray, x_p: np.ndarray, y_p: np.ndarray) -> np.ndarray:
+        """The poisons ``x_p`` (m, d) as points the data could hold (one-hot groups, integers, binaries, levels), refined on
+        the attack's objective where it has one (:meth:`domain_objective`, :func:`audit.attacks.feasible.refine`)."""
+        rounded, changed = self.domain.project(x_p)
+        self.diagnostics.setdefault("domain_projected", changed)
+        if not changed:
+            return rounded
+        device = self.device()[0]
+        with preserved_global_rng(device), _preserved_modes(self.estimator):
+            objective = self.domain_objective(x, y, y_p)
+            if objective is None:
+                return rounded
+            d = x.shape[1]
+            lo = np.broadcast_to(self.lo, (d,)) if self.lo is not None else np.full(d, -np.inf)
+            hi = np.broadcast_to(self.hi, (d,)) if self.hi is not None else np.full(d, np.inf)
+            refined, info = refine(self.domain, x_p, rounded, lo, hi, *objective)
+        self.diagnostics.setdefault("domain_refined", info)
+        return refined
+
+    def domain_objective(self, x: np.ndarray, y: np.ndarray, y_p: np.ndarray) -> tuple[ValueAndGradient, Value] | None:
+        """The attacker's objective (larger: more damage) at poison features ``x_p`` (m, d) with labels ``y_p`` added to the
+        training set ``(x, y)``, with and without its gradient in ``x_p``, for refining rounded poisons; None (the default):
+        the attack has none, and its poisons are rounded only."""
+        return None
 
     @abstractmethod
     def _run(self, task: PoisonInput) -> tuple[np.ndarray, np.ndarray]:

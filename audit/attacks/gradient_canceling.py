@@ -37,6 +37,7 @@ from audit.attacks.base import (
     TorchAttack,
     torch_module,
 )
+from audit.attacks.feasible import Value, ValueAndGradient
 from audit.catalog import ProfileSetting
 from audit.errors import AuditError
 from audit.maths.poisonability import SCALES, box_threshold, module_metric, scale_output_layer, scale_to_budget, thresholds
@@ -442,6 +443,7 @@ class GradientCanceling(TorchAttack):
                 with torch.no_grad():
                     z.copy_(keep_margins_active(self.target, z, labels, lo, hi))
         g0 = flat_norm([gm + rg for gm, rg in zip(g_mu, reg)])
+        self._residual_terms = None if refit else (g_mu, reg, n, device)  # for domain_objective: the poisons' residual
         self.diagnostics.update(
             epochs=p.epochs,
             g_chi_curve=curve,
@@ -454,6 +456,29 @@ class GradientCanceling(TorchAttack):
             refit_scalers=refit or None,
         )
         return z.detach().cpu().numpy(), labels.cpu().numpy()
+
+    def domain_objective(self, x: np.ndarray, y: np.ndarray, y_p: np.ndarray) -> tuple[ValueAndGradient, Value] | None:
+        """Algorithm 1's own objective for refining rounded poisons: ``−½‖r‖²``, ``r = g(μ) + ε·g(ν̂) + (1 + ε)ρW`` the
+        residual at the poisons ``x_p`` (m, d) with labels ``y_p`` (:func:`cancel_residual`), its gradient eq. (34) with
+        the sign turned; None where a pipeline's scalers refit (the residual then moves every clean point too)."""
+        terms = getattr(self, "_residual_terms", None)
+        if terms is None:
+            return None
+        g_mu, reg, n, device = terms
+        labels = torch.as_tensor(y_p, device=device)
+        labels = labels.long() if self.task == "classification" else labels.float()
+        batch = self.params.batch_size
+
+        def residual(x_p: np.ndarray) -> tuple[torch.Tensor, list[torch.Tensor]]:
+            z = torch.as_tensor(x_p, dtype=torch.float32, device=device)
+            return z, cancel_residual(self.target, z, labels, self.task, g_mu, reg, n, batch)
+
+        def value_and_gradient(x_p: np.ndarray) -> tuple[float, np.ndarray]:
+            z, r = residual(x_p)
+            grad = cancel_gradient(self.target, z, labels, self.task, r, n, batch)
+            return -0.5 * flat_norm(r) ** 2, -grad.detach().cpu().numpy()
+
+        return value_and_gradient, lambda x_p: -0.5 * flat_norm(residual(x_p)[1]) ** 2
 
 
 def choose_labels(

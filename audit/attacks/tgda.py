@@ -60,7 +60,7 @@ from audit.maths.linear_solve import CG, LinearSolver, Matvec, SolveResult, make
 from audit.models.generators import build_generator, pretrain_generator
 from audit.models.structure import convex_linear_layer, is_convex_linear, layer_inputs
 from audit.models.training import data_loss, loss_kind, objective
-from audit.seeding import seeded_init
+from audit.seeding import generators, seeded_init
 
 
 class TGDAParams(AttackParams):
@@ -101,6 +101,26 @@ _PRETRAINED_MAX = 4
 
 # The paper's leader on MNIST: α = 0.01 for 200 epochs × 60 batches of 1000 = 12 000 steps.
 PAPER_ALPHA, PAPER_LEADER_STEPS, MAX_AUTO_ALPHA = 0.01, 12_000, 1.0
+
+
+def smoothness(x: torch.Tensor, l2: float) -> float:
+    """An upper bound on the smoothness L of a softmax-regression follower's objective on inputs like ``x`` (n, d):
+    ``½·λ_max(X̃ᵀX̃/n) + ρ``, X̃ with a ones column (the softmax curvature is at most ½); gradient descent is stable
+    for steps up to 1/L."""
+    x1 = torch.cat([x.reshape(len(x), -1).double(), torch.ones(len(x), 1, dtype=torch.float64, device=x.device)], dim=1)
+    return float(0.5 * torch.linalg.eigvalsh(x1.T @ x1 / len(x1))[-1]) + l2
+
+
+#: how many times the game is restarted at a quarter of the automatic leader step after diverging
+BACKOFFS = 3
+
+
+class _Diverged(Exception):
+    """The generator's weights became non-finite at ``epoch`` with leader step ``alpha``."""
+
+    def __init__(self, epoch: int, alpha: float) -> None:
+        super().__init__(epoch, alpha)
+        self.epoch, self.alpha = epoch, alpha
 
 
 def leader_step_size(alpha: float | None, total_steps: int) -> float:
@@ -219,6 +239,7 @@ class TGDADiagnostics(SourcedDiagnostics):
 
     epochs: int | None = None
     leader_lr: float | None = None
+    leader_lr_backoff: list[list[float]] | None = None  # [epoch, α] of each try that diverged (the game then restarted at α/4)
     solver: str | None = None
     generator: str | None = None
     leader_steps_total: int | None = None
@@ -387,6 +408,32 @@ class TGDA(TorchAttack, PoisoningAttackTransformer):
 
     # ------------------------------------------------------------------ the game
     def _run(self, task: PoisonInput) -> tuple[np.ndarray, np.ndarray]:
+        """The game at the leader's step α; where the automatic α (``leader_lr`` unset) makes the generator's weights
+        non-finite, the game is played again from the start with α/4 and the follower's step under 1/L (:func:`smoothness`), up to
+        :data:`BACKOFFS` times (the paper's total
+        ascent length is MNIST's; on a table in raw units it can overshoot). Each retry starts from the same seeded
+        state, so the cell stays reproducible; ``diagnostics.leader_lr_backoff`` lists each ``[epoch, α]`` that diverged."""
+        alpha: float | None = None
+        diverged: list[list[float]] = []
+        for _ in range(BACKOFFS + 1):
+            try:
+                out = self._game(task, alpha)
+            except _Diverged as err:
+                if self.params.leader_lr is not None:  # the user's own α: theirs to lower
+                    raise RuntimeError(
+                        f"TGDA diverged at epoch {err.epoch} (non-finite generator weights); lower leader_lr (now {err.alpha:g})"
+                    ) from None
+                diverged.append([err.epoch, err.alpha])
+                alpha = err.alpha / 4
+                task.rng, task.torch_rng = generators(self.seed, task.device)  # the same start as the first try
+                continue
+            self.diagnostics.update(leader_lr_backoff=diverged or None)
+            return out
+        steps = f"leader_lr from {diverged[0][1]:g} down to {diverged[-1][1]:g}"
+        raise RuntimeError(f"TGDA diverged {len(diverged)} times (non-finite generator weights; {steps}); set leader_lr lower")
+
+    def _game(self, task: PoisonInput, alpha_override: float | None) -> tuple[np.ndarray, np.ndarray]:
+        """Algorithm 1: the leader (generator) and the follower (the victim) alternate; α = ``alpha_override`` or the automatic step."""
         p = self.params
         n_poison, rng = task.n_poison, task.rng
         follower = copy.deepcopy(self.module)
@@ -419,7 +466,10 @@ class TGDA(TorchAttack, PoisoningAttackTransformer):
 
         batch = min(p.batch_size or n, n)
         n_batches = math.ceil(n / batch)
-        alpha = leader_step_size(p.leader_lr, p.epochs * n_batches * p.leader_steps)
+        alpha = alpha_override if alpha_override is not None else leader_step_size(p.leader_lr, p.epochs * n_batches * p.leader_steps)
+        beta = p.follower_lr
+        if alpha_override is not None:  # a retry after diverging: the follower's step is also kept under 1/L (L: f's smoothness)
+            beta = min(beta, 1.0 / smoothness(xt, self.l2))
         val_batch = min(batch, n_val)
         cg_iters: list[int] = []
         cg_residuals: list[float] = []
@@ -436,13 +486,13 @@ class TGDA(TorchAttack, PoisoningAttackTransformer):
                     for q, q0 in zip(w_params, w_pre):
                         q.copy_(q0)
             if linear is not None:  # the same steps with f's closed-form gradient
-                linear.descend(x_mix, y_mix, self.l2, p.follower_lr, p.follower_steps)
+                linear.descend(x_mix, y_mix, self.l2, beta, p.follower_steps)
                 return
             for _ in range(p.follower_steps):  # eq. (16)
                 grads = torch.autograd.grad(objective(follower, x_mix, y_mix, "classification", self.l2), w_params)
                 with torch.no_grad():
                     for q, g in zip(w_params, grads):
-                        q -= p.follower_lr * g  # type: ignore[misc]  # torch/numpy stubs
+                        q -= beta * g  # type: ignore[misc]  # torch/numpy stubs
 
         def leader_step(clean_idx: torch.Tensor, p_idx: torch.Tensor, val_idx: torch.Tensor) -> None:
             nonlocal cg_converged
@@ -487,7 +537,7 @@ class TGDA(TorchAttack, PoisoningAttackTransformer):
             if epoch % p.log_every == 0 or epoch == p.epochs - 1:
                 curve.append(self._log(epoch, follower, xv, yv, cg_iters, cg_residuals, start))
             if not all(torch.isfinite(q).all() for q in theta):
-                raise RuntimeError(f"TGDA diverged at epoch {epoch} (non-finite generator weights); lower leader_lr (now {alpha:g})")
+                raise _Diverged(epoch, alpha)
 
         with torch.no_grad():
             x_p = torch.cat([gen(x_src[i : i + 1024], y_src[i : i + 1024]) for i in range(0, n_poison, 1024)])

@@ -412,12 +412,27 @@ def _defended_cell(
                     **_attacker_split_metrics(clean, poisoned, data),
                     **_certified_objective(poisoned, data, c.candidate, c.budget),
                     **(sgd_certificate(clean, data, x_p, y_p, train_seed) if c.defense == "none" and _modifies(plan, c.attack) else {}),
+                    **(_feasible_damage(plan, c, x_p, y_p, poisoned) if c.defense == "none" and not _modifies(plan, c.attack) else {}),
                     **(extra or {}),
                 }
             ),
         )
     except Exception as err:
         return failure_cell(c, Failure.of(err), str(plan.device))
+
+
+def _feasible_damage(plan: RunPlan, c: GridCell, x_p: np.ndarray, y_p: np.ndarray, poisoned: Any) -> dict[str, Any]:
+    """Under ``dataset.domain: relaxed`` with a domain the data has (a table's): ``{"feasible": …}``, the model retrained on
+    D_tr plus the cell's poisons mapped into that domain (:meth:`FeatureDomain.project`) — its validation and test
+    metrics and how many poisons the mapping changed — so the report shows both; ``{}`` otherwise."""
+    data = plan.data(c.split)
+    if data.relaxed_domain is None:
+        return {}
+    x_f, changed = data.relaxed_domain.project(x_p)
+    if changed:
+        x_mix, y_mix = np.concatenate([data.x_train, x_f]), np.concatenate([data.y_train, y_p])
+        poisoned = plan.victim.fit(x_mix, y_mix, c.candidate.hparams, clean_train_seed(c.seed))
+    return {"feasible": {"val": poisoned.metric(data.x_val, data.y_val), "test": poisoned.metric(data.x_test, data.y_test), "changed": changed}}
 
 
 def _attacker_split_metrics(clean: CleanOutcome, poisoned: Any, data: Dataset) -> dict[str, Any]:

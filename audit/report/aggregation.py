@@ -744,3 +744,41 @@ def certified_series(a: Analysis) -> list[CertifiedSeries]:
             empirical.append((eps, m, summary.worst_test[eps], attack, certified))
         out.append(CertifiedSeries(cand, defense, own, curves, len(runs), empirical))
     return out
+
+
+@dataclass(frozen=True)
+class FeasibleRow:
+    """Under ``dataset.domain: relaxed``, one budget of the recommended setting with no defense: the worst (over attacks)
+    mean test damage of the relaxed poisons, and of the same poisons mapped into the data's domain (each cell's
+    ``feasible`` diagnostics), the attacks that did each, and how many poisons the mapping changed in all."""
+
+    budget: float
+    relaxed: float
+    relaxed_attack: str
+    feasible: float
+    feasible_attack: str
+    changed: int
+
+
+def feasible_rows(a: Analysis) -> list[FeasibleRow]:
+    """One :class:`FeasibleRow` per budget where the run recorded the feasible damage; [] for any other run."""
+    key = a.recommendation.key
+    if key is None or not a.meta["dataset"].get("domain_relaxed"):
+        return []
+    sign = 1.0 if a.higher_is_better else -1.0
+    out = []
+    for eps in a.config.budgets:
+        by_attack: dict[str, list[tuple[float, float, int]]] = {}
+        for c in a.cells:
+            found = c.recorded("feasible") if c.status == "ok" and c.candidate == key and c.defense == "none" and c.budget == eps else {}
+            if found and c.clean_test is not None and c.poisoned_test is not None:
+                damage = (sign * (c.clean_test - c.poisoned_test), sign * (c.clean_test - float(found["test"])), int(found["changed"]))
+                by_attack.setdefault(c.attack, []).append(damage)
+        if not by_attack:
+            continue
+        mean = {k: (float(np.mean([d[0] for d in v])), float(np.mean([d[1] for d in v]))) for k, v in by_attack.items()}
+        relaxed = max(mean, key=lambda k: mean[k][0])
+        feasible = max(mean, key=lambda k: mean[k][1])
+        changed = sum(d[2] for v in by_attack.values() for d in v)
+        out.append(FeasibleRow(eps, mean[relaxed][0], relaxed, mean[feasible][1], feasible, changed))
+    return out

@@ -25,12 +25,13 @@ from audit.grid.lock import RunLock
 from audit.grid.store import Store
 from audit.jsonio import atomic_write, finite
 from audit.report import figures
-from audit.report.aggregation import Analysis, adaptive_rows, bracket_series, certified_series, confirmed_rows, threshold_table
+from audit.report.aggregation import Analysis, adaptive_rows, bracket_series, certified_series, confirmed_rows, feasible_rows, threshold_table
 from audit.report.analysis import analyse
 from audit.report.recommend import Z95, candidate_label
 from audit.report.sections import SECTIONS
 from audit.report.templating import html_environment
 from audit.report.wording import fmt as _fmt
+from audit.report.wording import relaxed_sentence
 
 SUMMARY_SCHEMA_VERSION = 1
 
@@ -169,6 +170,7 @@ def build_context(a: Analysis) -> dict[str, Any]:
         "generated": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
         "dataset": a.meta["dataset"],
         "domain_sentence": domain_sentence(a.meta["dataset"]["domain"]) if a.meta["dataset"].get("domain") else None,
+        "relaxed_sentence": relaxed_sentence(a),
         "attacker_sentence": attacker_sentence(a.meta["dataset"]),
         "victim": a.meta.get("victim", ""),
         "training": _describe_training(a.meta.get("training")),
@@ -229,6 +231,8 @@ def build_context(a: Analysis) -> dict[str, Any]:
         "not_run": not_run,
         "not_run_why": not_run_why,
         "victim_caveats": a.meta.get("victim_caveats") or [],
+        # dataset.domain: relaxed — per budget, the relaxed poisons' worst case and that of the same poisons mapped into the domain
+        "feasible_damage": [vars(r) for r in feasible_rows(a)],
         "max_budget": f"{100 * max(budgets):g}%",
         "seeds": cfg.seeds,
         "splits": {"text": splits_sentence(a.meta) + _per_split_sentence(a)},
@@ -380,7 +384,9 @@ def build_summary(a: Analysis) -> dict[str, Any]:
         "fingerprint": a.meta.get("fingerprint"),
         "dataset": a.meta["dataset"],
         "victim": a.meta.get("victim"),
-        "victim_caveats": a.meta.get("victim_caveats") or [],  # e.g. a pipeline surrogate's fixed scaler: possibly a lower bound
+        "victim_caveats": a.meta.get("victim_caveats") or [],
+        # dataset.domain: relaxed — per budget, the relaxed poisons' worst case and that of the same poisons mapped into the domain
+        "feasible_damage": [vars(r) for r in feasible_rows(a)],  # e.g. a pipeline surrogate's fixed scaler: possibly a lower bound
         "deployed_test_metric": a.meta.get("deployed_test_metric"),  # the user's estimator as handed over (API runs)
         "completeness": {**vars(done := a.completeness()), "complete": done.complete},  # no verdict unless complete
         "device": a.meta.get("device"),

@@ -16,6 +16,7 @@ from audit.report.aggregation import (
     Analysis,
     adaptive_rows,
     confirmed_rows,
+    feasible_rows,
     policy_series,
     threshold_table,
     width_findings,
@@ -258,3 +259,22 @@ def reason(a: Analysis) -> str:
         width_sentence(a),
     ]
     return " ".join(part for part in parts if part)
+
+
+def relaxed_sentence(a: Analysis) -> str:
+    """Under ``dataset.domain: relaxed``: the relaxed poisons' worst case beside that of the same poisons mapped into the
+    data's domain, per budget ("" when the run recorded none)."""
+    rows = feasible_rows(a)
+    if not rows:
+        return ""
+    unit = " points" if a.higher_is_better else ""
+    parts = [
+        f"ε = {100 * r.budget:g} %: {fmt(r.relaxed)}{unit} relaxed ({r.relaxed_attack}), {fmt(r.feasible)}{unit} mapped into the domain "
+        f"({r.feasible_attack})"
+        for r in rows
+    ]
+    return (
+        "The same poisons mapped into the data's domain (rows it could hold), retrained, no defense, the recommended setting — "
+        + "; ".join(parts)
+        + ". The verdict above is the relaxed poisons'."
+    )

@@ -289,3 +289,26 @@ def test_an_injected_linear_solver_is_used_and_reported():
     assert attack.diagnostics["solver"] == "recording" and attack.diagnostics["cg_converged_fraction"] == 1.0
     with pytest.raises(AuditError, match="The 'linear_solver' parameter of TGDA must be a solver"):
         TGDA(fitted.module, x_val=dg.x_val, y_val=dg.y_val, budget=0.05, n_classes=10, linear_solver="cg")
+
+
+def test_a_game_that_diverges_restarts_at_a_smaller_step_and_a_users_own_step_is_refused_in_one_line():
+    """On a table in raw units (tenure in months, charges in dollars) the automatic leader step made the generator's
+    weights non-finite for some seeds (the tables example's confirmation cells failed, so its verdict was never
+    confirmed); the game now restarts from the same state at α/4 with the follower's step under 1/L."""
+    pytest.importorskip("pandas")
+    from examples.tables import churn_table
+
+    from audit.data import from_frame
+
+    data = from_frame(churn_table(1000, 0), "churn", val=0.2, test=0.2, seed=0).with_attacker_split("attacker_split", None, 0)
+    victim = build_victim(ModelSpec(name="logreg"), TrainingSpec(), data, torch.device("cpu"))
+    clean = victim.fit(data.x_train, data.y_train, {"l2": 0.01}, 0)
+    ctx = AttackContext.of(data, victim, clean, {"l2": 0.01}, 0.1, seed=6)  # seed 6: diverged at epoch 105 before
+    attack = ATTACKS["tgda"].for_cell({}, ctx)
+    x_p, _ = attack.poison(data.x_train, data.y_train)
+    backoff = attack.diagnostics.leader_lr_backoff
+    assert backoff and backoff[0][1] == pytest.approx(0.6) and np.isfinite(x_p).all()
+    again = ATTACKS["tgda"].for_cell({}, ctx).poison(data.x_train, data.y_train)[0]
+    np.testing.assert_array_equal(x_p, again)  # the retry starts from the same seeded state: reproducible
+    with pytest.raises(RuntimeError, match=r"^TGDA diverged at epoch \d+ \(non-finite generator weights\); lower leader_lr \(now 0.6\)$"):
+        ATTACKS["tgda"].for_cell({"leader_lr": 0.6}, ctx).poison(data.x_train, data.y_train)

@@ -68,11 +68,13 @@ from typing import Any, ClassVar
 import numpy as np
 import torch
 
+from audit.attacks.back_gradient.hypergradients import Oracle
 from audit.attacks.back_gradient.hypergradients import oracle as hypergradient_oracle
 from audit.attacks.back_gradient.objectives import Feasible, loss_cut_penalty, refit_objectives
 from audit.attacks.back_gradient.params import BackGradientParams
 from audit.attacks.back_gradient.step_rules import line_search, paper_step
 from audit.attacks.base import AttackContext, AttackDiagnostics, PoisonInput, ThreatModel, TorchAttack
+from audit.attacks.feasible import Value, ValueAndGradient
 from audit.catalog import PAPER_CLEAN_WARM_START, ProfileSetting
 from audit.errors import AuditError
 from audit.maths.hypergrad import FlatModel, Inner, functional_objective, validation_loss
@@ -431,27 +433,15 @@ class BackGradient(TorchAttack):
         ``line_search`` ends the run when ``ls_tries`` trials fail (a local maximum over the box).
         """
         p = self.params
-        xt, yt, fixed_x, fixed_y, xv, yv = batch.x, batch.y, batch.fixed_x, batch.fixed_y, batch.x_val, batch.y_val
-        module = copy.deepcopy(self.module).to(xt.dtype)
-        model = FlatModel.of(module)
-        outer = validation_loss(model, xv, yv, self.task)
+        xt, fixed_x = batch.x, batch.fixed_x
         feasible = Feasible.of(self.lo, self.hi, xt, self._region)
         x_p = feasible.enter(x_p, y_p)  # start inside the accepted region, and stay there (Π onto region ∩ box)
         learn_response = self.task == "regression" and p.optimize_response
-        inner = functional_objective(model, xt, yt, self.task, None if learn_response else y_p, fixed_x, fixed_y)
-        refit = torch.cat([xt, fixed_x]) if self._mode == "implicit" and p.refit_scalers and refits(module) else None
         shift = lambda_shift(len(xt) + len(fixed_x) + len(x_p))  # log ρ = λ − log N
         low, high = p.l2_range[0] - shift, p.l2_range[1] - shift
         lam = min(max(log_l2, low), high) if p.learn_l2 else log_l2
         lam_t = lambda: torch.tensor(lam if math.isfinite(lam) else -1e4, dtype=xt.dtype, device=xt.device)  # noqa: E731
-        evade = self._evasion(model, xt, yt, len(x_p) + len(fixed_x), None if learn_response else y_p) if p.evade != "none" else None
-        if refit is not None:  # the objectives of the pipeline refit on D_tr ∪ D_p: the scalers' statistics move with the poisons
-            inner, outer, evade = refit_objectives(module, refit, inner, outer, evade)
-        y_fixed = None if learn_response else y_p
-        w0 = self.initial_weights(model)
-        oracle = hypergradient_oracle(
-            self._mode, p, model.module, w0, inner, outer, evade, torch.cat([xt, fixed_x]), torch.cat([yt, fixed_y]), y_fixed, refit
-        )
+        oracle = self._oracle_of(batch, None if learn_response else y_p, len(x_p) + len(fixed_x))
         hypers = lambda x_p, y_p: [x_p, lam_t()] + ([y_p] if learn_response else [])  # noqa: E731
 
         def move(x_p: torch.Tensor, y_p: torch.Tensor, grads: tuple[torch.Tensor, ...], alpha: float) -> tuple[torch.Tensor, torch.Tensor]:
@@ -524,6 +514,46 @@ class BackGradient(TorchAttack):
             stationarity=(final or result).stationarity,
             evaluations=oracle.evaluations,
         )
+
+    def _oracle_of(self, batch: Batch, y_p: torch.Tensor | None, n_poison: int) -> Oracle:
+        """The attacker's objective on ``batch`` as a hypergradient oracle (:mod:`.hypergradients`) over ``[x_p, log ρ]``,
+        then ``y_p`` when the poisons' responses are optimised too (``y_p`` None; else their fixed labels): the validation
+        loss at the victim retrained on ``D_tr`` ∪ the earlier batches' poisons ∪ ``n_poison`` poisons in all, plus the
+        evasion term (``evade``), with a pipeline's scalers refit on the poisoned set (``refit_scalers``)."""
+        p = self.params
+        xt, yt, fixed_x, fixed_y = batch.x, batch.y, batch.fixed_x, batch.fixed_y
+        module = copy.deepcopy(self.module).to(xt.dtype)
+        model = FlatModel.of(module)
+        outer = validation_loss(model, batch.x_val, batch.y_val, self.task)
+        inner = functional_objective(model, xt, yt, self.task, y_p, fixed_x, fixed_y)
+        refit = torch.cat([xt, fixed_x]) if self._mode == "implicit" and p.refit_scalers and refits(module) else None
+        evade = self._evasion(model, xt, yt, n_poison, y_p) if p.evade != "none" else None
+        if refit is not None:  # the objectives of the pipeline refit on D_tr ∪ D_p: the scalers' statistics move with the poisons
+            inner, outer, evade = refit_objectives(module, refit, inner, outer, evade)
+        w0 = self.initial_weights(model)
+        return hypergradient_oracle(
+            self._mode, p, model.module, w0, inner, outer, evade, torch.cat([xt, fixed_x]), torch.cat([yt, fixed_y]), y_p, refit
+        )
+
+    def domain_objective(self, x: np.ndarray, y: np.ndarray, y_p: np.ndarray) -> tuple[ValueAndGradient, Value] | None:
+        """The attack's own objective at poison features ``x_p`` (m, d) with labels ``y_p``, for refining rounded poisons
+        (:func:`audit.attacks.feasible.refine`): the validation loss at the victim retrained on ``(x, y)`` ∪ the poisons,
+        at the victim's ρ; None for the minimax (its poisons answer a λ that moves with them)."""
+        if self.params.learn_l2:
+            return None
+        dtype = torch.float64 if self._mode == "implicit" else None
+        xt, yt = self._tensors(x, y, dtype)
+        xv, yv = self._tensors(self.x_val, self.y_val, dtype)
+        labels = self._tensors(x[: len(y_p)], y_p, dtype)[1]
+        oracle = self._oracle_of(Batch(xt, yt, xt[:0], yt[:0], xv, yv), labels, len(y_p))
+        log_l2 = torch.tensor(math.log(self.l2) if self.l2 > 0 else -1e4, dtype=xt.dtype, device=xt.device)
+        hypers = lambda x_p: [torch.as_tensor(x_p, dtype=xt.dtype, device=xt.device), log_l2]  # noqa: E731
+
+        def value_and_gradient(x_p: np.ndarray) -> tuple[float, np.ndarray]:
+            point = oracle.gradient(hypers(x_p))
+            return point.value, point.grads[0].detach().cpu().numpy()
+
+        return value_and_gradient, lambda x_p: oracle.evaluate(hypers(x_p)).value
 
     def _evasion(self, model: FlatModel, xt: torch.Tensor, yt: torch.Tensor, n_poison: int, y_fixed: torch.Tensor | None) -> Inner:
         """The loss filter's evasion term (:func:`.objectives.loss_cut_penalty`) at the filter's assumed rate (``evade_rate``,
