@@ -98,8 +98,7 @@ def test_the_squared_hinge_in_closed_form_is_autograds():
 @pytest.mark.parametrize(
     "model, message",
     [
-        (LinearSVC(loss="hinge"), "must use loss='squared_hinge', penalty='l2' and one-vs-rest"),
-        (LinearSVC(penalty="l1", dual=False), "must use loss='squared_hinge', penalty='l2'"),
+        (LinearSVC(penalty="l1", dual=False), "must use loss='squared_hinge' or 'hinge', penalty='l2' and one-vs-rest"),
     ],
 )
 def test_a_linear_svc_the_attacks_cannot_model_is_refused(model, message):
@@ -200,3 +199,44 @@ def test_hinge_poisons_are_kept_on_active_margins_inside_the_box():
     assert bool((moved >= lo - 1e-6).all() and (moved <= hi + 1e-6).all())
     still = before <= 0.9
     assert torch.equal(moved[still], z[still])
+
+
+def test_a_hinge_linear_svc_faces_the_white_box_attacks_and_its_numbers_are_the_refit(tmp_path):
+    """``LinearSVC(loss="hinge")``: its surrogate gives the decision function exactly and declares the hinge; back-gradient
+    differentiates it by RMD through T (sub)gradient steps (no curvature for the implicit form), GC and TGDA by its
+    subgradient; every cell's damage is that of the model refit with scikit-learn; every output carries the caveat.
+    Measured (breast_cancer, paper settings, ε = 10 %): in examples/benchmarks/README.md, "Linear SVMs"."""
+    from audit.api import run_audit
+
+    x, y = load_breast_cancer(return_X_y=True)
+    fitted = make_pipeline(StandardScaler(), LinearSVC(loss="hinge", C=0.5, max_iter=50000)).fit(x, y)
+    module = torch_surrogate(fitted, 2)
+    assert loss_kind(module) == "hinge"
+    with torch.no_grad():
+        out = module(torch.as_tensor(x, dtype=torch.float32)).numpy()
+    f = fitted.decision_function(x)
+    np.testing.assert_allclose(out, np.stack([-f, f], 1), atol=1e-4 * max(1.0, np.abs(f).max()))
+    cfg = parse_config(
+        {
+            "name": "hinge", "dataset": {"name": "breast_cancer"}, "candidates": {"l2": [1e-2]}, "budgets": [0.1], "seeds": [0],
+            "splits": 1, "device": "cpu", "confirm": False, "poisonability": {"enabled": "off"},
+            "attacks": [{"name": "back_gradient", "params": {"iterations": 3, "inner_steps": 30}},
+                        {"name": "gradient_canceling", "params": {"epochs": 30}}, {"name": "tgda", "params": {"epochs": 3}}],
+        }
+    )  # fmt: skip
+    model = LinearSVC(loss="hinge", max_iter=50000)
+    result = run_audit(cfg, model=model, output_dir=tmp_path, progress=False)
+    cells = [c for c in stored_cells(result.run_dir) if c.status == "ok"]
+    assert len(cells) == 3, [(c.attack, c.error) for c in stored_cells(result.run_dir)]
+    bg = next(json.loads(c.diagnostics)["attack"] for c in cells if c.attack.startswith("back_gradient"))
+    assert bg["hypergradient"] == "unrolled"
+    assert any("loss='hinge'" in caveat for caveat in result.summary["victim_caveats"])
+    data, n = result.plan.dataset, len(result.plan.dataset.y_train)
+    for cell, x_p, y_p in cells_with_poisons(result.run_dir):
+        by_hand = clone(model).set_params(C=1 / (0.01 * (n + len(y_p))))
+        by_hand.fit(np.concatenate([data.x_train, x_p]), np.concatenate([data.y_train, y_p]))
+        assert cell.poisoned_test == pytest.approx(100 * by_hand.score(data.x_test, data.y_test)), cell.attack
+    with pytest.raises(AuditError, match="the hinge .* has none; use 'unrolled'"):
+        from audit.attacks.back_gradient import BackGradient
+
+        BackGradient(module, budget=0.1, x_val=x[:5].astype(np.float32), y_val=y[:5], l2=0.01, hypergradient="implicit").hypergradient_mode()

@@ -89,6 +89,7 @@ def test_a_raising_unit_marks_its_cells_failed_and_the_audit_goes_on(tmp_path, c
     assert {c.status for c in cells if c.budget == 0.1} == {"ok"}
 
 
+@pytest.mark.slow  # 12 s: the default suite is at its time budget; the killed-coordinator test stays (Ray resumes)
 def test_a_dead_worker_is_retried_then_its_cells_are_recorded_failed(tmp_path, cluster):
     cfg = parse_config(
         tiny_config(

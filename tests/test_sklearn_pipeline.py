@@ -99,7 +99,7 @@ def test_the_attacks_view_of_validation_accuracy_is_the_pipelines_score():
         (make_pipeline(PCA(5), LogisticRegression()), "pipeline step 'pca' (PCA) is not supported; supported steps: StandardScaler, MinMaxScaler"),
         (make_pipeline(StandardScaler(), RidgeClassifier()),
          "pipeline step 'ridgeclassifier' (RidgeClassifier) is not supported for classification; use LogisticRegression"),
-        (make_pipeline(StandardScaler(), LinearSVC(loss="hinge")), "must use loss='squared_hinge'"),
+        (make_pipeline(StandardScaler(), LinearSVC(penalty="l1", dual=False)), "must use loss='squared_hinge' or 'hinge', penalty='l2'"),
         (LogisticRegression(class_weight="balanced"), "has class_weight"),
         (LogisticRegression(l1_ratio=0.5, solver="saga"), "has an L1 part"),
         (SGDClassifier(), "must use loss='log_loss' and penalty='l2' (got 'hinge', 'l2')"),

@@ -46,7 +46,7 @@ from audit.maths.regions import SANITISERS, project_many, sanitiser_level, sanit
 from audit.models.estimator import InputSpace, is_art_estimator
 from audit.models.structure import is_linear_model
 from audit.models.surrogate import refits
-from audit.models.training import data_loss, loss_kind
+from audit.models.training import MARGIN_LOSSES, data_loss, loss_kind
 
 
 class GCParams(AttackParams):
@@ -323,7 +323,7 @@ class GradientCanceling(TorchAttack):
         elif p.target == "label_flip":
             target_eps = p.target_eps if p.target_multiple is None else min(1.0, p.target_multiple * ctx.budget)
             target, origin = target_by_label_flip(ctx, target_eps)
-        elif data.task == "classification" and loss_kind(module) == "squared_hinge":
+        elif data.task == "classification" and loss_kind(module) in MARGIN_LOSSES:
             # a linear SVM: τ is the cross-entropy's, and the GradPC targets measured out of reach (residual ≈ 1, no
             # damage); the model retrained on an adversarial flip of ε is reachable by construction (its own poisons reach it)
             target_eps = min(1.0, SVM_TARGET_MULTIPLE * ctx.budget)
@@ -363,7 +363,7 @@ class GradientCanceling(TorchAttack):
         yt = task.y_t
         labels = yt[torch.as_tensor(idx, device=device)]
         z = xt[torch.as_tensor(idx, device=device)].clone()
-        if self.task == "classification" and loss_kind(self.target) == "squared_hinge":
+        if self.task == "classification" and loss_kind(self.target) in MARGIN_LOSSES:
             # a hinge is flat where the margin holds: a sampled point that the target classifies with margin has zero
             # gradient in both W and z, so Algorithm 1 could never move it; each poison starts with the label of
             # largest loss under the target instead (its margin violated, its gradient live)
@@ -394,7 +394,7 @@ class GradientCanceling(TorchAttack):
         choose = p.labels == "choose" and self.task == "classification"
         # the squared hinge is flat where a poison's margin holds (a plateau of ‖g(χ)‖² where it contributes nothing):
         # its poisons are kept on active margins, start to end
-        hinge_active = self.task == "classification" and loss_kind(self.target) == "squared_hinge"
+        hinge_active = self.task == "classification" and loss_kind(self.target) in MARGIN_LOSSES
         if hinge_active:
             with torch.no_grad():
                 z.copy_(keep_margins_active(self.target, z, labels, lo, hi))
@@ -507,6 +507,9 @@ def choose_labels(
     if loss_kind(module) == "squared_hinge":  # ∂ℓ/∂f for label y: −2 t_y ⊙ max(0, 1 − t_y ⊙ f), t_y = 2e_y − 1
         t = 2.0 * eye[:, None, :] - 1.0  # (label, 1, c)
         slopes = (-2.0 * t * (1.0 - t * out[None]).clamp_min(0)).transpose(0, 1)  # (m, label, c)
+    elif loss_kind(module) == "hinge":  # its subgradient: −t_y ⊙ 1[1 − t_y ⊙ f > 0]
+        t = 2.0 * eye[:, None, :] - 1.0
+        slopes = (-t * (1.0 - t * out[None] > 0).to(out.dtype)).transpose(0, 1)
     else:  # the softmax's p − e_y
         slopes = torch.softmax(out, dim=1)[:, None, :] - eye[None]
     phi = seen[0].reshape(len(z), -1).double()
@@ -542,7 +545,7 @@ def auto_target(
     chosen — an unbounded τ ≤ ε says nothing when the poisons must stay in the box. Where no target of the grid is
     within the box's reach, the unbounded choice is taken and the origin says so (``reach: unreachable``).
     """
-    if data.task == "classification" and loss_kind(fitted.require_module("gradient_canceling")) == "squared_hinge":
+    if data.task == "classification" and loss_kind(fitted.require_module("gradient_canceling")) in MARGIN_LOSSES:
         # τ (eq. 20, 29) is the cross-entropy's; the squared hinge's loss gradient is unbounded in x, as the squared
         # loss's is, so τ = 0 without a box and the most damaging GradPC target is taken unscaled
         target, result = target_by_gradpc(fitted, data, max(eps_w_grid), steps)

@@ -447,7 +447,8 @@ class TGDA(TorchAttack, PoisoningAttackTransformer):
         if solve is None:
             solve = make_solver(p.solver if p.solver != "auto" else ("cg" if is_convex_linear(follower) else "normal"), p.cg_tol, p.cg_max_iter)
         solver = solve.name
-        linear = LinearCurvature(follower, p.precondition == "kfac") if is_convex_linear(follower) else None
+        # the closed-form curvature of a convex linear follower (the hinge has none: autograd's, ρI, then)
+        linear = LinearCurvature(follower, p.precondition == "kfac") if is_convex_linear(follower) and loss_kind(follower) != "hinge" else None
 
         xt, yt = task.x_t, task.y_t
         xv, yv = task.tensor(self.x_val), task.tensor(self.y_val, torch.long)

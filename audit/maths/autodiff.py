@@ -30,7 +30,10 @@ def objective_hvp(
         for start in range(0, n, chunk):
             loss = data_loss(module(x[start : start + chunk]), y[start : start + chunk], task, reduction="sum", kind=loss_kind(module)) / n
             grads = torch.autograd.grad(loss, params, create_graph=True)
-            out += flat(torch.autograd.grad(flat(grads) @ v, params))
+            inner = flat(grads) @ v
+            if inner.requires_grad:  # a piecewise-linear loss (the hinge) has no curvature: its gradient does not depend on w
+                second = torch.autograd.grad(inner, params, allow_unused=True)
+                out += flat([torch.zeros_like(p) if g is None else g for p, g in zip(params, second)])
         offset = 0
         for p in params:  # ρ·v on the regularized weights, damping everywhere
             size = p.numel()

@@ -23,7 +23,8 @@ The estimator's objective is the audit's (docs: mean loss + (ρ/2)‖W‖², bia
   (:func:`audit.models.training.loss_kind`) and outputs the decision values; liblinear penalises the intercept, so
   the input gets a constant column ``intercept_scaling`` (:class:`Constant`) and the intercept becomes its weight in
   ``nn.Linear(d′ + 1, c, bias=False)``. Two classes: scikit-learn's ``w`` becomes the rows ``[−w, w]``
-  (C = 1/(ρn), :func:`audit.models.victim.sklearn_regularization`).
+  (C = 1/(ρn), :func:`audit.models.victim.sklearn_regularization`). ``loss="hinge"`` the same, declaring ``"hinge"``:
+  piecewise linear, so back-gradient unrolls it (no implicit form) and the victim states a caveat.
 * ``Ridge``: ``coef_`` (d′,), ``intercept_`` → ``nn.Linear(d′, 1)``, output squeezed to (n,).
 
 A ``ColumnTransformer`` (scalers on numeric columns, ``OneHotEncoder`` on categorical ones, passthrough, drop) becomes
@@ -339,11 +340,11 @@ def check_sklearn_model(estimator: Any, task: str, n_classes: int | None) -> tup
             raise AuditError(f"model: {where} uses solver {params.get('solver')!r}; use one of {solvers} or liblinear (two classes)")
     if kind == "LinearSVC":
         params = last.get_params()
-        if params.get("loss") != "squared_hinge" or params.get("penalty") != "l2" or params.get("multi_class", "ovr") != "ovr":
+        if params.get("loss") not in ("squared_hinge", "hinge") or params.get("penalty") != "l2" or params.get("multi_class", "ovr") != "ovr":
             raise AuditError(
-                f"model: {where} must use loss='squared_hinge', penalty='l2' and one-vs-rest (got {params.get('loss')!r}, "
-                f"{params.get('penalty')!r}, {params.get('multi_class', 'ovr')!r}): the hinge is not differentiable, and the "
-                "attacks model the L2-regularised squared hinge"
+                f"model: {where} must use loss='squared_hinge' or 'hinge', penalty='l2' and one-vs-rest (got {params.get('loss')!r}, "
+                f"{params.get('penalty')!r}, {params.get('multi_class', 'ovr')!r}): the attacks model the L2-regularised one-vs-rest "
+                "(squared) hinge"
             )
     if kind == "SGDClassifier":
         params = last.get_params()
@@ -603,7 +604,8 @@ def _svm_surrogate(features: list[nn.Module], last: Any, coef: np.ndarray, inter
     with torch.no_grad():
         linear.weight.copy_(torch.as_tensor(weight, dtype=torch.float32))
     extra = [Constant(scaling)] if fit_intercept else []
-    return SklearnSurrogate([*features, *extra], linear, regression=False, loss="squared_hinge").eval()
+    loss = "hinge" if last.get_params().get("loss") == "hinge" else "squared_hinge"
+    return SklearnSurrogate([*features, *extra], linear, regression=False, loss=loss).eval()
 
 
 def _liblinear_logistic_surrogate(features: list[nn.Module], last: Any, coef: np.ndarray, intercept: np.ndarray, c: int) -> SklearnSurrogate:

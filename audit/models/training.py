@@ -77,7 +77,9 @@ def l2_norm_sq(module: nn.Module) -> torch.Tensor:
 
 
 #: the classification losses a module can be trained with (:func:`loss_kind`)
-CLASSIFICATION_LOSSES = ("cross_entropy", "squared_hinge")
+CLASSIFICATION_LOSSES = ("cross_entropy", "squared_hinge", "hinge")
+#: the margin losses of a linear SVM's surrogate (one-vs-rest): flat where a point's margins hold
+MARGIN_LOSSES = ("squared_hinge", "hinge")
 
 
 def loss_kind(module: Any) -> str:
@@ -85,6 +87,13 @@ def loss_kind(module: Any) -> str:
     trained with: its ``loss`` attribute where it declares one (``squared_hinge``: the surrogate of a ``LinearSVC``),
     else ``cross_entropy``."""
     return str(getattr(getattr(module, "module", module), "loss", "cross_entropy"))
+
+
+def hinge(output: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """One-vs-rest hinge per point, shape (n,): ``Σ_k max(0, 1 − t_k f_k)``, ``t_k`` as in :func:`squared_hinge`
+    (scikit-learn's ``LinearSVC(loss="hinge")``). Piecewise linear: autograd gives its subgradient (0 on the kink)."""
+    t = 2.0 * F.one_hot(y, output.shape[1]).to(output.dtype) - 1.0
+    return (1.0 - t * output).clamp_min(0).sum(dim=1)
 
 
 def squared_hinge(output: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -95,11 +104,11 @@ def squared_hinge(output: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
 
 
 def data_loss(output: torch.Tensor, y: torch.Tensor, task: str, reduction: str = "mean", kind: str = "cross_entropy") -> torch.Tensor:
-    """Cross-entropy (``kind``: or the one-vs-rest squared hinge) for classification, ½(y − f)² for regression."""
+    """Cross-entropy (``kind``: or the one-vs-rest squared hinge or hinge) for classification, ½(y − f)² for regression."""
     if task == "classification" and kind == "cross_entropy":
         return F.cross_entropy(output, y, reduction=reduction)
     if task == "classification":
-        per_sample = squared_hinge(output, y)
+        per_sample = hinge(output, y) if kind == "hinge" else squared_hinge(output, y)
     else:
         per_sample = 0.5 * (output.reshape(-1) - y.reshape(-1)).pow(2)
     return {"mean": per_sample.mean, "sum": per_sample.sum}.get(reduction, lambda: per_sample)()

@@ -466,12 +466,21 @@ class SklearnVictim(Victim):
 
     @property
     def caveats(self) -> list[str]:
-        from audit.models.surrogate import fitted_steps
+        from audit.models.surrogate import final_step, fitted_steps
 
+        out = []
+        last = final_step(self.estimator)[1]
+        if self.surrogate and type(last).__name__ == "LinearSVC" and last.get_params().get("loss") == "hinge":
+            out.append(
+                "LinearSVC(loss='hinge'): the white-box attacks differentiate the hinge by its subgradient, and back-gradient "
+                "unrolls T steps of (sub)gradient descent (the hinge has no curvature for its implicit form), so their model of "
+                "the training is approximate and their damage may be a lower bound of an exact attacker's; every cell's damage "
+                "is that of the real refit, and the worst case is over every attack, label flips and StatP included"
+            )
         refit = fitted_steps(self.estimator)
         if not self.surrogate or not refit:
-            return []
-        return [
+            return out
+        return out + [
             f"Gradient Canceling and TGDA model the pipeline's {', '.join(refit)} at its clean fit, while every retraining "
             "refits it on the poisoned data, so their damage may be a lower bound of what an attacker that models the refit "
             "would do; back-gradient models the refit exactly (refit_scalers: true, its default: the scalers' statistics "

@@ -80,7 +80,7 @@ from audit.errors import AuditError
 from audit.maths.hypergrad import FlatModel, Inner, functional_objective, validation_loss
 from audit.maths.regions import SANITISERS, sanitiser_level, sanitiser_region
 from audit.models.surrogate import refits
-from audit.models.training import lambda_shift
+from audit.models.training import lambda_shift, loss_kind
 from audit.seeding import seeded_init
 
 #: the evasion weights the adaptive stage tries against the loss filter, as multiples of the default μ
@@ -272,6 +272,12 @@ class BackGradient(TorchAttack):
                 "BackGradient: hypergradient 'implicit' needs a convex victim (one nn.Linear: logistic, softmax "
                 "or ridge regression); this model is not — use 'unrolled'"
             )
+        if loss_kind(self.module) == "hinge":  # piecewise linear: no curvature for the implicit form; RMD through T steps
+            if p.hypergradient == "implicit":
+                raise AuditError(
+                    "BackGradient: hypergradient 'implicit' needs curvature, and the hinge (a LinearSVC with loss='hinge') has none; use 'unrolled'"
+                )
+            return "unrolled"
         if p.hypergradient != "auto":
             return p.hypergradient
         return "implicit" if convex and (self.l2 > 0 or p.learn_l2) else "unrolled"
