@@ -84,6 +84,13 @@ def test_back_gradient_refines_its_rounded_poisons_on_its_own_objective():
     # the objective it reports is the attack's own at those poisons: the validation loss at the retrained model
     value = attack.domain_objective(data.x_train, data.y_train, y_p)
     assert value is not None and value[1](x_p) == pytest.approx(info["refined"], rel=1e-6)
+    # TGDA optimises the same kind of loss on D_att: its rounded generator outputs are refined on back-gradient's objective
+    from audit.attacks.tgda import TGDA
+
+    tgda = TGDA.for_context({"epochs": 5}, ctx)
+    x_t, _ = tgda.poison(data.x_train, data.y_train)
+    info = tgda.diagnostics.domain_refined
+    assert data.domain.contains(x_t) and info is not None and info["refined"] >= info["rounded"]
 
 
 def test_a_declared_domain_runs_through_a_config_and_bad_declarations_are_one_line(tmp_path):

@@ -722,6 +722,34 @@ class TorchAttack(AuditAttack, PoisoningAttackWhiteBox):
         elif x_val is not None or y_val is not None:
             raise TypeError(f"{who} takes no validation set (x_val, y_val)")
 
+    def domain_objective(self, x: np.ndarray, y: np.ndarray, y_p: np.ndarray) -> tuple[ValueAndGradient, Value] | None:
+        """For refining rounded poisons (:meth:`AuditAttack.domain_objective`) of an attack that optimises a loss on the
+        attacker's set (``uses_validation``, e.g. TGDA): that loss at the victim retrained exactly on ``(x, y)`` ∪ the
+        poisons, with its implicit gradient — back-gradient's objective (:meth:`BackGradient.domain_objective`), where the
+        victim is convex and linear with ρ > 0 and a loss with curvature; None otherwise (rounding only)."""
+        from audit.models.structure import is_convex_linear
+        from audit.models.training import loss_kind
+
+        if not self.uses_validation or self.l2 <= 0 or not is_convex_linear(self.module) or loss_kind(self.module) == "hinge":
+            return None
+        from audit.attacks.back_gradient import BackGradient
+
+        own = BackGradient(
+            self.module,
+            budget=self.budget,
+            task=self.task,
+            n_classes=self.n_classes,
+            l2=self.l2,
+            box=self.box,
+            seed=self.seed,
+            x_val=self.x_val,
+            y_val=self.y_val,
+            hypergradient="implicit",
+        )
+        own._resolve()
+        own._region = None
+        return own.domain_objective(x, y, y_p)
+
 
 def _joined_signature(cls: type[TorchAttack]) -> inspect.Signature:
     """The signature a subclass's ``__init__(self, estimator, *, its own, **kwargs)`` really has: its own keyword-only
