@@ -119,8 +119,9 @@ def test_a_csv_with_text_columns_through_a_yaml_config(tmp_path):
            "model": {"name": "logreg"}, "candidates": {"l2": [1e-2]}, "budgets": [0.1], "seeds": [0], "device": "cpu",
            "confirm": False, "attacks": [{"name": "statp"}, {"name": "back_gradient", "params": {"iterations": 3}}]}  # fmt: skip
     runs = {}
-    for mode in ("auto", "relaxed"):
-        path = write_yaml(tmp_path / f"{mode}.yaml", {**cfg, "name": mode, "dataset": {**cfg["dataset"], "domain": mode}})
+    declared = {"columns": {"monthly": "levels:100"}}  # a declaration through YAML: the charge in cents
+    for mode, domain in (("auto", "auto"), ("relaxed", "relaxed"), ("declared", declared)):
+        path = write_yaml(tmp_path / f"{mode}.yaml", {**cfg, "name": mode, "dataset": {**cfg["dataset"], "domain": domain}})
         out = CliRunner().invoke(cli, ["run", str(path), "--out", str(tmp_path / "out"), "--quiet"])
         assert out.exit_code == 0, out.output
         store = Store.open_existing(tmp_path / "out" / mode)
@@ -135,6 +136,9 @@ def test_a_csv_with_text_columns_through_a_yaml_config(tmp_path):
     relaxed = (tmp_path / "out" / "relaxed" / "report.html").read_text()
     assert "(0 = churn, 1 = stay)" in auto and "categorical payment (4 categories, one-hot)" in auto
     assert "relaxed (dataset.domain: relaxed)" in relaxed and "relaxed (dataset.domain: relaxed)" not in auto
+    monthly = 1  # tenure, monthly, senior, then the one-hot groups
+    assert all(np.allclose(x[:, monthly] * 100, np.round(x[:, monthly] * 100), atol=1e-3) for x in runs["declared"])
+    assert "1 on levels k/100 (monthly)" in (tmp_path / "out" / "declared" / "report.html").read_text()
 
 
 def test_an_inferred_domain_for_flat_data(tmp_path):
