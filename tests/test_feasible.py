@@ -93,6 +93,24 @@ def test_back_gradient_refines_its_rounded_poisons_on_its_own_objective():
     assert data.domain.contains(x_t) and info is not None and info["refined"] >= info["rounded"]
 
 
+def test_statp_samples_categories_with_their_frequencies_inside_the_domain():
+    # corner rounding leaves a 3- or 4-category group all zero (each column's mean < ½), which the domain's argmax
+    # then maps to its first category: every poison would have had contract=month and payment=card
+    data = from_frame(churn_table(600), "churn", val=0.2, test=0.2, seed=0)
+    victim = build_victim(ModelSpec(name="logreg"), TrainingSpec(epochs=50), data, torch.device("cpu"))
+    clean = victim.fit(data.x_train, data.y_train, {"l2": 0.01}, 0)
+    from audit.attacks import StatP
+
+    attack = StatP.for_context({}, AttackContext.of(data, victim, clean, {"l2": 0.01}, 1.0, seed=2))
+    x_p, y_p = attack.poison(data.x_train, data.y_train)
+    assert data.domain is not None and data.domain.contains(x_p) and attack.diagnostics.domain_projected == 0
+    np.testing.assert_array_equal(y_p, clean.class_losses(x_p).argmax(1))  # labels chosen for the points as they are
+    for _, categories, cols in data.domain.groups:
+        share, train_share = x_p[:, list(cols)].mean(axis=0), data.x_train[:, list(cols)].mean(axis=0)
+        assert np.all(share > 0.1), (categories, share)
+        np.testing.assert_allclose(share, train_share, atol=0.08)  # n_p = n: the frequencies within a few standard errors
+
+
 def test_a_declared_domain_runs_through_a_config_and_bad_declarations_are_one_line(tmp_path):
     df = churn_table(300)
     data = from_frame(df, "churn", val=0.2, test=0.2, seed=0)

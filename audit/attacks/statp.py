@@ -8,6 +8,12 @@ boundary of the response range that maximises the loss, found by querying the mo
 Classification variant (ours, as the regression issue asks): class-conditional Gaussians
 (a class drawn with its training frequency), rounded to the box corners, and the label
 with the largest loss under the clean model (queried through the estimator's predictions).
+
+On a table (README "Tables") the samples are drawn inside the feature domain before the model
+is queried: a categorical feature's one-hot group takes a category drawn with its (class's)
+training frequency — the group's marginal under the fitted distribution — rather than the
+corner rounding of each column, which leaves most groups all zero; the other discrete kinds
+(integer, binary, levels) are in the domain at the box's corners already.
 """
 
 from __future__ import annotations
@@ -119,11 +125,23 @@ class StatP(AuditAttack, PoisoningAttackBlackBox):
             ctx.fitted.to_art(), budget=ctx.budget, box=ctx.box, task=data.task, y_range=y_range, n_classes=data.n_classes, seed=ctx.seed, **params
         )
 
+    def _draw(self, x: np.ndarray, n: int, rng: np.random.Generator) -> np.ndarray:
+        """n samples (n, d) of the fitted distribution of the rows ``x``, rounded to the box's corners, each
+        one-hot group a category drawn with its frequency in ``x``."""
+        lo, hi = np.broadcast_to(self.lo, x.shape[1:]), np.broadcast_to(self.hi, x.shape[1:])
+        out = round_to_corners(_gaussian(x, n, rng), lo, hi)
+        for _, _, cols in getattr(self.domain, "groups", ()):
+            idx = np.asarray(cols)
+            freq = x[:, idx].sum(axis=0).astype(np.float64)
+            p = freq / freq.sum() if freq.sum() > 0 else np.full(len(idx), 1.0 / len(idx))
+            out[:, idx] = 0.0
+            out[np.arange(n), idx[rng.choice(len(idx), size=n, p=p)]] = 1.0
+        return out
+
     def _run(self, task: PoisonInput) -> tuple[np.ndarray, np.ndarray]:
         x, y, n_poison, rng = task.x, task.y, task.n_poison, task.rng
-        lo, hi = np.broadcast_to(self.lo, x.shape[1:]), np.broadcast_to(self.hi, x.shape[1:])
         if self.task == "regression":
-            x_p = round_to_corners(_gaussian(x, n_poison, rng), lo, hi)
+            x_p = self._draw(x, n_poison, rng)
             pred = np.asarray(self.query_estimator.predict(self.estimator_input(x_p.astype(np.float32))), dtype=np.float64).reshape(-1)
             y_lo, y_hi = self.y_range
             # the boundary farther from the prediction maximises (y − f(x))²
@@ -136,7 +154,7 @@ class StatP(AuditAttack, PoisoningAttackBlackBox):
         for c in classes:
             where = np.flatnonzero(drawn == c)
             if len(where):
-                x_p[where] = round_to_corners(_gaussian(x[y == c], len(where), rng), lo, hi)
+                x_p[where] = self._draw(x[y == c], len(where), rng)
         losses = losses_from_predictions(self.query_estimator.predict(self.estimator_input(x_p.astype(np.float32))))
         y_p = losses.argmax(axis=1)
         self.diagnostics.update(mean_loss=float(losses.max(axis=1).mean()))
