@@ -42,9 +42,10 @@ from audit.catalog import ProfileSetting
 from audit.errors import AuditError
 from audit.maths.poisonability import SCALES, box_threshold, module_metric, scale_output_layer, scale_to_budget, thresholds
 from audit.maths.poisonability import gradpc_target as target_by_gradpc
+from audit.maths.reach import reach_poisons
 from audit.maths.regions import SANITISERS, project_many, sanitiser_level, sanitiser_region
 from audit.models.estimator import InputSpace, is_art_estimator
-from audit.models.structure import is_linear_model
+from audit.models.structure import convex_linear_layer, is_linear_model
 from audit.models.surrogate import refits
 from audit.models.training import MARGIN_LOSSES, data_loss, loss_kind
 
@@ -82,6 +83,11 @@ class GCParams(AttackParams):
     # scalers' statistics, refit_residual); False (default): held at their clean fit, eq. 34 as written — measured as
     # damaging or more (the target is chosen in the clean fit's feature space; examples/benchmarks/README.md)
     refit_scalers: bool = False
+    # where the poisons start: "sample" — clean points with their labels (Algorithm 1, line 1); "reach" — the poison
+    # distribution of the box closest to cancelling the target's gradient (audit.maths.reach: exact for a two-class
+    # softmax regression in the feature box, its atoms repeated in proportion to their weights), which the descent then
+    # polishes — the least residual any in-box poison set can leave, where sampled starts stall above it
+    start: Literal["sample", "reach"] = "sample"
 
 
 def flat_norm(tensors: list[torch.Tensor]) -> float:
@@ -218,6 +224,7 @@ class GradientCancelingDiagnostics(AttackDiagnostics):
     target_tau_box: float | None = None  # the chosen target's box-aware τ (reach: box)
     refit_scalers: bool | None = None  # True: a pipeline's scalers were modelled as refit on D_tr ∪ D_p
     relabelled: int | None = None  # labels: choose — poison labels changed over the run (None: labels fixed)
+    reach_residual: list[float] | None = None  # start: reach — the least in-box relative residual at ε, bracketed [lower, upper]
 
     def origin(self) -> str:
         """One line saying which target the attack aimed at."""
@@ -352,6 +359,14 @@ class GradientCanceling(TorchAttack):
     def _check_params(self) -> None:
         if self.params.target_multiple is not None and self.params.target != "label_flip":
             raise AuditError("gradient_canceling: target_multiple sets the label-flip target's fraction; it needs target: label_flip")
+        if self.params.start == "reach":
+            layer = convex_linear_layer(self.target)
+            plain = layer is not None and not isinstance(self.target, InputSpace) and layer.out_features == 2
+            if not (plain and self.task == "classification" and loss_kind(self.target) == "cross_entropy"):
+                raise AuditError("gradient_canceling: start: reach needs a two-class softmax regression on the features as given "
+                                 "(no preprocessing, no margin loss)")  # fmt: skip
+            if self.lo is None or self.hi is None or self.params.region != "none":
+                raise AuditError("gradient_canceling: start: reach needs the feature box (box: data) and no sanitiser region")
 
     def _run(self, task: PoisonInput) -> tuple[np.ndarray, np.ndarray]:
         p = self.params
@@ -371,6 +386,10 @@ class GradientCanceling(TorchAttack):
                 out = self.target(z)
                 t = 2.0 * torch.eye(out.shape[1], dtype=out.dtype, device=device)[:, None, :] - 1.0  # (label, 1, output)
                 labels = (1.0 - t * out[None]).clamp_min(0).pow(2).sum(2).argmax(0)
+        if p.start == "reach":  # the closest in-box poison distribution (audit.maths.reach), then the descent below
+            x_r, y_r, bounds = reach_poisons(self.target, task.x.reshape(n, -1), task.y, self.l2, self.lo, self.hi, n_poison)
+            z, labels = task.tensor(x_r, torch.float32), task.tensor(y_r, torch.long)
+            self.diagnostics.update(reach_residual=[bounds.lower, bounds.upper])
         lo = None if self.lo is None else task.tensor(self.lo, torch.float32)
         hi = None if self.hi is None else task.tensor(self.hi, torch.float32)
         for q in self.target.parameters():

@@ -109,10 +109,19 @@ def _point_on(chain: tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray], lo: 
     return x
 
 
-def support(v: np.ndarray, d: np.ndarray, lo: np.ndarray, hi: np.ndarray, grid: int = 2049) -> tuple[float, np.ndarray]:
-    """``h_S(d)`` and its maximiser ``s·x̃`` (d + 1,) for the two-logit target with logit difference ``t = v·x̃``
-    (module docstring): the best of the upper chain with y = 1 and the lower chain with y = 0."""
-    best = (-math.inf, np.zeros(len(d)))
+@dataclass
+class Atom:
+    """A poison ``(x, y)`` of the box and its gradient coordinates ``s_y(t(x))·x̃`` (d + 1,)."""
+
+    x: np.ndarray
+    y: int
+    u: np.ndarray
+
+
+def support(v: np.ndarray, d: np.ndarray, lo: np.ndarray, hi: np.ndarray, grid: int = 2049) -> tuple[float, Atom]:
+    """``h_S(d)`` and the poison attaining it, for the two-logit target with logit difference ``t = v·x̃`` (module
+    docstring): the best of the upper chain with y = 1 and the lower chain with y = 0."""
+    best = (-math.inf, Atom(lo.copy(), 1, np.zeros(len(d))))
     for upper, sign in ((True, 1), (False, 0)):
         chain = _chain(v, d, lo, hi, upper)
         ts, av = chain[0], chain[1]
@@ -132,14 +141,14 @@ def support(v: np.ndarray, d: np.ndarray, lo: np.ndarray, hi: np.ndarray, grid: 
             x = _point_on(chain, lo, hi, float(points[i]))
             xt = np.append(x, 1.0)
             s = float(expit(v @ xt)) - (1 - sign)
-            best = (float(s * (d @ xt)), s * xt)
+            best = (float(s * (d @ xt)), Atom(x, sign, s * xt))
     return best
 
 
-def _closest(atoms: list[np.ndarray], c: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def _closest(atoms: list[Atom], c: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """The convex weights λ over ``atoms`` whose combination is closest to ``c``, and that combination
     (non-negative least squares with a heavily weighted row holding Σλ = 1)."""
-    a = np.stack(atoms, axis=1)
+    a = np.stack([atom.u for atom in atoms], axis=1)
     heavy = 1e3 * max(1.0, float(np.abs(a).max()), float(np.abs(c).max()))
     lam, _ = nnls(np.vstack([a, np.full((1, a.shape[1]), heavy)]), np.append(c, heavy), maxiter=50 * a.shape[1])
     lam = lam / max(lam.sum(), 1e-300)
@@ -185,9 +194,19 @@ class _Target:
         return b_a, b_s, math.sqrt(2 * float(b_a @ b_a) + 2 * float(b_s @ b_s))
 
 
-def _bounds(problem: _Target, eps: float, stop_below: float | None, stop_above: float | None, tol: float, max_iter: int) -> ReachBounds:
+@dataclass
+class Mixture:
+    """The closest poison distribution found: ``atoms`` with convex ``weights``."""
+
+    atoms: list[Atom]
+    weights: np.ndarray
+
+
+def _bounds(
+    problem: _Target, eps: float, stop_below: float | None, stop_above: float | None, tol: float, max_iter: int
+) -> tuple[ReachBounds, Mixture]:
     """Column generation for ``R(ε)`` (module docstring), stopped once the bracket is narrower than ``tol`` or lies wholly
-    below ``stop_below`` / above ``stop_above``."""
+    below ``stop_below`` / above ``stop_above``; with the distribution that attains the upper bound."""
     b_a, b_s, norm = problem.parts(eps)
     c = -b_a / eps
     floor = 2 * float(b_s @ b_s)
@@ -196,26 +215,28 @@ def _bounds(problem: _Target, eps: float, stop_below: float | None, stop_above: 
         return math.sqrt(2 * eps**2 * dist**2 + floor) / max(norm, 1e-300)
 
     _, atom = support(problem.v, c, problem.lo, problem.hi)
-    atoms = [atom]
-    z = atom
+    atoms, lam = [atom], np.ones(1)
+    z = atom.u
     lower_dist = 0.0
     it = 0
     for it in range(1, max_iter + 1):
         direction = c - z
         gap_norm = float(np.linalg.norm(direction))
         if gap_norm == 0.0:
-            return ReachBounds(eps, relative(0.0), relative(0.0), it)
+            return ReachBounds(eps, relative(0.0), relative(0.0), it), Mixture(atoms, lam)
         h, atom = support(problem.v, direction, problem.lo, problem.hi)
         lower_dist = max(lower_dist, (float(direction @ c) - h) / gap_norm)
         upper = relative(gap_norm)
         lower = min(relative(max(lower_dist, 0.0)), upper)
         if upper - lower <= tol or (stop_below is not None and upper <= stop_below) or (stop_above is not None and lower > stop_above):
-            return ReachBounds(eps, lower, upper, it)
+            return ReachBounds(eps, lower, upper, it), Mixture(atoms, lam)
         atoms.append(atom)
         lam, z = _closest(atoms, c)
-        atoms = [a for a, weight in zip(atoms, lam) if weight > 0] or [atoms[-1]]
+        keep = lam > 0
+        if keep.any():
+            atoms, lam = [a for a, k in zip(atoms, keep) if k], lam[keep]
     upper = relative(float(np.linalg.norm(c - z)))
-    return ReachBounds(eps, min(relative(max(lower_dist, 0.0)), upper), upper, it)
+    return ReachBounds(eps, min(relative(max(lower_dist, 0.0)), upper), upper, it), Mixture(atoms, lam)
 
 
 def reach_residual(
@@ -226,7 +247,25 @@ def reach_residual(
     ((n, d), (n,)), bracketed to ``tol`` (module docstring)."""
     if eps <= 0:
         raise ValueError(f"eps must be positive (got {eps})")
-    return _bounds(_Target.of(target, x, y, l2, lo, hi), eps, None, None, tol, max_iter)
+    return _bounds(_Target.of(target, x, y, l2, lo, hi), eps, None, None, tol, max_iter)[0]
+
+
+def reach_poisons(
+    target: nn.Module, x: np.ndarray, y: np.ndarray, l2: float, lo: np.ndarray, hi: np.ndarray, n_poison: int, tol: float = 1e-4, max_iter: int = 400
+) -> tuple[np.ndarray, np.ndarray, ReachBounds]:
+    """``n_poison`` poisons of the box (features (m, d), labels (m,)) realising the closest poison distribution at
+    ε = n_poison/n: each of its atoms repeated in proportion to its weight (largest remainders), so the realised
+    residual is the least one up to that rounding — a start for Gradient Canceling (``start: reach``)."""
+    if n_poison <= 0:
+        raise ValueError(f"n_poison must be positive (got {n_poison})")
+    bounds, mixture = _bounds(_Target.of(target, x, y, l2, lo, hi), n_poison / len(x), None, None, tol, max_iter)
+    share = mixture.weights * n_poison
+    counts = np.floor(share).astype(int)
+    for i in np.argsort(-(share - counts))[: n_poison - int(counts.sum())]:
+        counts[i] += 1
+    xs = np.concatenate([np.repeat(a.x[None, :], k, axis=0) for a, k in zip(mixture.atoms, counts)])
+    ys = np.concatenate([np.full(k, a.y, dtype=np.int64) for a, k in zip(mixture.atoms, counts)])
+    return xs, ys, bounds
 
 
 def reach_threshold(
@@ -252,7 +291,7 @@ def reach_threshold(
     unreachable = math.sqrt(2 * float(b_s @ b_s)) / max(norm, 1e-300)
 
     def reached(eps: float) -> tuple[bool, ReachBounds]:
-        bounds = _bounds(problem, eps, delta, delta, 1e-4, max_iter)
+        bounds = _bounds(problem, eps, delta, delta, 1e-4, max_iter)[0]
         return bounds.upper <= delta, bounds
 
     grid = np.geomspace(eps_max / 1000, eps_max, steps)
