@@ -42,7 +42,7 @@ from audit.catalog import ProfileSetting
 from audit.errors import AuditError
 from audit.maths.poisonability import SCALES, box_threshold, module_metric, scale_output_layer, scale_to_budget, thresholds
 from audit.maths.poisonability import gradpc_target as target_by_gradpc
-from audit.maths.reach import reach_poisons
+from audit.maths.reach import reach_poisons, reach_residual
 from audit.maths.regions import SANITISERS, project_many, sanitiser_level, sanitiser_region
 from audit.models.estimator import InputSpace, is_art_estimator
 from audit.models.structure import convex_linear_layer, is_linear_model
@@ -222,8 +222,10 @@ class GradientCancelingDiagnostics(AttackDiagnostics):
     loop_seconds: float | None = None
     reach: str | None = None  # target auto: "box" (judged by the box-aware τ) or why not (None: unbounded τ)
     target_tau_box: float | None = None  # the chosen target's box-aware τ (reach: box)
+    target_reach_residual: float | None = None  # reach: box, two classes: the least in-box residual at ε (upper bound; ≤ 0.01)
     refit_scalers: bool | None = None  # True: a pipeline's scalers were modelled as refit on D_tr ∪ D_p
     relabelled: int | None = None  # labels: choose — poison labels changed over the run (None: labels fixed)
+    best_epoch: int | None = None  # start: reach — the logged epoch whose poisons were kept (a lower residual than the last epoch's)
     reach_residual: list[float] | None = None  # start: reach — the least in-box relative residual at ε, bracketed [lower, upper]
 
     def origin(self) -> str:
@@ -411,6 +413,7 @@ class GradientCanceling(TorchAttack):
         g_norm = math.nan
         relabelled = 0
         choose = p.labels == "choose" and self.task == "classification"
+        best: tuple[float, torch.Tensor, torch.Tensor] | None = None  # start: reach — the lowest ‖g(χ)‖ logged, its poisons
         # the squared hinge is flat where a poison's margin holds (a plateau of ‖g(χ)‖² where it contributes nothing):
         # its poisons are kept on active margins, start to end
         hinge_active = self.task == "classification" and loss_kind(self.target) in MARGIN_LOSSES
@@ -441,6 +444,8 @@ class GradientCanceling(TorchAttack):
                     raise RuntimeError(
                         f"Gradient Canceling diverged by epoch {epoch} (‖g(χ)‖ = {g_norm}); lower lr (now {p.lr}) or keep the feature box (box: data)"
                     )
+                if p.start == "reach" and (best is None or g_norm < best[0]):  # a start at the optimum is kept unless bettered
+                    best = (g_norm, z.detach().clone(), labels.clone())
             if epoch == p.epochs:
                 break
             if refit:  # ∂½‖r‖²/∂z through the poisons' terms and the scalers' statistics: (1/n)·∂/∂z per point, as eq. 34's
@@ -461,6 +466,9 @@ class GradientCanceling(TorchAttack):
             if hinge_active:
                 with torch.no_grad():
                     z.copy_(keep_margins_active(self.target, z, labels, lo, hi))
+        if best is not None and best[0] < g_norm:
+            g_norm, z, labels = best
+            self.diagnostics.update(best_epoch=min(e for e, g in curve if g == g_norm))
         g0 = flat_norm([gm + rg for gm, rg in zip(g_mu, reg)])
         self._residual_terms = None if refit else (g_mu, reg, n, device)  # for domain_objective: the poisons' residual
         self.diagnostics.update(
@@ -592,11 +600,16 @@ def auto_target(
 
 
 def _box_target(
-    fitted: Any, data: Any, eps: float, l2: float, eps_w_grid: list[float], steps: int, box: tuple[Any, Any]
+    fitted: Any, data: Any, eps: float, l2: float, eps_w_grid: list[float], steps: int, box: tuple[Any, Any], reach_delta: float = 0.01
 ) -> tuple[nn.Module, dict] | None:
-    """:func:`auto_target` judged by the box-aware threshold; None when no target of the grid is within the box's reach."""
+    """:func:`auto_target` judged by the box-aware threshold; None when no target of the grid is within the box's reach.
+    A two-class softmax regression must also pass the full stationarity condition: some in-box poison distribution
+    of weight ε leaves a relative residual ≤ ``reach_delta`` (:func:`audit.maths.reach.reach_residual`, its upper bound:
+    a target so chosen is reachable, not only not ruled out)."""
     lo, hi = (np.broadcast_to(np.asarray(b, dtype=np.float64).reshape(-1), (data.n_features,)) for b in box)
     x_att, y_att = data.attacker_target()
+    layer = convex_linear_layer(fitted.require_module("gradient_canceling"))
+    full = layer is not None and layer.out_features == 2 and not isinstance(fitted.require_module("gradient_canceling"), InputSpace)
     best: tuple[float, float, nn.Module, dict] | None = None
     for eps_w in eps_w_grid:
         base, _ = target_by_gradpc(fitted, data, eps_w, steps)
@@ -604,11 +617,19 @@ def _box_target(
         if best is not None and acc > best[0]:
             continue  # cannot win: the scale keeps the predictions
         for s in (1.0, *sorted(SCALES, reverse=True)):  # the largest reachable scale
-            th = box_threshold(scale_output_layer(base, s), data.x_train, data.y_train, l2, lo, hi, data.n_classes)
-            if th.tau is not None and th.tau <= eps:
-                if best is None or (acc, -s) < (best[0], best[1]):
-                    best = (acc, -s, base, {"target": "auto", "eps_w": eps_w, "scale": s, "reach": "box", "target_tau_box": th.tau})
-                break
+            target = scale_output_layer(base, s)
+            th = box_threshold(target, data.x_train, data.y_train, l2, lo, hi, data.n_classes)
+            if th.tau is None or th.tau > eps:
+                continue
+            origin = {"target": "auto", "eps_w": eps_w, "scale": s, "reach": "box", "target_tau_box": th.tau}
+            if full:  # τ_box is necessary only: a two-class target must also pass the full condition (audit.maths.reach)
+                bounds = reach_residual(target, data.x_train, data.y_train, l2, lo, hi, eps, stop=reach_delta)
+                if bounds.upper > reach_delta:
+                    continue
+                origin = {**origin, "reach": "box, full condition", "target_reach_residual": bounds.upper}
+            if best is None or (acc, -s) < (best[0], best[1]):
+                best = (acc, -s, base, origin)
+            break
     if best is None:
         return None
     return scale_output_layer(best[2], -best[1]), best[3]

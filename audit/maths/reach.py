@@ -240,32 +240,68 @@ def _bounds(
 
 
 def reach_residual(
-    target: nn.Module, x: np.ndarray, y: np.ndarray, l2: float, lo: np.ndarray, hi: np.ndarray, eps: float, tol: float = 1e-3, max_iter: int = 400
+    target: nn.Module,
+    x: np.ndarray,
+    y: np.ndarray,
+    l2: float,
+    lo: np.ndarray,
+    hi: np.ndarray,
+    eps: float,
+    tol: float = 1e-3,
+    max_iter: int = 400,
+    stop: float | None = None,
 ) -> ReachBounds:
     """The least relative residual ``‖b(ε) + ε E_ν∇ℓ‖ / ‖b(ε)‖`` over poison distributions ν on the box ``[lo, hi]`` ×
     labels, for a two-class softmax regression ``target`` with L2 strength ``l2`` on the clean training set ``(x, y)``
-    ((n, d), (n,)), bracketed to ``tol`` (module docstring)."""
+    ((n, d), (n,)), bracketed to ``tol`` (module docstring) — or, with ``stop``, only until the bracket lies wholly on
+    one side of it."""
     if eps <= 0:
         raise ValueError(f"eps must be positive (got {eps})")
-    return _bounds(_Target.of(target, x, y, l2, lo, hi), eps, None, None, tol, max_iter)[0]
+    return _bounds(_Target.of(target, x, y, l2, lo, hi), eps, stop, stop, tol, max_iter)[0]
 
 
 def reach_poisons(
-    target: nn.Module, x: np.ndarray, y: np.ndarray, l2: float, lo: np.ndarray, hi: np.ndarray, n_poison: int, tol: float = 1e-4, max_iter: int = 400
+    target: nn.Module,
+    x: np.ndarray,
+    y: np.ndarray,
+    l2: float,
+    lo: np.ndarray,
+    hi: np.ndarray,
+    n_poison: int,
+    tol: float = 1e-4,
+    max_iter: int = 400,
+    passes: int = 5,
 ) -> tuple[np.ndarray, np.ndarray, ReachBounds]:
     """``n_poison`` poisons of the box (features (m, d), labels (m,)) realising the closest poison distribution at
-    ε = n_poison/n: each of its atoms repeated in proportion to its weight (largest remainders), so the realised
-    residual is the least one up to that rounding — a start for Gradient Canceling (``start: reach``)."""
+    ε = n_poison/n — a start for Gradient Canceling (``start: reach``). Its atoms are repeated in proportion to their
+    weights (largest remainders); with fewer poisons than atoms that rounding loses much (in d dimensions the
+    distribution may need up to d + 1 atoms), so each poison in turn is then replaced by the atom of S that best
+    cancels the others' residual (the support function in that direction; kept when the residual falls), in passes
+    until none improves (at most ``passes``). Returns the poisons and the bracket of the least residual (the
+    distribution's: a lower bound for any n_poison points)."""
     if n_poison <= 0:
         raise ValueError(f"n_poison must be positive (got {n_poison})")
-    bounds, mixture = _bounds(_Target.of(target, x, y, l2, lo, hi), n_poison / len(x), None, None, tol, max_iter)
+    problem = _Target.of(target, x, y, l2, lo, hi)
+    n = len(x)
+    bounds, mixture = _bounds(problem, n_poison / n, None, None, tol, max_iter)
     share = mixture.weights * n_poison
     counts = np.floor(share).astype(int)
     for i in np.argsort(-(share - counts))[: n_poison - int(counts.sum())]:
         counts[i] += 1
-    xs = np.concatenate([np.repeat(a.x[None, :], k, axis=0) for a, k in zip(mixture.atoms, counts)])
-    ys = np.concatenate([np.full(k, a.y, dtype=np.int64) for a, k in zip(mixture.atoms, counts)])
-    return xs, ys, bounds
+    atoms = [a for a, k in zip(mixture.atoms, counts) for _ in range(k)]
+    b_a, _, _ = problem.parts(n_poison / n)
+    r = b_a + sum(a.u for a in atoms) / n
+    for _ in range(passes):
+        improved = False
+        for j in range(n_poison):
+            others = r - atoms[j].u / n
+            _, atom = support(problem.v, -others, problem.lo, problem.hi)
+            moved = others + atom.u / n
+            if float(moved @ moved) < float(r @ r) * (1 - 1e-9):
+                atoms[j], r, improved = atom, moved, True
+        if not improved:
+            break
+    return np.stack([a.x for a in atoms]), np.array([a.y for a in atoms], dtype=np.int64), bounds
 
 
 def reach_threshold(

@@ -272,6 +272,7 @@ def test_the_auto_target_in_the_box_is_one_the_box_aware_threshold_allows(tmp_pa
     from audit.grid.runner import plan_audit
     from audit.grid.work import clean_unit
     from audit.maths.poisonability import box_threshold
+    from audit.maths.reach import reach_residual
 
     plan = plan_audit(parse_config({"name": "gc", "dataset": {"name": "breast_cancer"}, "model": {"name": "logreg"},
                                     "candidates": {"l2": [0.01]}, "budgets": [0.1], "seeds": [0], "device": "cpu"}), output_dir=tmp_path)  # fmt: skip
@@ -282,8 +283,12 @@ def test_the_auto_target_in_the_box_is_one_the_box_aware_threshold_allows(tmp_pa
         attack = GradientCanceling.for_cell({"epochs": 1, "gradpc_steps": 20, "reach": reach}, ctx)
         d = attack.diagnostics
         if reach == "box":
-            assert d.reach == "box" and d.target_tau_box is not None and d.target_tau_box <= 0.1
+            assert d.reach == "box, full condition" and d.target_tau_box is not None and d.target_tau_box <= 0.1
             again = box_threshold(attack.target, data.x_train, data.y_train, 0.01, data.lo, data.hi, data.n_classes)
             assert again.tau is not None and again.tau == pytest.approx(d.target_tau_box, rel=1e-5) and again.tau <= 0.1
+            # two classes: the full condition too — some in-box poison set of weight ε leaves a residual ≤ 0.01
+            eps = attack.n_poison(len(data.y_train)) / len(data.y_train)
+            full = reach_residual(attack.target, data.x_train, data.y_train, 0.01, data.lo, data.hi, eps, tol=1e-4)
+            assert d.target_reach_residual is not None and full.lower <= 0.01 + 1e-4
         else:
             assert d.reach is None and d.target_tau_rho_2 is not None and d.target_tau_rho_2 <= 0.1
