@@ -18,7 +18,7 @@ from __future__ import annotations
 import copy
 import math
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar, Literal
@@ -51,7 +51,11 @@ from audit.models.training import MARGIN_LOSSES, data_loss, loss_kind
 
 
 class GCParams(AttackParams):
-    target: Literal["auto", "gradpc", "file", "label_flip"] = "auto"
+    target: Literal["auto", "gradpc", "file", "label_flip", "search"] = "auto"
+    # target: search — the auto target, the box-aware one (reach: box's, linear models in the box) and the label-flip
+    # targets at min(1, k·ε) for k here are each attacked; the poisons whose retrained model scores lowest on the
+    # attacker's own split are kept (classification)
+    search_multiples: list[float] = Field(default_factory=lambda: [1.0, 2.0, 3.0, 5.0])
     target_eps: float = Field(1.0, gt=0, le=1)
     # target: label_flip at min(1, target_multiple·ε) instead of target_eps: a target just beyond the budget's reach
     # (examples/benchmarks/README.md, "Where in-box GC loses its strength")
@@ -226,6 +230,8 @@ class GradientCancelingDiagnostics(AttackDiagnostics):
     refit_scalers: bool | None = None  # True: a pipeline's scalers were modelled as refit on D_tr ∪ D_p
     relabelled: int | None = None  # labels: choose — poison labels changed over the run (None: labels fixed)
     best_epoch: int | None = None  # start: reach — the logged epoch whose poisons were kept (a lower residual than the last epoch's)
+    search: list[dict[str, Any]] | None = None  # target: search — each target tried: its residual, the attacker-split metric
+    search_chosen: int | None = None  # target: search — the index of the run kept
     reach_residual: list[float] | None = None  # start: reach — the least in-box relative residual at ε, bracketed [lower, upper]
 
     def origin(self) -> str:
@@ -321,11 +327,19 @@ class GradientCanceling(TorchAttack):
         p = GCParams.model_validate(params)
         data = ctx.dataset
         l2 = ctx.candidate.rho
-        if p.target == "file":
+        if p.target == "search":
+            if data.task != "classification":
+                raise AuditError(
+                    "gradient_canceling: target: search needs a classification task (it keeps the poisons of lowest attacker-split accuracy)"
+                )
+            candidates = search_targets(ctx, p)
+            target: Any = candidates[0][0]
+            origin: dict[str, Any] = candidates[0][1]
+        elif p.target == "file":
             if not p.target_file or not Path(p.target_file).is_file():
                 raise AuditError(f"gradient_canceling.target_file not found: {p.target_file}")
-            target: Any = torch.load(p.target_file, map_location=next(module.parameters()).device, weights_only=True)
-            origin: dict[str, Any] = {"target": "file", "path": p.target_file}
+            target = torch.load(p.target_file, map_location=next(module.parameters()).device, weights_only=True)
+            origin = {"target": "file", "path": p.target_file}
         elif p.target == "gradpc":
             target, result = target_by_gradpc(fitted, data, p.eps_w, p.gradpc_steps)
             origin = {"target": "gradpc", "eps_w": p.eps_w, "gradpc_val_loss": [result.val_loss_clean, result.val_loss_target]}
@@ -346,10 +360,16 @@ class GradientCanceling(TorchAttack):
         attack = cls(module, target_model=target, budget=ctx.budget, task=data.task, l2=l2, box=box, seed=ctx.seed, n_classes=data.n_classes, **own)
         attack.params = attack.params.model_copy(update={"box": p.box})  # the setting the cell ran under, as configured
         attack.diagnostics.update(origin)
-        attack.diagnostics.target_val_metric = module_metric(attack.target, data.x_val, data.y_val, data.task)
-        attack.diagnostics.target_test_metric = module_metric(attack.target, data.x_test, data.y_test, data.task)
-        attack.diagnostics.threshold = thresholds(attack.target, data.x_train, data.y_train, data.task, l2, data.n_classes).as_dict()
+        attack.describe_target(data)
+        if p.target == "search":
+            attack.search = Search(candidates, data, lambda x, y: ctx.victim.fit(x, y, ctx.hparams, int(ctx.seed) + 1))
         return attack
+
+    def describe_target(self, data: Any) -> None:
+        """The target's validation and test metric and its thresholds, in the diagnostics."""
+        self.diagnostics.target_val_metric = module_metric(self.target, data.x_val, data.y_val, data.task)
+        self.diagnostics.target_test_metric = module_metric(self.target, data.x_test, data.y_test, data.task)
+        self.diagnostics.threshold = thresholds(self.target, data.x_train, data.y_train, data.task, self.l2, data.n_classes).as_dict()
 
     @property
     def is_classification(self) -> bool:
@@ -371,6 +391,33 @@ class GradientCanceling(TorchAttack):
                 raise AuditError("gradient_canceling: start: reach needs the feature box (box: data) and no sanitiser region")
 
     def _run(self, task: PoisonInput) -> tuple[np.ndarray, np.ndarray]:
+        search = getattr(self, "search", None)
+        if search is None:
+            return self._cancel(task)
+        x_att, y_att = search.data.attacker_target()
+        tried: list[tuple[float, float, int, tuple[np.ndarray, np.ndarray], nn.Module, Any, dict]] = []
+        table = []
+        for i, (target, origin) in enumerate(search.candidates):
+            self.target = copy.deepcopy(target).eval()
+            self.diagnostics.update(**{k: None for k in ("eps_w", "scale", "target_eps", "reach", "target_tau_box", "target_reach_residual", "note")})
+            self.diagnostics.update(origin)
+            x_p, y_p = self._cancel(task)
+            shape = search.data.x_train.shape[1:]
+            retrained = search.retrain(np.concatenate([task.x, x_p]).reshape(-1, *shape), np.concatenate([task.y, y_p]))
+            score = float(retrained.metric(x_att, y_att))
+            residual = float(self.diagnostics.relative_residual or 0.0)
+            table.append({"target": self.diagnostics.origin(), "relative_residual": residual, "attacker_metric": score})
+            snapshot = {k: getattr(self.diagnostics, k) for k in SEARCH_FIELDS}
+            tried.append((score, residual, i, (x_p, y_p), self.target, getattr(self, "_residual_terms", None), snapshot))
+        score, _, i, (x_p, y_p), target, terms, snapshot = min(tried, key=lambda t: t[:3])
+        self.target, self._residual_terms = target, terms
+        self.diagnostics.update(**snapshot)
+        self.describe_target(search.data)
+        self.diagnostics.update(search=table, search_chosen=i)
+        return x_p, y_p
+
+    def _cancel(self, task: PoisonInput) -> tuple[np.ndarray, np.ndarray]:
+        """Algorithm 1 towards ``self.target``."""
         p = self.params
         device = task.device
         n, n_poison = len(task.x), task.n_poison
@@ -633,6 +680,39 @@ def _box_target(
     if best is None:
         return None
     return scale_output_layer(best[2], -best[1]), best[3]
+
+
+#: the diagnostics of one run of a search that describe its target and its loop (restored for the run kept)
+SEARCH_FIELDS = (
+    "target", "eps_w", "scale", "target_eps", "target_tau_rho_2", "reach", "target_tau_box", "target_reach_residual", "note",
+    "epochs", "g_chi_curve", "g_chi_final", "g_mu_norm", "relative_residual", "converged", "loop_seconds", "relabelled",
+    "refit_scalers", "best_epoch", "reach_residual",
+)  # fmt: skip
+
+
+@dataclass
+class Search:
+    """``target: search``: the targets to attack, the dataset (its attacker split scores each run) and the attacker's
+    retraining of the victim on ``D_tr ∪ D_p`` (its own seed, not the defender's)."""
+
+    candidates: list[tuple[nn.Module, dict]]
+    data: Any
+    retrain: Callable[[np.ndarray, np.ndarray], Any]
+
+
+def search_targets(ctx: AttackContext, p: GCParams) -> list[tuple[nn.Module, dict]]:
+    """The targets ``target: search`` attacks: the auto target (by τ_ρ(2), the paper's), the box-aware one (where the
+    model is linear and the poisons stay in the box) and the label-flip targets at min(1, k·ε), k in
+    ``search_multiples`` (each budget once)."""
+    fitted, data, l2, eps = ctx.fitted, ctx.dataset, ctx.candidate.rho, ctx.budget
+    out = [auto_target(fitted, data, eps, l2, p.eps_w_grid, p.gradpc_steps)]
+    if p.box == "data" and ctx.box is not None and is_linear_model(fitted.require_module("gradient_canceling")):
+        found = _box_target(fitted, data, eps, l2, p.eps_w_grid, p.gradpc_steps, ctx.box)
+        if found is not None:
+            out.append(found)
+    for k in sorted({min(1.0, k * eps) for k in p.search_multiples}):
+        out.append(target_by_label_flip(ctx, k))
+    return out
 
 
 def target_by_label_flip(ctx: AttackContext, target_eps: float) -> tuple[nn.Module, dict]:

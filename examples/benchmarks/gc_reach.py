@@ -10,6 +10,8 @@ poisons of
 * ``gc_box``: ``reach: box`` — the target must pass the box-aware τ and, for two classes, the full condition at
   ε (``audit.maths.reach``: some in-box poison set leaves a relative residual ≤ 0.01);
 * ``gc_reach``: ``reach: box`` and ``start: reach`` (the poisons start at the closest in-box distribution);
+* ``gc_search`` / ``gc_search_reach``: ``target: search`` (the auto, box-aware and label-flip k·ε targets each
+  attacked, the poisons of lowest attacker-split accuracy kept), sampled start / ``start: reach``;
 * ``flip``: the adversarial label flip (ART's, with the victim's losses).
 
 One JSON line per cell, also written to reports/benchmarks/gc_reach.jsonl.
@@ -33,7 +35,13 @@ from audit.models import build_victim
 sys.path.insert(0, str(Path(__file__).parent))
 from gc_transition import problem  # noqa: E402
 
-VARIANTS = {"gc": {}, "gc_box": {"reach": "box"}, "gc_reach": {"reach": "box", "start": "reach"}}
+VARIANTS = {
+    "gc": {},
+    "gc_box": {"reach": "box"},
+    "gc_reach": {"reach": "box", "start": "reach"},
+    "gc_search": {"target": "search"},
+    "gc_search_reach": {"target": "search", "start": "reach"},
+}
 
 
 def main() -> None:
