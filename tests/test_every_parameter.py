@@ -88,6 +88,7 @@ VALUES: dict[str, dict[str, dict[str, Any]]] = {
         "log_every": {"log_every": 5},
         "relabel_every": {"labels": "choose", "relabel_every": 5},
         "relabel_until": {"labels": "choose", "relabel_until": 0.5},
+        "search_multiples": {"target": "search", "search_multiples": [1.0, 2.0]},
     },
     "label_flip": {},
     "regime_a": {"radius": {"radius": 0.5}, "overall": {"overall": 1.0}, "steps": {"steps": 4}},
