@@ -185,3 +185,19 @@ def test_a_target_search_needs_classification():
     clean = victim.fit(d.x_train, d.y_train, {"l2": 1e-3}, 0)
     with pytest.raises(AuditError, match="target: search needs a classification task"):
         GradientCanceling.for_cell({"target": "search"}, AttackContext.of(d, victim, clean, {"l2": 1e-3}, 0.1, 0))
+
+
+def test_a_search_starts_at_the_closest_distribution_where_that_is_exact_unless_told_otherwise():
+    from audit.attacks import AttackContext
+
+    d = load_dataset(DatasetSpec(name="breast_cancer"))
+    victim = build_victim(ModelSpec(name="logreg"), TrainingSpec(), d, CPU)
+    clean = victim.fit(d.x_train, d.y_train, {"l2": 1e-2}, 0)
+    ctx = AttackContext.of(d, victim, clean, {"l2": 1e-2}, 0.05, 0)
+    base = {"target": "search", "search_multiples": [1.0], "epochs": 50}
+    automatic = GradientCanceling.for_cell(base, ctx)
+    automatic.poison(d.x_train, d.y_train)
+    assert automatic.params.start == "reach" and automatic.diagnostics.reach_residual is not None
+    told = GradientCanceling.for_cell({**base, "start": "sample"}, ctx)
+    told.poison(d.x_train, d.y_train)
+    assert told.params.start == "sample" and told.diagnostics.reach_residual is None
