@@ -10,8 +10,9 @@ poisons of
 * ``gc_box``: ``reach: box`` — the target must pass the box-aware τ and, for two classes, the full condition at
   ε (``audit.maths.reach``: some in-box poison set leaves a relative residual ≤ 0.01);
 * ``gc_reach``: ``reach: box`` and ``start: reach`` (the poisons start at the closest in-box distribution);
-* ``gc_search`` / ``gc_search_reach``: ``target: search`` (the auto, box-aware and label-flip k·ε targets each
-  attacked, the poisons of lowest attacker-split accuracy kept), sampled start / ``start: reach``;
+* ``gc_search`` / ``gc_search_reach`` / ``gc_search_sampled``: ``target: search`` (the auto, box-aware and label-flip
+  k·ε targets each attacked, the poisons of lowest attacker-split accuracy kept) as it runs by default (since
+  session 12: ``start: reach`` where exact), with ``start: reach`` given, with ``start: sample`` given;
 * ``flip``: the adversarial label flip (ART's, with the victim's losses).
 
 One JSON line per cell, also written to reports/benchmarks/gc_reach.jsonl.
@@ -41,6 +42,7 @@ VARIANTS = {
     "gc_reach": {"reach": "box", "start": "reach"},
     "gc_search": {"target": "search"},
     "gc_search_reach": {"target": "search", "start": "reach"},
+    "gc_search_sampled": {"target": "search", "start": "sample"},
 }
 
 
@@ -50,6 +52,7 @@ def main() -> None:
     parser.add_argument("--l2", type=float, nargs="+", default=[1e-3, 1e-2])
     parser.add_argument("--budgets", type=float, nargs="+", default=[0.03, 0.1])
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--variants", nargs="+", choices=list(VARIANTS), default=list(VARIANTS))
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -64,7 +67,8 @@ def main() -> None:
             clean_acc = clean.metric(data.x_test, data.y_test)
             for eps in args.budgets:
                 row: dict = {"problem": name, "l2": l2, "eps": eps, "clean": clean_acc}
-                for variant, params in VARIANTS.items():
+                for variant in args.variants:
+                    params = VARIANTS[variant]
                     start = time.perf_counter()
                     attack = GradientCanceling.for_cell(params, AttackContext.of(data, victim, clean, hp, eps, args.seed))
                     x_p, y_p = attack.poison(data.x_train, data.y_train)
