@@ -201,3 +201,22 @@ def test_a_search_starts_at_the_closest_distribution_where_that_is_exact_unless_
     told = GradientCanceling.for_cell({**base, "start": "sample"}, ctx)
     told.poison(d.x_train, d.y_train)
     assert told.params.start == "sample" and told.diagnostics.reach_residual is None
+
+
+def test_a_search_on_a_table_scores_its_poisons_mapped_into_the_feature_domain():
+    """The search keeps the poisons whose retrained model scores lowest on the attacker's split — scored as they will be
+    kept, each run's poisons mapped into the table's domain first (one-hot groups, integers, bits)."""
+    pytest.importorskip("pandas")
+    from audit.attacks import AttackContext
+    from audit.data import from_frame
+    from examples.tables import churn_table
+
+    d = from_frame(churn_table(400), "churn", val=0.2, test=0.2, seed=0).with_attacker_split("attacker_split", None, 0)
+    victim = build_victim(ModelSpec(name="logreg"), TrainingSpec(), d, CPU)
+    clean = victim.fit(d.x_train, d.y_train, {"l2": 1e-2}, 0)
+    attack = GradientCanceling.for_context({"target": "search", "search_multiples": [1.0], "epochs": 50},
+                                           AttackContext.of(d, victim, clean, {"l2": 1e-2}, 0.1, 0))  # fmt: skip
+    x_p, _ = attack.poison(d.x_train, d.y_train)
+    assert d.domain is not None and d.domain.contains(x_p)
+    table = attack.diagnostics.search
+    assert table is not None and all(row["mapped"] is not None and row["mapped"] > 0 for row in table)

@@ -230,7 +230,8 @@ class GradientCancelingDiagnostics(AttackDiagnostics):
     refit_scalers: bool | None = None  # True: a pipeline's scalers were modelled as refit on D_tr ∪ D_p
     relabelled: int | None = None  # labels: choose — poison labels changed over the run (None: labels fixed)
     best_epoch: int | None = None  # start: reach — the logged epoch whose poisons were kept (a lower residual than the last epoch's)
-    search: list[dict[str, Any]] | None = None  # target: search — each target tried: its residual, the attacker-split metric
+    # target: search — each target tried: its residual, the attacker-split metric, poisons the feature domain changed
+    search: list[dict[str, Any]] | None = None
     search_chosen: int | None = None  # target: search — the index of the run kept
     reach_residual: list[float] | None = None  # start: reach — the least in-box relative residual at ε, bracketed [lower, upper]
 
@@ -413,10 +414,12 @@ class GradientCanceling(TorchAttack):
             self.diagnostics.update(origin)
             x_p, y_p = self._cancel(task)
             shape = search.data.x_train.shape[1:]
-            retrained = search.retrain(np.concatenate([task.x, x_p]).reshape(-1, *shape), np.concatenate([task.y, y_p]))
+            # scored as it will be kept: a table's poisons mapped into the feature domain (the refinement comes after)
+            x_eval, mapped = self.domain.project(x_p) if self.domain is not None and self.domain.discrete else (x_p, None)
+            retrained = search.retrain(np.concatenate([task.x, x_eval]).reshape(-1, *shape), np.concatenate([task.y, y_p]))
             score = float(retrained.metric(x_att, y_att))
             residual = float(self.diagnostics.relative_residual or 0.0)
-            table.append({"target": self.diagnostics.origin(), "relative_residual": residual, "attacker_metric": score})
+            table.append({"target": self.diagnostics.origin(), "relative_residual": residual, "attacker_metric": score, "mapped": mapped})
             snapshot = {k: getattr(self.diagnostics, k) for k in SEARCH_FIELDS}
             tried.append((score, residual, i, (x_p, y_p), self.target, getattr(self, "_residual_terms", None), snapshot))
         score, _, i, (x_p, y_p), target, terms, snapshot = min(tried, key=lambda t: t[:3])
