@@ -668,8 +668,9 @@ def _box_target(
     a target so chosen is reachable, not only not ruled out)."""
     lo, hi = (np.broadcast_to(np.asarray(b, dtype=np.float64).reshape(-1), (data.n_features,)) for b in box)
     x_att, y_att = data.attacker_target()
-    layer = convex_linear_layer(fitted.require_module("gradient_canceling"))
-    full = layer is not None and layer.out_features == 2 and not isinstance(fitted.require_module("gradient_canceling"), InputSpace)
+    module = fitted.require_module("gradient_canceling")
+    layer = convex_linear_layer(module)
+    full = layer is not None and layer.out_features == 2 and not isinstance(module, InputSpace)
     best: tuple[float, float, nn.Module, dict] | None = None
     for eps_w in eps_w_grid:
         base, _ = target_by_gradpc(fitted, data, eps_w, steps)

@@ -157,12 +157,11 @@ def _closest(atoms: list[Atom], c: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 @dataclass
 class _Target:
-    """A binary linear target's data for the condition: ``v`` (d + 1,), the lifted ``b_a``/``b_s`` at ε = 0 and their
-    regularizer parts (each (d + 1,)), and the box."""
+    """A binary linear target's data for the condition: ``v`` (d + 1,), ``g_a`` the clean gradient's row 0 (row 1 is its
+    negative, so it has no ``b_s`` part), the regularizer's parts ``r_a``/``r_s`` (each (d + 1,)), and the box."""
 
     v: np.ndarray
     g_a: np.ndarray
-    g_s: np.ndarray
     r_a: np.ndarray
     r_s: np.ndarray
     lo: np.ndarray
@@ -186,11 +185,11 @@ class _Target:
         reg = [np.append(l2 * w[k], 0.0) for k in (0, 1)]
         lo_, hi_ = (np.broadcast_to(np.asarray(q, np.float64).reshape(-1), (x.shape[1],)).copy() for q in (lo, hi))
         v = np.append(w[0] - w[1], b[0] - b[1])
-        return cls(v, g0, np.zeros_like(g0), (reg[0] - reg[1]) / 2, (reg[0] + reg[1]) / 2, lo_, hi_)
+        return cls(v, g0, (reg[0] - reg[1]) / 2, (reg[0] + reg[1]) / 2, lo_, hi_)
 
     def parts(self, eps: float) -> tuple[np.ndarray, np.ndarray, float]:
         """``b_a``, ``b_s`` at ε and ‖b(ε)‖ (the residual's normaliser)."""
-        b_a, b_s = self.g_a + (1 + eps) * self.r_a, self.g_s + (1 + eps) * self.r_s
+        b_a, b_s = self.g_a + (1 + eps) * self.r_a, (1 + eps) * self.r_s
         return b_a, b_s, math.sqrt(2 * float(b_a @ b_a) + 2 * float(b_s @ b_s))
 
 
