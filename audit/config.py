@@ -537,26 +537,24 @@ class AuditConfig(StrictModel):
         ``victim_kind`` (a kind, or the kinds a victim can be attacked as: ``Victim.attack_kinds``).
         """
         kinds = (victim_kind,) if isinstance(victim_kind, str) else tuple(victim_kind)
-        from audit.attacks import profile_settings
+        from audit.attacks import profile_settings, spec_setting
 
         settings = profile_settings(self.profile)
+        registry = AttackSpec.registry()
         if self.attacks:
             specs = self.attacks
         else:
-            registry = AttackSpec.registry()
             specs = [
                 AttackSpec.model_construct(name=e.attack, id=e.id, params=dict(e.params), seeds=None)
                 for e in BATTERY
-                if task in registry[e.attack].tasks
-                and set(kinds) & set(registry[e.attack].victims)
-                and not (e.attack in settings and settings[e.attack].skip)
+                if e.applies(registry[e.attack], task, kinds) and not ((s := e.setting(self.profile, settings)) is not None and s.skip)
             ]
             if not specs:
                 raise ValueError(f"profile {self.profile!r}: no attack of the battery applies to {task} with this victim")
         own_seeds = "seeds" in self.model_fields_set  # seeds the config chose are run by every attack
         out = []
         for spec in specs:
-            setting = settings.get(spec.name)
+            setting = spec_setting(self.profile, spec.name, spec.key)
             params = {**(setting.params if setting else {}), **spec.params}
             nested = params.get("implicit") if setting and "implicit" not in spec.params else None
             if isinstance(nested, dict):  # the config's own values win over the profile's implicit ones too
@@ -564,8 +562,7 @@ class AuditConfig(StrictModel):
                 params = {k: v for k, v in params.items() if k != "implicit"} | ({"implicit": kept} if kept else {})
             seeds = spec.seeds if spec.seeds is not None else (setting.seeds if setting and not own_seeds else None)
             out.append(AttackSpec.model_construct(name=spec.name, id=spec.key, params=params, seeds=seeds))
-        registry = AttackSpec.registry()
-        applies = [e.id for e in BATTERY if task in registry[e.attack].tasks and set(kinds) & set(registry[e.attack].victims)]
+        applies = [e.id for e in BATTERY if e.applies(registry[e.attack], task, kinds)]
         # every battery entry that applies (the paper profile skips none), or those of confirm.attacks that do
         wanted = applies if self.confirm.attacks is None else [i for i in applies if i in self.confirm.attacks]
         confirm = self.confirm.model_copy(update={"attacks": wanted})

@@ -44,6 +44,25 @@ def test_the_embedded_default_audit_plans_every_attack_of_the_quick_battery():
     assert len(plan.cells()) == 5 * 3 * 5  # candidates × budgets × attacks, one seed each under quick
 
 
+def test_gradient_canceling_s_target_search_is_an_entry_the_quick_screen_leaves_to_the_confirmation():
+    """The battery's second Gradient Canceling (target: search, labels: choose) confirms a quick verdict, runs in the
+    standard screen at one seed, and never against a regression (the search refuses it)."""
+    quick = AuditConfig().resolved("classification", "torch")
+    assert "gradient_canceling_search" not in {s.key for s in quick.attacks}
+    assert {s.key: s.params for s in quick.confirmation_attacks()}["gradient_canceling_search@paper"] == {"target": "search", "labels": "choose"}
+    assert quick.resolved("classification", "torch") == quick  # still idempotent with entry-own settings
+    standard = AuditConfig(profile="standard").resolved("classification", "torch")
+    search = next(s for s in standard.attacks if s.key == "gradient_canceling_search")
+    assert search.params == {"target": "search", "labels": "choose"} and standard.attack_seeds(search) == [0]
+    plain = next(s for s in standard.attacks if s.key == "gradient_canceling")
+    assert plain.params == {} and standard.attack_seeds(plain) == standard.seeds  # the entry's setting is its own
+    paper = AuditConfig(profile="paper").resolved("classification", "torch")
+    assert {s.key for s in paper.attacks} >= {"gradient_canceling", "gradient_canceling_search"}
+    ridge = parse_config({"dataset": {"name": "diabetes"}, "model": {"name": "ridge"}, "profile": "paper"}).resolved("regression", "torch")
+    assert "gradient_canceling" in {s.key for s in ridge.attacks} and "gradient_canceling_search" not in {s.key for s in ridge.attacks}
+    assert "gradient_canceling_search" not in (ridge.confirm.attacks or [])
+
+
 def test_an_audit_without_attacks_runs_the_whole_battery_and_the_report_says_what_was_left_out(tmp_path):
     cfg = tiny_config(candidates={"l2": [1e-2]}, budgets=[0.1])
     del cfg["attacks"], cfg["seeds"]
@@ -58,6 +77,8 @@ def test_an_audit_without_attacks_runs_the_whole_battery_and_the_report_says_wha
     assert {a["key"]: a["seeds"] for a in summary["attacks"]}["back_gradient"] == "seed 0 of 3"
     assert "<code>quick</code>" in html
     assert "left out by the quick profile" in html and "TGDA" in html.split("left out by the quick profile")[0][-400:]
+    # the search entry did not run here (tiny_config confirms with the flips only): the report says why
+    assert "battery entry gradient_canceling_search — left out by the quick profile: it attacks six targets" in html
     assert "min-max (online learning, Steinhardt et al. 2017) — not part of the default battery (list it under attacks:)" in html
     # the back-gradient attack did damage: the battery is not a list of names
     bg = next(c for c in summary["cells"] if c["attack"] == "back_gradient")

@@ -437,7 +437,7 @@ def run_confirmation(plan: RunPlan, store: Store, progress: bool) -> None:
     cfg = plan.config
     store.set_meta("config", cfg.model_dump(mode="json"))  # confirm is outside the fingerprint: the stored config says how this run confirms
     kinds = set(plan.victim.attack_kinds)
-    applies = [e.id for e in BATTERY if plan.dataset.task in ATTACKS[e.attack].tasks and kinds & set(ATTACKS[e.attack].victims)]
+    applies = [e.id for e in BATTERY if e.applies(ATTACKS[e.attack], plan.dataset.task, kinds)]
     state: dict[str, Any] = {
         "enabled": cfg.confirm.enabled,
         "budgets": cfg.confirm_budgets,

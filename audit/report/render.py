@@ -16,8 +16,9 @@ from typing import Any
 
 import yaml
 
-from audit.attacks import ATTACKS, profile_settings
+from audit.attacks import ATTACKS, profile_settings, spec_setting
 from audit.catalog import BATTERY
+from audit.config import CONFIRM_SUFFIX
 from audit.data import attacker_sentence, domain_sentence
 from audit.errors import AuditError
 from audit.grid.adaptive import adaptive_axes
@@ -164,6 +165,14 @@ def build_context(a: Analysis) -> dict[str, Any]:
     )
     not_run = [cls.title for name, cls in ATTACKS.items() if name not in ran and task in cls.tasks]  # the registry's attacks this run left out
     not_run_why = [f"{cls.title} — {_why_not_run(a, name, cls)}" for name, cls in ATTACKS.items() if name not in ran and task in cls.tasks]
+    # battery entries of an attack that did run (e.g. Gradient Canceling's target search beside its paper's form)
+    keys = {s.key for s in cfg.attacks} | {spec.key.removesuffix(CONFIRM_SUFFIX) for spec in cfg.confirmation_attacks() if spec.key in confirmed_keys}
+    kinds = a.meta.get("victim_attack_kinds") or ([a.meta["victim_kind"]] if a.meta.get("victim_kind") else [])
+    for entry in BATTERY:
+        if entry.attack in ran and entry.id not in keys and entry.applies(ATTACKS[entry.attack], task, set(kinds or ATTACKS[entry.attack].victims)):
+            setting = entry.setting(cfg.profile, settings)
+            why = f"left out by the {cfg.profile} profile: {setting.skip}" if setting is not None and setting.skip else "not in this config"
+            not_run_why.append(f"{ATTACKS[entry.attack].title}, battery entry {entry.id} — {why}")
     return {
         "title": f"Poisoning audit — {cfg.name}",
         "name": cfg.name,
@@ -201,7 +210,7 @@ def build_context(a: Analysis) -> dict[str, Any]:
         "one_seed": [s.key for s in cfg.attacks if len(cfg.attack_seeds(s)) == 1 and len(cfg.seeds) > 1],
         "profile": {
             "name": cfg.profile,
-            "reduced": [f"{s.key}: {settings[s.name].strength}" for s in cfg.attacks if s.name in settings and settings[s.name].strength],
+            "reduced": [f"{s.key}: {ps.strength}" for s in cfg.attacks if (ps := spec_setting(cfg.profile, s.name, s.key)) and ps.strength],
         },
         "defenses": cfg.defense_keys,
         "defense_shown": a.defense,

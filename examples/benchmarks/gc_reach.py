@@ -12,7 +12,8 @@ poisons of
 * ``gc_reach``: ``reach: box`` and ``start: reach`` (the poisons start at the closest in-box distribution);
 * ``gc_search`` / ``gc_search_reach`` / ``gc_search_sampled``: ``target: search`` (the auto, box-aware and label-flip
   k·ε targets each attacked, the poisons of lowest attacker-split accuracy kept) as it runs by default (since
-  session 12: ``start: reach`` where exact), with ``start: reach`` given, with ``start: sample`` given;
+  session 12: ``start: reach`` where exact), with ``start: reach`` given, with ``start: sample`` given, and with
+  ``labels: choose`` (``gc_search_choose``: the battery's entry ``gradient_canceling_search``);
 * ``flip``: the adversarial label flip (ART's, with the victim's losses).
 
 One JSON line per cell, also written to reports/benchmarks/gc_reach.jsonl.
@@ -43,6 +44,7 @@ VARIANTS = {
     "gc_search": {"target": "search"},
     "gc_search_reach": {"target": "search", "start": "reach"},
     "gc_search_sampled": {"target": "search", "start": "sample"},
+    "gc_search_choose": {"target": "search", "labels": "choose"},  # the battery's gradient_canceling_search entry
 }
 
 
