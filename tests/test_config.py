@@ -29,8 +29,11 @@ def test_the_default_battery_is_every_attack_that_applies_and_the_profile_sets_i
     assert quick.attack_seeds(bg) == [0]
     assert quick.resolved("classification", "torch") == quick  # idempotent: a stored config reads back as what ran
     paper = AuditConfig(profile="paper").resolved("classification", "torch")
-    assert [a.key for a in paper.attacks] == [*ids, "tgda"]
-    assert all(a.seeds is None and a.params == ({"variant": a.params.get("variant")} if a.name == "label_flip" else {}) for a in paper.attacks)
+    assert [a.key for a in paper.attacks] == [*ids[:4], "gradient_canceling_search", ids[4], "tgda"]
+    entry = {"label_flip": {"variant": None}, "gradient_canceling_search": {"target": "search", "labels": "choose"}}
+    for a in paper.attacks:  # every attack at its defaults, every seed (the battery entry's own parameters aside)
+        own = {"variant": a.params.get("variant")} if a.name == "label_flip" else entry.get(a.key, {})
+        assert a.seeds is None and a.params == own
     assert "tgda" in [a.key for a in AuditConfig(profile="standard").resolved("classification", "torch").attacks]
     # scikit-learn victims: only the attacks that need no torch module; regression: StatP and OptP, not the flips
     assert [a.key for a in AuditConfig().resolved("classification", "sklearn").attacks] == ["label_flip_random", "label_flip_adversarial", "statp"]
