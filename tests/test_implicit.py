@@ -156,10 +156,12 @@ def test_gram_eigh_falls_back_to_full_precision_when_float32_returns_nan(monkeyp
 
 @pytest.mark.parametrize("kind", ["logreg", "ridge", "binary", "no_bias"])
 def test_the_kfac_preconditioner_inverts_the_kronecker_product_of_the_mean_curvatures(kind):
-    """``LinearERM.preconditioner`` against a dense ``(S̄ ⊗ G + ρI)⁻¹`` built from its definition (to float32 rounding:
-    ``G``'s eigenvectors are computed in float32), exactly symmetric, and for the squared loss without a bias, where
-    ``M`` is the Hessian, CG converges in two steps instead of the problem's dimension."""
-    from audit.maths.implicit import LinearERM
+    """``LinearERM.preconditioner`` against a dense ``(S̄ ⊗ G' + ρI)⁻¹`` built from its definition (to float32 rounding:
+    ``G``'s eigenvectors are computed in float32; ``G'`` is ``G`` without the eigendirections whose curvature is within
+    ``KFAC_FLOOR`` of ρ — the 0.1-scaled feature's here, except for the squared loss), exactly symmetric, within
+    ``1 + KFAC_FLOOR`` of the full ``(S̄ ⊗ G + ρI)⁻¹``, and for the squared loss without a bias, where ``M`` is the
+    Hessian, CG converges in two steps instead of the problem's dimension."""
+    from audit.maths.implicit import KFAC_FLOOR, LinearERM
     from audit.maths.linear_solve import conjugate_gradient
 
     gen = torch.Generator().manual_seed(2)
@@ -177,14 +179,22 @@ def test_the_kfac_preconditioner_inverts_the_kronecker_product_of_the_mean_curva
     else:
         p = torch.softmax(erm._logits(w), 1)
         s = torch.diag(p.mean(0)) - p.T @ p / n
-    k = torch.kron(s, phi.T @ phi / n) + rho * torch.eye(c * phi.shape[1], dtype=x.dtype)  # (c·(d+1))², row-major (class, input)
+    gram = phi.T @ phi / n
+    gamma, basis = torch.linalg.eigh(gram)
+    dropped = gamma * float(torch.linalg.eigvalsh(s).max()) <= KFAC_FLOOR * rho
+    assert int(dropped.sum()) == (0 if kind == "ridge" else 1)  # both forms are exercised
+    kept = basis @ torch.diag(torch.where(dropped, 0.0, gamma)) @ basis.T
     width = phi.shape[1]
     order = [j * width + i for j in range(c) for i in range(d)] + ([j * width + d for j in range(c)] if bias else [])
-    dense = torch.linalg.inv(k[order][:, order])  # flat order: W.ravel() then b
+    eye_k = rho * torch.eye(c * width, dtype=x.dtype)
+    dense = torch.linalg.inv((torch.kron(s, kept) + eye_k)[order][:, order])  # (c·(d+1))², flat order: W.ravel() then b
+    full = (torch.kron(s, gram) + eye_k)[order][:, order]
     eye = torch.eye(len(w), dtype=x.dtype)
     applied = torch.stack([m_inv(e) for e in eye], 1)
     torch.testing.assert_close(applied, dense, rtol=1e-3, atol=1e-3 * float(dense.abs().max()))
     torch.testing.assert_close(applied, applied.T, rtol=1e-12, atol=1e-12)
+    ratio = torch.linalg.eigvals(full @ applied).real  # M_full · M⁻¹: 1 where nothing is dropped, ≤ 1 + floor elsewhere
+    assert float(ratio.min()) > 1 - 1e-3 and float(ratio.max()) < 1 + KFAC_FLOOR + 1e-3
     if kind == "ridge":
         b = torch.randn(len(w), generator=gen, dtype=torch.float64)
         solved = conjugate_gradient(erm.hvp(w), b, tol=1e-10, max_iter=10, precondition=m_inv)

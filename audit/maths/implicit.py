@@ -270,14 +270,29 @@ class LinearERM:
         else:
             ls, u = torch.ones(1, dtype=w.dtype, device=w.device), torch.ones(1, 1, dtype=w.dtype, device=w.device)
         scale = ls.clamp_min(0)[:, None] * lg.clamp_min(0)[None, :] + self.rho
+        # G's directions where every output's curvature is within KFAC_FLOOR of ρ (most of an image Gram's spectrum:
+        # on mnist5k at ρ = 1e-2, about half of it) are taken as exactly ρ; G's eigenvalues come ascending, so the first
+        # k go, and M⁻¹R = R/ρ + U[(UᵀRV_r) ⊙ (1/D_r − 1/ρ)]V_rᵀ over the rest: the same form (symmetric positive
+        # definite) at r/(d + 1) of the cost of each application
+        k = int((lg * float(ls.max().clamp_min(0)) <= KFAC_FLOOR * self.rho).sum()) if self.rho > 0 else 0
+        kept, coef = v[:, k:], 1.0 / scale[:, k:] - 1.0 / self.rho if k else None
 
         def apply(r: torch.Tensor) -> torch.Tensor:
             weight = r[: c * d].reshape(c, d)
             full = torch.cat([weight, r[c * d :, None]], 1) if self.bias else weight
-            out = u @ ((u.T @ full @ v) / scale) @ v.T
+            if coef is None:
+                out = u @ ((u.T @ full @ v) / scale) @ v.T
+            else:
+                out = full / self.rho + u @ ((u.T @ full @ kept) * coef) @ kept.T
             return self._join(out[:, :d], out[:, d]) if self.bias else out.reshape(-1)
 
         return apply
+
+
+KFAC_FLOOR = 0.1
+""":meth:`LinearERM.preconditioner` treats an eigendirection of ``G`` as carrying curvature exactly ρ where
+``λ_max(S̄)·γ ≤ KFAC_FLOOR·ρ`` (its true curvature is within 10 % of ρ): the preconditioner stays within that
+factor of the full K-FAC matrix there, and each application costs the kept directions only."""
 
 
 @dataclass(frozen=True)
