@@ -51,6 +51,19 @@ def _disk_full(err: BaseException) -> bool:
     return getattr(err, "errno", None) in (errno.ENOSPC, errno.EDQUOT)
 
 
+def _workers(value: str) -> int | str:
+    """``--workers`` (or ``POISON_AUDIT_WORKERS``): ``auto`` or a whole number from 1 to 1024."""
+    if value.strip().lower() == "auto":
+        return "auto"
+    try:
+        n = int(value)
+    except ValueError:
+        n = 0
+    if not 1 <= n <= 1024:
+        raise AuditError(f"--workers: {value!r} is not 'auto' or a whole number from 1 to 1024 (also read from POISON_AUDIT_WORKERS)")
+    return n
+
+
 class _OneLineGroup(click.Group):
     """click's group, but a usage mistake is one line (``error: …``, exit 2) instead of usage + hint + error,
     and Ctrl-C at any moment exits 130 (click would say "Aborted!" and exit 1)."""
@@ -83,7 +96,8 @@ def cli() -> None:
     "--threads",
     type=click.IntRange(min=1),
     default=None,
-    help="CPU threads for torch (default: the CPUs this process may use). Part of the run's fingerprint.",
+    help="CPU threads for torch in each cell (default: 1 in worker processes; with --workers 1 the CPUs this process may use). "
+    "Part of the run's fingerprint.",
 )
 @click.option(
     "--profile",
@@ -96,6 +110,14 @@ def cli() -> None:
     type=click.Choice(["local", "ray"]),
     default=None,
     help="Where the cells run (overrides the config's executor.kind; ray needs the [ray] extra). README: Scale out.",
+)
+@click.option(
+    "--workers",
+    envvar="POISON_AUDIT_WORKERS",
+    default=None,
+    help="Cells run at once, each in a worker process at --threads threads (default 1): a number, or auto (the default: "
+    "the CPUs this process may use over the threads per cell; 1 on a GPU); 1 runs them in this process. Overrides executor.workers; "
+    "env POISON_AUDIT_WORKERS. README: Scale out.",
 )
 @click.option(
     "--no-confirm",
@@ -111,6 +133,7 @@ def run(
     threads: int | None,
     profile: str | None,
     executor: str | None,
+    workers: str | None,
     no_confirm: bool,
 ) -> None:
     """Run (or resume) the audit CONFIG describes; without CONFIG, the embedded default audit."""
@@ -130,6 +153,11 @@ def run(
         cfg = cfg.model_copy(update={"profile": profile, "name": name})
     if executor is not None:
         cfg = cfg.model_copy(update={"executor": cfg.executor.model_copy(update={"kind": executor})})
+    if cfg.executor.kind == "local":  # from the command line the cells run in worker processes unless told otherwise
+        local: dict[str, Any] = {"workers": _workers(workers) if workers is not None else (cfg.executor.workers or "auto")}
+        if threads is not None:
+            local["cpus_per_cell"] = float(threads)  # --threads is each cell's thread count, in a worker as in this process
+        cfg = cfg.model_copy(update={"executor": cfg.executor.model_copy(update=local)})
     if no_confirm:
         cfg = cfg.model_copy(update={"confirm": cfg.confirm.model_copy(update={"enabled": False})})
     run_dir = run_audit(cfg, output_dir=output_dir, restart=restart, progress=not quiet)  # Ctrl-C: _OneLineGroup exits 130

@@ -373,12 +373,16 @@ class ConfirmSpec(StrictModel):
 class ExecutorSpec(StrictModel):
     """Where the grid's cells run; it never changes a number, so it is not in the fingerprint.
 
-    ``local`` (the default): one process, cells in run order. ``ray``: the coordinator plans the
+    ``local`` (the default): this machine — ``workers`` 1 runs the cells in this process in run order;
+    more run them in that many worker processes (:mod:`audit.grid.pool`), each cell at ``cpus_per_cell``
+    threads (default 1); ``auto`` as many as the CPUs this process may use over ``cpus_per_cell`` (one on a
+    GPU run); None (the default) is ``auto`` from the command line (``run --workers``) and 1 from Python.
+    ``ray``: the coordinator plans the
     cells, submits the unfinished ones as Ray tasks and alone writes the store
     (:mod:`audit.grid.distributed`; ``pip install -e ".[ray]"``). ``address``: None joins the
     cluster ``RAY_ADDRESS`` names, else starts a private one on this machine; ``auto`` joins the
     cluster ``ray start --head`` runs here; ``host:port`` or ``ray://host:port`` one elsewhere.
-    ``cpus_per_cell``: CPUs Ray reserves for a task, and torch's thread count in it (rounded up);
+    ``cpus_per_cell``: CPUs Ray reserves for a task (or a pool worker's), and torch's thread count in it (rounded up);
     ``gpus_per_cell``: a GPU share (0.25: four retrainings share one GPU; None: one GPU on a CUDA
     run, none on a CPU run). The coordinator resolves ``device``, so run it where the workers'
     device kind is visible. ``retries``: how often a
@@ -386,10 +390,24 @@ class ExecutorSpec(StrictModel):
     """
 
     kind: Literal["local", "ray"] = "local"
+    workers: int | Literal["auto"] | None = None
     address: str | None = None
     cpus_per_cell: float = Field(1.0, gt=0, le=1024)
     gpus_per_cell: float | None = Field(None, ge=0, le=64)
     retries: int = Field(2, ge=0, le=20)
+
+    @field_validator("workers")
+    @classmethod
+    def _workers(cls, value: int | str | None) -> int | str | None:
+        if isinstance(value, int) and not 1 <= value <= 1024:
+            raise ValueError(f"executor.workers: {value} is not between 1 and 1024 (or 'auto')")
+        return value
+
+    @model_validator(mode="after")
+    def _workers_are_local(self) -> ExecutorSpec:
+        if self.kind == "ray" and self.workers not in (None, "auto"):
+            raise ValueError("executor.workers is for kind 'local'; Ray runs as many cells at once as its cluster has CPUs (cpus_per_cell each)")
+        return self
 
     @property
     def cell_threads(self) -> int:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 from pathlib import Path
 from typing import Any
@@ -11,6 +12,9 @@ import pytest
 import torch
 
 torch.set_num_threads(2)
+# the command line runs cells in worker processes by default (executor.workers auto); the suite's CLI runs use this
+# process (they monkeypatch it, and a worker pool per tiny run would cost more than it saves); tests/test_pool.py runs the pool
+os.environ.setdefault("POISON_AUDIT_WORKERS", "1")
 
 
 def tiny_config(**overrides: Any) -> dict[str, Any]:
@@ -101,6 +105,30 @@ def count_ok(db: Path) -> int:
             return con.execute("SELECT COUNT(*) FROM cells WHERE status='ok'").fetchone()[0]
     except sqlite3.OperationalError:
         return 0
+
+
+def cell_numbers(cells: list) -> list:
+    """What two runs of the same config must agree on, cell by cell (not times or dates)."""
+    return [(c.cell_key, c.status, c.clean_val, c.clean_test, c.poisoned_val, c.poisoned_test, c.n_poison) for c in cells]
+
+
+def summary_numbers(run_dir: Path) -> dict:
+    """summary.json without what may differ between two runs of the same config: times, dates, paths, the executor."""
+    import json
+
+    from audit.report import write_report
+
+    write_report(run_dir)
+    summary = json.loads((run_dir / "summary.json").read_text())
+
+    def strip(x: Any) -> Any:
+        if isinstance(x, dict):
+            return {k: strip(v) for k, v in x.items() if not any(t in k for t in ("seconds", "time", "created", "finished", "executor", "wall"))}
+        if isinstance(x, list):
+            return [strip(v) for v in x]
+        return x
+
+    return strip(summary)
 
 
 def write_yaml(path: Path, data: dict[str, Any]) -> Path:

@@ -1,4 +1,4 @@
-"""Test-only attacks a Ray worker registers at start (``worker_process_setup_hook``): one that
+"""Test-only attacks a Ray worker registers at start (``worker_process_setup_hook``) and the worker pool receives: one that
 raises at a large budget, one whose worker process dies (``os._exit``) at a large budget."""
 
 from __future__ import annotations
@@ -30,3 +30,9 @@ class Crashing(LabelFlip):
 def register() -> None:
     attacks_module.ATTACKS.setdefault("exploding", Exploding)
     attacks_module.ATTACKS.setdefault("crashing", Crashing)
+
+
+class Recovered(LabelFlip):
+    """``crashing`` once its cause is gone: the run resumed after a worker died."""
+
+    name = "crashing"

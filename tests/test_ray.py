@@ -3,7 +3,6 @@ after the coordinator is killed, failures recorded and the audit going on."""
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import subprocess
@@ -18,9 +17,8 @@ from audit.config import parse_config
 from audit.errors import AuditError
 from audit.grid.adaptive import is_adaptive
 from audit.grid.runner import run_audit
-from audit.report import write_report
 from tests import ray_helpers
-from tests.conftest import count_ok, stored_cells, tiny_config, write_yaml
+from tests.conftest import cell_numbers, count_ok, stored_cells, summary_numbers, tiny_config, write_yaml
 
 ray = pytest.importorskip("ray", reason='the Ray extra is not installed (pip install -e ".[ray]")')
 
@@ -48,25 +46,6 @@ def one_thread():
     torch.set_num_threads(before)
 
 
-def _numbers(cells):
-    return [(c.cell_key, c.status, c.clean_val, c.clean_test, c.poisoned_val, c.poisoned_test, c.n_poison) for c in cells]
-
-
-def _summary_numbers(run_dir: Path) -> dict:
-    """summary.json without what may differ between two runs of the same config: times, dates, paths."""
-    write_report(run_dir)
-    summary = json.loads((run_dir / "summary.json").read_text())
-
-    def strip(x):
-        if isinstance(x, dict):
-            return {k: strip(v) for k, v in x.items() if not any(t in k for t in ("seconds", "time", "created", "finished", "executor", "wall"))}
-        if isinstance(x, list):
-            return [strip(v) for v in x]
-        return x
-
-    return strip(summary)
-
-
 def test_ray_gives_the_local_executors_numbers(tmp_path, cluster, one_thread):
     # two seeds on two splits (one candidate: as many cells as two candidates on one split): every unit kind, per split
     cfg = tiny_config(defenses=["none", "loss_filter"], seeds=[0, 1], splits=2, candidates={"l2": [0.01]})
@@ -75,8 +54,8 @@ def test_ray_gives_the_local_executors_numbers(tmp_path, cluster, one_thread):
     a, b = stored_cells(local), stored_cells(distributed)
     assert {c.status for c in a} == {"ok"} and any(is_adaptive(c.attack) for c in a)  # the adaptive stage's units too
     assert {c.split for c in a} == {0, 1}
-    assert _numbers(a) == _numbers(b)
-    assert _summary_numbers(local) == _summary_numbers(distributed)
+    assert cell_numbers(a) == cell_numbers(b)
+    assert summary_numbers(local) == summary_numbers(distributed)
     assert sorted(p.name for p in (local / "poisons").iterdir()) == sorted(p.name for p in (distributed / "poisons").iterdir())
 
 

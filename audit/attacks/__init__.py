@@ -11,9 +11,11 @@ from audit.attacks.statp import StatP
 from audit.attacks.tgda import TGDA
 from audit.catalog import BATTERY, ProfileSetting
 
-ATTACKS: dict[str, type[AuditAttack]] = {
+#: the attacks this package ships, by registry name (:data:`ATTACKS` may gain others at run time)
+BUILTIN_ATTACKS: dict[str, type[AuditAttack]] = {
     cls.name: cls for cls in (LabelFlip, GradientCanceling, StatP, OptP, TGDA, BackGradient, MinMax, RegimeA, RegimeB, RegimeC)
 }
+ATTACKS: dict[str, type[AuditAttack]] = dict(BUILTIN_ATTACKS)
 
 
 def profile_settings(profile: str) -> dict[str, ProfileSetting]:
@@ -35,6 +37,7 @@ __all__ = [
     "AttackContext",
     "AttackParams",
     "AuditAttack",
+    "BUILTIN_ATTACKS",
     "BackGradient",
     "GradientCanceling",
     "LabelFlip",

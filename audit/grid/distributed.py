@@ -22,26 +22,13 @@ from __future__ import annotations
 import os
 import re
 import sys
-from collections.abc import Callable
 from typing import Any
 
 from audit.errors import AuditError
 from audit.grid.plan import RunPlan
 from audit.grid.store import Store
-from audit.grid.work import (
-    AdaptiveJob,
-    CleanOutcome,
-    Failure,
-    GroupJob,
-    Poisons,
-    adaptive_unit,
-    clean_unit,
-    craft_unit,
-    defense_unit,
-    failure_cell,
-    plan_work,
-)
-from audit.models import Candidate
+from audit.grid.tasks import Submitter, apply_numerics, run_unit, store_value
+from audit.grid.work import Failure, failure_cell, plan_work
 from audit.threads import available_cpus
 
 RAY_EXTRA = 'pip install -e ".[ray]"'
@@ -81,16 +68,8 @@ def connect(address: str | None) -> bool:
 
 def _unit(kind: str, numerics: dict[str, Any], device: str, plan: RunPlan, *args: Any) -> Any:
     """What a Ray task runs: the coordinator's numeric settings, then one unit of :mod:`audit.grid.work`."""
-    import torch
-
-    torch.set_num_threads(int(numerics["threads"]))
-    torch.use_deterministic_algorithms(bool(numerics["deterministic"]))
-    if device.startswith("cuda"):
-        from audit.models import resolve_device
-
-        resolve_device("cuda")  # deterministic cuBLAS/cuDNN kernels, as in the coordinator
-    units: dict[str, Callable[..., Any]] = {"clean": clean_unit, "craft": craft_unit, "defense": defense_unit, "adaptive": adaptive_unit}
-    return units[kind](plan, *args)
+    apply_numerics(numerics, device)
+    return run_unit(plan, kind, *args)
 
 
 def run_ray(plan: RunPlan, store: Store, progress: bool) -> None:
@@ -112,7 +91,8 @@ def run_ray(plan: RunPlan, store: Store, progress: bool) -> None:
             dynamic_ncols=True,
         )
         task = ray.remote(_unit).options(num_cpus=spec.cpus_per_cell, num_gpus=gpu_share(plan), max_retries=spec.retries)
-        submit = _Submitter(ray, task, ray.put(plan), plan.numerics(), str(plan.device), waiting)
+        plan_ref, numerics, device = ray.put(plan), plan.numerics(), str(plan.device)
+        submit = Submitter(lambda kind, *args: task.remote(kind, numerics, device, plan_ref, *args), ray.put, waiting)
         for group in jobs:
             submit.group(group)
         while waiting:
@@ -134,38 +114,6 @@ def gpu_share(plan: RunPlan) -> float:
     if share is None:
         return 1.0 if plan.device.type == "cuda" else 0.0
     return share
-
-
-class _Submitter:
-    """Submits one group's tasks: clean → craft → defense cells (and adaptive cells), each a task
-    depending on the references it is handed; records what each reference will bring back."""
-
-    def __init__(self, ray: Any, task: Any, plan_ref: Any, numerics: dict[str, Any], device: str, waiting: dict[Any, tuple[str, Any]]):
-        self.ray, self.task, self.plan_ref, self.numerics, self.device, self.waiting = ray, task, plan_ref, numerics, device, waiting
-        self.cleans: dict[tuple[Candidate, int, int], Any] = {}
-
-    def _submit(self, kind: str, *args: Any) -> Any:
-        return self.task.remote(kind, self.numerics, self.device, self.plan_ref, *args)
-
-    def group(self, group: GroupJob) -> None:
-        reuse = self.cleans.get((group.candidate, group.split, group.reuse_seed)) if group.reuse_seed is not None else None
-        clean = self._submit("clean", group.candidate, group.seed, reuse, group.split)
-        self.cleans[group.candidate, group.split, group.seed] = clean
-        self.waiting[clean] = ("clean", group)
-        crafted: dict[tuple[str, float], Any] = {}
-        for job in group.poison_jobs:
-            if job.cached is not None:
-                poisons = self.ray.put(job.cached)
-            else:
-                warm = crafted.get(job.warm) if job.warm is not None else job.warm_cached  # a reference: Ray runs the smaller budget first
-                poisons = self._submit("craft", clean, job.attack, job.budget, warm)
-                self.waiting[poisons] = ("poisons", job)
-            crafted[job.attack, job.budget] = poisons
-            for c in job.cells:
-                self.waiting[self._submit("defense", clean, c, poisons)] = ("cell", c)
-        for adaptive in group.adaptive_jobs:
-            initial = crafted.get(adaptive.initial_job) if adaptive.initial_job is not None else adaptive.initial
-            self.waiting[self._submit("adaptive", clean, adaptive, initial)] = ("adaptive", adaptive)
 
 
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
@@ -196,21 +144,4 @@ def _store_result(ray: Any, store: Store, plan: RunPlan, ref: Any, kind: str, wh
         else:  # a clean or craft task: the cells that depend on it fail with it, and are stored then
             print(f"ray: a {kind} task failed: {ray_failure(err, plan.config.executor.retries).message}", file=sys.stderr)
         return
-    if kind == "clean":
-        outcome: CleanOutcome = value
-        if outcome.failure is None:
-            outcome.writes.replay(store)
-    elif kind == "poisons":
-        poisons: Poisons = value
-        if poisons.failure is None and poisons.x is not None and poisons.y is not None:
-            store.save_poisons(what.key, poisons.x, poisons.y, poisons.diagnostics)
-    elif kind == "cell":
-        store.put_cell(value)
-        bar.update(1)
-    else:
-        job: AdaptiveJob = what
-        cell, new = value
-        if new is not None and new.x is not None and new.y is not None:
-            store.save_poisons(job.key, new.x, new.y, new.diagnostics)
-        store.put_cell(cell)
-        bar.update(1)
+    store_value(store, kind, what, value, bar)

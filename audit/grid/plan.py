@@ -27,8 +27,9 @@ class RunPlan:
     device: torch.device
     run_dir: Path
     deployed_test_metric: float | None = None  # the user's estimator as handed over, on the test split
-    threads: int | None = None  # torch's threads where the cells run (a Ray task's); None: this process's
+    threads: int | None = None  # torch's threads where the cells run (a Ray task's, a pool worker's); None: this process's
     model_digests: dict[str, str] = field(default_factory=dict)  # audit.models.digest.model_digests (the compliance record)
+    workers: int = 1  # local worker processes running the cells (audit.grid.pool); 1: this process
     #: (candidate key, defense key) settings the confirmation stage confirms (audit.grid.runner.run_confirmation)
     confirm_pairs: list[tuple[str, str]] = field(default_factory=list)
     confirming: bool = False  # the executors run the confirmation cells only (the grid is over: its failures are not retried each round)

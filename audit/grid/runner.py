@@ -38,6 +38,7 @@ from audit.errors import AuditError
 from audit.grid.adaptive import resolve_adaptive
 from audit.grid.lock import LOCK_FILE, RunLock
 from audit.grid.plan import RunPlan
+from audit.grid.pool import WorkerPool, payload, worker_pool
 from audit.grid.store import (
     RUN_FILES,
     STORE_FILE,
@@ -72,6 +73,7 @@ from audit.models.surrogate import with_table
 from audit.models.victim import MODEL_AXES
 from audit.paths import refuse_link
 from audit.seeding import seeded_init
+from audit.threads import available_cpus
 
 __all__ = [
     "RunPlan",
@@ -156,7 +158,11 @@ def plan_audit(
     run_dir = out / config.name
     if run_dir.exists() and not run_dir.is_dir():
         raise AuditError(f"run directory {run_dir} exists and is a file")
-    threads = None
+    threads, workers = None, 1
+    if config.executor.kind == "local":
+        workers = resolve_workers(config.executor.workers, config.executor.cell_threads, device)
+        if workers > 1:
+            threads = config.executor.cell_threads  # a worker's torch threads: the numbers depend on them
     if config.executor.kind == "ray":
         from audit.grid.distributed import require_ray
 
@@ -166,10 +172,22 @@ def plan_audit(
             raise AuditError(f"executor.gpus_per_cell is {share:g} but the run's device is the CPU; set device: cuda or leave it out")
         threads = config.executor.cell_threads  # a Ray task's torch threads: the numbers depend on them
     digests = model_digests(victim, config.candidate_grid()[0], config.model, model)
-    plan = RunPlan(config, data, victim, device, run_dir, deployed, threads, digests)
+    plan = RunPlan(config, data, victim, device, run_dir, deployed, threads, digests, workers=workers)
     plan.deployed_trivial_metric = trivial_metric(data.y_train, data.y_test, data.task) if deployed is not None else None
     plan.resplits, plan.splits_note = _resplits(config, data, resplit if dataset is not None else None)
+    if plan.workers > 1:
+        payload(plan)  # a run that cannot reach a worker process is refused before anything is written
     return plan
+
+
+def resolve_workers(workers: int | str | None, cell_threads: int, device: torch.device) -> int:
+    """How many worker processes run the cells (``executor.workers``): None → 1 (this process);
+    ``auto`` → on a CPU run the CPUs this process may use over the threads per cell, on a GPU run 1."""
+    if workers is None:
+        return 1
+    if workers == "auto":
+        return 1 if device.type != "cpu" else max(1, available_cpus() // cell_threads)
+    return int(workers)
 
 
 def _roles(config: AuditConfig, data: Dataset, seed: int) -> Dataset:
@@ -396,8 +414,9 @@ def run_plan(plan: RunPlan, *, restart: bool = False, progress: bool = True) -> 
     with RunLock(plan.run_dir, "run"):
         store = _prepare_store(plan, restart)
         try:
-            execute(plan, store, progress)
-            run_confirmation(plan, store, progress)
+            with worker_pool(plan) as pool:
+                execute(plan, store, progress, pool)
+                run_confirmation(plan, store, progress, pool)
             if plan.config.minimax is not None:
                 run_minimax(plan, store, progress)
         finally:
@@ -405,12 +424,15 @@ def run_plan(plan: RunPlan, *, restart: bool = False, progress: bool = True) -> 
     return plan.run_dir
 
 
-def execute(plan: RunPlan, store: Store, progress: bool) -> None:
-    """Run the plan's unfinished cells (:meth:`RunPlan.work_cells`) with the configured executor."""
+def execute(plan: RunPlan, store: Store, progress: bool, pool: WorkerPool | None = None) -> None:
+    """Run the plan's unfinished cells (:meth:`RunPlan.work_cells`) with the configured executor: Ray, the
+    run's worker ``pool`` (``executor.workers`` > 1), or this process."""
     if plan.config.executor.kind == "ray":
         from audit.grid.distributed import run_ray
 
         run_ray(plan, store, progress)
+    elif pool is not None:
+        pool.run(plan, store, progress)
     else:
         run_local(plan, store, progress)
 
@@ -418,7 +440,7 @@ def execute(plan: RunPlan, store: Store, progress: bool) -> None:
 CONFIRMATION_META = "confirmation"
 
 
-def run_confirmation(plan: RunPlan, store: Store, progress: bool) -> None:
+def run_confirmation(plan: RunPlan, store: Store, progress: bool, pool: WorkerPool | None = None) -> None:
     """The confirmation stage (:mod:`audit.grid.confirm`), after the grid; its state goes to the store's
     ``confirmation`` meta, which the report reads.
 
@@ -461,7 +483,7 @@ def run_confirmation(plan: RunPlan, store: Store, progress: bool) -> None:
             plan.confirm_pairs = pairs
             state.update(pairs=[list(p) for p in pairs], rounds=rounds, cells=[c.key for c in plan.confirmation_cells()], status="running")
             store.set_meta(CONFIRMATION_META, state)
-            execute(plan, store, progress)
+            execute(plan, store, progress, pool)
             picked, wanted = confirmation_targets(plan.run_dir)
             new = [p for p in wanted if p not in pairs]
             if not new:

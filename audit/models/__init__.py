@@ -8,6 +8,7 @@ import os
 import re
 import sys
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -135,27 +136,62 @@ def victim_from_object(
     if is_art_estimator(obj) and isinstance(art_model, nn.Module):
         # an ART PyTorch estimator: audit its model as the estimator applies it (input shape and
         # preprocessing, audit.models.estimator.InputSpace), retrained from a fresh initialisation
-        space = differentiable_model(obj, "model")
-        factory = rebuild
-
-        def build(hp: dict[str, Any]) -> nn.Module:
-            model: nn.Module = factory(hp).model if factory is not None else reinitialise(art_model)
-            return space.around(model) if isinstance(space, InputSpace) else model
-
-        return TorchVictim(build, task, n_classes, input_shape, training, device, f"ART {type(obj).__name__} around {type(art_model).__name__}")
+        return TorchVictim(
+            _InSpace(rebuild, art_model, differentiable_model(obj, "model")),
+            task,
+            n_classes,
+            input_shape,
+            training,
+            device,
+            f"ART {type(obj).__name__} around {type(art_model).__name__}",
+        )
     if not isinstance(obj, (nn.Module, BaseEstimator)) and art_model is not None:
         obj = art_model  # an ART scikit-learn estimator: audit the estimator it wraps
         if rebuild is not None:
-            inner = rebuild
-            rebuild = lambda hp: inner(hp).model  # noqa: E731
+            rebuild = _Unwrapped(rebuild)
     if isinstance(obj, nn.Module):
-        build = (lambda hp: rebuild(hp)) if rebuild else (lambda hp: reinitialise(obj))
-        return TorchVictim(build, task, n_classes, input_shape, training, device, f"torch module {type(obj).__name__}")
+        return TorchVictim(rebuild or _Reinitialised(obj), task, n_classes, input_shape, training, device, f"torch module {type(obj).__name__}")
     if isinstance(obj, BaseEstimator):
         obj = with_table(obj, table)
         description, surrogate = check_sklearn_model(obj, task, n_classes)
         return SklearnVictim(obj, task, n_classes, description, surrogate=surrogate)
     raise AuditError(f"model: expected an nn.Module, an ART estimator or a scikit-learn estimator (got {type(obj).__name__})")
+
+
+# How a victim builds its model for a candidate's hyperparameters ``hp``: module-level classes, not closures, so a
+# victim can be sent to a worker process (audit.grid.pool).
+@dataclass(frozen=True)
+class _Reinitialised:
+    """A re-initialised copy of the user's module ``template`` (the same for every candidate)."""
+
+    template: nn.Module
+
+    def __call__(self, hp: dict[str, Any]) -> nn.Module:
+        return reinitialise(self.template)
+
+
+@dataclass(frozen=True)
+class _Unwrapped:
+    """The model inside what ``factory`` builds (an ART scikit-learn estimator's ``.model``)."""
+
+    factory: Callable[[dict[str, Any]], Any]
+
+    def __call__(self, hp: dict[str, Any]) -> Any:
+        return self.factory(hp).model
+
+
+@dataclass(frozen=True)
+class _InSpace:
+    """An ART PyTorch estimator's model — rebuilt by ``factory`` or re-initialised from ``template`` — as the
+    estimator applies it (``space``: its input shape and preprocessing, :class:`audit.models.estimator.InputSpace`)."""
+
+    factory: Callable[[dict[str, Any]], Any] | None
+    template: nn.Module
+    space: Any
+
+    def __call__(self, hp: dict[str, Any]) -> nn.Module:
+        model: nn.Module = self.factory(hp).model if self.factory is not None else reinitialise(self.template)
+        return self.space.around(model) if isinstance(self.space, InputSpace) else model
 
 
 def _with_user_optimizer(training: dict[str, Any], overrides: dict[str, Any], obj: Any) -> dict[str, Any]:
@@ -213,12 +249,7 @@ def _build_victim(model_spec: Any, dataset: Any, device: torch.device, model_obj
     if model_obj is not None or name == "user":
         rebuild: Callable[[dict[str, Any]], Any] | None = None
         if model_obj is None:
-            fn = import_factory(model_spec.factory)
-
-            def rebuild(hp: dict[str, Any]) -> Any:
-                ctx = {"input_shape": input_shape, "n_features": d, "n_classes": c, **base, **hp}
-                return _call_factory(fn, ctx)
-
+            rebuild = _FactoryModel(import_factory(model_spec.factory), {"input_shape": input_shape, "n_features": d, "n_classes": c, **base})
             model_obj = rebuild({})
         victim = victim_from_object(model_obj, task, c, input_shape, _with_user_optimizer(training, overrides, model_obj), device, rebuild, table)
         if isinstance(victim, SklearnVictim):
@@ -235,17 +266,46 @@ def _build_victim(model_spec: Any, dataset: Any, device: torch.device, model_obj
     if name == "cnn" and not dataset.image_shape:
         raise AuditError(f"model: 'cnn' needs image data but dataset {dataset.name!r} has flat features")
 
-    def build(hp: dict[str, Any]) -> nn.Module:
-        width = int(hp.get("width", model_spec.width or DEFAULT_WIDTH.get(name, 1)))
-        depth = int(hp.get("depth", model_spec.depth))
-        if name == "logreg":
-            return LogReg(d, int(c))
-        if name in ("ridge", "lasso", "elastic_net"):
-            return Ridge(d)
-        if name == "mlp":
-            return MLP(d, int(c), width=width, depth=depth)
-        if name == "relu2":
-            return ReLU2(d, width=width)
-        return CNN(dataset.image_shape, int(c), width=width)
-
+    build = _Architecture(name, d, int(c or 0), dataset.image_shape, model_spec.width or DEFAULT_WIDTH.get(name, 1), model_spec.depth)
     return TorchVictim(build, task, c, input_shape, training, device, MODELS[name].split(",")[0])
+
+
+@dataclass(frozen=True)
+class _Architecture:
+    """A built-in architecture, built for a candidate's hyperparameters ``hp`` (``width``, ``depth``
+    override the model spec's). A module-level class, not a closure, so the victim can be sent to a
+    worker process (:mod:`audit.grid.pool`)."""
+
+    name: str
+    n_features: int
+    n_classes: int
+    image_shape: tuple[int, ...] | None
+    width: int
+    depth: Any
+
+    def __call__(self, hp: dict[str, Any]) -> nn.Module:
+        width = int(hp.get("width", self.width))
+        depth = int(hp.get("depth", self.depth))
+        d, c = self.n_features, self.n_classes
+        if self.name == "logreg":
+            return LogReg(d, c)
+        if self.name in ("ridge", "lasso", "elastic_net"):
+            return Ridge(d)
+        if self.name == "mlp":
+            return MLP(d, c, width=width, depth=depth)
+        if self.name == "relu2":
+            return ReLU2(d, width=width)
+        assert self.image_shape is not None
+        return CNN(self.image_shape, c, width=width)
+
+
+@dataclass(frozen=True)
+class _FactoryModel:
+    """The user's model factory called with the data's shapes, the model spec's ``width``/``depth`` and a
+    candidate's hyperparameters ``hp`` (picklable, as :class:`_Architecture`)."""
+
+    factory: Callable[..., Any]
+    context: dict[str, Any]
+
+    def __call__(self, hp: dict[str, Any]) -> Any:
+        return _call_factory(self.factory, {**self.context, **hp})
