@@ -46,6 +46,7 @@ def one_thread():
     torch.set_num_threads(before)
 
 
+@pytest.mark.slow  # 12 s: the worker pool's test (tests/test_pool.py) runs the same units and dependencies by default
 def test_ray_gives_the_local_executors_numbers(tmp_path, cluster, one_thread):
     # two seeds on two splits (one candidate: as many cells as two candidates on one split): every unit kind, per split
     cfg = tiny_config(defenses=["none", "loss_filter"], seeds=[0, 1], splits=2, candidates={"l2": [0.01]})
@@ -68,7 +69,7 @@ def test_a_raising_unit_marks_its_cells_failed_and_the_audit_goes_on(tmp_path, c
     assert {c.status for c in cells if c.budget == 0.1} == {"ok"}
 
 
-@pytest.mark.slow  # 12 s: the default suite is at its time budget; the killed-coordinator test stays (Ray resumes)
+@pytest.mark.slow  # 12 s: the default suite is at its time budget
 def test_a_dead_worker_is_retried_then_its_cells_are_recorded_failed(tmp_path, cluster):
     cfg = parse_config(
         tiny_config(
@@ -86,6 +87,7 @@ def test_a_dead_worker_is_retried_then_its_cells_are_recorded_failed(tmp_path, c
     assert {c.status for c in cells if c.budget == 0.1} == {"ok"}
 
 
+@pytest.mark.slow  # 22 s: the default suite is at its time budget; resume is tested by default in test_run_safety and test_pool
 def test_killed_coordinator_resumes_without_losing_or_repeating_a_cell(tmp_path, cluster):
     """A coordinator (the CLI, joined to this test's cluster) killed with SIGKILL mid-grid; a new
     coordinator of the same config stores each remaining cell once and recomputes none that was stored."""
