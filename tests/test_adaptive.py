@@ -176,6 +176,7 @@ def test_loss_filter_aware_back_gradient_keeps_more_poisons_under_the_cut():
     assert survived["loss_filter"] >= 0.6 and survived["none"] <= 0.4
 
 
+@pytest.mark.slow  # 11–17 s: the default suite is at its time budget; the unrolled evasion's test stays
 def test_the_implicit_attacks_evasion_keeps_poisons_and_damage_behind_the_loss_filter():
     """MNIST '1' vs '7', ρ = 1e-3, ε = 10 %, the quick profile's implicit back-gradient: without evasion the loss filter
     drops most poisons (measured: 17 % kept, 1.0 point behind the filter); the default evasion weight for the implicit

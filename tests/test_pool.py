@@ -119,7 +119,11 @@ def test_the_command_line_runs_cells_in_workers_by_default_at_one_thread_each(tm
     ("args", "env", "message"),
     [
         (["--workers", "0"], {}, "error: --workers: '0' is not 'auto' or a whole number from 1 to 1024 (also read from POISON_AUDIT_WORKERS)"),
-        ([], {"POISON_AUDIT_WORKERS": "many"}, "error: --workers: 'many' is not 'auto' or a whole number from 1 to 1024 (also read from POISON_AUDIT_WORKERS)"),
+        (
+            [],
+            {"POISON_AUDIT_WORKERS": "many"},
+            "error: --workers: 'many' is not 'auto' or a whole number from 1 to 1024 (also read from POISON_AUDIT_WORKERS)",
+        ),
     ],
 )
 def test_a_bad_worker_count_is_one_line_and_exit_2(tmp_path, monkeypatch, args, env, message):

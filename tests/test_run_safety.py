@@ -257,7 +257,10 @@ def uninterrupted(tmp_path_factory):
     return json.loads((tmp / "ref" / "tiny" / "summary.json").read_text())
 
 
-@pytest.mark.parametrize("moment", ["loading", "mid_grid", "after_last_cell"])
+# mid-grid by default; the other two moments (≈ 25 s together) with the slow tests: the default suite is at its time budget
+@pytest.mark.parametrize(
+    "moment", [pytest.param("loading", marks=pytest.mark.slow), "mid_grid", pytest.param("after_last_cell", marks=pytest.mark.slow)]
+)
 def test_kill_9_loses_nothing_and_resumes_to_the_same_summary(tmp_path, moment, uninterrupted):
     import os
     import signal
