@@ -53,6 +53,15 @@ def tiny() -> dict[str, Any]:
 
 
 @pytest.fixture
+def one_thread():
+    """This process at one torch thread, as a pool worker or a Ray task with ``cpus_per_cell: 1`` runs a cell."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture
 def rng() -> np.random.Generator:
     return np.random.default_rng(0)
 

@@ -20,15 +20,6 @@ from tests import ray_helpers
 from tests.conftest import cell_numbers, stored_cells, summary_numbers, tiny_config, write_yaml
 
 
-@pytest.fixture
-def one_thread():
-    """The in-process executor at one thread, as a worker with ``cpus_per_cell: 1`` runs."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def test_the_pool_gives_the_in_process_numbers(tmp_path, one_thread):
     # two seeds on two splits, a filter (the adaptive stage's units too): every unit kind and dependency
     cfg = tiny_config(defenses=["none", "loss_filter"], seeds=[0, 1], splits=2, candidates={"l2": [0.01]})

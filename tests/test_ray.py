@@ -11,7 +11,6 @@ import time
 from pathlib import Path
 
 import pytest
-import torch
 
 from audit.config import parse_config
 from audit.errors import AuditError
@@ -35,15 +34,6 @@ def cluster():
     ray_helpers.register()  # the coordinator validates the config against its registry
     yield
     ray.shutdown()
-
-
-@pytest.fixture
-def one_thread():
-    """The local executor at one thread, as a Ray task with ``cpus_per_cell: 1`` runs."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.mark.slow  # 12 s: the worker pool's test (tests/test_pool.py) runs the same units and dependencies by default

@@ -28,7 +28,7 @@ from audit.errors import AuditError
 from audit.grid.plan import RunPlan
 from audit.grid.store import Store
 from audit.grid.tasks import Submitter, apply_numerics, run_unit, store_value
-from audit.grid.work import Failure, failure_cell, plan_work
+from audit.grid.work import Failure, failure_cell, plan_work, progress_bar
 from audit.threads import available_cpus
 
 RAY_EXTRA = 'pip install -e ".[ray]"'
@@ -74,22 +74,13 @@ def _unit(kind: str, numerics: dict[str, Any], device: str, plan: RunPlan, *args
 
 def run_ray(plan: RunPlan, store: Store, progress: bool) -> None:
     """Run the grid's unfinished cells on Ray (module docstring); returns when every submitted cell is stored."""
-    from tqdm import tqdm
-
     ray = require_ray()
     spec = plan.config.executor
     started = connect(spec.address)
     waiting: dict[Any, tuple[str, Any]] = {}
     try:
         jobs, finished = plan_work(plan, store, plan.fingerprint())
-        bar = tqdm(
-            total=len(plan.work_cells()),
-            initial=finished,
-            disable=not progress,
-            unit="cell",
-            desc=f"audit {plan.config.name} (ray)",
-            dynamic_ncols=True,
-        )
+        bar = progress_bar(plan, finished, progress, "ray")
         task = ray.remote(_unit).options(num_cpus=spec.cpus_per_cell, num_gpus=gpu_share(plan), max_retries=spec.retries)
         plan_ref, numerics, device = ray.put(plan), plan.numerics(), str(plan.device)
         submit = Submitter(lambda kind, *args: task.remote(kind, numerics, device, plan_ref, *args), ray.put, waiting)

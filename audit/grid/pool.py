@@ -28,7 +28,7 @@ from audit.errors import AuditError
 from audit.grid.plan import RunPlan
 from audit.grid.store import Store
 from audit.grid.tasks import Submitter, apply_numerics, run_unit, store_value
-from audit.grid.work import plan_work
+from audit.grid.work import plan_work, progress_bar
 
 _PLAN: RunPlan | None = None  # a worker's copy of the run (set by _start)
 _START_ERROR: str | None = None  # why a worker could not load the run; its tasks raise it
@@ -116,17 +116,8 @@ class WorkerPool:
 
     def run(self, plan: RunPlan, store: Store, progress: bool) -> None:
         """Run the plan's unfinished cells (:meth:`RunPlan.work_cells`) on the workers; returns when every one is stored."""
-        from tqdm import tqdm
-
         jobs, finished = plan_work(plan, store, plan.fingerprint())
-        bar = tqdm(
-            total=len(plan.work_cells()),
-            initial=finished,
-            disable=not progress,
-            unit="cell",
-            desc=f"audit {plan.config.name} ({self.workers} workers)",
-            dynamic_ncols=True,
-        )
+        bar = progress_bar(plan, finished, progress, f"{self.workers} workers")
         waiting: dict[_Ref, tuple[str, Any]] = {}
         blocked: list[tuple[_Ref, str, tuple[Any, ...]]] = []  # tasks in submission order, until their inputs are done
 

@@ -63,6 +63,7 @@ from audit.grid.work import (
     failure_cell,
     plan_work,
     poison_cache_key,
+    progress_bar,
     standard_error,
 )
 from audit.models import Candidate, Victim, build_victim, resolve_device
@@ -507,13 +508,9 @@ def _holds_foreign_files(run_dir: Path) -> bool:
 def run_local(plan: RunPlan, store: Store, progress: bool) -> None:
     """The local executor: the grid's unfinished units (:func:`audit.grid.work.plan_work`) in run
     order in this process, each result stored as it ends."""
-    from tqdm import tqdm
-
     fingerprint, device = plan.fingerprint(), str(plan.device)
     jobs, finished = plan_work(plan, store, fingerprint)
-    bar = tqdm(
-        total=len(plan.work_cells()), initial=finished, disable=not progress, unit="cell", desc=f"audit {plan.config.name}", dynamic_ncols=True
-    )
+    bar = progress_bar(plan, finished, progress)
     first: dict[tuple[Candidate, int, int], CleanOutcome] = {}
     for group in jobs:
         reuse = first.get((group.candidate, group.split, group.reuse_seed)) if group.reuse_seed is not None else None

@@ -247,6 +247,14 @@ def _screened_poisons(
     return _cached(store, poison_cache_key(cand.key, grid.key, grid.params, eps, seed, fingerprint, split))
 
 
+def progress_bar(plan: RunPlan, finished: int, progress: bool, where: str = "") -> Any:
+    """The executors' progress bar over :meth:`RunPlan.work_cells` (``where``: how they run, in the label)."""
+    from tqdm import tqdm
+
+    label = f"audit {plan.config.name}" + (f" ({where})" if where else "")
+    return tqdm(total=len(plan.work_cells()), initial=finished, disable=not progress, unit="cell", desc=label, dynamic_ncols=True)
+
+
 def budgets_of(plan: RunPlan, attack_key: str) -> list[float]:
     """The budgets an attack key's cells run at, ascending: the grid's, or the confirming budgets for a confirmation attack."""
     return plan.config.confirm_budgets if attack_key in {a.key for a in plan.config.confirmation_attacks()} else plan.config.budgets
