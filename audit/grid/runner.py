@@ -326,7 +326,7 @@ def _prepare_store(plan: RunPlan, restart: bool) -> Store:
             if before is not None and before != now:
                 raise AuditError(
                     f"{plan.run_dir} was run with torch at {before} thread(s) per cell and this run would use {now} "
-                    "(--threads, or executor.cpus_per_cell under Ray); CPU numbers depend on it: use the same count, "
+                    "(--threads, or executor.cpus_per_cell in worker processes and Ray tasks); CPU numbers depend on it: use the same count, "
                     "or pass --restart to replace the run"
                 )
             raise AuditError(
