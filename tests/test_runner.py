@@ -141,11 +141,13 @@ def test_kill_9_mid_grid_then_resume(tmp_path):
     assert len(summary["cells"]) == 24
 
 
-def test_ctrl_c_exits_130_and_the_run_resumes(tmp_path):
+# the command line's default (worker processes) by default; the run in one process (--workers 1) with the slow tests
+@pytest.mark.parametrize("workers", ["2", pytest.param("1", marks=pytest.mark.slow)])
+def test_ctrl_c_exits_130_and_the_run_resumes(tmp_path, workers):
     cfg = tiny_config(candidates={"l2": [0.0, 1e-2]}, seeds=[0, 1], training={"epochs": 400})  # 12 cells
     path = write_yaml(tmp_path / "audit.yaml", cfg)
     db = tmp_path / "out" / "tiny" / "results.sqlite"
-    cmd = [sys.executable, "-m", "audit", "run", str(path), "--out", str(tmp_path / "out"), "--quiet"]
+    cmd = [sys.executable, "-m", "audit", "run", str(path), "--out", str(tmp_path / "out"), "--quiet", "--workers", workers]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     deadline = time.time() + 120
     while count_ok(db) < 3 and time.time() < deadline and proc.poll() is None:
