@@ -411,7 +411,7 @@ class ExecutorSpec(StrictModel):
 
     @property
     def cell_threads(self) -> int:
-        """torch's intra-op threads in a Ray task (the fingerprint's thread count for a Ray run)."""
+        """torch's intra-op threads in a Ray task or a pool worker (the fingerprint's thread count for such a run)."""
         return max(1, math.ceil(self.cpus_per_cell))
 
 

@@ -159,11 +159,9 @@ def plan_audit(
     run_dir = out / config.name
     if run_dir.exists() and not run_dir.is_dir():
         raise AuditError(f"run directory {run_dir} exists and is a file")
-    threads, workers = None, 1
-    if config.executor.kind == "local":
-        workers = resolve_workers(config.executor.workers, config.executor.cell_threads, device)
-        if workers > 1:
-            threads = config.executor.cell_threads  # a worker's torch threads: the numbers depend on them
+    workers = resolve_workers(config.executor.workers, config.executor.cell_threads, device) if config.executor.kind == "local" else 1
+    # a Ray task's or a pool worker's torch threads (the numbers depend on them); None: this process's
+    threads = config.executor.cell_threads if config.executor.kind == "ray" or workers > 1 else None
     if config.executor.kind == "ray":
         from audit.grid.distributed import require_ray
 
@@ -171,7 +169,6 @@ def plan_audit(
         if device.type == "cpu" and config.executor.gpus_per_cell:
             share = config.executor.gpus_per_cell
             raise AuditError(f"executor.gpus_per_cell is {share:g} but the run's device is the CPU; set device: cuda or leave it out")
-        threads = config.executor.cell_threads  # a Ray task's torch threads: the numbers depend on them
     digests = model_digests(victim, config.candidate_grid()[0], config.model, model)
     plan = RunPlan(config, data, victim, device, run_dir, deployed, threads, digests, workers=workers)
     plan.deployed_trivial_metric = trivial_metric(data.y_train, data.y_test, data.task) if deployed is not None else None
