@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from audit import attacks as attacks_module
 from audit.config import parse_config
 from audit.errors import AuditError
 from audit.grid.adaptive import is_adaptive
@@ -34,6 +35,8 @@ def cluster():
     ray_helpers.register()  # the coordinator validates the config against its registry
     yield
     ray.shutdown()
+    for name in ("exploding", "crashing"):  # the registry as the other test modules expect it
+        attacks_module.ATTACKS.pop(name, None)
 
 
 @pytest.mark.slow  # 12 s: the worker pool's test (tests/test_pool.py) runs the same units and dependencies by default
